@@ -1,0 +1,239 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/wsapi"
+)
+
+func keyFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "cluster-key-file", EnvVars: []string{"RBEE_CLUSTER_KEY_FILE"}, Usage: "file holding the cluster key (from `rbee keygen`)"},
+		&cli.StringFlag{Name: "cluster-key", EnvVars: []string{"RBEE_CLUSTER_KEY"}, Usage: "the cluster key itself (prefer --cluster-key-file: flags show in ps)"},
+	}
+}
+
+func clientFlags() []cli.Flag {
+	return append([]cli.Flag{
+		&cli.StringFlag{Name: "http-addr", EnvVars: []string{"RBEE_HTTP_ADDR"}, Value: fmt.Sprintf("127.0.0.1:%d", node.DefaultHTTPPort), Usage: "HTTP address of the node to talk to"},
+	}, keyFlags()...)
+}
+
+func loadKey(c *cli.Context) (wsapi.Key, error) {
+	if s := c.String("cluster-key"); s != "" {
+		return wsapi.ParseKey(s)
+	}
+	path := c.String("cluster-key-file")
+	if path == "" {
+		return wsapi.Key{}, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return wsapi.Key{}, fmt.Errorf("read cluster key: %w", err)
+	}
+	k, err := wsapi.ParseKey(string(b))
+	if err != nil {
+		return wsapi.Key{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return k, nil
+}
+
+func nodeCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "node",
+		Usage: "run a node, or talk to a running one",
+		Subcommands: []*cli.Command{
+			nodeRunCommand(),
+			{
+				Name:  "members",
+				Usage: "list the cluster's members as the node sees them",
+				Flags: append(clientFlags(), &cli.BoolFlag{Name: "json", Usage: "print JSON"}),
+				Action: func(c *cli.Context) error {
+					cl, err := newClient(c)
+					if err != nil {
+						return err
+					}
+					ms, err := cl.Members(c.Context)
+					if err != nil {
+						return err
+					}
+					if c.Bool("json") {
+						enc := json.NewEncoder(c.App.Writer)
+						enc.SetIndent("", "  ")
+						return enc.Encode(ms)
+					}
+					return printMembers(c.App.Writer, ms)
+				},
+			},
+			{
+				Name:      "join",
+				Usage:     "ask the running node to join the cluster at ADDR (gossip host:port)",
+				ArgsUsage: "ADDR [ADDR...]",
+				Flags:     clientFlags(),
+				Action: func(c *cli.Context) error {
+					if c.NArg() == 0 {
+						return errors.New("join: give at least one gossip address (host:port)")
+					}
+					cl, err := newClient(c)
+					if err != nil {
+						return err
+					}
+					n, err := cl.Join(c.Context, c.Args().Slice())
+					if err != nil {
+						return err
+					}
+					fmt.Fprintf(c.App.Writer, "joined: %d node(s) answered\n", n)
+					return nil
+				},
+			},
+			{
+				Name:  "leave",
+				Usage: "ask the running node to leave the cluster gracefully and stop",
+				Flags: clientFlags(),
+				Action: func(c *cli.Context) error {
+					cl, err := newClient(c)
+					if err != nil {
+						return err
+					}
+					if err := cl.Leave(c.Context); err != nil {
+						return err
+					}
+					fmt.Fprintln(c.App.Writer, "node is leaving the cluster")
+					return nil
+				},
+			},
+		},
+	}
+}
+
+func newClient(c *cli.Context) (*node.Client, error) {
+	key, err := loadKey(c)
+	if err != nil {
+		return nil, err
+	}
+	addr := c.String("http-addr")
+	if strings.HasPrefix(addr, ":") {
+		addr = "127.0.0.1" + addr
+	}
+	return node.NewClient(addr, key), nil
+}
+
+func printMembers(w interface{ Write([]byte) (int, error) }, ms []node.MemberView) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tADDRESS\tHTTP\tROLES\tSTATUS\tQUEEN")
+	for _, m := range ms {
+		q := ""
+		if m.Queen {
+			q = "*"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.GossipAddr, m.HTTPAddr, strings.Join(m.Roles, ","), m.Status, q)
+	}
+	return tw.Flush()
+}
+
+func nodeRunCommand() *cli.Command {
+	host, _ := os.Hostname()
+	return &cli.Command{
+		Name:  "run",
+		Usage: "run a node: join the cluster, report this machine's workers, serve the API",
+		Flags: append([]cli.Flag{
+			&cli.StringFlag{Name: "name", EnvVars: []string{"RBEE_NAME"}, Value: sanitizeName(host), Usage: "node name, unique in the cluster"},
+			&cli.StringFlag{Name: "gossip-addr", EnvVars: []string{"RBEE_GOSSIP_ADDR"}, Usage: fmt.Sprintf("gossip bind address (default :%d with a cluster key, 127.0.0.1:%d without)", node.DefaultGossipPort, node.DefaultGossipPort)},
+			&cli.StringFlag{Name: "advertise-addr", EnvVars: []string{"RBEE_ADVERTISE_ADDR"}, Usage: "gossip address the other nodes should dial, if not the bind address"},
+			&cli.StringFlag{Name: "http-addr", EnvVars: []string{"RBEE_HTTP_ADDR"}, Usage: fmt.Sprintf("HTTP bind address (default :%d with a cluster key, 127.0.0.1:%d without)", node.DefaultHTTPPort, node.DefaultHTTPPort)},
+			&cli.StringSliceFlag{Name: "join", EnvVars: []string{"RBEE_JOIN"}, Usage: "gossip address of a member to join (repeat or comma-separate)"},
+			&cli.StringSliceFlag{Name: "roles", EnvVars: []string{"RBEE_ROLES"}, Value: cli.NewStringSlice("queen", "hive"), Usage: "queen (may be elected) and/or hive (reports workers)"},
+			&cli.IntFlag{Name: "queen-priority", EnvVars: []string{"RBEE_QUEEN_PRIORITY"}, Usage: "higher is preferred as queen; ties go to the oldest node"},
+			&cli.BoolFlag{Name: "insecure", EnvVars: []string{"RBEE_INSECURE"}, Usage: "allow listening beyond loopback without a cluster key"},
+			&cli.StringFlag{Name: "log-level", EnvVars: []string{"RBEE_LOG_LEVEL"}, Value: "info", Usage: "debug, info, warn or error"},
+			&cli.StringFlag{Name: "log-format", EnvVars: []string{"RBEE_LOG_FORMAT"}, Value: "text", Usage: "text or json"},
+		}, keyFlags()...),
+		Action: runNode,
+	}
+}
+
+// sanitizeName turns a hostname into a valid node name.
+func sanitizeName(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if wsapi.ValidName(string(r)) == nil {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('-')
+		}
+	}
+	if b.Len() == 0 {
+		return "rbee"
+	}
+	return b.String()
+}
+
+func runNode(c *cli.Context) error {
+	log, err := newLogger(c.String("log-level"), c.String("log-format"))
+	if err != nil {
+		return err
+	}
+	key, err := loadKey(c)
+	if err != nil {
+		return err
+	}
+	// With a key, listen on every interface (a cluster spans machines);
+	// without one, stay on loopback unless told otherwise.
+	defHost := "127.0.0.1"
+	if !key.IsZero() {
+		defHost = ""
+	}
+	cfg := node.DefaultConfig()
+	cfg.Name = c.String("name")
+	cfg.GossipAddr = orDefault(c.String("gossip-addr"), net.JoinHostPort(defHost, strconv.Itoa(node.DefaultGossipPort)))
+	cfg.HTTPAddr = orDefault(c.String("http-addr"), net.JoinHostPort(defHost, strconv.Itoa(node.DefaultHTTPPort)))
+	cfg.AdvertiseAddr = c.String("advertise-addr")
+	cfg.Join = splitList(c.StringSlice("join"))
+	cfg.Roles = splitList(c.StringSlice("roles"))
+	cfg.QueenPriority = c.Int("queen-priority")
+	cfg.Key = key
+	cfg.Insecure = c.Bool("insecure")
+	cfg.Logger = log
+	if key.IsZero() {
+		log.Warn("no cluster key: gossip is not encrypted and the API is not authenticated; use --cluster-key-file for a real cluster")
+	}
+
+	n, err := node.New(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signalContext(log)
+	defer stop()
+	return n.Run(ctx)
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// splitList accepts both repeated flags and comma-separated values (env vars
+// can only do the latter).
+func splitList(in []string) []string {
+	var out []string
+	for _, s := range in {
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}

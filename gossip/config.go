@@ -1,0 +1,120 @@
+package gossip
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Config configures a Gossip. Zero values mean the defaults of DefaultConfig.
+type Config struct {
+	Name string
+	// BindAddr is host:port for memberlist's UDP and TCP listeners; port 0
+	// picks a free port (tests).
+	BindAddr string
+	// AdvertiseAddr is host:port the others reach this node at; empty means
+	// the bind address (or memberlist's guess when binding 0.0.0.0).
+	AdvertiseAddr string
+	// Secret encrypts gossip (AES-GCM); nil disables encryption (insecure).
+	Secret []byte
+	Meta   Meta
+	// JoinTimeout bounds how long a node with seeds waits to join before it
+	// acts alone; until then it claims no queen seat, so a booting node
+	// cannot unseat the cluster's queen.
+	JoinTimeout time.Duration
+	Timing      Timing
+	Logger      *slog.Logger
+}
+
+// Timing is memberlist's failure detection and dissemination tuning.
+type Timing struct {
+	ProbeInterval           time.Duration
+	ProbeTimeout            time.Duration
+	SuspicionMult           int
+	SuspicionMaxTimeoutMult int
+	GossipInterval          time.Duration
+	GossipNodes             int
+	PushPullInterval        time.Duration
+	// LeaveTimeout bounds how long a graceful leave waits for its
+	// announcement to go out.
+	LeaveTimeout time.Duration
+}
+
+// LANTiming is tuned so a SIGKILLed queen is declared dead about 1 s after it
+// dies on a LAN (memberlist's DefaultLANConfig takes 5 to 8 s), without
+// declaring live nodes dead on a busy 2-core machine.
+//
+// How a death is found: every ProbeInterval each node pings one member in
+// round robin; with no ack within ProbeTimeout it asks IndirectChecks others
+// to ping for it and tries TCP, all within the same ProbeInterval; then the
+// member is suspect for SuspicionMult*ProbeInterval (scaled by log10 of the
+// cluster size, and up to SuspicionMaxTimeoutMult times that until other
+// nodes confirm the suspicion); a live member that hears it is suspected
+// refutes at once, so only a member that stays silent for the whole window
+// is declared dead. Lifeguard (memberlist's awareness) stretches the probe
+// timeout of a node that is itself slow, which is what keeps an overloaded
+// node from accusing healthy ones.
+func LANTiming() Timing {
+	return Timing{
+		// 200 ms: in a 3-node cluster a dead node is probed within 200 to
+		// 400 ms by one of the two survivors. Each probe is one ~100-byte
+		// UDP packet, so even 100 nodes cost 500 packets/s in all.
+		ProbeInterval: 200 * time.Millisecond,
+		// 100 ms: a LAN round trip is well under 1 ms; the rest is slack for
+		// a scheduler stall or GC pause on a loaded machine. The indirect
+		// probes and TCP fallback still get the other 100 ms.
+		ProbeTimeout: 100 * time.Millisecond,
+		// 3 x 200 ms = 600 ms of suspicion once a second node confirms (1.8 s
+		// unconfirmed, SuspicionMaxTimeoutMult 3): three full probe rounds in
+		// which a live but stalled node can refute, which is what keeps false
+		// deaths at zero under load.
+		SuspicionMult:           3,
+		SuspicionMaxTimeoutMult: 3,
+		// 50 ms: suspicion, death and leave messages reach everyone within a
+		// few gossip rounds; at 3 peers per round that is ~60 small packets/s
+		// per node, negligible on a LAN.
+		GossipInterval: 50 * time.Millisecond,
+		GossipNodes:    3,
+		// Full state sync repairs anything gossip missed; 15 s (memberlist
+		// uses 30 s) keeps metadata changes converging even when a broadcast
+		// was lost.
+		PushPullInterval: 15 * time.Second,
+		// A leave needs one gossip round to go out; 1 s is many rounds.
+		LeaveTimeout: time.Second,
+	}
+}
+
+func (c Config) withDefaults() Config {
+	d := LANTiming()
+	t := &c.Timing
+	if t.ProbeInterval <= 0 {
+		t.ProbeInterval = d.ProbeInterval
+	}
+	if t.ProbeTimeout <= 0 {
+		t.ProbeTimeout = d.ProbeTimeout
+	}
+	if t.SuspicionMult <= 0 {
+		t.SuspicionMult = d.SuspicionMult
+	}
+	if t.SuspicionMaxTimeoutMult <= 0 {
+		t.SuspicionMaxTimeoutMult = d.SuspicionMaxTimeoutMult
+	}
+	if t.GossipInterval <= 0 {
+		t.GossipInterval = d.GossipInterval
+	}
+	if t.GossipNodes <= 0 {
+		t.GossipNodes = d.GossipNodes
+	}
+	if t.PushPullInterval <= 0 {
+		t.PushPullInterval = d.PushPullInterval
+	}
+	if t.LeaveTimeout <= 0 {
+		t.LeaveTimeout = d.LeaveTimeout
+	}
+	if c.JoinTimeout <= 0 {
+		c.JoinTimeout = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}

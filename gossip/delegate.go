@@ -1,0 +1,61 @@
+package gossip
+
+import (
+	"github.com/hashicorp/memberlist"
+)
+
+var (
+	_ memberlist.Delegate      = (*delegate)(nil)
+	_ memberlist.EventDelegate = (*eventDelegate)(nil)
+)
+
+// delegate hands memberlist this node's metadata. rbee sends no user messages
+// over gossip (the control plane is the WebSocket), so the rest is empty.
+type delegate struct{ g *Gossip }
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	d.g.mu.Lock()
+	defer d.g.mu.Unlock()
+	if len(d.g.metaBytes) > limit {
+		return nil
+	}
+	return d.g.metaBytes
+}
+
+func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegate) LocalState(join bool) []byte                { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// eventDelegate records departures (memberlist forgets them) and wakes the
+// queen watcher. memberlist calls it with its state lock held, so it only
+// records and signals.
+type eventDelegate struct{ g *Gossip }
+
+func (e *eventDelegate) NotifyJoin(n *memberlist.Node) {
+	m := memberFrom(n, StatusAlive)
+	e.g.mu.Lock()
+	delete(e.g.departed, n.Name)
+	e.g.mu.Unlock()
+	if n.Name != e.g.cfg.Name {
+		e.g.log.Info("member joined", "member", m.Name, "addr", m.GossipAddr, "roles", m.Roles)
+	}
+	e.g.poke()
+}
+
+func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
+	m := memberFrom(n, StatusFailed)
+	e.g.mu.Lock()
+	e.g.departed[n.Name] = m
+	e.g.mu.Unlock()
+	if m.Status == StatusLeft {
+		e.g.log.Info("member left", "member", m.Name, "addr", m.GossipAddr)
+	} else {
+		e.g.log.Warn("member failed", "member", m.Name, "addr", m.GossipAddr)
+	}
+	e.g.poke()
+}
+
+func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) {
+	e.g.poke()
+}

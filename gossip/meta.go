@@ -1,0 +1,62 @@
+package gossip
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Meta is what a node tells the others about itself, carried in memberlist's
+// node metadata (at most memberlist.MetaMaxSize = 512 bytes, hence the short
+// JSON keys).
+type Meta struct {
+	HTTPAddr string    `json:"h"`
+	Roles    []string  `json:"r"`
+	Priority int       `json:"p"`
+	Start    time.Time `json:"s"`
+	Version  string    `json:"v"`
+	Claim    bool      `json:"q,omitempty"`
+	// Leaving is broadcast just before a graceful leave: memberlist reports
+	// a leave and a failure alike, and operators need to tell them apart.
+	Leaving bool `json:"l,omitempty"`
+}
+
+func (m Meta) encode() ([]byte, error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode node metadata: %w", err)
+	}
+	if len(b) > memberlist.MetaMaxSize {
+		return nil, fmt.Errorf("encode node metadata: %d bytes, memberlist allows %d", len(b), memberlist.MetaMaxSize)
+	}
+	return b, nil
+}
+
+func decodeMeta(b []byte) (Meta, error) {
+	var m Meta
+	if err := json.Unmarshal(b, &m); err != nil {
+		return Meta{}, fmt.Errorf("decode node metadata: %w", err)
+	}
+	return m, nil
+}
+
+// memberFrom turns a memberlist node into a Member. A node whose metadata does
+// not decode (a foreign or much newer peer) is listed but never eligible.
+//
+// memberlist never updates the exported Node.State (its own nodeState.State
+// shadows it), so the status is the caller's: alive for Members(), left or
+// failed for NotifyLeave.
+func memberFrom(n *memberlist.Node, status Status) Member {
+	m := Member{Name: n.Name, GossipAddr: n.Address(), Status: status}
+	meta, err := decodeMeta(n.Meta)
+	if err != nil {
+		return m
+	}
+	m.HTTPAddr, m.Roles, m.Priority, m.Start, m.Version, m.Claim, m.Leaving = meta.HTTPAddr, meta.Roles, meta.Priority, meta.Start, meta.Version, meta.Claim, meta.Leaving
+	if status != StatusAlive && meta.Leaving {
+		m.Status = StatusLeft
+	}
+	return m
+}

@@ -1,0 +1,163 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"time"
+
+	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/wsapi"
+)
+
+// Version is this build's rbee version, sent in gossip metadata and session
+// handshakes.
+const Version = "0.1.0"
+
+// Default ports: 7833 for HTTP (the API, feed and dashboard) and 7946 for
+// gossip (memberlist's and serf's usual port).
+const (
+	DefaultHTTPPort   = 7833
+	DefaultGossipPort = 7946
+)
+
+// Collector tells a hive which workers run on its machine and how they are
+// doing. It is called once per telemetry tick; it must return promptly and
+// report what it can (a partial list and an error) rather than nothing.
+type Collector interface {
+	Collect(ctx context.Context) ([]wsapi.ProcessStats, error)
+}
+
+// NoWorkers is the Collector of a node with no workers: it still reports, so
+// the queen sees the hive online.
+type NoWorkers struct{}
+
+// Collect returns no workers.
+func (NoWorkers) Collect(context.Context) ([]wsapi.ProcessStats, error) { return nil, nil }
+
+// Config is everything a node needs. Zero values mean the defaults of
+// DefaultConfig, except Name and the addresses.
+type Config struct {
+	Name string
+	// GossipAddr is host:port to bind memberlist on; AdvertiseAddr, if set,
+	// is what the others dial instead (NAT, containers).
+	GossipAddr    string
+	AdvertiseAddr string
+	// HTTPAddr is host:port for the API; port 0 picks a free port.
+	HTTPAddr string
+	// Join lists seeds (gossip host:port) to join at start.
+	Join []string
+	// Key is the cluster key; zero means no encryption or auth, which is
+	// only allowed on loopback unless Insecure is set.
+	Key      wsapi.Key
+	Insecure bool
+	// Roles: gossip.RoleQueen (eligible for election) and/or
+	// gossip.RoleHive (runs workers).
+	Roles         []string
+	QueenPriority int
+	Collector     Collector
+	Logger        *slog.Logger
+
+	// TelemetryInterval is how often hives report (the queen tells them).
+	TelemetryInterval time.Duration
+	// HiveTTL: a hive is online while it reported within this long.
+	HiveTTL time.Duration
+	// QueenEventInterval is the period of the feed's queen event.
+	QueenEventInterval time.Duration
+	// ForgetAfter drops an offline hive from the registry.
+	ForgetAfter  time.Duration
+	GossipTiming gossip.Timing
+	// Session tunes handshake, ping and read limits of hive sessions.
+	Session wsapi.SessionOptions
+}
+
+// DefaultConfig returns a Config with the defaults filled in, listening on
+// loopback on the default ports.
+func DefaultConfig() Config {
+	return Config{
+		GossipAddr: fmt.Sprintf("127.0.0.1:%d", DefaultGossipPort),
+		HTTPAddr:   fmt.Sprintf("127.0.0.1:%d", DefaultHTTPPort),
+		Roles:      []string{gossip.RoleQueen, gossip.RoleHive},
+		Collector:  NoWorkers{},
+		// The seed notes: telemetry every 1 s, a hive online while it
+		// reported within 3 s (three missed reports), a queen event every
+		// 2.5 s.
+		TelemetryInterval:  time.Second,
+		HiveTTL:            3 * time.Second,
+		QueenEventInterval: 2500 * time.Millisecond,
+		ForgetAfter:        10 * time.Minute,
+		GossipTiming:       gossip.LANTiming(),
+	}
+}
+
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.GossipAddr == "" {
+		c.GossipAddr = d.GossipAddr
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = d.HTTPAddr
+	}
+	if c.Roles == nil {
+		c.Roles = d.Roles
+	}
+	if c.Collector == nil {
+		c.Collector = d.Collector
+	}
+	if c.TelemetryInterval <= 0 {
+		c.TelemetryInterval = d.TelemetryInterval
+	}
+	if c.HiveTTL <= 0 {
+		c.HiveTTL = d.HiveTTL
+	}
+	if c.QueenEventInterval <= 0 {
+		c.QueenEventInterval = d.QueenEventInterval
+	}
+	if c.ForgetAfter <= 0 {
+		c.ForgetAfter = d.ForgetAfter
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// ErrNeedsKey is returned when a node would listen beyond loopback with no
+// cluster key and Insecure is not set.
+var ErrNeedsKey = errors.New("listening beyond loopback without a cluster key needs --insecure (make a key with `rbee keygen`)")
+
+func (c Config) validate() error {
+	if err := wsapi.ValidName(c.Name); err != nil {
+		return fmt.Errorf("node name: %w", err)
+	}
+	for _, r := range c.Roles {
+		if r != gossip.RoleQueen && r != gossip.RoleHive {
+			return fmt.Errorf("unknown role %q (want %s or %s)", r, gossip.RoleQueen, gossip.RoleHive)
+		}
+	}
+	if c.Key.IsZero() && !c.Insecure {
+		for _, a := range []string{c.GossipAddr, c.HTTPAddr} {
+			if !isLoopbackAddr(a) {
+				return fmt.Errorf("%s: %w", a, ErrNeedsKey)
+			}
+		}
+	}
+	return nil
+}
+
+func (c Config) hasRole(r string) bool { return slices.Contains(c.Roles, r) }
+
+func isLoopbackAddr(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

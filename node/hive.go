@@ -1,0 +1,155 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/wsapi"
+)
+
+// Redial backoff for hive sessions: the first retry is quick (the queen may
+// just be restarting its listener), later ones back off so a long outage costs
+// one dial every 5 s per hive, not a storm.
+const (
+	redialMin = 100 * time.Millisecond
+	redialMax = 5 * time.Second
+)
+
+// runHive keeps one session open to the current queen and pushes telemetry on
+// it. When the queen changes it hangs up and dials the new one at once; when
+// a dial fails it retries with capped exponential backoff.
+func (n *Node) runHive(ctx context.Context) error {
+	backoff := redialMin
+	failing := false
+	for {
+		q, ok, changed := n.gossip.WatchQueen()
+		if !ok {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-changed:
+				continue
+			}
+		}
+		opened, err := n.hiveSession(ctx, q, changed)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if opened {
+			backoff, failing = redialMin, false
+		}
+		select {
+		case <-changed:
+			// A new queen: dial it now, not after a backoff.
+			backoff = redialMin
+			continue
+		default:
+		}
+		// Log the first failure of a run at WARN, the retries at DEBUG: a
+		// dead queen is one event, not one line per retry.
+		if !failing {
+			n.log.Warn("hive session to queen failed", "queen", q.Name, "err", err, "retry_in", backoff)
+			failing = true
+		} else {
+			n.log.Debug("hive session to queen failed", "queen", q.Name, "err", err, "retry_in", backoff)
+		}
+		t := time.NewTimer(jitter(backoff))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-changed:
+			backoff = redialMin
+		case <-t.C:
+			backoff = min(backoff*2, redialMax)
+		}
+		t.Stop()
+	}
+}
+
+// jitter spreads redials of many hives over +-20% so a new queen is not hit by
+// every hive in the same millisecond.
+func jitter(d time.Duration) time.Duration {
+	return d - d/5 + time.Duration(time.Now().UnixNano()%int64(d/5*2+1))
+}
+
+// hiveSession runs one session to queen q until it breaks, ctx ends, or the
+// queen changes. opened reports whether the handshake succeeded.
+func (n *Node) hiveSession(ctx context.Context, q gossip.Member, changed <-chan struct{}) (opened bool, err error) {
+	url := "ws://" + q.HTTPAddr + wsapi.SessionPath
+	s, err := wsapi.DialHive(ctx, url, n.sessionOptions())
+	if err != nil {
+		return false, err
+	}
+	log := n.log.With("queen", q.Name)
+	log.Info("hive session open", "queen_http", q.HTTPAddr)
+
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	go func() {
+		// The queen sends nothing after the handshake yet; reading keeps
+		// pongs and its close frame flowing.
+		for {
+			if _, err := s.Read(sctx); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	go func() { errc <- s.Keepalive(sctx) }()
+	defer func() {
+		cancel()
+		s.CloseNow()
+		<-errc
+		<-errc
+	}()
+
+	tick := time.NewTicker(s.Interval)
+	defer tick.Stop()
+	var lastErr string
+	for {
+		t := n.collect(sctx, &lastErr)
+		if err := s.Write(sctx, t); err != nil {
+			return true, fmt.Errorf("send telemetry: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			_ = s.Close(websocket.StatusGoingAway, "hive shutting down")
+			return true, nil
+		case <-changed:
+			_ = s.Close(websocket.StatusNormalClosure, "queen changed")
+			log.Info("hive session closed: queen changed")
+			return true, nil
+		case err := <-errc:
+			errc <- err // for the deferred drain
+			log.Info("hive session closed", "reason", closeText(err))
+			return true, err
+		case <-tick.C:
+		}
+	}
+}
+
+// collect asks the collector for this tick's workers. A collector error is
+// logged when it first appears or changes, not every second.
+func (n *Node) collect(ctx context.Context, lastErr *string) *wsapi.HiveTelemetry {
+	cctx, cancel := context.WithTimeout(ctx, n.cfg.TelemetryInterval)
+	defer cancel()
+	workers, err := n.cfg.Collector.Collect(cctx)
+	switch {
+	case err != nil && err.Error() != *lastErr:
+		*lastErr = err.Error()
+		n.log.Warn("collect telemetry", "err", err, "workers", len(workers))
+	case err == nil && *lastErr != "":
+		*lastErr = ""
+		n.log.Info("collect telemetry recovered")
+	}
+	if workers == nil {
+		workers = []wsapi.ProcessStats{}
+	}
+	return &wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: n.cfg.Name, Timestamp: time.Now().UTC(), Workers: workers}
+}

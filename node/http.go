@@ -1,0 +1,234 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/wsapi"
+)
+
+// HTTP paths served by every node besides the feed and hive session.
+const (
+	PathHealth       = "/healthz"
+	PathCluster      = "/v1/cluster"
+	PathAdminJoin    = "/v1/admin/join"
+	PathAdminLeave   = "/v1/admin/leave"
+	PathAdminMembers = "/v1/admin/members"
+)
+
+// maxAdminBody bounds admin request bodies: a join list of a few addresses.
+const maxAdminBody = 64 << 10
+
+func (n *Node) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+PathHealth, n.handleHealth)
+	mux.HandleFunc("GET "+PathCluster, n.authorized(n.handleCluster))
+	mux.HandleFunc("GET "+wsapi.FeedPath, n.authorized(n.handleFeed))
+	// The hive session authenticates with its own challenge-response.
+	mux.HandleFunc("GET "+wsapi.SessionPath, n.handleSession)
+	mux.HandleFunc("POST "+PathAdminJoin, n.authorized(n.handleJoin))
+	mux.HandleFunc("POST "+PathAdminLeave, n.authorized(n.handleLeave))
+	mux.HandleFunc("GET "+PathAdminMembers, n.authorized(n.handleMembers))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		WriteError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+// authorized lets a request through when no key is set, when it comes from
+// loopback (the machine's own users, as with `consul join`), or when it
+// carries the cluster's HTTP token as a bearer token or, for browsers'
+// WebSockets which cannot set headers, a token query parameter.
+func (n *Node) authorized(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if n.cfg.Key.IsZero() || isLoopbackRemote(r.RemoteAddr) {
+			h(w, r)
+			return
+		}
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok {
+			tok = r.URL.Query().Get("token")
+		}
+		if !n.cfg.Key.CheckToken(tok) {
+			WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong cluster token (the CLI derives it from --cluster-key-file)")
+			return
+		}
+		h(w, r)
+	}
+}
+
+func isLoopbackRemote(remote string) bool {
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// WriteError writes an error in the OpenAI error shape, which every OpenAI
+// client already knows how to show.
+func WriteError(w http.ResponseWriter, status int, typ, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{
+		"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": nil},
+	})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func (n *Node) handleHealth(w http.ResponseWriter, r *http.Request) {
+	q, ok := n.Queen()
+	writeJSON(w, map[string]any{"status": "ok", "node": n.cfg.Name, "queen": queenName(q, ok), "version": Version})
+}
+
+func queenName(q gossip.Member, ok bool) string {
+	if !ok {
+		return ""
+	}
+	return q.Name
+}
+
+// MemberView is one member in /v1/cluster and /v1/admin/members.
+type MemberView struct {
+	Name       string   `json:"name"`
+	GossipAddr string   `json:"gossip_addr"`
+	HTTPAddr   string   `json:"http_addr"`
+	Roles      []string `json:"roles"`
+	Status     string   `json:"status"`
+	Queen      bool     `json:"queen"`
+	Priority   int      `json:"queen_priority"`
+	Version    string   `json:"version"`
+}
+
+// ClusterView is the /v1/cluster document.
+type ClusterView struct {
+	Node    string       `json:"node"`
+	Queen   string       `json:"queen"`
+	Members []MemberView `json:"members"`
+	Hives   []HiveView   `json:"hives"`
+	// HivesError says why hives is empty on a node that could not ask the
+	// queen.
+	HivesError string `json:"hives_error,omitempty"`
+}
+
+func (n *Node) memberViews() ([]MemberView, string) {
+	q, ok := n.Queen()
+	qn := queenName(q, ok)
+	ms := n.gossip.Members()
+	out := make([]MemberView, 0, len(ms))
+	for _, m := range ms {
+		roles := m.Roles
+		if roles == nil {
+			roles = []string{}
+		}
+		out = append(out, MemberView{Name: m.Name, GossipAddr: m.GossipAddr, HTTPAddr: m.HTTPAddr, Roles: roles,
+			Status: string(m.Status), Queen: m.Name == qn, Priority: m.Priority, Version: m.Version})
+	}
+	return out, qn
+}
+
+func (n *Node) handleCluster(w http.ResponseWriter, r *http.Request) {
+	members, qn := n.memberViews()
+	v := ClusterView{Node: n.cfg.Name, Queen: qn, Members: members, Hives: []HiveView{}}
+	q, ok := n.Queen()
+	switch {
+	case !ok:
+		v.HivesError = "no queen elected"
+	case q.Name == n.cfg.Name:
+		v.Hives = n.registry.Hives(time.Now())
+	default:
+		hives, err := n.queenHives(r.Context(), q.HTTPAddr)
+		if err != nil {
+			v.HivesError = err.Error()
+		} else {
+			v.Hives = hives
+		}
+	}
+	writeJSON(w, v)
+}
+
+// queenHives asks the queen for its hive list: only the queen has it.
+func (n *Node) queenHives(ctx context.Context, addr string) ([]HiveView, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+PathCluster, nil)
+	if err != nil {
+		return nil, err
+	}
+	if tok := n.cfg.Key.HTTPToken(); tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("ask queen %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("ask queen %s: %s", addr, resp.Status)
+	}
+	var v ClusterView
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&v); err != nil {
+		return nil, fmt.Errorf("ask queen %s: %w", addr, err)
+	}
+	if v.Hives == nil {
+		v.Hives = []HiveView{}
+	}
+	return v.Hives, nil
+}
+
+func (n *Node) handleFeed(w http.ResponseWriter, r *http.Request) {
+	n.conns.Add(1)
+	defer n.conns.Done()
+	if err := wsapi.ServeFeed(r.Context(), w, r, n.hub, nil); err != nil {
+		n.log.Info("feed reader dropped", "remote", r.RemoteAddr, "err", err)
+	}
+}
+
+// JoinRequest is the body of POST /v1/admin/join.
+type JoinRequest struct {
+	Addrs []string `json:"addrs"`
+}
+
+func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
+	var req JoinRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, maxAdminBody)).Decode(&req); err != nil {
+		WriteError(w, http.StatusBadRequest, "invalid_request_error", "body: "+err.Error())
+		return
+	}
+	if len(req.Addrs) == 0 {
+		WriteError(w, http.StatusBadRequest, "invalid_request_error", "addrs: at least one host:port")
+		return
+	}
+	joined, err := n.gossip.Join(req.Addrs)
+	if err != nil {
+		WriteError(w, http.StatusBadGateway, "join_failed", err.Error())
+		return
+	}
+	n.log.Info("joined on request", "addrs", req.Addrs, "contacted", joined)
+	writeJSON(w, map[string]any{"joined": joined})
+}
+
+func (n *Node) handleLeave(w http.ResponseWriter, r *http.Request) {
+	n.log.Info("leave requested", "remote", r.RemoteAddr)
+	writeJSON(w, map[string]any{"leaving": true, "node": n.cfg.Name})
+	n.Leave()
+}
+
+func (n *Node) handleMembers(w http.ResponseWriter, r *http.Request) {
+	members, _ := n.memberViews()
+	writeJSON(w, members)
+}

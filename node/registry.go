@@ -1,0 +1,114 @@
+package node
+
+import (
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rbee/rbee/wsapi"
+)
+
+// busyGPUUtilPct: a worker whose GPU is this busy is counted online but not
+// available. It stands in for slot accounting until the scheduler's leases
+// say exactly how many requests a worker is serving.
+const busyGPUUtilPct = 90
+
+// Registry is the queen's view of the hives: the last telemetry of each, and
+// when it arrived. It is safe for concurrent use.
+type Registry struct {
+	ttl    time.Duration
+	forget time.Duration
+
+	mu    sync.RWMutex
+	hives map[string]*hiveEntry
+}
+
+type hiveEntry struct {
+	t        *wsapi.HiveTelemetry
+	lastSeen time.Time
+}
+
+// HiveView is one hive in /v1/cluster.
+type HiveView struct {
+	HiveID   string               `json:"hive_id"`
+	Online   bool                 `json:"online"`
+	LastSeen time.Time            `json:"last_seen"`
+	Workers  []wsapi.ProcessStats `json:"workers"`
+}
+
+// NewRegistry returns an empty registry in which a hive is online for ttl after
+// its last report and forgotten after forget.
+func NewRegistry(ttl, forget time.Duration) *Registry {
+	return &Registry{ttl: ttl, forget: forget, hives: make(map[string]*hiveEntry)}
+}
+
+// Update records telemetry received at now. t must not be modified afterwards.
+func (r *Registry) Update(t *wsapi.HiveTelemetry, now time.Time) {
+	r.mu.Lock()
+	r.hives[t.HiveID] = &hiveEntry{t: t, lastSeen: now}
+	r.mu.Unlock()
+}
+
+// Reset forgets every hive (the node stopped being queen: its view is stale).
+func (r *Registry) Reset() {
+	r.mu.Lock()
+	clear(r.hives)
+	r.mu.Unlock()
+}
+
+// Hives returns every hive, sorted by id, and forgets those silent for longer
+// than the forget period.
+func (r *Registry) Hives(now time.Time) []HiveView {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]HiveView, 0, len(r.hives))
+	for id, e := range r.hives {
+		if now.Sub(e.lastSeen) > r.forget {
+			delete(r.hives, id)
+			continue
+		}
+		w := e.t.Workers
+		if w == nil {
+			w = []wsapi.ProcessStats{}
+		}
+		out = append(out, HiveView{HiveID: id, Online: r.online(e, now), LastSeen: e.lastSeen.UTC(), Workers: w})
+	}
+	slices.SortFunc(out, func(a, b HiveView) int { return strings.Compare(a.HiveID, b.HiveID) })
+	return out
+}
+
+func (r *Registry) online(e *hiveEntry, now time.Time) bool {
+	return now.Sub(e.lastSeen) <= r.ttl
+}
+
+// Summary builds the feed's queen event. Only online hives count; a worker is
+// available when its GPU is not saturated, a hive when it has an available
+// worker.
+func (r *Registry) Summary(now time.Time, queen string) wsapi.QueenEvent {
+	ev := wsapi.QueenEvent{Type: wsapi.TypeQueen, Timestamp: now.UTC(), QueenID: queen, WorkerIDs: []string{}, HiveIDs: []string{}}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for id, e := range r.hives {
+		if !r.online(e, now) {
+			continue
+		}
+		ev.HivesOnline++
+		ev.HiveIDs = append(ev.HiveIDs, id)
+		avail := false
+		for _, w := range e.t.Workers {
+			ev.WorkersOnline++
+			ev.WorkerIDs = append(ev.WorkerIDs, wsapi.WorkerID(id, w))
+			if w.GPUUtilPct < busyGPUUtilPct {
+				ev.WorkersAvailable++
+				avail = true
+			}
+		}
+		if avail {
+			ev.HivesAvailable++
+		}
+	}
+	slices.Sort(ev.HiveIDs)
+	slices.Sort(ev.WorkerIDs)
+	return ev
+}

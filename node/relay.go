@@ -1,0 +1,116 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/rbee/rbee/wsapi"
+)
+
+// runRelay makes a non-queen node's feed the queen's feed: while this node has
+// feed readers and another node is queen, it reads the queen's feed and
+// republishes every event to its own readers. Readers stay connected across a
+// failover; only the upstream changes.
+func (n *Node) runRelay(ctx context.Context) error {
+	backoff := redialMin
+	for {
+		readers, readersChanged := n.hub.Readers()
+		q, ok, queenChanged := n.gossip.WatchQueen()
+		if readers == 0 || !ok || q.Name == n.cfg.Name {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-readersChanged:
+			case <-queenChanged:
+			}
+			continue
+		}
+		err := n.relayOnce(ctx, q.HTTPAddr, queenChanged)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			backoff = redialMin
+			continue
+		}
+		n.log.Debug("feed relay", "queen", q.Name, "err", err, "retry_in", backoff)
+		t := time.NewTimer(jitter(backoff))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-queenChanged:
+			backoff = redialMin
+		case <-t.C:
+			backoff = min(backoff*2, redialMax)
+		}
+		t.Stop()
+	}
+}
+
+// relayOnce copies the feed of the queen at addr into the hub until the feed
+// breaks, the queen changes or the last reader leaves. It returns nil for the
+// last two.
+func (n *Node) relayOnce(ctx context.Context, addr string, queenChanged <-chan struct{}) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stopped := make(chan struct{})
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		for {
+			readers, changed := n.hub.Readers()
+			if readers == 0 {
+				close(stopped)
+				cancel()
+				return
+			}
+			select {
+			case <-changed:
+			case <-queenChanged:
+				close(stopped)
+				cancel()
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	defer func() {
+		cancel()
+		<-watchDone
+	}()
+
+	h := http.Header{}
+	if tok := n.cfg.Key.HTTPToken(); tok != "" {
+		h.Set("Authorization", "Bearer "+tok)
+	}
+	dctx, dcancel := context.WithTimeout(ctx, wsapi.DefaultHandshakeTimeout)
+	conn, _, err := websocket.Dial(dctx, "ws://"+addr+wsapi.FeedPath, &websocket.DialOptions{HTTPHeader: h})
+	dcancel()
+	if err != nil {
+		return relayResult(stopped, fmt.Errorf("dial queen feed %s: %w", addr, err))
+	}
+	defer conn.CloseNow()
+	conn.SetReadLimit(wsapi.DefaultReadLimit)
+	for {
+		_, data, err := conn.Read(ctx)
+		if err != nil {
+			return relayResult(stopped, fmt.Errorf("read queen feed %s: %w", addr, err))
+		}
+		n.hub.Publish(data)
+	}
+}
+
+func relayResult(stopped <-chan struct{}, err error) error {
+	select {
+	case <-stopped:
+		return nil
+	default:
+		return err
+	}
+}

@@ -1,0 +1,231 @@
+package wsapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Message type tags, snake_case as in the seed notes.
+const (
+	TypeHiveTelemetry = "hive_telemetry"
+	TypeQueen         = "queen"
+	TypeChallenge     = "challenge"
+	TypeHello         = "hello"
+	TypeWelcome       = "welcome"
+)
+
+// ProtocolVersion is bumped when a message changes incompatibly. Peers with a
+// different major protocol are refused at hello with a clear reason instead of
+// misreading each other's messages.
+const ProtocolVersion = 1
+
+// ProcessStats is one worker's telemetry: the seed's ProcessStats, field for
+// field. Model is a pointer because the seed sends null for an unknown model,
+// and dashboards tell "unknown" from "".
+type ProcessStats struct {
+	PID         uint32  `json:"pid"`
+	Group       string  `json:"group"`
+	Instance    string  `json:"instance"`
+	CPUPct      float64 `json:"cpu_pct"`
+	RSSMB       uint64  `json:"rss_mb"`
+	IOReadMBs   float64 `json:"io_r_mb_s"`
+	IOWriteMBs  float64 `json:"io_w_mb_s"`
+	UptimeS     uint64  `json:"uptime_s"`
+	GPUUtilPct  float64 `json:"gpu_util_pct"`
+	VRAMMB      uint64  `json:"vram_mb"`
+	TotalVRAMMB uint64  `json:"total_vram_mb"`
+	Model       *string `json:"model"`
+}
+
+// WorkerID names a worker cluster-wide: hive, then group/instance.
+func WorkerID(hive string, w ProcessStats) string {
+	return hive + "/" + w.Group + "/" + w.Instance
+}
+
+// HiveTelemetry is what a hive pushes every second and what the feed relays.
+type HiveTelemetry struct {
+	Type      string         `json:"type"`
+	HiveID    string         `json:"hive_id"`
+	Timestamp time.Time      `json:"timestamp"`
+	Workers   []ProcessStats `json:"workers"`
+}
+
+// QueenEvent is the queen's periodic cluster summary on the feed. QueenID is an
+// addition to the seed shape (omitted when empty) so a dashboard can show which
+// node is queen and notice a failover.
+type QueenEvent struct {
+	Type             string    `json:"type"`
+	WorkersOnline    int       `json:"workers_online"`
+	WorkersAvailable int       `json:"workers_available"`
+	HivesOnline      int       `json:"hives_online"`
+	HivesAvailable   int       `json:"hives_available"`
+	WorkerIDs        []string  `json:"worker_ids"`
+	HiveIDs          []string  `json:"hive_ids"`
+	Timestamp        time.Time `json:"timestamp"`
+	QueenID          string    `json:"queen_id,omitempty"`
+}
+
+// Challenge is the queen's first message on a hive session.
+type Challenge struct {
+	Type     string `json:"type"`
+	Nonce    string `json:"nonce"`
+	Queen    string `json:"queen"`
+	Version  string `json:"version"`
+	Protocol int    `json:"protocol"`
+}
+
+// Hello is the hive's answer to a Challenge. Proof is an HMAC over both nonces
+// and the name, so it cannot be replayed to another session or another name.
+type Hello struct {
+	Type     string `json:"type"`
+	Name     string `json:"name"`
+	Version  string `json:"version"`
+	Protocol int    `json:"protocol"`
+	Nonce    string `json:"nonce"`
+	Proof    string `json:"proof"`
+}
+
+// Welcome accepts a session. Proof shows the hive that the queen holds the
+// cluster key too, so a hive never streams telemetry to an impostor.
+type Welcome struct {
+	Type       string `json:"type"`
+	Proof      string `json:"proof"`
+	IntervalMS int    `json:"interval_ms"`
+}
+
+// Errors that say why a message was rejected; the session maps them to close
+// codes (see CloseCodeFor).
+var (
+	ErrMalformed   = errors.New("malformed message")
+	ErrUnknownType = errors.New("unknown message type")
+	ErrInvalid     = errors.New("invalid message")
+)
+
+// Limits on identifiers, enforced by Validate: they end up in metadata, logs,
+// metric labels and the dashboard, so they are kept short and printable.
+const (
+	MaxNameLen    = 64
+	MaxWorkers    = 4096
+	maxFieldLen   = 256
+	maxModelLen   = 512
+	maxNonceBytes = 64
+)
+
+// Decode parses one message off the wire into its concrete type: *HiveTelemetry,
+// *QueenEvent, *Challenge, *Hello or *Welcome. Unknown fields are ignored (peers
+// may be newer), but an unknown type, a wrong field type or trailing garbage is
+// an error wrapping ErrUnknownType or ErrMalformed.
+func Decode(data []byte) (any, error) {
+	var head struct {
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(data, &head); err != nil {
+		return nil, fmt.Errorf("%w: %s", ErrMalformed, jsonErrText(err))
+	}
+	var msg any
+	switch head.Type {
+	case TypeHiveTelemetry:
+		msg = new(HiveTelemetry)
+	case TypeQueen:
+		msg = new(QueenEvent)
+	case TypeChallenge:
+		msg = new(Challenge)
+	case TypeHello:
+		msg = new(Hello)
+	case TypeWelcome:
+		msg = new(Welcome)
+	case "":
+		return nil, fmt.Errorf("%w: missing \"type\"", ErrMalformed)
+	default:
+		return nil, fmt.Errorf("%w %q", ErrUnknownType, truncate(head.Type, 40))
+	}
+	if err := json.Unmarshal(data, msg); err != nil {
+		return nil, fmt.Errorf("%w: %s: %s", ErrMalformed, head.Type, jsonErrText(err))
+	}
+	return msg, nil
+}
+
+// Encode marshals a message. It never fails for the types in this package; the
+// error is kept for callers that pass their own values.
+func Encode(msg any) ([]byte, error) {
+	return json.Marshal(msg)
+}
+
+// Validate checks a telemetry message from the hive named hive: the hive may
+// only report for itself, and every string must be short and printable.
+func (t *HiveTelemetry) Validate(hive string) error {
+	if t.HiveID != hive {
+		return fmt.Errorf("%w: hive_id %q does not match session %q", ErrInvalid, truncate(t.HiveID, 40), hive)
+	}
+	if len(t.Workers) > MaxWorkers {
+		return fmt.Errorf("%w: %d workers, at most %d", ErrInvalid, len(t.Workers), MaxWorkers)
+	}
+	for i := range t.Workers {
+		w := &t.Workers[i]
+		if err := checkLabel("group", w.Group, maxFieldLen); err != nil {
+			return fmt.Errorf("worker %d: %w", i, err)
+		}
+		if err := checkLabel("instance", w.Instance, maxFieldLen); err != nil {
+			return fmt.Errorf("worker %d: %w", i, err)
+		}
+		if w.Model != nil {
+			if err := checkText("model", *w.Model, maxModelLen); err != nil {
+				return fmt.Errorf("worker %d: %w", i, err)
+			}
+		}
+	}
+	return nil
+}
+
+// ValidName reports whether s can name a node or hive.
+func ValidName(s string) error {
+	return checkLabel("name", s, MaxNameLen)
+}
+
+func checkLabel(field, s string, max int) error {
+	if s == "" {
+		return fmt.Errorf("%w: empty %s", ErrInvalid, field)
+	}
+	if len(s) > max {
+		return fmt.Errorf("%w: %s longer than %d bytes", ErrInvalid, field, max)
+	}
+	for _, r := range s {
+		ok := r == '-' || r == '_' || r == '.' || r == ':' || r == '@' ||
+			(r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9')
+		if !ok {
+			return fmt.Errorf("%w: %s %q: only letters, digits and - _ . : @", ErrInvalid, field, truncate(s, 40))
+		}
+	}
+	return nil
+}
+
+func checkText(field, s string, max int) error {
+	if len(s) > max {
+		return fmt.Errorf("%w: %s longer than %d bytes", ErrInvalid, field, max)
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("%w: %s has control characters", ErrInvalid, field)
+		}
+	}
+	return nil
+}
+
+// jsonErrText keeps decoder errors short: they travel in close reasons, which
+// WebSocket caps at 123 bytes.
+func jsonErrText(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Sprintf("field %q: want %s, got %s", te.Field, te.Type, te.Value)
+	}
+	return truncate(err.Error(), 80)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
