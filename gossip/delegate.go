@@ -27,15 +27,19 @@ func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 func (d *delegate) LocalState(join bool) []byte                { return nil }
 func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
 
-// eventDelegate records departures (memberlist forgets them) and wakes the
-// queen watcher. memberlist calls it with its state lock held, so it only
-// records and signals.
+// eventDelegate keeps this package's own copy of the member list and wakes
+// the queen watcher. The copy is needed because memberlist's Members() and
+// LocalNode() return pointers into state that it rewrites (Meta, Addr) under
+// its own lock, which callers cannot take; the callbacks here run with that
+// lock held, so copying in them is race-free (serf does the same). They only
+// copy and signal.
 type eventDelegate struct{ g *Gossip }
 
 func (e *eventDelegate) NotifyJoin(n *memberlist.Node) {
 	m := memberFrom(n, StatusAlive)
 	e.g.mu.Lock()
 	delete(e.g.departed, n.Name)
+	e.g.live[n.Name] = m
 	e.g.mu.Unlock()
 	if n.Name != e.g.cfg.Name {
 		e.g.log.Info("member joined", "member", m.Name, "addr", m.GossipAddr, "roles", m.Roles)
@@ -46,6 +50,7 @@ func (e *eventDelegate) NotifyJoin(n *memberlist.Node) {
 func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	m := memberFrom(n, StatusFailed)
 	e.g.mu.Lock()
+	delete(e.g.live, n.Name)
 	e.g.departed[n.Name] = m
 	e.g.mu.Unlock()
 	if m.Status == StatusLeft {
@@ -57,5 +62,9 @@ func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
 }
 
 func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) {
+	m := memberFrom(n, StatusAlive)
+	e.g.mu.Lock()
+	e.g.live[n.Name] = m
+	e.g.mu.Unlock()
 	e.g.poke()
 }

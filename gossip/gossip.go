@@ -28,8 +28,9 @@ type Gossip struct {
 	mu        sync.Mutex
 	meta      Meta
 	metaBytes []byte
-	departed  map[string]Member
-	settled   bool // joined (or gave up joining): may claim the queen seat
+	live      map[string]Member // alive members, this node included
+	departed  map[string]Member // left or failed members
+	settled   bool              // joined (or gave up joining): may claim the queen seat
 	leaving   bool
 	queen     Member
 	hasQueen  bool
@@ -46,6 +47,7 @@ func New(cfg Config, seeds []string) (*Gossip, error) {
 		seeds:    seeds,
 		wake:     make(chan struct{}, 1),
 		meta:     cfg.Meta,
+		live:     make(map[string]Member),
 		departed: make(map[string]Member),
 		settled:  len(seeds) == 0,
 		queenCh:  make(chan struct{}),
@@ -222,10 +224,11 @@ func (g *Gossip) WatchQueen() (Member, bool, <-chan struct{}) {
 
 // LiveMembers returns the alive and suspect members, this node included.
 func (g *Gossip) LiveMembers() []Member {
-	nodes := g.ml.Members()
-	out := make([]Member, 0, len(nodes))
-	for _, n := range nodes {
-		out = append(out, memberFrom(n, StatusAlive))
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]Member, 0, len(g.live))
+	for _, m := range g.live {
+		out = append(out, m)
 	}
 	return out
 }
@@ -251,7 +254,9 @@ func (g *Gossip) Members() []Member {
 
 // Self returns this node as the others see it.
 func (g *Gossip) Self() Member {
-	return memberFrom(g.ml.LocalNode(), StatusAlive)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.live[g.cfg.Name]
 }
 
 // Join asks the cluster at addrs to take this node in and returns how many

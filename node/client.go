@@ -22,8 +22,12 @@ type Client struct {
 // NewClient returns a client for the node at addr (host:port). key may be zero
 // when the node has none or is reached over loopback.
 func NewClient(addr string, key wsapi.Key) *Client {
-	return &Client{addr: addr, key: key, hc: &http.Client{Timeout: 10 * time.Second}}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	return &Client{addr: addr, key: key, hc: &http.Client{Timeout: 10 * time.Second, Transport: tr}}
 }
+
+// Close drops the client's idle connections.
+func (c *Client) Close() { c.hc.CloseIdleConnections() }
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader

@@ -172,7 +172,7 @@ func (n *Node) queenHives(ctx context.Context, addr string) ([]HiveView, error) 
 	if tok := n.cfg.Key.HTTPToken(); tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := n.hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("ask queen %s: %w", addr, err)
 	}

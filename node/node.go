@@ -33,6 +33,9 @@ type Node struct {
 
 	registry *Registry
 	hub      *wsapi.Hub
+	// hc asks the queen for its hive list; its idle connections are
+	// closed at shutdown.
+	hc *http.Client
 
 	// connCtx is the parent of every request context; it is cancelled at
 	// shutdown so long-lived WebSocket handlers end (http.Server.Shutdown
@@ -64,6 +67,7 @@ func New(cfg Config) (*Node, error) {
 		hub:      wsapi.NewHub(0),
 		leaveCh:  make(chan struct{}),
 		sessions: make(map[string]*wsapi.Session),
+		hc:       &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
 	}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -221,4 +225,5 @@ func (n *Node) shutdown() {
 	if err := n.gossip.Shutdown(); err != nil {
 		n.log.Warn("shutdown gossip", "err", err)
 	}
+	n.hc.CloseIdleConnections()
 }

@@ -1,0 +1,22 @@
+# rbee tasks. just is optional: each recipe is one plain command that README
+# also shows.
+
+# Build the rbee binary into ./bin/rbee.
+build:
+    go build -o bin/rbee ./cmd/rbee
+
+# Run every test with the race detector (what CI runs).
+test:
+    go test -race -count=1 ./...
+
+# Benchmarks: failover times, false deaths, queen ingest CPU.
+bench:
+    go test -run '^$' -bench . -benchtime 1x -timeout 30m ./...
+
+# Fuzz the wire decoder for a minute.
+fuzz:
+    go test -run '^$' -fuzz FuzzDecode -fuzztime 60s ./wsapi/
+
+# A three-node cluster on this machine (Ctrl-C stops it).
+demo:
+    bash scripts/demo.sh

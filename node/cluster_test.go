@@ -1,0 +1,496 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/wsapi"
+)
+
+// fakeCollector is a test double: a Collector backed by a function.
+type fakeCollector struct {
+	fn func() ([]wsapi.ProcessStats, error)
+}
+
+func (f fakeCollector) Collect(context.Context) ([]wsapi.ProcessStats, error) { return f.fn() }
+
+func staticWorkers(ws ...wsapi.ProcessStats) Collector {
+	return fakeCollector{fn: func() ([]wsapi.ProcessStats, error) { return ws, nil }}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// testNode is a node running in this process on loopback port 0.
+type testNode struct {
+	*Node
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+	err    error
+}
+
+// stop cancels the node's Run and returns its error; safe to call again.
+func (tn *testNode) stop() error {
+	tn.once.Do(func() {
+		tn.cancel()
+		tn.err = <-tn.done
+	})
+	return tn.err
+}
+
+type nodeOpt func(*Config)
+
+func withCollector(c Collector) nodeOpt { return func(cfg *Config) { cfg.Collector = c } }
+func withKey(k wsapi.Key) nodeOpt       { return func(cfg *Config) { cfg.Key = k } }
+func withRoles(r ...string) nodeOpt     { return func(cfg *Config) { cfg.Roles = r } }
+func withJoin(addrs ...string) nodeOpt  { return func(cfg *Config) { cfg.Join = addrs } }
+func withSession(o wsapi.SessionOptions) nodeOpt {
+	return func(cfg *Config) { cfg.Session = o }
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	if os.Getenv("RBEE_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func startNode(t *testing.T, name string, opts ...nodeOpt) *testNode {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Name = name
+	cfg.GossipAddr = "127.0.0.1:0"
+	cfg.HTTPAddr = "127.0.0.1:0"
+	// Faster than production so tests finish quickly; still well above
+	// what a loaded race-enabled run needs.
+	cfg.TelemetryInterval = 100 * time.Millisecond
+	cfg.QueenEventInterval = 100 * time.Millisecond
+	cfg.HiveTTL = time.Second
+	cfg.Logger = testLogger(t).With("test", t.Name())
+	for _, o := range opts {
+		o(&cfg)
+	}
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatalf("start node %s: %v", name, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	tn := &testNode{Node: n, cancel: cancel, done: make(chan error, 1)}
+	go func() { tn.done <- n.Run(ctx) }()
+	t.Cleanup(func() { _ = tn.stop() })
+	return tn
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, within time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	var err error
+	for {
+		if err = cond(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true after %v: %v", what, within, err)
+		}
+		tick := time.NewTimer(10 * time.Millisecond)
+		<-tick.C
+	}
+}
+
+func agreedQueen(nodes ...*testNode) (string, error) {
+	var first string
+	for i, n := range nodes {
+		q, ok := n.Queen()
+		if !ok {
+			return "", fmt.Errorf("%s has no queen", n.Name())
+		}
+		if i == 0 {
+			first = q.Name
+		} else if q.Name != first {
+			return "", fmt.Errorf("%s says %s, %s says %s", nodes[0].Name(), first, n.Name(), q.Name)
+		}
+	}
+	return first, nil
+}
+
+func byName(nodes []*testNode, name string) *testNode {
+	for _, n := range nodes {
+		if n.Name() == name {
+			return n
+		}
+	}
+	return nil
+}
+
+func mustKey(t *testing.T) wsapi.Key {
+	t.Helper()
+	k, err := wsapi.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// feedClient reads a node's feed into a channel of decoded events.
+type feedClient struct {
+	events chan any
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func dialFeed(t *testing.T, httpAddr string) *feedClient {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	conn, _, err := websocket.Dial(ctx, "ws://"+httpAddr+wsapi.FeedPath, nil)
+	if err != nil {
+		cancel()
+		t.Fatalf("dial feed: %v", err)
+	}
+	conn.SetReadLimit(wsapi.DefaultReadLimit)
+	fc := &feedClient{events: make(chan any, 4096), cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(fc.done)
+		defer conn.CloseNow()
+		for {
+			_, data, err := conn.Read(ctx)
+			if err != nil {
+				return
+			}
+			ev, err := wsapi.Decode(data)
+			if err != nil {
+				t.Errorf("feed sent an undecodable event: %v: %s", err, data)
+				return
+			}
+			select {
+			case fc.events <- ev:
+			default:
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-fc.done
+	})
+	return fc
+}
+
+// waitEvent returns the first feed event for which match returns true.
+func (fc *feedClient) waitEvent(t *testing.T, within time.Duration, what string, match func(any) bool) any {
+	t.Helper()
+	timer := time.NewTimer(within)
+	defer timer.Stop()
+	for {
+		select {
+		case ev := <-fc.events:
+			if match(ev) {
+				return ev
+			}
+		case <-fc.done:
+			t.Fatalf("feed closed while waiting for %s", what)
+		case <-timer.C:
+			t.Fatalf("no %s on the feed within %v", what, within)
+		}
+	}
+}
+
+func TestCluster_ThreeNodesAgreeAndTelemetryReachesQueenAndFeed(t *testing.T) {
+	key := mustKey(t)
+	gpuWorker := wsapi.ProcessStats{PID: 4242, Group: "llm", Instance: "8080", CPUPct: 12.5, RSSMB: 2048,
+		GPUUtilPct: 97, VRAMMB: 4096, TotalVRAMMB: 24576, UptimeS: 60, Model: ptr("llama-3.2-1b")}
+	idleWorker := wsapi.ProcessStats{PID: 4243, Group: "llm", Instance: "8081", VRAMMB: 100, TotalVRAMMB: 24576}
+
+	a := startNode(t, "a", withKey(key))
+	b := startNode(t, "b", withKey(key), withJoin(a.GossipAddr()), withCollector(staticWorkers(gpuWorker, idleWorker)))
+	c := startNode(t, "c", withKey(key), withJoin(a.GossipAddr()))
+	nodes := []*testNode{a, b, c}
+
+	var queen string
+	eventually(t, 10*time.Second, "all three agree on a queen", func() (err error) {
+		queen, err = agreedQueen(nodes...)
+		return err
+	})
+	if queen != "a" {
+		t.Errorf("queen = %s, want a (the oldest node with equal priority)", queen)
+	}
+	q := byName(nodes, queen)
+
+	eventually(t, 10*time.Second, "queen's registry has all three hives online", func() error {
+		hives := q.Registry().Hives(time.Now())
+		online := 0
+		for _, h := range hives {
+			if h.Online {
+				online++
+			}
+		}
+		if online != 3 {
+			return fmt.Errorf("%d hives online: %+v", online, hives)
+		}
+		return nil
+	})
+	for _, h := range q.Registry().Hives(time.Now()) {
+		if h.HiveID != "b" {
+			if len(h.Workers) != 0 {
+				t.Errorf("hive %s reports %d workers, want 0", h.HiveID, len(h.Workers))
+			}
+			continue
+		}
+		if len(h.Workers) != 2 || h.Workers[0].PID != 4242 || *h.Workers[0].Model != "llama-3.2-1b" || h.Workers[0].VRAMMB != 4096 {
+			t.Errorf("hive b workers = %+v, want the collector's two", h.Workers)
+		}
+	}
+
+	// A feed reader on a node that is not queen sees the queen's events.
+	var follower *testNode
+	for _, n := range nodes {
+		if n.Name() != queen {
+			follower = n
+			break
+		}
+	}
+	feed := dialFeed(t, follower.HTTPAddr())
+	ev := feed.waitEvent(t, 10*time.Second, "hive_telemetry from b", func(ev any) bool {
+		ht, ok := ev.(*wsapi.HiveTelemetry)
+		return ok && ht.HiveID == "b"
+	}).(*wsapi.HiveTelemetry)
+	if len(ev.Workers) != 2 || ev.Workers[0].GPUUtilPct != 97 || ev.Workers[1].Model != nil {
+		t.Errorf("relayed telemetry = %+v", ev.Workers)
+	}
+	qe := feed.waitEvent(t, 10*time.Second, "queen event counting b's workers", func(ev any) bool {
+		qe, ok := ev.(*wsapi.QueenEvent)
+		return ok && qe.HivesOnline == 3
+	}).(*wsapi.QueenEvent)
+	if qe.WorkersOnline != 2 || qe.WorkersAvailable != 1 || qe.HivesAvailable != 1 || qe.QueenID != queen {
+		t.Errorf("queen event = %+v, want 2 workers online, 1 available (the other's GPU is busy), 1 hive available, queen %s", qe, queen)
+	}
+	wantIDs := []string{"b/llm/8080", "b/llm/8081"}
+	if fmt.Sprint(qe.WorkerIDs) != fmt.Sprint(wantIDs) {
+		t.Errorf("worker_ids = %v, want %v", qe.WorkerIDs, wantIDs)
+	}
+
+	// /v1/cluster on a follower shows the queen's hives.
+	client := NewClient(follower.HTTPAddr(), wsapi.Key{})
+	defer client.Close()
+	cl, err := client.Cluster(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cl.Queen != queen || len(cl.Members) != 3 || len(cl.Hives) != 3 || cl.HivesError != "" {
+		t.Errorf("cluster from follower = queen %s, %d members, %d hives, err %q", cl.Queen, len(cl.Members), len(cl.Hives), cl.HivesError)
+	}
+}
+
+func TestCluster_QueenLeavesFeedFollowsNewQueen(t *testing.T) {
+	key := mustKey(t)
+	a := startNode(t, "a", withKey(key))
+	b := startNode(t, "b", withKey(key), withJoin(a.GossipAddr()))
+	c := startNode(t, "c", withKey(key), withJoin(a.GossipAddr()))
+	eventually(t, 10*time.Second, "agree on a", func() error {
+		q, err := agreedQueen(a, b, c)
+		if err == nil && q != "a" {
+			err = fmt.Errorf("queen %s", q)
+		}
+		return err
+	})
+	feed := dialFeed(t, c.HTTPAddr())
+	feed.waitEvent(t, 10*time.Second, "a queen event from a", func(ev any) bool {
+		qe, ok := ev.(*wsapi.QueenEvent)
+		return ok && qe.QueenID == "a"
+	})
+
+	if err := a.stop(); err != nil {
+		t.Fatalf("queen a stopped with %v", err)
+	}
+	var queen string
+	eventually(t, 5*time.Second, "survivors agree on a new queen", func() (err error) {
+		queen, err = agreedQueen(b, c)
+		if err == nil && queen == "a" {
+			err = errors.New("still a")
+		}
+		return err
+	})
+	// The same feed connection, never redialled, now carries the new
+	// queen's events, and both survivors' telemetry.
+	feed.waitEvent(t, 10*time.Second, "queen event from the new queen with both survivors online", func(ev any) bool {
+		qe, ok := ev.(*wsapi.QueenEvent)
+		return ok && qe.QueenID == queen && qe.HivesOnline == 2
+	})
+	for _, m := range b.Members() {
+		if m.Name == "a" && m.Status != gossip.StatusLeft {
+			t.Errorf("a's status on b = %s, want left", m.Status)
+		}
+	}
+}
+
+func TestQueen_RefusesBadSessionsAndKeepsServingOthers(t *testing.T) {
+	key := mustKey(t)
+	a := startNode(t, "a", withKey(key), withRoles(gossip.RoleQueen))
+	startNode(t, "b", withKey(key), withJoin(a.GossipAddr()), withRoles(gossip.RoleHive))
+	eventually(t, 10*time.Second, "b reports to a", func() error {
+		for _, h := range a.Registry().Hives(time.Now()) {
+			if h.HiveID == "b" && h.Online {
+				return nil
+			}
+		}
+		return errors.New("b not online")
+	})
+	url := "ws://" + a.HTTPAddr() + wsapi.SessionPath
+	ctx := context.Background()
+
+	t.Run("wrong key", func(t *testing.T) {
+		_, err := wsapi.DialHive(ctx, url, &wsapi.SessionOptions{Key: mustKey(t), Name: "intruder", Version: Version})
+		if err == nil || websocket.CloseStatus(err) != wsapi.CloseAuth {
+			t.Fatalf("dial with wrong key: err = %v, want close %v", err, wsapi.CloseAuth)
+		}
+	})
+	t.Run("no key", func(t *testing.T) {
+		_, err := wsapi.DialHive(ctx, url, &wsapi.SessionOptions{Name: "intruder", Version: Version})
+		if err == nil || websocket.CloseStatus(err) != wsapi.CloseAuth {
+			t.Fatalf("dial without key: err = %v, want close %v", err, wsapi.CloseAuth)
+		}
+	})
+	for _, tc := range []struct {
+		name string
+		msg  string
+		code websocket.StatusCode
+	}{
+		{"malformed JSON", `{"type":"hive_telemetry",`, wsapi.CloseMalformed},
+		{"unknown type", `{"type":"launch_missiles"}`, wsapi.CloseUnknownType},
+		{"wrong field type", `{"type":"hive_telemetry","hive_id":"evil","timestamp":"2025-10-30T20:15:30Z","workers":[{"pid":"one"}]}`, wsapi.CloseMalformed},
+		{"spoofed hive id", `{"type":"hive_telemetry","hive_id":"b","timestamp":"2025-10-30T20:15:30Z","workers":[]}`, wsapi.CloseMalformed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := wsapi.DialHive(ctx, url, &wsapi.SessionOptions{Key: key, Name: "evil", Version: Version})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.CloseNow()
+			if err := s.WriteRaw(ctx, []byte(tc.msg)); err != nil {
+				t.Fatal(err)
+			}
+			_, err = s.Read(ctx)
+			if got := websocket.CloseStatus(err); got != tc.code {
+				t.Fatalf("close code = %v (%v), want %v", got, err, tc.code)
+			}
+		})
+	}
+	t.Run("oversized frame", func(t *testing.T) {
+		s, err := wsapi.DialHive(ctx, url, &wsapi.SessionOptions{Key: key, Name: "big", Version: Version})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.CloseNow()
+		big := make([]byte, wsapi.DefaultReadLimit+1)
+		for i := range big {
+			big[i] = ' '
+		}
+		_ = s.WriteRaw(ctx, big) // the queen may close before it is all written
+		_, err = s.Read(ctx)
+		if got := websocket.CloseStatus(err); got != wsapi.CloseTooBig {
+			t.Fatalf("close code = %v (%v), want %v", got, err, wsapi.CloseTooBig)
+		}
+	})
+
+	// The node is still up and b's session was never disturbed: its
+	// telemetry keeps arriving after all of the above.
+	before := time.Now()
+	eventually(t, 5*time.Second, "b still reporting", func() error {
+		for _, h := range a.Registry().Hives(time.Now()) {
+			if h.HiveID == "b" && h.LastSeen.After(before) {
+				return nil
+			}
+		}
+		return errors.New("no report from b since the bad sessions")
+	})
+	for _, h := range a.Registry().Hives(time.Now()) {
+		if h.HiveID == "evil" || h.HiveID == "big" || h.HiveID == "intruder" {
+			t.Errorf("bad session %s made it into the registry", h.HiveID)
+		}
+	}
+}
+
+func TestNode_NotQueenRefusesSessionAndNamesQueen(t *testing.T) {
+	a := startNode(t, "a")
+	b := startNode(t, "b", withJoin(a.GossipAddr()))
+	eventually(t, 10*time.Second, "agree", func() error { _, err := agreedQueen(a, b); return err })
+	_, err := wsapi.DialHive(context.Background(), "ws://"+b.HTTPAddr()+wsapi.SessionPath, &wsapi.SessionOptions{Name: "x", Version: Version})
+	var nq *wsapi.NotQueenError
+	if !errors.As(err, &nq) {
+		t.Fatalf("err = %v, want NotQueenError", err)
+	}
+	if nq.Queen != "a" || nq.QueenHTTP != a.HTTPAddr() {
+		t.Errorf("refusal names %s at %s, want a at %s", nq.Queen, nq.QueenHTTP, a.HTTPAddr())
+	}
+}
+
+func TestNode_DuplicateHiveSessionReplacesOld(t *testing.T) {
+	key := mustKey(t)
+	a := startNode(t, "a", withKey(key), withRoles(gossip.RoleQueen))
+	eventually(t, 5*time.Second, "a is queen", func() error { _, err := agreedQueen(a); return err })
+	url := "ws://" + a.HTTPAddr() + wsapi.SessionPath
+	opts := &wsapi.SessionOptions{Key: key, Name: "h", Version: Version}
+	ctx := context.Background()
+	old, err := wsapi.DialHive(ctx, url, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.CloseNow()
+	fresh, err := wsapi.DialHive(ctx, url, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.CloseNow()
+	_, err = old.Read(ctx)
+	if got := websocket.CloseStatus(err); got != wsapi.CloseReplaced {
+		t.Fatalf("old session closed with %v (%v), want %v", got, err, wsapi.CloseReplaced)
+	}
+	msg := wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: "h", Timestamp: time.Now().UTC(), Workers: []wsapi.ProcessStats{}}
+	if err := fresh.Write(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "fresh session reports", func() error {
+		for _, h := range a.Registry().Hives(time.Now()) {
+			if h.HiveID == "h" && h.Online {
+				return nil
+			}
+		}
+		return errors.New("h not online")
+	})
+}
+
+func TestNode_ClusterJSONShape(t *testing.T) {
+	a := startNode(t, "a")
+	eventually(t, 5*time.Second, "a is queen", func() error { _, err := agreedQueen(a); return err })
+	resp, err := httpGet("http://" + a.HTTPAddr() + PathCluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(resp, &doc); err != nil {
+		t.Fatalf("decode /v1/cluster: %v: %s", err, resp)
+	}
+	for _, k := range []string{"node", "queen", "members", "hives"} {
+		if _, ok := doc[k]; !ok {
+			t.Errorf("/v1/cluster lacks %q: %s", k, resp)
+		}
+	}
+	var members []map[string]any
+	if err := json.Unmarshal(doc["members"], &members); err != nil || len(members) != 1 {
+		t.Fatalf("members = %s (%v)", doc["members"], err)
+	}
+	for _, k := range []string{"name", "gossip_addr", "http_addr", "roles", "status"} {
+		if _, ok := members[0][k]; !ok {
+			t.Errorf("member lacks %q: %v", k, members[0])
+		}
+	}
+}
