@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"github.com/coder/websocket"
@@ -23,7 +24,7 @@ const (
 // it. When the queen changes it hangs up and dials the new one at once; when
 // a dial fails it retries with capped exponential backoff.
 func (n *Node) runHive(ctx context.Context) error {
-	backoff := redialMin
+	var backoff retry
 	failing := false
 	for {
 		q, ok, changed := n.gossip.WatchQueen()
@@ -40,41 +41,55 @@ func (n *Node) runHive(ctx context.Context) error {
 			return nil
 		}
 		if opened {
-			backoff, failing = redialMin, false
+			backoff.reset()
+			failing = false
 		}
 		select {
 		case <-changed:
 			// A new queen: dial it now, not after a backoff.
-			backoff = redialMin
+			backoff.reset()
 			continue
 		default:
 		}
 		// Log the first failure of a run at WARN, the retries at DEBUG: a
 		// dead queen is one event, not one line per retry.
 		if !failing {
-			n.log.Warn("hive session to queen failed", "queen", q.Name, "err", err, "retry_in", backoff)
+			n.log.Warn("hive session to queen failed", "queen", q.Name, "err", err, "retry_in", backoff.next())
 			failing = true
 		} else {
-			n.log.Debug("hive session to queen failed", "queen", q.Name, "err", err, "retry_in", backoff)
+			n.log.Debug("hive session to queen failed", "queen", q.Name, "err", err, "retry_in", backoff.next())
 		}
-		t := time.NewTimer(jitter(backoff))
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !backoff.wait(ctx, changed) {
 			return nil
-		case <-changed:
-			backoff = redialMin
-		case <-t.C:
-			backoff = min(backoff*2, redialMax)
 		}
-		t.Stop()
 	}
 }
 
-// jitter spreads redials of many hives over +-20% so a new queen is not hit by
-// every hive in the same millisecond.
-func jitter(d time.Duration) time.Duration {
-	return d - d/5 + time.Duration(time.Now().UnixNano()%int64(d/5*2+1))
+// retry is a capped exponential backoff for redials; the zero value starts at
+// redialMin.
+type retry struct{ cur time.Duration }
+
+func (r *retry) next() time.Duration { return max(r.cur, redialMin) }
+func (r *retry) reset()              { r.cur = redialMin }
+
+// wait sleeps the next backoff (jittered by +-20% so a new queen is not hit by
+// every hive in the same millisecond), then doubles it. A change on changed
+// cuts the wait short and resets the backoff: there is somewhere new to dial.
+// It returns false when ctx ended.
+func (r *retry) wait(ctx context.Context, changed <-chan struct{}) bool {
+	d := r.next()
+	d = d - d/5 + time.Duration(rand.Int64N(int64(d/5*2+1)))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-changed:
+		r.reset()
+	case <-t.C:
+		r.cur = min(r.next()*2, redialMax)
+	}
+	return true
 }
 
 // hiveSession runs one session to queen q until it breaks, ctx ends, or the

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"time"
 
 	"github.com/coder/websocket"
 
@@ -16,7 +15,7 @@ import (
 // republishes every event to its own readers. Readers stay connected across a
 // failover; only the upstream changes.
 func (n *Node) runRelay(ctx context.Context) error {
-	backoff := redialMin
+	var backoff retry
 	for {
 		readers, readersChanged := n.hub.Readers()
 		q, ok, queenChanged := n.gossip.WatchQueen()
@@ -34,21 +33,13 @@ func (n *Node) runRelay(ctx context.Context) error {
 			return nil
 		}
 		if err == nil {
-			backoff = redialMin
+			backoff.reset()
 			continue
 		}
-		n.log.Debug("feed relay", "queen", q.Name, "err", err, "retry_in", backoff)
-		t := time.NewTimer(jitter(backoff))
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		n.log.Debug("feed relay", "queen", q.Name, "err", err, "retry_in", backoff.next())
+		if !backoff.wait(ctx, queenChanged) {
 			return nil
-		case <-queenChanged:
-			backoff = redialMin
-		case <-t.C:
-			backoff = min(backoff*2, redialMax)
 		}
-		t.Stop()
 	}
 }
 
