@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"sync"
 	"testing"
@@ -345,7 +346,8 @@ func TestQueen_RefusesBadSessionsAndKeepsServingOthers(t *testing.T) {
 		return errors.New("b not online")
 	})
 	url := "ws://" + a.HTTPAddr() + wsapi.SessionPath
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 
 	t.Run("wrong key", func(t *testing.T) {
 		_, err := wsapi.DialHive(ctx, url, &wsapi.SessionOptions{Key: mustKey(t), Name: "intruder", Version: Version})
@@ -423,7 +425,8 @@ func TestNode_NotQueenRefusesSessionAndNamesQueen(t *testing.T) {
 	a := startNode(t, "a")
 	b := startNode(t, "b", withJoin(a.GossipAddr()))
 	eventually(t, 10*time.Second, "agree", func() error { _, err := agreedQueen(a, b); return err })
-	_, err := wsapi.DialHive(context.Background(), "ws://"+b.HTTPAddr()+wsapi.SessionPath, &wsapi.SessionOptions{Name: "x", Version: Version})
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	_, err := wsapi.DialHive(context.Background(), "ws://"+b.HTTPAddr()+wsapi.SessionPath, &wsapi.SessionOptions{Name: "x", Version: Version, HTTPClient: hc})
 	var nq *wsapi.NotQueenError
 	if !errors.As(err, &nq) {
 		t.Fatalf("err = %v, want NotQueenError", err)
@@ -439,7 +442,8 @@ func TestNode_DuplicateHiveSessionReplacesOld(t *testing.T) {
 	eventually(t, 5*time.Second, "a is queen", func() error { _, err := agreedQueen(a); return err })
 	url := "ws://" + a.HTTPAddr() + wsapi.SessionPath
 	opts := &wsapi.SessionOptions{Key: key, Name: "h", Version: Version}
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	old, err := wsapi.DialHive(ctx, url, opts)
 	if err != nil {
 		t.Fatal(err)

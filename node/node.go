@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -48,8 +49,18 @@ type Node struct {
 	leaveCh   chan struct{}
 	leaveOnce sync.Once
 
+	// sessionSeq orders hive sessions by when their handshake began: a
+	// hive that redials quickly may finish registering its new session
+	// before the old handler registers the old one.
+	sessionSeq atomic.Uint64
+
 	mu       sync.Mutex
-	sessions map[string]*wsapi.Session // queen side: hive name -> session
+	sessions map[string]hiveSession // queen side: hive name -> session
+}
+
+type hiveSession struct {
+	s   *wsapi.Session
+	seq uint64
 }
 
 // New checks cfg, binds the HTTP and gossip listeners, and returns a node
@@ -66,7 +77,7 @@ func New(cfg Config) (*Node, error) {
 		registry: NewRegistry(cfg.HiveTTL, cfg.ForgetAfter),
 		hub:      wsapi.NewHub(0),
 		leaveCh:  make(chan struct{}),
-		sessions: make(map[string]*wsapi.Session),
+		sessions: make(map[string]hiveSession),
 		hc:       &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
 	}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)

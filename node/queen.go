@@ -63,6 +63,9 @@ func (n *Node) sessionOptions() *wsapi.SessionOptions {
 	o := n.cfg.Session
 	o.Key, o.Name, o.Version = n.cfg.Key, n.cfg.Name, Version
 	o.Interval = n.cfg.TelemetryInterval
+	// A refused dial (421) leaves a keep-alive connection behind; the
+	// node's own client lets shutdown close it.
+	o.HTTPClient = n.hc
 	return &o
 }
 
@@ -75,6 +78,7 @@ func (n *Node) handleSession(w http.ResponseWriter, r *http.Request) {
 	}
 	n.conns.Add(1)
 	defer n.conns.Done()
+	seq := n.sessionSeq.Add(1)
 	s, err := wsapi.AcceptHive(w, r, n.sessionOptions())
 	if err != nil {
 		n.log.Warn("hive session refused", "remote", r.RemoteAddr, "err", err)
@@ -82,15 +86,22 @@ func (n *Node) handleSession(w http.ResponseWriter, r *http.Request) {
 	}
 	log := n.log.With("hive", s.Peer, "remote", r.RemoteAddr)
 
+	const replaced = "replaced by a newer session from the same hive"
 	n.mu.Lock()
-	if old := n.sessions[s.Peer]; old != nil {
-		_ = old.Close(wsapi.CloseReplaced, "replaced by a newer session from the same hive")
+	old, had := n.sessions[s.Peer]
+	if had && old.seq > seq {
+		n.mu.Unlock()
+		_ = s.Close(wsapi.CloseReplaced, replaced)
+		return
 	}
-	n.sessions[s.Peer] = s
+	n.sessions[s.Peer] = hiveSession{s: s, seq: seq}
 	n.mu.Unlock()
+	if had {
+		n.closeLater(old.s, wsapi.CloseReplaced, replaced)
+	}
 	defer func() {
 		n.mu.Lock()
-		if n.sessions[s.Peer] == s {
+		if n.sessions[s.Peer].s == s {
 			delete(n.sessions, s.Peer)
 		}
 		n.mu.Unlock()
@@ -113,20 +124,24 @@ func (n *Node) handleSession(w http.ResponseWriter, r *http.Request) {
 func (n *Node) closeSessions(code websocket.StatusCode, reason string) {
 	n.mu.Lock()
 	ss := make([]*wsapi.Session, 0, len(n.sessions))
-	for _, s := range n.sessions {
-		ss = append(ss, s)
+	for _, hs := range n.sessions {
+		ss = append(ss, hs.s)
 	}
 	clear(n.sessions)
 	n.mu.Unlock()
 	for _, s := range ss {
-		// Close waits for the hive's close frame; do them in parallel so a
-		// thousand hives do not take a thousand round trips.
-		n.conns.Add(1)
-		go func() {
-			defer n.conns.Done()
-			_ = s.Close(code, reason)
-		}()
+		n.closeLater(s, code, reason)
 	}
+}
+
+// closeLater closes s without waiting: Close waits for the hive's close frame,
+// and a thousand hives must not take a thousand round trips in a row.
+func (n *Node) closeLater(s *wsapi.Session, code websocket.StatusCode, reason string) {
+	n.conns.Add(1)
+	go func() {
+		defer n.conns.Done()
+		_ = s.Close(code, reason)
+	}()
 }
 
 // closeText renders why a session ended for a log line.

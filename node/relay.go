@@ -81,7 +81,7 @@ func (n *Node) relayOnce(ctx context.Context, addr string, queenChanged <-chan s
 		h.Set("Authorization", "Bearer "+tok)
 	}
 	dctx, dcancel := context.WithTimeout(ctx, wsapi.DefaultHandshakeTimeout)
-	conn, _, err := websocket.Dial(dctx, "ws://"+addr+wsapi.FeedPath, &websocket.DialOptions{HTTPHeader: h})
+	conn, _, err := websocket.Dial(dctx, "ws://"+addr+wsapi.FeedPath, &websocket.DialOptions{HTTPHeader: h, HTTPClient: n.hc})
 	dcancel()
 	if err != nil {
 		return relayResult(stopped, fmt.Errorf("dial queen feed %s: %w", addr, err))
