@@ -51,6 +51,9 @@ func (n *Node) runQueen(ctx context.Context) error {
 }
 
 func (n *Node) publish(ev any) {
+	if !n.hub.Active() {
+		return
+	}
 	b, err := wsapi.Encode(ev)
 	if err != nil {
 		n.log.Error("encode feed event", "err", err)
@@ -113,9 +116,12 @@ func (n *Node) handleSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log.Info("hive connected", "version", s.PeerVersion)
-	err = s.ServeTelemetry(r.Context(), func(t *wsapi.HiveTelemetry) {
+	err = s.ServeTelemetry(r.Context(), func(t *wsapi.HiveTelemetry, raw []byte) {
 		n.registry.Update(t, time.Now())
-		n.publish(t)
+		// The report was validated (and its hive_id checked against the
+		// session); relaying the bytes as received saves a re-encode per
+		// report, the queen's largest cost at 1000 hives.
+		n.hub.Publish(raw)
 	})
 	log.Info("hive disconnected", "reason", closeText(err))
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -23,6 +24,9 @@ const DefaultFeedBuffer = 4096
 // whose buffer is full is dropped, so one slow browser cannot slow the queen.
 type Hub struct {
 	buf int
+	// n mirrors len(subs) so publishers can skip encoding an event nobody
+	// will read without taking the lock.
+	n atomic.Int64
 
 	mu      sync.Mutex
 	subs    map[*Subscriber]struct{}
@@ -72,6 +76,7 @@ func (h *Hub) Unsubscribe(s *Subscriber) {
 }
 
 func (h *Hub) notifyLocked() {
+	h.n.Store(int64(len(h.subs)))
 	close(h.changed)
 	h.changed = make(chan struct{})
 }
@@ -82,6 +87,9 @@ func (h *Hub) Readers() (int, <-chan struct{}) {
 	defer h.mu.Unlock()
 	return len(h.subs), h.changed
 }
+
+// Active reports whether anyone reads the feed, without locking.
+func (h *Hub) Active() bool { return h.n.Load() > 0 }
 
 // Publish queues msg for every reader. msg must not be modified afterwards.
 func (h *Hub) Publish(msg []byte) {

@@ -118,33 +118,73 @@ const (
 // may be newer), but an unknown type, a wrong field type or trailing garbage is
 // an error wrapping ErrUnknownType or ErrMalformed.
 func Decode(data []byte) (any, error) {
-	var head struct {
-		Type string `json:"type"`
-	}
-	if err := json.Unmarshal(data, &head); err != nil {
-		return nil, fmt.Errorf("%w: %s", ErrMalformed, jsonErrText(err))
+	typ, peeked := peekType(data)
+	if !peeked {
+		var head struct {
+			Type string `json:"type"`
+		}
+		if err := json.Unmarshal(data, &head); err != nil {
+			return nil, fmt.Errorf("%w: %s", ErrMalformed, jsonErrText(err))
+		}
+		typ = head.Type
 	}
 	var msg any
-	switch head.Type {
+	var got *string // the decoded type field, to check against typ
+	switch typ {
 	case TypeHiveTelemetry:
-		msg = new(HiveTelemetry)
+		m := new(HiveTelemetry)
+		msg, got = m, &m.Type
 	case TypeQueen:
-		msg = new(QueenEvent)
+		m := new(QueenEvent)
+		msg, got = m, &m.Type
 	case TypeChallenge:
-		msg = new(Challenge)
+		m := new(Challenge)
+		msg, got = m, &m.Type
 	case TypeHello:
-		msg = new(Hello)
+		m := new(Hello)
+		msg, got = m, &m.Type
 	case TypeWelcome:
-		msg = new(Welcome)
+		m := new(Welcome)
+		msg, got = m, &m.Type
 	case "":
 		return nil, fmt.Errorf("%w: missing \"type\"", ErrMalformed)
 	default:
-		return nil, fmt.Errorf("%w %q", ErrUnknownType, truncate(head.Type, 40))
+		return nil, fmt.Errorf("%w %q", ErrUnknownType, truncate(typ, 40))
 	}
 	if err := json.Unmarshal(data, msg); err != nil {
-		return nil, fmt.Errorf("%w: %s: %s", ErrMalformed, head.Type, jsonErrText(err))
+		return nil, fmt.Errorf("%w: %s: %s", ErrMalformed, typ, jsonErrText(err))
+	}
+	if *got != typ {
+		// A second "type" key: the last one wins in JSON decoders, so
+		// refuse rather than guess which the sender meant.
+		return nil, fmt.Errorf("%w: conflicting \"type\" keys", ErrMalformed)
 	}
 	return msg, nil
+}
+
+// peekType reads the type tag when it is the first key, as every rbee peer
+// sends it, so the common case parses the message once instead of twice.
+// Anything unusual (other key order, escapes, spaces inside) reports false and
+// takes the general path.
+func peekType(data []byte) (string, bool) {
+	const prefix = `{"type":"`
+	if len(data) < len(prefix) || string(data[:len(prefix)]) != prefix {
+		return "", false
+	}
+	rest := data[len(prefix):]
+	for i, c := range rest {
+		switch {
+		case c == '"':
+			return string(rest[:i]), i > 0
+		case c == '_' || (c >= 'a' && c <= 'z'):
+		default:
+			return "", false
+		}
+		if i > 40 {
+			return "", false
+		}
+	}
+	return "", false
 }
 
 // Encode marshals a message. It never fails for the types in this package; the

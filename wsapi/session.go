@@ -247,14 +247,21 @@ func (s *Session) clientHandshake(ctx context.Context) error {
 
 // read reads and decodes one message.
 func (s *Session) read(ctx context.Context) (any, error) {
+	msg, _, err := s.readRaw(ctx)
+	return msg, err
+}
+
+// readRaw reads one message and returns it decoded and as sent.
+func (s *Session) readRaw(ctx context.Context) (any, []byte, error) {
 	typ, data, err := s.conn.Read(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if typ != websocket.MessageText {
-		return nil, fmt.Errorf("%w: binary frame, want JSON text", ErrMalformed)
+		return nil, nil, fmt.Errorf("%w: binary frame, want JSON text", ErrMalformed)
 	}
-	return Decode(data)
+	msg, err := Decode(data)
+	return msg, data, err
 }
 
 // Read returns the next message from the peer.
@@ -328,10 +335,11 @@ func keepalive(ctx context.Context, c *websocket.Conn, every, timeout time.Durat
 }
 
 // ServeTelemetry is the queen's read loop for an accepted session: it decodes
-// each message, checks it belongs to this hive, and hands it to handle. It
-// returns when the session ends; a bad message closes the session with a code
-// and reason that say what was wrong.
-func (s *Session) ServeTelemetry(ctx context.Context, handle func(*HiveTelemetry)) error {
+// each message, checks it belongs to this hive, and hands it to handle both
+// decoded and as received (valid JSON, ready to relay without re-encoding;
+// handle may keep both). It returns when the session ends; a bad message
+// closes the session with a code and reason that say what was wrong.
+func (s *Session) ServeTelemetry(ctx context.Context, handle func(t *HiveTelemetry, raw []byte)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -343,7 +351,7 @@ func (s *Session) ServeTelemetry(ctx context.Context, handle func(*HiveTelemetry
 		<-done
 	}()
 	for {
-		msg, err := s.read(ctx)
+		msg, raw, err := s.readRaw(ctx)
 		if err != nil {
 			if websocket.CloseStatus(err) != -1 || ctx.Err() != nil || errors.Is(err, io.EOF) {
 				s.conn.CloseNow()
@@ -362,6 +370,6 @@ func (s *Session) ServeTelemetry(ctx context.Context, handle func(*HiveTelemetry
 		if err := t.Validate(s.Peer); err != nil {
 			return s.fail(CloseCodeFor(err), "bad telemetry", err)
 		}
-		handle(t)
+		handle(t, raw)
 	}
 }
