@@ -18,6 +18,12 @@ import (
 const (
 	redialMin = 100 * time.Millisecond
 	redialMax = 5 * time.Second
+	// hivePingInterval: the queen sends a hive nothing in steady state, so
+	// the hive's keepalive pings on every interval. Gossip already replaces
+	// a dead queen within seconds; the ping only covers a broken path
+	// between two live nodes, and at 1000 hives a 5 s ping would cost the
+	// queen 200 pongs a second.
+	hivePingInterval = 15 * time.Second
 )
 
 // runHive keeps one session open to the current queen and pushes telemetry on
@@ -96,7 +102,11 @@ func (r *retry) wait(ctx context.Context, changed <-chan struct{}) bool {
 // queen changes. opened reports whether the handshake succeeded.
 func (n *Node) hiveSession(ctx context.Context, q gossip.Member, changed <-chan struct{}) (opened bool, err error) {
 	url := "ws://" + q.HTTPAddr + wsapi.SessionPath
-	s, err := wsapi.DialHive(ctx, url, n.sessionOptions())
+	opts := n.sessionOptions()
+	if n.cfg.Session.PingInterval == 0 {
+		opts.PingInterval = hivePingInterval
+	}
+	s, err := wsapi.DialHive(ctx, url, opts)
 	if err != nil {
 		return false, err
 	}

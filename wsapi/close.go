@@ -2,6 +2,7 @@ package wsapi
 
 import (
 	"errors"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 )
@@ -52,11 +53,13 @@ func CloseReason(s string) string {
 		return s
 	}
 	s = s[:max]
-	for len(s) > 0 && s[len(s)-1]&0xC0 == 0x80 {
-		s = s[:len(s)-1]
+	// Drop the last character only if the cut went through it.
+	i := len(s) - 1
+	for i > 0 && i > len(s)-utf8.UTFMax && !utf8.RuneStart(s[i]) {
+		i--
 	}
-	if len(s) > 0 && s[len(s)-1] >= 0xC0 {
-		s = s[:len(s)-1]
+	if !utf8.FullRuneInString(s[i:]) {
+		s = s[:i]
 	}
 	return s
 }

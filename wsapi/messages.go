@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Message type tags, snake_case as in the seed notes.
@@ -118,6 +121,12 @@ const (
 // may be newer), but an unknown type, a wrong field type or trailing garbage is
 // an error wrapping ErrUnknownType or ErrMalformed.
 func Decode(data []byte) (any, error) {
+	// JSON is UTF-8. encoding/json would quietly replace bad bytes, but the
+	// queen relays a report's bytes as received, and a browser fails the
+	// whole feed connection on them.
+	if !utf8.Valid(data) {
+		return nil, fmt.Errorf("%w: not UTF-8", ErrMalformed)
+	}
 	typ, peeked := peekType(data)
 	if !peeked {
 		var head struct {
@@ -159,7 +168,102 @@ func Decode(data []byte) (any, error) {
 		// refuse rather than guess which the sender meant.
 		return nil, fmt.Errorf("%w: conflicting \"type\" keys", ErrMalformed)
 	}
+	if err := checkKeys(data); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrMalformed, typ, err)
+	}
 	return msg, nil
+}
+
+// fieldNames numbers the JSON names of every message field, for checkKeys.
+var fieldNames = func() map[string]int {
+	names := map[string]int{}
+	for _, v := range []any{HiveTelemetry{}, ProcessStats{}, QueenEvent{}, Challenge{}, Hello{}, Welcome{}} {
+		t := reflect.TypeOf(v)
+		for i := range t.NumField() {
+			name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+			if _, ok := names[name]; !ok && name != "" && name != "-" {
+				names[name] = len(names)
+			}
+		}
+	}
+	if len(names) > 64 {
+		panic("wsapi: checkKeys tracks at most 64 field names")
+	}
+	return names
+}()
+
+// checkKeys refuses keys that encoding/json and a browser's JSON.parse would
+// read differently, since the queen validates a report with the one and
+// relays its bytes to the other: a key that matches a field only
+// case-insensitively ("HIVE_ID", or "wor\u212aers" with a Kelvin sign), which
+// encoding/json folds onto the field and JSON.parse keeps apart, and a field
+// given twice in one object, which encoding/json merges into what it decoded
+// first and JSON.parse replaces. data must be valid JSON.
+func checkKeys(data []byte) error {
+	var stack [8]uint64
+	seen := stack[:0] // fields seen, per open object or array
+	for i := 0; i < len(data); i++ {
+		switch data[i] {
+		case '{', '[':
+			seen = append(seen, 0)
+			continue
+		case '}', ']':
+			seen = seen[:len(seen)-1]
+			continue
+		case '"':
+		default:
+			continue
+		}
+		start, escaped := i+1, false
+		for i++; data[i] != '"'; i++ {
+			if data[i] == '\\' {
+				escaped = true
+				i++
+			}
+		}
+		j := i + 1
+		for j < len(data) && (data[j] == ' ' || data[j] == '\t' || data[j] == '\n' || data[j] == '\r') {
+			j++
+		}
+		if j == len(data) || data[j] != ':' {
+			continue // a value, not a key
+		}
+		var key string
+		if escaped {
+			var err error
+			if key, err = unquote(data[start-1 : i+1]); err != nil {
+				return err
+			}
+		}
+		n, ok := fieldNames[key]
+		if !escaped {
+			n, ok = fieldNames[string(data[start:i])] // no allocation
+		}
+		if !ok {
+			if !escaped {
+				key = string(data[start:i])
+			}
+			for name := range fieldNames {
+				if strings.EqualFold(key, name) {
+					return fmt.Errorf("key %q differs from %q only in case", truncate(key, 40), name)
+				}
+			}
+			continue
+		}
+		top := &seen[len(seen)-1]
+		if *top&(1<<n) != 0 {
+			return fmt.Errorf("duplicate key %q", data[start:i])
+		}
+		*top |= 1 << n
+	}
+	return nil
+}
+
+// unquote decodes a JSON string with escapes (rare in keys, so not fast).
+func unquote(b []byte) (string, error) {
+	var s string
+	err := json.Unmarshal(b, &s)
+	return s, err
 }
 
 // peekType reads the type tag when it is the first key, as every rbee peer
@@ -258,7 +362,7 @@ func checkText(field, s string, max int) error {
 func jsonErrText(err error) string {
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
-		return fmt.Sprintf("field %q: want %s, got %s", te.Field, te.Type, te.Value)
+		return fmt.Sprintf("field %q: want %s, got %s", te.Field, te.Type, truncate(te.Value, 40))
 	}
 	return truncate(err.Error(), 80)
 }

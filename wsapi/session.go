@@ -1,12 +1,14 @@
 package wsapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -87,6 +89,10 @@ func (o *SessionOptions) withDefaults() SessionOptions {
 type Session struct {
 	conn *websocket.Conn
 	opts SessionOptions
+	rbuf bytes.Buffer // reused by readRaw; one reader at a time
+	// lastRead (unix nanoseconds) lets Keepalive skip pinging a peer that
+	// is talking anyway: a hive reporting every second needs no ping.
+	lastRead atomic.Int64
 	// Peer is the other end's node name, Version its rbee version.
 	Peer        string
 	PeerVersion string
@@ -251,15 +257,23 @@ func (s *Session) read(ctx context.Context) (any, error) {
 	return msg, err
 }
 
-// readRaw reads one message and returns it decoded and as sent.
+// readRaw reads one message and returns it decoded and as sent. It reads into
+// a buffer kept across messages and copies once, where the library's Read
+// grows a fresh slice several times per message.
 func (s *Session) readRaw(ctx context.Context) (any, []byte, error) {
-	typ, data, err := s.conn.Read(ctx)
+	typ, r, err := s.conn.Reader(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
+	s.rbuf.Reset()
+	if _, err := s.rbuf.ReadFrom(r); err != nil {
+		return nil, nil, err
+	}
+	s.lastRead.Store(time.Now().UnixNano())
 	if typ != websocket.MessageText {
 		return nil, nil, fmt.Errorf("%w: binary frame, want JSON text", ErrMalformed)
 	}
+	data := bytes.Clone(s.rbuf.Bytes())
 	msg, err := Decode(data)
 	return msg, data, err
 }
@@ -305,21 +319,26 @@ func (s *Session) Close(code websocket.StatusCode, reason string) error {
 // CloseNow drops the connection without a close handshake.
 func (s *Session) CloseNow() { s.conn.CloseNow() }
 
-// Keepalive pings the peer every PingInterval until ctx ends or a ping goes
-// unanswered for PingTimeout, then closes the connection. A reader must be
-// running on the session for pongs to be seen.
+// Keepalive pings the peer when it has sent nothing for PingInterval, until
+// ctx ends or a ping goes unanswered for PingTimeout; then it closes the
+// connection. A reader must be running on the session for pongs to be seen.
 func (s *Session) Keepalive(ctx context.Context) error {
-	return keepalive(ctx, s.conn, s.opts.PingInterval, s.opts.PingTimeout)
+	return keepalive(ctx, s.conn, s.opts.PingInterval, s.opts.PingTimeout, &s.lastRead)
 }
 
-func keepalive(ctx context.Context, c *websocket.Conn, every, timeout time.Duration) error {
+// keepalive pings c every interval, skipping the ping when lastRead (if not
+// nil) shows the peer spoke within the interval.
+func keepalive(ctx context.Context, c *websocket.Conn, every, timeout time.Duration, lastRead *atomic.Int64) error {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-t.C:
+		case now := <-t.C:
+			if lastRead != nil && now.Sub(time.Unix(0, lastRead.Load())) < every {
+				continue
+			}
 		}
 		pctx, cancel := context.WithTimeout(ctx, timeout)
 		err := c.Ping(pctx)
