@@ -347,7 +347,9 @@ func keepalive(ctx context.Context, c *websocket.Conn, every, timeout time.Durat
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			_ = c.Close(websocket.StatusGoingAway, "ping timeout")
+			// A peer that answers no ping answers no close handshake
+			// either; Close would wait 5 s for it.
+			c.CloseNow()
 			return fmt.Errorf("ping: %w", err)
 		}
 	}

@@ -1,0 +1,88 @@
+package wsapi
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+// FuzzDecode feeds Decode arbitrary bytes. Whatever comes in, Decode must not
+// panic; an error must be one of the sentinels and fit a close frame; a
+// message must survive Encode and Decode again unchanged; and telemetry that
+// validates must read the same to a case-sensitive JSON parser (what a
+// browser relayed the raw bytes sees) as to the queen.
+func FuzzDecode(f *testing.F) {
+	for _, name := range []string{"hive_telemetry.json", "queen.json"} {
+		f.Add(readSeed(f, name))
+	}
+	for _, msg := range []any{
+		Challenge{Type: TypeChallenge, Nonce: "00ff", Queen: "queen-1", Version: "v0.1.0", Protocol: ProtocolVersion},
+		Hello{Type: TypeHello, Name: "hive-1", Version: "v0.1.0", Protocol: ProtocolVersion, Nonce: "abcd", Proof: "beef"},
+		Welcome{Type: TypeWelcome, Proof: "cafe", IntervalMS: 1000},
+		validTelemetry(2),
+	} {
+		b, err := Encode(msg)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		msg, err := Decode(data)
+		if err != nil {
+			if msg != nil {
+				t.Fatalf("Decode returned %T with error %v", msg, err)
+			}
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrUnknownType) {
+				t.Fatalf("error %v is neither ErrMalformed nor ErrUnknownType", err)
+			}
+			checkCloseReason(t, "bad message: "+err.Error())
+			if len(err.Error()) > 300 {
+				t.Fatalf("error is %d bytes", len(err.Error()))
+			}
+			return
+		}
+		b1, err := Encode(msg)
+		if err != nil {
+			t.Fatalf("Encode(%T) of a decoded message: %v", msg, err)
+		}
+		msg2, err := Decode(b1)
+		if err != nil {
+			t.Fatalf("Decode of re-encoded %s: %v", b1, err)
+		}
+		b2, err := Encode(msg2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(b1, b2) {
+			t.Fatalf("round trip not stable:\n%s\n%s", b1, b2)
+		}
+		tel, ok := msg.(*HiveTelemetry)
+		if !ok {
+			return
+		}
+		for _, hive := range []string{tel.HiveID, "hive-gpu-1"} {
+			if err := tel.Validate(hive); err != nil {
+				if !errors.Is(err, ErrInvalid) {
+					t.Fatalf("Validate error %v is not ErrInvalid", err)
+				}
+				checkCloseReason(t, "bad telemetry: "+err.Error())
+			}
+		}
+		if ValidName(tel.HiveID) == nil && tel.Validate(tel.HiveID) == nil {
+			if d := jsView(data, tel); len(d) > 0 {
+				t.Fatalf("validated telemetry reads differently to a case-sensitive parser:\n%s", strings.Join(d, "\n"))
+			}
+		}
+	})
+}
+
+func checkCloseReason(t *testing.T, s string) {
+	t.Helper()
+	r := CloseReason(s)
+	if len(r) > 123 || !utf8.ValidString(r) || !strings.HasPrefix(s, r) {
+		t.Fatalf("CloseReason(%q) = %q (%d bytes, valid UTF-8 %v)", s, r, len(r), utf8.ValidString(r))
+	}
+}
