@@ -1,0 +1,565 @@
+package main
+
+// The end-to-end harness: it builds the rbee binary once and runs real
+// `rbee node run` processes on 127.0.0.1, talking to them only through their
+// HTTP API, their WebSocket endpoints and the CLI, as an operator would.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/wsapi"
+)
+
+// rbeeBin is the binary built by TestMain.
+var rbeeBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "rbee-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "make temp dir:", err)
+		os.Exit(1)
+	}
+	rbeeBin = filepath.Join(dir, "rbee")
+	// Built without -race even when the tests run with it: the processes
+	// under test should run at production speed, and the race detector
+	// covers the packages in their own tests.
+	build := exec.Command("go", "build", "-o", rbeeBin, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build rbee:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}))
+}
+
+// proc is one `rbee node run` process.
+type proc struct {
+	name       string
+	gossipAddr string
+	httpAddr   string
+	logPath    string
+	cmd        *exec.Cmd
+	done       chan struct{} // closed when the process has exited
+	err        error         // Wait's result, set before done is closed
+	stopped    bool          // killed or stopped on purpose by the test
+}
+
+// exited reports whether the process has ended.
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// log returns what the process wrote so far.
+func (p *proc) log() string {
+	b, err := os.ReadFile(p.logPath)
+	if err != nil {
+		return fmt.Sprintf("(read %s: %v)", p.logPath, err)
+	}
+	return string(b)
+}
+
+// send sends sig without waiting; from then on the process no longer counts
+// as live.
+func (p *proc) send(tb testing.TB, sig syscall.Signal) {
+	tb.Helper()
+	p.stopped = true
+	if err := p.cmd.Process.Signal(sig); err != nil && !p.exited() {
+		tb.Fatalf("signal %s to %s: %v", sig, p.name, err)
+	}
+}
+
+// signal sends sig and waits until the process has exited.
+func (p *proc) signal(tb testing.TB, sig syscall.Signal, timeout time.Duration) {
+	tb.Helper()
+	p.send(tb, sig)
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		tb.Fatalf("%s did not exit within %s of %s", p.name, timeout, sig)
+	}
+}
+
+// exitCode waits for the process to end and returns its exit status.
+func (p *proc) exitCode(tb testing.TB, timeout time.Duration) int {
+	tb.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		tb.Fatalf("%s still running after %s", p.name, timeout)
+	}
+	p.stopped = true
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// cluster is a set of node processes sharing one key, and an HTTP client for
+// talking to them.
+type cluster struct {
+	tb      testing.TB
+	dir     string
+	keyFile string
+	key     wsapi.Key
+	hc      *http.Client
+	logLvl  string
+
+	closeOnce sync.Once
+
+	mu    sync.Mutex
+	procs []*proc
+}
+
+// clusterOpt adjusts how newCluster starts its nodes.
+type clusterOpt func(*cluster)
+
+func withDebugLogs() clusterOpt { return func(c *cluster) { c.logLvl = "debug" } }
+
+// newCluster returns an empty cluster with a fresh key from `rbee keygen`;
+// every process it starts is killed and waited for when tb ends, and their
+// logs are printed if tb failed.
+func newCluster(tb testing.TB, opts ...clusterOpt) *cluster {
+	tb.Helper()
+	dir := tb.TempDir()
+	c := &cluster{
+		tb:     tb,
+		dir:    dir,
+		hc:     &http.Client{Timeout: 2 * time.Second, Transport: http.DefaultTransport.(*http.Transport).Clone()},
+		logLvl: "info",
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	c.keyFile, c.key = c.keygen("key")
+	tb.Cleanup(c.close)
+	return c
+}
+
+// keygen runs `rbee keygen` into dir/file.
+func (c *cluster) keygen(file string) (string, wsapi.Key) {
+	c.tb.Helper()
+	out := c.rbee("keygen")
+	k, err := wsapi.ParseKey(out)
+	if err != nil {
+		c.tb.Fatalf("rbee keygen printed %q: %v", out, err)
+	}
+	path := filepath.Join(c.dir, file)
+	if err := os.WriteFile(path, []byte(out), 0o600); err != nil {
+		c.tb.Fatal(err)
+	}
+	return path, k
+}
+
+// rbee runs the CLI to completion and returns its stdout; a non-zero exit
+// fails the test.
+func (c *cluster) rbee(args ...string) string {
+	c.tb.Helper()
+	out, errOut, err := runRbee(args...)
+	if err != nil {
+		c.tb.Fatalf("rbee %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, out, errOut)
+	}
+	return out
+}
+
+// runRbee runs the CLI to completion (30 s at most).
+func runRbee(args ...string) (stdout, stderr string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, rbeeBin, args...)
+	cmd.Env = rbeeEnv()
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	return o.String(), e.String(), err
+}
+
+// close kills every process the cluster started and waits for them; it runs
+// when the test ends, and a benchmark calls it at the end of each trial.
+func (c *cluster) close() { c.closeOnce.Do(c.cleanup) }
+
+// rbeeEnv is the test's environment without RBEE_* variables, so a
+// developer's own settings (RBEE_JOIN, RBEE_CLUSTER_KEY_FILE, ...) cannot
+// leak into the processes under test.
+func rbeeEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "RBEE_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+func (c *cluster) cleanup() {
+	c.mu.Lock()
+	procs := append([]*proc(nil), c.procs...)
+	c.mu.Unlock()
+	for _, p := range procs {
+		if !p.exited() {
+			_ = p.cmd.Process.Kill()
+		}
+	}
+	for _, p := range procs {
+		<-p.done
+	}
+	c.hc.CloseIdleConnections()
+	if c.tb.Failed() {
+		for _, p := range procs {
+			c.tb.Logf("---- log of %s (gossip %s, http %s, exit %v) ----\n%s", p.name, p.gossipAddr, p.httpAddr, p.err, tail(p.log(), 64<<10))
+		}
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "...\n" + s[len(s)-n:]
+}
+
+// nodeSpec says how to start one node.
+type nodeSpec struct {
+	name    string
+	join    string // gossip address of a seed; empty for none
+	keyFile string // empty means the cluster's key
+	extra   []string
+}
+
+// start starts the nodes of specs on free ports and waits until each answers
+// /healthz. Nodes start concurrently; a node whose ports were taken in the
+// meantime (other test runs share the machine) is restarted on new ones.
+func (c *cluster) start(specs ...nodeSpec) []*proc {
+	c.tb.Helper()
+	out := make([]*proc, len(specs))
+	errs := make([]error, len(specs))
+	var wg sync.WaitGroup
+	for i, s := range specs {
+		wg.Go(func() { out[i], errs[i] = c.startOne(s) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		c.tb.Fatal(err)
+	}
+	return out
+}
+
+// startCluster starts n nodes named n0, n1, ...: n0 alone first, then the
+// others together, joining n0. It waits until every node sees all n members
+// alive and they agree on a queen.
+func (c *cluster) startCluster(n int) []*proc {
+	c.tb.Helper()
+	first := c.start(nodeSpec{name: "n0"})[0]
+	specs := make([]nodeSpec, 0, n-1)
+	for i := 1; i < n; i++ {
+		specs = append(specs, nodeSpec{name: "n" + strconv.Itoa(i), join: first.gossipAddr})
+	}
+	ps := append([]*proc{first}, c.start(specs...)...)
+	c.waitConverged(ps, 20*time.Second)
+	return ps
+}
+
+const maxStartAttempts = 5
+
+func (c *cluster) startOne(s nodeSpec) (*proc, error) {
+	var last error
+	for range maxStartAttempts {
+		p, err := c.spawn(s)
+		if err != nil {
+			return nil, err
+		}
+		err = c.waitHealthy(p, 15*time.Second)
+		if err == nil {
+			return p, nil
+		}
+		last = err
+		if !p.exited() || !strings.Contains(p.log(), "address already in use") {
+			return nil, fmt.Errorf("%w\nlog:\n%s", err, tail(p.log(), 16<<10))
+		}
+		// Lost a port to another process between picking and binding.
+	}
+	return nil, fmt.Errorf("start %s: %d attempts: %w", s.name, maxStartAttempts, last)
+}
+
+func (c *cluster) spawn(s nodeSpec) (*proc, error) {
+	ports, err := freePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	key := s.keyFile
+	if key == "" {
+		key = c.keyFile
+	}
+	p := &proc{
+		name:       s.name,
+		gossipAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
+		httpAddr:   net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1])),
+		done:       make(chan struct{}),
+	}
+	args := []string{"node", "run", "--name", s.name, "--gossip-addr", p.gossipAddr, "--http-addr", p.httpAddr,
+		"--cluster-key-file", key, "--log-level", c.logLvl}
+	if s.join != "" {
+		args = append(args, "--join", s.join)
+	}
+	args = append(args, s.extra...)
+	f, err := os.CreateTemp(c.dir, s.name+"-*.log")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close() // the child holds its own copy
+	p.logPath = f.Name()
+	p.cmd = exec.Command(rbeeBin, args...)
+	p.cmd.Stdout, p.cmd.Stderr = f, f
+	p.cmd.Env = rbeeEnv()
+	// If the test binary dies (a -timeout panic skips cleanups), take the
+	// nodes with it.
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", s.name, err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	c.mu.Lock()
+	c.procs = append(c.procs, p)
+	c.mu.Unlock()
+	return p, nil
+}
+
+// freePorts returns n distinct ports that were free on 127.0.0.1 for both TCP
+// and UDP (memberlist binds both on the gossip port).
+func freePorts(n int) ([]int, error) {
+	var closers []func() error
+	defer func() {
+		for _, cl := range closers {
+			_ = cl()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 100 {
+			return nil, errors.New("no free port with both TCP and UDP free")
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find free port: %w", err)
+		}
+		closers = append(closers, ln.Close)
+		port := ln.Addr().(*net.TCPAddr).Port
+		pc, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue // keep the TCP listener so this port is not offered again
+		}
+		closers = append(closers, pc.Close)
+		ports = append(ports, port)
+	}
+	return ports, nil
+}
+
+// health is the /healthz answer.
+type health struct {
+	Status  string `json:"status"`
+	Node    string `json:"node"`
+	Queen   string `json:"queen"`
+	Version string `json:"version"`
+}
+
+func (c *cluster) health(p *proc) (health, error) {
+	var h health
+	err := c.getJSON(p.httpAddr, node.PathHealth, &h)
+	return h, err
+}
+
+func (c *cluster) getJSON(addr, path string, out any) error {
+	resp, err := c.hc.Get("http://" + addr + path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// poll calls cond every interval until it reports true, or fails tb after
+// timeout with cond's last description of what it saw.
+func poll(tb testing.TB, timeout, interval time.Duration, what string, cond func() (bool, string)) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s: not within %s; last seen: %s", what, timeout, state)
+		}
+		<-t.C
+	}
+}
+
+// pollInterval is how often the waits below look again: short enough that a
+// failover measured with them is not rounded up by much, cheap on loopback.
+const pollInterval = 5 * time.Millisecond
+
+// waitHealthy waits until p answers /healthz naming itself, or exits.
+func (c *cluster) waitHealthy(p *proc, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	t := time.NewTicker(pollInterval)
+	defer t.Stop()
+	for {
+		if h, err := c.health(p); err == nil && h.Status == "ok" && h.Node == p.name {
+			return nil
+		}
+		select {
+		case <-p.done:
+			return fmt.Errorf("%s exited before answering /healthz: %v", p.name, p.err)
+		case <-t.C:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: /healthz not ok within %s", p.name, timeout)
+		}
+	}
+}
+
+// live returns the processes of ps the test has not stopped; one that died
+// on its own fails the test.
+func (c *cluster) live(ps []*proc) []*proc {
+	c.tb.Helper()
+	var out []*proc
+	for _, p := range ps {
+		if p.stopped {
+			continue
+		}
+		if p.exited() {
+			c.tb.Fatalf("%s exited unexpectedly: %v", p.name, p.err)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// queens asks every process in ps for its queen; ok is true when all answer
+// and name the same non-empty queen.
+func (c *cluster) queens(ps []*proc) (queen string, ok bool, state string) {
+	var b strings.Builder
+	ok = true
+	for i, p := range ps {
+		h, err := c.health(p)
+		if err != nil {
+			fmt.Fprintf(&b, "%s: %v; ", p.name, err)
+			ok = false
+			continue
+		}
+		fmt.Fprintf(&b, "%s: queen %q; ", p.name, h.Queen)
+		if h.Queen == "" || (i > 0 && h.Queen != queen) {
+			ok = false
+		}
+		queen = h.Queen
+	}
+	return queen, ok, b.String()
+}
+
+// waitAgree waits until every live node of ps names the same non-empty queen,
+// and returns it.
+func (c *cluster) waitAgree(ps []*proc, timeout time.Duration) string {
+	c.tb.Helper()
+	var queen string
+	poll(c.tb, timeout, pollInterval, "nodes agree on a queen", func() (bool, string) {
+		q, ok, state := c.queens(c.live(ps))
+		queen = q
+		return ok, state
+	})
+	return queen
+}
+
+// waitNewQueen waits until the live nodes of ps agree on a queen other than
+// old, and returns it.
+func (c *cluster) waitNewQueen(ps []*proc, old string, timeout time.Duration) string {
+	c.tb.Helper()
+	var queen string
+	poll(c.tb, timeout, pollInterval, "nodes agree on a queen other than "+old, func() (bool, string) {
+		q, ok, state := c.queens(c.live(ps))
+		queen = q
+		return ok && q != old, state
+	})
+	return queen
+}
+
+// members is a node's /v1/admin/members.
+func (c *cluster) members(p *proc) ([]node.MemberView, error) {
+	var ms []node.MemberView
+	err := c.getJSON(p.httpAddr, node.PathAdminMembers, &ms)
+	return ms, err
+}
+
+// waitConverged waits until every live node of ps sees every live node of ps
+// alive and they agree on a queen; it returns the queen.
+func (c *cluster) waitConverged(ps []*proc, timeout time.Duration) string {
+	c.tb.Helper()
+	poll(c.tb, timeout, pollInterval, "every node sees every other alive", func() (bool, string) {
+		live := c.live(ps)
+		for _, p := range live {
+			ms, err := c.members(p)
+			if err != nil {
+				return false, fmt.Sprintf("%s: %v", p.name, err)
+			}
+			alive := map[string]bool{}
+			for _, m := range ms {
+				alive[m.Name] = m.Status == "alive"
+			}
+			for _, o := range live {
+				if !alive[o.name] {
+					return false, fmt.Sprintf("%s does not see %s alive: %+v", p.name, o.name, ms)
+				}
+			}
+		}
+		return true, ""
+	})
+	return c.waitAgree(ps, timeout)
+}
+
+// byName returns the process of ps named name.
+func byName(tb testing.TB, ps []*proc, name string) *proc {
+	tb.Helper()
+	for _, p := range ps {
+		if p.name == name {
+			return p
+		}
+	}
+	tb.Fatalf("no node named %q", name)
+	return nil
+}
+
+// kill SIGKILLs p and waits for it to exit.
+func (c *cluster) kill(p *proc) { c.tb.Helper(); p.signal(c.tb, syscall.SIGKILL, 10*time.Second) }
+
+// term SIGTERMs p (a graceful leave) and waits for it to exit.
+func (c *cluster) term(p *proc) { c.tb.Helper(); p.signal(c.tb, syscall.SIGTERM, 15*time.Second) }
