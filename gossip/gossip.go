@@ -52,6 +52,13 @@ func New(cfg Config, seeds []string) (*Gossip, error) {
 		settled:  len(seeds) == 0,
 		queenCh:  make(chan struct{}),
 	}
+	// Claim and Leaving are set later; the metadata must fit with both, or
+	// they would silently never be broadcast.
+	flagged := g.meta
+	flagged.Claim, flagged.Leaving = true, true
+	if _, err := flagged.encode(); err != nil {
+		return nil, err
+	}
 	b, err := g.meta.encode()
 	if err != nil {
 		return nil, err
@@ -264,7 +271,9 @@ func (g *Gossip) Self() Member {
 func (g *Gossip) Join(addrs []string) (int, error) {
 	n, err := g.ml.Join(addrs)
 	if err != nil && n == 0 {
-		return 0, fmt.Errorf("join %s: %w", strings.Join(addrs, ","), err)
+		// memberlist's multierror spans several lines; one line reads
+		// better in a CLI message or a log line.
+		return 0, fmt.Errorf("join %s: %s", strings.Join(addrs, ","), strings.Join(strings.Fields(err.Error()), " "))
 	}
 	g.settle()
 	return n, nil
