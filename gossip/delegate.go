@@ -53,9 +53,12 @@ func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	delete(e.g.live, n.Name)
 	e.g.departed[n.Name] = m
 	e.g.mu.Unlock()
-	if m.Status == StatusLeft {
+	switch {
+	case n.Name == e.g.cfg.Name:
+		// Our own leave; the node logs its shutdown itself.
+	case m.Status == StatusLeft:
 		e.g.log.Info("member left", "member", m.Name, "addr", m.GossipAddr)
-	} else {
+	default:
 		e.g.log.Warn("member failed", "member", m.Name, "addr", m.GossipAddr)
 	}
 	e.g.poke()

@@ -103,7 +103,7 @@ type Welcome struct {
 var (
 	ErrMalformed   = errors.New("malformed message")
 	ErrUnknownType = errors.New("unknown message type")
-	ErrInvalid     = errors.New("invalid message")
+	ErrInvalid     = errors.New("invalid value")
 )
 
 // Limits on identifiers, enforced by Validate: they end up in metadata, logs,

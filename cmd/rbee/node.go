@@ -204,13 +204,12 @@ func runNode(c *cli.Context) error {
 	cfg.Key = key
 	cfg.Insecure = c.Bool("insecure")
 	cfg.Logger = log
-	if key.IsZero() {
-		log.Warn("no cluster key: gossip is not encrypted and the API is not authenticated; use --cluster-key-file for a real cluster")
-	}
-
 	n, err := node.New(cfg)
 	if err != nil {
 		return err
+	}
+	if key.IsZero() {
+		log.Warn("no cluster key: gossip is not encrypted and the API is not authenticated; use --cluster-key-file for a real cluster")
 	}
 	ctx, stop := signalContext(log)
 	defer stop()
