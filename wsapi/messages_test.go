@@ -432,7 +432,7 @@ func TestValidate_RejectsSpoofingAndBadLabels(t *testing.T) {
 		{"empty hive_id", "hive-gpu-1", func(t *HiveTelemetry) { t.HiveID = "" }, true, "does not match session"},
 		{"hive_id differs in case", "hive-gpu-1", func(t *HiveTelemetry) { t.HiveID = "HIVE-GPU-1" }, true, "does not match"},
 		{"no workers", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers = nil }, false, ""},
-		{"empty group", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers[1].Group = "" }, true, "worker 1: invalid message: empty group"},
+		{"empty group", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers[1].Group = "" }, true, "worker 1: invalid value: empty group"},
 		{"empty instance", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers[0].Instance = "" }, true, "empty instance"},
 		{"slash in group", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers[0].Group = "llm/evil" }, true, "group"},
 		{"space in instance", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers[0].Instance = "80 80" }, true, "instance"},
