@@ -32,6 +32,7 @@ type Gossip struct {
 	departed  map[string]Member // left or failed members
 	settled   bool              // joined (or gave up joining): may claim the queen seat
 	leaving   bool
+	down      bool // Shutdown was called
 	queen     Member
 	hasQueen  bool
 	queenCh   chan struct{} // closed and replaced on every queen change
@@ -271,21 +272,34 @@ func (g *Gossip) Self() Member {
 func (g *Gossip) Join(addrs []string) (int, error) {
 	n, err := g.ml.Join(addrs)
 	if err != nil && n == 0 {
-		// memberlist's multierror spans several lines; one line reads
-		// better in a CLI message or a log line.
-		return 0, fmt.Errorf("join %s: %s", strings.Join(addrs, ","), strings.Join(strings.Fields(err.Error()), " "))
+		return 0, fmt.Errorf("join %s: %w", strings.Join(addrs, ","), oneLine{err})
 	}
 	g.settle()
 	return n, nil
 }
 
-// ErrLeft is returned by Leave when the node already left.
-var ErrLeft = errors.New("already left")
+// oneLine prints memberlist's multi-line multierror on one line, for CLI
+// messages and log lines, and still unwraps to it.
+type oneLine struct{ err error }
+
+func (e oneLine) Error() string { return strings.Join(strings.Fields(e.err.Error()), " ") }
+func (e oneLine) Unwrap() error { return e.err }
+
+// ErrLeft is returned by Leave when the node already left; ErrShutdown when
+// it was shut down (memberlist panics on a leave after shutdown).
+var (
+	ErrLeft     = errors.New("already left")
+	ErrShutdown = errors.New("gossip shut down")
+)
 
 // Leave tells the cluster this node is going, so the others drop it (and elect
 // a new queen if it was one) at once instead of waiting for failure detection.
 func (g *Gossip) Leave() error {
 	g.mu.Lock()
+	if g.down {
+		g.mu.Unlock()
+		return ErrShutdown
+	}
 	if g.leaving {
 		g.mu.Unlock()
 		return ErrLeft
@@ -312,6 +326,9 @@ func (g *Gossip) Leave() error {
 // Shutdown stops the listeners without telling anyone; call Leave first for a
 // graceful exit.
 func (g *Gossip) Shutdown() error {
+	g.mu.Lock()
+	g.down = true
+	g.mu.Unlock()
 	if err := g.ml.Shutdown(); err != nil {
 		return fmt.Errorf("shutdown gossip: %w", err)
 	}
