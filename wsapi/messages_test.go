@@ -287,8 +287,8 @@ func TestDecode_RejectsBadInput(t *testing.T) {
 		{"unknown type", `{"type":"lease_grant"}`, ErrUnknownType, `"lease_grant"`},
 		{"type in wrong case", `{"type":"Hive_Telemetry"}`, ErrUnknownType, `Hive_Telemetry`},
 		{"type not a string", `{"type":5}`, ErrMalformed, "type"},
-		{"empty input", ``, ErrMalformed, "unexpected end"},
-		{"truncated object", `{"type":"queen"`, ErrMalformed, "unexpected end"},
+		{"empty input", ``, ErrMalformed, "unexpected EOF"},
+		{"truncated object", `{"type":"queen"`, ErrMalformed, "unexpected EOF"},
 		{"array", `[{"type":"queen"}]`, ErrMalformed, "array"},
 		{"bare string", `"queen"`, ErrMalformed, "string"},
 		{"not JSON", `type=queen`, ErrMalformed, "invalid character"},
@@ -644,23 +644,37 @@ func TestDecode_DuplicateTypeKeysAreRefusedWhateverTheSpacing(t *testing.T) {
 // folding); a browser's JSON.parse does not. A key that differs from a field
 // only in case would be read as that field here and as something else by
 // every dashboard, so Decode refuses it.
-func TestDecode_KeysDifferingOnlyInCaseAreRefused(t *testing.T) {
-	for _, in := range []string{
-		`{"TYPE":"queen"}`,
-		`{"type":"queen","TYPE":"hello"}`,
-		`{ "type":"queen","Type":"hello"}`,
-		`{"type":"hive_telemetry","HIVE_ID":"h"}`,
-		`{"type":"hive_telemetry","hive_id":"victim","Hive_Id":"h"}`,
-		`{"type":"hive_telemetry","workers":[{"Group":"llm"}]}`,
-		`{"type":"hive_telemetry","workers":[{"model":"x","MODEL":"y"}]}`,
-		`{"type":"hive_telemetry","wor` + "\u212a" + `ers":[]}`,                 // Kelvin sign folds to k
-		`{"type":"hive_telemetry","workers":[{"in` + "\u017f" + `tance":"1"}]}`, // long s folds to s
-		`{"type":"queen","worker_IDS":["a"]}`,
-		`{"type":"hello","Proof":"00"}`,
-	} {
-		msg, err := Decode([]byte(in))
-		if !errors.Is(err, ErrMalformed) {
-			t.Errorf("Decode(%q) = %+v, %v; want ErrMalformed", in, msg, err)
+// TestDecode_KeysDifferingOnlyInCaseAreIgnored: a key that matches a field
+// only when case is folded is an unknown key, for Decode as for a browser's
+// JSON.parse, so it can never make the queen validate one value while
+// dashboards read another (the relay test checks that end to end).
+func TestDecode_KeysDifferingOnlyInCaseAreIgnored(t *testing.T) {
+	tests := []struct {
+		in   string
+		want func(any) bool
+	}{
+		{`{"type":"hive_telemetry","HIVE_ID":"h"}`, func(m any) bool { return m.(*HiveTelemetry).HiveID == "" }},
+		{`{"type":"hive_telemetry","hive_id":"victim","Hive_Id":"h"}`, func(m any) bool { return m.(*HiveTelemetry).HiveID == "victim" }},
+		{`{"type":"hive_telemetry","workers":[{"Group":"llm"}]}`, func(m any) bool { return m.(*HiveTelemetry).Workers[0].Group == "" }},
+		{`{"type":"hive_telemetry","workers":[{"model":"x","MODEL":"y"}]}`, func(m any) bool { return *m.(*HiveTelemetry).Workers[0].Model == "x" }},
+		{`{"type":"hive_telemetry","wor` + "\u212a" + `ers":[{}]}`, func(m any) bool { return len(m.(*HiveTelemetry).Workers) == 0 }},                       // Kelvin sign
+		{`{"type":"hive_telemetry","workers":[{"in` + "\u017f" + `tance":"1"}]}`, func(m any) bool { return m.(*HiveTelemetry).Workers[0].Instance == "" }}, // long s
+		{`{"type":"queen","worker_IDS":["a"]}`, func(m any) bool { return len(m.(*QueenEvent).WorkerIDs) == 0 }},
+		{`{"type":"hello","Proof":"00"}`, func(m any) bool { return m.(*Hello).Proof == "" }},
+	}
+	for _, tc := range tests {
+		msg, err := Decode([]byte(tc.in))
+		if err != nil {
+			t.Errorf("Decode(%q) = %v; an unknown key is not an error", tc.in, err)
+			continue
+		}
+		if !tc.want(msg) {
+			t.Errorf("Decode(%q) = %+v: a case-folded key reached a field", tc.in, msg)
+		}
+	}
+	for _, in := range []string{`{"TYPE":"queen"}`, `{"type":"queen","TYPE":"hello","type":"hello"}`} {
+		if _, err := Decode([]byte(in)); !errors.Is(err, ErrMalformed) {
+			t.Errorf("Decode(%q) = %v, want ErrMalformed (no type, or a duplicate one)", in, err)
 		}
 	}
 }
