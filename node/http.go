@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -42,26 +43,64 @@ func (n *Node) routes() http.Handler {
 	return mux
 }
 
-// authorized lets a request through when no key is set, when it comes from
-// loopback (the machine's own users, as with `consul join`), or when it
-// carries the cluster's HTTP token as a bearer token or, for browsers'
-// WebSockets which cannot set headers, a token query parameter.
+// authorized lets a request through when it carries the cluster's HTTP token
+// (as a bearer token or, for browsers' WebSockets which cannot set headers, a
+// token query parameter), or, without a token, when no key is set or it comes
+// from loopback (the machine's own users, as with `consul join`).
+//
+// A token-less request must also not come from another site's page in the
+// user's browser: without that, any web page could POST /v1/admin/leave to
+// 127.0.0.1 or read the feed. So its Origin, when a browser sends one, must be
+// this node itself, and a loopback request must name the host by IP address
+// or "localhost", which defeats DNS rebinding (evil.example resolving to
+// 127.0.0.1 makes Origin and Host agree).
 func (n *Node) authorized(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if n.cfg.Key.IsZero() || isLoopbackRemote(r.RemoteAddr) {
-			h(w, r)
-			return
-		}
 		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok {
 			tok = r.URL.Query().Get("token")
 		}
-		if !n.cfg.Key.CheckToken(tok) {
+		if tok != "" && n.cfg.Key.CheckToken(tok) {
+			h(w, r)
+			return
+		}
+		loopback := isLoopbackRemote(r.RemoteAddr)
+		if !n.cfg.Key.IsZero() && !loopback {
 			WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong cluster token (the CLI derives it from --cluster-key-file)")
+			return
+		}
+		if err := notFromAnotherSite(r, loopback); err != nil {
+			WriteError(w, http.StatusForbidden, "forbidden", err.Error())
 			return
 		}
 		h(w, r)
 	}
+}
+
+func notFromAnotherSite(r *http.Request, loopback bool) error {
+	if loopback {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(r.Host); err == nil {
+			host = h
+		}
+		if host != "localhost" && net.ParseIP(strings.Trim(host, "[]")) == nil {
+			return fmt.Errorf("host %q: without the cluster token, call this node by IP address or localhost", truncateText(r.Host, 60))
+		}
+	}
+	if origin := r.Header.Get("Origin"); origin != "" {
+		u, err := url.Parse(origin)
+		if err != nil || u.Host != r.Host {
+			return fmt.Errorf("cross-site request from %q refused without the cluster token", truncateText(origin, 60))
+		}
+	}
+	return nil
+}
+
+func truncateText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 func isLoopbackRemote(remote string) bool {

@@ -58,10 +58,11 @@ func TestHTTP_Auth(t *testing.T) {
 		{"join with no addresses", "POST", PathAdminJoin, loop, "", `{"addrs":[]}`, 400},
 		{"unknown path", "GET", "/v1/nope", loop, "", "", 404},
 	}
+
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			req := httptest.NewRequest(tc.method, tc.path, strings.NewReader(tc.body))
-			req.RemoteAddr = tc.remote
+			req.RemoteAddr, req.Host = tc.remote, "127.0.0.1:7833"
 			if tc.auth != "" {
 				req.Header.Set("Authorization", tc.auth)
 			}
@@ -148,6 +149,46 @@ func TestConfig_Validate(t *testing.T) {
 				}
 			case err != nil:
 				t.Fatalf("err = %v, want nil", err)
+			}
+		})
+	}
+}
+
+// TestHTTP_BrowserPagesCannotActForLoopbackUsers: the loopback exemption is for
+// the machine's users, not for any web page open in their browser.
+func TestHTTP_BrowserPagesCannotActForLoopbackUsers(t *testing.T) {
+	key := mustKey(t)
+	n := startNode(t, "a", withKey(key))
+	h := n.routes()
+	loop, remote := "127.0.0.1:40000", "192.0.2.7:40000"
+	tests := []struct {
+		name, method, path, remote, auth, host, origin string
+		want                                           int
+	}{
+		{"another site's page cannot make the node leave", "POST", PathAdminLeave, loop, "", "127.0.0.1:7833", "https://evil.example", 403},
+		{"another site's page cannot read the cluster", "GET", PathCluster, loop, "", "127.0.0.1:7833", "http://evil.example", 403},
+		{"another site's page cannot open the feed", "GET", wsapi.FeedPath, loop, "", "127.0.0.1:7833", "http://evil.example", 403},
+		{"DNS rebinding is refused", "GET", PathCluster, loop, "", "evil.example:7833", "http://evil.example:7833", 403},
+		{"DNS rebinding without Origin is refused", "GET", PathCluster, loop, "", "evil.example:7833", "", 403},
+		{"the node's own page may read", "GET", PathCluster, loop, "", "127.0.0.1:7833", "http://127.0.0.1:7833", 200},
+		{"localhost by name is fine", "GET", PathCluster, loop, "", "localhost:7833", "http://localhost:7833", 200},
+		{"IPv6 loopback literal is fine", "GET", PathCluster, "[::1]:40000", "", "[::1]:7833", "", 200},
+		{"a page elsewhere holding the token may read", "GET", PathCluster, remote, "Bearer " + key.HTTPToken(), "10.0.0.5:7833", "https://dash.example", 200},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			req := httptest.NewRequest(tc.method, tc.path, nil)
+			req.RemoteAddr, req.Host = tc.remote, tc.host
+			if tc.origin != "" {
+				req.Header.Set("Origin", tc.origin)
+			}
+			if tc.auth != "" {
+				req.Header.Set("Authorization", tc.auth)
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != tc.want {
+				t.Fatalf("status %d, want %d: %s", rec.Code, tc.want, rec.Body)
 			}
 		})
 	}

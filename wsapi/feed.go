@@ -146,8 +146,10 @@ func ServeFeed(ctx context.Context, w http.ResponseWriter, r *http.Request, h *H
 			so.WriteTimeout = opts.WriteTimeout
 		}
 	}
-	// Browsers send an Origin header; the feed is read-only and already
-	// behind the cluster token for remote callers, so any page may read it.
+	// The caller decides who may read (the node checks the token, and the
+	// Origin of token-less browsers, before calling ServeFeed), so the
+	// library's same-origin check is off: a dashboard on another origin
+	// holding the token must work.
 	hj := &corkHijacker{ResponseWriter: w}
 	conn, err := websocket.Accept(hj, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
