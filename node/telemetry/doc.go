@@ -1,0 +1,14 @@
+// Package telemetry measures a hive's workers: their cgroup v2 counters
+// (CgroupReader, CgroupTracker), their processes through gopsutil
+// (ProcSampler), and the workers rbee did not start (WorkerSpec). The node's
+// collector combines these into the wire's wsapi.ProcessStats once a tick.
+//
+// Main types: CgroupReader (finds rbee.slice/<group>/<instance> cgroups and
+// reads their files), CgroupTracker (turns two samples into rates),
+// ProcSampler (per-process CPU, RSS, IO and uptime).
+//
+// The package starts no goroutines and reads no clock: the caller passes the
+// time of each tick, so rates are computed over the wall time it says passed.
+// It never writes to a cgroup and never needs root to read one; a machine
+// without cgroup v2 (ErrNoCgroup2) is measured by process alone.
+package telemetry
