@@ -29,6 +29,9 @@ func newApp() *cli.App {
 		Name:    "rbee",
 		Usage:   "turn the GPU machines you own into one LLM-inference cluster",
 		Version: node.Version,
+		// --worker values hold commas (URL,model=X,slots=N); list flags
+		// that take comma lists (--join, --roles) split them themselves.
+		DisableSliceFlagSeparator: true,
 		Commands: []*cli.Command{
 			nodeCommand(),
 			keygenCommand(),

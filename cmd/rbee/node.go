@@ -155,6 +155,8 @@ func nodeRunCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "roles", EnvVars: []string{"RBEE_ROLES"}, Value: cli.NewStringSlice("queen", "hive"), Usage: "queen (may be elected) and/or hive (reports workers)"},
 			&cli.IntFlag{Name: "queen-priority", EnvVars: []string{"RBEE_QUEEN_PRIORITY"}, Usage: "higher is preferred as queen; ties go to the oldest node"},
 			&cli.BoolFlag{Name: "insecure", EnvVars: []string{"RBEE_INSECURE"}, Usage: "allow listening beyond loopback without a cluster key"},
+			&cli.StringSliceFlag{Name: "worker", EnvVars: []string{"RBEE_WORKER"}, Usage: "a server rbee did not start: URL[,model=NAME][,slots=N][,group=G][,instance=I] (repeat; env: separate with ;)"},
+			&cli.StringFlag{Name: "cgroup-root", EnvVars: []string{"RBEE_CGROUP_ROOT"}, Usage: "cgroup v2 mount holding rbee.slice (default: found in /proc/self/mountinfo)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"RBEE_LOG_LEVEL"}, Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "log-format", EnvVars: []string{"RBEE_LOG_FORMAT"}, Value: "text", Usage: "text or json"},
 		}, keyFlags()...),
@@ -204,6 +206,12 @@ func runNode(c *cli.Context) error {
 	cfg.Key = key
 	cfg.Insecure = c.Bool("insecure")
 	cfg.Logger = log
+	coll, closeColl, err := newCollector(c, log)
+	if err != nil {
+		return err
+	}
+	defer closeColl()
+	cfg.Collector = coll
 	n, err := node.New(cfg)
 	if err != nil {
 		return err

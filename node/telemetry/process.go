@@ -55,12 +55,25 @@ func NewProcSampler() *ProcSampler {
 	return &ProcSampler{procs: make(map[int32]*procState)}
 }
 
-// Sample measures each worker (a list of pids) at now, and forgets processes
-// that no worker listed.
-func (s *ProcSampler) Sample(ctx context.Context, workers [][]int32, now time.Time) []ProcStats {
+// ProcQuery is one worker to measure.
+type ProcQuery struct {
+	PIDs []int32
+	// IdentityOnly: the caller has CPU, memory and IO from the worker's
+	// cgroup, so read only what is cached (start time, command line) and
+	// check the pid is alive.
+	IdentityOnly bool
+}
+
+// Sample measures each worker at now, and forgets processes that no worker
+// listed.
+func (s *ProcSampler) Sample(ctx context.Context, workers []ProcQuery, now time.Time) []ProcStats {
 	out := make([]ProcStats, len(workers))
-	for i, pids := range workers {
-		out[i] = s.worker(ctx, pids, now)
+	for i, q := range workers {
+		if q.IdentityOnly {
+			out[i] = s.identity(ctx, q.PIDs, now)
+		} else {
+			out[i] = s.worker(ctx, q.PIDs, now)
+		}
 	}
 	for pid, st := range s.procs {
 		if !st.lastTick.Equal(now) {
@@ -115,6 +128,32 @@ func (s *ProcSampler) worker(ctx context.Context, pids []int32, now time.Time) P
 		st.ioOK = ioErr == nil
 		if st.ioOK {
 			st.rd, st.wr = io.ReadBytes, io.WriteBytes
+		}
+	}
+	if oldest > 0 {
+		ws.Uptime = max(0, now.Sub(time.UnixMilli(oldest)))
+	}
+	return ws
+}
+
+// identity reports which pids are alive, the oldest one, its command line and
+// uptime, without reading the counters.
+func (s *ProcSampler) identity(ctx context.Context, pids []int32, now time.Time) ProcStats {
+	var ws ProcStats
+	oldest := int64(0)
+	for _, pid := range pids {
+		st, ok := s.state(ctx, pid)
+		if !ok {
+			continue
+		}
+		if running, err := st.p.IsRunningWithContext(ctx); err != nil || !running {
+			delete(s.procs, pid)
+			continue
+		}
+		st.lastTick = now
+		ws.Alive++
+		if oldest == 0 || st.created < oldest {
+			oldest, ws.MainPID, ws.Cmdline = st.created, pid, st.cmdline
 		}
 	}
 	if oldest > 0 {

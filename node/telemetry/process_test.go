@@ -49,13 +49,13 @@ func measureOver(t *testing.T, s *ProcSampler, pids []int32, wait time.Duration)
 	t.Helper()
 	ctx := context.Background()
 	t0 := time.Now()
-	first := s.Sample(ctx, [][]int32{pids}, t0)[0]
+	first := s.Sample(ctx, []ProcQuery{{PIDs: pids}}, t0)[0]
 	if first.CPUPct != 0 {
 		t.Errorf("first sample has a CPU rate %.1f; there is no previous sample", first.CPUPct)
 	}
 	timer := time.NewTimer(wait)
 	<-timer.C
-	return s.Sample(ctx, [][]int32{pids}, time.Now())[0]
+	return s.Sample(ctx, []ProcQuery{{PIDs: pids}}, time.Now())[0]
 }
 
 func TestProcSampler_RealProcess(t *testing.T) {
@@ -105,7 +105,7 @@ func TestProcSampler_SumsAWorkersProcessesAndSkipsDeadOnes(t *testing.T) {
 	// One exits between two samples: the worker reports the other, no error.
 	_ = b.Process.Kill()
 	_ = b.Wait()
-	after := s.Sample(context.Background(), [][]int32{pids}, time.Now())[0]
+	after := s.Sample(context.Background(), []ProcQuery{{PIDs: pids}}, time.Now())[0]
 	if after.Alive != 1 || after.MainPID != int32(a.Process.Pid) {
 		t.Fatalf("after one exit: alive=%d main=%d", after.Alive, after.MainPID)
 	}
@@ -115,7 +115,7 @@ func TestProcSampler_ForgetsUnlistedProcesses(t *testing.T) {
 	s := NewProcSampler()
 	self := int32(os.Getpid())
 	now := time.Now()
-	s.Sample(context.Background(), [][]int32{{self}}, now)
+	s.Sample(context.Background(), []ProcQuery{{PIDs: []int32{self}}}, now)
 	if len(s.procs) != 1 {
 		t.Fatalf("tracking %d processes, want 1", len(s.procs))
 	}
@@ -129,10 +129,10 @@ func TestProcSampler_LateOrRepeatedTickGivesNoBogusRate(t *testing.T) {
 	s := NewProcSampler()
 	self := int32(os.Getpid())
 	now := time.Now()
-	s.Sample(context.Background(), [][]int32{{self}}, now)
+	s.Sample(context.Background(), []ProcQuery{{PIDs: []int32{self}}}, now)
 	// The same instant again (a clock that did not move): no division by
 	// zero, no rate.
-	if got := s.Sample(context.Background(), [][]int32{{self}}, now)[0]; got.CPUPct != 0 {
+	if got := s.Sample(context.Background(), []ProcQuery{{PIDs: []int32{self}}}, now)[0]; got.CPUPct != 0 {
 		t.Errorf("cpu_pct over zero wall time = %v, want 0", got.CPUPct)
 	}
 }
@@ -141,9 +141,9 @@ func TestProcSampler_LateOrRepeatedTickGivesNoBogusRate(t *testing.T) {
 // single-process workers (this test process stands in for each).
 func BenchmarkProcSampler_16Workers(b *testing.B) {
 	self := int32(os.Getpid())
-	workers := make([][]int32, 16)
+	workers := make([]ProcQuery, 16)
 	for i := range workers {
-		workers[i] = []int32{self}
+		workers[i] = ProcQuery{PIDs: []int32{self}}
 	}
 	s := NewProcSampler()
 	ctx := context.Background()
@@ -151,5 +151,24 @@ func BenchmarkProcSampler_16Workers(b *testing.B) {
 	for b.Loop() {
 		now = now.Add(time.Second)
 		s.Sample(ctx, workers, now)
+	}
+}
+
+func TestProcSampler_IdentityOnlyReadsNoCounters(t *testing.T) {
+	cmd := startBurn(t, "16")
+	pid := int32(cmd.Process.Pid)
+	s := NewProcSampler()
+	now := time.Now()
+	got := s.Sample(context.Background(), []ProcQuery{{PIDs: []int32{pid, 1 << 30}, IdentityOnly: true}}, now)[0]
+	if got.Alive != 1 || got.MainPID != pid || len(got.Cmdline) == 0 {
+		t.Fatalf("identity = %+v", got)
+	}
+	if got.CPUPct != 0 || got.RSSBytes != 0 {
+		t.Errorf("identity read counters: %+v", got)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if got := s.Sample(context.Background(), []ProcQuery{{PIDs: []int32{pid}, IdentityOnly: true}}, now.Add(time.Second))[0]; got.Alive != 0 {
+		t.Errorf("a killed worker still counts as alive: %+v", got)
 	}
 }

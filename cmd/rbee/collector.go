@@ -1,0 +1,38 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/telemetry"
+)
+
+// newCollector builds the hive's telemetry collector from the flags. A node
+// without the hive role reports nothing.
+func newCollector(c *cli.Context, log *slog.Logger) (node.Collector, func(), error) {
+	var specs []telemetry.WorkerSpec
+	for _, v := range c.StringSlice("worker") {
+		// An env var holds one string; workers in it are separated by ';'
+		// since their options use ','.
+		for _, one := range strings.Split(v, ";") {
+			if one = strings.TrimSpace(one); one == "" {
+				continue
+			}
+			w, err := telemetry.ParseWorkerSpec(one)
+			if err != nil {
+				return nil, nil, fmt.Errorf("--worker: %w", err)
+			}
+			specs = append(specs, w)
+		}
+	}
+	coll := telemetry.NewCollector(telemetry.CollectorConfig{
+		CgroupRoot: c.String("cgroup-root"),
+		Workers:    specs,
+		Logger:     log.With("component", "telemetry"),
+	})
+	return coll, func() {}, nil
+}

@@ -1,0 +1,310 @@
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/rbee/rbee/wsapi"
+)
+
+const mib = 1 << 20
+
+// WorkerGPU is one worker's GPU figures, summed over its processes and the
+// devices they use.
+type WorkerGPU struct {
+	UtilPct     float64
+	VRAMMB      uint64
+	TotalVRAMMB uint64
+}
+
+// ModelInfo is what a worker serves, as far as rbee could learn.
+type ModelInfo struct {
+	Model string // "" when unknown
+	Slots int    // 0 when unknown
+}
+
+// CollectorConfig configures a Collector. Zero values mean: find the cgroup
+// root, no static workers, no GPU figures, command-line model detection only.
+type CollectorConfig struct {
+	// CgroupRoot is the cgroup v2 mount; empty finds it in
+	// /proc/self/mountinfo.
+	CgroupRoot string
+	// Workers are servers rbee did not start (--worker).
+	Workers []WorkerSpec
+	// GPU returns the GPU figures of each worker, given each worker's pids,
+	// in order; nil means no GPU figures.
+	GPU func(workers [][]int32) []WorkerGPU
+	// Probe asks a worker's own API what it serves; nil means command line
+	// only. It is called with a short deadline, at most one worker a tick.
+	Probe func(ctx context.Context, baseURL string) (ModelInfo, error)
+	// FromCmdline names the model from a worker's command line.
+	FromCmdline func(argv []string) ModelInfo
+	Logger      *slog.Logger
+}
+
+// Collector is a hive's node.Collector: once a tick it lists the workers
+// (cgroups under rbee.slice and --worker servers), measures them and returns
+// them in the wire's shape. Not safe for concurrent use; the hive calls it
+// from one goroutine.
+type Collector struct {
+	cfg    CollectorConfig
+	log    *slog.Logger
+	cg     *CgroupTracker // nil without cgroup v2
+	procs  *ProcSampler
+	static []staticWorker
+	models map[string]*modelState // by group/instance
+	probeQ int                    // round robin over workers needing a probe
+}
+
+type staticWorker struct {
+	spec     WorkerSpec
+	pid      int32
+	lookedAt time.Time
+	warned   bool
+}
+
+type modelState struct {
+	info     ModelInfo
+	fromAPI  bool
+	probedAt time.Time
+	baseURL  string
+}
+
+// How often to retry what failed: finding a --worker's pid (a process-table
+// walk) and asking a worker's API (it may still be loading its model).
+const (
+	pidRetry   = 10 * time.Second
+	probeRetry = 30 * time.Second
+	probeWait  = 300 * time.Millisecond
+)
+
+// NewCollector sets up discovery. A machine without cgroup v2 is measured by
+// process alone; that is said once here, not every tick.
+func NewCollector(cfg CollectorConfig) *Collector {
+	c := &Collector{cfg: cfg, log: cfg.Logger, procs: NewProcSampler(), models: make(map[string]*modelState)}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	root := cfg.CgroupRoot
+	if root == "" {
+		f, err := os.Open("/proc/self/mountinfo")
+		if err == nil {
+			root, err = CgroupRoot(f)
+			f.Close()
+		}
+		if err != nil {
+			c.log.Info("no cgroup v2: workers are found from --worker only and measured per process", "reason", err)
+		}
+	}
+	if root != "" {
+		c.cg = NewCgroupTracker(CgroupReader{Root: root})
+	}
+	for _, w := range cfg.Workers {
+		c.static = append(c.static, staticWorker{spec: w})
+	}
+	return c
+}
+
+// Collect returns this tick's workers. An error comes with the workers that
+// could be read; it names what could not.
+func (c *Collector) Collect(ctx context.Context) ([]wsapi.ProcessStats, error) {
+	now := time.Now()
+	var errs []error
+	var cgw []WorkerCgroupStats
+	if c.cg != nil {
+		var err error
+		cgw, err = c.cg.Collect(now)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	inCgroup := make(map[int32]bool)
+	queries := make([]ProcQuery, 0, len(cgw)+len(c.static))
+	for _, w := range cgw {
+		for _, p := range w.PIDs {
+			inCgroup[p] = true
+		}
+		all := w.Known.Has(CgroupCPU | CgroupMemory | CgroupIO)
+		queries = append(queries, ProcQuery{PIDs: w.PIDs, IdentityOnly: all})
+	}
+	var statics []*staticWorker
+	for i := range c.static {
+		sw := &c.static[i]
+		c.resolvePID(ctx, sw, now)
+		if sw.pid != 0 && inCgroup[sw.pid] {
+			continue // rbee started it: its cgroup already reports it
+		}
+		statics = append(statics, sw)
+		var pids []int32
+		if sw.pid != 0 {
+			pids = []int32{sw.pid}
+		}
+		queries = append(queries, ProcQuery{PIDs: pids})
+	}
+	ps := c.procs.Sample(ctx, queries, now)
+
+	out := make([]wsapi.ProcessStats, 0, len(queries))
+	pidLists := make([][]int32, 0, len(queries))
+	for i, w := range cgw {
+		p := ps[i]
+		st := wsapi.ProcessStats{Group: w.Group, Instance: w.Instance, PID: uint32(p.MainPID),
+			CPUPct: w.CPUPct, RSSMB: w.RSSMB, IOReadMBs: w.IOReadMBs, IOWriteMBs: w.IOWriteMBs, UptimeS: uint64(p.Uptime / time.Second)}
+		// Fill from the processes what the cgroup could not say.
+		if !w.Known.Has(CgroupCPU) {
+			st.CPUPct = p.CPUPct
+		}
+		if !w.Known.Has(CgroupMemory) {
+			st.RSSMB = p.RSSBytes / mib
+		}
+		if !w.Known.Has(CgroupIO) {
+			st.IOReadMBs, st.IOWriteMBs = p.ReadBps/mib, p.WriteBps/mib
+		}
+		out = append(out, st)
+		pidLists = append(pidLists, w.PIDs)
+		c.noteModel(st.Group, st.Instance, p.Cmdline, localURL(w.Instance), ModelInfo{})
+	}
+	for j, sw := range statics {
+		p := ps[len(cgw)+j]
+		out = append(out, wsapi.ProcessStats{Group: sw.spec.Group, Instance: sw.spec.Instance, PID: uint32(p.MainPID),
+			CPUPct: p.CPUPct, RSSMB: p.RSSBytes / mib, IOReadMBs: p.ReadBps / mib, IOWriteMBs: p.WriteBps / mib,
+			UptimeS: uint64(p.Uptime / time.Second)})
+		var pids []int32
+		if sw.pid != 0 {
+			pids = []int32{sw.pid}
+		}
+		pidLists = append(pidLists, pids)
+		c.noteModel(sw.spec.Group, sw.spec.Instance, p.Cmdline, sw.spec.URL, ModelInfo{Model: sw.spec.Model, Slots: sw.spec.Slots})
+	}
+	if c.cfg.GPU != nil {
+		for i, g := range c.cfg.GPU(pidLists) {
+			out[i].GPUUtilPct, out[i].VRAMMB, out[i].TotalVRAMMB = g.UtilPct, g.VRAMMB, g.TotalVRAMMB
+		}
+	}
+	c.probeOne(ctx, now)
+	for i := range out {
+		if m := c.models[out[i].Group+"/"+out[i].Instance]; m != nil && m.info.Model != "" {
+			name := m.info.Model
+			out[i].Model = &name
+		}
+	}
+	c.forgetModels(out)
+	return out, errors.Join(errs...)
+}
+
+// Models returns what each worker serves, by group/instance, for callers that
+// need slots (the scheduler).
+func (c *Collector) Models() map[string]ModelInfo {
+	out := make(map[string]ModelInfo, len(c.models))
+	for k, m := range c.models {
+		out[k] = m.info
+	}
+	return out
+}
+
+// resolvePID finds the process behind a --worker's port when it is not known
+// or has gone, at most every pidRetry.
+func (c *Collector) resolvePID(ctx context.Context, sw *staticWorker, now time.Time) {
+	if sw.pid != 0 && pidAlive(sw.pid) {
+		return
+	}
+	if now.Sub(sw.lookedAt) < pidRetry {
+		return
+	}
+	sw.lookedAt = now
+	pid, err := PIDListeningOn(ctx, sw.spec.Port)
+	if err != nil {
+		sw.pid = 0
+		if !sw.warned {
+			c.log.Info("worker's process not visible; reporting it without process figures", "worker", sw.spec.URL, "reason", err)
+			sw.warned = true
+		}
+		return
+	}
+	sw.pid, sw.warned = pid, false
+}
+
+func pidAlive(pid int32) bool {
+	_, err := os.Stat("/proc/" + strconv.Itoa(int(pid)))
+	return err == nil
+}
+
+// localURL guesses a cgroup worker's API from its instance, which is its port
+// by convention (rbee worker run --instance 8080).
+func localURL(instance string) string {
+	if p, err := strconv.Atoi(instance); err == nil && p > 0 && p < 65536 {
+		return "http://127.0.0.1:" + instance
+	}
+	return ""
+}
+
+// noteModel records what is known without I/O: a configured model wins, then
+// what the worker's API said, then its command line.
+func (c *Collector) noteModel(group, instance string, argv []string, baseURL string, configured ModelInfo) {
+	key := group + "/" + instance
+	m := c.models[key]
+	if m == nil {
+		m = &modelState{baseURL: baseURL}
+		c.models[key] = m
+	}
+	m.baseURL = baseURL
+	switch {
+	case configured.Model != "":
+		m.info, m.fromAPI = configured, true
+	case !m.fromAPI && c.cfg.FromCmdline != nil && len(argv) > 0:
+		m.info = c.cfg.FromCmdline(argv)
+	}
+	if configured.Slots > 0 {
+		m.info.Slots = configured.Slots
+	}
+}
+
+// probeOne asks one worker's API per tick, so a hive with many workers never
+// spends a tick waiting on them.
+func (c *Collector) probeOne(ctx context.Context, now time.Time) {
+	if c.cfg.Probe == nil || len(c.models) == 0 {
+		return
+	}
+	keys := make([]string, 0, len(c.models))
+	for k, m := range c.models {
+		if !m.fromAPI && m.baseURL != "" && now.Sub(m.probedAt) >= probeRetry {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return
+	}
+	slices.Sort(keys)
+	c.probeQ = (c.probeQ + 1) % len(keys)
+	m := c.models[keys[c.probeQ]]
+	m.probedAt = now
+	pctx, cancel := context.WithTimeout(ctx, probeWait)
+	defer cancel()
+	info, err := c.cfg.Probe(pctx, m.baseURL)
+	if err != nil || info.Model == "" {
+		return
+	}
+	if m.info.Slots > 0 && info.Slots == 0 {
+		info.Slots = m.info.Slots
+	}
+	m.info, m.fromAPI = info, true
+}
+
+func (c *Collector) forgetModels(live []wsapi.ProcessStats) {
+	if len(c.models) <= len(live) {
+		return
+	}
+	keep := make(map[string]bool, len(live))
+	for _, w := range live {
+		keep[w.Group+"/"+w.Instance] = true
+	}
+	for k := range c.models {
+		if !keep[k] {
+			delete(c.models, k)
+		}
+	}
+}

@@ -1,0 +1,128 @@
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"testing"
+)
+
+func TestCollector_CgroupWorkersInTheWireShape(t *testing.T) {
+	c := NewCollector(CollectorConfig{
+		CgroupRoot:  "testdata/cgroup/hive",
+		FromCmdline: func([]string) ModelInfo { return ModelInfo{Model: "from-cmdline"} },
+		GPU: func(ws [][]int32) []WorkerGPU {
+			out := make([]WorkerGPU, len(ws))
+			for i, pids := range ws {
+				if slices.Contains(pids, 4321) {
+					out[i] = WorkerGPU{UtilPct: 85, VRAMMB: 4096, TotalVRAMMB: 24576}
+				}
+			}
+			return out
+		},
+	})
+	got, err := c.Collect(context.Background())
+	if err != nil {
+		t.Fatalf("collect: %v", err)
+	}
+	byID := map[string]int{}
+	for i, w := range got {
+		byID[w.Group+"/"+w.Instance] = i
+	}
+	i, ok := byID["llm/8080"]
+	if !ok {
+		t.Fatalf("llm/8080 missing from %+v", got)
+	}
+	w := got[i]
+	if w.RSSMB != 2048 {
+		t.Errorf("rss_mb = %d, want memory.current 2 GiB = 2048", w.RSSMB)
+	}
+	if w.GPUUtilPct != 85 || w.VRAMMB != 4096 || w.TotalVRAMMB != 24576 {
+		t.Errorf("gpu figures = %v %v %v, want the GPU hook's for the worker holding pid 4321", w.GPUUtilPct, w.VRAMMB, w.TotalVRAMMB)
+	}
+	// The fixture's pids are not running here: no process, no command line,
+	// so no model; the worker is still reported.
+	if w.Model != nil {
+		t.Errorf("model = %q from a process that does not exist", *w.Model)
+	}
+	if w.CPUPct != 0 {
+		t.Errorf("cpu_pct on first sight = %v, want 0 (no previous sample)", w.CPUPct)
+	}
+}
+
+func TestCollector_StaticWorkerFoundByPortWithProbedModel(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	spec, err := ParseWorkerSpec("http://127.0.0.1:" + strconv.Itoa(port) + ",slots=4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	probed := 0
+	c := NewCollector(CollectorConfig{
+		CgroupRoot:  "testdata/cgroup/no-slice",
+		Workers:     []WorkerSpec{spec},
+		FromCmdline: func(argv []string) ModelInfo { return ModelInfo{Model: "cmdline-guess"} },
+		Probe: func(ctx context.Context, base string) (ModelInfo, error) {
+			probed++
+			if base != spec.URL {
+				return ModelInfo{}, errors.New("wrong url " + base)
+			}
+			return ModelInfo{Model: "llama-3.2-1b"}, nil
+		},
+	})
+	got, err := c.Collect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 {
+		t.Fatalf("%d workers, want the one --worker", len(got))
+	}
+	w := got[0]
+	if w.PID != uint32(os.Getpid()) || w.Group != DefaultStaticGroup || w.Instance != strconv.Itoa(port) {
+		t.Errorf("worker = %+v, want this process on port %d", w, port)
+	}
+	if w.Model == nil || *w.Model != "llama-3.2-1b" {
+		t.Errorf("model = %v, want the API's answer over the command line's guess", w.Model)
+	}
+	if w.RSSMB == 0 || w.UptimeS > 3600 {
+		t.Errorf("process figures = rss %d uptime %d", w.RSSMB, w.UptimeS)
+	}
+	if m := c.Models()[w.Group+"/"+w.Instance]; m.Slots != 4 {
+		t.Errorf("slots = %d, want the configured 4", m.Slots)
+	}
+	if _, err := c.Collect(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if probed != 1 {
+		t.Errorf("probed %d times, want once: an answered worker is not asked again", probed)
+	}
+}
+
+func TestCollector_ConfiguredModelWinsAndUnreachableWorkerStillListed(t *testing.T) {
+	spec, err := ParseWorkerSpec("http://127.0.0.1:1,model=qwen2.5-7b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewCollector(CollectorConfig{
+		CgroupRoot: "testdata/cgroup/no-slice",
+		Workers:    []WorkerSpec{spec},
+		Probe: func(context.Context, string) (ModelInfo, error) {
+			t.Error("probed a worker whose model is configured")
+			return ModelInfo{}, nil
+		},
+	})
+	got, err := c.Collect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].PID != 0 || got[0].Model == nil || *got[0].Model != "qwen2.5-7b" {
+		t.Fatalf("got %+v, want the worker with pid 0 and its configured model", got)
+	}
+}
