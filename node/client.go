@@ -107,3 +107,8 @@ func (c *Client) Join(ctx context.Context, addrs []string) (int, error) {
 func (c *Client) Leave(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, PathAdminLeave, struct{}{}, nil)
 }
+
+// RegisterWorker tells the node about a worker `rbee worker run` started.
+func (c *Client) RegisterWorker(ctx context.Context, reg WorkerRegistration) error {
+	return c.do(ctx, http.MethodPost, PathAdminWorkers, reg, nil)
+}

@@ -31,6 +31,13 @@ type Collector interface {
 	Collect(ctx context.Context) ([]wsapi.ProcessStats, error)
 }
 
+// WorkerRegistrar takes workers announced over the local API by `rbee worker
+// run`: their pid and, when the user named them, model and slots. The hive's
+// collector implements it.
+type WorkerRegistrar interface {
+	RegisterWorker(group, instance string, pid int32, model string, slots int) error
+}
+
 // NoWorkers is the Collector of a node with no workers: it still reports, so
 // the queen sees the hive online.
 type NoWorkers struct{}

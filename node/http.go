@@ -22,6 +22,7 @@ const (
 	PathAdminJoin    = "/v1/admin/join"
 	PathAdminLeave   = "/v1/admin/leave"
 	PathAdminMembers = "/v1/admin/members"
+	PathAdminWorkers = "/v1/admin/workers"
 )
 
 // maxAdminBody bounds admin request bodies: a join list of a few addresses.
@@ -37,6 +38,7 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("POST "+PathAdminJoin, n.authorized(n.handleJoin))
 	mux.HandleFunc("POST "+PathAdminLeave, n.authorized(n.handleLeave))
 	mux.HandleFunc("GET "+PathAdminMembers, n.authorized(n.handleMembers))
+	mux.HandleFunc("POST "+PathAdminWorkers, n.authorized(n.handleRegisterWorker))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
 	})
@@ -270,4 +272,42 @@ func (n *Node) handleLeave(w http.ResponseWriter, r *http.Request) {
 func (n *Node) handleMembers(w http.ResponseWriter, r *http.Request) {
 	members, _ := n.memberViews()
 	writeJSON(w, members)
+}
+
+// WorkerRegistration is the body of POST /v1/admin/workers.
+type WorkerRegistration struct {
+	Group    string `json:"group"`
+	Instance string `json:"instance"`
+	PID      int32  `json:"pid"`
+	Model    string `json:"model,omitempty"`
+	Slots    int    `json:"slots,omitempty"`
+}
+
+func (n *Node) handleRegisterWorker(w http.ResponseWriter, r *http.Request) {
+	reg, ok := n.cfg.Collector.(WorkerRegistrar)
+	if !ok || !n.cfg.hasRole(gossip.RoleHive) {
+		WriteError(w, http.StatusConflict, "not_a_hive", "this node reports no workers (start it with the hive role)")
+		return
+	}
+	var req WorkerRegistration
+	if err := json.NewDecoder(io.LimitReader(r.Body, maxAdminBody)).Decode(&req); err != nil {
+		WriteError(w, http.StatusBadRequest, "invalid_request_error", "body: "+err.Error())
+		return
+	}
+	for _, f := range []struct{ name, v string }{{"group", req.Group}, {"instance", req.Instance}} {
+		if err := wsapi.ValidName(f.v); err != nil {
+			WriteError(w, http.StatusBadRequest, "invalid_request_error", f.name+": "+err.Error())
+			return
+		}
+	}
+	if req.PID <= 0 || req.Slots < 0 || len(req.Model) > 512 {
+		WriteError(w, http.StatusBadRequest, "invalid_request_error", "pid must be positive, slots not negative, model at most 512 bytes")
+		return
+	}
+	if err := reg.RegisterWorker(req.Group, req.Instance, req.PID, req.Model, req.Slots); err != nil {
+		WriteError(w, http.StatusBadRequest, "invalid_request_error", err.Error())
+		return
+	}
+	n.log.Info("worker registered", "group", req.Group, "instance", req.Instance, "pid", req.PID, "model", req.Model)
+	writeJSON(w, map[string]any{"registered": true})
 }

@@ -19,6 +19,9 @@ import (
 func main() {
 	app := newApp()
 	if err := app.Run(interspersed(app, os.Args)); err != nil {
+		if code, ok := exitCode(err); ok {
+			os.Exit(code)
+		}
 		fmt.Fprintln(os.Stderr, "rbee:", err)
 		os.Exit(1)
 	}
@@ -34,6 +37,7 @@ func newApp() *cli.App {
 		DisableSliceFlagSeparator: true,
 		Commands: []*cli.Command{
 			nodeCommand(),
+			workerCommand(),
 			keygenCommand(),
 		},
 	}

@@ -3,10 +3,13 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/rbee/rbee/wsapi"
@@ -52,6 +55,11 @@ type CollectorConfig struct {
 // them in the wire's shape. Not safe for concurrent use; the hive calls it
 // from one goroutine.
 type Collector struct {
+	// mu guards registered, which the node's API goroutines write while
+	// Collect runs on the hive's.
+	mu         sync.Mutex
+	registered map[string]registration // by group/instance
+
 	cfg    CollectorConfig
 	log    *slog.Logger
 	cg     *CgroupTracker // nil without cgroup v2
@@ -59,6 +67,12 @@ type Collector struct {
 	static []staticWorker
 	models map[string]*modelState // by group/instance
 	probeQ int                    // round robin over workers needing a probe
+}
+
+type registration struct {
+	group, instance string
+	pid             int32
+	info            ModelInfo
 }
 
 type staticWorker struct {
@@ -86,7 +100,7 @@ const (
 // NewCollector sets up discovery. A machine without cgroup v2 is measured by
 // process alone; that is said once here, not every tick.
 func NewCollector(cfg CollectorConfig) *Collector {
-	c := &Collector{cfg: cfg, log: cfg.Logger, procs: NewProcSampler(), models: make(map[string]*modelState)}
+	c := &Collector{cfg: cfg, log: cfg.Logger, procs: NewProcSampler(), models: make(map[string]*modelState), registered: make(map[string]registration)}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -110,6 +124,25 @@ func NewCollector(cfg CollectorConfig) *Collector {
 	return c
 }
 
+// RegisterWorker records a worker started by `rbee worker run`: its model and
+// slots describe its cgroup worker, or, when it runs outside any cgroup, it is
+// measured by pid until that process exits.
+func (c *Collector) RegisterWorker(group, instance string, pid int32, model string, slots int) error {
+	if pid <= 0 {
+		return fmt.Errorf("register worker %s/%s: bad pid %d", group, instance, pid)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.registered) >= maxRegistered {
+		return fmt.Errorf("register worker %s/%s: %d workers registered already", group, instance, maxRegistered)
+	}
+	c.registered[group+"/"+instance] = registration{group: group, instance: instance, pid: pid, info: ModelInfo{Model: model, Slots: slots}}
+	return nil
+}
+
+// maxRegistered bounds what the local API can make a collector track.
+const maxRegistered = 1024
+
 // Collect returns this tick's workers. An error comes with the workers that
 // could be read; it names what could not.
 func (c *Collector) Collect(ctx context.Context) ([]wsapi.ProcessStats, error) {
@@ -131,6 +164,29 @@ func (c *Collector) Collect(ctx context.Context) ([]wsapi.ProcessStats, error) {
 		}
 		all := w.Known.Has(CgroupCPU | CgroupMemory | CgroupIO)
 		queries = append(queries, ProcQuery{PIDs: w.PIDs, IdentityOnly: all})
+	}
+	c.mu.Lock()
+	regs := make([]registration, 0, len(c.registered))
+	for k, r := range c.registered {
+		if !pidAlive(r.pid) {
+			delete(c.registered, k)
+			continue
+		}
+		regs = append(regs, r)
+	}
+	c.mu.Unlock()
+	slices.SortFunc(regs, func(a, b registration) int { return strings.Compare(a.group+"/"+a.instance, b.group+"/"+b.instance) })
+	regByKey := make(map[string]registration, len(regs))
+	for _, r := range regs {
+		regByKey[r.group+"/"+r.instance] = r
+	}
+	// Registered workers outside any cgroup are measured like --worker ones.
+	var outside []registration
+	for _, r := range regs {
+		if !inCgroup[r.pid] {
+			outside = append(outside, r)
+			queries = append(queries, ProcQuery{PIDs: []int32{r.pid}})
+		}
 	}
 	var statics []*staticWorker
 	for i := range c.static {
@@ -166,10 +222,18 @@ func (c *Collector) Collect(ctx context.Context) ([]wsapi.ProcessStats, error) {
 		}
 		out = append(out, st)
 		pidLists = append(pidLists, w.PIDs)
-		c.noteModel(st.Group, st.Instance, p.Cmdline, localURL(w.Instance), ModelInfo{})
+		c.noteModel(st.Group, st.Instance, p.Cmdline, localURL(w.Instance), regByKey[st.Group+"/"+st.Instance].info)
+	}
+	for j, r := range outside {
+		p := ps[len(cgw)+j]
+		out = append(out, wsapi.ProcessStats{Group: r.group, Instance: r.instance, PID: uint32(r.pid),
+			CPUPct: p.CPUPct, RSSMB: p.RSSBytes / mib, IOReadMBs: p.ReadBps / mib, IOWriteMBs: p.WriteBps / mib,
+			UptimeS: uint64(p.Uptime / time.Second)})
+		pidLists = append(pidLists, []int32{r.pid})
+		c.noteModel(r.group, r.instance, p.Cmdline, localURL(r.instance), r.info)
 	}
 	for j, sw := range statics {
-		p := ps[len(cgw)+j]
+		p := ps[len(cgw)+len(outside)+j]
 		out = append(out, wsapi.ProcessStats{Group: sw.spec.Group, Instance: sw.spec.Instance, PID: uint32(p.MainPID),
 			CPUPct: p.CPUPct, RSSMB: p.RSSBytes / mib, IOReadMBs: p.ReadBps / mib, IOWriteMBs: p.WriteBps / mib,
 			UptimeS: uint64(p.Uptime / time.Second)})
