@@ -48,19 +48,25 @@ func TestRun_NoCommandOrMissingBinaryIsAClearError(t *testing.T) {
 func TestRun_ForwardsSignals(t *testing.T) {
 	// The worker traps TERM and exits 42; we send TERM to ourselves, as a
 	// supervisor stopping `rbee worker run` would.
-	started := make(chan int, 1)
+	ready := filepath.Join(t.TempDir(), "ready")
 	done := make(chan error, 1)
 	go func() {
 		done <- Run(context.Background(), Config{
-			Argv:    []string{"sh", "-c", `trap "exit 42" TERM; echo ready; while :; do sleep 0.05; done`},
-			Group:   "g",
-			Started: func(pid int, _ bool) { started <- pid },
+			Argv:  []string{"sh", "-c", `trap "exit 42" TERM; touch ` + ready + `; while :; do sleep 0.05; done`},
+			Group: "g",
 		})
 	}()
-	select {
-	case <-started:
-	case <-time.After(10 * time.Second):
-		t.Fatal("worker did not start")
+	// The trap must be set before the signal comes, or sh dies of it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(ready); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("worker did not get ready")
+		}
+		tick := time.NewTimer(5 * time.Millisecond)
+		<-tick.C
 	}
 	// Run installs its handler before calling Started, so the signal is
 	// ours to forward, not the test binary's death.
