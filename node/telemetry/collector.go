@@ -292,11 +292,6 @@ func (c *Collector) resolvePID(ctx context.Context, sw *staticWorker, now time.T
 	sw.pid, sw.warned = pid, false
 }
 
-func pidAlive(pid int32) bool {
-	_, err := os.Stat("/proc/" + strconv.Itoa(int(pid)))
-	return err == nil
-}
-
 // localURL guesses a cgroup worker's API from its instance, which is its port
 // by convention (rbee worker run --instance 8080).
 func localURL(instance string) string {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"testing"
@@ -124,5 +125,37 @@ func TestCollector_ConfiguredModelWinsAndUnreachableWorkerStillListed(t *testing
 	}
 	if len(got) != 1 || got[0].PID != 0 || got[0].Model == nil || *got[0].Model != "qwen2.5-7b" {
 		t.Fatalf("got %+v, want the worker with pid 0 and its configured model", got)
+	}
+}
+
+// BenchmarkCollector_16CgroupWorkers is a hive's tick with 16 workers in
+// cgroups (the cgroup files a kernel would show, in a temp dir; each worker's
+// pid is this live process).
+func BenchmarkCollector_16CgroupWorkers(b *testing.B) {
+	root := b.TempDir()
+	self := strconv.Itoa(os.Getpid())
+	for i := range 16 {
+		dir := filepath.Join(root, "rbee.slice", "llm", strconv.Itoa(8080+i))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			b.Fatal(err)
+		}
+		for name, body := range map[string]string{
+			"cgroup.procs":   self + "\n",
+			"cpu.stat":       "usage_usec 123456\nuser_usec 100000\nsystem_usec 23456\n",
+			"memory.current": "2147483648\n",
+			"io.stat":        "8:0 rbytes=1048576 wbytes=2048 rios=10 wios=2 dbytes=0 dios=0\n",
+		} {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	c := NewCollector(CollectorConfig{CgroupRoot: root})
+	ctx := context.Background()
+	for b.Loop() {
+		ws, err := c.Collect(ctx)
+		if err != nil || len(ws) != 16 {
+			b.Fatalf("%d workers, %v", len(ws), err)
+		}
 	}
 }
