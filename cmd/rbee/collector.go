@@ -29,10 +29,13 @@ func newCollector(c *cli.Context, log *slog.Logger) (node.Collector, func(), err
 			specs = append(specs, w)
 		}
 	}
+	tlog := log.With("component", "telemetry")
+	gpu, closeGPU := newGPU(tlog)
 	coll := telemetry.NewCollector(telemetry.CollectorConfig{
 		CgroupRoot: c.String("cgroup-root"),
 		Workers:    specs,
-		Logger:     log.With("component", "telemetry"),
+		GPU:        gpu,
+		Logger:     tlog,
 	})
-	return coll, func() {}, nil
+	return coll, closeGPU, nil
 }

@@ -3,9 +3,11 @@
 // (ProcSampler), and the workers rbee did not start (WorkerSpec). The node's
 // collector combines these into the wire's wsapi.ProcessStats once a tick.
 //
-// Main types: CgroupReader (finds rbee.slice/<group>/<instance> cgroups and
-// reads their files), CgroupTracker (turns two samples into rates),
-// ProcSampler (per-process CPU, RSS, IO and uptime).
+// Main types: Collector (the hive's node.Collector, combining the rest),
+// CgroupReader (finds rbee.slice/<group>/<instance> cgroups and reads their
+// files), CgroupTracker (turns two samples into rates), ProcSampler
+// (per-process CPU, RSS, IO and uptime), GPU (per-process VRAM and SM
+// utilisation through NVIDIA's NVML; needs cgo) and WorkerSpec (--worker).
 //
 // The package starts no goroutines and reads no clock: the caller passes the
 // time of each tick, so rates are computed over the wall time it says passed.

@@ -1,0 +1,16 @@
+//go:build !cgo
+
+package main
+
+import (
+	"log/slog"
+
+	"github.com/rbee/rbee/node/telemetry"
+)
+
+// newGPU: go-nvml needs cgo, so a build without it reports no GPU figures,
+// and says so once.
+func newGPU(log *slog.Logger) (func([][]int32) []telemetry.WorkerGPU, func()) {
+	log.Warn("no GPU figures: this rbee was built without cgo, which NVIDIA's NVML bindings need")
+	return nil, func() {}
+}
