@@ -39,6 +39,10 @@ type ProcessStats struct {
 	VRAMMB      uint64  `json:"vram_mb"`
 	TotalVRAMMB uint64  `json:"total_vram_mb"`
 	Model       *string `json:"model"`
+	// Slots is an addition to the seed shape (omitted when 0, so seed
+	// messages round-trip unchanged): how many requests the worker serves
+	// at once, for the scheduler.
+	Slots int `json:"slots,omitempty"`
 }
 
 // WorkerID names a worker cluster-wide: hive, then group/instance.

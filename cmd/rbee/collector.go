@@ -35,7 +35,11 @@ func newCollector(c *cli.Context, log *slog.Logger) (node.Collector, func(), err
 		CgroupRoot: c.String("cgroup-root"),
 		Workers:    specs,
 		GPU:        gpu,
-		Logger:     tlog,
+		// Model: what the user named, else the worker's own API, else
+		// its command line.
+		FromCmdline: telemetry.CmdlineModel,
+		Probe:       telemetry.APIProber{}.ProbeModel,
+		Logger:      tlog,
 	})
 	return coll, closeGPU, nil
 }

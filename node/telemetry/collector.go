@@ -31,6 +31,31 @@ type ModelInfo struct {
 	Slots int    // 0 when unknown
 }
 
+// CmdlineModel is ModelFromCmdline in the shape CollectorConfig.FromCmdline
+// takes.
+func CmdlineModel(argv []string) ModelInfo {
+	m, slots := ModelFromCmdline(argv)
+	return ModelInfo{Model: m, Slots: slots}
+}
+
+// ProbeModel is Probe in the shape CollectorConfig.Probe takes: the first
+// model the worker serves, and its slots.
+func (p APIProber) ProbeModel(ctx context.Context, baseURL string) (ModelInfo, error) {
+	info, err := p.Probe(ctx, baseURL)
+	if err != nil {
+		return ModelInfo{}, err
+	}
+	out := ModelInfo{Slots: info.Slots}
+	if len(info.Models) > 0 {
+		out.Model = info.Models[0]
+	}
+	return out, nil
+}
+
+// defaultSlots is a worker's slots when neither the user, its API nor its
+// command line says: one request at a time is always safe.
+const defaultSlots = 1
+
 // CollectorConfig configures a Collector. Zero values mean: find the cgroup
 // root, no static workers, no GPU figures, command-line model detection only.
 type CollectorConfig struct {
@@ -251,9 +276,17 @@ func (c *Collector) Collect(ctx context.Context) ([]wsapi.ProcessStats, error) {
 	}
 	c.probeOne(ctx, now)
 	for i := range out {
-		if m := c.models[out[i].Group+"/"+out[i].Instance]; m != nil && m.info.Model != "" {
+		out[i].Slots = defaultSlots
+		m := c.models[out[i].Group+"/"+out[i].Instance]
+		if m == nil {
+			continue
+		}
+		if m.info.Model != "" {
 			name := m.info.Model
 			out[i].Model = &name
+		}
+		if m.info.Slots > 0 {
+			out[i].Slots = m.info.Slots
 		}
 	}
 	c.forgetModels(out)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -157,5 +159,27 @@ func BenchmarkCollector_16CgroupWorkers(b *testing.B) {
 		if err != nil || len(ws) != 16 {
 			b.Fatalf("%d workers, %v", len(ws), err)
 		}
+	}
+}
+
+func TestCollector_ModelAdapters(t *testing.T) {
+	got := CmdlineModel([]string{"llama-server", "-m", "./models/llama-3.2-1b-instruct-q4_k_m.gguf", "--port", "8080", "-np", "4"})
+	if got.Model == "" || got.Slots != 4 {
+		t.Errorf("CmdlineModel = %+v, want a model and 4 slots", got)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/models" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = w.Write([]byte(`{"object":"list","data":[{"id":"qwen2.5-7b","object":"model"}]}`))
+	}))
+	defer srv.Close()
+	info, err := APIProber{Client: srv.Client()}.ProbeModel(context.Background(), srv.URL)
+	if err != nil || info.Model != "qwen2.5-7b" {
+		t.Errorf("ProbeModel = %+v, %v", info, err)
+	}
+	if _, err := (APIProber{Client: srv.Client()}).ProbeModel(context.Background(), "http://127.0.0.1:1"); err == nil {
+		t.Error("ProbeModel of a closed port succeeded")
 	}
 }

@@ -7,7 +7,10 @@
 // CgroupReader (finds rbee.slice/<group>/<instance> cgroups and reads their
 // files), CgroupTracker (turns two samples into rates), ProcSampler
 // (per-process CPU, RSS, IO and uptime), GPU (per-process VRAM and SM
-// utilisation through NVIDIA's NVML; needs cgo) and WorkerSpec (--worker).
+// utilisation through NVIDIA's NVML; needs cgo), WorkerSpec (--worker), and
+// model detection: ModelFromCmdline (llama-server, vLLM, SGLang, Ollama
+// command lines) and APIProber (llama-server /props, Ollama /api/ps, OpenAI
+// /v1/models).
 //
 // The package starts no goroutines and reads no clock: the caller passes the
 // time of each tick, so rates are computed over the wall time it says passed.
