@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"os"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -43,10 +42,8 @@ func runWorker(c *cli.Context) error {
 	}
 	root := c.String("cgroup-root")
 	if root == "" {
-		if f, err := os.Open("/proc/self/mountinfo"); err == nil {
-			root, _ = telemetry.CgroupRoot(f)
-			f.Close()
-		}
+		// No cgroup v2: launch says so and runs the worker outside one.
+		root, _ = telemetry.FindCgroupRoot()
 	}
 	cl, err := newClient(c)
 	if err != nil {

@@ -102,12 +102,7 @@ func TestE2E_WorkerRunOutsideCgroupRegistersByPid(t *testing.T) {
 // TestE2E_WorkerRunInCgroupIsFoundByTheHive needs a writable cgroup v2 (root
 // on most CI machines); elsewhere it says why it skips.
 func TestE2E_WorkerRunInCgroupIsFoundByTheHive(t *testing.T) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		t.Skipf("no /proc/self/mountinfo: %v", err)
-	}
-	root, err := telemetry.CgroupRoot(f)
-	f.Close()
+	root, err := telemetry.FindCgroupRoot()
 	if err != nil {
 		t.Skipf("no cgroup v2 here: %v", err)
 	}

@@ -98,12 +98,7 @@ func TestRun_NotACgroupFilesystemRunsOutside(t *testing.T) {
 // TestRun_PutsTheWorkerInItsCgroup needs a writable cgroup v2 (root on most
 // CI machines); elsewhere it says why it skips.
 func TestRun_PutsTheWorkerInItsCgroup(t *testing.T) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		t.Skipf("no /proc/self/mountinfo: %v", err)
-	}
-	root, err := telemetry.CgroupRoot(f)
-	f.Close()
+	root, err := telemetry.FindCgroupRoot()
 	if err != nil {
 		t.Skipf("no cgroup v2 here: %v", err)
 	}

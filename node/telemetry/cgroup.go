@@ -30,6 +30,16 @@ const defaultCgroup2Mount = "/sys/fs/cgroup"
 // iotop -m print.
 const bytesPerMiB = 1 << 20
 
+// FindCgroupRoot is CgroupRoot of this process's /proc/self/mountinfo.
+func FindCgroupRoot() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("find cgroup v2: %w", err)
+	}
+	defer f.Close()
+	return CgroupRoot(f)
+}
+
 // CgroupRoot returns the mount point of the cgroup v2 hierarchy listed in
 // mountinfo (the content of /proc/self/mountinfo). cgroup v1 mounts are
 // ignored; a hybrid host yields its cgroup2 mount (often

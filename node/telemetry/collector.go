@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -131,12 +130,8 @@ func NewCollector(cfg CollectorConfig) *Collector {
 	}
 	root := cfg.CgroupRoot
 	if root == "" {
-		f, err := os.Open("/proc/self/mountinfo")
-		if err == nil {
-			root, err = CgroupRoot(f)
-			f.Close()
-		}
-		if err != nil {
+		var err error
+		if root, err = FindCgroupRoot(); err != nil {
 			c.log.Info("no cgroup v2: workers are found from --worker only and measured per process", "reason", err)
 		}
 	}

@@ -99,10 +99,7 @@ func (s *ProcSampler) worker(ctx context.Context, pids []int32, now time.Time) P
 			delete(s.procs, pid)
 			continue
 		}
-		ws.Alive++
-		if oldest == 0 || st.created < oldest {
-			oldest, ws.MainPID, ws.Cmdline = st.created, pid, st.cmdline
-		}
+		ws.alive(pid, st, &oldest)
 		if mem, err := st.p.MemoryInfoWithContext(ctx); err == nil {
 			ws.RSSBytes += mem.RSS
 		}
@@ -132,9 +129,7 @@ func (s *ProcSampler) worker(ctx context.Context, pids []int32, now time.Time) P
 			st.rd, st.wr = io.ReadBytes, io.WriteBytes
 		}
 	}
-	if oldest > 0 {
-		ws.Uptime = max(0, now.Sub(time.UnixMilli(oldest)))
-	}
+	ws.setUptime(oldest, now)
 	return ws
 }
 
@@ -153,15 +148,25 @@ func (s *ProcSampler) identity(ctx context.Context, pids []int32, now time.Time)
 			continue
 		}
 		st.lastTick = now
-		ws.Alive++
-		if oldest == 0 || st.created < oldest {
-			oldest, ws.MainPID, ws.Cmdline = st.created, pid, st.cmdline
-		}
+		ws.alive(pid, st, &oldest)
 	}
+	ws.setUptime(oldest, now)
+	return ws
+}
+
+// alive counts a live pid and keeps the oldest one as the worker's main
+// process: its command line names the model, its start time the uptime.
+func (ws *ProcStats) alive(pid int32, st *procState, oldest *int64) {
+	ws.Alive++
+	if *oldest == 0 || st.created < *oldest {
+		*oldest, ws.MainPID, ws.Cmdline = st.created, pid, st.cmdline
+	}
+}
+
+func (ws *ProcStats) setUptime(oldest int64, now time.Time) {
 	if oldest > 0 {
 		ws.Uptime = max(0, now.Sub(time.UnixMilli(oldest)))
 	}
-	return ws
 }
 
 // pidAlive is one kill(pid, 0): gopsutil's IsRunning re-reads and parses
