@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	jsonv2 "github.com/go-json-experiment/json"
 )
@@ -284,9 +286,15 @@ func jsonErrText(err error) string {
 	return truncate(err.Error(), 80)
 }
 
+// truncate shortens s to about n bytes for an error or close reason, which
+// must be valid UTF-8: it cuts on a character boundary and replaces invalid
+// bytes that came from the peer (or from a decoder quoting them).
 func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
+	if len(s) > n {
+		for n > 0 && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		s = s[:n] + "..."
 	}
-	return s[:n] + "..."
+	return strings.ToValidUTF8(s, "\ufffd")
 }
