@@ -334,7 +334,3 @@ func (g *Gossip) Shutdown() error {
 	}
 	return nil
 }
-
-// HealthScore is memberlist's Lifeguard awareness: 0 is healthy; higher means
-// this node itself is missing probes (overloaded or partitioned).
-func (g *Gossip) HealthScore() int { return g.ml.GetHealthScore() }
