@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/ui"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -39,6 +40,9 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("POST "+PathAdminLeave, n.authorized(n.handleLeave))
 	mux.HandleFunc("GET "+PathAdminMembers, n.authorized(n.handleMembers))
 	mux.HandleFunc("POST "+PathAdminWorkers, n.authorized(n.handleRegisterWorker))
+	dash := ui.Handler()
+	mux.Handle("GET /{$}", dash)
+	mux.Handle("GET /ui/", dash)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusNotFound, "not_found", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
 	})
@@ -71,7 +75,7 @@ func (n *Node) authorized(h http.HandlerFunc) http.HandlerFunc {
 			WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong cluster token (the CLI derives it from --cluster-key-file)")
 			return
 		}
-		if err := notFromAnotherSite(r, loopback); err != nil {
+		if err := notFromAnotherSite(r, loopback, n.isMemberHTTP); err != nil {
 			WriteError(w, http.StatusForbidden, "forbidden", err.Error())
 			return
 		}
@@ -79,7 +83,18 @@ func (n *Node) authorized(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-func notFromAnotherSite(r *http.Request, loopback bool) error {
+// isMemberHTTP reports whether host:port is a cluster member's API: a
+// dashboard served by one node reads the feed of another after a failover.
+func (n *Node) isMemberHTTP(hostport string) bool {
+	for _, m := range n.gossip.Members() {
+		if m.HTTPAddr == hostport {
+			return true
+		}
+	}
+	return false
+}
+
+func notFromAnotherSite(r *http.Request, loopback bool, member func(hostport string) bool) error {
 	if loopback {
 		host := r.Host
 		if h, _, err := net.SplitHostPort(r.Host); err == nil {
@@ -91,7 +106,7 @@ func notFromAnotherSite(r *http.Request, loopback bool) error {
 	}
 	if origin := r.Header.Get("Origin"); origin != "" {
 		u, err := url.Parse(origin)
-		if err != nil || u.Host != r.Host {
+		if err != nil || (u.Host != r.Host && !member(u.Host)) {
 			return fmt.Errorf("cross-site request from %q refused without the cluster token", truncateText(origin, 60))
 		}
 	}
@@ -164,6 +179,11 @@ type ClusterView struct {
 	// HivesError says why hives is empty on a node that could not ask the
 	// queen.
 	HivesError string `json:"hives_error,omitempty"`
+	// Queues is each model's waiting requests, leases and slots;
+	// RequestsPerS the leases granted per second lately (both from the
+	// queen).
+	Queues       []wsapi.QueueStats `json:"queues"`
+	RequestsPerS float64            `json:"requests_per_s"`
 }
 
 func (n *Node) memberViews() ([]MemberView, string) {

@@ -45,6 +45,9 @@ type ProcessStats struct {
 	// messages round-trip unchanged): how many requests the worker serves
 	// at once, for the scheduler.
 	Slots int `json:"slots,omitempty"`
+	// Simulated marks figures that come from `rbee worker simulate`
+	// rather than a real GPU (omitted when false).
+	Simulated bool `json:"simulated,omitempty"`
 }
 
 // WorkerID names a worker cluster-wide: hive, then group/instance.
@@ -58,6 +61,29 @@ type HiveTelemetry struct {
 	HiveID    string         `json:"hive_id"`
 	Timestamp time.Time      `json:"timestamp"`
 	Workers   []ProcessStats `json:"workers"`
+	// Leases is an addition to the seed shape (omitted when empty): the
+	// requests this hive is serving now, so that a new queen rebuilds its
+	// lease table from telemetry and a dashboard shows busy slots.
+	Leases []LeaseInfo `json:"leases,omitempty"`
+}
+
+// LeaseInfo is one request a hive is serving under a lease.
+type LeaseInfo struct {
+	LeaseID string `json:"lease_id"`
+	// Worker is the worker's group/instance on this hive.
+	Worker string    `json:"worker"`
+	Model  string    `json:"model"`
+	Entry  string    `json:"entry"`
+	Since  time.Time `json:"since"`
+}
+
+// QueueStats is one model's scheduling state on the queen.
+type QueueStats struct {
+	Model   string `json:"model"`
+	Waiting int    `json:"waiting"`
+	Leases  int    `json:"leases"`
+	// Slots is the total slots of the workers that serve the model now.
+	Slots int `json:"slots"`
 }
 
 // QueenEvent is the queen's periodic cluster summary on the feed. QueenID is an
@@ -73,6 +99,11 @@ type QueenEvent struct {
 	HiveIDs          []string  `json:"hive_ids"`
 	Timestamp        time.Time `json:"timestamp"`
 	QueenID          string    `json:"queen_id,omitempty"`
+	// Queues and RequestsPerS are additions (omitted when empty): each
+	// model's waiting requests and leases, and the requests per second
+	// the queen granted over the last interval.
+	Queues       []QueueStats `json:"queues,omitempty"`
+	RequestsPerS float64      `json:"requests_per_s,omitempty"`
 }
 
 // Challenge is the queen's first message on a hive session.

@@ -83,6 +83,7 @@ type Collector struct {
 	// Collect runs on the hive's.
 	mu         sync.Mutex
 	registered map[string]registration // by group/instance
+	endpoints  map[string]string       // by group/instance, from the last Collect
 
 	cfg    CollectorConfig
 	log    *slog.Logger
@@ -285,7 +286,33 @@ func (c *Collector) Collect(ctx context.Context) ([]wsapi.ProcessStats, error) {
 		}
 	}
 	c.forgetModels(out)
+	c.publishEndpoints(out)
 	return out, errors.Join(errs...)
+}
+
+// publishEndpoints records each reported worker's API for Endpoint, which the
+// hive's proxy calls from other goroutines.
+func (c *Collector) publishEndpoints(live []wsapi.ProcessStats) {
+	eps := make(map[string]string, len(live))
+	for _, w := range live {
+		key := w.Group + "/" + w.Instance
+		if m := c.models[key]; m != nil && m.baseURL != "" {
+			eps[key] = m.baseURL
+		}
+	}
+	c.mu.Lock()
+	c.endpoints = eps
+	c.mu.Unlock()
+}
+
+// Endpoint returns the base URL (http://127.0.0.1:PORT) of the worker
+// group/instance as of the last Collect, or "" when it has none: the worker
+// is gone, or its API address is unknown (a cgroup worker whose instance is
+// not its port). Safe for concurrent use.
+func (c *Collector) Endpoint(group, instance string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.endpoints[group+"/"+instance]
 }
 
 // Models returns what each worker serves, by group/instance, for callers that
