@@ -241,6 +241,14 @@ func (g *Gossip) LiveMembers() []Member {
 	return out
 }
 
+// Member returns the live member named name.
+func (g *Gossip) Member(name string) (Member, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	m, ok := g.live[name]
+	return m, ok
+}
+
 // Members returns every member this node knows, departed ones included
 // (status left or failed), sorted by name.
 func (g *Gossip) Members() []Member {

@@ -77,6 +77,14 @@ type Config struct {
 	// ForgetAfter drops an offline hive from the registry.
 	ForgetAfter  time.Duration
 	GossipTiming gossip.Timing
+	// APIKeys, when set, are the bearer keys OpenAI clients must send.
+	APIKeys []string
+	// QueueLimit bounds each model's waiting requests; QueueTimeout is
+	// how long a request waits for a free worker before a 503.
+	QueueLimit   int
+	QueueTimeout time.Duration
+	// ModelVRAMMB is the free VRAM one request of a model needs, by name.
+	ModelVRAMMB map[string]uint64
 	// Session tunes handshake, ping and read limits of hive sessions.
 	Session wsapi.SessionOptions
 }
@@ -97,6 +105,8 @@ func DefaultConfig() Config {
 		QueenEventInterval: 2500 * time.Millisecond,
 		ForgetAfter:        10 * time.Minute,
 		GossipTiming:       gossip.LANTiming(),
+		QueueLimit:         1024,
+		QueueTimeout:       30 * time.Second,
 	}
 }
 
@@ -128,6 +138,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.QueueLimit <= 0 {
+		c.QueueLimit = d.QueueLimit
+	}
+	if c.QueueTimeout <= 0 {
+		c.QueueTimeout = d.QueueTimeout
 	}
 	return c
 }

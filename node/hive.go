@@ -117,30 +117,42 @@ func (n *Node) hiveSession(ctx context.Context, q gossip.Member, changed <-chan 
 	defer cancel()
 	errc := make(chan error, 2)
 	go func() {
-		// The queen sends nothing after the handshake yet; reading keeps
-		// pongs and its close frame flowing.
+		// The queen sends lease answers; reading also keeps pongs and
+		// its close frame flowing.
 		for {
-			if _, err := s.Read(sctx); err != nil {
+			msg, err := s.Read(sctx)
+			if err != nil {
 				errc <- err
 				return
+			}
+			switch m := msg.(type) {
+			case *wsapi.LeaseGrant:
+				n.lc.onGrant(m)
+			case *wsapi.LeaseError:
+				n.lc.onError(m)
 			}
 		}
 	}()
 	go func() { errc <- s.Keepalive(sctx) }()
 	defer func() {
+		n.lc.detach(s)
 		cancel()
 		s.CloseNow()
 		<-errc
 		<-errc
 	}()
+	n.lc.attach(s)
 
 	tick := time.NewTicker(s.Interval)
 	defer tick.Stop()
 	var lastErr string
+	hive := n.cfg.hasRole(gossip.RoleHive)
 	for {
-		t := n.collect(sctx, &lastErr)
-		if err := s.Write(sctx, t); err != nil {
-			return true, fmt.Errorf("send telemetry: %w", err)
+		if hive {
+			t := n.collect(sctx, &lastErr)
+			if err := s.Write(sctx, t); err != nil {
+				return true, fmt.Errorf("send telemetry: %w", err)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -176,5 +188,7 @@ func (n *Node) collect(ctx context.Context, lastErr *string) *wsapi.HiveTelemetr
 	if workers == nil {
 		workers = []wsapi.ProcessStats{}
 	}
-	return &wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: n.cfg.Name, Timestamp: time.Now().UTC(), Workers: workers}
+	now := time.Now()
+	leases := n.active.report(workers, now)
+	return &wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: n.cfg.Name, Timestamp: now.UTC(), Workers: workers, Leases: leases}
 }

@@ -40,6 +40,12 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("POST "+PathAdminLeave, n.authorized(n.handleLeave))
 	mux.HandleFunc("GET "+PathAdminMembers, n.authorized(n.handleMembers))
 	mux.HandleFunc("POST "+PathAdminWorkers, n.authorized(n.handleRegisterWorker))
+	mux.HandleFunc("POST "+PathChat, n.apiAuthorized(n.handleInference))
+	mux.HandleFunc("POST "+PathCompletions, n.apiAuthorized(n.handleInference))
+	mux.HandleFunc("POST "+PathEmbeddings, n.apiAuthorized(n.handleInference))
+	mux.HandleFunc("GET "+PathModels, n.apiAuthorized(n.handleModels))
+	mux.HandleFunc("POST "+PathHiveProxy+"/", n.authorized(n.handleHiveProxy))
+	mux.Handle("GET /metrics", n.metrics.handler())
 	dash := ui.Handler()
 	mux.Handle("GET /{$}", dash)
 	mux.Handle("GET /ui/", dash)
@@ -210,20 +216,26 @@ func (n *Node) handleCluster(w http.ResponseWriter, r *http.Request) {
 	case !ok:
 		v.HivesError = "no queen elected"
 	case q.Name == n.cfg.Name:
-		v.Hives = n.registry.Hives(time.Now())
+		now := time.Now()
+		v.Hives = n.registry.Hives(now)
+		v.Queues, v.RequestsPerS = n.queueStats(now)
 	default:
-		hives, err := n.queenHives(r.Context(), q.HTTPAddr)
+		qv, err := n.queenCluster(r.Context(), q.HTTPAddr)
 		if err != nil {
 			v.HivesError = err.Error()
 		} else {
-			v.Hives = hives
+			v.Hives, v.Queues, v.RequestsPerS = qv.Hives, qv.Queues, qv.RequestsPerS
 		}
+	}
+	if v.Queues == nil {
+		v.Queues = []wsapi.QueueStats{}
 	}
 	writeJSON(w, v)
 }
 
-// queenHives asks the queen for its hive list: only the queen has it.
-func (n *Node) queenHives(ctx context.Context, addr string) ([]HiveView, error) {
+// queenCluster asks the queen for its view: only the queen has the hives and
+// queues.
+func (n *Node) queenCluster(ctx context.Context, addr string) (*ClusterView, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+PathCluster, nil)
@@ -248,7 +260,7 @@ func (n *Node) queenHives(ctx context.Context, addr string) ([]HiveView, error) 
 	if v.Hives == nil {
 		v.Hives = []HiveView{}
 	}
-	return v.Hives, nil
+	return &v, nil
 }
 
 func (n *Node) handleFeed(w http.ResponseWriter, r *http.Request) {

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/scheduler"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -56,11 +57,28 @@ type Node struct {
 
 	mu       sync.Mutex
 	sessions map[string]hiveSession // queen side: hive name -> session
+
+	// Queen side: the scheduler (nil unless queen), guarded by schedMu.
+	schedMu     sync.Mutex
+	sched       *scheduler.Scheduler
+	warmAt      time.Time
+	rateAt      time.Time
+	rateGranted uint64
+	rate        float64
+
+	// Entry side: leases asked of the queen; hive side: requests served.
+	lc          *leaseClient
+	active      *activeLeases
+	proxyClient *http.Client
+	metrics     *metrics
 }
 
 type hiveSession struct {
 	s   *wsapi.Session
 	seq uint64
+	// out feeds the session's writer: lease answers are queued here so
+	// that one slow node cannot stall the scheduler.
+	out chan []byte
 }
 
 // New checks cfg, binds the HTTP and gossip listeners, and returns a node
@@ -79,7 +97,13 @@ func New(cfg Config) (*Node, error) {
 		leaveCh:  make(chan struct{}),
 		sessions: make(map[string]hiveSession),
 		hc:       &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
+		active:   newActiveLeases(),
+		// No client timeout: a generation may stream for minutes; the
+		// client's own disconnect cancels it.
+		proxyClient: &http.Client{Transport: newProxyTransport()},
 	}
+	n.lc = newLeaseClient(cfg.Name, n.start)
+	n.metrics = newMetrics(n)
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen http %s: %w", cfg.HTTPAddr, err)
@@ -203,9 +227,9 @@ func (n *Node) Run(ctx context.Context) error {
 	})
 	eg.Go(func() error { return n.runQueen(ectx) })
 	eg.Go(func() error { return n.runRelay(ectx) })
-	if n.cfg.hasRole(gossip.RoleHive) {
-		eg.Go(func() error { return n.runHive(ectx) })
-	}
+	// Every node keeps a session to the queen: hives report on it, and
+	// every node asks it for leases.
+	eg.Go(func() error { return n.runHive(ectx) })
 	eg.Go(func() error {
 		<-ectx.Done()
 		n.shutdown()
@@ -237,4 +261,5 @@ func (n *Node) shutdown() {
 		n.log.Warn("shutdown gossip", "err", err)
 	}
 	n.hc.CloseIdleConnections()
+	n.proxyClient.CloseIdleConnections()
 }

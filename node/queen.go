@@ -17,6 +17,9 @@ import (
 func (n *Node) runQueen(ctx context.Context) error {
 	tick := time.NewTicker(n.cfg.QueenEventInterval)
 	defer tick.Stop()
+	schedTick := time.NewTicker(schedTickInterval)
+	defer schedTick.Stop()
+	defer n.stopScheduling()
 	wasQueen := false
 	for {
 		q, ok, changed := n.gossip.WatchQueen()
@@ -24,12 +27,14 @@ func (n *Node) runQueen(ctx context.Context) error {
 		switch {
 		case isQueen && !wasQueen:
 			n.log.Info("this node is queen")
+			n.startScheduling(time.Now())
 		case !isQueen && wasQueen:
 			reason := "no longer queen"
 			if ok {
 				reason += ": queen is " + q.Name + " at " + q.HTTPAddr
 			}
 			n.log.Info("stepped down as queen", "queen", q.Name)
+			n.stopScheduling()
 			n.closeSessions(wsapi.CloseNotQueen, reason)
 			n.registry.Reset()
 		}
@@ -43,7 +48,13 @@ func (n *Node) runQueen(ctx context.Context) error {
 				break wait
 			case now := <-tick.C:
 				if isQueen {
-					n.publish(n.registry.Summary(now, n.cfg.Name))
+					ev := n.registry.Summary(now, n.cfg.Name)
+					ev.Queues, ev.RequestsPerS = n.queueStats(now)
+					n.publish(ev)
+				}
+			case now := <-schedTick.C:
+				if isQueen {
+					n.schedTick(now)
 				}
 			}
 		}
@@ -97,8 +108,30 @@ func (n *Node) handleSession(w http.ResponseWriter, r *http.Request) {
 		_ = s.Close(wsapi.CloseReplaced, replaced)
 		return
 	}
-	n.sessions[s.Peer] = hiveSession{s: s, seq: seq}
+	hs := hiveSession{s: s, seq: seq, out: make(chan []byte, sessionOutQueue)}
+	n.sessions[s.Peer] = hs
 	n.mu.Unlock()
+	wctx, stopWriter := context.WithCancel(r.Context())
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case b := <-hs.out:
+				if err := s.WriteRaw(wctx, b); err != nil {
+					s.CloseNow()
+					return
+				}
+			}
+		}
+	}()
+	defer func() {
+		stopWriter()
+		<-writerDone
+		n.entryGone(s.Peer)
+	}()
 	if had {
 		n.closeLater(old.s, wsapi.CloseReplaced, replaced)
 	}
@@ -116,15 +149,25 @@ func (n *Node) handleSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log.Info("hive connected", "version", s.PeerVersion)
-	err = s.ServeTelemetry(r.Context(), func(t *wsapi.HiveTelemetry, raw []byte) {
-		n.registry.Update(t, time.Now())
-		// The report was validated (and its hive_id checked against the
-		// session); relaying the bytes as received saves a re-encode per
-		// report, the queen's largest cost at 1000 hives.
-		n.hub.Publish(raw)
+	err = s.Serve(r.Context(), func(msg any, raw []byte) error {
+		now := time.Now()
+		if t, ok := msg.(*wsapi.HiveTelemetry); ok {
+			n.registry.Update(t, now)
+			// The report was validated (and its hive_id checked
+			// against the session); relaying the bytes as received
+			// saves a re-encode per report, the queen's largest cost
+			// at 1000 hives.
+			n.hub.Publish(raw)
+		}
+		n.schedule(s.Peer, msg, now)
+		return nil
 	})
 	log.Info("hive disconnected", "reason", closeText(err))
 }
+
+// sessionOutQueue bounds the lease answers queued for one node: a node that
+// lets this many pile up is not reading, and is dropped.
+const sessionOutQueue = 4096
 
 // closeSessions closes every hive session the queen holds.
 func (n *Node) closeSessions(code websocket.StatusCode, reason string) {

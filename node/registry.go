@@ -9,9 +9,9 @@ import (
 	"github.com/rbee/rbee/wsapi"
 )
 
-// busyGPUUtilPct: a worker whose GPU is this busy is counted online but not
-// available. It stands in for slot accounting until the scheduler's leases
-// say exactly how many requests a worker is serving.
+// busyGPUUtilPct: a worker whose GPU is this busy while it serves no rbee
+// request is busy with work outside rbee, so not available (the scheduler's
+// rule too).
 const busyGPUUtilPct = 90
 
 // Registry is the queen's view of the hives: the last telemetry of each, and
@@ -35,6 +35,8 @@ type HiveView struct {
 	Online   bool                 `json:"online"`
 	LastSeen time.Time            `json:"last_seen"`
 	Workers  []wsapi.ProcessStats `json:"workers"`
+	// Leases are the requests the hive serves now.
+	Leases []wsapi.LeaseInfo `json:"leases,omitempty"`
 }
 
 // NewRegistry returns an empty registry in which a hive is online for ttl after
@@ -72,7 +74,7 @@ func (r *Registry) Hives(now time.Time) []HiveView {
 		if w == nil {
 			w = []wsapi.ProcessStats{}
 		}
-		out = append(out, HiveView{HiveID: id, Online: r.online(e, now), LastSeen: e.lastSeen.UTC(), Workers: w})
+		out = append(out, HiveView{HiveID: id, Online: r.online(e, now), LastSeen: e.lastSeen.UTC(), Workers: w, Leases: e.t.Leases})
 	}
 	slices.SortFunc(out, func(a, b HiveView) int { return strings.Compare(a.HiveID, b.HiveID) })
 	return out
@@ -83,8 +85,8 @@ func (r *Registry) online(e *hiveEntry, now time.Time) bool {
 }
 
 // Summary builds the feed's queen event. Only online hives count; a worker is
-// available when its GPU is not saturated, a hive when it has an available
-// worker.
+// available when it has a free slot and is healthy and not saturated by work
+// outside rbee, a hive when it has an available worker.
 func (r *Registry) Summary(now time.Time, queen string) wsapi.QueenEvent {
 	ev := wsapi.QueenEvent{Type: wsapi.TypeQueen, Timestamp: now.UTC(), QueenID: queen, WorkerIDs: []string{}, HiveIDs: []string{}}
 	r.mu.RLock()
@@ -96,10 +98,15 @@ func (r *Registry) Summary(now time.Time, queen string) wsapi.QueenEvent {
 		ev.HivesOnline++
 		ev.HiveIDs = append(ev.HiveIDs, id)
 		avail := false
+		busy := map[string]int{}
+		for _, l := range e.t.Leases {
+			busy[l.Worker]++
+		}
 		for _, w := range e.t.Workers {
 			ev.WorkersOnline++
 			ev.WorkerIDs = append(ev.WorkerIDs, wsapi.WorkerID(id, w))
-			if w.GPUUtilPct < busyGPUUtilPct {
+			b := busy[w.Group+"/"+w.Instance]
+			if w.Health == "" && b < max(w.Slots, 1) && (b > 0 || w.GPUUtilPct < busyGPUUtilPct) {
 				ev.WorkersAvailable++
 				avail = true
 			}

@@ -18,6 +18,12 @@ const (
 	TypeChallenge     = "challenge"
 	TypeHello         = "hello"
 	TypeWelcome       = "welcome"
+	// Leases, over the same session (see lease.go).
+	TypeLeaseRequest = "lease_request"
+	TypeLeaseCancel  = "lease_cancel"
+	TypeLeaseRelease = "lease_release"
+	TypeLeaseGrant   = "lease_grant"
+	TypeLeaseError   = "lease_error"
 )
 
 // ProtocolVersion is bumped when a message changes incompatibly. Peers with a
@@ -45,6 +51,9 @@ type ProcessStats struct {
 	// messages round-trip unchanged): how many requests the worker serves
 	// at once, for the scheduler.
 	Slots int `json:"slots,omitempty"`
+	// Health is "failing" while the hive's requests to the worker fail
+	// (omitted when fine): the scheduler sends it nothing then.
+	Health string `json:"health,omitempty"`
 	// Simulated marks figures that come from `rbee worker simulate`
 	// rather than a real GPU (omitted when false).
 	Simulated bool `json:"simulated,omitempty"`
@@ -75,6 +84,9 @@ type LeaseInfo struct {
 	Model  string    `json:"model"`
 	Entry  string    `json:"entry"`
 	Since  time.Time `json:"since"`
+	// RequestID lets a new queen answer the entry node's repeated ask
+	// with the lease it already holds.
+	RequestID string `json:"request_id,omitempty"`
 }
 
 // QueueStats is one model's scheduling state on the queen.
@@ -147,6 +159,7 @@ var (
 const (
 	MaxNameLen    = 64
 	MaxWorkers    = 4096
+	MaxLeases     = 65536
 	maxFieldLen   = 256
 	maxModelLen   = 512
 	maxNonceBytes = 64
@@ -192,6 +205,21 @@ func Decode(data []byte) (any, error) {
 		msg, got = m, &m.Type
 	case TypeWelcome:
 		m := new(Welcome)
+		msg, got = m, &m.Type
+	case TypeLeaseRequest:
+		m := new(LeaseRequest)
+		msg, got = m, &m.Type
+	case TypeLeaseCancel:
+		m := new(LeaseCancel)
+		msg, got = m, &m.Type
+	case TypeLeaseRelease:
+		m := new(LeaseRelease)
+		msg, got = m, &m.Type
+	case TypeLeaseGrant:
+		m := new(LeaseGrant)
+		msg, got = m, &m.Type
+	case TypeLeaseError:
+		m := new(LeaseError)
 		msg, got = m, &m.Type
 	case "":
 		return nil, fmt.Errorf("%w: missing \"type\"", ErrMalformed)
@@ -261,6 +289,26 @@ func (t *HiveTelemetry) Validate(hive string) error {
 			if err := checkText("model", *w.Model, maxModelLen); err != nil {
 				return fmt.Errorf("worker %d: %w", i, err)
 			}
+		}
+		if err := checkText("health", w.Health, maxFieldLen); err != nil {
+			return fmt.Errorf("worker %d: %w", i, err)
+		}
+	}
+	if len(t.Leases) > MaxLeases {
+		return fmt.Errorf("%w: %d leases, at most %d", ErrInvalid, len(t.Leases), MaxLeases)
+	}
+	for i := range t.Leases {
+		l := &t.Leases[i]
+		for _, f := range []struct{ name, v string }{{"lease_id", l.LeaseID}, {"worker", l.Worker}, {"entry", l.Entry}} {
+			if err := checkText(f.name, f.v, maxFieldLen); err != nil || f.v == "" {
+				return fmt.Errorf("lease %d: %w: %s must be non-empty text", i, ErrInvalid, f.name)
+			}
+		}
+		if err := checkText("model", l.Model, maxModelLen); err != nil {
+			return fmt.Errorf("lease %d: %w", i, err)
+		}
+		if err := checkText("request_id", l.RequestID, maxFieldLen); err != nil {
+			return fmt.Errorf("lease %d: %w", i, err)
 		}
 	}
 	return nil

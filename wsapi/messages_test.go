@@ -284,7 +284,7 @@ func TestDecode_RejectsBadInput(t *testing.T) {
 		{"missing type", `{"hive_id":"h","workers":[]}`, ErrMalformed, `missing "type"`},
 		{"empty type", `{"type":""}`, ErrMalformed, `missing "type"`},
 		{"null document", `null`, ErrMalformed, `missing "type"`},
-		{"unknown type", `{"type":"lease_grant"}`, ErrUnknownType, `"lease_grant"`},
+		{"unknown type", `{"type":"model_load"}`, ErrUnknownType, `"model_load"`},
 		{"type in wrong case", `{"type":"Hive_Telemetry"}`, ErrUnknownType, `Hive_Telemetry`},
 		{"type not a string", `{"type":5}`, ErrMalformed, "type"},
 		{"empty input", ``, ErrMalformed, "unexpected EOF"},

@@ -355,12 +355,27 @@ func keepalive(ctx context.Context, c *websocket.Conn, every, timeout time.Durat
 	}
 }
 
-// ServeTelemetry is the queen's read loop for an accepted session: it decodes
-// each message, checks it belongs to this hive, and hands it to handle both
-// decoded and as received (valid JSON, ready to relay without re-encoding;
-// handle may keep both). It returns when the session ends; a bad message
-// closes the session with a code and reason that say what was wrong.
+// ServeTelemetry is Serve for a peer that may only send telemetry.
 func (s *Session) ServeTelemetry(ctx context.Context, handle func(t *HiveTelemetry, raw []byte)) error {
+	return s.Serve(ctx, func(msg any, raw []byte) error {
+		t, ok := msg.(*HiveTelemetry)
+		if !ok {
+			return fmt.Errorf("%T not expected from a hive", msg)
+		}
+		handle(t, raw)
+		return nil
+	})
+}
+
+// Serve is the queen's read loop for an accepted session: it decodes each
+// message, validates it (telemetry must belong to this hive; lease messages
+// must be well formed) and hands it to handle both decoded and as received
+// (valid JSON, ready to relay without re-encoding; handle may keep both). A
+// message the queen does not take from peers (a grant, a challenge) closes the
+// session, as does an error from handle. It returns when the session ends; a
+// bad message closes the session with a code and reason that say what was
+// wrong.
+func (s *Session) Serve(ctx context.Context, handle func(msg any, raw []byte) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -384,13 +399,23 @@ func (s *Session) ServeTelemetry(ctx context.Context, handle func(t *HiveTelemet
 			s.conn.CloseNow()
 			return err
 		}
-		t, ok := msg.(*HiveTelemetry)
-		if !ok {
+		switch m := msg.(type) {
+		case *HiveTelemetry:
+			err = m.Validate(s.Peer)
+		case *LeaseRequest:
+			err = m.Validate()
+		case *LeaseCancel:
+			err = m.Validate()
+		case *LeaseRelease:
+			err = m.Validate()
+		default:
 			return s.fail(CloseProtocol, "bad message", fmt.Errorf("%T not expected from a hive", msg))
 		}
-		if err := t.Validate(s.Peer); err != nil {
-			return s.fail(CloseCodeFor(err), "bad telemetry", err)
+		if err != nil {
+			return s.fail(CloseCodeFor(err), "bad message", err)
 		}
-		handle(t, raw)
+		if err := handle(msg, raw); err != nil {
+			return s.fail(CloseProtocol, "bad message", err)
+		}
 	}
 }

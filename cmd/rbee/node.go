@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
@@ -152,10 +153,14 @@ func nodeRunCommand() *cli.Command {
 			&cli.StringFlag{Name: "advertise-addr", EnvVars: []string{"RBEE_ADVERTISE_ADDR"}, Usage: "gossip address the other nodes should dial, if not the bind address"},
 			&cli.StringFlag{Name: "http-addr", EnvVars: []string{"RBEE_HTTP_ADDR"}, Usage: fmt.Sprintf("HTTP bind address (default :%d with a cluster key, 127.0.0.1:%d without)", node.DefaultHTTPPort, node.DefaultHTTPPort)},
 			&cli.StringSliceFlag{Name: "join", EnvVars: []string{"RBEE_JOIN"}, Usage: "gossip address of a member to join (repeat or comma-separate)"},
-			&cli.StringSliceFlag{Name: "roles", EnvVars: []string{"RBEE_ROLES"}, Value: cli.NewStringSlice("queen", "hive"), Usage: "queen (may be elected) and/or hive (reports workers)"},
+			&cli.StringSliceFlag{Name: "roles", EnvVars: []string{"RBEE_ROLES"}, Value: cli.NewStringSlice("queen", "hive"), Usage: "queen (may be elected) and/or hive (reports workers), or none (serves the API only)"},
 			&cli.IntFlag{Name: "queen-priority", EnvVars: []string{"RBEE_QUEEN_PRIORITY"}, Usage: "higher is preferred as queen; ties go to the oldest node"},
 			&cli.BoolFlag{Name: "insecure", EnvVars: []string{"RBEE_INSECURE"}, Usage: "allow listening beyond loopback without a cluster key"},
 			&cli.StringSliceFlag{Name: "worker", EnvVars: []string{"RBEE_WORKER"}, Usage: "a server rbee did not start: URL[,model=NAME][,slots=N][,group=G][,instance=I] (repeat; env: separate with ;)"},
+			&cli.StringSliceFlag{Name: "api-key", EnvVars: []string{"RBEE_API_KEYS"}, Usage: "bearer key OpenAI clients must send (repeat or comma-separate); default: the cluster token, or none on loopback"},
+			&cli.IntFlag{Name: "queue-limit", EnvVars: []string{"RBEE_QUEUE_LIMIT"}, Value: 1024, Usage: "requests that may wait per model before 429"},
+			&cli.DurationFlag{Name: "queue-timeout", EnvVars: []string{"RBEE_QUEUE_TIMEOUT"}, Value: 30 * time.Second, Usage: "how long a request waits for a free worker before 503"},
+			&cli.StringSliceFlag{Name: "model-vram", EnvVars: []string{"RBEE_MODEL_VRAM"}, Usage: "free VRAM one request of a model needs: NAME=MiB (repeat or comma-separate)"},
 			&cli.StringFlag{Name: "cgroup-root", EnvVars: []string{"RBEE_CGROUP_ROOT"}, Usage: "cgroup v2 mount holding rbee.slice (default: found in /proc/self/mountinfo)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"RBEE_LOG_LEVEL"}, Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "log-format", EnvVars: []string{"RBEE_LOG_FORMAT"}, Value: "text", Usage: "text or json"},
@@ -201,7 +206,18 @@ func runNode(c *cli.Context) error {
 	cfg.HTTPAddr = orDefault(c.String("http-addr"), net.JoinHostPort(defHost, strconv.Itoa(node.DefaultHTTPPort)))
 	cfg.AdvertiseAddr = c.String("advertise-addr")
 	cfg.Join = splitList(c.StringSlice("join"))
-	cfg.Roles = splitList(c.StringSlice("roles"))
+	cfg.Roles = []string{}
+	for _, r := range splitList(c.StringSlice("roles")) {
+		if r != "none" {
+			cfg.Roles = append(cfg.Roles, r)
+		}
+	}
+	cfg.APIKeys = splitList(c.StringSlice("api-key"))
+	cfg.QueueLimit = c.Int("queue-limit")
+	cfg.QueueTimeout = c.Duration("queue-timeout")
+	if cfg.ModelVRAMMB, err = parseModelVRAM(splitList(c.StringSlice("model-vram"))); err != nil {
+		return err
+	}
 	cfg.QueenPriority = c.Int("queen-priority")
 	cfg.Key = key
 	cfg.Insecure = c.Bool("insecure")
@@ -222,6 +238,20 @@ func runNode(c *cli.Context) error {
 	ctx, stop := signalContext(log)
 	defer stop()
 	return n.Run(ctx)
+}
+
+// parseModelVRAM reads NAME=MiB pairs.
+func parseModelVRAM(pairs []string) (map[string]uint64, error) {
+	out := map[string]uint64{}
+	for _, p := range pairs {
+		name, v, ok := strings.Cut(p, "=")
+		mb, err := strconv.ParseUint(v, 10, 64)
+		if !ok || name == "" || err != nil {
+			return nil, fmt.Errorf("--model-vram %q: want NAME=MiB", p)
+		}
+		out[strings.ToLower(name)] = mb
+	}
+	return out, nil
 }
 
 func orDefault(s, def string) string {

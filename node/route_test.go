@@ -1,0 +1,409 @@
+package node
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/wsapi"
+)
+
+// fakeWorker is a minimal OpenAI-compatible server that records how many
+// requests it serves at once. hold, when set, keeps every request open until
+// it is closed (or the request is cancelled).
+type fakeWorker struct {
+	name     string
+	srv      *httptest.Server
+	inFlight atomic.Int32
+	peak     atomic.Int32
+	served   atomic.Int32
+	canceled atomic.Int32
+	mu       sync.Mutex
+	hold     chan struct{}
+	// abort makes streaming requests break after the first event.
+	abort atomic.Bool
+}
+
+func newFakeWorker(t *testing.T, name string) *fakeWorker {
+	fw := &fakeWorker{name: name}
+	fw.srv = httptest.NewServer(http.HandlerFunc(fw.serve))
+	t.Cleanup(fw.srv.Close)
+	return fw
+}
+
+func (fw *fakeWorker) setHold(on bool) {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if on && fw.hold == nil {
+		fw.hold = make(chan struct{})
+	}
+	if !on && fw.hold != nil {
+		close(fw.hold)
+		fw.hold = nil
+	}
+}
+
+func (fw *fakeWorker) serve(w http.ResponseWriter, r *http.Request) {
+	n := fw.inFlight.Add(1)
+	defer fw.inFlight.Add(-1)
+	for {
+		p := fw.peak.Load()
+		if n <= p || fw.peak.CompareAndSwap(p, n) {
+			break
+		}
+	}
+	var body struct {
+		Model  string `json:"model"`
+		Stream bool   `json:"stream"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+		http.Error(w, "bad json", http.StatusBadRequest)
+		return
+	}
+	fw.mu.Lock()
+	hold := fw.hold
+	fw.mu.Unlock()
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-r.Context().Done():
+			fw.canceled.Add(1)
+			return
+		}
+	}
+	fw.served.Add(1)
+	if r.URL.Path == PathEmbeddings {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.6,0.8]}],"model":%q}`, body.Model)
+		return
+	}
+	if !body.Stream {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"id":"x","object":"chat.completion","model":%q,"choices":[{"index":0,"message":{"role":"assistant","content":"hello from %s"},"finish_reason":"stop"}]}`, body.Model, fw.name)
+		return
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	rc := http.NewResponseController(w)
+	for i := range 3 {
+		fmt.Fprintf(w, "data: {\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":{\"content\":\"tok%d \"}}]}\n\n", i)
+		_ = rc.Flush()
+		if i == 0 && fw.abort.Load() {
+			panic(http.ErrAbortHandler)
+		}
+	}
+	fmt.Fprint(w, "data: [DONE]\n\n")
+}
+
+// endpointCollector reports fixed workers and knows their APIs, as the real
+// collector does.
+type endpointCollector struct {
+	workers []wsapi.ProcessStats
+	eps     map[string]string
+}
+
+func (c endpointCollector) Collect(context.Context) ([]wsapi.ProcessStats, error) {
+	return c.workers, nil
+}
+
+func (c endpointCollector) Endpoint(group, instance string) string {
+	return c.eps[group+"/"+instance]
+}
+
+func workersOf(model string, slots int, fws ...*fakeWorker) endpointCollector {
+	c := endpointCollector{eps: map[string]string{}}
+	for _, fw := range fws {
+		c.workers = append(c.workers, wsapi.ProcessStats{Group: "llm", Instance: fw.name, Model: ptr(model), Slots: slots,
+			VRAMMB: 4000, TotalVRAMMB: 24000})
+		c.eps["llm/"+fw.name] = fw.srv.URL
+	}
+	return c
+}
+
+func withQueue(limit int, timeout time.Duration) nodeOpt {
+	return func(cfg *Config) { cfg.QueueLimit, cfg.QueueTimeout = limit, timeout }
+}
+
+// routeCluster is a queen-and-hive a (workers wa), a hive b (workers wb) and
+// an entry-only node c, all agreed and with every worker known to the queen.
+func routeCluster(t *testing.T, ca, cb endpointCollector, opts ...nodeOpt) (a, b, c *testNode) {
+	t.Helper()
+	a = startNode(t, "a", append([]nodeOpt{withCollector(ca)}, opts...)...)
+	b = startNode(t, "b", append([]nodeOpt{withCollector(cb), withRoles(gossip.RoleHive), withJoin(a.GossipAddr())}, opts...)...)
+	c = startNode(t, "c", append([]nodeOpt{withRoles(), withJoin(a.GossipAddr())}, opts...)...)
+	want := len(ca.workers) + len(cb.workers)
+	eventually(t, 10*time.Second, "cluster ready", func() error {
+		if _, err := agreedQueen(a, b, c); err != nil {
+			return err
+		}
+		n := 0
+		for _, q := range mustQueues(a) {
+			n += q.Slots
+		}
+		if n == 0 || len(a.Registry().Hives(time.Now())) < 2 {
+			return fmt.Errorf("queen knows %d slots", n)
+		}
+		_ = want
+		return nil
+	})
+	return a, b, c
+}
+
+func mustQueues(n *testNode) []wsapi.QueueStats {
+	qs, _ := n.queueStats(time.Now())
+	return qs
+}
+
+type apiResult struct {
+	status int
+	body   string
+	header http.Header
+}
+
+func post(ctx context.Context, addr, path, body string) (apiResult, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path, strings.NewReader(body))
+	if err != nil {
+		return apiResult{}, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return apiResult{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return apiResult{status: resp.StatusCode, body: string(b), header: resp.Header}, err
+}
+
+func chat(model string, stream bool) string {
+	return fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"hi"}],"stream":%v}`, model, stream)
+}
+
+func TestRoute_FullPath(t *testing.T) {
+	w1, w2 := newFakeWorker(t, "w1"), newFakeWorker(t, "w2")
+	a, b, c := routeCluster(t, workersOf("m1-Q4_K_M.gguf", 2, w1), workersOf("m2", 2, w2))
+	ctx := context.Background()
+	for _, entry := range []*testNode{a, b, c} {
+		t.Run("via "+entry.Name(), func(t *testing.T) {
+			addr := entry.HTTPAddr()
+			r, err := post(ctx, addr, PathChat, chat("m1", false))
+			if err != nil || r.status != 200 || !strings.Contains(r.body, "hello from w1") || !strings.Contains(r.body, `"model":"m1"`) {
+				t.Fatalf("non-streaming m1: %d %q %v", r.status, r.body, err)
+			}
+			r, err = post(ctx, addr, PathChat, chat("m2", true))
+			if err != nil || r.status != 200 || r.header.Get("Content-Type") != "text/event-stream" ||
+				!strings.Contains(r.body, "tok2") || !strings.HasSuffix(r.body, "data: [DONE]\n\n") {
+				t.Fatalf("streaming m2: %d %q %v", r.status, r.body, err)
+			}
+			r, err = post(ctx, addr, PathEmbeddings, `{"model":"m2","input":"x"}`)
+			if err != nil || r.status != 200 || !strings.Contains(r.body, `"embedding":[0.6,0.8]`) {
+				t.Fatalf("embeddings: %d %q %v", r.status, r.body, err)
+			}
+			resp, err := http.Get("http://" + addr + PathModels)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var models struct {
+				Data []struct{ ID string } `json:"data"`
+			}
+			err = json.NewDecoder(resp.Body).Decode(&models)
+			resp.Body.Close()
+			if err != nil || len(models.Data) != 2 || models.Data[0].ID != "m1-Q4_K_M.gguf" || models.Data[1].ID != "m2" {
+				t.Fatalf("models: %+v %v", models, err)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		name, body string
+		status     int
+		errType    string
+	}{
+		{"unknown model", chat("nope", false), 404, "model_not_found"},
+		{"malformed JSON", `{"model":`, 400, "invalid_request_error"},
+		{"no model", `{"messages":[]}`, 400, "invalid_request_error"},
+		{"model of the wrong type", `{"model":7}`, 400, "invalid_request_error"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := post(ctx, c.HTTPAddr(), PathChat, tc.body)
+			var e struct {
+				Error struct {
+					Type    string `json:"type"`
+					Message string `json:"message"`
+				} `json:"error"`
+			}
+			if err != nil || r.status != tc.status || json.Unmarshal([]byte(r.body), &e) != nil || e.Error.Type != tc.errType || e.Error.Message == "" {
+				t.Fatalf("got %d %q (%v), want %d with OpenAI error type %s", r.status, r.body, err, tc.status, tc.errType)
+			}
+		})
+	}
+}
+
+// TestRoute_NoOversubscription: 200 concurrent requests against 4 workers of
+// 2 slots each; no worker ever serves more than 2 at once, and all succeed.
+func TestRoute_NoOversubscription(t *testing.T) {
+	ws := []*fakeWorker{newFakeWorker(t, "w1"), newFakeWorker(t, "w2"), newFakeWorker(t, "w3"), newFakeWorker(t, "w4")}
+	for _, fw := range ws {
+		fw.setHold(true)
+	}
+	_, _, c := routeCluster(t, workersOf("m", 2, ws[0], ws[1]), workersOf("m", 2, ws[2], ws[3]), withQueue(1024, time.Minute))
+	const total = 200
+	errs := make(chan error, total)
+	var wg sync.WaitGroup
+	for i := range total {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := post(context.Background(), c.HTTPAddr(), PathChat, chat("m", i%2 == 0))
+			if err == nil && r.status != 200 {
+				err = fmt.Errorf("status %d: %s", r.status, r.body)
+			}
+			errs <- err
+		}()
+	}
+	// Release the workers once the first 8 are in and the rest wait.
+	eventually(t, 10*time.Second, "slots full", func() error {
+		n := int32(0)
+		for _, fw := range ws {
+			n += fw.inFlight.Load()
+		}
+		if n != 8 {
+			return fmt.Errorf("%d in flight", n)
+		}
+		return nil
+	})
+	for _, fw := range ws {
+		fw.setHold(false)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	served := int32(0)
+	for _, fw := range ws {
+		if p := fw.peak.Load(); p > 2 {
+			t.Errorf("worker %s served %d at once, has 2 slots", fw.name, p)
+		}
+		served += fw.served.Load()
+	}
+	if served != total {
+		t.Fatalf("workers served %d, want %d", served, total)
+	}
+}
+
+// TestRoute_Limits: a full queue answers 429 with Retry-After, a wait past
+// the limit 503; a client that gives up frees its slot.
+func TestRoute_Limits(t *testing.T) {
+	w1 := newFakeWorker(t, "w1")
+	w1.setHold(true)
+	a, _, c := routeCluster(t, workersOf("m", 1, w1), endpointCollector{}, withQueue(1, 400*time.Millisecond))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	first := make(chan error, 1)
+	go func() {
+		_, err := post(ctx, c.HTTPAddr(), PathChat, chat("m", true))
+		first <- err
+	}()
+	eventually(t, 5*time.Second, "first request at the worker", func() error {
+		if w1.inFlight.Load() != 1 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	second := make(chan apiResult, 1)
+	go func() {
+		r, _ := post(context.Background(), c.HTTPAddr(), PathChat, chat("m", false))
+		second <- r
+	}()
+	eventually(t, 5*time.Second, "second request queued", func() error {
+		if qs := mustQueues(a); len(qs) == 0 || qs[0].Waiting != 1 {
+			return fmt.Errorf("queues %+v", qs)
+		}
+		return nil
+	})
+	r, _ := post(context.Background(), c.HTTPAddr(), PathChat, chat("m", false))
+	if r.status != 429 || r.header.Get("Retry-After") == "" {
+		t.Fatalf("third request: %d %q Retry-After %q, want 429 with Retry-After", r.status, r.body, r.header.Get("Retry-After"))
+	}
+	if r := <-second; r.status != 503 || !strings.Contains(r.body, "no worker") {
+		t.Fatalf("second request: %d %q, want 503 after the wait limit", r.status, r.body)
+	}
+	// The client of the first request goes away: the worker sees the
+	// cancel, the slot is returned, and the next request is served.
+	cancel()
+	<-first
+	eventually(t, 5*time.Second, "worker saw the cancel", func() error {
+		if w1.canceled.Load() != 1 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	w1.setHold(false)
+	if r, err := post(context.Background(), c.HTTPAddr(), PathChat, chat("m", false)); err != nil || r.status != 200 {
+		t.Fatalf("after cancel: %d %q %v", r.status, r.body, err)
+	}
+}
+
+// TestRoute_WorkerDiesMidStream: the client sees an error, not a truncated
+// success, and the slot is freed.
+func TestRoute_WorkerDiesMidStream(t *testing.T) {
+	w1 := newFakeWorker(t, "w1")
+	w1.abort.Store(true)
+	_, _, c := routeCluster(t, endpointCollector{}, workersOf("m", 1, w1))
+	req, _ := http.NewRequest(http.MethodPost, "http://"+c.HTTPAddr()+PathChat, strings.NewReader(chat("m", true)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	var lines []string
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	resp.Body.Close()
+	if sc.Err() == nil {
+		t.Fatalf("stream ended cleanly after %q; want a broken stream", lines)
+	}
+	if len(lines) == 0 || !strings.Contains(lines[0], "tok0") {
+		t.Fatalf("first event %q, want tok0 before the break", lines)
+	}
+	w1.abort.Store(false)
+	if r, err := post(context.Background(), c.HTTPAddr(), PathChat, chat("m", false)); err != nil || r.status != 200 {
+		t.Fatalf("next request: %d %q %v (slot not freed?)", r.status, r.body, err)
+	}
+}
+
+func TestRoute_APIKeys(t *testing.T) {
+	w1 := newFakeWorker(t, "w1")
+	a, _, _ := routeCluster(t, workersOf("m", 1, w1), endpointCollector{}, func(cfg *Config) { cfg.APIKeys = []string{"sk-one", "sk-two"} })
+	for _, tc := range []struct {
+		auth   string
+		status int
+	}{{"", 401}, {"Bearer sk-nope", 401}, {"Bearer sk-two", 200}} {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+a.HTTPAddr()+PathChat, bytes.NewReader([]byte(chat("m", false))))
+		if tc.auth != "" {
+			req.Header.Set("Authorization", tc.auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.status {
+			t.Errorf("Authorization %q: %d, want %d", tc.auth, resp.StatusCode, tc.status)
+		}
+	}
+}

@@ -1,0 +1,100 @@
+package scheduler
+
+import (
+	"strings"
+)
+
+// quantSuffixes end a model file's name without changing which model it is:
+// a request for "llama-3.2-1b-instruct" is served by
+// "Llama-3.2-1B-Instruct-Q4_K_M.gguf".
+var quantSuffixes = []string{
+	"f16", "f32", "bf16", "fp16", "fp8", "int4", "int8", "awq", "gptq", "gguf", "exl2", "mlx",
+}
+
+// ModelKeys returns the names under which a worker's model can be asked for,
+// lower-cased: the name itself, its last path element, and that without a
+// .gguf extension and without quantization suffixes (-Q4_K_M, .Q8_0, -f16,
+// -AWQ...). The first key is the exact name.
+func ModelKeys(model string) []string {
+	exact := strings.ToLower(strings.TrimSpace(model))
+	if exact == "" {
+		return nil
+	}
+	keys := []string{exact}
+	add := func(k string) {
+		if k == "" {
+			return
+		}
+		for _, have := range keys {
+			if have == k {
+				return
+			}
+		}
+		keys = append(keys, k)
+	}
+	base := exact
+	if i := strings.LastIndexAny(base, `/\`); i >= 0 {
+		base = base[i+1:]
+	}
+	add(base)
+	base = strings.TrimSuffix(base, ".gguf")
+	add(base)
+	for {
+		stripped := stripQuant(base)
+		if stripped == base {
+			break
+		}
+		base = stripped
+		add(base)
+	}
+	return keys
+}
+
+// RequestKey is the key a request's model name is looked up by.
+func RequestKey(model string) string {
+	return strings.ToLower(strings.TrimSpace(model))
+}
+
+// stripQuant removes one trailing quantization tag, separated by - . or _.
+func stripQuant(s string) string {
+	i := strings.LastIndexAny(s, "-._")
+	if i <= 0 {
+		return s
+	}
+	tag := s[i+1:]
+	if isQuantTag(tag) {
+		return s[:i]
+	}
+	// Tags with an underscore inside (q4_k_m, iq3_xxs): look one separator
+	// further back.
+	if j := strings.LastIndexAny(s[:i], "-."); j > 0 && s[i] == '_' && isQuantTag(s[j+1:]) {
+		return s[:j]
+	}
+	return s
+}
+
+func isQuantTag(tag string) bool {
+	for _, q := range quantSuffixes {
+		if tag == q {
+			return true
+		}
+	}
+	// q4, q8_0, q4_k_m, iq3_xxs, q5_k_s: ggml's quantization names.
+	t := tag
+	if strings.HasPrefix(t, "iq") {
+		t = t[2:]
+	} else if strings.HasPrefix(t, "q") {
+		t = t[1:]
+	} else {
+		return false
+	}
+	if t == "" || t[0] < '1' || t[0] > '8' {
+		return false
+	}
+	for _, c := range t[1:] {
+		if c != '_' && (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return len(t) == 1 || t[1] == '_'
+}

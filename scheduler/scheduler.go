@@ -1,0 +1,740 @@
+// Package scheduler decides which worker serves which request. It is pure
+// logic: no I/O, no goroutines, no clock of its own (every call takes now),
+// and not safe for concurrent use (the queen holds it under one mutex).
+//
+// It is pull-based: a request is granted only against a free slot of an
+// eligible worker, and a returned slot pulls the next waiting request for
+// that worker's model. Telemetry, up to a second old, decides who is eligible;
+// slots and leases decide how many requests a worker gets, so no worker is
+// ever handed more concurrent requests than it has slots.
+package scheduler
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Worker is one worker as the hive's telemetry describes it.
+type Worker struct {
+	Hive string
+	// Name is group/instance on the hive.
+	Name        string
+	Model       string
+	Slots       int
+	VRAMUsedMB  uint64
+	VRAMTotalMB uint64
+	GPUUtilPct  float64
+	// Healthy is false when the hive says the worker fails requests.
+	Healthy bool
+}
+
+// ID names the worker cluster-wide: hive/group/instance.
+func (w *Worker) ID() string { return w.Hive + "/" + w.Name }
+
+// Request is one inference request waiting for a slot.
+type Request struct {
+	// ID is unique in the cluster (the entry node's name and a sequence);
+	// asking again with the same ID (after a reconnect or failover) is
+	// idempotent.
+	ID string
+	// Entry is the node the client is connected to.
+	Entry string
+	Model string
+	// VRAMMB is the free VRAM the request needs beyond the model's
+	// configured figure (the larger of the two counts).
+	VRAMMB   uint64
+	Deadline time.Time
+}
+
+// Lease is one slot of one worker granted to one request.
+type Lease struct {
+	ID        string
+	RequestID string
+	Entry     string
+	Hive      string
+	Worker    string // group/instance on Hive
+	Model     string
+	Granted   time.Time
+	// Confirmed is set once the hive lists the lease in its telemetry:
+	// from then on the hive's word decides when it ends.
+	Confirmed bool
+}
+
+// Grant hands a lease to a request.
+type Grant struct {
+	Request Request
+	Lease   Lease
+}
+
+// Failure ends a waiting request without a lease.
+type Failure struct {
+	Request Request
+	Err     *Error
+}
+
+// HiveLease is a lease a hive reports serving.
+type HiveLease struct {
+	ID        string
+	Worker    string
+	Model     string
+	Entry     string
+	RequestID string
+	Since     time.Time
+}
+
+// Error is a refusal with the HTTP status the entry node answers with.
+type Error struct {
+	Status int
+	// Type is the OpenAI error type.
+	Type       string
+	Msg        string
+	RetryAfter time.Duration
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+// Is lets errors.Is match refusals by status.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Status == e.Status
+}
+
+// Sentinels for errors.Is.
+var (
+	ErrUnknownModel = &Error{Status: http.StatusNotFound}
+	ErrQueueFull    = &Error{Status: http.StatusTooManyRequests}
+	ErrTimeout      = &Error{Status: http.StatusServiceUnavailable}
+)
+
+// Config tunes the scheduler; zero values take the defaults below.
+type Config struct {
+	// QueueLimit bounds each model's waiting requests (default 1024).
+	QueueLimit int
+	// StaleAfter: a worker whose hive has not reported for this long is
+	// not given new requests (default 3 s).
+	StaleAfter time.Duration
+	// ForgetAfter drops a silent hive's workers and their leases
+	// (default 30 s).
+	ForgetAfter time.Duration
+	// SaturatedPct: a worker this busy on the GPU while rbee holds no
+	// lease on it is busy with work outside rbee (default 90).
+	SaturatedPct float64
+	// ModelVRAMMB is the free VRAM one request of a model needs, by model
+	// name as requested or served (default: none needed).
+	ModelVRAMMB map[string]uint64
+	// LeaseStartTimeout reclaims a granted lease that no hive has listed
+	// by then: its entry node vanished before it reached the hive
+	// (default 10 s).
+	LeaseStartTimeout time.Duration
+	// LeasePrefix makes lease ids unique across queens.
+	LeasePrefix string
+	// RetryAfter is what a 429 tells the client (default 1 s).
+	RetryAfter time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.QueueLimit <= 0 {
+		c.QueueLimit = 1024
+	}
+	if c.StaleAfter <= 0 {
+		c.StaleAfter = 3 * time.Second
+	}
+	if c.ForgetAfter <= 0 {
+		c.ForgetAfter = 30 * time.Second
+	}
+	if c.SaturatedPct <= 0 {
+		c.SaturatedPct = 90
+	}
+	if c.LeaseStartTimeout <= 0 {
+		c.LeaseStartTimeout = 10 * time.Second
+	}
+	if c.RetryAfter <= 0 {
+		c.RetryAfter = time.Second
+	}
+	return c
+}
+
+type worker struct {
+	Worker
+	id     string
+	keys   []string // ModelKeys(Model)
+	pos    []int    // index in byKey[keys[i]], for O(1) removal
+	seen   time.Time
+	leases int
+	// lastGrant orders ties: the worker granted longest ago goes first,
+	// so equal workers take turns.
+	lastGrant uint64
+}
+
+type waiting struct {
+	req      Request
+	key      string
+	enqueued uint64 // global FIFO order across alias queues
+	done     bool   // granted, failed or cancelled; skipped when popped
+}
+
+type queue struct {
+	items []*waiting
+	n     int // live items
+}
+
+func (q *queue) head() *waiting {
+	for len(q.items) > 0 && q.items[0].done {
+		q.items[0] = nil
+		q.items = q.items[1:]
+	}
+	if len(q.items) == 0 {
+		return nil
+	}
+	return q.items[0]
+}
+
+// Scheduler holds workers, waiting requests and leases.
+type Scheduler struct {
+	cfg     Config
+	workers map[string]*worker            // by id
+	byHive  map[string]map[string]*worker // hive -> name -> worker
+	byKey   map[string][]*worker          // model key -> workers (order irrelevant)
+	queues  map[string]*queue             // request key -> FIFO
+	waiting map[string]*waiting           // by request id
+	leases  map[string]*Lease             // by id
+	hiveLs  map[string]map[string]*Lease  // hive -> id -> lease
+	byReq   map[string]string             // request id -> lease id
+	hiveAt  map[string]time.Time          // last report per hive
+	seq     uint64
+	granted uint64
+	// warm is false until the queen has heard from its hives: until then
+	// an unknown model waits instead of failing with 404.
+	warm bool
+}
+
+// New returns an empty scheduler.
+func New(cfg Config) *Scheduler {
+	return &Scheduler{
+		cfg:     cfg.withDefaults(),
+		workers: make(map[string]*worker),
+		byHive:  make(map[string]map[string]*worker),
+		byKey:   make(map[string][]*worker),
+		queues:  make(map[string]*queue),
+		waiting: make(map[string]*waiting),
+		leases:  make(map[string]*Lease),
+		hiveLs:  make(map[string]map[string]*Lease),
+		byReq:   make(map[string]string),
+		hiveAt:  make(map[string]time.Time),
+	}
+}
+
+// SetWarm tells the scheduler whether it knows the cluster's workers: a new
+// queen waits a telemetry round before it answers "unknown model".
+func (s *Scheduler) SetWarm(warm bool) { s.warm = warm }
+
+// Granted counts the leases granted so far.
+func (s *Scheduler) Granted() uint64 { return s.granted }
+
+// UpdateHive replaces a hive's workers with what its telemetry says and takes
+// the leases it lists as the truth: a lease it lists that this scheduler does
+// not know (granted by a previous queen) is adopted; a confirmed lease it no
+// longer lists has ended. It returns the grants that freed capacity allows.
+func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease, now time.Time) []Grant {
+	s.hiveAt[hive] = now
+	old := s.byHive[hive]
+	cur := make(map[string]*worker, len(workers))
+	for _, in := range workers {
+		in.Hive = hive
+		if in.Slots <= 0 {
+			in.Slots = 1
+		}
+		w := old[in.Name]
+		if w != nil && w.Model != in.Model {
+			s.unindex(w)
+			w = nil
+		}
+		if w == nil {
+			w = &worker{id: in.ID(), keys: ModelKeys(in.Model)}
+			w.Worker = in
+			s.workers[w.id] = w
+			s.index(w)
+		}
+		w.Worker = in
+		w.seen = now
+		w.leases = 0
+		cur[in.Name] = w
+	}
+	for name, w := range old {
+		if cur[name] == nil {
+			s.unindex(w)
+			delete(s.workers, w.id)
+		}
+	}
+	s.byHive[hive] = cur
+
+	listed := make(map[string]bool, len(leases))
+	for _, hl := range leases {
+		listed[hl.ID] = true
+		if l := s.leases[hl.ID]; l != nil {
+			l.Confirmed = true
+			continue
+		}
+		if cur[hl.Worker] == nil {
+			continue
+		}
+		s.addLease(&Lease{ID: hl.ID, RequestID: hl.RequestID, Entry: hl.Entry, Hive: hive, Worker: hl.Worker,
+			Model: hl.Model, Granted: hl.Since, Confirmed: true})
+	}
+	for id, l := range s.hiveLs[hive] {
+		w := cur[l.Worker]
+		if w == nil || (l.Confirmed && !listed[id]) {
+			s.dropLease(l)
+			continue
+		}
+		w.leases++
+	}
+	var grants []Grant
+	for _, w := range sortedWorkers(cur) {
+		grants = s.fill(w, now, grants)
+	}
+	return grants
+}
+
+// RemoveHive forgets a hive (its session ended): its workers get no new
+// requests and its leases are gone. If the hive is alive it reports again,
+// with the leases it still serves.
+func (s *Scheduler) RemoveHive(hive string) {
+	for _, w := range s.byHive[hive] {
+		s.unindex(w)
+		delete(s.workers, w.id)
+	}
+	delete(s.byHive, hive)
+	delete(s.hiveAt, hive)
+	for _, l := range s.hiveLs[hive] {
+		s.dropLease(l)
+	}
+}
+
+// Request asks for a lease. It returns a grant at once when an eligible worker
+// has a free slot; nil and no error when the request waits (a later call
+// returns its grant); or an error: unknown model, queue full.
+func (s *Scheduler) Request(r Request, now time.Time) (*Grant, error) {
+	if id, ok := s.byReq[r.ID]; ok {
+		// Asked again (the grant was lost with a session): same answer.
+		l := s.leases[id]
+		return &Grant{Request: r, Lease: *l}, nil
+	}
+	key := RequestKey(r.Model)
+	if w := s.waiting[r.ID]; w != nil {
+		w.req = r
+		return nil, nil
+	}
+	if len(s.byKey[key]) == 0 && s.warm {
+		return nil, &Error{Status: http.StatusNotFound, Type: "model_not_found",
+			Msg: fmt.Sprintf("model %q is not served by this cluster (GET /v1/models lists what is)", r.Model)}
+	}
+	q := s.queues[key]
+	if q == nil || q.head() == nil {
+		if w := s.pick(key, r, now); w != nil {
+			g := s.grant(w, r, now)
+			return &g, nil
+		}
+	}
+	if q == nil {
+		q = &queue{}
+		s.queues[key] = q
+	}
+	if q.n >= s.cfg.QueueLimit {
+		return nil, &Error{Status: http.StatusTooManyRequests, Type: "rate_limit_exceeded", RetryAfter: s.cfg.RetryAfter,
+			Msg: fmt.Sprintf("model %q: %d requests already waiting; retry later", r.Model, q.n)}
+	}
+	s.seq++
+	wt := &waiting{req: r, key: key, enqueued: s.seq}
+	q.items = append(q.items, wt)
+	q.n++
+	s.waiting[r.ID] = wt
+	return nil, nil
+}
+
+// Cancel withdraws a waiting request (its client went away). It reports
+// whether the request was waiting.
+func (s *Scheduler) Cancel(id string) bool {
+	w := s.waiting[id]
+	if w == nil {
+		return false
+	}
+	s.unwait(w)
+	return true
+}
+
+// CancelEntry withdraws every waiting request of an entry node whose session
+// ended; the node asks again when it reconnects.
+func (s *Scheduler) CancelEntry(entry string) int {
+	n := 0
+	for _, w := range s.waiting {
+		if w.req.Entry == entry {
+			s.unwait(w)
+			n++
+		}
+	}
+	return n
+}
+
+// Release ends a lease and hands its slot to the next waiting request for the
+// worker's model.
+func (s *Scheduler) Release(leaseID string, now time.Time) []Grant {
+	l := s.leases[leaseID]
+	if l == nil {
+		return nil
+	}
+	s.dropLease(l)
+	w := s.byHive[l.Hive][l.Worker]
+	if w == nil {
+		return nil
+	}
+	if w.leases > 0 {
+		w.leases--
+	}
+	return s.fill(w, now, nil)
+}
+
+// Tick does what time does: it fails requests past their deadline (and, once
+// warm, those for models no worker serves), reclaims leases never listed by a
+// hive, forgets silent hives, and grants what that freed.
+func (s *Scheduler) Tick(now time.Time) ([]Grant, []Failure) {
+	var fails []Failure
+	for _, w := range s.waiting {
+		switch {
+		case !now.Before(w.req.Deadline):
+			fails = append(fails, Failure{Request: w.req, Err: &Error{Status: http.StatusServiceUnavailable, Type: "timeout",
+				Msg: fmt.Sprintf("no worker for model %q became free in time", w.req.Model)}})
+			s.unwait(w)
+		case s.warm && len(s.byKey[w.key]) == 0:
+			fails = append(fails, Failure{Request: w.req, Err: &Error{Status: http.StatusNotFound, Type: "model_not_found",
+				Msg: fmt.Sprintf("model %q is not served by this cluster (GET /v1/models lists what is)", w.req.Model)}})
+			s.unwait(w)
+		}
+	}
+	slices.SortFunc(fails, func(a, b Failure) int { return strings.Compare(a.Request.ID, b.Request.ID) })
+	for hive, at := range s.hiveAt {
+		if now.Sub(at) > s.cfg.ForgetAfter {
+			s.RemoveHive(hive)
+		}
+	}
+	var freed []*worker
+	for _, l := range s.leases {
+		if !l.Confirmed && now.Sub(l.Granted) > s.cfg.LeaseStartTimeout {
+			s.dropLease(l)
+			if w := s.byHive[l.Hive][l.Worker]; w != nil {
+				w.leases = max(w.leases-1, 0)
+				freed = append(freed, w)
+			}
+		}
+	}
+	// Workers that turned fresh, healthy or unsaturated since the last
+	// grant may serve waiting requests too.
+	var grants []Grant
+	for _, key := range s.waitingKeys() {
+		freed = append(freed, s.byKey[key]...)
+	}
+	for _, w := range freed {
+		grants = s.fill(w, now, grants)
+	}
+	return grants, fails
+}
+
+// fill grants waiting requests to w while it has free slots: the oldest
+// waiting request among the names w's model answers to goes first.
+func (s *Scheduler) fill(w *worker, now time.Time, grants []Grant) []Grant {
+	for w.leases < w.Slots {
+		var best *waiting
+		for _, k := range w.keys {
+			q := s.queues[k]
+			if q == nil {
+				continue
+			}
+			if h := q.head(); h != nil && (best == nil || h.enqueued < best.enqueued) {
+				best = h
+			}
+		}
+		if best == nil || !s.eligible(w, best.req, best.key, now) {
+			return grants
+		}
+		s.unwait(best)
+		grants = append(grants, s.grant(w, best.req, now))
+	}
+	return grants
+}
+
+// pick chooses among the eligible workers for key: fewest leases, then lowest
+// GPU utilization, then most free VRAM, then the one granted longest ago.
+func (s *Scheduler) pick(key string, r Request, now time.Time) *worker {
+	var best *worker
+	for _, w := range s.byKey[key] {
+		if !s.eligible(w, r, key, now) {
+			continue
+		}
+		if best == nil || better(w, best) {
+			best = w
+		}
+	}
+	return best
+}
+
+func better(a, b *worker) bool {
+	if a.leases != b.leases {
+		return a.leases < b.leases
+	}
+	if a.GPUUtilPct != b.GPUUtilPct {
+		return a.GPUUtilPct < b.GPUUtilPct
+	}
+	if fa, fb := freeVRAM(a), freeVRAM(b); fa != fb {
+		return fa > fb
+	}
+	if a.lastGrant != b.lastGrant {
+		return a.lastGrant < b.lastGrant
+	}
+	return a.id < b.id
+}
+
+func freeVRAM(w *worker) uint64 {
+	if w.VRAMUsedMB >= w.VRAMTotalMB {
+		return 0
+	}
+	return w.VRAMTotalMB - w.VRAMUsedMB
+}
+
+// Ineligibility reasons, for Explain.
+const (
+	reasonStale     = "telemetry stale"
+	reasonUnhealthy = "unhealthy"
+	reasonFull      = "all slots leased"
+	reasonVRAM      = "not enough free VRAM"
+	reasonSaturated = "GPU saturated by work outside rbee"
+)
+
+func (s *Scheduler) eligible(w *worker, r Request, key string, now time.Time) bool {
+	return s.why(w, r, key, now) == ""
+}
+
+// why says why w cannot take r now, or "" when it can.
+func (s *Scheduler) why(w *worker, r Request, key string, now time.Time) string {
+	switch {
+	case now.Sub(w.seen) > s.cfg.StaleAfter:
+		return reasonStale
+	case !w.Healthy:
+		return reasonUnhealthy
+	case w.leases >= w.Slots:
+		return reasonFull
+	case w.leases == 0 && w.GPUUtilPct >= s.cfg.SaturatedPct:
+		return reasonSaturated
+	}
+	need := max(r.VRAMMB, s.modelVRAM(key, w))
+	// A worker without GPU figures (CPU inference, no NVML) cannot be
+	// checked; refusing it would make such clusters unusable.
+	if need > 0 && w.VRAMTotalMB > 0 && freeVRAM(w) < need {
+		return reasonVRAM
+	}
+	return ""
+}
+
+func (s *Scheduler) modelVRAM(key string, w *worker) uint64 {
+	if len(s.cfg.ModelVRAMMB) == 0 {
+		return 0
+	}
+	if v, ok := s.cfg.ModelVRAMMB[key]; ok {
+		return v
+	}
+	for _, k := range w.keys {
+		if v, ok := s.cfg.ModelVRAMMB[k]; ok {
+			return v
+		}
+	}
+	return 0
+}
+
+// Explain says why no worker can take a request for model now, for a 503's
+// message: the reasons with their counts.
+func (s *Scheduler) Explain(model string, now time.Time) string {
+	key := RequestKey(model)
+	counts := map[string]int{}
+	for _, w := range s.byKey[key] {
+		counts[s.why(w, Request{}, key, now)]++
+	}
+	if len(counts) == 0 {
+		return "no worker serves it"
+	}
+	var parts []string
+	for reason, n := range counts {
+		if reason == "" {
+			reason = "free"
+		}
+		parts = append(parts, strconv.Itoa(n)+" "+reason)
+	}
+	slices.Sort(parts)
+	return "workers: " + strings.Join(parts, ", ")
+}
+
+func (s *Scheduler) grant(w *worker, r Request, now time.Time) Grant {
+	s.seq++
+	s.granted++
+	w.leases++
+	w.lastGrant = s.seq
+	l := &Lease{ID: s.cfg.LeasePrefix + strconv.FormatUint(s.seq, 36), RequestID: r.ID, Entry: r.Entry,
+		Hive: w.Hive, Worker: w.Name, Model: w.Model, Granted: now}
+	s.addLease(l)
+	return Grant{Request: r, Lease: *l}
+}
+
+func (s *Scheduler) addLease(l *Lease) {
+	s.leases[l.ID] = l
+	if l.RequestID != "" {
+		s.byReq[l.RequestID] = l.ID
+	}
+	m := s.hiveLs[l.Hive]
+	if m == nil {
+		m = make(map[string]*Lease)
+		s.hiveLs[l.Hive] = m
+	}
+	m[l.ID] = l
+}
+
+func (s *Scheduler) dropLease(l *Lease) {
+	delete(s.leases, l.ID)
+	if s.byReq[l.RequestID] == l.ID {
+		delete(s.byReq, l.RequestID)
+	}
+	if m := s.hiveLs[l.Hive]; m != nil {
+		delete(m, l.ID)
+		if len(m) == 0 {
+			delete(s.hiveLs, l.Hive)
+		}
+	}
+}
+
+func (s *Scheduler) unwait(w *waiting) {
+	if w.done {
+		return
+	}
+	w.done = true
+	delete(s.waiting, w.req.ID)
+	q := s.queues[w.key]
+	q.n--
+	if q.n == 0 {
+		delete(s.queues, w.key)
+	}
+}
+
+// index adds w to the list of each of its keys. Lists are slices, not maps:
+// pick scans them on every decision, and a slice scan is several times
+// faster at 10,000 workers.
+func (s *Scheduler) index(w *worker) {
+	w.pos = make([]int, len(w.keys))
+	for i, k := range w.keys {
+		w.pos[i] = len(s.byKey[k])
+		s.byKey[k] = append(s.byKey[k], w)
+	}
+}
+
+func (s *Scheduler) unindex(w *worker) {
+	for i, k := range w.keys {
+		list := s.byKey[k]
+		last := list[len(list)-1]
+		j := w.pos[i]
+		list[j] = last
+		last.pos[slices.Index(last.keys, k)] = j
+		list[len(list)-1] = nil
+		if len(list) == 1 {
+			delete(s.byKey, k)
+		} else {
+			s.byKey[k] = list[:len(list)-1]
+		}
+	}
+}
+
+func (s *Scheduler) waitingKeys() []string {
+	keys := make([]string, 0, len(s.queues))
+	for k := range s.queues {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func sortedWorkers(m map[string]*worker) []*worker {
+	out := make([]*worker, 0, len(m))
+	for _, w := range m {
+		out = append(out, w)
+	}
+	slices.SortFunc(out, func(a, b *worker) int { return strings.Compare(a.id, b.id) })
+	return out
+}
+
+// Leases returns the leases held now, sorted by id.
+func (s *Scheduler) Leases() []Lease {
+	out := make([]Lease, 0, len(s.leases))
+	for _, l := range s.leases {
+		out = append(out, *l)
+	}
+	slices.SortFunc(out, func(a, b Lease) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+// ModelStats is one model's state, for the feed, /v1/models and metrics.
+type ModelStats struct {
+	Model   string
+	Waiting int
+	Leases  int
+	Slots   int
+	Workers int
+}
+
+// Models lists every model a fresh worker serves, with its waiting requests,
+// leases and slots, sorted by name; requests waiting for a model no worker
+// serves (yet) are listed under the name they asked for.
+func (s *Scheduler) Models(now time.Time) []ModelStats {
+	byName := map[string]*ModelStats{}
+	counted := map[string]string{} // request key -> model it was counted under
+	for _, w := range s.workers {
+		if now.Sub(w.seen) > s.cfg.StaleAfter {
+			continue
+		}
+		m := byName[w.Model]
+		if m == nil {
+			m = &ModelStats{Model: w.Model}
+			byName[w.Model] = m
+			for _, k := range w.keys {
+				if _, ok := counted[k]; !ok {
+					counted[k] = w.Model
+				}
+			}
+		}
+		m.Workers++
+		m.Slots += w.Slots
+		m.Leases += w.leases
+	}
+	for key, q := range s.queues {
+		name, ok := counted[key]
+		if !ok {
+			name = key
+			if h := q.head(); h != nil {
+				name = h.req.Model
+			}
+			if byName[name] == nil {
+				byName[name] = &ModelStats{Model: name}
+			}
+		}
+		byName[name].Waiting += q.n
+	}
+	out := make([]ModelStats, 0, len(byName))
+	for _, m := range byName {
+		if m.Model != "" {
+			out = append(out, *m)
+		}
+	}
+	slices.SortFunc(out, func(a, b ModelStats) int { return strings.Compare(a.Model, b.Model) })
+	return out
+}
+
+// Waiting counts the requests waiting for a lease.
+func (s *Scheduler) Waiting() int { return len(s.waiting) }

@@ -1,0 +1,91 @@
+package wsapi
+
+import (
+	"fmt"
+	"time"
+)
+
+// Lease messages travel on the hive session, which every node keeps open to
+// the queen: an entry node asks for a lease (lease_request) and waits in the
+// queen's queue; the queen answers lease_grant or lease_error. A hive, whose
+// worker finished a request, returns the slot (lease_release); so does an
+// entry node that got a grant for a request its client abandoned.
+
+// LeaseRequest asks the queen for one slot of a worker serving Model.
+type LeaseRequest struct {
+	Type      string `json:"type"`
+	RequestID string `json:"request_id"`
+	Model     string `json:"model"`
+	// VRAMMB is the free VRAM the request needs (0: the model's
+	// configured figure).
+	VRAMMB uint64 `json:"vram_mb,omitempty"`
+	// WaitMS is how long the request may wait for a slot.
+	WaitMS int64 `json:"wait_ms"`
+}
+
+// LeaseCancel withdraws a waiting request.
+type LeaseCancel struct {
+	Type      string `json:"type"`
+	RequestID string `json:"request_id"`
+}
+
+// LeaseRelease returns a lease's slot.
+type LeaseRelease struct {
+	Type    string `json:"type"`
+	LeaseID string `json:"lease_id"`
+}
+
+// LeaseGrant tells the entry node where to send the request: the hive's API
+// address and the worker's group/instance on it.
+type LeaseGrant struct {
+	Type      string `json:"type"`
+	RequestID string `json:"request_id"`
+	LeaseID   string `json:"lease_id"`
+	Hive      string `json:"hive"`
+	HiveAddr  string `json:"hive_addr"`
+	Worker    string `json:"worker"`
+	Model     string `json:"model"`
+}
+
+// LeaseError refuses a request with the HTTP status the client gets.
+type LeaseError struct {
+	Type         string `json:"type"`
+	RequestID    string `json:"request_id"`
+	Status       int    `json:"status"`
+	ErrorType    string `json:"error_type"`
+	Message      string `json:"message"`
+	RetryAfterMS int64  `json:"retry_after_ms,omitempty"`
+}
+
+// MaxWait bounds a lease request's wait: longer than any sane client timeout.
+const MaxWait = 10 * time.Minute
+
+// Validate checks a lease request from a peer.
+func (m *LeaseRequest) Validate() error {
+	if err := checkText("request_id", m.RequestID, maxFieldLen); err != nil || m.RequestID == "" {
+		return fmt.Errorf("%w: request_id must be 1-%d bytes of text", ErrInvalid, maxFieldLen)
+	}
+	if err := checkText("model", m.Model, maxModelLen); err != nil || m.Model == "" {
+		return fmt.Errorf("%w: model must be 1-%d bytes of text", ErrInvalid, maxModelLen)
+	}
+	if m.WaitMS < 0 || m.WaitMS > MaxWait.Milliseconds() {
+		return fmt.Errorf("%w: wait_ms %d outside 0..%d", ErrInvalid, m.WaitMS, MaxWait.Milliseconds())
+	}
+	return nil
+}
+
+// Validate checks a cancel from a peer.
+func (m *LeaseCancel) Validate() error {
+	if err := checkText("request_id", m.RequestID, maxFieldLen); err != nil || m.RequestID == "" {
+		return fmt.Errorf("%w: request_id must be 1-%d bytes of text", ErrInvalid, maxFieldLen)
+	}
+	return nil
+}
+
+// Validate checks a release from a peer.
+func (m *LeaseRelease) Validate() error {
+	if err := checkText("lease_id", m.LeaseID, maxFieldLen); err != nil || m.LeaseID == "" {
+		return fmt.Errorf("%w: lease_id must be 1-%d bytes of text", ErrInvalid, maxFieldLen)
+	}
+	return nil
+}
