@@ -7,7 +7,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
 )
 
 // metrics are the node's Prometheus figures. Each node has its own registry
@@ -121,5 +120,3 @@ func (c *queenCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 }
-
-
