@@ -250,16 +250,16 @@ var hopHeader = map[string]bool{
 }
 
 // copyRequestHeaders passes on what a worker may care about, and not the
-// client's credentials, which are rbee's business.
+// client's credentials, which are rbee's business. The body was parsed as
+// JSON, so it goes on labelled as JSON whatever the client said (curl -d
+// says form data).
 func copyRequestHeaders(dst, src http.Header) {
-	for _, k := range []string{"Content-Type", "Accept", "Accept-Language", "User-Agent", "X-Request-Id", "Openai-Organization"} {
+	for _, k := range []string{"Accept", "Accept-Language", "User-Agent", "X-Request-Id", "Openai-Organization"} {
 		if v := src.Values(k); len(v) > 0 {
 			dst[k] = v
 		}
 	}
-	if dst.Get("Content-Type") == "" {
-		dst.Set("Content-Type", "application/json")
-	}
+	dst.Set("Content-Type", "application/json")
 }
 
 // handleHiveProxy is the hive's end: an entry node holding a lease on one of

@@ -350,36 +350,6 @@ func (c *cluster) spawn(s nodeSpec) (*proc, error) {
 	return p, nil
 }
 
-// freePorts returns n distinct ports that were free on 127.0.0.1 for both TCP
-// and UDP (memberlist binds both on the gossip port).
-func freePorts(n int) ([]int, error) {
-	var closers []func() error
-	defer func() {
-		for _, cl := range closers {
-			_ = cl()
-		}
-	}()
-	ports := make([]int, 0, n)
-	for tries := 0; len(ports) < n; tries++ {
-		if tries > 100 {
-			return nil, errors.New("no free port with both TCP and UDP free")
-		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("find free port: %w", err)
-		}
-		closers = append(closers, ln.Close)
-		port := ln.Addr().(*net.TCPAddr).Port
-		pc, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err != nil {
-			continue // keep the TCP listener so this port is not offered again
-		}
-		closers = append(closers, pc.Close)
-		ports = append(ports, port)
-	}
-	return ports, nil
-}
-
 // health is the /healthz answer.
 type health struct {
 	Status  string `json:"status"`

@@ -39,6 +39,7 @@ func newApp() *cli.App {
 			nodeCommand(),
 			workerCommand(),
 			keygenCommand(),
+			demoCommand(),
 		},
 	}
 }
