@@ -125,10 +125,16 @@ func (n *Node) handleInference(w http.ResponseWriter, r *http.Request) {
 	for attempt := 1; ; attempt++ {
 		waitStart := time.Now()
 		g, lerr, err := n.lc.acquire(r.Context(), model, n.cfg.QueueTimeout)
-		n.metrics.queueWait.WithLabelValues(model).Observe(time.Since(waitStart).Seconds())
 		if err != nil {
 			n.metrics.requests.WithLabelValues(model, "499").Inc()
 			return // the client went away while waiting
+		}
+		// Metrics name the model as served (a bounded set), not as asked.
+		switch {
+		case lerr == nil:
+			n.metrics.queueWait.WithLabelValues(g.Model).Observe(time.Since(waitStart).Seconds())
+		case lerr.Status != http.StatusNotFound:
+			n.metrics.queueWait.WithLabelValues(model).Observe(time.Since(waitStart).Seconds())
 		}
 		if lerr != nil {
 			if lerr.RetryAfterMS > 0 {
@@ -152,6 +158,11 @@ func (n *Node) handleInference(w http.ResponseWriter, r *http.Request) {
 }
 
 func (n *Node) fail(w http.ResponseWriter, model string, status int, typ, msg string) {
+	if status == http.StatusNotFound {
+		// Clients choose the name: labelling unknown ones would let
+		// them grow the metrics without bound.
+		model = "(unknown)"
+	}
 	n.metrics.requests.WithLabelValues(model, strconv.Itoa(status)).Inc()
 	WriteError(w, status, typ, msg)
 }
@@ -162,7 +173,7 @@ func (n *Node) fail(w http.ResponseWriter, model string, status int, typ, msg st
 func (n *Node) forward(w http.ResponseWriter, r *http.Request, body []byte, g *wsapi.LeaseGrant, start time.Time) (retry bool) {
 	lease := wsapi.LeaseInfo{LeaseID: g.LeaseID, Worker: g.Worker, Model: g.Model, Entry: n.cfg.Name, RequestID: g.RequestID}
 	if g.Hive == n.cfg.Name {
-		return n.serveLease(w, r, r.URL.Path, bytes.NewReader(body), lease, start)
+		return n.serveLease(w, r, r.URL.Path, bytes.NewReader(body), lease, start, true)
 	}
 	req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, "http://"+g.HiveAddr+PathHiveProxy+r.URL.Path, bytes.NewReader(body))
 	if err != nil {
@@ -191,7 +202,7 @@ func (n *Node) forward(w http.ResponseWriter, r *http.Request, body []byte, g *w
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return true
 	}
-	n.relay(w, r, resp, g.Model, start)
+	n.relay(w, r, resp, g.Model, start, true)
 	return false
 }
 
@@ -199,7 +210,10 @@ func (n *Node) forward(w http.ResponseWriter, r *http.Request, body []byte, g *w
 // that server-sent events reach the client one by one. A source that breaks
 // mid-way (the worker or hive died) aborts the client's connection, so the
 // client sees an error, never a silently truncated answer.
-func (n *Node) relay(w http.ResponseWriter, r *http.Request, resp *http.Response, model string, start time.Time) {
+//
+// Only the entry node (entry) counts the request in its metrics, so a request
+// is counted once however many hops it took.
+func (n *Node) relay(w http.ResponseWriter, r *http.Request, resp *http.Response, model string, start time.Time, entry bool) {
 	h := w.Header()
 	for k, vs := range resp.Header {
 		if hopHeader[k] || strings.HasPrefix(k, "X-Rbee-") {
@@ -208,7 +222,9 @@ func (n *Node) relay(w http.ResponseWriter, r *http.Request, resp *http.Response
 		h[k] = vs
 	}
 	w.WriteHeader(resp.StatusCode)
-	n.metrics.requests.WithLabelValues(model, strconv.Itoa(resp.StatusCode)).Inc()
+	if entry {
+		n.metrics.requests.WithLabelValues(model, strconv.Itoa(resp.StatusCode)).Inc()
+	}
 	rc := http.NewResponseController(w)
 	bufp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bufp)
@@ -217,7 +233,7 @@ func (n *Node) relay(w http.ResponseWriter, r *http.Request, resp *http.Response
 	for {
 		nr, rerr := resp.Body.Read(buf)
 		if nr > 0 {
-			if first {
+			if first && entry {
 				n.metrics.ttfb.WithLabelValues(model).Observe(time.Since(start).Seconds())
 				first = false
 			}
@@ -232,7 +248,9 @@ func (n *Node) relay(w http.ResponseWriter, r *http.Request, resp *http.Response
 		if rerr != nil {
 			if r.Context().Err() == nil {
 				n.log.Warn("upstream broke mid-response", "model", model, "err", rerr)
-				n.metrics.broken.WithLabelValues(model).Inc()
+				if entry {
+					n.metrics.broken.WithLabelValues(model).Inc()
+				}
 				panic(http.ErrAbortHandler)
 			}
 			return
@@ -279,7 +297,7 @@ func (n *Node) handleHiveProxy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	body := http.MaxBytesReader(w, r.Body, maxInferenceBody)
-	if n.serveLease(w, r, path, body, lease, time.Now()) {
+	if n.serveLease(w, r, path, body, lease, time.Now(), false) {
 		w.Header().Set(hdrRetry, "1")
 		WriteError(w, http.StatusServiceUnavailable, "worker_unavailable", "worker "+lease.Worker+" cannot take the request now")
 	}
@@ -290,7 +308,7 @@ func (n *Node) handleHiveProxy(w http.ResponseWriter, r *http.Request) {
 // having written nothing) when the worker is unknown, already serving as many
 // requests as it has slots (a lease from a previous queen may still be on its
 // way), or unreachable.
-func (n *Node) serveLease(w http.ResponseWriter, r *http.Request, path string, body io.Reader, lease wsapi.LeaseInfo, start time.Time) (retry bool) {
+func (n *Node) serveLease(w http.ResponseWriter, r *http.Request, path string, body io.Reader, lease wsapi.LeaseInfo, start time.Time, entry bool) (retry bool) {
 	group, instance, _ := strings.Cut(lease.Worker, "/")
 	ep := ""
 	if e, ok := n.cfg.Collector.(WorkerEndpoints); ok {
@@ -323,7 +341,7 @@ func (n *Node) serveLease(w http.ResponseWriter, r *http.Request, path string, b
 		return true
 	}
 	defer resp.Body.Close()
-	n.relay(w, r, resp, lease.Model, start)
+	n.relay(w, r, resp, lease.Model, start, entry)
 	return false
 }
 

@@ -40,6 +40,9 @@ func newFakeWorker(t *testing.T, name string) *fakeWorker {
 	fw := &fakeWorker{name: name}
 	fw.srv = httptest.NewServer(http.HandlerFunc(fw.serve))
 	t.Cleanup(fw.srv.Close)
+	// Cleanups run last-first: held requests are let go before Close
+	// waits for them, so a failing test ends instead of hanging.
+	t.Cleanup(func() { fw.setHold(false) })
 	return fw
 }
 
@@ -224,6 +227,26 @@ func TestRoute_FullPath(t *testing.T) {
 			}
 		})
 	}
+	t.Run("metrics", func(t *testing.T) {
+		body, err := httpGet("http://" + a.HTTPAddr() + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{
+			`rbee_is_queen 1`,
+			`rbee_slots{model="m2"} 2`,
+			`rbee_queue_depth{model="m2"} 0`,
+			`rbee_requests_total{code="200",model="m1-Q4_K_M.gguf"} 1`,
+			`rbee_worker_gpu_utilization_percent{hive="b",model="m2",simulated="false",worker="llm/w2"} 0`,
+			`rbee_worker_vram_total_bytes{hive="a",model="m1-Q4_K_M.gguf",simulated="false",worker="llm/w1"} 2.5165824e+10`,
+			`rbee_time_to_first_byte_seconds_count{model="m1-Q4_K_M.gguf"} 1`,
+			`rbee_queue_wait_seconds_count{model="m2"} 2`,
+		} {
+			if !strings.Contains(string(body), want) {
+				t.Errorf("/metrics lacks %s in:\n%s", want, grepLines(string(body), "rbee_requests_total", "rbee_time_to_first"))
+			}
+		}
+	})
 	for _, tc := range []struct {
 		name, body string
 		status     int
@@ -309,7 +332,7 @@ func TestRoute_NoOversubscription(t *testing.T) {
 func TestRoute_Limits(t *testing.T) {
 	w1 := newFakeWorker(t, "w1")
 	w1.setHold(true)
-	a, _, c := routeCluster(t, workersOf("m", 1, w1), endpointCollector{}, withQueue(1, 400*time.Millisecond))
+	a, _, c := routeCluster(t, workersOf("m", 1, w1), endpointCollector{}, withQueue(1, 2*time.Second))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	first := make(chan error, 1)
@@ -406,4 +429,16 @@ func TestRoute_APIKeys(t *testing.T) {
 			t.Errorf("Authorization %q: %d, want %d", tc.auth, resp.StatusCode, tc.status)
 		}
 	}
+}
+
+func grepLines(s string, prefixes ...string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		for _, p := range prefixes {
+			if strings.HasPrefix(l, p) {
+				out = append(out, l)
+			}
+		}
+	}
+	return strings.Join(out, "\n")
 }

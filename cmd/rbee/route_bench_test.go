@@ -1,0 +1,279 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// routeTarget is one way to reach the simulated worker.
+type routeTarget struct {
+	name string
+	addr string
+}
+
+// routeStats is one measurement: latencies of every request, and requests
+// per second over the run.
+type routeStats struct {
+	n        int
+	failed   int
+	p50, p99 time.Duration
+	rps      float64
+}
+
+// shortCompletion is the request measured: a one-token, non-streaming chat
+// completion, so what is timed is the path, not the generation.
+const shortCompletion = `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":1}`
+
+// measure sends requests to addr from `conc` goroutines, each with its own
+// keep-alive connection, for d (after a warm-up), and returns the figures.
+func measure(tb testing.TB, addr string, conc int, d time.Duration) routeStats {
+	tr := &http.Transport{MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc, DisableCompression: true}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	url := "http://" + addr + "/v1/chat/completions"
+	one := func() (time.Duration, error) {
+		start := time.Now()
+		resp, err := hc.Post(url, "application/json", strings.NewReader(shortCompletion))
+		if err != nil {
+			return 0, err
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err == nil && resp.StatusCode != 200 {
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return time.Since(start), err
+	}
+	run := func(d time.Duration) ([]time.Duration, int, time.Duration) {
+		var mu sync.Mutex
+		var lat []time.Duration
+		failed := 0
+		deadline := time.Now().Add(d)
+		start := time.Now()
+		var wg sync.WaitGroup
+		for range conc {
+			wg.Go(func() {
+				var mine []time.Duration
+				bad := 0
+				for time.Now().Before(deadline) {
+					l, err := one()
+					if err != nil {
+						bad++
+						continue
+					}
+					mine = append(mine, l)
+				}
+				mu.Lock()
+				lat = append(lat, mine...)
+				failed += bad
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		return lat, failed, time.Since(start)
+	}
+	run(d / 4) // warm up connections, caches and the scheduler
+	lat, failed, took := run(d)
+	if len(lat) == 0 {
+		tb.Fatalf("%s: no request succeeded (%d failed)", addr, failed)
+	}
+	slices.Sort(lat)
+	return routeStats{n: len(lat), failed: failed, p50: lat[len(lat)/2], p99: lat[len(lat)*99/100], rps: float64(len(lat)) / took.Seconds()}
+}
+
+// startSimulator runs `rbee worker simulate` on a free port.
+func startSimulator(tb testing.TB, dir string, slots int) string {
+	ports, err := freePorts(1)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
+	startProcess(tb, filepath.Join(dir, "sim.log"), rbeeBin, "worker", "simulate", "--model", "m", "--port", strconv.Itoa(ports[0]),
+		"--slots", strconv.Itoa(slots), "--tokens-per-second", "0", "--max-tokens", "1")
+	waitHTTP(tb, "http://"+addr+"/health")
+	return addr
+}
+
+// startNginx runs Debian's nginx as a plain reverse proxy in front of
+// upstream, configured as one would for an LLM server: keep-alive to the
+// upstream and no response buffering (so streams pass through). It returns
+// "" when nginx is not installed.
+func startNginx(tb testing.TB, dir, upstream string) string {
+	bin, err := exec.LookPath("nginx")
+	if err != nil {
+		for _, p := range []string{"/usr/sbin/nginx", "/sbin/nginx"} {
+			if _, err := os.Stat(p); err == nil {
+				bin = p
+			}
+		}
+	}
+	if bin == "" {
+		return ""
+	}
+	ports, err := freePorts(1)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
+	conf := fmt.Sprintf(`worker_processes auto;
+error_log %[1]s/nginx-error.log;
+pid %[1]s/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  upstream worker { server %[2]s; keepalive 256; }
+  server {
+    listen %[3]s;
+    location / {
+      proxy_pass http://worker;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+`, dir, upstream, addr)
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		tb.Fatal(err)
+	}
+	startProcess(tb, filepath.Join(dir, "nginx.log"), bin, "-c", path, "-p", dir, "-g", "daemon off;")
+	waitHTTP(tb, "http://"+addr+"/health")
+	return addr
+}
+
+// startProcess runs a helper process for the length of the benchmark.
+func startProcess(tb testing.TB, logPath, bin string, args ...string) {
+	f, err := os.Create(logPath)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("start %s: %v", bin, err)
+	}
+	tb.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		f.Close()
+	})
+}
+
+func waitHTTP(tb testing.TB, url string) {
+	poll(tb, 15*time.Second, 20*time.Millisecond, url, func() (bool, string) {
+		resp, err := http.Get(url)
+		if err != nil {
+			return false, err.Error()
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200, resp.Status
+	})
+}
+
+// BenchmarkRouting measures what routing through rbee costs, beside the same
+// request straight to the simulated worker and through nginx, in one run:
+// latency at concurrency 1 and 64 (p50, p99) and requests per second at 64.
+// rbee is measured with one hop (the entry node is the worker's hive) and two
+// (an entry-only node, then the hive); the queen is a third node, so every
+// request takes a lease round trip over the network path.
+func BenchmarkRouting(b *testing.B) {
+	for b.Loop() {
+		dir := b.TempDir()
+		sim := startSimulator(b, dir, 256)
+		c := newCluster(b)
+		q := c.start(nodeSpec{name: "q", extra: []string{"--roles", "queen", "--queen-priority", "1"}})[0]
+		rest := c.start(
+			nodeSpec{name: "h", join: q.gossipAddr, extra: []string{"--roles", "hive", "--worker", "http://" + sim + ",model=m,slots=256"}},
+			nodeSpec{name: "e", join: q.gossipAddr, extra: []string{"--roles", "none"}},
+		)
+		h, e := rest[0], rest[1]
+		c.waitAgree([]*proc{q, h, e}, 20*time.Second)
+		for _, p := range []*proc{h, e} {
+			poll(b, 20*time.Second, 50*time.Millisecond, "model m served via "+p.name, func() (bool, string) {
+				var v struct{ Data []struct{ ID string } }
+				err := c.getJSON(p.httpAddr, "/v1/models", &v)
+				return err == nil && len(v.Data) == 1, fmt.Sprint(v, err)
+			})
+		}
+		targets := []routeTarget{{"direct to worker", sim}}
+		if ng := startNginx(b, dir, sim); ng != "" {
+			targets = append(targets, routeTarget{"nginx", ng})
+		} else {
+			b.Log("nginx not installed (apt-get install nginx-light): its column is left out")
+		}
+		targets = append(targets, routeTarget{"rbee, 1 hop", h.httpAddr}, routeTarget{"rbee, 2 hops", e.httpAddr})
+
+		dur := 3 * time.Second
+		if s := os.Getenv("RBEE_BENCH_SECONDS"); s != "" {
+			if v, err := strconv.Atoi(s); err == nil && v > 0 {
+				dur = time.Duration(v) * time.Second
+			}
+		}
+		type row struct {
+			t        routeTarget
+			c1, c64  routeStats
+			add50    time.Duration
+			add99    time.Duration
+			relNginx float64
+		}
+		var rows []row
+		for _, t := range targets {
+			rows = append(rows, row{t: t, c1: measure(b, t.addr, 1, dur), c64: measure(b, t.addr, 64, dur)})
+		}
+		var nginxRPS float64
+		for _, r := range rows {
+			if r.t.name == "nginx" {
+				nginxRPS = r.c64.rps
+			}
+		}
+		var out strings.Builder
+		fmt.Fprintf(&out, "\nrouting a 1-token chat completion (%v per measurement, after a warm-up; all processes on this machine)\n", dur)
+		fmt.Fprintf(&out, "%-18s %10s %10s %10s %10s %10s %10s %12s %10s\n", "path", "c1 p50", "c1 p99", "c1 +p50", "c1 +p99", "c64 p50", "c64 p99", "c64 req/s", "vs nginx")
+		direct := rows[0].c1
+		for _, r := range rows {
+			vs := "-"
+			if nginxRPS > 0 {
+				vs = fmt.Sprintf("%.0f%%", 100*r.c64.rps/nginxRPS)
+			}
+			fmt.Fprintf(&out, "%-18s %10v %10v %10v %10v %10v %10v %12.0f %10s\n", r.t.name,
+				r.c1.p50.Round(time.Microsecond), r.c1.p99.Round(time.Microsecond),
+				(r.c1.p50 - direct.p50).Round(time.Microsecond), (r.c1.p99 - direct.p99).Round(time.Microsecond),
+				r.c64.p50.Round(time.Microsecond), r.c64.p99.Round(time.Microsecond), r.c64.rps, vs)
+			if r.c1.failed+r.c64.failed > 0 {
+				fmt.Fprintf(&out, "  %s: %d requests failed\n", r.t.name, r.c1.failed+r.c64.failed)
+			}
+			key := strings.NewReplacer(" ", "_", ",", "").Replace(r.t.name)
+			b.ReportMetric(float64(r.c1.p50.Microseconds()), key+"_c1_p50_us")
+			b.ReportMetric(r.c64.rps, key+"_c64_rps")
+		}
+		fmt.Print(out.String())
+		c.close()
+	}
+}
+
+// BenchmarkFailoverUnderLoad: the longest extra wait a client saw, and the
+// failed requests, while the queen was SIGKILLed under a steady load of 8
+// concurrent clients entering through a non-queen node.
+func BenchmarkFailoverUnderLoad(b *testing.B) {
+	for b.Loop() {
+		res := failoverUnderLoad(b, 8)
+		fmt.Printf("\nfailover under load (8 clients, queen SIGKILLed): %d requests, %d failed, median before the kill %v, slowest %v, longest extra wait %v\n",
+			res.total, res.failed, res.baseline.Round(time.Millisecond), res.maxLatency.Round(time.Millisecond), (res.maxLatency - res.baseline).Round(time.Millisecond))
+		b.ReportMetric(float64(res.failed), "failed")
+		b.ReportMetric(float64((res.maxLatency - res.baseline).Milliseconds()), "max_extra_wait_ms")
+	}
+}
+
