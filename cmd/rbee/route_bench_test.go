@@ -276,4 +276,3 @@ func BenchmarkFailoverUnderLoad(b *testing.B) {
 		b.ReportMetric(float64((res.maxLatency - res.baseline).Milliseconds()), "max_extra_wait_ms")
 	}
 }
-
