@@ -22,6 +22,11 @@ func FuzzDecode(f *testing.F) {
 		Hello{Type: TypeHello, Name: "hive-1", Version: "v0.1.0", Protocol: ProtocolVersion, Nonce: "abcd", Proof: "beef"},
 		Welcome{Type: TypeWelcome, Proof: "cafe", IntervalMS: 1000},
 		validTelemetry(2),
+		LeaseRequest{Type: TypeLeaseRequest, RequestID: "e.1", Model: "llama-3.2-1b", WaitMS: 30000},
+		LeaseCancel{Type: TypeLeaseCancel, RequestID: "e.1"},
+		LeaseRelease{Type: TypeLeaseRelease, LeaseID: "q.1"},
+		LeaseGrant{Type: TypeLeaseGrant, RequestID: "e.1", LeaseID: "q.1", Hive: "h", HiveAddr: "127.0.0.1:7833", Worker: "llm/8080", Model: "m"},
+		LeaseError{Type: TypeLeaseError, RequestID: "e.1", Status: 429, ErrorType: "rate_limit_exceeded", Message: "full", RetryAfterMS: 1000},
 	} {
 		b, err := Encode(msg)
 		if err != nil {
@@ -58,6 +63,21 @@ func FuzzDecode(f *testing.F) {
 		}
 		if !bytes.Equal(b1, b2) {
 			t.Fatalf("round trip not stable:\n%s\n%s", b1, b2)
+		}
+		var verr error
+		switch m := msg.(type) {
+		case *LeaseRequest:
+			verr = m.Validate()
+		case *LeaseCancel:
+			verr = m.Validate()
+		case *LeaseRelease:
+			verr = m.Validate()
+		}
+		if verr != nil {
+			if !errors.Is(verr, ErrInvalid) {
+				t.Fatalf("Validate error %v is not ErrInvalid", verr)
+			}
+			checkCloseReason(t, "bad message: "+verr.Error())
 		}
 		tel, ok := msg.(*HiveTelemetry)
 		if !ok {

@@ -1,0 +1,56 @@
+package wsapi
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestLeaseMessages_Validate(t *testing.T) {
+	long := strings.Repeat("x", 600)
+	cases := []struct {
+		name string
+		msg  interface{ Validate() error }
+		ok   bool
+	}{
+		{"request", &LeaseRequest{RequestID: "e.1", Model: "m", WaitMS: 1000}, true},
+		{"request without id", &LeaseRequest{Model: "m"}, false},
+		{"request without model", &LeaseRequest{RequestID: "e.1"}, false},
+		{"request with a control character", &LeaseRequest{RequestID: "e.1", Model: "m\n"}, false},
+		{"request with a long model", &LeaseRequest{RequestID: "e.1", Model: long}, false},
+		{"request waiting negative", &LeaseRequest{RequestID: "e.1", Model: "m", WaitMS: -1}, false},
+		{"request waiting forever", &LeaseRequest{RequestID: "e.1", Model: "m", WaitMS: MaxWait.Milliseconds() + 1}, false},
+		{"cancel", &LeaseCancel{RequestID: "e.1"}, true},
+		{"cancel without id", &LeaseCancel{}, false},
+		{"release", &LeaseRelease{LeaseID: "q.1"}, true},
+		{"release without id", &LeaseRelease{}, false},
+		{"release with a long id", &LeaseRelease{LeaseID: long}, false},
+	}
+	for _, c := range cases {
+		err := c.msg.Validate()
+		if (err == nil) != c.ok || (err != nil && !errors.Is(err, ErrInvalid)) {
+			t.Errorf("%s: %v, want ok=%v (errors wrap ErrInvalid)", c.name, err, c.ok)
+		}
+	}
+}
+
+func TestTelemetry_ValidatesLeases(t *testing.T) {
+	good := validTelemetry(1)
+	good.Leases = []LeaseInfo{{LeaseID: "q.1", Worker: "llm/8080", Model: "m", Entry: "e"}}
+	if err := good.Validate(good.HiveID); err != nil {
+		t.Fatalf("valid leases refused: %v", err)
+	}
+	for name, l := range map[string]LeaseInfo{
+		"no id":      {Worker: "llm/8080", Entry: "e"},
+		"no worker":  {LeaseID: "q.1", Entry: "e"},
+		"no entry":   {LeaseID: "q.1", Worker: "llm/8080"},
+		"bad model":  {LeaseID: "q.1", Worker: "llm/8080", Entry: "e", Model: "a\x00b"},
+		"long entry": {LeaseID: "q.1", Worker: "llm/8080", Entry: strings.Repeat("e", 300)},
+	} {
+		bad := validTelemetry(1)
+		bad.Leases = []LeaseInfo{l}
+		if err := bad.Validate(bad.HiveID); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: %v, want ErrInvalid", name, err)
+		}
+	}
+}
