@@ -59,14 +59,14 @@ func withSession(o wsapi.SessionOptions) nodeOpt {
 	return func(cfg *Config) { cfg.Session = o }
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("RBEE_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	return slog.New(slog.DiscardHandler)
 }
 
-func startNode(t *testing.T, name string, opts ...nodeOpt) *testNode {
+func startNode(t testing.TB, name string, opts ...nodeOpt) *testNode {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Name = name
@@ -93,7 +93,7 @@ func startNode(t *testing.T, name string, opts ...nodeOpt) *testNode {
 }
 
 // eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() error) {
+func eventually(t testing.TB, within time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	var err error

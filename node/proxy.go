@@ -225,6 +225,9 @@ func (n *Node) relay(w http.ResponseWriter, r *http.Request, resp *http.Response
 	if entry {
 		n.metrics.requests.WithLabelValues(model, strconv.Itoa(resp.StatusCode)).Inc()
 	}
+	// Only event streams are flushed per read: a JSON answer goes out in
+	// as few writes as the server can manage, often one with the headers.
+	stream := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
 	rc := http.NewResponseController(w)
 	bufp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bufp)
@@ -240,7 +243,9 @@ func (n *Node) relay(w http.ResponseWriter, r *http.Request, resp *http.Response
 			if _, werr := w.Write(buf[:nr]); werr != nil {
 				return // the client went away; closing resp cancels upstream
 			}
-			_ = rc.Flush()
+			if stream {
+				_ = rc.Flush()
+			}
 		}
 		if rerr == io.EOF {
 			return

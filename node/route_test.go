@@ -36,7 +36,7 @@ type fakeWorker struct {
 	abort atomic.Bool
 }
 
-func newFakeWorker(t *testing.T, name string) *fakeWorker {
+func newFakeWorker(t testing.TB, name string) *fakeWorker {
 	fw := &fakeWorker{name: name}
 	fw.srv = httptest.NewServer(http.HandlerFunc(fw.serve))
 	t.Cleanup(fw.srv.Close)
@@ -140,7 +140,7 @@ func withQueue(limit int, timeout time.Duration) nodeOpt {
 
 // routeCluster is a queen-and-hive a (workers wa), a hive b (workers wb) and
 // an entry-only node c, all agreed and with every worker known to the queen.
-func routeCluster(t *testing.T, ca, cb endpointCollector, opts ...nodeOpt) (a, b, c *testNode) {
+func routeCluster(t testing.TB, ca, cb endpointCollector, opts ...nodeOpt) (a, b, c *testNode) {
 	t.Helper()
 	a = startNode(t, "a", append([]nodeOpt{withCollector(ca)}, opts...)...)
 	b = startNode(t, "b", append([]nodeOpt{withCollector(cb), withRoles(gossip.RoleHive), withJoin(a.GossipAddr())}, opts...)...)
