@@ -9,7 +9,9 @@ build:
 test:
     go test -race -count=1 ./...
 
-# Benchmarks: failover times, false deaths, queen ingest CPU.
+# Benchmarks: failover times, false deaths, queen ingest CPU, routing latency
+# and throughput beside direct and nginx (apt-get install nginx-light),
+# failover under load, scheduler decisions.
 bench:
     go test -run '^$' -bench . -benchtime 1x -timeout 30m ./...
 
@@ -17,6 +19,6 @@ bench:
 fuzz:
     go test -run '^$' -fuzz FuzzDecode -fuzztime 60s ./wsapi/
 
-# A three-node cluster on this machine (Ctrl-C stops it).
+# A whole cluster with simulated workers on this machine (Ctrl-C stops it).
 demo:
-    bash scripts/demo.sh
+    go run ./cmd/rbee demo
