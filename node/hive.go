@@ -134,14 +134,19 @@ func (n *Node) hiveSession(ctx context.Context, q gossip.Member, changed <-chan 
 		}
 	}()
 	go func() { errc <- s.Keepalive(sctx) }()
+	// Lease requests and releases go out batched (see wsapi.Outbox);
+	// telemetry is written directly, once a second.
+	out := wsapi.NewOutbox(sessionOutQueue)
+	go func() { errc <- out.Run(sctx, s) }()
 	defer func() {
 		n.lc.detach(s)
 		cancel()
 		s.CloseNow()
 		<-errc
 		<-errc
+		<-errc
 	}()
-	n.lc.attach(s)
+	n.lc.attach(s, out)
 
 	tick := time.NewTicker(s.Interval)
 	defer tick.Stop()

@@ -24,6 +24,7 @@ type leaseClient struct {
 
 	mu      sync.Mutex
 	sess    *wsapi.Session
+	out     *wsapi.Outbox // sess's outbox
 	pending map[string]*pendingLease
 }
 
@@ -47,10 +48,11 @@ func newLeaseClient(name string, start time.Time) *leaseClient {
 	}
 }
 
-// attach makes s the session to ask on and asks again everything waiting.
-func (lc *leaseClient) attach(s *wsapi.Session) {
+// attach makes s (writing through out) the session to ask on and asks again
+// everything waiting.
+func (lc *leaseClient) attach(s *wsapi.Session, out *wsapi.Outbox) {
 	lc.mu.Lock()
-	lc.sess = s
+	lc.sess, lc.out = s, out
 	now := time.Now()
 	msgs := make([]wsapi.LeaseRequest, 0, len(lc.pending))
 	for _, p := range lc.pending {
@@ -60,7 +62,7 @@ func (lc *leaseClient) attach(s *wsapi.Session) {
 	}
 	lc.mu.Unlock()
 	for i := range msgs {
-		_ = s.Write(context.Background(), &msgs[i])
+		lc.put(s, out, &msgs[i])
 	}
 }
 
@@ -68,19 +70,30 @@ func (lc *leaseClient) attach(s *wsapi.Session) {
 func (lc *leaseClient) detach(s *wsapi.Session) {
 	lc.mu.Lock()
 	if lc.sess == s {
-		lc.sess = nil
+		lc.sess, lc.out = nil, nil
 	}
 	lc.mu.Unlock()
 }
 
 func (lc *leaseClient) send(msg any) {
 	lc.mu.Lock()
-	s := lc.sess
+	s, out := lc.sess, lc.out
 	lc.mu.Unlock()
 	if s != nil {
-		// A failed write means the session is breaking; what was
-		// pending is asked again on the next one.
-		_ = s.Write(context.Background(), msg)
+		lc.put(s, out, msg)
+	}
+}
+
+// put queues msg on the session's outbox. A queen that lets thousands of
+// messages pile up is not reading: the session is dropped, and what was
+// waiting is asked again on the next one.
+func (lc *leaseClient) put(s *wsapi.Session, out *wsapi.Outbox, msg any) {
+	b, err := wsapi.Encode(msg)
+	if err != nil {
+		return
+	}
+	if out.Put(b) != nil {
+		s.CloseNow()
 	}
 }
 
@@ -96,10 +109,10 @@ func (lc *leaseClient) acquire(ctx context.Context, model string, wait time.Dura
 	}
 	lc.mu.Lock()
 	lc.pending[id] = p
-	s := lc.sess
+	s, out := lc.sess, lc.out
 	lc.mu.Unlock()
 	if s != nil {
-		_ = s.Write(ctx, &p.msg)
+		lc.put(s, out, &p.msg)
 	}
 	t := time.NewTimer(wait + lc.grace)
 	defer t.Stop()

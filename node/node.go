@@ -78,7 +78,7 @@ type hiveSession struct {
 	seq uint64
 	// out feeds the session's writer: lease answers are queued here so
 	// that one slow node cannot stall the scheduler.
-	out chan []byte
+	out *wsapi.Outbox
 }
 
 // New checks cfg, binds the HTTP and gossip listeners, and returns a node

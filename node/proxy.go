@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	jsonv2 "github.com/go-json-experiment/json"
 
 	"github.com/rbee/rbee/wsapi"
 )
@@ -113,7 +114,10 @@ func (n *Node) handleInference(w http.ResponseWriter, r *http.Request) {
 	var head struct {
 		Model string `json:"model"`
 	}
-	if err := json.Unmarshal(body, &head); err != nil {
+	// JSON v2: it scans a long prompt about twice as fast as
+	// encoding/json, and rejects what a worker might read differently
+	// (duplicate keys, invalid UTF-8).
+	if err := jsonv2.Unmarshal(body, &head); err != nil {
 		n.fail(w, "", http.StatusBadRequest, "invalid_request_error", "body is not valid JSON: "+err.Error())
 		return
 	}
@@ -301,8 +305,14 @@ func (n *Node) handleHiveProxy(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusBadRequest, "invalid_request_error", "missing lease headers")
 		return
 	}
-	body := http.MaxBytesReader(w, r.Body, maxInferenceBody)
-	if n.serveLease(w, r, path, body, lease, time.Now(), false) {
+	// Read the body whole: forwarded with its length, the worker gets it in
+	// one write instead of a chunked stream.
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxInferenceBody))
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, "invalid_request_error", "read body: "+err.Error())
+		return
+	}
+	if n.serveLease(w, r, path, bytes.NewReader(body), lease, time.Now(), false) {
 		w.Header().Set(hdrRetry, "1")
 		WriteError(w, http.StatusServiceUnavailable, "worker_unavailable", "worker "+lease.Worker+" cannot take the request now")
 	}

@@ -108,23 +108,15 @@ func (n *Node) handleSession(w http.ResponseWriter, r *http.Request) {
 		_ = s.Close(wsapi.CloseReplaced, replaced)
 		return
 	}
-	hs := hiveSession{s: s, seq: seq, out: make(chan []byte, sessionOutQueue)}
+	hs := hiveSession{s: s, seq: seq, out: wsapi.NewOutbox(sessionOutQueue)}
 	n.sessions[s.Peer] = hs
 	n.mu.Unlock()
 	wctx, stopWriter := context.WithCancel(r.Context())
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
-		for {
-			select {
-			case <-wctx.Done():
-				return
-			case b := <-hs.out:
-				if err := s.WriteRaw(wctx, b); err != nil {
-					s.CloseNow()
-					return
-				}
-			}
+		if err := hs.out.Run(wctx, s); err != nil && wctx.Err() == nil {
+			s.CloseNow()
 		}
 	}()
 	defer func() {

@@ -159,14 +159,12 @@ func (n *Node) sendToPeer(peer string, msg any) bool {
 	if !ok {
 		return false
 	}
-	select {
-	case hs.out <- b:
-		return true
-	default:
+	if hs.out.Put(b) != nil {
 		n.log.Warn("session cannot keep up with lease messages; closing it", "peer", peer)
 		n.closeLater(hs.s, wsapi.CloseTooSlow, "too slow to read lease messages")
 		return false
 	}
+	return true
 }
 
 func schedWorkers(ws []wsapi.ProcessStats) []scheduler.Worker {

@@ -90,6 +90,9 @@ type Session struct {
 	conn *websocket.Conn
 	opts SessionOptions
 	rbuf bytes.Buffer // reused by readRaw; one reader at a time
+	// queued holds the rest of a batch frame (see Outbox) for the next
+	// readRaw calls.
+	queued [][]byte
 	// lastRead (unix nanoseconds) lets Keepalive skip pinging a peer that
 	// is talking anyway: a hive reporting every second needs no ping.
 	lastRead atomic.Int64
@@ -261,6 +264,13 @@ func (s *Session) read(ctx context.Context) (any, error) {
 // a buffer kept across messages and copies once, where the library's Read
 // grows a fresh slice several times per message.
 func (s *Session) readRaw(ctx context.Context) (any, []byte, error) {
+	if len(s.queued) > 0 {
+		data := s.queued[0]
+		s.queued[0] = nil
+		s.queued = s.queued[1:]
+		msg, err := Decode(data)
+		return msg, data, err
+	}
 	typ, r, err := s.conn.Reader(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -274,6 +284,11 @@ func (s *Session) readRaw(ctx context.Context) (any, []byte, error) {
 		return nil, nil, fmt.Errorf("%w: binary frame, want JSON text", ErrMalformed)
 	}
 	data := bytes.Clone(s.rbuf.Bytes())
+	parts, err := splitBatch(data)
+	if err != nil {
+		return nil, nil, err
+	}
+	data, s.queued = parts[0], parts[1:]
 	msg, err := Decode(data)
 	return msg, data, err
 }
