@@ -27,7 +27,7 @@ func workerCommand() *cli.Command {
 				&cli.StringFlag{Name: "cgroup-root", EnvVars: []string{"RBEE_CGROUP_ROOT"}, Usage: "cgroup v2 mount (default: found in /proc/self/mountinfo)"},
 			}, clientFlags()...),
 			Action: runWorker,
-		}},
+		}, simulateCommand()},
 	}
 }
 

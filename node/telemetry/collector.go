@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -28,6 +29,9 @@ type WorkerGPU struct {
 type ModelInfo struct {
 	Model string // "" when unknown
 	Slots int    // 0 when unknown
+	// Simulated is true for `rbee worker simulate`: its GPU figures are
+	// read from its API, and marked simulated.
+	Simulated bool
 }
 
 // CmdlineModel is ModelFromCmdline in the shape CollectorConfig.FromCmdline
@@ -44,7 +48,7 @@ func (p APIProber) ProbeModel(ctx context.Context, baseURL string) (ModelInfo, e
 	if err != nil {
 		return ModelInfo{}, err
 	}
-	out := ModelInfo{Slots: info.Slots}
+	out := ModelInfo{Slots: info.Slots, Simulated: info.Simulated}
 	if len(info.Models) > 0 {
 		out.Model = info.Models[0]
 	}
@@ -71,7 +75,11 @@ type CollectorConfig struct {
 	Probe func(ctx context.Context, baseURL string) (ModelInfo, error)
 	// FromCmdline names the model from a worker's command line.
 	FromCmdline func(argv []string) ModelInfo
-	Logger      *slog.Logger
+	// SimGPU reads the made-up GPU figures of a simulated worker (one
+	// whose probe said Simulated), every tick, with a short deadline; nil
+	// asks the worker's GET /rbee/sim/gpu.
+	SimGPU func(ctx context.Context, baseURL string) (WorkerGPU, error)
+	Logger *slog.Logger
 }
 
 // Collector is a hive's node.Collector: once a tick it lists the workers
@@ -92,6 +100,9 @@ type Collector struct {
 	static []staticWorker
 	models map[string]*modelState // by group/instance
 	probeQ int                    // round robin over workers needing a probe
+	// simProber reads simulated workers' GPU figures when cfg.SimGPU is
+	// nil: one client for every tick, no idle connections kept.
+	simProber APIProber
 }
 
 type registration struct {
@@ -107,11 +118,37 @@ type staticWorker struct {
 	warned   bool
 }
 
+// modelState is what is known of one worker's model, by source; info says
+// which wins.
 type modelState struct {
-	info     ModelInfo
-	fromAPI  bool
-	probedAt time.Time
-	baseURL  string
+	configured ModelInfo // what the user named (--worker, rbee worker run)
+	api        ModelInfo // what the worker's API said
+	cmdline    ModelInfo // what its command line says
+	// probed: the API answered, with a model, or at all when the model is
+	// configured (the probe then only learns slots and Simulated).
+	probed    bool
+	probedAt  time.Time
+	baseURL   string
+	simWarned bool // a failed /rbee/sim/gpu read was logged
+}
+
+// info is what the worker serves: a configured model and slots win, then
+// what its API said, then its command line.
+func (m *modelState) info() ModelInfo {
+	out := ModelInfo{Model: m.cmdline.Model, Slots: m.cmdline.Slots, Simulated: m.api.Simulated}
+	if m.api.Model != "" {
+		out.Model = m.api.Model
+	}
+	if m.api.Slots > 0 {
+		out.Slots = m.api.Slots
+	}
+	if m.configured.Model != "" {
+		out.Model = m.configured.Model
+	}
+	if m.configured.Slots > 0 {
+		out.Slots = m.configured.Slots
+	}
+	return out
 }
 
 // How often to retry what failed: finding a --worker's pid (a process-table
@@ -125,7 +162,8 @@ const (
 // NewCollector sets up discovery. A machine without cgroup v2 is measured by
 // process alone; that is said once here, not every tick.
 func NewCollector(cfg CollectorConfig) *Collector {
-	c := &Collector{cfg: cfg, log: cfg.Logger, procs: NewProcSampler(), models: make(map[string]*modelState), registered: make(map[string]registration)}
+	c := &Collector{cfg: cfg, log: cfg.Logger, procs: NewProcSampler(), models: make(map[string]*modelState), registered: make(map[string]registration),
+		simProber: APIProber{Client: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}}}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -277,14 +315,17 @@ func (c *Collector) Collect(ctx context.Context) ([]wsapi.ProcessStats, error) {
 		if m == nil {
 			continue
 		}
-		if m.info.Model != "" {
-			name := m.info.Model
+		info := m.info()
+		if info.Model != "" {
+			name := info.Model
 			out[i].Model = &name
 		}
-		if m.info.Slots > 0 {
-			out[i].Slots = m.info.Slots
+		if info.Slots > 0 {
+			out[i].Slots = info.Slots
 		}
+		out[i].Simulated = info.Simulated
 	}
+	c.fillSimulated(ctx, out)
 	c.forgetModels(out)
 	c.publishEndpoints(out)
 	return out, errors.Join(errs...)
@@ -320,7 +361,7 @@ func (c *Collector) Endpoint(group, instance string) string {
 func (c *Collector) Models() map[string]ModelInfo {
 	out := make(map[string]ModelInfo, len(c.models))
 	for k, m := range c.models {
-		out[k] = m.info
+		out[k] = m.info()
 	}
 	return out
 }
@@ -356,36 +397,31 @@ func localURL(instance string) string {
 	return ""
 }
 
-// noteModel records what is known without I/O: a configured model wins, then
-// what the worker's API said, then its command line.
+// noteModel records what is known without I/O: what the user configured,
+// and, until the worker's API has answered, its command line.
 func (c *Collector) noteModel(group, instance string, argv []string, baseURL string, configured ModelInfo) {
 	key := group + "/" + instance
 	m := c.models[key]
 	if m == nil {
-		m = &modelState{baseURL: baseURL}
+		m = &modelState{}
 		c.models[key] = m
 	}
-	m.baseURL = baseURL
-	switch {
-	case configured.Model != "":
-		m.info, m.fromAPI = configured, true
-	case !m.fromAPI && c.cfg.FromCmdline != nil && len(argv) > 0:
-		m.info = c.cfg.FromCmdline(argv)
-	}
-	if configured.Slots > 0 {
-		m.info.Slots = configured.Slots
+	m.baseURL, m.configured = baseURL, configured
+	if !m.probed && c.cfg.FromCmdline != nil && len(argv) > 0 {
+		m.cmdline = c.cfg.FromCmdline(argv)
 	}
 }
 
 // probeOne asks one worker's API per tick, so a hive with many workers never
-// spends a tick waiting on them.
+// spends a tick waiting on them. A worker whose model is configured is asked
+// too, once, for what only its API tells: slots and whether it is simulated.
 func (c *Collector) probeOne(ctx context.Context, now time.Time) {
 	if c.cfg.Probe == nil || len(c.models) == 0 {
 		return
 	}
 	keys := make([]string, 0, len(c.models))
 	for k, m := range c.models {
-		if !m.fromAPI && m.baseURL != "" && now.Sub(m.probedAt) >= probeRetry {
+		if !m.probed && m.baseURL != "" && now.Sub(m.probedAt) >= probeRetry {
 			keys = append(keys, k)
 		}
 	}
@@ -399,13 +435,10 @@ func (c *Collector) probeOne(ctx context.Context, now time.Time) {
 	pctx, cancel := context.WithTimeout(ctx, probeWait)
 	defer cancel()
 	info, err := c.cfg.Probe(pctx, m.baseURL)
-	if err != nil || info.Model == "" {
-		return
+	if err != nil || (info.Model == "" && m.configured.Model == "") {
+		return // not up yet, or nothing loaded: ask again later
 	}
-	if m.info.Slots > 0 && info.Slots == 0 {
-		info.Slots = m.info.Slots
-	}
-	m.info, m.fromAPI = info, true
+	m.api, m.probed = info, true
 }
 
 func (c *Collector) forgetModels(live []wsapi.ProcessStats) {

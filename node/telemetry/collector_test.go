@@ -113,20 +113,79 @@ func TestCollector_ConfiguredModelWinsAndUnreachableWorkerStillListed(t *testing
 	if err != nil {
 		t.Fatal(err)
 	}
+	probed := 0
 	c := NewCollector(CollectorConfig{
 		CgroupRoot: "testdata/cgroup/no-slice",
 		Workers:    []WorkerSpec{spec},
 		Probe: func(context.Context, string) (ModelInfo, error) {
-			t.Error("probed a worker whose model is configured")
-			return ModelInfo{}, nil
+			probed++
+			return ModelInfo{}, errors.New("connection refused")
 		},
 	})
-	got, err := c.Collect(context.Background())
-	if err != nil {
-		t.Fatal(err)
+	for range 2 {
+		got, err := c.Collect(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || got[0].PID != 0 || got[0].Model == nil || *got[0].Model != "qwen2.5-7b" || got[0].Slots != 1 || got[0].Simulated {
+			t.Fatalf("got %+v, want the worker with pid 0, its configured model and 1 slot", got)
+		}
 	}
-	if len(got) != 1 || got[0].PID != 0 || got[0].Model == nil || *got[0].Model != "qwen2.5-7b" {
-		t.Fatalf("got %+v, want the worker with pid 0 and its configured model", got)
+	if probed != 1 {
+		t.Errorf("probed %d times in two ticks, want once (then again after %v)", probed, probeRetry)
+	}
+}
+
+func TestCollector_ConfiguredModelStillProbedOnceForSlots(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		spec      string
+		probe     ModelInfo
+		wantModel string
+		wantSlots int
+	}{
+		{"slots from the API, name from the user", "model=alias", ModelInfo{Model: "llama-3.2-1b-q4", Slots: 4, Simulated: true}, "alias", 4},
+		{"configured slots win", "model=alias,slots=2", ModelInfo{Model: "x", Slots: 4}, "alias", 2},
+		{"an API that names no model still tells slots", "model=alias", ModelInfo{Slots: 3}, "alias", 3},
+		{"unconfigured: all from the API", "group=g", ModelInfo{Model: "served", Slots: 5, Simulated: true}, "served", 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec, err := ParseWorkerSpec("http://127.0.0.1:1," + tc.spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			probed := 0
+			c := NewCollector(CollectorConfig{
+				CgroupRoot: "testdata/cgroup/no-slice",
+				Workers:    []WorkerSpec{spec},
+				Probe: func(context.Context, string) (ModelInfo, error) {
+					probed++
+					return tc.probe, nil
+				},
+				SimGPU: func(context.Context, string) (WorkerGPU, error) {
+					return WorkerGPU{UtilPct: 50, VRAMMB: 5000, TotalVRAMMB: 24576}, nil
+				},
+			})
+			for range 3 {
+				got, err := c.Collect(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				w := got[0]
+				if w.Model == nil || *w.Model != tc.wantModel || w.Slots != tc.wantSlots || w.Simulated != tc.probe.Simulated {
+					t.Fatalf("worker %+v (model %v), want %q with %d slots, simulated %v", w, w.Model, tc.wantModel, tc.wantSlots, tc.probe.Simulated)
+				}
+				if tc.probe.Simulated && (w.GPUUtilPct != 50 || w.VRAMMB != 5000 || w.TotalVRAMMB != 24576) {
+					t.Errorf("simulated worker's gpu = %v %v %v, want its /rbee/sim/gpu", w.GPUUtilPct, w.VRAMMB, w.TotalVRAMMB)
+				}
+			}
+			if probed != 1 {
+				t.Errorf("probed %d times, want once", probed)
+			}
+			if m := c.Models()[spec.Group+"/"+spec.Instance]; m.Model != tc.wantModel || m.Slots != tc.wantSlots || m.Simulated != tc.probe.Simulated {
+				t.Errorf("Models() = %+v", m)
+			}
+		})
 	}
 }
 

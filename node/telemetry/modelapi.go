@@ -37,6 +37,9 @@ type APIInfo struct {
 	Models []string // names as ModelFromCmdline gives them; may be empty (Ollama with nothing loaded)
 	Slots  int      // requests served at once; 0 when the API does not say
 	Kind   string   // KindLlamaServer, KindOllama or KindOpenAI
+	// Simulated: the worker is `rbee worker simulate` (its /props says
+	// "rbee_simulated": true) and serves made-up GPU figures.
+	Simulated bool
 }
 
 // APIProber asks a worker's API what it serves: llama-server's /props (the
@@ -98,6 +101,7 @@ func (p APIProber) llamaProps(ctx context.Context, base string) (APIInfo, error)
 		Settings   struct {
 			Model string `json:"model"`
 		} `json:"default_generation_settings"`
+		Simulated bool `json:"rbee_simulated"`
 	}
 	if err := p.getJSON(ctx, base+"/props", &props); err != nil {
 		return APIInfo{}, err
@@ -109,7 +113,7 @@ func (p APIProber) llamaProps(ctx context.Context, base string) (APIInfo, error)
 	if props.TotalSlots == nil && file == "" {
 		return APIInfo{}, fmt.Errorf("read %s/props: not llama-server's props", base)
 	}
-	info := APIInfo{Kind: KindLlamaServer}
+	info := APIInfo{Kind: KindLlamaServer, Simulated: props.Simulated}
 	if props.TotalSlots != nil && *props.TotalSlots > 0 && *props.TotalSlots <= maxSlots {
 		info.Slots = *props.TotalSlots
 	}

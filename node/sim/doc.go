@@ -1,0 +1,22 @@
+// Package sim is `rbee worker simulate`: an inference worker that speaks the
+// HTTP API of llama.cpp's llama-server (the OpenAI endpoints, /props,
+// /health) without a model or a GPU, so that the demo, the end-to-end tests
+// and the benchmarks exercise rbee's real proxy path.
+//
+// A Simulator serves a fixed number of slots as llama-server does: a request
+// beyond them waits for one. It generates deterministic readable text (see
+// Text), paced at a configured rate after a configured time to first token,
+// streamed as server-sent events when asked. It stops at once when the client
+// goes away, and counts what happened (Stats), so that tests can prove a
+// router never sent it more concurrent requests than it has slots. AbortAll
+// breaks every in-flight request mid-way, as a worker that dies would.
+//
+// Two endpoints are its own: GET /rbee/sim/gpu gives made-up GPU figures that
+// follow the load (a hive's collector reports them, marked simulated, for
+// workers whose /props says "rbee_simulated": true), and GET /rbee/sim/stats
+// gives Stats.
+//
+// The package never owns the process: it serves an http.Handler, starts no
+// goroutine of its own (each request is served on the goroutine net/http
+// gives it), reads no flags or environment, and owns no listener.
+package sim

@@ -1,0 +1,41 @@
+package sim_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http/httptest"
+	"strings"
+
+	"github.com/rbee/rbee/node/sim"
+)
+
+// A simulated worker behind a test server answers like llama-server.
+func Example() {
+	s, err := sim.New(sim.Config{Model: "llama-3.2-1b", Slots: 2})
+	if err != nil {
+		panic(err)
+	}
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+
+	resp, err := srv.Client().Post(srv.URL+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"llama-3.2-1b","messages":[{"role":"user","content":"hi"}],"max_tokens":4}`))
+	if err != nil {
+		panic(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Choices []struct {
+			Message      struct{ Content string }
+			FinishReason string `json:"finish_reason"`
+		}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		panic(err)
+	}
+	fmt.Println(out.Choices[0].Message.Content, "/", out.Choices[0].FinishReason)
+	fmt.Println("served:", s.Stats().Served)
+	// Output:
+	// The quick brown fox / length
+	// served: 1
+}

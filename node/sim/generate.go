@@ -1,0 +1,335 @@
+package sim
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// words are what the simulator says, over and over: readable, and easy for
+// a test to predict (see Text).
+var words = strings.Fields("The quick brown fox jumps over the lazy dog.")
+
+// Token returns the i-th generated token (from 0): a word, with a leading
+// space after the first.
+func Token(i int) string {
+	switch {
+	case i < 0:
+		return ""
+	case i == 0:
+		return words[0]
+	default:
+		return " " + words[i%len(words)]
+	}
+}
+
+// Text returns what a simulator generates for n tokens: "The quick brown
+// fox jumps over the lazy dog. The quick...".
+func Text(n int) string {
+	var sb strings.Builder
+	for i := range n {
+		sb.WriteString(Token(i))
+	}
+	return sb.String()
+}
+
+// budget returns how many tokens to generate and why generation then stops:
+// "length" when the request's own limit ends it, "stop" when the answer
+// ends by itself (the configured length, or the cap).
+func (s *Simulator) budget(g genRequest) (int, string) {
+	switch {
+	case g.MaxTokens == 0:
+		return s.cfg.MaxTokens, "stop"
+	case g.MaxTokens > MaxTokensCap:
+		return MaxTokensCap, "stop"
+	default:
+		return g.MaxTokens, "length"
+	}
+}
+
+// pacer releases tokens on time: token i is due TTFT + i/TokensPerSecond
+// after the slot was taken, wherever the previous one was late, on one timer
+// per request.
+type pacer struct {
+	s     *Simulator
+	r     *http.Request
+	c     *call
+	start time.Time
+	timer *time.Timer
+}
+
+func (s *Simulator) newPacer(r *http.Request, c *call) *pacer {
+	return &pacer{s: s, r: r, c: c, start: time.Now()}
+}
+
+// wait blocks until token i is due. It returns served when it is, cancelled
+// when the client went away, aborted on AbortAll.
+func (p *pacer) wait(i int) outcome {
+	d := time.Until(p.start.Add(p.s.cfg.TTFT + time.Duration(i)*p.s.interval))
+	if d <= 0 {
+		select {
+		case <-p.r.Context().Done():
+			return cancelled
+		case <-p.c.abort:
+			return aborted
+		default:
+			return served
+		}
+	}
+	if p.timer == nil {
+		p.timer = time.NewTimer(d)
+	} else {
+		p.timer.Reset(d)
+	}
+	select {
+	case <-p.timer.C:
+		return served
+	case <-p.r.Context().Done():
+		p.timer.Stop()
+		return cancelled
+	case <-p.c.abort:
+		p.timer.Stop()
+		return aborted
+	}
+}
+
+// usage is OpenAI's token accounting.
+type usage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+	TotalTokens      int `json:"total_tokens"`
+}
+
+func newUsage(prompt, completion int) *usage {
+	return &usage{PromptTokens: prompt, CompletionTokens: completion, TotalTokens: prompt + completion}
+}
+
+// systemFingerprint names the backend, as OpenAI's responses do.
+const systemFingerprint = "rbee-simulator"
+
+type chatCompletion struct {
+	ID                string       `json:"id"`
+	Object            string       `json:"object"`
+	Created           int64        `json:"created"`
+	Model             string       `json:"model"`
+	SystemFingerprint string       `json:"system_fingerprint"`
+	Choices           []chatChoice `json:"choices"`
+	Usage             *usage       `json:"usage,omitempty"`
+}
+
+type chatChoice struct {
+	Index        int          `json:"index"`
+	Message      *chatContent `json:"message,omitempty"`
+	Delta        *chatContent `json:"delta,omitempty"`
+	Logprobs     *struct{}    `json:"logprobs"`
+	FinishReason *string      `json:"finish_reason"`
+}
+
+type chatContent struct {
+	Role    string  `json:"role,omitempty"`
+	Content *string `json:"content,omitempty"`
+}
+
+type textCompletion struct {
+	ID                string       `json:"id"`
+	Object            string       `json:"object"`
+	Created           int64        `json:"created"`
+	Model             string       `json:"model"`
+	SystemFingerprint string       `json:"system_fingerprint"`
+	Choices           []textChoice `json:"choices"`
+	Usage             *usage       `json:"usage,omitempty"`
+}
+
+type textChoice struct {
+	Text         string    `json:"text"`
+	Index        int       `json:"index"`
+	Logprobs     *struct{} `json:"logprobs"`
+	FinishReason *string   `json:"finish_reason"`
+}
+
+// usageChunk is the last event of a stream that asked for usage: no
+// choices, the whole request's usage.
+type usageChunk struct {
+	ID                string     `json:"id"`
+	Object            string     `json:"object"`
+	Created           int64      `json:"created"`
+	Model             string     `json:"model"`
+	SystemFingerprint string     `json:"system_fingerprint"`
+	Choices           []struct{} `json:"choices"`
+	Usage             *usage     `json:"usage"`
+}
+
+// answer builds the JSON of one chat completion or completion; the two
+// differ only in shape.
+type answer struct {
+	chat    bool // chat completion, else completion
+	id      string
+	created int64
+	model   string
+}
+
+func (a *answer) object(chunk bool) string {
+	switch {
+	case !a.chat:
+		return "text_completion"
+	case chunk:
+		return "chat.completion.chunk"
+	default:
+		return "chat.completion"
+	}
+}
+
+// opening is a stream's first event, or nil: a chat stream first names the
+// assistant's role; a completion stream starts with text.
+func (a *answer) opening() any {
+	if !a.chat {
+		return nil
+	}
+	return a.chunk(&chatContent{Role: "assistant", Content: new(string)}, "", nil)
+}
+
+// token is a stream event carrying one token.
+func (a *answer) token(t string) any {
+	return a.chunk(&chatContent{Content: &t}, t, nil)
+}
+
+// closing is a stream's last choice event: no text, the finish reason.
+func (a *answer) closing(finish string) any {
+	return a.chunk(&chatContent{}, "", &finish)
+}
+
+func (a *answer) chunk(delta *chatContent, text string, finish *string) any {
+	if a.chat {
+		return chatCompletion{ID: a.id, Object: a.object(true), Created: a.created, Model: a.model,
+			SystemFingerprint: systemFingerprint, Choices: []chatChoice{{Delta: delta, FinishReason: finish}}}
+	}
+	return textCompletion{ID: a.id, Object: a.object(true), Created: a.created, Model: a.model,
+		SystemFingerprint: systemFingerprint, Choices: []textChoice{{Text: text, FinishReason: finish}}}
+}
+
+// usage is the extra last event of a stream with include_usage.
+func (a *answer) usage(u *usage) any {
+	return usageChunk{ID: a.id, Object: a.object(true), Created: a.created, Model: a.model,
+		SystemFingerprint: systemFingerprint, Choices: []struct{}{}, Usage: u}
+}
+
+// whole is the non-streaming answer.
+func (a *answer) whole(text, finish string, u *usage) any {
+	if a.chat {
+		return chatCompletion{ID: a.id, Object: a.object(false), Created: a.created, Model: a.model,
+			SystemFingerprint: systemFingerprint, Usage: u,
+			Choices: []chatChoice{{Message: &chatContent{Role: "assistant", Content: &text}, FinishReason: &finish}}}
+	}
+	return textCompletion{ID: a.id, Object: a.object(false), Created: a.created, Model: a.model,
+		SystemFingerprint: systemFingerprint, Usage: u,
+		Choices: []textChoice{{Text: text, FinishReason: &finish}}}
+}
+
+func (s *Simulator) handleChat(w http.ResponseWriter, r *http.Request, c *call) outcome {
+	return s.generate(w, r, c, true)
+}
+
+func (s *Simulator) handleCompletion(w http.ResponseWriter, r *http.Request, c *call) outcome {
+	return s.generate(w, r, c, false)
+}
+
+// generate answers a chat completion or a completion: decode, wait for a
+// slot, then generate paced tokens, streamed or whole.
+func (s *Simulator) generate(w http.ResponseWriter, r *http.Request, c *call, chat bool) outcome {
+	body, err := readBody(w, r)
+	if err != nil {
+		return reject(w, err)
+	}
+	decode, prefix := decodeCompletion, "cmpl"
+	if chat {
+		decode, prefix = decodeChat, "chatcmpl"
+	}
+	g, err := decode(body)
+	if err != nil {
+		return reject(w, err)
+	}
+	if o := s.acquire(r, c); o != served {
+		return o
+	}
+	defer s.release()
+
+	a := &answer{chat: chat, id: s.nextID(prefix), created: time.Now().Unix(), model: g.Model}
+	if a.model == "" {
+		a.model = s.cfg.Model
+	}
+	n, finish := s.budget(g)
+	p := s.newPacer(r, c)
+	if !g.Stream {
+		if o := p.wait(n - 1); o != served {
+			return o
+		}
+		writeJSON(w, http.StatusOK, a.whole(Text(n), finish, newUsage(g.PromptTokens, n)))
+		return served
+	}
+
+	st := newStream(w)
+	if ev := a.opening(); ev != nil {
+		if err := st.event(ev); err != nil {
+			return cancelled
+		}
+	}
+	for i := range n {
+		if o := p.wait(i); o != served {
+			return o
+		}
+		if err := st.event(a.token(Token(i))); err != nil {
+			return cancelled
+		}
+	}
+	if err := st.event(a.closing(finish)); err != nil {
+		return cancelled
+	}
+	if g.IncludeUsage {
+		if err := st.event(a.usage(newUsage(g.PromptTokens, n))); err != nil {
+			return cancelled
+		}
+	}
+	if err := st.done(); err != nil {
+		return cancelled
+	}
+	return served
+}
+
+// stream writes server-sent events, each flushed as it is written.
+type stream struct {
+	w   http.ResponseWriter
+	rc  *http.ResponseController
+	buf []byte
+}
+
+func newStream(w http.ResponseWriter) *stream {
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no") // nginx: pass events through
+	w.WriteHeader(http.StatusOK)
+	return &stream{w: w, rc: http.NewResponseController(w)}
+}
+
+func (st *stream) event(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return st.write(b)
+}
+
+func (st *stream) done() error { return st.write([]byte("[DONE]")) }
+
+func (st *stream) write(data []byte) error {
+	st.buf = append(append(append(st.buf[:0], "data: "...), data...), "\n\n"...)
+	if _, err := st.w.Write(st.buf); err != nil {
+		return err
+	}
+	if err := st.rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,49 @@
+package sim
+
+import (
+	"testing"
+)
+
+// FuzzDecode feeds arbitrary bodies to the three request decoders: they
+// must never panic, and what they accept must be within bounds.
+func FuzzDecode(f *testing.F) {
+	for _, seed := range []string{
+		`{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true},"max_tokens":3}`,
+		`{"messages":[{"role":"system","content":[{"type":"text","text":"x"},{"type":"image_url","image_url":{"url":"data:"}}]},{"role":"assistant","content":null}]}`,
+		`{"messages":[{"role":"user","content":"x"}],"max_completion_tokens":-1,"max_tokens":0}`,
+		`{"prompt":["a","b"],"max_tokens":99999999}`,
+		`{"prompt":[[1,2],[3]],"n_predict":2}`,
+		`{"input":[1,2,3],"encoding_format":"base64","dimensions":8}`,
+		`{"input":["a",[1],true]}`,
+		`{"messages":"x"}`,
+		`[]`, `{`, ``, `null`, `{"max_tokens":1e400}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		for name, decode := range map[string]func([]byte) (genRequest, error){"chat": decodeChat, "completion": decodeCompletion} {
+			g, err := decode(body)
+			if err != nil {
+				if err.Error() == "" {
+					t.Errorf("%s: empty error", name)
+				}
+				continue
+			}
+			if g.MaxTokens < 0 || g.PromptTokens < 0 {
+				t.Errorf("%s: accepted %q as %+v", name, body, g)
+			}
+		}
+		e, err := decodeEmbedding(body, DefaultEmbeddingDim)
+		if err != nil {
+			return
+		}
+		if len(e.Inputs) < 1 || len(e.Inputs) > maxInputs || e.Dim < 0 || e.Dim > DefaultEmbeddingDim {
+			t.Errorf("embedding: accepted %q as %d inputs of dim %d", body, len(e.Inputs), e.Dim)
+		}
+		for _, in := range e.Inputs {
+			if in.tokens < 0 {
+				t.Errorf("embedding: negative tokens for %q", body)
+			}
+		}
+	})
+}
