@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/node/sim"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -325,6 +326,66 @@ func TestRoute_NoOversubscription(t *testing.T) {
 	if served != total {
 		t.Fatalf("workers served %d, want %d", served, total)
 	}
+}
+
+// TestRoute_NoOversubscriptionSimulated: the same against `rbee worker
+// simulate`'s server, whose own count of concurrent requests (those waiting
+// for one of its slots included) is what is asserted.
+func TestRoute_NoOversubscriptionSimulated(t *testing.T) {
+	var sims []*sim.Simulator
+	cols := []endpointCollector{{eps: map[string]string{}}, {eps: map[string]string{}}}
+	for i := range 4 {
+		s, err := sim.New(sim.Config{Model: "m", Slots: 2, TokensPerSecond: 400, MaxTokens: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httptest.NewServer(s.Handler())
+		t.Cleanup(srv.Close)
+		sims = append(sims, s)
+		name := fmt.Sprint("s", i)
+		c := &cols[i/2]
+		c.workers = append(c.workers, wsapi.ProcessStats{Group: "sim", Instance: name, Model: ptr("m"), Slots: 2, Simulated: true})
+		c.eps["sim/"+name] = srv.URL
+	}
+	_, _, entry := routeCluster(t, cols[0], cols[1], withQueue(1024, time.Minute))
+	const total = 200
+	errs := make(chan error, total)
+	var wg sync.WaitGroup
+	for i := range total {
+		wg.Go(func() {
+			r, err := post(context.Background(), entry.HTTPAddr(), PathChat, chat("m", i%2 == 0))
+			if err == nil && r.status != 200 {
+				err = fmt.Errorf("status %d: %s", r.status, r.body)
+			}
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, s := range sims {
+		st := s.Stats()
+		if st.Peak > 2 {
+			t.Errorf("simulator %d saw %d requests at once, has 2 slots", i, st.Peak)
+		}
+		t.Logf("simulator %d: peak %d, served %d", i, st.Peak, st.Served)
+	}
+	// Stats count a request when its handler returns, just after the
+	// client read the last byte.
+	eventually(t, 5*time.Second, "all served", func() error {
+		n := int64(0)
+		for _, s := range sims {
+			n += s.Stats().Served
+		}
+		if n != total {
+			return fmt.Errorf("served %d of %d", n, total)
+		}
+		return nil
+	})
 }
 
 // TestRoute_Limits: a full queue answers 429 with Retry-After, a wait past
