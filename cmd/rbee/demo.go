@@ -134,6 +134,16 @@ func runDemo(c *cli.Context) error {
 			return err
 		}
 	}
+	// The hives ask their workers what they serve as soon as they start:
+	// start them once the workers answer.
+	for _, s := range sims {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := waitOK(wctx, "http://127.0.0.1:"+s.port+"/health")
+		cancel()
+		if err != nil {
+			return fmt.Errorf("simulated worker %s did not start: %w (log in %s)", s.name, err, dir)
+		}
+	}
 	worker := func(s sim) string {
 		return "http://127.0.0.1:" + s.port + ",model=" + s.model + ",group=sim,instance=" + s.port
 	}
@@ -332,6 +342,30 @@ func waitModels(ctx context.Context, addr string, want []string) error {
 		case <-ctx.Done():
 			t.Stop()
 			return errors.Join(ctx.Err(), last)
+		case <-t.C:
+		}
+	}
+}
+
+// waitOK polls url until it answers 200.
+func waitOK(ctx context.Context, url string) error {
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
 		case <-t.C:
 		}
 	}

@@ -126,10 +126,11 @@ type modelState struct {
 	cmdline    ModelInfo // what its command line says
 	// probed: the API answered, with a model, or at all when the model is
 	// configured (the probe then only learns slots and Simulated).
-	probed    bool
-	probedAt  time.Time
-	baseURL   string
-	simWarned bool // a failed /rbee/sim/gpu read was logged
+	probed     bool
+	probedAt   time.Time
+	probeFails int // in a row; spaces the retries out
+	baseURL    string
+	simWarned  bool // a failed /rbee/sim/gpu read was logged
 }
 
 // info is what the worker serves: a configured model and slots win, then
@@ -421,7 +422,7 @@ func (c *Collector) probeOne(ctx context.Context, now time.Time) {
 	}
 	keys := make([]string, 0, len(c.models))
 	for k, m := range c.models {
-		if !m.probed && m.baseURL != "" && now.Sub(m.probedAt) >= probeRetry {
+		if !m.probed && m.baseURL != "" && now.Sub(m.probedAt) >= probeBackoff(m.probeFails) {
 			keys = append(keys, k)
 		}
 	}
@@ -436,9 +437,20 @@ func (c *Collector) probeOne(ctx context.Context, now time.Time) {
 	defer cancel()
 	info, err := c.cfg.Probe(pctx, m.baseURL)
 	if err != nil || (info.Model == "" && m.configured.Model == "") {
+		m.probeFails++
 		return // not up yet, or nothing loaded: ask again later
 	}
 	m.api, m.probed = info, true
+}
+
+// probeBackoff spaces out the probes of a worker that does not answer: a
+// worker started with its node answers within seconds, one loading a large
+// model may take minutes.
+func probeBackoff(fails int) time.Duration {
+	if fails >= 5 {
+		return probeRetry
+	}
+	return min(time.Second<<fails, probeRetry)
 }
 
 func (c *Collector) forgetModels(live []wsapi.ProcessStats) {
