@@ -44,6 +44,7 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("POST "+PathCompletions, n.apiAuthorized(n.handleInference))
 	mux.HandleFunc("POST "+PathEmbeddings, n.apiAuthorized(n.handleInference))
 	mux.HandleFunc("GET "+PathModels, n.apiAuthorized(n.handleModels))
+	mux.HandleFunc("GET "+PathModels+"/{model...}", n.apiAuthorized(n.handleModel))
 	mux.HandleFunc("POST "+PathHiveProxy+"/", n.authorized(n.handleHiveProxy))
 	mux.Handle("GET /metrics", n.metrics.handler())
 	dash := ui.Handler()

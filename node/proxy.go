@@ -442,30 +442,59 @@ func (a *activeLeases) report(workers []wsapi.ProcessStats, now time.Time) []wsa
 	return out
 }
 
-// handleModels lists every model the cluster serves. Only the queen knows;
-// other nodes ask it.
-func (n *Node) handleModels(w http.ResponseWriter, r *http.Request) {
-	type model struct {
-		ID      string `json:"id"`
-		Object  string `json:"object"`
-		Created int64  `json:"created"`
-		OwnedBy string `json:"owned_by"`
+// modelObject is one entry of /v1/models, in OpenAI's shape.
+type modelObject struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+}
+
+// servedModels lists the models fresh workers serve now. Only the queen
+// knows; other nodes ask it.
+func (n *Node) servedModels(ctx context.Context) ([]modelObject, error) {
+	qs, _, err := n.clusterQueues(ctx)
+	if err != nil {
+		return nil, err
 	}
-	out := struct {
-		Object string  `json:"object"`
-		Data   []model `json:"data"`
-	}{Object: "list", Data: []model{}}
-	qs, _, err := n.clusterQueues(r.Context())
+	out := []modelObject{}
+	for _, q := range qs {
+		if q.Slots > 0 {
+			out = append(out, modelObject{ID: q.Model, Object: "model", Created: n.start.Unix(), OwnedBy: "rbee"})
+		}
+	}
+	return out, nil
+}
+
+// handleModels answers GET /v1/models: every model the cluster serves.
+func (n *Node) handleModels(w http.ResponseWriter, r *http.Request) {
+	ms, err := n.servedModels(r.Context())
 	if err != nil {
 		WriteError(w, http.StatusServiceUnavailable, "no_queen", err.Error())
 		return
 	}
-	for _, q := range qs {
-		if q.Slots > 0 {
-			out.Data = append(out.Data, model{ID: q.Model, Object: "model", Created: n.start.Unix(), OwnedBy: "rbee"})
+	writeJSON(w, struct {
+		Object string        `json:"object"`
+		Data   []modelObject `json:"data"`
+	}{Object: "list", Data: ms})
+}
+
+// handleModel answers GET /v1/models/{model}, which some clients call to
+// check a model before using it.
+func (n *Node) handleModel(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("model")
+	ms, err := n.servedModels(r.Context())
+	if err != nil {
+		WriteError(w, http.StatusServiceUnavailable, "no_queen", err.Error())
+		return
+	}
+	for _, m := range ms {
+		if m.ID == id {
+			writeJSON(w, m)
+			return
 		}
 	}
-	writeJSON(w, out)
+	n.fail(w, "", http.StatusNotFound, "model_not_found", fmt.Sprintf("model %q is not served by this cluster", truncateText(id, 200)))
 }
 
 // clusterQueues returns the queen's per-model state, asking the queen when

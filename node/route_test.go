@@ -226,6 +226,16 @@ func TestRoute_FullPath(t *testing.T) {
 			if err != nil || len(models.Data) != 2 || models.Data[0].ID != "m1-Q4_K_M.gguf" || models.Data[1].ID != "m2" {
 				t.Fatalf("models: %+v %v", models, err)
 			}
+			for path, want := range map[string]int{"/m2": 200, "/m1-Q4_K_M.gguf": 200, "/nope": 404} {
+				resp, err := http.Get("http://" + addr + PathModels + path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != want {
+					t.Errorf("GET %s: %d, want %d", PathModels+path, resp.StatusCode, want)
+				}
+			}
 		})
 	}
 	t.Run("metrics", func(t *testing.T) {
