@@ -86,6 +86,12 @@ func (n *Node) authorized(h http.HandlerFunc) http.HandlerFunc {
 			WriteError(w, http.StatusForbidden, "forbidden", err.Error())
 			return
 		}
+		if origin := r.Header.Get("Origin"); origin != "" {
+			// A dashboard served by another member reads this node
+			// after its own node died: let its page see the answer.
+			w.Header().Set("Access-Control-Allow-Origin", origin)
+			w.Header().Add("Vary", "Origin")
+		}
 		h(w, r)
 	}
 }

@@ -1,15 +1,32 @@
 // Package ui is the dashboard: static files embedded in the binary and served
 // by every node, with no build step and nothing fetched from the network.
+//
+// The page (static/) reads GET /v1/cluster once and then every few seconds,
+// and the WebSocket feed at /v1/heartbeats/stream continuously; it keeps the
+// cluster in plain objects (static/model.js) and renders what changed once per
+// animation frame (static/view.js). When its feed closes it reconnects with
+// backoff, to its own node first and then to the other members (static/feed.js).
+//
+// Its tests drive a real Chromium against in-process nodes; see
+// browser_test.go.
 package ui
 
 import (
 	"embed"
 	"io/fs"
 	"net/http"
+	"strings"
 )
 
 //go:embed static
 var static embed.FS
+
+// contentSecurityPolicy: scripts, styles and images only from the node itself,
+// so that even a bug that put a hive's text into markup could not run script.
+// connect-src stays open to http/ws: after a failover the page reads another
+// member's feed, whose address it learns at run time.
+const contentSecurityPolicy = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+	"connect-src 'self' http: https: ws: wss:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 // Handler serves the dashboard at / and its assets under /ui/.
 func Handler() http.Handler {
@@ -19,14 +36,18 @@ func Handler() http.Handler {
 	}
 	files := http.FileServerFS(sub)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cache-Control", "no-cache")
-		w.Header().Set("X-Content-Type-Options", "nosniff")
+		h := w.Header()
+		h.Set("Cache-Control", "no-cache")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("Content-Security-Policy", contentSecurityPolicy)
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("Referrer-Policy", "no-referrer")
 		switch {
 		case r.URL.Path == "/":
 			http.ServeFileFS(w, r, sub, "index.html")
-		case len(r.URL.Path) > len("/ui/") && r.URL.Path[:len("/ui/")] == "/ui/":
+		case strings.HasPrefix(r.URL.Path, "/ui/") && len(r.URL.Path) > len("/ui/"):
 			r2 := r.Clone(r.Context())
-			r2.URL.Path = r.URL.Path[len("/ui"):]
+			r2.URL.Path = strings.TrimPrefix(r.URL.Path, "/ui")
 			files.ServeHTTP(w, r2)
 		default:
 			http.NotFound(w, r)

@@ -1,0 +1,242 @@
+package ui_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/performance"
+	"github.com/chromedp/chromedp"
+	"github.com/coder/websocket"
+
+	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/ui"
+	"github.com/rbee/rbee/wsapi"
+)
+
+// fakeCluster is a stand-in node for load measurements: it serves the
+// dashboard, a /v1/cluster document and a feed on which hives hives of
+// workers workers each report once a second (spread over the second, as
+// independent hives do) and the queen speaks every 2.5 s, with figures that
+// move so that every row changes every second.
+type fakeCluster struct {
+	hives, workers int
+	srv            *httptest.Server
+	start          time.Time
+	ctx            context.Context
+	cancel         context.CancelFunc
+	wg             sync.WaitGroup
+	msgs, bytes    atomic.Int64
+}
+
+var loadModels = []string{"llama-3.1-8b-instruct", "qwen2.5-32b-instruct", "mistral-7b-instruct-v0.3", "deepseek-r1-distill-qwen-14b"}
+
+func newFakeCluster(tb testing.TB, hives, workers int) *fakeCluster {
+	tb.Helper()
+	fc := &fakeCluster{hives: hives, workers: workers, start: time.Now()}
+	fc.ctx, fc.cancel = context.WithCancel(context.Background())
+	mux := http.NewServeMux()
+	dash := ui.Handler()
+	mux.Handle("GET /{$}", dash)
+	mux.Handle("GET /ui/", dash)
+	mux.HandleFunc("GET /v1/cluster", fc.serveCluster)
+	mux.HandleFunc("GET "+wsapi.FeedPath, fc.serveFeed)
+	fc.srv = httptest.NewServer(mux)
+	tb.Cleanup(func() {
+		fc.cancel()
+		fc.srv.Close()
+		fc.wg.Wait()
+	})
+	return fc
+}
+
+func (fc *fakeCluster) hiveID(i int) string { return fmt.Sprintf("gpu-%03d", i) }
+
+// telemetry is hive i's report at time now.
+func (fc *fakeCluster) telemetry(i int, now time.Time) *wsapi.HiveTelemetry {
+	t := now.Sub(fc.start).Seconds()
+	ht := &wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: fc.hiveID(i), Timestamp: now.UTC()}
+	for j := range fc.workers {
+		phase := float64(i*fc.workers+j) * 0.7
+		gpu := math.Round(50 + 45*math.Sin(t/9+phase)) // 5..95
+		w := wsapi.ProcessStats{
+			PID: uint32(10000 + i*100 + j), Group: "llm", Instance: fmt.Sprint(8080 + j),
+			CPUPct: math.Round((20+18*math.Sin(t/5+phase))*10) / 10, RSSMB: uint64(2048 + 64*j),
+			IOReadMBs: math.Max(0, math.Round(10*math.Sin(t/3+phase))/10), IOWriteMBs: 0.1,
+			UptimeS: uint64(t) + uint64(3600*j), GPUUtilPct: gpu,
+			VRAMMB: uint64(16384 + 4096*math.Sin(t/30+phase)), TotalVRAMMB: 24576, Slots: 2,
+			Simulated: i%10 == 9,
+		}
+		if j != fc.workers-1 {
+			w.Model = ptr(loadModels[(i+j)%len(loadModels)])
+		}
+		ht.Workers = append(ht.Workers, w)
+		for k := range (i + j + int(t/3)) % 3 { // 0, 1 or 2 busy slots
+			ht.Leases = append(ht.Leases, wsapi.LeaseInfo{LeaseID: fmt.Sprintf("%d-%d-%d", i, j, k),
+				Worker: w.Group + "/" + w.Instance, Model: loadModels[(i+j)%len(loadModels)], Entry: "gpu-000", Since: now})
+		}
+	}
+	return ht
+}
+
+func (fc *fakeCluster) queenEvent(now time.Time) *wsapi.QueenEvent {
+	ev := &wsapi.QueenEvent{Type: wsapi.TypeQueen, Timestamp: now.UTC(), QueenID: fc.hiveID(0),
+		HivesOnline: fc.hives, WorkersOnline: fc.hives * fc.workers, RequestsPerS: 42.5}
+	for i := range fc.hives {
+		ev.HiveIDs = append(ev.HiveIDs, fc.hiveID(i))
+		for j := range fc.workers {
+			ev.WorkerIDs = append(ev.WorkerIDs, fmt.Sprintf("%s/llm/%d", fc.hiveID(i), 8080+j))
+		}
+	}
+	ev.HivesAvailable, ev.WorkersAvailable = fc.hives*2/3, fc.hives*fc.workers/3
+	for k, m := range loadModels {
+		ev.Queues = append(ev.Queues, wsapi.QueueStats{Model: m, Waiting: k * 3, Leases: 150, Slots: 400})
+	}
+	return ev
+}
+
+func (fc *fakeCluster) serveCluster(w http.ResponseWriter, r *http.Request) {
+	now := time.Now()
+	host := r.Host
+	v := node.ClusterView{Node: fc.hiveID(0), Queen: fc.hiveID(0), Queues: fc.queenEvent(now).Queues, RequestsPerS: 42.5}
+	for i := range 3 {
+		v.Members = append(v.Members, node.MemberView{Name: fc.hiveID(i), GossipAddr: "127.0.0.1:7946", HTTPAddr: host,
+			Roles: []string{"queen", "hive"}, Status: "alive", Queen: i == 0, Version: node.Version})
+	}
+	for i := range fc.hives {
+		ht := fc.telemetry(i, now)
+		v.Hives = append(v.Hives, node.HiveView{HiveID: ht.HiveID, Online: true, LastSeen: now.UTC(), Workers: ht.Workers, Leases: ht.Leases})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (fc *fakeCluster) serveFeed(w http.ResponseWriter, r *http.Request) {
+	fc.wg.Add(1)
+	defer fc.wg.Done()
+	conn, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer conn.CloseNow()
+	ctx := conn.CloseRead(fc.ctx)
+	send := func(v any) bool {
+		b, err := json.Marshal(v)
+		if err != nil {
+			panic(err)
+		}
+		fc.msgs.Add(1)
+		fc.bytes.Add(int64(len(b)))
+		return conn.Write(ctx, websocket.MessageText, b) == nil
+	}
+	// One hive every 1/hives of a second; the queen every 2.5 s.
+	tick := time.NewTicker(time.Second / time.Duration(fc.hives))
+	defer tick.Stop()
+	for n := 0; ; n++ {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			if !send(fc.telemetry(n%fc.hives, now)) {
+				return
+			}
+			if n%(fc.hives*5/2) == 0 && !send(fc.queenEvent(now)) {
+				return
+			}
+		}
+	}
+}
+
+// BenchmarkDashboard measures the dashboard in Chromium fed by 100 hives x 8
+// workers: time to first paint and to the first render with data, and the
+// main thread's time per second of scripting (and of all its tasks, which
+// adds style, layout and paint) while the feed runs. Run it with
+//
+//	go test -run '^$' -bench Dashboard -benchtime 1x ./ui
+//
+// The goal is under 50 ms of scripting per second.
+func BenchmarkDashboard(b *testing.B) {
+	const hives, workers = 100, 8
+	const window = 10 * time.Second
+	browser := startBrowser(b)
+	fc := newFakeCluster(b, hives, workers)
+	for i := range b.N {
+		tb := openTab(b, browser, fc.srv.URL+"/")
+		_, err := chromedp.Run(tb.ctx, chromedp.Poll[bool](
+			fmt.Sprintf(`document.querySelectorAll('#hives [data-worker]').length === %d && document.getElementById('conn').dataset.state === 'live'`, hives*workers),
+			chromedp.WithPollingTimeout(60*time.Second)))
+		if err != nil {
+			b.Fatalf("the page did not show %d workers: %v", hives*workers, err)
+		}
+		marks, err := chromedp.Run(tb.ctx, chromedp.Evaluate[map[string]float64](`(() => {
+			const out = {};
+			for (const e of performance.getEntriesByType('paint')) out[e.name] = e.startTime;
+			const d = performance.getEntriesByName('rbee:first-data')[0];
+			if (d) out['first-data'] = d.startTime;
+			const a = performance.getEntriesByName('rbee:all-rows')[0];
+			if (a) out['all-rows'] = a.startTime;
+			const c = performance.getEntriesByName(location.origin + '/v1/cluster')[0];
+			if (c) out['cluster-doc'] = c.responseEnd;
+			return out;
+		})()`))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := chromedp.Call(tb.ctx, performance.Enable, performance.EnableParams{}); err != nil {
+			b.Fatal(err)
+		}
+		settle := time.NewTimer(2 * time.Second) // let the first full render pass
+		<-settle.C
+		before, err := metrics(tb.ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		msgs0, bytes0 := fc.msgs.Load(), fc.bytes.Load()
+		measure := time.NewTimer(window)
+		<-measure.C
+		after, err := metrics(tb.ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		msgs, bytes := fc.msgs.Load()-msgs0, fc.bytes.Load()-bytes0
+		secs := after["Timestamp"] - before["Timestamp"]
+		perS := func(name string) float64 { return 1000 * (after[name] - before[name]) / secs }
+		b.ReportMetric(marks["first-contentful-paint"], "first-paint-ms")
+		b.ReportMetric(marks["first-data"], "first-data-ms")
+		b.ReportMetric(marks["all-rows"], "all-rows-ms")
+		b.ReportMetric(perS("ScriptDuration"), "script-ms/s")
+		b.ReportMetric(perS("TaskDuration"), "task-ms/s")
+		b.ReportMetric(perS("LayoutDuration")+perS("RecalcStyleDuration"), "style+layout-ms/s")
+		b.ReportMetric(after["JSHeapUsedSize"]/(1<<20), "js-heap-MiB")
+		b.ReportMetric(float64(msgs)/secs, "feed-msgs/s")
+		b.ReportMetric(float64(bytes)/secs/1024, "feed-KiB/s")
+		b.Logf("%d hives x %d workers: first paint %.0f ms, /v1/cluster in %.0f ms, first rows %.0f ms, all %d rows %.0f ms; "+
+			"over %.1f s: scripting %.1f ms/s, all main-thread tasks %.1f ms/s (style+layout %.1f), heap %.1f MiB; feed %.0f msgs/s, %.0f KiB/s",
+			hives, workers, marks["first-contentful-paint"], marks["cluster-doc"], marks["first-data"], hives*workers, marks["all-rows"],
+			secs, perS("ScriptDuration"), perS("TaskDuration"),
+			perS("LayoutDuration")+perS("RecalcStyleDuration"), after["JSHeapUsedSize"]/(1<<20), float64(msgs)/secs, float64(bytes)/secs/1024)
+		if i == 0 {
+			screenshotViewport(b, tb, "dashboard-load-1280.png")
+		}
+	}
+}
+
+func metrics(ctx context.Context) (map[string]float64, error) {
+	res, err := chromedp.Call(ctx, performance.GetMetrics, cdp.Empty{})
+	if err != nil {
+		return nil, fmt.Errorf("get metrics: %w", err)
+	}
+	m := make(map[string]float64, len(res.Metrics))
+	for _, x := range res.Metrics {
+		m[x.Name] = x.Value
+	}
+	return m, nil
+}

@@ -1,0 +1,470 @@
+// The view: turns the state's dirty marks into DOM changes, once per animation
+// frame. Rows and cards are keyed (a hive's section, a worker's row, a member,
+// a queue) and made once; afterwards only a text or attribute that differs from
+// what is on screen is written. All data goes in through textContent or
+// attributes, never as HTML.
+
+import * as fmt from './format.js';
+import { summary, currentQueues, workerState, BUSY_GPU_PCT } from './model.js';
+import { drawSpark } from './spark.js';
+
+// set writes text only when it changed; the last value rides on the element.
+function set(el, v) {
+  if (el._t !== v) {
+    el._t = v;
+    el.textContent = v;
+  }
+}
+
+function attr(el, name, v) {
+  const k = `_a${name}`;
+  if (el[k] !== v) {
+    el[k] = v;
+    if (v === null) el.removeAttribute(name);
+    else el.setAttribute(name, v);
+  }
+}
+
+function scale(el, f) {
+  const v = Math.round(Math.min(1, Math.max(0, f || 0)) * 1000) / 1000;
+  if (el._s !== v) {
+    el._s = v;
+    el.style.transform = `scaleX(${v})`;
+  }
+}
+
+function fields(root) {
+  const f = {};
+  for (const el of root.querySelectorAll('[data-f]')) f[el.dataset.f] = el;
+  return f;
+}
+
+// FRAME_BUDGET_MS bounds one frame's DOM work so the page stays responsive
+// while it builds hundreds of rows.
+const FRAME_BUDGET_MS = 25;
+
+function byId(id) {
+  return document.getElementById(id);
+}
+
+export function createView(st, origin) {
+  const hivesEl = byId('hives');
+  const emptyEl = byId('empty');
+  const tplHive = byId('tpl-hive').content.firstElementChild;
+  const tplWorker = byId('tpl-worker').content.firstElementChild;
+  const tplMember = byId('tpl-member').content.firstElementChild;
+  const tplQueue = byId('tpl-queue').content.firstElementChild;
+  const tiles = {};
+  for (const t of ['queen', 'members', 'hives', 'workers', 'rps', 'queue']) tiles[t] = fields(byId(`t-${t}`));
+  const membersEl = byId('members');
+  const queuesEl = byId('queues');
+  const eventsEl = byId('events');
+  const memberRows = new Map();
+  const queueRows = new Map();
+  let lastEventId = 0;
+
+  // Sparklines are drawn only for rows on (or near) the screen; a row that
+  // scrolls in is drawn then. The observer also gives each canvas's size.
+  const visible = new Set();
+  const byCanvas = new WeakMap();
+  const io = new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      const w = byCanvas.get(e.target);
+      if (!w) continue;
+      if (e.isIntersecting) {
+        w.sparkW = e.boundingClientRect.width;
+        w.sparkH = e.boundingClientRect.height;
+        visible.add(w);
+        w.histDirty = true;
+      } else {
+        visible.delete(w);
+      }
+    }
+    schedule();
+  }, { rootMargin: '200px 0px' });
+  let schedule = () => {};
+
+  // A hive's worker rows are brought up to date only while its section is on
+  // or near the screen; one that scrolls in is updated then. With 100 hives
+  // a screen shows a handful, so this is most of the work saved.
+  const bySection = new WeakMap();
+  const sectionIO = new IntersectionObserver((entries) => {
+    for (const e of entries) {
+      const h = bySection.get(e.target);
+      if (!h) continue;
+      h.onScreen = e.isIntersecting;
+      if (h.onScreen && h.rowsBehind) st.dirty.hives.add(h);
+    }
+    schedule();
+  }, { rootMargin: '600px 0px' });
+
+  let colors = readColors();
+  const dark = matchMedia('(prefers-color-scheme: dark)');
+  dark.addEventListener('change', () => {
+    colors = readColors();
+    for (const w of visible) w.histDirty = true;
+    schedule();
+  });
+  addEventListener('resize', () => {
+    for (const w of visible) {
+      w.sparkW = 0;
+      w.histDirty = true;
+    }
+    schedule();
+  });
+
+  function readColors() {
+    const cs = getComputedStyle(document.documentElement);
+    const v = (n) => cs.getPropertyValue(n).trim();
+    return { gpu: v('--gpu'), gpuFill: v('--gpu-fill'), vram: v('--vram'), grid: v('--line') };
+  }
+
+  // --- connection and summary
+
+  function renderConn(now) {
+    const c = st.conn;
+    const el = byId('conn');
+    attr(el, 'data-state', c.state === 'live' && now - c.lastMsgAt > 5000 ? 'quiet' : c.state);
+    const via = c.target === origin ? c.target : `${c.target} (page from ${origin})`;
+    let text;
+    switch (c.state) {
+      case 'live':
+        text = now - c.lastMsgAt > 5000 && c.lastMsgAt ? `live · ${via} · no data for ${fmt.ago(now - c.lastMsgAt)}` : `live · ${via}`;
+        break;
+      case 'waiting':
+        text = `reconnecting to ${c.target} in ${fmt.ago(Math.max(0, c.since + c.delay - now))} (try ${c.attempt})`;
+        break;
+      default:
+        text = `connecting to ${c.target}…`;
+    }
+    set(byId('conn-text'), text);
+  }
+
+  function renderSummary(now) {
+    const s = summary(st, now);
+    set(tiles.queen.v, s.queen || 'none');
+    attr(tiles.queen.v.parentElement, 'data-warn', s.queen && s.queenEventAge < 8000 ? null : '');
+    set(tiles.queen.s, !s.queen ? 'no queen elected' :
+      s.queenEventAge > 8000 ? `no queen event for ${fmt.ago(s.queenEventAge)}` :
+      [s.queenChanged ? `since ${fmt.clock(s.queenAt)}` : '', s.queenAddr].filter(Boolean).join(' · ') || 'elected');
+    set(tiles.members.v, s.members ? `${s.membersAlive} / ${s.members}` : '–');
+    const docAge = now - st.clusterAt;
+    set(tiles.members.s, !st.cluster ? 'no /v1/cluster yet' : docAge > 15000 ? `alive · as of ${fmt.clock(st.clusterAt)}` : 'alive');
+    set(tiles.hives.v, `${s.hivesOnline}`);
+    set(tiles.hives.s, ['online', s.hivesAvailable >= 0 ? `${s.hivesAvailable} available` : '',
+      s.hivesOffline > 0 ? `${s.hivesOffline} offline` : ''].filter(Boolean).join(' · '));
+    set(tiles.workers.v, `${s.workersOnline}`);
+    set(tiles.workers.s, s.workersAvailable >= 0 ? `online · ${s.workersAvailable} available` : 'online');
+    set(tiles.rps.v, fmt.num(s.requestsPerS, 1));
+    set(tiles.rps.s, 'leases granted by the queen');
+    set(tiles.queue.v, `${s.waiting}`);
+    set(tiles.queue.s, s.models === 1 ? 'requests · 1 model' : `requests · ${s.models} models`);
+    const sim = byId('sim-note');
+    sim.hidden = s.simulated === 0;
+    set(sim, s.simulated === 1 ? '1 simulated worker' : `${s.simulated} simulated workers`);
+    const title = s.queen ? `rbee · ${s.hivesOnline} hives · queen ${s.queen}` : 'rbee';
+    if (document.title !== title) document.title = title;
+    set(emptyEl, st.conn.state === 'live' ? 'No hive has reported yet.' : 'Waiting for the feed…');
+    emptyEl.hidden = st.hives.size > 0;
+  }
+
+  // --- members, queues, events
+
+  function renderMembers(now) {
+    const doc = st.cluster;
+    const members = doc && Array.isArray(doc.members) ? [...doc.members] : [];
+    members.sort((a, b) => fmt.compareIDs(a.name, b.name));
+    const seen = new Set();
+    for (const m of members) {
+      if (typeof m.name !== 'string') continue;
+      seen.add(m.name);
+      let r = memberRows.get(m.name);
+      if (!r) {
+        const row = tplMember.cloneNode(true);
+        row.dataset.member = m.name;
+        r = { row, f: fields(row) };
+        memberRows.set(m.name, r);
+      }
+      membersEl.appendChild(r.row); // keeps sorted order; a no-op move when in place
+      const status = typeof m.status === 'string' ? m.status : 'unknown';
+      set(r.f.status, status);
+      attr(r.f.status, 'data-s', status);
+      set(r.f.name, m.name);
+      r.f.queen.hidden = m.name !== st.queen;
+      set(r.f.roles, Array.isArray(m.roles) ? m.roles.join(', ') : '');
+      set(r.f.addr, typeof m.http_addr === 'string' ? m.http_addr : '');
+      attr(r.f.addr, 'title', `gossip ${m.gossip_addr || '?'} · version ${m.version || '?'} · queen priority ${m.queen_priority ?? 0}`);
+    }
+    for (const [name, r] of memberRows) {
+      if (!seen.has(name)) {
+        r.row.remove();
+        memberRows.delete(name);
+      }
+    }
+    const none = membersEl.querySelector('.none');
+    if (none) none.hidden = memberRows.size > 0;
+    set(byId('members-note'), doc ? `from ${st.clusterFrom} at ${fmt.clock(st.clusterAt)}` : '');
+  }
+
+  function renderQueues() {
+    const qs = [...currentQueues(st)].filter((q) => q && typeof q.model === 'string');
+    qs.sort((a, b) => fmt.compareIDs(a.model, b.model));
+    const seen = new Set();
+    for (const q of qs) {
+      seen.add(q.model);
+      let r = queueRows.get(q.model);
+      if (!r) {
+        const row = tplQueue.cloneNode(true);
+        row.dataset.model = q.model;
+        r = { row, f: fields(row) };
+        queueRows.set(q.model, r);
+      }
+      queuesEl.appendChild(r.row);
+      set(r.f.model, q.model);
+      attr(r.f.model, 'title', q.model);
+      set(r.f.waiting, `${q.waiting || 0} waiting`);
+      attr(r.f.waiting, 'data-hot', q.waiting > 0 ? '' : null);
+      set(r.f.leases, `${q.leases || 0} / ${q.slots || 0}`);
+      scale(r.f.bar, q.slots > 0 ? q.leases / q.slots : 0);
+    }
+    for (const [model, r] of queueRows) {
+      if (!seen.has(model)) {
+        r.row.remove();
+        queueRows.delete(model);
+      }
+    }
+    const none = queuesEl.querySelector('.none');
+    if (none) none.hidden = queueRows.size > 0;
+  }
+
+  function renderEvents() {
+    for (const ev of st.events) {
+      if (ev.id <= lastEventId) continue;
+      lastEventId = ev.id;
+      const li = document.createElement('li');
+      li.dataset.level = ev.level;
+      const t = document.createElement('time');
+      t.textContent = fmt.clock(ev.at);
+      const span = document.createElement('span');
+      span.textContent = ev.text;
+      li.append(t, span);
+      eventsEl.prepend(li);
+    }
+    while (eventsEl.childElementCount > 200) eventsEl.lastElementChild.remove();
+  }
+
+  // --- hives and workers
+
+  function insertHive(h) {
+    const sec = tplHive.cloneNode(true);
+    const f = fields(sec);
+    sec.dataset.hive = h.id;
+    set(f.id, h.id);
+    const tog = sec.querySelector('.tog');
+    tog.addEventListener('click', () => {
+      h.collapsed = !h.collapsed;
+      tog.setAttribute('aria-expanded', String(!h.collapsed));
+      f.rows.hidden = h.collapsed;
+      if (!h.collapsed) for (const w of h.workers.values()) w.dirty = true;
+      st.dirty.hives.add(h);
+      schedule(true);
+    });
+    h.el = { sec, f };
+    bySection.set(sec, h);
+    sectionIO.observe(sec);
+    let before = null;
+    for (const other of hivesEl.children) {
+      if (fmt.compareIDs(other.dataset.hive, h.id) > 0) {
+        before = other;
+        break;
+      }
+    }
+    hivesEl.insertBefore(sec, before);
+  }
+
+  function renderHive(h, now) {
+    if (h.removed) {
+      if (h.el) {
+        for (const w of h.workers.values()) dropRow(w);
+        sectionIO.unobserve(h.el.sec);
+        h.el.sec.remove();
+        h.el = null;
+      }
+      return;
+    }
+    if (!h.el) insertHive(h);
+    const { sec, f } = h.el;
+    attr(sec, 'data-status', h.status);
+    set(f.status, h.status);
+    let busy = 0;
+    let slots = 0;
+    let live = 0;
+    let sim = 0;
+    for (const w of h.workers.values()) {
+      if (w.gone) continue;
+      live++;
+      busy += w.busy;
+      slots += w.slots;
+      if (w.s && w.s.simulated) sim++;
+    }
+    const parts = [live === 1 ? '1 worker' : `${live} workers`];
+    if (live) parts.push(`${busy} / ${slots} slots busy`);
+    if (h.leases > busy) parts.push(`${h.leases} leases`);
+    if (sim) parts.push(`${sim} simulated`);
+    set(f.meta, parts.join(' · '));
+    let seen = '';
+    if (h.status !== 'online') {
+      if (h.reported) seen = `no report for ${fmt.ago(now - h.lastSeen)}`;
+      else if (h.docLastSeen) seen = `last report ${fmt.clock(Date.parse(h.docLastSeen))}`;
+    }
+    set(f.seen, seen);
+
+    if (h.orderChanged) {
+      h.orderChanged = false;
+      const keys = [...h.workers.keys()].sort(fmt.compareIDs);
+      const rows = f.rows;
+      let i = 0;
+      for (const k of keys) {
+        const w = h.workers.get(k);
+        if (!w.el) makeRow(w);
+        if (rows.children[i] !== w.el.row) rows.insertBefore(w.el.row, rows.children[i] || null);
+        i++;
+      }
+      while (rows.children.length > keys.length) {
+        const extra = rows.lastElementChild;
+        const w = extra._w;
+        if (w) dropRow(w);
+        else extra.remove();
+      }
+      filterHive(h);
+    }
+    // Rows are filled once at creation; afterwards only on screen.
+    if (h.collapsed || (h.filled && !h.onScreen)) {
+      h.rowsBehind = true;
+      return;
+    }
+    h.filled = true;
+    h.rowsBehind = false;
+    for (const w of h.workers.values()) {
+      if (w.dirty) renderWorker(h, w);
+    }
+  }
+
+  function makeRow(w) {
+    const row = tplWorker.cloneNode(true);
+    const f = fields(row);
+    row.dataset.worker = w.key;
+    row._w = w;
+    set(f.name, w.key);
+    w.el = { row, f };
+    byCanvas.set(f.spark, w);
+    io.observe(f.spark);
+  }
+
+  function dropRow(w) {
+    if (!w.el) return;
+    io.unobserve(w.el.f.spark);
+    visible.delete(w);
+    w.el.row.remove();
+    w.el = null;
+  }
+
+  function renderWorker(h, w) {
+    w.dirty = false;
+    if (!w.el) return;
+    const { row, f } = w.el;
+    const s = w.s || {};
+    const [state, why] = workerState(h, w);
+    attr(row, 'data-state', state);
+    set(f.state, state);
+    attr(f.state, 'title', why);
+    const simulated = !!s.simulated;
+    if (f.sim.hidden === simulated) f.sim.hidden = !simulated;
+    attr(row, 'data-sim', simulated ? '' : null);
+    const model = typeof s.model === 'string' && s.model !== '' ? s.model : null;
+    set(f.model, model ?? 'unknown');
+    attr(f.model, 'data-unknown', model === null ? '' : null);
+    attr(f.model, 'title', model ?? 'model not known: the worker answers no /v1/models and its command line names none');
+    set(f.pid, `${s.pid ?? '–'}`);
+    set(f.uptime, fmt.uptime(s.uptime_s));
+    const gpu = +s.gpu_util_pct || 0;
+    set(f.gpu, fmt.pct(gpu));
+    scale(f.gpuBar, gpu / 100);
+    attr(f.gpuBar, 'data-hot', gpu >= BUSY_GPU_PCT ? '' : null);
+    set(f.vram, fmt.vram(s.vram_mb || 0, s.total_vram_mb || 0));
+    const vf = s.total_vram_mb > 0 ? s.vram_mb / s.total_vram_mb : 0;
+    scale(f.vramBar, vf);
+    attr(f.vramBar, 'data-hot', vf >= 0.95 ? '' : null);
+    set(f.cpu, fmt.pct(+s.cpu_pct || 0));
+    set(f.rss, fmt.mib(s.rss_mb || 0));
+    set(f.io, `${fmt.rate(s.io_r_mb_s)} / ${fmt.rate(s.io_w_mb_s)}`);
+    set(f.slots, `${w.busy} / ${w.slots}`);
+  }
+
+  function matches(w, q) {
+    if (w.key.toLowerCase().includes(q)) return true;
+    const m = w.s && typeof w.s.model === 'string' ? w.s.model.toLowerCase() : 'unknown';
+    return m.includes(q);
+  }
+
+  function filterHive(h) {
+    if (!h.el) return;
+    const q = st.filter;
+    const hiveMatch = !q || h.id.toLowerCase().includes(q);
+    let any = hiveMatch;
+    for (const w of h.workers.values()) {
+      if (!w.el) continue;
+      const show = hiveMatch || matches(w, q);
+      if (w.el.row.hidden === show) w.el.row.hidden = !show;
+      any ||= show;
+    }
+    if (h.el.sec.hidden === any) h.el.sec.hidden = !any;
+  }
+
+  function drawSparks() {
+    for (const w of visible) {
+      if (!w.histDirty || !w.el) continue;
+      w.histDirty = false;
+      const c = w.el.f.spark;
+      if (!w.sparkW) {
+        w.sparkW = c.clientWidth;
+        w.sparkH = c.clientHeight;
+      }
+      drawSpark(c, w, colors, w.sparkW, w.sparkH);
+    }
+  }
+
+  return {
+    setScheduler(fn) {
+      schedule = fn;
+    },
+    // render applies the dirty marks to the DOM. Hives beyond the frame's
+    // budget stay dirty for the next frame (a first load or a reconnect
+    // makes every row at once), which render reports by returning true.
+    render(now) {
+      const start = performance.now();
+      const d = st.dirty;
+      if (d.conn) renderConn(now);
+      if (d.summary) renderSummary(now);
+      if (d.members) renderMembers(now);
+      if (d.queues) renderQueues();
+      if (d.events) renderEvents();
+      d.conn = d.summary = d.members = d.queues = d.events = false;
+      let more = false;
+      for (const h of d.hives) {
+        if (performance.now() - start > FRAME_BUDGET_MS) {
+          more = true;
+          break;
+        }
+        renderHive(h, now);
+        d.hives.delete(h);
+      }
+      if (d.filter && !more) {
+        for (const h of st.hives.values()) filterHive(h);
+        d.filter = false;
+      }
+      drawSparks();
+      return more;
+    },
+  };
+}
