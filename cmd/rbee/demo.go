@@ -152,9 +152,9 @@ func runDemo(c *cli.Context) error {
 		name string
 		args []string
 	}{
-		{"hive-a", []string{"--roles", "queen,hive", "--queen-priority", "1", "--http-addr", "127.0.0.1:" + strconv.Itoa(ports[5]),
+		{"hive-a", []string{"--roles", "queen,hive", "--queen-priority", "1", "--cgroup-root", "none", "--http-addr", "127.0.0.1:" + strconv.Itoa(ports[5]),
 			"--gossip-addr", gossipA, "--worker", worker(sims[0]), "--worker", worker(sims[1])}},
-		{"hive-b", []string{"--roles", "queen,hive", "--http-addr", "127.0.0.1:" + strconv.Itoa(ports[6]),
+		{"hive-b", []string{"--roles", "queen,hive", "--cgroup-root", "none", "--http-addr", "127.0.0.1:" + strconv.Itoa(ports[6]),
 			"--gossip-addr", "127.0.0.1:" + strconv.Itoa(ports[7]), "--join", gossipA, "--worker", worker(sims[2]), "--worker", worker(sims[3])}},
 		{"entry", []string{"--roles", "none", "--http-addr", entryHTTP,
 			"--gossip-addr", "127.0.0.1:" + strconv.Itoa(ports[8]), "--join", gossipA}},

@@ -55,6 +55,9 @@ func (p APIProber) ProbeModel(ctx context.Context, baseURL string) (ModelInfo, e
 	return out, nil
 }
 
+// NoCgroups as CollectorConfig.CgroupRoot turns cgroup discovery off.
+const NoCgroups = "none"
+
 // defaultSlots is a worker's slots when neither the user, its API nor its
 // command line says: one request at a time is always safe.
 const defaultSlots = 1
@@ -63,7 +66,8 @@ const defaultSlots = 1
 // root, no static workers, no GPU figures, command-line model detection only.
 type CollectorConfig struct {
 	// CgroupRoot is the cgroup v2 mount; empty finds it in
-	// /proc/self/mountinfo.
+	// /proc/self/mountinfo; NoCgroups looks at no cgroups (rbee demo's
+	// hives, which must not each report the machine's real workers).
 	CgroupRoot string
 	// Workers are servers rbee did not start (--worker).
 	Workers []WorkerSpec
@@ -169,7 +173,9 @@ func NewCollector(cfg CollectorConfig) *Collector {
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	root := cfg.CgroupRoot
-	if root == "" {
+	if root == NoCgroups {
+		root = ""
+	} else if root == "" {
 		var err error
 		if root, err = FindCgroupRoot(); err != nil {
 			c.log.Info("no cgroup v2: workers are found from --worker only and measured per process", "reason", err)

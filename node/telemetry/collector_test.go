@@ -242,3 +242,10 @@ func TestCollector_ModelAdapters(t *testing.T) {
 		t.Error("ProbeModel of a closed port succeeded")
 	}
 }
+
+func TestCollector_NoCgroupsLooksAtNone(t *testing.T) {
+	c := NewCollector(CollectorConfig{CgroupRoot: NoCgroups})
+	if c.cg != nil {
+		t.Fatal("cgroup discovery on with CgroupRoot none")
+	}
+}
