@@ -22,3 +22,22 @@ func keygenCommand() *cli.Command {
 		},
 	}
 }
+
+func tokenCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "token",
+		Usage: "print the HTTP token derived from the cluster key: for API clients and the dashboard (?token=) on other machines",
+		Flags: keyFlags(),
+		Action: func(c *cli.Context) error {
+			k, err := loadKey(c)
+			if err != nil {
+				return err
+			}
+			if k.IsZero() {
+				return fmt.Errorf("no cluster key given (--cluster-key-file): a cluster without a key needs no token")
+			}
+			_, err = fmt.Fprintln(c.App.Writer, k.HTTPToken())
+			return err
+		},
+	}
+}

@@ -40,6 +40,8 @@ func newApp() *cli.App {
 			workerCommand(),
 			keygenCommand(),
 			demoCommand(),
+			tokenCommand(),
+			statusCommand(), topCommand(),
 		},
 	}
 }

@@ -19,7 +19,7 @@ import (
 
 func keyFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.StringFlag{Name: "cluster-key-file", EnvVars: []string{"RBEE_CLUSTER_KEY_FILE"}, Usage: "file holding the cluster key (from `rbee keygen`)"},
+		&cli.StringFlag{Name: "cluster-key-file", EnvVars: []string{"RBEE_CLUSTER_KEY_FILE"}, Usage: "file holding the cluster key (made by rbee keygen)"},
 		&cli.StringFlag{Name: "cluster-key", EnvVars: []string{"RBEE_CLUSTER_KEY"}, Usage: "the cluster key itself (prefer --cluster-key-file: flags show in ps)"},
 	}
 }

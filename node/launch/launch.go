@@ -55,8 +55,10 @@ func Run(ctx context.Context, cfg Config) error {
 	cmd.Args[0] = cfg.Argv[0]
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	// Its own process group, so a terminal's Ctrl-C reaches the worker once,
-	// through us, rather than twice.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// through us, rather than twice. Pdeathsig: if we are killed outright
+	// (SIGKILL, OOM) the worker is told to stop instead of running on
+	// unsupervised and unregistered.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 
 	inCgroup := false
 	if cgErr == nil {

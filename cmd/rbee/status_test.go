@@ -1,0 +1,429 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/wsapi"
+)
+
+var updateGolden = flag.Bool("update", false, "rewrite the golden files under testdata/")
+
+// statusNow is the clock of the fixture testdata/status_cluster.json: hive
+// gpu-c last reported 42 s before it.
+var statusNow = time.Date(2026, 1, 2, 15, 4, 5, 0, time.UTC)
+
+// loadClusterFixture reads testdata/status_cluster.json: four members (one
+// suspect, one left), hives with busy, saturated, failing, unknown-model and
+// simulated workers, an offline hive and one without workers.
+func loadClusterFixture(tb testing.TB) (*node.ClusterView, []byte) {
+	tb.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", "status_cluster.json"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var v node.ClusterView
+	if err := json.Unmarshal(data, &v); err != nil {
+		tb.Fatalf("decode fixture: %v", err)
+	}
+	return &v, data
+}
+
+// checkGolden compares got with testdata/name, or rewrites it under -update.
+func checkGolden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *updateGolden {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("output differs from %s (run with -update to accept):\n--- got\n%s\n--- want\n%s", path, got, want)
+	}
+}
+
+func TestRenderStatus_Golden(t *testing.T) {
+	v, _ := loadClusterFixture(t)
+	var b bytes.Buffer
+	if err := renderStatus(&b, v, statusNow, statusOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	checkGolden(t, "status.golden", b.String())
+}
+
+func TestRenderStatus_EmptyAndErrorCases(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		v    node.ClusterView
+		want []string
+	}{
+		{
+			name: "no queen, no hives",
+			v:    node.ClusterView{Node: "a", Members: []node.MemberView{{Name: "a", Status: "alive"}}, Hives: []node.HiveView{}},
+			want: []string{"queen (none)   asked a", "members 1/1 alive   hives 0/0 online   workers 0 online, 0 idle", "queues: none", "workers: none reported"},
+		},
+		{
+			name: "queen unreachable",
+			v:    node.ClusterView{Node: "b", Queen: "a", HivesError: "ask queen 10.0.0.1:7833: connection refused"},
+			want: []string{"hives unknown", "workers: unknown: ask queen 10.0.0.1:7833: connection refused"},
+		},
+		{
+			name: "escape sequences from the network are defused",
+			v: node.ClusterView{Node: "a", Hives: []node.HiveView{{HiveID: "h", Online: true, Workers: []wsapi.ProcessStats{
+				{Group: "g", Instance: "1", Model: new("evil\x1b[2J\u009b31m")},
+			}}}},
+			want: []string{"evil?[2J?31m"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b bytes.Buffer
+			if err := renderStatus(&b, &tc.v, statusNow, statusOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(b.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, b.String())
+				}
+			}
+			if strings.ContainsAny(b.String(), "\x1b\u009b") {
+				t.Errorf("output holds an escape character: %q", b.String())
+			}
+		})
+	}
+}
+
+func TestStatus_WorkerState(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		online bool
+		w      wsapi.ProcessStats
+		busy   int
+		slots  int
+		want   string
+	}{
+		{"free slots", true, wsapi.ProcessStats{GPUUtilPct: 30}, 0, 2, stateIdle},
+		{"some slots leased", true, wsapi.ProcessStats{GPUUtilPct: 99}, 1, 2, stateBusy},
+		{"every slot leased", true, wsapi.ProcessStats{}, 2, 2, stateSaturated},
+		{"GPU busy outside rbee", true, wsapi.ProcessStats{GPUUtilPct: 90}, 0, 2, stateSaturated},
+		{"GPU just below the rule", true, wsapi.ProcessStats{GPUUtilPct: 89.9}, 0, 2, stateIdle},
+		{"health failing wins over load", true, wsapi.ProcessStats{Health: "failing"}, 2, 2, stateFailing},
+		{"hive offline wins over all", false, wsapi.ProcessStats{Health: "failing"}, 0, 1, stateOffline},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := workerState(tc.online, tc.w, tc.busy, tc.slots); got != tc.want {
+				t.Errorf("workerState = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestStatus_Formatters(t *testing.T) {
+	for _, tc := range []struct{ got, want string }{
+		{formatUptime(0), "0s"},
+		{formatUptime(59), "59s"},
+		{formatUptime(60), "1m00s"},
+		{formatUptime(3599), "59m59s"},
+		{formatUptime(3600), "1h00m"},
+		{formatUptime(86399), "23h59m"},
+		{formatUptime(90061), "1d01h"},
+		{formatMiB(0), "0 MiB"},
+		{formatMiB(1023), "1023 MiB"},
+		{formatMiB(1024), "1.0 GiB"},
+		{formatMiB(2300), "2.2 GiB"},
+		{formatVRAM(512, 1000), "512/1000 MiB"},
+		{formatVRAM(512, 24576), "0.5/24.0 GiB"},
+		{formatVRAM(61440, 81559), "60.0/79.6 GiB"},
+		{formatVRAM(2048, 0), "2.0 GiB"},
+		{sinceText(statusNow, statusNow.Add(-42*time.Second)), "42s ago"},
+		{sinceText(statusNow, statusNow.Add(time.Second)), "0s ago"},
+		{sinceText(statusNow, time.Time{}), "never"},
+		{termSafe("plain-name_1.0"), "plain-name_1.0"},
+		{termSafe("a\tb\nc\x7fd\x1b"), "a?b?c?d?"},
+		{termSafe("bad\xffutf8"), "bad?utf8"},
+		{termSafe("modèle-ü"), "modèle-ü"},
+		{cutColumns("héllo", 3), "hél"},
+		{cutColumns("héllo", 5), "héllo"},
+		{cutColumns("héllo", 0), ""},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %q, want %q", tc.got, tc.want)
+		}
+	}
+}
+
+func TestStatus_FitBlocks(t *testing.T) {
+	rows := func(prefix string, n int) []string {
+		var out []string
+		for i := range n {
+			out = append(out, fmt.Sprintf("%s%d", prefix, i))
+		}
+		return out
+	}
+	bs := []statusBlock{
+		{head: []string{"summary"}},
+		{head: []string{"M"}, rows: rows("m", 3), noun: "members", weight: 1},
+		{head: []string{"W"}, rows: rows("w", 10), tail: []string{"* note"}, noun: "workers", weight: 2},
+	}
+	for _, tc := range []struct {
+		name          string
+		width, height int
+		want          []string
+	}{
+		{"no limit", 0, 0, []string{"summary", "", "M", "m0", "m1", "m2", "", "W", "w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9", "* note"}},
+		{"exact fit keeps the blank lines", 0, 19, []string{"summary", "", "M", "m0", "m1", "m2", "", "W", "w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9", "* note"}},
+		{"one short drops the blank lines", 0, 18, []string{"summary", "M", "m0", "m1", "m2", "W", "w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9", "* note"}},
+		{"workers get twice the rows", 0, 10, []string{"summary", "M", "m0", "+2 more members", "W", "w0", "w1", "w2", "+7 more workers", "* note"}},
+		{"one row each: only the counts", 0, 7, []string{"summary", "M", "+3 more members", "W", "w0", "+9 more workers", "* note"}},
+		{"the fixed lines alone", 0, 4, []string{"summary", "M", "W", "* note"}},
+		{"fewer lines than fixed: cut at the bottom", 0, 2, []string{"summary", "M"}},
+		{"width cuts lines", 3, 7, []string{"sum", "M", "+3 ", "W", "w0", "+9 ", "* n"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := fitBlocks(bs, tc.width, tc.height)
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("fitBlocks(%d, %d):\n got %q\nwant %q", tc.width, tc.height, got, tc.want)
+			}
+		})
+	}
+}
+
+// fakeNode serves body as /v1/cluster, and wsapi's feed of hub (when not
+// nil), to callers that send token (when not empty), as a node would. It is
+// closed when t ends.
+func fakeNode(t *testing.T, body []byte, token string, hub *wsapi.Hub) *fakeNodeServer {
+	t.Helper()
+	ctx, stop := context.WithCancel(context.Background())
+	auth := func(h http.HandlerFunc) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if token != "" && r.Header.Get("Authorization") != "Bearer "+token {
+				node.WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong cluster token")
+				return
+			}
+			h(w, r)
+		}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+node.PathCluster, auth(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(body)
+	}))
+	if hub != nil {
+		mux.HandleFunc("GET "+wsapi.FeedPath, auth(func(w http.ResponseWriter, r *http.Request) {
+			_ = wsapi.ServeFeed(ctx, w, r, hub, &wsapi.FeedOptions{FlushWindow: -1})
+		}))
+	}
+	f := &fakeNodeServer{Server: httptest.NewServer(mux), stopFeeds: stop}
+	t.Cleanup(f.Close)
+	return f
+}
+
+type fakeNodeServer struct {
+	*httptest.Server
+	stopFeeds context.CancelFunc
+}
+
+// Close stops the server and ends its feeds (hijacked connections, which
+// httptest leaves alone), as a node that stops does.
+func (f *fakeNodeServer) Close() {
+	f.stopFeeds()
+	f.Server.Close()
+}
+
+// runApp runs the CLI in this process and returns its stdout.
+func runApp(args ...string) (string, error) {
+	app := newApp()
+	var out, errOut bytes.Buffer
+	app.Writer, app.ErrWriter = &out, &errOut
+	err := app.Run(append([]string{"rbee"}, args...))
+	return out.String(), err
+}
+
+func TestStatusCommand(t *testing.T) {
+	v, data := loadClusterFixture(t)
+	key, err := wsapi.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := fakeNode(t, data, key.HTTPToken(), nil)
+	addr := strings.TrimPrefix(srv.URL, "http://")
+
+	t.Run("json", func(t *testing.T) {
+		out, err := runApp("status", "--json", "--http-addr", addr, "--cluster-key", key.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkGolden(t, "status_json.golden", out)
+		var got node.ClusterView
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			t.Fatalf("--json output does not decode: %v", err)
+		}
+		if !reflect.DeepEqual(&got, v) {
+			t.Errorf("--json output decodes to\n%+v\nwant\n%+v", got, *v)
+		}
+	})
+	t.Run("text", func(t *testing.T) {
+		out, err := runApp("status", "--http-addr", addr, "--cluster-key", key.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want bytes.Buffer
+		renderStatus(&want, v, statusNow, statusOptions{})
+		// Only the offline hive's "last report ... ago" depends on the
+		// clock.
+		if got, w := dropAgo(out), dropAgo(want.String()); got != w {
+			t.Errorf("rbee status printed\n%s\nwant\n%s", out, want.String())
+		}
+	})
+	t.Run("wrong key", func(t *testing.T) {
+		other, _ := wsapi.GenerateKey()
+		_, err := runApp("status", "--http-addr", addr, "--cluster-key", other.String())
+		if err == nil || !strings.Contains(err.Error(), "401") {
+			t.Errorf("err = %v, want a 401 error", err)
+		}
+	})
+}
+
+func dropAgo(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		if strings.Contains(l, "last report") {
+			lines[i] = ""
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+func TestStatusCommand_NodeUnreachable(t *testing.T) {
+	addr := closedAddr(t)
+	for _, args := range [][]string{
+		{"status", "--http-addr", addr},
+		{"status", "--json", "--http-addr", addr},
+		{"top", "--once", "--http-addr", addr},
+	} {
+		out, err := runApp(args...)
+		if err == nil {
+			t.Fatalf("rbee %s: no error; printed %q", strings.Join(args, " "), out)
+		}
+		for _, w := range []string{"get cluster status", "reach node at " + addr, "--http-addr"} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("rbee %s: error %q lacks %q", strings.Join(args, " "), err, w)
+			}
+		}
+	}
+}
+
+// closedAddr returns a loopback address nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// TestE2E_StatusOfOneNodeCluster runs `rbee status` against a real node
+// whose hive reports one simulated worker.
+func TestE2E_StatusOfOneNodeCluster(t *testing.T) {
+	c := newCluster(t)
+	sim := startSimulator(t, t.TempDir(), 2)
+	p := c.start(nodeSpec{name: "n0", extra: []string{"--worker", "http://" + sim}})[0]
+	args := []string{"--http-addr", p.httpAddr, "--cluster-key-file", c.keyFile}
+
+	// The hive also reports any other rbee.slice worker on this machine
+	// (other tests' `rbee worker run`), so look for ours by its group.
+	var v node.ClusterView
+	var ours *wsapi.ProcessStats
+	poll(t, 20*time.Second, 50*time.Millisecond, "rbee status --json shows the worker", func() (bool, string) {
+		out, errOut, err := runRbee(append([]string{"status", "--json"}, args...)...)
+		if err != nil {
+			return false, fmt.Sprintf("%v: %s", err, errOut)
+		}
+		v, ours = node.ClusterView{}, nil
+		if err := json.Unmarshal([]byte(out), &v); err != nil {
+			t.Fatalf("rbee status --json printed %q: %v", out, err)
+		}
+		if len(v.Hives) != 1 || !v.Hives[0].Online {
+			return false, out
+		}
+		for i, w := range v.Hives[0].Workers {
+			if w.Group == "ext" {
+				ours = &v.Hives[0].Workers[i]
+			}
+		}
+		return v.Queen == "n0" && ours != nil && slices.ContainsFunc(v.Queues, func(q wsapi.QueueStats) bool { return q.Model == "m" }), out
+	})
+	if v.Node != "n0" || len(v.Members) != 1 || v.Members[0].Status != "alive" || !ours.Simulated || ours.Model == nil || *ours.Model != "m" {
+		t.Errorf("rbee status --json: %+v", v)
+	}
+
+	out := c.rbee(append([]string{"status"}, args...)...)
+	t.Logf("rbee status:\n%s", out)
+	lines := strings.Split(out, "\n")
+	for _, want := range [][]string{
+		{"queen n0", "asked n0"},
+		{"members 1/1 alive", "hives 1/1 online", "workers "},
+		{"n0", p.gossipAddr, p.httpAddr, "queen,hive", "alive", "*"},
+		{"m", "0", "0", "2"},
+		{"n0", "ext/", "idle", "0/2", "GiB*", "m"},
+		{"* simulated GPU figures"},
+	} {
+		if !hasLineWith(lines, want) {
+			t.Errorf("rbee status: no line with all of %q", want)
+		}
+	}
+
+	out = c.rbee(append([]string{"top", "--once"}, args...)...)
+	if !strings.HasPrefix(out, "rbee top  "+p.httpAddr) || !hasLineWith(strings.Split(out, "\n"), []string{"n0", "ext/", "idle"}) {
+		t.Errorf("rbee top --once printed:\n%s", out)
+	}
+
+	_, errOut, err := runRbee("status", "--http-addr", closedAddr(t))
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(errOut, "rbee: get cluster status: reach node at") {
+		t.Errorf("rbee status against nothing: %v, stderr %q; want exit 1 and a clear error", err, errOut)
+	}
+}
+
+// hasLineWith reports whether a line holds every one of words, in order.
+func hasLineWith(lines, words []string) bool {
+	for _, l := range lines {
+		rest, ok := l, true
+		for _, w := range words {
+			i := strings.Index(rest, w)
+			if i < 0 {
+				ok = false
+				break
+			}
+			rest = rest[i+len(w):]
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
