@@ -136,8 +136,8 @@ func (n *Node) hiveSession(ctx context.Context, q gossip.Member, changed <-chan 
 	go func() { errc <- s.Keepalive(sctx) }()
 	// Lease requests and releases go out batched (see wsapi.Outbox);
 	// telemetry is written directly, once a second.
-	out := wsapi.NewOutbox(sessionOutQueue)
-	go func() { errc <- out.Run(sctx, s) }()
+	out := wsapi.NewOutbox(s, sessionOutQueue)
+	go func() { errc <- out.Run(sctx) }()
 	defer func() {
 		n.lc.detach(s)
 		cancel()

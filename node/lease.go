@@ -92,7 +92,9 @@ func (lc *leaseClient) put(s *wsapi.Session, out *wsapi.Outbox, msg any) {
 	if err != nil {
 		return
 	}
-	if out.Put(b) != nil {
+	// Written in this goroutine when the session is idle (the lowest
+	// latency), else batched by the writer at work.
+	if out.Send(context.Background(), b) != nil {
 		s.CloseNow()
 	}
 }

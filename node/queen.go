@@ -108,14 +108,14 @@ func (n *Node) handleSession(w http.ResponseWriter, r *http.Request) {
 		_ = s.Close(wsapi.CloseReplaced, replaced)
 		return
 	}
-	hs := hiveSession{s: s, seq: seq, out: wsapi.NewOutbox(sessionOutQueue)}
+	hs := hiveSession{s: s, seq: seq, out: wsapi.NewOutbox(s, sessionOutQueue)}
 	n.sessions[s.Peer] = hs
 	n.mu.Unlock()
 	wctx, stopWriter := context.WithCancel(r.Context())
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
-		if err := hs.out.Run(wctx, s); err != nil && wctx.Err() == nil {
+		if err := hs.out.Run(wctx); err != nil && wctx.Err() == nil {
 			s.CloseNow()
 		}
 	}()

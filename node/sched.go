@@ -1,6 +1,8 @@
 package node
 
 import (
+	"context"
+	"errors"
 	"strconv"
 	"time"
 
@@ -56,7 +58,7 @@ func (n *Node) schedTick(now time.Time) {
 		n.rateAt, n.rateGranted = now, g
 	}
 	n.schedMu.Unlock()
-	n.deliver(grants, fails)
+	n.deliver(grants, fails, "")
 }
 
 // schedule hands a message from peer (a node's session) to the scheduler.
@@ -88,7 +90,7 @@ func (n *Node) schedule(peer string, msg any, now time.Time) {
 		grants = s.Release(m.LeaseID, now)
 	}
 	n.schedMu.Unlock()
-	n.deliver(grants, fails)
+	n.deliver(grants, fails, peer)
 }
 
 // entryGone withdraws the waiting requests of a node whose session ended: it
@@ -104,20 +106,26 @@ func (n *Node) entryGone(peer string) {
 // deliver sends grants and refusals to the entry nodes' sessions. A grant
 // for a node whose session is gone is released at once (the node asks again
 // when it reconnects), which may grant the slot to someone else.
-func (n *Node) deliver(grants []scheduler.Grant, fails []scheduler.Failure) {
+//
+// Answers to from, the node whose message is being handled, are written in
+// this goroutine (its session's reader: a slow peer only slows itself);
+// answers to others are queued for their sessions' writers, so that no node
+// can stall another's reads.
+func (n *Node) deliver(grants []scheduler.Grant, fails []scheduler.Failure, from string) {
 	for len(grants) > 0 || len(fails) > 0 {
 		var undeliverable []string
 		for _, g := range grants {
 			addr := n.memberHTTP(g.Lease.Hive)
 			msg := &wsapi.LeaseGrant{Type: wsapi.TypeLeaseGrant, RequestID: g.Request.ID, LeaseID: g.Lease.ID,
 				Hive: g.Lease.Hive, HiveAddr: addr, Worker: g.Lease.Worker, Model: g.Lease.Model}
-			if addr == "" || !n.sendToPeer(g.Request.Entry, msg) {
+			if addr == "" || !n.sendToPeer(g.Request.Entry, msg, g.Request.Entry == from) {
 				undeliverable = append(undeliverable, g.Lease.ID)
 			}
 		}
 		for _, f := range fails {
 			n.sendToPeer(f.Request.Entry, &wsapi.LeaseError{Type: wsapi.TypeLeaseError, RequestID: f.Request.ID,
-				Status: f.Err.Status, ErrorType: f.Err.Type, Message: f.Err.Msg, RetryAfterMS: f.Err.RetryAfter.Milliseconds()})
+				Status: f.Err.Status, ErrorType: f.Err.Type, Message: f.Err.Msg, RetryAfterMS: f.Err.RetryAfter.Milliseconds()},
+				f.Request.Entry == from)
 		}
 		grants, fails = nil, nil
 		if len(undeliverable) == 0 {
@@ -146,9 +154,9 @@ func (n *Node) memberHTTP(name string) string {
 	return m.HTTPAddr
 }
 
-// sendToPeer queues msg on the session of node peer; false when there is none
-// or it cannot keep up.
-func (n *Node) sendToPeer(peer string, msg any) bool {
+// sendToPeer sends msg on the session of node peer, now (inline) or through
+// its writer; false when there is none or it cannot keep up.
+func (n *Node) sendToPeer(peer string, msg any, inline bool) bool {
 	b, err := wsapi.Encode(msg)
 	if err != nil {
 		return false
@@ -159,10 +167,16 @@ func (n *Node) sendToPeer(peer string, msg any) bool {
 	if !ok {
 		return false
 	}
-	if hs.out.Put(b) != nil {
+	put := hs.out.Put
+	if inline {
+		put = func(b []byte) error { return hs.out.Send(context.Background(), b) }
+	}
+	if err := put(b); errors.Is(err, wsapi.ErrOutboxFull) {
 		n.log.Warn("session cannot keep up with lease messages; closing it", "peer", peer)
 		n.closeLater(hs.s, wsapi.CloseTooSlow, "too slow to read lease messages")
 		return false
+	} else if err != nil {
+		return false // the session is breaking
 	}
 	return true
 }

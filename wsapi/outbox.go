@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
@@ -22,50 +23,146 @@ const MaxBatch = 256
 // ErrOutboxFull is returned by Put when the peer is not keeping up.
 var ErrOutboxFull = errors.New("outbox full: peer not reading")
 
-// Outbox queues encoded messages for one session.
+// Outbox queues encoded messages for one session. Send writes in the
+// caller's goroutine when no write is under way (no hand-off, the lowest
+// latency for a lone request) and otherwise leaves the message to the writer
+// already at work; Put only queues, for Run's goroutine to write (for callers
+// that must not block on this peer). Either way a writer drains everything
+// queued before it stops, in batches.
 type Outbox struct {
-	c chan []byte
+	s     *Session
+	limit int
+	kick  chan struct{}
+
+	mu      sync.Mutex
+	q       [][]byte
+	writing bool
+	err     error // the first write error; the session is broken
 }
 
-// NewOutbox returns an outbox holding up to n messages.
-func NewOutbox(n int) *Outbox { return &Outbox{c: make(chan []byte, n)} }
+// NewOutbox returns an outbox for s holding up to n messages.
+func NewOutbox(s *Session, n int) *Outbox {
+	return &Outbox{s: s, limit: n, kick: make(chan struct{}, 1)}
+}
 
-// Put queues one encoded message without blocking.
+// Put queues one encoded message without blocking; Run writes it.
 func (o *Outbox) Put(msg []byte) error {
-	select {
-	case o.c <- msg:
-		return nil
-	default:
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.err != nil {
+		return o.err
+	}
+	if len(o.q) >= o.limit {
 		return ErrOutboxFull
 	}
+	o.q = append(o.q, msg)
+	if !o.writing {
+		select {
+		case o.kick <- struct{}{}:
+		default:
+		}
+	}
+	return nil
 }
 
-// Run writes queued messages to s until ctx ends or a write fails.
-func (o *Outbox) Run(ctx context.Context, s *Session) error {
-	var frame bytes.Buffer
+// Send writes msg now, in this goroutine, unless another write is under way;
+// then it queues msg for that writer. It blocks at most the session's write
+// timeout (per batch it ends up writing).
+func (o *Outbox) Send(ctx context.Context, msg []byte) error {
+	o.mu.Lock()
+	if o.err != nil {
+		defer o.mu.Unlock()
+		return o.err
+	}
+	if o.writing || len(o.q) > 0 {
+		defer o.mu.Unlock()
+		if len(o.q) >= o.limit {
+			return ErrOutboxFull
+		}
+		o.q = append(o.q, msg)
+		return nil
+	}
+	o.writing = true
+	o.mu.Unlock()
+	if err := o.s.WriteRaw(ctx, msg); err != nil {
+		o.fail(err)
+		return err
+	}
+	return o.drain(ctx)
+}
+
+// Run writes what Put queues until ctx ends or a write fails.
+func (o *Outbox) Run(ctx context.Context) error {
 	for {
-		var first []byte
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case first = <-o.c:
+		case <-o.kick:
 		}
-		out := first
-		if len(o.c) > 0 {
+		o.mu.Lock()
+		if o.err != nil {
+			defer o.mu.Unlock()
+			return o.err
+		}
+		if o.writing {
+			// A Send is writing; it drains the queue before it stops.
+			o.mu.Unlock()
+			continue
+		}
+		o.writing = true
+		o.mu.Unlock()
+		if err := o.drain(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// drain writes the queue in batches until it is empty, then gives up the
+// writer's role. The caller holds the role.
+func (o *Outbox) drain(ctx context.Context) error {
+	var frame bytes.Buffer
+	for {
+		o.mu.Lock()
+		if len(o.q) == 0 {
+			o.writing = false
+			o.mu.Unlock()
+			return nil
+		}
+		n := min(len(o.q), MaxBatch)
+		batch := o.q[:n:n]
+		o.q = o.q[n:]
+		if len(o.q) == 0 {
+			o.q = nil
+		}
+		o.mu.Unlock()
+		out := batch[0]
+		if n > 1 {
 			frame.Reset()
 			frame.WriteByte('[')
-			frame.Write(first)
-			for n := 1; n < MaxBatch && len(o.c) > 0; n++ {
-				frame.WriteByte(',')
-				frame.Write(<-o.c)
+			for i, b := range batch {
+				if i > 0 {
+					frame.WriteByte(',')
+				}
+				frame.Write(b)
 			}
 			frame.WriteByte(']')
 			out = frame.Bytes()
 		}
-		if err := s.WriteRaw(ctx, out); err != nil {
-			return fmt.Errorf("write: %w", err)
+		if err := o.s.WriteRaw(ctx, out); err != nil {
+			o.fail(err)
+			return err
 		}
 	}
+}
+
+func (o *Outbox) fail(err error) {
+	o.mu.Lock()
+	if o.err == nil {
+		o.err = fmt.Errorf("write: %w", err)
+	}
+	o.writing = false
+	o.q = nil
+	o.mu.Unlock()
 }
 
 // splitBatch returns the messages of a batch frame (a JSON array), each as

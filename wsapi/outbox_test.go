@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -75,7 +76,7 @@ func TestOutbox_BatchesReachTheQueenInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.CloseNow()
-	out := NewOutbox(total)
+	out := NewOutbox(s, total)
 	done := make(chan error, 1)
 	for i := range total {
 		b, _ := Encode(&LeaseCancel{Type: TypeLeaseCancel, RequestID: fmt.Sprint(i)})
@@ -83,19 +84,46 @@ func TestOutbox_BatchesReachTheQueenInOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	go func() { done <- out.Run(ctx, s) }()
+	go func() { done <- out.Run(ctx) }()
 	for i := range total {
 		if id := <-got; id != fmt.Sprint(i) {
 			t.Fatalf("message %d arrived as %s", i, id)
 		}
 	}
+	// Send from many goroutines at once: each message is written once,
+	// by its sender or by the writer at work, and each sender's messages
+	// keep their order.
+	const senders, each = 8, 250
+	var wg sync.WaitGroup
+	for g := range senders {
+		wg.Go(func() {
+			for i := range each {
+				b, _ := Encode(&LeaseCancel{Type: TypeLeaseCancel, RequestID: fmt.Sprintf("%d.%d", g, i)})
+				if err := out.Send(ctx, b); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	last := make(map[string]int)
+	for range senders * each {
+		var g string
+		var i int
+		fmt.Sscanf(strings.Replace(<-got, ".", " ", 1), "%s %d", &g, &i)
+		if prev, ok := last[g]; ok && i != prev+1 {
+			t.Fatalf("sender %s: message %d after %d", g, i, prev)
+		}
+		last[g] = i
+	}
+	wg.Wait()
 	cancel()
 	<-done
 	<-served
-	if err := NewOutbox(1).Put(nil); err != nil {
+	if err := NewOutbox(s, 1).Put(nil); err != nil {
 		t.Fatal(err)
 	}
-	full := NewOutbox(1)
+	full := NewOutbox(s, 1)
 	full.Put([]byte("{}"))
 	if err := full.Put([]byte("{}")); !errors.Is(err, ErrOutboxFull) {
 		t.Fatalf("full outbox: %v", err)
