@@ -122,12 +122,25 @@ func (lc *leaseClient) acquire(ctx context.Context, model string, wait time.Dura
 	case a := <-p.ch:
 		return a.grant, a.err, nil
 	case <-ctx.Done():
-		lc.forget(id)
+		lc.abandon(p)
 		return nil, nil, ctx.Err()
 	case <-t.C:
-		lc.forget(id)
+		lc.abandon(p)
 		return nil, &wsapi.LeaseError{Status: http.StatusServiceUnavailable, ErrorType: "no_queen",
 			Message: "no queen answered within the wait limit (the cluster is electing one, or this node cannot reach it)"}, nil
+	}
+}
+
+// abandon withdraws p; a grant that arrived as the caller gave up is
+// returned at once rather than left for the queen to reclaim.
+func (lc *leaseClient) abandon(p *pendingLease) {
+	lc.forget(p.msg.RequestID)
+	select {
+	case a := <-p.ch:
+		if a.grant != nil {
+			lc.release(a.grant.LeaseID)
+		}
+	default:
 	}
 }
 
