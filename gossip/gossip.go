@@ -156,7 +156,7 @@ func (g *Gossip) joinLoop(ctx context.Context) {
 			g.settle()
 			return
 		}
-		g.log.Warn("join failed, retrying", "seeds", strings.Join(g.seeds, ","), "err", err, "retry_in", backoff)
+		g.log.Warn("join failed, retrying", "seeds", strings.Join(g.seeds, ","), "err", oneLine{err}, "retry_in", backoff)
 		select {
 		case <-ctx.Done():
 			return
