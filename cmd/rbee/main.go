@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -47,28 +48,41 @@ func newApp() *cli.App {
 }
 
 // signalContext is cancelled on the first SIGINT or SIGTERM (graceful: the
-// node leaves the cluster); a second signal exits at once.
+// node leaves the cluster); a second signal exits at once. A second signal
+// within dupSignalWindow of the first is the same Ctrl-C delivered twice
+// (`go run` forwards the terminal's SIGINT to a child that also got it) and
+// is ignored.
 func signalContext(log *slog.Logger) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(context.Background())
-	ch := make(chan os.Signal, 2)
+	ch := make(chan os.Signal, 4)
 	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
+		var first time.Time
 		select {
 		case s := <-ch:
-			log.Info("signal received, leaving the cluster", "signal", s.String())
+			first = time.Now()
+			log.Info("signal received, stopping gracefully", "signal", s.String())
 			cancel()
 		case <-ctx.Done():
 			return
 		}
-		<-ch
-		log.Warn("second signal, exiting now")
-		os.Exit(1)
+		for range ch {
+			if time.Since(first) < dupSignalWindow {
+				continue
+			}
+			log.Warn("second signal, exiting now")
+			os.Exit(1)
+		}
 	}()
 	return ctx, func() {
 		signal.Stop(ch)
 		cancel()
 	}
 }
+
+// dupSignalWindow: signals closer together than this are one signal, twice
+// delivered; no person presses Ctrl-C twice that fast.
+const dupSignalWindow = 250 * time.Millisecond
 
 func newLogger(level, format string) (*slog.Logger, error) {
 	var lv slog.Level
