@@ -85,6 +85,9 @@ type Config struct {
 	QueueTimeout time.Duration
 	// ModelVRAMMB is the free VRAM one request of a model needs, by name.
 	ModelVRAMMB map[string]uint64
+	// Pprof serves Go's profiler under /debug/pprof/ (authorized like the
+	// admin API), for finding where a node spends its time.
+	Pprof bool
 	// Session tunes handshake, ping and read limits of hive sessions.
 	Session wsapi.SessionOptions
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/url"
 	"strings"
 	"time"
@@ -47,6 +48,11 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("GET "+PathModels+"/{model...}", n.apiAuthorized(n.handleModel))
 	mux.HandleFunc("POST "+PathHiveProxy+"/", n.authorized(n.handleHiveProxy))
 	mux.Handle("GET /metrics", n.metrics.handler())
+	if n.cfg.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", n.authorized(pprof.Index))
+		mux.HandleFunc("GET /debug/pprof/profile", n.authorized(pprof.Profile))
+		mux.HandleFunc("GET /debug/pprof/trace", n.authorized(pprof.Trace))
+	}
 	dash := ui.Handler()
 	mux.Handle("GET /{$}", dash)
 	mux.Handle("GET /ui/", dash)

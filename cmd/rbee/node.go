@@ -162,6 +162,7 @@ func nodeRunCommand() *cli.Command {
 			&cli.IntFlag{Name: "queue-limit", EnvVars: []string{"RBEE_QUEUE_LIMIT"}, Value: 1024, Usage: "requests that may wait per model before 429"},
 			&cli.DurationFlag{Name: "queue-timeout", EnvVars: []string{"RBEE_QUEUE_TIMEOUT"}, Value: 30 * time.Second, Usage: "how long a request waits for a free worker before 503"},
 			&cli.StringSliceFlag{Name: "model-vram", EnvVars: []string{"RBEE_MODEL_VRAM"}, Usage: "free VRAM one request of a model needs: NAME=MiB (repeat or comma-separate)"},
+			&cli.BoolFlag{Name: "debug-pprof", EnvVars: []string{"RBEE_DEBUG_PPROF"}, Usage: "serve Go's profiler at /debug/pprof/ (cluster token or loopback)"},
 			&cli.StringFlag{Name: "cgroup-root", EnvVars: []string{"RBEE_CGROUP_ROOT"}, Usage: "cgroup v2 mount holding rbee.slice (default: found in /proc/self/mountinfo; none: report --worker servers only)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"RBEE_LOG_LEVEL"}, Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "log-format", EnvVars: []string{"RBEE_LOG_FORMAT"}, Value: "text", Usage: "text or json"},
@@ -223,6 +224,7 @@ func runNode(c *cli.Context) error {
 		}
 	}
 	cfg.APIKeys = splitList(c.StringSlice("api-key"))
+	cfg.Pprof = c.Bool("debug-pprof")
 	cfg.QueueLimit = c.Int("queue-limit")
 	cfg.QueueTimeout = c.Duration("queue-timeout")
 	if cfg.ModelVRAMMB, err = parseModelVRAM(splitList(c.StringSlice("model-vram"))); err != nil {
