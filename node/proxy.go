@@ -125,6 +125,10 @@ func (n *Node) handleInference(w http.ResponseWriter, r *http.Request) {
 		n.fail(w, "", http.StatusBadRequest, "invalid_request_error", `"model" is required`)
 		return
 	}
+	if err := wsapi.ValidModel(head.Model); err != nil {
+		n.fail(w, "", http.StatusBadRequest, "invalid_request_error", `"model": `+err.Error())
+		return
+	}
 	model := head.Model
 	for attempt := 1; ; attempt++ {
 		waitStart := time.Now()

@@ -267,6 +267,8 @@ func TestRoute_FullPath(t *testing.T) {
 		{"malformed JSON", `{"model":`, 400, "invalid_request_error"},
 		{"no model", `{"messages":[]}`, 400, "invalid_request_error"},
 		{"model of the wrong type", `{"model":7}`, 400, "invalid_request_error"},
+		{"model with a control character", `{"model":"m1\n"}`, 400, "invalid_request_error"},
+		{"model too long", `{"model":"` + strings.Repeat("m", 600) + `"}`, 400, "invalid_request_error"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := post(ctx, c.HTTPAddr(), PathChat, tc.body)
@@ -278,6 +280,10 @@ func TestRoute_FullPath(t *testing.T) {
 			}
 			if err != nil || r.status != tc.status || json.Unmarshal([]byte(r.body), &e) != nil || e.Error.Type != tc.errType || e.Error.Message == "" {
 				t.Fatalf("got %d %q (%v), want %d with OpenAI error type %s", r.status, r.body, err, tc.status, tc.errType)
+			}
+			// Bad input costs nobody else: the entry node still serves.
+			if r, err := post(ctx, c.HTTPAddr(), PathChat, chat("m2", false)); err != nil || r.status != 200 {
+				t.Fatalf("after bad input: %d %q %v", r.status, r.body, err)
 			}
 		})
 	}

@@ -60,6 +60,16 @@ type LeaseError struct {
 // MaxWait bounds a lease request's wait: longer than any sane client timeout.
 const MaxWait = 10 * time.Minute
 
+// ValidModel reports whether s can name a model in a lease request: 1 to 512
+// bytes, no control characters. Entry nodes check a client's model with it
+// before asking, since the queen drops a session that sends it a bad one.
+func ValidModel(s string) error {
+	if s == "" {
+		return fmt.Errorf("%w: empty model", ErrInvalid)
+	}
+	return checkText("model", s, maxModelLen)
+}
+
 // Validate checks a lease request from a peer.
 func (m *LeaseRequest) Validate() error {
 	if err := checkText("request_id", m.RequestID, maxFieldLen); err != nil || m.RequestID == "" {
