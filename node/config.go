@@ -164,6 +164,9 @@ func (c Config) validate() error {
 			return fmt.Errorf("unknown role %q (want %s or %s)", r, gossip.RoleQueen, gossip.RoleHive)
 		}
 	}
+	if c.QueueTimeout > wsapi.MaxWait {
+		return fmt.Errorf("queue timeout %v: at most %v", c.QueueTimeout, wsapi.MaxWait)
+	}
 	if c.Key.IsZero() && !c.Insecure {
 		for _, a := range []string{c.GossipAddr, c.HTTPAddr} {
 			if !isLoopbackAddr(a) {

@@ -131,6 +131,7 @@ func TestConfig_Validate(t *testing.T) {
 		{"empty name", Config{GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}, nil, "node name"},
 		{"name with spaces", Config{Name: "a b", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}, nil, "node name"},
 		{"unknown role", Config{Name: "a", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Roles: []string{"king"}}, nil, "unknown role"},
+		{"queue timeout beyond what a lease request may wait", Config{Name: "a", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", QueueTimeout: time.Hour}, nil, "queue timeout"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
