@@ -105,7 +105,7 @@ func runTop(c *cli.Context) error {
 	if tok := key.HTTPToken(); tok != "" {
 		h.Set("Authorization", "Bearer "+tok)
 	}
-	src := &topSource{client: cl, feedURL: "ws://" + addr + wsapi.FeedPath, header: h}
+	src := &topSource{addr: addr, key: key, header: h}
 	return topLive(c.Context, out, os.Stdin, addr, src)
 }
 
@@ -401,12 +401,17 @@ func (s *topState) view(now time.Time) *node.ClusterView {
 	return &v
 }
 
-// topSource reads the node: a snapshot, then the feed, again after each
-// failure.
+// topSource reads a node: a snapshot, then the feed, again after each
+// failure. When the node it reads fails, it tries the other members it has
+// seen alive (then the first node again), as the dashboard does, so a view of
+// the cluster survives the death of the node it was started on.
 type topSource struct {
-	client  *node.Client
-	feedURL string
-	header  http.Header
+	addr   string // the node named by --http-addr
+	key    wsapi.Key
+	header http.Header
+	// alive are the API addresses of the members the last snapshot showed
+	// alive; run rotates through them after a failure.
+	alive []string
 	// retry and snapshotEvery default to topRetry and topSnapshotEvery.
 	retry         time.Duration
 	snapshotEvery time.Duration
@@ -415,11 +420,13 @@ type topSource struct {
 // run sends what it learns on out until ctx ends.
 func (s *topSource) run(ctx context.Context, out chan<- topUpdate) {
 	retry := cmp.Or(s.retry, topRetry)
+	addr := s.addr
 	for {
-		err := s.session(ctx, out)
+		err := s.session(ctx, addr, out)
 		if ctx.Err() != nil || !topSend(ctx, out, topUpdate{Err: err}) {
 			return
 		}
+		addr = s.next(addr)
 		t := time.NewTimer(retry)
 		select {
 		case <-ctx.Done():
@@ -430,21 +437,51 @@ func (s *topSource) run(ctx context.Context, out chan<- topUpdate) {
 	}
 }
 
-// session reads one snapshot, then the feed until it breaks, re-reading the
-// snapshot now and then. It returns why it ended.
-func (s *topSource) session(ctx context.Context, out chan<- topUpdate) error {
-	v, err := s.client.Cluster(ctx)
+// next is the address to try after addr failed: the next member seen alive,
+// in order, and the first node after the last.
+func (s *topSource) next(addr string) string {
+	cands := []string{s.addr}
+	for _, a := range s.alive {
+		if a != s.addr {
+			cands = append(cands, a)
+		}
+	}
+	i := slices.Index(cands, addr)
+	return cands[(i+1)%len(cands)]
+}
+
+// learn keeps the API addresses of the members v shows alive.
+func (s *topSource) learn(v *node.ClusterView) {
+	var alive []string
+	for _, m := range v.Members {
+		if m.Status == "alive" && m.HTTPAddr != "" {
+			alive = append(alive, m.HTTPAddr)
+		}
+	}
+	if len(alive) > 0 {
+		s.alive = alive
+	}
+}
+
+// session reads one snapshot from the node at addr, then its feed until it
+// breaks, re-reading the snapshot now and then. It returns why it ended.
+func (s *topSource) session(ctx context.Context, addr string, out chan<- topUpdate) error {
+	client := node.NewClient(addr, s.key)
+	defer client.Close()
+	v, err := client.Cluster(ctx)
 	if err != nil {
 		return err
 	}
+	s.learn(v)
 	if !topSend(ctx, out, topUpdate{View: v}) {
 		return ctx.Err()
 	}
+	feedURL := "ws://" + addr + wsapi.FeedPath
 	dctx, dcancel := context.WithTimeout(ctx, wsapi.DefaultHandshakeTimeout)
-	conn, _, err := websocket.Dial(dctx, s.feedURL, &websocket.DialOptions{HTTPHeader: s.header})
+	conn, _, err := websocket.Dial(dctx, feedURL, &websocket.DialOptions{HTTPHeader: s.header})
 	dcancel()
 	if err != nil {
-		return fmt.Errorf("dial feed %s: %w", s.feedURL, err)
+		return fmt.Errorf("dial feed %s: %w", feedURL, err)
 	}
 	defer conn.CloseNow()
 	conn.SetReadLimit(topFeedReadLimit)
@@ -466,7 +503,12 @@ func (s *topSource) session(ctx context.Context, out chan<- topUpdate) error {
 			case <-t.C:
 			}
 			// A failure here shows as the feed's: it breaks too.
-			if v, err := s.client.Cluster(rctx); err == nil && !topSend(rctx, out, topUpdate{View: v}) {
+			v, err := client.Cluster(rctx)
+			if err != nil {
+				continue
+			}
+			s.learn(v)
+			if !topSend(rctx, out, topUpdate{View: v}) {
 				return
 			}
 		}

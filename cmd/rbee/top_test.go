@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -249,13 +250,15 @@ func TestTopSource_FeedAndReconnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	hub := wsapi.NewHub(0)
+	// The snapshot names only loopback members: the source tries them
+	// when its node fails, and tests dial nothing else.
+	dead := closedPort(t)
+	data = []byte(strings.NewReplacer("10.0.0.10:7833", dead, "10.0.0.11:7833", dead).Replace(string(data)))
 	srv := fakeNode(t, data, key.HTTPToken(), hub)
 	addr := strings.TrimPrefix(srv.URL, "http://")
-	cl := node.NewClient(addr, key)
-	defer cl.Close()
 	h := http.Header{}
 	h.Set("Authorization", "Bearer "+key.HTTPToken())
-	src := &topSource{client: cl, feedURL: "ws://" + addr + wsapi.FeedPath, header: h, retry: 10 * time.Millisecond, snapshotEvery: time.Hour}
+	src := &topSource{addr: addr, key: key, header: h, retry: 10 * time.Millisecond, snapshotEvery: time.Hour}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	updates := make(chan topUpdate, 16)
@@ -312,6 +315,61 @@ func TestTopSource_FeedAndReconnect(t *testing.T) {
 	}
 	if u := next("a second error"); u.Err == nil || !strings.Contains(u.Err.Error(), "reach node at") {
 		t.Fatalf("update %+v, want a retry that cannot reach the node", u)
+	}
+}
+
+// closedPort returns a loopback address where nothing listens.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// TestTopSource_MovesToAnotherMember: when the node top reads dies, it reads
+// another member the last snapshot showed alive.
+func TestTopSource_MovesToAnotherMember(t *testing.T) {
+	_, data := loadClusterFixture(t)
+	var key wsapi.Key
+	b := fakeNode(t, data, "", nil)
+	bAddr := strings.TrimPrefix(b.URL, "http://")
+	// a's snapshot lists b alive; b's own snapshot is the fixture's.
+	aData := []byte(strings.NewReplacer("10.0.0.10:7833", "127.0.0.1:1", "10.0.0.11:7833", bAddr, `"node": "n1"`, `"node": "a"`).Replace(string(data)))
+	a := fakeNode(t, aData, "", nil)
+	src := &topSource{addr: strings.TrimPrefix(a.URL, "http://"), key: key, header: http.Header{}, retry: 10 * time.Millisecond, snapshotEvery: time.Hour}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	updates := make(chan topUpdate, 16)
+	var wg sync.WaitGroup
+	wg.Go(func() { src.run(ctx, updates) })
+	defer wg.Wait()
+	defer cancel()
+	first := true
+	for {
+		var u topUpdate
+		select {
+		case u = <-updates:
+		case <-time.After(10 * time.Second):
+			t.Fatal("top never read another member")
+		}
+		if u.View == nil {
+			continue
+		}
+		if first {
+			if u.View.Node != "a" {
+				t.Fatalf("first snapshot from %q, want a", u.View.Node)
+			}
+			first = false
+			a.Close() // a dies: the feed breaks, a cannot be reached
+			continue
+		}
+		if u.View.Node == "n1" {
+			return // b answered
+		}
 	}
 }
 
