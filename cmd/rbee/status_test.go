@@ -375,7 +375,10 @@ func TestE2E_StatusOfOneNodeCluster(t *testing.T) {
 				ours = &v.Hives[0].Workers[i]
 			}
 		}
-		return v.Queen == "n0" && ours != nil && slices.ContainsFunc(v.Queues, func(q wsapi.QueueStats) bool { return q.Model == "m" }), out
+		// The hive lists the worker at once and learns its slots and
+		// that it is simulated when it has asked the worker's API.
+		return v.Queen == "n0" && ours != nil && ours.Simulated && ours.Slots == 2 &&
+			slices.ContainsFunc(v.Queues, func(q wsapi.QueueStats) bool { return q.Model == "m" && q.Slots == 2 }), out
 	})
 	if v.Node != "n0" || len(v.Members) != 1 || v.Members[0].Status != "alive" || !ours.Simulated || ours.Model == nil || *ours.Model != "m" {
 		t.Errorf("rbee status --json: %+v", v)
