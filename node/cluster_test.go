@@ -55,9 +55,6 @@ func withCollector(c Collector) nodeOpt { return func(cfg *Config) { cfg.Collect
 func withKey(k wsapi.Key) nodeOpt       { return func(cfg *Config) { cfg.Key = k } }
 func withRoles(r ...string) nodeOpt     { return func(cfg *Config) { cfg.Roles = r } }
 func withJoin(addrs ...string) nodeOpt  { return func(cfg *Config) { cfg.Join = addrs } }
-func withSession(o wsapi.SessionOptions) nodeOpt {
-	return func(cfg *Config) { cfg.Session = o }
-}
 
 func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("RBEE_TEST_LOG") != "" {

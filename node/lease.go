@@ -183,10 +183,3 @@ func (lc *leaseClient) onError(e *wsapi.LeaseError) {
 func (lc *leaseClient) release(leaseID string) {
 	lc.send(&wsapi.LeaseRelease{Type: wsapi.TypeLeaseRelease, LeaseID: leaseID})
 }
-
-// waiting counts requests waiting for an answer.
-func (lc *leaseClient) waiting() int {
-	lc.mu.Lock()
-	defer lc.mu.Unlock()
-	return len(lc.pending)
-}

@@ -93,10 +93,7 @@ func (c *queenCollector) Collect(ch chan<- prometheus.Metric) {
 		if !h.Online {
 			continue
 		}
-		busy := map[string]int{}
-		for _, l := range h.Leases {
-			busy[l.Worker]++
-		}
+		busy := leasesPerWorker(h.Leases)
 		for _, w := range h.Workers {
 			model := "unknown"
 			if w.Model != nil {

@@ -80,6 +80,15 @@ func (r *Registry) Hives(now time.Time) []HiveView {
 	return out
 }
 
+// leasesPerWorker counts the requests a hive serves, by group/instance.
+func leasesPerWorker(ls []wsapi.LeaseInfo) map[string]int {
+	busy := make(map[string]int, len(ls))
+	for _, l := range ls {
+		busy[l.Worker]++
+	}
+	return busy
+}
+
 func (r *Registry) online(e *hiveEntry, now time.Time) bool {
 	return now.Sub(e.lastSeen) <= r.ttl
 }
@@ -98,10 +107,7 @@ func (r *Registry) Summary(now time.Time, queen string) wsapi.QueenEvent {
 		ev.HivesOnline++
 		ev.HiveIDs = append(ev.HiveIDs, id)
 		avail := false
-		busy := map[string]int{}
-		for _, l := range e.t.Leases {
-			busy[l.Worker]++
-		}
+		busy := leasesPerWorker(e.t.Leases)
 		for _, w := range e.t.Workers {
 			ev.WorkersOnline++
 			ev.WorkerIDs = append(ev.WorkerIDs, wsapi.WorkerID(id, w))

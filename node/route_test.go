@@ -438,7 +438,7 @@ func TestRoute_Limits(t *testing.T) {
 	if r.status != 429 || r.header.Get("Retry-After") == "" {
 		t.Fatalf("third request: %d %q Retry-After %q, want 429 with Retry-After", r.status, r.body, r.header.Get("Retry-After"))
 	}
-	if r := <-second; r.status != 503 || !strings.Contains(r.body, "no worker") {
+	if r := <-second; r.status != 503 || !strings.Contains(r.body, "no worker") || !strings.Contains(r.body, "1 all slots leased") {
 		t.Fatalf("second request: %d %q, want 503 after the wait limit", r.status, r.body)
 	}
 	// The client of the first request goes away: the worker sees the

@@ -407,7 +407,7 @@ func (s *Scheduler) Tick(now time.Time) ([]Grant, []Failure) {
 		switch {
 		case !now.Before(w.req.Deadline):
 			fails = append(fails, Failure{Request: w.req, Err: &Error{Status: http.StatusServiceUnavailable, Type: "timeout",
-				Msg: fmt.Sprintf("no worker for model %q became free in time", w.req.Model)}})
+				Msg: fmt.Sprintf("no worker for model %q became free in time (%s)", w.req.Model, s.Explain(w.req.Model, now))}})
 			s.unwait(w)
 		case s.warm && len(s.byKey[w.key]) == 0:
 			fails = append(fails, Failure{Request: w.req, Err: &Error{Status: http.StatusNotFound, Type: "model_not_found",

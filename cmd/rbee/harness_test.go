@@ -134,15 +134,11 @@ type cluster struct {
 	procs []*proc
 }
 
-// clusterOpt adjusts how newCluster starts its nodes.
-type clusterOpt func(*cluster)
-
-func withDebugLogs() clusterOpt { return func(c *cluster) { c.logLvl = "debug" } }
-
 // newCluster returns an empty cluster with a fresh key from `rbee keygen`;
 // every process it starts is killed and waited for when tb ends, and their
-// logs are printed if tb failed.
-func newCluster(tb testing.TB, opts ...clusterOpt) *cluster {
+// logs are printed if tb failed. RBEE_TEST_LOG=1 makes the nodes log at
+// debug level.
+func newCluster(tb testing.TB) *cluster {
 	tb.Helper()
 	dir := tb.TempDir()
 	c := &cluster{
@@ -151,8 +147,8 @@ func newCluster(tb testing.TB, opts ...clusterOpt) *cluster {
 		hc:     &http.Client{Timeout: 2 * time.Second, Transport: http.DefaultTransport.(*http.Transport).Clone()},
 		logLvl: "info",
 	}
-	for _, o := range opts {
-		o(c)
+	if os.Getenv("RBEE_TEST_LOG") != "" {
+		c.logLvl = "debug"
 	}
 	c.keyFile, c.key = c.keygen("key")
 	tb.Cleanup(c.close)
@@ -530,6 +526,3 @@ func byName(tb testing.TB, ps []*proc, name string) *proc {
 
 // kill SIGKILLs p and waits for it to exit.
 func (c *cluster) kill(p *proc) { c.tb.Helper(); p.signal(c.tb, syscall.SIGKILL, 10*time.Second) }
-
-// term SIGTERMs p (a graceful leave) and waits for it to exit.
-func (c *cluster) term(p *proc) { c.tb.Helper(); p.signal(c.tb, syscall.SIGTERM, 15*time.Second) }

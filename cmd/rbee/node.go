@@ -123,11 +123,16 @@ func newClient(c *cli.Context) (*node.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	return node.NewClient(httpAddrFlag(c), key), nil
+}
+
+// httpAddrFlag is --http-addr, with a bare ":port" meaning this machine.
+func httpAddrFlag(c *cli.Context) string {
 	addr := c.String("http-addr")
 	if strings.HasPrefix(addr, ":") {
 		addr = "127.0.0.1" + addr
 	}
-	return node.NewClient(addr, key), nil
+	return addr
 }
 
 func printMembers(w interface{ Write([]byte) (int, error) }, ms []node.MemberView) error {

@@ -223,11 +223,8 @@ func BenchmarkRouting(b *testing.B) {
 			}
 		}
 		type row struct {
-			t        routeTarget
-			c1, c64  routeStats
-			add50    time.Duration
-			add99    time.Duration
-			relNginx float64
+			t       routeTarget
+			c1, c64 routeStats
 		}
 		var rows []row
 		for _, t := range targets {

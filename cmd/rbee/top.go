@@ -82,10 +82,7 @@ func runTop(c *cli.Context) error {
 		return err
 	}
 	defer cl.Close()
-	addr := c.String("http-addr")
-	if strings.HasPrefix(addr, ":") {
-		addr = "127.0.0.1" + addr
-	}
+	addr := httpAddrFlag(c)
 	out, isFile := c.App.Writer.(*os.File)
 	if c.Bool("once") || !isFile || !term.IsTerminal(int(out.Fd())) {
 		ctx, cancel := context.WithTimeout(c.Context, statusTimeout)
