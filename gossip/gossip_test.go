@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/rbee/rbee/internal/testutil"
 )
 
 func TestCluster_AgreeOnOldestQueen(t *testing.T) {
@@ -46,7 +48,7 @@ func TestCluster_AgreeOnOldestQueen(t *testing.T) {
 		}
 	}
 	// The queen broadcasts its claim; nobody else claims.
-	eventually(t, "everyone sees only the queen's claim", func() error {
+	testutil.Eventually(t, waitFor, "everyone sees only the queen's claim", func() error {
 		for _, n := range nodes {
 			for _, m := range n.Members() {
 				if m.Claim != (m.Name == oldest.name) {
@@ -69,7 +71,7 @@ func TestCluster_NewcomerDoesNotUnseatQueen(t *testing.T) {
 	all := []*testNode{a, b, nc}
 	waitLive(t, []string{"a", "b", "c"}, all...)
 	waitQueen(t, "a", all...)
-	consistently(t, quiet, "a stays queen after c joined", func() error {
+	testutil.Consistently(t, quiet, "a stays queen after c joined", func() error {
 		q, err := agreedQueen(all...)
 		if err == nil && q != "a" {
 			err = fmt.Errorf("all agree on %s", q)
@@ -99,7 +101,7 @@ func TestCluster_GracefulLeaveOfQueen(t *testing.T) {
 	if err := queen.Leave(); !errors.Is(err, ErrLeft) {
 		t.Errorf("second Leave: %v, want ErrLeft", err)
 	}
-	eventually(t, "the leaver gives up the seat", func() error {
+	testutil.Eventually(t, waitFor, "the leaver gives up the seat", func() error {
 		if q := queen.queen(); q != "" {
 			return fmt.Errorf("%s still sees queen %s", queen.name, q)
 		}
@@ -114,7 +116,7 @@ func TestCluster_GracefulLeaveOfQueen(t *testing.T) {
 			t.Errorf("%s: WatchQueen channel not closed though the queen changed", n.name)
 		}
 	}
-	eventually(t, "survivors list the leaver as left", func() error {
+	testutil.Eventually(t, waitFor, "survivors list the leaver as left", func() error {
 		for _, n := range survivors {
 			m, ok := n.member(queen.name)
 			if !ok {
@@ -145,7 +147,7 @@ func TestCluster_QueenDeathFailsOver(t *testing.T) {
 	queen.stop() // no Leave: the others learn of it by failure detection
 
 	waitQueen(t, nodes[1].name, survivors...)
-	eventually(t, "survivors list the dead queen as failed", func() error {
+	testutil.Eventually(t, waitFor, "survivors list the dead queen as failed", func() error {
 		for _, n := range survivors {
 			m, ok := n.member(queen.name)
 			if !ok {
@@ -182,7 +184,7 @@ func TestCluster_RejectsForeignSecret(t *testing.T) {
 		if err == nil || n != 0 {
 			t.Fatalf("%s: Join = %d, %v; want 0 and an error", tc.name, n, err)
 		}
-		consistently(t, quiet, tc.name+": the cluster ignores the intruder", func() error {
+		testutil.Consistently(t, quiet, tc.name+": the cluster ignores the intruder", func() error {
 			for _, n := range nodes {
 				if got := names(n.Members()); !slices.Equal(got, members) {
 					return fmt.Errorf("%s: Members() = %v", n.name, got)
@@ -210,7 +212,7 @@ func TestWatchQueen_ClosedOnChangeOnly(t *testing.T) {
 	}
 
 	a.run()
-	eventually(t, "a elects itself", func() error {
+	testutil.Eventually(t, waitFor, "a elects itself", func() error {
 		if !closed(ch) {
 			return errors.New("channel still open")
 		}
@@ -229,7 +231,7 @@ func TestWatchQueen_ClosedOnChangeOnly(t *testing.T) {
 	waitLive(t, []string{"a", "b"}, a, b)
 	waitQueen(t, "a", a, b)
 	_, _, chB := b.WatchQueen()
-	consistently(t, quiet, "no queen change while b joins", func() error {
+	testutil.Consistently(t, quiet, "no queen change while b joins", func() error {
 		if closed(ch) {
 			return errors.New("a's channel closed")
 		}
@@ -243,7 +245,7 @@ func TestWatchQueen_ClosedOnChangeOnly(t *testing.T) {
 	if err := a.Leave(); err != nil {
 		t.Fatalf("Leave: %v", err)
 	}
-	eventually(t, "both channels close", func() error {
+	testutil.Eventually(t, waitFor, "both channels close", func() error {
 		if !closed(ch) {
 			return errors.New("a's channel still open")
 		}
@@ -256,7 +258,7 @@ func TestWatchQueen_ClosedOnChangeOnly(t *testing.T) {
 		t.Errorf("a, having left, still sees queen %s", q.Name)
 	}
 	a.stop()
-	eventually(t, "b takes over", func() error {
+	testutil.Eventually(t, waitFor, "b takes over", func() error {
 		if q := b.queen(); q != "b" {
 			return fmt.Errorf("b sees queen %q", q)
 		}
@@ -337,7 +339,7 @@ func TestNew_MetaLeavesRoomForClaim(t *testing.T) {
 	n := &testNode{Gossip: g, t: t, name: "a", meta: meta, done: make(chan error, 1)}
 	t.Cleanup(n.stop)
 	n.run()
-	eventually(t, "a elects itself and broadcasts its claim", func() error {
+	testutil.Eventually(t, waitFor, "a elects itself and broadcasts its claim", func() error {
 		if q := n.queen(); q != "a" {
 			return fmt.Errorf("queen %q", q)
 		}
@@ -356,7 +358,7 @@ func TestRun_NoClaimBeforeJoin(t *testing.T) {
 	// b's seed does not answer, and b outranks a: were b to claim the seat
 	// while still booting, it would keep it after joining.
 	b := c.start("b", []string{deadAddr(t)}, withPriority(10), withJoinTimeout(time.Minute))
-	consistently(t, quiet, "b claims nothing before it joins", func() error {
+	testutil.Consistently(t, quiet, "b claims nothing before it joins", func() error {
 		if q := b.queen(); q != "" {
 			return fmt.Errorf("b elected %s", q)
 		}

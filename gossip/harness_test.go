@@ -15,9 +15,11 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rbee/rbee/internal/testutil"
 )
 
-// waitFor bounds every eventually: far above what a 2-core machine under
+// waitFor bounds every testutil.Eventually: far above what a 2-core machine under
 // -race needs (failure detection takes 1 to 2 s with LANTiming), so reaching
 // it means the behaviour is wrong, not slow.
 const waitFor = 10 * time.Second
@@ -202,43 +204,6 @@ func (n *testNode) member(name string) (Member, bool) {
 	return Member{}, false
 }
 
-// eventually polls cond every 10 ms until it returns nil, and fails the test
-// with cond's last error once waitFor has passed.
-func eventually(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still not true after %v: %v", what, waitFor, err)
-		}
-		<-tick.C
-	}
-}
-
-// consistently polls cond every 10 ms for d and fails the test the first time
-// it returns an error: it checks that something does not happen.
-func consistently(t *testing.T, d time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if err := cond(); err != nil {
-			t.Fatalf("%s: broke within %v: %v", what, d, err)
-		}
-		if time.Now().After(deadline) {
-			return
-		}
-		<-tick.C
-	}
-}
-
 // agreedQueen returns the queen all nodes report, or an error naming the
 // disagreement.
 func agreedQueen(nodes ...*testNode) (string, error) {
@@ -261,7 +226,7 @@ func agreedQueen(nodes ...*testNode) (string, error) {
 // waitQueen waits until all nodes agree that want is queen.
 func waitQueen(t *testing.T, want string, nodes ...*testNode) {
 	t.Helper()
-	eventually(t, "all agree "+want+" is queen", func() error {
+	testutil.Eventually(t, waitFor, "all agree "+want+" is queen", func() error {
 		q, err := agreedQueen(nodes...)
 		if err != nil {
 			return err
@@ -276,7 +241,7 @@ func waitQueen(t *testing.T, want string, nodes ...*testNode) {
 // waitLive waits until every node's LiveMembers is exactly want.
 func waitLive(t *testing.T, want []string, nodes ...*testNode) {
 	t.Helper()
-	eventually(t, fmt.Sprintf("all see live members %v", want), func() error {
+	testutil.Eventually(t, waitFor, fmt.Sprintf("all see live members %v", want), func() error {
 		for _, n := range nodes {
 			if got := liveNames(n); !slices.Equal(got, want) {
 				return fmt.Errorf("%s sees %v", n.name, got)

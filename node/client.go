@@ -103,9 +103,10 @@ func (c *Client) Join(ctx context.Context, addrs []string) (int, error) {
 	return out.Joined, err
 }
 
-// Leave asks the node to leave the cluster gracefully and stop.
-func (c *Client) Leave(ctx context.Context) error {
-	return c.do(ctx, http.MethodPost, PathAdminLeave, struct{}{}, nil)
+// Leave asks the node to leave the cluster gracefully and stop, letting
+// requests in flight finish for up to drain.
+func (c *Client) Leave(ctx context.Context, drain time.Duration) error {
+	return c.do(ctx, http.MethodPost, PathAdminLeave, LeaveRequest{DrainMS: drain.Milliseconds()}, nil)
 }
 
 // RegisterWorker tells the node about a worker `rbee worker run` started.

@@ -1,20 +1,20 @@
-package node
+package node_test
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
-	"os"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 
 	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/internal/testutil"
+	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/nodetest"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -25,88 +25,13 @@ type fakeCollector struct {
 
 func (f fakeCollector) Collect(context.Context) ([]wsapi.ProcessStats, error) { return f.fn() }
 
-func staticWorkers(ws ...wsapi.ProcessStats) Collector {
+func staticWorkers(ws ...wsapi.ProcessStats) node.Collector {
 	return fakeCollector{fn: func() ([]wsapi.ProcessStats, error) { return ws, nil }}
 }
 
 func ptr[T any](v T) *T { return &v }
 
-// testNode is a node running in this process on loopback port 0.
-type testNode struct {
-	*Node
-	cancel context.CancelFunc
-	done   chan error
-	once   sync.Once
-	err    error
-}
-
-// stop cancels the node's Run and returns its error; safe to call again.
-func (tn *testNode) stop() error {
-	tn.once.Do(func() {
-		tn.cancel()
-		tn.err = <-tn.done
-	})
-	return tn.err
-}
-
-type nodeOpt func(*Config)
-
-func withCollector(c Collector) nodeOpt { return func(cfg *Config) { cfg.Collector = c } }
-func withKey(k wsapi.Key) nodeOpt       { return func(cfg *Config) { cfg.Key = k } }
-func withRoles(r ...string) nodeOpt     { return func(cfg *Config) { cfg.Roles = r } }
-func withJoin(addrs ...string) nodeOpt  { return func(cfg *Config) { cfg.Join = addrs } }
-
-func testLogger(t testing.TB) *slog.Logger {
-	if os.Getenv("RBEE_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
-}
-
-func startNode(t testing.TB, name string, opts ...nodeOpt) *testNode {
-	t.Helper()
-	cfg := DefaultConfig()
-	cfg.Name = name
-	cfg.GossipAddr = "127.0.0.1:0"
-	cfg.HTTPAddr = "127.0.0.1:0"
-	// Faster than production so tests finish quickly; still well above
-	// what a loaded race-enabled run needs.
-	cfg.TelemetryInterval = 100 * time.Millisecond
-	cfg.QueenEventInterval = 100 * time.Millisecond
-	cfg.HiveTTL = time.Second
-	cfg.Logger = testLogger(t).With("test", t.Name())
-	for _, o := range opts {
-		o(&cfg)
-	}
-	n, err := New(cfg)
-	if err != nil {
-		t.Fatalf("start node %s: %v", name, err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	tn := &testNode{Node: n, cancel: cancel, done: make(chan error, 1)}
-	go func() { tn.done <- n.Run(ctx) }()
-	t.Cleanup(func() { _ = tn.stop() })
-	return tn
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t testing.TB, within time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	var err error
-	for {
-		if err = cond(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true after %v: %v", what, within, err)
-		}
-		tick := time.NewTimer(10 * time.Millisecond)
-		<-tick.C
-	}
-}
-
-func agreedQueen(nodes ...*testNode) (string, error) {
+func agreedQueen(nodes ...*nodetest.Node) (string, error) {
 	var first string
 	for i, n := range nodes {
 		q, ok := n.Queen()
@@ -122,7 +47,7 @@ func agreedQueen(nodes ...*testNode) (string, error) {
 	return first, nil
 }
 
-func byName(nodes []*testNode, name string) *testNode {
+func byName(nodes []*nodetest.Node, name string) *nodetest.Node {
 	for _, n := range nodes {
 		if n.Name() == name {
 			return n
@@ -208,13 +133,13 @@ func TestCluster_ThreeNodesAgreeAndTelemetryReachesQueenAndFeed(t *testing.T) {
 		GPUUtilPct: 97, VRAMMB: 4096, TotalVRAMMB: 24576, UptimeS: 60, Model: ptr("llama-3.2-1b")}
 	idleWorker := wsapi.ProcessStats{PID: 4243, Group: "llm", Instance: "8081", VRAMMB: 100, TotalVRAMMB: 24576}
 
-	a := startNode(t, "a", withKey(key))
-	b := startNode(t, "b", withKey(key), withJoin(a.GossipAddr()), withCollector(staticWorkers(gpuWorker, idleWorker)))
-	c := startNode(t, "c", withKey(key), withJoin(a.GossipAddr()))
-	nodes := []*testNode{a, b, c}
+	a := nodetest.Start(t, "a", nodetest.WithKey(key))
+	b := nodetest.Start(t, "b", nodetest.WithKey(key), nodetest.WithJoin(a.GossipAddr()), nodetest.WithCollector(staticWorkers(gpuWorker, idleWorker)))
+	c := nodetest.Start(t, "c", nodetest.WithKey(key), nodetest.WithJoin(a.GossipAddr()))
+	nodes := []*nodetest.Node{a, b, c}
 
 	var queen string
-	eventually(t, 10*time.Second, "all three agree on a queen", func() (err error) {
+	testutil.Eventually(t, 10*time.Second, "all three agree on a queen", func() (err error) {
 		queen, err = agreedQueen(nodes...)
 		return err
 	})
@@ -223,7 +148,7 @@ func TestCluster_ThreeNodesAgreeAndTelemetryReachesQueenAndFeed(t *testing.T) {
 	}
 	q := byName(nodes, queen)
 
-	eventually(t, 10*time.Second, "queen's registry has all three hives online", func() error {
+	testutil.Eventually(t, 10*time.Second, "queen's registry has all three hives online", func() error {
 		hives := q.Registry().Hives(time.Now())
 		online := 0
 		for _, h := range hives {
@@ -249,7 +174,7 @@ func TestCluster_ThreeNodesAgreeAndTelemetryReachesQueenAndFeed(t *testing.T) {
 	}
 
 	// A feed reader on a node that is not queen sees the queen's events.
-	var follower *testNode
+	var follower *nodetest.Node
 	for _, n := range nodes {
 		if n.Name() != queen {
 			follower = n
@@ -277,7 +202,7 @@ func TestCluster_ThreeNodesAgreeAndTelemetryReachesQueenAndFeed(t *testing.T) {
 	}
 
 	// /v1/cluster on a follower shows the queen's hives.
-	client := NewClient(follower.HTTPAddr(), wsapi.Key{})
+	client := node.NewClient(follower.HTTPAddr(), wsapi.Key{})
 	defer client.Close()
 	cl, err := client.Cluster(context.Background())
 	if err != nil {
@@ -290,10 +215,10 @@ func TestCluster_ThreeNodesAgreeAndTelemetryReachesQueenAndFeed(t *testing.T) {
 
 func TestCluster_QueenLeavesFeedFollowsNewQueen(t *testing.T) {
 	key := mustKey(t)
-	a := startNode(t, "a", withKey(key))
-	b := startNode(t, "b", withKey(key), withJoin(a.GossipAddr()))
-	c := startNode(t, "c", withKey(key), withJoin(a.GossipAddr()))
-	eventually(t, 10*time.Second, "agree on a", func() error {
+	a := nodetest.Start(t, "a", nodetest.WithKey(key))
+	b := nodetest.Start(t, "b", nodetest.WithKey(key), nodetest.WithJoin(a.GossipAddr()))
+	c := nodetest.Start(t, "c", nodetest.WithKey(key), nodetest.WithJoin(a.GossipAddr()))
+	testutil.Eventually(t, 10*time.Second, "agree on a", func() error {
 		q, err := agreedQueen(a, b, c)
 		if err == nil && q != "a" {
 			err = fmt.Errorf("queen %s", q)
@@ -306,11 +231,11 @@ func TestCluster_QueenLeavesFeedFollowsNewQueen(t *testing.T) {
 		return ok && qe.QueenID == "a"
 	})
 
-	if err := a.stop(); err != nil {
+	if err := a.Stop(); err != nil {
 		t.Fatalf("queen a stopped with %v", err)
 	}
 	var queen string
-	eventually(t, 5*time.Second, "survivors agree on a new queen", func() (err error) {
+	testutil.Eventually(t, 5*time.Second, "survivors agree on a new queen", func() (err error) {
 		queen, err = agreedQueen(b, c)
 		if err == nil && queen == "a" {
 			err = errors.New("still a")
@@ -332,9 +257,9 @@ func TestCluster_QueenLeavesFeedFollowsNewQueen(t *testing.T) {
 
 func TestQueen_RefusesBadSessionsAndKeepsServingOthers(t *testing.T) {
 	key := mustKey(t)
-	a := startNode(t, "a", withKey(key), withRoles(gossip.RoleQueen))
-	startNode(t, "b", withKey(key), withJoin(a.GossipAddr()), withRoles(gossip.RoleHive))
-	eventually(t, 10*time.Second, "b reports to a", func() error {
+	a := nodetest.Start(t, "a", nodetest.WithKey(key), nodetest.WithRoles(gossip.RoleQueen))
+	nodetest.Start(t, "b", nodetest.WithKey(key), nodetest.WithJoin(a.GossipAddr()), nodetest.WithRoles(gossip.RoleHive))
+	testutil.Eventually(t, 10*time.Second, "b reports to a", func() error {
 		for _, h := range a.Registry().Hives(time.Now()) {
 			if h.HiveID == "b" && h.Online {
 				return nil
@@ -347,13 +272,13 @@ func TestQueen_RefusesBadSessionsAndKeepsServingOthers(t *testing.T) {
 	defer cancel()
 
 	t.Run("wrong key", func(t *testing.T) {
-		_, err := wsapi.DialHive(ctx, url, &wsapi.SessionOptions{Key: mustKey(t), Name: "intruder", Version: Version})
+		_, err := wsapi.DialHive(ctx, url, &wsapi.SessionOptions{Key: mustKey(t), Name: "intruder", Version: node.Version})
 		if err == nil || websocket.CloseStatus(err) != wsapi.CloseAuth {
 			t.Fatalf("dial with wrong key: err = %v, want close %v", err, wsapi.CloseAuth)
 		}
 	})
 	t.Run("no key", func(t *testing.T) {
-		_, err := wsapi.DialHive(ctx, url, &wsapi.SessionOptions{Name: "intruder", Version: Version})
+		_, err := wsapi.DialHive(ctx, url, &wsapi.SessionOptions{Name: "intruder", Version: node.Version})
 		if err == nil || websocket.CloseStatus(err) != wsapi.CloseAuth {
 			t.Fatalf("dial without key: err = %v, want close %v", err, wsapi.CloseAuth)
 		}
@@ -369,7 +294,7 @@ func TestQueen_RefusesBadSessionsAndKeepsServingOthers(t *testing.T) {
 		{"spoofed hive id", `{"type":"hive_telemetry","hive_id":"b","timestamp":"2025-10-30T20:15:30Z","workers":[]}`, wsapi.CloseMalformed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s, err := wsapi.DialHive(ctx, url, &wsapi.SessionOptions{Key: key, Name: "evil", Version: Version})
+			s, err := wsapi.DialHive(ctx, url, &wsapi.SessionOptions{Key: key, Name: "evil", Version: node.Version})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -384,7 +309,7 @@ func TestQueen_RefusesBadSessionsAndKeepsServingOthers(t *testing.T) {
 		})
 	}
 	t.Run("oversized frame", func(t *testing.T) {
-		s, err := wsapi.DialHive(ctx, url, &wsapi.SessionOptions{Key: key, Name: "big", Version: Version})
+		s, err := wsapi.DialHive(ctx, url, &wsapi.SessionOptions{Key: key, Name: "big", Version: node.Version})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -403,7 +328,7 @@ func TestQueen_RefusesBadSessionsAndKeepsServingOthers(t *testing.T) {
 	// The node is still up and b's session was never disturbed: its
 	// telemetry keeps arriving after all of the above.
 	before := time.Now()
-	eventually(t, 5*time.Second, "b still reporting", func() error {
+	testutil.Eventually(t, 5*time.Second, "b still reporting", func() error {
 		for _, h := range a.Registry().Hives(time.Now()) {
 			if h.HiveID == "b" && h.LastSeen.After(before) {
 				return nil
@@ -419,11 +344,11 @@ func TestQueen_RefusesBadSessionsAndKeepsServingOthers(t *testing.T) {
 }
 
 func TestNode_NotQueenRefusesSessionAndNamesQueen(t *testing.T) {
-	a := startNode(t, "a")
-	b := startNode(t, "b", withJoin(a.GossipAddr()))
-	eventually(t, 10*time.Second, "agree", func() error { _, err := agreedQueen(a, b); return err })
+	a := nodetest.Start(t, "a")
+	b := nodetest.Start(t, "b", nodetest.WithJoin(a.GossipAddr()))
+	testutil.Eventually(t, 10*time.Second, "agree", func() error { _, err := agreedQueen(a, b); return err })
 	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	_, err := wsapi.DialHive(context.Background(), "ws://"+b.HTTPAddr()+wsapi.SessionPath, &wsapi.SessionOptions{Name: "x", Version: Version, HTTPClient: hc})
+	_, err := wsapi.DialHive(context.Background(), "ws://"+b.HTTPAddr()+wsapi.SessionPath, &wsapi.SessionOptions{Name: "x", Version: node.Version, HTTPClient: hc})
 	var nq *wsapi.NotQueenError
 	if !errors.As(err, &nq) {
 		t.Fatalf("err = %v, want NotQueenError", err)
@@ -435,10 +360,10 @@ func TestNode_NotQueenRefusesSessionAndNamesQueen(t *testing.T) {
 
 func TestNode_DuplicateHiveSessionReplacesOld(t *testing.T) {
 	key := mustKey(t)
-	a := startNode(t, "a", withKey(key), withRoles(gossip.RoleQueen))
-	eventually(t, 5*time.Second, "a is queen", func() error { _, err := agreedQueen(a); return err })
+	a := nodetest.Start(t, "a", nodetest.WithKey(key), nodetest.WithRoles(gossip.RoleQueen))
+	testutil.Eventually(t, 5*time.Second, "a is queen", func() error { _, err := agreedQueen(a); return err })
 	url := "ws://" + a.HTTPAddr() + wsapi.SessionPath
-	opts := &wsapi.SessionOptions{Key: key, Name: "h", Version: Version}
+	opts := &wsapi.SessionOptions{Key: key, Name: "h", Version: node.Version}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	old, err := wsapi.DialHive(ctx, url, opts)
@@ -459,7 +384,7 @@ func TestNode_DuplicateHiveSessionReplacesOld(t *testing.T) {
 	if err := fresh.Write(ctx, msg); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "fresh session reports", func() error {
+	testutil.Eventually(t, 5*time.Second, "fresh session reports", func() error {
 		for _, h := range a.Registry().Hives(time.Now()) {
 			if h.HiveID == "h" && h.Online {
 				return nil
@@ -470,9 +395,9 @@ func TestNode_DuplicateHiveSessionReplacesOld(t *testing.T) {
 }
 
 func TestNode_ClusterJSONShape(t *testing.T) {
-	a := startNode(t, "a")
-	eventually(t, 5*time.Second, "a is queen", func() error { _, err := agreedQueen(a); return err })
-	resp, err := httpGet("http://" + a.HTTPAddr() + PathCluster)
+	a := nodetest.Start(t, "a")
+	testutil.Eventually(t, 5*time.Second, "a is queen", func() error { _, err := agreedQueen(a); return err })
+	resp, err := httpGet("http://" + a.HTTPAddr() + node.PathCluster)
 	if err != nil {
 		t.Fatal(err)
 	}

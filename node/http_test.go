@@ -1,4 +1,4 @@
-package node
+package node_test
 
 import (
 	"bytes"
@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/nodetest"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -31,8 +33,8 @@ func httpGet(url string) ([]byte, error) {
 // every real connection in a test comes from loopback.
 func TestHTTP_Auth(t *testing.T) {
 	key := mustKey(t)
-	n := startNode(t, "a", withKey(key))
-	h := n.routes()
+	n := nodetest.Start(t, "a", nodetest.WithKey(key))
+	h := n.Handler()
 	remote, loop := "192.0.2.7:40000", "127.0.0.1:40000"
 	tests := []struct {
 		name   string
@@ -43,19 +45,19 @@ func TestHTTP_Auth(t *testing.T) {
 		body   string
 		want   int
 	}{
-		{"health is open", "GET", PathHealth, remote, "", "", 200},
-		{"cluster needs token from remote", "GET", PathCluster, remote, "", "", 401},
-		{"cluster with wrong token", "GET", PathCluster, remote, "Bearer nope", "", 401},
-		{"cluster with raw key instead of token", "GET", PathCluster, remote, "Bearer " + key.String(), "", 401},
-		{"cluster with token", "GET", PathCluster, remote, "Bearer " + key.HTTPToken(), "", 200},
-		{"cluster from loopback", "GET", PathCluster, loop, "", "", 200},
-		{"members needs token from remote", "GET", PathAdminMembers, remote, "", "", 401},
-		{"members with token", "GET", PathAdminMembers, remote, "Bearer " + key.HTTPToken(), "", 200},
-		{"join needs token from remote", "POST", PathAdminJoin, remote, "", `{"addrs":["127.0.0.1:1"]}`, 401},
-		{"leave needs token from remote", "POST", PathAdminLeave, remote, "", "", 401},
+		{"health is open", "GET", node.PathHealth, remote, "", "", 200},
+		{"cluster needs token from remote", "GET", node.PathCluster, remote, "", "", 401},
+		{"cluster with wrong token", "GET", node.PathCluster, remote, "Bearer nope", "", 401},
+		{"cluster with raw key instead of token", "GET", node.PathCluster, remote, "Bearer " + key.String(), "", 401},
+		{"cluster with token", "GET", node.PathCluster, remote, "Bearer " + key.HTTPToken(), "", 200},
+		{"cluster from loopback", "GET", node.PathCluster, loop, "", "", 200},
+		{"members needs token from remote", "GET", node.PathAdminMembers, remote, "", "", 401},
+		{"members with token", "GET", node.PathAdminMembers, remote, "Bearer " + key.HTTPToken(), "", 200},
+		{"join needs token from remote", "POST", node.PathAdminJoin, remote, "", `{"addrs":["127.0.0.1:1"]}`, 401},
+		{"leave needs token from remote", "POST", node.PathAdminLeave, remote, "", "", 401},
 		{"feed needs token from remote", "GET", wsapi.FeedPath, remote, "", "", 401},
-		{"join with malformed body", "POST", PathAdminJoin, loop, "", `{"addrs":`, 400},
-		{"join with no addresses", "POST", PathAdminJoin, loop, "", `{"addrs":[]}`, 400},
+		{"join with malformed body", "POST", node.PathAdminJoin, loop, "", `{"addrs":`, 400},
+		{"join with no addresses", "POST", node.PathAdminJoin, loop, "", `{"addrs":[]}`, 400},
 		{"unknown path", "GET", "/v1/nope", loop, "", "", 404},
 	}
 
@@ -97,21 +99,19 @@ func TestHTTP_Auth(t *testing.T) {
 }
 
 func TestHTTP_LeaveStopsNode(t *testing.T) {
-	n := startNode(t, "a")
+	n := nodetest.Start(t, "a")
 	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Post("http://"+n.HTTPAddr()+PathAdminLeave, "application/json", bytes.NewReader(nil))
+	resp, err := c.Post("http://"+n.HTTPAddr()+node.PathAdminLeave, "application/json", bytes.NewReader(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	select {
-	case err := <-n.done:
-		if err != nil {
-			t.Fatalf("Run returned %v after leave", err)
-		}
-		n.done <- err // for the cleanup's stop
-	case <-time.After(10 * time.Second):
+	exited, err := n.Exited(10 * time.Second)
+	if !exited {
 		t.Fatal("node still running 10 s after leave")
+	}
+	if err != nil {
+		t.Fatalf("Run returned %v after leave", err)
 	}
 }
 
@@ -119,23 +119,23 @@ func TestConfig_Validate(t *testing.T) {
 	key := mustKey(t)
 	tests := []struct {
 		name    string
-		cfg     Config
+		cfg     node.Config
 		wantErr error
 		errText string
 	}{
-		{"loopback without key is fine", Config{Name: "a", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}, nil, ""},
-		{"all interfaces without key needs insecure", Config{Name: "a", GossipAddr: "127.0.0.1:0", HTTPAddr: "0.0.0.0:7833"}, ErrNeedsKey, ""},
-		{"gossip beyond loopback without key", Config{Name: "a", GossipAddr: ":7946", HTTPAddr: "127.0.0.1:0"}, ErrNeedsKey, ""},
-		{"insecure allows it", Config{Name: "a", GossipAddr: ":7946", HTTPAddr: ":7833", Insecure: true}, nil, ""},
-		{"key allows it", Config{Name: "a", GossipAddr: ":7946", HTTPAddr: ":7833", Key: key}, nil, ""},
-		{"empty name", Config{GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}, nil, "node name"},
-		{"name with spaces", Config{Name: "a b", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}, nil, "node name"},
-		{"unknown role", Config{Name: "a", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Roles: []string{"king"}}, nil, "unknown role"},
-		{"queue timeout beyond what a lease request may wait", Config{Name: "a", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", QueueTimeout: time.Hour}, nil, "queue timeout"},
+		{"loopback without key is fine", node.Config{Name: "a", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}, nil, ""},
+		{"all interfaces without key needs insecure", node.Config{Name: "a", GossipAddr: "127.0.0.1:0", HTTPAddr: "0.0.0.0:7833"}, node.ErrNeedsKey, ""},
+		{"gossip beyond loopback without key", node.Config{Name: "a", GossipAddr: ":7946", HTTPAddr: "127.0.0.1:0"}, node.ErrNeedsKey, ""},
+		{"insecure allows it", node.Config{Name: "a", GossipAddr: ":7946", HTTPAddr: ":7833", Insecure: true}, nil, ""},
+		{"key allows it", node.Config{Name: "a", GossipAddr: ":7946", HTTPAddr: ":7833", Key: key}, nil, ""},
+		{"empty name", node.Config{GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}, nil, "node name"},
+		{"name with spaces", node.Config{Name: "a b", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}, nil, "node name"},
+		{"unknown role", node.Config{Name: "a", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Roles: []string{"king"}}, nil, "unknown role"},
+		{"queue timeout beyond what a lease request may wait", node.Config{Name: "a", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", QueueTimeout: time.Hour}, nil, "queue timeout"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := tc.cfg.withDefaults().validate()
+			err := node.ValidateConfig(tc.cfg)
 			switch {
 			case tc.wantErr != nil:
 				if !errors.Is(err, tc.wantErr) {
@@ -159,22 +159,22 @@ func TestConfig_Validate(t *testing.T) {
 // the machine's users, not for any web page open in their browser.
 func TestHTTP_BrowserPagesCannotActForLoopbackUsers(t *testing.T) {
 	key := mustKey(t)
-	n := startNode(t, "a", withKey(key))
-	h := n.routes()
+	n := nodetest.Start(t, "a", nodetest.WithKey(key))
+	h := n.Handler()
 	loop, remote := "127.0.0.1:40000", "192.0.2.7:40000"
 	tests := []struct {
 		name, method, path, remote, auth, host, origin string
 		want                                           int
 	}{
-		{"another site's page cannot make the node leave", "POST", PathAdminLeave, loop, "", "127.0.0.1:7833", "https://evil.example", 403},
-		{"another site's page cannot read the cluster", "GET", PathCluster, loop, "", "127.0.0.1:7833", "http://evil.example", 403},
+		{"another site's page cannot make the node leave", "POST", node.PathAdminLeave, loop, "", "127.0.0.1:7833", "https://evil.example", 403},
+		{"another site's page cannot read the cluster", "GET", node.PathCluster, loop, "", "127.0.0.1:7833", "http://evil.example", 403},
 		{"another site's page cannot open the feed", "GET", wsapi.FeedPath, loop, "", "127.0.0.1:7833", "http://evil.example", 403},
-		{"DNS rebinding is refused", "GET", PathCluster, loop, "", "evil.example:7833", "http://evil.example:7833", 403},
-		{"DNS rebinding without Origin is refused", "GET", PathCluster, loop, "", "evil.example:7833", "", 403},
-		{"the node's own page may read", "GET", PathCluster, loop, "", "127.0.0.1:7833", "http://127.0.0.1:7833", 200},
-		{"localhost by name is fine", "GET", PathCluster, loop, "", "localhost:7833", "http://localhost:7833", 200},
-		{"IPv6 loopback literal is fine", "GET", PathCluster, "[::1]:40000", "", "[::1]:7833", "", 200},
-		{"a page elsewhere holding the token may read", "GET", PathCluster, remote, "Bearer " + key.HTTPToken(), "10.0.0.5:7833", "https://dash.example", 200},
+		{"DNS rebinding is refused", "GET", node.PathCluster, loop, "", "evil.example:7833", "http://evil.example:7833", 403},
+		{"DNS rebinding without Origin is refused", "GET", node.PathCluster, loop, "", "evil.example:7833", "", 403},
+		{"the node's own page may read", "GET", node.PathCluster, loop, "", "127.0.0.1:7833", "http://127.0.0.1:7833", 200},
+		{"localhost by name is fine", "GET", node.PathCluster, loop, "", "localhost:7833", "http://localhost:7833", 200},
+		{"IPv6 loopback literal is fine", "GET", node.PathCluster, "[::1]:40000", "", "[::1]:7833", "", 200},
+		{"a page elsewhere holding the token may read", "GET", node.PathCluster, remote, "Bearer " + key.HTTPToken(), "10.0.0.5:7833", "https://dash.example", 200},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

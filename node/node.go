@@ -12,17 +12,23 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
 	sockaddr "github.com/hashicorp/go-sockaddr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rbee/rbee/gossip"
-	"github.com/rbee/rbee/scheduler"
+	"github.com/rbee/rbee/node/proxy"
+	"github.com/rbee/rbee/node/queen"
 	"github.com/rbee/rbee/wsapi"
 )
 
+// ErrClosed is returned by Run on a node that was already stopped.
+var ErrClosed = errors.New("node closed")
+
 // Node is one running rbee node. New binds its sockets; Run serves until its
-// context ends or Leave is called, then leaves the cluster gracefully.
+// context ends or the node leaves; Leave is the graceful stop, Close the
+// immediate one.
 type Node struct {
 	cfg    Config
 	log    *slog.Logger
@@ -33,10 +39,12 @@ type Node struct {
 	// httpAdvertise is the address other nodes use to reach this node's API.
 	httpAdvertise string
 
-	registry *Registry
-	hub      *wsapi.Hub
-	// hc asks the queen for its hive list; its idle connections are
-	// closed at shutdown.
+	hub     *wsapi.Hub
+	queen   *queen.Queen
+	proxy   *proxy.Proxy
+	metrics *prometheus.Registry
+	// hc asks the queen for its view and dials sessions and feeds; its
+	// idle connections are closed at shutdown.
 	hc *http.Client
 
 	// connCtx is the parent of every request context; it is cancelled at
@@ -44,66 +52,43 @@ type Node struct {
 	// does not wait for hijacked connections).
 	connCtx    context.Context
 	cancelConn context.CancelFunc
-	conns      sync.WaitGroup
+	// handlers counts the HTTP handlers running, hijacked ones included,
+	// so that shutdown returns only when none is left.
+	handlers handlerGroup
 
-	// leaveCh is closed by Leave to stop Run gracefully.
-	leaveCh   chan struct{}
-	leaveOnce sync.Once
+	// leaveCh takes a leave asked for over the admin API: Run carries it
+	// out, draining requests for the duration sent.
+	leaveCh chan time.Duration
 
-	// sessionSeq orders hive sessions by when their handshake began: a
-	// hive that redials quickly may finish registering its new session
-	// before the old handler registers the old one.
-	sessionSeq atomic.Uint64
-
-	mu       sync.Mutex
-	sessions map[string]hiveSession // queen side: hive name -> session
-
-	// Queen side: the scheduler (nil unless queen), guarded by schedMu.
-	schedMu     sync.Mutex
-	sched       *scheduler.Scheduler
-	warmAt      time.Time
-	rateAt      time.Time
-	rateGranted uint64
-	rate        float64
-
-	// Entry side: leases asked of the queen; hive side: requests served.
-	lc          *leaseClient
-	active      *activeLeases
-	proxyClient *http.Client
-	metrics     *metrics
-}
-
-type hiveSession struct {
-	s   *wsapi.Session
-	seq uint64
-	// out feeds the session's writer: lease answers are queued here so
-	// that one slow node cannot stall the scheduler.
-	out *wsapi.Outbox
+	// Lifetime: Run is called at most once; stop runs once, whoever
+	// asks first (Run's context, Leave, Close), and the others wait for
+	// it.
+	running   atomic.Bool
+	runMu     sync.Mutex
+	cancelRun context.CancelFunc
+	runDone   chan struct{}
+	stopOnce  sync.Once
+	stopped   chan struct{}
 }
 
 // New checks cfg, binds the HTTP and gossip listeners, and returns a node
-// ready to Run.
+// ready to Run. A node that is never run must be Closed to free them.
 func New(cfg Config) (*Node, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	n := &Node{
-		cfg:      cfg,
-		log:      cfg.Logger.With("node", cfg.Name),
-		start:    time.Now(),
-		registry: NewRegistry(cfg.HiveTTL, cfg.ForgetAfter),
-		hub:      wsapi.NewHub(0),
-		leaveCh:  make(chan struct{}),
-		sessions: make(map[string]hiveSession),
-		hc:       &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
-		active:   newActiveLeases(),
-		// No client timeout: a generation may stream for minutes; the
-		// client's own disconnect cancels it.
-		proxyClient: &http.Client{Transport: newProxyTransport()},
+		cfg:     cfg,
+		log:     cfg.Logger.With("node", cfg.Name),
+		start:   time.Now(),
+		hub:     wsapi.NewHub(0),
+		hc:      &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
+		metrics: prometheus.NewRegistry(),
+		leaveCh: make(chan time.Duration, 1),
+		runDone: make(chan struct{}),
+		stopped: make(chan struct{}),
 	}
-	n.lc = newLeaseClient(cfg.Name, n.start)
-	n.metrics = newMetrics(n)
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen http %s: %w", cfg.HTTPAddr, err)
@@ -115,6 +100,10 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.httpAdvertise = adv
+	if err := n.newPlanes(); err != nil {
+		ln.Close()
+		return nil, err
+	}
 
 	g, err := gossip.New(gossip.Config{
 		Name:          cfg.Name,
@@ -138,13 +127,64 @@ func New(cfg Config) (*Node, error) {
 	n.gossip = g
 	n.connCtx, n.cancelConn = context.WithCancel(context.Background())
 	n.http = &http.Server{
-		Handler:           n.routes(),
+		Handler:           n.track(n.routes()),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return n.connCtx },
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
 	}
 	return n, nil
 }
+
+// newPlanes builds the control plane (the queen) and the data plane (the
+// proxy), each seeing the node through its own small interfaces.
+func (n *Node) newPlanes() error {
+	n.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	q, err := queen.New(queen.Config{
+		Name:          n.cfg.Name,
+		HTTPAddr:      n.httpAdvertise,
+		Members:       (*members)(n),
+		Feed:          n.hub,
+		Session:       *n.sessionOptions(),
+		HiveTTL:       n.cfg.HiveTTL,
+		ForgetAfter:   n.cfg.ForgetAfter,
+		EventInterval: n.cfg.QueenEventInterval,
+		QueueLimit:    n.cfg.QueueLimit,
+		ModelVRAMMB:   n.cfg.ModelVRAMMB,
+		Metrics:       n.metrics,
+		Logger:        n.log,
+	})
+	if err != nil {
+		return err
+	}
+	n.queen = q
+	workers, _ := n.cfg.Collector.(proxy.WorkerEndpoints)
+	p, err := proxy.New(proxy.Config{
+		Name:         n.cfg.Name,
+		Start:        n.start,
+		Token:        n.cfg.Key.HTTPToken(),
+		QueueTimeout: n.cfg.QueueTimeout,
+		Workers:      workers,
+		Queues:       (*clusterQueues)(n),
+		Metrics:      n.metrics,
+		Logger:       n.log,
+	})
+	if err != nil {
+		return err
+	}
+	n.proxy = p
+	return nil
+}
+
+// members is the node's gossip as the queen sees it. The gossip layer is
+// made after the planes (it needs the advertised HTTP address, which needs
+// the listener), so it is reached through the node.
+type members Node
+
+func (m *members) WatchQueen() (gossip.Member, bool, <-chan struct{}) {
+	return m.gossip.WatchQueen()
+}
+
+func (m *members) Member(name string) (gossip.Member, bool) { return m.gossip.Member(name) }
 
 // advertiseHTTP picks the API address other nodes dial: the bound address,
 // unless it is 0.0.0.0/::, then the gossip advertise host, else the first
@@ -184,40 +224,41 @@ func (n *Node) Queen() (gossip.Member, bool) {
 }
 
 // Registry is the queen's registry (empty on other nodes).
-func (n *Node) Registry() *Registry { return n.registry }
+func (n *Node) Registry() *queen.Registry { return n.queen.Registry() }
 
 // Members lists the cluster as this node sees it.
 func (n *Node) Members() []gossip.Member { return n.gossip.Members() }
 
-func (n *Node) isQueen() bool {
-	q, ok := n.Queen()
-	return ok && q.Name == n.cfg.Name
-}
+// Handler is the node's HTTP API, as Run serves it.
+func (n *Node) Handler() http.Handler { return n.http.Handler }
 
-// Leave asks Run to leave the cluster gracefully and return. Safe to call more
-// than once and from any goroutine.
-func (n *Node) Leave() {
-	n.leaveOnce.Do(func() { close(n.leaveCh) })
-}
+func (n *Node) isQueen() bool { return n.queen.IsQueen() }
 
-// Run serves until ctx ends or Leave is called; then it tells the cluster it
-// is leaving (so a new queen is chosen at once), closes its sessions and
-// returns. Run must be called once.
+// Run serves until ctx ends or the node leaves (Leave, or POST
+// /v1/admin/leave), then returns once everything it started has ended. When
+// ctx ends first the node stops at once: it still tells the cluster it is
+// leaving, so a new queen is elected without waiting for failure detection,
+// but requests in flight are cut. Run must be called at most once.
 func (n *Node) Run(ctx context.Context) error {
+	if !n.running.CompareAndSwap(false, true) {
+		return errors.New("node: Run called twice")
+	}
+	defer close(n.runDone)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	n.runMu.Lock()
+	select {
+	case <-n.stopped:
+		n.runMu.Unlock()
+		return ErrClosed
+	default:
+	}
+	n.cancelRun = cancel
+	n.runMu.Unlock()
 	n.log.Info("node started", "http", n.HTTPAddr(), "advertise_http", n.httpAdvertise, "gossip", n.GossipAddr(),
 		"roles", n.cfg.Roles, "encrypted", !n.cfg.Key.IsZero(), "join", n.cfg.Join)
 
 	eg, ectx := errgroup.WithContext(ctx)
-	eg.Go(func() error {
-		select {
-		case <-n.leaveCh:
-			cancel()
-		case <-ectx.Done():
-		}
-		return nil
-	})
 	eg.Go(func() error { return n.gossip.Run(ectx) })
 	eg.Go(func() error {
 		if err := n.http.Serve(n.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -225,18 +266,24 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	eg.Go(func() error { return n.runQueen(ectx) })
+	eg.Go(func() error { return n.queen.Run(ectx) })
 	eg.Go(func() error { return n.runRelay(ectx) })
 	// Every node keeps a session to the queen: hives report on it, and
 	// every node asks it for leases.
-	eg.Go(func() error { return n.runHive(ectx) })
+	eg.Go(func() error { return n.runUplink(ectx) })
 	eg.Go(func() error {
-		<-ectx.Done()
-		n.shutdown()
+		select {
+		case <-ectx.Done():
+			n.stop(ectx, true) // already done: no drain
+		case d := <-n.leaveCh:
+			dctx, cancel := context.WithTimeout(context.Background(), d)
+			n.stop(dctx, true)
+			cancel()
+		}
 		return nil
 	})
 	err := eg.Wait()
-	n.conns.Wait()
+	<-n.stopped
 	if err != nil {
 		return err
 	}
@@ -244,22 +291,115 @@ func (n *Node) Run(ctx context.Context) error {
 	return nil
 }
 
-// shutdown leaves the cluster first, so the others elect a new queen while
-// this node is still closing its connections, then closes everything.
-func (n *Node) shutdown() {
-	if err := n.gossip.Leave(); err != nil && !errors.Is(err, gossip.ErrLeft) {
-		n.log.Warn("leave cluster", "err", err)
+// Leave stops the node gracefully: it tells the cluster it is leaving (a new
+// queen is elected at once if it was queen), stops taking requests, lets the
+// requests in flight finish until ctx ends, then stops everything and waits
+// for Run to return. Requests still waiting for a lease fail at once with a
+// 503. Safe to call more than once and from any goroutine, but not from one
+// of the node's own HTTP handlers (it waits for them).
+func (n *Node) Leave(ctx context.Context) error {
+	n.stop(ctx, n.running.Load())
+	if n.running.Load() {
+		<-n.runDone
 	}
-	n.closeSessions(websocket.StatusGoingAway, "queen shutting down")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	n.cancelConn()
-	if err := n.http.Shutdown(ctx); err != nil {
-		n.log.Warn("shutdown http", "err", err)
+	return nil
+}
+
+// Close stops the node now, without draining requests, and frees its
+// sockets; for a node whose Run was never called it is the only way to free
+// them. A node that ran still tells the cluster it is leaving. Safe to call
+// more than once.
+func (n *Node) Close() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return n.Leave(ctx)
+}
+
+// requestLeave asks Run to leave gracefully, draining requests for up to
+// drain; the admin API calls it from a handler, which Leave would wait for.
+func (n *Node) requestLeave(drain time.Duration) {
+	select {
+	case n.leaveCh <- drain:
+	default: // a leave is already under way
 	}
-	if err := n.gossip.Shutdown(); err != nil {
-		n.log.Warn("shutdown gossip", "err", err)
+}
+
+// stop shuts the node down once; later callers wait until it has. announce
+// tells the cluster first, so the others elect a new queen while this node
+// is still closing its connections. Requests in flight have until ctx ends.
+func (n *Node) stop(ctx context.Context, announce bool) {
+	n.stopOnce.Do(func() {
+		defer close(n.stopped)
+		n.runMu.Lock()
+		if n.cancelRun != nil {
+			n.cancelRun()
+		}
+		n.runMu.Unlock()
+		if announce {
+			if err := n.gossip.Leave(); err != nil && !errors.Is(err, gossip.ErrLeft) {
+				n.log.Warn("leave cluster", "err", err)
+			}
+		}
+		n.queen.CloseSessions()
+		n.proxy.Leases().Close()
+		if err := n.http.Shutdown(ctx); err != nil {
+			if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+				n.log.Warn("shutdown http", "err", err)
+			}
+			_ = n.http.Close()
+		}
+		// Serve closes its listener, but a node that never ran has not
+		// served it.
+		_ = n.ln.Close()
+		n.cancelConn()
+		if err := n.gossip.Shutdown(); err != nil {
+			n.log.Warn("shutdown gossip", "err", err)
+		}
+		n.handlers.closeAndWait()
+		n.queen.Close()
+		n.hc.CloseIdleConnections()
+		n.proxy.Close()
+	})
+	<-n.stopped
+}
+
+// track counts every handler, so that shutdown waits for all of them, the
+// long-lived WebSocket ones included.
+func (n *Node) track(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !n.handlers.enter() {
+			proxy.WriteError(w, http.StatusServiceUnavailable, "shutting_down", "this node is shutting down")
+			return
+		}
+		defer n.handlers.done()
+		h.ServeHTTP(w, r)
+	})
+}
+
+// handlerGroup is a WaitGroup that refuses new members once it is waited on
+// (a connection accepted just before the listener closed may still start a
+// handler then).
+type handlerGroup struct {
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup
+}
+
+func (g *handlerGroup) enter() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
 	}
-	n.hc.CloseIdleConnections()
-	n.proxyClient.CloseIdleConnections()
+	g.wg.Add(1)
+	return true
+}
+
+func (g *handlerGroup) done() { g.wg.Done() }
+
+func (g *handlerGroup) closeAndWait() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.wg.Wait()
 }

@@ -15,7 +15,7 @@ import (
 // republishes every event to its own readers. Readers stay connected across a
 // failover; only the upstream changes.
 func (n *Node) runRelay(ctx context.Context) error {
-	var backoff retry
+	var retry backoff
 	for {
 		readers, readersChanged := n.hub.Readers()
 		q, ok, queenChanged := n.gossip.WatchQueen()
@@ -33,11 +33,11 @@ func (n *Node) runRelay(ctx context.Context) error {
 			return nil
 		}
 		if err == nil {
-			backoff.reset()
+			retry.reset()
 			continue
 		}
-		n.log.Debug("feed relay", "queen", q.Name, "err", err, "retry_in", backoff.next())
-		if !backoff.wait(ctx, queenChanged) {
+		n.log.Debug("feed relay", "queen", q.Name, "err", err, "retry_in", retry.next())
+		if !retry.wait(ctx, queenChanged) {
 			return nil
 		}
 	}

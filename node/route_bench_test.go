@@ -1,4 +1,4 @@
-package node
+package node_test
 
 import (
 	"io"
@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rbee/rbee/node/proxy"
 )
 
 // BenchmarkRoute sends short chat completions through an entry-only node to
@@ -19,7 +21,7 @@ func BenchmarkRoute(b *testing.B) {
 	tr := &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	url := "http://" + entry.HTTPAddr() + PathChat
+	url := "http://" + entry.HTTPAddr() + proxy.PathChat
 	body := chat("m", false)
 	b.ResetTimer()
 	b.SetParallelism(32)

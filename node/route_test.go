@@ -1,4 +1,4 @@
-package node
+package node_test
 
 import (
 	"bufio"
@@ -17,6 +17,10 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/internal/testutil"
+	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/nodetest"
+	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/node/sim"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -88,7 +92,7 @@ func (fw *fakeWorker) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	fw.served.Add(1)
-	if r.URL.Path == PathEmbeddings {
+	if r.URL.Path == proxy.PathEmbeddings {
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, `{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.6,0.8]}],"model":%q}`, body.Model)
 		return
@@ -135,19 +139,15 @@ func workersOf(model string, slots int, fws ...*fakeWorker) endpointCollector {
 	return c
 }
 
-func withQueue(limit int, timeout time.Duration) nodeOpt {
-	return func(cfg *Config) { cfg.QueueLimit, cfg.QueueTimeout = limit, timeout }
-}
-
 // routeCluster is a queen-and-hive a (workers wa), a hive b (workers wb) and
 // an entry-only node c, all agreed and with every worker known to the queen.
-func routeCluster(t testing.TB, ca, cb endpointCollector, opts ...nodeOpt) (a, b, c *testNode) {
+func routeCluster(t testing.TB, ca, cb endpointCollector, opts ...nodetest.Option) (a, b, c *nodetest.Node) {
 	t.Helper()
-	a = startNode(t, "a", append([]nodeOpt{withCollector(ca)}, opts...)...)
-	b = startNode(t, "b", append([]nodeOpt{withCollector(cb), withRoles(gossip.RoleHive), withJoin(a.GossipAddr())}, opts...)...)
-	c = startNode(t, "c", append([]nodeOpt{withRoles(), withJoin(a.GossipAddr())}, opts...)...)
+	a = nodetest.Start(t, "a", append([]nodetest.Option{nodetest.WithCollector(ca)}, opts...)...)
+	b = nodetest.Start(t, "b", append([]nodetest.Option{nodetest.WithCollector(cb), nodetest.WithRoles(gossip.RoleHive), nodetest.WithJoin(a.GossipAddr())}, opts...)...)
+	c = nodetest.Start(t, "c", append([]nodetest.Option{nodetest.WithRoles(), nodetest.WithJoin(a.GossipAddr())}, opts...)...)
 	want := len(ca.workers) + len(cb.workers)
-	eventually(t, 10*time.Second, "cluster ready", func() error {
+	testutil.Eventually(t, 10*time.Second, "cluster ready", func() error {
 		if _, err := agreedQueen(a, b, c); err != nil {
 			return err
 		}
@@ -164,9 +164,8 @@ func routeCluster(t testing.TB, ca, cb endpointCollector, opts ...nodeOpt) (a, b
 	return a, b, c
 }
 
-func mustQueues(n *testNode) []wsapi.QueueStats {
-	qs, _ := n.queueStats(time.Now())
-	return qs
+func mustQueues(n *nodetest.Node) []wsapi.QueueStats {
+	return node.QueenQueues(n.Node)
 }
 
 type apiResult struct {
@@ -198,23 +197,23 @@ func TestRoute_FullPath(t *testing.T) {
 	w1, w2 := newFakeWorker(t, "w1"), newFakeWorker(t, "w2")
 	a, b, c := routeCluster(t, workersOf("m1-Q4_K_M.gguf", 2, w1), workersOf("m2", 2, w2))
 	ctx := context.Background()
-	for _, entry := range []*testNode{a, b, c} {
+	for _, entry := range []*nodetest.Node{a, b, c} {
 		t.Run("via "+entry.Name(), func(t *testing.T) {
 			addr := entry.HTTPAddr()
-			r, err := post(ctx, addr, PathChat, chat("m1", false))
+			r, err := post(ctx, addr, proxy.PathChat, chat("m1", false))
 			if err != nil || r.status != 200 || !strings.Contains(r.body, "hello from w1") || !strings.Contains(r.body, `"model":"m1"`) {
 				t.Fatalf("non-streaming m1: %d %q %v", r.status, r.body, err)
 			}
-			r, err = post(ctx, addr, PathChat, chat("m2", true))
+			r, err = post(ctx, addr, proxy.PathChat, chat("m2", true))
 			if err != nil || r.status != 200 || r.header.Get("Content-Type") != "text/event-stream" ||
 				!strings.Contains(r.body, "tok2") || !strings.HasSuffix(r.body, "data: [DONE]\n\n") {
 				t.Fatalf("streaming m2: %d %q %v", r.status, r.body, err)
 			}
-			r, err = post(ctx, addr, PathEmbeddings, `{"model":"m2","input":"x"}`)
+			r, err = post(ctx, addr, proxy.PathEmbeddings, `{"model":"m2","input":"x"}`)
 			if err != nil || r.status != 200 || !strings.Contains(r.body, `"embedding":[0.6,0.8]`) {
 				t.Fatalf("embeddings: %d %q %v", r.status, r.body, err)
 			}
-			resp, err := http.Get("http://" + addr + PathModels)
+			resp, err := http.Get("http://" + addr + proxy.PathModels)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -227,13 +226,13 @@ func TestRoute_FullPath(t *testing.T) {
 				t.Fatalf("models: %+v %v", models, err)
 			}
 			for path, want := range map[string]int{"/m2": 200, "/m1-Q4_K_M.gguf": 200, "/nope": 404} {
-				resp, err := http.Get("http://" + addr + PathModels + path)
+				resp, err := http.Get("http://" + addr + proxy.PathModels + path)
 				if err != nil {
 					t.Fatal(err)
 				}
 				resp.Body.Close()
 				if resp.StatusCode != want {
-					t.Errorf("GET %s: %d, want %d", PathModels+path, resp.StatusCode, want)
+					t.Errorf("GET %s: %d, want %d", proxy.PathModels+path, resp.StatusCode, want)
 				}
 			}
 		})
@@ -271,7 +270,7 @@ func TestRoute_FullPath(t *testing.T) {
 		{"model too long", `{"model":"` + strings.Repeat("m", 600) + `"}`, 400, "invalid_request_error"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, err := post(ctx, c.HTTPAddr(), PathChat, tc.body)
+			r, err := post(ctx, c.HTTPAddr(), proxy.PathChat, tc.body)
 			var e struct {
 				Error struct {
 					Type    string `json:"type"`
@@ -282,7 +281,7 @@ func TestRoute_FullPath(t *testing.T) {
 				t.Fatalf("got %d %q (%v), want %d with OpenAI error type %s", r.status, r.body, err, tc.status, tc.errType)
 			}
 			// Bad input costs nobody else: the entry node still serves.
-			if r, err := post(ctx, c.HTTPAddr(), PathChat, chat("m2", false)); err != nil || r.status != 200 {
+			if r, err := post(ctx, c.HTTPAddr(), proxy.PathChat, chat("m2", false)); err != nil || r.status != 200 {
 				t.Fatalf("after bad input: %d %q %v", r.status, r.body, err)
 			}
 		})
@@ -296,7 +295,7 @@ func TestRoute_NoOversubscription(t *testing.T) {
 	for _, fw := range ws {
 		fw.setHold(true)
 	}
-	_, _, c := routeCluster(t, workersOf("m", 2, ws[0], ws[1]), workersOf("m", 2, ws[2], ws[3]), withQueue(1024, time.Minute))
+	_, _, c := routeCluster(t, workersOf("m", 2, ws[0], ws[1]), workersOf("m", 2, ws[2], ws[3]), nodetest.WithQueue(1024, time.Minute))
 	const total = 200
 	errs := make(chan error, total)
 	var wg sync.WaitGroup
@@ -304,7 +303,7 @@ func TestRoute_NoOversubscription(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := post(context.Background(), c.HTTPAddr(), PathChat, chat("m", i%2 == 0))
+			r, err := post(context.Background(), c.HTTPAddr(), proxy.PathChat, chat("m", i%2 == 0))
 			if err == nil && r.status != 200 {
 				err = fmt.Errorf("status %d: %s", r.status, r.body)
 			}
@@ -312,7 +311,7 @@ func TestRoute_NoOversubscription(t *testing.T) {
 		}()
 	}
 	// Release the workers once the first 8 are in and the rest wait.
-	eventually(t, 10*time.Second, "slots full", func() error {
+	testutil.Eventually(t, 10*time.Second, "slots full", func() error {
 		n := int32(0)
 		for _, fw := range ws {
 			n += fw.inFlight.Load()
@@ -363,13 +362,13 @@ func TestRoute_NoOversubscriptionSimulated(t *testing.T) {
 		c.workers = append(c.workers, wsapi.ProcessStats{Group: "sim", Instance: name, Model: ptr("m"), Slots: 2, Simulated: true})
 		c.eps["sim/"+name] = srv.URL
 	}
-	_, _, entry := routeCluster(t, cols[0], cols[1], withQueue(1024, time.Minute))
+	_, _, entry := routeCluster(t, cols[0], cols[1], nodetest.WithQueue(1024, time.Minute))
 	const total = 200
 	errs := make(chan error, total)
 	var wg sync.WaitGroup
 	for i := range total {
 		wg.Go(func() {
-			r, err := post(context.Background(), entry.HTTPAddr(), PathChat, chat("m", i%2 == 0))
+			r, err := post(context.Background(), entry.HTTPAddr(), proxy.PathChat, chat("m", i%2 == 0))
 			if err == nil && r.status != 200 {
 				err = fmt.Errorf("status %d: %s", r.status, r.body)
 			}
@@ -392,7 +391,7 @@ func TestRoute_NoOversubscriptionSimulated(t *testing.T) {
 	}
 	// Stats count a request when its handler returns, just after the
 	// client read the last byte.
-	eventually(t, 5*time.Second, "all served", func() error {
+	testutil.Eventually(t, 5*time.Second, "all served", func() error {
 		n := int64(0)
 		for _, s := range sims {
 			n += s.Stats().Served
@@ -409,15 +408,15 @@ func TestRoute_NoOversubscriptionSimulated(t *testing.T) {
 func TestRoute_Limits(t *testing.T) {
 	w1 := newFakeWorker(t, "w1")
 	w1.setHold(true)
-	a, _, c := routeCluster(t, workersOf("m", 1, w1), endpointCollector{}, withQueue(1, 2*time.Second))
+	a, _, c := routeCluster(t, workersOf("m", 1, w1), endpointCollector{}, nodetest.WithQueue(1, 2*time.Second))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	first := make(chan error, 1)
 	go func() {
-		_, err := post(ctx, c.HTTPAddr(), PathChat, chat("m", true))
+		_, err := post(ctx, c.HTTPAddr(), proxy.PathChat, chat("m", true))
 		first <- err
 	}()
-	eventually(t, 5*time.Second, "first request at the worker", func() error {
+	testutil.Eventually(t, 5*time.Second, "first request at the worker", func() error {
 		if w1.inFlight.Load() != 1 {
 			return errors.New("not yet")
 		}
@@ -425,16 +424,16 @@ func TestRoute_Limits(t *testing.T) {
 	})
 	second := make(chan apiResult, 1)
 	go func() {
-		r, _ := post(context.Background(), c.HTTPAddr(), PathChat, chat("m", false))
+		r, _ := post(context.Background(), c.HTTPAddr(), proxy.PathChat, chat("m", false))
 		second <- r
 	}()
-	eventually(t, 5*time.Second, "second request queued", func() error {
+	testutil.Eventually(t, 5*time.Second, "second request queued", func() error {
 		if qs := mustQueues(a); len(qs) == 0 || qs[0].Waiting != 1 {
 			return fmt.Errorf("queues %+v", qs)
 		}
 		return nil
 	})
-	r, _ := post(context.Background(), c.HTTPAddr(), PathChat, chat("m", false))
+	r, _ := post(context.Background(), c.HTTPAddr(), proxy.PathChat, chat("m", false))
 	if r.status != 429 || r.header.Get("Retry-After") == "" {
 		t.Fatalf("third request: %d %q Retry-After %q, want 429 with Retry-After", r.status, r.body, r.header.Get("Retry-After"))
 	}
@@ -445,14 +444,14 @@ func TestRoute_Limits(t *testing.T) {
 	// cancel, the slot is returned, and the next request is served.
 	cancel()
 	<-first
-	eventually(t, 5*time.Second, "worker saw the cancel", func() error {
+	testutil.Eventually(t, 5*time.Second, "worker saw the cancel", func() error {
 		if w1.canceled.Load() != 1 {
 			return errors.New("not yet")
 		}
 		return nil
 	})
 	w1.setHold(false)
-	if r, err := post(context.Background(), c.HTTPAddr(), PathChat, chat("m", false)); err != nil || r.status != 200 {
+	if r, err := post(context.Background(), c.HTTPAddr(), proxy.PathChat, chat("m", false)); err != nil || r.status != 200 {
 		t.Fatalf("after cancel: %d %q %v", r.status, r.body, err)
 	}
 }
@@ -463,7 +462,7 @@ func TestRoute_WorkerDiesMidStream(t *testing.T) {
 	w1 := newFakeWorker(t, "w1")
 	w1.abort.Store(true)
 	_, _, c := routeCluster(t, endpointCollector{}, workersOf("m", 1, w1))
-	req, _ := http.NewRequest(http.MethodPost, "http://"+c.HTTPAddr()+PathChat, strings.NewReader(chat("m", true)))
+	req, _ := http.NewRequest(http.MethodPost, "http://"+c.HTTPAddr()+proxy.PathChat, strings.NewReader(chat("m", true)))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -481,19 +480,19 @@ func TestRoute_WorkerDiesMidStream(t *testing.T) {
 		t.Fatalf("first event %q, want tok0 before the break", lines)
 	}
 	w1.abort.Store(false)
-	if r, err := post(context.Background(), c.HTTPAddr(), PathChat, chat("m", false)); err != nil || r.status != 200 {
+	if r, err := post(context.Background(), c.HTTPAddr(), proxy.PathChat, chat("m", false)); err != nil || r.status != 200 {
 		t.Fatalf("next request: %d %q %v (slot not freed?)", r.status, r.body, err)
 	}
 }
 
 func TestRoute_APIKeys(t *testing.T) {
 	w1 := newFakeWorker(t, "w1")
-	a, _, _ := routeCluster(t, workersOf("m", 1, w1), endpointCollector{}, func(cfg *Config) { cfg.APIKeys = []string{"sk-one", "sk-two"} })
+	a, _, _ := routeCluster(t, workersOf("m", 1, w1), endpointCollector{}, func(cfg *node.Config) { cfg.APIKeys = []string{"sk-one", "sk-two"} })
 	for _, tc := range []struct {
 		auth   string
 		status int
 	}{{"", 401}, {"Bearer sk-nope", 401}, {"Bearer sk-two", 200}} {
-		req, _ := http.NewRequest(http.MethodPost, "http://"+a.HTTPAddr()+PathChat, bytes.NewReader([]byte(chat("m", false))))
+		req, _ := http.NewRequest(http.MethodPost, "http://"+a.HTTPAddr()+proxy.PathChat, bytes.NewReader([]byte(chat("m", false))))
 		if tc.auth != "" {
 			req.Header.Set("Authorization", tc.auth)
 		}

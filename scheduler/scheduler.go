@@ -147,7 +147,7 @@ func (c Config) withDefaults() Config {
 		c.ForgetAfter = 30 * time.Second
 	}
 	if c.SaturatedPct <= 0 {
-		c.SaturatedPct = 90
+		c.SaturatedPct = DefaultSaturatedPct
 	}
 	if c.LeaseStartTimeout <= 0 {
 		c.LeaseStartTimeout = 10 * time.Second
@@ -497,6 +497,15 @@ func better(a, b *worker) bool {
 	return a.id < b.id
 }
 
+// load is what the state rule needs of w.
+func (w *worker) load(now time.Time, staleAfter time.Duration) Load {
+	l := Load{Fresh: now.Sub(w.seen) <= staleAfter, Leases: w.leases, Slots: w.Slots, GPUUtilPct: w.GPUUtilPct}
+	if !w.Healthy {
+		l.Health = "unhealthy"
+	}
+	return l
+}
+
 func freeVRAM(w *worker) uint64 {
 	if w.VRAMUsedMB >= w.VRAMTotalMB {
 		return 0
@@ -517,16 +526,18 @@ func (s *Scheduler) eligible(w *worker, r Request, key string, now time.Time) bo
 	return s.why(w, r, key, now) == ""
 }
 
-// why says why w cannot take r now, or "" when it can.
+// why says why w cannot take r now, or "" when it can. The worker-state
+// rule decides first; the request's VRAM need comes after.
 func (s *Scheduler) why(w *worker, r Request, key string, now time.Time) string {
-	switch {
-	case now.Sub(w.seen) > s.cfg.StaleAfter:
+	switch stateOf(w.load(now, s.cfg.StaleAfter), s.cfg.SaturatedPct) {
+	case StateOffline:
 		return reasonStale
-	case !w.Healthy:
+	case StateFailing:
 		return reasonUnhealthy
-	case w.leases >= w.Slots:
-		return reasonFull
-	case w.leases == 0 && w.GPUUtilPct >= s.cfg.SaturatedPct:
+	case StateSaturated:
+		if w.leases >= w.Slots {
+			return reasonFull
+		}
 		return reasonSaturated
 	}
 	need := max(r.VRAMMB, s.modelVRAM(key, w))

@@ -5,13 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/nodetest"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -35,42 +36,9 @@ var _ node.Collector = (*workerList)(nil)
 
 func ptr[T any](v T) *T { return &v }
 
-// clusterNode is a real node running in this process on loopback port 0.
-type clusterNode struct {
-	*node.Node
-	cancel context.CancelFunc
-	done   chan error
-	once   sync.Once
-	err    error
-}
-
-// stop ends the node's Run (it leaves the cluster on the way out) and
-// returns its error; safe to call again.
-func (cn *clusterNode) stop() error {
-	cn.once.Do(func() {
-		cn.cancel()
-		cn.err = <-cn.done
-	})
-	return cn.err
-}
-
-// leave asks the node to leave gracefully, as `rbee node leave` does, and
-// waits for Run to return.
-func (cn *clusterNode) leave() error {
-	cn.once.Do(func() {
-		cn.Leave()
-		cn.err = <-cn.done
-		cn.cancel()
-	})
-	return cn.err
-}
-
-func startClusterNode(t *testing.T, name string, priority int, roles []string, workers *workerList, join ...string) *clusterNode {
+func startClusterNode(t *testing.T, name string, priority int, roles []string, workers *workerList, join ...string) *nodetest.Node {
 	t.Helper()
-	cfg := node.DefaultConfig()
-	cfg.Name = name
-	cfg.GossipAddr = "127.0.0.1:0"
-	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg := nodetest.Config(t, name)
 	cfg.Roles = roles
 	cfg.QueenPriority = priority
 	cfg.Collector = workers
@@ -83,39 +51,10 @@ func startClusterNode(t *testing.T, name string, priority int, roles []string, w
 	// The queen keeps a silent hive in its count for 4 s, so that the
 	// page shows it stale (after 2.5 s) before it is offline.
 	cfg.HiveTTL = 4 * time.Second
-	n, err := node.New(cfg)
-	if err != nil {
-		t.Fatalf("start node %s: %v", name, err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cn := &clusterNode{Node: n, cancel: cancel, done: make(chan error, 1)}
-	go func() { cn.done <- n.Run(ctx) }()
-	t.Cleanup(func() {
-		if err := cn.stop(); err != nil {
-			t.Errorf("node %s: %v", name, err)
-		}
-	})
-	return cn
+	return nodetest.Run(t, cfg)
 }
 
-// retry calls cond until it returns nil or within passes.
-func retry(t *testing.T, within time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not so after %v: %v", what, within, err)
-		}
-		tick := time.NewTimer(20 * time.Millisecond)
-		<-tick.C
-	}
-}
-
-func queenOf(nodes ...*clusterNode) (string, error) {
+func queenOf(nodes ...*nodetest.Node) (string, error) {
 	var first string
 	for i, n := range nodes {
 		q, ok := n.Queen()
@@ -151,13 +90,13 @@ type wantRow struct {
 }
 
 var wantRows = []wantRow{
-	{"alpha", workerRow{Key: "llm/8080", State: "saturated", Badge: "saturated", Name: "llm/8080", Model: "llama-3.1-8b-instruct",
+	{"alpha", workerRow{Key: "llm/8080", State: "saturated", Badge: "saturated", Why: "GPU at 97% with no rbee request: busy outside rbee", Name: "llm/8080", Model: "llama-3.1-8b-instruct",
 		PID: "4242", Uptime: "1h 02m", GPU: "97%", VRAM: "20.0 / 24.0 GiB", CPU: "12.5%", RSS: "7.5 GiB", IO: "1.5 / 0.2", Slots: "0 / 4"}},
-	{"bravo", workerRow{Key: "embed/9000", State: "idle", Badge: "idle", Name: "embed/9000", Model: "unknown",
+	{"bravo", workerRow{Key: "embed/9000", State: "idle", Badge: "idle", Why: "free slots, ready for requests", Name: "embed/9000", Model: "unknown",
 		PID: "5151", Uptime: "10m 00s", GPU: "0%", VRAM: "0.5 / 80.0 GiB", CPU: "3%", RSS: "512 MiB", IO: "0 / 0", Slots: "0 / 1"}},
-	{"bravo", workerRow{Key: "llm/8081", State: "idle", Badge: "idle", Name: "llm/8081", SimShown: true, SimText: "simulated",
+	{"bravo", workerRow{Key: "llm/8081", State: "idle", Badge: "idle", Why: "free slots, ready for requests", Name: "llm/8081", SimShown: true, SimText: "simulated",
 		Model: "qwen2.5-7b", PID: "5150", Uptime: "42s", GPU: "35%", VRAM: "9.0 / 80.0 GiB", CPU: "48.5%", RSS: "3.0 GiB", IO: "0 / 0", Slots: "0 / 2"}},
-	{"charlie", workerRow{Key: "llm/8082", State: "idle", Badge: "idle", Name: "llm/8082", Model: "mistral-7b",
+	{"charlie", workerRow{Key: "llm/8082", State: "idle", Badge: "idle", Why: "free slots, ready for requests", Name: "llm/8082", Model: "mistral-7b",
 		PID: "6160", Uptime: "1d 1h", GPU: "5%", VRAM: "600 / 1000 MiB", CPU: "150%", RSS: "900 MiB", IO: "25 / 0", Slots: "0 / 1"}},
 }
 
@@ -174,7 +113,7 @@ func TestDashboard_LiveClusterAndFailover(t *testing.T) {
 	alpha := startClusterNode(t, "alpha", 2, both, newWorkerList(alphaLLM))
 	bravo := startClusterNode(t, "bravo", 1, both, bravoWorkers, alpha.GossipAddr())
 	charlie := startClusterNode(t, "charlie", 0, []string{gossip.RoleHive}, newWorkerList(charlieLLM), alpha.GossipAddr())
-	retry(t, 15*time.Second, "the nodes agree that alpha is queen", func() error {
+	testutil.Eventually(t, 15*time.Second, "the nodes agree that alpha is queen", func() error {
 		q, err := queenOf(alpha, bravo, charlie)
 		if err == nil && q != "alpha" {
 			err = fmt.Errorf("queen is %s", q)
@@ -249,7 +188,7 @@ func TestDashboard_LiveClusterAndFailover(t *testing.T) {
 	// hive that stops reporting turns stale, then offline, visibly and in
 	// the event log.
 	bravoWorkers.set(bravoSim)
-	if err := charlie.stop(); err != nil {
+	if err := charlie.Stop(); err != nil {
 		t.Fatalf("stop charlie: %v", err)
 	}
 	waitPage(t, onBravo, 15*time.Second, "charlie turns offline", func(p page) error {
@@ -260,8 +199,8 @@ func TestDashboard_LiveClusterAndFailover(t *testing.T) {
 		if h.Status != "offline" || h.Badge != "offline" || !strings.HasPrefix(h.Seen, "no report for") {
 			return fmt.Errorf("charlie: %+v", h)
 		}
-		if w, _ := h.worker("llm/8082"); w.Badge != "offline" {
-			return fmt.Errorf("charlie's worker says %q", w.Badge)
+		if w, _ := h.worker("llm/8082"); w.Badge != "offline" || w.Why != "the hive stopped reporting" {
+			return fmt.Errorf("charlie's worker says %q (%q)", w.Badge, w.Why)
 		}
 		if !p.hasEvent("hive charlie offline") || !p.hasEvent("hive charlie stale") {
 			return fmt.Errorf("no stale and offline event lines for it: %q", p.Events)
@@ -277,7 +216,7 @@ func TestDashboard_LiveClusterAndFailover(t *testing.T) {
 
 	// 3. The queen leaves: bravo takes over, the page follows without a
 	// reload, and says so in its event log.
-	if err := alpha.leave(); err != nil {
+	if err := alpha.Leave(5 * time.Second); err != nil {
 		t.Fatalf("alpha leave: %v", err)
 	}
 	waitPage(t, onBravo, 20*time.Second, "the page on bravo shows bravo as the new queen", func(p page) error {

@@ -13,6 +13,8 @@ import (
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
+
+	"github.com/rbee/rbee/internal/testutil"
 )
 
 // chromiumPath is where Debian's chromium package puts the browser.
@@ -152,6 +154,7 @@ type workerRow struct {
 	Key      string `json:"key"`
 	State    string `json:"state"` // data-state
 	Badge    string `json:"badge"` // the state's text
+	Why      string `json:"why"`   // the state's reason, on hover
 	Name     string `json:"name"`
 	SimShown bool   `json:"simShown"`
 	SimText  string `json:"simText"`
@@ -222,7 +225,7 @@ const readPageJS = `(() => {
       workers: [...h.querySelectorAll('[data-worker]')].map((r) => {
         const f = (n) => text(q('[data-f=' + n + ']', r));
         return {
-          key: r.dataset.worker, state: r.dataset.state, badge: f('state'), name: f('name'),
+          key: r.dataset.worker, state: r.dataset.state, badge: f('state'), why: q('[data-f=state]', r).title, name: f('name'),
           simShown: !q('[data-f=sim]', r).hidden, simText: q('[data-f=sim]', r).hidden ? '' : f('sim'), model: f('model'), pid: f('pid'),
           uptime: f('uptime'), gpu: f('gpu'), vram: f('vram'), cpu: f('cpu'), rss: f('rss'), io: f('io'),
           slots: f('slots'), sparkInk: ink(q('canvas', r)),
@@ -238,29 +241,26 @@ func readPage(ctx context.Context) (page, error) {
 	return chromedp.Run(ctx, chromedp.Evaluate[page](readPageJS))
 }
 
-// waitPage reads the page until check accepts it or within passes, then
-// fails the test with check's last complaint and what the page showed.
+// waitPage reads the page every 100 ms (a read is a script run in the
+// browser) until check accepts it or within passes, then fails the test with
+// check's last complaint and what the page showed; at once if the tab closes.
 func waitPage(t testing.TB, tb *tab, within time.Duration, what string, check func(page) error) page {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		p, err := readPage(tb.ctx)
-		if err == nil {
-			if err = check(p); err == nil {
-				return p
-			}
+	var p page
+	testutil.Every(100*time.Millisecond).Eventually(t, within, what, func() error {
+		if err := tb.ctx.Err(); err != nil {
+			return testutil.Stop(fmt.Errorf("tab closed: %w", err))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not so after %v: %v\npage: %+v", what, within, err, p)
+		var err error
+		if p, err = readPage(tb.ctx); err != nil {
+			return fmt.Errorf("read page: %w", err)
 		}
-		tick := time.NewTimer(100 * time.Millisecond)
-		select {
-		case <-tick.C:
-		case <-tb.ctx.Done():
-			tick.Stop()
-			t.Fatalf("%s: tab closed: %v", what, tb.ctx.Err())
+		if err := check(p); err != nil {
+			return fmt.Errorf("%w\npage: %+v", err, p)
 		}
-	}
+		return nil
+	})
+	return p
 }
 
 // screenshot saves a full-page PNG of the tab at the given viewport width

@@ -18,6 +18,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/scheduler"
 	"github.com/rbee/rbee/ui"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -78,11 +79,14 @@ func (fc *fakeCluster) telemetry(i int, now time.Time) *wsapi.HiveTelemetry {
 		if j != fc.workers-1 {
 			w.Model = ptr(loadModels[(i+j)%len(loadModels)])
 		}
-		ht.Workers = append(ht.Workers, w)
-		for k := range (i + j + int(t/3)) % 3 { // 0, 1 or 2 busy slots
+		busy := (i + j + int(t/3)) % 3 // 0, 1 or 2 busy slots
+		for k := range busy {
 			ht.Leases = append(ht.Leases, wsapi.LeaseInfo{LeaseID: fmt.Sprintf("%d-%d-%d", i, j, k),
 				Worker: w.Group + "/" + w.Instance, Model: loadModels[(i+j)%len(loadModels)], Entry: "gpu-000", Since: now})
 		}
+		// The state as the queen sets it on every worker it reports.
+		w.State, w.StateReason = scheduler.State(scheduler.Load{Fresh: true, Leases: busy, Slots: w.Slots, GPUUtilPct: gpu}, scheduler.DefaultSaturatedPct)
+		ht.Workers = append(ht.Workers, w)
 	}
 	return ht
 }

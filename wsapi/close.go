@@ -63,3 +63,18 @@ func CloseReason(s string) string {
 	}
 	return s
 }
+
+// CloseText renders why a session ended, for a log line.
+func CloseText(err error) string {
+	if err == nil {
+		return "closed"
+	}
+	var ce websocket.CloseError
+	if errors.As(err, &ce) {
+		if ce.Reason != "" {
+			return ce.Code.String() + ": " + ce.Reason
+		}
+		return ce.Code.String()
+	}
+	return err.Error()
+}

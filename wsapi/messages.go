@@ -57,12 +57,24 @@ type ProcessStats struct {
 	// Simulated marks figures that come from `rbee worker simulate`
 	// rather than a real GPU (omitted when false).
 	Simulated bool `json:"simulated,omitempty"`
+	// State and StateReason are the queen's verdict (omitted when empty;
+	// whatever a hive sends there is overwritten): "idle", "busy",
+	// "saturated", "failing" or "offline" (scheduler.State's rule), and
+	// why in words. Views show them rather than derive their own.
+	State       string `json:"state,omitempty"`
+	StateReason string `json:"state_reason,omitempty"`
 }
 
-// WorkerID names a worker cluster-wide: hive, then group/instance.
-func WorkerID(hive string, w ProcessStats) string {
-	return hive + "/" + w.Group + "/" + w.Instance
-}
+// WorkerID names a worker on its hive, group/instance: the name leases, the
+// scheduler and the hive's lease table use.
+func WorkerID(group, instance string) string { return group + "/" + instance }
+
+// ID is the worker's WorkerID.
+func (w *ProcessStats) ID() string { return WorkerID(w.Group, w.Instance) }
+
+// GlobalWorkerID names a worker cluster-wide: hive/group/instance, as the
+// queen event's worker_ids list them.
+func GlobalWorkerID(hive string, w *ProcessStats) string { return hive + "/" + w.ID() }
 
 // HiveTelemetry is what a hive pushes every second and what the feed relays.
 type HiveTelemetry struct {
@@ -290,8 +302,10 @@ func (t *HiveTelemetry) Validate(hive string) error {
 				return fmt.Errorf("worker %d: %w", i, err)
 			}
 		}
-		if err := checkText("health", w.Health, maxFieldLen); err != nil {
-			return fmt.Errorf("worker %d: %w", i, err)
+		for _, f := range []struct{ name, v string }{{"health", w.Health}, {"state", w.State}, {"state_reason", w.StateReason}} {
+			if err := checkText(f.name, f.v, maxFieldLen); err != nil {
+				return fmt.Errorf("worker %d: %w", i, err)
+			}
 		}
 	}
 	if len(t.Leases) > MaxLeases {

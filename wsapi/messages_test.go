@@ -171,7 +171,7 @@ func TestMessages_SeedTelemetryDecodesToExpectedValues(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("decoded\n%+v\nwant\n%+v", got, want)
 	}
-	if id := WorkerID(got.HiveID, got.Workers[0]); id != "hive-gpu-1/llm/8080" {
+	if id := GlobalWorkerID(got.HiveID, &got.Workers[0]); id != "hive-gpu-1/llm/8080" {
 		t.Errorf("WorkerID = %q", id)
 	}
 }

@@ -370,18 +370,6 @@ func keepalive(ctx context.Context, c *websocket.Conn, every, timeout time.Durat
 	}
 }
 
-// ServeTelemetry is Serve for a peer that may only send telemetry.
-func (s *Session) ServeTelemetry(ctx context.Context, handle func(t *HiveTelemetry, raw []byte)) error {
-	return s.Serve(ctx, func(msg any, raw []byte) error {
-		t, ok := msg.(*HiveTelemetry)
-		if !ok {
-			return fmt.Errorf("%T not expected from a hive", msg)
-		}
-		handle(t, raw)
-		return nil
-	})
-}
-
 // Serve is the queen's read loop for an accepted session: it decodes each
 // message, validates it (telemetry must belong to this hive; lease messages
 // must be well formed) and hands it to handle both decoded and as received

@@ -29,7 +29,7 @@ type handled struct {
 }
 
 // testQueen serves hive sessions on loopback the way the node's queen does:
-// AcceptHive, then ServeTelemetry until the session ends.
+// AcceptHive, then Serve until the session ends.
 type testQueen struct {
 	srv      *httptest.Server
 	url      string
@@ -39,7 +39,7 @@ type testQueen struct {
 	handled  chan handled
 
 	mu   sync.Mutex
-	ends map[string]chan error // ServeTelemetry's result, by peer
+	ends map[string]chan error // Serve's result, by peer
 }
 
 func startQueen(t *testing.T, opts SessionOptions) *testQueen {
@@ -63,7 +63,12 @@ func startQueen(t *testing.T, opts SessionOptions) *testQueen {
 			return
 		}
 		q.sessions <- s
-		err = s.ServeTelemetry(ctx, func(tel *HiveTelemetry, raw []byte) { q.handled <- handled{s.Peer, tel, raw} })
+		err = s.Serve(ctx, func(msg any, raw []byte) error {
+			if tel, ok := msg.(*HiveTelemetry); ok {
+				q.handled <- handled{s.Peer, tel, raw}
+			}
+			return nil
+		})
 		q.endOf(s.Peer) <- err
 	})
 	q.srv = httptest.NewServer(mux)
@@ -137,7 +142,7 @@ func (q *testQueen) waitRefused(t *testing.T) error {
 	return nil
 }
 
-// waitEnd waits for ServeTelemetry of peer's session to return.
+// waitEnd waits for Serve of peer's session to return.
 func (q *testQueen) waitEnd(t *testing.T, peer string) error {
 	t.Helper()
 	select {
@@ -265,7 +270,7 @@ func TestSession_HandshakeOpensBothEnds(t *testing.T) {
 				t.Errorf("hive Close: %v", err)
 			}
 			if err := q.waitEnd(t, "hive-gpu-1"); websocket.CloseStatus(err) != websocket.StatusNormalClosure {
-				t.Errorf("queen's ServeTelemetry ended with %v, want normal closure", err)
+				t.Errorf("queen's Serve ended with %v, want normal closure", err)
 			}
 		})
 	}
@@ -434,7 +439,7 @@ func TestSession_BadMessageClosesOnlyThatSession(t *testing.T) {
 		name     string
 		send     func(t *testing.T) func(context.Context, *Session) error
 		wantCode websocket.StatusCode
-		wantErr  error // what the queen's ServeTelemetry error wraps
+		wantErr  error // what the queen's Serve error wraps
 	}{
 		{"malformed JSON", func(*testing.T) func(context.Context, *Session) error { return raw(`{"type":"hive_telemetry",`) }, CloseMalformed, ErrMalformed},
 		{"trailing garbage", func(t *testing.T) func(context.Context, *Session) error { return raw(seed(t) + "}") }, CloseMalformed, ErrMalformed},
@@ -493,9 +498,9 @@ func TestSession_BadMessageClosesOnlyThatSession(t *testing.T) {
 			}
 			qerr := q.waitEnd(t, "hive-bad")
 			if qerr == nil {
-				t.Error("queen's ServeTelemetry returned nil for a bad session")
+				t.Error("queen's Serve returned nil for a bad session")
 			} else if tt.wantErr != nil && !errors.Is(qerr, tt.wantErr) {
-				t.Errorf("queen's ServeTelemetry error %q does not wrap %v", qerr, tt.wantErr)
+				t.Errorf("queen's Serve error %q does not wrap %v", qerr, tt.wantErr)
 			}
 
 			// The other session is untouched: it keeps delivering, and no
@@ -523,7 +528,7 @@ func TestSession_KeepaliveDropsAPeerThatStopsReading(t *testing.T) {
 	send(t, hive, telemetryFrom("hive-1", 1))
 	q.waitTelemetry(t, "hive-1", 1)
 	if err := q.waitEnd(t, "hive-1"); err == nil {
-		t.Error("ServeTelemetry returned nil for a dead peer")
+		t.Error("Serve returned nil for a dead peer")
 	}
 }
 
@@ -629,10 +634,10 @@ func jsView(raw []byte, tel *HiveTelemetry) []string {
 	return diffs
 }
 
-// ServeTelemetry hands handle the bytes as received so the queen can relay
+// Serve hands handle the bytes as received so the queen can relay
 // them to the feed. Those bytes must say what was validated: a hive must not
 // get past Validate with one value and show feed readers another.
-func TestServeTelemetry_RelayedBytesSayWhatWasValidated(t *testing.T) {
+func TestServe_RelayedBytesSayWhatWasValidated(t *testing.T) {
 	const ts = `"timestamp":"2025-10-30T20:15:30Z"`
 	worker := func(extra string) string {
 		return `{"pid":1,"group":"llm","instance":"8080","model":"m"` + extra + `}`

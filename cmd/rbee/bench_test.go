@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -25,6 +26,7 @@ import (
 	"github.com/coder/websocket"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -93,10 +95,13 @@ func failoverTrial(b *testing.B, sig syscall.Signal) failoverResult {
 	start := time.Now()
 	queen.send(b, sig)
 	var took time.Duration
-	poll(b, 30*time.Second, benchPollInterval, "survivors agree on a new queen", func() (bool, string) {
+	testutil.Every(benchPollInterval).Eventually(b, 30*time.Second, "survivors agree on a new queen", func() error {
 		q, ok, state := c.queens(survivors)
 		took = time.Since(start)
-		return ok && q != oldQueen, state
+		if !ok || q == oldQueen {
+			return errors.New(state)
+		}
+		return nil
 	})
 
 	var r failoverResult
@@ -276,9 +281,12 @@ func benchIngest(b *testing.B, sessions int) {
 	// Every session, and the queen's own hive, report before the clock
 	// starts.
 	want := sessions + 1
-	poll(b, 30*time.Second, 100*time.Millisecond, fmt.Sprintf("queen lists %d hives online", want), func() (bool, string) {
+	testutil.Every(100*time.Millisecond).Eventually(b, 30*time.Second, fmt.Sprintf("queen lists %d hives online", want), func() error {
 		n, err := hivesOnline(c, queen)
-		return err == nil && n == want, fmt.Sprintf("%d online, err %v", n, err)
+		if err == nil && n != want {
+			err = fmt.Errorf("%d online", n)
+		}
+		return err
 	})
 	// The warm-up is a fixed stretch of time by design, not a wait for a
 	// condition: it lets connection setup, GC and the first queen events

@@ -6,16 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -38,14 +33,6 @@ func demoCommand() *cli.Command {
 		},
 		Action: runDemo,
 	}
-}
-
-// demoProc is one child process of the demo.
-type demoProc struct {
-	name string
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
 }
 
 func runDemo(c *cli.Context) error {
@@ -72,102 +59,35 @@ func runDemo(c *cli.Context) error {
 	if h, _, err := net.SplitHostPort(entryHTTP); err != nil || !isLoopbackHost(h) {
 		return fmt.Errorf("--http-addr %q: the demo has no cluster key, so it listens on loopback only", entryHTTP)
 	}
-	ports, err := freePorts(10)
+	ports, err := freePorts(demoPortCount)
 	if err != nil {
 		return err
 	}
 	// The entry node's port is the user's; if it was 0 the kernel picks
 	// and the entry's log says which, so use a free one now instead.
 	if strings.HasSuffix(entryHTTP, ":0") {
-		entryHTTP = "127.0.0.1:" + strconv.Itoa(ports[9])
+		entryHTTP = "127.0.0.1:" + strconv.Itoa(ports[portEntryHTTP])
 	}
 
+	// The signal handler outlives sup.stop (deferred later, run earlier),
+	// so a second Ctrl-C while the children stop exits at once.
 	ctx, stop := signalContext(log)
 	defer stop()
-	var (
-		mu    sync.Mutex
-		procs []*demoProc
-	)
-	start := func(name string, args ...string) (*demoProc, error) {
-		f, err := os.Create(filepath.Join(dir, name+".log"))
-		if err != nil {
-			return nil, err
-		}
-		cmd := exec.Command(self, args...)
-		cmd.Stdout, cmd.Stderr = f, f
-		cmd.Env = demoEnv()
-		// The children die with the demo even if it is killed
-		// outright; Setpgid keeps a terminal's Ctrl-C (sent to the
-		// foreground group) to the demo, which stops them in order.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
-		if err := cmd.Start(); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("start %s: %w", name, err)
-		}
-		p := &demoProc{name: name, cmd: cmd, done: make(chan struct{})}
-		go func() {
-			p.err = cmd.Wait()
-			f.Close()
-			close(p.done)
-		}()
-		mu.Lock()
-		procs = append(procs, p)
-		mu.Unlock()
-		return p, nil
-	}
-	defer func() {
-		mu.Lock()
-		ps := procs
-		mu.Unlock()
-		stopAll(ps, log)
-	}()
+	sup := newSupervisor(self, dir, log)
+	defer sup.stop()
 
-	// Four simulated workers: each hive serves both models.
-	type sim struct{ name, model, port string }
-	sims := []sim{
-		{"sim-1", models[0], strconv.Itoa(ports[0])}, {"sim-2", models[1], strconv.Itoa(ports[1])},
-		{"sim-3", models[0], strconv.Itoa(ports[2])}, {"sim-4", models[1], strconv.Itoa(ports[3])},
-	}
-	for _, s := range sims {
-		if _, err := start(s.name, "worker", "simulate", "--model", s.model, "--port", s.port,
-			"--slots", strconv.Itoa(c.Int("slots")), "--tokens-per-second", strconv.FormatFloat(c.Float64("tokens-per-second"), 'f', -1, 64)); err != nil {
-			return err
-		}
-	}
-	// The hives ask their workers what they serve as soon as they start:
-	// start them once the workers answer.
-	for _, s := range sims {
-		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := waitOK(wctx, "http://127.0.0.1:"+s.port+"/health")
-		cancel()
-		if err != nil {
-			return fmt.Errorf("simulated worker %s did not start: %w (log in %s)", s.name, err, dir)
-		}
-	}
-	worker := func(s sim) string {
-		return "http://127.0.0.1:" + s.port + ",model=" + s.model + ",group=sim,instance=" + s.port
-	}
-	gossipA := "127.0.0.1:" + strconv.Itoa(ports[4])
-	nodes := []struct {
-		name string
-		args []string
-	}{
-		{"hive-a", []string{"--roles", "queen,hive", "--queen-priority", "1", "--cgroup-root", "none", "--http-addr", "127.0.0.1:" + strconv.Itoa(ports[5]),
-			"--gossip-addr", gossipA, "--worker", worker(sims[0]), "--worker", worker(sims[1])}},
-		{"hive-b", []string{"--roles", "queen,hive", "--cgroup-root", "none", "--http-addr", "127.0.0.1:" + strconv.Itoa(ports[6]),
-			"--gossip-addr", "127.0.0.1:" + strconv.Itoa(ports[7]), "--join", gossipA, "--worker", worker(sims[2]), "--worker", worker(sims[3])}},
-		{"entry", []string{"--roles", "none", "--http-addr", entryHTTP,
-			"--gossip-addr", "127.0.0.1:" + strconv.Itoa(ports[8]), "--join", gossipA}},
+	sims := demoSims(models, ports)
+	if err := startSims(ctx, sup, sims, c.Int("slots"), c.Float64("tokens-per-second")); err != nil {
+		return err
 	}
 	pids := map[string]int{}
-	for _, nd := range nodes {
-		p, err := start(nd.name, append([]string{"node", "run", "--name", nd.name, "--log-level", "info"}, nd.args...)...)
+	for _, nd := range demoNodes(sims, ports, entryHTTP) {
+		pid, err := sup.start(nd.name, append([]string{"node", "run", "--name", nd.name, "--log-level", "info"}, nd.args...)...)
 		if err != nil {
 			return err
 		}
-		pids[nd.name] = p.cmd.Process.Pid
+		pids[nd.name] = pid
 	}
-
 	readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := waitModels(readyCtx, entryHTTP, models); err != nil {
@@ -176,6 +96,97 @@ func runDemo(c *cli.Context) error {
 		}
 		return fmt.Errorf("cluster not ready: %w (logs in %s; pass --keep-logs to keep them)", err, dir)
 	}
+	printDemoBanner(models, entryHTTP, pids, dir)
+
+	// Run until Ctrl-C. A child that exits is reported, not fatal: the
+	// user may have killed the queen on purpose.
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Println("rbee demo: stopping")
+			return nil
+		case p := <-sup.exited():
+			log.Warn("demo process exited", "name", p.name, "pid", p.proc.Pid, "status", exitText(p.err), "log", p.logPath)
+		}
+	}
+}
+
+// The demo's ports, indexes into freePorts' answer.
+const (
+	portSims        = 0 // ports[0:4]: the four simulated workers
+	portGossipA     = 4 // hive-a's gossip port, which the others join
+	portHiveAHTTP   = 5
+	portHiveBHTTP   = 6
+	portHiveBGossip = 7
+	portEntryGossip = 8
+	portEntryHTTP   = 9 // only when --http-addr asks for port 0
+	demoPortCount   = 10
+)
+
+// demoSim is one simulated worker of the demo.
+type demoSim struct{ name, model, port string }
+
+// demoSims lists four simulated workers: each hive serves both models.
+func demoSims(models []string, ports []int) []demoSim {
+	port := func(i int) string { return strconv.Itoa(ports[portSims+i]) }
+	return []demoSim{
+		{"sim-1", models[0], port(0)}, {"sim-2", models[1], port(1)},
+		{"sim-3", models[0], port(2)}, {"sim-4", models[1], port(3)},
+	}
+}
+
+// workerFlag is the --worker value that points a hive at s.
+func (s demoSim) workerFlag() string {
+	return "http://127.0.0.1:" + s.port + ",model=" + s.model + ",group=sim,instance=" + s.port
+}
+
+// startSims starts the simulated workers and waits until each answers: the
+// hives ask their workers what they serve as soon as they start, so they
+// start after this returns.
+func startSims(ctx context.Context, sup *supervisor, sims []demoSim, slots int, tokensPerSecond float64) error {
+	for _, s := range sims {
+		if _, err := sup.start(s.name, "worker", "simulate", "--model", s.model, "--port", s.port,
+			"--slots", strconv.Itoa(slots), "--tokens-per-second", strconv.FormatFloat(tokensPerSecond, 'f', -1, 64)); err != nil {
+			return err
+		}
+	}
+	for _, s := range sims {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := waitOK(wctx, "http://127.0.0.1:"+s.port+"/health")
+		cancel()
+		if err != nil {
+			return fmt.Errorf("simulated worker %s did not start: %w (log in %s)", s.name, err, sup.logDir)
+		}
+	}
+	return nil
+}
+
+// demoNode is one `rbee node run` of the demo: its name and the flags after
+// --name and --log-level.
+type demoNode struct {
+	name string
+	args []string
+}
+
+// demoNodes lists the demo's nodes: two queen-eligible hives with two
+// simulated workers each (the others join hive-a's gossip port) and the entry
+// node, which has no role and serves entryHTTP.
+func demoNodes(sims []demoSim, ports []int, entryHTTP string) []demoNode {
+	addr := func(i int) string { return "127.0.0.1:" + strconv.Itoa(ports[i]) }
+	gossipA := addr(portGossipA)
+	return []demoNode{
+		{"hive-a", []string{"--roles", "queen,hive", "--queen-priority", "1", "--cgroup-root", "none", "--http-addr", addr(portHiveAHTTP),
+			"--gossip-addr", gossipA, "--worker", sims[0].workerFlag(), "--worker", sims[1].workerFlag()}},
+		{"hive-b", []string{"--roles", "queen,hive", "--cgroup-root", "none", "--http-addr", addr(portHiveBHTTP),
+			"--gossip-addr", addr(portHiveBGossip), "--join", gossipA, "--worker", sims[2].workerFlag(), "--worker", sims[3].workerFlag()}},
+		{"entry", []string{"--roles", "none", "--http-addr", entryHTTP,
+			"--gossip-addr", addr(portEntryGossip), "--join", gossipA}},
+	}
+}
+
+// printDemoBanner prints what the demo runs and how to use it, once the
+// cluster serves every model.
+func printDemoBanner(models []string, entryHTTP string, pids map[string]int, dir string) {
 	queen := demoQueen(entryHTTP)
 	fmt.Printf(`rbee demo: 3 nodes (2 queen-eligible), 2 hives, 4 simulated workers serving %s and %s.
 Simulated workers' GPU and VRAM figures are made up and marked "simulated" wherever they show.
@@ -193,36 +204,13 @@ Kill the queen (kill -9 <pid>) and watch the other take over while requests keep
 Logs: %[8]s
 Ctrl-C stops the demo.
 `, models[0], models[1], entryHTTP, pids["hive-a"], pids["hive-b"], pids["entry"], queen, dir)
-
-	// Run until Ctrl-C. A child that exits is reported, not fatal: the
-	// user may have killed the queen on purpose.
-	mu.Lock()
-	watch := append([]*demoProc(nil), procs...)
-	mu.Unlock()
-	exited := make(chan *demoProc, len(watch))
-	for _, p := range watch {
-		go func() {
-			select {
-			case <-p.done:
-				exited <- p
-			case <-ctx.Done():
-			}
-		}()
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			fmt.Println("rbee demo: stopping")
-			return nil
-		case p := <-exited:
-			log.Warn("demo process exited", "name", p.name, "pid", p.cmd.Process.Pid, "status", exitText(p.err), "log", filepath.Join(dir, p.name+".log"))
-		}
-	}
 }
 
-// demoEnv keeps the user's RBEE_* settings (a cluster key, a worker list)
-// away from the demo's children, which are configured by flags alone.
-func demoEnv() []string {
+// envWithoutRbee is this process's environment without RBEE_* variables: the
+// user's settings (a cluster key, a worker list, RBEE_JOIN) must not reach
+// the demo's children, which are configured by flags alone, nor the
+// processes the end-to-end tests start.
+func envWithoutRbee() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "RBEE_") {
@@ -237,30 +225,6 @@ func exitText(err error) string {
 		return "exit 0"
 	}
 	return err.Error()
-}
-
-// stopAll stops the children: SIGTERM (nodes leave the cluster gracefully),
-// then SIGKILL for any still running after 5 s.
-func stopAll(ps []*demoProc, log *slog.Logger) {
-	for _, p := range ps {
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	}
-	deadline := time.NewTimer(5 * time.Second)
-	defer deadline.Stop()
-	for _, p := range ps {
-		select {
-		case <-p.done:
-		case <-deadline.C:
-			for _, q := range ps {
-				_ = q.cmd.Process.Kill()
-			}
-			<-p.done
-		}
-	}
-	for _, p := range ps {
-		<-p.done
-	}
-	log.Debug("demo processes stopped", "count", len(ps))
 }
 
 func isLoopbackHost(h string) bool {

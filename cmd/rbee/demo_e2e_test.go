@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rbee/rbee/internal/testutil"
 )
 
 // startDemo runs `rbee demo` on a free port and waits for its ready banner;
@@ -27,7 +29,7 @@ func startDemo(t *testing.T) string {
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
 	cmd := exec.Command(rbeeBin, "demo", "--http-addr", addr, "--tokens-per-second", "200")
-	cmd.Env = rbeeEnv()
+	cmd.Env = envWithoutRbee()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -107,9 +109,9 @@ func TestE2E_DemoCurl(t *testing.T) {
 		} `json:"hives"`
 	}
 	c := &cluster{hc: http.DefaultClient}
-	poll(t, 10*time.Second, 100*time.Millisecond, "4 simulated workers in /v1/cluster", func() (bool, string) {
+	testutil.Every(100*time.Millisecond).Eventually(t, 10*time.Second, "4 simulated workers in /v1/cluster", func() error {
 		if err := c.getJSON(addr, "/v1/cluster", &view); err != nil {
-			return false, err.Error()
+			return err
 		}
 		n := 0
 		for _, h := range view.Hives {
@@ -119,7 +121,10 @@ func TestE2E_DemoCurl(t *testing.T) {
 				}
 			}
 		}
-		return n == 4 && len(view.Hives) == 2, fmt.Sprintf("%d hives, %d simulated workers", len(view.Hives), n)
+		if n != 4 || len(view.Hives) != 2 {
+			return fmt.Errorf("%d hives, %d simulated workers", len(view.Hives), n)
+		}
+		return nil
 	})
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -174,20 +175,23 @@ func TestE2E_QueenKilled(t *testing.T) {
 	other := others(survivors, nq)[0]
 
 	// (b) The new queen hears from the other survivor's hive.
-	poll(t, 15*time.Second, 20*time.Millisecond, "new queen lists "+other.name+" online, seen after the kill", func() (bool, string) {
+	testutil.Eventually(t, 15*time.Second, "new queen lists "+other.name+" online, seen after the kill", func() error {
 		var v node.ClusterView
 		if err := c.getJSON(nq.httpAddr, node.PathCluster, &v); err != nil {
-			return false, err.Error()
+			return err
 		}
 		if v.Queen != newQueen {
-			return false, fmt.Sprintf("/v1/cluster of %s names queen %q", nq.name, v.Queen)
+			return fmt.Errorf("/v1/cluster of %s names queen %q", nq.name, v.Queen)
 		}
 		for _, h := range v.Hives {
 			if h.HiveID == other.name {
-				return h.Online && h.LastSeen.After(killedAt), fmt.Sprintf("%+v", h)
+				if !h.Online || !h.LastSeen.After(killedAt) {
+					return fmt.Errorf("%+v", h)
+				}
+				return nil
 			}
 		}
-		return false, fmt.Sprintf("hives: %+v", v.Hives)
+		return fmt.Errorf("hives: %+v", v.Hives)
 	})
 
 	// (c) Both feeds, opened before the kill, carry the new queen's events.
@@ -251,17 +255,20 @@ func TestE2E_GracefulLeave(t *testing.T) {
 	newQueen := c.waitNewQueen(ps, oldQueen, 10*time.Second)
 
 	obs := survivors[0]
-	poll(t, 10*time.Second, pollInterval, obs.name+" lists "+oldQueen+" as left", func() (bool, string) {
+	testutil.Every(pollInterval).Eventually(t, 10*time.Second, obs.name+" lists "+oldQueen+" as left", func() error {
 		ms, err := c.members(obs)
 		if err != nil {
-			return false, err.Error()
+			return err
 		}
 		for _, m := range ms {
 			if m.Name == oldQueen {
-				return m.Status == "left", fmt.Sprintf("%+v", m)
+				if m.Status != "left" {
+					return fmt.Errorf("%+v", m)
+				}
+				return nil
 			}
 		}
-		return false, fmt.Sprintf("%+v", ms)
+		return fmt.Errorf("%+v", ms)
 	})
 
 	out = c.rbee("node", "members", "--http-addr", obs.httpAddr)
@@ -334,23 +341,20 @@ func TestE2E_WrongKeyRefused(t *testing.T) {
 	// within milliseconds of its first attempt, so 2 s (ten probe
 	// intervals, four join attempts) with the intruder absent throughout
 	// shows that the key is what keeps it out.
-	deadline := time.Now().Add(2 * time.Second)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for time.Now().Before(deadline) {
+	testutil.Every(50*time.Millisecond).Consistently(t, 2*time.Second, "the intruder stays out", func() error {
 		for _, p := range append(c.live(ps), intruder) {
 			ms, err := c.members(p)
 			if err != nil {
-				t.Fatalf("members of %s: %v", p.name, err)
+				return fmt.Errorf("members of %s: %w", p.name, err)
 			}
 			for _, m := range ms {
 				if (p == intruder) != (m.Name == "intruder") {
-					t.Fatalf("%s lists %s (%s): a node with the wrong key got in", p.name, m.Name, m.Status)
+					return fmt.Errorf("%s lists %s (%s): a node with the wrong key got in", p.name, m.Name, m.Status)
 				}
 			}
 		}
-		<-tick.C
-	}
+		return nil
+	})
 	if !strings.Contains(intruder.log(), `msg="join failed, retrying"`) {
 		t.Errorf("intruder's log does not say its join failed:\n%s", intruder.log())
 	}

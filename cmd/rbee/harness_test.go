@@ -24,6 +24,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -186,7 +187,7 @@ func runRbee(args ...string) (stdout, stderr string, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, rbeeBin, args...)
-	cmd.Env = rbeeEnv()
+	cmd.Env = envWithoutRbee()
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err = cmd.Run()
@@ -196,19 +197,6 @@ func runRbee(args ...string) (stdout, stderr string, err error) {
 // close kills every process the cluster started and waits for them; it runs
 // when the test ends, and a benchmark calls it at the end of each trial.
 func (c *cluster) close() { c.closeOnce.Do(c.cleanup) }
-
-// rbeeEnv is the test's environment without RBEE_* variables, so a
-// developer's own settings (RBEE_JOIN, RBEE_CLUSTER_KEY_FILE, ...) cannot
-// leak into the processes under test.
-func rbeeEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "RBEE_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
 
 func (c *cluster) cleanup() {
 	c.mu.Lock()
@@ -329,7 +317,7 @@ func (c *cluster) spawn(s nodeSpec) (*proc, error) {
 	p.logPath = f.Name()
 	p.cmd = exec.Command(rbeeBin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = f, f
-	p.cmd.Env = rbeeEnv()
+	p.cmd.Env = envWithoutRbee()
 	// If the test binary dies (a -timeout panic skips cleanups), take the
 	// nodes with it.
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -372,47 +360,29 @@ func (c *cluster) getJSON(addr, path string, out any) error {
 	return json.NewDecoder(resp.Body).Decode(out)
 }
 
-// poll calls cond every interval until it reports true, or fails tb after
-// timeout with cond's last description of what it saw.
-func poll(tb testing.TB, timeout, interval time.Duration, what string, cond func() (bool, string)) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("%s: not within %s; last seen: %s", what, timeout, state)
-		}
-		<-t.C
-	}
-}
-
 // pollInterval is how often the waits below look again: short enough that a
 // failover measured with them is not rounded up by much, cheap on loopback.
 const pollInterval = 5 * time.Millisecond
 
 // waitHealthy waits until p answers /healthz naming itself, or exits.
 func (c *cluster) waitHealthy(p *proc, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	t := time.NewTicker(pollInterval)
-	defer t.Stop()
-	for {
-		if h, err := c.health(p); err == nil && h.Status == "ok" && h.Node == p.name {
-			return nil
+	err := testutil.Every(pollInterval).Until(timeout, func() error {
+		if p.exited() {
+			return testutil.Stop(fmt.Errorf("exited before answering: %v", p.err))
 		}
-		select {
-		case <-p.done:
-			return fmt.Errorf("%s exited before answering /healthz: %v", p.name, p.err)
-		case <-t.C:
+		h, err := c.health(p)
+		switch {
+		case err != nil:
+			return err
+		case h.Status != "ok" || h.Node != p.name:
+			return fmt.Errorf("/healthz says %+v", h)
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s: /healthz not ok within %s", p.name, timeout)
-		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s: wait for /healthz: %w", p.name, err)
 	}
+	return nil
 }
 
 // live returns the processes of ps the test has not stopped; one that died
@@ -458,10 +428,13 @@ func (c *cluster) queens(ps []*proc) (queen string, ok bool, state string) {
 func (c *cluster) waitAgree(ps []*proc, timeout time.Duration) string {
 	c.tb.Helper()
 	var queen string
-	poll(c.tb, timeout, pollInterval, "nodes agree on a queen", func() (bool, string) {
+	testutil.Every(pollInterval).Eventually(c.tb, timeout, "nodes agree on a queen", func() error {
 		q, ok, state := c.queens(c.live(ps))
+		if !ok {
+			return errors.New(state)
+		}
 		queen = q
-		return ok, state
+		return nil
 	})
 	return queen
 }
@@ -471,10 +444,13 @@ func (c *cluster) waitAgree(ps []*proc, timeout time.Duration) string {
 func (c *cluster) waitNewQueen(ps []*proc, old string, timeout time.Duration) string {
 	c.tb.Helper()
 	var queen string
-	poll(c.tb, timeout, pollInterval, "nodes agree on a queen other than "+old, func() (bool, string) {
+	testutil.Every(pollInterval).Eventually(c.tb, timeout, "nodes agree on a queen other than "+old, func() error {
 		q, ok, state := c.queens(c.live(ps))
+		if !ok || q == old {
+			return errors.New(state)
+		}
 		queen = q
-		return ok && q != old, state
+		return nil
 	})
 	return queen
 }
@@ -490,12 +466,12 @@ func (c *cluster) members(p *proc) ([]node.MemberView, error) {
 // alive and they agree on a queen; it returns the queen.
 func (c *cluster) waitConverged(ps []*proc, timeout time.Duration) string {
 	c.tb.Helper()
-	poll(c.tb, timeout, pollInterval, "every node sees every other alive", func() (bool, string) {
+	testutil.Every(pollInterval).Eventually(c.tb, timeout, "every node sees every other alive", func() error {
 		live := c.live(ps)
 		for _, p := range live {
 			ms, err := c.members(p)
 			if err != nil {
-				return false, fmt.Sprintf("%s: %v", p.name, err)
+				return fmt.Errorf("%s: %w", p.name, err)
 			}
 			alive := map[string]bool{}
 			for _, m := range ms {
@@ -503,11 +479,11 @@ func (c *cluster) waitConverged(ps []*proc, timeout time.Duration) string {
 			}
 			for _, o := range live {
 				if !alive[o.name] {
-					return false, fmt.Sprintf("%s does not see %s alive: %+v", p.name, o.name, ms)
+					return fmt.Errorf("%s does not see %s alive: %+v", p.name, o.name, ms)
 				}
 			}
 		}
-		return true, ""
+		return nil
 	})
 	return c.waitAgree(ps, timeout)
 }

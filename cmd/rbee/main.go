@@ -1,6 +1,20 @@
-// Command rbee runs and talks to rbee nodes. It is a thin layer: flags and
-// environment variables become a node.Config, everything else lives in the
-// packages.
+// Command rbee runs and talks to rbee nodes.
+//
+// For `node run` it is flag parsing and wiring only: flags and environment
+// variables become a node.Config and a Collector (node.go, collector.go,
+// gpu_*.go), and the node's logic (membership, election, scheduling, the
+// proxy, telemetry) lives in the packages. The rest of this package is the
+// CLI's own code:
+//
+//   - the views: `status` renders a cluster snapshot as tables fitted to the
+//     terminal (status.go) and `top` keeps it live, following the cluster
+//     when its node dies (top.go);
+//   - `demo`, a whole cluster of child processes on loopback, started, watched
+//     and stopped by a small supervisor (demo.go, supervisor.go);
+//   - the worker front ends: `worker run` starts a worker in its cgroup
+//     through node/launch and registers it with the local node (worker.go);
+//     `worker simulate` serves node/sim's simulated worker (simulate.go);
+//   - `keygen`, `token` and the node's client subcommands (keygen.go, node.go).
 package main
 
 import (

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -101,13 +102,14 @@ func nodeCommand() *cli.Command {
 			{
 				Name:  "leave",
 				Usage: "ask the running node to leave the cluster gracefully and stop",
-				Flags: clientFlags(),
+				Flags: append(clientFlags(), &cli.DurationFlag{Name: "drain", Value: shutdownDrain,
+					Usage: "how long requests in flight on the node may take to finish (0: cut them)"}),
 				Action: func(c *cli.Context) error {
 					cl, err := newClient(c)
 					if err != nil {
 						return err
 					}
-					if err := cl.Leave(c.Context); err != nil {
+					if err := cl.Leave(c.Context, c.Duration("drain")); err != nil {
 						return err
 					}
 					fmt.Fprintln(c.App.Writer, "node is leaving the cluster")
@@ -252,10 +254,25 @@ func runNode(c *cli.Context) error {
 	if key.IsZero() {
 		log.Warn("no cluster key: gossip is not encrypted and the API is not authenticated; use --cluster-key-file for a real cluster")
 	}
-	ctx, stop := signalContext(log)
+	sig, stop := signalContext(log)
 	defer stop()
-	return n.Run(ctx)
+	done := make(chan error, 1)
+	go func() { done <- n.Run(context.Background()) }()
+	select {
+	case err := <-done:
+		return err // it left on request (rbee node leave), or failed
+	case <-sig.Done():
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownDrain)
+	defer cancel()
+	_ = n.Leave(ctx)
+	return <-done
 }
+
+// shutdownDrain is how long a node stopped by a signal or `rbee node leave`
+// lets requests in flight finish: most answers take seconds, and a service
+// manager's stop timeout (systemd: 90 s) is well above it.
+const shutdownDrain = 10 * time.Second
 
 // parseModelVRAM reads NAME=MiB pairs.
 func parseModelVRAM(pairs []string) (map[string]uint64, error) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rbee/rbee/internal/testutil"
 )
 
 // routeTarget is one way to reach the simulated worker.
@@ -173,13 +176,16 @@ func startProcess(tb testing.TB, logPath, bin string, args ...string) {
 }
 
 func waitHTTP(tb testing.TB, url string) {
-	poll(tb, 15*time.Second, 20*time.Millisecond, url, func() (bool, string) {
+	testutil.Eventually(tb, 15*time.Second, url, func() error {
 		resp, err := http.Get(url)
 		if err != nil {
-			return false, err.Error()
+			return err
 		}
 		resp.Body.Close()
-		return resp.StatusCode == 200, resp.Status
+		if resp.StatusCode != http.StatusOK {
+			return errors.New(resp.Status)
+		}
+		return nil
 	})
 }
 
@@ -202,11 +208,7 @@ func BenchmarkRouting(b *testing.B) {
 		h, e := rest[0], rest[1]
 		c.waitAgree([]*proc{q, h, e}, 20*time.Second)
 		for _, p := range []*proc{h, e} {
-			poll(b, 20*time.Second, 50*time.Millisecond, "model m served via "+p.name, func() (bool, string) {
-				var v struct{ Data []struct{ ID string } }
-				err := c.getJSON(p.httpAddr, "/v1/models", &v)
-				return err == nil && len(v.Data) == 1, fmt.Sprint(v, err)
-			})
+			testutil.Eventually(b, 20*time.Second, "model m served via "+p.name, modelServed(c, p))
 		}
 		targets := []routeTarget{{"direct to worker", sim}}
 		if ng := startNginx(b, dir, sim); ng != "" {

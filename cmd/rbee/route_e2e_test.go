@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/rbee/rbee/internal/testutil"
 )
 
 // slowWorker is an OpenAI-compatible stand-in that answers after delay,
@@ -52,6 +54,21 @@ type loadResult struct {
 	errs                 []string
 }
 
+// modelServed is a condition for testutil.Eventually: p's /v1/models lists
+// one model.
+func modelServed(c *cluster, p *proc) func() error {
+	return func() error {
+		var v struct{ Data []struct{ ID string } }
+		if err := c.getJSON(p.httpAddr, "/v1/models", &v); err != nil {
+			return err
+		}
+		if len(v.Data) != 1 {
+			return fmt.Errorf("/v1/models of %s: %+v", p.name, v)
+		}
+		return nil
+	}
+}
+
 // failoverUnderLoad starts a queen-only node q1 (preferred queen), a
 // queen-eligible hive q2 serving two workers, and an entry-only node e; it
 // sends requests through e from `clients` goroutines, SIGKILLs q1 after a
@@ -70,11 +87,7 @@ func failoverUnderLoad(tb testing.TB, clients int) loadResult {
 	if q := c.waitAgree(ps, 20*time.Second); q != "q1" {
 		tb.Fatalf("queen %s, want q1", q)
 	}
-	poll(tb, 20*time.Second, 50*time.Millisecond, "model m served", func() (bool, string) {
-		var v struct{ Data []struct{ ID string } }
-		err := c.getJSON(e.httpAddr, "/v1/models", &v)
-		return err == nil && len(v.Data) == 1, fmt.Sprint(v, err)
-	})
+	testutil.Eventually(tb, 20*time.Second, "model m served", modelServed(c, e))
 
 	var (
 		mu        sync.Mutex

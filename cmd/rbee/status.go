@@ -22,6 +22,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/scheduler"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -29,19 +30,10 @@ import (
 // gives up on it after 2 s, so 10 s only expires on a node that hangs.
 const statusTimeout = 10 * time.Second
 
-// statusBusyGPUPct: a worker whose GPU is this busy while it serves no rbee
-// request is saturated by work outside rbee (the scheduler's rule, and
-// node/registry.go's busyGPUUtilPct).
-const statusBusyGPUPct = 90
-
-// Worker states, as the dashboard names them.
-const (
-	stateIdle      = "idle"
-	stateBusy      = "busy"
-	stateSaturated = "saturated"
-	stateFailing   = "failing"
-	stateOffline   = "offline"
-)
+// stateUnknown is shown for a worker that came without a state: a queen
+// older than the state field. Its state is not worked out here: the rule
+// is the queen's (scheduler.State), and a view shows what it sends.
+const stateUnknown = "unknown"
 
 func statusCommand() *cli.Command {
 	return &cli.Command{
@@ -145,7 +137,7 @@ type workerRow struct {
 	w     wsapi.ProcessStats
 	busy  int // leases on it now
 	slots int
-	state string
+	state string // w.State as the queen sent it, or stateUnknown
 }
 
 func workerRows(v *node.ClusterView) []workerRow {
@@ -161,8 +153,7 @@ func workerRows(v *node.ClusterView) []workerRow {
 			return cmp.Or(strings.Compare(a.Group, b.Group), compareInstance(a.Instance, b.Instance))
 		})
 		for _, w := range ws {
-			r := workerRow{hive: h, w: w, busy: busy[w.Group+"/"+w.Instance], slots: max(w.Slots, 1)}
-			r.state = workerState(h.Online, w, r.busy, r.slots)
+			r := workerRow{hive: h, w: w, busy: busy[w.ID()], slots: max(w.Slots, 1), state: cmp.Or(w.State, stateUnknown)}
 			out = append(out, r)
 		}
 	}
@@ -177,25 +168,6 @@ func compareInstance(a, b string) int {
 		return cmp.Compare(x, y)
 	}
 	return strings.Compare(a, b)
-}
-
-// workerState says what a worker can take: the scheduler's eligibility rules
-// (and the dashboard's words) applied to one worker.
-func workerState(hiveOnline bool, w wsapi.ProcessStats, busy, slots int) string {
-	switch {
-	case !hiveOnline:
-		return stateOffline
-	case w.Health != "":
-		return stateFailing
-	case busy >= slots:
-		return stateSaturated
-	case busy > 0:
-		return stateBusy
-	case w.GPUUtilPct >= statusBusyGPUPct:
-		return stateSaturated
-	default:
-		return stateIdle
-	}
 }
 
 func summaryLines(v *node.ClusterView, ws []workerRow) []string {
@@ -213,10 +185,10 @@ func summaryLines(v *node.ClusterView, ws []workerRow) []string {
 	}
 	workers, idle := 0, 0
 	for _, r := range ws {
-		if r.state != stateOffline {
+		if r.hive.Online && r.state != scheduler.StateOffline {
 			workers++
 		}
-		if r.state == stateIdle {
+		if r.state == scheduler.StateIdle {
 			idle++
 		}
 	}
@@ -329,7 +301,7 @@ func workerCells(r workerRow) []string {
 	}
 	return []string{
 		r.hive.HiveID,
-		w.Group + "/" + w.Instance,
+		w.ID(),
 		r.state,
 		fmt.Sprintf("%d/%d", r.busy, r.slots),
 		gpu,

@@ -19,7 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -96,6 +98,16 @@ func TestRenderStatus_EmptyAndErrorCases(t *testing.T) {
 			}}}},
 			want: []string{"evil?[2J?31m"},
 		},
+		{
+			// The state is the queen's to say; a view never works it
+			// out from the load.
+			name: "a state is shown as sent, unknown when an older queen sent none",
+			v: node.ClusterView{Node: "a", Hives: []node.HiveView{{HiveID: "h", Online: true, Workers: []wsapi.ProcessStats{
+				{Group: "g", Instance: "1", GPUUtilPct: 99, State: "idle"},
+				{Group: "g", Instance: "2", Slots: 1},
+			}}}},
+			want: []string{"workers 2 online, 1 idle", "g/1     idle     0/1    99", "g/2     unknown  0/1"},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b bytes.Buffer
@@ -109,31 +121,6 @@ func TestRenderStatus_EmptyAndErrorCases(t *testing.T) {
 			}
 			if strings.ContainsAny(b.String(), "\x1b\u009b") {
 				t.Errorf("output holds an escape character: %q", b.String())
-			}
-		})
-	}
-}
-
-func TestStatus_WorkerState(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		online bool
-		w      wsapi.ProcessStats
-		busy   int
-		slots  int
-		want   string
-	}{
-		{"free slots", true, wsapi.ProcessStats{GPUUtilPct: 30}, 0, 2, stateIdle},
-		{"some slots leased", true, wsapi.ProcessStats{GPUUtilPct: 99}, 1, 2, stateBusy},
-		{"every slot leased", true, wsapi.ProcessStats{}, 2, 2, stateSaturated},
-		{"GPU busy outside rbee", true, wsapi.ProcessStats{GPUUtilPct: 90}, 0, 2, stateSaturated},
-		{"GPU just below the rule", true, wsapi.ProcessStats{GPUUtilPct: 89.9}, 0, 2, stateIdle},
-		{"health failing wins over load", true, wsapi.ProcessStats{Health: "failing"}, 2, 2, stateFailing},
-		{"hive offline wins over all", false, wsapi.ProcessStats{Health: "failing"}, 0, 1, stateOffline},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := workerState(tc.online, tc.w, tc.busy, tc.slots); got != tc.want {
-				t.Errorf("workerState = %q, want %q", got, tc.want)
 			}
 		})
 	}
@@ -218,7 +205,7 @@ func fakeNode(t *testing.T, body []byte, token string, hub *wsapi.Hub) *fakeNode
 	auth := func(h http.HandlerFunc) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			if token != "" && r.Header.Get("Authorization") != "Bearer "+token {
-				node.WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong cluster token")
+				proxy.WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong cluster token")
 				return
 			}
 			h(w, r)
@@ -358,17 +345,18 @@ func TestE2E_StatusOfOneNodeCluster(t *testing.T) {
 	// (other tests' `rbee worker run`), so look for ours by its group.
 	var v node.ClusterView
 	var ours *wsapi.ProcessStats
-	poll(t, 20*time.Second, 50*time.Millisecond, "rbee status --json shows the worker", func() (bool, string) {
+	// Every 50 ms, not the default: each look runs the rbee binary.
+	testutil.Every(50*time.Millisecond).Eventually(t, 20*time.Second, "rbee status --json shows the worker", func() error {
 		out, errOut, err := runRbee(append([]string{"status", "--json"}, args...)...)
 		if err != nil {
-			return false, fmt.Sprintf("%v: %s", err, errOut)
+			return fmt.Errorf("%w: %s", err, errOut)
 		}
 		v, ours = node.ClusterView{}, nil
 		if err := json.Unmarshal([]byte(out), &v); err != nil {
 			t.Fatalf("rbee status --json printed %q: %v", out, err)
 		}
 		if len(v.Hives) != 1 || !v.Hives[0].Online {
-			return false, out
+			return errors.New(out)
 		}
 		for i, w := range v.Hives[0].Workers {
 			if w.Group == "ext" {
@@ -377,8 +365,11 @@ func TestE2E_StatusOfOneNodeCluster(t *testing.T) {
 		}
 		// The hive lists the worker at once and learns its slots and
 		// that it is simulated when it has asked the worker's API.
-		return v.Queen == "n0" && ours != nil && ours.Simulated && ours.Slots == 2 &&
-			slices.ContainsFunc(v.Queues, func(q wsapi.QueueStats) bool { return q.Model == "m" && q.Slots == 2 }), out
+		if v.Queen != "n0" || ours == nil || !ours.Simulated || ours.Slots != 2 ||
+			!slices.ContainsFunc(v.Queues, func(q wsapi.QueueStats) bool { return q.Model == "m" && q.Slots == 2 }) {
+			return errors.New(out)
+		}
+		return nil
 	})
 	if v.Node != "n0" || len(v.Members) != 1 || v.Members[0].Status != "alive" || !ours.Simulated || ours.Model == nil || *ours.Model != "m" {
 		t.Errorf("rbee status --json: %+v", v)

@@ -29,6 +29,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/scheduler"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -356,9 +357,11 @@ func (s *topState) apply(u topUpdate, now time.Time) {
 }
 
 // view merges the snapshot and the feed into one ClusterView as of now. A
-// hive is online while it reported within the queen's HiveTTL; while the
-// node cannot be reached the clock stops at the failure, so the view shows
-// the last state known rather than every hive going offline.
+// hive is online while it reported within the queen's HiveTTL, and its
+// workers are in the state the queen sent; past the TTL no message says so,
+// so the view marks the hive's workers offline itself. While the node cannot
+// be reached the clock stops at the failure, so the view shows the last
+// state known rather than every hive going offline.
 func (s *topState) view(now time.Time) *node.ClusterView {
 	if s.snap == nil {
 		return nil
@@ -383,11 +386,16 @@ func (s *topState) view(now time.Time) *node.ClusterView {
 		// from it: the queen has stopped counting it too.
 		if s.live && now.Sub(s.snapAt) > ttl {
 			h.Online = false
+			h.Workers = offlineWorkers(h.Workers, now.Sub(h.LastSeen))
 		}
 		hives = append(hives, h)
 	}
 	for id, h := range s.hives {
-		hives = append(hives, node.HiveView{HiveID: id, Online: now.Sub(h.at) <= ttl, LastSeen: h.at, Workers: h.t.Workers, Leases: h.t.Leases})
+		hv := node.HiveView{HiveID: id, Online: now.Sub(h.at) <= ttl, LastSeen: h.at, Workers: h.t.Workers, Leases: h.t.Leases}
+		if !hv.Online {
+			hv.Workers = offlineWorkers(hv.Workers, now.Sub(h.at))
+		}
+		hives = append(hives, hv)
 	}
 	slices.SortFunc(hives, func(a, b node.HiveView) int { return strings.Compare(a.HiveID, b.HiveID) })
 	v.Hives = hives
@@ -396,6 +404,16 @@ func (s *topState) view(now time.Time) *node.ClusterView {
 		v.HivesError = ""
 	}
 	return &v
+}
+
+// offlineWorkers is a copy of ws, workers of a hive silent for silent, in
+// the state the queen gives such workers.
+func offlineWorkers(ws []wsapi.ProcessStats, silent time.Duration) []wsapi.ProcessStats {
+	ws = slices.Clone(ws)
+	for i := range ws {
+		ws[i].State, ws[i].StateReason = scheduler.StateOffline, scheduler.OfflineReason(silent)
+	}
+	return ws
 }
 
 // topSource reads a node: a snapshot, then the feed, again after each

@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/scheduler"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -206,6 +207,18 @@ func TestTopState(t *testing.T) {
 		// gpu-a said nothing on the feed since the snapshot.
 		if h := hive(v, "gpu-a"); h.Online {
 			t.Error("gpu-a, silent on a live feed past the TTL, still online")
+		}
+		// No message says a silent hive's workers are offline: the view
+		// does, as the queen would, and leaves what it was given alone.
+		for _, id := range []string{"gpu-a", "gpu-b"} {
+			for _, w := range hive(v, id).Workers {
+				if w.State != scheduler.StateOffline || !strings.HasPrefix(w.StateReason, "its hive has not reported for ") {
+					t.Errorf("%s %s/%s: state %q (%q), want offline", id, w.Group, w.Instance, w.State, w.StateReason)
+				}
+			}
+		}
+		if w := hive(st.view(t0), "gpu-a").Workers[0]; w.State == scheduler.StateOffline {
+			t.Errorf("marking gpu-a offline changed the snapshot: %+v", w)
 		}
 	})
 	t.Run("the queen event sets queen and queues", func(t *testing.T) {

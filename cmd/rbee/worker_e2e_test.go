@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/node/telemetry"
 	"github.com/rbee/rbee/wsapi"
@@ -20,7 +22,7 @@ func startWorkerRun(t *testing.T, c *cluster, n *proc, extra ...string) *exec.Cm
 	args := append([]string{"worker", "run", "--http-addr", n.httpAddr, "--cluster-key-file", c.keyFile}, extra...)
 	args = append(args, "--", "sleep", "120")
 	cmd := exec.Command(rbeeBin, args...)
-	cmd.Env = rbeeEnv()
+	cmd.Env = envWithoutRbee()
 	log, err := os.Create(filepath.Join(c.dir, "worker-run.log"))
 	if err != nil {
 		t.Fatal(err)
@@ -64,13 +66,16 @@ func hiveWorker(c *cluster, n *proc, hive, group, instance string) (wsapi.Proces
 func waitWorker(t *testing.T, c *cluster, n *proc, group, instance string, present bool) wsapi.ProcessStats {
 	t.Helper()
 	var got wsapi.ProcessStats
-	poll(t, 15*time.Second, 20*time.Millisecond, "hive reports "+group+"/"+instance, func() (bool, string) {
+	testutil.Eventually(t, 15*time.Second, "hive reports "+group+"/"+instance, func() error {
 		w, ok, err := hiveWorker(c, n, n.name, group, instance)
 		if err != nil {
-			return false, err.Error()
+			return err
 		}
 		got = w
-		return ok == present, "present=" + strconv.FormatBool(ok)
+		if ok != present {
+			return fmt.Errorf("present=%t", ok)
+		}
+		return nil
 	})
 	return got
 }

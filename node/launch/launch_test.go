@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node/telemetry"
 )
 
@@ -57,17 +58,10 @@ func TestRun_ForwardsSignals(t *testing.T) {
 		})
 	}()
 	// The trap must be set before the signal comes, or sh dies of it.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(ready); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("worker did not get ready")
-		}
-		tick := time.NewTimer(5 * time.Millisecond)
-		<-tick.C
-	}
+	testutil.Eventually(t, 10*time.Second, "worker gets ready", func() error {
+		_, err := os.Stat(ready)
+		return err
+	})
 	// Run installs its handler before calling Started, so the signal is
 	// ours to forward, not the test binary's death.
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rbee/rbee/internal/testutil"
 )
 
 func TestNew_ChecksConfigAndFillsDefaults(t *testing.T) {
@@ -241,7 +243,7 @@ func TestGPU_FollowsLoad(t *testing.T) {
 			}
 			defer wg.Wait()
 			defer cancel()
-			eventually(t, 5*time.Second, "slots busy", func() error {
+			testutil.Eventually(t, 5*time.Second, "slots busy", func() error {
 				if a := ts.Stats().Active; a != int64(tc.busy) {
 					return fmt.Errorf("active %d", a)
 				}
@@ -328,7 +330,7 @@ func TestBadInput_OpenAIErrors(t *testing.T) {
 		})
 	}
 	// Refused bodies are counted and hold nothing.
-	eventually(t, 5*time.Second, "bad input counted", func() error {
+	testutil.Eventually(t, 5*time.Second, "bad input counted", func() error {
 		if st := ts.Stats(); st.InFlight != 0 || st.Active != 0 || st.Served != 0 || st.Rejected != 21 {
 			return fmt.Errorf("stats %+v, want 21 rejected, nothing else", st)
 		}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/rbee/rbee/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -150,28 +152,11 @@ func readSSE(t *testing.T, body io.Reader) []string {
 	return events
 }
 
-// eventually polls cond until it holds or within passes.
-func eventually(t *testing.T, within time.Duration, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true after %v: %v", what, within, err)
-		}
-		tick := time.NewTimer(2 * time.Millisecond)
-		<-tick.C
-	}
-}
-
 // statsAre waits until the simulator's counters reach want (Peak ignored
 // when want.Peak is 0).
 func (ts *testSim) statsAre(t *testing.T, want Stats) {
 	t.Helper()
-	eventually(t, 5*time.Second, "stats", func() error {
+	testutil.Eventually(t, 5*time.Second, "stats", func() error {
 		got := ts.Stats()
 		if want.Peak == 0 {
 			got.Peak = 0

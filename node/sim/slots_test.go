@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/rbee/rbee/internal/testutil"
 )
 
 // watchActive samples Active until stop is closed and returns the most it
@@ -270,7 +272,7 @@ func TestAbortAll_BreaksAResponseBlockedOnAClientThatDoesNotRead(t *testing.T) {
 	// still have to stop, only by another path.
 	<-time.After(100 * time.Millisecond)
 	s.AbortAll()
-	eventually(t, 5*time.Second, "blocked stream aborted", func() error {
+	testutil.Eventually(t, 5*time.Second, "blocked stream aborted", func() error {
 		if st := s.Stats(); st.Aborted != 1 || st.InFlight != 0 {
 			return fmt.Errorf("stats %+v", st)
 		}

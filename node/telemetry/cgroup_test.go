@@ -12,6 +12,8 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"github.com/rbee/rbee/wsapi"
 )
 
 // Mountinfo samples, trimmed to the interesting lines but otherwise as the
@@ -207,7 +209,7 @@ func TestCgroupReader_Workers_UnreadableWorkerIsNamedOthersListed(t *testing.T) 
 	}
 	var ids []string
 	for _, w := range got {
-		ids = append(ids, w.Group+"/"+w.Instance)
+		ids = append(ids, wsapi.WorkerID(w.Group, w.Instance))
 	}
 	if want := []string{"embed/9000", "embed/9001", "llm/8081"}; !slices.Equal(ids, want) {
 		t.Errorf("Workers listed %v, want %v", ids, want)
@@ -445,7 +447,7 @@ func TestCgroupTracker_Collect(t *testing.T) {
 	}
 	var ids []string
 	for _, s := range first {
-		ids = append(ids, s.Group+"/"+s.Instance)
+		ids = append(ids, wsapi.WorkerID(s.Group, s.Instance))
 	}
 	// embed/9001 has no processes: not a running worker.
 	if want := []string{"embed/9000", "llm/8080", "llm/8081"}; !slices.Equal(ids, want) {

@@ -2,13 +2,10 @@ package telemetry
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -109,19 +106,6 @@ type Collector struct {
 	simProber APIProber
 }
 
-type registration struct {
-	group, instance string
-	pid             int32
-	info            ModelInfo
-}
-
-type staticWorker struct {
-	spec     WorkerSpec
-	pid      int32
-	lookedAt time.Time
-	warned   bool
-}
-
 // modelState is what is known of one worker's model, by source; info says
 // which wins.
 type modelState struct {
@@ -202,7 +186,7 @@ func (c *Collector) RegisterWorker(group, instance string, pid int32, model stri
 	if len(c.registered) >= maxRegistered {
 		return fmt.Errorf("register worker %s/%s: %d workers registered already", group, instance, maxRegistered)
 	}
-	c.registered[group+"/"+instance] = registration{group: group, instance: instance, pid: pid, info: ModelInfo{Model: model, Slots: slots}}
+	c.registered[wsapi.WorkerID(group, instance)] = registration{group: group, instance: instance, pid: pid, info: ModelInfo{Model: model, Slots: slots}}
 	return nil
 }
 
@@ -212,130 +196,62 @@ const maxRegistered = 1024
 // Collect returns this tick's workers. An error comes with the workers that
 // could be read; it names what could not.
 func (c *Collector) Collect(ctx context.Context) ([]wsapi.ProcessStats, error) {
+	// The hive's node.Collector passes no time: the tick's is read here,
+	// once, and everything below takes it.
 	now := time.Now()
-	var errs []error
-	var cgw []WorkerCgroupStats
-	if c.cg != nil {
-		var err error
-		cgw, err = c.cg.Collect(now)
-		if err != nil {
-			errs = append(errs, err)
-		}
-	}
-	inCgroup := make(map[int32]bool)
-	queries := make([]ProcQuery, 0, len(cgw)+len(c.static))
-	for _, w := range cgw {
-		for _, p := range w.PIDs {
-			inCgroup[p] = true
-		}
-		all := w.Known.Has(CgroupCPU | CgroupMemory | CgroupIO)
-		queries = append(queries, ProcQuery{PIDs: w.PIDs, IdentityOnly: all})
-	}
-	c.mu.Lock()
-	regs := make([]registration, 0, len(c.registered))
-	for k, r := range c.registered {
-		if !pidAlive(r.pid) {
-			delete(c.registered, k)
-			continue
-		}
-		regs = append(regs, r)
-	}
-	c.mu.Unlock()
-	slices.SortFunc(regs, func(a, b registration) int { return strings.Compare(a.group+"/"+a.instance, b.group+"/"+b.instance) })
-	regByKey := make(map[string]registration, len(regs))
-	for _, r := range regs {
-		regByKey[r.group+"/"+r.instance] = r
-	}
-	// Registered workers outside any cgroup are measured like --worker ones.
-	var outside []registration
-	for _, r := range regs {
-		if !inCgroup[r.pid] {
-			outside = append(outside, r)
-			queries = append(queries, ProcQuery{PIDs: []int32{r.pid}})
-		}
-	}
-	var statics []*staticWorker
-	for i := range c.static {
-		sw := &c.static[i]
-		c.resolvePID(ctx, sw, now)
-		if sw.pid != 0 && inCgroup[sw.pid] {
-			continue // rbee started it: its cgroup already reports it
-		}
-		statics = append(statics, sw)
-		var pids []int32
-		if sw.pid != 0 {
-			pids = []int32{sw.pid}
-		}
-		queries = append(queries, ProcQuery{PIDs: pids})
+	srcs, err := c.sources(ctx, now)
+	queries := make([]ProcQuery, len(srcs))
+	for i := range srcs {
+		queries[i] = srcs[i].query()
 	}
 	ps := c.procs.Sample(ctx, queries, now)
-
-	out := make([]wsapi.ProcessStats, 0, len(queries))
-	pidLists := make([][]int32, 0, len(queries))
-	for i, w := range cgw {
-		p := ps[i]
-		st := wsapi.ProcessStats{Group: w.Group, Instance: w.Instance, PID: uint32(p.MainPID),
-			CPUPct: w.CPUPct, RSSMB: w.RSSMB, IOReadMBs: w.IOReadMBs, IOWriteMBs: w.IOWriteMBs, UptimeS: uint64(p.Uptime / time.Second)}
-		// Fill from the processes what the cgroup could not say.
-		if !w.Known.Has(CgroupCPU) {
-			st.CPUPct = p.CPUPct
-		}
-		if !w.Known.Has(CgroupMemory) {
-			st.RSSMB = p.RSSBytes / mib
-		}
-		if !w.Known.Has(CgroupIO) {
-			st.IOReadMBs, st.IOWriteMBs = p.ReadBps/mib, p.WriteBps/mib
-		}
-		out = append(out, st)
-		pidLists = append(pidLists, w.PIDs)
-		c.noteModel(st.Group, st.Instance, p.Cmdline, localURL(w.Instance), regByKey[st.Group+"/"+st.Instance].info)
+	out := make([]wsapi.ProcessStats, len(srcs))
+	for i := range srcs {
+		out[i] = srcs[i].stats(ps[i])
+		c.noteModel(out[i].ID(), ps[i].Cmdline, srcs[i].baseURL, srcs[i].configured)
 	}
-	for j, r := range outside {
-		p := ps[len(cgw)+j]
-		out = append(out, wsapi.ProcessStats{Group: r.group, Instance: r.instance, PID: uint32(r.pid),
-			CPUPct: p.CPUPct, RSSMB: p.RSSBytes / mib, IOReadMBs: p.ReadBps / mib, IOWriteMBs: p.WriteBps / mib,
-			UptimeS: uint64(p.Uptime / time.Second)})
-		pidLists = append(pidLists, []int32{r.pid})
-		c.noteModel(r.group, r.instance, p.Cmdline, localURL(r.instance), r.info)
-	}
-	for j, sw := range statics {
-		p := ps[len(cgw)+len(outside)+j]
-		out = append(out, wsapi.ProcessStats{Group: sw.spec.Group, Instance: sw.spec.Instance, PID: uint32(p.MainPID),
-			CPUPct: p.CPUPct, RSSMB: p.RSSBytes / mib, IOReadMBs: p.ReadBps / mib, IOWriteMBs: p.WriteBps / mib,
-			UptimeS: uint64(p.Uptime / time.Second)})
-		var pids []int32
-		if sw.pid != 0 {
-			pids = []int32{sw.pid}
-		}
-		pidLists = append(pidLists, pids)
-		c.noteModel(sw.spec.Group, sw.spec.Instance, p.Cmdline, sw.spec.URL, ModelInfo{Model: sw.spec.Model, Slots: sw.spec.Slots})
-	}
-	if c.cfg.GPU != nil {
-		for i, g := range c.cfg.GPU(pidLists) {
-			out[i].GPUUtilPct, out[i].VRAMMB, out[i].TotalVRAMMB = g.UtilPct, g.VRAMMB, g.TotalVRAMMB
-		}
-	}
+	c.fillGPU(srcs, out)
 	c.probeOne(ctx, now)
 	for i := range out {
-		out[i].Slots = defaultSlots
-		m := c.models[out[i].Group+"/"+out[i].Instance]
-		if m == nil {
-			continue
-		}
-		info := m.info()
-		if info.Model != "" {
-			name := info.Model
-			out[i].Model = &name
-		}
-		if info.Slots > 0 {
-			out[i].Slots = info.Slots
-		}
-		out[i].Simulated = info.Simulated
+		c.fillModel(&out[i])
 	}
 	c.fillSimulated(ctx, out)
 	c.forgetModels(out)
 	c.publishEndpoints(out)
-	return out, errors.Join(errs...)
+	return out, err
+}
+
+// fillGPU gives each worker the GPU figures of its processes.
+func (c *Collector) fillGPU(srcs []source, out []wsapi.ProcessStats) {
+	if c.cfg.GPU == nil {
+		return
+	}
+	pids := make([][]int32, len(srcs))
+	for i := range srcs {
+		pids[i] = srcs[i].pids
+	}
+	for i, g := range c.cfg.GPU(pids) {
+		out[i].GPUUtilPct, out[i].VRAMMB, out[i].TotalVRAMMB = g.UtilPct, g.VRAMMB, g.TotalVRAMMB
+	}
+}
+
+// fillModel gives the worker what it serves, as far as is known, and its
+// slots: defaultSlots when nothing says.
+func (c *Collector) fillModel(w *wsapi.ProcessStats) {
+	w.Slots = defaultSlots
+	m := c.models[w.ID()]
+	if m == nil {
+		return
+	}
+	info := m.info()
+	if info.Model != "" {
+		name := info.Model
+		w.Model = &name
+	}
+	if info.Slots > 0 {
+		w.Slots = info.Slots
+	}
+	w.Simulated = info.Simulated
 }
 
 // publishEndpoints records each reported worker's API for Endpoint, which the
@@ -343,9 +259,9 @@ func (c *Collector) Collect(ctx context.Context) ([]wsapi.ProcessStats, error) {
 func (c *Collector) publishEndpoints(live []wsapi.ProcessStats) {
 	eps := make(map[string]string, len(live))
 	for _, w := range live {
-		key := w.Group + "/" + w.Instance
-		if m := c.models[key]; m != nil && m.baseURL != "" {
-			eps[key] = m.baseURL
+		id := w.ID()
+		if m := c.models[id]; m != nil && m.baseURL != "" {
+			eps[id] = m.baseURL
 		}
 	}
 	c.mu.Lock()
@@ -360,7 +276,7 @@ func (c *Collector) publishEndpoints(live []wsapi.ProcessStats) {
 func (c *Collector) Endpoint(group, instance string) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.endpoints[group+"/"+instance]
+	return c.endpoints[wsapi.WorkerID(group, instance)]
 }
 
 // Models returns what each worker serves, by group/instance, for callers that
@@ -373,45 +289,13 @@ func (c *Collector) Models() map[string]ModelInfo {
 	return out
 }
 
-// resolvePID finds the process behind a --worker's port when it is not known
-// or has gone, at most every pidRetry.
-func (c *Collector) resolvePID(ctx context.Context, sw *staticWorker, now time.Time) {
-	if sw.pid != 0 && pidAlive(sw.pid) {
-		return
-	}
-	if now.Sub(sw.lookedAt) < pidRetry {
-		return
-	}
-	sw.lookedAt = now
-	pid, err := PIDListeningOn(ctx, sw.spec.Port)
-	if err != nil {
-		sw.pid = 0
-		if !sw.warned {
-			c.log.Info("worker's process not visible; reporting it without process figures", "worker", sw.spec.URL, "reason", err)
-			sw.warned = true
-		}
-		return
-	}
-	sw.pid, sw.warned = pid, false
-}
-
-// localURL guesses a cgroup worker's API from its instance, which is its port
-// by convention (rbee worker run --instance 8080).
-func localURL(instance string) string {
-	if p, err := strconv.Atoi(instance); err == nil && p > 0 && p < 65536 {
-		return "http://127.0.0.1:" + instance
-	}
-	return ""
-}
-
 // noteModel records what is known without I/O: what the user configured,
 // and, until the worker's API has answered, its command line.
-func (c *Collector) noteModel(group, instance string, argv []string, baseURL string, configured ModelInfo) {
-	key := group + "/" + instance
-	m := c.models[key]
+func (c *Collector) noteModel(id string, argv []string, baseURL string, configured ModelInfo) {
+	m := c.models[id]
 	if m == nil {
 		m = &modelState{}
-		c.models[key] = m
+		c.models[id] = m
 	}
 	m.baseURL, m.configured = baseURL, configured
 	if !m.probed && c.cfg.FromCmdline != nil && len(argv) > 0 {
@@ -465,7 +349,7 @@ func (c *Collector) forgetModels(live []wsapi.ProcessStats) {
 	}
 	keep := make(map[string]bool, len(live))
 	for _, w := range live {
-		keep[w.Group+"/"+w.Instance] = true
+		keep[w.ID()] = true
 	}
 	for k := range c.models {
 		if !keep[k] {

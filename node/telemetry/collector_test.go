@@ -7,10 +7,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"testing"
+
+	"github.com/rbee/rbee/wsapi"
 )
 
 func TestCollector_CgroupWorkersInTheWireShape(t *testing.T) {
@@ -33,7 +36,7 @@ func TestCollector_CgroupWorkersInTheWireShape(t *testing.T) {
 	}
 	byID := map[string]int{}
 	for i, w := range got {
-		byID[w.Group+"/"+w.Instance] = i
+		byID[w.ID()] = i
 	}
 	i, ok := byID["llm/8080"]
 	if !ok {
@@ -97,7 +100,7 @@ func TestCollector_StaticWorkerFoundByPortWithProbedModel(t *testing.T) {
 	if w.RSSMB == 0 || w.UptimeS > 3600 {
 		t.Errorf("process figures = rss %d uptime %d", w.RSSMB, w.UptimeS)
 	}
-	if m := c.Models()[w.Group+"/"+w.Instance]; m.Slots != 4 {
+	if m := c.Models()[w.ID()]; m.Slots != 4 {
 		t.Errorf("slots = %d, want the configured 4", m.Slots)
 	}
 	if _, err := c.Collect(context.Background()); err != nil {
@@ -182,10 +185,94 @@ func TestCollector_ConfiguredModelStillProbedOnceForSlots(t *testing.T) {
 			if probed != 1 {
 				t.Errorf("probed %d times, want once", probed)
 			}
-			if m := c.Models()[spec.Group+"/"+spec.Instance]; m.Model != tc.wantModel || m.Slots != tc.wantSlots || m.Simulated != tc.probe.Simulated {
+			if m := c.Models()[wsapi.WorkerID(spec.Group, spec.Instance)]; m.Model != tc.wantModel || m.Slots != tc.wantSlots || m.Simulated != tc.probe.Simulated {
 				t.Errorf("Models() = %+v", m)
 			}
 		})
+	}
+}
+
+// A tick lists the cgroup workers first, then the registered ones outside any
+// cgroup (by group/instance), then the --worker servers rbee did not start; a
+// registration names its cgroup worker's model, and a --worker whose process
+// is in a cgroup is reported once, by its cgroup.
+func TestCollector_JoinsCgroupRegisteredAndStaticWorkers(t *testing.T) {
+	root := t.TempDir()
+	self, parent := int32(os.Getpid()), int32(os.Getppid())
+	writeCgroupWorker(t, root, "llm", "8080", int(self))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	inCgroup, err := ParseWorkerSpec(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed, err := ParseWorkerSpec("http://127.0.0.1:1,model=ext-model")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exited := exec.Command("true")
+	if err := exited.Run(); err != nil {
+		t.Fatal(err)
+	}
+	var gpuPIDs [][]int32
+	c := NewCollector(CollectorConfig{
+		CgroupRoot: root,
+		Workers:    []WorkerSpec{inCgroup, closed},
+		GPU: func(ws [][]int32) []WorkerGPU {
+			gpuPIDs = ws
+			return make([]WorkerGPU, len(ws))
+		},
+	})
+	for _, r := range []struct {
+		group, instance string
+		pid             int32
+		model           string
+		slots           int
+	}{
+		{"run", "9001", parent, "run-b", 0},
+		{"llm", "8080", self, "cg-model", 3},
+		{"run", "9000", parent, "run-a", 2},
+		{"run", "9002", int32(exited.Process.Pid), "gone", 1},
+	} {
+		if err := c.RegisterWorker(r.group, r.instance, r.pid, r.model, r.slots); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := c.Collect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	type row struct {
+		id, model, endpoint string
+		pid                 uint32
+		slots               int
+	}
+	var rows []row
+	for _, w := range got {
+		model := ""
+		if w.Model != nil {
+			model = *w.Model
+		}
+		rows = append(rows, row{w.ID(), model, c.Endpoint(w.Group, w.Instance), w.PID, w.Slots})
+	}
+	want := []row{
+		{"llm/8080", "cg-model", "http://127.0.0.1:8080", uint32(self), 3},
+		{"run/9000", "run-a", "http://127.0.0.1:9000", uint32(parent), 2},
+		{"run/9001", "run-b", "http://127.0.0.1:9001", uint32(parent), defaultSlots},
+		{DefaultStaticGroup + "/1", "ext-model", "http://127.0.0.1:1", 0, defaultSlots},
+	}
+	if !slices.Equal(rows, want) {
+		t.Errorf("workers =\n%+v\nwant\n%+v", rows, want)
+	}
+	wantPIDs := [][]int32{{self}, {parent}, {parent}, nil}
+	if !slices.EqualFunc(gpuPIDs, wantPIDs, slices.Equal) {
+		t.Errorf("GPU hook's pids = %v, want %v", gpuPIDs, wantPIDs)
+	}
+	if got[0].RSSMB != 2048 {
+		t.Errorf("cgroup worker's rss_mb = %d, want its memory.current's 2048", got[0].RSSMB)
 	}
 }
 
@@ -194,22 +281,8 @@ func TestCollector_ConfiguredModelStillProbedOnceForSlots(t *testing.T) {
 // pid is this live process).
 func BenchmarkCollector_16CgroupWorkers(b *testing.B) {
 	root := b.TempDir()
-	self := strconv.Itoa(os.Getpid())
 	for i := range 16 {
-		dir := filepath.Join(root, "rbee.slice", "llm", strconv.Itoa(8080+i))
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			b.Fatal(err)
-		}
-		for name, body := range map[string]string{
-			"cgroup.procs":   self + "\n",
-			"cpu.stat":       "usage_usec 123456\nuser_usec 100000\nsystem_usec 23456\n",
-			"memory.current": "2147483648\n",
-			"io.stat":        "8:0 rbytes=1048576 wbytes=2048 rios=10 wios=2 dbytes=0 dios=0\n",
-		} {
-			if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
-				b.Fatal(err)
-			}
-		}
+		writeCgroupWorker(b, root, "llm", strconv.Itoa(8080+i), os.Getpid())
 	}
 	c := NewCollector(CollectorConfig{CgroupRoot: root})
 	ctx := context.Background()
@@ -217,6 +290,26 @@ func BenchmarkCollector_16CgroupWorkers(b *testing.B) {
 		ws, err := c.Collect(ctx)
 		if err != nil || len(ws) != 16 {
 			b.Fatalf("%d workers, %v", len(ws), err)
+		}
+	}
+}
+
+// writeCgroupWorker writes the files a kernel would show for the worker cgroup
+// rbee.slice/group/instance under root, holding pid.
+func writeCgroupWorker(tb testing.TB, root, group, instance string, pid int) {
+	tb.Helper()
+	dir := filepath.Join(root, "rbee.slice", group, instance)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		tb.Fatal(err)
+	}
+	for name, body := range map[string]string{
+		"cgroup.procs":   strconv.Itoa(pid) + "\n",
+		"cpu.stat":       "usage_usec 123456\nuser_usec 100000\nsystem_usec 23456\n",
+		"memory.current": "2147483648\n",
+		"io.stat":        "8:0 rbytes=1048576 wbytes=2048 rios=10 wios=2 dbytes=0 dios=0\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			tb.Fatal(err)
 		}
 	}
 }

@@ -12,8 +12,14 @@
 // command lines) and APIProber (llama-server /props, Ollama /api/ps, OpenAI
 // /v1/models).
 //
-// The package starts no goroutines and reads no clock: the caller passes the
-// time of each tick, so rates are computed over the wall time it says passed.
+// The package starts no goroutines: a tick's probes and reads of simulated
+// workers run one after another inside Collect, each within a deadline.
+// CgroupTracker and ProcSampler read no clock: the caller passes the time of
+// each tick, so rates are computed over the wall time it says passed.
+// Collector.Collect is the one edge that reads it, time.Now once a tick,
+// because the hive's node.Collector passes none; it hands that time to the
+// trackers and to its own retry timing (finding a --worker's pid, probing a
+// worker's API). The deadlines of those network calls run on the real clock.
 // It never writes to a cgroup and never needs root to read one; a machine
 // without cgroup v2 (ErrNoCgroup2) is measured by process alone.
 package telemetry

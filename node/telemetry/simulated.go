@@ -59,7 +59,7 @@ func (c *Collector) fillSimulated(ctx context.Context, out []wsapi.ProcessStats)
 			continue
 		}
 		w.GPUUtilPct, w.VRAMMB, w.TotalVRAMMB = 0, 0, 0
-		m := c.models[w.Group+"/"+w.Instance]
+		m := c.models[w.ID()]
 		if m == nil || m.baseURL == "" {
 			continue
 		}

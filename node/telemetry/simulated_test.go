@@ -3,6 +3,7 @@ package telemetry
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node/sim"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -127,13 +129,12 @@ func TestCollector_SimulatedWorkerReportsItsMadeUpGPU(t *testing.T) {
 			}
 		})
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for s.Stats().Active != 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("requests not generating: %+v", s.Stats())
+	testutil.Every(time.Millisecond).Eventually(t, 5*time.Second, "two requests generating", func() error {
+		if st := s.Stats(); st.Active != 2 {
+			return fmt.Errorf("simulator stats %+v", st)
 		}
-		<-time.After(time.Millisecond)
-	}
+		return nil
+	})
 	w = collect()
 	cancel()
 	wg.Wait()

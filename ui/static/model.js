@@ -22,9 +22,9 @@ export const QUEEN_GRACE_MS = 5000;
 // Hive transitions are not logged while the first reports arrive.
 const QUIET_MS = 3000;
 const MAX_EVENTS = 200;
-// GPU this busy with no rbee request: busy with work outside rbee (the
-// scheduler's rule, node/registry.go busyGPUUtilPct).
-export const BUSY_GPU_PCT = 90;
+// The worker states the queen sends (scheduler.State, the one rule every view
+// shows); a worker in none of them shows as unknown.
+export const WORKER_STATES = new Set(['idle', 'busy', 'saturated', 'failing', 'offline']);
 
 export function newState(now) {
   return {
@@ -322,16 +322,17 @@ export function tick(st, now) {
 }
 
 // workerState is what a row says about a worker, with the reason shown on
-// hover.
+// hover: the state and reason the queen sent in the last report. Only what
+// no message can say is the page's own: a worker missing from its hive's
+// latest report is gone, and a hive this page has stopped hearing from is
+// offline.
 export function workerState(h, w) {
   if (w.gone) return ['gone', 'missing from the hive’s latest report'];
   if (h.status === 'offline') return ['offline', 'the hive stopped reporting'];
-  const s = w.s;
-  if (s.health) return ['failing', `the hive’s requests to it fail (${s.health})`];
-  if (w.busy >= w.slots) return ['saturated', `all ${w.slots} slots busy`];
-  if (w.busy > 0) return ['busy', `${w.busy} of ${w.slots} slots busy`];
-  if (s.gpu_util_pct >= BUSY_GPU_PCT) return ['saturated', `GPU ≥ ${BUSY_GPU_PCT}% with no rbee request: busy outside rbee`];
-  return ['idle', 'free slots, ready for requests'];
+  const s = w.s || {};
+  if (WORKER_STATES.has(s.state)) return [s.state, typeof s.state_reason === 'string' ? s.state_reason : ''];
+  if (!s.state) return ['unknown', 'the queen sent no state'];
+  return ['unknown', `the queen sent a state this page does not know: ${s.state}`];
 }
 
 // summary: the cluster figures, from the queen event when there is one, else

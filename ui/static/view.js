@@ -5,7 +5,7 @@
 // attributes, never as HTML.
 
 import * as fmt from './format.js';
-import { summary, currentQueues, workerState, BUSY_GPU_PCT } from './model.js';
+import { summary, currentQueues, workerState } from './model.js';
 import { drawSpark } from './spark.js';
 
 // set writes text only when it changed; the last value rides on the element.
@@ -390,7 +390,8 @@ export function createView(st, origin) {
     const gpu = +s.gpu_util_pct || 0;
     set(f.gpu, fmt.pct(gpu));
     scale(f.gpuBar, gpu / 100);
-    attr(f.gpuBar, 'data-hot', gpu >= BUSY_GPU_PCT ? '' : null);
+    // Saturated with slots free: the queen found the GPU busy outside rbee.
+    attr(f.gpuBar, 'data-hot', state === 'saturated' && w.busy < w.slots ? '' : null);
     set(f.vram, fmt.vram(s.vram_mb || 0, s.total_vram_mb || 0));
     const vf = s.total_vram_mb > 0 ? s.vram_mb / s.total_vram_mb : 0;
     scale(f.vramBar, vf);

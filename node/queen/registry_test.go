@@ -1,4 +1,4 @@
-package node
+package queen
 
 import (
 	"testing"
@@ -11,7 +11,9 @@ func telemetry(hive string, workers ...wsapi.ProcessStats) *wsapi.HiveTelemetry 
 	if workers == nil {
 		workers = []wsapi.ProcessStats{}
 	}
-	return &wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: hive, Workers: workers}
+	t := &wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: hive, Workers: workers}
+	setStates(t, nil) // as the queen does before it records a report
+	return t
 }
 
 func TestRegistry_OnlineWhileReportedWithinTTL(t *testing.T) {

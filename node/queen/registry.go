@@ -1,4 +1,4 @@
-package node
+package queen
 
 import (
 	"slices"
@@ -6,13 +6,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rbee/rbee/scheduler"
 	"github.com/rbee/rbee/wsapi"
 )
-
-// busyGPUUtilPct: a worker whose GPU is this busy while it serves no rbee
-// request is busy with work outside rbee, so not available (the scheduler's
-// rule too).
-const busyGPUUtilPct = 90
 
 // Registry is the queen's view of the hives: the last telemetry of each, and
 // when it arrived. It is safe for concurrent use.
@@ -71,10 +67,20 @@ func (r *Registry) Hives(now time.Time) []HiveView {
 			continue
 		}
 		w := e.t.Workers
-		if w == nil {
+		online := r.online(e, now)
+		switch {
+		case w == nil:
 			w = []wsapi.ProcessStats{}
+		case !online:
+			// The states were set when the report came; since then
+			// the hive went silent.
+			w = slices.Clone(w)
+			reason := scheduler.OfflineReason(now.Sub(e.lastSeen))
+			for i := range w {
+				w[i].State, w[i].StateReason = scheduler.StateOffline, reason
+			}
 		}
-		out = append(out, HiveView{HiveID: id, Online: r.online(e, now), LastSeen: e.lastSeen.UTC(), Workers: w, Leases: e.t.Leases})
+		out = append(out, HiveView{HiveID: id, Online: online, LastSeen: e.lastSeen.UTC(), Workers: w, Leases: e.t.Leases})
 	}
 	slices.SortFunc(out, func(a, b HiveView) int { return strings.Compare(a.HiveID, b.HiveID) })
 	return out
@@ -94,8 +100,8 @@ func (r *Registry) online(e *hiveEntry, now time.Time) bool {
 }
 
 // Summary builds the feed's queen event. Only online hives count; a worker is
-// available when it has a free slot and is healthy and not saturated by work
-// outside rbee, a hive when it has an available worker.
+// available when the state the queen gave it allows requests (idle or busy), a
+// hive when it has an available worker.
 func (r *Registry) Summary(now time.Time, queen string) wsapi.QueenEvent {
 	ev := wsapi.QueenEvent{Type: wsapi.TypeQueen, Timestamp: now.UTC(), QueenID: queen, WorkerIDs: []string{}, HiveIDs: []string{}}
 	r.mu.RLock()
@@ -107,12 +113,11 @@ func (r *Registry) Summary(now time.Time, queen string) wsapi.QueenEvent {
 		ev.HivesOnline++
 		ev.HiveIDs = append(ev.HiveIDs, id)
 		avail := false
-		busy := leasesPerWorker(e.t.Leases)
-		for _, w := range e.t.Workers {
+		for i := range e.t.Workers {
+			w := &e.t.Workers[i]
 			ev.WorkersOnline++
-			ev.WorkerIDs = append(ev.WorkerIDs, wsapi.WorkerID(id, w))
-			b := busy[w.Group+"/"+w.Instance]
-			if w.Health == "" && b < max(w.Slots, 1) && (b > 0 || w.GPUUtilPct < busyGPUUtilPct) {
+			ev.WorkerIDs = append(ev.WorkerIDs, wsapi.GlobalWorkerID(id, w))
+			if scheduler.Available(w.State) {
 				ev.WorkersAvailable++
 				avail = true
 			}

@@ -5,8 +5,8 @@ import (
 	"testing"
 )
 
-func TestRetry_DoublesUpToCapAndResetsOnChange(t *testing.T) {
-	var r retry
+func TestBackoff_DoublesUpToCapAndResetsOnChange(t *testing.T) {
+	var r backoff
 	if got := r.next(); got != redialMin {
 		t.Fatalf("first backoff = %v, want %v", got, redialMin)
 	}

@@ -12,25 +12,26 @@ import (
 	"github.com/rbee/rbee/wsapi"
 )
 
-// Redial backoff for hive sessions: the first retry is quick (the queen may
-// just be restarting its listener), later ones back off so a long outage costs
-// one dial every 5 s per hive, not a storm.
+// Redial backoff for the uplink: the first retry is quick (the queen may just
+// be restarting its listener), later ones back off so a long outage costs one
+// dial every 5 s per node, not a storm.
 const (
 	redialMin = 100 * time.Millisecond
 	redialMax = 5 * time.Second
-	// hivePingInterval: the queen sends a hive nothing in steady state, so
-	// the hive's keepalive pings on every interval. Gossip already replaces
-	// a dead queen within seconds; the ping only covers a broken path
-	// between two live nodes, and at 1000 hives a 5 s ping would cost the
-	// queen 200 pongs a second.
-	hivePingInterval = 15 * time.Second
+	// uplinkPingInterval: the queen sends a node nothing in steady state,
+	// so the node's keepalive pings on every interval. Gossip already
+	// replaces a dead queen within seconds; the ping only covers a broken
+	// path between two live nodes, and at 1000 hives a 5 s ping would
+	// cost the queen 200 pongs a second.
+	uplinkPingInterval = 15 * time.Second
 )
 
-// runHive keeps one session open to the current queen and pushes telemetry on
-// it. When the queen changes it hangs up and dials the new one at once; when
-// a dial fails it retries with capped exponential backoff.
-func (n *Node) runHive(ctx context.Context) error {
-	var backoff retry
+// runUplink keeps this node's one session to the current queen: every node
+// asks for leases on it, and a hive also reports its telemetry there. When the
+// queen changes it hangs up and dials the new one at once; when a dial fails
+// it retries with capped exponential backoff.
+func (n *Node) runUplink(ctx context.Context) error {
+	var retry backoff
 	failing := false
 	for {
 		q, ok, changed := n.gossip.WatchQueen()
@@ -42,48 +43,48 @@ func (n *Node) runHive(ctx context.Context) error {
 				continue
 			}
 		}
-		opened, err := n.hiveSession(ctx, q, changed)
+		opened, err := n.uplinkOnce(ctx, q, changed)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if opened {
-			backoff.reset()
+			retry.reset()
 			failing = false
 		}
 		select {
 		case <-changed:
 			// A new queen: dial it now, not after a backoff.
-			backoff.reset()
+			retry.reset()
 			continue
 		default:
 		}
 		// Log the first failure of a run at WARN, the retries at DEBUG: a
 		// dead queen is one event, not one line per retry.
 		if !failing {
-			n.log.Warn("hive session to queen failed", "queen", q.Name, "err", err, "retry_in", backoff.next())
+			n.log.Warn("session to queen failed", "queen", q.Name, "err", err, "retry_in", retry.next())
 			failing = true
 		} else {
-			n.log.Debug("hive session to queen failed", "queen", q.Name, "err", err, "retry_in", backoff.next())
+			n.log.Debug("session to queen failed", "queen", q.Name, "err", err, "retry_in", retry.next())
 		}
-		if !backoff.wait(ctx, changed) {
+		if !retry.wait(ctx, changed) {
 			return nil
 		}
 	}
 }
 
-// retry is a capped exponential backoff for redials; the zero value starts at
-// redialMin.
-type retry struct{ cur time.Duration }
+// backoff is a capped exponential backoff for redials; the zero value starts
+// at redialMin.
+type backoff struct{ cur time.Duration }
 
-func (r *retry) next() time.Duration { return max(r.cur, redialMin) }
-func (r *retry) reset()              { r.cur = redialMin }
+func (b *backoff) next() time.Duration { return max(b.cur, redialMin) }
+func (b *backoff) reset()              { b.cur = redialMin }
 
 // wait sleeps the next backoff (jittered by +-20% so a new queen is not hit by
-// every hive in the same millisecond), then doubles it. A change on changed
+// every node in the same millisecond), then doubles it. A change on changed
 // cuts the wait short and resets the backoff: there is somewhere new to dial.
 // It returns false when ctx ended.
-func (r *retry) wait(ctx context.Context, changed <-chan struct{}) bool {
-	d := r.next()
+func (b *backoff) wait(ctx context.Context, changed <-chan struct{}) bool {
+	d := b.next()
 	d = d - d/5 + time.Duration(rand.Int64N(int64(d/5*2+1)))
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -91,31 +92,41 @@ func (r *retry) wait(ctx context.Context, changed <-chan struct{}) bool {
 	case <-ctx.Done():
 		return false
 	case <-changed:
-		r.reset()
+		b.reset()
 	case <-t.C:
-		r.cur = min(r.next()*2, redialMax)
+		b.cur = min(b.next()*2, redialMax)
 	}
 	return true
 }
 
-// hiveSession runs one session to queen q until it breaks, ctx ends, or the
+// uplink is the session as the lease client sees it.
+type uplink struct {
+	s   *wsapi.Session
+	out *wsapi.Outbox
+}
+
+func (u *uplink) Send(msg []byte) error { return u.out.Send(context.Background(), msg) }
+func (u *uplink) Break()                { u.s.CloseNow() }
+
+// uplinkOnce runs one session to queen q until it breaks, ctx ends, or the
 // queen changes. opened reports whether the handshake succeeded.
-func (n *Node) hiveSession(ctx context.Context, q gossip.Member, changed <-chan struct{}) (opened bool, err error) {
+func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan struct{}) (opened bool, err error) {
 	url := "ws://" + q.HTTPAddr + wsapi.SessionPath
 	opts := n.sessionOptions()
 	if n.cfg.Session.PingInterval == 0 {
-		opts.PingInterval = hivePingInterval
+		opts.PingInterval = uplinkPingInterval
 	}
 	s, err := wsapi.DialHive(ctx, url, opts)
 	if err != nil {
 		return false, err
 	}
 	log := n.log.With("queen", q.Name)
-	log.Info("hive session open", "queen_http", q.HTTPAddr)
+	log.Info("session to queen open", "queen_http", q.HTTPAddr)
+	leases := n.proxy.Leases()
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() {
 		// The queen sends lease answers; reading also keeps pongs and
 		// its close frame flowing.
@@ -127,26 +138,26 @@ func (n *Node) hiveSession(ctx context.Context, q gossip.Member, changed <-chan 
 			}
 			switch m := msg.(type) {
 			case *wsapi.LeaseGrant:
-				n.lc.onGrant(m)
+				leases.OnGrant(m)
 			case *wsapi.LeaseError:
-				n.lc.onError(m)
+				leases.OnError(m)
 			}
 		}
 	}()
 	go func() { errc <- s.Keepalive(sctx) }()
 	// Lease requests and releases go out batched (see wsapi.Outbox);
 	// telemetry is written directly, once a second.
-	out := wsapi.NewOutbox(s, sessionOutQueue)
-	go func() { errc <- out.Run(sctx) }()
+	up := &uplink{s: s, out: wsapi.NewOutbox(s, sessionOutQueue)}
+	go func() { errc <- up.out.Run(sctx) }()
 	defer func() {
-		n.lc.detach(s)
+		leases.Detach(up)
 		cancel()
 		s.CloseNow()
 		<-errc
 		<-errc
 		<-errc
 	}()
-	n.lc.attach(s, out)
+	leases.Attach(up)
 
 	tick := time.NewTicker(s.Interval)
 	defer tick.Stop()
@@ -165,16 +176,20 @@ func (n *Node) hiveSession(ctx context.Context, q gossip.Member, changed <-chan 
 			return true, nil
 		case <-changed:
 			_ = s.Close(websocket.StatusNormalClosure, "queen changed")
-			log.Info("hive session closed: queen changed")
+			log.Info("session to queen closed: queen changed")
 			return true, nil
 		case err := <-errc:
 			errc <- err // for the deferred drain
-			log.Info("hive session closed", "reason", closeText(err))
+			log.Info("session to queen closed", "reason", wsapi.CloseText(err))
 			return true, err
 		case <-tick.C:
 		}
 	}
 }
+
+// sessionOutQueue bounds the lease messages queued for the queen: a queen
+// that lets this many pile up is not reading, and the session is dropped.
+const sessionOutQueue = 4096
 
 // collect asks the collector for this tick's workers. A collector error is
 // logged when it first appears or changes, not every second.
@@ -194,6 +209,16 @@ func (n *Node) collect(ctx context.Context, lastErr *string) *wsapi.HiveTelemetr
 		workers = []wsapi.ProcessStats{}
 	}
 	now := time.Now()
-	leases := n.active.report(workers, now)
+	leases := n.proxy.ReportLeases(workers, now)
 	return &wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: n.cfg.Name, Timestamp: now.UTC(), Workers: workers, Leases: leases}
+}
+
+func (n *Node) sessionOptions() *wsapi.SessionOptions {
+	o := n.cfg.Session
+	o.Key, o.Name, o.Version = n.cfg.Key, n.cfg.Name, Version
+	o.Interval = n.cfg.TelemetryInterval
+	// A refused dial (421) leaves a keep-alive connection behind; the
+	// node's own client lets shutdown close it.
+	o.HTTPClient = n.hc
+	return &o
 }

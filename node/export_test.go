@@ -1,0 +1,19 @@
+package node
+
+import (
+	"time"
+
+	"github.com/rbee/rbee/wsapi"
+)
+
+// What the external tests of this package (package node_test) may reach of
+// its insides.
+
+// ValidateConfig is what New checks of cfg.
+func ValidateConfig(cfg Config) error { return cfg.withDefaults().validate() }
+
+// QueenQueues is the queen's queues, empty on a node that is not queen.
+func QueenQueues(n *Node) []wsapi.QueueStats {
+	qs, _ := n.queen.Queues(time.Now())
+	return qs
+}

@@ -1,0 +1,20 @@
+// Package proxy is the data plane: the OpenAI-compatible API every node
+// serves, and the hive's end of a request.
+//
+// An entry node reads a request's model, asks the queen for a lease through
+// its LeaseClient (over the node's one session to the queen, which it sees
+// only as an Uplink), and proxies to the hive that owns the leased worker; the
+// hive end (HandleHiveProxy) checks the lease against its own table of
+// requests in flight and proxies to the worker on loopback, then returns the
+// lease when the answer ends. Answers, streamed or not, are copied back
+// unchanged.
+//
+// Main types: Proxy (New, the HTTP handlers, ReportLeases for the hive's
+// telemetry), LeaseClient (asks and re-asks the queen for leases), and the
+// interfaces it sees the rest of the node through: Uplink, Queues and
+// WorkerEndpoints.
+//
+// It must never import node/queen: the queen is not on the data path, and a
+// request in flight goes on when the queen dies. It reads no flags or
+// environment and starts no goroutine that outlives a request.
+package proxy

@@ -1,0 +1,210 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+
+	jsonv2 "github.com/go-json-experiment/json"
+
+	"github.com/rbee/rbee/wsapi"
+)
+
+// Headers from the entry node to the hive naming the lease.
+const (
+	hdrLease   = "X-Rbee-Lease"
+	hdrWorker  = "X-Rbee-Worker"
+	hdrModel   = "X-Rbee-Model"
+	hdrEntry   = "X-Rbee-Entry"
+	hdrRequest = "X-Rbee-Request"
+	// hdrRetry on a hive's 503 says it did not start the request (the
+	// worker is full, gone or unreachable): the entry node may ask for
+	// another lease.
+	hdrRetry = "X-Rbee-Retry"
+)
+
+// maxInferenceBody bounds a request body: embeddings of a large batch are the
+// biggest legitimate ones.
+const maxInferenceBody = 32 << 20
+
+// maxAttempts bounds how often one client request is tried on another worker
+// after a hive refused it or could not be reached before any byte of the
+// answer was sent.
+const maxAttempts = 3
+
+// HandleInference is the entry node: it asks the queen for a lease, then
+// proxies to the hive that owns the worker (or, when that is this node,
+// straight to the worker).
+func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxInferenceBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			p.Fail(w, "", http.StatusRequestEntityTooLarge, "invalid_request_error", fmt.Sprintf("body larger than %d bytes", maxInferenceBody))
+			return
+		}
+		p.Fail(w, "", http.StatusBadRequest, "invalid_request_error", "read body: "+err.Error())
+		return
+	}
+	var head struct {
+		Model string `json:"model"`
+	}
+	// JSON v2: it scans a long prompt about twice as fast as
+	// encoding/json, and rejects what a worker might read differently
+	// (duplicate keys, invalid UTF-8).
+	if err := jsonv2.Unmarshal(body, &head); err != nil {
+		p.Fail(w, "", http.StatusBadRequest, "invalid_request_error", "body is not valid JSON: "+err.Error())
+		return
+	}
+	if head.Model == "" {
+		p.Fail(w, "", http.StatusBadRequest, "invalid_request_error", `"model" is required`)
+		return
+	}
+	if err := wsapi.ValidModel(head.Model); err != nil {
+		p.Fail(w, "", http.StatusBadRequest, "invalid_request_error", `"model": `+err.Error())
+		return
+	}
+	model := head.Model
+	for attempt := 1; ; attempt++ {
+		waitStart := time.Now()
+		g, lerr, err := p.leases.Acquire(r.Context(), model, p.cfg.QueueTimeout)
+		if err != nil {
+			p.metrics.requests.WithLabelValues(model, "499").Inc()
+			return // the client went away while waiting
+		}
+		// Metrics name the model as served (a bounded set), not as asked.
+		switch {
+		case lerr == nil:
+			p.metrics.queueWait.WithLabelValues(g.Model).Observe(time.Since(waitStart).Seconds())
+		case lerr.Status != http.StatusNotFound:
+			p.metrics.queueWait.WithLabelValues(model).Observe(time.Since(waitStart).Seconds())
+		}
+		if lerr != nil {
+			if lerr.RetryAfterMS > 0 {
+				w.Header().Set("Retry-After", strconv.FormatInt(max((lerr.RetryAfterMS+999)/1000, 1), 10))
+			}
+			p.Fail(w, model, lerr.Status, lerr.ErrorType, lerr.Message)
+			return
+		}
+		if !p.forward(w, r, body, g, start) {
+			return
+		}
+		p.leases.Release(g.LeaseID)
+		if attempt == maxAttempts {
+			p.Fail(w, model, http.StatusServiceUnavailable, "worker_unavailable",
+				fmt.Sprintf("model %q: %d workers in a row could not take the request", model, attempt))
+			return
+		}
+		p.log.Debug("retrying on another worker", "model", model, "hive", g.Hive, "worker", g.Worker)
+	}
+}
+
+// Fail answers an inference client with an error and counts it.
+func (p *Proxy) Fail(w http.ResponseWriter, model string, status int, typ, msg string) {
+	if status == http.StatusNotFound {
+		// Clients choose the name: labelling unknown ones would let
+		// them grow the metrics without bound.
+		model = "(unknown)"
+	}
+	p.metrics.requests.WithLabelValues(model, strconv.Itoa(status)).Inc()
+	WriteError(w, status, typ, msg)
+}
+
+// forward sends the request under lease g and streams the answer back. It
+// reports whether nothing was sent to the client, so that the request may be
+// tried on another worker.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *wsapi.LeaseGrant, start time.Time) (tryAnother bool) {
+	lease := wsapi.LeaseInfo{LeaseID: g.LeaseID, Worker: g.Worker, Model: g.Model, Entry: p.cfg.Name, RequestID: g.RequestID}
+	if g.Hive == p.cfg.Name {
+		return p.serveLease(w, r, r.URL.Path, bytes.NewReader(body), lease, start, true)
+	}
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, "http://"+g.HiveAddr+PathHiveProxy+r.URL.Path, bytes.NewReader(body))
+	if err != nil {
+		return true
+	}
+	copyRequestHeaders(req.Header, r.Header)
+	req.Header.Set(hdrLease, g.LeaseID)
+	req.Header.Set(hdrWorker, g.Worker)
+	req.Header.Set(hdrModel, g.Model)
+	req.Header.Set(hdrEntry, p.cfg.Name)
+	req.Header.Set(hdrRequest, g.RequestID)
+	if p.cfg.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+p.cfg.Token)
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		if r.Context().Err() != nil {
+			p.metrics.requests.WithLabelValues(g.Model, "499").Inc()
+			return false
+		}
+		p.log.Warn("hive unreachable", "hive", g.Hive, "addr", g.HiveAddr, "err", err)
+		return true
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get(hdrRetry) != "" {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return true
+	}
+	p.copyResponse(w, r, resp, g.Model, start, true)
+	return false
+}
+
+// modelObject is one entry of /v1/models, in OpenAI's shape.
+type modelObject struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+}
+
+// servedModels lists the models fresh workers serve now.
+func (p *Proxy) servedModels(ctx context.Context) ([]modelObject, error) {
+	qs, err := p.cfg.Queues.Queues(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []modelObject{}
+	for _, q := range qs {
+		if q.Slots > 0 {
+			out = append(out, modelObject{ID: q.Model, Object: "model", Created: p.cfg.Start.Unix(), OwnedBy: "rbee"})
+		}
+	}
+	return out, nil
+}
+
+// HandleModels answers GET /v1/models: every model the cluster serves.
+func (p *Proxy) HandleModels(w http.ResponseWriter, r *http.Request) {
+	ms, err := p.servedModels(r.Context())
+	if err != nil {
+		WriteError(w, http.StatusServiceUnavailable, "no_queen", err.Error())
+		return
+	}
+	WriteJSON(w, struct {
+		Object string        `json:"object"`
+		Data   []modelObject `json:"data"`
+	}{Object: "list", Data: ms})
+}
+
+// HandleModel answers GET /v1/models/{model}, which some clients call to
+// check a model before using it.
+func (p *Proxy) HandleModel(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("model")
+	ms, err := p.servedModels(r.Context())
+	if err != nil {
+		WriteError(w, http.StatusServiceUnavailable, "no_queen", err.Error())
+		return
+	}
+	for _, m := range ms {
+		if m.ID == id {
+			WriteJSON(w, m)
+			return
+		}
+	}
+	p.Fail(w, "", http.StatusNotFound, "model_not_found", fmt.Sprintf("model %q is not served by this cluster", TruncateText(id, 200)))
+}

@@ -1,0 +1,165 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rbee/rbee/wsapi"
+)
+
+// failingFor: a worker the hive could not reach is reported failing this long,
+// so the scheduler stops sending it requests while it restarts.
+const failingFor = 10 * time.Second
+
+// HandleHiveProxy is the hive's end: an entry node holding a lease on one of
+// this hive's workers sends the request here.
+func (p *Proxy) HandleHiveProxy(w http.ResponseWriter, r *http.Request) {
+	path := strings.TrimPrefix(r.URL.Path, PathHiveProxy)
+	switch path {
+	case PathChat, PathCompletions, PathEmbeddings:
+	default:
+		WriteError(w, http.StatusNotFound, "not_found", "no inference route "+path)
+		return
+	}
+	lease := wsapi.LeaseInfo{LeaseID: r.Header.Get(hdrLease), Worker: r.Header.Get(hdrWorker), Model: r.Header.Get(hdrModel),
+		Entry: r.Header.Get(hdrEntry), RequestID: r.Header.Get(hdrRequest)}
+	if lease.LeaseID == "" || lease.Worker == "" || len(lease.LeaseID) > 256 || len(lease.Worker) > 256 {
+		WriteError(w, http.StatusBadRequest, "invalid_request_error", "missing lease headers")
+		return
+	}
+	// Read the body whole: forwarded with its length, the worker gets it in
+	// one write instead of a chunked stream.
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxInferenceBody))
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, "invalid_request_error", "read body: "+err.Error())
+		return
+	}
+	if p.serveLease(w, r, path, bytes.NewReader(body), lease, time.Now(), false) {
+		w.Header().Set(hdrRetry, "1")
+		WriteError(w, http.StatusServiceUnavailable, "worker_unavailable", "worker "+lease.Worker+" cannot take the request now")
+	}
+}
+
+// serveLease proxies one request to a worker of this hive under a lease, and
+// returns the lease when the response ends. It refuses (reporting tryAnother,
+// having written nothing) when the worker is unknown, already serving as many
+// requests as it has slots (a lease from a previous queen may still be on its
+// way), or unreachable.
+func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, body io.Reader, lease wsapi.LeaseInfo, start time.Time, entry bool) (tryAnother bool) {
+	group, instance, _ := strings.Cut(lease.Worker, "/")
+	ep := ""
+	if p.cfg.Workers != nil {
+		ep = p.cfg.Workers.Endpoint(group, instance)
+	}
+	if ep == "" {
+		p.log.Warn("lease for a worker with no known API address", "worker", lease.Worker)
+		return true
+	}
+	lease.Since = time.Now().UTC()
+	if !p.table.start(lease) {
+		return true
+	}
+	defer func() {
+		p.table.end(lease.LeaseID)
+		p.leases.Release(lease.LeaseID)
+	}()
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, ep+path, body)
+	if err != nil {
+		return true
+	}
+	copyRequestHeaders(req.Header, r.Header)
+	resp, err := p.client.Do(req)
+	if err != nil {
+		if r.Context().Err() != nil {
+			return false
+		}
+		p.table.markFailing(lease.Worker, time.Now())
+		p.log.Warn("worker unreachable", "worker", lease.Worker, "url", ep, "err", err)
+		return true
+	}
+	defer resp.Body.Close()
+	p.copyResponse(w, r, resp, lease.Model, start, entry)
+	return false
+}
+
+// leaseTable is the hive's list of requests it is serving: listed in its
+// telemetry, and checked against each worker's slots.
+type leaseTable struct {
+	mu      sync.Mutex
+	leases  map[string]wsapi.LeaseInfo
+	busy    map[string]int       // worker -> requests
+	slots   map[string]int       // worker -> slots, from the last telemetry
+	failing map[string]time.Time // worker -> until
+}
+
+func newLeaseTable() *leaseTable {
+	return &leaseTable{leases: map[string]wsapi.LeaseInfo{}, busy: map[string]int{}, slots: map[string]int{}, failing: map[string]time.Time{}}
+}
+
+// start records l, unless its worker is unknown or has no free slot, or the
+// lease is already being served.
+func (a *leaseTable) start(l wsapi.LeaseInfo) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	slots, known := a.slots[l.Worker]
+	if !known || a.busy[l.Worker] >= slots {
+		return false
+	}
+	if _, dup := a.leases[l.LeaseID]; dup {
+		return false
+	}
+	a.leases[l.LeaseID] = l
+	a.busy[l.Worker]++
+	return true
+}
+
+func (a *leaseTable) end(id string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	l, ok := a.leases[id]
+	if !ok {
+		return
+	}
+	delete(a.leases, id)
+	if a.busy[l.Worker]--; a.busy[l.Worker] <= 0 {
+		delete(a.busy, l.Worker)
+	}
+}
+
+func (a *leaseTable) markFailing(worker string, now time.Time) {
+	a.mu.Lock()
+	a.failing[worker] = now.Add(failingFor)
+	a.mu.Unlock()
+}
+
+// report records this tick's workers (their slots) and marks them in place
+// with their health; it returns the leases being served.
+func (a *leaseTable) report(workers []wsapi.ProcessStats, now time.Time) []wsapi.LeaseInfo {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	clear(a.slots)
+	for i := range workers {
+		w := &workers[i]
+		key := w.ID()
+		a.slots[key] = max(w.Slots, 1)
+		if until, ok := a.failing[key]; ok {
+			if now.Before(until) {
+				w.Health = "failing"
+			} else {
+				delete(a.failing, key)
+			}
+		}
+	}
+	if len(a.leases) == 0 {
+		return nil
+	}
+	out := make([]wsapi.LeaseInfo, 0, len(a.leases))
+	for _, l := range a.leases {
+		out = append(out, l)
+	}
+	return out
+}

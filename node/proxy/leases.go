@@ -1,0 +1,216 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rbee/rbee/wsapi"
+)
+
+// Uplink carries lease messages to the queen: the node's session. Send writes
+// an encoded message now or queues it behind a write under way; an error
+// means the session is breaking. Break drops the session, so that what waits
+// is asked again on the next one.
+type Uplink interface {
+	Send(msg []byte) error
+	Break()
+}
+
+// LeaseClient is the entry node's side of leasing: it asks the queen over the
+// node's session and waits for the answer. Requests still waiting when the
+// session breaks (the queen died) are asked again, with the same ids, on the
+// next session, so a failover costs a client added latency, not an error.
+type LeaseClient struct {
+	prefix string
+	seq    atomic.Uint64
+	// grace: the queen answers 503 at the deadline; this fallback fires
+	// when no queen could be asked at all.
+	grace time.Duration
+
+	mu      sync.Mutex
+	up      Uplink
+	pending map[string]*pendingLease
+	closed  bool
+}
+
+type pendingLease struct {
+	msg      wsapi.LeaseRequest
+	deadline time.Time
+	ch       chan leaseAnswer // buffered 1
+}
+
+type leaseAnswer struct {
+	grant *wsapi.LeaseGrant
+	err   *wsapi.LeaseError
+}
+
+// NewLeaseClient returns the lease client of node name, started at start
+// (which keeps request ids unique across restarts of the same node).
+func NewLeaseClient(name string, start time.Time) *LeaseClient {
+	return &LeaseClient{
+		prefix:  name + "." + strconv.FormatInt(start.UnixNano(), 36) + ".",
+		grace:   2 * time.Second,
+		pending: make(map[string]*pendingLease),
+	}
+}
+
+// Attach makes u the session to ask on and asks again everything waiting.
+func (lc *LeaseClient) Attach(u Uplink) {
+	lc.mu.Lock()
+	lc.up = u
+	now := time.Now()
+	msgs := make([]wsapi.LeaseRequest, 0, len(lc.pending))
+	for _, p := range lc.pending {
+		m := p.msg
+		m.WaitMS = max(p.deadline.Sub(now).Milliseconds(), 0)
+		msgs = append(msgs, m)
+	}
+	lc.mu.Unlock()
+	for i := range msgs {
+		put(u, &msgs[i])
+	}
+}
+
+// Detach forgets u if it is the current session.
+func (lc *LeaseClient) Detach(u Uplink) {
+	lc.mu.Lock()
+	if lc.up == u {
+		lc.up = nil
+	}
+	lc.mu.Unlock()
+}
+
+func (lc *LeaseClient) send(msg any) {
+	lc.mu.Lock()
+	u := lc.up
+	lc.mu.Unlock()
+	if u != nil {
+		put(u, msg)
+	}
+}
+
+// put sends msg on u. A queen that lets thousands of messages pile up is not
+// reading: the session is dropped, and what was waiting is asked again on the
+// next one.
+func put(u Uplink, msg any) {
+	b, err := wsapi.Encode(msg)
+	if err != nil {
+		return
+	}
+	if u.Send(b) != nil {
+		u.Break()
+	}
+}
+
+// Acquire asks for a lease on a worker serving model and waits up to wait. It
+// returns the grant, or an error the client should see (status 404, 429,
+// 503), or ctx's error when the client went away.
+func (lc *LeaseClient) Acquire(ctx context.Context, model string, wait time.Duration) (*wsapi.LeaseGrant, *wsapi.LeaseError, error) {
+	id := lc.prefix + strconv.FormatUint(lc.seq.Add(1), 36)
+	p := &pendingLease{
+		msg:      wsapi.LeaseRequest{Type: wsapi.TypeLeaseRequest, RequestID: id, Model: model, WaitMS: wait.Milliseconds()},
+		deadline: time.Now().Add(wait),
+		ch:       make(chan leaseAnswer, 1),
+	}
+	lc.mu.Lock()
+	if lc.closed {
+		lc.mu.Unlock()
+		return nil, errShuttingDown, nil
+	}
+	lc.pending[id] = p
+	u := lc.up
+	lc.mu.Unlock()
+	if u != nil {
+		put(u, &p.msg)
+	}
+	t := time.NewTimer(wait + lc.grace)
+	defer t.Stop()
+	select {
+	case a := <-p.ch:
+		return a.grant, a.err, nil
+	case <-ctx.Done():
+		lc.abandon(p)
+		return nil, nil, ctx.Err()
+	case <-t.C:
+		lc.abandon(p)
+		return nil, &wsapi.LeaseError{Status: http.StatusServiceUnavailable, ErrorType: "no_queen",
+			Message: "no queen answered within the wait limit (the cluster is electing one, or this node cannot reach it)"}, nil
+	}
+}
+
+// abandon withdraws p; a grant that arrived as the caller gave up is
+// returned at once rather than left for the queen to reclaim.
+func (lc *LeaseClient) abandon(p *pendingLease) {
+	lc.forget(p.msg.RequestID)
+	select {
+	case a := <-p.ch:
+		if a.grant != nil {
+			lc.Release(a.grant.LeaseID)
+		}
+	default:
+	}
+}
+
+// forget drops a waiting request and withdraws it from the queen; a grant
+// that crosses the cancel on the wire is released in OnGrant.
+func (lc *LeaseClient) forget(id string) {
+	lc.mu.Lock()
+	_, ok := lc.pending[id]
+	delete(lc.pending, id)
+	lc.mu.Unlock()
+	if ok {
+		lc.send(&wsapi.LeaseCancel{Type: wsapi.TypeLeaseCancel, RequestID: id})
+	}
+}
+
+// OnGrant hands the queen's grant to the request waiting for it; a grant
+// nobody waits for any more is released at once.
+func (lc *LeaseClient) OnGrant(g *wsapi.LeaseGrant) {
+	lc.mu.Lock()
+	p := lc.pending[g.RequestID]
+	delete(lc.pending, g.RequestID)
+	lc.mu.Unlock()
+	if p == nil {
+		lc.Release(g.LeaseID)
+		return
+	}
+	p.ch <- leaseAnswer{grant: g}
+}
+
+// OnError hands the queen's refusal to the request waiting for it.
+func (lc *LeaseClient) OnError(e *wsapi.LeaseError) {
+	lc.mu.Lock()
+	p := lc.pending[e.RequestID]
+	delete(lc.pending, e.RequestID)
+	lc.mu.Unlock()
+	if p != nil {
+		p.ch <- leaseAnswer{err: e}
+	}
+}
+
+// errShuttingDown answers the requests of a node that stops.
+var errShuttingDown = &wsapi.LeaseError{Status: http.StatusServiceUnavailable, ErrorType: "shutting_down",
+	Message: "this node is shutting down; send the request to another node", RetryAfterMS: 1000}
+
+// Close fails every request waiting for a lease, and every later one, with a
+// 503: the node is shutting down and will not hear from the queen again.
+func (lc *LeaseClient) Close() {
+	lc.mu.Lock()
+	lc.closed = true
+	ps := lc.pending
+	lc.pending = make(map[string]*pendingLease)
+	lc.mu.Unlock()
+	for _, p := range ps {
+		p.ch <- leaseAnswer{err: errShuttingDown}
+	}
+}
+
+// Release returns a lease's slot to the queen. Without a session it is
+// dropped: the new queen learns from the hives which leases still run.
+func (lc *LeaseClient) Release(leaseID string) {
+	lc.send(&wsapi.LeaseRelease{Type: wsapi.TypeLeaseRelease, LeaseID: leaseID})
+}

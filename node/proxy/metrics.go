@@ -1,0 +1,45 @@
+package proxy
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the entry node's figures: a request is counted once, where the
+// client sent it, however many hops it took.
+type metrics struct {
+	requests  *prometheus.CounterVec
+	queueWait *prometheus.HistogramVec
+	ttfb      *prometheus.HistogramVec
+	broken    *prometheus.CounterVec
+}
+
+// latencyBuckets span a loopback hop (100 µs) to a long queue wait (2 min).
+var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rbee_requests_total", Help: "Inference requests this node answered as entry node, by model and HTTP status (499: client went away).",
+		}, []string{"model", "code"}),
+		queueWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "rbee_queue_wait_seconds", Help: "Time an inference request waited for a lease.", Buckets: latencyBuckets,
+		}, []string{"model"}),
+		ttfb: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "rbee_time_to_first_byte_seconds", Help: "From the request's arrival to the first byte of the worker's answer.", Buckets: latencyBuckets,
+		}, []string{"model"}),
+		broken: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rbee_responses_broken_total", Help: "Responses cut off because the worker or hive failed mid-way.",
+		}, []string{"model"}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.requests, m.queueWait, m.ttfb, m.broken} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register proxy metrics: %w", err)
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,118 @@
+package proxy
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rbee/rbee/wsapi"
+)
+
+// The OpenAI-compatible API every node serves, and the hive's side of it.
+const (
+	PathChat        = "/v1/chat/completions"
+	PathCompletions = "/v1/completions"
+	PathEmbeddings  = "/v1/embeddings"
+	PathModels      = "/v1/models"
+	// PathHiveProxy prefixes an inference path on the hive that owns the
+	// leased worker: POST /v1/hive/proxy/v1/chat/completions.
+	PathHiveProxy = "/v1/hive/proxy"
+)
+
+// Queues is the queen's per-model state, as the node can get it: from its own
+// scheduler when it is queen, else by asking the queen.
+type Queues interface {
+	Queues(ctx context.Context) ([]wsapi.QueueStats, error)
+}
+
+// WorkerEndpoints knows each of this hive's workers' API address (the hive's
+// collector does), which the hive end needs to proxy to a worker.
+type WorkerEndpoints interface {
+	Endpoint(group, instance string) string
+}
+
+// Config is what the data plane needs of its node.
+type Config struct {
+	// Name is this node's: the entry named in its leases, and the hive
+	// it is when a lease names it.
+	Name string
+	// Start keeps request ids unique across restarts of the same node.
+	Start time.Time
+	// Token is the cluster's HTTP token, which hives require of entry
+	// nodes ("" without a cluster key).
+	Token string
+	// QueueTimeout is how long a request waits for a lease.
+	QueueTimeout time.Duration
+	// Workers is nil on a node that runs none.
+	Workers WorkerEndpoints
+	Queues  Queues
+	// Metrics takes the entry node's figures.
+	Metrics prometheus.Registerer
+	Logger  *slog.Logger
+}
+
+// Proxy serves the OpenAI API as an entry node and proxies leased requests to
+// this hive's workers. It is safe for concurrent use.
+type Proxy struct {
+	cfg     Config
+	log     *slog.Logger
+	leases  *LeaseClient
+	table   *leaseTable
+	client  *http.Client
+	metrics *metrics
+}
+
+// New returns the data plane of node cfg.Name.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(cfg.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	return &Proxy{
+		cfg:    cfg,
+		log:    cfg.Logger,
+		leases: NewLeaseClient(cfg.Name, cfg.Start),
+		table:  newLeaseTable(),
+		// No client timeout: a generation may stream for minutes; the
+		// client's own disconnect cancels it.
+		client:  &http.Client{Transport: newTransport()},
+		metrics: m,
+	}, nil
+}
+
+// Leases is the entry node's lease client, which the node's session to the
+// queen feeds with grants.
+func (p *Proxy) Leases() *LeaseClient { return p.leases }
+
+// ReportLeases records this tick's workers (their slots), marks in place the
+// ones whose requests fail, and returns the requests this hive is serving,
+// for its telemetry.
+func (p *Proxy) ReportLeases(workers []wsapi.ProcessStats, now time.Time) []wsapi.LeaseInfo {
+	return p.table.report(workers, now)
+}
+
+// Close drops idle connections to hives and workers.
+func (p *Proxy) Close() { p.client.CloseIdleConnections() }
+
+// newTransport returns a transport for proxying: no proxy from the
+// environment (HTTP_PROXY must not see cluster traffic), no transparent gzip
+// (bodies pass through unchanged), and enough idle connections for a busy
+// worker.
+func newTransport() *http.Transport {
+	return &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		DisableCompression:    true,
+		ResponseHeaderTimeout: 0, // a worker may think for minutes before the first byte
+		ForceAttemptHTTP2:     false,
+	}
+}

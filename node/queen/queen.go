@@ -1,0 +1,197 @@
+package queen
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/scheduler"
+	"github.com/rbee/rbee/wsapi"
+)
+
+// Membership is what the queen needs of the gossip layer: who is queen (and
+// a channel closed when that changes), and a member's API address, where
+// entry nodes send the requests the queen grants on that member's workers.
+type Membership interface {
+	WatchQueen() (q gossip.Member, ok bool, changed <-chan struct{})
+	Member(name string) (gossip.Member, bool)
+}
+
+// Config is what the control plane needs of its node.
+type Config struct {
+	// Name is this node's; HTTPAddr its advertised API address.
+	Name     string
+	HTTPAddr string
+	Members  Membership
+	// Feed takes the feed's events.
+	Feed *wsapi.Hub
+	// Session is the handshake of accepted sessions: key, name, version
+	// and the telemetry interval the queen asks of hives.
+	Session wsapi.SessionOptions
+	// HiveTTL: a hive is online, and its workers schedulable, while it
+	// reported within this long; ForgetAfter drops it from the view.
+	HiveTTL     time.Duration
+	ForgetAfter time.Duration
+	// EventInterval is the period of the feed's queen event.
+	EventInterval time.Duration
+	QueueLimit    int
+	ModelVRAMMB   map[string]uint64
+	// Metrics takes the queen's figures (reported only while queen).
+	Metrics prometheus.Registerer
+	Logger  *slog.Logger
+}
+
+// schedTickInterval is how often the queen's scheduler looks at deadlines
+// and reclaims: a 503 comes at most this late.
+const schedTickInterval = 100 * time.Millisecond
+
+// Queen is the control plane of one node; it acts only while the node is the
+// elected queen. It is safe for concurrent use.
+type Queen struct {
+	cfg      Config
+	log      *slog.Logger
+	registry *Registry
+	sessions *sessions
+	// out delivers lease answers to nodes (the session table, or a test
+	// double).
+	out peers
+
+	// Scheduler state, guarded by schedMu: the scheduler is pure and
+	// not safe for concurrent use; nil while this node is not queen.
+	schedMu     sync.Mutex
+	sched       *scheduler.Scheduler
+	warmAt      time.Time
+	rateAt      time.Time
+	rateGranted uint64
+	rate        float64
+
+	closeOnce sync.Once
+	closed    atomic.Bool
+}
+
+// New returns the control plane of node cfg.Name.
+func New(cfg Config) (*Queen, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	q := &Queen{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		registry: NewRegistry(cfg.HiveTTL, cfg.ForgetAfter),
+	}
+	q.sessions = newSessions(q.log)
+	q.out = q.sessions
+	if cfg.Metrics != nil {
+		if err := cfg.Metrics.Register(&collector{q: q}); err != nil {
+			return nil, fmt.Errorf("register queen metrics: %w", err)
+		}
+	}
+	return q, nil
+}
+
+// Registry is the queen's view of the hives (empty while not queen).
+func (q *Queen) Registry() *Registry { return q.registry }
+
+// IsQueen reports whether this node is queen now.
+func (q *Queen) IsQueen() bool {
+	m, ok, _ := q.cfg.Members.WatchQueen()
+	return ok && m.Name == q.cfg.Name
+}
+
+// Run follows the election: while this node is queen it schedules and
+// publishes the queen event every interval; when it stops being queen it
+// drops its sessions (naming the new queen), its scheduler and its registry,
+// which would go stale. It returns when ctx ends.
+func (q *Queen) Run(ctx context.Context) error {
+	tick := time.NewTicker(q.cfg.EventInterval)
+	defer tick.Stop()
+	schedTick := time.NewTicker(schedTickInterval)
+	defer schedTick.Stop()
+	defer q.stopScheduling()
+	wasQueen := false
+	for {
+		m, ok, changed := q.cfg.Members.WatchQueen()
+		isQueen := ok && m.Name == q.cfg.Name
+		switch {
+		case isQueen && !wasQueen:
+			q.log.Info("this node is queen")
+			q.startScheduling(time.Now())
+		case !isQueen && wasQueen:
+			reason := "no longer queen"
+			if ok {
+				reason += ": queen is " + m.Name + " at " + m.HTTPAddr
+			}
+			q.log.Info("stepped down as queen", "queen", m.Name)
+			q.stopScheduling()
+			q.sessions.closeAll(wsapi.CloseNotQueen, reason)
+			q.registry.Reset()
+		}
+		wasQueen = isQueen
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-changed:
+				break wait
+			case now := <-tick.C:
+				if isQueen {
+					ev := q.registry.Summary(now, q.cfg.Name)
+					ev.Queues, ev.RequestsPerS = q.Queues(now)
+					q.publish(ev)
+				}
+			case now := <-schedTick.C:
+				if isQueen {
+					q.schedTick(now)
+				}
+			}
+		}
+	}
+}
+
+// CloseSessions closes every session the queen holds, telling the nodes it is
+// going away, and refuses new ones. It does not wait for the nodes' answers.
+func (q *Queen) CloseSessions() {
+	q.closeOnce.Do(func() {
+		q.closed.Store(true)
+		q.sessions.closeAll(websocket.StatusGoingAway, "queen shutting down")
+	})
+}
+
+// Close is CloseSessions, then waits for the goroutines that close them.
+// Safe to call more than once.
+func (q *Queen) Close() {
+	q.CloseSessions()
+	q.sessions.wait()
+}
+
+func (q *Queen) publish(ev any) {
+	if !q.cfg.Feed.Active() {
+		return
+	}
+	b, err := wsapi.Encode(ev)
+	if err != nil {
+		q.log.Error("encode feed event", "err", err)
+		return
+	}
+	q.cfg.Feed.Publish(b)
+}
+
+// memberHTTP is the API address of the member named name, "" if unknown.
+func (q *Queen) memberHTTP(name string) string {
+	if name == q.cfg.Name {
+		return q.cfg.HTTPAddr
+	}
+	m, ok := q.cfg.Members.Member(name)
+	if !ok {
+		return ""
+	}
+	return m.HTTPAddr
+}

@@ -1,0 +1,212 @@
+package queen
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/rbee/rbee/scheduler"
+	"github.com/rbee/rbee/wsapi"
+)
+
+// startScheduling gives the new queen an empty scheduler. It knows no worker
+// until the hives report (within a telemetry interval), so it answers
+// "unknown model" only after a warm-up of HiveTTL; leases the hives list in
+// their first reports are adopted, so no worker is oversubscribed across the
+// failover.
+func (q *Queen) startScheduling(now time.Time) {
+	s := scheduler.New(scheduler.Config{
+		QueueLimit:  q.cfg.QueueLimit,
+		StaleAfter:  q.cfg.HiveTTL,
+		ModelVRAMMB: q.cfg.ModelVRAMMB,
+		LeasePrefix: q.cfg.Name + "." + strconv.FormatInt(now.UnixNano(), 36) + ".",
+	})
+	q.schedMu.Lock()
+	q.sched = s
+	q.warmAt = now.Add(q.cfg.HiveTTL)
+	q.rateAt, q.rateGranted, q.rate = now, 0, 0
+	q.schedMu.Unlock()
+}
+
+func (q *Queen) stopScheduling() {
+	q.schedMu.Lock()
+	q.sched = nil
+	q.schedMu.Unlock()
+}
+
+// schedTick runs the scheduler's clock and delivers what it decided.
+func (q *Queen) schedTick(now time.Time) {
+	q.schedMu.Lock()
+	if q.sched == nil {
+		q.schedMu.Unlock()
+		return
+	}
+	if !now.Before(q.warmAt) {
+		q.sched.SetWarm(true)
+	}
+	grants, fails := q.sched.Tick(now)
+	if d := now.Sub(q.rateAt); d >= time.Second {
+		g := q.sched.Granted()
+		q.rate = float64(g-q.rateGranted) / d.Seconds()
+		q.rateAt, q.rateGranted = now, g
+	}
+	q.schedMu.Unlock()
+	q.deliver(grants, fails, "", now)
+}
+
+// handle hands a message from peer (a node's session) to the scheduler. A
+// telemetry report also gets each worker's state set in place.
+func (q *Queen) handle(peer string, msg any, now time.Time) {
+	var grants []scheduler.Grant
+	var fails []scheduler.Failure
+	q.schedMu.Lock()
+	s := q.sched
+	if s == nil {
+		q.schedMu.Unlock()
+		if t, ok := msg.(*wsapi.HiveTelemetry); ok {
+			setStates(t, nil)
+		}
+		return
+	}
+	switch m := msg.(type) {
+	case *wsapi.HiveTelemetry:
+		grants = s.UpdateHive(m.HiveID, schedWorkers(m.Workers), hiveLeases(m.Leases), now)
+		setStates(m, s)
+	case *wsapi.LeaseRequest:
+		r := scheduler.Request{ID: m.RequestID, Entry: peer, Model: m.Model, VRAMMB: m.VRAMMB,
+			Deadline: now.Add(time.Duration(m.WaitMS) * time.Millisecond)}
+		g, err := s.Request(r, now)
+		switch {
+		case err != nil:
+			fails = append(fails, scheduler.Failure{Request: r, Err: err.(*scheduler.Error)})
+		case g != nil:
+			grants = append(grants, *g)
+		}
+	case *wsapi.LeaseCancel:
+		s.Cancel(m.RequestID)
+	case *wsapi.LeaseRelease:
+		grants = s.Release(m.LeaseID, now)
+	}
+	q.schedMu.Unlock()
+	q.deliver(grants, fails, peer, now)
+}
+
+// entryGone withdraws the waiting requests of a node whose session ended: it
+// asks again on its next session.
+func (q *Queen) entryGone(peer string) {
+	q.schedMu.Lock()
+	if q.sched != nil {
+		q.sched.CancelEntry(peer)
+	}
+	q.schedMu.Unlock()
+}
+
+// deliver sends grants and refusals to the entry nodes' sessions. A grant
+// for a node whose session is gone is released at once (the node asks again
+// when it reconnects), which may grant the slot to someone else.
+//
+// Answers to from, the node whose message is being handled, are written in
+// this goroutine (its session's reader: a slow peer only slows itself);
+// answers to others are queued for their sessions' writers, so that no node
+// can stall another's reads.
+func (q *Queen) deliver(grants []scheduler.Grant, fails []scheduler.Failure, from string, now time.Time) {
+	for len(grants) > 0 || len(fails) > 0 {
+		var undeliverable []string
+		for _, g := range grants {
+			addr := q.memberHTTP(g.Lease.Hive)
+			msg := &wsapi.LeaseGrant{Type: wsapi.TypeLeaseGrant, RequestID: g.Request.ID, LeaseID: g.Lease.ID,
+				Hive: g.Lease.Hive, HiveAddr: addr, Worker: g.Lease.Worker, Model: g.Lease.Model}
+			if addr == "" || !q.sendTo(g.Request.Entry, msg, g.Request.Entry == from) {
+				undeliverable = append(undeliverable, g.Lease.ID)
+			}
+		}
+		for _, f := range fails {
+			q.sendTo(f.Request.Entry, &wsapi.LeaseError{Type: wsapi.TypeLeaseError, RequestID: f.Request.ID,
+				Status: f.Err.Status, ErrorType: f.Err.Type, Message: f.Err.Msg, RetryAfterMS: f.Err.RetryAfter.Milliseconds()},
+				f.Request.Entry == from)
+		}
+		grants, fails = nil, nil
+		if len(undeliverable) == 0 {
+			return
+		}
+		q.schedMu.Lock()
+		if q.sched != nil {
+			for _, id := range undeliverable {
+				grants = append(grants, q.sched.Release(id, now)...)
+			}
+		}
+		q.schedMu.Unlock()
+	}
+}
+
+func (q *Queen) sendTo(peer string, msg any, inline bool) bool {
+	b, err := wsapi.Encode(msg)
+	if err != nil {
+		return false
+	}
+	return q.out.send(peer, b, inline)
+}
+
+// setStates writes the queen's verdict on each worker of t: the scheduler's
+// state rule over the leases the scheduler holds on it (or, without a
+// scheduler, those the hive lists).
+func setStates(t *wsapi.HiveTelemetry, s *scheduler.Scheduler) {
+	pct := float64(scheduler.DefaultSaturatedPct)
+	var listed map[string]int
+	if s != nil {
+		pct = s.SaturatedPct()
+	} else {
+		listed = leasesPerWorker(t.Leases)
+	}
+	for i := range t.Workers {
+		w := &t.Workers[i]
+		var leases int
+		if s != nil {
+			leases, _ = s.WorkerLeases(t.HiveID, w.ID())
+		} else {
+			leases = listed[w.ID()]
+		}
+		w.State, w.StateReason = scheduler.State(scheduler.Load{Fresh: true, Health: w.Health, Leases: leases,
+			Slots: w.Slots, GPUUtilPct: w.GPUUtilPct}, pct)
+	}
+}
+
+func schedWorkers(ws []wsapi.ProcessStats) []scheduler.Worker {
+	out := make([]scheduler.Worker, 0, len(ws))
+	for i := range ws {
+		w := &ws[i]
+		model := ""
+		if w.Model != nil {
+			model = *w.Model
+		}
+		out = append(out, scheduler.Worker{Name: w.ID(), Model: model, Slots: w.Slots,
+			VRAMUsedMB: w.VRAMMB, VRAMTotalMB: w.TotalVRAMMB, GPUUtilPct: w.GPUUtilPct, Healthy: w.Health == ""})
+	}
+	return out
+}
+
+func hiveLeases(ls []wsapi.LeaseInfo) []scheduler.HiveLease {
+	if len(ls) == 0 {
+		return nil
+	}
+	out := make([]scheduler.HiveLease, len(ls))
+	for i, l := range ls {
+		out[i] = scheduler.HiveLease{ID: l.LeaseID, Worker: l.Worker, Model: l.Model, Entry: l.Entry, RequestID: l.RequestID, Since: l.Since}
+	}
+	return out
+}
+
+// Queues is each model's queue for the feed and /v1/cluster, and the leases
+// granted per second lately; empty while not queen.
+func (q *Queen) Queues(now time.Time) ([]wsapi.QueueStats, float64) {
+	q.schedMu.Lock()
+	defer q.schedMu.Unlock()
+	if q.sched == nil {
+		return []wsapi.QueueStats{}, 0
+	}
+	ms := q.sched.Models(now)
+	out := make([]wsapi.QueueStats, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, wsapi.QueueStats{Model: m.Model, Waiting: m.Waiting, Leases: m.Leases, Slots: m.Slots})
+	}
+	return out, q.rate
+}
