@@ -497,15 +497,6 @@ func better(a, b *worker) bool {
 	return a.id < b.id
 }
 
-// load is what the state rule needs of w.
-func (w *worker) load(now time.Time, staleAfter time.Duration) Load {
-	l := Load{Fresh: now.Sub(w.seen) <= staleAfter, Leases: w.leases, Slots: w.Slots, GPUUtilPct: w.GPUUtilPct}
-	if !w.Healthy {
-		l.Health = "unhealthy"
-	}
-	return l
-}
-
 func freeVRAM(w *worker) uint64 {
 	if w.VRAMUsedMB >= w.VRAMTotalMB {
 		return 0
@@ -522,6 +513,9 @@ const (
 	reasonSaturated = "GPU saturated by work outside rbee"
 )
 
+// refusal is why a worker in a state that takes no request refuses one.
+var refusal = [...]string{full: reasonFull, gpuBusy: reasonSaturated, failing: reasonUnhealthy, offline: reasonStale}
+
 func (s *Scheduler) eligible(w *worker, r Request, key string, now time.Time) bool {
 	return s.why(w, r, key, now) == ""
 }
@@ -529,16 +523,8 @@ func (s *Scheduler) eligible(w *worker, r Request, key string, now time.Time) bo
 // why says why w cannot take r now, or "" when it can. The worker-state
 // rule decides first; the request's VRAM need comes after.
 func (s *Scheduler) why(w *worker, r Request, key string, now time.Time) string {
-	switch stateOf(w.load(now, s.cfg.StaleAfter), s.cfg.SaturatedPct) {
-	case StateOffline:
-		return reasonStale
-	case StateFailing:
-		return reasonUnhealthy
-	case StateSaturated:
-		if w.leases >= w.Slots {
-			return reasonFull
-		}
-		return reasonSaturated
+	if st := stateOf(now.Sub(w.seen) <= s.cfg.StaleAfter, !w.Healthy, w.leases, w.Slots, w.GPUUtilPct, s.cfg.SaturatedPct); !st.available() {
+		return refusal[st]
 	}
 	need := max(r.VRAMMB, s.modelVRAM(key, w))
 	// A worker without GPU figures (CPU inference, no NVML) cannot be

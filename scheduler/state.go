@@ -41,41 +41,60 @@ type Load struct {
 // The scheduler refuses new requests to a worker in any state but idle and
 // busy, for the same reasons.
 func State(l Load, saturatedPct float64) (state, reason string) {
-	state = stateOf(l, saturatedPct)
 	slots := max(l.Slots, 1)
-	switch {
-	case state == StateOffline:
+	st := stateOf(l.Fresh, l.Health != "", l.Leases, slots, l.GPUUtilPct, saturatedPct)
+	switch st {
+	case offline:
 		reason = "its hive stopped reporting"
-	case state == StateFailing:
+	case failing:
 		reason = "the hive's requests to it fail (" + l.Health + ")"
-	case state == StateSaturated && l.Leases >= slots:
+	case full:
 		reason = fmt.Sprintf("all %d slots busy", slots)
-	case state == StateSaturated:
+	case gpuBusy:
 		reason = "GPU at " + strconv.FormatFloat(l.GPUUtilPct, 'f', 0, 64) + "% with no rbee request: busy outside rbee"
-	case state == StateBusy:
+	case busy:
 		reason = fmt.Sprintf("%d of %d slots busy", l.Leases, slots)
 	default:
 		reason = "free slots, ready for requests"
 	}
-	return state, reason
+	return stateNames[st], reason
 }
 
-// stateOf is State without the words, cheap enough for every worker a
-// decision scans.
-func stateOf(l Load, saturatedPct float64) string {
+// state is State's verdict inside the package, finer than its names:
+// saturated is either full or gpuBusy. Only the first two take requests.
+type state uint8
+
+func (s state) available() bool { return s <= busy }
+
+const (
+	idle state = iota
+	busy
+	full
+	gpuBusy
+	failing
+	offline
+)
+
+var stateNames = [...]string{idle: StateIdle, busy: StateBusy, full: StateSaturated, gpuBusy: StateSaturated,
+	failing: StateFailing, offline: StateOffline}
+
+// stateOf is the rule itself, cheap enough (and small enough to inline) for
+// every worker a decision scans.
+// slots must be at least 1.
+func stateOf(fresh, failed bool, leases, slots int, gpuUtilPct, saturatedPct float64) state {
 	switch {
-	case !l.Fresh:
-		return StateOffline
-	case l.Health != "":
-		return StateFailing
-	case l.Leases >= max(l.Slots, 1):
-		return StateSaturated
-	case l.Leases > 0:
-		return StateBusy
-	case l.GPUUtilPct >= saturatedPct:
-		return StateSaturated
+	case !fresh:
+		return offline
+	case failed:
+		return failing
+	case leases >= slots:
+		return full
+	case leases > 0:
+		return busy
+	case gpuUtilPct >= saturatedPct:
+		return gpuBusy
 	}
-	return StateIdle
+	return idle
 }
 
 // Available reports whether a worker in state may be given a request.
