@@ -3,6 +3,8 @@ package gossip
 import (
 	"log/slog"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 // Config configures a Gossip. Zero values mean the defaults of DefaultConfig.
@@ -21,8 +23,18 @@ type Config struct {
 	// acts alone; until then it claims no queen seat, so a booting node
 	// cannot unseat the cluster's queen.
 	JoinTimeout time.Duration
-	Timing      Timing
-	Logger      *slog.Logger
+	// ReconnectFor is how long a failed member is redialled (default 24 h,
+	// as serf): a partition of any length up to it heals by itself.
+	ReconnectFor time.Duration
+	// SnapshotPath, when set, is a file where the node keeps the members it
+	// knows, so that after a restart it rejoins them without --join.
+	SnapshotPath string
+	Timing       Timing
+	Logger       *slog.Logger
+
+	// tweak lets this package's tests change memberlist's configuration
+	// last (a transport that cuts links, shorter timings).
+	tweak func(*memberlist.Config)
 }
 
 // Timing is memberlist's failure detection and dissemination tuning.
@@ -37,6 +49,13 @@ type Timing struct {
 	// LeaveTimeout bounds how long a graceful leave waits for its
 	// announcement to go out.
 	LeaveTimeout time.Duration
+	// TCPTimeout bounds a TCP dial or exchange with one member: a join,
+	// a push-pull, a probe's TCP fallback.
+	TCPTimeout time.Duration
+	// ReconnectInterval is how often failed members and the seeds are
+	// redialled, which bounds how long after a partition heals the two
+	// sides merge.
+	ReconnectInterval time.Duration
 }
 
 // LANTiming is tuned so a SIGKILLed queen is declared dead about 1 s after it
@@ -80,6 +99,14 @@ func LANTiming() Timing {
 		PushPullInterval: 15 * time.Second,
 		// A leave needs one gossip round to go out; 1 s is many rounds.
 		LeaveTimeout: time.Second,
+		// 2 s: a LAN connect takes a millisecond, and a push-pull of a
+		// few hundred members a few more; memberlist's 10 s would let
+		// one unreachable member hold up a reconnect round that long.
+		TCPTimeout: 2 * time.Second,
+		// 1 s: after a partition heals the sides find each other
+		// within about a second, plus one push-pull. A failed member
+		// costs one TCP dial a second, nothing next to the probes.
+		ReconnectInterval: time.Second,
 	}
 }
 
@@ -110,8 +137,17 @@ func (c Config) withDefaults() Config {
 	if t.LeaveTimeout <= 0 {
 		t.LeaveTimeout = d.LeaveTimeout
 	}
+	if t.TCPTimeout <= 0 {
+		t.TCPTimeout = d.TCPTimeout
+	}
+	if t.ReconnectInterval <= 0 {
+		t.ReconnectInterval = d.ReconnectInterval
+	}
 	if c.JoinTimeout <= 0 {
 		c.JoinTimeout = 5 * time.Second
+	}
+	if c.ReconnectFor <= 0 {
+		c.ReconnectFor = 24 * time.Hour
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -1,6 +1,8 @@
 package gossip
 
 import (
+	"time"
+
 	"github.com/hashicorp/memberlist"
 )
 
@@ -39,7 +41,12 @@ func (e *eventDelegate) NotifyJoin(n *memberlist.Node) {
 	m := memberFrom(n, StatusAlive)
 	e.g.mu.Lock()
 	delete(e.g.departed, n.Name)
+	delete(e.g.departedAt, n.Name)
+	// memberlist brings a member back only when it proved itself alive
+	// (a new incarnation): a death this node confirmed is over.
+	delete(e.g.confirmed, n.Name)
 	e.g.live[n.Name] = m
+	e.g.snapDirty = true
 	e.g.mu.Unlock()
 	if n.Name != e.g.cfg.Name {
 		e.g.log.Info("member joined", "member", m.Name, "addr", m.GossipAddr, "roles", m.Roles)
@@ -51,7 +58,11 @@ func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	m := memberFrom(n, StatusFailed)
 	e.g.mu.Lock()
 	delete(e.g.live, n.Name)
+	delete(e.g.confirmed, n.Name)
+	e.g.departedLocked(n.Name)
 	e.g.departed[n.Name] = m
+	e.g.departedAt[n.Name] = time.Now()
+	e.g.snapDirty = true
 	e.g.mu.Unlock()
 	switch {
 	case n.Name == e.g.cfg.Name:
@@ -67,7 +78,15 @@ func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
 func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) {
 	m := memberFrom(n, StatusAlive)
 	e.g.mu.Lock()
-	e.g.live[n.Name] = m
+	if c, ok := e.g.confirmed[n.Name]; ok && c.m.Start.Equal(m.Start) {
+		// Still the incarnation found dead: keep it out of the view
+		// until failure detection agrees or the confirmation expires.
+		c.m = m
+		e.g.confirmed[n.Name] = c
+	} else {
+		delete(e.g.confirmed, n.Name)
+		e.g.live[n.Name] = m
+	}
 	e.g.mu.Unlock()
 	e.g.poke()
 }

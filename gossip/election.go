@@ -37,6 +37,10 @@ type Member struct {
 	// every other node keep that queen when a newcomer would otherwise rank
 	// higher.
 	Claim bool `json:"-"`
+	// Term is the election term of the member's claim (its last one when
+	// it no longer claims); Follows the queen it follows.
+	Term    uint64 `json:"term,omitempty"`
+	Follows string `json:"-"`
 	// Leaving is set by a node announcing a graceful leave; it is no longer
 	// eligible, so the others elect a successor before it is even gone.
 	Leaving bool `json:"-"`
@@ -50,27 +54,58 @@ func (m Member) Live() bool { return m.Status == StatusAlive }
 
 // Elect picks the queen from a member list: among live queen-eligible members,
 // a member that already claims the seat keeps it (a newcomer never unseats a
-// live queen); otherwise, and between several claimants after a partition
-// heals, the highest priority wins, then the oldest start, then the smallest
-// name. It is a pure function: nodes with the same view pick the same queen.
+// live queen); otherwise the highest priority wins, then the oldest start,
+// then the smallest name.
+//
+// Several claimants meet when a partition heals or a frozen queen wakes up
+// after the others replaced it. Then the claimant that more live members
+// follow wins (the side that kept working, not the node that was there
+// first), then the higher term (the more recent election), then the order
+// above. It is a pure function: nodes with the same view pick the same queen.
 func Elect(members []Member) (Member, bool) {
+	var followers map[string]int
+	claims := 0
+	for _, m := range members {
+		if m.Claim && eligible(m) {
+			claims++
+		}
+	}
+	if claims > 1 {
+		followers = make(map[string]int, claims)
+		for _, m := range members {
+			if m.Live() && m.Follows != "" {
+				followers[m.Follows]++
+			}
+		}
+	}
 	var best Member
 	found := false
 	for _, m := range members {
-		if !m.Live() || m.Leaving || !m.HasRole(RoleQueen) {
+		if !eligible(m) {
 			continue
 		}
-		if !found || outranks(m, best) {
+		if !found || outranks(m, best, followers) {
 			best, found = m, true
 		}
 	}
 	return best, found
 }
 
-// outranks reports whether a should be queen rather than b.
-func outranks(a, b Member) bool {
+func eligible(m Member) bool { return m.Live() && !m.Leaving && m.HasRole(RoleQueen) }
+
+// outranks reports whether a should be queen rather than b; followers counts
+// each claimant's followers when several claim.
+func outranks(a, b Member, followers map[string]int) bool {
 	if a.Claim != b.Claim {
 		return a.Claim
+	}
+	if a.Claim {
+		if fa, fb := followers[a.Name], followers[b.Name]; fa != fb {
+			return fa > fb
+		}
+		if a.Term != b.Term {
+			return a.Term > b.Term
+		}
 	}
 	if a.Priority != b.Priority {
 		return a.Priority > b.Priority
@@ -79,4 +114,14 @@ func outranks(a, b Member) bool {
 		return a.Start.Before(b.Start)
 	}
 	return a.Name < b.Name
+}
+
+// MaxTerm is the highest election term among members: a grant from a queen
+// whose term is lower comes from a queen that has been replaced.
+func MaxTerm(members []Member) uint64 {
+	var t uint64
+	for _, m := range members {
+		t = max(t, m.Term)
+	}
+	return t
 }

@@ -20,7 +20,11 @@ func candidate(name string, priority, startSec int) Member {
 }
 
 func claiming(m Member) Member { m.Claim = true; return m }
-func leaving(m Member) Member  { m.Leaving = true; return m }
+
+func withTerm(m Member, term uint64) Member { m.Term = term; return m }
+
+func following(m Member, queen string) Member { m.Follows = queen; return m }
+func leaving(m Member) Member                 { m.Leaving = true; return m }
 
 func withStatus(m Member, s Status) Member { m.Status = s; return m }
 
@@ -139,6 +143,52 @@ var electionCases = []electionCase{
 		want: "a",
 	},
 	{
+		name: "a frozen queen waking up does not take the seat back from the queen the others follow",
+		members: []Member{
+			following(withTerm(claiming(candidate("a", 0, 0)), 1), "a"), // oldest, stale claim
+			following(withTerm(claiming(candidate("b", 0, 5)), 2), "b"),
+			following(candidate("c", 0, 6), "b"),
+		},
+		want: "b",
+	},
+	{
+		name: "after a heal the side with more followers keeps its queen, even with the older term",
+		members: []Member{
+			following(withTerm(claiming(candidate("q", 0, 0)), 1), "q"),
+			following(candidate("r", 0, 1), "q"),
+			following(candidate("s", 0, 2), "q"),
+			following(withTerm(claiming(candidate("a", 9, 3)), 7), "a"), // isolated, claimed alone
+		},
+		want: "q",
+	},
+	{
+		name: "claimants followed equally: the higher term wins over priority",
+		members: []Member{
+			following(withTerm(claiming(candidate("a", 9, 0)), 3), "a"),
+			following(withTerm(claiming(candidate("b", 0, 5)), 4), "b"),
+		},
+		want: "b",
+	},
+	{
+		name: "followers of a departed claimant do not count",
+		members: []Member{
+			following(withTerm(claiming(candidate("a", 0, 0)), 1), "a"),
+			withStatus(following(candidate("x", 0, 1), "b"), StatusFailed),
+			withStatus(following(candidate("y", 0, 1), "b"), StatusFailed),
+			following(withTerm(claiming(candidate("b", 0, 5)), 1), "b"),
+		},
+		want: "a",
+	},
+	{
+		name: "a single claimant keeps the seat whoever the others follow",
+		members: []Member{
+			following(withTerm(claiming(candidate("a", 0, 9)), 1), "a"),
+			following(candidate("b", 9, 0), "z"),
+			following(candidate("c", 9, 0), "z"),
+		},
+		want: "a",
+	},
+	{
 		name: "failed and left members are skipped even when they rank or claim higher",
 		members: []Member{
 			withStatus(claiming(candidate("a", 9, 0)), StatusFailed),
@@ -203,6 +253,15 @@ func TestElection(t *testing.T) {
 // TestElection_OrderIndependent runs every case of TestElection under every
 // permutation of its input: nodes that list members in different orders must
 // elect the same queen.
+func TestMaxTerm(t *testing.T) {
+	if got := MaxTerm([]Member{withTerm(candidate("a", 0, 0), 3), withTerm(candidate("b", 0, 0), 7), candidate("c", 0, 0)}); got != 7 {
+		t.Fatalf("MaxTerm = %d, want 7", got)
+	}
+	if got := MaxTerm(nil); got != 0 {
+		t.Fatalf("MaxTerm(nil) = %d", got)
+	}
+}
+
 func TestElection_OrderIndependent(t *testing.T) {
 	for _, tc := range electionCases {
 		t.Run(tc.name, func(t *testing.T) {

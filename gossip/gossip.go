@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"slices"
 	"strconv"
@@ -30,12 +31,25 @@ type Gossip struct {
 	metaBytes []byte
 	live      map[string]Member // alive members, this node included
 	departed  map[string]Member // left or failed members
-	settled   bool              // joined (or gave up joining): may claim the queen seat
-	leaving   bool
-	down      bool // Shutdown was called
-	queen     Member
-	hasQueen  bool
-	queenCh   chan struct{} // closed and replaced on every queen change
+	// departedAt is when each departed member went: failed members are
+	// redialled for Config.ReconnectFor after that.
+	departedAt map[string]time.Time
+	// confirmed holds members this node found dead itself (ConfirmDead)
+	// before failure detection did, with when to stop believing it.
+	confirmed map[string]confirmedDeath
+	// known are addresses to rejoin besides failed members: the seeds and
+	// the members of the last snapshot.
+	known     []string
+	snapDirty bool
+	// gone holds, per live member someone watches, a channel closed when
+	// it departs (WatchMember).
+	gone     map[string]chan struct{}
+	settled  bool // joined (or gave up joining): may claim the queen seat
+	leaving  bool
+	down     bool // Shutdown was called
+	queen    Member
+	hasQueen bool
+	queenCh  chan struct{} // closed and replaced on every queen change
 }
 
 // New starts memberlist's listeners. seeds are joined by Run; a node without
@@ -43,20 +57,39 @@ type Gossip struct {
 func New(cfg Config, seeds []string) (*Gossip, error) {
 	cfg = cfg.withDefaults()
 	g := &Gossip{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		seeds:    seeds,
-		wake:     make(chan struct{}, 1),
-		meta:     cfg.Meta,
-		live:     make(map[string]Member),
-		departed: make(map[string]Member),
-		settled:  len(seeds) == 0,
-		queenCh:  make(chan struct{}),
+		cfg:        cfg,
+		log:        cfg.Logger,
+		seeds:      seeds,
+		wake:       make(chan struct{}, 1),
+		meta:       cfg.Meta,
+		live:       make(map[string]Member),
+		departed:   make(map[string]Member),
+		departedAt: make(map[string]time.Time),
+		confirmed:  make(map[string]confirmedDeath),
+		gone:       make(map[string]chan struct{}),
+		queenCh:    make(chan struct{}),
 	}
-	// Claim and Leaving are set later; the metadata must fit with both, or
-	// they would silently never be broadcast.
+	if cfg.SnapshotPath != "" {
+		prev, err := readSnapshot(cfg.SnapshotPath)
+		if err != nil {
+			g.log.Warn("read member snapshot; starting without it", "path", cfg.SnapshotPath, "err", err)
+		}
+		// A restarted node rejoins what it knew, as if those members
+		// were seeds: it also waits to join before claiming the seat.
+		for _, a := range prev {
+			if !slices.Contains(g.seeds, a) {
+				g.seeds = append(g.seeds, a)
+			}
+		}
+	}
+	g.settled = len(g.seeds) == 0
+	g.known = slices.Clone(g.seeds)
+	// Claim, Leaving, a term and the queen followed are set later; the
+	// metadata must fit with all of them at their largest, or they would
+	// silently never be broadcast.
 	flagged := g.meta
 	flagged.Claim, flagged.Leaving = true, true
+	flagged.Term, flagged.Follows = math.MaxUint64, strings.Repeat("x", maxFollowsName)
 	if _, err := flagged.encode(); err != nil {
 		return nil, err
 	}
@@ -92,12 +125,16 @@ func New(cfg Config, seeds []string) (*Gossip, error) {
 	mc.GossipInterval = t.GossipInterval
 	mc.GossipNodes = t.GossipNodes
 	mc.PushPullInterval = t.PushPullInterval
+	mc.TCPTimeout = t.TCPTimeout
 	// A node restarted on another port under the same name may take its
 	// name back once the old incarnation has been dead this long.
 	mc.DeadNodeReclaimTime = 10 * time.Second
 	mc.Delegate = &delegate{g: g}
 	mc.Events = &eventDelegate{g: g}
 	mc.Logger = newStdLogger(g.log)
+	if cfg.tweak != nil {
+		cfg.tweak(mc)
+	}
 
 	ml, err := memberlist.Create(mc)
 	if err != nil {
@@ -107,6 +144,9 @@ func New(cfg Config, seeds []string) (*Gossip, error) {
 	return g, nil
 }
 
+// splitHostPort splits a bind or advertise address for memberlist, which
+// wants an IP: a host name is resolved here (memberlist would read
+// "localhost" as no address and bind every interface).
 func splitHostPort(s string) (string, int, error) {
 	host, ps, err := net.SplitHostPort(s)
 	if err != nil {
@@ -116,8 +156,22 @@ func splitHostPort(s string) (string, int, error) {
 	if err != nil || port < 0 || port > 65535 {
 		return "", 0, fmt.Errorf("bad port in %q", s)
 	}
-	if host == "" {
+	switch {
+	case host == "":
 		host = "0.0.0.0"
+	case net.ParseIP(host) == nil:
+		ips, err := net.LookupIP(host)
+		if err != nil || len(ips) == 0 {
+			return "", 0, fmt.Errorf("resolve %q: %w", host, err)
+		}
+		ip := ips[0]
+		for _, c := range ips {
+			if c.To4() != nil { // memberlist's peers mostly speak IPv4
+				ip = c
+				break
+			}
+		}
+		host = ip.String()
 	}
 	return host, port, nil
 }
@@ -128,22 +182,35 @@ func (g *Gossip) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if len(g.seeds) > 0 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			g.joinLoop(ctx)
-		}()
+		wg.Go(func() { g.joinLoop(ctx) })
 	}
+	// Partitions heal: failed members and the seeds are redialled, as
+	// serf does, since memberlist stops gossiping to the dead.
+	wg.Go(func() { g.reconnectLoop(ctx) })
+	house := time.NewTicker(housekeepingInterval)
+	defer house.Stop()
 	g.poke()
 	for {
 		select {
 		case <-ctx.Done():
+			g.writeSnapshot()
 			return nil
 		case <-g.wake:
 			g.recompute()
+		case now := <-house.C:
+			g.expireConfirmed(now)
+			g.writeSnapshot()
 		}
 	}
 }
+
+// maxFollowsName is the longest queen name Follows must have room for: node
+// names are at most 64 bytes (wsapi.MaxNameLen).
+const maxFollowsName = 64
+
+// housekeepingInterval is how often Run writes a changed snapshot and
+// forgets deaths it confirmed that failure detection never did.
+const housekeepingInterval = time.Second
 
 func (g *Gossip) joinLoop(ctx context.Context) {
 	deadline := time.NewTimer(g.cfg.JoinTimeout)
@@ -185,6 +252,9 @@ func (g *Gossip) poke() {
 }
 
 // recompute runs the election on the current view and publishes a change.
+// Taking the seat, this node claims it with a term above every term it has
+// seen; holding it, it moves above any higher term that shows up (a merged
+// partition's), so that grants carrying its term stay the newest.
 func (g *Gossip) recompute() {
 	q, ok := Elect(g.LiveMembers())
 	g.mu.Lock()
@@ -192,9 +262,23 @@ func (g *Gossip) recompute() {
 		ok = false
 	}
 	wantClaim := ok && q.Name == g.cfg.Name
+	follows := ""
+	if ok {
+		follows = q.Name
+	}
 	claimChanged := wantClaim != g.meta.Claim
-	if claimChanged {
-		g.meta.Claim = wantClaim
+	metaChanged := claimChanged || follows != g.meta.Follows
+	if g.leaving {
+		// Leave already broadcast the last metadata; one more update
+		// would announce this node alive again after its leave.
+		wantClaim, follows, claimChanged, metaChanged = false, g.meta.Follows, false, false
+	}
+	g.meta.Claim, g.meta.Follows = wantClaim, follows
+	if top := g.othersMaxTermLocked(); wantClaim && (claimChanged || top >= g.meta.Term) {
+		g.meta.Term = max(top, g.meta.Term) + 1
+		metaChanged = true
+	}
+	if metaChanged {
 		if b, err := g.meta.encode(); err == nil {
 			g.metaBytes = b
 		}
@@ -214,12 +298,46 @@ func (g *Gossip) recompute() {
 			g.log.Info("no queen")
 		}
 	}
-	if claimChanged {
-		// Broadcast the claim so a newcomer sees who holds the seat.
+	if metaChanged {
+		// Broadcast the claim (so a newcomer sees who holds the seat),
+		// its term and whom this node follows.
 		if err := g.ml.UpdateNode(g.cfg.Timing.LeaveTimeout); err != nil {
 			g.log.Debug("broadcast queen claim", "err", err)
 		}
 	}
+}
+
+// othersMaxTermLocked is the highest term any other member, live or gone,
+// has claimed with.
+func (g *Gossip) othersMaxTermLocked() uint64 {
+	var t uint64
+	for _, set := range []map[string]Member{g.live, g.departed} {
+		for name, m := range set {
+			if name != g.cfg.Name {
+				t = max(t, m.Term)
+			}
+		}
+	}
+	for _, c := range g.confirmed {
+		t = max(t, c.m.Term)
+	}
+	return t
+}
+
+// Term is this node's election term: the term of its claim while it is
+// queen, which its grants carry.
+func (g *Gossip) Term() uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.meta.Term
+}
+
+// MaxTerm is the highest term this node has seen claimed by any member: a
+// grant carrying a lower one comes from a queen that has been replaced.
+func (g *Gossip) MaxTerm() uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return max(g.othersMaxTermLocked(), g.meta.Term)
 }
 
 // WatchQueen returns the current queen, whether there is one, and a channel
@@ -266,6 +384,33 @@ func (g *Gossip) Members() []Member {
 	g.mu.Unlock()
 	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 	return out
+}
+
+// WatchMember returns a channel closed when the member named name departs:
+// it left, failure detection declared it dead, or ConfirmDead took it out. A
+// member not live now gives a closed channel.
+func (g *Gossip) WatchMember(name string) <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if _, ok := g.live[name]; !ok {
+		ch := make(chan struct{})
+		close(ch)
+		return ch
+	}
+	ch := g.gone[name]
+	if ch == nil {
+		ch = make(chan struct{})
+		g.gone[name] = ch
+	}
+	return ch
+}
+
+// departedLocked closes the watchers of a member that is no longer live.
+func (g *Gossip) departedLocked(name string) {
+	if ch := g.gone[name]; ch != nil {
+		close(ch)
+		delete(g.gone, name)
+	}
 }
 
 // Self returns this node as the others see it.

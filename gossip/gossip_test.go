@@ -408,3 +408,16 @@ func TestJoin_ErrorIsOneLineAndWrapped(t *testing.T) {
 		t.Errorf("join error does not wrap memberlist's error: %v", err)
 	}
 }
+
+// memberlist reads a host name as no address and binds every interface:
+// names are resolved before it sees them.
+func TestNew_HostNameBindsWhatItResolvesTo(t *testing.T) {
+	g, err := New(Config{Name: "solo", BindAddr: "localhost:0"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Shutdown()
+	if addr := g.Self().GossipAddr; !strings.HasPrefix(addr, "127.0.0.1:") {
+		t.Fatalf("bound %q, want loopback", addr)
+	}
+}

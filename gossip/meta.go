@@ -18,6 +18,14 @@ type Meta struct {
 	Start    time.Time `json:"s"`
 	Version  string    `json:"v"`
 	Claim    bool      `json:"q,omitempty"`
+	// Term is the election term of this node's claim (or of its last one):
+	// a claim takes a term above every term its node has seen, so terms
+	// only grow, and a queen's grants carry its term.
+	Term uint64 `json:"t,omitempty"`
+	// Follows names the queen this node follows: among claimants after a
+	// partition heals or a frozen queen wakes, the one more members follow
+	// keeps the seat.
+	Follows string `json:"f,omitempty"`
 	// Leaving is broadcast just before a graceful leave: memberlist reports
 	// a leave and a failure alike, and operators need to tell them apart.
 	Leaving bool `json:"l,omitempty"`
@@ -54,7 +62,8 @@ func memberFrom(n *memberlist.Node, status Status) Member {
 	if err != nil {
 		return m
 	}
-	m.HTTPAddr, m.Roles, m.Priority, m.Start, m.Version, m.Claim, m.Leaving = meta.HTTPAddr, meta.Roles, meta.Priority, meta.Start, meta.Version, meta.Claim, meta.Leaving
+	m.HTTPAddr, m.Roles, m.Priority, m.Start, m.Version = meta.HTTPAddr, meta.Roles, meta.Priority, meta.Start, meta.Version
+	m.Claim, m.Term, m.Follows, m.Leaving = meta.Claim, meta.Term, meta.Follows, meta.Leaving
 	if status != StatusAlive && meta.Leaving {
 		m.Status = StatusLeft
 	}

@@ -15,6 +15,8 @@ func TestMeta_RoundTrip(t *testing.T) {
 		Start:    t0,
 		Version:  "1.2.3",
 		Claim:    true,
+		Term:     42,
+		Follows:  "queen-a",
 		Leaving:  true,
 	}
 	b, err := in.encode()
@@ -26,7 +28,7 @@ func TestMeta_RoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	if out.HTTPAddr != in.HTTPAddr || strings.Join(out.Roles, ",") != "queen,hive" || out.Priority != in.Priority ||
-		!out.Start.Equal(in.Start) || out.Version != in.Version || !out.Claim || !out.Leaving {
+		!out.Start.Equal(in.Start) || out.Version != in.Version || !out.Claim || !out.Leaving || out.Term != 42 || out.Follows != "queen-a" {
 		t.Fatalf("decoded %+v, want %+v", out, in)
 	}
 }

@@ -57,6 +57,10 @@ type Config struct {
 	HTTPAddr string
 	// Join lists seeds (gossip host:port) to join at start.
 	Join []string
+	// DataDir, when set, is where the node keeps what it should remember
+	// across restarts: the members it knew (members.json), which it
+	// rejoins after a restart even without Join.
+	DataDir string
 	// Key is the cluster key; zero means no encryption or auth, which is
 	// only allowed on loopback unless Insecure is set.
 	Key      wsapi.Key
@@ -85,6 +89,11 @@ type Config struct {
 	QueueTimeout time.Duration
 	// ModelVRAMMB is the free VRAM one request of a model needs, by name.
 	ModelVRAMMB map[string]uint64
+	// BodyMemory bounds the request-body bytes the node holds at once
+	// (default proxy.DefaultBodyMemory); BodyTimeout how long reading one
+	// body may take (default proxy.DefaultBodyTimeout).
+	BodyMemory  int64
+	BodyTimeout time.Duration
 	// Pprof serves Go's profiler under /debug/pprof/ (authorized like the
 	// admin API), for finding where a node spends its time.
 	Pprof bool
@@ -169,7 +178,11 @@ func (c Config) validate() error {
 	}
 	if c.Key.IsZero() && !c.Insecure {
 		for _, a := range []string{c.GossipAddr, c.HTTPAddr} {
-			if !isLoopbackAddr(a) {
+			loop, err := loopbackOnly(a)
+			if err != nil {
+				return err
+			}
+			if !loop {
 				return fmt.Errorf("%s: %w", a, ErrNeedsKey)
 			}
 		}
@@ -179,14 +192,29 @@ func (c Config) validate() error {
 
 func (c Config) hasRole(r string) bool { return slices.Contains(c.Roles, r) }
 
-func isLoopbackAddr(hostport string) bool {
+// loopbackOnly reports whether a bind address listens on loopback only. A
+// host name counts by what it resolves to, all of it: "localhost" is
+// loopback, a name with any other address is not, and so are an empty host,
+// 0.0.0.0 and ::.
+func loopbackOnly(hostport string) (bool, error) {
 	host, _, err := net.SplitHostPort(hostport)
 	if err != nil {
-		return false
+		return false, fmt.Errorf("address %q: %w", hostport, err)
 	}
-	if host == "localhost" {
-		return true
+	if host == "" {
+		return false, nil
 	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.IsLoopback(), nil
+	}
+	ips, err := net.LookupIP(host)
+	if err != nil || len(ips) == 0 {
+		return false, fmt.Errorf("address %q: resolve %s: %w", hostport, host, err)
+	}
+	for _, ip := range ips {
+		if !ip.IsLoopback() {
+			return false, nil
+		}
+	}
+	return true, nil
 }

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"time"
 
 	"github.com/rbee/rbee/wsapi"
@@ -16,4 +17,12 @@ func ValidateConfig(cfg Config) error { return cfg.withDefaults().validate() }
 func QueenQueues(n *Node) []wsapi.QueueStats {
 	qs, _ := n.queen.Queues(time.Now())
 	return qs
+}
+
+// Crash stops n as a killed process stops: its sockets close and it tells
+// nobody it is going.
+func Crash(n *Node) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	n.stop(ctx, false)
 }

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -105,7 +107,16 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 
+	snapshot := ""
+	if cfg.DataDir != "" {
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("data dir: %w", err)
+		}
+		snapshot = filepath.Join(cfg.DataDir, "members.json")
+	}
 	g, err := gossip.New(gossip.Config{
+		SnapshotPath:  snapshot,
 		Name:          cfg.Name,
 		BindAddr:      cfg.GossipAddr,
 		AdvertiseAddr: cfg.AdvertiseAddr,
@@ -163,8 +174,11 @@ func (n *Node) newPlanes() error {
 		Start:        n.start,
 		Token:        n.cfg.Key.HTTPToken(),
 		QueueTimeout: n.cfg.QueueTimeout,
+		BodyMemory:   n.cfg.BodyMemory,
+		BodyTimeout:  n.cfg.BodyTimeout,
 		Workers:      workers,
 		Queues:       (*clusterQueues)(n),
+		Members:      (*members)(n),
 		Metrics:      n.metrics,
 		Logger:       n.log,
 	})
@@ -185,6 +199,10 @@ func (m *members) WatchQueen() (gossip.Member, bool, <-chan struct{}) {
 }
 
 func (m *members) Member(name string) (gossip.Member, bool) { return m.gossip.Member(name) }
+func (m *members) LiveMembers() []gossip.Member             { return m.gossip.LiveMembers() }
+func (m *members) Term() uint64                             { return m.gossip.Term() }
+func (m *members) MaxTerm() uint64                          { return m.gossip.MaxTerm() }
+func (m *members) WatchMember(name string) <-chan struct{}  { return m.gossip.WatchMember(name) }
 
 // advertiseHTTP picks the API address other nodes dial: the bound address,
 // unless it is 0.0.0.0/::, then the gossip advertise host, else the first

@@ -45,6 +45,10 @@ type LeaseGrant struct {
 	HiveAddr  string `json:"hive_addr"`
 	Worker    string `json:"worker"`
 	Model     string `json:"model"`
+	// Term is the granting queen's election term: a hive refuses a grant
+	// whose term is below the highest it knows, which comes from a queen
+	// that has been replaced (frozen, or cut off) and does not know it yet.
+	Term uint64 `json:"term,omitempty"`
 }
 
 // LeaseError refuses a request with the HTTP status the client gets.

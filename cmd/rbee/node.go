@@ -16,6 +16,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -161,6 +162,7 @@ func nodeRunCommand() *cli.Command {
 			&cli.StringFlag{Name: "advertise-addr", EnvVars: []string{"RBEE_ADVERTISE_ADDR"}, Usage: "gossip address the other nodes should dial, if not the bind address"},
 			&cli.StringFlag{Name: "http-addr", EnvVars: []string{"RBEE_HTTP_ADDR"}, Usage: fmt.Sprintf("HTTP bind address (default :%d with a cluster key, 127.0.0.1:%d without)", node.DefaultHTTPPort, node.DefaultHTTPPort)},
 			&cli.StringSliceFlag{Name: "join", EnvVars: []string{"RBEE_JOIN"}, Usage: "gossip address of a member to join (repeat or comma-separate)"},
+			&cli.StringFlag{Name: "data-dir", EnvVars: []string{"RBEE_DATA_DIR"}, Usage: "where the node remembers the members it knew, to rejoin them after a restart without --join"},
 			&cli.StringSliceFlag{Name: "roles", EnvVars: []string{"RBEE_ROLES"}, Value: cli.NewStringSlice("queen", "hive"), Usage: "queen (may be elected) and/or hive (reports workers), or none (serves the API only)"},
 			&cli.IntFlag{Name: "queen-priority", EnvVars: []string{"RBEE_QUEEN_PRIORITY"}, Usage: "higher is preferred as queen; ties go to the oldest node"},
 			&cli.BoolFlag{Name: "insecure", EnvVars: []string{"RBEE_INSECURE"}, Usage: "allow listening beyond loopback without a cluster key"},
@@ -168,6 +170,8 @@ func nodeRunCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "api-key", EnvVars: []string{"RBEE_API_KEYS"}, Usage: "bearer key OpenAI clients must send (repeat or comma-separate); default: the cluster token, or none on loopback"},
 			&cli.IntFlag{Name: "queue-limit", EnvVars: []string{"RBEE_QUEUE_LIMIT"}, Value: 1024, Usage: "requests that may wait per model before 429"},
 			&cli.DurationFlag{Name: "queue-timeout", EnvVars: []string{"RBEE_QUEUE_TIMEOUT"}, Value: 30 * time.Second, Usage: "how long a request waits for a free worker before 503"},
+			&cli.IntFlag{Name: "body-memory", EnvVars: []string{"RBEE_BODY_MEMORY"}, Value: proxy.DefaultBodyMemory >> 20, Usage: "MiB of request bodies the node holds at once; more get 503 with Retry-After"},
+			&cli.DurationFlag{Name: "body-timeout", EnvVars: []string{"RBEE_BODY_TIMEOUT"}, Value: proxy.DefaultBodyTimeout, Usage: "how long reading one request body may take before 408"},
 			&cli.StringSliceFlag{Name: "model-vram", EnvVars: []string{"RBEE_MODEL_VRAM"}, Usage: "free VRAM one request of a model needs: NAME=MiB (repeat or comma-separate)"},
 			&cli.BoolFlag{Name: "debug-pprof", EnvVars: []string{"RBEE_DEBUG_PPROF"}, Usage: "serve Go's profiler at /debug/pprof/ (cluster token or loopback)"},
 			&cli.StringFlag{Name: "cgroup-root", EnvVars: []string{"RBEE_CGROUP_ROOT"}, Usage: "cgroup v2 mount holding rbee.slice (default: found in /proc/self/mountinfo; none: report --worker servers only)"},
@@ -224,6 +228,7 @@ func runNode(c *cli.Context) error {
 	cfg.HTTPAddr = orDefault(c.String("http-addr"), net.JoinHostPort(defHost, strconv.Itoa(node.DefaultHTTPPort)))
 	cfg.AdvertiseAddr = c.String("advertise-addr")
 	cfg.Join = splitList(c.StringSlice("join"))
+	cfg.DataDir = c.String("data-dir")
 	cfg.Roles = []string{}
 	for _, r := range splitList(c.StringSlice("roles")) {
 		if r != "none" {
@@ -234,6 +239,8 @@ func runNode(c *cli.Context) error {
 	cfg.Pprof = c.Bool("debug-pprof")
 	cfg.QueueLimit = c.Int("queue-limit")
 	cfg.QueueTimeout = c.Duration("queue-timeout")
+	cfg.BodyMemory = int64(c.Int("body-memory")) << 20
+	cfg.BodyTimeout = c.Duration("body-timeout")
 	if cfg.ModelVRAMMB, err = parseModelVRAM(splitList(c.StringSlice("model-vram"))); err != nil {
 		return err
 	}

@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,15 +21,12 @@ const (
 	hdrModel   = "X-Rbee-Model"
 	hdrEntry   = "X-Rbee-Entry"
 	hdrRequest = "X-Rbee-Request"
+	hdrTerm    = "X-Rbee-Term"
 	// hdrRetry on a hive's 503 says it did not start the request (the
 	// worker is full, gone or unreachable): the entry node may ask for
 	// another lease.
 	hdrRetry = "X-Rbee-Retry"
 )
-
-// maxInferenceBody bounds a request body: embeddings of a large batch are the
-// biggest legitimate ones.
-const maxInferenceBody = 32 << 20
 
 // maxAttempts bounds how often one client request is tried on another worker
 // after a hive refused it or could not be reached before any byte of the
@@ -42,16 +38,15 @@ const maxAttempts = 3
 // straight to the worker).
 func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxInferenceBody))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			p.Fail(w, "", http.StatusRequestEntityTooLarge, "invalid_request_error", fmt.Sprintf("body larger than %d bytes", maxInferenceBody))
-			return
+	body, release, berr := p.readBody(w, r)
+	if berr != nil {
+		if berr.status == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "1")
 		}
-		p.Fail(w, "", http.StatusBadRequest, "invalid_request_error", "read body: "+err.Error())
+		p.Fail(w, "", berr.status, berr.typ, berr.msg)
 		return
 	}
+	defer release()
 	var head struct {
 		Model string `json:"model"`
 	}
@@ -122,9 +117,25 @@ func (p *Proxy) Fail(w http.ResponseWriter, model string, status int, typ, msg s
 func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *wsapi.LeaseGrant, start time.Time) (tryAnother bool) {
 	lease := wsapi.LeaseInfo{LeaseID: g.LeaseID, Worker: g.Worker, Model: g.Model, Entry: p.cfg.Name, RequestID: g.RequestID}
 	if g.Hive == p.cfg.Name {
+		if p.staleGrant(g.Term) {
+			return true
+		}
 		return p.serveLease(w, r, r.URL.Path, bytes.NewReader(body), lease, start, true)
 	}
-	req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, "http://"+g.HiveAddr+PathHiveProxy+r.URL.Path, bytes.NewReader(body))
+	// The request to the hive ends when the cluster declares the hive
+	// dead: a hive cut off mid-stream would otherwise stall the client
+	// for as long as the cut lasts.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	gone := p.cfg.Members.WatchMember(g.Hive)
+	go func() {
+		select {
+		case <-gone:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+g.HiveAddr+PathHiveProxy+r.URL.Path, bytes.NewReader(body))
 	if err != nil {
 		return true
 	}
@@ -134,6 +145,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 	req.Header.Set(hdrModel, g.Model)
 	req.Header.Set(hdrEntry, p.cfg.Name)
 	req.Header.Set(hdrRequest, g.RequestID)
+	req.Header.Set(hdrTerm, strconv.FormatUint(g.Term, 10))
 	if p.cfg.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+p.cfg.Token)
 	}

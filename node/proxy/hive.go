@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -27,21 +28,44 @@ func (p *Proxy) HandleHiveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	lease := wsapi.LeaseInfo{LeaseID: r.Header.Get(hdrLease), Worker: r.Header.Get(hdrWorker), Model: r.Header.Get(hdrModel),
 		Entry: r.Header.Get(hdrEntry), RequestID: r.Header.Get(hdrRequest)}
-	if lease.LeaseID == "" || lease.Worker == "" || len(lease.LeaseID) > 256 || len(lease.Worker) > 256 {
+	term, terr := strconv.ParseUint(r.Header.Get(hdrTerm), 10, 64)
+	if lease.LeaseID == "" || lease.Worker == "" || len(lease.LeaseID) > 256 || len(lease.Worker) > 256 || terr != nil {
 		WriteError(w, http.StatusBadRequest, "invalid_request_error", "missing lease headers")
+		return
+	}
+	if p.staleGrant(term) {
+		w.Header().Set(hdrRetry, "1")
+		WriteError(w, http.StatusServiceUnavailable, "stale_lease", "lease granted by a queen that has been replaced")
 		return
 	}
 	// Read the body whole: forwarded with its length, the worker gets it in
 	// one write instead of a chunked stream.
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxInferenceBody))
-	if err != nil {
-		WriteError(w, http.StatusBadRequest, "invalid_request_error", "read body: "+err.Error())
+	body, release, berr := p.readBody(w, r)
+	if berr != nil {
+		if berr.status == http.StatusServiceUnavailable {
+			// Not started: the entry node may try another worker.
+			w.Header().Set(hdrRetry, "1")
+		}
+		WriteError(w, berr.status, berr.typ, berr.msg)
 		return
 	}
+	defer release()
 	if p.serveLease(w, r, path, bytes.NewReader(body), lease, time.Now(), false) {
 		w.Header().Set(hdrRetry, "1")
 		WriteError(w, http.StatusServiceUnavailable, "worker_unavailable", "worker "+lease.Worker+" cannot take the request now")
 	}
+}
+
+// staleGrant reports whether a grant of term comes from a queen that has been
+// replaced: a newer queen's claim carries a higher term. Fencing it keeps a
+// frozen or cut-off queen that does not know yet from handing out this hive's
+// slots (the slot check in serveLease holds either way).
+func (p *Proxy) staleGrant(term uint64) bool {
+	if max := p.cfg.Members.MaxTerm(); term < max {
+		p.log.Debug("refused a grant from a replaced queen", "term", term, "current", max)
+		return true
+	}
+	return false
 }
 
 // serveLease proxies one request to a worker of this hive under a lease, and

@@ -35,6 +35,15 @@ type WorkerEndpoints interface {
 	Endpoint(group, instance string) string
 }
 
+// Members is what the data plane needs of the gossip layer: the highest
+// election term seen (a grant carrying a lower one comes from a queen that
+// was replaced), and a channel closed when a member departs (a stream through
+// a hive the cluster declared dead ends with an error instead of stalling).
+type Members interface {
+	MaxTerm() uint64
+	WatchMember(name string) <-chan struct{}
+}
+
 // Config is what the data plane needs of its node.
 type Config struct {
 	// Name is this node's: the entry named in its leases, and the hive
@@ -47,9 +56,14 @@ type Config struct {
 	Token string
 	// QueueTimeout is how long a request waits for a lease.
 	QueueTimeout time.Duration
+	// BodyMemory bounds the request-body bytes the node holds at once;
+	// BodyTimeout how long reading one body may take (defaults above).
+	BodyMemory  int64
+	BodyTimeout time.Duration
 	// Workers is nil on a node that runs none.
 	Workers WorkerEndpoints
 	Queues  Queues
+	Members Members
 	// Metrics takes the entry node's figures.
 	Metrics prometheus.Registerer
 	Logger  *slog.Logger
@@ -64,12 +78,19 @@ type Proxy struct {
 	table   *leaseTable
 	client  *http.Client
 	metrics *metrics
+	bodies  *budget
 }
 
 // New returns the data plane of node cfg.Name.
 func New(cfg Config) (*Proxy, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.BodyMemory <= 0 {
+		cfg.BodyMemory = DefaultBodyMemory
+	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
 	}
 	m, err := newMetrics(cfg.Metrics)
 	if err != nil {
@@ -84,6 +105,7 @@ func New(cfg Config) (*Proxy, error) {
 		// client's own disconnect cancels it.
 		client:  &http.Client{Transport: newTransport()},
 		metrics: m,
+		bodies:  &budget{limit: cfg.BodyMemory},
 	}, nil
 }
 

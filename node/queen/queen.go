@@ -17,11 +17,16 @@ import (
 )
 
 // Membership is what the queen needs of the gossip layer: who is queen (and
-// a channel closed when that changes), and a member's API address, where
-// entry nodes send the requests the queen grants on that member's workers.
+// a channel closed when that changes), a member's API address (where entry
+// nodes send the requests the queen grants on that member's workers), who is
+// alive (the hives a new queen waits to hear from) and its own term.
 type Membership interface {
 	WatchQueen() (q gossip.Member, ok bool, changed <-chan struct{})
 	Member(name string) (gossip.Member, bool)
+	// LiveMembers lists the members alive now, this node included.
+	LiveMembers() []gossip.Member
+	// Term is this node's election term, which its grants carry.
+	Term() uint64
 }
 
 // Config is what the control plane needs of its node.
@@ -41,8 +46,11 @@ type Config struct {
 	ForgetAfter time.Duration
 	// EventInterval is the period of the feed's queen event.
 	EventInterval time.Duration
-	QueueLimit    int
-	ModelVRAMMB   map[string]uint64
+	// WarmUpMax bounds how long a new queen waits for every live hive's
+	// first report before it answers "unknown model" (default 10 s).
+	WarmUpMax   time.Duration
+	QueueLimit  int
+	ModelVRAMMB map[string]uint64
 	// Metrics takes the queen's figures (reported only while queen).
 	Metrics prometheus.Registerer
 	Logger  *slog.Logger
@@ -65,9 +73,14 @@ type Queen struct {
 
 	// Scheduler state, guarded by schedMu: the scheduler is pure and
 	// not safe for concurrent use; nil while this node is not queen.
-	schedMu     sync.Mutex
-	sched       *scheduler.Scheduler
-	warmAt      time.Time
+	schedMu sync.Mutex
+	sched   *scheduler.Scheduler
+	// warm: the scheduler knows every live hive's workers. Until then an
+	// unknown model waits instead of failing with 404; reported are the
+	// hives heard from since this node became queen, warmBy the bound.
+	warm        bool
+	reported    map[string]bool
+	warmBy      time.Time
 	rateAt      time.Time
 	rateGranted uint64
 	rate        float64
@@ -80,6 +93,13 @@ type Queen struct {
 func New(cfg Config) (*Queen, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.WarmUpMax <= 0 {
+		// Hives redial a new queen at once and report within a
+		// telemetry interval; one that is alive in gossip but cannot
+		// reach the queen should not hold requests for unknown models
+		// longer than this.
+		cfg.WarmUpMax = 10 * time.Second
 	}
 	q := &Queen{
 		cfg:      cfg,

@@ -4,15 +4,16 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/rbee/rbee/gossip"
 	"github.com/rbee/rbee/scheduler"
 	"github.com/rbee/rbee/wsapi"
 )
 
 // startScheduling gives the new queen an empty scheduler. It knows no worker
-// until the hives report (within a telemetry interval), so it answers
-// "unknown model" only after a warm-up of HiveTTL; leases the hives list in
-// their first reports are adopted, so no worker is oversubscribed across the
-// failover.
+// until the hives report (within a telemetry interval of their sessions), so
+// it answers "unknown model" only once every live hive has reported, or
+// WarmUpMax has passed; leases the hives list in their first reports are
+// adopted, so no worker is oversubscribed across the failover.
 func (q *Queen) startScheduling(now time.Time) {
 	s := scheduler.New(scheduler.Config{
 		QueueLimit:  q.cfg.QueueLimit,
@@ -22,7 +23,7 @@ func (q *Queen) startScheduling(now time.Time) {
 	})
 	q.schedMu.Lock()
 	q.sched = s
-	q.warmAt = now.Add(q.cfg.HiveTTL)
+	q.warm, q.reported, q.warmBy = false, map[string]bool{}, now.Add(q.cfg.WarmUpMax)
 	q.rateAt, q.rateGranted, q.rate = now, 0, 0
 	q.schedMu.Unlock()
 }
@@ -40,7 +41,8 @@ func (q *Queen) schedTick(now time.Time) {
 		q.schedMu.Unlock()
 		return
 	}
-	if !now.Before(q.warmAt) {
+	if !q.warm && (!now.Before(q.warmBy) || q.allHivesReportedLocked()) {
+		q.warm = true
 		q.sched.SetWarm(true)
 	}
 	grants, fails := q.sched.Tick(now)
@@ -71,6 +73,7 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 	case *wsapi.HiveTelemetry:
 		grants = s.UpdateHive(m.HiveID, schedWorkers(m.Workers), hiveLeases(m.Leases), now)
 		setStates(m, s)
+		q.reported[m.HiveID] = true
 	case *wsapi.LeaseRequest:
 		r := scheduler.Request{ID: m.RequestID, Entry: peer, Model: m.Model, VRAMMB: m.VRAMMB,
 			Deadline: now.Add(time.Duration(m.WaitMS) * time.Millisecond)}
@@ -88,6 +91,17 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 	}
 	q.schedMu.Unlock()
 	q.deliver(grants, fails, peer, now)
+}
+
+// allHivesReportedLocked reports whether every live member with the hive
+// role has sent this queen a report.
+func (q *Queen) allHivesReportedLocked() bool {
+	for _, m := range q.cfg.Members.LiveMembers() {
+		if m.HasRole(gossip.RoleHive) && !q.reported[m.Name] {
+			return false
+		}
+	}
+	return true
 }
 
 // entryGone withdraws the waiting requests of a node whose session ended: it
@@ -111,10 +125,11 @@ func (q *Queen) entryGone(peer string) {
 func (q *Queen) deliver(grants []scheduler.Grant, fails []scheduler.Failure, from string, now time.Time) {
 	for len(grants) > 0 || len(fails) > 0 {
 		var undeliverable []string
+		term := q.cfg.Members.Term()
 		for _, g := range grants {
 			addr := q.memberHTTP(g.Lease.Hive)
 			msg := &wsapi.LeaseGrant{Type: wsapi.TypeLeaseGrant, RequestID: g.Request.ID, LeaseID: g.Lease.ID,
-				Hive: g.Lease.Hive, HiveAddr: addr, Worker: g.Lease.Worker, Model: g.Lease.Model}
+				Hive: g.Lease.Hive, HiveAddr: addr, Worker: g.Lease.Worker, Model: g.Lease.Model, Term: term}
 			if addr == "" || !q.sendTo(g.Request.Entry, msg, g.Request.Entry == from) {
 				undeliverable = append(undeliverable, g.Lease.ID)
 			}

@@ -56,6 +56,16 @@ func (f fakeMembers) WatchQueen() (gossip.Member, bool, <-chan struct{}) {
 	return gossip.Member{Name: f.self}, true, nil
 }
 
+func (f fakeMembers) LiveMembers() []gossip.Member {
+	out := []gossip.Member{{Name: f.self, Roles: []string{gossip.RoleQueen}}}
+	for name := range f.addrs {
+		out = append(out, gossip.Member{Name: name, Roles: []string{gossip.RoleHive}})
+	}
+	return out
+}
+
+func (f fakeMembers) Term() uint64 { return 7 }
+
 func (f fakeMembers) Member(name string) (gossip.Member, bool) {
 	a, ok := f.addrs[name]
 	return gossip.Member{Name: name, HTTPAddr: a}, ok
@@ -180,3 +190,43 @@ func TestQueen_SetsEachWorkersState(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// A new queen answers "unknown model" once every live hive has reported to
+// it, not after a fixed delay: hives slow to reach it (their sessions stuck on
+// the old queen) must not turn waiting requests into 404s; and it does not
+// wait past WarmUpMax for a hive that never comes.
+func TestQueen_WarmsUpWhenEveryLiveHiveReported(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	peers := &fakePeers{present: map[string]bool{"e": true}}
+	q := testQueen(t, peers, map[string]string{"h1": "10.0.0.1:7833", "h2": "10.0.0.2:7833"})
+	q.startScheduling(t0)
+	q.handle("h1", report("h1", wsapi.ProcessStats{Group: "g", Instance: "1", Model: ptr("m"), Slots: 1}), t0)
+	q.handle("e", ask("r1", "only-on-h2"), t0)
+	q.schedTick(t0.Add(5 * time.Second))
+	if got := peers.take(); len(got) != 0 {
+		t.Fatalf("sent %+v before h2 reported; want the request to wait", got)
+	}
+	q.handle("h2", report("h2", wsapi.ProcessStats{Group: "g", Instance: "1", Model: ptr("only-on-h2"), Slots: 1}), t0.Add(5*time.Second))
+	got := peers.take()
+	if len(got) != 1 {
+		t.Fatalf("after h2 reported: sent %+v, want the grant", got)
+	}
+	g, ok := got[0].msg.(*wsapi.LeaseGrant)
+	if !ok || g.Hive != "h2" || g.Term != 7 {
+		t.Fatalf("answer %+v, want a grant on h2 carrying the queen's term 7", got[0].msg)
+	}
+
+	// Another new queen whose hive h2 never reports: warm at the bound.
+	q2 := testQueen(t, peers, map[string]string{"h1": "10.0.0.1:7833", "h2": "10.0.0.2:7833"})
+	q2.startScheduling(t0)
+	q2.handle("h1", report("h1", wsapi.ProcessStats{Group: "g", Instance: "1", Model: ptr("m"), Slots: 1}), t0)
+	q2.handle("e", ask("r2", "nope"), t0)
+	q2.schedTick(t0.Add(q2.cfg.WarmUpMax - time.Millisecond))
+	if got := peers.take(); len(got) != 0 {
+		t.Fatalf("sent %+v before the bound", got)
+	}
+	q2.schedTick(t0.Add(q2.cfg.WarmUpMax))
+	if got := peers.take(); len(got) != 1 || got[0].msg.(*wsapi.LeaseError).Status != 404 {
+		t.Fatalf("at the bound: sent %+v, want a 404", got)
+	}
+}

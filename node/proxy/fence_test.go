@@ -1,0 +1,140 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rbee/rbee/wsapi"
+)
+
+// fakeMembers is the gossip layer as the proxy sees it.
+type fakeMembers struct {
+	mu   sync.Mutex
+	max  uint64
+	gone map[string]chan struct{}
+}
+
+func (f *fakeMembers) MaxTerm() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.max
+}
+
+func (f *fakeMembers) WatchMember(name string) <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.gone == nil {
+		f.gone = map[string]chan struct{}{}
+	}
+	if f.gone[name] == nil {
+		f.gone[name] = make(chan struct{})
+	}
+	return f.gone[name]
+}
+
+func (f *fakeMembers) depart(name string) {
+	f.WatchMember(name)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	close(f.gone[name])
+}
+
+type oneWorker struct{ url string }
+
+func (o oneWorker) Endpoint(group, instance string) string { return o.url }
+
+func testProxy(t *testing.T, name string, members *fakeMembers, workers WorkerEndpoints) *Proxy {
+	t.Helper()
+	p, err := New(Config{Name: name, Start: time.Unix(0, 0), QueueTimeout: time.Second, Workers: workers, Members: members})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// A hive refuses a lease from a queen whose term is below the highest it
+// knows (a frozen or cut-off queen that has been replaced), and says the
+// entry node may ask again; a current one is served.
+func TestHiveProxy_RefusesGrantsFromAReplacedQueen(t *testing.T) {
+	worker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, `{"ok":true}`)
+	}))
+	defer worker.Close()
+	members := &fakeMembers{max: 5}
+	p := testProxy(t, "h", members, oneWorker{worker.URL})
+	p.ReportLeases([]wsapi.ProcessStats{{Group: "g", Instance: "1", Slots: 1}}, time.Now())
+	for _, tc := range []struct {
+		term string
+		want int
+	}{{"4", http.StatusServiceUnavailable}, {"", http.StatusBadRequest}, {"x", http.StatusBadRequest}, {"5", http.StatusOK}, {"6", http.StatusOK}} {
+		req := httptest.NewRequest(http.MethodPost, PathHiveProxy+PathChat, strings.NewReader(`{"model":"m"}`))
+		req.Header.Set(hdrLease, "l-"+tc.term)
+		req.Header.Set(hdrWorker, "g/1")
+		req.Header.Set(hdrModel, "m")
+		req.Header.Set(hdrEntry, "e")
+		if tc.term != "" {
+			req.Header.Set(hdrTerm, tc.term)
+		}
+		rec := httptest.NewRecorder()
+		p.HandleHiveProxy(rec, req)
+		if rec.Code != tc.want {
+			t.Errorf("term %q: status %d (%s), want %d", tc.term, rec.Code, rec.Body, tc.want)
+		}
+		if tc.want == http.StatusServiceUnavailable && rec.Header().Get(hdrRetry) == "" {
+			t.Errorf("term %q: refusal does not let the entry node ask again", tc.term)
+		}
+	}
+}
+
+// A stream proxied through a hive that the cluster declares dead ends with
+// an error for the client at once, rather than stalling behind the cut.
+func TestForward_StreamEndsWhenTheHiveIsDeclaredDead(t *testing.T) {
+	firstSent := make(chan struct{})
+	release := make(chan struct{})
+	hive := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: tok0\n\n")
+		w.(http.Flusher).Flush()
+		close(firstSent)
+		// Then silence, as behind a cut link.
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	defer hive.Close()
+	defer close(release)
+	members := &fakeMembers{}
+	p := testProxy(t, "entry", members, nil)
+	g := &wsapi.LeaseGrant{RequestID: "r", LeaseID: "l", Hive: "h", HiveAddr: strings.TrimPrefix(hive.URL, "http://"), Worker: "g/1", Model: "m"}
+	entry := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.forward(w, r, []byte(`{"model":"m","stream":true}`), g, time.Now())
+	}))
+	defer entry.Close()
+
+	resp, err := http.Post(entry.URL+PathChat, "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	<-firstSent
+	members.depart("h")
+	sc := bufio.NewScanner(resp.Body)
+	var lines []string
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	if sc.Err() == nil {
+		t.Fatalf("stream ended cleanly after %q; want it broken when the hive was declared dead", lines)
+	}
+	if len(lines) == 0 || lines[0] != "data: tok0" {
+		t.Fatalf("got %q before the break, want the first event", lines)
+	}
+}
