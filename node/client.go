@@ -3,31 +3,54 @@ package node
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/rbee/rbee/wsapi"
 )
 
-// Client calls a running node's HTTP API, as the CLI does.
+// Client calls a running node's HTTP API, as the CLI does. With the cluster
+// key it connects as the nodes do among themselves, over mutual TLS trusted
+// through the key, which the admin calls require from another machine.
 type Client struct {
-	addr string
-	key  wsapi.Key
-	hc   *http.Client
+	addr   string
+	scheme string // "https" with a key
+	hc     *http.Client
+	ws     *http.Client // for WebSockets: no overall timeout
 }
 
 // NewClient returns a client for the node at addr (host:port). key may be zero
 // when the node has none or is reached over loopback.
 func NewClient(addr string, key wsapi.Key) *Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	return &Client{addr: addr, key: key, hc: &http.Client{Timeout: 10 * time.Second, Transport: tr}}
+	scheme := "http"
+	if ct, err := key.NewClusterTLS("rbee-cli"); err == nil {
+		tr.TLSClientConfig = ct.ClientConfig()
+		scheme = "https"
+	}
+	return &Client{addr: addr, scheme: scheme, hc: &http.Client{Timeout: 10 * time.Second, Transport: tr}, ws: &http.Client{Transport: tr}}
 }
 
 // Close drops the client's idle connections.
 func (c *Client) Close() { c.hc.CloseIdleConnections() }
+
+// DialFeed opens the node's live feed (hive_telemetry and queen events).
+func (c *Client) DialFeed(ctx context.Context) (*websocket.Conn, error) {
+	scheme := map[string]string{"http": "ws", "https": "wss"}[c.scheme]
+	url := scheme + "://" + c.addr + wsapi.FeedPath
+	conn, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: c.ws})
+	if err != nil {
+		return nil, fmt.Errorf("dial feed %s: %w", url, explainTLS(err, c.scheme))
+	}
+	return conn, nil
+}
 
 func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader
@@ -38,19 +61,16 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+c.addr+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, c.scheme+"://"+c.addr+path, rd)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if tok := c.key.HTTPToken(); tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("reach node at %s: %w", c.addr, err)
+		return fmt.Errorf("reach node at %s: %w", c.addr, explainTLS(err, c.scheme))
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -75,6 +95,24 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
 	}
 	return nil
+}
+
+// explainTLS says what a failed TLS handshake with a node usually means: the
+// key given is not the cluster's, or the node runs without one.
+func explainTLS(err error, scheme string) error {
+	if scheme != "https" {
+		return err
+	}
+	var cve *tls.CertificateVerificationError
+	var re tls.RecordHeaderError
+	msg := err.Error()
+	switch {
+	case errors.As(err, &cve), strings.Contains(msg, "tls: unknown certificate authority"), strings.Contains(msg, "tls: bad certificate"):
+		return fmt.Errorf("%w (is --cluster-key-file the cluster key of this node?)", err)
+	case errors.As(err, &re), strings.Contains(msg, "server gave HTTP response to HTTPS client"):
+		return fmt.Errorf("%w (the node runs without a cluster key: drop --cluster-key-file)", err)
+	}
+	return err
 }
 
 // Members lists the cluster as the node sees it.

@@ -95,12 +95,9 @@ func (n *Node) handleCluster(w http.ResponseWriter, r *http.Request) {
 func (n *Node) queenCluster(ctx context.Context, addr string) (*ClusterView, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+PathCluster, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.url(addr, PathCluster, false), nil)
 	if err != nil {
 		return nil, err
-	}
-	if tok := n.cfg.Key.HTTPToken(); tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
 	}
 	resp, err := n.hc.Do(req)
 	if err != nil {

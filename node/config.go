@@ -65,6 +65,11 @@ type Config struct {
 	// only allowed on loopback unless Insecure is set.
 	Key      wsapi.Key
 	Insecure bool
+	// TLSCertFile and TLSKeyFile are the user's own certificate for the
+	// client-facing API (TLS on the same port as plain HTTP). Traffic
+	// between nodes needs none: it uses certificates derived from Key.
+	TLSCertFile string
+	TLSKeyFile  string
 	// Roles: gossip.RoleQueen (eligible for election) and/or
 	// gossip.RoleHive (runs workers).
 	Roles         []string

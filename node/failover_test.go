@@ -32,6 +32,13 @@ func TestFailover_CrashedQueenReplacedBeforeFailureDetection(t *testing.T) {
 		if err == nil && len(a.Registry().Hives(time.Now())) < 3 {
 			err = errors.New("not every node reports to a yet")
 		}
+		// b and c must know each other before a dies: they met
+		// through a alone.
+		for _, n := range []*nodetest.Node{b, c} {
+			if err == nil && len(n.Members()) < 3 {
+				err = fmt.Errorf("%s knows %d members", n.Name(), len(n.Members()))
+			}
+		}
 		return err
 	})
 	node.Crash(a.Node)

@@ -40,23 +40,23 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("GET "+PathCluster, n.authorized(n.handleCluster))
 	mux.HandleFunc("GET "+wsapi.FeedPath, n.authorized(n.handleFeed))
 	// The hive session authenticates with its own challenge-response.
-	mux.HandleFunc("GET "+wsapi.SessionPath, n.queen.HandleSession)
-	mux.HandleFunc("POST "+PathAdminJoin, n.authorized(n.handleJoin))
-	mux.HandleFunc("POST "+PathAdminLeave, n.authorized(n.handleLeave))
+	mux.HandleFunc("GET "+wsapi.SessionPath, n.sessionsOverTLS(n.queen.HandleSession))
+	mux.HandleFunc("POST "+PathAdminJoin, n.peersOnly(n.handleJoin))
+	mux.HandleFunc("POST "+PathAdminLeave, n.peersOnly(n.handleLeave))
 	mux.HandleFunc("GET "+PathAdminMembers, n.authorized(n.handleMembers))
-	mux.HandleFunc("POST "+PathAdminWorkers, n.authorized(n.handleRegisterWorker))
+	mux.HandleFunc("POST "+PathAdminWorkers, n.peersOnly(n.handleRegisterWorker))
 	p := n.proxy
 	mux.HandleFunc("POST "+proxy.PathChat, n.apiAuthorized(p.HandleInference))
 	mux.HandleFunc("POST "+proxy.PathCompletions, n.apiAuthorized(p.HandleInference))
 	mux.HandleFunc("POST "+proxy.PathEmbeddings, n.apiAuthorized(p.HandleInference))
 	mux.HandleFunc("GET "+proxy.PathModels, n.apiAuthorized(p.HandleModels))
 	mux.HandleFunc("GET "+proxy.PathModels+"/{model...}", n.apiAuthorized(p.HandleModel))
-	mux.HandleFunc("POST "+proxy.PathHiveProxy+"/", n.authorized(p.HandleHiveProxy))
+	mux.HandleFunc("POST "+proxy.PathHiveProxy+"/", n.peersOnly(p.HandleHiveProxy))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{Registry: n.metrics}))
 	if n.cfg.Pprof {
-		mux.HandleFunc("GET /debug/pprof/", n.authorized(pprof.Index))
-		mux.HandleFunc("GET /debug/pprof/profile", n.authorized(pprof.Profile))
-		mux.HandleFunc("GET /debug/pprof/trace", n.authorized(pprof.Trace))
+		mux.HandleFunc("GET /debug/pprof/", n.peersOnly(pprof.Index))
+		mux.HandleFunc("GET /debug/pprof/profile", n.peersOnly(pprof.Profile))
+		mux.HandleFunc("GET /debug/pprof/trace", n.peersOnly(pprof.Trace))
 	}
 	dash := ui.Handler()
 	mux.Handle("GET /{$}", dash)
@@ -90,30 +90,50 @@ func (n *Node) apiAuthorized(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// authorized lets a request through when it carries the cluster's HTTP token
-// (as a bearer token or, for browsers' WebSockets which cannot set headers, a
-// token query parameter), or, without a token, when no key is set or it comes
-// from loopback (the machine's own users, as with `consul join`).
+// authorized guards what reads the cluster (its view, the feed, the member
+// list): another node or the CLI over the cluster's mutual TLS, the cluster's
+// HTTP token (as a bearer token or, for browsers' WebSockets which cannot set
+// headers, a token query parameter), or the local rules below.
+func (n *Node) authorized(h http.HandlerFunc) http.HandlerFunc { return n.guard(h, true) }
+
+// peersOnly guards what changes the cluster or reaches its workers (join,
+// leave, worker registration, the hive's proxy to its workers, the
+// profiler): another node or the CLI over the cluster's mutual TLS, or the
+// local rules. The HTTP token, which every API client and dashboard carries,
+// is not enough: one leaked token must not let anyone steer the cluster.
+func (n *Node) peersOnly(h http.HandlerFunc) http.HandlerFunc { return n.guard(h, false) }
+
+// guard lets a cluster peer through, then (when tokenOK) a request with the
+// HTTP token; without either, a request passes only when no key is set or it
+// comes from loopback (the machine's own users, as with `consul join`).
 //
-// A token-less request must also not come from another site's page in the
-// user's browser: without that, any web page could POST /v1/admin/leave to
+// Such a request must also not come from another site's page in the user's
+// browser: without that, any web page could POST /v1/admin/leave to
 // 127.0.0.1 or read the feed. So its Origin, when a browser sends one, must be
 // this node itself, and a loopback request must name the host by IP address
 // or "localhost", which defeats DNS rebinding (evil.example resolving to
 // 127.0.0.1 makes Origin and Host agree).
-func (n *Node) authorized(h http.HandlerFunc) http.HandlerFunc {
+func (n *Node) guard(h http.HandlerFunc, tokenOK bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if n.isPeer(r) {
+			h(w, r)
+			return
+		}
 		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok {
 			tok = r.URL.Query().Get("token")
 		}
-		if tok != "" && n.cfg.Key.CheckToken(tok) {
+		if tokenOK && tok != "" && n.cfg.Key.CheckToken(tok) {
 			h(w, r)
 			return
 		}
 		loopback := isLoopbackRemote(r.RemoteAddr)
 		if !n.cfg.Key.IsZero() && !loopback {
-			proxy.WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong cluster token (the CLI derives it from --cluster-key-file)")
+			msg := "missing or wrong cluster token (the CLI derives it from --cluster-key-file)"
+			if !tokenOK {
+				msg = "only cluster members may call this from another machine: use the CLI with --cluster-key-file, which connects over the cluster's TLS"
+			}
+			proxy.WriteError(w, http.StatusUnauthorized, "unauthorized", msg)
 			return
 		}
 		if err := notFromAnotherSite(r, loopback, n.isMemberHTTP); err != nil {
@@ -125,6 +145,19 @@ func (n *Node) authorized(h http.HandlerFunc) http.HandlerFunc {
 			// after its own node died: let its page see the answer.
 			w.Header().Set("Access-Control-Allow-Origin", origin)
 			w.Header().Add("Vary", "Origin")
+		}
+		h(w, r)
+	}
+}
+
+// sessionsOverTLS refuses node sessions from other machines that do not use
+// the cluster's TLS: the session's own handshake proves the key, but what
+// follows (telemetry, lease messages) would cross the network readable.
+func (n *Node) sessionsOverTLS(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !n.cfg.Key.IsZero() && r.TLS == nil && !isLoopbackRemote(r.RemoteAddr) {
+			proxy.WriteError(w, http.StatusForbidden, "tls_required", "sessions from other machines must use the cluster's TLS (wss://)")
+			return
 		}
 		h(w, r)
 	}

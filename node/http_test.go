@@ -13,6 +13,7 @@ import (
 
 	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/node/nodetest"
+	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -54,6 +55,11 @@ func TestHTTP_Auth(t *testing.T) {
 		{"members needs token from remote", "GET", node.PathAdminMembers, remote, "", "", 401},
 		{"members with token", "GET", node.PathAdminMembers, remote, "Bearer " + key.HTTPToken(), "", 200},
 		{"join needs token from remote", "POST", node.PathAdminJoin, remote, "", `{"addrs":["127.0.0.1:1"]}`, 401},
+		{"join refuses the token from remote (cluster TLS only)", "POST", node.PathAdminJoin, remote, "Bearer " + key.HTTPToken(), `{"addrs":["127.0.0.1:1"]}`, 401},
+		{"leave refuses the token from remote", "POST", node.PathAdminLeave, remote, "Bearer " + key.HTTPToken(), "", 401},
+		{"worker registration refuses the token from remote", "POST", node.PathAdminWorkers, remote, "Bearer " + key.HTTPToken(), `{}`, 401},
+		{"hive proxy refuses the token from remote", "POST", proxy.PathHiveProxy + proxy.PathChat, remote, "Bearer " + key.HTTPToken(), `{}`, 401},
+		{"plain session from remote refused", "GET", wsapi.SessionPath, remote, "", "", 403},
 		{"leave needs token from remote", "POST", node.PathAdminLeave, remote, "", "", 401},
 		{"feed needs token from remote", "GET", wsapi.FeedPath, remote, "", "", 401},
 		{"join with malformed body", "POST", node.PathAdminJoin, loop, "", `{"addrs":`, 400},

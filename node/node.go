@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -41,7 +42,12 @@ type Node struct {
 	// httpAdvertise is the address other nodes use to reach this node's API.
 	httpAdvertise string
 
-	hub     *wsapi.Hub
+	hub *wsapi.Hub
+	// tls is this node's identity among the nodes (nil without a key):
+	// inter-node traffic runs over mutual TLS trusted through the key.
+	tls *wsapi.ClusterTLS
+	// scheme is how this node reaches the others: "https" with a key.
+	scheme  string
 	queen   *queen.Queen
 	proxy   *proxy.Proxy
 	metrics *prometheus.Registry
@@ -91,26 +97,30 @@ func New(cfg Config) (*Node, error) {
 		runDone: make(chan struct{}),
 		stopped: make(chan struct{}),
 	}
+	serverTLS, err := n.setupTLS()
+	if err != nil {
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return nil, fmt.Errorf("listen http %s: %w", cfg.HTTPAddr, err)
 	}
-	n.ln = ln
+	n.ln = newMuxListener(ln, serverTLS)
 	adv, err := advertiseHTTP(ln.Addr().(*net.TCPAddr), cfg)
 	if err != nil {
-		ln.Close()
+		n.ln.Close()
 		return nil, err
 	}
 	n.httpAdvertise = adv
 	if err := n.newPlanes(); err != nil {
-		ln.Close()
+		n.ln.Close()
 		return nil, err
 	}
 
 	snapshot := ""
 	if cfg.DataDir != "" {
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-			ln.Close()
+			n.ln.Close()
 			return nil, fmt.Errorf("data dir: %w", err)
 		}
 		snapshot = filepath.Join(cfg.DataDir, "members.json")
@@ -132,7 +142,7 @@ func New(cfg Config) (*Node, error) {
 		Logger: n.log,
 	}, cfg.Join)
 	if err != nil {
-		ln.Close()
+		n.ln.Close()
 		return nil, err
 	}
 	n.gossip = g
@@ -145,6 +155,64 @@ func New(cfg Config) (*Node, error) {
 	}
 	return n, nil
 }
+
+// setupTLS makes this node's cluster identity (with a key) and returns the
+// TLS side of its listener: other nodes (who ask for ClusterServerName) get
+// the cluster certificate and must show one; anyone else gets the user's
+// certificate (--tls-cert), or else the cluster's, with no client
+// certificate required. nil means plain HTTP only.
+func (n *Node) setupTLS() (*tls.Config, error) {
+	n.scheme = "http"
+	var user *tls.Certificate
+	if n.cfg.TLSCertFile != "" || n.cfg.TLSKeyFile != "" {
+		c, err := tls.LoadX509KeyPair(n.cfg.TLSCertFile, n.cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load --tls-cert/--tls-key: %w", err)
+		}
+		user = &c
+	}
+	if n.cfg.Key.IsZero() {
+		if user == nil {
+			return nil, nil
+		}
+		return &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*user}}, nil
+	}
+	ct, err := n.cfg.Key.NewClusterTLS(n.cfg.Name)
+	if err != nil {
+		return nil, err
+	}
+	n.tls, n.scheme = ct, "https"
+	n.hc.Transport.(*http.Transport).TLSClientConfig = ct.ClientConfig()
+	cluster := ct.ServerConfig()
+	public := cluster.Clone()
+	public.ClientAuth = tls.VerifyClientCertIfGiven
+	public.MinVersion = tls.VersionTLS12
+	if user != nil {
+		public.Certificates = []tls.Certificate{*user}
+	}
+	return &tls.Config{
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			if hello.ServerName == wsapi.ClusterServerName {
+				return cluster, nil
+			}
+			return public, nil
+		},
+	}, nil
+}
+
+// url is the address of path on the node at addr, over TLS when the cluster
+// has a key; ws gives the WebSocket scheme.
+func (n *Node) url(addr, path string, ws bool) string {
+	scheme := n.scheme
+	if ws {
+		scheme = map[string]string{"http": "ws", "https": "wss"}[scheme]
+	}
+	return scheme + "://" + addr + path
+}
+
+// isPeer reports whether r came from another node (or the CLI) over the
+// cluster's mutual TLS: proof that the caller holds the key.
+func (n *Node) isPeer(r *http.Request) bool { return n.tls.IsPeer(r.TLS) }
 
 // newPlanes builds the control plane (the queen) and the data plane (the
 // proxy), each seeing the node through its own small interfaces.
@@ -172,7 +240,8 @@ func (n *Node) newPlanes() error {
 	p, err := proxy.New(proxy.Config{
 		Name:         n.cfg.Name,
 		Start:        n.start,
-		Token:        n.cfg.Key.HTTPToken(),
+		Scheme:       n.scheme,
+		TLS:          n.hc.Transport.(*http.Transport).TLSClientConfig,
 		QueueTimeout: n.cfg.QueueTimeout,
 		BodyMemory:   n.cfg.BodyMemory,
 		BodyTimeout:  n.cfg.BodyTimeout,

@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"fmt"
-	"net/http"
 
 	"github.com/coder/websocket"
 
@@ -76,12 +75,8 @@ func (n *Node) relayOnce(ctx context.Context, addr string, queenChanged <-chan s
 		<-watchDone
 	}()
 
-	h := http.Header{}
-	if tok := n.cfg.Key.HTTPToken(); tok != "" {
-		h.Set("Authorization", "Bearer "+tok)
-	}
 	dctx, dcancel := context.WithTimeout(ctx, wsapi.DefaultHandshakeTimeout)
-	conn, _, err := websocket.Dial(dctx, "ws://"+addr+wsapi.FeedPath, &websocket.DialOptions{HTTPHeader: h, HTTPClient: n.hc})
+	conn, _, err := websocket.Dial(dctx, n.url(addr, wsapi.FeedPath, true), &websocket.DialOptions{HTTPClient: n.hc})
 	dcancel()
 	if err != nil {
 		return relayResult(stopped, fmt.Errorf("dial queen feed %s: %w", addr, err))

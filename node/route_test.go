@@ -518,3 +518,29 @@ func grepLines(s string, prefixes ...string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestRoute_OverClusterTLS: with a cluster key every hop between nodes (the
+// session, the lease messages, the request to the hive) runs over the
+// cluster's mutual TLS on the same port as the plain API.
+func TestRoute_OverClusterTLS(t *testing.T) {
+	key := mustKey(t)
+	w1 := newFakeWorker(t, "w1")
+	_, _, c := routeCluster(t, endpointCollector{}, workersOf("m", 1, w1), nodetest.WithKey(key))
+	for _, stream := range []bool{false, true} {
+		r, err := post(context.Background(), c.HTTPAddr(), proxy.PathChat, chat("m", stream))
+		if err != nil || r.status != 200 || !strings.Contains(r.body, "w1") && !strings.Contains(r.body, "tok2") {
+			t.Fatalf("stream=%v through an entry-only node to another hive: %d %q %v", stream, r.status, r.body, err)
+		}
+	}
+	// The CLI with the key reaches the admin API over the same TLS.
+	cl := node.NewClient(c.HTTPAddr(), key)
+	defer cl.Close()
+	if ms, err := cl.Members(context.Background()); err != nil || len(ms) != 3 {
+		t.Fatalf("members over cluster TLS: %v, %v", ms, err)
+	}
+	other := node.NewClient(c.HTTPAddr(), mustKey(t))
+	defer other.Close()
+	if _, err := other.Members(context.Background()); err == nil || !strings.Contains(err.Error(), "cluster key") {
+		t.Fatalf("another key's client: err = %v, want a TLS refusal naming the key", err)
+	}
+}

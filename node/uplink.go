@@ -146,7 +146,7 @@ func (u *uplink) Break()                { u.s.CloseNow() }
 // uplinkOnce runs one session to queen q until it breaks, ctx ends, or the
 // queen changes. opened reports whether the handshake succeeded.
 func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan struct{}) (opened bool, err error) {
-	url := "ws://" + q.HTTPAddr + wsapi.SessionPath
+	url := n.url(q.HTTPAddr, wsapi.SessionPath, true)
 	opts := n.sessionOptions()
 	if n.cfg.Session.PingInterval == 0 {
 		opts.PingInterval = uplinkPingInterval

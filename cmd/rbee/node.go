@@ -166,6 +166,8 @@ func nodeRunCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "roles", EnvVars: []string{"RBEE_ROLES"}, Value: cli.NewStringSlice("queen", "hive"), Usage: "queen (may be elected) and/or hive (reports workers), or none (serves the API only)"},
 			&cli.IntFlag{Name: "queen-priority", EnvVars: []string{"RBEE_QUEEN_PRIORITY"}, Usage: "higher is preferred as queen; ties go to the oldest node"},
 			&cli.BoolFlag{Name: "insecure", EnvVars: []string{"RBEE_INSECURE"}, Usage: "allow listening beyond loopback without a cluster key"},
+			&cli.StringFlag{Name: "tls-cert", EnvVars: []string{"RBEE_TLS_CERT"}, Usage: "your certificate (PEM) for clients of the API, served as TLS on the --http-addr port beside plain HTTP; traffic between nodes needs none"},
+			&cli.StringFlag{Name: "tls-key", EnvVars: []string{"RBEE_TLS_KEY"}, Usage: "the private key (PEM) of --tls-cert"},
 			&cli.StringSliceFlag{Name: "worker", EnvVars: []string{"RBEE_WORKER"}, Usage: "a server rbee did not start: URL[,model=NAME][,slots=N][,group=G][,instance=I] (repeat; env: separate with ;)"},
 			&cli.StringSliceFlag{Name: "api-key", EnvVars: []string{"RBEE_API_KEYS"}, Usage: "bearer key OpenAI clients must send (repeat or comma-separate); default: the cluster token, or none on loopback"},
 			&cli.IntFlag{Name: "queue-limit", EnvVars: []string{"RBEE_QUEUE_LIMIT"}, Value: 1024, Usage: "requests that may wait per model before 429"},
@@ -247,6 +249,7 @@ func runNode(c *cli.Context) error {
 	cfg.QueenPriority = c.Int("queen-priority")
 	cfg.Key = key
 	cfg.Insecure = c.Bool("insecure")
+	cfg.TLSCertFile, cfg.TLSKeyFile = c.String("tls-cert"), c.String("tls-key")
 	cfg.Logger = log
 	coll, closeColl, err := newCollector(c, log)
 	if err != nil {

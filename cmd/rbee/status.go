@@ -72,8 +72,8 @@ func runStatus(c *cli.Context) error {
 func fetchCluster(ctx context.Context, cl *node.Client, addr string) (*node.ClusterView, error) {
 	v, err := cl.Cluster(ctx)
 	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) {
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "dial" {
 			return nil, fmt.Errorf("get cluster status: %w (is `rbee node run` listening there? see --http-addr)", err)
 		}
 		return nil, fmt.Errorf("get cluster status: %w", err)

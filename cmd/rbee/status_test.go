@@ -21,7 +21,6 @@ import (
 
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
-	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -197,37 +196,41 @@ func TestStatus_FitBlocks(t *testing.T) {
 }
 
 // fakeNode serves body as /v1/cluster, and wsapi's feed of hub (when not
-// nil), to callers that send token (when not empty), as a node would. It is
-// closed when t ends.
-func fakeNode(t *testing.T, body []byte, token string, hub *wsapi.Hub) *fakeNodeServer {
+// nil), as a node would: with a key, over the cluster's mutual TLS, to
+// callers that hold the key. It is closed when t ends.
+func fakeNode(t *testing.T, body []byte, key wsapi.Key, hub *wsapi.Hub) *fakeNodeServer {
 	t.Helper()
 	ctx, stop := context.WithCancel(context.Background())
-	auth := func(h http.HandlerFunc) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			if token != "" && r.Header.Get("Authorization") != "Bearer "+token {
-				proxy.WriteError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong cluster token")
-				return
-			}
-			h(w, r)
-		}
-	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+node.PathCluster, auth(func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+node.PathCluster, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(body)
-	}))
+	})
 	if hub != nil {
-		mux.HandleFunc("GET "+wsapi.FeedPath, auth(func(w http.ResponseWriter, r *http.Request) {
+		mux.HandleFunc("GET "+wsapi.FeedPath, func(w http.ResponseWriter, r *http.Request) {
 			_ = wsapi.ServeFeed(ctx, w, r, hub, &wsapi.FeedOptions{FlushWindow: -1})
-		}))
+		})
 	}
-	f := &fakeNodeServer{Server: httptest.NewServer(mux), stopFeeds: stop}
+	f := &fakeNodeServer{Server: httptest.NewUnstartedServer(mux), stopFeeds: stop}
+	if key.IsZero() {
+		f.Start()
+		f.addr = strings.TrimPrefix(f.URL, "http://")
+	} else {
+		ct, err := key.NewClusterTLS("fake")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.TLS = ct.ServerConfig()
+		f.StartTLS()
+		f.addr = strings.TrimPrefix(f.URL, "https://")
+	}
 	t.Cleanup(f.Close)
 	return f
 }
 
 type fakeNodeServer struct {
 	*httptest.Server
+	addr      string // host:port
 	stopFeeds context.CancelFunc
 }
 
@@ -253,8 +256,8 @@ func TestStatusCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := fakeNode(t, data, key.HTTPToken(), nil)
-	addr := strings.TrimPrefix(srv.URL, "http://")
+	srv := fakeNode(t, data, key, nil)
+	addr := srv.addr
 
 	t.Run("json", func(t *testing.T) {
 		out, err := runApp("status", "--json", "--http-addr", addr, "--cluster-key", key.String())
@@ -286,8 +289,8 @@ func TestStatusCommand(t *testing.T) {
 	t.Run("wrong key", func(t *testing.T) {
 		other, _ := wsapi.GenerateKey()
 		_, err := runApp("status", "--http-addr", addr, "--cluster-key", other.String())
-		if err == nil || !strings.Contains(err.Error(), "401") {
-			t.Errorf("err = %v, want a 401 error", err)
+		if err == nil || !strings.Contains(err.Error(), "cluster key") {
+			t.Errorf("err = %v, want one saying the key is not the cluster's", err)
 		}
 	})
 }

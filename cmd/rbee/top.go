@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -24,7 +23,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/coder/websocket"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
@@ -99,11 +97,7 @@ func runTop(c *cli.Context) error {
 		_, err = io.WriteString(c.App.Writer, strings.Join(topLines(st, topScreen{Addr: addr, Now: now}), "\n")+"\n")
 		return err
 	}
-	h := http.Header{}
-	if tok := key.HTTPToken(); tok != "" {
-		h.Set("Authorization", "Bearer "+tok)
-	}
-	src := &topSource{addr: addr, key: key, header: h}
+	src := &topSource{addr: addr, key: key}
 	return topLive(c.Context, out, os.Stdin, addr, src)
 }
 
@@ -421,9 +415,8 @@ func offlineWorkers(ws []wsapi.ProcessStats, silent time.Duration) []wsapi.Proce
 // seen alive (then the first node again), as the dashboard does, so a view of
 // the cluster survives the death of the node it was started on.
 type topSource struct {
-	addr   string // the node named by --http-addr
-	key    wsapi.Key
-	header http.Header
+	addr string // the node named by --http-addr
+	key  wsapi.Key
 	// alive are the API addresses of the members the last snapshot showed
 	// alive; run rotates through them after a failure.
 	alive []string
@@ -491,12 +484,11 @@ func (s *topSource) session(ctx context.Context, addr string, out chan<- topUpda
 	if !topSend(ctx, out, topUpdate{View: v}) {
 		return ctx.Err()
 	}
-	feedURL := "ws://" + addr + wsapi.FeedPath
 	dctx, dcancel := context.WithTimeout(ctx, wsapi.DefaultHandshakeTimeout)
-	conn, _, err := websocket.Dial(dctx, feedURL, &websocket.DialOptions{HTTPHeader: s.header})
+	conn, err := client.DialFeed(dctx)
 	dcancel()
 	if err != nil {
-		return fmt.Errorf("dial feed %s: %w", feedURL, err)
+		return err
 	}
 	defer conn.CloseNow()
 	conn.SetReadLimit(topFeedReadLimit)

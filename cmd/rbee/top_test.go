@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -267,11 +266,9 @@ func TestTopSource_FeedAndReconnect(t *testing.T) {
 	// when its node fails, and tests dial nothing else.
 	dead := closedPort(t)
 	data = []byte(strings.NewReplacer("10.0.0.10:7833", dead, "10.0.0.11:7833", dead).Replace(string(data)))
-	srv := fakeNode(t, data, key.HTTPToken(), hub)
-	addr := strings.TrimPrefix(srv.URL, "http://")
-	h := http.Header{}
-	h.Set("Authorization", "Bearer "+key.HTTPToken())
-	src := &topSource{addr: addr, key: key, header: h, retry: 10 * time.Millisecond, snapshotEvery: time.Hour}
+	srv := fakeNode(t, data, key, hub)
+	addr := srv.addr
+	src := &topSource{addr: addr, key: key, retry: 10 * time.Millisecond, snapshotEvery: time.Hour}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	updates := make(chan topUpdate, 16)
@@ -348,12 +345,12 @@ func closedPort(t *testing.T) string {
 func TestTopSource_MovesToAnotherMember(t *testing.T) {
 	_, data := loadClusterFixture(t)
 	var key wsapi.Key
-	b := fakeNode(t, data, "", nil)
+	b := fakeNode(t, data, wsapi.Key{}, nil)
 	bAddr := strings.TrimPrefix(b.URL, "http://")
 	// a's snapshot lists b alive; b's own snapshot is the fixture's.
 	aData := []byte(strings.NewReplacer("10.0.0.10:7833", "127.0.0.1:1", "10.0.0.11:7833", bAddr, `"node": "n1"`, `"node": "a"`).Replace(string(data)))
-	a := fakeNode(t, aData, "", nil)
-	src := &topSource{addr: strings.TrimPrefix(a.URL, "http://"), key: key, header: http.Header{}, retry: 10 * time.Millisecond, snapshotEvery: time.Hour}
+	a := fakeNode(t, aData, wsapi.Key{}, nil)
+	src := &topSource{addr: strings.TrimPrefix(a.URL, "http://"), key: key, retry: 10 * time.Millisecond, snapshotEvery: time.Hour}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	updates := make(chan topUpdate, 16)
@@ -388,7 +385,7 @@ func TestTopSource_MovesToAnotherMember(t *testing.T) {
 
 func TestTopCommand_NotATerminalPrintsOneFrame(t *testing.T) {
 	v, data := loadClusterFixture(t)
-	srv := fakeNode(t, data, "", nil)
+	srv := fakeNode(t, data, wsapi.Key{}, nil)
 	addr := strings.TrimPrefix(srv.URL, "http://")
 	for _, args := range [][]string{{"top"}, {"top", "--once"}} {
 		out, err := runApp(append(args, "--http-addr", addr)...)

@@ -135,7 +135,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 		case <-ctx.Done():
 		}
 	}()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+g.HiveAddr+PathHiveProxy+r.URL.Path, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.cfg.Scheme+"://"+g.HiveAddr+PathHiveProxy+r.URL.Path, bytes.NewReader(body))
 	if err != nil {
 		return true
 	}
@@ -146,9 +146,6 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 	req.Header.Set(hdrEntry, p.cfg.Name)
 	req.Header.Set(hdrRequest, g.RequestID)
 	req.Header.Set(hdrTerm, strconv.FormatUint(g.Term, 10))
-	if p.cfg.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+p.cfg.Token)
-	}
 	resp, err := p.client.Do(req)
 	if err != nil {
 		if r.Context().Err() != nil {

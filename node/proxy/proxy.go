@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"net/http"
@@ -51,9 +52,10 @@ type Config struct {
 	Name string
 	// Start keeps request ids unique across restarts of the same node.
 	Start time.Time
-	// Token is the cluster's HTTP token, which hives require of entry
-	// nodes ("" without a cluster key).
-	Token string
+	// Scheme is how entry nodes reach hives: "https" (with TLS, the
+	// cluster's client configuration) when the cluster has a key.
+	Scheme string
+	TLS    *tls.Config
 	// QueueTimeout is how long a request waits for a lease.
 	QueueTimeout time.Duration
 	// BodyMemory bounds the request-body bytes the node holds at once;
@@ -89,6 +91,9 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.BodyMemory <= 0 {
 		cfg.BodyMemory = DefaultBodyMemory
 	}
+	if cfg.Scheme == "" {
+		cfg.Scheme = "http"
+	}
 	if cfg.BodyTimeout <= 0 {
 		cfg.BodyTimeout = DefaultBodyTimeout
 	}
@@ -103,7 +108,7 @@ func New(cfg Config) (*Proxy, error) {
 		table:  newLeaseTable(),
 		// No client timeout: a generation may stream for minutes; the
 		// client's own disconnect cancels it.
-		client:  &http.Client{Transport: newTransport()},
+		client:  &http.Client{Transport: newTransport(cfg.TLS)},
 		metrics: m,
 		bodies:  &budget{limit: cfg.BodyMemory},
 	}, nil
@@ -127,8 +132,9 @@ func (p *Proxy) Close() { p.client.CloseIdleConnections() }
 // environment (HTTP_PROXY must not see cluster traffic), no transparent gzip
 // (bodies pass through unchanged), and enough idle connections for a busy
 // worker.
-func newTransport() *http.Transport {
+func newTransport(tlsCfg *tls.Config) *http.Transport {
 	return &http.Transport{
+		TLSClientConfig:       tlsCfg,
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		MaxIdleConns:          1024,
 		MaxIdleConnsPerHost:   256,

@@ -1,0 +1,112 @@
+package node
+
+import (
+	"bufio"
+	"crypto/tls"
+	"errors"
+	"net"
+	"sync"
+	"time"
+)
+
+// tlsHandshakeRecord is the first byte of every TLS connection (a handshake
+// record); no HTTP request starts with it.
+const tlsHandshakeRecord = 0x16
+
+// sniffTimeout bounds the wait for a new connection's first byte, as
+// ReadHeaderTimeout bounds its headers.
+const sniffTimeout = 10 * time.Second
+
+// muxListener serves plain HTTP and TLS on one port: each accepted
+// connection's first byte says which it speaks. Nodes reach each other over
+// TLS on the same port that local clients reach over plain HTTP, so a user
+// configures one address.
+type muxListener struct {
+	net.Listener
+	tls *tls.Config
+
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+	wg    sync.WaitGroup
+	err   error // the accept loop's last error, read after conns is closed
+}
+
+func newMuxListener(ln net.Listener, cfg *tls.Config) *muxListener {
+	m := &muxListener{Listener: ln, tls: cfg, conns: make(chan net.Conn), done: make(chan struct{})}
+	m.wg.Go(m.acceptLoop)
+	return m
+}
+
+func (m *muxListener) acceptLoop() {
+	defer close(m.conns)
+	for {
+		c, err := m.Listener.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			m.err = err
+			return
+		}
+		m.wg.Go(func() { m.sniff(c) })
+	}
+}
+
+// sniff reads the connection's first byte without consuming it, then hands
+// the connection on, wrapped in TLS if that byte starts a handshake.
+func (m *muxListener) sniff(c net.Conn) {
+	_ = c.SetReadDeadline(time.Now().Add(sniffTimeout))
+	br := bufio.NewReaderSize(c, 1)
+	b, err := br.Peek(1)
+	_ = c.SetReadDeadline(time.Time{})
+	if err != nil {
+		c.Close()
+		return
+	}
+	var out net.Conn = &peekedConn{Conn: c, r: br}
+	if b[0] == tlsHandshakeRecord {
+		if m.tls == nil {
+			c.Close() // TLS to a node that has no key: nothing to answer with
+			return
+		}
+		out = tls.Server(out, m.tls)
+	}
+	select {
+	case m.conns <- out:
+	case <-m.done:
+		c.Close()
+	}
+}
+
+func (m *muxListener) Accept() (net.Conn, error) {
+	select {
+	case c, ok := <-m.conns:
+		if !ok {
+			return nil, m.err
+		}
+		return c, nil
+	case <-m.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting and waits for the connections being sniffed.
+func (m *muxListener) Close() error {
+	var err error
+	m.once.Do(func() {
+		close(m.done)
+		err = m.Listener.Close()
+		m.wg.Wait()
+	})
+	return err
+}
+
+// peekedConn reads first what sniffing buffered.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
