@@ -30,10 +30,13 @@ type muxListener struct {
 	once  sync.Once
 	wg    sync.WaitGroup
 	err   error // the accept loop's last error, read after conns is closed
+
+	mu       sync.Mutex
+	sniffing map[net.Conn]struct{} // closed by Close, so it need not wait sniffTimeout
 }
 
 func newMuxListener(ln net.Listener, cfg *tls.Config) *muxListener {
-	m := &muxListener{Listener: ln, tls: cfg, conns: make(chan net.Conn), done: make(chan struct{})}
+	m := &muxListener{Listener: ln, tls: cfg, conns: make(chan net.Conn), done: make(chan struct{}), sniffing: map[net.Conn]struct{}{}}
 	m.wg.Go(m.acceptLoop)
 	return m
 }
@@ -57,10 +60,23 @@ func (m *muxListener) acceptLoop() {
 // sniff reads the connection's first byte without consuming it, then hands
 // the connection on, wrapped in TLS if that byte starts a handshake.
 func (m *muxListener) sniff(c net.Conn) {
+	m.mu.Lock()
+	select {
+	case <-m.done:
+		m.mu.Unlock()
+		c.Close()
+		return
+	default:
+	}
+	m.sniffing[c] = struct{}{}
+	m.mu.Unlock()
 	_ = c.SetReadDeadline(time.Now().Add(sniffTimeout))
 	br := bufio.NewReaderSize(c, 1)
 	b, err := br.Peek(1)
 	_ = c.SetReadDeadline(time.Time{})
+	m.mu.Lock()
+	delete(m.sniffing, c)
+	m.mu.Unlock()
 	if err != nil {
 		c.Close()
 		return
@@ -96,7 +112,12 @@ func (m *muxListener) Accept() (net.Conn, error) {
 func (m *muxListener) Close() error {
 	var err error
 	m.once.Do(func() {
+		m.mu.Lock()
 		close(m.done)
+		for c := range m.sniffing {
+			c.Close()
+		}
+		m.mu.Unlock()
 		err = m.Listener.Close()
 		m.wg.Wait()
 	})

@@ -309,20 +309,29 @@ func (c *cluster) spawn(s nodeSpec) (*proc, error) {
 		args = append(args, "--join", s.join)
 	}
 	args = append(args, s.extra...)
-	f, err := os.CreateTemp(c.dir, s.name+"-*.log")
-	if err != nil {
+	if err := c.launch(p, exec.Command(rbeeBin, args...)); err != nil {
 		return nil, err
+	}
+	return p, nil
+}
+
+// launch starts cmd as p, its output in a log file of the cluster's, and
+// makes it the cluster's to kill at the end.
+func (c *cluster) launch(p *proc, cmd *exec.Cmd) error {
+	f, err := os.CreateTemp(c.dir, p.name+"-*.log")
+	if err != nil {
+		return err
 	}
 	defer f.Close() // the child holds its own copy
 	p.logPath = f.Name()
-	p.cmd = exec.Command(rbeeBin, args...)
+	p.cmd = cmd
 	p.cmd.Stdout, p.cmd.Stderr = f, f
 	p.cmd.Env = envWithoutRbee()
 	// If the test binary dies (a -timeout panic skips cleanups), take the
 	// nodes with it.
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", s.name, err)
+		return fmt.Errorf("start %s: %w", p.name, err)
 	}
 	go func() {
 		p.err = p.cmd.Wait()
@@ -331,7 +340,7 @@ func (c *cluster) spawn(s nodeSpec) (*proc, error) {
 	c.mu.Lock()
 	c.procs = append(c.procs, p)
 	c.mu.Unlock()
-	return p, nil
+	return nil
 }
 
 // health is the /healthz answer.
@@ -349,7 +358,14 @@ func (c *cluster) health(p *proc) (health, error) {
 }
 
 func (c *cluster) getJSON(addr, path string, out any) error {
-	resp, err := c.hc.Get("http://" + addr + path)
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		return err
+	}
+	// Needed from another network namespace; loopback callers pass
+	// without it.
+	req.Header.Set("Authorization", "Bearer "+c.key.HTTPToken())
+	resp, err := c.hc.Do(req)
 	if err != nil {
 		return err
 	}

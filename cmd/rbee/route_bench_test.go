@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,20 +34,25 @@ type routeStats struct {
 	rps      float64
 }
 
-// shortCompletion is the request measured: a one-token, non-streaming chat
-// completion, so what is timed is the path, not the generation.
+// shortCompletion is the request measured first: a one-token, non-streaming
+// chat completion, so what is timed is the path, not the generation.
 const shortCompletion = `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":1}`
+
+// longStream is the second: 200 tokens streamed as server-sent events (the
+// simulator generates them as fast as it can), where what is timed is
+// carrying 200 small events through every hop.
+const longStream = `{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":200,"stream":true}`
 
 // measure sends requests to addr from `conc` goroutines, each with its own
 // keep-alive connection, for d (after a warm-up), and returns the figures.
-func measure(tb testing.TB, addr string, conc int, d time.Duration) routeStats {
+func measure(tb testing.TB, addr string, conc int, d time.Duration, body string) routeStats {
 	tr := &http.Transport{MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc, DisableCompression: true}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	url := "http://" + addr + "/v1/chat/completions"
 	one := func() (time.Duration, error) {
 		start := time.Now()
-		resp, err := hc.Post(url, "application/json", strings.NewReader(shortCompletion))
+		resp, err := hc.Post(url, "application/json", strings.NewReader(body))
 		if err != nil {
 			return 0, err
 		}
@@ -169,8 +175,16 @@ func startProcess(tb testing.TB, logPath, bin string, args ...string) {
 		tb.Fatalf("start %s: %v", bin, err)
 	}
 	tb.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+		// SIGTERM first: nginx's workers outlive a SIGKILLed master.
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
 		f.Close()
 	})
 }
@@ -227,10 +241,12 @@ func BenchmarkRouting(b *testing.B) {
 		type row struct {
 			t       routeTarget
 			c1, c64 routeStats
+			s1, s64 routeStats // 200-token streams
 		}
 		var rows []row
 		for _, t := range targets {
-			rows = append(rows, row{t: t, c1: measure(b, t.addr, 1, dur), c64: measure(b, t.addr, 64, dur)})
+			rows = append(rows, row{t: t, c1: measure(b, t.addr, 1, dur, shortCompletion), c64: measure(b, t.addr, 64, dur, shortCompletion),
+				s1: measure(b, t.addr, 1, dur, longStream), s64: measure(b, t.addr, 64, dur, longStream)})
 		}
 		var nginxRPS float64
 		for _, r := range rows {
@@ -257,6 +273,19 @@ func BenchmarkRouting(b *testing.B) {
 			key := strings.NewReplacer(" ", "_", ",", "").Replace(r.t.name)
 			b.ReportMetric(float64(r.c1.p50.Microseconds()), key+"_c1_p50_us")
 			b.ReportMetric(r.c64.rps, key+"_c64_rps")
+		}
+		fmt.Fprintf(&out, "\nstreaming a 200-token answer (server-sent events, generated as fast as the simulator can)\n")
+		fmt.Fprintf(&out, "%-18s %10s %10s %10s %12s %12s\n", "path", "c1 p50", "c1 +p50", "c64 p50", "c64 streams/s", "vs direct")
+		sdirect := rows[0]
+		for _, r := range rows {
+			fmt.Fprintf(&out, "%-18s %10v %10v %10v %12.0f %11.0f%%\n", r.t.name, r.s1.p50.Round(time.Microsecond),
+				(r.s1.p50 - sdirect.s1.p50).Round(time.Microsecond), r.s64.p50.Round(time.Microsecond), r.s64.rps, 100*r.s64.rps/sdirect.s64.rps)
+			if r.s1.failed+r.s64.failed > 0 {
+				fmt.Fprintf(&out, "  %s: %d streams failed\n", r.t.name, r.s1.failed+r.s64.failed)
+			}
+			key := strings.NewReplacer(" ", "_", ",", "").Replace(r.t.name)
+			b.ReportMetric(float64(r.s1.p50.Microseconds()), key+"_stream200_c1_p50_us")
+			b.ReportMetric(r.s64.rps, key+"_stream200_c64_rps")
 		}
 		fmt.Print(out.String())
 		c.close()

@@ -8,7 +8,12 @@ import (
 // WriteError writes an error in the OpenAI error shape, which every OpenAI
 // client already knows how to show. Every HTTP error a node answers is built
 // here.
+//
+// The connection is closed after an error: net/http would otherwise read the
+// rest of an unread request body before answering, and wait for as long as a
+// client that never sends it likes.
 func WriteError(w http.ResponseWriter, status int, typ, msg string) {
+	w.Header().Set("Connection", "close")
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(map[string]any{
