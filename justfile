@@ -9,11 +9,17 @@ build:
 test:
     go test -race -count=1 ./...
 
-# Benchmarks: failover times, false deaths, queen ingest CPU, routing latency
+# Benchmarks: failover times, false deaths, partition heals (root), queen
+# ingest CPU, routing latency
 # and throughput beside direct and nginx (apt-get install nginx-light),
 # failover under load, scheduler decisions.
 bench:
     go test -run '^$' -bench . -benchtime 1x -timeout 30m ./...
+
+# The fault tests: real nodes in network namespaces, links cut, queens frozen,
+# the wire captured (root; apt-get install iproute2 tcpdump).
+faults:
+    go test -race -count=1 -run 'TestFault' -v ./cmd/rbee/
 
 # Fuzz the wire decoder for a minute.
 fuzz:

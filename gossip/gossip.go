@@ -300,8 +300,10 @@ func (g *Gossip) recompute() {
 	}
 	if metaChanged {
 		// Broadcast the claim (so a newcomer sees who holds the seat),
-		// its term and whom this node follows.
-		if err := g.ml.UpdateNode(g.cfg.Timing.LeaveTimeout); err != nil {
+		// its term and whom this node follows. Queued, not waited for:
+		// memberlist's wait (up to a gossip round) would hold this loop,
+		// and a leave arriving meanwhile would be seen that much later.
+		if err := g.ml.UpdateNode(time.Nanosecond); err != nil && !strings.Contains(err.Error(), "timeout") {
 			g.log.Debug("broadcast queen claim", "err", err)
 		}
 	}

@@ -268,3 +268,32 @@ func TestSnapshot_UnreadableFileIsNotFatal(t *testing.T) {
 	a := c.start("a", nil, func(cfg *Config) { cfg.SnapshotPath = path })
 	waitQueen(t, "a", a)
 }
+
+// TestCluster_RestartedSeedIsRejoined: b joined through a, then a died; a
+// comes back on its address as a new cluster of one, and b finds it again
+// (it redials members that failed). Today's main joined once, at start, and
+// the two stayed apart.
+func TestCluster_RestartedSeedIsRejoined(t *testing.T) {
+	c := newCluster(t)
+	a := c.start("a", nil)
+	addr := a.addr()
+	// memberlist keeps gossiping to a member it declared dead for a while
+	// (30 s by default), which would find a again by itself; shortened,
+	// what rejoins is b's redialling alone.
+	const toTheDead = 200 * time.Millisecond
+	b := c.start("b", []string{addr}, func(cfg *Config) {
+		cfg.tweak = func(mc *memberlist.Config) { mc.GossipToTheDeadTime = toTheDead }
+	})
+	waitLive(t, []string{"a", "b"}, a, b)
+	a.stop()
+	testutil.Eventually(t, waitFor, "b declares a dead", func() error {
+		if m, ok := b.member("a"); ok && m.Status == StatusAlive {
+			return errors.New("a still alive")
+		}
+		return nil
+	})
+	time.Sleep(3 * toTheDead) // a stays dead past memberlist's gossip to the dead
+	a2 := c.start("a", nil, func(cfg *Config) { cfg.BindAddr = addr })
+	waitLive(t, []string{"a", "b"}, a2, b)
+	testutil.Eventually(t, waitFor, "one queen", func() error { _, err := agreedQueen(a2, b); return err })
+}

@@ -39,15 +39,21 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	rbeeBin = filepath.Join(dir, "rbee")
-	// Built without -race even when the tests run with it: the processes
-	// under test should run at production speed, and the race detector
-	// covers the packages in their own tests.
-	build := exec.Command("go", "build", "-o", rbeeBin, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build rbee:", err)
-		os.RemoveAll(dir)
-		os.Exit(1)
+	if bin := os.Getenv("RBEE_TEST_BIN"); bin != "" {
+		// Another build under test, say an older one, to show that a
+		// test fails there.
+		rbeeBin = bin
+	} else {
+		// Built without -race even when the tests run with it: the
+		// processes under test should run at production speed, and
+		// the race detector covers the packages in their own tests.
+		build := exec.Command("go", "build", "-o", rbeeBin, ".")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build rbee:", err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
 	}
 	goleak.VerifyTestMain(m, goleak.Cleanup(func(code int) {
 		os.RemoveAll(dir)
