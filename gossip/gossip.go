@@ -390,11 +390,17 @@ func (g *Gossip) Members() []Member {
 
 // WatchMember returns a channel closed when the member named name departs:
 // it left, failure detection declared it dead, or ConfirmDead took it out. A
-// member not live now gives a closed channel.
+// member that already departed gives a closed channel; one this node has not
+// heard of yet (the queen may know it first) a nil one, which never fires.
 func (g *Gossip) WatchMember(name string) <-chan struct{} {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if _, ok := g.live[name]; !ok {
+		_, gone := g.departed[name]
+		_, dead := g.confirmed[name]
+		if !gone && !dead {
+			return nil
+		}
 		ch := make(chan struct{})
 		close(ch)
 		return ch

@@ -421,3 +421,29 @@ func TestNew_HostNameBindsWhatItResolvesTo(t *testing.T) {
 		t.Fatalf("bound %q, want loopback", addr)
 	}
 }
+
+// WatchMember fires when a member departs, at once for one that already did,
+// and never for one this node has not heard of (the queen may know it first).
+func TestWatchMember(t *testing.T) {
+	c := newCluster(t)
+	a := c.start("a", nil)
+	b := c.start("b", []string{a.addr()})
+	waitLive(t, []string{"a", "b"}, a, b)
+	if ch := a.WatchMember("nobody"); ch != nil {
+		t.Fatal("a member never heard of gave a channel that may fire")
+	}
+	gone := a.WatchMember("b")
+	if closed(gone) {
+		t.Fatal("fired for a live member")
+	}
+	b.leave()
+	testutil.Eventually(t, waitFor, "the watch fires when b leaves", func() error {
+		if !closed(gone) {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if !closed(a.WatchMember("b")) {
+		t.Fatal("a departed member's watch is not closed")
+	}
+}

@@ -257,28 +257,31 @@ func TestRoute_FullPath(t *testing.T) {
 			}
 		}
 	})
+	// OpenAI's shape exactly: the kind in type, what clients branch on in
+	// code (null for a plain bad request), param present.
 	for _, tc := range []struct {
 		name, body string
 		status     int
-		errType    string
+		code       any
 	}{
 		{"unknown model", chat("nope", false), 404, "model_not_found"},
-		{"malformed JSON", `{"model":`, 400, "invalid_request_error"},
-		{"no model", `{"messages":[]}`, 400, "invalid_request_error"},
-		{"model of the wrong type", `{"model":7}`, 400, "invalid_request_error"},
-		{"model with a control character", `{"model":"m1\n"}`, 400, "invalid_request_error"},
-		{"model too long", `{"model":"` + strings.Repeat("m", 600) + `"}`, 400, "invalid_request_error"},
+		{"malformed JSON", `{"model":`, 400, nil},
+		{"no model", `{"messages":[]}`, 400, nil},
+		{"model of the wrong type", `{"model":7}`, 400, nil},
+		{"model with a control character", `{"model":"m1\n"}`, 400, nil},
+		{"model too long", `{"model":"` + strings.Repeat("m", 600) + `"}`, 400, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := post(ctx, c.HTTPAddr(), proxy.PathChat, tc.body)
 			var e struct {
-				Error struct {
-					Type    string `json:"type"`
-					Message string `json:"message"`
-				} `json:"error"`
+				Error map[string]any `json:"error"`
 			}
-			if err != nil || r.status != tc.status || json.Unmarshal([]byte(r.body), &e) != nil || e.Error.Type != tc.errType || e.Error.Message == "" {
-				t.Fatalf("got %d %q (%v), want %d with OpenAI error type %s", r.status, r.body, err, tc.status, tc.errType)
+			if err != nil || r.status != tc.status || json.Unmarshal([]byte(r.body), &e) != nil {
+				t.Fatalf("got %d %q (%v), want %d", r.status, r.body, err, tc.status)
+			}
+			_, hasParam := e.Error["param"]
+			if e.Error["type"] != "invalid_request_error" || e.Error["code"] != tc.code || e.Error["message"] == "" || !hasParam {
+				t.Fatalf("error %v, want type invalid_request_error, code %v, a message and a param", e.Error, tc.code)
 			}
 			// Bad input costs nobody else: the entry node still serves.
 			if r, err := post(ctx, c.HTTPAddr(), proxy.PathChat, chat("m2", false)); err != nil || r.status != 200 {

@@ -5,20 +5,47 @@ import (
 	"net/http"
 )
 
-// WriteError writes an error in the OpenAI error shape, which every OpenAI
-// client already knows how to show. Every HTTP error a node answers is built
-// here.
+// WriteError writes an error in OpenAI's error shape, which every OpenAI
+// client already knows how to show: code is what clients branch on
+// (err.code: "model_not_found", "invalid_api_key", "rate_limit_exceeded",
+// ...; the generic "invalid_request_error" is sent as null, as OpenAI does
+// for a plain bad request), and type is OpenAI's category for the status.
+// Every HTTP error a node answers is built here.
 //
 // The connection is closed after an error: net/http would otherwise read the
 // rest of an unread request body before answering, and wait for as long as a
 // client that never sends it likes.
-func WriteError(w http.ResponseWriter, status int, typ, msg string) {
+func WriteError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Connection", "close")
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{
-		"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": nil},
-	})
+	_ = json.NewEncoder(w).Encode(ErrorBody(status, code, msg))
+}
+
+// ErrorBody is the OpenAI error document for status, code and msg.
+func ErrorBody(status int, code, msg string) map[string]any {
+	var c any = code
+	if code == "" || code == "invalid_request_error" {
+		c = nil
+	}
+	return map[string]any{
+		"error": map[string]any{"message": msg, "type": errorType(status), "param": nil, "code": c},
+	}
+}
+
+// errorType is OpenAI's error type for an HTTP status.
+func errorType(status int) string {
+	switch {
+	case status == http.StatusTooManyRequests:
+		return "requests"
+	case status >= 500:
+		return "server_error"
+	case status == http.StatusUnauthorized:
+		return "authentication_error"
+	case status == http.StatusForbidden:
+		return "permission_error"
+	}
+	return "invalid_request_error"
 }
 
 // WriteJSON writes v as indented JSON.
