@@ -29,8 +29,12 @@ type Config struct {
 	// SnapshotPath, when set, is a file where the node keeps the members it
 	// knows, so that after a restart it rejoins them without --join.
 	SnapshotPath string
-	Timing       Timing
-	Logger       *slog.Logger
+	// ExplainJoin, when set, says what it can about an address a join
+	// failed at ("that is rbee node b's API port; its gossip address is
+	// ..."), or "": the node can look further than memberlist's error.
+	ExplainJoin func(addr string) string
+	Timing      Timing
+	Logger      *slog.Logger
 
 	// tweak lets this package's tests change memberlist's configuration
 	// last (a transport that cuts links, shorter timings).

@@ -141,6 +141,10 @@ func New(cfg Config, seeds []string) (*Gossip, error) {
 		return nil, fmt.Errorf("start gossip on %s: %w", cfg.BindAddr, err)
 	}
 	g.ml = ml
+	if err := g.checkSeeds(g.seeds); err != nil {
+		_ = ml.Shutdown()
+		return nil, err
+	}
 	return g, nil
 }
 
@@ -216,24 +220,83 @@ func (g *Gossip) joinLoop(ctx context.Context) {
 	deadline := time.NewTimer(g.cfg.JoinTimeout)
 	defer deadline.Stop()
 	backoff := 200 * time.Millisecond
-	for {
+	for attempt := 1; ; attempt++ {
 		n, err := g.ml.Join(g.seeds)
 		if err == nil || n > 0 {
-			g.log.Info("joined cluster", "seeds", strings.Join(g.seeds, ","), "contacted", n)
+			g.log.Info("joined cluster", "seeds", strings.Join(g.seeds, ","), "contacted", n, "attempts", attempt)
 			g.settle()
 			return
 		}
-		g.log.Warn("join failed, retrying", "seeds", strings.Join(g.seeds, ","), "err", oneLine{err}, "retry_in", backoff)
+		// The first failure is news, with what may explain it (an API
+		// port given for a gossip port); retries are not.
+		if attempt == 1 {
+			g.log.Warn("join failed; retrying in the background", "seeds", strings.Join(g.seeds, ","), "err", g.explainJoin(g.seeds, err))
+		} else {
+			g.log.Debug("join failed, retrying", "seeds", strings.Join(g.seeds, ","), "err", oneLine{err}, "retry_in", backoff)
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-deadline.C:
-			g.log.Warn("no seed answered; acting alone until one does", "seeds", strings.Join(g.seeds, ","))
+			g.log.Warn("no seed answered; acting alone, and still trying them", "seeds", strings.Join(g.seeds, ","), "after", g.cfg.JoinTimeout)
 			g.settle()
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
+}
+
+// explainJoin is a failed join's error with what the node can say about each
+// address that did not answer (Config.ExplainJoin).
+func (g *Gossip) explainJoin(addrs []string, err error) error {
+	if g.cfg.ExplainJoin == nil {
+		return oneLine{err}
+	}
+	var hints []string
+	for _, a := range addrs {
+		if h := g.cfg.ExplainJoin(a); h != "" {
+			hints = append(hints, h)
+		}
+	}
+	if len(hints) == 0 {
+		return oneLine{err}
+	}
+	return fmt.Errorf("%w (%s)", oneLine{err}, strings.Join(hints, "; "))
+}
+
+// ErrJoinSelf refuses a join to this node's own gossip address: memberlist
+// would report success, and the node would still be alone.
+var ErrJoinSelf = errors.New("that is this node's own gossip address")
+
+// checkSeeds refuses a seed that is this node itself, written as an IP
+// address. A host name is left to the join: it may resolve to several
+// members, this one among them (a Kubernetes headless Service), or to
+// nothing yet while its pods start, and memberlist's join copes with both.
+func (g *Gossip) checkSeeds(addrs []string) error {
+	// Our own copy of this node: memberlist's LocalNode points into state
+	// it rewrites under its own lock.
+	selfHost, selfPort, err := net.SplitHostPort(g.Self().GossipAddr)
+	if err != nil {
+		return nil // not known yet: nothing to compare with
+	}
+	selfIP := net.ParseIP(selfHost)
+	for _, a := range addrs {
+		host, ps, err := net.SplitHostPort(a)
+		if err != nil {
+			return fmt.Errorf("join %q: %w", a, err)
+		}
+		if ps != selfPort {
+			continue
+		}
+		ip := net.ParseIP(host)
+		if ip == nil || selfIP == nil {
+			continue
+		}
+		if ip.Equal(selfIP) || (ip.IsLoopback() && selfIP.IsLoopback()) || ip.IsUnspecified() {
+			return fmt.Errorf("join %s: %w", a, ErrJoinSelf)
+		}
+	}
+	return nil
 }
 
 func (g *Gossip) settle() {
@@ -431,9 +494,12 @@ func (g *Gossip) Self() Member {
 // Join asks the cluster at addrs to take this node in and returns how many
 // answered.
 func (g *Gossip) Join(addrs []string) (int, error) {
+	if err := g.checkSeeds(addrs); err != nil {
+		return 0, err
+	}
 	n, err := g.ml.Join(addrs)
 	if err != nil && n == 0 {
-		return 0, fmt.Errorf("join %s: %w", strings.Join(addrs, ","), oneLine{err})
+		return 0, fmt.Errorf("join %s: %w", strings.Join(addrs, ","), g.explainJoin(addrs, err))
 	}
 	g.settle()
 	return n, nil

@@ -48,6 +48,7 @@ func (g *Gossip) reconnectTargets(now time.Time) []string {
 	for _, m := range g.live {
 		liveAddrs[m.GossipAddr] = true
 	}
+	self := g.live[g.cfg.Name].GossipAddr
 	var out []string
 	for name, m := range g.departed {
 		if m.Status == StatusFailed && now.Sub(g.departedAt[name]) < g.cfg.ReconnectFor && !liveAddrs[m.GossipAddr] && m.GossipAddr != "" {
@@ -55,7 +56,7 @@ func (g *Gossip) reconnectTargets(now time.Time) []string {
 		}
 	}
 	for _, a := range g.known {
-		if !liveAddrs[a] && !slices.Contains(out, a) && !resolvesToLive(a, liveAddrs) {
+		if !liveAddrs[a] && !slices.Contains(out, a) && !resolvesToLive(a, self, liveAddrs) {
 			out = append(out, a)
 		}
 	}
@@ -63,25 +64,29 @@ func (g *Gossip) reconnectTargets(now time.Time) []string {
 	return out
 }
 
-// resolvesToLive reports whether a seed given by host name is a live
-// member's address. Only literal addresses are compared without a lookup;
-// a name that does not resolve is redialled, which is what the join does
-// with it too.
-func resolvesToLive(addr string, live map[string]bool) bool {
+// resolvesToLive reports whether a seed given by host name is already
+// answered for: every address it resolves to, this node's own aside, is a
+// live member. A name with one address no live member has (a pod that
+// started since, the other side of a partition) is redialled, and
+// memberlist's join dials every address the name has. Only literal addresses
+// are compared without a lookup; a name that does not resolve is redialled,
+// which is what the join does with it too.
+func resolvesToLive(addr, self string, live map[string]bool) bool {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil || net.ParseIP(host) != nil {
 		return false
 	}
 	ips, err := net.LookupHost(host)
-	if err != nil {
+	if err != nil || len(ips) == 0 {
 		return false
 	}
 	for _, ip := range ips {
-		if live[net.JoinHostPort(ip, port)] {
-			return true
+		a := net.JoinHostPort(ip, port)
+		if a != self && !live[a] {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 // redial joins each address at once, in parallel (an unreachable one costs a

@@ -45,12 +45,18 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("POST "+PathAdminLeave, n.peersOnly(n.handleLeave))
 	mux.HandleFunc("GET "+PathAdminMembers, n.authorized(n.handleMembers))
 	mux.HandleFunc("POST "+PathAdminWorkers, n.peersOnly(n.handleRegisterWorker))
+	// The seed's hives post telemetry: it changes the cluster's view, so
+	// it takes what admin calls take (cluster TLS or loopback), not the
+	// read token every dashboard holds.
+	mux.HandleFunc("POST "+PathHiveHeartbeat, n.peersOnly(n.handleHiveHeartbeat))
 	p := n.proxy
-	mux.HandleFunc("POST "+proxy.PathChat, n.apiAuthorized(p.HandleInference))
-	mux.HandleFunc("POST "+proxy.PathCompletions, n.apiAuthorized(p.HandleInference))
-	mux.HandleFunc("POST "+proxy.PathEmbeddings, n.apiAuthorized(p.HandleInference))
+	// Every OpenAI-style POST under /v1/ but rbee's own paths goes to a
+	// worker (proxy.InferencePath); another method there gets a 405.
+	mux.HandleFunc("/v1/", proxy.HandleAPI(n.apiAuthorized(p.HandleInference)))
 	mux.HandleFunc("GET "+proxy.PathModels, n.apiAuthorized(p.HandleModels))
 	mux.HandleFunc("GET "+proxy.PathModels+"/{model...}", n.apiAuthorized(p.HandleModel))
+	mux.HandleFunc(proxy.PathModels, proxy.MethodNotAllowed(http.MethodGet, http.MethodHead))
+	mux.HandleFunc(proxy.PathModels+"/{model...}", proxy.MethodNotAllowed(http.MethodGet, http.MethodHead))
 	mux.HandleFunc("POST "+proxy.PathHiveProxy+"/", n.peersOnly(p.HandleHiveProxy))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{Registry: n.metrics}))
 	if n.cfg.Pprof {
@@ -204,7 +210,8 @@ func isLoopbackRemote(remote string) bool {
 
 func (n *Node) handleHealth(w http.ResponseWriter, r *http.Request) {
 	q, ok := n.Queen()
-	proxy.WriteJSON(w, map[string]any{"status": "ok", "node": n.cfg.Name, "queen": queenName(q, ok), "version": Version})
+	proxy.WriteJSON(w, map[string]any{"status": "ok", "node": n.cfg.Name, "queen": queenName(q, ok), "version": Version,
+		"gossip_addr": n.GossipAddr()})
 }
 
 func queenName(q gossip.Member, ok bool) string {
@@ -215,7 +222,9 @@ func queenName(q gossip.Member, ok bool) string {
 }
 
 func (n *Node) handleFeed(w http.ResponseWriter, r *http.Request) {
-	if err := wsapi.ServeFeed(r.Context(), w, r, n.hub, nil); err != nil {
+	ctx, cancel := n.feedContext(r)
+	defer cancel()
+	if err := wsapi.ServeFeed(ctx, w, r, n.hub, nil); err != nil {
 		n.log.Info("feed reader dropped", "remote", r.RemoteAddr, "err", err)
 	}
 }
@@ -235,7 +244,7 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 		proxy.WriteError(w, http.StatusBadRequest, "invalid_request_error", "addrs: at least one host:port")
 		return
 	}
-	joined, err := n.gossip.Join(req.Addrs)
+	joined, err := n.gossip.Join(seedsWithPort(req.Addrs))
 	if err != nil {
 		proxy.WriteError(w, http.StatusBadGateway, "join_failed", err.Error())
 		return

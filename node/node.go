@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -127,6 +128,7 @@ func New(cfg Config) (*Node, error) {
 	}
 	g, err := gossip.New(gossip.Config{
 		SnapshotPath:  snapshot,
+		ExplainJoin:   n.explainJoin,
 		Name:          cfg.Name,
 		BindAddr:      cfg.GossipAddr,
 		AdvertiseAddr: cfg.AdvertiseAddr,
@@ -140,7 +142,7 @@ func New(cfg Config) (*Node, error) {
 		},
 		Timing: cfg.GossipTiming,
 		Logger: n.log,
-	}, cfg.Join)
+	}, seedsWithPort(cfg.Join))
 	if err != nil {
 		n.ln.Close()
 		return nil, err
@@ -217,7 +219,10 @@ func (n *Node) isPeer(r *http.Request) bool { return n.tls.IsPeer(r.TLS) }
 // newPlanes builds the control plane (the queen) and the data plane (the
 // proxy), each seeing the node through its own small interfaces.
 func (n *Node) newPlanes() error {
-	n.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{Name: "rbee_build_info", Help: "1, labelled with the rbee and Go versions of this node.",
+		ConstLabels: prometheus.Labels{"version": Version, "goversion": runtime.Version()}})
+	buildInfo.Set(1)
+	n.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfo)
 	q, err := queen.New(queen.Config{
 		Name:          n.cfg.Name,
 		HTTPAddr:      n.httpAdvertise,
@@ -270,6 +275,7 @@ func (m *members) WatchQueen() (gossip.Member, bool, <-chan struct{}) {
 func (m *members) Member(name string) (gossip.Member, bool) { return m.gossip.Member(name) }
 func (m *members) LiveMembers() []gossip.Member             { return m.gossip.LiveMembers() }
 func (m *members) Term() uint64                             { return m.gossip.Term() }
+func (m *members) Members() []gossip.Member                 { return m.gossip.Members() }
 func (m *members) MaxTerm() uint64                          { return m.gossip.MaxTerm() }
 func (m *members) WatchMember(name string) <-chan struct{}  { return m.gossip.WatchMember(name) }
 

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"net/http"
 
 	"github.com/coder/websocket"
 
@@ -99,4 +100,24 @@ func relayResult(stopped <-chan struct{}, err error) error {
 	default:
 		return err
 	}
+}
+
+// feedContext is the context of a feed reader's request, ended also when the
+// node begins to shut down. http.Server.Shutdown closes the listener first,
+// then waits for the responses in flight, and an SSE feed never ends by
+// itself; a WebSocket feed, hijacked, would end only once Shutdown returned.
+func (n *Node) feedContext(r *http.Request) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(r.Context())
+	ml, ok := n.ln.(*muxListener)
+	if !ok {
+		return ctx, cancel
+	}
+	go func() {
+		select {
+		case <-ml.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -141,12 +140,11 @@ func workersOf(model string, slots int, fws ...*fakeWorker) endpointCollector {
 
 // routeCluster is a queen-and-hive a (workers wa), a hive b (workers wb) and
 // an entry-only node c, all agreed and with every worker known to the queen.
-func routeCluster(t testing.TB, ca, cb endpointCollector, opts ...nodetest.Option) (a, b, c *nodetest.Node) {
+func routeCluster(t testing.TB, ca, cb node.Collector, opts ...nodetest.Option) (a, b, c *nodetest.Node) {
 	t.Helper()
 	a = nodetest.Start(t, "a", append([]nodetest.Option{nodetest.WithCollector(ca)}, opts...)...)
 	b = nodetest.Start(t, "b", append([]nodetest.Option{nodetest.WithCollector(cb), nodetest.WithRoles(gossip.RoleHive), nodetest.WithJoin(a.GossipAddr())}, opts...)...)
 	c = nodetest.Start(t, "c", append([]nodetest.Option{nodetest.WithRoles(), nodetest.WithJoin(a.GossipAddr())}, opts...)...)
-	want := len(ca.workers) + len(cb.workers)
 	testutil.Eventually(t, 10*time.Second, "cluster ready", func() error {
 		if _, err := agreedQueen(a, b, c); err != nil {
 			return err
@@ -158,7 +156,6 @@ func routeCluster(t testing.TB, ca, cb endpointCollector, opts ...nodetest.Optio
 		if n == 0 || len(a.Registry().Hives(time.Now())) < 2 {
 			return fmt.Errorf("queen knows %d slots", n)
 		}
-		_ = want
 		return nil
 	})
 	return a, b, c
@@ -175,18 +172,7 @@ type apiResult struct {
 }
 
 func post(ctx context.Context, addr, path, body string) (apiResult, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path, strings.NewReader(body))
-	if err != nil {
-		return apiResult{}, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return apiResult{}, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return apiResult{status: resp.StatusCode, body: string(b), header: resp.Header}, err
+	return send(ctx, http.MethodPost, addr, path, "application/json", []byte(body))
 }
 
 func chat(model string, stream bool) string {
@@ -247,7 +233,9 @@ func TestRoute_FullPath(t *testing.T) {
 			`rbee_slots{model="m2"} 2`,
 			`rbee_queue_depth{model="m2"} 0`,
 			`rbee_requests_total{code="200",model="m1-Q4_K_M.gguf"} 1`,
-			`rbee_worker_gpu_utilization_percent{hive="b",model="m2",simulated="false",worker="llm/w2"} 0`,
+			`rbee_worker_gpu_utilization_ratio{hive="b",model="m2",simulated="false",worker="llm/w2"} 0`,
+			`rbee_responses_broken_total{model="m1-Q4_K_M.gguf"} 0`,
+			`rbee_build_info{goversion="go`,
 			`rbee_worker_vram_total_bytes{hive="a",model="m1-Q4_K_M.gguf",simulated="false",worker="llm/w1"} 2.5165824e+10`,
 			`rbee_time_to_first_byte_seconds_count{model="m1-Q4_K_M.gguf"} 1`,
 			`rbee_queue_wait_seconds_count{model="m2"} 2`,

@@ -30,6 +30,11 @@ type Worker struct {
 	GPUUtilPct  float64
 	// Healthy is false when the hive says the worker fails requests.
 	Healthy bool
+	// Down is set when the hive cannot reach the worker (its health
+	// "down"), DownReason says why: it takes no request, and a request for
+	// a model whose every worker is down fails at once, naming them.
+	Down       bool
+	DownReason string
 }
 
 // ID names the worker cluster-wide: hive/group/instance.
@@ -48,6 +53,10 @@ type Request struct {
 	// configured figure (the larger of the two counts).
 	VRAMMB   uint64
 	Deadline time.Time
+	// Hive and Worker (group/instance on Hive), when set, ask for that
+	// worker only: the request waits for its slot; while the worker is
+	// gone, failing, down or offline, any worker will do (see pin.go).
+	Hive, Worker string
 }
 
 // Lease is one slot of one worker granted to one request.
@@ -158,21 +167,26 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// worker is a Worker as the scheduler tracks it. What every decision reads
+// (seen, leases, health, then Worker's figures) comes first, so a scan over
+// thousands of workers touches two cache lines of each.
 type worker struct {
-	Worker
-	id     string
-	keys   []string // ModelKeys(Model)
-	pos    []int    // index in byKey[keys[i]], for O(1) removal
 	seen   time.Time
 	leases int
 	// lastGrant orders ties: the worker granted longest ago goes first,
 	// so equal workers take turns.
 	lastGrant uint64
+	health    health // from Healthy and Down, for the state rule
+	Worker
+	id   string
+	keys []string // ModelKeys(Model)
+	pos  []int    // index in byKey[keys[i]], for O(1) removal
 }
 
 type waiting struct {
 	req      Request
 	key      string
+	pin      string // the worker id it waits for alone; "" for any worker
 	enqueued uint64 // global FIFO order across alias queues
 	done     bool   // granted, failed or cancelled; skipped when popped
 }
@@ -200,6 +214,7 @@ type Scheduler struct {
 	byHive  map[string]map[string]*worker // hive -> name -> worker
 	byKey   map[string][]*worker          // model key -> workers (order irrelevant)
 	queues  map[string]*queue             // request key -> FIFO
+	pinned  map[string]*queue             // worker id -> FIFO of requests for it alone
 	waiting map[string]*waiting           // by request id
 	leases  map[string]*Lease             // by id
 	hiveLs  map[string]map[string]*Lease  // hive -> id -> lease
@@ -210,6 +225,8 @@ type Scheduler struct {
 	// warm is false until the queen has heard from its hives: until then
 	// an unknown model waits instead of failing with 404.
 	warm bool
+	// gone: models whose last hive departed, and why (see HiveGone).
+	gone map[string]goneModel
 }
 
 // New returns an empty scheduler.
@@ -220,6 +237,7 @@ func New(cfg Config) *Scheduler {
 		byHive:  make(map[string]map[string]*worker),
 		byKey:   make(map[string][]*worker),
 		queues:  make(map[string]*queue),
+		pinned:  make(map[string]*queue),
 		waiting: make(map[string]*waiting),
 		leases:  make(map[string]*Lease),
 		hiveLs:  make(map[string]map[string]*Lease),
@@ -260,6 +278,7 @@ func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease
 			s.index(w)
 		}
 		w.Worker = in
+		w.health = workerHealth(&in)
 		w.seen = now
 		w.leases = 0
 		cur[in.Name] = w
@@ -329,9 +348,15 @@ func (s *Scheduler) Request(r Request, now time.Time) (*Grant, error) {
 		w.req = r
 		return nil, nil
 	}
+	if gerr := s.goneErr(key, r.Model, now); gerr != nil {
+		return nil, gerr
+	}
 	if len(s.byKey[key]) == 0 && s.warm {
 		return nil, &Error{Status: http.StatusNotFound, Type: "model_not_found",
 			Msg: fmt.Sprintf("model %q is not served by this cluster (GET /v1/models lists what is)", r.Model)}
+	}
+	if pin := r.pin(); pin != "" && s.keepPin(pin, key, now) {
+		return s.requestPinned(r, key, pin, now)
 	}
 	q := s.queues[key]
 	if q == nil || q.head() == nil {
@@ -340,20 +365,30 @@ func (s *Scheduler) Request(r Request, now time.Time) (*Grant, error) {
 			return &g, nil
 		}
 	}
+	if s.warm && s.allDown(key, now) {
+		return nil, s.downErr(r.Model, now)
+	}
+	return nil, s.push(s.queues, key, r, key, "")
+}
+
+// push queues r at the end of queues[name] (its model's queue, or the
+// queue of the worker it waits for alone), unless that queue is full.
+func (s *Scheduler) push(queues map[string]*queue, name string, r Request, key, pin string) error {
+	q := queues[name]
 	if q == nil {
 		q = &queue{}
-		s.queues[key] = q
+		queues[name] = q
 	}
 	if q.n >= s.cfg.QueueLimit {
-		return nil, &Error{Status: http.StatusTooManyRequests, Type: "rate_limit_exceeded", RetryAfter: s.cfg.RetryAfter,
+		return &Error{Status: http.StatusTooManyRequests, Type: "rate_limit_exceeded", RetryAfter: s.cfg.RetryAfter,
 			Msg: fmt.Sprintf("model %q: %d requests already waiting; retry later", r.Model, q.n)}
 	}
 	s.seq++
-	wt := &waiting{req: r, key: key, enqueued: s.seq}
+	wt := &waiting{req: r, key: key, pin: pin, enqueued: s.seq}
 	q.items = append(q.items, wt)
 	q.n++
 	s.waiting[r.ID] = wt
-	return nil, nil
+	return nil
 }
 
 // Cancel withdraws a waiting request (its client went away). It reports
@@ -402,6 +437,7 @@ func (s *Scheduler) Release(leaseID string, now time.Time) []Grant {
 // warm, those for models no worker serves), reclaims leases never listed by a
 // hive, forgets silent hives, and grants what that freed.
 func (s *Scheduler) Tick(now time.Time) ([]Grant, []Failure) {
+	s.unpinLapsed(now)
 	var fails []Failure
 	for _, w := range s.waiting {
 		switch {
@@ -412,6 +448,9 @@ func (s *Scheduler) Tick(now time.Time) ([]Grant, []Failure) {
 		case s.warm && len(s.byKey[w.key]) == 0:
 			fails = append(fails, Failure{Request: w.req, Err: &Error{Status: http.StatusNotFound, Type: "model_not_found",
 				Msg: fmt.Sprintf("model %q is not served by this cluster (GET /v1/models lists what is)", w.req.Model)}})
+			s.unwait(w)
+		case s.warm && s.allDown(w.key, now):
+			fails = append(fails, Failure{Request: w.req, Err: s.downErr(w.req.Model, now)})
 			s.unwait(w)
 		}
 	}
@@ -437,6 +476,7 @@ func (s *Scheduler) Tick(now time.Time) ([]Grant, []Failure) {
 	for _, key := range s.waitingKeys() {
 		freed = append(freed, s.byKey[key]...)
 	}
+	freed = append(freed, s.pinnedWorkers()...)
 	for _, w := range freed {
 		grants = s.fill(w, now, grants)
 	}
@@ -448,6 +488,13 @@ func (s *Scheduler) Tick(now time.Time) ([]Grant, []Failure) {
 func (s *Scheduler) fill(w *worker, now time.Time, grants []Grant) []Grant {
 	for w.leases < w.Slots {
 		var best *waiting
+		if q := s.pinned[w.id]; q != nil {
+			// A worker that changed its model since is left to Tick,
+			// which moves what waited for it to the model's queue.
+			if h := q.head(); h != nil && slices.Contains(w.keys, h.key) {
+				best = h
+			}
+		}
 		for _, k := range w.keys {
 			q := s.queues[k]
 			if q == nil {
@@ -511,10 +558,11 @@ const (
 	reasonFull      = "all slots leased"
 	reasonVRAM      = "not enough free VRAM"
 	reasonSaturated = "GPU saturated by work outside rbee"
+	reasonDown      = "down"
 )
 
 // refusal is why a worker in a state that takes no request refuses one.
-var refusal = [...]string{full: reasonFull, gpuBusy: reasonSaturated, failing: reasonUnhealthy, offline: reasonStale}
+var refusal = [...]string{full: reasonFull, gpuBusy: reasonSaturated, failing: reasonUnhealthy, down: reasonDown, offline: reasonStale}
 
 func (s *Scheduler) eligible(w *worker, r Request, key string, now time.Time) bool {
 	return s.why(w, r, key, now) == ""
@@ -523,7 +571,7 @@ func (s *Scheduler) eligible(w *worker, r Request, key string, now time.Time) bo
 // why says why w cannot take r now, or "" when it can. The worker-state
 // rule decides first; the request's VRAM need comes after.
 func (s *Scheduler) why(w *worker, r Request, key string, now time.Time) string {
-	if st := stateOf(now.Sub(w.seen) <= s.cfg.StaleAfter, !w.Healthy, w.leases, w.Slots, w.GPUUtilPct, s.cfg.SaturatedPct); !st.available() {
+	if st := stateOf(now.Sub(w.seen) <= s.cfg.StaleAfter, w.health, w.leases, w.Slots, w.GPUUtilPct, s.cfg.SaturatedPct); !st.available() {
 		return refusal[st]
 	}
 	need := max(r.VRAMMB, s.modelVRAM(key, w))
@@ -551,14 +599,21 @@ func (s *Scheduler) modelVRAM(key string, w *worker) uint64 {
 }
 
 // Explain says why no worker can take a request for model now, for a 503's
-// message: the reasons with their counts.
+// message: the reasons with their counts, and the workers that are down by
+// name with the hive's reason.
 func (s *Scheduler) Explain(model string, now time.Time) string {
 	key := RequestKey(model)
 	counts := map[string]int{}
+	var down []*worker
 	for _, w := range s.byKey[key] {
-		counts[s.why(w, Request{}, key, now)]++
+		reason := s.why(w, Request{}, key, now)
+		if reason == reasonDown {
+			down = append(down, w)
+			continue
+		}
+		counts[reason]++
 	}
-	if len(counts) == 0 {
+	if len(counts) == 0 && len(down) == 0 {
 		return "no worker serves it"
 	}
 	var parts []string
@@ -569,7 +624,11 @@ func (s *Scheduler) Explain(model string, now time.Time) string {
 		parts = append(parts, strconv.Itoa(n)+" "+reason)
 	}
 	slices.Sort(parts)
-	return "workers: " + strings.Join(parts, ", ")
+	var out []string
+	if len(parts) > 0 {
+		out = append(out, "workers: "+strings.Join(parts, ", "))
+	}
+	return strings.Join(append(out, namedDown(down)...), "; ")
 }
 
 func (s *Scheduler) grant(w *worker, r Request, now time.Time) Grant {
@@ -615,10 +674,14 @@ func (s *Scheduler) unwait(w *waiting) {
 	}
 	w.done = true
 	delete(s.waiting, w.req.ID)
-	q := s.queues[w.key]
+	queues, name := s.queues, w.key
+	if w.pin != "" {
+		queues, name = s.pinned, w.pin
+	}
+	q := queues[name]
 	q.n--
 	if q.n == 0 {
-		delete(s.queues, w.key)
+		delete(queues, name)
 	}
 }
 
@@ -686,15 +749,15 @@ type ModelStats struct {
 	Workers int
 }
 
-// Models lists every model a fresh worker serves, with its waiting requests,
+// Models lists every model a fresh worker that is not down serves, with its waiting requests,
 // leases and slots, sorted by name; requests waiting for a model no worker
 // serves (yet) are listed under the name they asked for.
 func (s *Scheduler) Models(now time.Time) []ModelStats {
 	byName := map[string]*ModelStats{}
 	counted := map[string]string{} // request key -> model it was counted under
 	for _, w := range s.workers {
-		if now.Sub(w.seen) > s.cfg.StaleAfter {
-			continue
+		if now.Sub(w.seen) > s.cfg.StaleAfter || w.health == unreachable {
+			continue // its slots serve nobody
 		}
 		m := byName[w.Model]
 		if m == nil {
@@ -720,6 +783,18 @@ func (s *Scheduler) Models(now time.Time) []ModelStats {
 			if byName[name] == nil {
 				byName[name] = &ModelStats{Model: name}
 			}
+		}
+		byName[name].Waiting += q.n
+	}
+	for id, q := range s.pinned {
+		name := ""
+		if w := s.workers[id]; w != nil {
+			name = w.Model
+		} else if h := q.head(); h != nil {
+			name = h.req.Model
+		}
+		if byName[name] == nil {
+			byName[name] = &ModelStats{Model: name}
 		}
 		byName[name].Waiting += q.n
 	}

@@ -2,7 +2,10 @@ package scheduler
 
 import (
 	"fmt"
+	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -13,7 +16,15 @@ const (
 	StateBusy      = "busy"
 	StateSaturated = "saturated"
 	StateFailing   = "failing"
+	StateDown      = "down"
 	StateOffline   = "offline"
+)
+
+// Health marks a hive puts on a worker (wsapi.ProcessStats.Health): its
+// requests to the worker fail, or it cannot reach the worker at all.
+const (
+	HealthFailing = "failing"
+	HealthDown    = "down"
 )
 
 // DefaultSaturatedPct is the GPU utilization at which a worker that rbee sends
@@ -26,8 +37,9 @@ const DefaultSaturatedPct = 90
 type Load struct {
 	// Fresh is false when the worker's hive has stopped reporting.
 	Fresh bool
-	// Health is the hive's mark ("failing"), empty when fine.
-	Health string
+	// Health is the hive's mark (HealthFailing, HealthDown), empty when
+	// fine; HealthReason says why a worker is down.
+	Health, HealthReason string
 	// Leases are the requests rbee has on the worker, Slots how many it
 	// serves at once (at least 1).
 	Leases, Slots int
@@ -35,17 +47,20 @@ type Load struct {
 }
 
 // State is the one rule for what a worker is doing: offline (its hive went
-// silent), failing (the hive's requests to it fail), saturated (every slot
-// leased, or its GPU busy with work outside rbee while rbee sends it nothing),
-// busy (some slots leased) or idle. The reason says it in words for a person.
+// silent), down (the hive cannot reach it: a server rbee did not start that
+// fails its health check), failing (the hive's requests to it fail),
+// saturated (every slot leased, or its GPU busy with work outside rbee while
+// rbee sends it nothing), busy (some slots leased) or idle. The reason says it in words for a person.
 // The scheduler refuses new requests to a worker in any state but idle and
 // busy, for the same reasons.
 func State(l Load, saturatedPct float64) (state, reason string) {
 	slots := max(l.Slots, 1)
-	st := stateOf(l.Fresh, l.Health != "", l.Leases, slots, l.GPUUtilPct, saturatedPct)
+	st := stateOf(l.Fresh, healthOf(l.Health), l.Leases, slots, l.GPUUtilPct, saturatedPct)
 	switch st {
 	case offline:
 		reason = "its hive stopped reporting"
+	case down:
+		reason = downReason(l.HealthReason)
 	case failing:
 		reason = "the hive's requests to it fail (" + l.Health + ")"
 	case full:
@@ -72,20 +87,102 @@ const (
 	full
 	gpuBusy
 	failing
+	down
 	offline
 )
 
 var stateNames = [...]string{idle: StateIdle, busy: StateBusy, full: StateSaturated, gpuBusy: StateSaturated,
-	failing: StateFailing, offline: StateOffline}
+	failing: StateFailing, down: StateDown, offline: StateOffline}
+
+// health is the hive's mark inside the package, read once per report.
+type health uint8
+
+const (
+	healthy     health = iota
+	unhealthy          // HealthFailing, or any mark rbee does not know
+	unreachable        // HealthDown
+)
+
+func healthOf(mark string) health {
+	switch mark {
+	case "":
+		return healthy
+	case HealthDown:
+		return unreachable
+	}
+	return unhealthy
+}
+
+// workerHealth is the state rule's health of w, as its hive reported it.
+func workerHealth(w *Worker) health {
+	switch {
+	case w.Down:
+		return unreachable
+	case !w.Healthy:
+		return unhealthy
+	}
+	return healthy
+}
+
+// allDown reports whether key has workers and every one of them is down: a
+// request for it would wait for nothing that is coming, so it fails at once.
+// It stops at the first worker that is not down, which is the usual case.
+func (s *Scheduler) allDown(key string, now time.Time) bool {
+	ws := s.byKey[key]
+	for _, w := range ws {
+		if w.health != unreachable || now.Sub(w.seen) > s.cfg.StaleAfter {
+			return false
+		}
+	}
+	return len(ws) > 0
+}
+
+// downErr is the 503 for a request whose model's workers are all down.
+func (s *Scheduler) downErr(model string, now time.Time) *Error {
+	return &Error{Status: http.StatusServiceUnavailable, Type: "model_unavailable",
+		Msg: fmt.Sprintf("model %q: %s", model, s.Explain(model, now))}
+}
+
+// maxNamedDown bounds the down workers an explanation names; the rest are
+// counted, so a 503's message stays readable.
+const maxNamedDown = 3
+
+// namedDown names down workers with their hive's reason, in id order.
+func namedDown(ws []*worker) []string {
+	slices.SortFunc(ws, func(a, b *worker) int { return strings.Compare(a.id, b.id) })
+	var out []string
+	for i, w := range ws {
+		if i == maxNamedDown {
+			out = append(out, fmt.Sprintf("%d more workers down", len(ws)-i))
+			break
+		}
+		why := w.DownReason
+		if why == "" {
+			why = "the hive cannot reach it"
+		}
+		out = append(out, "worker "+w.id+" is down ("+why+")")
+	}
+	return out
+}
+
+// downReason is a down worker's reason in words, given the hive's.
+func downReason(why string) string {
+	if why == "" {
+		return "the hive cannot reach it"
+	}
+	return "the hive cannot reach it: " + why
+}
 
 // stateOf is the rule itself, cheap enough (and small enough to inline) for
 // every worker a decision scans.
 // slots must be at least 1.
-func stateOf(fresh, failed bool, leases, slots int, gpuUtilPct, saturatedPct float64) state {
+func stateOf(fresh bool, h health, leases, slots int, gpuUtilPct, saturatedPct float64) state {
 	switch {
 	case !fresh:
 		return offline
-	case failed:
+	case h == unreachable:
+		return down
+	case h != healthy:
 		return failing
 	case leases >= slots:
 		return full

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A three-node rbee cluster on loopback, until Ctrl-C. Until `rbee demo` exists
-# (it comes with the routing work), this is the quickest way to watch gossip,
-# the election and failover on one machine.
+# A three-node rbee cluster with a cluster key and no workers, on loopback,
+# until Ctrl-C: the bare membership (gossip, the election, failover, the
+# cluster's TLS between nodes). `rbee demo` is the whole thing, with
+# simulated workers, a dashboard and the API.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=$(mktemp -d)

@@ -119,33 +119,63 @@ const feedReadLimit = 1 << 10
 
 // FeedOptions tune ServeFeed; zero values mean defaults.
 type FeedOptions struct {
+	// PingInterval, PingTimeout and WriteTimeout: see SessionOptions.
+	// Pings are WebSocket control frames; WriteTimeout bounds one write
+	// on either transport.
 	PingInterval time.Duration
 	PingTimeout  time.Duration
 	WriteTimeout time.Duration
 	// FlushWindow: see DefaultFlushWindow; negative writes each event at
 	// once.
 	FlushWindow time.Duration
+	// SSEPingInterval: see DefaultSSEPingInterval.
+	SSEPingInterval time.Duration
 }
 
-// ServeFeed upgrades r and streams the hub's events to the reader until the
-// reader leaves, falls behind, or ctx ends (the node shuts down).
-func ServeFeed(ctx context.Context, w http.ResponseWriter, r *http.Request, h *Hub, opts *FeedOptions) error {
-	so := (&SessionOptions{}).withDefaults()
-	window := DefaultFlushWindow
-	if opts != nil {
-		if opts.FlushWindow != 0 {
-			window = opts.FlushWindow
-		}
-		if opts.PingInterval > 0 {
-			so.PingInterval = opts.PingInterval
-		}
-		if opts.PingTimeout > 0 {
-			so.PingTimeout = opts.PingTimeout
-		}
-		if opts.WriteTimeout > 0 {
-			so.WriteTimeout = opts.WriteTimeout
-		}
+// feedConfig is FeedOptions with the defaults filled in.
+type feedConfig struct {
+	session SessionOptions // ping and write timings
+	window  time.Duration
+	ssePing time.Duration
+}
+
+func (o *FeedOptions) withDefaults() feedConfig {
+	c := feedConfig{session: (&SessionOptions{}).withDefaults(), window: DefaultFlushWindow, ssePing: DefaultSSEPingInterval}
+	if o == nil {
+		return c
 	}
+	if o.FlushWindow != 0 {
+		c.window = o.FlushWindow
+	}
+	if o.PingInterval > 0 {
+		c.session.PingInterval = o.PingInterval
+	}
+	if o.PingTimeout > 0 {
+		c.session.PingTimeout = o.PingTimeout
+	}
+	if o.WriteTimeout > 0 {
+		c.session.WriteTimeout = o.WriteTimeout
+	}
+	if o.SSEPingInterval > 0 {
+		c.ssePing = o.SSEPingInterval
+	}
+	return c
+}
+
+// errFeedTooSlow is what ServeFeed returns for a reader the hub dropped.
+var errFeedTooSlow = errors.New("feed reader too slow: dropped")
+
+// ServeFeed streams the hub's events to the reader of r until the reader
+// leaves, falls behind, or ctx ends (the node shuts down). A WebSocket is the
+// default; a request that asks for text/event-stream and is no WebSocket
+// upgrade (see WantsSSE) gets the same events as Server-Sent Events, as the
+// seed's dashboard reads them.
+func ServeFeed(ctx context.Context, w http.ResponseWriter, r *http.Request, h *Hub, opts *FeedOptions) error {
+	cfg := opts.withDefaults()
+	if WantsSSE(r) {
+		return serveSSE(ctx, w, r, h, cfg)
+	}
+	so := cfg.session
 	// The caller decides who may read (the node checks the token, and the
 	// Origin of token-less browsers, before calling ServeFeed), so the
 	// library's same-origin check is off: a dashboard on another origin
@@ -185,46 +215,102 @@ func ServeFeed(ctx context.Context, w http.ResponseWriter, r *http.Request, h *H
 		wg.Wait()
 	}()
 
+	loop := feedLoop{sub: sub, window: cfg.window, gone: readerGone, write: func(batch [][]byte) error {
+		return writeBatch(life, conn, hj.cc, batch, so.WriteTimeout)
+	}}
+	switch end, err := loop.run(ctx); end {
+	case feedShutdown:
+		_ = conn.Close(CloseGoingAway, "node shutting down")
+		return nil
+	case feedReaderGone:
+		return nil
+	case feedTooSlow:
+		_ = conn.Close(CloseTooSlow, "reader too slow: dropped")
+		return errFeedTooSlow
+	default:
+		return fmt.Errorf("write feed: %w", err)
+	}
+}
+
+// feedEnd says why a feed reader's loop ended.
+type feedEnd int
+
+const (
+	feedShutdown   feedEnd = iota // ctx ended: the node is shutting down
+	feedReaderGone                // the reader left
+	feedTooSlow                   // the hub dropped the reader
+	feedWriteFailed
+)
+
+// feedLoop is what both transports of the feed do for one reader: take the
+// hub's events, let them gather for window, and hand them to write in
+// batches; with idleEvery set, call idle after that long without a write.
+type feedLoop struct {
+	sub       *Subscriber
+	window    time.Duration
+	gone      <-chan struct{}
+	write     func(batch [][]byte) error
+	idleEvery time.Duration
+	idle      func() error
+}
+
+// run loops until the reader leaves, falls behind, a write fails or ctx
+// ends, and says which; the error is the failed write's.
+func (l *feedLoop) run(ctx context.Context) (feedEnd, error) {
 	timer := time.NewTimer(0)
 	<-timer.C
 	defer timer.Stop()
+	var idleC <-chan time.Time
+	var idleT *time.Timer
+	if l.idleEvery > 0 {
+		idleT = time.NewTimer(l.idleEvery)
+		defer idleT.Stop()
+		idleC = idleT.C
+	}
 	batch := make([][]byte, 0, 64)
 	for {
 		select {
 		case <-ctx.Done():
-			_ = conn.Close(CloseGoingAway, "node shutting down")
-			return nil
-		case <-readerGone:
-			return nil
-		case <-sub.Dropped():
-			_ = conn.Close(CloseTooSlow, "reader too slow: dropped")
-			return errors.New("feed reader too slow: dropped")
-		case msg := <-sub.C():
+			return feedShutdown, nil
+		case <-l.gone:
+			return feedReaderGone, nil
+		case <-l.sub.Dropped():
+			return feedTooSlow, nil
+		case <-idleC:
+			if err := l.idle(); err != nil {
+				return feedWriteFailed, err
+			}
+			idleT.Reset(l.idleEvery)
+			continue
+		case msg := <-l.sub.C():
 			batch = append(batch[:0], msg)
 		}
-		if window > 0 {
-			timer.Reset(window)
+		if l.window > 0 {
+			timer.Reset(l.window)
 			select {
 			case <-timer.C:
 			case <-ctx.Done():
 				continue
-			case <-readerGone:
-				return nil
+			case <-l.gone:
+				return feedReaderGone, nil
 			}
 		}
 	drain:
 		for len(batch) < maxBatch {
 			select {
-			case msg := <-sub.C():
+			case msg := <-l.sub.C():
 				batch = append(batch, msg)
 			default:
 				break drain
 			}
 		}
-		if err := writeBatch(life, conn, hj.cc, batch, so.WriteTimeout); err != nil {
-			return fmt.Errorf("write feed: %w", err)
+		if err := l.write(batch); err != nil {
+			return feedWriteFailed, err
 		}
 		clear(batch)
+		if idleT != nil {
+			idleT.Reset(l.idleEvery)
+		}
 	}
 }
 

@@ -340,12 +340,17 @@ func (r *reader) next(t *testing.T) []byte {
 
 func TestServeFeed_ReadersReceivePublishedEventsInOrder(t *testing.T) {
 	f := startFeed(t, NewHub(64), nil)
-	r1 := startReader(t, f.dial(t))
-	r2 := startReader(t, f.dial(t))
+	readersGetAllInOrder(t, f, startReader(t, f.dial(t)), startReader(t, f.dial(t)))
+}
+
+// readersGetAllInOrder publishes 30 events and checks that every reader
+// gets them all, in order.
+func readersGetAllInOrder(t *testing.T, f *testFeed, readers ...*reader) {
+	t.Helper()
 	for i := range 30 {
 		f.hub.Publish(event(i))
 	}
-	for n, r := range []*reader{r1, r2} {
+	for n, r := range readers {
 		for i := range 30 {
 			if got := r.next(t); string(got) != string(event(i)) {
 				t.Fatalf("reader %d event %d = %s, want %s", n, i, got, event(i))
@@ -375,28 +380,7 @@ func TestServeFeed_StalledReaderIsDroppedOthersContinue(t *testing.T) {
 	f.smallSendBuf.Store(true)
 	stalled := f.dial(t) // never read until it is dropped
 
-	payload := strings.Repeat("x", 64<<10)
-	ev := func(i int) []byte { return fmt.Appendf(nil, `{"type":"queen","seq":%d,"pad":%q}`, i, payload) }
-	sent := 0
-	// Publish a hub buffer's worth at a time, all taken by the fast reader
-	// before the next round, until the hub gives up on the stalled one.
-	for {
-		if n, _ := f.hub.Readers(); n == 1 {
-			break
-		}
-		if sent >= 2000 {
-			t.Fatal("the stalled reader was never dropped")
-		}
-		for i := sent; i < sent+buf; i++ {
-			f.hub.Publish(ev(i))
-		}
-		for i := sent; i < sent+buf; i++ {
-			if got := fast.next(t); string(got) != string(ev(i)) {
-				t.Fatalf("fast reader event %d: got %.40s", i, got)
-			}
-		}
-		sent += buf
-	}
+	sent := publishUntilDropped(t, f, fast, buf)
 
 	// The stalled reader, reading again, finds a gap-free prefix of the
 	// events and then the close code that says why.
@@ -411,7 +395,7 @@ func TestServeFeed_StalledReaderIsDroppedOthersContinue(t *testing.T) {
 			}
 			break
 		}
-		if string(b) != string(ev(got)) {
+		if string(b) != string(bigEvent(got)) {
 			t.Fatalf("stalled reader event %d: got %.40s", got, b)
 		}
 		got++
@@ -419,23 +403,59 @@ func TestServeFeed_StalledReaderIsDroppedOthersContinue(t *testing.T) {
 	if got >= sent {
 		t.Errorf("stalled reader got all %d events; it was not behind", sent)
 	}
+	f.expectEnd(t, "too slow")
+	publishRound(t, f, fast, sent, buf) // the fast reader keeps getting everything
+}
+
+// bigEvent is a feed event large enough that a stalled reader's socket fills
+// after a few.
+func bigEvent(i int) []byte {
+	return fmt.Appendf(nil, `{"type":"queen","seq":%d,"pad":"%s"}`, i, strings.Repeat("x", 64<<10))
+}
+
+// publishRound publishes bigEvent from .. from+n-1 and checks that fast
+// reads them all.
+func publishRound(t *testing.T, f *testFeed, fast *reader, from, n int) {
+	t.Helper()
+	for i := from; i < from+n; i++ {
+		f.hub.Publish(bigEvent(i))
+	}
+	for i := from; i < from+n; i++ {
+		if got := fast.next(t); string(got) != string(bigEvent(i)) {
+			t.Fatalf("fast reader event %d: got %.40s", i, got)
+		}
+	}
+}
+
+// publishUntilDropped publishes a hub buffer's worth of events at a time,
+// all taken by the fast reader before the next round, until the hub gives up
+// on the one other reader, which stalled; it returns how many it published.
+func publishUntilDropped(t *testing.T, f *testFeed, fast *reader, buf int) int {
+	t.Helper()
+	sent := 0
+	for {
+		if n, _ := f.hub.Readers(); n == 1 {
+			return sent
+		}
+		if sent >= 2000 {
+			t.Fatal("the stalled reader was never dropped")
+		}
+		publishRound(t, f, fast, sent, buf)
+		sent += buf
+	}
+}
+
+// expectEnd waits for a ServeFeed to return: nil when want is "", else an
+// error that says want.
+func (f *testFeed) expectEnd(t *testing.T, want string) {
+	t.Helper()
 	select {
 	case err := <-f.ends:
-		if err == nil || !strings.Contains(err.Error(), "too slow") {
-			t.Errorf("ServeFeed for the stalled reader returned %v", err)
+		if (want == "" && err != nil) || (want != "" && (err == nil || !strings.Contains(err.Error(), want))) {
+			t.Errorf("ServeFeed returned %v, want %q", err, want)
 		}
 	case <-time.After(testWait):
-		t.Fatal("ServeFeed for the stalled reader never returned")
-	}
-
-	// The fast reader keeps getting everything.
-	for i := sent; i < sent+buf; i++ {
-		f.hub.Publish(ev(i))
-	}
-	for i := sent; i < sent+buf; i++ {
-		if b := fast.next(t); string(b) != string(ev(i)) {
-			t.Fatalf("fast reader event %d after the drop: got %.40s", i, b)
-		}
+		t.Fatal("ServeFeed never returned")
 	}
 }
 
@@ -446,14 +466,7 @@ func TestServeFeed_ReaderLeavingUnsubscribes(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 	waitReaders(t, f.hub, 0)
-	select {
-	case err := <-f.ends:
-		if err != nil {
-			t.Errorf("ServeFeed returned %v for a reader that left normally", err)
-		}
-	case <-time.After(testWait):
-		t.Fatal("ServeFeed never returned")
-	}
+	f.expectEnd(t, "")
 }
 
 func TestServeFeed_ReaderSendingDataIsClosed(t *testing.T) {
@@ -464,14 +477,7 @@ func TestServeFeed_ReaderSendingDataIsClosed(t *testing.T) {
 		t.Errorf("reader saw %v (%v), want %v: the feed is read-only", code, err, websocket.StatusPolicyViolation)
 	}
 	waitReaders(t, f.hub, 0)
-	select {
-	case err := <-f.ends:
-		if err != nil {
-			t.Errorf("ServeFeed returned %v", err)
-		}
-	case <-time.After(testWait):
-		t.Fatal("ServeFeed never returned")
-	}
+	f.expectEnd(t, "")
 }
 
 func TestServeFeed_NodeShutdownSaysGoingAway(t *testing.T) {
@@ -506,14 +512,7 @@ func TestServeFeed_NonWebSocketRequestIsRefused(t *testing.T) {
 	if resp.StatusCode < 400 {
 		t.Errorf("plain GET got %s", resp.Status)
 	}
-	select {
-	case err := <-f.ends:
-		if err == nil || !strings.Contains(err.Error(), "accept feed") {
-			t.Errorf("ServeFeed returned %v", err)
-		}
-	case <-time.After(testWait):
-		t.Fatal("ServeFeed never returned")
-	}
+	f.expectEnd(t, "accept feed")
 	if n, _ := f.hub.Readers(); n != 0 {
 		t.Errorf("a refused request subscribed: %d readers", n)
 	}

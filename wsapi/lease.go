@@ -2,6 +2,7 @@ package wsapi
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -21,6 +22,13 @@ type LeaseRequest struct {
 	VRAMMB uint64 `json:"vram_mb,omitempty"`
 	// WaitMS is how long the request may wait for a slot.
 	WaitMS int64 `json:"wait_ms"`
+	// Hive and Worker, when set (both or neither), ask for that one
+	// worker (group/instance on Hive): a Responses API follow-up must
+	// reach the worker that holds the previous response. The queen
+	// waits for that worker's slot; when the worker is gone (or fails,
+	// or serves another model) it grants any worker instead.
+	Hive   string `json:"hive,omitempty"`
+	Worker string `json:"worker,omitempty"`
 }
 
 // LeaseCancel withdraws a waiting request.
@@ -85,7 +93,27 @@ func (m *LeaseRequest) Validate() error {
 	if m.WaitMS < 0 || m.WaitMS > MaxWait.Milliseconds() {
 		return fmt.Errorf("%w: wait_ms %d outside 0..%d", ErrInvalid, m.WaitMS, MaxWait.Milliseconds())
 	}
-	return nil
+	if m.Hive == "" && m.Worker == "" {
+		return nil
+	}
+	return ValidPlacement(m.Hive, m.Worker)
+}
+
+// ValidPlacement reports whether hive and worker (group/instance) can name
+// the worker a lease request asks for. Entry nodes check a preference with
+// it before asking, since the queen drops a session that sends a bad one.
+func ValidPlacement(hive, worker string) error {
+	if err := ValidName(hive); err != nil {
+		return fmt.Errorf("preferred hive: %w", err)
+	}
+	group, instance, ok := strings.Cut(worker, "/")
+	if !ok {
+		return fmt.Errorf("%w: preferred worker %q is not group/instance", ErrInvalid, truncate(worker, 40))
+	}
+	if err := checkLabel("worker group", group, maxFieldLen); err != nil {
+		return err
+	}
+	return checkLabel("worker instance", instance, maxFieldLen)
 }
 
 // Validate checks a cancel from a peer.

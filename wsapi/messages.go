@@ -31,6 +31,12 @@ const (
 // misreading each other's messages.
 const ProtocolVersion = 1
 
+// Health marks a hive puts on a worker (ProcessStats.Health).
+const (
+	HealthFailing = "failing" // the hive's requests to it fail
+	HealthDown    = "down"    // the hive cannot reach it (HealthReason says why)
+)
+
 // ProcessStats is one worker's telemetry: the seed's ProcessStats, field for
 // field. Model is a pointer because the seed sends null for an unknown model,
 // and dashboards tell "unknown" from "".
@@ -51,15 +57,20 @@ type ProcessStats struct {
 	// messages round-trip unchanged): how many requests the worker serves
 	// at once, for the scheduler.
 	Slots int `json:"slots,omitempty"`
-	// Health is "failing" while the hive's requests to the worker fail
-	// (omitted when fine): the scheduler sends it nothing then.
+	// Health is "failing" while the hive's requests to the worker fail, or
+	// "down" while the hive cannot reach a worker it did not start (a
+	// --worker server); omitted when fine. The scheduler sends it nothing
+	// then.
 	Health string `json:"health,omitempty"`
+	// HealthReason says why the worker is down, in words (omitted when
+	// empty): "GET http://127.0.0.1:9/health: connection refused".
+	HealthReason string `json:"health_reason,omitempty"`
 	// Simulated marks figures that come from `rbee worker simulate`
 	// rather than a real GPU (omitted when false).
 	Simulated bool `json:"simulated,omitempty"`
 	// State and StateReason are the queen's verdict (omitted when empty;
 	// whatever a hive sends there is overwritten): "idle", "busy",
-	// "saturated", "failing" or "offline" (scheduler.State's rule), and
+	// "saturated", "failing", "down" or "offline" (scheduler.State's rule), and
 	// why in words. Views show them rather than derive their own.
 	State       string `json:"state,omitempty"`
 	StateReason string `json:"state_reason,omitempty"`
@@ -302,7 +313,8 @@ func (t *HiveTelemetry) Validate(hive string) error {
 				return fmt.Errorf("worker %d: %w", i, err)
 			}
 		}
-		for _, f := range []struct{ name, v string }{{"health", w.Health}, {"state", w.State}, {"state_reason", w.StateReason}} {
+		for _, f := range []struct{ name, v string }{{"health", w.Health}, {"health_reason", w.HealthReason},
+			{"state", w.State}, {"state_reason", w.StateReason}} {
 			if err := checkText(f.name, f.v, maxFieldLen); err != nil {
 				return fmt.Errorf("worker %d: %w", i, err)
 			}

@@ -451,6 +451,11 @@ func TestValidate_RejectsSpoofingAndBadLabels(t *testing.T) {
 		{"model with DEL", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers[0].Model = str("m\x7f") }, true, "control characters"},
 		{"model at limit", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers[0].Model = str(strings.Repeat("m", maxModelLen)) }, false, ""},
 		{"model over limit", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers[0].Model = str(strings.Repeat("m", maxModelLen+1)) }, true, "longer than"},
+		{"worker down with its reason", "hive-gpu-1", func(t *HiveTelemetry) {
+			t.Workers[0].Health, t.Workers[0].HealthReason = "down", "GET http://127.0.0.1:9/health: connection refused"
+		}, false, ""},
+		{"health_reason with newline", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers[1].HealthReason = "refused\nlevel=ERROR" }, true, "worker 1: invalid value: health_reason"},
+		{"health_reason over limit", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers[0].HealthReason = strings.Repeat("r", maxFieldLen+1) }, true, "health_reason longer than"},
 		{"max workers", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers = validTelemetry(MaxWorkers).Workers }, false, ""},
 		{"too many workers", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers = validTelemetry(MaxWorkers + 1).Workers }, true, "workers, at most"},
 	}

@@ -36,12 +36,21 @@ func interspersed(app *cli.App, args []string) []string {
 			takesValue[n] = !isBool
 		}
 	}
+	// A command that runs another one (`rbee worker run -- llama-server
+	// -m m.gguf`) takes everything from its first argument on as that
+	// command, flags included: a forgotten "--" is put in, rather than
+	// reading -m as an unknown flag of rbee's.
+	wraps := strings.HasPrefix(cmd.ArgsUsage, "-- ")
 	var flags, positional []string
 	rest := args[i:]
 	for j := 0; j < len(rest); j++ {
 		a := rest[j]
 		if a == "--" {
 			positional = append(positional, rest[j:]...)
+			break
+		}
+		if wraps && (!strings.HasPrefix(a, "-") || a == "-") {
+			positional = append(append(positional, "--"), rest[j:]...)
 			break
 		}
 		if !strings.HasPrefix(a, "-") || a == "-" {

@@ -23,6 +23,10 @@ func TestInterspersed_MovesTrailingFlagsBeforeArguments(t *testing.T) {
 			[]string{"rbee", "node", "join", "a:1", "--", "--http-addr", "x"}},
 		{"unknown command untouched", []string{"rbee", "nope", "x", "--y"}, []string{"rbee", "nope", "x", "--y"}},
 		{"no command", []string{"rbee"}, []string{"rbee"}},
+		{"worker run without --: the command keeps its flags", []string{"rbee", "worker", "run", "--group", "llm", "llama-server", "-m", "m.gguf", "--port", "8080"},
+			[]string{"rbee", "worker", "run", "--group", "llm", "--", "llama-server", "-m", "m.gguf", "--port", "8080"}},
+		{"worker run with --", []string{"rbee", "worker", "run", "--group", "llm", "--", "llama-server", "-m", "x"},
+			[]string{"rbee", "worker", "run", "--group", "llm", "--", "llama-server", "-m", "x"}},
 	}
 	app := newApp()
 	for _, tc := range tests {

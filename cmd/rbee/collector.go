@@ -26,6 +26,9 @@ func newCollector(c *cli.Context, log *slog.Logger) (node.Collector, func(), err
 			if err != nil {
 				return nil, nil, fmt.Errorf("--worker: %w", err)
 			}
+			if w.Fixed != "" {
+				log.Warn("--worker: "+w.Fixed, "worker", w.URL)
+			}
 			specs = append(specs, w)
 		}
 	}

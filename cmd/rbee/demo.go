@@ -9,11 +9,16 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/rbee/rbee/node"
 )
 
 func demoCommand() *cli.Command {
@@ -28,14 +33,14 @@ func demoCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "model", Value: cli.NewStringSlice("llama-3.2-1b", "qwen2.5-0.5b"), Usage: "the two models the simulated workers serve"},
 			&cli.IntFlag{Name: "slots", Value: 2, Usage: "slots of each simulated worker"},
 			&cli.Float64Flag{Name: "tokens-per-second", Value: 40, Usage: "generation speed of each simulated worker"},
-			&cli.BoolFlag{Name: "keep-logs", Usage: "keep the nodes' and workers' logs after exit"},
+			&cli.BoolFlag{Name: "keep-logs", Usage: "keep the nodes' and workers' logs after exit (a demo that fails keeps them anyway)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"RBEE_LOG_LEVEL"}, Value: "info", Usage: "the demo's own log level"},
 		},
 		Action: runDemo,
 	}
 }
 
-func runDemo(c *cli.Context) error {
+func runDemo(c *cli.Context) (err error) {
 	log, err := newLogger(c.String("log-level"), "text")
 	if err != nil {
 		return err
@@ -48,26 +53,34 @@ func runDemo(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("find the rbee binary: %w", err)
 	}
-	dir, err := os.MkdirTemp("", "rbee-demo-")
-	if err != nil {
-		return err
-	}
-	if !c.Bool("keep-logs") {
-		defer os.RemoveAll(dir)
-	}
 	entryHTTP := c.String("http-addr")
 	if h, _, err := net.SplitHostPort(entryHTTP); err != nil || !isLoopbackHost(h) {
 		return fmt.Errorf("--http-addr %q: the demo has no cluster key, so it listens on loopback only", entryHTTP)
 	}
-	ports, err := freePorts(demoPortCount)
+	// Every port is checked before anything starts: a demo whose port
+	// is taken says so at once, not after its children have failed.
+	ports, entryHTTP, err := demoPorts(entryHTTP)
 	if err != nil {
 		return err
 	}
-	// The entry node's port is the user's; if it was 0 the kernel picks
-	// and the entry's log says which, so use a free one now instead.
-	if strings.HasSuffix(entryHTTP, ":0") {
-		entryHTTP = "127.0.0.1:" + strconv.Itoa(ports[portEntryHTTP])
+	dir, err := os.MkdirTemp("", "rbee-demo-")
+	if err != nil {
+		return fmt.Errorf("make the log folder: %w", err)
 	}
+	// The logs go only with a demo that ran and stopped as asked; after
+	// a failure they are what the user reads next. This runs after
+	// sup.stop (deferred later), once no child writes them.
+	keepLogs := c.Bool("keep-logs")
+	defer func() {
+		switch {
+		case err != nil:
+			err = fmt.Errorf("%w\nlogs kept in %s", err, dir)
+		case keepLogs:
+			fmt.Printf("rbee demo: logs kept in %s\n", dir)
+		default:
+			os.RemoveAll(dir)
+		}
+	}()
 
 	// The signal handler outlives sup.stop (deferred later, run earlier),
 	// so a second Ctrl-C while the children stop exits at once.
@@ -77,29 +90,20 @@ func runDemo(c *cli.Context) error {
 	defer sup.stop()
 
 	sims := demoSims(models, ports)
-	if err := startSims(ctx, sup, sims, c.Int("slots"), c.Float64("tokens-per-second")); err != nil {
-		return err
-	}
-	pids := map[string]int{}
-	for _, nd := range demoNodes(sims, ports, entryHTTP) {
-		pid, err := sup.start(nd.name, append([]string{"node", "run", "--name", nd.name, "--log-level", "info"}, nd.args...)...)
-		if err != nil {
-			return err
-		}
-		pids[nd.name] = pid
-	}
-	readyCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := waitModels(readyCtx, entryHTTP, models); err != nil {
+	nodes := demoNodes(sims, ports, entryHTTP)
+	pids, queen, err := launchDemo(ctx, sup, sims, nodes, models, c.Int("slots"), c.Float64("tokens-per-second"))
+	if err != nil {
 		if ctx.Err() != nil {
-			return nil
+			return nil // Ctrl-C while starting
 		}
-		return fmt.Errorf("cluster not ready: %w (logs in %s; pass --keep-logs to keep them)", err, dir)
+		return fmt.Errorf("demo did not start: %w", err)
 	}
-	printDemoBanner(models, entryHTTP, pids, dir)
+	printDemoBanner(os.Stdout, demoBanner{models: models, entry: entryHTTP, pids: pids, queen: queen, logs: dir, keepLogs: keepLogs,
+		rbee: userCommand(self, os.Args[0], os.Getenv("GOCACHE"))})
 
 	// Run until Ctrl-C. A child that exits is reported, not fatal: the
-	// user may have killed the queen on purpose.
+	// user may have killed the queen on purpose. One that exits on its
+	// own with an error keeps the logs.
 	for {
 		select {
 		case <-ctx.Done():
@@ -107,8 +111,121 @@ func runDemo(c *cli.Context) error {
 			return nil
 		case p := <-sup.exited():
 			log.Warn("demo process exited", "name", p.name, "pid", p.proc.Pid, "status", exitText(p.err), "log", p.logPath)
+			if failedOnItsOwn(p.err) {
+				keepLogs = true
+			}
 		}
 	}
+}
+
+// demoReadyTimeout bounds the demo's start: on this machine the cluster
+// serves both models in a few seconds; the rest is room for a loaded one.
+const demoReadyTimeout = 30 * time.Second
+
+// demoPoll is how often the demo asks its children whether they are up.
+const demoPoll = 100 * time.Millisecond
+
+// launchDemo starts the simulated workers, then the nodes, and returns once
+// the cluster is ready (see demoReady): the nodes' pids and the queen. A
+// child that exits meanwhile fails it at once, naming the child.
+func launchDemo(ctx context.Context, sup *supervisor, sims []demoSim, nodes []demoNode, models []string, slots int, tokensPerSecond float64) (map[string]int, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, demoReadyTimeout)
+	defer cancel()
+	if err := startSims(ctx, sup, sims, slots, tokensPerSecond); err != nil {
+		return nil, "", err
+	}
+	pids := map[string]int{}
+	for _, nd := range nodes {
+		pid, err := sup.start(nd.name, append([]string{"node", "run", "--name", nd.name, "--log-level", "info"}, nd.args...)...)
+		if err != nil {
+			return nil, "", err
+		}
+		pids[nd.name] = pid
+	}
+	var queen string
+	err := sup.await(ctx, demoPoll, func(ctx context.Context) (err error) {
+		queen, err = demoReady(ctx, nodes, models)
+		return err
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("wait for the cluster: %w", err)
+	}
+	return pids, queen, nil
+}
+
+// demoPorts checks that the entry node's address entryHTTP is free and
+// picks the demo's other ports (see freePorts), so that nothing starts
+// on a port that is taken. It returns the ports and the entry's address:
+// entryHTTP, or one of the ports if entryHTTP asks for port 0 (the kernel
+// would pick one only the entry's log tells).
+func demoPorts(entryHTTP string) ([]int, string, error) {
+	if _, port, _ := net.SplitHostPort(entryHTTP); port != "0" {
+		ln, err := net.Listen("tcp", entryHTTP)
+		if err != nil {
+			return nil, "", bindError(entryHTTP, err)
+		}
+		// Held while the other ports are picked, so that none is this one.
+		defer ln.Close()
+	}
+	ports, err := freePorts(demoPortCount)
+	if err != nil {
+		return nil, "", err
+	}
+	if _, port, _ := net.SplitHostPort(entryHTTP); port == "0" {
+		entryHTTP = "127.0.0.1:" + strconv.Itoa(ports[portEntryHTTP])
+	}
+	return ports, entryHTTP, nil
+}
+
+// bindError says that the entry node cannot listen on addr, with the
+// system's reason alone (not Go's "listen tcp ...: bind:") and, when the
+// port is taken, what to do.
+func bindError(addr string, err error) error {
+	var errno syscall.Errno
+	if !errors.As(err, &errno) {
+		return fmt.Errorf("--http-addr %s: %w", addr, err)
+	}
+	if errno == syscall.EADDRINUSE {
+		return fmt.Errorf("--http-addr %s: %w (another rbee demo? stop it, or pass --http-addr 127.0.0.1:0)", addr, errno)
+	}
+	return fmt.Errorf("--http-addr %s: %w", addr, errno)
+}
+
+// failedOnItsOwn reports whether a child's exit status says it failed: not
+// 0, and not a signal (the demo's, or the user's kill -9 of the queen).
+func failedOnItsOwn(err error) bool {
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		return err != nil
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return !ok || !ws.Signaled()
+}
+
+// userCommand is this binary as the user ran it, for the commands the demo
+// prints: `go run ./cmd/rbee` when exe is a binary `go run` built (in a
+// go-build* folder: its temporary one, or the build cache, by default
+// .../go-build, else goCache), otherwise arg0 as the user typed it.
+func userCommand(exe, arg0, goCache string) string {
+	if goCache != "" && strings.HasPrefix(exe, filepath.Clean(goCache)+string(filepath.Separator)) {
+		return "go run ./cmd/rbee"
+	}
+	for _, part := range strings.Split(filepath.ToSlash(exe), "/") {
+		if strings.HasPrefix(part, "go-build") {
+			return "go run ./cmd/rbee"
+		}
+	}
+	return shellQuote(arg0)
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && !strings.ContainsFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._-+:@=,", r))
+	}) {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // The demo's ports, indexes into freePorts' answer.
@@ -150,21 +267,25 @@ func startSims(ctx context.Context, sup *supervisor, sims []demoSim, slots int, 
 			return err
 		}
 	}
-	for _, s := range sims {
-		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := waitOK(wctx, "http://127.0.0.1:"+s.port+"/health")
-		cancel()
-		if err != nil {
-			return fmt.Errorf("simulated worker %s did not start: %w (log in %s)", s.name, err, sup.logDir)
+	err := sup.await(ctx, demoPoll, func(ctx context.Context) error {
+		for _, s := range sims {
+			if err := getOK(ctx, "http://127.0.0.1:"+s.port+"/health", nil); err != nil {
+				return fmt.Errorf("simulated worker %s: %w", s.name, err)
+			}
 		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("wait for the simulated workers: %w", err)
 	}
 	return nil
 }
 
-// demoNode is one `rbee node run` of the demo: its name and the flags after
-// --name and --log-level.
+// demoNode is one `rbee node run` of the demo: its name, its API address,
+// and the flags after --name and --log-level.
 type demoNode struct {
 	name string
+	http string
 	args []string
 }
 
@@ -174,21 +295,41 @@ type demoNode struct {
 func demoNodes(sims []demoSim, ports []int, entryHTTP string) []demoNode {
 	addr := func(i int) string { return "127.0.0.1:" + strconv.Itoa(ports[i]) }
 	gossipA := addr(portGossipA)
+	mk := func(name, http string, args ...string) demoNode {
+		return demoNode{name: name, http: http, args: append([]string{"--http-addr", http}, args...)}
+	}
 	return []demoNode{
-		{"hive-a", []string{"--roles", "queen,hive", "--queen-priority", "1", "--cgroup-root", "none", "--http-addr", addr(portHiveAHTTP),
-			"--gossip-addr", gossipA, "--worker", sims[0].workerFlag(), "--worker", sims[1].workerFlag()}},
-		{"hive-b", []string{"--roles", "queen,hive", "--cgroup-root", "none", "--http-addr", addr(portHiveBHTTP),
-			"--gossip-addr", addr(portHiveBGossip), "--join", gossipA, "--worker", sims[2].workerFlag(), "--worker", sims[3].workerFlag()}},
-		{"entry", []string{"--roles", "none", "--http-addr", entryHTTP,
-			"--gossip-addr", addr(portEntryGossip), "--join", gossipA}},
+		mk("hive-a", addr(portHiveAHTTP), "--roles", "queen,hive", "--queen-priority", "1", "--cgroup-root", "none",
+			"--gossip-addr", gossipA, "--worker", sims[0].workerFlag(), "--worker", sims[1].workerFlag()),
+		mk("hive-b", addr(portHiveBHTTP), "--roles", "queen,hive", "--cgroup-root", "none",
+			"--gossip-addr", addr(portHiveBGossip), "--join", gossipA, "--worker", sims[2].workerFlag(), "--worker", sims[3].workerFlag()),
+		mk("entry", entryHTTP, "--roles", "none", "--gossip-addr", addr(portEntryGossip), "--join", gossipA),
 	}
 }
 
+// demoBanner is what the banner says.
+type demoBanner struct {
+	models   []string
+	entry    string         // the entry node's API address
+	pids     map[string]int // by node name
+	queen    string
+	logs     string // the log folder
+	keepLogs bool
+	rbee     string // the command that runs rbee, as the user ran it (userCommand)
+}
+
 // printDemoBanner prints what the demo runs and how to use it, once the
-// cluster serves every model.
-func printDemoBanner(models []string, entryHTTP string, pids map[string]int, dir string) {
-	queen := demoQueen(entryHTTP)
-	fmt.Printf(`rbee demo: 3 nodes (2 queen-eligible), 2 hives, 4 simulated workers serving %s and %s.
+// cluster is ready.
+func printDemoBanner(w io.Writer, b demoBanner) {
+	kill := "kill -9 <pid>"
+	if pid, ok := b.pids[b.queen]; ok {
+		kill = "kill -9 " + strconv.Itoa(pid)
+	}
+	logs := "removed when the demo stops, unless it fails; --keep-logs keeps them"
+	if b.keepLogs {
+		logs = "kept"
+	}
+	fmt.Fprintf(w, `rbee demo: 3 nodes (2 queen-eligible), 2 hives, 4 simulated workers serving %s and %s.
 Simulated workers' GPU and VRAM figures are made up and marked "simulated" wherever they show.
 
   API         http://%[3]s/v1   (any OpenAI client; no API key needed on loopback)
@@ -197,13 +338,15 @@ Simulated workers' GPU and VRAM figures are made up and marked "simulated" where
 
 Try:
   curl http://%[3]s/v1/chat/completions -d '{"model":"%[1]s","messages":[{"role":"user","content":"hi"}],"stream":true}'
-  go run ./cmd/rbee status --http-addr %[3]s
+  %[4]s status --http-addr %[3]s
+  %[4]s top --http-addr %[3]s
 
-Nodes: hive-a (pid %[4]d), hive-b (pid %[5]d), entry (pid %[6]d, serves %[3]s); the queen is %[7]s.
-Kill the queen (kill -9 <pid>) and watch the other take over while requests keep flowing.
-Logs: %[8]s
+Nodes: hive-a (pid %[5]d), hive-b (pid %[6]d), entry (pid %[7]d, serves %[3]s); the queen is %[8]s.
+Kill the queen and watch the other take over while requests keep flowing:
+  %[9]s
+Logs: %[10]s (%[11]s)
 Ctrl-C stops the demo.
-`, models[0], models[1], entryHTTP, pids["hive-a"], pids["hive-b"], pids["entry"], queen, dir)
+`, b.models[0], b.models[1], b.entry, b.rbee, b.pids["hive-a"], b.pids["hive-b"], b.pids["entry"], b.queen, kill, b.logs, logs)
 }
 
 // envWithoutRbee is this process's environment without RBEE_* variables: the
@@ -265,87 +408,73 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-// waitModels polls the entry node until /v1/models lists every model.
-func waitModels(ctx context.Context, addr string, want []string) error {
-	var last error
-	for {
-		last = func() error {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/models", nil)
-			if err != nil {
-				return err
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			var v struct {
-				Data []struct {
-					ID string `json:"id"`
-				} `json:"data"`
-			}
-			if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&v); err != nil {
-				return err
-			}
-			have := map[string]bool{}
-			for _, m := range v.Data {
-				have[m.ID] = true
-			}
-			for _, m := range want {
-				if !have[m] {
-					return fmt.Errorf("model %s not served yet", m)
-				}
-			}
-			return nil
-		}()
-		if last == nil {
-			return nil
+// demoReady is nil once the cluster is whole: every node answers /healthz
+// under its own name and follows the same queen, and the entry node serves
+// every model. It returns the queen.
+func demoReady(ctx context.Context, nodes []demoNode, models []string) (string, error) {
+	queen, queenOf := "", ""
+	for _, nd := range nodes {
+		var h struct {
+			Node  string `json:"node"`
+			Queen string `json:"queen"`
 		}
-		t := time.NewTimer(100 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return errors.Join(ctx.Err(), last)
-		case <-t.C:
+		if err := getOK(ctx, "http://"+nd.http+node.PathHealth, &h); err != nil {
+			return "", fmt.Errorf("%s: %w", nd.name, err)
+		}
+		switch {
+		case h.Node != nd.name:
+			return "", fmt.Errorf("%s: %s answers as node %q", nd.name, nd.http, h.Node)
+		case h.Queen == "":
+			return "", fmt.Errorf("%s: no queen yet", nd.name)
+		case queen != "" && h.Queen != queen:
+			return "", fmt.Errorf("%s follows queen %s, %s follows %s", queenOf, queen, nd.name, h.Queen)
+		}
+		queen, queenOf = h.Queen, nd.name
+	}
+	entry := nodes[len(nodes)-1]
+	var v struct {
+		Data []struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if err := getOK(ctx, "http://"+entry.http+"/v1/models", &v); err != nil {
+		return "", fmt.Errorf("%s: %w", entry.name, err)
+	}
+	served := map[string]bool{}
+	for _, d := range v.Data {
+		served[d.ID] = true
+	}
+	for _, m := range models {
+		if !served[m] {
+			return "", fmt.Errorf("%s: model %s not served yet", entry.name, m)
 		}
 	}
+	return queen, nil
 }
 
-// waitOK polls url until it answers 200.
-func waitOK(ctx context.Context, url string) error {
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		t := time.NewTimer(50 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
-}
+// demoClient asks the demo's children whether they are up; a child that
+// does not answer within a second is asked again at the next poll.
+var demoClient = &http.Client{Timeout: time.Second}
 
-func demoQueen(addr string) string {
-	resp, err := http.Get("http://" + addr + "/healthz")
+// getOK gets url and wants a 200; into, when not nil, takes the JSON body.
+func getOK(ctx context.Context, url string, into any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return "unknown"
+		return err
+	}
+	resp, err := demoClient.Do(req)
+	if err != nil {
+		return err
 	}
 	defer resp.Body.Close()
-	var v struct {
-		Queen string `json:"queen"`
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("get %s: %s", url, resp.Status)
 	}
-	if json.NewDecoder(resp.Body).Decode(&v) != nil || v.Queen == "" {
-		return "unknown"
+	if into == nil {
+		return nil
 	}
-	return v.Queen
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(into); err != nil {
+		return fmt.Errorf("decode %s: %w", url, err)
+	}
+	return nil
 }

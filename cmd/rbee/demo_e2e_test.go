@@ -3,12 +3,15 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -71,7 +74,9 @@ func startDemo(t *testing.T) string {
 		if !ok {
 			t.Fatalf("demo exited before it was ready\nstdout:\n%s\nstderr:\n%s", out.String(), tail(stderr.String(), 4000))
 		}
-		for _, want := range []string{"http://" + addr + "/v1", "Dashboard", "curl http://" + addr + "/v1/chat/completions", "simulated"} {
+		for _, want := range []string{"http://" + addr + "/v1", "Dashboard", "curl http://" + addr + "/v1/chat/completions", "simulated",
+			// The commands it prints are the ones the user ran.
+			rbeeBin + " status --http-addr " + addr, rbeeBin + " top --http-addr " + addr, "  kill -9 "} {
 			if !strings.Contains(banner, want) {
 				t.Errorf("banner lacks %q:\n%s", want, banner)
 			}
@@ -130,28 +135,127 @@ func TestE2E_DemoCurl(t *testing.T) {
 
 // TestE2E_OpenAIClient runs the official openai npm package (with node)
 // against `rbee demo`: models list, a non-streaming and a streaming chat
-// completion, embeddings. CI installs node and the package; elsewhere the
+// completion, embeddings, the Responses API with a follow-up, and an unknown
+// model's error. CI installs node and the package; elsewhere the
 // test skips, saying why, unless RBEE_REQUIRE_NODE is set.
-func TestE2E_OpenAIClient(t *testing.T) {
-	dir, _ := filepath.Abs("../../testdata/openai-client")
-	nodeBin, err := exec.LookPath("node")
-	if err == nil {
-		_, err = os.Stat(filepath.Join(dir, "node_modules", "openai", "package.json"))
+func TestE2E_OpenAIClient(t *testing.T) { runClientAgainstDemo(t, "openai-client", "openai") }
+
+// demoFailure is how a `rbee demo` that should not start ended.
+type demoFailure struct {
+	stdout, stderr string
+	took           time.Duration
+	code           int    // the exit status
+	tmp            string // the TMPDIR it ran with, where its log folder goes
+}
+
+// runFailingDemo runs `rbee demo` with args, its TMPDIR a folder of the
+// test's, and returns once it exits (at most 60 s: a demo gives up after 30).
+func runFailingDemo(t *testing.T, args ...string) demoFailure {
+	t.Helper()
+	f := demoFailure{tmp: t.TempDir()}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, rbeeBin, append([]string{"demo"}, args...)...)
+	cmd.Env = append(envWithoutRbee(), "TMPDIR="+f.tmp)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	err := cmd.Run()
+	f.took, f.stdout, f.stderr = time.Since(start), stdout.String(), stderr.String()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		t.Fatalf("rbee demo %s: %v, want a failure\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, f.stdout, tail(f.stderr, 4000))
 	}
-	if err != nil {
-		if os.Getenv("RBEE_REQUIRE_NODE") != "" {
-			t.Fatalf("node or the openai package missing (run: npm ci --prefix testdata/openai-client): %v", err)
+	f.code = ee.ExitCode()
+	return f
+}
+
+// check fails t unless the demo failed at once, with no banner, saying
+// each of wants.
+func (f demoFailure) check(t *testing.T, wants ...string) {
+	t.Helper()
+	// Today's failures take well under a second; 10 s leaves room for
+	// a loaded machine and is far from the 30 s a demo gives its start.
+	if f.took > 10*time.Second || f.code == 0 || f.code == -1 {
+		t.Errorf("demo exited with status %d after %v; want a failure at once", f.code, f.took.Round(time.Millisecond))
+	}
+	if strings.Contains(f.stdout, "Ctrl-C stops the demo") || strings.Contains(f.stdout, "API ") {
+		t.Errorf("a demo that failed printed its banner:\n%s", f.stdout)
+	}
+	for _, w := range wants {
+		if !strings.Contains(f.stderr, w) {
+			t.Errorf("stderr lacks %q:\n%s", w, f.stderr)
 		}
-		t.Skipf("node or the openai package missing (run: npm ci --prefix testdata/openai-client): %v", err)
 	}
+}
+
+// TestE2E_DemoPortHeldFailsAtOnce: a demo whose --http-addr another program
+// holds says so at once, with the bind error, and starts nothing.
+func TestE2E_DemoPortHeldFailsAtOnce(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	addr := ln.Addr().String()
+	f := runFailingDemo(t, "--http-addr", addr)
+	f.check(t, "rbee: --http-addr "+addr+": address already in use", "another rbee demo?", "--http-addr 127.0.0.1:0")
+	if logs, _ := filepath.Glob(filepath.Join(f.tmp, "rbee-demo-*")); len(logs) != 0 {
+		t.Errorf("a demo that started nothing made a log folder: %q", logs)
+	}
+}
+
+// TestE2E_SecondDemoOnSamePortFails: a second demo on the first one's port
+// fails at once instead of printing a banner for a cluster that is the
+// first one's.
+func TestE2E_SecondDemoOnSamePortFails(t *testing.T) {
 	addr := startDemo(t)
-	for _, model := range []string{"llama-3.2-1b", "qwen2.5-0.5b"} {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		out, err := exec.CommandContext(ctx, nodeBin, filepath.Join(dir, "client.mjs"), "http://"+addr+"/v1", model).CombinedOutput()
-		cancel()
-		t.Logf("openai client, %s:\n%s", model, out)
-		if err != nil || !strings.Contains(string(out), "OK") {
-			t.Fatalf("openai client against rbee demo (%s): %v", model, err)
+	f := runFailingDemo(t, "--http-addr", addr, "--tokens-per-second", "200")
+	f.check(t, "rbee: --http-addr "+addr+": address already in use", "another rbee demo?")
+}
+
+// TestE2E_DemoChildFailsKeepsLogs: a child that exits while the demo
+// starts fails the demo at once, naming the child and quoting the end of
+// its log; the log folder is kept, and named.
+func TestE2E_DemoChildFailsKeepsLogs(t *testing.T) {
+	// The demo passes --tokens-per-second to its simulated workers, which
+	// refuse this one.
+	f := runFailingDemo(t, "--http-addr", "127.0.0.1:0", "--tokens-per-second", "0.001")
+	f.check(t, "rbee: demo did not start", ") exited: exit status 1", "simulator config: tokens per second 0.001", "logs kept in ")
+	m := regexp.MustCompile(`(?m)^logs kept in (.+)$`).FindStringSubmatch(f.stderr)
+	if m == nil {
+		t.Fatal("no log folder named")
+	}
+	if filepath.Dir(m[1]) != f.tmp {
+		t.Errorf("log folder %s is not in the demo's TMPDIR %s", m[1], f.tmp)
+	}
+	logs, err := filepath.Glob(filepath.Join(m[1], "sim-*.log"))
+	if err != nil || len(logs) != 4 {
+		t.Fatalf("log folder %s holds %q (%v), want the four workers' logs", m[1], logs, err)
+	}
+	// The worker named is one that failed, and its log is there.
+	named := regexp.MustCompile(`sim-\d \(pid \d+\) exited: exit status 1; the end of (\S+):`).FindStringSubmatch(f.stderr)
+	if named == nil || filepath.Dir(named[1]) != m[1] {
+		t.Fatalf("the error names no simulated worker's log in %s:\n%s", m[1], f.stderr)
+	}
+	if b, err := os.ReadFile(named[1]); err != nil || !strings.Contains(string(b), "tokens per second") {
+		t.Errorf("%s: %q, %v; want the worker's error", named[1], b, err)
+	}
+}
+
+func TestUserCommand(t *testing.T) {
+	for _, tc := range []struct{ exe, arg0, goCache, want string }{
+		{"/tmp/go-build2528844405/b001/exe/rbee", "/tmp/go-build2528844405/b001/exe/rbee", "", "go run ./cmd/rbee"},
+		{"/home/u/.cache/go-build/ab/abcdef-d/rbee", "rbee", "", "go run ./cmd/rbee"},
+		{"/srv/cache/ab/abcdef-d/rbee", "rbee", "/srv/cache", "go run ./cmd/rbee"},
+		{"/srv/cachex/rbee", "rbee", "/srv/cache", "rbee"},
+		{"/home/u/src/rbee/rbee", "./rbee", "", "./rbee"},
+		{"/usr/local/bin/rbee", "rbee", "", "rbee"},
+		{"/home/u/my tools/rbee", "/home/u/my tools/rbee", "", "'/home/u/my tools/rbee'"},
+		{"/x/rbee", "it's", "", `'it'\''s'`},
+	} {
+		if got := userCommand(tc.exe, tc.arg0, tc.goCache); got != tc.want {
+			t.Errorf("userCommand(%q, %q, %q) = %q, want %q", tc.exe, tc.arg0, tc.goCache, got, tc.want)
 		}
 	}
 }

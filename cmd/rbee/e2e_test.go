@@ -355,7 +355,7 @@ func TestE2E_WrongKeyRefused(t *testing.T) {
 		}
 		return nil
 	})
-	if !strings.Contains(intruder.log(), `msg="join failed, retrying"`) {
+	if !strings.Contains(intruder.log(), `msg="join failed; retrying in the background"`) {
 		t.Errorf("intruder's log does not say its join failed:\n%s", intruder.log())
 	}
 

@@ -169,7 +169,7 @@ func nodeRunCommand() *cli.Command {
 			&cli.StringFlag{Name: "tls-cert", EnvVars: []string{"RBEE_TLS_CERT"}, Usage: "your certificate (PEM) for clients of the API, served as TLS on the --http-addr port beside plain HTTP; traffic between nodes needs none"},
 			&cli.StringFlag{Name: "tls-key", EnvVars: []string{"RBEE_TLS_KEY"}, Usage: "the private key (PEM) of --tls-cert"},
 			&cli.StringSliceFlag{Name: "worker", EnvVars: []string{"RBEE_WORKER"}, Usage: "a server rbee did not start: URL[,model=NAME][,slots=N][,group=G][,instance=I] (repeat; env: separate with ;)"},
-			&cli.StringSliceFlag{Name: "api-key", EnvVars: []string{"RBEE_API_KEYS"}, Usage: "bearer key OpenAI clients must send (repeat or comma-separate); default: the cluster token, or none on loopback"},
+			&cli.StringSliceFlag{Name: "api-key", EnvVars: []string{"RBEE_API_KEYS", "RBEE_API_KEY"}, Usage: "bearer key OpenAI clients must send (repeat or comma-separate); default: the cluster token, or none on loopback"},
 			&cli.IntFlag{Name: "queue-limit", EnvVars: []string{"RBEE_QUEUE_LIMIT"}, Value: 1024, Usage: "requests that may wait per model before 429"},
 			&cli.DurationFlag{Name: "queue-timeout", EnvVars: []string{"RBEE_QUEUE_TIMEOUT"}, Value: 30 * time.Second, Usage: "how long a request waits for a free worker before 503"},
 			&cli.IntFlag{Name: "body-memory", EnvVars: []string{"RBEE_BODY_MEMORY"}, Value: proxy.DefaultBodyMemory >> 20, Usage: "MiB of request bodies the node holds at once; more get 503 with Retry-After"},
@@ -179,7 +179,8 @@ func nodeRunCommand() *cli.Command {
 			&cli.StringFlag{Name: "cgroup-root", EnvVars: []string{"RBEE_CGROUP_ROOT"}, Usage: "cgroup v2 mount holding rbee.slice (default: found in /proc/self/mountinfo; none: report --worker servers only)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"RBEE_LOG_LEVEL"}, Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "log-format", EnvVars: []string{"RBEE_LOG_FORMAT"}, Value: "text", Usage: "text or json"},
-		}, keyFlags()...),
+		}, append(keyFlags(), configFlags()...)...),
+		Before: applyConfigFile,
 		Action: runNode,
 	}
 }
@@ -207,6 +208,11 @@ func sanitizeName(s string) string {
 const nodeGCPercent = 400
 
 func runNode(c *cli.Context) error {
+	if c.Bool("print-config") {
+		keyed := c.String("cluster-key") != "" || c.String("cluster-key-file") != ""
+		gossip, http := listenAddrs(c, keyed)
+		return printConfig(c.App.Writer, c, map[string]string{"gossip-addr": gossip, "http-addr": http})
+	}
 	log, err := newLogger(c.String("log-level"), c.String("log-format"))
 	if err != nil {
 		return err
@@ -218,16 +224,9 @@ func runNode(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	// With a key, listen on every interface (a cluster spans machines);
-	// without one, stay on loopback unless told otherwise.
-	defHost := "127.0.0.1"
-	if !key.IsZero() {
-		defHost = ""
-	}
 	cfg := node.DefaultConfig()
 	cfg.Name = c.String("name")
-	cfg.GossipAddr = orDefault(c.String("gossip-addr"), net.JoinHostPort(defHost, strconv.Itoa(node.DefaultGossipPort)))
-	cfg.HTTPAddr = orDefault(c.String("http-addr"), net.JoinHostPort(defHost, strconv.Itoa(node.DefaultHTTPPort)))
+	cfg.GossipAddr, cfg.HTTPAddr = listenAddrs(c, !key.IsZero())
 	cfg.AdvertiseAddr = c.String("advertise-addr")
 	cfg.Join = splitList(c.StringSlice("join"))
 	cfg.DataDir = c.String("data-dir")
@@ -277,6 +276,18 @@ func runNode(c *cli.Context) error {
 	defer cancel()
 	_ = n.Leave(ctx)
 	return <-done
+}
+
+// listenAddrs returns --gossip-addr and --http-addr, defaulted: with a
+// cluster key, every interface (a cluster spans machines); without one,
+// loopback unless told otherwise.
+func listenAddrs(c *cli.Context, keyed bool) (gossip, http string) {
+	host := "127.0.0.1"
+	if keyed {
+		host = ""
+	}
+	return orDefault(c.String("gossip-addr"), net.JoinHostPort(host, strconv.Itoa(node.DefaultGossipPort))),
+		orDefault(c.String("http-addr"), net.JoinHostPort(host, strconv.Itoa(node.DefaultHTTPPort)))
 }
 
 // shutdownDrain is how long a node stopped by a signal or `rbee node leave`

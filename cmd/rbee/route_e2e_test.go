@@ -21,6 +21,15 @@ import (
 // processes that reach it over loopback.
 func slowWorker(tb testing.TB, delay time.Duration) *httptest.Server {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			// The hive's health and model probes: answered at once,
+			// as a busy inference server does.
+			if r.URL.Path == "/v1/models" {
+				w.Header().Set("Content-Type", "application/json")
+				fmt.Fprint(w, `{"object":"list","data":[]}`)
+			}
+			return
+		}
 		body, _ := io.ReadAll(r.Body)
 		t := time.NewTimer(delay)
 		defer t.Stop()

@@ -12,14 +12,15 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 	"unicode/utf8"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
 
 	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/scheduler"
@@ -64,7 +65,22 @@ func runStatus(c *cli.Context) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)
 	}
-	return renderStatus(c.App.Writer, v, time.Now(), statusOptions{})
+	return renderStatus(c.App.Writer, v, time.Now(), screenOptions(c.App.Writer))
+}
+
+// screenOptions fit one print to where it goes: on a terminal, its width
+// and colour (unless NO_COLOR); elsewhere (a pipe, a file) every column and
+// no escape codes.
+func screenOptions(w io.Writer) statusOptions {
+	f, ok := terminalOf(w)
+	if !ok {
+		return statusOptions{}
+	}
+	opts := statusOptions{Color: colorWanted(true, os.Getenv("NO_COLOR"))}
+	if width, _, err := term.GetSize(int(f.Fd())); err == nil {
+		opts.Width = width
+	}
+	return opts
 }
 
 // fetchCluster gets the snapshot, saying what to check when the node is not
@@ -81,13 +97,18 @@ func fetchCluster(ctx context.Context, cl *node.Client, addr string) (*node.Clus
 	return v, nil
 }
 
-// statusOptions shape a rendering; the zero value prints everything.
+// statusOptions shape a rendering; the zero value prints everything, in
+// plain text.
 type statusOptions struct {
-	// Width cuts every line to this many columns; 0 means no limit.
+	// Width fits the tables in this many columns: they drop their least
+	// useful columns, then shorten cells (see workerColumns); 0 means no
+	// limit. Other lines are left whole: `rbee top` cuts its frame.
 	Width int
 	// Height fits the output in this many lines by eliding table rows
 	// (a "+N more" line says how many); 0 means no limit.
 	Height int
+	// Color paints worker states in ANSI colours (see stateColors).
+	Color bool
 }
 
 // renderStatus writes the cluster as text: a summary line, then the members,
@@ -105,7 +126,7 @@ func renderStatus(w io.Writer, v *node.ClusterView, now time.Time, opts statusOp
 
 // statusLines is renderStatus's output, one string a line.
 func statusLines(v *node.ClusterView, now time.Time, opts statusOptions) []string {
-	return fitBlocks(statusBlocks(v, now), opts.Width, opts.Height)
+	return fitBlocks(statusBlocks(v, now, opts), opts.Height)
 }
 
 // statusBlock is one part of the output: fixed lines around rows that may be
@@ -121,13 +142,13 @@ type statusBlock struct {
 	weight int
 }
 
-func statusBlocks(v *node.ClusterView, now time.Time) []statusBlock {
+func statusBlocks(v *node.ClusterView, now time.Time, opts statusOptions) []statusBlock {
 	ws := workerRows(v)
 	return []statusBlock{
 		{head: summaryLines(v, ws)},
-		membersBlock(v.Members),
-		queuesBlock(v.Queues),
-		workersBlock(v, ws, now),
+		membersBlock(v.Members, opts.Width),
+		queuesBlock(v.Queues, opts.Width),
+		workersBlock(v, ws, now, opts),
 	}
 }
 
@@ -206,7 +227,14 @@ func summaryLines(v *node.ClusterView, ws []workerRow) []string {
 	}
 }
 
-func membersBlock(ms []node.MemberView) statusBlock {
+// memberColumns: a narrow screen loses the version, then the gossip address
+// (the CLI talks to the HTTP one).
+var memberColumns = []column{
+	{name: "MEMBER", shorten: 1, middle: true}, {name: "GOSSIP", drop: 2}, {name: "HTTP"}, {name: "ROLES"},
+	{name: "STATUS"}, {name: "QUEEN"}, {name: "VERSION", drop: 1},
+}
+
+func membersBlock(ms []node.MemberView, width int) statusBlock {
 	rows := make([][]string, 0, len(ms))
 	for _, m := range ms {
 		q := ""
@@ -219,11 +247,13 @@ func membersBlock(ms []node.MemberView) statusBlock {
 		}
 		rows = append(rows, []string{m.Name, m.GossipAddr, m.HTTPAddr, roles, m.Status, q, m.Version})
 	}
-	lines := statusTable([]string{"MEMBER", "GOSSIP", "HTTP", "ROLES", "STATUS", "QUEEN", "VERSION"}, rows)
+	lines := table{cols: memberColumns, rows: rows}.lines(width)
 	return statusBlock{head: lines[:1], rows: lines[1:], noun: "members", weight: 1}
 }
 
-func queuesBlock(qs []wsapi.QueueStats) statusBlock {
+var queueColumns = []column{{name: "MODEL", shorten: 1}, {name: "WAITING"}, {name: "LEASES"}, {name: "SLOTS"}}
+
+func queuesBlock(qs []wsapi.QueueStats, width int) statusBlock {
 	if len(qs) == 0 {
 		return statusBlock{head: []string{"queues: none (no model has workers or waiting requests)"}}
 	}
@@ -233,11 +263,36 @@ func queuesBlock(qs []wsapi.QueueStats) statusBlock {
 	for _, q := range qs {
 		rows = append(rows, []string{q.Model, strconv.Itoa(q.Waiting), strconv.Itoa(q.Leases), strconv.Itoa(q.Slots)})
 	}
-	lines := statusTable([]string{"MODEL", "WAITING", "LEASES", "SLOTS"}, rows)
+	lines := table{cols: queueColumns, rows: rows}.lines(width)
 	return statusBlock{head: lines[:1], rows: lines[1:], noun: "models", weight: 1}
 }
 
-func workersBlock(v *node.ClusterView, ws []workerRow, now time.Time) statusBlock {
+// workerColumns are the worker table's. What a narrow screen keeps longest
+// is what `rbee top` is for, whether a worker can take work: its state,
+// model, slots, GPU and VRAM. It drops IO first (rarely what limits an
+// inference server), then the pid and uptime (there to find the process),
+// then CPU and RSS; then it shortens hive and worker names (in the middle:
+// their ends tell them apart, gpu-node-01 from gpu-node-02), and the model
+// last.
+var workerColumns = []column{
+	{name: "HIVE", shorten: 1, middle: true},
+	{name: "WORKER", shorten: 1, middle: true},
+	{name: "STATE"},
+	{name: "SLOTS"},
+	{name: "GPU%"},
+	{name: "VRAM"},
+	{name: "CPU%", drop: 4},
+	{name: "RSS", drop: 5},
+	{name: "IO R/W MB/s", drop: 1},
+	{name: "PID", drop: 2},
+	{name: "UPTIME", drop: 3},
+	{name: "MODEL", shorten: 2},
+}
+
+// workerStateColumn is STATE's index in workerColumns.
+const workerStateColumn = 2
+
+func workersBlock(v *node.ClusterView, ws []workerRow, now time.Time, opts statusOptions) statusBlock {
 	if v.HivesError != "" {
 		return statusBlock{head: []string{"workers: unknown: " + termSafe(v.HivesError)}}
 	}
@@ -251,7 +306,16 @@ func workersBlock(v *node.ClusterView, ws []workerRow, now time.Time) statusBloc
 	if len(rows) == 0 {
 		b.head = []string{"workers: none reported (start one with `rbee worker run`, or name one with `rbee node run --worker URL`)"}
 	} else {
-		lines := statusTable([]string{"HIVE", "WORKER", "STATE", "SLOTS", "GPU%", "VRAM", "CPU%", "RSS", "IO R/W MB/s", "PID", "UPTIME", "MODEL"}, rows)
+		t := table{cols: workerColumns, rows: rows}
+		if opts.Color {
+			t.paint = func(col int, text string) string {
+				if col != workerStateColumn {
+					return text
+				}
+				return paintState(text)
+			}
+		}
+		lines := t.lines(opts.Width)
 		b.head, b.rows = lines[:1], lines[1:]
 	}
 	// One line however many: a rack that went dark must not push the
@@ -264,6 +328,17 @@ func workersBlock(v *node.ClusterView, ws []workerRow, now time.Time) statusBloc
 	}
 	if len(off) > 0 {
 		b.tail = append(b.tail, "offline hives: "+strings.Join(off, ", "))
+	}
+	// A down worker's cause is on its hive: say it here, so that nobody
+	// has to go and read the hive's log.
+	var down []string
+	for _, r := range ws {
+		if r.state == scheduler.StateDown {
+			down = append(down, fmt.Sprintf("%s/%s (%s)", termSafe(r.hive.HiveID), termSafe(r.w.ID()), termSafe(r.w.StateReason)))
+		}
+	}
+	if len(down) > 0 {
+		b.tail = append(b.tail, "down workers: "+strings.Join(down, ", "))
 	}
 	var empty []string
 	for _, h := range v.Hives {
@@ -361,33 +436,6 @@ func sinceText(now, t time.Time) string {
 	return formatUptime(uint64(d/time.Second)) + " ago"
 }
 
-// statusTable lays rows out in columns under header, one string a line.
-// Cells are cleaned first: they come from the network and end up on a
-// terminal.
-func statusTable(header []string, rows [][]string) []string {
-	var b strings.Builder
-	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-	writeRow := func(cells []string) {
-		for i, c := range cells {
-			if i > 0 {
-				tw.Write([]byte{'\t'})
-			}
-			tw.Write([]byte(termSafe(c)))
-		}
-		tw.Write([]byte{'\n'})
-	}
-	writeRow(header)
-	for _, r := range rows {
-		writeRow(r)
-	}
-	tw.Flush()
-	lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
-	for i, l := range lines {
-		lines[i] = strings.TrimRight(l, " ")
-	}
-	return lines
-}
-
 // termSafe makes text from the network safe to print on a terminal: control
 // characters (C0, DEL and C1, which include ESC and CSI) become '?', as do
 // tabs and newlines that would break a table, and invalid UTF-8.
@@ -415,11 +463,11 @@ func termSafe(s string) string {
 func isControl(r rune) bool { return r < 0x20 || (r >= 0x7f && r < 0xa0) }
 
 // fitBlocks lays the blocks out, a blank line between two, in at most height
-// lines of at most width columns (0: no limit). When the rows do not all
-// fit, the blank lines go first, then rows are handed out in turns (see
-// allocRows), and a block cut short ends with "+N more" in its last line.
-// If even the fixed lines do not fit, the bottom is cut.
-func fitBlocks(bs []statusBlock, width, height int) []string {
+// lines (0: no limit). When the rows do not all fit, the blank lines go
+// first, then rows are handed out in turns (see allocRows), and a block cut
+// short ends with "+N more" in its last line. If even the fixed lines do not
+// fit, the bottom is cut.
+func fitBlocks(bs []statusBlock, height int) []string {
 	caps := make([]int, len(bs))
 	total, fixed := 0, 0
 	for i, b := range bs {
@@ -449,11 +497,6 @@ func fitBlocks(bs []statusBlock, width, height int) []string {
 	}
 	if height > 0 && len(out) > height {
 		out = out[:height]
-	}
-	if width > 0 {
-		for i, l := range out {
-			out[i] = cutColumns(l, width)
-		}
 	}
 	return out
 }
@@ -489,19 +532,4 @@ func allocRows(bs []statusBlock, caps []int, budget int) {
 			return
 		}
 	}
-}
-
-// cutColumns keeps the first width characters of l.
-func cutColumns(l string, width int) string {
-	if utf8.RuneCountInString(l) <= width {
-		return l
-	}
-	n := 0
-	for i := range l {
-		if n == width {
-			return l[:i]
-		}
-		n++
-	}
-	return l
 }

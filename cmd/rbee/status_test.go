@@ -14,7 +14,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -72,6 +74,109 @@ func TestRenderStatus_Golden(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkGolden(t, "status.golden", b.String())
+}
+
+// TestRenderStatus_Widths: on a narrow screen the worker table drops IO,
+// then the pid, the uptime, CPU and RSS, keeping state, slots, GPU, VRAM and
+// the model; only then are cells shortened, the model last.
+func TestRenderStatus_Widths(t *testing.T) {
+	v, _ := loadClusterFixture(t)
+	for _, width := range []int{80, 100, 160} {
+		t.Run(strconv.Itoa(width), func(t *testing.T) {
+			var b bytes.Buffer
+			if err := renderStatus(&b, v, statusNow, statusOptions{Width: width}); err != nil {
+				t.Fatal(err)
+			}
+			checkGolden(t, fmt.Sprintf("status_%d.golden", width), b.String())
+			for _, l := range strings.Split(b.String(), "\n") {
+				// Tables fit; the free lines below them may not.
+				if n := displayWidth(l); n > width && !strings.Contains(l, ": ") {
+					t.Errorf("line %q is %d wide on a screen of %d", l, n, width)
+				}
+			}
+		})
+	}
+}
+
+func TestTable_GivesWayInOrder(t *testing.T) {
+	cols := []column{{name: "ID", shorten: 1, middle: true}, {name: "KEEP"}, {name: "A", drop: 2}, {name: "B", drop: 1}, {name: "M", shorten: 2}}
+	rows := [][]string{{"node-000001", "k", "aaaa", "bbbb", "model-name-long"}}
+	for _, tc := range []struct {
+		width int
+		want  []string
+	}{
+		{0, []string{"ID           KEEP  A     B     M", "node-000001  k     aaaa  bbbb  model-name-long"}},
+		{46, []string{"ID           KEEP  A     B     M", "node-000001  k     aaaa  bbbb  model-name-long"}},
+		{45, []string{"ID           KEEP  A     M", "node-000001  k     aaaa  model-name-long"}},
+		{39, []string{"ID           KEEP  M", "node-000001  k     model-name-long"}},
+		{33, []string{"ID          KEEP  M", "node-…0001  k     model-name-long"}},
+		{30, []string{"ID       KEEP  M", "nod…001  k     model-name-long"}},
+		{29, []string{"ID       KEEP  M", "nod…001  k     model-name-lo…"}},
+		{20, []string{"ID       KEEP  M", "nod…001  k     model-…"}},
+	} {
+		got := table{cols: cols, rows: rows}.lines(tc.width)
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("width %d:\n got %q\nwant %q", tc.width, got, tc.want)
+		}
+	}
+}
+
+// TestRenderStatus_Color: with Color, worker states are painted, and the
+// text without the escape codes is the plain rendering, column for column;
+// without, there is no escape code.
+func TestRenderStatus_Color(t *testing.T) {
+	v, _ := loadClusterFixture(t)
+	v.Hives[0].Workers[2].State = "down"
+	for _, width := range []int{0, 80} {
+		var plain, color bytes.Buffer
+		renderStatus(&plain, v, statusNow, statusOptions{Width: width})
+		renderStatus(&color, v, statusNow, statusOptions{Width: width, Color: true})
+		if strings.Contains(plain.String(), "\x1b") {
+			t.Errorf("width %d, no colour: escape codes in\n%q", width, plain.String())
+		}
+		if got := ansiRE.ReplaceAllString(color.String(), ""); got != plain.String() {
+			t.Errorf("width %d: colour changed the text or its layout:\n%s\nwant\n%s", width, got, plain.String())
+		}
+		// The fixture's seven workers: busy, saturated, down (was
+		// failing), idle, saturated, idle, offline.
+		for _, w := range []string{"\x1b[36mbusy\x1b[0m", "\x1b[33msaturated\x1b[0m", "\x1b[31mdown\x1b[0m", "\x1b[32midle\x1b[0m", "\x1b[90moffline\x1b[0m"} {
+			if !strings.Contains(color.String(), w) {
+				t.Errorf("width %d: no %q in\n%s", width, w, color.String())
+			}
+		}
+		if n := strings.Count(color.String(), "\x1b["); n != 2*7 {
+			t.Errorf("width %d: %d escape codes, want the 7 worker states painted and nothing else:\n%q", width, n, color.String())
+		}
+	}
+}
+
+var ansiRE = regexp.MustCompile("\x1b\\[[0-9;]*m")
+
+// TestColorWanted: colour on a terminal only, and never with NO_COLOR set
+// to anything (https://no-color.org), "0" included.
+func TestColorWanted(t *testing.T) {
+	for _, tc := range []struct {
+		terminal bool
+		noColor  string
+		want     bool
+	}{
+		{true, "", true},
+		{true, "1", false},
+		{true, "0", false},
+		{true, "false", false},
+		{false, "", false},
+		{false, "1", false},
+	} {
+		if got := colorWanted(tc.terminal, tc.noColor); got != tc.want {
+			t.Errorf("colorWanted(%v, %q) = %v, want %v", tc.terminal, tc.noColor, got, tc.want)
+		}
+	}
+	// What the commands pass: NO_COLOR from the environment, and a
+	// writer that is not a terminal gets plain text whatever it says.
+	t.Setenv("NO_COLOR", "")
+	if opts := screenOptions(&bytes.Buffer{}); opts.Color || opts.Width != 0 {
+		t.Errorf("screenOptions(a buffer) = %+v, want plain and full width", opts)
+	}
 }
 
 func TestRenderStatus_EmptyAndErrorCases(t *testing.T) {
@@ -152,6 +257,16 @@ func TestStatus_Formatters(t *testing.T) {
 		{cutColumns("héllo", 3), "hél"},
 		{cutColumns("héllo", 5), "héllo"},
 		{cutColumns("héllo", 0), ""},
+		{cutColumns("a \x1b[32midle\x1b[0m  b", 4), "a \x1b[32mid\x1b[0m"},
+		{cutColumns("a \x1b[32midle\x1b[0m  b", 9), "a \x1b[32midle\x1b[0m  b"},
+		{strconv.Itoa(displayWidth("a \x1b[32midle\x1b[0m  b")), "9"},
+		{shorten("ollama/11434", 7, true), "oll…434"},
+		{shorten("ollama/11434", 12, true), "ollama/11434"},
+		{shorten("llama-3.1-70b-instruct", 10, false), "llama-3.1…"},
+		{shorten("abc", 1, false), "a"},
+		{paintState("down"), "\x1b[31mdown\x1b[0m"},
+		{paintState("failing"), "\x1b[31mfailing\x1b[0m"},
+		{paintState("unknown"), "unknown"},
 	} {
 		if tc.got != tc.want {
 			t.Errorf("got %q, want %q", tc.got, tc.want)
@@ -173,23 +288,22 @@ func TestStatus_FitBlocks(t *testing.T) {
 		{head: []string{"W"}, rows: rows("w", 10), tail: []string{"* note"}, noun: "workers", weight: 2},
 	}
 	for _, tc := range []struct {
-		name          string
-		width, height int
-		want          []string
+		name   string
+		height int
+		want   []string
 	}{
-		{"no limit", 0, 0, []string{"summary", "", "M", "m0", "m1", "m2", "", "W", "w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9", "* note"}},
-		{"exact fit keeps the blank lines", 0, 19, []string{"summary", "", "M", "m0", "m1", "m2", "", "W", "w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9", "* note"}},
-		{"one short drops the blank lines", 0, 18, []string{"summary", "M", "m0", "m1", "m2", "W", "w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9", "* note"}},
-		{"workers get twice the rows", 0, 10, []string{"summary", "M", "m0", "+2 more members", "W", "w0", "w1", "w2", "+7 more workers", "* note"}},
-		{"one row each: only the counts", 0, 7, []string{"summary", "M", "+3 more members", "W", "w0", "+9 more workers", "* note"}},
-		{"the fixed lines alone", 0, 4, []string{"summary", "M", "W", "* note"}},
-		{"fewer lines than fixed: cut at the bottom", 0, 2, []string{"summary", "M"}},
-		{"width cuts lines", 3, 7, []string{"sum", "M", "+3 ", "W", "w0", "+9 ", "* n"}},
+		{"no limit", 0, []string{"summary", "", "M", "m0", "m1", "m2", "", "W", "w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9", "* note"}},
+		{"exact fit keeps the blank lines", 19, []string{"summary", "", "M", "m0", "m1", "m2", "", "W", "w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9", "* note"}},
+		{"one short drops the blank lines", 18, []string{"summary", "M", "m0", "m1", "m2", "W", "w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8", "w9", "* note"}},
+		{"workers get twice the rows", 10, []string{"summary", "M", "m0", "+2 more members", "W", "w0", "w1", "w2", "+7 more workers", "* note"}},
+		{"one row each: only the counts", 7, []string{"summary", "M", "+3 more members", "W", "w0", "+9 more workers", "* note"}},
+		{"the fixed lines alone", 4, []string{"summary", "M", "W", "* note"}},
+		{"fewer lines than fixed: cut at the bottom", 2, []string{"summary", "M"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := fitBlocks(bs, tc.width, tc.height)
+			got := fitBlocks(bs, tc.height)
 			if !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("fitBlocks(%d, %d):\n got %q\nwant %q", tc.width, tc.height, got, tc.want)
+				t.Errorf("fitBlocks(%d):\n got %q\nwant %q", tc.height, got, tc.want)
 			}
 		})
 	}
@@ -380,6 +494,10 @@ func TestE2E_StatusOfOneNodeCluster(t *testing.T) {
 
 	out := c.rbee(append([]string{"status"}, args...)...)
 	t.Logf("rbee status:\n%s", out)
+	// Into a pipe: every column, and no escape codes.
+	if strings.Contains(out, "\x1b") || !strings.Contains(out, "IO R/W MB/s") {
+		t.Errorf("rbee status into a pipe: escape codes, or columns dropped:\n%q", out)
+	}
 	lines := strings.Split(out, "\n")
 	for _, want := range [][]string{
 		{"queen n0", "asked n0"},

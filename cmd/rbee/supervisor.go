@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -79,6 +82,79 @@ func (s *supervisor) start(name string, args ...string) (int, error) {
 		}
 	}()
 	return p.proc.Pid, nil
+}
+
+// await polls ready every interval until it returns nil, ctx ends (then
+// ctx's error with ready's last answer), or a child exits (then a
+// *childExitError): a demo never waits on a process that is gone.
+func (s *supervisor) await(ctx context.Context, interval time.Duration, ready func(context.Context) error) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		last := ready(ctx)
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last answer: %w)", ctx.Err(), last)
+		case p := <-s.exits:
+			return &childExitError{child: p}
+		case <-t.C:
+		}
+	}
+}
+
+// childExitError is a child that exited while the demo waited for it: its
+// name, pid and status, and the end of its log, where it says why.
+type childExitError struct{ child *child }
+
+// childLogLines is how much of a child's log a childExitError shows: enough
+// for the error and the lines that led to it.
+const childLogLines = 8
+
+func (e *childExitError) Error() string {
+	p := e.child
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s (pid %d) exited: %s", p.name, p.proc.Pid, exitText(p.err))
+	tail, err := logTail(p.logPath, childLogLines)
+	switch {
+	case err != nil:
+		fmt.Fprintf(&b, " (read its log: %v)", err)
+	case len(tail) == 0:
+		fmt.Fprintf(&b, " (its log %s is empty)", p.logPath)
+	default:
+		fmt.Fprintf(&b, "; the end of %s:", p.logPath)
+		for _, l := range tail {
+			b.WriteString("\n    " + termSafe(l))
+		}
+	}
+	return b.String()
+}
+
+// logTail returns the last n lines of the file at path, reading at most its
+// last 16 KiB.
+func logTail(path string, n int) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	const most = 16 << 10
+	if fi, err := f.Stat(); err == nil && fi.Size() > most {
+		if _, err := f.Seek(-most, io.SeekEnd); err != nil {
+			return nil, err
+		}
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, err
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) == 1 && lines[0] == "" {
+		return nil, nil
+	}
+	return lines[max(len(lines)-n, 0):], nil
 }
 
 // exited yields each child that exits on its own, before stop, as it exits

@@ -21,7 +21,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
@@ -82,8 +81,8 @@ func runTop(c *cli.Context) error {
 	}
 	defer cl.Close()
 	addr := httpAddrFlag(c)
-	out, isFile := c.App.Writer.(*os.File)
-	if c.Bool("once") || !isFile || !term.IsTerminal(int(out.Fd())) {
+	out, isTerminal := terminalOf(c.App.Writer)
+	if c.Bool("once") || !isTerminal {
 		ctx, cancel := context.WithTimeout(c.Context, statusTimeout)
 		defer cancel()
 		v, err := fetchCluster(ctx, cl, addr)
@@ -94,16 +93,20 @@ func runTop(c *cli.Context) error {
 		now := time.Now()
 		st.apply(topUpdate{View: v}, now)
 		st.apply(topUpdate{Live: true}, now)
-		_, err = io.WriteString(c.App.Writer, strings.Join(topLines(st, topScreen{Addr: addr, Now: now}), "\n")+"\n")
+		// One frame as `rbee status` prints: the terminal's width and
+		// colour, or everything, plain, into a pipe or a file.
+		opts := screenOptions(c.App.Writer)
+		_, err = io.WriteString(c.App.Writer, strings.Join(topLines(st, topScreen{Addr: addr, Now: now, Width: opts.Width, Color: opts.Color}), "\n")+"\n")
 		return err
 	}
 	src := &topSource{addr: addr, key: key}
-	return topLive(c.Context, out, os.Stdin, addr, src)
+	return topLive(c.Context, out, os.Stdin, addr, src, colorWanted(true, os.Getenv("NO_COLOR")))
 }
 
 // topLive runs the interactive view on the terminal out until q, Ctrl-C or a
-// signal, and leaves the terminal as it found it.
-func topLive(ctx context.Context, out, in *os.File, addr string, src *topSource) error {
+// signal, and leaves the terminal as it found it. color paints the worker
+// states.
+func topLive(ctx context.Context, out, in *os.File, addr string, src *topSource, color bool) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
 	keys := make(chan []byte, 1)
@@ -140,7 +143,7 @@ func topLive(ctx context.Context, out, in *os.File, addr string, src *topSource)
 		if err != nil {
 			w, h = 80, 24
 		}
-		fmt.Fprint(out, topFrame(topLines(st, topScreen{Addr: addr, Now: now, Width: w, Height: h}), w))
+		fmt.Fprint(out, topFrame(topLines(st, topScreen{Addr: addr, Now: now, Width: w, Height: h, Color: color}), w))
 	}
 	draw()
 	for {
@@ -223,7 +226,7 @@ func topFrame(lines []string, width int) string {
 		b.WriteString(l)
 		// A full-width line leaves the cursor on the last column, where
 		// clearing would erase that column's character.
-		if utf8.RuneCountInString(l) < width {
+		if displayWidth(l) < width {
 			b.WriteString(ansiClearLine)
 		}
 	}
@@ -237,6 +240,8 @@ type topScreen struct {
 	Now  time.Time
 	// Width and Height are the terminal's size; 0 means no limit.
 	Width, Height int
+	// Color paints worker states (statusOptions.Color).
+	Color bool
 }
 
 // topLines renders one frame: a title line, the connection's state when it
@@ -260,7 +265,7 @@ func topLines(st *topState, s topScreen) []string {
 		if s.Height > 0 {
 			h = max(s.Height-len(lines), 1)
 		}
-		lines = append(lines, statusLines(st.view(s.Now), s.Now, statusOptions{Width: s.Width, Height: h})...)
+		lines = append(lines, statusLines(st.view(s.Now), s.Now, statusOptions{Width: s.Width, Height: h, Color: s.Color})...)
 	}
 	if s.Height > 0 && len(lines) > s.Height {
 		lines = lines[:s.Height]

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"unicode/utf8"
 
 	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/scheduler"
@@ -69,7 +68,7 @@ func checkFits(t *testing.T, lines []string, width, height int) {
 		t.Errorf("%d lines on a screen of %d", len(lines), height)
 	}
 	for i, l := range lines {
-		if n := utf8.RuneCountInString(l); n > width {
+		if n := displayWidth(l); n > width {
 			t.Errorf("line %d is %d wide on a screen of %d: %q", i, n, width, l)
 		}
 	}
@@ -151,10 +150,32 @@ func TestTopKey(t *testing.T) {
 }
 
 func TestTop_Frame(t *testing.T) {
-	got := topFrame([]string{"abc", "", "12345"}, 5)
-	want := "\x1b[H" + "abc\x1b[K" + "\r\n\x1b[K" + "\r\n12345" + "\x1b[J"
+	got := topFrame([]string{"abc", "", "12345", "\x1b[32mabcde\x1b[0m"}, 5)
+	// A coloured line as wide as the screen is full: no clearing.
+	want := "\x1b[H" + "abc\x1b[K" + "\r\n\x1b[K" + "\r\n12345" + "\r\n\x1b[32mabcde\x1b[0m" + "\x1b[J"
 	if got != want {
 		t.Errorf("frame = %q, want %q", got, want)
+	}
+}
+
+// TestTopLines_Color: the live view's colours change no text and no
+// layout, and its frames fit the screen by what shows, at every width.
+func TestTopLines_Color(t *testing.T) {
+	st := liveTopState(t)
+	for _, width := range []int{1, 12, 22, 40, 80, 100, 160} {
+		s := topScreen{Addr: "127.0.0.1:7833", Now: statusNow.Add(time.Second), Width: width, Height: 40}
+		plain := topLines(st, s)
+		s.Color = true
+		color := topLines(st, s)
+		checkFits(t, color, width, 40)
+		if width >= 80 && !strings.Contains(strings.Join(color, "\n"), "\x1b[33msaturated\x1b[0m") {
+			t.Errorf("width %d: no colour in\n%s", width, strings.Join(color, "\n"))
+		}
+		for i := range color {
+			if got := ansiRE.ReplaceAllString(color[i], ""); got != plain[i] {
+				t.Errorf("width %d, line %d: %q without its colours, want %q", width, i, got, plain[i])
+			}
+		}
 	}
 }
 

@@ -28,6 +28,7 @@ func (p *Proxy) copyResponse(w http.ResponseWriter, r *http.Request, resp *http.
 	w.WriteHeader(resp.StatusCode)
 	if entry {
 		p.metrics.requests.WithLabelValues(model, strconv.Itoa(resp.StatusCode)).Inc()
+		p.metrics.seen(model)
 	}
 	// Only event streams are flushed per read: a JSON answer goes out in
 	// as few writes as the server can manage, often one with the headers.
@@ -77,14 +78,15 @@ var hopHeader = map[string]bool{
 }
 
 // copyRequestHeaders passes on what a worker may care about, and not the
-// client's credentials, which are rbee's business. The body was parsed as
-// JSON, so it goes on labelled as JSON whatever the client said (curl -d
-// says form data).
+// client's credentials, which are rbee's business. A multipart form keeps
+// its Content-Type, boundary and all; any other body was parsed as JSON, so
+// it goes on labelled as JSON whatever the client said (curl -d says form
+// data).
 func copyRequestHeaders(dst, src http.Header) {
 	for _, k := range []string{"Accept", "Accept-Language", "User-Agent", "X-Request-Id", "Openai-Organization"} {
 		if v := src.Values(k); len(v) > 0 {
 			dst[k] = v
 		}
 	}
-	dst.Set("Content-Type", "application/json")
+	dst.Set("Content-Type", requestContentType(src))
 }

@@ -9,6 +9,11 @@
 // lease when the answer ends. Answers, streamed or not, are copied back
 // unchanged.
 //
+// What routes is one rule for both ends (InferencePath): any POST under /v1/
+// but rbee's own paths, its model read from a JSON body or a multipart form.
+// A Responses API follow-up goes to the worker that made the response it
+// names, which the entry node remembers (affinity.go) and asks the queen for.
+//
 // Main types: Proxy (New, the HTTP handlers, ReportLeases for the hive's
 // telemetry), LeaseClient (asks and re-asks the queen for leases), and the
 // interfaces it sees the rest of the node through: Uplink, Queues and

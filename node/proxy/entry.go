@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	jsonv2 "github.com/go-json-experiment/json"
-
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -47,14 +45,9 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer release()
-	var head struct {
-		Model string `json:"model"`
-	}
-	// JSON v2: it scans a long prompt about twice as fast as
-	// encoding/json, and rejects what a worker might read differently
-	// (duplicate keys, invalid UTF-8).
-	if err := jsonv2.Unmarshal(body, &head); err != nil {
-		p.Fail(w, "", http.StatusBadRequest, "invalid_request_error", "body is not valid JSON: "+err.Error())
+	head, err := readHead(r.Header.Get("Content-Type"), body)
+	if err != nil {
+		p.Fail(w, "", http.StatusBadRequest, "invalid_request_error", err.Error())
 		return
 	}
 	if head.Model == "" {
@@ -66,9 +59,15 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	model := head.Model
+	on := p.previousWorker(head.PreviousResponseID)
+	if r.URL.Path == PathResponses {
+		tap := &responseTap{ResponseWriter: w, ids: p.responses}
+		defer tap.finish()
+		w = tap
+	}
 	for attempt := 1; ; attempt++ {
 		waitStart := time.Now()
-		g, lerr, err := p.leases.Acquire(r.Context(), model, p.cfg.QueueTimeout)
+		g, lerr, err := p.leases.AcquireOn(r.Context(), model, on, p.cfg.QueueTimeout)
 		if err != nil {
 			p.metrics.requests.WithLabelValues(model, "499").Inc()
 			return // the client went away while waiting
@@ -87,10 +86,19 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 			p.Fail(w, model, lerr.Status, lerr.ErrorType, lerr.Message)
 			return
 		}
+		if on != (Placement{}) && (g.Hive != on.Hive || g.Worker != on.Worker) {
+			p.log.Debug("the worker that made the previous response is gone; another serves the follow-up",
+				"previous_response_id", head.PreviousResponseID, "hive", on.Hive, "worker", on.Worker, "granted", g.Hive+"/"+g.Worker)
+		}
+		if tap, ok := w.(*responseTap); ok {
+			tap.at = Placement{Hive: g.Hive, Worker: g.Worker}
+		}
 		if !p.forward(w, r, body, g, start) {
 			return
 		}
 		p.leases.Release(g.LeaseID)
+		// That worker could not take it: any will do now.
+		on = Placement{}
 		if attempt == maxAttempts {
 			p.Fail(w, model, http.StatusServiceUnavailable, "worker_unavailable",
 				fmt.Sprintf("model %q: %d workers in a row could not take the request", model, attempt))
@@ -98,6 +106,20 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 		}
 		p.log.Debug("retrying on another worker", "model", model, "hive", g.Hive, "worker", g.Worker)
 	}
+}
+
+// previousWorker is the worker that made response id, when this entry node
+// passed that response on and still remembers it; else the zero Placement
+// (any worker).
+func (p *Proxy) previousWorker(id string) Placement {
+	if id == "" {
+		return Placement{}
+	}
+	on, ok := p.responses.get(id, time.Now())
+	if !ok {
+		p.log.Debug("previous_response_id unknown to this entry node; any worker serves the follow-up", "previous_response_id", TruncateText(id, 100))
+	}
+	return on
 }
 
 // Fail answers an inference client with an error and counts it.

@@ -20,10 +20,8 @@ const failingFor = 10 * time.Second
 // this hive's workers sends the request here.
 func (p *Proxy) HandleHiveProxy(w http.ResponseWriter, r *http.Request) {
 	path := strings.TrimPrefix(r.URL.Path, PathHiveProxy)
-	switch path {
-	case PathChat, PathCompletions, PathEmbeddings:
-	default:
-		WriteError(w, http.StatusNotFound, "not_found", "no inference route "+path)
+	if !InferencePath(path) {
+		WriteError(w, http.StatusNotFound, "not_found", "no inference route "+TruncateText(path, 200))
 		return
 	}
 	lease := wsapi.LeaseInfo{LeaseID: r.Header.Get(hdrLease), Worker: r.Header.Get(hdrWorker), Model: r.Header.Get(hdrModel),

@@ -110,9 +110,22 @@ func put(u Uplink, msg any) {
 // returns the grant, or an error the client should see (status 404, 429,
 // 503), or ctx's error when the client went away.
 func (lc *LeaseClient) Acquire(ctx context.Context, model string, wait time.Duration) (*wsapi.LeaseGrant, *wsapi.LeaseError, error) {
+	return lc.AcquireOn(ctx, model, Placement{}, wait)
+}
+
+// Placement names one worker (Worker, group/instance, on Hive) a request
+// asks for; the zero Placement asks for any.
+type Placement struct {
+	Hive, Worker string
+}
+
+// AcquireOn is Acquire for worker on when on is set: the queen waits for
+// that worker's slot, and grants any worker when it is gone.
+func (lc *LeaseClient) AcquireOn(ctx context.Context, model string, on Placement, wait time.Duration) (*wsapi.LeaseGrant, *wsapi.LeaseError, error) {
 	id := lc.prefix + strconv.FormatUint(lc.seq.Add(1), 36)
 	p := &pendingLease{
-		msg:      wsapi.LeaseRequest{Type: wsapi.TypeLeaseRequest, RequestID: id, Model: model, WaitMS: wait.Milliseconds()},
+		msg: wsapi.LeaseRequest{Type: wsapi.TypeLeaseRequest, RequestID: id, Model: model, WaitMS: wait.Milliseconds(),
+			Hive: on.Hive, Worker: on.Worker},
 		deadline: time.Now().Add(wait),
 		ch:       make(chan leaseAnswer, 1),
 	}

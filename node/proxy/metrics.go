@@ -15,6 +15,13 @@ type metrics struct {
 	broken    *prometheus.CounterVec
 }
 
+// seen starts a model's counters at 0 the first time the entry node answers
+// for it, so that a dashboard's rate() of broken responses has a series to
+// read before the first one breaks.
+func (m *metrics) seen(model string) {
+	m.broken.WithLabelValues(model)
+}
+
 // latencyBuckets span a loopback hop (100 µs) to a long queue wait (2 min).
 var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120}
 
@@ -33,6 +40,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "rbee_responses_broken_total", Help: "Responses cut off because the worker or hive failed mid-way.",
 		}, []string{"model"}),
 	}
+	// Dashboards expect a series for every model before anything goes
+	// wrong: see count.
 	if reg == nil {
 		return m, nil
 	}

@@ -81,6 +81,9 @@ type Proxy struct {
 	client  *http.Client
 	metrics *metrics
 	bodies  *budget
+	// responses remembers which worker made each Responses API answer
+	// this entry node passed on (see affinity.go).
+	responses *responseMap
 }
 
 // New returns the data plane of node cfg.Name.
@@ -108,9 +111,10 @@ func New(cfg Config) (*Proxy, error) {
 		table:  newLeaseTable(),
 		// No client timeout: a generation may stream for minutes; the
 		// client's own disconnect cancels it.
-		client:  &http.Client{Transport: newTransport(cfg.TLS)},
-		metrics: m,
-		bodies:  &budget{limit: cfg.BodyMemory},
+		client:    &http.Client{Transport: newTransport(cfg.TLS)},
+		metrics:   m,
+		bodies:    &budget{limit: cfg.BodyMemory},
+		responses: newResponseMap(responseTTL, responseEntries),
 	}, nil
 }
 

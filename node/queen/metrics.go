@@ -17,10 +17,10 @@ var (
 	descSlots    = prometheus.NewDesc("rbee_slots", "Slots of the fresh workers serving the model (queen only).", []string{"model"}, nil)
 	descIsQueen  = prometheus.NewDesc("rbee_is_queen", "1 on the queen.", nil, nil)
 	workerLabels = []string{"hive", "worker", "model", "simulated"}
-	descGPU      = prometheus.NewDesc("rbee_worker_gpu_utilization_percent", "Worker GPU utilization (queen only).", workerLabels, nil)
+	descGPU      = prometheus.NewDesc("rbee_worker_gpu_utilization_ratio", "Worker GPU utilization, 0 to 1 (queen only).", workerLabels, nil)
 	descVRAM     = prometheus.NewDesc("rbee_worker_vram_used_bytes", "Worker VRAM used (queen only).", workerLabels, nil)
 	descVRAMTot  = prometheus.NewDesc("rbee_worker_vram_total_bytes", "VRAM of the worker's GPUs (queen only).", workerLabels, nil)
-	descCPU      = prometheus.NewDesc("rbee_worker_cpu_percent", "Worker CPU, percent of one core (queen only).", workerLabels, nil)
+	descCPU      = prometheus.NewDesc("rbee_worker_cpu_cores", "Worker CPU use, in cores (1 = one core busy) (queen only).", workerLabels, nil)
 	descRSS      = prometheus.NewDesc("rbee_worker_rss_bytes", "Worker resident memory (queen only).", workerLabels, nil)
 	descWSlots   = prometheus.NewDesc("rbee_worker_slots", "Requests the worker serves at once (queen only).", workerLabels, nil)
 	descBusy     = prometheus.NewDesc("rbee_worker_leases", "Requests the worker is serving (queen only).", workerLabels, nil)
@@ -68,8 +68,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				d *prometheus.Desc
 				x float64
 			}{
-				{descGPU, w.GPUUtilPct}, {descVRAM, float64(w.VRAMMB) * mb}, {descVRAMTot, float64(w.TotalVRAMMB) * mb},
-				{descCPU, w.CPUPct}, {descRSS, float64(w.RSSMB) * mb}, {descWSlots, float64(max(w.Slots, 1))}, {descBusy, float64(busy[name])},
+				{descGPU, w.GPUUtilPct / 100}, {descVRAM, float64(w.VRAMMB) * mb}, {descVRAMTot, float64(w.TotalVRAMMB) * mb},
+				{descCPU, w.CPUPct / 100}, {descRSS, float64(w.RSSMB) * mb}, {descWSlots, float64(max(w.Slots, 1))}, {descBusy, float64(busy[name])},
 			} {
 				ch <- prometheus.MustNewConstMetric(v.d, prometheus.GaugeValue, v.x, lv...)
 			}

@@ -23,8 +23,10 @@ import (
 type Membership interface {
 	WatchQueen() (q gossip.Member, ok bool, changed <-chan struct{})
 	Member(name string) (gossip.Member, bool)
-	// LiveMembers lists the members alive now, this node included.
+	// LiveMembers lists the members alive now, this node included;
+	// Members every member known, departed ones with their status.
 	LiveMembers() []gossip.Member
+	Members() []gossip.Member
 	// Term is this node's election term, which its grants carry.
 	Term() uint64
 }

@@ -45,7 +45,9 @@ func (q *Queen) schedTick(now time.Time) {
 		q.warm = true
 		q.sched.SetWarm(true)
 	}
-	grants, fails := q.sched.Tick(now)
+	fails := q.departedHivesLocked(now)
+	grants, tickFails := q.sched.Tick(now)
+	fails = append(fails, tickFails...)
 	if d := now.Sub(q.rateAt); d >= time.Second {
 		g := q.sched.Granted()
 		q.rate = float64(g-q.rateGranted) / d.Seconds()
@@ -76,7 +78,7 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 		q.reported[m.HiveID] = true
 	case *wsapi.LeaseRequest:
 		r := scheduler.Request{ID: m.RequestID, Entry: peer, Model: m.Model, VRAMMB: m.VRAMMB,
-			Deadline: now.Add(time.Duration(m.WaitMS) * time.Millisecond)}
+			Deadline: now.Add(time.Duration(m.WaitMS) * time.Millisecond), Hive: m.Hive, Worker: m.Worker}
 		g, err := s.Request(r, now)
 		switch {
 		case err != nil:
@@ -91,6 +93,30 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 	}
 	q.schedMu.Unlock()
 	q.deliver(grants, fails, peer, now)
+}
+
+// departedHivesLocked takes the hives that left the cluster or failed out of
+// scheduling at once, rather than when their telemetry goes stale: their
+// workers are gone, and requests only they could serve fail now, saying why.
+func (q *Queen) departedHivesLocked(now time.Time) []scheduler.Failure {
+	hives := q.sched.Hives()
+	if len(hives) == 0 {
+		return nil
+	}
+	live := map[string]bool{}
+	for _, m := range q.cfg.Members.LiveMembers() {
+		live[m.Name] = true
+	}
+	var fails []scheduler.Failure
+	for _, h := range hives {
+		if live[h] {
+			continue
+		}
+		why := q.departureLocked(h)
+		q.log.Info("hive departed; its workers take no more requests", "hive", h, "status", why)
+		fails = append(fails, q.sched.HiveGone(h, why, now)...)
+	}
+	return fails
 }
 
 // allHivesReportedLocked reports whether every live member with the hive
@@ -125,12 +151,17 @@ func (q *Queen) entryGone(peer string) {
 func (q *Queen) deliver(grants []scheduler.Grant, fails []scheduler.Failure, from string, now time.Time) {
 	for len(grants) > 0 || len(fails) > 0 {
 		var undeliverable []string
+		var orphans []scheduler.Grant // on a hive that is no longer a member
 		term := q.cfg.Members.Term()
 		for _, g := range grants {
 			addr := q.memberHTTP(g.Lease.Hive)
+			if addr == "" {
+				orphans = append(orphans, g)
+				continue
+			}
 			msg := &wsapi.LeaseGrant{Type: wsapi.TypeLeaseGrant, RequestID: g.Request.ID, LeaseID: g.Lease.ID,
 				Hive: g.Lease.Hive, HiveAddr: addr, Worker: g.Lease.Worker, Model: g.Lease.Model, Term: term}
-			if addr == "" || !q.sendTo(g.Request.Entry, msg, g.Request.Entry == from) {
+			if !q.sendTo(g.Request.Entry, msg, g.Request.Entry == from) {
 				undeliverable = append(undeliverable, g.Lease.ID)
 			}
 		}
@@ -140,17 +171,43 @@ func (q *Queen) deliver(grants []scheduler.Grant, fails []scheduler.Failure, fro
 				f.Request.Entry == from)
 		}
 		grants, fails = nil, nil
-		if len(undeliverable) == 0 {
+		if len(undeliverable) == 0 && len(orphans) == 0 {
 			return
 		}
 		q.schedMu.Lock()
 		if q.sched != nil {
+			// The entry node's session is gone: it asks again when it
+			// reconnects, so the slot goes to whoever waits next.
 			for _, id := range undeliverable {
 				grants = append(grants, q.sched.Release(id, now)...)
+			}
+			// The hive left or failed after it last reported, before
+			// the departure was noticed: take it out now, and ask again
+			// for the request, which waits for another worker or fails
+			// saying where its hive went.
+			for _, g := range orphans {
+				fails = append(fails, q.sched.HiveGone(g.Lease.Hive, q.departureLocked(g.Lease.Hive), now)...)
+				switch again, err := q.sched.Request(g.Request, now); {
+				case err != nil:
+					fails = append(fails, scheduler.Failure{Request: g.Request, Err: err.(*scheduler.Error)})
+				case again != nil:
+					grants = append(grants, *again)
+				}
 			}
 		}
 		q.schedMu.Unlock()
 	}
+}
+
+// departureLocked says how the member named name departed: "left",
+// "failed", or "is no longer a member".
+func (q *Queen) departureLocked(name string) string {
+	for _, m := range q.cfg.Members.Members() {
+		if m.Name == name && m.Status != gossip.StatusAlive {
+			return string(m.Status)
+		}
+	}
+	return "is no longer a member"
 }
 
 func (q *Queen) sendTo(peer string, msg any, inline bool) bool {
@@ -180,8 +237,8 @@ func setStates(t *wsapi.HiveTelemetry, s *scheduler.Scheduler) {
 		} else {
 			leases = listed[w.ID()]
 		}
-		w.State, w.StateReason = scheduler.State(scheduler.Load{Fresh: true, Health: w.Health, Leases: leases,
-			Slots: w.Slots, GPUUtilPct: w.GPUUtilPct}, pct)
+		w.State, w.StateReason = scheduler.State(scheduler.Load{Fresh: true, Health: w.Health, HealthReason: w.HealthReason,
+			Leases: leases, Slots: w.Slots, GPUUtilPct: w.GPUUtilPct}, pct)
 	}
 }
 
@@ -194,7 +251,8 @@ func schedWorkers(ws []wsapi.ProcessStats) []scheduler.Worker {
 			model = *w.Model
 		}
 		out = append(out, scheduler.Worker{Name: w.ID(), Model: model, Slots: w.Slots,
-			VRAMUsedMB: w.VRAMMB, VRAMTotalMB: w.TotalVRAMMB, GPUUtilPct: w.GPUUtilPct, Healthy: w.Health == ""})
+			VRAMUsedMB: w.VRAMMB, VRAMTotalMB: w.TotalVRAMMB, GPUUtilPct: w.GPUUtilPct, Healthy: w.Health == "",
+			Down: w.Health == scheduler.HealthDown, DownReason: w.HealthReason})
 	}
 	return out
 }

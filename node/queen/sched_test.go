@@ -1,6 +1,7 @@
 package queen
 
 import (
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -65,6 +66,8 @@ func (f fakeMembers) LiveMembers() []gossip.Member {
 }
 
 func (f fakeMembers) Term() uint64 { return 7 }
+
+func (f fakeMembers) Members() []gossip.Member { return f.LiveMembers() }
 
 func (f fakeMembers) Member(name string) (gossip.Member, bool) {
 	a, ok := f.addrs[name]
@@ -147,10 +150,16 @@ func TestQueen_DeliverRefusalsAndGrantsOnUnknownHives(t *testing.T) {
 	if e, ok := got[0].msg.(*wsapi.LeaseError); !ok || e.Status != 404 || e.RequestID != "r1" || e.ErrorType != "model_not_found" {
 		t.Fatalf("refusal %+v", got[0].msg)
 	}
-	// A grant on a hive nobody can reach is not sent; the lease goes back.
+	// A grant on a hive that is not a member (it left since it reported)
+	// is not sent: the hive is taken out, and the request, which only it
+	// could serve, fails saying so.
 	q.handle("e", ask("r2", "m"), now)
-	if got := peers.take(); len(got) != 0 {
-		t.Fatalf("sent %+v for a hive with no address", got)
+	got = peers.take()
+	if len(got) != 1 {
+		t.Fatalf("sent %+v for a hive with no address, want one refusal", got)
+	}
+	if e, ok := got[0].msg.(*wsapi.LeaseError); !ok || e.Status != 503 || !strings.Contains(e.Message, "its only hive, h, is no longer a member") {
+		t.Fatalf("answer %+v, want a 503 naming the departed hive", got[0].msg)
 	}
 	if ls := q.sched.Leases(); len(ls) != 0 {
 		t.Fatalf("leases %+v, want none", ls)

@@ -288,8 +288,14 @@ func TestBadInput_OpenAIErrors(t *testing.T) {
 		{"unknown encoding", "POST", "/v1/embeddings", `{"input":"a","encoding_format":"hex"}`, 400, "encoding_format"},
 		{"too many dimensions", "POST", "/v1/embeddings", `{"input":"a","dimensions":100000}`, 400, "dimensions"},
 		{"too many inputs", "POST", "/v1/embeddings", `{"input":[` + strings.Repeat(`"a",`, maxInputs) + `"a"]}`, 400, "at most"},
+		{"responses without input", "POST", "/v1/responses", `{"model":"m"}`, 400, `"input" is required`},
+		{"responses with empty input", "POST", "/v1/responses", `{"input":[]}`, 400, "must not be empty"},
+		{"responses input item without role or type", "POST", "/v1/responses", `{"input":[{"content":"x"}]}`, 400, "input[0]"},
+		{"responses input of the wrong type", "POST", "/v1/responses", `{"input":5}`, 400, "input: want a string"},
+		{"max_output_tokens 0", "POST", "/v1/responses", `{"input":"x","max_output_tokens":0}`, 400, "max_output_tokens must be at least 1"},
 		{"body over the limit", "POST", "/v1/chat/completions", huge, 413, "larger than"},
 		{"GET on an inference endpoint", "GET", "/v1/chat/completions", "", 405, "method not allowed"},
+		{"GET on responses", "GET", "/v1/responses", "", 405, "method not allowed"},
 		{"POST on an info endpoint", "POST", "/v1/models", "{}", 405, "method not allowed"},
 		{"unknown path", "GET", "/v2/whatever", "", 404, "no endpoint"},
 	} {
@@ -331,8 +337,8 @@ func TestBadInput_OpenAIErrors(t *testing.T) {
 	}
 	// Refused bodies are counted and hold nothing.
 	testutil.Eventually(t, 5*time.Second, "bad input counted", func() error {
-		if st := ts.Stats(); st.InFlight != 0 || st.Active != 0 || st.Served != 0 || st.Rejected != 21 {
-			return fmt.Errorf("stats %+v, want 21 rejected, nothing else", st)
+		if st := ts.Stats(); st.InFlight != 0 || st.Active != 0 || st.Served != 0 || st.Rejected != 26 {
+			return fmt.Errorf("stats %+v, want 26 rejected, nothing else", st)
 		}
 		return nil
 	})

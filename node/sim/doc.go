@@ -1,6 +1,6 @@
 // Package sim is `rbee worker simulate`: an inference worker that speaks the
 // HTTP API of llama.cpp's llama-server (the OpenAI endpoints, /props,
-// /health) without a model or a GPU, so that the demo, the end-to-end tests
+// /health), and OpenAI's Responses API, without a model or a GPU, so that the demo, the end-to-end tests
 // and the benchmarks exercise rbee's real proxy path.
 //
 // A Simulator serves a fixed number of slots as llama-server does: a request

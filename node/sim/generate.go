@@ -313,18 +313,27 @@ func newStream(w http.ResponseWriter) *stream {
 	return &stream{w: w, rc: http.NewResponseController(w)}
 }
 
-func (st *stream) event(v any) error {
+func (st *stream) event(v any) error { return st.named("", v) }
+
+// named writes v as an event with an `event:` line naming it, as the
+// Responses API's streams have; "" writes only the data, as chat
+// completions' do.
+func (st *stream) named(name string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return st.write(b)
+	return st.write(name, b)
 }
 
-func (st *stream) done() error { return st.write([]byte("[DONE]")) }
+func (st *stream) done() error { return st.write("", []byte("[DONE]")) }
 
-func (st *stream) write(data []byte) error {
-	st.buf = append(append(append(st.buf[:0], "data: "...), data...), "\n\n"...)
+func (st *stream) write(name string, data []byte) error {
+	st.buf = st.buf[:0]
+	if name != "" {
+		st.buf = append(append(append(st.buf, "event: "...), name...), '\n')
+	}
+	st.buf = append(append(append(st.buf, "data: "...), data...), "\n\n"...)
 	if _, err := st.w.Write(st.buf); err != nil {
 		return err
 	}

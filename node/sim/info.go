@@ -18,6 +18,7 @@ func (s *Simulator) routes() *http.ServeMux {
 		mux.Handle(prefix+"/chat/completions", s.inference(s.handleChat))
 		mux.Handle(prefix+"/completions", s.inference(s.handleCompletion))
 		mux.Handle(prefix+"/embeddings", s.inference(s.handleEmbeddings))
+		mux.Handle(prefix+"/responses", s.inference(s.handleResponses))
 		mux.Handle(prefix+"/models", get(s.handleModels))
 		mux.Handle(prefix+"/health", get(handleHealth))
 	}

@@ -4,7 +4,7 @@ import (
 	"testing"
 )
 
-// FuzzDecode feeds arbitrary bodies to the three request decoders: they
+// FuzzDecode feeds arbitrary bodies to the four request decoders: they
 // must never panic, and what they accept must be within bounds.
 func FuzzDecode(f *testing.F) {
 	for _, seed := range []string{
@@ -16,6 +16,10 @@ func FuzzDecode(f *testing.F) {
 		`{"input":[1,2,3],"encoding_format":"base64","dimensions":8}`,
 		`{"input":["a",[1],true]}`,
 		`{"messages":"x"}`,
+		`{"model":"m","input":"hi","instructions":"Be brief.","max_output_tokens":16,"stream":true}`,
+		`{"input":[{"role":"user","content":[{"type":"input_text","text":"hi"}]},{"type":"function_call_output","call_id":"c","output":"x"}],"previous_response_id":"resp_1"}`,
+		`{"input":[{"type":"message","content":"x"}],"max_output_tokens":-1}`,
+		`{"input":[{"role":""}],"instructions":null}`,
 		`[]`, `{`, ``, `null`, `{"max_tokens":1e400}`,
 	} {
 		f.Add([]byte(seed))
@@ -32,6 +36,9 @@ func FuzzDecode(f *testing.F) {
 			if g.MaxTokens < 0 || g.PromptTokens < 0 {
 				t.Errorf("%s: accepted %q as %+v", name, body, g)
 			}
+		}
+		if r, err := decodeResponses(body); err == nil && (r.MaxTokens < 0 || r.PromptTokens < 0) {
+			t.Errorf("responses: accepted %q as %+v", body, r)
 		}
 		e, err := decodeEmbedding(body, DefaultEmbeddingDim)
 		if err != nil {

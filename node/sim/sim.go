@@ -133,7 +133,7 @@ func (c Config) validate() error {
 }
 
 // Stats counts inference requests (chat completions, completions,
-// embeddings) since the Simulator was made. A request is counted out when
+// responses, embeddings) since the Simulator was made. A request is counted out when
 // its handler returns, which can be just after its client has read the last
 // byte: a test waits for the figures it expects rather than reading them
 // once.

@@ -80,7 +80,11 @@ type CollectorConfig struct {
 	// whose probe said Simulated), every tick, with a short deadline; nil
 	// asks the worker's GET /rbee/sim/gpu.
 	SimGPU func(ctx context.Context, baseURL string) (WorkerGPU, error)
-	Logger *slog.Logger
+	// CheckHealth tells whether a --worker server is up, every tick,
+	// within healthWait; the error says why not. Nil asks the worker's
+	// GET /health, else GET /v1/models (APIProber.CheckHealth).
+	CheckHealth func(ctx context.Context, baseURL string) error
+	Logger      *slog.Logger
 }
 
 // Collector is a hive's node.Collector: once a tick it lists the workers
@@ -101,9 +105,10 @@ type Collector struct {
 	static []staticWorker
 	models map[string]*modelState // by group/instance
 	probeQ int                    // round robin over workers needing a probe
-	// simProber reads simulated workers' GPU figures when cfg.SimGPU is
-	// nil: one client for every tick, no idle connections kept.
-	simProber APIProber
+	// prober reads simulated workers' GPU figures and checks --worker
+	// servers' health when cfg.SimGPU and cfg.CheckHealth are nil: one
+	// client for every tick, no idle connections kept.
+	prober APIProber
 }
 
 // modelState is what is known of one worker's model, by source; info says
@@ -152,7 +157,7 @@ const (
 // process alone; that is said once here, not every tick.
 func NewCollector(cfg CollectorConfig) *Collector {
 	c := &Collector{cfg: cfg, log: cfg.Logger, procs: NewProcSampler(), models: make(map[string]*modelState), registered: make(map[string]registration),
-		simProber: APIProber{Client: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}}}
+		prober: APIProber{Client: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}}}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -200,6 +205,7 @@ func (c *Collector) Collect(ctx context.Context) ([]wsapi.ProcessStats, error) {
 	// once, and everything below takes it.
 	now := time.Now()
 	srcs, err := c.sources(ctx, now)
+	checks := c.startHealthChecks(ctx, srcs)
 	queries := make([]ProcQuery, len(srcs))
 	for i := range srcs {
 		queries[i] = srcs[i].query()
@@ -216,6 +222,7 @@ func (c *Collector) Collect(ctx context.Context) ([]wsapi.ProcessStats, error) {
 		c.fillModel(&out[i])
 	}
 	c.fillSimulated(ctx, out)
+	c.markHealth(ctx, checks, srcs, out, now)
 	c.forgetModels(out)
 	c.publishEndpoints(out)
 	return out, err

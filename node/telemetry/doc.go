@@ -12,8 +12,12 @@
 // command lines) and APIProber (llama-server /props, Ollama /api/ps, OpenAI
 // /v1/models).
 //
-// The package starts no goroutines: a tick's probes and reads of simulated
-// workers run one after another inside Collect, each within a deadline.
+// No goroutine outlives a Collect call: the tick's health checks of --worker
+// servers (CheckHealth: GET /health, else /v1/models; one that refuses or
+// answers an error is reported down, with why) run at once while Collect does the rest,
+// each within a deadline, and Collect waits for them before it returns; its
+// model probes and reads of simulated workers run one after another, each
+// within a deadline.
 // CgroupTracker and ProcSampler read no clock: the caller passes the time of
 // each tick, so rates are computed over the wall time it says passed.
 // Collector.Collect is the one edge that reads it, time.Now once a tick,

@@ -45,12 +45,12 @@ func (p APIProber) SimGPU(ctx context.Context, baseURL string) (WorkerGPU, error
 // fillSimulated gives each simulated worker in out the GPU figures its own
 // API makes up, in place of any the GPU hook found (none: it is not on a
 // GPU). A worker that does not answer in time reports zeros this tick; that
-// is logged once until it answers again. Reads are one after the other (the
-// package starts no goroutines), within simGPUBudget in all.
+// is logged once until it answers again. Reads are one after the other,
+// within simGPUBudget in all.
 func (c *Collector) fillSimulated(ctx context.Context, out []wsapi.ProcessStats) {
 	read := c.cfg.SimGPU
 	if read == nil {
-		read = c.simProber.SimGPU
+		read = c.prober.SimGPU
 	}
 	var bctx context.Context
 	for i := range out {

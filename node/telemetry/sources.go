@@ -26,6 +26,10 @@ type source struct {
 	pid        int32
 	baseURL    string    // its API; "" when unknown
 	configured ModelInfo // what the user named: --worker, or rbee worker run
+	// static is the --worker server this is, whose health is checked
+	// every tick (rbee did not start it, so no process tells it is gone);
+	// nil for the workers rbee started.
+	static *staticWorker
 }
 
 // registration is a worker `rbee worker run` started, as RegisterWorker
@@ -42,6 +46,7 @@ type staticWorker struct {
 	pid      int32
 	lookedAt time.Time
 	warned   bool
+	health   health
 }
 
 // sources lists this tick's workers: those in cgroups, then registered ones
@@ -89,7 +94,7 @@ func (c *Collector) sources(ctx context.Context, now time.Time) ([]source, error
 			pids = []int32{sw.pid}
 		}
 		srcs = append(srcs, source{group: sw.spec.Group, instance: sw.spec.Instance, pids: pids,
-			baseURL: sw.spec.URL, configured: ModelInfo{Model: sw.spec.Model, Slots: sw.spec.Slots}})
+			baseURL: sw.spec.URL, configured: ModelInfo{Model: sw.spec.Model, Slots: sw.spec.Slots}, static: sw})
 	}
 	return srcs, err
 }

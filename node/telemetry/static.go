@@ -17,15 +17,21 @@ const DefaultStaticGroup = "ext"
 // WorkerSpec is a worker given on the command line or in a config file:
 // `URL[,model=NAME][,slots=N][,group=G][,instance=I]`.
 type WorkerSpec struct {
-	URL      string // base URL of its OpenAI-compatible API
+	URL      string // base URL of its OpenAI-compatible API, without /v1
 	Group    string
 	Instance string // default: the URL's port
 	Model    string // empty: ask the worker, else its command line
 	Slots    int    // 0: ask the worker, else 1
 	Port     int
+	// Fixed says what ParseWorkerSpec changed in what the user wrote, for
+	// the caller to warn about; "" when nothing.
+	Fixed string
 }
 
-// ParseWorkerSpec reads one --worker value.
+// ParseWorkerSpec reads one --worker value. The URL must name its port (a
+// server on port 80 that was meant to be 8080 would only show up later as
+// a worker that is down); a trailing /v1 is dropped, since rbee adds the
+// API's own paths (/v1/chat/completions) to it, and Fixed says so.
 func ParseWorkerSpec(s string) (WorkerSpec, error) {
 	parts := strings.Split(s, ",")
 	raw := strings.TrimSpace(parts[0])
@@ -33,21 +39,28 @@ func ParseWorkerSpec(s string) (WorkerSpec, error) {
 		raw = "http://" + raw
 	}
 	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" {
+	switch {
+	case err != nil:
 		return WorkerSpec{}, fmt.Errorf("worker %q: want a URL such as http://127.0.0.1:11434", s)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return WorkerSpec{}, fmt.Errorf("worker %q: scheme %q, want http or https", s, u.Scheme)
+	case u.Scheme != "http" && u.Scheme != "https":
+		return WorkerSpec{}, fmt.Errorf("worker %q: scheme %q, want http or https (such as http://127.0.0.1:11434)", s, u.Scheme)
+	case u.Host == "":
+		return WorkerSpec{}, fmt.Errorf("worker %q: want a URL such as http://127.0.0.1:11434", s)
 	}
 	port := u.Port()
 	if port == "" {
-		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+		return WorkerSpec{}, fmt.Errorf("worker %q: no port: name the port the server listens on, such as %s://%s:8080", s, u.Scheme, u.Hostname())
 	}
 	p, err := strconv.Atoi(port)
 	if err != nil || p <= 0 || p > 65535 {
 		return WorkerSpec{}, fmt.Errorf("worker %q: bad port %q", s, port)
 	}
-	w := WorkerSpec{URL: strings.TrimRight(u.Scheme+"://"+u.Host+u.Path, "/"), Group: DefaultStaticGroup, Instance: port, Port: p}
+	path, fixed := strings.TrimRight(u.Path, "/"), ""
+	if base, ok := strings.CutSuffix(path, "/v1"); ok {
+		path = base
+		fixed = fmt.Sprintf("dropped the trailing /v1 of %s: rbee adds the API's paths (/v1/chat/completions) itself", strings.TrimSpace(parts[0]))
+	}
+	w := WorkerSpec{URL: u.Scheme + "://" + u.Host + path, Group: DefaultStaticGroup, Instance: port, Port: p, Fixed: fixed}
 	for _, kv := range parts[1:] {
 		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
 		if !ok || v == "" {

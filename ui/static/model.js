@@ -24,7 +24,7 @@ const QUIET_MS = 3000;
 const MAX_EVENTS = 200;
 // The worker states the queen sends (scheduler.State, the one rule every view
 // shows); a worker in none of them shows as unknown.
-export const WORKER_STATES = new Set(['idle', 'busy', 'saturated', 'failing', 'offline']);
+export const WORKER_STATES = new Set(['idle', 'busy', 'saturated', 'failing', 'down', 'offline']);
 
 export function newState(now) {
   return {

@@ -1,0 +1,155 @@
+package check
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// load reads what every check needs, failing the test on any error.
+func load(t *testing.T) (*Cluster, Rbee) {
+	t.Helper()
+	objs, err := LoadManifests(K8sDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars, err := RbeeEnvVars(RepoRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stages := parseDockerfile(t)
+	goVer, err := GoVersion(RepoRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := CheckDockerfile(stages, goVer)
+	return NewCluster(objs), Rbee{EnvVars: vars, ImageUID: uid}
+}
+
+// parseFile reads dir/name and parses it, failing the test on any error.
+func parseFile[T any](t *testing.T, dir, name string, parse func([]byte) (T, error)) T {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := parse(b)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return v
+}
+
+func parseDockerfile(t *testing.T) []Stage {
+	t.Helper()
+	return parseFile(t, DockerDir, "Dockerfile", ParseDockerfile)
+}
+
+func parseUnit(t *testing.T, name string) Unit {
+	t.Helper()
+	return parseFile(t, SystemdDir, name, ParseUnit)
+}
+
+func report(t *testing.T, what string, errs []error) {
+	t.Helper()
+	for _, err := range errs {
+		t.Errorf("%s: %v", what, err)
+	}
+}
+
+func TestManifests(t *testing.T) {
+	c, r := load(t)
+	kinds := map[string]int{}
+	for _, o := range c.Objects {
+		kinds[o.Kind]++
+	}
+	for kind, n := range map[string]int{"Namespace": 1, "Secret": 1, "ConfigMap": 1, "Service": 2, "DaemonSet": 1, "Deployment": 1} {
+		if kinds[kind] != n {
+			t.Errorf("%d %s, want %d", kinds[kind], kind, n)
+		}
+	}
+	report(t, "manifests", CheckCluster(c, r))
+	report(t, "kustomization", CheckKustomization(K8sDir, c.Objects))
+}
+
+func TestNodeUnit(t *testing.T) {
+	report(t, "rbee.service", CheckNodeUnit(parseUnit(t, "rbee.service")))
+}
+
+func TestWorkerUnit(t *testing.T) {
+	report(t, "rbee-worker@.service", CheckWorkerUnit(parseUnit(t, "rbee-worker@.service")))
+}
+
+func TestEnvFile(t *testing.T) {
+	e := parseFile(t, SystemdDir, "rbee.env", ParseEnvFile)
+	_, r := load(t)
+	report(t, "rbee.env", CheckEnvFile(e, r.EnvVars))
+}
+
+// TestUnitsVerify runs systemd's own checker where it is installed (Debian's
+// systemd package; CI's machine has it). verify wants the ExecStart binary
+// to exist, so the units are checked from copies that run a stub in its
+// place; any word from it (an unknown key, a bad value) fails.
+func TestUnitsVerify(t *testing.T) {
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze not installed; the units' keys are still checked by TestNodeUnit and TestWorkerUnit")
+	}
+	dir := t.TempDir()
+	stub := filepath.Join(dir, "rbee")
+	if err := os.WriteFile(stub, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var units []string
+	for name, as := range map[string]string{"rbee.service": "rbee.service", "rbee-worker@.service": "rbee-worker@8080.service"} {
+		b, err := os.ReadFile(filepath.Join(SystemdDir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, as)
+		if err := os.WriteFile(p, bytes.ReplaceAll(b, []byte(BinPath), []byte(stub)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		units = append(units, p)
+	}
+	out, err := exec.Command(analyze, append([]string{"verify", "--man=no"}, units...)...).CombinedOutput()
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+func TestDockerfile(t *testing.T) {
+	goVer, err := GoVersion(RepoRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, errs := CheckDockerfile(parseDockerfile(t), goVer)
+	report(t, "Dockerfile", errs)
+
+	script := filepath.Join(DockerDir, "build-binary.sh")
+	b, err := os.ReadFile(script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	report(t, "build-binary.sh", CheckBuildScript(string(b)))
+	if fi, err := os.Stat(script); err != nil || fi.Mode()&0o111 == 0 {
+		t.Errorf("%s is not executable", script)
+	}
+}
+
+// TestEnvVarsFound guards the source scan behind RbeeEnvVars: it must find
+// the flags of `rbee node run` that README documents.
+func TestEnvVarsFound(t *testing.T) {
+	vars, err := RbeeEnvVars(RepoRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range strings.Fields("RBEE_NAME RBEE_JOIN RBEE_ROLES RBEE_DATA_DIR RBEE_ADVERTISE_ADDR RBEE_CGROUP_ROOT RBEE_LOG_FORMAT RBEE_WORKER") {
+		if !vars[v] {
+			t.Errorf("RbeeEnvVars misses %s", v)
+		}
+	}
+}

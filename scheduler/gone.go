@@ -1,0 +1,89 @@
+package scheduler
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+)
+
+// goneFor is how long a model whose last hive departed answers with why,
+// rather than "not served": long enough for clients that retry to learn
+// what happened, short enough not to lie after someone starts it elsewhere
+// (a worker reporting the model ends it at once).
+const goneFor = time.Minute
+
+// goneModel remembers why a model lost its last worker.
+type goneModel struct {
+	why   string
+	until time.Time
+}
+
+// HiveGone takes a hive that left or failed out of scheduling at once: its
+// workers get no new requests and its leases are gone. A model that had no
+// worker elsewhere fails its waiting requests now, and new ones for a minute,
+// with a 503 that says what happened (why is "left", "failed", ...), instead
+// of waiting for a worker that will not come back.
+func (s *Scheduler) HiveGone(hive, why string, now time.Time) []Failure {
+	if _, known := s.byHive[hive]; !known {
+		return nil
+	}
+	var keys []string
+	for _, w := range s.byHive[hive] {
+		keys = append(keys, w.keys...)
+	}
+	s.RemoveHive(hive)
+	var fails []Failure
+	for _, key := range keys {
+		if len(s.byKey[key]) > 0 {
+			continue // others serve it: its waiting requests go there
+		}
+		if s.gone == nil {
+			s.gone = make(map[string]goneModel)
+		}
+		g := goneModel{why: fmt.Sprintf("its only hive, %s, %s", hive, why), until: now.Add(goneFor)}
+		s.gone[key] = g
+		q := s.queues[key]
+		if q == nil {
+			continue
+		}
+		for _, wt := range q.items {
+			if !wt.done {
+				fails = append(fails, Failure{Request: wt.req, Err: g.err(wt.req.Model)})
+				s.unwait(wt)
+			}
+		}
+	}
+	slices.SortFunc(fails, func(a, b Failure) int { return strings.Compare(a.Request.ID, b.Request.ID) })
+	return fails
+}
+
+func (g goneModel) err(model string) *Error {
+	return &Error{Status: http.StatusServiceUnavailable, Type: "model_unavailable",
+		Msg: fmt.Sprintf("model %s: %s", model, g.why)}
+}
+
+// goneErr is the refusal for a model no worker serves whose last hive went
+// recently, nil otherwise. A worker serving it again ends the record.
+func (s *Scheduler) goneErr(key, model string, now time.Time) *Error {
+	g, ok := s.gone[key]
+	switch {
+	case !ok:
+		return nil
+	case len(s.byKey[key]) > 0 || !now.Before(g.until):
+		delete(s.gone, key)
+		return nil
+	}
+	return g.err(model)
+}
+
+// Hives lists the hives the scheduler knows.
+func (s *Scheduler) Hives() []string {
+	out := make([]string, 0, len(s.byHive))
+	for h := range s.byHive {
+		out = append(out, h)
+	}
+	slices.Sort(out)
+	return out
+}
