@@ -279,3 +279,17 @@ func TestE2E_ConfigFileOnly(t *testing.T) {
 		t.Errorf("members %+v, want only %s at %s", ms, p.name, p.gossipAddr)
 	}
 }
+
+// --api-key reads RBEE_API_KEYS, and the singular name users guess as well.
+func TestAPIKeyEnvNames(t *testing.T) {
+	for _, name := range []string{"RBEE_API_KEYS", "RBEE_API_KEY"} {
+		t.Run(name, func(t *testing.T) {
+			unsetRbeeEnv(t)
+			t.Setenv(name, "sk-a")
+			got, _ := printedConfig(t)
+			if want := []any{masked}; !reflect.DeepEqual(got["api-key"], want) {
+				t.Fatalf("api-key = %#v with %s set, want the key", got["api-key"], name)
+			}
+		})
+	}
+}
