@@ -30,7 +30,7 @@ func (g *Gossip) ConfirmDead(name string, start time.Time) bool {
 		return false
 	}
 	delete(g.live, name)
-	g.departedLocked(name)
+	g.departedLocked(name, true)
 	g.confirmed[name] = confirmedDeath{m: m, until: time.Now().Add(confirmFor)}
 	g.mu.Unlock()
 	g.log.Info("member confirmed dead before failure detection", "member", name)
@@ -39,9 +39,17 @@ func (g *Gossip) ConfirmDead(name string, start time.Time) bool {
 }
 
 // expireConfirmed puts back members whose confirmed death failure detection
-// never followed: they are alive after all.
+// never followed (they are alive after all), and forgets members that failed
+// longer ago than this node redials them.
 func (g *Gossip) expireConfirmed(now time.Time) {
 	g.mu.Lock()
+	for name, at := range g.departedAt {
+		if now.Sub(at) > g.cfg.ReconnectFor {
+			delete(g.departed, name)
+			delete(g.departedAt, name)
+			g.snapDirty = true
+		}
+	}
 	changed := false
 	for name, c := range g.confirmed {
 		if now.After(c.until) {

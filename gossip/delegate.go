@@ -59,7 +59,7 @@ func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
 	e.g.mu.Lock()
 	delete(e.g.live, n.Name)
 	delete(e.g.confirmed, n.Name)
-	e.g.departedLocked(n.Name)
+	e.g.departedLocked(n.Name, m.Status == StatusFailed)
 	e.g.departed[n.Name] = m
 	e.g.departedAt[n.Name] = time.Now()
 	e.g.snapDirty = true
@@ -78,15 +78,11 @@ func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
 func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) {
 	m := memberFrom(n, StatusAlive)
 	e.g.mu.Lock()
-	if c, ok := e.g.confirmed[n.Name]; ok && c.m.Start.Equal(m.Start) {
-		// Still the incarnation found dead: keep it out of the view
-		// until failure detection agrees or the confirmation expires.
-		c.m = m
-		e.g.confirmed[n.Name] = c
-	} else {
-		delete(e.g.confirmed, n.Name)
-		e.g.live[n.Name] = m
-	}
+	// A member this node confirmed dead that updates its metadata is
+	// alive after all (its ports refused connections for another
+	// reason): it is back in the view at once.
+	delete(e.g.confirmed, n.Name)
+	e.g.live[n.Name] = m
 	e.g.mu.Unlock()
 	e.g.poke()
 }

@@ -41,6 +41,9 @@ type Gossip struct {
 	// the members of the last snapshot.
 	known     []string
 	snapDirty bool
+	// fromSnapshot are the addresses the last snapshot named, added to the
+	// seeds once the node knows its own address.
+	fromSnapshot []string
 	// gone holds, per live member someone watches, a channel closed when
 	// it departs (WatchMember).
 	gone     map[string]chan struct{}
@@ -76,14 +79,9 @@ func New(cfg Config, seeds []string) (*Gossip, error) {
 		}
 		// A restarted node rejoins what it knew, as if those members
 		// were seeds: it also waits to join before claiming the seat.
-		for _, a := range prev {
-			if !slices.Contains(g.seeds, a) {
-				g.seeds = append(g.seeds, a)
-			}
-		}
+		g.fromSnapshot = prev
 	}
-	g.settled = len(g.seeds) == 0
-	g.known = slices.Clone(g.seeds)
+
 	// Claim, Leaving, a term and the queen followed are set later; the
 	// metadata must fit with all of them at their largest, or they would
 	// silently never be broadcast.
@@ -145,6 +143,15 @@ func New(cfg Config, seeds []string) (*Gossip, error) {
 		_ = ml.Shutdown()
 		return nil, err
 	}
+	// A snapshot address that is now this node's own (an address reused
+	// by another machine, say) is dropped, not fatal.
+	for _, a := range g.fromSnapshot {
+		if !slices.Contains(g.seeds, a) && g.checkSeeds([]string{a}) == nil {
+			g.seeds = append(g.seeds, a)
+		}
+	}
+	g.settled = len(g.seeds) == 0
+	g.known = slices.Clone(g.seeds)
 	return g, nil
 }
 
@@ -221,7 +228,7 @@ func (g *Gossip) joinLoop(ctx context.Context) {
 	defer deadline.Stop()
 	backoff := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		n, err := g.ml.Join(g.seeds)
+		n, err := g.joinEach(ctx, g.seeds)
 		if err == nil || n > 0 {
 			g.log.Info("joined cluster", "seeds", strings.Join(g.seeds, ","), "contacted", n, "attempts", attempt)
 			g.settle()
@@ -244,6 +251,33 @@ func (g *Gossip) joinLoop(ctx context.Context) {
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
+}
+
+// joinEach joins every address at once (memberlist's Join dials them one
+// after another, each up to the TCP timeout, and a snapshot may hold many
+// that are gone) and reports how many answered, with the errors of those
+// that did not.
+func (g *Gossip) joinEach(ctx context.Context, addrs []string) (int, error) {
+	var mu sync.Mutex
+	var n int
+	var errs []error
+	var wg sync.WaitGroup
+	for _, a := range addrs {
+		wg.Go(func() {
+			if ctx.Err() != nil {
+				return
+			}
+			k, err := g.ml.Join([]string{a})
+			mu.Lock()
+			n += k
+			if err != nil {
+				errs = append(errs, err)
+			}
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	return n, errors.Join(errs...)
 }
 
 // explainJoin is a failed join's error with what the node can say about each
@@ -383,9 +417,6 @@ func (g *Gossip) othersMaxTermLocked() uint64 {
 			}
 		}
 	}
-	for _, c := range g.confirmed {
-		t = max(t, c.m.Term)
-	}
 	return t
 }
 
@@ -397,12 +428,20 @@ func (g *Gossip) Term() uint64 {
 	return g.meta.Term
 }
 
-// MaxTerm is the highest term this node has seen claimed by any member: a
-// grant carrying a lower one comes from a queen that has been replaced.
+// MaxTerm is the highest term a live member holds: a grant carrying a lower
+// one comes from a queen that has been replaced by a live one. Departed
+// members do not count: a new queen that never saw them may claim below
+// their terms, and its grants must still be taken.
 func (g *Gossip) MaxTerm() uint64 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return max(g.othersMaxTermLocked(), g.meta.Term)
+	t := g.meta.Term
+	for name, m := range g.live {
+		if name != g.cfg.Name {
+			t = max(t, m.Term)
+		}
+	}
+	return t
 }
 
 // WatchQueen returns the current queen, whether there is one, and a channel
@@ -451,17 +490,20 @@ func (g *Gossip) Members() []Member {
 	return out
 }
 
-// WatchMember returns a channel closed when the member named name departs:
-// it left, failure detection declared it dead, or ConfirmDead took it out. A
-// member that already departed gives a closed channel; one this node has not
-// heard of yet (the queen may know it first) a nil one, which never fires.
+// WatchMember returns a channel closed when the member named name fails:
+// failure detection declared it dead, or ConfirmDead took it out. A member
+// that leaves gracefully does not fire it: it finishes the requests it
+// serves before it goes, and cutting them would lose their answers. A member
+// that already failed gives a closed channel; one that left, or that this
+// node has not heard of yet (the queen may know it first), a nil one, which
+// never fires.
 func (g *Gossip) WatchMember(name string) <-chan struct{} {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if _, ok := g.live[name]; !ok {
-		_, gone := g.departed[name]
+		d, gone := g.departed[name]
 		_, dead := g.confirmed[name]
-		if !gone && !dead {
+		if !dead && (!gone || d.Status != StatusFailed) {
 			return nil
 		}
 		ch := make(chan struct{})
@@ -476,10 +518,13 @@ func (g *Gossip) WatchMember(name string) <-chan struct{} {
 	return ch
 }
 
-// departedLocked closes the watchers of a member that is no longer live.
-func (g *Gossip) departedLocked(name string) {
+// departedLocked ends the watch on a member that is no longer live, firing
+// it if the member failed.
+func (g *Gossip) departedLocked(name string, failed bool) {
 	if ch := g.gone[name]; ch != nil {
-		close(ch)
+		if failed {
+			close(ch)
+		}
 		delete(g.gone, name)
 	}
 }

@@ -422,13 +422,15 @@ func TestNew_HostNameBindsWhatItResolvesTo(t *testing.T) {
 	}
 }
 
-// WatchMember fires when a member departs, at once for one that already did,
-// and never for one this node has not heard of (the queen may know it first).
+// WatchMember fires when a member fails, at once for one that already did,
+// and never for one that left gracefully (it drains its requests first) or
+// that this node has not heard of (the queen may know it first).
 func TestWatchMember(t *testing.T) {
 	c := newCluster(t)
 	a := c.start("a", nil)
 	b := c.start("b", []string{a.addr()})
-	waitLive(t, []string{"a", "b"}, a, b)
+	d := c.start("d", []string{a.addr()})
+	waitLive(t, []string{"a", "b", "d"}, a, b, d)
 	if ch := a.WatchMember("nobody"); ch != nil {
 		t.Fatal("a member never heard of gave a channel that may fire")
 	}
@@ -436,14 +438,19 @@ func TestWatchMember(t *testing.T) {
 	if closed(gone) {
 		t.Fatal("fired for a live member")
 	}
-	b.leave()
-	testutil.Eventually(t, waitFor, "the watch fires when b leaves", func() error {
-		if !closed(gone) {
-			return errors.New("not yet")
-		}
-		return nil
-	})
+	left := a.WatchMember("d")
+	d.leave()
+	waitLive(t, []string{"a", "b"}, a)
+	if closed(left) || a.WatchMember("d") != nil {
+		t.Fatal("fired for a member that left gracefully")
+	}
+	if !a.ConfirmDead("b", b.Self().Start) {
+		t.Fatal("ConfirmDead(b) did nothing")
+	}
+	if !closed(gone) {
+		t.Fatal("the watch did not fire when b was confirmed dead")
+	}
 	if !closed(a.WatchMember("b")) {
-		t.Fatal("a departed member's watch is not closed")
+		t.Fatal("a dead member's watch is not closed")
 	}
 }

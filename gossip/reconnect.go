@@ -9,9 +9,9 @@ import (
 	"time"
 )
 
-// reconnectLoop redials, every ReconnectInterval, the members failure
-// detection declared dead (for ReconnectFor after they failed) and the seeds
-// and snapshot addresses no live member answers at. memberlist gossips to the
+// reconnectLoop redials, every ReconnectInterval, a member failure detection
+// declared dead (for ReconnectFor after it failed), and the seeds and
+// snapshot addresses while this node is alone. memberlist gossips to the
 // dead only briefly, so without this two sides of a partition longer than a
 // few seconds never merge again; serf does the same.
 func (g *Gossip) reconnectLoop(ctx context.Context) {
@@ -35,13 +35,16 @@ func jitter(d time.Duration) time.Duration {
 	return d - d/5 + time.Duration(rand.Int64N(int64(d/5*2+1)))
 }
 
-// reconnectTargets lists the addresses to redial now: failed (not left)
-// members within ReconnectFor, and known addresses (seeds, snapshot) that no
-// live member has.
+// reconnectTargets lists the addresses to redial now: one failed (not left)
+// member within ReconnectFor, picked at random as serf does (one member of
+// the other side of a partition is enough to merge the two), and, while this
+// node has no live peer, the known addresses (seeds, snapshot). Host names
+// are resolved outside the lock: a slow DNS server must not hold up
+// memberlist's callbacks, which take the same lock.
 func (g *Gossip) reconnectTargets(now time.Time) []string {
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	if g.leaving || g.down || !g.settled {
+		g.mu.Unlock()
 		return nil // the join loop is still at it
 	}
 	liveAddrs := make(map[string]bool, len(g.live))
@@ -49,14 +52,25 @@ func (g *Gossip) reconnectTargets(now time.Time) []string {
 		liveAddrs[m.GossipAddr] = true
 	}
 	self := g.live[g.cfg.Name].GossipAddr
-	var out []string
+	alone := len(g.live) <= 1
+	var failed []string
 	for name, m := range g.departed {
 		if m.Status == StatusFailed && now.Sub(g.departedAt[name]) < g.cfg.ReconnectFor && !liveAddrs[m.GossipAddr] && m.GossipAddr != "" {
-			out = append(out, m.GossipAddr)
+			failed = append(failed, m.GossipAddr)
 		}
 	}
-	for _, a := range g.known {
-		if !liveAddrs[a] && !slices.Contains(out, a) && !resolvesToLive(a, self, liveAddrs) {
+	var known []string
+	if alone {
+		known = slices.Clone(g.known)
+	}
+	g.mu.Unlock()
+
+	var out []string
+	if len(failed) > 0 {
+		out = append(out, failed[rand.IntN(len(failed))])
+	}
+	for _, a := range known {
+		if !liveAddrs[a] && a != self && !slices.Contains(out, a) && !resolvesToLive(a, self, liveAddrs) {
 			out = append(out, a)
 		}
 	}

@@ -76,6 +76,10 @@ func (n *Node) handleCluster(w http.ResponseWriter, r *http.Request) {
 		now := time.Now()
 		v.Hives = n.queen.Registry().Hives(now)
 		v.Queues, v.RequestsPerS = n.queen.Queues(now)
+	case r.Header.Get(hdrAskedByNode) != "":
+		// Two nodes that each think the other is queen (gossip has
+		// not settled) would otherwise ask each other in a loop.
+		v.HivesError = fmt.Sprintf("asked as queen, but this node sees %s as queen", q.Name)
 	default:
 		qv, err := n.queenCluster(r.Context(), q.HTTPAddr)
 		if err != nil {
@@ -90,6 +94,9 @@ func (n *Node) handleCluster(w http.ResponseWriter, r *http.Request) {
 	proxy.WriteJSON(w, v)
 }
 
+// hdrAskedByNode marks a node asking the queen for its view.
+const hdrAskedByNode = "X-Rbee-Asked-By"
+
 // queenCluster asks the queen for its view: only the queen has the hives and
 // queues.
 func (n *Node) queenCluster(ctx context.Context, addr string) (*ClusterView, error) {
@@ -99,6 +106,7 @@ func (n *Node) queenCluster(ctx context.Context, addr string) (*ClusterView, err
 	if err != nil {
 		return nil, err
 	}
+	req.Header.Set(hdrAskedByNode, n.cfg.Name)
 	resp, err := n.hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("ask queen %s: %w", addr, err)

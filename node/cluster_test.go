@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -210,6 +212,17 @@ func TestCluster_ThreeNodesAgreeAndTelemetryReachesQueenAndFeed(t *testing.T) {
 	}
 	if cl.Queen != queen || len(cl.Members) != 3 || len(cl.Hives) != 3 || cl.HivesError != "" {
 		t.Errorf("cluster from follower = queen %s, %d members, %d hives, err %q", cl.Queen, len(cl.Members), len(cl.Hives), cl.HivesError)
+	}
+	// A node that asks a follower for the queen's view (their views of
+	// who is queen differ for a moment) gets an answer, not a loop of
+	// nodes asking each other.
+	req := httptest.NewRequest(http.MethodGet, node.PathCluster, nil)
+	req.RemoteAddr, req.Host = "127.0.0.1:40000", "127.0.0.1:7833"
+	req.Header.Set("X-Rbee-Asked-By", queen)
+	rec := httptest.NewRecorder()
+	follower.Handler().ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "asked as queen") {
+		t.Errorf("follower asked as queen: %d %s", rec.Code, rec.Body)
 	}
 }
 

@@ -58,7 +58,8 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc(proxy.PathModels, proxy.MethodNotAllowed(http.MethodGet, http.MethodHead))
 	mux.HandleFunc(proxy.PathModels+"/{model...}", proxy.MethodNotAllowed(http.MethodGet, http.MethodHead))
 	mux.HandleFunc("POST "+proxy.PathHiveProxy+"/", n.peersOnly(p.HandleHiveProxy))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{Registry: n.metrics}))
+	// Metrics name models, hives and traffic: they read the cluster.
+	mux.Handle("GET /metrics", n.authorized(promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{Registry: n.metrics}).ServeHTTP))
 	if n.cfg.Pprof {
 		mux.HandleFunc("GET /debug/pprof/", n.peersOnly(pprof.Index))
 		mux.HandleFunc("GET /debug/pprof/profile", n.peersOnly(pprof.Profile))
@@ -133,7 +134,7 @@ func (n *Node) guard(h http.HandlerFunc, tokenOK bool) http.HandlerFunc {
 			h(w, r)
 			return
 		}
-		loopback := isLoopbackRemote(r.RemoteAddr)
+		loopback := fromLoopback(r)
 		if !n.cfg.Key.IsZero() && !loopback {
 			msg := "missing or wrong cluster token (the CLI derives it from --cluster-key-file)"
 			if !tokenOK {
@@ -161,7 +162,7 @@ func (n *Node) guard(h http.HandlerFunc, tokenOK bool) http.HandlerFunc {
 // follows (telemetry, lease messages) would cross the network readable.
 func (n *Node) sessionsOverTLS(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if !n.cfg.Key.IsZero() && r.TLS == nil && !isLoopbackRemote(r.RemoteAddr) {
+		if !n.cfg.Key.IsZero() && r.TLS == nil && !fromLoopback(r) {
 			proxy.WriteError(w, http.StatusForbidden, "tls_required", "sessions from other machines must use the cluster's TLS (wss://)")
 			return
 		}
@@ -197,6 +198,19 @@ func notFromAnotherSite(r *http.Request, loopback bool, member func(hostport str
 		}
 	}
 	return nil
+}
+
+// fromLoopback reports whether r comes from this machine's own users. A
+// request that a reverse proxy on this machine (nginx, Caddy terminating TLS)
+// passed on also arrives from loopback, but for a client anywhere: the
+// headers such proxies add mark it as from elsewhere.
+func fromLoopback(r *http.Request) bool {
+	for _, h := range []string{"Forwarded", "X-Forwarded-For", "X-Real-Ip"} {
+		if r.Header.Get(h) != "" {
+			return false
+		}
+	}
+	return isLoopbackRemote(r.RemoteAddr)
 }
 
 func isLoopbackRemote(remote string) bool {

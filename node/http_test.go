@@ -200,3 +200,25 @@ func TestHTTP_BrowserPagesCannotActForLoopbackUsers(t *testing.T) {
 		})
 	}
 }
+
+// A reverse proxy on the node's machine (nginx terminating TLS) passes on
+// requests from anywhere over loopback: the headers it adds take the
+// loopback exemption away.
+func TestHTTP_ProxiedRequestsAreNotLocal(t *testing.T) {
+	key := mustKey(t)
+	n := nodetest.Start(t, "a", nodetest.WithKey(key))
+	for _, hdr := range []string{"X-Forwarded-For", "Forwarded", "X-Real-IP", ""} {
+		req := httptest.NewRequest("GET", node.PathCluster, nil)
+		req.RemoteAddr, req.Host = "127.0.0.1:40000", "127.0.0.1:7833"
+		want := http.StatusOK
+		if hdr != "" {
+			req.Header.Set(hdr, "203.0.113.9")
+			want = http.StatusUnauthorized
+		}
+		rec := httptest.NewRecorder()
+		n.Handler().ServeHTTP(rec, req)
+		if rec.Code != want {
+			t.Errorf("with %q: status %d, want %d: %s", hdr, rec.Code, want, rec.Body)
+		}
+	}
+}

@@ -40,3 +40,65 @@ func TestHiveLeaves_ItsOnlyModelFailsAtOnce(t *testing.T) {
 		t.Fatalf("after the leave: %d %q %v (after %v), want 503 naming the hive", r.status, r.body, err, time.Since(start))
 	}
 }
+
+// A hive that leaves gracefully finishes the requests it serves: the entry
+// node that proxies them does not cut them when gossip says the hive left
+// (only when it says the hive failed).
+func TestHiveLeaves_RequestsInFlightFinish(t *testing.T) {
+	fw := newFakeWorker(t, "w1")
+	fw.setHold(true)
+	q := nodetest.Start(t, "q", nodetest.WithRoles(gossip.RoleQueen))
+	h := nodetest.Start(t, "h", nodetest.WithRoles(gossip.RoleHive), nodetest.WithJoin(q.GossipAddr()), nodetest.WithCollector(workersOf("m", 1, fw)))
+	e := nodetest.Start(t, "e", nodetest.WithRoles(), nodetest.WithJoin(q.GossipAddr()))
+	testutil.Eventually(t, 10*time.Second, "m served, and h known to the entry node", func() error {
+		known := false
+		for _, m := range e.Members() {
+			known = known || (m.Name == "h" && m.Status == gossip.StatusAlive)
+		}
+		for _, qs := range mustQueues(q) {
+			if qs.Model == "m" && qs.Slots > 0 && known {
+				return nil
+			}
+		}
+		return errors.New("not yet")
+	})
+	res := make(chan apiResult, 1)
+	go func() {
+		r, err := post(context.Background(), e.HTTPAddr(), proxy.PathChat, chat("m", false))
+		if err != nil {
+			r.status, r.body = -1, err.Error()
+		}
+		res <- r
+	}()
+	testutil.Eventually(t, 5*time.Second, "request at the worker", func() error {
+		if fw.inFlight.Load() != 1 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	left := make(chan error, 1)
+	go func() { left <- h.Leave(30 * time.Second) }()
+	testutil.Eventually(t, 10*time.Second, "the entry node sees h left", func() error {
+		for _, m := range e.Members() {
+			if m.Name == "h" && m.Status == gossip.StatusLeft {
+				return nil
+			}
+		}
+		return errors.New("not yet")
+	})
+	select {
+	case r := <-res:
+		t.Fatalf("the request ended (%d %q) as the hive left, before its worker answered", r.status, r.body)
+	default:
+	}
+	fw.setHold(false)
+	if r := <-res; r.status != 200 {
+		t.Fatalf("request in flight while its hive drained: %d %q, want 200", r.status, r.body)
+	}
+	if n, c := fw.arrived.Load(), fw.canceled.Load(); n != 1 || c != 0 {
+		t.Fatalf("the worker got %d requests, %d canceled; want the one in flight left to finish", n, c)
+	}
+	if err := <-left; err != nil {
+		t.Fatal(err)
+	}
+}

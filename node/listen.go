@@ -43,16 +43,28 @@ func newMuxListener(ln net.Listener, cfg *tls.Config) *muxListener {
 
 func (m *muxListener) acceptLoop() {
 	defer close(m.conns)
+	var backoff time.Duration
 	for {
 		c, err := m.Listener.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				m.err = err
+				return
 			}
-			m.err = err
-			return
+			// Out of file descriptors (EMFILE) and the like pass: wait
+			// as net/http's Serve does rather than stop serving for good.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			t := time.NewTimer(backoff)
+			select {
+			case <-m.done:
+				t.Stop()
+				m.err = err
+				return
+			case <-t.C:
+			}
+			continue
 		}
+		backoff = 0
 		m.wg.Go(func() { m.sniff(c) })
 	}
 }

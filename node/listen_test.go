@@ -2,6 +2,7 @@ package node
 
 import (
 	"net"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -56,4 +57,43 @@ func TestMuxListener_HandsOnPlainConnections(t *testing.T) {
 	if _, err := got.Read(buf); err != nil || string(buf) != "GET" {
 		t.Fatalf("read %q, %v: the sniffed byte must still be there", buf, err)
 	}
+}
+
+// flakyListener fails its first accepts as a process out of file
+// descriptors does, then hands over real connections.
+type flakyListener struct {
+	net.Listener
+	fails int
+}
+
+func (f *flakyListener) Accept() (net.Conn, error) {
+	if f.fails > 0 {
+		f.fails--
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: syscall.EMFILE}
+	}
+	return f.Listener.Accept()
+}
+
+// Running out of file descriptors for a moment must not stop a node
+// serving for good.
+func TestMuxListener_OutlivesAcceptErrors(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMuxListener(&flakyListener{Listener: ln, fails: 3}, nil)
+	defer m.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("G")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := m.Accept()
+	if err != nil {
+		t.Fatalf("accept after EMFILE: %v", err)
+	}
+	got.Close()
 }

@@ -75,6 +75,7 @@ type Node struct {
 	running   atomic.Bool
 	runMu     sync.Mutex
 	cancelRun context.CancelFunc
+	stopping  bool // stop has begun: a Run that starts now must not serve
 	runDone   chan struct{}
 	stopOnce  sync.Once
 	stopped   chan struct{}
@@ -340,11 +341,9 @@ func (n *Node) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	n.runMu.Lock()
-	select {
-	case <-n.stopped:
+	if n.stopping {
 		n.runMu.Unlock()
 		return ErrClosed
-	default:
 	}
 	n.cancelRun = cancel
 	n.runMu.Unlock()
@@ -424,6 +423,7 @@ func (n *Node) stop(ctx context.Context, announce bool) {
 	n.stopOnce.Do(func() {
 		defer close(n.stopped)
 		n.runMu.Lock()
+		n.stopping = true
 		if n.cancelRun != nil {
 			n.cancelRun()
 		}

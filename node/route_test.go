@@ -32,6 +32,7 @@ type fakeWorker struct {
 	srv      *httptest.Server
 	inFlight atomic.Int32
 	peak     atomic.Int32
+	arrived  atomic.Int32
 	served   atomic.Int32
 	canceled atomic.Int32
 	mu       sync.Mutex
@@ -63,6 +64,7 @@ func (fw *fakeWorker) setHold(on bool) {
 }
 
 func (fw *fakeWorker) serve(w http.ResponseWriter, r *http.Request) {
+	fw.arrived.Add(1)
 	n := fw.inFlight.Add(1)
 	defer fw.inFlight.Add(-1)
 	for {
@@ -276,6 +278,16 @@ func TestRoute_FullPath(t *testing.T) {
 				t.Fatalf("after bad input: %d %q %v", r.status, r.body, err)
 			}
 		})
+	}
+	// A form field, unlike JSON, can carry bytes that are not UTF-8; as a
+	// metric label they would panic the node.
+	form := "--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nm\xff\r\n--XyZ--\r\n"
+	r, err := send(ctx, http.MethodPost, c.HTTPAddr(), "/v1/audio/transcriptions", "multipart/form-data; boundary=XyZ", []byte(form))
+	if err != nil || r.status != 400 || !strings.Contains(r.body, "UTF-8") {
+		t.Fatalf("model not UTF-8 in a form: %d %q %v, want a 400", r.status, r.body, err)
+	}
+	if r, err := post(ctx, c.HTTPAddr(), proxy.PathChat, chat("m2", false)); err != nil || r.status != 200 {
+		t.Fatalf("after a form with bad UTF-8: %d %q %v", r.status, r.body, err)
 	}
 }
 

@@ -352,6 +352,11 @@ func checkLabel(field, s string, max int) error {
 	if len(s) > max {
 		return fmt.Errorf("%w: %s longer than %d bytes", ErrInvalid, field, max)
 	}
+	// JSON decoding mends bad UTF-8, but a multipart form field does not,
+	// and names end up in metric labels, which must be UTF-8.
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%w: %s is not UTF-8", ErrInvalid, field)
+	}
 	for _, r := range s {
 		ok := r == '-' || r == '_' || r == '.' || r == ':' || r == '@' ||
 			(r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9')
@@ -365,6 +370,11 @@ func checkLabel(field, s string, max int) error {
 func checkText(field, s string, max int) error {
 	if len(s) > max {
 		return fmt.Errorf("%w: %s longer than %d bytes", ErrInvalid, field, max)
+	}
+	// JSON decoding mends bad UTF-8, but a multipart form field does not,
+	// and names end up in metric labels, which must be UTF-8.
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("%w: %s is not UTF-8", ErrInvalid, field)
 	}
 	for _, r := range s {
 		if r < 0x20 || r == 0x7f {

@@ -449,6 +449,7 @@ func TestValidate_RejectsSpoofingAndBadLabels(t *testing.T) {
 		{"model with escape", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers[0].Model = str("m\x1b[31m") }, true, "control characters"},
 		{"model with NUL", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers[2].Model = str("m\x00") }, true, "worker 2"},
 		{"model with DEL", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers[0].Model = str("m\x7f") }, true, "control characters"},
+		{"model not UTF-8", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers[0].Model = str("m\xff") }, true, "not UTF-8"},
 		{"model at limit", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers[0].Model = str(strings.Repeat("m", maxModelLen)) }, false, ""},
 		{"model over limit", "hive-gpu-1", func(t *HiveTelemetry) { t.Workers[0].Model = str(strings.Repeat("m", maxModelLen+1)) }, true, "longer than"},
 		{"worker down with its reason", "hive-gpu-1", func(t *HiveTelemetry) {

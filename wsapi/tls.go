@@ -27,14 +27,15 @@ import (
 // answers it with its cluster certificate and asks the caller for one.
 const ClusterServerName = "rbee.cluster"
 
-// The CA's validity is fixed so that every node derives the same certificate;
-// a leaf lives a year, and is issued anew at every start.
+// The CA's validity is fixed so that every node derives the same
+// certificate. A leaf, issued anew at every start, lives as long as the CA:
+// any holder of the key can issue one, so its expiry would secure nothing,
+// and a node up for longer than a shorter lifetime would be cut off from the
+// cluster. Changing the key is what revokes.
 var (
 	caNotBefore = time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
 	caNotAfter  = time.Date(2124, 1, 1, 0, 0, 0, 0, time.UTC)
 )
-
-const leafLifetime = 365 * 24 * time.Hour
 
 // ErrNoKey is returned by NewClusterTLS for the zero key: without a key
 // there is nothing to derive trust from.
@@ -75,7 +76,7 @@ func (k Key) NewClusterTLS(name string) (*ClusterTLS, error) {
 		// verification against ClusterServerName.
 		DNSNames:    []string{ClusterServerName},
 		NotBefore:   now.Add(-time.Hour), // clock skew between machines
-		NotAfter:    now.Add(leafLifetime),
+		NotAfter:    caNotAfter,
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}

@@ -71,7 +71,7 @@ func (p *Proxy) copyResponse(w http.ResponseWriter, r *http.Request, resp *http.
 var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // hopHeader lists the hop-by-hop headers a proxy must not forward (RFC 9110
-// 7.6.1), plus Content-Length, which the server recomputes.
+// 7.6.1).
 var hopHeader = map[string]bool{
 	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true, "Proxy-Authenticate": true,
 	"Proxy-Authorization": true, "Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true,

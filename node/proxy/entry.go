@@ -24,6 +24,10 @@ const (
 	// worker is full, gone or unreachable): the entry node may ask for
 	// another lease.
 	hdrRetry = "X-Rbee-Retry"
+	// hdrUnserved on any other refusal of the hive says it never took
+	// up the lease, so it will not release it either: the entry node
+	// does.
+	hdrUnserved = "X-Rbee-Unserved"
 )
 
 // maxAttempts bounds how often one client request is tried on another worker
@@ -171,6 +175,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 	resp, err := p.client.Do(req)
 	if err != nil {
 		if r.Context().Err() != nil {
+			// The hive may never have got the request: release the
+			// lease here too (a second release is ignored).
+			p.leases.Release(g.LeaseID)
 			p.metrics.requests.WithLabelValues(g.Model, "499").Inc()
 			return false
 		}
@@ -181,6 +188,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 	if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get(hdrRetry) != "" {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return true
+	}
+	if resp.Header.Get(hdrUnserved) != "" {
+		p.leases.Release(g.LeaseID)
 	}
 	p.copyResponse(w, r, resp, g.Model, start, true)
 	return false

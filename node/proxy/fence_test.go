@@ -90,6 +90,9 @@ func TestHiveProxy_RefusesGrantsFromAReplacedQueen(t *testing.T) {
 		if tc.want == http.StatusServiceUnavailable && rec.Header().Get(hdrRetry) == "" {
 			t.Errorf("term %q: refusal does not let the entry node ask again", tc.term)
 		}
+		if unserved := rec.Header().Get(hdrUnserved) != ""; unserved != (tc.want != http.StatusOK) {
+			t.Errorf("term %q: %s %q is %v, want it only on refusals", tc.term, hdrUnserved, rec.Header().Get(hdrUnserved), unserved)
+		}
 	}
 }
 
@@ -136,5 +139,50 @@ func TestForward_StreamEndsWhenTheHiveIsDeclaredDead(t *testing.T) {
 	}
 	if len(lines) == 0 || lines[0] != "data: tok0" {
 		t.Fatalf("got %q before the break, want the first event", lines)
+	}
+}
+
+// A hive that refuses a lease without taking it up (a bad request, a body it
+// would not read) leaves the release to the entry node, which makes it: the
+// slot would otherwise stay leased until the entry node's session ends. A
+// request the hive served, the hive releases itself.
+func TestForward_ReleasesLeasesTheHiveNeverTookUp(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		unserved    bool
+		wantRelease bool
+	}{{"refused", true, true}, {"served", false, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			hive := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if tc.unserved {
+					w.Header().Set(hdrUnserved, "1")
+					WriteError(w, http.StatusRequestTimeout, "timeout", "body not received in time")
+					return
+				}
+				fmt.Fprint(w, `{"ok":true}`)
+			}))
+			defer hive.Close()
+			p := testProxy(t, "entry", &fakeMembers{}, nil)
+			u := &fakeUplink{}
+			p.leases.Attach(u)
+			g := &wsapi.LeaseGrant{RequestID: "r", LeaseID: "l", Hive: "h", HiveAddr: strings.TrimPrefix(hive.URL, "http://"), Worker: "g/1", Model: "m"}
+			rec := httptest.NewRecorder()
+			req := httptest.NewRequest(http.MethodPost, PathChat, strings.NewReader(`{}`))
+			if again := p.forward(rec, req, []byte(`{"model":"m"}`), g, time.Now()); again {
+				t.Fatal("forward asks to try another worker, want the hive's answer passed on")
+			}
+			released := false
+			for _, m := range u.messages() {
+				if r, ok := m.(*wsapi.LeaseRelease); ok && r.LeaseID == "l" {
+					released = true
+				}
+			}
+			if released != tc.wantRelease {
+				t.Fatalf("entry released the lease: %v, want %v (client got %d)", released, tc.wantRelease, rec.Code)
+			}
+			if rec.Header().Get(hdrUnserved) != "" {
+				t.Fatal("rbee's header reached the client")
+			}
+		})
 	}
 }

@@ -19,6 +19,9 @@ const failingFor = 10 * time.Second
 // HandleHiveProxy is the hive's end: an entry node holding a lease on one of
 // this hive's workers sends the request here.
 func (p *Proxy) HandleHiveProxy(w http.ResponseWriter, r *http.Request) {
+	// Until serveLease takes the lease up, a refusal leaves its release to
+	// the entry node.
+	w.Header().Set(hdrUnserved, "1")
 	path := strings.TrimPrefix(r.URL.Path, PathHiveProxy)
 	if !InferencePath(path) {
 		WriteError(w, http.StatusNotFound, "not_found", "no inference route "+TruncateText(path, 200))
@@ -48,6 +51,7 @@ func (p *Proxy) HandleHiveProxy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer release()
+	w.Header().Del(hdrUnserved)
 	if p.serveLease(w, r, path, bytes.NewReader(body), lease, time.Now(), false) {
 		w.Header().Set(hdrRetry, "1")
 		WriteError(w, http.StatusServiceUnavailable, "worker_unavailable", "worker "+lease.Worker+" cannot take the request now")

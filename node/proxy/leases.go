@@ -158,6 +158,7 @@ func (lc *LeaseClient) AcquireOn(ctx context.Context, model string, on Placement
 // abandon withdraws p; a grant that arrived as the caller gave up is
 // returned at once rather than left for the queen to reclaim.
 func (lc *LeaseClient) abandon(p *pendingLease) {
+	// After forget, whoever took p out of pending has sent its answer.
 	lc.forget(p.msg.RequestID)
 	select {
 	case a := <-p.ch:
@@ -186,21 +187,24 @@ func (lc *LeaseClient) OnGrant(g *wsapi.LeaseGrant) {
 	lc.mu.Lock()
 	p := lc.pending[g.RequestID]
 	delete(lc.pending, g.RequestID)
+	if p != nil {
+		// Under the lock, so that abandon, which takes it after
+		// forget, finds the grant in the channel (it never blocks:
+		// only whoever took p out of pending sends).
+		p.ch <- leaseAnswer{grant: g}
+	}
 	lc.mu.Unlock()
 	if p == nil {
 		lc.Release(g.LeaseID)
-		return
 	}
-	p.ch <- leaseAnswer{grant: g}
 }
 
 // OnError hands the queen's refusal to the request waiting for it.
 func (lc *LeaseClient) OnError(e *wsapi.LeaseError) {
 	lc.mu.Lock()
-	p := lc.pending[e.RequestID]
-	delete(lc.pending, e.RequestID)
-	lc.mu.Unlock()
-	if p != nil {
+	defer lc.mu.Unlock()
+	if p := lc.pending[e.RequestID]; p != nil {
+		delete(lc.pending, e.RequestID)
 		p.ch <- leaseAnswer{err: e}
 	}
 }
@@ -213,13 +217,12 @@ var errShuttingDown = &wsapi.LeaseError{Status: http.StatusServiceUnavailable, E
 // 503: the node is shutting down and will not hear from the queen again.
 func (lc *LeaseClient) Close() {
 	lc.mu.Lock()
+	defer lc.mu.Unlock()
 	lc.closed = true
-	ps := lc.pending
-	lc.pending = make(map[string]*pendingLease)
-	lc.mu.Unlock()
-	for _, p := range ps {
+	for _, p := range lc.pending {
 		p.ch <- leaseAnswer{err: errShuttingDown}
 	}
+	lc.pending = make(map[string]*pendingLease)
 }
 
 // Release returns a lease's slot to the queen. Without a session it is

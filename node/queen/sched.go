@@ -73,9 +73,15 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 	}
 	switch m := msg.(type) {
 	case *wsapi.HiveTelemetry:
-		grants = s.UpdateHive(m.HiveID, schedWorkers(m.Workers), hiveLeases(m.Leases), now)
+		// A hive gossip has not told this queen of yet (it joined
+		// through another node a moment ago) reports again within a
+		// second: until then its workers get no grants, which entry
+		// nodes could not deliver without its address.
+		if q.memberHTTP(m.HiveID) != "" {
+			grants = s.UpdateHive(m.HiveID, schedWorkers(m.Workers), hiveLeases(m.Leases), now)
+			q.reported[m.HiveID] = true
+		}
 		setStates(m, s)
-		q.reported[m.HiveID] = true
 	case *wsapi.LeaseRequest:
 		r := scheduler.Request{ID: m.RequestID, Entry: peer, Model: m.Model, VRAMMB: m.VRAMMB,
 			Deadline: now.Add(time.Duration(m.WaitMS) * time.Millisecond), Hive: m.Hive, Worker: m.Worker}

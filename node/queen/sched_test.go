@@ -51,6 +51,9 @@ func (f *fakePeers) take() []sent {
 type fakeMembers struct {
 	self  string
 	addrs map[string]string
+	// gone: departed members and their status; Members lists them,
+	// LiveMembers and Member do not.
+	gone map[string]gossip.Status
 }
 
 func (f fakeMembers) WatchQueen() (gossip.Member, bool, <-chan struct{}) {
@@ -60,23 +63,34 @@ func (f fakeMembers) WatchQueen() (gossip.Member, bool, <-chan struct{}) {
 func (f fakeMembers) LiveMembers() []gossip.Member {
 	out := []gossip.Member{{Name: f.self, Roles: []string{gossip.RoleQueen}}}
 	for name := range f.addrs {
-		out = append(out, gossip.Member{Name: name, Roles: []string{gossip.RoleHive}})
+		if _, gone := f.gone[name]; !gone {
+			out = append(out, gossip.Member{Name: name, Roles: []string{gossip.RoleHive}, Status: gossip.StatusAlive})
+		}
 	}
 	return out
 }
 
 func (f fakeMembers) Term() uint64 { return 7 }
 
-func (f fakeMembers) Members() []gossip.Member { return f.LiveMembers() }
+func (f fakeMembers) Members() []gossip.Member {
+	out := f.LiveMembers()
+	for name, st := range f.gone {
+		out = append(out, gossip.Member{Name: name, Roles: []string{gossip.RoleHive}, Status: st})
+	}
+	return out
+}
 
 func (f fakeMembers) Member(name string) (gossip.Member, bool) {
+	if _, gone := f.gone[name]; gone {
+		return gossip.Member{}, false
+	}
 	a, ok := f.addrs[name]
 	return gossip.Member{Name: name, HTTPAddr: a}, ok
 }
 
 func testQueen(t *testing.T, peers *fakePeers, addrs map[string]string) *Queen {
 	t.Helper()
-	q, err := New(Config{Name: "q", HTTPAddr: "127.0.0.1:1", Members: fakeMembers{self: "q", addrs: addrs},
+	q, err := New(Config{Name: "q", HTTPAddr: "127.0.0.1:1", Members: fakeMembers{self: "q", addrs: addrs, gone: map[string]gossip.Status{}},
 		Feed: wsapi.NewHub(0), HiveTTL: 3 * time.Second, ForgetAfter: time.Minute, EventInterval: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -136,7 +150,8 @@ func TestQueen_DeliverPassesUndeliverableGrantsOn(t *testing.T) {
 func TestQueen_DeliverRefusalsAndGrantsOnUnknownHives(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	peers := &fakePeers{present: map[string]bool{"e": true}}
-	q := testQueen(t, peers, map[string]string{}) // hive h has no known address
+	q := testQueen(t, peers, map[string]string{"h": "10.0.0.2:7833"})
+	members := q.cfg.Members.(fakeMembers)
 	q.startScheduling(t0)
 	q.handle("h", report("h", wsapi.ProcessStats{Group: "g", Instance: "1", Model: ptr("m"), Slots: 1}), t0)
 	q.schedTick(t0.Add(4 * time.Second)) // warm: unknown models fail at once
@@ -150,19 +165,44 @@ func TestQueen_DeliverRefusalsAndGrantsOnUnknownHives(t *testing.T) {
 	if e, ok := got[0].msg.(*wsapi.LeaseError); !ok || e.Status != 404 || e.RequestID != "r1" || e.ErrorType != "model_not_found" {
 		t.Fatalf("refusal %+v", got[0].msg)
 	}
-	// A grant on a hive that is not a member (it left since it reported)
-	// is not sent: the hive is taken out, and the request, which only it
-	// could serve, fails saying so.
+	// A grant on a hive that left since it reported is not sent: the
+	// hive is taken out, and the request, which only it could serve,
+	// fails saying so.
+	members.gone["h"] = gossip.StatusLeft
 	q.handle("e", ask("r2", "m"), now)
 	got = peers.take()
 	if len(got) != 1 {
-		t.Fatalf("sent %+v for a hive with no address, want one refusal", got)
+		t.Fatalf("sent %+v for a departed hive, want one refusal", got)
 	}
-	if e, ok := got[0].msg.(*wsapi.LeaseError); !ok || e.Status != 503 || !strings.Contains(e.Message, "its only hive, h, is no longer a member") {
+	if e, ok := got[0].msg.(*wsapi.LeaseError); !ok || e.Status != 503 || !strings.Contains(e.Message, "its only hive, h, left") {
 		t.Fatalf("answer %+v, want a 503 naming the departed hive", got[0].msg)
 	}
 	if ls := q.sched.Leases(); len(ls) != 0 {
 		t.Fatalf("leases %+v, want none", ls)
+	}
+}
+
+// A hive gossip has not told the queen of yet gets no grants: entry nodes
+// could not reach it. Its next report, once gossip knows it, counts.
+func TestQueen_IgnoresReportsFromHivesGossipDoesNotKnow(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	peers := &fakePeers{present: map[string]bool{"e": true}}
+	q := testQueen(t, peers, map[string]string{})
+	members := q.cfg.Members.(fakeMembers)
+	q.startScheduling(t0)
+	q.handle("h", report("h", wsapi.ProcessStats{Group: "g", Instance: "1", Model: ptr("m"), Slots: 1}), t0)
+	q.handle("e", ask("r1", "m"), t0)
+	if got := peers.take(); len(got) != 0 {
+		t.Fatalf("sent %+v for a hive gossip does not know, want the request to wait", got)
+	}
+	members.addrs["h"] = "10.0.0.2:7833"
+	q.handle("h", report("h", wsapi.ProcessStats{Group: "g", Instance: "1", Model: ptr("m"), Slots: 1}), t0.Add(time.Second))
+	got := peers.take()
+	if len(got) != 1 {
+		t.Fatalf("sent %+v once gossip knows the hive, want one grant", got)
+	}
+	if g, ok := got[0].msg.(*wsapi.LeaseGrant); !ok || g.RequestID != "r1" || g.HiveAddr != "10.0.0.2:7833" {
+		t.Fatalf("answer %+v, want r1's grant on h", got[0].msg)
 	}
 }
 

@@ -66,12 +66,16 @@ func (t *sessions) register(peer string, c conn) (old conn, replaced, ok bool) {
 	return old, had, true
 }
 
-func (t *sessions) unregister(peer string, s *wsapi.Session) {
+// unregister forgets s, and reports whether it was still peer's session
+// (not one a newer session has replaced).
+func (t *sessions) unregister(peer string, s *wsapi.Session) bool {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.conns[peer].s == s {
 		delete(t.conns, peer)
+		return true
 	}
-	t.mu.Unlock()
+	return false
 }
 
 // closeAll closes every session.
@@ -151,14 +155,18 @@ func (q *Queen) HandleSession(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	defer func() {
+		current := q.sessions.unregister(s.Peer, s)
 		stopWriter()
 		<-writerDone
-		q.entryGone(s.Peer)
+		// A node whose newer session replaced this one has asked its
+		// waiting requests again on the new one: they stay.
+		if current {
+			q.entryGone(s.Peer)
+		}
 	}()
 	if had {
 		q.sessions.closeLater(old.s, wsapi.CloseReplaced, replaced)
 	}
-	defer q.sessions.unregister(s.Peer, s)
 	// The election may have moved between the check above and the
 	// registration; Run only closes registered sessions.
 	if !q.IsQueen() {
