@@ -6,7 +6,7 @@ import "time"
 // (its ports refuse connections) while failure detection still counts it
 // alive for a second or so.
 type confirmedDeath struct {
-	m     Member // as last seen, kept up to date while confirmed
+	m     Member // as last seen when confirmed
 	until time.Time
 }
 

@@ -417,6 +417,12 @@ func (g *Gossip) othersMaxTermLocked() uint64 {
 			}
 		}
 	}
+	// A queen this node confirmed dead is in neither map until failure
+	// detection agrees, yet its term still binds: a successor must claim
+	// above it or hives that saw its last grants would refuse the new queen.
+	for _, c := range g.confirmed {
+		t = max(t, c.m.Term)
+	}
 	return t
 }
 

@@ -70,12 +70,7 @@ func TestHiveLeaves_RequestsInFlightFinish(t *testing.T) {
 		}
 		res <- r
 	}()
-	testutil.Eventually(t, 5*time.Second, "request at the worker", func() error {
-		if fw.inFlight.Load() != 1 {
-			return errors.New("not yet")
-		}
-		return nil
-	})
+	fw.waitInFlight(t, 1)
 	left := make(chan error, 1)
 	go func() { left <- h.Leave(30 * time.Second) }()
 	testutil.Eventually(t, 10*time.Second, "the entry node sees h left", func() error {

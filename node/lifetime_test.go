@@ -67,12 +67,7 @@ func TestNode_LeaveDrainsRequestsInFlight(t *testing.T) {
 		r, _ := post(context.Background(), addr, proxy.PathChat, chat("m", false))
 		res <- r
 	}()
-	testutil.Eventually(t, 5*time.Second, "request at the worker", func() error {
-		if fw.inFlight.Load() != 1 {
-			return errors.New("not yet")
-		}
-		return nil
-	})
+	fw.waitInFlight(t, 1)
 	left := make(chan error, 1)
 	go func() { left <- a.Leave(30 * time.Second) }()
 	testutil.Eventually(t, 5*time.Second, "listener closed for new requests", func() error {
@@ -105,12 +100,7 @@ func TestNode_LeaveCutsRequestsWhenItsContextEnds(t *testing.T) {
 		_, err := post(context.Background(), a.HTTPAddr(), proxy.PathChat, chat("m", false))
 		res <- err
 	}()
-	testutil.Eventually(t, 5*time.Second, "request at the worker", func() error {
-		if fw.inFlight.Load() != 1 {
-			return errors.New("not yet")
-		}
-		return nil
-	})
+	fw.waitInFlight(t, 1)
 	if err := a.Leave(100 * time.Millisecond); err != nil {
 		t.Fatalf("Leave: %v", err)
 	}

@@ -63,6 +63,17 @@ func (fw *fakeWorker) setHold(on bool) {
 	}
 }
 
+// waitInFlight waits until the worker is serving n requests at once.
+func (fw *fakeWorker) waitInFlight(t testing.TB, n int32) {
+	t.Helper()
+	testutil.Eventually(t, 5*time.Second, fmt.Sprintf("%d requests at worker %s", n, fw.name), func() error {
+		if got := fw.inFlight.Load(); got != n {
+			return fmt.Errorf("%d in flight", got)
+		}
+		return nil
+	})
+}
+
 func (fw *fakeWorker) serve(w http.ResponseWriter, r *http.Request) {
 	fw.arrived.Add(1)
 	n := fw.inFlight.Add(1)
@@ -419,12 +430,7 @@ func TestRoute_Limits(t *testing.T) {
 		_, err := post(ctx, c.HTTPAddr(), proxy.PathChat, chat("m", true))
 		first <- err
 	}()
-	testutil.Eventually(t, 5*time.Second, "first request at the worker", func() error {
-		if w1.inFlight.Load() != 1 {
-			return errors.New("not yet")
-		}
-		return nil
-	})
+	w1.waitInFlight(t, 1)
 	second := make(chan apiResult, 1)
 	go func() {
 		r, _ := post(context.Background(), c.HTTPAddr(), proxy.PathChat, chat("m", false))

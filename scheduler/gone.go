@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -44,14 +45,23 @@ func (s *Scheduler) HiveGone(hive, why string, now time.Time) []Failure {
 		}
 		g := goneModel{why: fmt.Sprintf("its only hive, %s, %s", hive, why), until: now.Add(goneFor)}
 		s.gone[key] = g
-		q := s.queues[key]
-		if q == nil {
-			continue
+		// Requests pinned to one of the hive's workers (a Responses chain)
+		// wait for the same model: they fail with the same reason, now.
+		qs := []*queue{s.queues[key]}
+		for id, q := range s.pinned {
+			if strings.HasPrefix(id, hive+"/") {
+				qs = append(qs, q)
+			}
 		}
-		for _, wt := range q.items {
-			if !wt.done {
-				fails = append(fails, Failure{Request: wt.req, Err: g.err(wt.req.Model)})
-				s.unwait(wt)
+		for _, q := range qs {
+			if q == nil {
+				continue
+			}
+			for _, wt := range q.items {
+				if !wt.done && wt.key == key {
+					fails = append(fails, Failure{Request: wt.req, Err: g.err(wt.req.Model)})
+					s.unwait(wt)
+				}
 			}
 		}
 	}
@@ -80,10 +90,5 @@ func (s *Scheduler) goneErr(key, model string, now time.Time) *Error {
 
 // Hives lists the hives the scheduler knows.
 func (s *Scheduler) Hives() []string {
-	out := make([]string, 0, len(s.byHive))
-	for h := range s.byHive {
-		out = append(out, h)
-	}
-	slices.Sort(out)
-	return out
+	return slices.Sorted(maps.Keys(s.byHive))
 }

@@ -63,3 +63,27 @@ func TestHiveGone_FailsWhatOnlyItServed(t *testing.T) {
 		t.Fatalf("extra back on h1: %v %v", g, err)
 	}
 }
+
+// A request pinned to a worker of the hive that went (a Responses chain's
+// next turn) fails with the same reason as the model's queue, not later with
+// "not served".
+func TestHiveGone_FailsPinnedRequests(t *testing.T) {
+	s := New(Config{})
+	s.SetWarm(true)
+	s.UpdateHive("h1", []Worker{w("g/1", "m", 1)}, nil, t0)
+	if g, err := s.Request(req("a", "m"), t0); g == nil || err != nil {
+		t.Fatalf("request a: %v %v", g, err)
+	}
+	pinned := req("next-turn", "m")
+	pinned.Hive, pinned.Worker = "h1", "g/1"
+	if g, err := s.Request(pinned, t0); g != nil || err != nil {
+		t.Fatalf("the pinned request should wait for the busy worker: %v %v", g, err)
+	}
+	fails := s.HiveGone("h1", "failed", t0)
+	if len(fails) != 1 || fails[0].Request.ID != "next-turn" || !strings.Contains(fails[0].Err.Msg, "its only hive, h1, failed") {
+		t.Fatalf("failures %+v, want the pinned request with the hive's reason", fails)
+	}
+	if s.Waiting() != 0 {
+		t.Fatalf("%d still waiting", s.Waiting())
+	}
+}
