@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/node/models"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -104,6 +105,9 @@ type Config struct {
 	Pprof bool
 	// Session tunes handshake, ping and read limits of hive sessions.
 	Session wsapi.SessionOptions
+	// Models, on a hive, is what it can start on demand (its catalog,
+	// engines, GPUs); nil starts nothing. The node fills in the hooks.
+	Models *models.Config
 }
 
 // DefaultConfig returns a Config with the defaults filled in, listening on

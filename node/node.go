@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/node/models"
 	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/node/queen"
 	"github.com/rbee/rbee/wsapi"
@@ -48,10 +49,18 @@ type Node struct {
 	// inter-node traffic runs over mutual TLS trusted through the key.
 	tls *wsapi.ClusterTLS
 	// scheme is how this node reaches the others: "https" with a key.
-	scheme  string
-	queen   *queen.Queen
-	proxy   *proxy.Proxy
-	metrics *prometheus.Registry
+	scheme string
+	queen  *queen.Queen
+	proxy  *proxy.Proxy
+	// models starts and stops the workers of a hive with a catalog (nil
+	// without one); reportNow asks the uplink for a report at once, so a
+	// worker that got ready is used within milliseconds, not a second.
+	models    *models.Manager
+	reportNow chan struct{}
+	// lastWorkers is the last collection, for reports between ticks;
+	// only the uplink's goroutine touches it.
+	lastWorkers []wsapi.ProcessStats
+	metrics     *prometheus.Registry
 	// hc asks the queen for its view and dials sessions and feeds; its
 	// idle connections are closed at shutdown.
 	hc *http.Client
@@ -89,15 +98,16 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{
-		cfg:     cfg,
-		log:     cfg.Logger.With("node", cfg.Name),
-		start:   time.Now(),
-		hub:     wsapi.NewHub(0),
-		hc:      &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
-		metrics: prometheus.NewRegistry(),
-		leaveCh: make(chan time.Duration, 1),
-		runDone: make(chan struct{}),
-		stopped: make(chan struct{}),
+		cfg:       cfg,
+		log:       cfg.Logger.With("node", cfg.Name),
+		start:     time.Now(),
+		hub:       wsapi.NewHub(0),
+		hc:        &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
+		metrics:   prometheus.NewRegistry(),
+		leaveCh:   make(chan time.Duration, 1),
+		reportNow: make(chan struct{}, 1),
+		runDone:   make(chan struct{}),
+		stopped:   make(chan struct{}),
 	}
 	serverTLS, err := n.setupTLS()
 	if err != nil {
@@ -242,7 +252,8 @@ func (n *Node) newPlanes() error {
 		return err
 	}
 	n.queen = q
-	workers, _ := n.cfg.Collector.(proxy.WorkerEndpoints)
+	collected, _ := n.cfg.Collector.(proxy.WorkerEndpoints)
+	workers := &endpoints{n: n, collected: collected}
 	p, err := proxy.New(proxy.Config{
 		Name:         n.cfg.Name,
 		Start:        n.start,
@@ -261,7 +272,56 @@ func (n *Node) newPlanes() error {
 		return err
 	}
 	n.proxy = p
+	return n.newModels()
+}
+
+// newModels sets up the model lifecycle of a hive that has a catalog.
+func (n *Node) newModels() error {
+	if n.cfg.Models == nil || !n.cfg.hasRole(gossip.RoleHive) {
+		return nil
+	}
+	mc := *n.cfg.Models
+	mc.Logger = n.log
+	mc.Metrics = n.metrics
+	mc.Leases = n.proxy.WorkerLeases
+	mc.Drain = n.proxy.Drain
+	mc.Notify = func() {
+		select {
+		case n.reportNow <- struct{}{}:
+		default:
+		}
+	}
+	if reg, ok := n.cfg.Collector.(WorkerRegistrar); ok {
+		mc.Register = func(instance string, pid int, model string, slots int) error {
+			return reg.RegisterWorker(wsapi.ManagedGroup, instance, int32(pid), model, slots)
+		}
+	}
+	m, err := models.New(mc)
+	if err != nil {
+		return err
+	}
+	n.models = m
 	return nil
+}
+
+// endpoints finds a worker's API: a worker rbee started listens on its
+// port, known from the moment it is ready (before a collection lists it);
+// any other is the collector's.
+type endpoints struct {
+	n         *Node
+	collected proxy.WorkerEndpoints
+}
+
+func (e *endpoints) Endpoint(group, instance string) string {
+	if group == wsapi.ManagedGroup && e.n.models != nil {
+		if ep := e.n.models.Endpoint(instance); ep != "" {
+			return ep
+		}
+	}
+	if e.collected == nil {
+		return ""
+	}
+	return e.collected.Endpoint(group, instance)
 }
 
 // members is the node's gossip as the queen sees it. The gossip layer is
@@ -363,6 +423,9 @@ func (n *Node) Run(ctx context.Context) error {
 	// Every node keeps a session to the queen: hives report on it, and
 	// every node asks it for leases.
 	eg.Go(func() error { return n.runUplink(ectx) })
+	if n.models != nil {
+		eg.Go(func() error { return n.models.Run(ectx) })
+	}
 	eg.Go(func() error {
 		select {
 		case <-ectx.Done():
@@ -452,6 +515,9 @@ func (n *Node) stop(ctx context.Context, announce bool) {
 		n.queen.Close()
 		n.hc.CloseIdleConnections()
 		n.proxy.Close()
+		if n.models != nil {
+			n.models.Close() // a node that never ran started no engine; this frees nothing then
+		}
 	})
 	<-n.stopped
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"syscall"
 	"time"
 
@@ -176,6 +177,16 @@ func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan s
 				leases.OnGrant(m)
 			case *wsapi.LeaseError:
 				leases.OnError(m)
+			case *wsapi.LeaseWait:
+				leases.OnWait(m)
+			case *wsapi.ModelStart:
+				if n.models == nil {
+					log.Warn("queen asked to start a model, but this node has no catalog", "model", m.Model)
+				} else if err := m.Validate(); err != nil {
+					log.Warn("bad model_start from queen", "err", err)
+				} else {
+					n.models.Start(m, q.Name)
+				}
 			}
 		}
 	}()
@@ -198,9 +209,10 @@ func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan s
 	defer tick.Stop()
 	var lastErr string
 	hive := n.cfg.hasRole(gossip.RoleHive)
+	fresh := true // collect anew; a lifecycle change reports the last collection
 	for {
 		if hive {
-			t := n.collect(sctx, &lastErr)
+			t := n.collect(sctx, &lastErr, fresh)
 			if err := s.Write(sctx, t); err != nil {
 				return true, fmt.Errorf("send telemetry: %w", err)
 			}
@@ -221,6 +233,13 @@ func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan s
 			log.Info("session to queen closed", "reason", wsapi.CloseText(err))
 			return true, err
 		case <-tick.C:
+			fresh = true
+		case <-n.reportNow:
+			// A worker got ready (or stopped, or failed): the queen
+			// hears now, from the last collection and the lifecycle's
+			// state, rather than after a full collection (which asks
+			// every simulated or --worker server over HTTP).
+			fresh = false
 		}
 	}
 }
@@ -231,7 +250,10 @@ const sessionOutQueue = 4096
 
 // collect asks the collector for this tick's workers. A collector error is
 // logged when it first appears or changes, not every second.
-func (n *Node) collect(ctx context.Context, lastErr *string) *wsapi.HiveTelemetry {
+func (n *Node) collect(ctx context.Context, lastErr *string, fresh bool) *wsapi.HiveTelemetry {
+	if !fresh && n.lastWorkers != nil {
+		return n.report(slices.Clone(n.lastWorkers))
+	}
 	cctx, cancel := context.WithTimeout(ctx, n.cfg.TelemetryInterval)
 	defer cancel()
 	workers, err := n.cfg.Collector.Collect(cctx)
@@ -246,9 +268,21 @@ func (n *Node) collect(ctx context.Context, lastErr *string) *wsapi.HiveTelemetr
 	if workers == nil {
 		workers = []wsapi.ProcessStats{}
 	}
+	n.lastWorkers = slices.Clone(workers)
+	return n.report(workers)
+}
+
+// report is this hive's telemetry with workers: the lifecycle's state and
+// the leases it serves added.
+func (n *Node) report(workers []wsapi.ProcessStats) *wsapi.HiveTelemetry {
+	t := &wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: n.cfg.Name}
+	if n.models != nil {
+		workers, t.Catalog, t.GPUs, t.Managed = n.models.Report(workers)
+	}
 	now := time.Now()
-	leases := n.proxy.ReportLeases(workers, now)
-	return &wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: n.cfg.Name, Timestamp: now.UTC(), Workers: workers, Leases: leases}
+	t.Timestamp, t.Workers = now.UTC(), workers
+	t.Leases = n.proxy.ReportLeases(workers, now)
+	return t
 }
 
 func (n *Node) sessionOptions() *wsapi.SessionOptions {

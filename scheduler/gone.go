@@ -37,8 +37,8 @@ func (s *Scheduler) HiveGone(hive, why string, now time.Time) []Failure {
 	s.RemoveHive(hive)
 	var fails []Failure
 	for _, key := range keys {
-		if len(s.byKey[key]) > 0 {
-			continue // others serve it: its waiting requests go there
+		if len(s.byKey[key]) > 0 || s.catalogHas(key) {
+			continue // others serve it, or may start it: its waiting requests wait
 		}
 		if s.gone == nil {
 			s.gone = make(map[string]goneModel)

@@ -57,6 +57,9 @@ type Request struct {
 	// worker only: the request waits for its slot; while the worker is
 	// gone, failing, down or offline, any worker will do (see pin.go).
 	Hive, Worker string
+	// Progress asks for Waits reports while the request waits (a
+	// streaming client that is sent keep-alive comments).
+	Progress bool
 }
 
 // Lease is one slot of one worker granted to one request.
@@ -177,6 +180,9 @@ type worker struct {
 	// so equal workers take turns.
 	lastGrant uint64
 	health    health // from Healthy and Down, for the state rule
+	// stopping: its hive drains it, or a start evicts it; it takes no
+	// new request.
+	stopping bool
 	Worker
 	id   string
 	keys []string // ModelKeys(Model)
@@ -227,6 +233,16 @@ type Scheduler struct {
 	warm bool
 	// gone: models whose last hive departed, and why (see HiveGone).
 	gone map[string]goneModel
+
+	// The model lifecycle (models.go): each hive's catalog, GPUs and
+	// workers rbee started; starts sent and not yet reported; recent
+	// starts per model key; workers chosen for eviction (until when);
+	// each model key's service time per lease.
+	models   map[string]*hiveModels
+	starts   map[string]*pendingStart
+	startLog map[string][]time.Time
+	evicting map[string]time.Time
+	service  map[string]time.Duration
 }
 
 // New returns an empty scheduler.
@@ -243,6 +259,12 @@ func New(cfg Config) *Scheduler {
 		hiveLs:  make(map[string]map[string]*Lease),
 		byReq:   make(map[string]string),
 		hiveAt:  make(map[string]time.Time),
+
+		models:   make(map[string]*hiveModels),
+		starts:   make(map[string]*pendingStart),
+		startLog: make(map[string][]time.Time),
+		evicting: make(map[string]time.Time),
+		service:  make(map[string]time.Duration),
 	}
 }
 
@@ -279,6 +301,7 @@ func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease
 		}
 		w.Worker = in
 		w.health = workerHealth(&in)
+		w.stopping = s.stopping(hive, in.Name, now)
 		w.seen = now
 		w.leases = 0
 		cur[in.Name] = w
@@ -329,6 +352,7 @@ func (s *Scheduler) RemoveHive(hive string) {
 	}
 	delete(s.byHive, hive)
 	delete(s.hiveAt, hive)
+	s.forgetModels(hive)
 	for _, l := range s.hiveLs[hive] {
 		s.dropLease(l)
 	}
@@ -351,7 +375,7 @@ func (s *Scheduler) Request(r Request, now time.Time) (*Grant, error) {
 	if gerr := s.goneErr(key, r.Model, now); gerr != nil {
 		return nil, gerr
 	}
-	if len(s.byKey[key]) == 0 && s.warm {
+	if len(s.byKey[key]) == 0 && s.warm && !s.catalogHas(key) {
 		return nil, &Error{Status: http.StatusNotFound, Type: "model_not_found",
 			Msg: fmt.Sprintf("model %q is not served by this cluster (GET /v1/models lists what is)", r.Model)}
 	}
@@ -365,8 +389,11 @@ func (s *Scheduler) Request(r Request, now time.Time) (*Grant, error) {
 			return &g, nil
 		}
 	}
-	if s.warm && s.allDown(key, now) {
+	if s.warm && s.allDown(key, now) && !s.catalogHas(key) {
 		return nil, s.downErr(r.Model, now)
+	}
+	if cerr := s.cannotStart(key, r.Model, now); cerr != nil {
+		return nil, cerr
 	}
 	return nil, s.push(s.queues, key, r, key, "")
 }
@@ -427,6 +454,7 @@ func (s *Scheduler) Release(leaseID string, now time.Time) []Grant {
 	if w == nil {
 		return nil
 	}
+	s.noteService(w, now.Sub(l.Granted))
 	if w.leases > 0 {
 		w.leases--
 	}
@@ -438,18 +466,32 @@ func (s *Scheduler) Release(leaseID string, now time.Time) []Grant {
 // hive, forgets silent hives, and grants what that freed.
 func (s *Scheduler) Tick(now time.Time) ([]Grant, []Failure) {
 	s.unpinLapsed(now)
+	s.expireStarts(now)
 	var fails []Failure
+	refused := map[string]*blocked{} // startBlocked by key, once per tick
 	for _, w := range s.waiting {
+		var cerr *Error
+		if w.pin == "" && s.warm {
+			b, seen := refused[w.key]
+			if !seen {
+				b = s.startBlocked(w.key, now)
+				refused[w.key] = b
+			}
+			cerr = b.err(w.req.Model)
+		}
 		switch {
 		case !now.Before(w.req.Deadline):
 			fails = append(fails, Failure{Request: w.req, Err: &Error{Status: http.StatusServiceUnavailable, Type: "timeout",
 				Msg: fmt.Sprintf("no worker for model %q became free in time (%s)", w.req.Model, s.Explain(w.req.Model, now))}})
 			s.unwait(w)
-		case s.warm && len(s.byKey[w.key]) == 0:
+		case cerr != nil:
+			fails = append(fails, Failure{Request: w.req, Err: cerr})
+			s.unwait(w)
+		case s.warm && len(s.byKey[w.key]) == 0 && !s.catalogHas(w.key):
 			fails = append(fails, Failure{Request: w.req, Err: &Error{Status: http.StatusNotFound, Type: "model_not_found",
 				Msg: fmt.Sprintf("model %q is not served by this cluster (GET /v1/models lists what is)", w.req.Model)}})
 			s.unwait(w)
-		case s.warm && s.allDown(w.key, now):
+		case s.warm && s.allDown(w.key, now) && !s.catalogHas(w.key):
 			fails = append(fails, Failure{Request: w.req, Err: s.downErr(w.req.Model, now)})
 			s.unwait(w)
 		}
@@ -559,6 +601,7 @@ const (
 	reasonVRAM      = "not enough free VRAM"
 	reasonSaturated = "GPU saturated by work outside rbee"
 	reasonDown      = "down"
+	reasonStopping  = "being stopped"
 )
 
 // refusal is why a worker in a state that takes no request refuses one.
@@ -573,6 +616,9 @@ func (s *Scheduler) eligible(w *worker, r Request, key string, now time.Time) bo
 func (s *Scheduler) why(w *worker, r Request, key string, now time.Time) string {
 	if st := stateOf(now.Sub(w.seen) <= s.cfg.StaleAfter, w.health, w.leases, w.Slots, w.GPUUtilPct, s.cfg.SaturatedPct); !st.available() {
 		return refusal[st]
+	}
+	if w.stopping {
+		return reasonStopping
 	}
 	need := max(r.VRAMMB, s.modelVRAM(key, w))
 	// A worker without GPU figures (CPU inference, no NVML) cannot be
@@ -613,7 +659,11 @@ func (s *Scheduler) Explain(model string, now time.Time) string {
 		}
 		counts[reason]++
 	}
+	start := s.explainStart(key, now)
 	if len(counts) == 0 && len(down) == 0 {
+		if start != "" {
+			return start
+		}
 		return "no worker serves it"
 	}
 	var parts []string
@@ -628,7 +678,11 @@ func (s *Scheduler) Explain(model string, now time.Time) string {
 	if len(parts) > 0 {
 		out = append(out, "workers: "+strings.Join(parts, ", "))
 	}
-	return strings.Join(append(out, namedDown(down)...), "; ")
+	out = append(out, namedDown(down)...)
+	if start != "" {
+		out = append(out, start)
+	}
+	return strings.Join(out, "; ")
 }
 
 func (s *Scheduler) grant(w *worker, r Request, now time.Time) Grant {
@@ -747,6 +801,14 @@ type ModelStats struct {
 	Leases  int
 	Slots   int
 	Workers int
+	// The lifecycle: State is StateLoaded, StateLoading, StateAvailable
+	// or StateUnavailable (Reason says why), Hives those that can start
+	// it, Loading the hive starting it and since when.
+	State, Reason string
+	Hives         []string
+	Loading       string
+	LoadingSince  time.Time
+	Service, ETA  time.Duration
 }
 
 // Models lists every model a fresh worker that is not down serves, with its waiting requests,
@@ -798,6 +860,7 @@ func (s *Scheduler) Models(now time.Time) []ModelStats {
 		}
 		byName[name].Waiting += q.n
 	}
+	s.lifecycleStats(byName, now)
 	out := make([]ModelStats, 0, len(byName))
 	for _, m := range byName {
 		if m.Model != "" {

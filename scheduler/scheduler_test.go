@@ -3,6 +3,7 @@ package scheduler
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"testing"
 	"time"
@@ -420,11 +421,11 @@ func TestModels(t *testing.T) {
 	s.Request(req("4", "zzz"), t0) // cold queen: waits
 	got := s.Models(t0)
 	want := []ModelStats{
-		{Model: "a", Leases: 1, Slots: 2, Workers: 1},
-		{Model: "b", Leases: 1, Waiting: 1, Slots: 1, Workers: 1},
+		{Model: "a", Leases: 1, Slots: 2, Workers: 1, State: StateLoaded},
+		{Model: "b", Leases: 1, Waiting: 1, Slots: 1, Workers: 1, State: StateLoaded},
 		{Model: "zzz", Waiting: 1},
 	}
-	if !slices.Equal(got, want) {
+	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("Models:\n got %+v\nwant %+v", got, want)
 	}
 }

@@ -29,6 +29,10 @@ type LeaseRequest struct {
 	// or serves another model) it grants any worker instead.
 	Hive   string `json:"hive,omitempty"`
 	Worker string `json:"worker,omitempty"`
+	// Progress asks the queen for lease_wait reports, once a second,
+	// while the request waits (a streaming client gets keep-alive
+	// comments from them).
+	Progress bool `json:"progress,omitempty"`
 }
 
 // LeaseCancel withdraws a waiting request.

@@ -97,6 +97,13 @@ type HiveTelemetry struct {
 	// requests this hive is serving now, so that a new queen rebuilds its
 	// lease table from telemetry and a dashboard shows busy slots.
 	Leases []LeaseInfo `json:"leases,omitempty"`
+	// Catalog, GPUs and Managed are the model lifecycle's additions
+	// (omitted when empty; see models.go): what the hive can start, its
+	// GPUs, and the workers rbee started there. A new queen rebuilds
+	// loads in progress from them.
+	Catalog []CatalogEntry  `json:"catalog,omitempty"`
+	GPUs    []GPUInfo       `json:"gpus,omitempty"`
+	Managed []ManagedWorker `json:"managed,omitempty"`
 }
 
 // LeaseInfo is one request a hive is serving under a lease.
@@ -119,6 +126,19 @@ type QueueStats struct {
 	Leases  int    `json:"leases"`
 	// Slots is the total slots of the workers that serve the model now.
 	Slots int `json:"slots"`
+	// The model lifecycle's additions, omitted when empty. State is
+	// "loaded" (a worker serves it), "loading" (a worker is starting for
+	// it on LoadingHive, for LoadingMS so far), "available" (a hive can
+	// start it: Hives) or "unavailable" (none may now: Reason says why).
+	State       string   `json:"state,omitempty"`
+	Reason      string   `json:"reason,omitempty"`
+	Hives       []string `json:"hives,omitempty"`
+	LoadingHive string   `json:"loading_hive,omitempty"`
+	LoadingMS   int64    `json:"loading_ms,omitempty"`
+	// ServiceMS is the measured time per request, ETAMS how long a new
+	// request would wait for a slot now (0: no wait, or unknown).
+	ServiceMS int64 `json:"service_ms,omitempty"`
+	ETAMS     int64 `json:"eta_ms,omitempty"`
 }
 
 // QueenEvent is the queen's periodic cluster summary on the feed. QueenID is an
@@ -244,6 +264,12 @@ func Decode(data []byte) (any, error) {
 	case TypeLeaseError:
 		m := new(LeaseError)
 		msg, got = m, &m.Type
+	case TypeModelStart:
+		m := new(ModelStart)
+		msg, got = m, &m.Type
+	case TypeLeaseWait:
+		m := new(LeaseWait)
+		msg, got = m, &m.Type
 	case "":
 		return nil, fmt.Errorf("%w: missing \"type\"", ErrMalformed)
 	default:
@@ -337,7 +363,7 @@ func (t *HiveTelemetry) Validate(hive string) error {
 			return fmt.Errorf("lease %d: %w", i, err)
 		}
 	}
-	return nil
+	return t.validateModels()
 }
 
 // ValidName reports whether s can name a node or hive.

@@ -9,11 +9,12 @@ import (
 
 	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/node/telemetry"
+	"github.com/rbee/rbee/wsapi"
 )
 
 // newCollector builds the hive's telemetry collector from the flags. A node
 // without the hive role reports nothing.
-func newCollector(c *cli.Context, log *slog.Logger) (node.Collector, func(), error) {
+func newCollector(c *cli.Context, log *slog.Logger) (node.Collector, func() []wsapi.GPUInfo, func(), error) {
 	var specs []telemetry.WorkerSpec
 	for _, v := range c.StringSlice("worker") {
 		// An env var holds one string; workers in it are separated by ';'
@@ -24,7 +25,7 @@ func newCollector(c *cli.Context, log *slog.Logger) (node.Collector, func(), err
 			}
 			w, err := telemetry.ParseWorkerSpec(one)
 			if err != nil {
-				return nil, nil, fmt.Errorf("--worker: %w", err)
+				return nil, nil, nil, fmt.Errorf("--worker: %w", err)
 			}
 			if w.Fixed != "" {
 				log.Warn("--worker: "+w.Fixed, "worker", w.URL)
@@ -33,7 +34,7 @@ func newCollector(c *cli.Context, log *slog.Logger) (node.Collector, func(), err
 		}
 	}
 	tlog := log.With("component", "telemetry")
-	gpu, closeGPU := newGPU(tlog)
+	gpu, devices, closeGPU := newGPU(tlog)
 	coll := telemetry.NewCollector(telemetry.CollectorConfig{
 		CgroupRoot: c.String("cgroup-root"),
 		Workers:    specs,
@@ -44,5 +45,5 @@ func newCollector(c *cli.Context, log *slog.Logger) (node.Collector, func(), err
 		Probe:       telemetry.APIProber{}.ProbeModel,
 		Logger:      tlog,
 	})
-	return coll, closeGPU, nil
+	return coll, devices, closeGPU, nil
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,12 +20,13 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/wsapi"
 )
 
 func demoCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "demo",
-		Usage: "run a whole cluster on this machine: 3 nodes (2 queen-eligible), 2 hives, 4 simulated workers serving 2 models",
+		Usage: "run a whole cluster on this machine: 3 nodes (2 queen-eligible), 2 hives, 4 simulated workers serving 2 models, and a third model started on demand",
 		Description: "Every part is a real process (rbee node run, rbee worker simulate) talking over loopback,\n" +
 			"so the API, the dashboard and failover (kill the queen's pid) behave as in a real cluster.\n" +
 			"The workers are simulated: their GPU figures are marked simulated wherever they show.",
@@ -33,6 +35,9 @@ func demoCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "model", Value: cli.NewStringSlice("llama-3.2-1b", "qwen2.5-0.5b"), Usage: "the two models the simulated workers serve"},
 			&cli.IntFlag{Name: "slots", Value: 2, Usage: "slots of each simulated worker"},
 			&cli.Float64Flag{Name: "tokens-per-second", Value: 40, Usage: "generation speed of each simulated worker"},
+			&cli.StringFlag{Name: "cold-model", Value: "phi-3-mini", Usage: "a third model no worker serves at first: the first request for it starts a simulated worker on a hive"},
+			&cli.DurationFlag{Name: "cold-load", Value: 3 * time.Second, Usage: "how long the cold model's simulated worker takes to load"},
+			&cli.DurationFlag{Name: "idle-unload", Value: time.Minute, Usage: "how long the cold model's worker may serve nothing before it is stopped"},
 			&cli.BoolFlag{Name: "keep-logs", Usage: "keep the nodes' and workers' logs after exit (a demo that fails keeps them anyway)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"RBEE_LOG_LEVEL"}, Value: "info", Usage: "the demo's own log level"},
 		},
@@ -90,7 +95,12 @@ func runDemo(c *cli.Context) (err error) {
 	defer sup.stop()
 
 	sims := demoSims(models, ports)
-	nodes := demoNodes(sims, ports, entryHTTP)
+	cold := demoCold{model: c.String("cold-model"), load: c.Duration("cold-load"), idle: c.Duration("idle-unload"),
+		slots: c.Int("slots"), tokensPerSecond: c.Float64("tokens-per-second")}
+	if err := wsapi.ValidModel(cold.model); err != nil || slices.Contains(models, cold.model) {
+		return fmt.Errorf("--cold-model %q: want a valid name other than the two served models", cold.model)
+	}
+	nodes := demoNodes(sims, ports, entryHTTP, cold.hiveFlags())
 	pids, queen, err := launchDemo(ctx, sup, sims, nodes, models, c.Int("slots"), c.Float64("tokens-per-second"))
 	if err != nil {
 		if ctx.Err() != nil {
@@ -98,7 +108,7 @@ func runDemo(c *cli.Context) (err error) {
 		}
 		return fmt.Errorf("demo did not start: %w", err)
 	}
-	printDemoBanner(os.Stdout, demoBanner{models: models, entry: entryHTTP, pids: pids, queen: queen, logs: dir, keepLogs: keepLogs,
+	printDemoBanner(os.Stdout, demoBanner{models: models, cold: cold, entry: entryHTTP, pids: pids, queen: queen, logs: dir, keepLogs: keepLogs,
 		rbee: userCommand(self, os.Args[0], os.Getenv("GOCACHE"))})
 
 	// Run until Ctrl-C. A child that exits is reported, not fatal: the
@@ -292,24 +302,44 @@ type demoNode struct {
 // demoNodes lists the demo's nodes: two queen-eligible hives with two
 // simulated workers each (the others join hive-a's gossip port) and the entry
 // node, which has no role and serves entryHTTP.
-func demoNodes(sims []demoSim, ports []int, entryHTTP string) []demoNode {
+func demoNodes(sims []demoSim, ports []int, entryHTTP string, hiveExtra []string) []demoNode {
 	addr := func(i int) string { return "127.0.0.1:" + strconv.Itoa(ports[i]) }
 	gossipA := addr(portGossipA)
 	mk := func(name, http string, args ...string) demoNode {
 		return demoNode{name: name, http: http, args: append([]string{"--http-addr", http}, args...)}
 	}
 	return []demoNode{
-		mk("hive-a", addr(portHiveAHTTP), "--roles", "queen,hive", "--queen-priority", "1", "--cgroup-root", "none",
-			"--gossip-addr", gossipA, "--worker", sims[0].workerFlag(), "--worker", sims[1].workerFlag()),
-		mk("hive-b", addr(portHiveBHTTP), "--roles", "queen,hive", "--cgroup-root", "none",
-			"--gossip-addr", addr(portHiveBGossip), "--join", gossipA, "--worker", sims[2].workerFlag(), "--worker", sims[3].workerFlag()),
+		mk("hive-a", addr(portHiveAHTTP), append([]string{"--roles", "queen,hive", "--queen-priority", "1", "--cgroup-root", "none",
+			"--gossip-addr", gossipA, "--worker", sims[0].workerFlag(), "--worker", sims[1].workerFlag()}, hiveExtra...)...),
+		mk("hive-b", addr(portHiveBHTTP), append([]string{"--roles", "queen,hive", "--cgroup-root", "none",
+			"--gossip-addr", addr(portHiveBGossip), "--join", gossipA, "--worker", sims[2].workerFlag(), "--worker", sims[3].workerFlag()}, hiveExtra...)...),
 		mk("entry", entryHTTP, "--roles", "none", "--gossip-addr", addr(portEntryGossip), "--join", gossipA),
 	}
+}
+
+// demoCold is the demo's third model: in both hives' catalogs, started on
+// the sim engine by the first request for it, stopped when idle.
+type demoCold struct {
+	model           string
+	load, idle      time.Duration
+	slots           int
+	tokensPerSecond float64
+}
+
+// demoColdVRAMMB is the cold model's simulated footprint, on a simulated
+// 8 GiB GPU per hive.
+const demoColdVRAMMB = 2500
+
+func (d demoCold) hiveFlags() []string {
+	return []string{"--sim-gpus", "1x8GiB", "--idle-unload", d.idle.String(),
+		"--model", fmt.Sprintf("%s=,engine=sim,load_ms=%d,vram=%d,slots=%d,args=--tokens-per-second %g",
+			d.model, d.load.Milliseconds(), demoColdVRAMMB, d.slots, d.tokensPerSecond)}
 }
 
 // demoBanner is what the banner says.
 type demoBanner struct {
 	models   []string
+	cold     demoCold
 	entry    string         // the entry node's API address
 	pids     map[string]int // by node name
 	queen    string
@@ -341,12 +371,17 @@ Try:
   %[4]s status --http-addr %[3]s
   %[4]s top --http-addr %[3]s
 
+%[12]s is not loaded: the first request for it starts a simulated worker on a hive (about %[13]s),
+and the worker is stopped after %[14]s without requests. Watch it load in the dashboard or rbee top:
+  curl http://%[3]s/v1/chat/completions -d '{"model":"%[12]s","messages":[{"role":"user","content":"hi"}]}'
+
 Nodes: hive-a (pid %[5]d), hive-b (pid %[6]d), entry (pid %[7]d, serves %[3]s); the queen is %[8]s.
 Kill the queen and watch the other take over while requests keep flowing:
   %[9]s
 Logs: %[10]s (%[11]s)
 Ctrl-C stops the demo.
-`, b.models[0], b.models[1], b.entry, b.rbee, b.pids["hive-a"], b.pids["hive-b"], b.pids["entry"], b.queen, kill, b.logs, logs)
+`, b.models[0], b.models[1], b.entry, b.rbee, b.pids["hive-a"], b.pids["hive-b"], b.pids["entry"], b.queen, kill, b.logs, logs,
+		b.cold.model, b.cold.load, b.cold.idle)
 }
 
 // envWithoutRbee is this process's environment without RBEE_* variables: the

@@ -179,7 +179,7 @@ func nodeRunCommand() *cli.Command {
 			&cli.StringFlag{Name: "cgroup-root", EnvVars: []string{"RBEE_CGROUP_ROOT"}, Usage: "cgroup v2 mount holding rbee.slice (default: found in /proc/self/mountinfo; none: report --worker servers only)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"RBEE_LOG_LEVEL"}, Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "log-format", EnvVars: []string{"RBEE_LOG_FORMAT"}, Value: "text", Usage: "text or json"},
-		}, append(keyFlags(), configFlags()...)...),
+		}, append(append(keyFlags(), configFlags()...), modelFlags()...)...),
 		Before: applyConfigFile,
 		Action: runNode,
 	}
@@ -250,12 +250,15 @@ func runNode(c *cli.Context) error {
 	cfg.Insecure = c.Bool("insecure")
 	cfg.TLSCertFile, cfg.TLSKeyFile = c.String("tls-cert"), c.String("tls-key")
 	cfg.Logger = log
-	coll, closeColl, err := newCollector(c, log)
+	coll, devices, closeColl, err := newCollector(c, log)
 	if err != nil {
 		return err
 	}
 	defer closeColl()
 	cfg.Collector = coll
+	if cfg.Models, err = modelsConfig(c, devices, log); err != nil {
+		return err
+	}
 	n, err := node.New(cfg)
 	if err != nil {
 		return err

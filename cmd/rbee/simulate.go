@@ -33,6 +33,7 @@ func simulateCommand() *cli.Command {
 			&cli.IntFlag{Name: "slots", EnvVars: []string{"RBEE_SIM_SLOTS"}, Value: sim.DefaultSlots, Usage: "requests generated at once; more wait, as with llama-server --parallel"},
 			&cli.Float64Flag{Name: "tokens-per-second", EnvVars: []string{"RBEE_SIM_TOKENS_PER_SECOND"}, Value: sim.DefaultTokensPerSecond, Usage: "generation speed of each request (0: as fast as possible)"},
 			&cli.IntFlag{Name: "ttft-ms", EnvVars: []string{"RBEE_SIM_TTFT_MS"}, Usage: "milliseconds before the first token (prompt processing)"},
+			&cli.IntFlag{Name: "load-ms", EnvVars: []string{"RBEE_SIM_LOAD_MS"}, Usage: "milliseconds before the model is loaded: /health and every API answer 503 until then, as llama-server does while it loads"},
 			&cli.IntFlag{Name: "max-tokens", EnvVars: []string{"RBEE_SIM_MAX_TOKENS"}, Value: sim.DefaultMaxTokens, Usage: fmt.Sprintf("tokens in an answer when the request sets no max_tokens (at most %d)", sim.MaxTokensCap)},
 			&cli.Uint64Flag{Name: "vram-mb", EnvVars: []string{"RBEE_SIM_VRAM_MB"}, Value: sim.DefaultTotalVRAMMB, Usage: "simulated GPU memory, MiB"},
 			&cli.Uint64Flag{Name: "model-vram-mb", EnvVars: []string{"RBEE_SIM_MODEL_VRAM_MB"}, Value: sim.DefaultModelVRAMMB, Usage: "simulated weights, MiB (each busy slot adds a KV cache)"},
@@ -52,6 +53,9 @@ func runSimulate(c *cli.Context) error {
 	if c.Int("ttft-ms") < 0 {
 		return fmt.Errorf("--ttft-ms %d: want 0 or more", c.Int("ttft-ms"))
 	}
+	if c.Int("load-ms") < 0 {
+		return fmt.Errorf("--load-ms %d: want 0 or more", c.Int("load-ms"))
+	}
 	port := c.Int("port")
 	if port < 0 || port > 65535 {
 		return fmt.Errorf("--port %d: want 0 to 65535", port)
@@ -65,6 +69,7 @@ func runSimulate(c *cli.Context) error {
 		TotalVRAMMB:     c.Uint64("vram-mb"),
 		ModelVRAMMB:     c.Uint64("model-vram-mb"),
 		EmbeddingDim:    c.Int("embedding-dim"),
+		LoadTime:        time.Duration(c.Int("load-ms")) * time.Millisecond,
 	})
 	if err != nil {
 		return err
@@ -80,12 +85,26 @@ func runSimulate(c *cli.Context) error {
 	go func() { served <- srv.Serve(ln) }()
 	cfg := s.Config()
 	log.Info("simulated worker listening", "url", "http://"+ln.Addr().String(), "model", cfg.Model,
-		"slots", cfg.Slots, "tokens_per_second", cfg.TokensPerSecond)
+		"slots", cfg.Slots, "tokens_per_second", cfg.TokensPerSecond, "load_time", cfg.LoadTime)
 
-	select {
-	case err := <-served:
-		return fmt.Errorf("serve: %w", err)
-	case <-ctx.Done():
+	// The server answers 503 until the model is loaded; say when it is.
+	var loaded <-chan time.Time
+	if cfg.LoadTime > 0 {
+		t := time.NewTimer(time.Until(s.LoadedAt()))
+		defer t.Stop()
+		loaded = t.C
+	}
+wait:
+	for {
+		select {
+		case err := <-served:
+			return fmt.Errorf("serve: %w", err)
+		case <-loaded:
+			log.Info("model loaded", "model", cfg.Model, "load_time", cfg.LoadTime)
+			loaded = nil
+		case <-ctx.Done():
+			break wait
+		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), simShutdownGrace)
 	defer cancel()

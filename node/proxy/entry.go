@@ -64,14 +64,28 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 	}
 	model := head.Model
 	on := p.previousWorker(head.PreviousResponseID)
+	var tap *responseTap
 	if r.URL.Path == PathResponses {
-		tap := &responseTap{ResponseWriter: w, ids: p.responses}
+		tap = &responseTap{ResponseWriter: w, ids: p.responses}
 		defer tap.finish()
 		w = tap
 	}
+	var ka *keepAlive
+	if head.Stream == true {
+		ka = &keepAlive{ResponseWriter: w, model: model}
+		defer ka.finish()
+		w = ka
+	}
 	for attempt := 1; ; attempt++ {
 		waitStart := time.Now()
-		g, lerr, err := p.leases.AcquireOn(r.Context(), model, on, p.cfg.QueueTimeout)
+		var onWait func(*wsapi.LeaseWait)
+		if ka != nil {
+			onWait = ka.start(waitStart)
+		}
+		g, lerr, err := p.leases.AcquireWatch(r.Context(), model, on, p.cfg.QueueTimeout, onWait)
+		if ka != nil {
+			ka.stop()
+		}
 		if err != nil {
 			p.metrics.requests.WithLabelValues(model, "499").Inc()
 			return // the client went away while waiting
@@ -94,7 +108,7 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 			p.log.Debug("the worker that made the previous response is gone; another serves the follow-up",
 				"previous_response_id", head.PreviousResponseID, "hive", on.Hive, "worker", on.Worker, "granted", g.Hive+"/"+g.Worker)
 		}
-		if tap, ok := w.(*responseTap); ok {
+		if tap != nil {
 			tap.at = Placement{Hive: g.Hive, Worker: g.Worker}
 		}
 		if !p.forward(w, r, body, g, start) {
@@ -197,14 +211,24 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 }
 
 // modelObject is one entry of /v1/models, in OpenAI's shape.
+//
+// The fields after OpenAI's say where the model stands in the cluster (see
+// wsapi.QueueStats): "loaded", "loading", "available" (a hive can start it
+// on demand) or "unavailable" (with why), the hives that can start it, and
+// the slots serving it now. Clients read the fields they know.
 type modelObject struct {
-	ID      string `json:"id"`
-	Object  string `json:"object"`
-	Created int64  `json:"created"`
-	OwnedBy string `json:"owned_by"`
+	ID      string   `json:"id"`
+	Object  string   `json:"object"`
+	Created int64    `json:"created"`
+	OwnedBy string   `json:"owned_by"`
+	State   string   `json:"state,omitempty"`
+	Reason  string   `json:"reason,omitempty"`
+	Hives   []string `json:"hives,omitempty"`
+	Slots   int      `json:"slots,omitempty"`
 }
 
-// servedModels lists the models fresh workers serve now.
+// servedModels lists the models fresh workers serve now and those a hive
+// can start on demand.
 func (p *Proxy) servedModels(ctx context.Context) ([]modelObject, error) {
 	qs, err := p.cfg.Queues.Queues(ctx)
 	if err != nil {
@@ -212,8 +236,9 @@ func (p *Proxy) servedModels(ctx context.Context) ([]modelObject, error) {
 	}
 	out := []modelObject{}
 	for _, q := range qs {
-		if q.Slots > 0 {
-			out = append(out, modelObject{ID: q.Model, Object: "model", Created: p.cfg.Start.Unix(), OwnedBy: "rbee"})
+		if q.Slots > 0 || len(q.Hives) > 0 {
+			out = append(out, modelObject{ID: q.Model, Object: "model", Created: p.cfg.Start.Unix(), OwnedBy: "rbee",
+				State: q.State, Reason: q.Reason, Hives: q.Hives, Slots: q.Slots})
 		}
 	}
 	return out, nil

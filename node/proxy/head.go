@@ -18,6 +18,9 @@ import (
 type requestHead struct {
 	Model              string `json:"model"`
 	PreviousResponseID string `json:"previous_response_id"`
+	// Stream is any JSON value: only true asks for a stream, and a
+	// wrong type is the worker's to refuse, as before rbee read it.
+	Stream any `json:"stream"`
 }
 
 // maxFormModel bounds the model field read from a form: longer than any

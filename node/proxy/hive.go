@@ -120,19 +120,23 @@ type leaseTable struct {
 	busy    map[string]int       // worker -> requests
 	slots   map[string]int       // worker -> slots, from the last telemetry
 	failing map[string]time.Time // worker -> until
+	lastEnd map[string]time.Time // worker -> when its last lease ended
+	// draining: workers being stopped, which take no new lease.
+	draining map[string]bool
 }
 
 func newLeaseTable() *leaseTable {
-	return &leaseTable{leases: map[string]wsapi.LeaseInfo{}, busy: map[string]int{}, slots: map[string]int{}, failing: map[string]time.Time{}}
+	return &leaseTable{leases: map[string]wsapi.LeaseInfo{}, busy: map[string]int{}, slots: map[string]int{},
+		failing: map[string]time.Time{}, lastEnd: map[string]time.Time{}, draining: map[string]bool{}}
 }
 
-// start records l, unless its worker is unknown or has no free slot, or the
-// lease is already being served.
+// start records l, unless its worker is unknown, draining or has no free
+// slot, or the lease is already being served.
 func (a *leaseTable) start(l wsapi.LeaseInfo) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	slots, known := a.slots[l.Worker]
-	if !known || a.busy[l.Worker] >= slots {
+	if !known || a.busy[l.Worker] >= slots || a.draining[l.Worker] {
 		return false
 	}
 	if _, dup := a.leases[l.LeaseID]; dup {
@@ -154,6 +158,26 @@ func (a *leaseTable) end(id string) {
 	if a.busy[l.Worker]--; a.busy[l.Worker] <= 0 {
 		delete(a.busy, l.Worker)
 	}
+	a.lastEnd[l.Worker] = time.Now()
+}
+
+// WorkerLeases reports the requests worker (group/instance) is serving and
+// when its last lease ended (zero if none has): a hive unloads idle
+// workers by it.
+func (p *Proxy) WorkerLeases(worker string) (n int, lastEnd time.Time) {
+	a := p.table
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.busy[worker], a.lastEnd[worker]
+}
+
+// Drain makes worker take no new lease: it is being stopped once those it
+// serves end.
+func (p *Proxy) Drain(worker string) {
+	a := p.table
+	a.mu.Lock()
+	a.draining[worker] = true
+	a.mu.Unlock()
 }
 
 func (a *leaseTable) markFailing(worker string, now time.Time) {
@@ -168,6 +192,23 @@ func (a *leaseTable) report(workers []wsapi.ProcessStats, now time.Time) []wsapi
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	clear(a.slots)
+	present := make(map[string]bool, len(workers))
+	for i := range workers {
+		present[workers[i].ID()] = true
+	}
+	// A worker that is gone forgets its past: another may take its port.
+	for _, m := range []map[string]bool{a.draining} {
+		for k := range m {
+			if !present[k] {
+				delete(m, k)
+			}
+		}
+	}
+	for k := range a.lastEnd {
+		if !present[k] && a.busy[k] == 0 {
+			delete(a.lastEnd, k)
+		}
+	}
 	for i := range workers {
 		w := &workers[i]
 		key := w.ID()

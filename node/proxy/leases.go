@@ -41,6 +41,7 @@ type pendingLease struct {
 	msg      wsapi.LeaseRequest
 	deadline time.Time
 	ch       chan leaseAnswer // buffered 1
+	onWait   func(*wsapi.LeaseWait)
 }
 
 type leaseAnswer struct {
@@ -122,12 +123,20 @@ type Placement struct {
 // AcquireOn is Acquire for worker on when on is set: the queen waits for
 // that worker's slot, and grants any worker when it is gone.
 func (lc *LeaseClient) AcquireOn(ctx context.Context, model string, on Placement, wait time.Duration) (*wsapi.LeaseGrant, *wsapi.LeaseError, error) {
+	return lc.AcquireWatch(ctx, model, on, wait, nil)
+}
+
+// AcquireWatch is AcquireOn that, when onWait is set, asks the queen where
+// the request stands while it waits and calls onWait with each answer, from
+// the session's reader: it must not block.
+func (lc *LeaseClient) AcquireWatch(ctx context.Context, model string, on Placement, wait time.Duration, onWait func(*wsapi.LeaseWait)) (*wsapi.LeaseGrant, *wsapi.LeaseError, error) {
 	id := lc.prefix + strconv.FormatUint(lc.seq.Add(1), 36)
 	p := &pendingLease{
 		msg: wsapi.LeaseRequest{Type: wsapi.TypeLeaseRequest, RequestID: id, Model: model, WaitMS: wait.Milliseconds(),
-			Hive: on.Hive, Worker: on.Worker},
+			Hive: on.Hive, Worker: on.Worker, Progress: onWait != nil},
 		deadline: time.Now().Add(wait),
 		ch:       make(chan leaseAnswer, 1),
+		onWait:   onWait,
 	}
 	lc.mu.Lock()
 	if lc.closed {
@@ -206,6 +215,16 @@ func (lc *LeaseClient) OnError(e *wsapi.LeaseError) {
 	if p := lc.pending[e.RequestID]; p != nil {
 		delete(lc.pending, e.RequestID)
 		p.ch <- leaseAnswer{err: e}
+	}
+}
+
+// OnWait passes the queen's report on a waiting request to whoever asked.
+func (lc *LeaseClient) OnWait(m *wsapi.LeaseWait) {
+	lc.mu.Lock()
+	p := lc.pending[m.RequestID]
+	lc.mu.Unlock()
+	if p != nil && p.onWait != nil {
+		p.onWait(m)
 	}
 }
 

@@ -77,6 +77,8 @@ type Queen struct {
 	// not safe for concurrent use; nil while this node is not queen.
 	schedMu sync.Mutex
 	sched   *scheduler.Scheduler
+	// waitReportAt: when lease_wait reports last went out.
+	waitReportAt time.Time
 	// warm: the scheduler knows every live hive's workers. Until then an
 	// unknown model waits instead of failing with 404; reported are the
 	// hives heard from since this node became queen, warmBy the bound.

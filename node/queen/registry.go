@@ -33,6 +33,10 @@ type HiveView struct {
 	Workers  []wsapi.ProcessStats `json:"workers"`
 	// Leases are the requests the hive serves now.
 	Leases []wsapi.LeaseInfo `json:"leases,omitempty"`
+	// The model lifecycle, as the hive reported it (see wsapi/models.go).
+	Catalog []wsapi.CatalogEntry  `json:"catalog,omitempty"`
+	GPUs    []wsapi.GPUInfo       `json:"gpus,omitempty"`
+	Managed []wsapi.ManagedWorker `json:"managed,omitempty"`
 }
 
 // NewRegistry returns an empty registry in which a hive is online for ttl after
@@ -80,7 +84,8 @@ func (r *Registry) Hives(now time.Time) []HiveView {
 				w[i].State, w[i].StateReason = scheduler.StateOffline, reason
 			}
 		}
-		out = append(out, HiveView{HiveID: id, Online: online, LastSeen: e.lastSeen.UTC(), Workers: w, Leases: e.t.Leases})
+		out = append(out, HiveView{HiveID: id, Online: online, LastSeen: e.lastSeen.UTC(), Workers: w, Leases: e.t.Leases,
+			Catalog: e.t.Catalog, GPUs: e.t.GPUs, Managed: e.t.Managed})
 	}
 	slices.SortFunc(out, func(a, b HiveView) int { return strings.Compare(a.HiveID, b.HiveID) })
 	return out

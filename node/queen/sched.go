@@ -48,6 +48,7 @@ func (q *Queen) schedTick(now time.Time) {
 	fails := q.departedHivesLocked(now)
 	grants, tickFails := q.sched.Tick(now)
 	fails = append(fails, tickFails...)
+	msgs := append(q.placeLocked(now), q.waitReportsLocked(now)...)
 	if d := now.Sub(q.rateAt); d >= time.Second {
 		g := q.sched.Granted()
 		q.rate = float64(g-q.rateGranted) / d.Seconds()
@@ -55,6 +56,7 @@ func (q *Queen) schedTick(now time.Time) {
 	}
 	q.schedMu.Unlock()
 	q.deliver(grants, fails, "", now)
+	q.sendAll(msgs, "")
 }
 
 // handle hands a message from peer (a node's session) to the scheduler. A
@@ -62,6 +64,7 @@ func (q *Queen) schedTick(now time.Time) {
 func (q *Queen) handle(peer string, msg any, now time.Time) {
 	var grants []scheduler.Grant
 	var fails []scheduler.Failure
+	queued := false // a request waits: it may be the first for a cold model
 	q.schedMu.Lock()
 	s := q.sched
 	if s == nil {
@@ -78,14 +81,16 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 		// second: until then its workers get no grants, which entry
 		// nodes could not deliver without its address.
 		if q.memberHTTP(m.HiveID) != "" {
+			s.UpdateModels(m.HiveID, hiveModels(m), now)
 			grants = s.UpdateHive(m.HiveID, schedWorkers(m.Workers), hiveLeases(m.Leases), now)
 			q.reported[m.HiveID] = true
 		}
 		setStates(m, s)
 	case *wsapi.LeaseRequest:
 		r := scheduler.Request{ID: m.RequestID, Entry: peer, Model: m.Model, VRAMMB: m.VRAMMB,
-			Deadline: now.Add(time.Duration(m.WaitMS) * time.Millisecond), Hive: m.Hive, Worker: m.Worker}
+			Deadline: now.Add(time.Duration(m.WaitMS) * time.Millisecond), Hive: m.Hive, Worker: m.Worker, Progress: m.Progress}
 		g, err := s.Request(r, now)
+		queued = g == nil && err == nil
 		switch {
 		case err != nil:
 			fails = append(fails, scheduler.Failure{Request: r, Err: err.(*scheduler.Error)})
@@ -97,8 +102,16 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 	case *wsapi.LeaseRelease:
 		grants = s.Release(m.LeaseID, now)
 	}
+	var msgs []outMsg
+	if _, report := msg.(*wsapi.HiveTelemetry); report || queued {
+		// A report may free VRAM or end a load; a request may be the
+		// first for a cold model: start what that allows now, not at
+		// the next tick.
+		msgs = q.placeLocked(now)
+	}
 	q.schedMu.Unlock()
 	q.deliver(grants, fails, peer, now)
+	q.sendAll(msgs, peer)
 }
 
 // departedHivesLocked takes the hives that left the cluster or failed out of
@@ -285,7 +298,13 @@ func (q *Queen) Queues(now time.Time) ([]wsapi.QueueStats, float64) {
 	ms := q.sched.Models(now)
 	out := make([]wsapi.QueueStats, 0, len(ms))
 	for _, m := range ms {
-		out = append(out, wsapi.QueueStats{Model: m.Model, Waiting: m.Waiting, Leases: m.Leases, Slots: m.Slots})
+		qs := wsapi.QueueStats{Model: m.Model, Waiting: m.Waiting, Leases: m.Leases, Slots: m.Slots,
+			State: m.State, Reason: m.Reason, Hives: m.Hives, LoadingHive: m.Loading,
+			ServiceMS: m.Service.Milliseconds(), ETAMS: m.ETA.Milliseconds()}
+		if m.Loading != "" {
+			qs.LoadingMS = now.Sub(m.LoadingSince).Milliseconds()
+		}
+		out = append(out, qs)
 	}
 	return out, q.rate
 }

@@ -9,7 +9,9 @@
 // streamed as server-sent events when asked. It stops at once when the client
 // goes away, and counts what happened (Stats), so that tests can prove a
 // router never sent it more concurrent requests than it has slots. AbortAll
-// breaks every in-flight request mid-way, as a worker that dies would.
+// breaks every in-flight request mid-way, as a worker that dies would. With
+// Config.LoadTime it first answers 503 "Loading model" for a while, as
+// llama-server does while it loads the weights.
 //
 // Two endpoints are its own: GET /rbee/sim/gpu gives made-up GPU figures that
 // follow the load (a hive's collector reports them, marked simulated, for

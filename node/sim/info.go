@@ -31,6 +31,36 @@ func (s *Simulator) routes() *http.ServeMux {
 	return mux
 }
 
+// Handler serves the worker's HTTP API. While the model loads it answers
+// every path with 503, as llama-server does before routing, except the
+// simulator's own /rbee/sim/ endpoints.
+func (s *Simulator) Handler() http.Handler {
+	if s.cfg.LoadTime <= 0 {
+		return s.mux
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !s.Loaded() && !strings.HasPrefix(r.URL.Path, "/rbee/sim/") {
+			writeJSON(w, http.StatusServiceUnavailable, loadingError{Error: loadingErrorBody{
+				Message: "Loading model", Type: "unavailable_error", Code: http.StatusServiceUnavailable,
+			}})
+			return
+		}
+		s.mux.ServeHTTP(w, r)
+	})
+}
+
+// loadingError is llama-server's answer while it loads the model; unlike
+// apiError, its code is the HTTP status as a number.
+type loadingError struct {
+	Error loadingErrorBody `json:"error"`
+}
+
+type loadingErrorBody struct {
+	Message string `json:"message"`
+	Type    string `json:"type"`
+	Code    int    `json:"code"`
+}
+
 // get serves h for GET and HEAD only.
 func get(h http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

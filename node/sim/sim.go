@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -53,6 +54,8 @@ const (
 	// MaxTokensCap gaps) far inside time.Duration.
 	minTokensPerSecond = 0.01
 	maxTTFT            = 24 * time.Hour
+	// maxLoadTime bounds Config.LoadTime.
+	maxLoadTime = 24 * time.Hour
 )
 
 // Config describes the simulated worker. Zero values take the defaults above
@@ -85,6 +88,15 @@ type Config struct {
 	// EmbeddingDim is the length of /v1/embeddings vectors. Default
 	// DefaultEmbeddingDim.
 	EmbeddingDim int
+	// LoadTime is how long the simulated model takes to load: until then
+	// the server answers /health, /v1/models and every inference route with
+	// 503 {"error":{"message":"Loading model","type":"unavailable_error","code":503}}
+	// as llama-server does; GET /health answers {"status":"ok"} with 200
+	// once loaded. The clock starts in New. /props and every other
+	// llama-server path answer 503 too; the simulator's own /rbee/sim/
+	// endpoints answer throughout (the weights' VRAM counts from the
+	// start, as they are being loaded). Default 0: loaded at once.
+	LoadTime time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -128,6 +140,8 @@ func (c Config) validate() error {
 		return fmt.Errorf("model vram %d MiB: more than the %d MiB total", c.ModelVRAMMB, c.TotalVRAMMB)
 	case c.EmbeddingDim < 1 || c.EmbeddingDim > maxEmbeddingDim:
 		return fmt.Errorf("embedding dim %d: want 1 to %d", c.EmbeddingDim, maxEmbeddingDim)
+	case c.LoadTime < 0 || c.LoadTime > maxLoadTime:
+		return fmt.Errorf("load time %v: want 0 to %v", c.LoadTime, maxLoadTime)
 	}
 	return nil
 }
@@ -162,6 +176,7 @@ type Simulator struct {
 	cfg      Config
 	interval time.Duration // between tokens; 0 when unpaced
 	created  int64         // Unix seconds, for /v1/models
+	loadedAt time.Time     // when the simulated model is loaded (monotonic)
 	idPrefix string        // makes response ids unique across simulators
 	slots    chan struct{} // a send takes a slot
 	mux      *http.ServeMux
@@ -183,9 +198,11 @@ func New(cfg Config) (*Simulator, error) {
 	}
 	var b [4]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand panics instead)
+	now := time.Now()
 	s := &Simulator{
 		cfg:      cfg,
-		created:  time.Now().Unix(),
+		created:  now.Unix(),
+		loadedAt: now.Add(cfg.LoadTime),
 		idPrefix: hex.EncodeToString(b[:]),
 		slots:    make(chan struct{}, cfg.Slots),
 		abortCh:  make(chan struct{}),
@@ -201,8 +218,12 @@ func New(cfg Config) (*Simulator, error) {
 // Config returns the configuration in use, defaults applied.
 func (s *Simulator) Config() Config { return s.cfg }
 
-// Handler serves the worker's HTTP API.
-func (s *Simulator) Handler() http.Handler { return s.mux }
+// LoadedAt returns when the simulated model is (or was) loaded: New's time
+// plus Config.LoadTime. Until then the API answers 503.
+func (s *Simulator) LoadedAt() time.Time { return s.loadedAt }
+
+// Loaded reports whether the simulated model has loaded.
+func (s *Simulator) Loaded() bool { return !time.Now().Before(s.loadedAt) }
 
 // Stats returns the counters now. Fields are read one by one, so a snapshot
 // taken under load may be off by a request between fields.
@@ -280,6 +301,10 @@ const (
 	aborted
 )
 
+// HeaderReceived on every inference answer is when the simulator got the
+// request, in Unix nanoseconds.
+const HeaderReceived = "X-Sim-Received"
+
 // call is one inference request in flight.
 type call struct {
 	abort <-chan struct{}          // closed by AbortAll
@@ -294,6 +319,9 @@ func (s *Simulator) inference(h func(http.ResponseWriter, *http.Request, *call) 
 			methodNotAllowed(w, http.MethodPost)
 			return
 		}
+		// When the request reached the worker, for benchmarks that time
+		// the path to it (rbee's cold-start figures).
+		w.Header().Set(HeaderReceived, strconv.FormatInt(time.Now().UnixNano(), 10))
 		s.raisePeak(s.inFlight.Add(1))
 		defer s.inFlight.Add(-1)
 		c := &call{rc: http.NewResponseController(w)}

@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
+
+	"github.com/rbee/rbee/wsapi"
 )
 
 // ErrGPUUnavailable is wrapped by Init's error when this machine yields no
@@ -382,4 +384,38 @@ func (g *GPU) Shutdown() {
 	if ret := g.lib.Shutdown(); ret != nvml.SUCCESS {
 		g.log.Warn("shut down NVML", "error", ret.Error())
 	}
+}
+
+// Devices is the machine's GPU inventory for the model lifecycle: each
+// device's name, VRAM used and total, and utilization, read now. Empty
+// without NVML. A figure NVML will not give is left zero.
+func (g *GPU) Devices() []wsapi.GPUInfo {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.initLocked()
+	if !g.live {
+		return nil
+	}
+	out := make([]wsapi.GPUInfo, 0, len(g.devs))
+	for i := range g.devs {
+		d := &g.devs[i]
+		info := wsapi.GPUInfo{Index: d.index, TotalVRAMMB: d.total >> 20}
+		if name, ret := d.dev.GetName(); ret == nvml.SUCCESS {
+			info.Name = name
+		} else {
+			g.warnOnce(d.index, "GetName", ret)
+		}
+		if mem, ret := d.dev.GetMemoryInfo(); ret == nvml.SUCCESS {
+			info.UsedVRAMMB, info.TotalVRAMMB = mem.Used>>20, mem.Total>>20
+		} else {
+			g.warnOnce(d.index, "GetMemoryInfo", ret)
+		}
+		if u, ret := d.dev.GetUtilizationRates(); ret == nvml.SUCCESS {
+			info.UtilPct = float64(u.Gpu)
+		} else {
+			g.warnOnce(d.index, "GetUtilizationRates", ret)
+		}
+		out = append(out, info)
+	}
+	return out
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+
+	"github.com/rbee/rbee/wsapi"
 )
 
 const gib = 1 << 30
@@ -531,5 +533,31 @@ func TestGPU_WorkersAreSummedFromOneSample(t *testing.T) {
 	}
 	if n, m := len(gpu0.GetProcessUtilizationCalls()), len(gpu1.GetProcessUtilizationCalls()); n != 1 || m != 1 {
 		t.Errorf("utilisation read %d and %d times, want once per GPU per tick", n, m)
+	}
+}
+
+// Devices lists every GPU with name, VRAM and utilization; a call NVML
+// refuses leaves that figure zero and the rest stands.
+func TestGPU_Devices(t *testing.T) {
+	gpu0, gpu1 := newMockGPU(80*gib), newMockGPU(24*gib)
+	gpu0.GetNameFunc = func() (string, nvml.Return) { return "NVIDIA H200", nvml.SUCCESS }
+	gpu0.GetMemoryInfoFunc = func() (nvml.Memory, nvml.Return) {
+		return nvml.Memory{Total: 80 * gib, Used: 30 * gib, Free: 50 * gib}, nvml.SUCCESS
+	}
+	gpu0.GetUtilizationRatesFunc = func() (nvml.Utilization, nvml.Return) { return nvml.Utilization{Gpu: 57}, nvml.SUCCESS }
+	gpu1.GetNameFunc = func() (string, nvml.Return) { return "", nvml.ERROR_NOT_SUPPORTED }
+	gpu1.GetUtilizationRatesFunc = func() (nvml.Utilization, nvml.Return) { return nvml.Utilization{}, nvml.ERROR_NOT_SUPPORTED }
+	g := NewGPU(newMockNVML(gpu0, gpu1), nil)
+	got := g.Devices()
+	want := []wsapi.GPUInfo{
+		{Index: 0, Name: "NVIDIA H200", TotalVRAMMB: 80 * 1024, UsedVRAMMB: 30 * 1024, UtilPct: 57},
+		{Index: 1, TotalVRAMMB: 24 * 1024},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("Devices:\n got %+v\nwant %+v", got, want)
+	}
+	g.Shutdown()
+	if d := g.Devices(); d != nil {
+		t.Fatalf("after Shutdown: %+v", d)
 	}
 }

@@ -40,6 +40,26 @@ export function uptime(s) {
   return `${Math.floor(s / 86400)}d ${Math.floor(s / 3600) % 24}h`;
 }
 
+// secs: a duration in ms to a tenth of a second below a minute ("4.2 s"),
+// else as uptime ("1m 05s").
+export function secs(ms) {
+  if (!Number.isFinite(ms) || ms < 0) return '–';
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)} s`;
+  return uptime(ms / 1000);
+}
+
+// gib: a size in bytes, in GiB with one decimal ("9.1 GiB").
+export function gib(bytes) {
+  if (!Number.isFinite(bytes) || bytes < 0) return '–';
+  return `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+}
+
+// oneLine joins a text's non-blank lines (an engine's last output) with " | ".
+export function oneLine(s) {
+  if (typeof s !== 'string') return '';
+  return s.split('\n').map((l) => l.trim()).filter(Boolean).join(' | ');
+}
+
 // ago: a duration in ms, coarse ("0.4 s", "12 s", "3 min", "2 h").
 export function ago(ms) {
   const s = ms / 1000;

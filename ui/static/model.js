@@ -62,6 +62,12 @@ function newHive(id) {
     order: [], // worker keys, sorted
     orderChanged: true,
     leases: 0,
+    // The model lifecycle's parts of its last report (empty from a hive
+    // or queen before it): what it can start, its GPUs, the workers rbee
+    // started there.
+    catalog: [],
+    gpus: [],
+    managed: [],
     removed: false,
   };
 }
@@ -117,7 +123,7 @@ export function applyMessage(st, msg, now) {
   switch (msg.type) {
     case 'hive_telemetry':
       if (typeof msg.hive_id !== 'string' || !Array.isArray(msg.workers)) return '';
-      applyTelemetry(st, msg.hive_id, msg.workers, msg.leases, now);
+      applyTelemetry(st, msg.hive_id, msg.workers, msg.leases, now, msg);
       return msg.type;
     case 'queen':
       applyQueen(st, msg, now);
@@ -137,11 +143,12 @@ function hive(st, id, now) {
   return h;
 }
 
-function applyTelemetry(st, id, workers, leases, now) {
+function applyTelemetry(st, id, workers, leases, now, report) {
   if (!st.firstDataAt) st.firstDataAt = now;
   const h = hive(st, id, now);
   h.reported = true;
   h.lastSeen = now;
+  applyLifecycle(st, h, report || {}, now);
   const busy = new Map();
   if (Array.isArray(leases)) {
     for (const l of leases) {
@@ -182,6 +189,39 @@ function applyTelemetry(st, id, workers, leases, now) {
   updateStatus(st, h, now);
   st.dirty.hives.add(h);
   st.dirty.summary = true;
+}
+
+// applyLifecycle takes a report's catalog, GPUs and managed workers, and
+// logs what a person wants to hear of: a worker that started loading or got
+// ready, a model start that failed.
+function applyLifecycle(st, h, r, now) {
+  const list = (v) => (Array.isArray(v) ? v.filter((x) => x && typeof x === 'object') : []);
+  const catalog = list(r.catalog);
+  const managed = list(r.managed);
+  if (!quiet(st, now)) {
+    const was = new Map(h.managed.map((m) => [m.instance, m.state]));
+    for (const m of managed) {
+      const before = was.get(m.instance);
+      if (before === m.state) continue;
+      if (m.state === 'loading') logEvent(st, now, `hive ${h.id} loading ${m.model} (models/${m.instance})`);
+      else if (m.state === 'ready' && before === 'loading') logEvent(st, now, `hive ${h.id}: ${m.model} ready (models/${m.instance})`, 'ok');
+    }
+    const failed = new Map(h.catalog.map((c) => [c.name, c.failures || 0]));
+    for (const c of catalog) {
+      if ((c.failures || 0) > (failed.get(c.name) || 0)) {
+        logEvent(st, now, `hive ${h.id}: ${c.name} failed to start: ${firstLine(c.fail_reason) || 'no reason given'}`, 'bad');
+      }
+    }
+  }
+  h.catalog = catalog;
+  h.gpus = list(r.gpus);
+  h.managed = managed;
+}
+
+// firstLine is the first non-blank line of a text (an engine's output).
+export function firstLine(s) {
+  if (typeof s !== 'string') return '';
+  return s.split('\n').map((l) => l.trim()).filter(Boolean)[0] || '';
 }
 
 // sample records GPU and VRAM into the worker's history, at most one sample a
@@ -239,7 +279,7 @@ export function applyCluster(st, doc, from, now) {
     const h = st.hives.get(hv.hive_id);
     if (h && h.reported) continue;
     if (hv.online && Array.isArray(hv.workers)) {
-      applyTelemetry(st, hv.hive_id, hv.workers, hv.leases, now);
+      applyTelemetry(st, hv.hive_id, hv.workers, hv.leases, now, hv);
       continue;
     }
     const hh = hive(st, hv.hive_id, now);
@@ -308,6 +348,7 @@ export function tick(st, now) {
   for (const h of st.hives.values()) {
     updateStatus(st, h, now);
     if (h.status !== 'online') st.dirty.hives.add(h); // "no report for N s"
+    if (h.managed.some((m) => m.state === 'loading')) st.dirty.hives.add(h); // "loading 12 s"
     for (const w of h.workers.values()) {
       if (w.gone && now - w.goneAt > GONE_KEEP_MS) {
         h.workers.delete(w.key);

@@ -54,6 +54,9 @@ export function createView(st, origin) {
   const tplWorker = byId('tpl-worker').content.firstElementChild;
   const tplMember = byId('tpl-member').content.firstElementChild;
   const tplQueue = byId('tpl-queue').content.firstElementChild;
+  const tplGPU = byId('tpl-gpu').content.firstElementChild;
+  const tplManaged = byId('tpl-managed').content.firstElementChild;
+  const tplEntry = byId('tpl-entry').content.firstElementChild;
   const tiles = {};
   for (const t of ['queen', 'members', 'hives', 'workers', 'rps', 'queue']) tiles[t] = fields(byId(`t-${t}`));
   const membersEl = byId('members');
@@ -226,6 +229,15 @@ export function createView(st, origin) {
       attr(r.f.waiting, 'data-hot', q.waiting > 0 ? '' : null);
       set(r.f.leases, `${q.leases || 0} / ${q.slots || 0}`);
       scale(r.f.bar, q.slots > 0 ? q.leases / q.slots : 0);
+      // The model lifecycle (a queen before it sends none of this).
+      const state = typeof q.state === 'string' ? q.state : '';
+      if (r.f.state.hidden === !!state) r.f.state.hidden = !state;
+      set(r.f.state, state);
+      attr(r.f.state, 'data-s', state || null);
+      const note = queueNote(q);
+      if (r.f.note.hidden === !!note) r.f.note.hidden = !note;
+      set(r.f.note, note);
+      attr(r.f.note, 'title', note || null);
     }
     for (const [model, r] of queueRows) {
       if (!seen.has(model)) {
@@ -235,6 +247,21 @@ export function createView(st, origin) {
     }
     const none = queuesEl.querySelector('.none');
     if (none) none.hidden = queueRows.size > 0;
+  }
+
+  // queueNote: a model's expected wait, where it is loading, why it cannot
+  // be served or where it could start.
+  function queueNote(q) {
+    const parts = [];
+    if (q.eta_ms > 0) parts.push(`~${fmt.secs(q.eta_ms)} wait`);
+    if (typeof q.loading_hive === 'string' && q.loading_hive) {
+      parts.push(`loading on ${q.loading_hive} for ${fmt.uptime((q.loading_ms || 0) / 1000)}`);
+    }
+    const reason = fmt.oneLine(q.reason);
+    if (q.state === 'unavailable') parts.push(reason || 'no hive can start it');
+    else if (reason) parts.push(reason);
+    if (q.state === 'available' && Array.isArray(q.hives) && q.hives.length) parts.push(`can start on ${q.hives.join(', ')}`);
+    return parts.join(' · ');
   }
 
   function renderEvents() {
@@ -311,7 +338,12 @@ export function createView(st, origin) {
     if (live) parts.push(`${busy} / ${slots} slots busy`);
     if (h.leases > busy) parts.push(`${h.leases} leases`);
     if (sim) parts.push(`${sim} simulated`);
+    const loading = h.managed.filter((m) => m.state === 'loading').length;
+    if (loading) parts.push(`${loading} loading`);
+    const failed = h.catalog.filter((c) => c.failures > 0).length;
+    if (failed) parts.push(`${failed} failed to start`);
     set(f.meta, parts.join(' · '));
+    renderLife(h, now);
     let seen = '';
     if (h.status !== 'online') {
       if (h.reported) seen = `no report for ${fmt.ago(now - h.lastSeen)}`;
@@ -348,6 +380,90 @@ export function createView(st, origin) {
     for (const w of h.workers.values()) {
       if (w.dirty) renderWorker(h, w);
     }
+  }
+
+  // --- a hive's model lifecycle: GPUs, workers rbee started, catalog
+
+  function renderLife(h, now) {
+    const f = h.el.f;
+    const hide = !!h.collapsed || (h.gpus.length + h.managed.length + h.catalog.length === 0);
+    if (f.life.hidden !== hide) f.life.hidden = hide;
+    if (hide) return;
+    sync(f.gpusBox, f.gpus, h.gpus, tplGPU, (row, g, x) => {
+      set(g.name, `GPU ${x.index ?? '?'}${x.name ? ` · ${x.name}` : ''}`);
+      attr(g.name, 'title', x.name || null);
+      const used = x.used_vram_mb || 0;
+      const total = x.total_vram_mb || 0;
+      set(g.vram, fmt.vram(used, total));
+      // Reserved VRAM is promised to workers still loading: placement
+      // counts it as used, and so does the bar.
+      const vf = total > 0 ? (used + (x.reserved_mb || 0)) / total : 0;
+      scale(g.bar, vf);
+      attr(g.bar, 'data-hot', vf >= 0.95 ? '' : null);
+      set(g.util, `${fmt.pct(+x.util_pct || 0)} util`);
+      set(g.reserved, x.reserved_mb > 0 ? `${fmt.mib(x.reserved_mb)} reserved` : '');
+      const simulated = !!x.simulated;
+      if (g.sim.hidden === simulated) g.sim.hidden = !simulated;
+      attr(row, 'data-sim', simulated ? '' : null);
+    });
+    const managed = [...h.managed].sort((a, b) => fmt.compareIDs(`${a.instance}`, `${b.instance}`));
+    sync(f.managedBox, f.managed, managed, tplManaged, (row, g, m) => {
+      const state = typeof m.state === 'string' ? m.state : 'unknown';
+      attr(row, 'data-state', state);
+      attr(g.state, 'data-s', state);
+      const since = Date.parse(m.since);
+      // The time so far, on this browser's clock against the hive's.
+      set(g.state, state === 'loading' && Number.isFinite(since) ? `loading ${fmt.uptime(Math.max(0, now - since) / 1000)}` : state);
+      attr(g.state, 'title', Number.isFinite(since) ? `started ${fmt.clock(since)}` : null);
+      set(g.name, `models/${m.instance}`);
+      set(g.model, typeof m.model === 'string' ? m.model : '');
+      attr(g.model, 'title', m.engine ? `${m.model} (${m.engine})` : null);
+      const gpus = Array.isArray(m.gpus) && m.gpus.length ? `GPU ${m.gpus.join(', ')}` : '';
+      set(g.meta, [gpus, m.vram_mb > 0 ? fmt.mib(m.vram_mb) : '', `${m.leases || 0} leases`,
+        m.started_by ? `by ${m.started_by}` : ''].filter(Boolean).join(' · '));
+    });
+    const catalog = [...h.catalog].sort((a, b) => fmt.compareIDs(`${a.name}`, `${b.name}`));
+    sync(f.catalogBox, f.catalog, catalog, tplEntry, (row, g, c) => {
+      set(g.name, typeof c.name === 'string' ? c.name : '');
+      const vram = c.vram_mb > 0 ? `${fmt.mib(c.vram_mb)}${c.vram_source ? ` ${c.vram_source}` : ''}` : '';
+      set(g.meta, [c.engine, c.bytes > 0 ? fmt.gib(c.bytes) : '', c.slots > 0 ? `${c.slots} slots` : '', vram,
+        c.load_ms > 0 ? `loads in ${fmt.secs(c.load_ms)}` : ''].filter(Boolean).join(' · '));
+      const parts = [];
+      let status = 'ok';
+      if (c.unavailable) {
+        parts.push(`cannot start: ${fmt.oneLine(c.unavailable)}`);
+        status = 'unavailable';
+      }
+      if (c.failures > 0) {
+        const at = Date.parse(c.failed_at);
+        const when = Number.isFinite(at) ? `, ${fmt.ago(Math.max(0, now - at))} ago` : '';
+        parts.push(`failed ${c.failures}×${when}: ${fmt.oneLine(c.fail_reason) || 'no reason given'}`);
+        if (status === 'ok') status = 'failed';
+      }
+      set(g.status, parts.length ? parts.join(' · ') : 'available');
+      attr(g.status, 'title', c.fail_reason || c.unavailable || null);
+      attr(row, 'data-status', status);
+      const simulated = !!c.simulated;
+      if (g.sim.hidden === simulated) g.sim.hidden = !simulated;
+    });
+  }
+
+  // sync makes box hold one row of tpl per item, filled by fill(row,
+  // fields, item); rows are kept and refilled, and box's section is hidden
+  // while there are none.
+  function sync(section, box, items, tpl, fill) {
+    while (box.childElementCount > items.length) box.lastElementChild.remove();
+    while (box.childElementCount < items.length) {
+      const row = tpl.cloneNode(true);
+      row._f = fields(row);
+      box.appendChild(row);
+    }
+    items.forEach((it, i) => {
+      const row = box.children[i];
+      fill(row, row._f, it);
+    });
+    const hide = items.length === 0;
+    if (section.hidden !== hide) section.hidden = hide;
   }
 
   function makeRow(w) {

@@ -1,0 +1,122 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/rbee/rbee/wsapi"
+)
+
+// keepAliveAfter is how long a streaming request waits for a worker before
+// its client is sent a stream of SSE comments: a proxy between the client
+// and rbee that cuts idle connections (often at 30 or 60 s) would otherwise
+// drop a request waiting for a model to load.
+const keepAliveAfter = time.Second
+
+// keepAlive is the response of a streaming request while it waits for a
+// lease. Once it has waited keepAliveAfter, each of the queen's reports on it
+// becomes a comment line (": rbee queued position=3 eta=4.2s"), which SSE
+// clients ignore; that commits the response to 200 and an event stream, so
+// what comes later (the worker's stream, or an error) follows in the same
+// stream: an error as a data event holding the OpenAI error object, which
+// the openai and Vercel AI SDKs raise.
+type keepAlive struct {
+	http.ResponseWriter
+	model string
+
+	mu        sync.Mutex
+	since     time.Time
+	waiting   bool
+	committed bool
+	status    int          // asked for after the commit
+	errBody   bytes.Buffer // a non-200 answer after the commit
+}
+
+// start begins a wait and returns what the lease client calls with the
+// queen's reports.
+func (k *keepAlive) start(now time.Time) func(*wsapi.LeaseWait) {
+	k.mu.Lock()
+	k.since, k.waiting = now, true
+	k.mu.Unlock()
+	return k.report
+}
+
+// stop ends the wait: no comment is written after it returns.
+func (k *keepAlive) stop() {
+	k.mu.Lock()
+	k.waiting = false
+	k.mu.Unlock()
+}
+
+func (k *keepAlive) report(m *wsapi.LeaseWait) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !k.waiting || time.Since(k.since) < keepAliveAfter-50*time.Millisecond {
+		return
+	}
+	if !k.committed {
+		h := k.ResponseWriter.Header()
+		h.Set("Content-Type", "text/event-stream")
+		h.Set("Cache-Control", "no-cache")
+		h.Set("X-Accel-Buffering", "no")
+		k.ResponseWriter.WriteHeader(http.StatusOK)
+		k.committed = true
+	}
+	line := fmt.Sprintf(": rbee queued position=%d", m.Position)
+	if m.ETAMS > 0 {
+		line += " eta=" + strconv.FormatFloat(float64(m.ETAMS)/1000, 'f', 1, 64) + "s"
+	}
+	line += "\n"
+	if m.Loading != "" {
+		line += fmt.Sprintf(": rbee loading %s on %s %ds\n", TruncateText(m.Loading, 200), TruncateText(m.LoadingHive, 64), m.LoadingMS/1000)
+	}
+	_, _ = k.ResponseWriter.Write([]byte(line + "\n"))
+	_ = http.NewResponseController(k.ResponseWriter).Flush()
+}
+
+func (k *keepAlive) WriteHeader(code int) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.committed {
+		k.status = code
+		return
+	}
+	k.ResponseWriter.WriteHeader(code)
+}
+
+func (k *keepAlive) Write(b []byte) (int, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.committed && k.status != 0 && k.status != http.StatusOK {
+		k.errBody.Write(b)
+		return len(b), nil
+	}
+	return k.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection (flushes).
+func (k *keepAlive) Unwrap() http.ResponseWriter { return k.ResponseWriter }
+
+// finish sends an error answered after the commit as the stream's last
+// event.
+func (k *keepAlive) finish() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !k.committed || k.errBody.Len() == 0 {
+		return
+	}
+	var compact bytes.Buffer
+	if json.Compact(&compact, k.errBody.Bytes()) != nil || !json.Valid(compact.Bytes()) {
+		compact.Reset()
+		b, _ := json.Marshal(map[string]any{"error": map[string]any{"message": k.errBody.String(), "type": "upstream_error",
+			"code": strconv.Itoa(k.status)}})
+		compact.Write(b)
+	}
+	_, _ = k.ResponseWriter.Write([]byte("data: " + compact.String() + "\n\n"))
+	_ = http.NewResponseController(k.ResponseWriter).Flush()
+}
