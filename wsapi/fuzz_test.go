@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 )
 
@@ -27,6 +28,9 @@ func FuzzDecode(f *testing.F) {
 		LeaseRelease{Type: TypeLeaseRelease, LeaseID: "q.1"},
 		LeaseGrant{Type: TypeLeaseGrant, RequestID: "e.1", LeaseID: "q.1", Hive: "h", HiveAddr: "127.0.0.1:7833", Worker: "llm/8080", Model: "m"},
 		LeaseError{Type: TypeLeaseError, RequestID: "e.1", Status: 429, ErrorType: "rate_limit_exceeded", Message: "full", RetryAfterMS: 1000},
+		ModelStart{Type: TypeModelStart, StartID: "q.s1", Model: "qwen2.5-7b", GPUs: []int{1}, Evict: []string{"41234"}, VRAMMB: 9000, Term: 3},
+		LeaseWait{Type: TypeLeaseWait, RequestID: "e.1", Position: 3, ETAMS: 4200, Loading: "qwen2.5-7b", LoadingHive: "gpu1", LoadingMS: 12000},
+		lifecycleTelemetry(),
 	} {
 		b, err := Encode(msg)
 		if err != nil {
@@ -72,6 +76,10 @@ func FuzzDecode(f *testing.F) {
 			verr = m.Validate()
 		case *LeaseRelease:
 			verr = m.Validate()
+		case *ModelStart:
+			verr = m.Validate()
+		case *HiveTelemetry:
+			verr = m.Validate(m.HiveID)
 		}
 		if verr != nil {
 			if !errors.Is(verr, ErrInvalid) {
@@ -105,4 +113,16 @@ func checkCloseReason(t *testing.T, s string) {
 	if len(r) > 123 || !utf8.ValidString(r) || !strings.HasPrefix(s, r) {
 		t.Fatalf("CloseReason(%q) = %q (%d bytes, valid UTF-8 %v)", s, r, len(r), utf8.ValidString(r))
 	}
+}
+
+// lifecycleTelemetry is a report with every lifecycle field set.
+func lifecycleTelemetry() *HiveTelemetry {
+	t := validTelemetry(1)
+	at := time.Date(2026, 11, 30, 5, 0, 0, 0, time.UTC)
+	t.Catalog = []CatalogEntry{{Name: "qwen2.5-7b", Engine: "llama-server", Bytes: 4 << 30, Slots: 4, Ctx: 8192, VRAMMB: 6000,
+		VRAMSource: "learned", LoadMS: 2100, MaxReplicas: 2, Failures: 1, FailedAt: at, FailReason: "exited with status 1: bad magic"}}
+	t.GPUs = []GPUInfo{{Index: 0, Name: "NVIDIA H200", TotalVRAMMB: 143771, UsedVRAMMB: 9000, UtilPct: 12, ReservedMB: 100}}
+	t.Managed = []ManagedWorker{{Instance: "41234", Model: "qwen2.5-7b", Engine: "llama-server", State: ManagedLoading, Since: at,
+		PID: 99, GPUs: []int{0}, VRAMMB: 6000, StartID: "q.s1", StartedBy: "q", Leases: 0}}
+	return t
 }

@@ -118,7 +118,7 @@ func TestConfigFile_Errors(t *testing.T) {
 		want    string // after the fixture's path
 	}{
 		{"unknown-key", `:7: unknown key "gosip-addr" (did you mean "gossip-addr"?)`},
-		{"unknown-table", `:4: unknown table "model": the file has no tables, only flag names as top-level keys`},
+		{"unknown-table", `:4: unknown table "catalog": the file has no tables, only flag names as top-level keys`},
 		{"wrong-type", `:3: key "queue-limit": want an integer, got a string`},
 		{"wrong-element", `:2: key "join": want an array of strings, got an array holding an integer`},
 		{"bad-duration", `:3: key "queue-timeout": "30 seconds" is not a duration (want a number and a unit: "30s", "1m30s", "500ms")`},

@@ -22,7 +22,7 @@ func modelFlags() []cli.Flag {
 		&cli.StringFlag{Name: "models-dir", EnvVars: []string{"RBEE_MODELS_DIR"},
 			Usage: "a folder of models this hive can start: every *.gguf (llama-server) and every folder with config.json and *.safetensors (vllm)"},
 		&cli.StringSliceFlag{Name: "engine", EnvVars: []string{"RBEE_ENGINE"},
-			Usage: "NAME=BINARY points a built-in engine (llama-server, vllm, sim) at a binary; NAME='TEMPLATE' defines one, with {path} {port} {slots} {ctx} {name} {host} (repeat; env: separate with ;)"},
+			Usage: "NAME=BINARY points a built-in engine (llama-server, vllm, sim) at a binary; NAME='TEMPLATE' defines one, with {path} {port} {slots} {ctx} {name} {host} (repeat; env: separate with newlines)"},
 		&cli.StringFlag{Name: "sim-gpus", EnvVars: []string{"RBEE_SIM_GPUS"},
 			Usage: "simulated GPUs for placement on a machine without one, e.g. 2x24GiB (their used VRAM is the sum of the simulated workers placed on them)"},
 		&cli.DurationFlag{Name: "idle-unload", EnvVars: []string{"RBEE_IDLE_UNLOAD"}, Value: models.DefaultIdleUnload,
@@ -67,7 +67,13 @@ func modelsConfig(c *cli.Context, devices func() []wsapi.GPUInfo, log *slog.Logg
 	}
 	engines := models.BuiltinEngines()
 	for _, v := range c.StringSlice("engine") {
-		for _, one := range strings.Split(v, ";") {
+		// A template may hold ';' (sh -c "a; b"): several engines in
+		// RBEE_ENGINE are separated by newlines, and a flag is one.
+		sep := "\x00"
+		if env := os.Getenv("RBEE_ENGINE"); env != "" && v == env {
+			sep = "\n"
+		}
+		for _, one := range strings.Split(v, sep) {
 			if one = strings.TrimSpace(one); one == "" {
 				continue
 			}

@@ -41,7 +41,9 @@ func statusCommand() *cli.Command {
 		Name:  "status",
 		Usage: "print the cluster: members, queues and every worker's load, once",
 		Description: "Asks the node at --http-addr for /v1/cluster (the node asks the queen for hives\n" +
-			"and queues). GPU figures marked * come from `rbee worker simulate`, not a GPU.\n" +
+			"and queues), with each online hive's GPUs, model catalog and the workers rbee\n" +
+			"started. GPU figures marked * are simulated (`rbee worker simulate`, --sim-gpus),\n" +
+			"not a GPU.\n" +
 			"For a live view, see `rbee top`.",
 		Flags:  append(clientFlags(), &cli.BoolFlag{Name: "json", Usage: "print the /v1/cluster document as JSON"}),
 		Action: runStatus,
@@ -109,6 +111,9 @@ type statusOptions struct {
 	Height int
 	// Color paints worker states in ANSI colours (see stateColors).
 	Color bool
+	// Compact lists only the catalog entries that failed or cannot start,
+	// and counts the rest (`rbee top`).
+	Compact bool
 }
 
 // renderStatus writes the cluster as text: a summary line, then the members,
@@ -144,12 +149,13 @@ type statusBlock struct {
 
 func statusBlocks(v *node.ClusterView, now time.Time, opts statusOptions) []statusBlock {
 	ws := workerRows(v)
-	return []statusBlock{
+	bs := []statusBlock{
 		{head: summaryLines(v, ws)},
 		membersBlock(v.Members, opts.Width),
 		queuesBlock(v.Queues, opts.Width),
 		workersBlock(v, ws, now, opts),
 	}
+	return append(bs, modelBlocks(v, now, opts)...)
 }
 
 // workerRow is one worker with what the tables derive from it.
@@ -259,11 +265,18 @@ func queuesBlock(qs []wsapi.QueueStats, width int) statusBlock {
 	}
 	qs = slices.Clone(qs)
 	slices.SortFunc(qs, func(a, b wsapi.QueueStats) int { return strings.Compare(a.Model, b.Model) })
+	cols := queueColumns
 	rows := make([][]string, 0, len(qs))
 	for _, q := range qs {
 		rows = append(rows, []string{q.Model, strconv.Itoa(q.Waiting), strconv.Itoa(q.Leases), strconv.Itoa(q.Slots)})
 	}
-	lines := table{cols: queueColumns, rows: rows}.lines(width)
+	if hasLifecycle(qs) {
+		cols, rows = lifecycleQueueColumns, rows[:0]
+		for _, q := range qs {
+			rows = append(rows, lifecycleQueueRow(q))
+		}
+	}
+	lines := table{cols: cols, rows: rows}.lines(width)
 	return statusBlock{head: lines[:1], rows: lines[1:], noun: "models", weight: 1}
 }
 

@@ -542,3 +542,175 @@ func hasLineWith(lines, words []string) bool {
 	}
 	return false
 }
+
+// lifecycleFixture is a cluster in the middle of the model lifecycle, as of
+// statusNow: gpu-a serves llama and is loading qwen (for 12 s) on a real
+// GPU, gpu-b runs simulated GPUs, and its catalog holds an entry that
+// failed twice and one whose file is missing.
+func lifecycleFixture() *node.ClusterView {
+	return &node.ClusterView{Node: "gpu-a", Queen: "gpu-a",
+		Members: []node.MemberView{{Name: "gpu-a", Status: "alive", Queen: true}, {Name: "gpu-b", Status: "alive"}},
+		Hives: []node.HiveView{
+			{HiveID: "gpu-a", Online: true, LastSeen: statusNow, Workers: []wsapi.ProcessStats{
+				{Group: wsapi.ManagedGroup, Instance: "30001", Model: new("llama-8b"), Slots: 4, State: "idle"}},
+				GPUs: []wsapi.GPUInfo{{Index: 0, Name: "NVIDIA H100 80GB HBM3", TotalVRAMMB: 81559, UsedVRAMMB: 20480, UtilPct: 37, ReservedMB: 33792}},
+				Managed: []wsapi.ManagedWorker{
+					{Instance: "30001", Model: "llama-8b", Engine: "llama.cpp", State: wsapi.ManagedReady, Since: statusNow.Add(-time.Hour),
+						GPUs: []int{0}, VRAMMB: 9318, StartedBy: "gpu-a", Leases: 1},
+					{Instance: "30002", Model: "qwen-32b", Engine: "vllm", State: wsapi.ManagedLoading, Since: statusNow.Add(-12 * time.Second),
+						GPUs: []int{0}, VRAMMB: 33792, StartedBy: "gpu-a"},
+				},
+				Catalog: []wsapi.CatalogEntry{
+					{Name: "llama-8b", Engine: "llama.cpp", Bytes: 8 << 30, Slots: 4, VRAMMB: 9318, VRAMSource: "learned", LoadMS: 31_000},
+					{Name: "qwen-32b", Engine: "vllm", Bytes: 64 << 30, Slots: 8, VRAMMB: 33792, VRAMSource: "configured"},
+					{Name: "mistral-7b", Engine: "vllm", Bytes: 14 << 30, Slots: 4, VRAMMB: 16384, VRAMSource: "estimated",
+						Failures: 2, FailedAt: statusNow.Add(-65 * time.Second), FailReason: "CUDA out of memory\nengine exited with status 1\n"},
+					{Name: "phi-3", Engine: "llama.cpp", Bytes: 2 << 30, Slots: 2, VRAMMB: 3072, VRAMSource: "estimated",
+						Unavailable: "file /models/phi-3.gguf not found"},
+				}},
+			{HiveID: "gpu-b", Online: true, LastSeen: statusNow,
+				GPUs: []wsapi.GPUInfo{{Index: 0, Name: "sim", TotalVRAMMB: 24576, UsedVRAMMB: 0, Simulated: true}},
+				Catalog: []wsapi.CatalogEntry{
+					{Name: "phi-3", Engine: "sim", Bytes: 2 << 30, Slots: 2, VRAMMB: 3072, VRAMSource: "estimated", Simulated: true}}},
+		},
+		Queues: []wsapi.QueueStats{
+			{Model: "llama-8b", Leases: 1, Slots: 4, State: "loaded", ServiceMS: 800},
+			{Model: "qwen-32b", Waiting: 3, State: "loading", LoadingHive: "gpu-a", LoadingMS: 12_400, ETAMS: 4200},
+			{Model: "mistral-7b", Waiting: 1, State: "unavailable", Reason: "every hive that has it failed to start it: engine exited"},
+			{Model: "phi-3", State: "available", Hives: []string{"gpu-a", "gpu-b"}},
+		},
+	}
+}
+
+// hiveTelemetry is the feed message that hive h of a view would have sent.
+func hiveTelemetry(h node.HiveView) *wsapi.HiveTelemetry {
+	return &wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: h.HiveID, Timestamp: h.LastSeen, Workers: h.Workers,
+		Leases: h.Leases, Catalog: h.Catalog, GPUs: h.GPUs, Managed: h.Managed}
+}
+
+// TestRenderStatus_ModelLifecycle: the queues say each model's state, its
+// expected wait, where it is loading and why it cannot be served; the
+// models sections list the workers rbee started (a loading one with its
+// time so far), the GPUs and the catalogs with failures and their reason.
+func TestRenderStatus_ModelLifecycle(t *testing.T) {
+	v := lifecycleFixture()
+	for _, tc := range []struct {
+		name  string
+		width int
+		want  [][]string // each: the words of one line, in order
+	}{
+		{"full", 0, [][]string{
+			{"MODEL", "STATE", "WAITING", "LEASES", "SLOTS", "WAIT", "NOTE"},
+			{"llama-8b", "loaded", "0", "1", "4", "-"},
+			{"qwen-32b", "loading", "3", "0", "0", "~4.2s", "loading on gpu-a 12s"},
+			{"mistral-7b", "unavailable", "1", "every hive that has it failed to start it: engine exited"},
+			{"phi-3", "available", "can start on gpu-a, gpu-b"},
+			{"gpu-a", "models/30001", "ready", "1", "0", "9.1 GiB", "gpu-a", "llama-8b"},
+			{"gpu-a", "models/30002", "loading 12s", "0", "0", "33.0 GiB", "qwen-32b"},
+			{"gpu-a", "0", "20.0/79.6 GiB", "37", "33.0 GiB", "NVIDIA H100 80GB HBM3"},
+			{"gpu-b", "0", "0.0/24.0 GiB*", "0*", "sim"},
+			{"* simulated GPUs"},
+			{"gpu-a", "llama-8b", "llama.cpp", "8.0 GiB", "4", "9.1 GiB learned", "31.0s", "ok"},
+			{"gpu-a", "mistral-7b", "vllm", "14.0 GiB", "16.0 GiB estimated", "failed 2x, 1m05s ago: CUDA out of memory | engine exited with status 1"},
+			{"gpu-a", "phi-3", "cannot start: file /models/phi-3.gguf not found"},
+			{"gpu-a", "qwen-32b", "vllm", "64.0 GiB", "33.0 GiB configured", "ok"},
+			{"gpu-b", "phi-3", "sim", "simulated"},
+		}},
+		{"narrow", 80, [][]string{
+			{"qwen-32b", "loading", "~4.2s", "loading on gpu-a 12s"},
+			{"mistral-7b", "unavailable", "every hive"},
+			{"models/30002", "loading 12s"},
+			{"mistral-7b", "failed 2x"},
+			{"phi-3", "cannot start"},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b bytes.Buffer
+			if err := renderStatus(&b, v, statusNow, statusOptions{Width: tc.width}); err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Split(b.String(), "\n")
+			for _, w := range tc.want {
+				if !hasLineWith(lines, w) {
+					t.Errorf("no line with all of %q in\n%s", w, b.String())
+				}
+			}
+			for _, l := range lines {
+				if n := displayWidth(l); tc.width > 0 && n > tc.width && !strings.Contains(l, ": ") {
+					t.Errorf("line %q is %d wide on a screen of %d", l, n, tc.width)
+				}
+			}
+		})
+	}
+	// A queen from before the lifecycle sends none of it: the queue table
+	// keeps its old columns.
+	var b bytes.Buffer
+	old := &node.ClusterView{Node: "a", Queues: []wsapi.QueueStats{{Model: "m", Waiting: 1, Slots: 2}}}
+	if err := renderStatus(&b, old, statusNow, statusOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(b.String(), "STATE") || !hasLineWith(strings.Split(b.String(), "\n"), []string{"m", "1", "0", "2"}) {
+		t.Errorf("a queue without lifecycle fields:\n%s", b.String())
+	}
+	// An offline hive's lifecycle is what it did when it went silent: its
+	// sections are left out.
+	v.Hives[1].Online = false
+	b.Reset()
+	if err := renderStatus(&b, v, statusNow, statusOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Split(b.String(), "\n"); hasLineWith(lines, []string{"gpu-b", "0.0/24.0 GiB*"}) ||
+		hasLineWith(lines, []string{"gpu-b", "phi-3", "simulated"}) || !hasLineWith(lines, []string{"gpu-a", "models/30002", "loading"}) {
+		t.Errorf("with gpu-b offline:\n%s", b.String())
+	}
+}
+
+func TestStatus_LifecycleFormatters(t *testing.T) {
+	for _, tc := range []struct{ got, want string }{
+		{etaText(0), "-"},
+		{etaText(4200), "~4.2s"},
+		{etaText(65_000), "~1m05s"},
+		{formatGiB(9771050598), "9.1 GiB"},
+		{oneLine("a\n  b  \n\nc\n"), "a | b | c"},
+		{managedState(wsapi.ManagedWorker{State: "loading", Since: statusNow.Add(-12 * time.Second)}, statusNow), "loading 12s"},
+		{managedState(wsapi.ManagedWorker{State: "draining"}, statusNow), "draining"},
+		{catalogStatus(wsapi.CatalogEntry{Unavailable: "engine vllm not found", Failures: 1, FailReason: "boom"}, statusNow),
+			"cannot start: engine vllm not found; failed 1x: boom"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %q, want %q", tc.got, tc.want)
+		}
+	}
+}
+
+// TestStatusCommand_ModelLifecycle: `rbee status` takes the hives'
+// catalogs, GPUs and managed workers from /v1/cluster, and --json keeps them.
+func TestStatusCommand_ModelLifecycle(t *testing.T) {
+	v := lifecycleFixture()
+	data, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := fakeNode(t, data, wsapi.Key{}, nil)
+	out, err := runApp("status", "--http-addr", srv.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(out, "\n")
+	for _, w := range [][]string{{"models/30002", "loading"}, {"mistral-7b", "failed 2x", "CUDA out of memory"}, {"gpu-b", "0.0/24.0 GiB*"}} {
+		if !hasLineWith(lines, w) {
+			t.Errorf("rbee status: no line with all of %q in\n%s", w, out)
+		}
+	}
+	out, err = runApp("status", "--json", "--http-addr", srv.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got node.ClusterView
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("rbee status --json: %v\n%s", err, out)
+	}
+	if len(got.Hives) != 2 || len(got.Hives[0].Catalog) != 4 || len(got.Hives[0].Managed) != 2 || len(got.Hives[1].GPUs) != 1 {
+		t.Errorf("rbee status --json lost the lifecycle:\n%s", out)
+	}
+}

@@ -60,7 +60,7 @@ const (
 func topCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "top",
-		Usage: "show the cluster live in the terminal: members, queues and every worker's load",
+		Usage: "show the cluster live in the terminal: members, queues, every worker's load and the models loading",
 		Description: "Reads a /v1/cluster snapshot from the node at --http-addr, then its live feed\n" +
 			"(" + wsapi.FeedPath + "), and redraws once a second. q or Ctrl-C quits. While the\n" +
 			"node cannot be reached it shows the last state it knew and retries. When stdout\n" +
@@ -265,7 +265,8 @@ func topLines(st *topState, s topScreen) []string {
 		if s.Height > 0 {
 			h = max(s.Height-len(lines), 1)
 		}
-		lines = append(lines, statusLines(st.view(s.Now), s.Now, statusOptions{Width: s.Width, Height: h, Color: s.Color})...)
+		opts := statusOptions{Width: s.Width, Height: h, Color: s.Color, Compact: true}
+		lines = append(lines, statusLines(st.view(s.Now), s.Now, opts)...)
 	}
 	if s.Height > 0 && len(lines) > s.Height {
 		lines = lines[:s.Height]
@@ -390,7 +391,8 @@ func (s *topState) view(now time.Time) *node.ClusterView {
 		hives = append(hives, h)
 	}
 	for id, h := range s.hives {
-		hv := node.HiveView{HiveID: id, Online: now.Sub(h.at) <= ttl, LastSeen: h.at, Workers: h.t.Workers, Leases: h.t.Leases}
+		hv := node.HiveView{HiveID: id, Online: now.Sub(h.at) <= ttl, LastSeen: h.at, Workers: h.t.Workers, Leases: h.t.Leases,
+			Catalog: h.t.Catalog, GPUs: h.t.GPUs, Managed: h.t.Managed}
 		if !hv.Online {
 			hv.Workers = offlineWorkers(hv.Workers, now.Sub(h.at))
 		}

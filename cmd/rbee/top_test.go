@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,7 +76,7 @@ func checkFits(t *testing.T, lines []string, width, height int) {
 	}
 }
 
-var moreRE = regexp.MustCompile(`^\+(\d+) more (members|models|workers)$`)
+var moreRE = regexp.MustCompile(`^\+(\d+) more (members|models|workers|gpus)$`)
 
 // TestTopLines_EverySize draws the fixture on screens from 1x1 up: every
 // frame fits, and rows are either shown or counted in a "+N more" line,
@@ -420,6 +422,79 @@ func TestTopCommand_NotATerminalPrintsOneFrame(t *testing.T) {
 		want := statusLines(v, time.Now(), statusOptions{})
 		if got := strings.Join(lines[1:], "\n"); dropAgo(got) != dropAgo(strings.Join(want, "\n")) {
 			t.Errorf("rbee %s printed\n%s\nwant the title, then\n%s", strings.Join(args, " "), out, strings.Join(want, "\n"))
+		}
+	}
+}
+
+// TestTopLines_ModelLifecycle: from the feed, `rbee top` shows a loading
+// worker with its time so far, each model's waiting requests and expected
+// wait, and the catalog entries that failed, with the reason; entries that
+// are fine are only counted. The snapshot carries none of it here: the
+// feed's telemetry brings it.
+func TestTopLines_ModelLifecycle(t *testing.T) {
+	v := lifecycleFixture()
+	snap := *v
+	snap.Hives = slices.Clone(v.Hives)
+	for i := range snap.Hives {
+		snap.Hives[i].Catalog, snap.Hives[i].GPUs, snap.Hives[i].Managed = nil, nil, nil
+	}
+	st := &topState{}
+	st.apply(topUpdate{View: &snap}, statusNow)
+	st.apply(topUpdate{Live: true}, statusNow)
+	for _, h := range v.Hives {
+		st.apply(topUpdate{Msg: hiveTelemetry(h)}, statusNow)
+	}
+	st.apply(topUpdate{Msg: &wsapi.QueenEvent{Type: wsapi.TypeQueen, QueenID: "gpu-a", Queues: v.Queues}}, statusNow)
+	for _, size := range [][2]int{{160, 60}, {100, 40}} {
+		lines := topLines(st, topScreen{Addr: "a", Now: statusNow.Add(time.Second), Width: size[0], Height: size[1]})
+		checkFits(t, lines, size[0], size[1])
+		for _, w := range [][]string{
+			{"qwen-32b", "loading", "3", "~4.2s", "loading on gpu-a 12s"},
+			{"mistral-7b", "unavailable", "1"},
+			{"models/30002", "loading 13s"},
+			{"catalog: 5 models on 2 hives, 2 failing or unavailable"},
+			{"mistral-7b", "failed 2x"},
+			{"phi-3", "cannot start"},
+		} {
+			if !hasLineWith(lines, w) {
+				t.Errorf("%dx%d: no line with all of %q in\n%s", size[0], size[1], w, strings.Join(lines, "\n"))
+			}
+		}
+		if size[0] >= 160 && !hasLineWith(lines, []string{"failed 2x, 1m06s ago: CUDA out of memory | engine exited"}) {
+			t.Errorf("%dx%d: the failure's reason is missing:\n%s", size[0], size[1], strings.Join(lines, "\n"))
+		}
+		if hasLineWith(lines, []string{"llama-8b", "9.1 GiB learned"}) {
+			t.Errorf("%dx%d: a catalog entry that is fine is listed:\n%s", size[0], size[1], strings.Join(lines, "\n"))
+		}
+	}
+	// A hive silent past the TTL takes its models sections along.
+	later := statusNow.Add(time.Minute)
+	lines := topLines(st, topScreen{Addr: "a", Now: later})
+	for _, w := range [][]string{{"models/30002"}, {"catalog:"}, {"* simulated GPUs"}} {
+		if hasLineWith(lines, w) {
+			t.Errorf("silent hives: a line with %q in\n%s", w, strings.Join(lines, "\n"))
+		}
+	}
+}
+
+// TestTopOnce_ModelLifecycle: `rbee top --once` takes the lifecycle from the
+// /v1/cluster snapshot, as `rbee status` does.
+func TestTopOnce_ModelLifecycle(t *testing.T) {
+	v := lifecycleFixture()
+	data, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := fakeNode(t, data, wsapi.Key{}, nil)
+	out, err := runApp("top", "--once", "--http-addr", srv.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(out, "\n")
+	for _, w := range [][]string{{"models/30002", "loading"}, {"catalog: 5 models on 2 hives, 2 failing or unavailable"},
+		{"mistral-7b", "failed 2x"}, {"gpu-b", "0.0/24.0 GiB*"}} {
+		if !hasLineWith(lines, w) {
+			t.Errorf("rbee top --once: no line with all of %q in\n%s", w, out)
 		}
 	}
 }
