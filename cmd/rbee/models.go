@@ -38,7 +38,12 @@ func modelFlags() []cli.Flag {
 func modelsConfig(c *cli.Context, devices func() []wsapi.GPUInfo, log *slog.Logger) (*models.Config, error) {
 	var entries []models.Entry
 	for _, v := range c.StringSlice("model") {
-		for _, one := range strings.Split(v, ";") {
+		// args= may hold ';': only RBEE_MODEL is a list.
+		sep := "\x00"
+		if env := os.Getenv("RBEE_MODEL"); env != "" && v == env {
+			sep = ";"
+		}
+		for _, one := range strings.Split(v, sep) {
 			if one = strings.TrimSpace(one); one == "" {
 				continue
 			}
@@ -102,6 +107,7 @@ func modelsConfig(c *cli.Context, devices func() []wsapi.GPUInfo, log *slog.Logg
 	}
 	if dd := c.String("data-dir"); dd != "" {
 		cfg.LogDir = filepath.Join(dd, "engines")
+		cfg.StateFile = filepath.Join(dd, "models.json")
 	}
 	return cfg, nil
 }

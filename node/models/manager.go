@@ -2,6 +2,7 @@ package models
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -59,7 +60,10 @@ type Config struct {
 	// long; LoadTimeout fails an engine not ready this long after start.
 	IdleUnload, LoadTimeout, StopGrace time.Duration
 	// LogDir takes each engine's output, one file per start.
-	LogDir     string
+	LogDir string
+	// StateFile, when set, keeps what the hive learned of each model (its
+	// VRAM, its load time) across restarts.
+	StateFile  string
 	CgroupRoot string
 
 	// Hooks into the hive. Register tells the collector of a ready worker
@@ -136,11 +140,13 @@ type Manager struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	saveMu   sync.Mutex
 	mu       sync.Mutex
 	items    []*item
 	workers  map[string]*worker // by instance
 	seen     []string           // recent start ids, to drop repeats
 	closed   bool
+	dirty    bool // learned figures changed since StateFile was written
 	loads    *prometheus.CounterVec
 	loadTime *prometheus.HistogramVec
 	states   *prometheus.GaugeVec
@@ -189,8 +195,94 @@ func New(cfg Config) (*Manager, error) {
 		}
 		m.items = append(m.items, it)
 	}
+	m.loadState()
 	m.metrics(cfg.Metrics)
+	m.removeStaleCgroups()
 	return m, nil
+}
+
+// removeStaleCgroups removes the empty cgroups of engines a hive started
+// before it was killed outright (its engines died with it, their cgroups
+// stayed). A cgroup with a process in it is not empty and stays.
+func (m *Manager) removeStaleCgroups() {
+	if m.cfg.CgroupRoot == "" {
+		return
+	}
+	dir := filepath.Join(m.cfg.CgroupRoot, "rbee.slice", wsapi.ManagedGroup)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	n := 0
+	for _, e := range ents {
+		if e.IsDir() && os.Remove(filepath.Join(dir, e.Name())) == nil {
+			n++
+		}
+	}
+	if n > 0 {
+		m.log.Info("removed the empty cgroups of engines an earlier hive started", "count", n, "dir", dir)
+	}
+}
+
+// learned is what StateFile keeps of one model.
+type learned struct {
+	VRAMMB uint64 `json:"vram_mb,omitempty"`
+	LoadMS int64  `json:"load_ms,omitempty"`
+}
+
+// loadState reads what an earlier run learned; a missing or unreadable
+// file only means starting from estimates.
+func (m *Manager) loadState() {
+	if m.cfg.StateFile == "" {
+		return
+	}
+	b, err := os.ReadFile(m.cfg.StateFile)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			m.log.Warn("read learned model figures", "file", m.cfg.StateFile, "err", err)
+		}
+		return
+	}
+	var st map[string]learned
+	if err := json.Unmarshal(b, &st); err != nil {
+		m.log.Warn("read learned model figures", "file", m.cfg.StateFile, "err", err)
+		return
+	}
+	for _, it := range m.items {
+		if l, ok := st[it.Name]; ok {
+			it.learnedMB, it.loadMS = l.VRAMMB, l.LoadMS
+		}
+	}
+}
+
+// saveState writes the learned figures if they changed, outside the lock.
+func (m *Manager) saveState() {
+	// One writer at a time, and a caller returns only once what it saw
+	// is on disk.
+	m.saveMu.Lock()
+	defer m.saveMu.Unlock()
+	m.mu.Lock()
+	if !m.dirty || m.cfg.StateFile == "" {
+		m.mu.Unlock()
+		return
+	}
+	m.dirty = false
+	st := map[string]learned{}
+	for _, it := range m.items {
+		if it.learnedMB > 0 || it.loadMS > 0 {
+			st[it.Name] = learned{VRAMMB: it.learnedMB, LoadMS: it.loadMS}
+		}
+	}
+	m.mu.Unlock()
+	b, _ := json.MarshalIndent(st, "", "  ")
+	tmp := m.cfg.StateFile + ".tmp"
+	err := os.WriteFile(tmp, b, 0o644)
+	if err == nil {
+		err = os.Rename(tmp, m.cfg.StateFile)
+	}
+	if err != nil {
+		m.log.Warn("save learned model figures", "file", m.cfg.StateFile, "err", err)
+	}
 }
 
 func (m *Manager) metrics(reg prometheus.Registerer) {
@@ -220,17 +312,20 @@ func (m *Manager) Run(ctx context.Context) error {
 			return nil
 		case now := <-t.C:
 			m.unloadIdle(now)
+			m.saveState()
 		}
 	}
 }
 
-// Close stops every engine this hive started and waits for them.
+// Close stops every engine this hive started, waits for them, and keeps
+// what it learned (StateFile).
 func (m *Manager) Close() {
 	m.mu.Lock()
 	m.closed = true
 	m.mu.Unlock()
 	m.cancel()
 	m.wg.Wait()
+	m.saveState()
 }
 
 // unloadIdle stops the ready workers that served nothing for IdleUnload.
@@ -405,6 +500,7 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 	m.mu.Lock()
 	w.state, w.readyAt, w.lastUsed = wsapi.ManagedReady, time.Now(), time.Now()
 	it.loadMS, it.failures, it.failReason = loadTime.Milliseconds(), 0, ""
+	m.dirty = true
 	m.mu.Unlock()
 	if m.cfg.Register != nil {
 		if err := m.cfg.Register(w.instance, proc.Pid, it.Name, it.Slots); err != nil {
@@ -567,10 +663,15 @@ func (m *Manager) Report(workers []wsapi.ProcessStats) ([]wsapi.ProcessStats, []
 				continue
 			}
 			listed[p.Instance] = true
+			// The hive knows what it started, whatever the worker's
+			// command line or API say (or have not said yet).
+			name := w.it.Name
+			p.Model, p.Slots = &name, w.it.Slots
 			seen[p.Instance] = p.VRAMMB
 			if p.VRAMMB > w.peakMB {
 				w.peakMB = p.VRAMMB
 				w.it.learnedMB = p.VRAMMB
+				m.dirty = true
 			}
 		}
 		kept = append(kept, p)

@@ -323,3 +323,21 @@ func boolCond(cond func() bool) func() error {
 		return nil
 	}
 }
+
+// What a hive learned of a model (its VRAM, its load time) outlives the
+// hive when it has a state file.
+func TestManager_LearnedFiguresKept(t *testing.T) {
+	state := t.TempDir() + "/models.json"
+	m, _ := newManager(t, Config{StateFile: state}, fake("m", "--load-ms", "100"))
+	m.Start(&wsapi.ModelStart{StartID: "s1", Model: "m"}, "q")
+	w := waitState(t, m, wsapi.ManagedReady)
+	m.Report([]wsapi.ProcessStats{{Group: wsapi.ManagedGroup, Instance: w.Instance, VRAMMB: 2345}})
+	before := catalog(m, "m")
+	m.Close()
+
+	m2, _ := newManager(t, Config{StateFile: state}, fake("m"))
+	after := catalog(m2, "m")
+	if after.VRAMMB != 2345 || after.VRAMSource != "learned" || after.LoadMS != before.LoadMS || after.LoadMS == 0 {
+		t.Fatalf("after a restart: %+v, want VRAM 2345 learned and load %d ms", after, before.LoadMS)
+	}
+}
