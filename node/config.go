@@ -89,6 +89,10 @@ type Config struct {
 	GossipTiming gossip.Timing
 	// APIKeys, when set, are the bearer keys OpenAI clients must send.
 	APIKeys []string
+	// APIKeysFile is a keys file (see node/tenants): each key a tenant
+	// with a name, priority, weight, caps and models; read again when it
+	// changes or on ReloadKeys.
+	APIKeysFile string
 	// QueueLimit bounds each model's waiting requests; QueueTimeout is
 	// how long a request waits for a free worker before a 503.
 	QueueLimit   int

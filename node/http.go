@@ -78,11 +78,17 @@ func (n *Node) routes() http.Handler {
 // bearer key from that list (or the cluster token); without, the rules of
 // the admin API (cluster token, or loopback when allowed).
 func (n *Node) apiAuthorized(h http.HandlerFunc) http.HandlerFunc {
-	if len(n.cfg.APIKeys) == 0 {
+	if len(n.cfg.APIKeys) == 0 && n.keys == nil {
 		return n.authorized(h)
 	}
 	return func(w http.ResponseWriter, r *http.Request) {
 		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if n.keys != nil {
+			if t := n.keys.Table().Lookup(tok); t != nil {
+				h(w, r.WithContext(proxy.WithTenant(r.Context(), t)))
+				return
+			}
+		}
 		ok := tok != "" && n.cfg.Key.CheckToken(tok)
 		for _, k := range n.cfg.APIKeys {
 			if subtle.ConstantTimeCompare([]byte(tok), []byte(k)) == 1 {
@@ -90,7 +96,7 @@ func (n *Node) apiAuthorized(h http.HandlerFunc) http.HandlerFunc {
 			}
 		}
 		if !ok {
-			n.proxy.Fail(w, "", http.StatusUnauthorized, "invalid_api_key", "missing or wrong API key (send Authorization: Bearer <key>)")
+			n.proxy.Fail(w, r, "", http.StatusUnauthorized, "invalid_api_key", "missing or wrong API key (send Authorization: Bearer <key>)")
 			return
 		}
 		h(w, r)

@@ -25,6 +25,7 @@ import (
 	"github.com/rbee/rbee/node/models"
 	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/node/queen"
+	"github.com/rbee/rbee/node/tenants"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -55,6 +56,8 @@ type Node struct {
 	// models starts and stops the workers of a hive with a catalog (nil
 	// without one); reportNow asks the uplink for a report at once, so a
 	// worker that got ready is used within milliseconds, not a second.
+	// keys are the API keys file's tenants (nil without one).
+	keys      *tenants.File
 	models    *models.Manager
 	reportNow chan struct{}
 	// lastWorkers is the last collection, for reports between ticks;
@@ -124,6 +127,12 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.httpAdvertise = adv
+	if cfg.APIKeysFile != "" {
+		if n.keys, err = tenants.Open(cfg.APIKeysFile, n.log); err != nil {
+			n.ln.Close()
+			return nil, err
+		}
+	}
 	if err := n.newPlanes(); err != nil {
 		n.ln.Close()
 		return nil, err
@@ -426,6 +435,9 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.models != nil {
 		eg.Go(func() error { return n.models.Run(ectx) })
 	}
+	if n.keys != nil {
+		eg.Go(func() error { return n.keys.Run(ectx) })
+	}
 	eg.Go(func() error {
 		select {
 		case <-ectx.Done():
@@ -444,6 +456,15 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.log.Info("node stopped")
 	return nil
+}
+
+// ReloadKeys reads the API keys file again (SIGHUP); the keys in force stay
+// when it cannot be used.
+func (n *Node) ReloadKeys() error {
+	if n.keys == nil {
+		return nil
+	}
+	return n.keys.Reload()
 }
 
 // Leave stops the node gracefully: it tells the cluster it is leaving (a new

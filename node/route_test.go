@@ -245,7 +245,7 @@ func TestRoute_FullPath(t *testing.T) {
 			`rbee_is_queen 1`,
 			`rbee_slots{model="m2"} 2`,
 			`rbee_queue_depth{model="m2"} 0`,
-			`rbee_requests_total{code="200",model="m1-Q4_K_M.gguf"} 1`,
+			`rbee_requests_total{code="200",key="-",model="m1-Q4_K_M.gguf"} 1`,
 			`rbee_worker_gpu_utilization_ratio{hive="b",model="m2",simulated="false",worker="llm/w2"} 0`,
 			`rbee_responses_broken_total{model="m1-Q4_K_M.gguf"} 0`,
 			`rbee_build_info{goversion="go`,
@@ -544,9 +544,19 @@ func TestRoute_OverClusterTLS(t *testing.T) {
 	// The CLI with the key reaches the admin API over the same TLS.
 	cl := node.NewClient(c.HTTPAddr(), key)
 	defer cl.Close()
-	if ms, err := cl.Members(context.Background()); err != nil || len(ms) != 3 {
-		t.Fatalf("members over cluster TLS: %v, %v", ms, err)
-	}
+	// Gossip may still be telling c of b: the member list converges.
+	testutil.Eventually(t, 10*time.Second, "members over cluster TLS", func() error {
+		ms, err := cl.Members(context.Background())
+		if err != nil || len(ms) != 3 {
+			return fmt.Errorf("%v, %v", ms, err)
+		}
+		for _, m := range ms {
+			if m.Status != "alive" {
+				return fmt.Errorf("%v", ms)
+			}
+		}
+		return nil
+	})
 	other := node.NewClient(c.HTTPAddr(), mustKey(t))
 	defer other.Close()
 	if _, err := other.Members(context.Background()); err == nil || !strings.Contains(err.Error(), "cluster key") {

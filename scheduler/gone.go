@@ -57,11 +57,15 @@ func (s *Scheduler) HiveGone(hive, why string, now time.Time) []Failure {
 			if q == nil {
 				continue
 			}
-			for _, wt := range q.items {
-				if !wt.done && wt.key == key {
-					fails = append(fails, Failure{Request: wt.req, Err: g.err(wt.req.Model)})
-					s.unwait(wt)
+			var gone []*waiting
+			q.each(func(wt *waiting) {
+				if wt.key == key {
+					gone = append(gone, wt)
 				}
+			})
+			for _, wt := range gone {
+				fails = append(fails, Failure{Request: wt.req, Err: g.err(wt.req.Model)})
+				s.unwait(wt)
 			}
 		}
 	}

@@ -608,10 +608,7 @@ func (s *Scheduler) Waits(now time.Time) []WaitStatus {
 			load = &ls[0]
 		}
 		pos := 0
-		for _, wt := range q.items {
-			if wt.done {
-				continue
-			}
+		for _, wt := range q.order() {
 			pos++
 			if !wt.req.Progress {
 				continue

@@ -45,7 +45,7 @@ func (s *Scheduler) keepPin(id, key string, now time.Time) bool {
 // older waits for it, else queues r for that worker alone.
 func (s *Scheduler) requestPinned(r Request, key, pin string, now time.Time) (*Grant, error) {
 	q := s.pinned[pin]
-	if w := s.workers[pin]; w != nil && (q == nil || q.head() == nil) && s.eligible(w, r, key, now) {
+	if w := s.workers[pin]; w != nil && (q == nil || q.head(now, s.cfg.AgingAfter) == nil) && s.eligible(w, r, key, now) {
 		g := s.grant(w, r, now)
 		return &g, nil
 	}
@@ -56,20 +56,21 @@ func (s *Scheduler) requestPinned(r Request, key, pin string, now time.Time) (*G
 // wait for (see keepPin) to their model's queue, in their place by age.
 func (s *Scheduler) unpinLapsed(now time.Time) {
 	for id, q := range s.pinned {
-		for _, wt := range q.items {
-			if wt.done || s.keepPin(id, wt.key, now) {
-				continue
+		var lapsed []*waiting
+		q.each(func(wt *waiting) {
+			if !s.keepPin(id, wt.key, now) {
+				lapsed = append(lapsed, wt)
 			}
-			moved := &waiting{req: wt.req, key: wt.key, enqueued: wt.enqueued}
+		})
+		for _, wt := range lapsed {
+			moved := &waiting{req: wt.req, key: wt.key, enqueued: wt.enqueued, class: wt.class, arrived: wt.arrived}
 			s.unwait(wt)
 			kq := s.queues[wt.key]
 			if kq == nil {
 				kq = &queue{}
 				s.queues[wt.key] = kq
 			}
-			i, _ := slices.BinarySearchFunc(kq.items, moved.enqueued, func(a *waiting, t uint64) int { return cmp.Compare(a.enqueued, t) })
-			kq.items = slices.Insert(kq.items, i, moved)
-			kq.n++
+			kq.add(moved, wt.req.Weight)
 			s.waiting[moved.req.ID] = moved
 		}
 	}

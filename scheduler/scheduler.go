@@ -60,6 +60,19 @@ type Request struct {
 	// Progress asks for Waits reports while the request waits (a
 	// streaming client that is sent keep-alive comments).
 	Progress bool
+	// The tenant (see fair.go and caps.go): Key names the API key (never
+	// the key itself), Class is ClassInteractive or ClassBatch, Weight
+	// its share among its class's keys (0 means 1); MaxConcurrent and
+	// PerMinute cap its requests waiting or served at once and started
+	// per minute, cluster-wide (0: no cap).
+	Key           string
+	Class         int
+	Weight        float64
+	MaxConcurrent int
+	PerMinute     int
+	// Arrived is when the client's request reached the entry node: a
+	// request asked again after a failover keeps its age (aging, order).
+	Arrived time.Time
 }
 
 // Lease is one slot of one worker granted to one request.
@@ -74,6 +87,8 @@ type Lease struct {
 	// Confirmed is set once the hive lists the lease in its telemetry:
 	// from then on the hive's word decides when it ends.
 	Confirmed bool
+	// Key is the request's API key name, "" when unknown (adopted).
+	Key string
 }
 
 // Grant hands a lease to a request.
@@ -146,6 +161,9 @@ type Config struct {
 	LeasePrefix string
 	// RetryAfter is what a 429 tells the client (default 1 s).
 	RetryAfter time.Duration
+	// AgingAfter: a batch request that waited this long goes before
+	// interactive ones (default DefaultAgingAfter).
+	AgingAfter time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -166,6 +184,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RetryAfter <= 0 {
 		c.RetryAfter = time.Second
+	}
+	if c.AgingAfter <= 0 {
+		c.AgingAfter = DefaultAgingAfter
 	}
 	return c
 }
@@ -195,22 +216,11 @@ type waiting struct {
 	pin      string // the worker id it waits for alone; "" for any worker
 	enqueued uint64 // global FIFO order across alias queues
 	done     bool   // granted, failed or cancelled; skipped when popped
-}
-
-type queue struct {
-	items []*waiting
-	n     int // live items
-}
-
-func (q *queue) head() *waiting {
-	for len(q.items) > 0 && q.items[0].done {
-		q.items[0] = nil
-		q.items = q.items[1:]
-	}
-	if len(q.items) == 0 {
-		return nil
-	}
-	return q.items[0]
+	// Its place in a fair queue (fair.go).
+	class   int
+	tag     float64
+	arrived time.Time
+	line    *keyLine
 }
 
 // Scheduler holds workers, waiting requests and leases.
@@ -243,6 +253,9 @@ type Scheduler struct {
 	startLog map[string][]time.Time
 	evicting map[string]time.Time
 	service  map[string]time.Duration
+
+	// keyUse: each key's requests now and lately, for its caps (caps.go).
+	keyUse map[string]*keyUse
 }
 
 // New returns an empty scheduler.
@@ -379,11 +392,14 @@ func (s *Scheduler) Request(r Request, now time.Time) (*Grant, error) {
 		return nil, &Error{Status: http.StatusNotFound, Type: "model_not_found",
 			Msg: fmt.Sprintf("model %q is not served by this cluster (GET /v1/models lists what is)", r.Model)}
 	}
+	if cerr := s.checkCaps(r, now); cerr != nil {
+		return nil, cerr
+	}
 	if pin := r.pin(); pin != "" && s.keepPin(pin, key, now) {
 		return s.requestPinned(r, key, pin, now)
 	}
 	q := s.queues[key]
-	if q == nil || q.head() == nil {
+	if q == nil || q.head(now, s.cfg.AgingAfter) == nil {
 		if w := s.pick(key, r, now); w != nil {
 			g := s.grant(w, r, now)
 			return &g, nil
@@ -411,9 +427,12 @@ func (s *Scheduler) push(queues map[string]*queue, name string, r Request, key, 
 			Msg: fmt.Sprintf("model %q: %d requests already waiting; retry later", r.Model, q.n)}
 	}
 	s.seq++
-	wt := &waiting{req: r, key: key, pin: pin, enqueued: s.seq}
-	q.items = append(q.items, wt)
-	q.n++
+	s.keyActive(r.Key, 1)
+	wt := &waiting{req: r, key: key, pin: pin, enqueued: s.seq, class: classOf(r.Class), arrived: r.Arrived}
+	if wt.arrived.IsZero() {
+		wt.arrived = time.Now()
+	}
+	q.add(wt, r.Weight)
 	s.waiting[r.ID] = wt
 	return nil
 }
@@ -533,7 +552,7 @@ func (s *Scheduler) fill(w *worker, now time.Time, grants []Grant) []Grant {
 		if q := s.pinned[w.id]; q != nil {
 			// A worker that changed its model since is left to Tick,
 			// which moves what waited for it to the model's queue.
-			if h := q.head(); h != nil && slices.Contains(w.keys, h.key) {
+			if h := q.head(now, s.cfg.AgingAfter); h != nil && slices.Contains(w.keys, h.key) {
 				best = h
 			}
 		}
@@ -542,13 +561,17 @@ func (s *Scheduler) fill(w *worker, now time.Time, grants []Grant) []Grant {
 			if q == nil {
 				continue
 			}
-			if h := q.head(); h != nil && (best == nil || h.enqueued < best.enqueued) {
+			// Across the names w answers to: the higher class, then
+			// the older request.
+			if h := q.head(now, s.cfg.AgingAfter); h != nil && (best == nil || h.class < best.class ||
+				(h.class == best.class && h.enqueued < best.enqueued)) {
 				best = h
 			}
 		}
 		if best == nil || !s.eligible(w, best.req, best.key, now) {
 			return grants
 		}
+		s.served(best)
 		s.unwait(best)
 		grants = append(grants, s.grant(w, best.req, now))
 	}
@@ -691,12 +714,13 @@ func (s *Scheduler) grant(w *worker, r Request, now time.Time) Grant {
 	w.leases++
 	w.lastGrant = s.seq
 	l := &Lease{ID: s.cfg.LeasePrefix + strconv.FormatUint(s.seq, 36), RequestID: r.ID, Entry: r.Entry,
-		Hive: w.Hive, Worker: w.Name, Model: w.Model, Granted: now}
+		Hive: w.Hive, Worker: w.Name, Model: w.Model, Granted: now, Key: r.Key}
 	s.addLease(l)
 	return Grant{Request: r, Lease: *l}
 }
 
 func (s *Scheduler) addLease(l *Lease) {
+	s.keyActive(l.Key, 1)
 	s.leases[l.ID] = l
 	if l.RequestID != "" {
 		s.byReq[l.RequestID] = l.ID
@@ -710,6 +734,9 @@ func (s *Scheduler) addLease(l *Lease) {
 }
 
 func (s *Scheduler) dropLease(l *Lease) {
+	if _, ok := s.leases[l.ID]; ok {
+		s.keyActive(l.Key, -1)
+	}
 	delete(s.leases, l.ID)
 	if s.byReq[l.RequestID] == l.ID {
 		delete(s.byReq, l.RequestID)
@@ -722,18 +749,37 @@ func (s *Scheduler) dropLease(l *Lease) {
 	}
 }
 
+// served moves the fair queue's clock past w, which is being granted.
+func (s *Scheduler) served(w *waiting) {
+	queues, name := s.queues, w.key
+	if w.pin != "" {
+		queues, name = s.pinned, w.pin
+	}
+	if q := queues[name]; q != nil {
+		q.served(w)
+	}
+}
+
+func classOf(c int) int {
+	if c == ClassBatch {
+		return ClassBatch
+	}
+	return ClassInteractive
+}
+
 func (s *Scheduler) unwait(w *waiting) {
 	if w.done {
 		return
 	}
 	w.done = true
 	delete(s.waiting, w.req.ID)
+	s.keyActive(w.req.Key, -1)
 	queues, name := s.queues, w.key
 	if w.pin != "" {
 		queues, name = s.pinned, w.pin
 	}
 	q := queues[name]
-	q.n--
+	q.remove(w)
 	if q.n == 0 {
 		delete(queues, name)
 	}
@@ -839,7 +885,7 @@ func (s *Scheduler) Models(now time.Time) []ModelStats {
 		name, ok := counted[key]
 		if !ok {
 			name = key
-			if h := q.head(); h != nil {
+			if h := q.head(now, s.cfg.AgingAfter); h != nil {
 				name = h.req.Model
 			}
 			if byName[name] == nil {
@@ -852,7 +898,7 @@ func (s *Scheduler) Models(now time.Time) []ModelStats {
 		name := ""
 		if w := s.workers[id]; w != nil {
 			name = w.Model
-		} else if h := q.head(); h != nil {
+		} else if h := q.head(now, s.cfg.AgingAfter); h != nil {
 			name = h.req.Model
 		}
 		if byName[name] == nil {

@@ -33,6 +33,16 @@ type LeaseRequest struct {
 	// while the request waits (a streaming client gets keep-alive
 	// comments from them).
 	Progress bool `json:"progress,omitempty"`
+	// The API key's tenant (omitted without one): its name (never the
+	// key), priority ("batch", or "" for interactive), weight among its
+	// class, caps (0: none), and how long the client's request has waited
+	// already (a request asked again after a failover keeps its age).
+	Key           string  `json:"key,omitempty"`
+	Priority      string  `json:"priority,omitempty"`
+	Weight        float64 `json:"weight,omitempty"`
+	MaxConcurrent int     `json:"max_concurrent,omitempty"`
+	PerMinute     int     `json:"per_minute,omitempty"`
+	WaitedMS      int64   `json:"waited_ms,omitempty"`
 }
 
 // LeaseCancel withdraws a waiting request.

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/signal"
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -170,6 +172,7 @@ func nodeRunCommand() *cli.Command {
 			&cli.StringFlag{Name: "tls-key", EnvVars: []string{"RBEE_TLS_KEY"}, Usage: "the private key (PEM) of --tls-cert"},
 			&cli.StringSliceFlag{Name: "worker", EnvVars: []string{"RBEE_WORKER"}, Usage: "a server rbee did not start: URL[,model=NAME][,slots=N][,group=G][,instance=I] (repeat; env: separate with ;)"},
 			&cli.StringSliceFlag{Name: "api-key", EnvVars: []string{"RBEE_API_KEYS", "RBEE_API_KEY"}, Usage: "bearer key OpenAI clients must send (repeat or comma-separate); default: the cluster token, or none on loopback"},
+			&cli.StringFlag{Name: "api-keys-file", EnvVars: []string{"RBEE_API_KEYS_FILE"}, Usage: "API keys as tenants (TOML, one [[key]] table each: name, key or sha256, priority, weight, max_concurrent, requests_per_minute, models); read again when it changes or on SIGHUP"},
 			&cli.IntFlag{Name: "queue-limit", EnvVars: []string{"RBEE_QUEUE_LIMIT"}, Value: 1024, Usage: "requests that may wait per model before 429"},
 			&cli.DurationFlag{Name: "queue-timeout", EnvVars: []string{"RBEE_QUEUE_TIMEOUT"}, Value: 30 * time.Second, Usage: "how long a request waits for a free worker before 503"},
 			&cli.IntFlag{Name: "body-memory", EnvVars: []string{"RBEE_BODY_MEMORY"}, Value: proxy.DefaultBodyMemory >> 20, Usage: "MiB of request bodies the node holds at once; more get 503 with Retry-After"},
@@ -237,6 +240,7 @@ func runNode(c *cli.Context) error {
 		}
 	}
 	cfg.APIKeys = splitList(c.StringSlice("api-key"))
+	cfg.APIKeysFile = c.String("api-keys-file")
 	cfg.Pprof = c.Bool("debug-pprof")
 	cfg.QueueLimit = c.Int("queue-limit")
 	cfg.QueueTimeout = c.Duration("queue-timeout")
@@ -268,6 +272,19 @@ func runNode(c *cli.Context) error {
 	}
 	sig, stop := signalContext(log)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer func() {
+		signal.Stop(hup)
+		close(hup)
+	}()
+	go func() {
+		for range hup {
+			if err := n.ReloadKeys(); err != nil {
+				log.Warn("SIGHUP: the API keys file cannot be used; the previous keys stay in force", "err", err)
+			}
+		}
+	}()
 	done := make(chan error, 1)
 	go func() { done <- n.Run(context.Background()) }()
 	select {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -38,6 +39,9 @@ func simulateCommand() *cli.Command {
 			&cli.Uint64Flag{Name: "vram-mb", EnvVars: []string{"RBEE_SIM_VRAM_MB"}, Value: sim.DefaultTotalVRAMMB, Usage: "simulated GPU memory, MiB"},
 			&cli.Uint64Flag{Name: "model-vram-mb", EnvVars: []string{"RBEE_SIM_MODEL_VRAM_MB"}, Value: sim.DefaultModelVRAMMB, Usage: "simulated weights, MiB (each busy slot adds a KV cache)"},
 			&cli.IntFlag{Name: "embedding-dim", EnvVars: []string{"RBEE_SIM_EMBEDDING_DIM"}, Value: sim.DefaultEmbeddingDim, Usage: "length of /v1/embeddings vectors"},
+			&cli.BoolFlag{Name: "prefix-cache", EnvVars: []string{"RBEE_SIM_PREFIX_CACHE"}, Usage: "simulate a prompt (KV) cache: time to first token grows with the prompt tokens this worker has not seen before"},
+			&cli.Float64Flag{Name: "prefill-ms-per-token", EnvVars: []string{"RBEE_SIM_PREFILL_MS_PER_TOKEN"}, Value: float64(sim.DefaultPrefillPerToken) / float64(time.Millisecond), Usage: "with --prefix-cache: milliseconds to process each prompt token not in the cache"},
+			&cli.IntFlag{Name: "prefix-cache-tokens", EnvVars: []string{"RBEE_SIM_PREFIX_CACHE_TOKENS"}, Value: sim.DefaultPrefixCacheTokens, Usage: "with --prefix-cache: tokens the cache holds, least recently used evicted first"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"RBEE_LOG_LEVEL"}, Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "log-format", EnvVars: []string{"RBEE_LOG_FORMAT"}, Value: "text", Usage: "text or json"},
 		},
@@ -56,6 +60,10 @@ func runSimulate(c *cli.Context) error {
 	if c.Int("load-ms") < 0 {
 		return fmt.Errorf("--load-ms %d: want 0 or more", c.Int("load-ms"))
 	}
+	prefill := c.Float64("prefill-ms-per-token")
+	if math.IsNaN(prefill) || prefill < 0 || prefill > 1000 {
+		return fmt.Errorf("--prefill-ms-per-token %v: want 0 to 1000", prefill)
+	}
 	port := c.Int("port")
 	if port < 0 || port > 65535 {
 		return fmt.Errorf("--port %d: want 0 to 65535", port)
@@ -70,6 +78,10 @@ func runSimulate(c *cli.Context) error {
 		ModelVRAMMB:     c.Uint64("model-vram-mb"),
 		EmbeddingDim:    c.Int("embedding-dim"),
 		LoadTime:        time.Duration(c.Int("load-ms")) * time.Millisecond,
+
+		PrefixCache:       c.Bool("prefix-cache"),
+		PrefillPerToken:   time.Duration(prefill * float64(time.Millisecond)),
+		PrefixCacheTokens: c.Int("prefix-cache-tokens"),
 	})
 	if err != nil {
 		return err
@@ -85,7 +97,8 @@ func runSimulate(c *cli.Context) error {
 	go func() { served <- srv.Serve(ln) }()
 	cfg := s.Config()
 	log.Info("simulated worker listening", "url", "http://"+ln.Addr().String(), "model", cfg.Model,
-		"slots", cfg.Slots, "tokens_per_second", cfg.TokensPerSecond, "load_time", cfg.LoadTime)
+		"slots", cfg.Slots, "tokens_per_second", cfg.TokensPerSecond, "load_time", cfg.LoadTime,
+		"prefix_cache", cfg.PrefixCache)
 
 	// The server answers 503 until the model is loaded; say when it is.
 	var loaded <-chan time.Time
@@ -117,6 +130,7 @@ wait:
 		return fmt.Errorf("serve: %w", err)
 	}
 	st := s.Stats()
-	log.Info("simulated worker stopped", "served", st.Served, "cancelled", st.Cancelled, "aborted", st.Aborted, "peak", st.Peak)
+	log.Info("simulated worker stopped", "served", st.Served, "cancelled", st.Cancelled, "aborted", st.Aborted, "peak", st.Peak,
+		"prompt_tokens", st.PromptTokens, "prompt_tokens_cached", st.PromptTokensCached, "completion_tokens", st.CompletionTokens)
 	return nil
 }

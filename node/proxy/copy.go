@@ -27,7 +27,7 @@ func (p *Proxy) copyResponse(w http.ResponseWriter, r *http.Request, resp *http.
 	}
 	w.WriteHeader(resp.StatusCode)
 	if entry {
-		p.metrics.requests.WithLabelValues(model, strconv.Itoa(resp.StatusCode)).Inc()
+		p.metrics.requests.WithLabelValues(keyLabel(r), model, strconv.Itoa(resp.StatusCode)).Inc()
 		p.metrics.seen(model)
 	}
 	// Only event streams are flushed per read: a JSON answer goes out in

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/rbee/rbee/wsapi"
@@ -45,24 +46,30 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 		if berr.status == http.StatusServiceUnavailable {
 			w.Header().Set("Retry-After", "1")
 		}
-		p.Fail(w, "", berr.status, berr.typ, berr.msg)
+		p.Fail(w, r, "", berr.status, berr.typ, berr.msg)
 		return
 	}
 	defer release()
 	head, err := readHead(r.Header.Get("Content-Type"), body)
 	if err != nil {
-		p.Fail(w, "", http.StatusBadRequest, "invalid_request_error", err.Error())
+		p.Fail(w, r, "", http.StatusBadRequest, "invalid_request_error", err.Error())
 		return
 	}
 	if head.Model == "" {
-		p.Fail(w, "", http.StatusBadRequest, "invalid_request_error", `"model" is required`)
+		p.Fail(w, r, "", http.StatusBadRequest, "invalid_request_error", `"model" is required`)
 		return
 	}
 	if err := wsapi.ValidModel(head.Model); err != nil {
-		p.Fail(w, "", http.StatusBadRequest, "invalid_request_error", `"model": `+err.Error())
+		p.Fail(w, r, "", http.StatusBadRequest, "invalid_request_error", `"model": `+err.Error())
 		return
 	}
 	model := head.Model
+	tenant := tenantOf(r)
+	if !tenant.Allows(model) {
+		p.Fail(w, r, model, http.StatusForbidden, "model_not_allowed",
+			fmt.Sprintf("key %s may not use model %q (its models: %s)", tenant.Name, TruncateText(model, 200), strings.Join(tenant.Models, ", ")))
+		return
+	}
 	on := p.previousWorker(head.PreviousResponseID)
 	var tap *responseTap
 	if r.URL.Path == PathResponses {
@@ -82,12 +89,13 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 		if ka != nil {
 			onWait = ka.start(waitStart)
 		}
-		g, lerr, err := p.leases.AcquireWatch(r.Context(), model, on, p.cfg.QueueTimeout, onWait)
+		g, lerr, err := p.leases.Ask(r.Context(), Ask{Model: model, On: on, Wait: p.cfg.QueueTimeout, OnWait: onWait,
+			Tenant: tenant, Arrived: start})
 		if ka != nil {
 			ka.stop()
 		}
 		if err != nil {
-			p.metrics.requests.WithLabelValues(model, "499").Inc()
+			p.metrics.requests.WithLabelValues(keyLabel(r), model, "499").Inc()
 			return // the client went away while waiting
 		}
 		// Metrics name the model as served (a bounded set), not as asked.
@@ -101,7 +109,7 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 			if lerr.RetryAfterMS > 0 {
 				w.Header().Set("Retry-After", strconv.FormatInt(max((lerr.RetryAfterMS+999)/1000, 1), 10))
 			}
-			p.Fail(w, model, lerr.Status, lerr.ErrorType, lerr.Message)
+			p.Fail(w, r, model, lerr.Status, lerr.ErrorType, lerr.Message)
 			return
 		}
 		if on != (Placement{}) && (g.Hive != on.Hive || g.Worker != on.Worker) {
@@ -118,7 +126,7 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 		// That worker could not take it: any will do now.
 		on = Placement{}
 		if attempt == maxAttempts {
-			p.Fail(w, model, http.StatusServiceUnavailable, "worker_unavailable",
+			p.Fail(w, r, model, http.StatusServiceUnavailable, "worker_unavailable",
 				fmt.Sprintf("model %q: %d workers in a row could not take the request", model, attempt))
 			return
 		}
@@ -141,13 +149,13 @@ func (p *Proxy) previousWorker(id string) Placement {
 }
 
 // Fail answers an inference client with an error and counts it.
-func (p *Proxy) Fail(w http.ResponseWriter, model string, status int, typ, msg string) {
+func (p *Proxy) Fail(w http.ResponseWriter, r *http.Request, model string, status int, typ, msg string) {
 	if status == http.StatusNotFound {
 		// Clients choose the name: labelling unknown ones would let
 		// them grow the metrics without bound.
 		model = "(unknown)"
 	}
-	p.metrics.requests.WithLabelValues(model, strconv.Itoa(status)).Inc()
+	p.metrics.requests.WithLabelValues(keyLabel(r), model, strconv.Itoa(status)).Inc()
 	WriteError(w, status, typ, msg)
 }
 
@@ -192,7 +200,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 			// The hive may never have got the request: release the
 			// lease here too (a second release is ignored).
 			p.leases.Release(g.LeaseID)
-			p.metrics.requests.WithLabelValues(g.Model, "499").Inc()
+			p.metrics.requests.WithLabelValues(keyLabel(r), g.Model, "499").Inc()
 			return false
 		}
 		p.log.Warn("hive unreachable", "hive", g.Hive, "addr", g.HiveAddr, "err", err)
@@ -272,5 +280,5 @@ func (p *Proxy) HandleModel(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	p.Fail(w, "", http.StatusNotFound, "model_not_found", fmt.Sprintf("model %q is not served by this cluster", TruncateText(id, 200)))
+	p.Fail(w, r, "", http.StatusNotFound, "model_not_found", fmt.Sprintf("model %q is not served by this cluster", TruncateText(id, 200)))
 }

@@ -3,11 +3,13 @@ package proxy
 import (
 	"context"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/rbee/rbee/node/tenants"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -39,6 +41,7 @@ type LeaseClient struct {
 
 type pendingLease struct {
 	msg      wsapi.LeaseRequest
+	arrived  time.Time // the client's request reached this node
 	deadline time.Time
 	ch       chan leaseAnswer // buffered 1
 	onWait   func(*wsapi.LeaseWait)
@@ -64,10 +67,18 @@ func (lc *LeaseClient) Attach(u Uplink) {
 	lc.mu.Lock()
 	lc.up = u
 	now := time.Now()
-	msgs := make([]wsapi.LeaseRequest, 0, len(lc.pending))
+	ps := make([]*pendingLease, 0, len(lc.pending))
 	for _, p := range lc.pending {
+		ps = append(ps, p)
+	}
+	// Oldest first: a new queen queues each key's requests in the order
+	// they are asked, so they keep their place.
+	slices.SortFunc(ps, func(a, b *pendingLease) int { return a.arrived.Compare(b.arrived) })
+	msgs := make([]wsapi.LeaseRequest, 0, len(ps))
+	for _, p := range ps {
 		m := p.msg
 		m.WaitMS = max(p.deadline.Sub(now).Milliseconds(), 0)
+		m.WaitedMS = max(now.Sub(p.arrived).Milliseconds(), 0)
 		msgs = append(msgs, m)
 	}
 	lc.mu.Unlock()
@@ -123,20 +134,45 @@ type Placement struct {
 // AcquireOn is Acquire for worker on when on is set: the queen waits for
 // that worker's slot, and grants any worker when it is gone.
 func (lc *LeaseClient) AcquireOn(ctx context.Context, model string, on Placement, wait time.Duration) (*wsapi.LeaseGrant, *wsapi.LeaseError, error) {
-	return lc.AcquireWatch(ctx, model, on, wait, nil)
+	return lc.Ask(ctx, Ask{Model: model, On: on, Wait: wait})
 }
 
-// AcquireWatch is AcquireOn that, when onWait is set, asks the queen where
-// the request stands while it waits and calls onWait with each answer, from
-// the session's reader: it must not block.
-func (lc *LeaseClient) AcquireWatch(ctx context.Context, model string, on Placement, wait time.Duration, onWait func(*wsapi.LeaseWait)) (*wsapi.LeaseGrant, *wsapi.LeaseError, error) {
+// Ask is one lease request in full.
+type Ask struct {
+	Model string
+	On    Placement
+	Wait  time.Duration
+	// OnWait, when set, asks the queen where the request stands while it
+	// waits and is called with each answer, from the session's reader:
+	// it must not block.
+	OnWait func(*wsapi.LeaseWait)
+	// Tenant is the API key's rules (nil: none); Arrived when the
+	// client's request reached this node (zero: now).
+	Tenant  *tenants.Tenant
+	Arrived time.Time
+}
+
+// Ask asks for a lease as a says and waits for the answer, as AcquireOn.
+func (lc *LeaseClient) Ask(ctx context.Context, a Ask) (*wsapi.LeaseGrant, *wsapi.LeaseError, error) {
 	id := lc.prefix + strconv.FormatUint(lc.seq.Add(1), 36)
+	now := time.Now()
+	if a.Arrived.IsZero() {
+		a.Arrived = now
+	}
+	wait, on, onWait, model := a.Wait, a.On, a.OnWait, a.Model
 	p := &pendingLease{
 		msg: wsapi.LeaseRequest{Type: wsapi.TypeLeaseRequest, RequestID: id, Model: model, WaitMS: wait.Milliseconds(),
-			Hive: on.Hive, Worker: on.Worker, Progress: onWait != nil},
-		deadline: time.Now().Add(wait),
+			Hive: on.Hive, Worker: on.Worker, Progress: onWait != nil, WaitedMS: max(now.Sub(a.Arrived).Milliseconds(), 0)},
+		arrived:  a.Arrived,
+		deadline: now.Add(wait),
 		ch:       make(chan leaseAnswer, 1),
 		onWait:   onWait,
+	}
+	if t := a.Tenant; t != nil {
+		p.msg.Key, p.msg.Weight, p.msg.MaxConcurrent, p.msg.PerMinute = t.Name, t.Weight, t.MaxConcurrent, t.PerMinute
+		if t.Class == tenants.Batch {
+			p.msg.Priority = tenants.Batch
+		}
 	}
 	lc.mu.Lock()
 	if lc.closed {

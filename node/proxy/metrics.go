@@ -28,8 +28,8 @@ var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .02
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "rbee_requests_total", Help: "Inference requests this node answered as entry node, by model and HTTP status (499: client went away).",
-		}, []string{"model", "code"}),
+			Name: "rbee_requests_total", Help: "Inference requests this node answered as entry node, by API key name (- without one), model and HTTP status (499: client went away).",
+		}, []string{"key", "model", "code"}),
 		queueWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "rbee_queue_wait_seconds", Help: "Time an inference request waited for a lease.", Buckets: latencyBuckets,
 		}, []string{"model"}),

@@ -88,7 +88,12 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 		setStates(m, s)
 	case *wsapi.LeaseRequest:
 		r := scheduler.Request{ID: m.RequestID, Entry: peer, Model: m.Model, VRAMMB: m.VRAMMB,
-			Deadline: now.Add(time.Duration(m.WaitMS) * time.Millisecond), Hive: m.Hive, Worker: m.Worker, Progress: m.Progress}
+			Deadline: now.Add(time.Duration(m.WaitMS) * time.Millisecond), Hive: m.Hive, Worker: m.Worker, Progress: m.Progress,
+			Key: m.Key, Weight: m.Weight, MaxConcurrent: m.MaxConcurrent, PerMinute: m.PerMinute,
+			Arrived: now.Add(-time.Duration(m.WaitedMS) * time.Millisecond)}
+		if m.Priority == "batch" {
+			r.Class = scheduler.ClassBatch
+		}
 		g, err := s.Request(r, now)
 		queued = g == nil && err == nil
 		switch {

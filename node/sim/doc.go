@@ -11,7 +11,10 @@
 // router never sent it more concurrent requests than it has slots. AbortAll
 // breaks every in-flight request mid-way, as a worker that dies would. With
 // Config.LoadTime it first answers 503 "Loading model" for a while, as
-// llama-server does while it loads the weights.
+// llama-server does while it loads the weights. With Config.PrefixCache it
+// keeps a prefix (KV) cache, as llama-server's prompt cache: the time to
+// first token grows with the prompt tokens it has not seen before, so a
+// conversation's next turn is quicker on the worker that served the last.
 //
 // Two endpoints are its own: GET /rbee/sim/gpu gives made-up GPU figures that
 // follow the load (a hive's collector reports them, marked simulated, for

@@ -42,7 +42,7 @@ func (s *Simulator) handleEmbeddings(w http.ResponseWriter, r *http.Request, c *
 		return o
 	}
 	defer s.release()
-	if o := s.newPacer(r, c).wait(0); o != served {
+	if o := s.newPacer(r, c, s.cfg.TTFT).wait(0); o != served {
 		return o
 	}
 	dim := req.Dim
@@ -64,6 +64,7 @@ func (s *Simulator) handleEmbeddings(w http.ResponseWriter, r *http.Request, c *
 	}
 	out.Usage.TotalTokens = out.Usage.PromptTokens
 	writeJSON(w, http.StatusOK, out)
+	s.countTokens(out.Usage.PromptTokens, 0, 0)
 	return served
 }
 

@@ -49,7 +49,7 @@ func (s *Simulator) budget(g genRequest) (int, string) {
 	}
 }
 
-// pacer releases tokens on time: token i is due TTFT + i/TokensPerSecond
+// pacer releases tokens on time: token i is due ttft + i/TokensPerSecond
 // after the slot was taken, wherever the previous one was late, on one timer
 // per request.
 type pacer struct {
@@ -57,17 +57,18 @@ type pacer struct {
 	r     *http.Request
 	c     *call
 	start time.Time
+	ttft  time.Duration
 	timer *time.Timer
 }
 
-func (s *Simulator) newPacer(r *http.Request, c *call) *pacer {
-	return &pacer{s: s, r: r, c: c, start: time.Now()}
+func (s *Simulator) newPacer(r *http.Request, c *call, ttft time.Duration) *pacer {
+	return &pacer{s: s, r: r, c: c, start: time.Now(), ttft: ttft}
 }
 
 // wait blocks until token i is due. It returns served when it is, cancelled
 // when the client went away, aborted on AbortAll.
 func (p *pacer) wait(i int) outcome {
-	d := time.Until(p.start.Add(p.s.cfg.TTFT + time.Duration(i)*p.s.interval))
+	d := time.Until(p.start.Add(p.ttft + time.Duration(i)*p.s.interval))
 	if d <= 0 {
 		select {
 		case <-p.r.Context().Done():
@@ -97,13 +98,27 @@ func (p *pacer) wait(i int) outcome {
 
 // usage is OpenAI's token accounting.
 type usage struct {
-	PromptTokens     int `json:"prompt_tokens"`
-	CompletionTokens int `json:"completion_tokens"`
-	TotalTokens      int `json:"total_tokens"`
+	PromptTokens        int                  `json:"prompt_tokens"`
+	CompletionTokens    int                  `json:"completion_tokens"`
+	TotalTokens         int                  `json:"total_tokens"`
+	PromptTokensDetails *promptTokensDetails `json:"prompt_tokens_details,omitempty"`
 }
 
-func newUsage(prompt, completion int) *usage {
-	return &usage{PromptTokens: prompt, CompletionTokens: completion, TotalTokens: prompt + completion}
+// promptTokensDetails says how much of a prompt the prefix cache held, as
+// OpenAI and llama-server report it.
+type promptTokensDetails struct {
+	CachedTokens int `json:"cached_tokens"`
+}
+
+// newUsage is the usage of a request with prompt tokens, cached of them in
+// the prefix cache, and completion tokens; the details only when
+// Config.PrefixCache is on, so that without it answers are as before.
+func (s *Simulator) newUsage(prompt, cached, completion int) *usage {
+	u := &usage{PromptTokens: prompt, CompletionTokens: completion, TotalTokens: prompt + completion}
+	if s.prefix != nil {
+		u.PromptTokensDetails = &promptTokensDetails{CachedTokens: cached}
+	}
+	return u
 }
 
 // systemFingerprint names the backend, as OpenAI's responses do.
@@ -260,13 +275,15 @@ func (s *Simulator) generate(w http.ResponseWriter, r *http.Request, c *call, ch
 		a.model = s.cfg.Model
 	}
 	n, finish := s.budget(g)
-	p := s.newPacer(r, c)
+	cached, ttft := s.prefill(&g)
+	u := s.newUsage(g.PromptTokens, cached, n)
+	p := s.newPacer(r, c, ttft)
 	if !g.Stream {
 		if o := p.wait(n - 1); o != served {
 			return o
 		}
-		writeJSON(w, http.StatusOK, a.whole(Text(n), finish, newUsage(g.PromptTokens, n)))
-		return served
+		writeJSON(w, http.StatusOK, a.whole(Text(n), finish, u))
+		return s.answered(&g, cached, n)
 	}
 
 	st := newStream(w)
@@ -287,14 +304,14 @@ func (s *Simulator) generate(w http.ResponseWriter, r *http.Request, c *call, ch
 		return cancelled
 	}
 	if g.IncludeUsage {
-		if err := st.event(a.usage(newUsage(g.PromptTokens, n))); err != nil {
+		if err := st.event(a.usage(u)); err != nil {
 			return cancelled
 		}
 	}
 	if err := st.done(); err != nil {
 		return cancelled
 	}
-	return served
+	return s.answered(&g, cached, n)
 }
 
 // stream writes server-sent events, each flushed as it is written.

@@ -55,6 +55,12 @@ type genRequest struct {
 	IncludeUsage bool // stream_options.include_usage
 	MaxTokens    int  // 0: the request sets no limit
 	PromptTokens int
+	// Prompt is the prompt's tokens as the prefix cache sees them;
+	// Prompt.n is PromptTokens.
+	Prompt promptHash
+	// Messages says the prompt is a list of messages (chat, responses), so
+	// that an answer continues it as an assistant message, not as text.
+	Messages bool
 }
 
 // genFields are the fields chat completions and completions share.
@@ -179,8 +185,9 @@ func decodeChat(body []byte) (genRequest, error) {
 			return genRequest{}, fmt.Errorf("messages[%d].content: %w", i, err)
 		}
 		// A few tokens of framing per message, as chat templates add.
-		g.PromptTokens += 3 + countTokens(text)
+		g.Prompt.message(*m.Role, text)
 	}
+	g.PromptTokens, g.Messages = g.Prompt.n, true
 	return g, nil
 }
 
@@ -237,8 +244,13 @@ func decodeCompletion(body []byte) (genRequest, error) {
 		return genRequest{}, err
 	}
 	for _, in := range inputs {
-		g.PromptTokens += in.tokens
+		if in.ids != nil {
+			g.Prompt.ids(in.ids)
+		} else {
+			g.Prompt.text(in.key)
+		}
 	}
+	g.PromptTokens = g.Prompt.n
 	return g, nil
 }
 
@@ -291,7 +303,8 @@ func decodeEmbedding(body []byte, maxDim int) (embeddingRequest, error) {
 
 // input is one prompt or embedding input: text, or token ids.
 type input struct {
-	key    string // the text, or the ids in decimal: what the output derives from
+	key    string  // the text, or the ids in decimal: what the output derives from
+	ids    []int64 // the token ids; nil for a text
 	tokens int
 }
 
@@ -332,6 +345,7 @@ func decodeInputs(name string, raw json.RawMessage) ([]input, error) {
 			out = append(out, textInput(s))
 			continue
 		}
+		var ids []int64 // a new slice each time: the input keeps it
 		if err := json.Unmarshal(it, &ids); err != nil || len(ids) == 0 {
 			return nil, fmt.Errorf("%s[%d]: want a string or a non-empty array of token ids", name, i)
 		}
@@ -349,7 +363,7 @@ func tokenInput(ids []int64) input {
 		sb.WriteByte(' ')
 		sb.WriteString(strconv.FormatInt(id, 10))
 	}
-	return input{key: sb.String(), tokens: len(ids)}
+	return input{key: sb.String(), ids: ids, tokens: len(ids)}
 }
 
 // countTokens estimates a text's tokens the usual way: about four bytes of

@@ -57,28 +57,28 @@ func decodeResponses(body []byte) (responsesRequest, error) {
 		r.MaxTokens = *b.MaxOutputTokens
 	}
 	if b.Instructions != nil {
-		r.PromptTokens += countTokens(*b.Instructions)
+		r.Prompt.text(*b.Instructions)
 	}
-	n, err := inputTokens(b.Input)
-	if err != nil {
+	if err := inputTokens(&r.Prompt, b.Input); err != nil {
 		return responsesRequest{}, err
 	}
-	r.PromptTokens += n
+	r.PromptTokens, r.Messages = r.Prompt.n, true
 	return r, nil
 }
 
-// inputTokens counts the tokens of a Responses request's input.
-func inputTokens(raw json.RawMessage) (int, error) {
+// inputTokens adds the tokens of a Responses request's input to p.
+func inputTokens(p *promptHash, raw json.RawMessage) error {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
-		return 0, errors.New(`"input" is required`)
+		return errors.New(`"input" is required`)
 	}
 	if raw[0] == '"' {
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
-			return 0, errors.New("input: not a valid string")
+			return errors.New("input: not a valid string")
 		}
-		return countTokens(s), nil
+		p.text(s)
+		return nil
 	}
 	var items []struct {
 		Type    *string         `json:"type"`
@@ -86,35 +86,34 @@ func inputTokens(raw json.RawMessage) (int, error) {
 		Content json.RawMessage `json:"content"`
 	}
 	if err := json.Unmarshal(raw, &items); err != nil {
-		return 0, errors.New("input: want a string or an array of input items")
+		return errors.New("input: want a string or an array of input items")
 	}
 	switch {
 	case len(items) == 0:
-		return 0, errors.New("input must not be empty")
+		return errors.New("input must not be empty")
 	case len(items) > maxInputs:
-		return 0, fmt.Errorf("input: %d items, at most %d", len(items), maxInputs)
+		return fmt.Errorf("input: %d items, at most %d", len(items), maxInputs)
 	}
 	var itemsRaw []json.RawMessage
 	_ = json.Unmarshal(raw, &itemsRaw) // the same array, just decoded
-	tokens := 0
 	for i, it := range items {
 		if it.Role == nil {
 			if it.Type == nil || *it.Type == "" || *it.Type == "message" {
-				return 0, fmt.Errorf("input[%d]: a message needs a role; another item a type", i)
+				return fmt.Errorf("input[%d]: a message needs a role; another item a type", i)
 			}
-			tokens += countTokens(string(itemsRaw[i]))
+			p.text(string(itemsRaw[i]))
 			continue
 		}
 		if *it.Role == "" {
-			return 0, fmt.Errorf("input[%d].role must not be empty", i)
+			return fmt.Errorf("input[%d].role must not be empty", i)
 		}
 		text, err := messageText(it.Content)
 		if err != nil {
-			return 0, fmt.Errorf("input[%d].content: %w", i, err)
+			return fmt.Errorf("input[%d].content: %w", i, err)
 		}
-		tokens += 3 + countTokens(text)
+		p.message(*it.Role, text)
 	}
-	return tokens, nil
+	return nil
 }
 
 // responseObject is OpenAI's response object.
@@ -242,6 +241,7 @@ func (s *Simulator) handleResponses(w http.ResponseWriter, r *http.Request, c *c
 	defer s.release()
 
 	n, finish := s.budget(req.genRequest)
+	cached, ttft := s.prefill(&req.genRequest)
 	seq := s.ids.Add(1)
 	resp := &responseObject{
 		ID: s.responseID(seq), Object: "response", CreatedAt: time.Now().Unix(), Status: "in_progress",
@@ -267,17 +267,18 @@ func (s *Simulator) handleResponses(w http.ResponseWriter, r *http.Request, c *c
 		}
 		done.Output = []outputItem{it}
 		u := &responsesUsage{InputTokens: req.PromptTokens, OutputTokens: n, TotalTokens: req.PromptTokens + n}
+		u.InputTokensDetails.CachedTokens = cached
 		done.Usage = u
 		return &done, it
 	}
-	p := s.newPacer(r, c)
+	p := s.newPacer(r, c, ttft)
 	if !req.Stream {
 		if o := p.wait(n - 1); o != served {
 			return o
 		}
 		done, _ := finished(Text(n))
 		writeJSON(w, http.StatusOK, done)
-		return served
+		return s.answered(&req.genRequest, cached, n)
 	}
 
 	st := newStream(w)
@@ -321,7 +322,7 @@ func (s *Simulator) handleResponses(w http.ResponseWriter, r *http.Request, c *c
 			return cancelled
 		}
 	}
-	return served
+	return s.answered(&req.genRequest, cached, n)
 }
 
 // eventSeq numbers a response's events and sends each under its type's

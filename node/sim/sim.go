@@ -37,6 +37,15 @@ const (
 	// DefaultEmbeddingDim is the size of all-MiniLM-L6-v2's vectors, a
 	// common small embedding model.
 	DefaultEmbeddingDim = 384
+	// DefaultPrefillPerToken is prompt processing on a consumer GPU: about
+	// a thousand tokens a second for a 7B model, so a 4k-token
+	// conversation's next turn waits 4 s uncached and next to nothing
+	// cached.
+	DefaultPrefillPerToken = time.Millisecond
+	// DefaultPrefixCacheTokens is 16 full 4k contexts: a worker keeps a
+	// handful of conversations, and a router that scatters more of them
+	// than that loses the cache, as with a real one.
+	DefaultPrefixCacheTokens = 65536
 )
 
 // Bounds on Config and on what a request may ask for.
@@ -56,6 +65,11 @@ const (
 	maxTTFT            = 24 * time.Hour
 	// maxLoadTime bounds Config.LoadTime.
 	maxLoadTime = 24 * time.Hour
+	// maxPrefillPerToken and maxPrefixCacheTokens bound the prefix cache's
+	// settings: a second a token is slower than any real model, and 16M
+	// tokens of cache are some 100 MB of our memory.
+	maxPrefillPerToken   = time.Second
+	maxPrefixCacheTokens = 1 << 24
 )
 
 // Config describes the simulated worker. Zero values take the defaults above
@@ -97,6 +111,20 @@ type Config struct {
 	// endpoints answer throughout (the weights' VRAM counts from the
 	// start, as they are being loaded). Default 0: loaded at once.
 	LoadTime time.Duration
+	// PrefixCache simulates llama-server's prompt (KV) cache: the time to
+	// first token of a chat completion, completion or response grows by
+	// PrefillPerToken for each prompt token not in this worker's cache,
+	// which holds the prompts it has answered and each with its answer
+	// (the start of the conversation's next turn). Prompts match by their
+	// first tokens, in blocks of 16. Off: TTFT alone, as before.
+	PrefixCache bool
+	// PrefillPerToken is the time to process one uncached prompt token.
+	// Default DefaultPrefillPerToken when PrefixCache is on.
+	PrefillPerToken time.Duration
+	// PrefixCacheTokens is the cache's size in tokens, the least recently
+	// used evicted first. Default DefaultPrefixCacheTokens when
+	// PrefixCache is on.
+	PrefixCacheTokens int
 }
 
 func (c Config) withDefaults() Config {
@@ -117,6 +145,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.EmbeddingDim == 0 {
 		c.EmbeddingDim = DefaultEmbeddingDim
+	}
+	if c.PrefixCache && c.PrefillPerToken == 0 {
+		c.PrefillPerToken = DefaultPrefillPerToken
+	}
+	if c.PrefixCache && c.PrefixCacheTokens == 0 {
+		c.PrefixCacheTokens = DefaultPrefixCacheTokens
 	}
 	return c
 }
@@ -142,6 +176,11 @@ func (c Config) validate() error {
 		return fmt.Errorf("embedding dim %d: want 1 to %d", c.EmbeddingDim, maxEmbeddingDim)
 	case c.LoadTime < 0 || c.LoadTime > maxLoadTime:
 		return fmt.Errorf("load time %v: want 0 to %v", c.LoadTime, maxLoadTime)
+	case c.PrefillPerToken < 0 || c.PrefillPerToken > maxPrefillPerToken:
+		return fmt.Errorf("prefill per token %v: want 0 to %v", c.PrefillPerToken, maxPrefillPerToken)
+	case c.PrefixCacheTokens < 0 || c.PrefixCacheTokens > maxPrefixCacheTokens ||
+		(c.PrefixCache && c.PrefixCacheTokens < blockTokens):
+		return fmt.Errorf("prefix cache tokens %d: want %d to %d", c.PrefixCacheTokens, blockTokens, maxPrefixCacheTokens)
 	}
 	return nil
 }
@@ -168,6 +207,20 @@ type Stats struct {
 	Aborted int64 `json:"aborted"`
 	// Rejected is the requests refused for their body (400, 413).
 	Rejected int64 `json:"rejected"`
+
+	// The token counters add up the usage of the requests served in full
+	// (as their answers report it); a request cancelled or aborted adds
+	// nothing.
+
+	// PromptTokens is their prompt tokens (embeddings' inputs included).
+	PromptTokens int64 `json:"prompt_tokens"`
+	// CompletionTokens is the tokens they generated.
+	CompletionTokens int64 `json:"completion_tokens"`
+	// PromptTokensCached is the prompt tokens found in the prefix cache
+	// (Config.PrefixCache), PromptTokensComputed the rest: the two add up
+	// to PromptTokens. With the cache off, all are computed.
+	PromptTokensCached   int64 `json:"prompt_tokens_cached"`
+	PromptTokensComputed int64 `json:"prompt_tokens_computed"`
 }
 
 // Simulator is one simulated worker. Its methods are safe for concurrent
@@ -179,11 +232,13 @@ type Simulator struct {
 	loadedAt time.Time     // when the simulated model is loaded (monotonic)
 	idPrefix string        // makes response ids unique across simulators
 	slots    chan struct{} // a send takes a slot
+	prefix   *prefixCache  // nil unless Config.PrefixCache
 	mux      *http.ServeMux
 
 	ids                                      atomic.Uint64
 	inFlight, peak, active                   atomic.Int64
 	nServed, nCancelled, nAborted, nRejected atomic.Int64
+	nPrompt, nCompletion, nCached, nComputed atomic.Int64
 
 	abortMu sync.Mutex
 	abortCh chan struct{}      // closed by AbortAll, then replaced
@@ -207,6 +262,9 @@ func New(cfg Config) (*Simulator, error) {
 		slots:    make(chan struct{}, cfg.Slots),
 		abortCh:  make(chan struct{}),
 		calls:    make(map[*call]struct{}),
+	}
+	if cfg.PrefixCache {
+		s.prefix = newPrefixCache(cfg.PrefixCacheTokens)
 	}
 	if cfg.TokensPerSecond > 0 {
 		s.interval = time.Duration(float64(time.Second) / cfg.TokensPerSecond)
@@ -236,6 +294,11 @@ func (s *Simulator) Stats() Stats {
 		Cancelled: s.nCancelled.Load(),
 		Aborted:   s.nAborted.Load(),
 		Rejected:  s.nRejected.Load(),
+
+		PromptTokens:         s.nPrompt.Load(),
+		CompletionTokens:     s.nCompletion.Load(),
+		PromptTokensCached:   s.nCached.Load(),
+		PromptTokensComputed: s.nComputed.Load(),
 	}
 }
 
