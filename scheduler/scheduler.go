@@ -73,6 +73,9 @@ type Request struct {
 	// Arrived is when the client's request reached the entry node: a
 	// request asked again after a failover keeps its age (aging, order).
 	Arrived time.Time
+	// Conversation names the conversation it continues: its turns go
+	// back to the worker that served the last one (affinity.go).
+	Conversation string
 }
 
 // Lease is one slot of one worker granted to one request.

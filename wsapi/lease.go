@@ -43,6 +43,10 @@ type LeaseRequest struct {
 	MaxConcurrent int     `json:"max_concurrent,omitempty"`
 	PerMinute     int     `json:"per_minute,omitempty"`
 	WaitedMS      int64   `json:"waited_ms,omitempty"`
+	// Conversation names the conversation the request continues (a
+	// session id, the user field, or a hash of its start), for prefix
+	// affinity; never the text itself.
+	Conversation string `json:"conversation,omitempty"`
 }
 
 // LeaseCancel withdraws a waiting request.
@@ -106,6 +110,14 @@ func (m *LeaseRequest) Validate() error {
 	}
 	if m.WaitMS < 0 || m.WaitMS > MaxWait.Milliseconds() {
 		return fmt.Errorf("%w: wait_ms %d outside 0..%d", ErrInvalid, m.WaitMS, MaxWait.Milliseconds())
+	}
+	for _, f := range []struct{ name, v string }{{"key", m.Key}, {"priority", m.Priority}, {"conversation", m.Conversation}} {
+		if err := checkText(f.name, f.v, maxFieldLen); err != nil {
+			return err
+		}
+	}
+	if m.Weight < 0 || m.Weight > 1000 || m.Weight != m.Weight || m.MaxConcurrent < 0 || m.PerMinute < 0 || m.WaitedMS < 0 {
+		return fmt.Errorf("%w: weight, caps or waited_ms out of range", ErrInvalid)
 	}
 	if m.Hive == "" && m.Worker == "" {
 		return nil

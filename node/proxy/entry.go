@@ -71,6 +71,7 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	on := p.previousWorker(head.PreviousResponseID)
+	conv := conversation(r, &head)
 	var tap *responseTap
 	if r.URL.Path == PathResponses {
 		tap = &responseTap{ResponseWriter: w, ids: p.responses}
@@ -90,7 +91,7 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 			onWait = ka.start(waitStart)
 		}
 		g, lerr, err := p.leases.Ask(r.Context(), Ask{Model: model, On: on, Wait: p.cfg.QueueTimeout, OnWait: onWait,
-			Tenant: tenant, Arrived: start})
+			Tenant: tenant, Arrived: start, Conversation: conv})
 		if ka != nil {
 			ka.stop()
 		}

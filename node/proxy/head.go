@@ -10,6 +10,7 @@ import (
 	"net/http"
 
 	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // requestHead is what the entry node reads of a request body: the model to
@@ -21,7 +22,17 @@ type requestHead struct {
 	// Stream is any JSON value: only true asks for a stream, and a
 	// wrong type is the worker's to refuse, as before rbee read it.
 	Stream any `json:"stream"`
+	// What names a conversation, for prefix affinity (session.go): the
+	// "user" field (any JSON value; only a string counts) and the start
+	// of the messages, prompt or input.
+	User     any              `json:"user"`
+	// Raw, whatever their type: a wrong one is the worker's to refuse.
+	Messages jsontext.Value `json:"messages"`
+	Prompt   jsontext.Value `json:"prompt"`
+	Input    jsontext.Value `json:"input"`
 }
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
 
 // maxFormModel bounds the model field read from a form: longer than any
 // valid model name, so that ValidModel says what is wrong.

@@ -150,6 +150,8 @@ type Ask struct {
 	// client's request reached this node (zero: now).
 	Tenant  *tenants.Tenant
 	Arrived time.Time
+	// Conversation names the conversation, for prefix affinity.
+	Conversation string
 }
 
 // Ask asks for a lease as a says and waits for the answer, as AcquireOn.
@@ -162,7 +164,8 @@ func (lc *LeaseClient) Ask(ctx context.Context, a Ask) (*wsapi.LeaseGrant, *wsap
 	wait, on, onWait, model := a.Wait, a.On, a.OnWait, a.Model
 	p := &pendingLease{
 		msg: wsapi.LeaseRequest{Type: wsapi.TypeLeaseRequest, RequestID: id, Model: model, WaitMS: wait.Milliseconds(),
-			Hive: on.Hive, Worker: on.Worker, Progress: onWait != nil, WaitedMS: max(now.Sub(a.Arrived).Milliseconds(), 0)},
+			Hive: on.Hive, Worker: on.Worker, Progress: onWait != nil, WaitedMS: max(now.Sub(a.Arrived).Milliseconds(), 0),
+			Conversation: a.Conversation},
 		arrived:  a.Arrived,
 		deadline: now.Add(wait),
 		ch:       make(chan leaseAnswer, 1),

@@ -89,7 +89,7 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 	case *wsapi.LeaseRequest:
 		r := scheduler.Request{ID: m.RequestID, Entry: peer, Model: m.Model, VRAMMB: m.VRAMMB,
 			Deadline: now.Add(time.Duration(m.WaitMS) * time.Millisecond), Hive: m.Hive, Worker: m.Worker, Progress: m.Progress,
-			Key: m.Key, Weight: m.Weight, MaxConcurrent: m.MaxConcurrent, PerMinute: m.PerMinute,
+			Key: m.Key, Weight: m.Weight, MaxConcurrent: m.MaxConcurrent, PerMinute: m.PerMinute, Conversation: m.Conversation,
 			Arrived: now.Add(-time.Duration(m.WaitedMS) * time.Millisecond)}
 		if m.Priority == "batch" {
 			r.Class = scheduler.ClassBatch

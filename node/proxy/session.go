@@ -1,0 +1,79 @@
+package proxy
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
+)
+
+// HeaderSessionID names a conversation: its turns go to the worker that
+// holds its prompt in its KV cache.
+const HeaderSessionID = "X-Session-Id"
+
+// conversationBytes is how much of a conversation's start names it: enough
+// to tell conversations apart (a system prompt and the first question),
+// little enough to hash in microseconds.
+const conversationBytes = 1024
+
+// conversation names the conversation a request continues, for prefix
+// affinity: the X-Session-Id header, else the OpenAI "user" field, else a
+// hash of the conversation's start (its messages up to the first user
+// message, or the first bytes of a prompt or input), which every later turn
+// repeats. "" when there is nothing to go by.
+func conversation(r *http.Request, head *requestHead) string {
+	if s := r.Header.Get(HeaderSessionID); s != "" {
+		return "s:" + TruncateText(s, 200)
+	}
+	if u, ok := head.User.(string); ok && u != "" {
+		return "u:" + TruncateText(u, 200)
+	}
+	var start []byte
+	var msgs []jsontext.Value
+	if head.Messages.Kind() == '[' {
+		_ = jsonv2.Unmarshal(head.Messages, &msgs)
+	}
+	switch {
+	case len(msgs) > 0:
+		for _, m := range msgs {
+			start = append(start, m...)
+			if len(start) >= conversationBytes || isUserMessage(m) {
+				break
+			}
+		}
+	case len(head.Prompt) > 0:
+		start = head.Prompt
+	case len(head.Input) > 0:
+		start = head.Input
+	}
+	if len(start) == 0 {
+		return ""
+	}
+	start = start[:min(len(start), conversationBytes)]
+	sum := sha256.Sum256(start)
+	return "h:" + hex.EncodeToString(sum[:8])
+}
+
+// isUserMessage reports whether a chat message's role is "user".
+func isUserMessage(m jsontext.Value) bool {
+	dec := jsontext.NewDecoder(bytesReader(m))
+	if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '{' {
+		return false
+	}
+	for dec.PeekKind() != '}' {
+		k, err := dec.ReadToken()
+		if err != nil {
+			return false
+		}
+		if k.String() == "role" {
+			v, err := dec.ReadToken()
+			return err == nil && v.String() == "user"
+		}
+		if err := dec.SkipValue(); err != nil {
+			return false
+		}
+	}
+	return false
+}
