@@ -25,7 +25,7 @@ type requestHead struct {
 	// What names a conversation, for prefix affinity (session.go): the
 	// "user" field (any JSON value; only a string counts) and the start
 	// of the messages, prompt or input.
-	User     any              `json:"user"`
+	User any `json:"user"`
 	// Raw, whatever their type: a wrong one is the worker's to refuse.
 	Messages jsontext.Value `json:"messages"`
 	Prompt   jsontext.Value `json:"prompt"`
