@@ -58,7 +58,7 @@ func (s *Scheduler) unpinLapsed(now time.Time) {
 	for id, q := range s.pinned {
 		var lapsed []*waiting
 		q.each(func(wt *waiting) {
-			if !s.keepPin(id, wt.key, now) {
+			if !s.keepPin(id, wt.key, now) || (!wt.pinUntil.IsZero() && !now.Before(wt.pinUntil)) {
 				lapsed = append(lapsed, wt)
 			}
 		})

@@ -167,6 +167,10 @@ type Config struct {
 	// AgingAfter: a batch request that waited this long goes before
 	// interactive ones (default DefaultAgingAfter).
 	AgingAfter time.Duration
+	// AffinityWait bounds how long a conversation's turn waits for the
+	// worker that holds its prompt (default DefaultAffinityWait; negative
+	// turns the wait off: a free slot there is still preferred).
+	AffinityWait time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -191,6 +195,9 @@ func (c Config) withDefaults() Config {
 	if c.AgingAfter <= 0 {
 		c.AgingAfter = DefaultAgingAfter
 	}
+	if c.AffinityWait == 0 {
+		c.AffinityWait = DefaultAffinityWait
+	}
 	return c
 }
 
@@ -207,6 +214,8 @@ type worker struct {
 	// stopping: its hive drains it, or a start evicts it; it takes no
 	// new request.
 	stopping bool
+	// grantedVRAM is what requests granted since its last report need.
+	grantedVRAM uint64
 	Worker
 	id   string
 	keys []string // ModelKeys(Model)
@@ -224,6 +233,8 @@ type waiting struct {
 	tag     float64
 	arrived time.Time
 	line    *keyLine
+	// pinUntil ends a wait for a conversation's worker (affinity.go).
+	pinUntil time.Time
 }
 
 // Scheduler holds workers, waiting requests and leases.
@@ -231,7 +242,7 @@ type Scheduler struct {
 	cfg     Config
 	workers map[string]*worker            // by id
 	byHive  map[string]map[string]*worker // hive -> name -> worker
-	byKey   map[string][]*worker          // model key -> workers (order irrelevant)
+	byKey   map[string][]*worker          // model key -> workers, a heap by indexLess (index.go)
 	queues  map[string]*queue             // request key -> FIFO
 	pinned  map[string]*queue             // worker id -> FIFO of requests for it alone
 	waiting map[string]*waiting           // by request id
@@ -259,6 +270,13 @@ type Scheduler struct {
 
 	// keyUse: each key's requests now and lately, for its caps (caps.go).
 	keyUse map[string]*keyUse
+	// convs: each conversation's last worker (affinity.go), and the
+	// order they came in, to forget the oldest.
+	convs     map[string]string
+	convOrder []string
+	// scanOnly makes pick scan every worker, as before the index: the
+	// benchmark's baseline.
+	scanOnly bool
 }
 
 // New returns an empty scheduler.
@@ -352,6 +370,10 @@ func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease
 		w.leases++
 	}
 	var grants []Grant
+	for _, w := range cur {
+		w.grantedVRAM = 0 // the report counts what was granted before it
+		s.reindex(w)
+	}
 	for _, w := range sortedWorkers(cur) {
 		grants = s.fill(w, now, grants)
 	}
@@ -400,6 +422,11 @@ func (s *Scheduler) Request(r Request, now time.Time) (*Grant, error) {
 	}
 	if pin := r.pin(); pin != "" && s.keepPin(pin, key, now) {
 		return s.requestPinned(r, key, pin, now)
+	}
+	if r.Conversation != "" && r.pin() == "" {
+		if g, err, ok := s.requestAffine(r, key, now); ok {
+			return g, err
+		}
 	}
 	q := s.queues[key]
 	if q == nil || q.head(now, s.cfg.AgingAfter) == nil {
@@ -479,6 +506,7 @@ func (s *Scheduler) Release(leaseID string, now time.Time) []Grant {
 	s.noteService(w, now.Sub(l.Granted))
 	if w.leases > 0 {
 		w.leases--
+		s.reindex(w)
 	}
 	return s.fill(w, now, nil)
 }
@@ -530,6 +558,7 @@ func (s *Scheduler) Tick(now time.Time) ([]Grant, []Failure) {
 			s.dropLease(l)
 			if w := s.byHive[l.Hive][l.Worker]; w != nil {
 				w.leases = max(w.leases-1, 0)
+				s.reindex(w)
 				freed = append(freed, w)
 			}
 		}
@@ -584,6 +613,12 @@ func (s *Scheduler) fill(w *worker, now time.Time, grants []Grant) []Grant {
 // pick chooses among the eligible workers for key: fewest leases, then lowest
 // GPU utilization, then most free VRAM, then the one granted longest ago.
 func (s *Scheduler) pick(key string, r Request, now time.Time) *worker {
+	// The index's first worker is the best one that has a free slot;
+	// when it may take r (fresh, healthy, room on its GPU: the usual
+	// case) that is the answer without a scan.
+	if ws := s.byKey[key]; len(ws) > 0 && !s.scanOnly && s.eligible(ws[0], r, key, now) {
+		return ws[0]
+	}
 	var best *worker
 	for _, w := range s.byKey[key] {
 		if !s.eligible(w, r, key, now) {
@@ -646,13 +681,20 @@ func (s *Scheduler) why(w *worker, r Request, key string, now time.Time) string 
 	if w.stopping {
 		return reasonStopping
 	}
-	need := max(r.VRAMMB, s.modelVRAM(key, w))
+	need := s.need(w, r, key)
 	// A worker without GPU figures (CPU inference, no NVML) cannot be
-	// checked; refusing it would make such clusters unusable.
-	if need > 0 && w.VRAMTotalMB > 0 && freeVRAM(w) < need {
+	// checked; refusing it would make such clusters unusable. What was
+	// granted since its last report is not in its figures yet: a burst
+	// must not place more on a GPU than fits.
+	if need > 0 && w.VRAMTotalMB > 0 && freeVRAM(w) < need+w.grantedVRAM {
 		return reasonVRAM
 	}
 	return ""
+}
+
+// need is the free VRAM r needs on w.
+func (s *Scheduler) need(w *worker, r Request, key string) uint64 {
+	return max(r.VRAMMB, s.modelVRAM(key, w))
 }
 
 func (s *Scheduler) modelVRAM(key string, w *worker) uint64 {
@@ -716,6 +758,11 @@ func (s *Scheduler) grant(w *worker, r Request, now time.Time) Grant {
 	s.granted++
 	w.leases++
 	w.lastGrant = s.seq
+	w.grantedVRAM += s.need(w, r, RequestKey(r.Model))
+	s.reindex(w)
+	if r.Conversation != "" {
+		s.rememberConversation(r.Conversation, w.id)
+	}
 	l := &Lease{ID: s.cfg.LeasePrefix + strconv.FormatUint(s.seq, 36), RequestID: r.ID, Entry: r.Entry,
 		Hive: w.Hive, Worker: w.Name, Model: w.Model, Granted: now, Key: r.Key}
 	s.addLease(l)
@@ -785,33 +832,6 @@ func (s *Scheduler) unwait(w *waiting) {
 	q.remove(w)
 	if q.n == 0 {
 		delete(queues, name)
-	}
-}
-
-// index adds w to the list of each of its keys. Lists are slices, not maps:
-// pick scans them on every decision, and a slice scan is several times
-// faster at 10,000 workers.
-func (s *Scheduler) index(w *worker) {
-	w.pos = make([]int, len(w.keys))
-	for i, k := range w.keys {
-		w.pos[i] = len(s.byKey[k])
-		s.byKey[k] = append(s.byKey[k], w)
-	}
-}
-
-func (s *Scheduler) unindex(w *worker) {
-	for i, k := range w.keys {
-		list := s.byKey[k]
-		last := list[len(list)-1]
-		j := w.pos[i]
-		list[j] = last
-		last.pos[slices.Index(last.keys, k)] = j
-		list[len(list)-1] = nil
-		if len(list) == 1 {
-			delete(s.byKey, k)
-		} else {
-			s.byKey[k] = list[:len(list)-1]
-		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -19,7 +20,7 @@ func req(id, model string) Request {
 	return Request{ID: id, Entry: "e", Model: model, Deadline: t0.Add(30 * time.Second)}
 }
 
-func mustGrant(t *testing.T, s *Scheduler, r Request, now time.Time) Grant {
+func mustGrant(t testing.TB, s *Scheduler, r Request, now time.Time) Grant {
 	t.Helper()
 	g, err := s.Request(r, now)
 	if err != nil || g == nil {
@@ -441,11 +442,26 @@ func TestExplain(t *testing.T) {
 	}
 }
 
+// BenchmarkDecision times a request and its release with n workers of one
+// model: the index, and beside it the scan every decision made before it.
 func BenchmarkDecision(b *testing.B) {
 	for _, n := range []int{10, 1000, 10000} {
-		b.Run(fmt.Sprint(n, "_workers"), func(b *testing.B) {
+		for _, scan := range []bool{false, true} {
+			name := fmt.Sprint(n, "_workers")
+			if scan {
+				name += "_scan_baseline"
+			}
+			b.Run(name, func(b *testing.B) { benchDecision(b, n, scan) })
+		}
+	}
+}
+
+func benchDecision(b *testing.B, n int, scan bool) {
+	{
+		{
 			s := New(Config{})
 			s.SetWarm(true)
+			s.scanOnly = scan
 			const perHive = 8
 			for h := 0; h < n/perHive+1; h++ {
 				var ws []Worker
@@ -467,6 +483,38 @@ func BenchmarkDecision(b *testing.B) {
 				}
 				s.Release(g.Lease.ID, t0)
 			}
-		})
+		}
+	}
+}
+
+// BenchmarkWaitingMemory holds 100,000 requests waiting for one model, from
+// 10 keys, and reports the heap they take.
+func BenchmarkWaitingMemory(b *testing.B) {
+	const n = 100_000
+	for b.Loop() {
+		s := New(Config{QueueLimit: n})
+		s.SetWarm(true)
+		s.UpdateHive("h", []Worker{w("g/1", "m", 1)}, nil, t0)
+		mustGrant(b, s, req("busy", "m"), t0)
+		reqs := make([]Request, n)
+		for i := range reqs {
+			reqs[i] = keyed(fmt.Sprintf("entry-7.m3k9x.%d", i), fmt.Sprint("key", i%10), 0, 1)
+		}
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for _, r := range reqs {
+			if _, err := s.Request(r, t0); err != nil {
+				b.Fatal(err)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if s.Waiting() != n {
+			b.Fatalf("%d waiting", s.Waiting())
+		}
+		per := float64(after.HeapAlloc-before.HeapAlloc) / n
+		b.ReportMetric(per, "bytes/waiting")
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/(1<<20), "MiB/100k")
 	}
 }
