@@ -97,6 +97,10 @@ type Config struct {
 	// how long a request waits for a free worker before a 503.
 	QueueLimit   int
 	QueueTimeout time.Duration
+	// AffinityWait bounds how long a conversation's next turn waits for
+	// the worker that holds its prompt before any worker serves it
+	// (0: scheduler.DefaultAffinityWait; negative: no affinity at all).
+	AffinityWait time.Duration
 	// ModelVRAMMB is the free VRAM one request of a model needs, by name.
 	ModelVRAMMB map[string]uint64
 	// BodyMemory bounds the request-body bytes the node holds at once

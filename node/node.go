@@ -253,6 +253,7 @@ func (n *Node) newPlanes() error {
 		ForgetAfter:   n.cfg.ForgetAfter,
 		EventInterval: n.cfg.QueenEventInterval,
 		QueueLimit:    n.cfg.QueueLimit,
+		AffinityWait:  n.cfg.AffinityWait,
 		ModelVRAMMB:   n.cfg.ModelVRAMMB,
 		Metrics:       n.metrics,
 		Logger:        n.log,

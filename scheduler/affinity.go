@@ -10,12 +10,17 @@ import (
 // computes only what is new. A request for such a worker takes its free
 // slot; when the worker is full but should free a slot within AffinityWait,
 // the request waits for it alone, for at most AffinityWait (then any worker
-// serves it), and never more than one round of slots waits so: affinity
-// costs a bounded extra wait, never a queue that grows on one worker.
+// serves it), and never more than maxAffineRounds rounds of slots wait so:
+// affinity costs a bounded extra wait, never a queue that grows on one
+// worker.
 
 // DefaultAffinityWait bounds the extra wait for a conversation's worker: a
 // prompt recomputed elsewhere costs about this much on a long chat.
 const DefaultAffinityWait = time.Second
+
+// maxAffineRounds is how many rounds of a worker's slots may wait for it:
+// two, so that two conversations sharing a one-slot worker both keep it.
+const maxAffineRounds = 2
 
 // maxConversations bounds the conversations remembered (about 100 bytes
 // each); the oldest are forgotten first.
@@ -42,6 +47,9 @@ func (s *Scheduler) rememberConversation(conv, id string) {
 // requestAffine serves r on its conversation's last worker when that is
 // worth it: ok reports whether it decided (a grant, a wait, or a refusal).
 func (s *Scheduler) requestAffine(r Request, key string, now time.Time) (g *Grant, err error, ok bool) {
+	if s.cfg.AffinityWait < 0 {
+		return nil, nil, false
+	}
 	id := s.convs[r.Conversation]
 	w := s.workers[id]
 	if w == nil || !slices.Contains(w.keys, key) {
@@ -54,7 +62,7 @@ func (s *Scheduler) requestAffine(r Request, key string, now time.Time) (g *Gran
 			return &gr, nil, true
 		}
 	}
-	if s.cfg.AffinityWait <= 0 || s.why(w, r, key, now) != reasonFull || (pq != nil && pq.n >= w.Slots) ||
+	if s.cfg.AffinityWait <= 0 || s.why(w, r, key, now) != reasonFull || (pq != nil && pq.n >= maxAffineRounds*w.Slots) ||
 		s.slotFreeIn(w, key, now) > s.cfg.AffinityWait {
 		return nil, nil, false
 	}

@@ -168,8 +168,9 @@ type Config struct {
 	// interactive ones (default DefaultAgingAfter).
 	AgingAfter time.Duration
 	// AffinityWait bounds how long a conversation's turn waits for the
-	// worker that holds its prompt (default DefaultAffinityWait; negative
-	// turns the wait off: a free slot there is still preferred).
+	// worker that holds its prompt (default DefaultAffinityWait); a
+	// negative one turns affinity off (the least-loaded worker serves
+	// every turn, as before it).
 	AffinityWait time.Duration
 }
 

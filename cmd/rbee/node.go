@@ -173,6 +173,7 @@ func nodeRunCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "worker", EnvVars: []string{"RBEE_WORKER"}, Usage: "a server rbee did not start: URL[,model=NAME][,slots=N][,group=G][,instance=I] (repeat; env: separate with ;)"},
 			&cli.StringSliceFlag{Name: "api-key", EnvVars: []string{"RBEE_API_KEYS", "RBEE_API_KEY"}, Usage: "bearer key OpenAI clients must send (repeat or comma-separate); default: the cluster token, or none on loopback"},
 			&cli.StringFlag{Name: "api-keys-file", EnvVars: []string{"RBEE_API_KEYS_FILE"}, Usage: "API keys as tenants (TOML, one [[key]] table each: name, key or sha256, priority, weight, max_concurrent, requests_per_minute, models); read again when it changes or on SIGHUP"},
+			&cli.DurationFlag{Name: "affinity-wait", EnvVars: []string{"RBEE_AFFINITY_WAIT"}, Value: time.Second, Usage: "how long a conversation's next turn may wait for the worker that holds its prompt in its KV cache (0: never wait, but still prefer it when free; negative: no affinity, the least-loaded worker serves every turn)"},
 			&cli.IntFlag{Name: "queue-limit", EnvVars: []string{"RBEE_QUEUE_LIMIT"}, Value: 1024, Usage: "requests that may wait per model before 429"},
 			&cli.DurationFlag{Name: "queue-timeout", EnvVars: []string{"RBEE_QUEUE_TIMEOUT"}, Value: 30 * time.Second, Usage: "how long a request waits for a free worker before 503"},
 			&cli.IntFlag{Name: "body-memory", EnvVars: []string{"RBEE_BODY_MEMORY"}, Value: proxy.DefaultBodyMemory >> 20, Usage: "MiB of request bodies the node holds at once; more get 503 with Retry-After"},
@@ -244,6 +245,11 @@ func runNode(c *cli.Context) error {
 	cfg.Pprof = c.Bool("debug-pprof")
 	cfg.QueueLimit = c.Int("queue-limit")
 	cfg.QueueTimeout = c.Duration("queue-timeout")
+	if cfg.AffinityWait = c.Duration("affinity-wait"); cfg.AffinityWait == 0 {
+		// The flag's 0 is "prefer, never wait"; the config's 0 would
+		// be the default wait.
+		cfg.AffinityWait = time.Nanosecond
+	}
 	cfg.BodyMemory = int64(c.Int("body-memory")) << 20
 	cfg.BodyTimeout = c.Duration("body-timeout")
 	if cfg.ModelVRAMMB, err = parseModelVRAM(splitList(c.StringSlice("model-vram"))); err != nil {

@@ -50,9 +50,12 @@ type Config struct {
 	EventInterval time.Duration
 	// WarmUpMax bounds how long a new queen waits for every live hive's
 	// first report before it answers "unknown model" (default 10 s).
-	WarmUpMax   time.Duration
-	QueueLimit  int
-	ModelVRAMMB map[string]uint64
+	WarmUpMax  time.Duration
+	QueueLimit int
+	// AffinityWait bounds the wait of a conversation's turn for the worker
+	// that holds its prompt (scheduler.Config.AffinityWait).
+	AffinityWait time.Duration
+	ModelVRAMMB  map[string]uint64
 	// Metrics takes the queen's figures (reported only while queen).
 	Metrics prometheus.Registerer
 	Logger  *slog.Logger

@@ -16,10 +16,11 @@ import (
 // adopted, so no worker is oversubscribed across the failover.
 func (q *Queen) startScheduling(now time.Time) {
 	s := scheduler.New(scheduler.Config{
-		QueueLimit:  q.cfg.QueueLimit,
-		StaleAfter:  q.cfg.HiveTTL,
-		ModelVRAMMB: q.cfg.ModelVRAMMB,
-		LeasePrefix: q.cfg.Name + "." + strconv.FormatInt(now.UnixNano(), 36) + ".",
+		QueueLimit:   q.cfg.QueueLimit,
+		AffinityWait: q.cfg.AffinityWait,
+		StaleAfter:   q.cfg.HiveTTL,
+		ModelVRAMMB:  q.cfg.ModelVRAMMB,
+		LeasePrefix:  q.cfg.Name + "." + strconv.FormatInt(now.UnixNano(), 36) + ".",
 	})
 	q.schedMu.Lock()
 	q.sched = s
