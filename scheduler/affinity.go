@@ -62,7 +62,9 @@ func (s *Scheduler) requestAffine(r Request, key string, now time.Time) (g *Gran
 			return &gr, nil, true
 		}
 	}
-	if s.cfg.AffinityWait <= 0 || s.why(w, r, key, now) != reasonFull || (pq != nil && pq.n >= maxAffineRounds*w.Slots) ||
+	// Full, or free with older requests waiting that take the slot first:
+	// wait for it, if not for long.
+	if why := s.why(w, r, key, now); s.cfg.AffinityWait <= 0 || (why != reasonFull && why != "") || (pq != nil && pq.n >= maxAffineRounds*w.Slots) ||
 		s.slotFreeIn(w, key, now) > s.cfg.AffinityWait {
 		return nil, nil, false
 	}
