@@ -38,6 +38,8 @@ func (n *Node) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+PathHealth, n.handleHealth)
 	mux.HandleFunc("GET "+PathCluster, n.authorized(n.handleCluster))
+	mux.HandleFunc(PathUsage, proxy.MethodNotAllowed(http.MethodGet)) // usage.go: not for a worker
+	mux.HandleFunc("GET "+PathUsage, n.authorized(n.handleUsage))
 	mux.HandleFunc("GET "+wsapi.FeedPath, n.authorized(n.handleFeed))
 	// The hive session authenticates with its own challenge-response.
 	mux.HandleFunc("GET "+wsapi.SessionPath, n.sessionsOverTLS(n.queen.HandleSession))

@@ -26,6 +26,7 @@ import (
 	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/node/queen"
 	"github.com/rbee/rbee/node/tenants"
+	"github.com/rbee/rbee/node/usage"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -53,6 +54,8 @@ type Node struct {
 	scheme string
 	queen  *queen.Queen
 	proxy  *proxy.Proxy
+	// usage counts what this node answered as entry node (usage.go).
+	usage *usage.Ledger
 	// models starts and stops the workers of a hive with a catalog (nil
 	// without one); reportNow asks the uplink for a report at once, so a
 	// worker that got ready is used within milliseconds, not a second.
@@ -109,6 +112,7 @@ func New(cfg Config) (*Node, error) {
 		metrics:   prometheus.NewRegistry(),
 		leaveCh:   make(chan time.Duration, 1),
 		reportNow: make(chan struct{}, 1),
+		usage:     usage.NewLedger(),
 		runDone:   make(chan struct{}),
 		stopped:   make(chan struct{}),
 	}
@@ -275,6 +279,7 @@ func (n *Node) newPlanes() error {
 		Workers:      workers,
 		Queues:       (*clusterQueues)(n),
 		Members:      (*members)(n),
+		Usage:        n.usage,
 		Metrics:      n.metrics,
 		Logger:       n.log,
 	})

@@ -208,6 +208,7 @@ func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan s
 	tick := time.NewTicker(s.Interval)
 	defer tick.Stop()
 	var lastErr string
+	var usageAt time.Time // usage accounting (usage.go): zero sends all
 	hive := n.cfg.hasRole(gossip.RoleHive)
 	fresh := true // collect anew; a lifecycle change reports the last collection
 	for {
@@ -216,6 +217,9 @@ func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan s
 			if err := s.Write(sctx, t); err != nil {
 				return true, fmt.Errorf("send telemetry: %w", err)
 			}
+		}
+		if err := n.sendUsage(sctx, s, &usageAt); err != nil { // usage accounting (usage.go)
+			return true, err
 		}
 		// Leaving, the session is dropped without a close handshake: the
 		// old queen is often dead or unreachable (a cut link, a frozen

@@ -71,7 +71,17 @@ func (s *Scheduler) requestAffine(r Request, key string, now time.Time) (g *Gran
 	if err := s.push(s.pinned, w.id, r, key, w.id); err != nil {
 		return nil, err, true
 	}
-	s.waiting[r.ID].pinUntil = now.Add(s.cfg.AffinityWait)
+	wt := s.waiting[r.ID]
+	wt.pinUntil = now.Add(s.cfg.AffinityWait)
+	// It keeps its key's fair place among the model's requests: the
+	// worker it waits for serves it before another key's request only
+	// when the fair rule would.
+	mq := s.queues[key]
+	if mq == nil {
+		mq = &queue{}
+		s.queues[key] = mq
+	}
+	mq.reserve(wt, r.Weight)
 	return nil, nil, true
 }
 

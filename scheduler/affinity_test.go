@@ -3,6 +3,7 @@ package scheduler
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 )
@@ -161,4 +162,37 @@ func scanPick(s *Scheduler, key string, now time.Time) *worker {
 		}
 	}
 	return best
+}
+
+// A turn that waits for its conversation's worker keeps its key's fair
+// place: it does not wait behind every older request of a flooding key.
+func TestAffinity_KeepsFairPlace(t *testing.T) {
+	s := New(Config{})
+	s.SetWarm(true)
+	s.UpdateHive("h", []Worker{w("g/1", "m", 1)}, nil, t0)
+	bTurn := func(id string) Request {
+		r := keyed(id, "b", 0, 1)
+		r.Conversation = "chat-b"
+		return r
+	}
+	g := mustGrant(t, s, bTurn("b1"), t0)
+	for i := range 10 {
+		s.Request(keyed(fmt.Sprint("a", i), "a", 0, 1), t0)
+	}
+	if gs, err := s.Request(bTurn("b2"), t0); gs != nil || err != nil {
+		t.Fatalf("b's next turn: %v %v, want it to wait", gs, err)
+	}
+	var order []string
+	for {
+		next := s.Release(g.Lease.ID, t0)
+		if len(next) == 0 {
+			break
+		}
+		g = next[0]
+		order = append(order, g.Request.ID)
+	}
+	i := slices.Index(order, "b2")
+	if i < 0 || i > 2 {
+		t.Fatalf("served %v: b2 at %d, want within the first three (one of a's per turn)", order, i)
+	}
 }

@@ -105,11 +105,13 @@ func (q *queue) add(wt *waiting, weight float64) {
 		l = &keyLine{key: wt.req.Key, idx: -1}
 		c.keys[wt.req.Key] = l
 	}
-	if weight <= 0 || math.IsNaN(weight) || math.IsInf(weight, 0) {
-		weight = 1
+	if wt.tagged {
+		// It keeps the place it had (a wait for its conversation's
+		// worker that lapsed).
+		l.lastTag = max(l.lastTag, wt.tag)
+	} else {
+		wt.tag = c.tagFor(l, weight)
 	}
-	wt.tag = max(c.vtime, l.lastTag) + 1/weight
-	l.lastTag = wt.tag
 	// Oldest first within a key, also for a request that comes back to
 	// this queue (from a lapsed pin) with its original place.
 	i := len(l.items)
@@ -124,6 +126,31 @@ func (q *queue) add(wt *waiting, weight float64) {
 		heap.Fix(&c.ready, l.idx)
 	}
 	q.n++
+}
+
+// tagFor is the tag of the next request of line l.
+func (c *classQueue) tagFor(l *keyLine, weight float64) float64 {
+	if weight <= 0 || math.IsNaN(weight) || math.IsInf(weight, 0) {
+		weight = 1
+	}
+	l.lastTag = max(c.vtime, l.lastTag) + 1/weight
+	return l.lastTag
+}
+
+// reserve gives wt, which waits elsewhere (for its conversation's worker),
+// the tag it would have in this queue, and counts it in its key's share, so
+// that it competes with this queue's requests by the fair rule.
+func (q *queue) reserve(wt *waiting, weight float64) {
+	c := &q.classes[wt.class]
+	if c.keys == nil {
+		c.keys = make(map[string]*keyLine)
+	}
+	l := c.keys[wt.req.Key]
+	if l == nil {
+		l = &keyLine{key: wt.req.Key, idx: -1}
+		c.keys[wt.req.Key] = l
+	}
+	wt.tag, wt.tagged = c.tagFor(l, weight), true
 }
 
 // headOf is class c's next request, nil when it has none.

@@ -63,7 +63,8 @@ func (s *Scheduler) unpinLapsed(now time.Time) {
 			}
 		})
 		for _, wt := range lapsed {
-			moved := &waiting{req: wt.req, key: wt.key, enqueued: wt.enqueued, class: wt.class, arrived: wt.arrived}
+			moved := &waiting{req: wt.req, key: wt.key, enqueued: wt.enqueued, class: wt.class, arrived: wt.arrived,
+				tag: wt.tag, tagged: wt.tagged}
 			s.unwait(wt)
 			kq := s.queues[wt.key]
 			if kq == nil {

@@ -236,6 +236,9 @@ type waiting struct {
 	line    *keyLine
 	// pinUntil ends a wait for a conversation's worker (affinity.go).
 	pinUntil time.Time
+	// tagged: tag is its place in its model's fair queue, kept while it
+	// waits for its conversation's worker and after.
+	tagged bool
 }
 
 // Scheduler holds workers, waiting requests and leases.
@@ -595,9 +598,10 @@ func (s *Scheduler) fill(w *worker, now time.Time, grants []Grant) []Grant {
 				continue
 			}
 			// Across the names w answers to: the higher class, then
-			// the older request.
-			if h := q.head(now, s.cfg.AgingAfter); h != nil && (best == nil || h.class < best.class ||
-				(h.class == best.class && h.enqueued < best.enqueued)) {
+			// the older request; against a request waiting for its
+			// conversation's worker, which holds a place in this
+			// queue, by the fair rule.
+			if h := q.head(now, s.cfg.AgingAfter); h != nil && (best == nil || before(h, best)) {
 				best = h
 			}
 		}
@@ -809,6 +813,24 @@ func (s *Scheduler) served(w *waiting) {
 	if q := queues[name]; q != nil {
 		q.served(w)
 	}
+	if w.pin != "" && w.tagged {
+		if q := s.queues[w.key]; q != nil {
+			q.served(w)
+		}
+	}
+}
+
+// before reports whether a goes before b when one worker can take either.
+func before(a, b *waiting) bool {
+	if a.class != b.class {
+		return a.class < b.class
+	}
+	// Tags compare within one model's queue: its own requests, and those
+	// that hold a place there while they wait for a worker (tagged).
+	if a.key == b.key && (a.pin == "" || a.tagged) && (b.pin == "" || b.tagged) && a.tag != b.tag {
+		return a.tag < b.tag
+	}
+	return a.enqueued < b.enqueued
 }
 
 func classOf(c int) int {
@@ -838,8 +860,13 @@ func (s *Scheduler) unwait(w *waiting) {
 
 func (s *Scheduler) waitingKeys() []string {
 	keys := make([]string, 0, len(s.queues))
-	for k := range s.queues {
-		keys = append(keys, k)
+	for k, q := range s.queues {
+		// A queue with nothing in it is kept for its fair clock (a
+		// request waiting for its conversation's worker holds a place
+		// there), and skipped.
+		if q.n > 0 {
+			keys = append(keys, k)
+		}
 	}
 	slices.Sort(keys)
 	return keys

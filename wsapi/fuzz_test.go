@@ -31,6 +31,8 @@ func FuzzDecode(f *testing.F) {
 		ModelStart{Type: TypeModelStart, StartID: "q.s1", Model: "qwen2.5-7b", GPUs: []int{1}, Evict: []string{"41234"}, VRAMMB: 9000, Term: 3},
 		LeaseWait{Type: TypeLeaseWait, RequestID: "e.1", Position: 3, ETAMS: 4200, Loading: "qwen2.5-7b", LoadingHive: "gpu1", LoadingMS: 12000},
 		lifecycleTelemetry(),
+		UsageReport{Type: TypeUsageReport, Started: time.Unix(1700000000, 0).UTC(), Buckets: []UsageBucket{
+			{Start: 1700000400, Key: "a", Model: "m", Requests: 2, PromptTokens: 10, CompletionTokens: 7, Wait: []int64{1, 0, 1}}}},
 	} {
 		b, err := Encode(msg)
 		if err != nil {

@@ -270,6 +270,9 @@ func Decode(data []byte) (any, error) {
 	case TypeLeaseWait:
 		m := new(LeaseWait)
 		msg, got = m, &m.Type
+	case TypeUsageReport: // usage accounting (usage.go)
+		m := new(UsageReport)
+		msg, got = m, &m.Type
 	case "":
 		return nil, fmt.Errorf("%w: missing \"type\"", ErrMalformed)
 	default:

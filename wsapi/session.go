@@ -411,6 +411,8 @@ func (s *Session) Serve(ctx context.Context, handle func(msg any, raw []byte) er
 			err = m.Validate()
 		case *LeaseRelease:
 			err = m.Validate()
+		case *UsageReport: // usage accounting (usage.go)
+			err = m.Validate()
 		default:
 			return s.fail(CloseProtocol, "bad message", fmt.Errorf("%T not expected from a hive", msg))
 		}

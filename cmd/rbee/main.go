@@ -57,6 +57,7 @@ func newApp() *cli.App {
 			demoCommand(),
 			tokenCommand(),
 			statusCommand(), topCommand(),
+			usageCommand(),
 		},
 	}
 }

@@ -16,7 +16,9 @@ import (
 // truncated answer.
 //
 // Only the entry node (entry) counts the request in its metrics, so a request
-// is counted once however many hops it took.
+// is counted once however many hops it took; it also reads the answer's
+// usage on the way (usage.go), holding back at most the stream event being
+// read.
 func (p *Proxy) copyResponse(w http.ResponseWriter, r *http.Request, resp *http.Response, model string, start time.Time, entry bool) {
 	h := w.Header()
 	for k, vs := range resp.Header {
@@ -26,10 +28,25 @@ func (p *Proxy) copyResponse(w http.ResponseWriter, r *http.Request, resp *http.
 		h[k] = vs
 	}
 	w.WriteHeader(resp.StatusCode)
+	var tap *usageTap
 	if entry {
 		p.metrics.requests.WithLabelValues(keyLabel(r), model, strconv.Itoa(resp.StatusCode)).Inc()
 		p.metrics.seen(model)
+		tap = newUsageTap(resp, usageOf(r).strip)
+		whole := false
+		// Deferred, so that an answer that broke off (copyBody's panic)
+		// is recorded too.
+		defer func() { p.recordUsage(r, model, tap, whole && resp.StatusCode < 400) }()
+		whole = p.copyBody(w, r, resp, model, start, tap)
+		return
 	}
+	p.copyBody(w, r, resp, model, start, nil)
+}
+
+// copyBody is copyResponse's loop; tap is nil but on the entry node. It
+// reports whether the whole answer reached the client.
+func (p *Proxy) copyBody(w http.ResponseWriter, r *http.Request, resp *http.Response, model string, start time.Time, tap *usageTap) (whole bool) {
+	entry := tap != nil
 	// Only event streams are flushed per read: a JSON answer goes out in
 	// as few writes as the server can manage, often one with the headers.
 	stream := strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
@@ -45,15 +62,32 @@ func (p *Proxy) copyResponse(w http.ResponseWriter, r *http.Request, resp *http.
 				p.metrics.ttfb.WithLabelValues(model).Observe(time.Since(start).Seconds())
 				first = false
 			}
-			if _, werr := w.Write(buf[:nr]); werr != nil {
-				return // the client went away; closing resp cancels upstream
+			out := buf[:nr]
+			if entry {
+				out = tap.feed(out)
+			}
+			if _, werr := w.Write(out); werr != nil {
+				return false // the client went away; closing resp cancels upstream
 			}
 			if stream {
 				_ = rc.Flush()
 			}
 		}
 		if rerr == io.EOF {
-			return
+			if !entry {
+				return true
+			}
+			// A last event without its blank line, held back by
+			// the tap.
+			if rest := tap.rest(); len(rest) > 0 {
+				if _, werr := w.Write(rest); werr != nil {
+					return false
+				}
+				if stream {
+					_ = rc.Flush()
+				}
+			}
+			return true
 		}
 		if rerr != nil {
 			if r.Context().Err() == nil {
@@ -63,7 +97,7 @@ func (p *Proxy) copyResponse(w http.ResponseWriter, r *http.Request, resp *http.
 				}
 				panic(http.ErrAbortHandler)
 			}
-			return
+			return false
 		}
 	}
 }

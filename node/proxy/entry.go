@@ -70,6 +70,8 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("key %s may not use model %q (its models: %s)", tenant.Name, TruncateText(model, 200), strings.Join(tenant.Models, ", ")))
 		return
 	}
+	// Usage accounting (usage.go): a stream is asked for its usage.
+	body, stripUsage := askUsage(r.URL.Path, &head, body)
 	on := p.previousWorker(head.PreviousResponseID)
 	conv := conversation(r, &head)
 	var tap *responseTap
@@ -120,6 +122,7 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 		if tap != nil {
 			tap.at = Placement{Hive: g.Hive, Worker: g.Worker}
 		}
+		r = withUsage(r, stripUsage, time.Since(start)) // usage accounting (usage.go)
 		if !p.forward(w, r, body, g, start) {
 			return
 		}
@@ -212,10 +215,19 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return true
 	}
-	if resp.Header.Get(hdrUnserved) != "" {
+	unserved := resp.Header.Get(hdrUnserved) != ""
+	if unserved {
 		p.leases.Release(g.LeaseID)
 	}
 	p.copyResponse(w, r, resp, g.Model, start, true)
+	if !unserved {
+		// The hive releases the lease too, but after the client may
+		// already have its answer and sent the next request: released
+		// here first, on this node's session, the queen sees it before
+		// that request (a key at its max_concurrent is not refused).
+		// The second release is ignored.
+		p.leases.Release(g.LeaseID)
+	}
 	return false
 }
 

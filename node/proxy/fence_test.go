@@ -145,13 +145,14 @@ func TestForward_StreamEndsWhenTheHiveIsDeclaredDead(t *testing.T) {
 // A hive that refuses a lease without taking it up (a bad request, a body it
 // would not read) leaves the release to the entry node, which makes it: the
 // slot would otherwise stay leased until the entry node's session ends. A
-// request the hive served, the hive releases itself.
+// request the hive served, both release, the entry node as soon as its
+// client has the answer (before the client's next request).
 func TestForward_ReleasesLeasesTheHiveNeverTookUp(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
 		unserved    bool
 		wantRelease bool
-	}{{"refused", true, true}, {"served", false, false}} {
+	}{{"refused", true, true}, {"served", false, true}} {
 		t.Run(tc.name, func(t *testing.T) {
 			hive := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if tc.unserved {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net/http"
 	"strconv"
@@ -86,7 +87,7 @@ func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, 
 		return true
 	}
 	lease.Since = time.Now().UTC()
-	if !p.table.start(lease) {
+	if !p.table.startSoon(r.Context(), lease, slotGrace) {
 		return true
 	}
 	defer func() {
@@ -123,11 +124,41 @@ type leaseTable struct {
 	lastEnd map[string]time.Time // worker -> when its last lease ended
 	// draining: workers being stopped, which take no new lease.
 	draining map[string]bool
+	// ended is closed (and replaced) whenever a lease ends.
+	ended chan struct{}
+}
+
+// slotGrace is how long a lease for a full worker waits for a slot to end
+// before the hive refuses it: the entry node releases a lease as soon as
+// its client has the answer, and the queen may grant that slot again before
+// this hive has finished with it.
+const slotGrace = 100 * time.Millisecond
+
+// startSoon is start, waiting up to grace for a full worker's slot.
+func (a *leaseTable) startSoon(ctx context.Context, l wsapi.LeaseInfo, grace time.Duration) bool {
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	for {
+		a.mu.Lock()
+		ok, full := a.startLocked(l)
+		ended := a.ended
+		a.mu.Unlock()
+		if ok || !full {
+			return ok
+		}
+		select {
+		case <-ended:
+		case <-t.C:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
 
 func newLeaseTable() *leaseTable {
 	return &leaseTable{leases: map[string]wsapi.LeaseInfo{}, busy: map[string]int{}, slots: map[string]int{},
-		failing: map[string]time.Time{}, lastEnd: map[string]time.Time{}, draining: map[string]bool{}}
+		failing: map[string]time.Time{}, lastEnd: map[string]time.Time{}, draining: map[string]bool{}, ended: make(chan struct{})}
 }
 
 // start records l, unless its worker is unknown, draining or has no free
@@ -135,16 +166,25 @@ func newLeaseTable() *leaseTable {
 func (a *leaseTable) start(l wsapi.LeaseInfo) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	ok, _ := a.startLocked(l)
+	return ok
+}
+
+// startLocked is start; full reports a refusal only for want of a slot.
+func (a *leaseTable) startLocked(l wsapi.LeaseInfo) (ok, full bool) {
 	slots, known := a.slots[l.Worker]
-	if !known || a.busy[l.Worker] >= slots || a.draining[l.Worker] {
-		return false
+	if !known || a.draining[l.Worker] {
+		return false, false
 	}
 	if _, dup := a.leases[l.LeaseID]; dup {
-		return false
+		return false, false
+	}
+	if a.busy[l.Worker] >= slots {
+		return false, true
 	}
 	a.leases[l.LeaseID] = l
 	a.busy[l.Worker]++
-	return true
+	return true, false
 }
 
 func (a *leaseTable) end(id string) {
@@ -159,6 +199,8 @@ func (a *leaseTable) end(id string) {
 		delete(a.busy, l.Worker)
 	}
 	a.lastEnd[l.Worker] = time.Now()
+	close(a.ended)
+	a.ended = make(chan struct{})
 }
 
 // WorkerLeases reports the requests worker (group/instance) is serving and

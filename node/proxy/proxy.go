@@ -66,6 +66,9 @@ type Config struct {
 	Workers WorkerEndpoints
 	Queues  Queues
 	Members Members
+	// Usage takes the usage of every request this node answers as entry
+	// node (usage.go); nil: none is recorded.
+	Usage UsageRecorder
 	// Metrics takes the entry node's figures.
 	Metrics prometheus.Registerer
 	Logger  *slog.Logger
@@ -80,6 +83,7 @@ type Proxy struct {
 	table   *leaseTable
 	client  *http.Client
 	metrics *metrics
+	usage   *usageMetrics // usage accounting (usage.go)
 	bodies  *budget
 	// responses remembers which worker made each Responses API answer
 	// this entry node passed on (see affinity.go).
@@ -104,6 +108,10 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
+	um, err := newUsageMetrics(cfg.Metrics) // usage accounting (usage.go)
+	if err != nil {
+		return nil, err
+	}
 	return &Proxy{
 		cfg:    cfg,
 		log:    cfg.Logger,
@@ -113,6 +121,7 @@ func New(cfg Config) (*Proxy, error) {
 		// client's own disconnect cancels it.
 		client:    &http.Client{Transport: newTransport(cfg.TLS)},
 		metrics:   m,
+		usage:     um,
 		bodies:    &budget{limit: cfg.BodyMemory},
 		responses: newResponseMap(responseTTL, responseEntries),
 	}, nil

@@ -92,6 +92,9 @@ type Queen struct {
 	rateGranted uint64
 	rate        float64
 
+	// usage is every node's usage buckets (usage.go).
+	usage usageTable
+
 	closeOnce sync.Once
 	closed    atomic.Bool
 }
@@ -201,6 +204,11 @@ func (q *Queen) Close() {
 
 func (q *Queen) publish(ev any) {
 	if !q.cfg.Feed.Active() {
+		return
+	}
+	if t, ok := ev.(*wsapi.HiveTelemetry); ok {
+		// A thousand a second in a large cluster: without reflection.
+		q.cfg.Feed.Publish(t.AppendJSON(make([]byte, 0, 2048)))
 		return
 	}
 	b, err := wsapi.Encode(ev)

@@ -107,6 +107,8 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 		s.Cancel(m.RequestID)
 	case *wsapi.LeaseRelease:
 		grants = s.Release(m.LeaseID, now)
+	case *wsapi.UsageReport: // usage accounting (usage.go)
+		q.usage.update(peer, m, now)
 	}
 	var msgs []outMsg
 	if _, report := msg.(*wsapi.HiveTelemetry); report || queued {
