@@ -9,12 +9,17 @@ build:
 test:
     go test -race -count=1 ./...
 
-# Benchmarks: failover times, false deaths, partition heals (root), queen
-# ingest CPU, routing latency
-# and throughput beside direct and nginx (apt-get install nginx-light),
-# failover under load, scheduler decisions.
+# Benchmarks. Whole processes, one experiment each (-benchtime 1x):
+# failover times, false deaths, partition heals (root), queen ingest CPU,
+# routing latency and throughput beside direct and nginx (apt-get install
+# nginx-light), failover under load, cold starts and failing engines,
+# fairness (fair vs FIFO), prefix affinity (vs least-loaded). Then the
+# in-process ones at their default length: scheduler decisions (index vs
+# scan), memory per waiting request, the feed's report encoding, in-process
+# routing, the usage tap, the collector.
 bench:
-    go test -run '^$' -bench . -benchtime 1x -timeout 30m ./...
+    go test -run '^$' -bench . -benchtime 1x -timeout 30m ./cmd/rbee/ ./ui/
+    go test -run '^$' -bench . -timeout 10m ./scheduler/ ./wsapi/ ./node/...
 
 # The fault tests: real nodes in network namespaces, links cut, queens frozen,
 # the wire captured (root; apt-get install iproute2 tcpdump).
