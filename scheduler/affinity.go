@@ -68,7 +68,7 @@ func (s *Scheduler) requestAffine(r Request, key string, now time.Time) (g *Gran
 		s.slotFreeIn(w, key, now) > s.cfg.AffinityWait {
 		return nil, nil, false
 	}
-	if err := s.push(s.pinned, w.id, r, key, w.id); err != nil {
+	if err := s.push(s.pinned, w.id, r, key, w.id, now); err != nil {
 		return nil, err, true
 	}
 	wt := s.waiting[r.ID]

@@ -196,3 +196,53 @@ func TestAffinity_KeepsFairPlace(t *testing.T) {
 		t.Fatalf("served %v: b2 at %d, want within the first three (one of a's per turn)", order, i)
 	}
 }
+
+// The index stays a valid heap, and picks what a scan picks, when whole
+// reports change every worker's figures at once, and with workers that may
+// take nothing (unhealthy, saturated) among them.
+func TestIndex_BulkReports(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	s := New(Config{})
+	s.SetWarm(true)
+	ws := make([]Worker, 60)
+	var leases []string
+	for round := range 300 {
+		now := t0.Add(time.Duration(round) * time.Millisecond)
+		for i := range ws {
+			ws[i] = w(fmt.Sprint("g/", i), "m", 1+rng.IntN(3))
+			ws[i].GPUUtilPct = float64(rng.IntN(10) * 10)
+			ws[i].Healthy = rng.IntN(10) > 0
+			ws[i].VRAMUsedMB = uint64(rng.IntN(20000))
+		}
+		var hl []HiveLease
+		for _, l := range s.Leases() {
+			hl = append(hl, HiveLease{ID: l.ID, Worker: l.Worker})
+		}
+		s.UpdateHive("h", ws, hl, now)
+		h := s.byKey["m"]
+		for j := 1; j < len(h); j++ {
+			if s.indexLess(h[j], h[(j-1)/2]) {
+				t.Fatalf("round %d: heap out of order at %d", round, j)
+			}
+			if h[j].pos[slot(h[j], "m")] != j {
+				t.Fatalf("round %d: position of %s wrong", round, h[j].id)
+			}
+		}
+		for range 5 {
+			want := scanPick(s, "m", now)
+			got := s.pickIndexed("m", Request{}, now)
+			if got != want {
+				t.Fatalf("round %d: index picks %v, scan %v", round, got, want)
+			}
+			if g, _ := s.Request(req(fmt.Sprint("r", round, len(leases)), "m"), now); g != nil {
+				leases = append(leases, g.Lease.ID)
+			} else {
+				s.Cancel(fmt.Sprint("r", round, len(leases)))
+			}
+		}
+		for len(leases) > 10 {
+			s.Release(leases[0], now)
+			leases = leases[1:]
+		}
+	}
+}

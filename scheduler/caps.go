@@ -16,8 +16,7 @@ type keyUse struct {
 	recent []time.Time // accepted in the last minute, oldest first
 }
 
-// checkCaps refuses r when its key is over a cap; otherwise it counts r as
-// accepted.
+// checkCaps refuses r when its key is over a cap.
 func (s *Scheduler) checkCaps(r Request, now time.Time) *Error {
 	if r.Key == "" || (r.MaxConcurrent <= 0 && r.PerMinute <= 0) {
 		return nil
@@ -35,10 +34,16 @@ func (s *Scheduler) checkCaps(r Request, now time.Time) *Error {
 			RetryAfter: max(time.Minute-now.Sub(u.recent[0]), time.Second),
 			Msg:        fmt.Sprintf("key %s sent %d requests in the last minute, its requests_per_minute", r.Key, len(u.recent))}
 	}
-	if r.PerMinute > 0 {
-		u.recent = append(u.recent, now)
-	}
 	return nil
+}
+
+// noteAccepted counts r, now granted or waiting, in its key's rate.
+func (s *Scheduler) noteAccepted(r Request, now time.Time) {
+	if r.Key == "" || r.PerMinute <= 0 {
+		return
+	}
+	u := s.use(r.Key)
+	u.recent = append(u.recent, now)
 }
 
 func (s *Scheduler) use(key string) *keyUse {

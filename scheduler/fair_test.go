@@ -234,3 +234,28 @@ func TestFair_Bound(t *testing.T) {
 		}
 	}
 }
+
+// A request whose wait for its conversation's worker lapses still counts
+// against its key's max_concurrent.
+func TestCaps_LapsedAffinityWaitStillCounts(t *testing.T) {
+	s := New(Config{})
+	s.SetWarm(true)
+	s.UpdateHive("h", []Worker{w("g/1", "m", 1), w("g/2", "m", 1)}, nil, t0)
+	turn := func(id string) Request {
+		r := keyed(id, "k", 0, 1)
+		r.Conversation, r.MaxConcurrent = "c", 5
+		return r
+	}
+	mustGrant(t, s, turn("t1"), t0)
+	mustGrant(t, s, keyed("other", "o", 0, 1), t0) // g/2 busy too
+	s.Request(turn("t2"), t0)                     // waits for t1's worker
+	if s.KeyActive("k") != 2 {
+		t.Fatalf("active %d, want 2", s.KeyActive("k"))
+	}
+	later := t0.Add(DefaultAffinityWait + time.Millisecond)
+	s.UpdateHive("h", []Worker{w("g/1", "m", 1), w("g/2", "m", 1)}, nil, later)
+	s.Tick(later)
+	if s.KeyActive("k") != 2 {
+		t.Fatalf("active %d after the wait lapsed, want still 2", s.KeyActive("k"))
+	}
+}

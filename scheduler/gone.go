@@ -32,7 +32,11 @@ func (s *Scheduler) HiveGone(hive, why string, now time.Time) []Failure {
 	}
 	var keys []string
 	for _, w := range s.byHive[hive] {
-		keys = append(keys, w.keys...)
+		for _, k := range w.keys {
+			if !slices.Contains(keys, k) {
+				keys = append(keys, k)
+			}
+		}
 	}
 	s.RemoveHive(hive)
 	var fails []Failure

@@ -1,32 +1,81 @@
 package scheduler
 
-import "slices"
+import (
+	"slices"
+	"time"
+)
 
 // Each model key's workers are a binary heap ordered by indexLess: workers
-// with a free slot first, then by better (fewest leases, lowest GPU
-// utilization, most free VRAM, granted longest ago). pick takes the top when
-// it may serve the request, so a decision costs O(log n) however many
-// workers serve the model, instead of a scan; it scans only when the top
-// cannot take the request for a reason the order does not know (stale,
-// unhealthy, being stopped, short of VRAM for this request).
+// that may take a request by their own state first (a free slot, healthy,
+// not being stopped, their GPU not busy outside rbee), then by better
+// (fewest leases, lowest GPU utilization, most free VRAM, granted longest
+// ago). pick walks the heap best first and stops at the first worker that
+// may take the request: the top, unless it has gone stale or lacks the VRAM
+// this request needs; and nothing past the first blocked worker can, so a
+// decision costs O(log n) however many workers serve the model.
 
-func isFull(w *worker) bool { return w.leases >= w.Slots }
+// blocked reports whether w's own state keeps it from taking any request
+// (what does not change with time or the request).
+func (s *Scheduler) blocked(w *worker) bool {
+	return w.leases >= w.Slots || w.health != healthy || w.stopping ||
+		(w.leases == 0 && w.GPUUtilPct >= s.cfg.SaturatedPct)
+}
 
-func indexLess(a, b *worker) bool {
-	if fa, fb := isFull(a), isFull(b); fa != fb {
-		return !fa
+func (s *Scheduler) indexLess(a, b *worker) bool {
+	if ba, bb := s.blocked(a), s.blocked(b); ba != bb {
+		return !ba
 	}
 	return better(a, b)
 }
 
+// pickIndexed is the best worker of key that may take r now, walking the
+// heap best first; nil when none may.
+func (s *Scheduler) pickIndexed(key string, r Request, now time.Time) *worker {
+	h := s.byKey[key]
+	if len(h) == 0 || s.blocked(h[0]) {
+		return nil
+	}
+	if s.eligible(h[0], r, key, now) {
+		return h[0] // the usual case
+	}
+	// The candidates are heap positions; their order is the heap's.
+	next := []int{0}
+	for len(next) > 0 {
+		bi := 0
+		for i := 1; i < len(next); i++ {
+			if s.indexLess(h[next[i]], h[next[bi]]) {
+				bi = i
+			}
+		}
+		j := next[bi]
+		next[bi] = next[len(next)-1]
+		next = next[:len(next)-1]
+		w := h[j]
+		if s.blocked(w) {
+			return nil // so is everything after it
+		}
+		if s.eligible(w, r, key, now) {
+			return w
+		}
+		for _, c := range []int{2*j + 1, 2*j + 2} {
+			if c < len(h) {
+				next = append(next, c)
+			}
+		}
+	}
+	return nil
+}
+
 // index adds w to the heap of each of its keys.
 func (s *Scheduler) index(w *worker) {
-	w.pos = make([]int, len(w.keys))
+	if len(w.pos) != len(w.keys) {
+		w.pos = make([]int, len(w.keys))
+	}
 	for i, k := range w.keys {
 		h := append(s.byKey[k], w)
 		w.pos[i] = len(h) - 1
 		s.byKey[k] = h
-		siftUp(h, k, len(h)-1)
+		s.siftUp(h, k, len(h)-1)
 	}
 }
 
@@ -47,8 +96,8 @@ func (s *Scheduler) unindex(w *worker) {
 		}
 		s.byKey[k] = h
 		if j < len(h) {
-			if !siftDown(h, k, j) {
-				siftUp(h, k, j)
+			if !s.siftDown(h, k, j) {
+				s.siftUp(h, k, j)
 			}
 		}
 	}
@@ -59,8 +108,8 @@ func (s *Scheduler) reindex(w *worker) {
 	for i, k := range w.keys {
 		h := s.byKey[k]
 		j := w.pos[i]
-		if !siftDown(h, k, j) {
-			siftUp(h, k, j)
+		if !s.siftDown(h, k, j) {
+			s.siftUp(h, k, j)
 		}
 	}
 }
@@ -73,10 +122,10 @@ func swapAt(h []*worker, key string, i, j int) {
 	h[j].pos[slot(h[j], key)] = j
 }
 
-func siftUp(h []*worker, key string, j int) {
+func (s *Scheduler) siftUp(h []*worker, key string, j int) {
 	for j > 0 {
 		i := (j - 1) / 2
-		if !indexLess(h[j], h[i]) {
+		if !s.indexLess(h[j], h[i]) {
 			break
 		}
 		swapAt(h, key, i, j)
@@ -85,7 +134,7 @@ func siftUp(h []*worker, key string, j int) {
 }
 
 // down moves h[i0] down; it reports whether it moved.
-func siftDown(h []*worker, key string, i0 int) bool {
+func (s *Scheduler) siftDown(h []*worker, key string, i0 int) bool {
 	i, n := i0, len(h)
 	for {
 		l := 2*i + 1
@@ -93,10 +142,10 @@ func siftDown(h []*worker, key string, i0 int) bool {
 			break
 		}
 		j := l
-		if r := l + 1; r < n && indexLess(h[r], h[l]) {
+		if r := l + 1; r < n && s.indexLess(h[r], h[l]) {
 			j = r
 		}
-		if !indexLess(h[j], h[i]) {
+		if !s.indexLess(h[j], h[i]) {
 			break
 		}
 		swapAt(h, key, i, j)

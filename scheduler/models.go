@@ -84,7 +84,9 @@ type Start struct {
 
 type hiveModels struct {
 	HiveModels
-	keys [][]string // ModelKeys of each catalog entry
+	keys        [][]string      // ModelKeys of each catalog entry
+	managedKeys [][]string      // ModelKeys of each managed worker
+	draining    map[string]bool // worker names (group/instance) being drained
 }
 
 type pendingStart struct {
@@ -128,9 +130,18 @@ func (s *Scheduler) UpdateModels(hive string, hm HiveModels, now time.Time) {
 	if len(hm.Catalog) == 0 && len(hm.GPUs) == 0 && len(hm.Managed) == 0 {
 		delete(s.models, hive)
 	} else {
-		h := &hiveModels{HiveModels: hm, keys: make([][]string, len(hm.Catalog))}
+		h := &hiveModels{HiveModels: hm, keys: make([][]string, len(hm.Catalog)), managedKeys: make([][]string, len(hm.Managed))}
 		for i, c := range hm.Catalog {
 			h.keys[i] = ModelKeys(c.Name)
+		}
+		for i, m := range hm.Managed {
+			h.managedKeys[i] = ModelKeys(m.Model)
+			if m.State == ManagedDraining {
+				if h.draining == nil {
+					h.draining = map[string]bool{}
+				}
+				h.draining[ManagedGroup+"/"+m.Instance] = true
+			}
 		}
 		s.models[hive] = h
 	}
@@ -173,15 +184,7 @@ func (s *Scheduler) stopping(hive, name string, now time.Time) bool {
 		delete(s.evicting, hive+"/"+name)
 	}
 	h := s.models[hive]
-	if h == nil {
-		return false
-	}
-	for _, m := range h.Managed {
-		if m.State == ManagedDraining && ManagedGroup+"/"+m.Instance == name {
-			return true
-		}
-	}
-	return false
+	return h != nil && h.draining[name]
 }
 
 // catalogHas reports whether any hive can start a model for key, even if not
@@ -220,8 +223,8 @@ func (s *Scheduler) loading(key string) []loadOf {
 		}
 	}
 	for hive, h := range s.models {
-		for _, m := range h.Managed {
-			if m.State == ManagedLoading && slices.Contains(ModelKeys(m.Model), key) {
+		for i, m := range h.Managed {
+			if m.State == ManagedLoading && slices.Contains(h.managedKeys[i], key) {
 				l := loadOf{hive: hive, since: m.Since}
 				if i := h.entryFor(key); i >= 0 {
 					l.entry = h.Catalog[i]
@@ -252,8 +255,8 @@ func (s *Scheduler) replicas(key string) int {
 		}
 	}
 	for _, h := range s.models {
-		for _, m := range h.Managed {
-			if slices.Contains(ModelKeys(m.Model), key) {
+		for i := range h.Managed {
+			if slices.Contains(h.managedKeys[i], key) {
 				n++
 			}
 		}
@@ -323,7 +326,7 @@ func (s *Scheduler) cannotStart(key, model string, now time.Time) *Error {
 
 // startBlocked is cannotStart's reason, nil when a request for key may wait.
 func (s *Scheduler) startBlocked(key string, now time.Time) *blocked {
-	if !s.catalogHas(key) || s.liveWorkers(key, now) > 0 || len(s.loading(key)) > 0 {
+	if !s.catalogHas(key) || s.servesIt(key) || len(s.loading(key)) > 0 {
 		return nil
 	}
 	cands, why, retry := s.candidates(key, now)
@@ -337,16 +340,17 @@ func (s *Scheduler) startBlocked(key string, now time.Time) *blocked {
 	return &blocked{why: strings.Join(why, "; "), retry: retry}
 }
 
-// liveWorkers counts the workers for key that may take requests at all
-// (fresh, reachable, not being stopped), busy or not.
-func (s *Scheduler) liveWorkers(key string, now time.Time) int {
-	n := 0
+// servesIt reports whether a worker serves key: one that is not down and not
+// being stopped, busy, failing for a moment or late with its report (it is
+// forgotten after ForgetAfter). Such a model needs no start: a hive that
+// misses a few reports must not fail its requests or start it elsewhere.
+func (s *Scheduler) servesIt(key string) bool {
 	for _, w := range s.byKey[key] {
-		if now.Sub(w.seen) <= s.cfg.StaleAfter && w.health == healthy && !w.stopping {
-			n++
+		if w.health != unreachable && !w.stopping {
+			return true
 		}
 	}
-	return n
+	return false
 }
 
 // startsLeft is how many more starts of key the cluster allows this minute:
@@ -385,7 +389,7 @@ func (s *Scheduler) Place(now time.Time) []Start {
 			continue
 		}
 		var st *Start
-		if s.liveWorkers(key, now) == 0 {
+		if !s.servesIt(key) {
 			st = s.placeOn(cands, true, now)
 			if st != nil {
 				st.Reason = "cold: no worker serves it"
@@ -408,6 +412,7 @@ func (s *Scheduler) Place(now time.Time) []Start {
 			s.evicting[id] = now.Add(evictHold)
 			if w := s.workers[id]; w != nil {
 				w.stopping = true
+				s.reindex(w)
 			}
 		}
 		out = append(out, *st)
@@ -682,6 +687,7 @@ func (s *Scheduler) expireStarts(now time.Time) {
 			delete(s.evicting, id)
 			if w := s.workers[id]; w != nil {
 				w.stopping = s.stopping(w.Hive, w.Name, now)
+				s.reindex(w)
 			}
 		}
 	}

@@ -366,3 +366,28 @@ func TestRequest_CatalogModelWaits(t *testing.T) {
 		t.Fatalf("waits %+v", ws)
 	}
 }
+
+// A hive that misses a few reports neither fails the requests for the
+// model it serves nor gets it started elsewhere.
+func TestPlace_ReportGapIsNotCold(t *testing.T) {
+	s := New(Config{})
+	s.SetWarm(true)
+	cat := HiveModels{Catalog: []CatalogModel{entry("m", 1000)}, GPUs: []GPU{gpu(0, 24000, 0)},
+		Managed: []Managed{{Instance: "1", Model: "m", State: ManagedReady, GPUs: []int{0}}}}
+	report(s, "h1", cat, t0)
+	report(s, "h2", HiveModels{Catalog: []CatalogModel{entry("m", 1000)}, GPUs: []GPU{gpu(0, 24000, 0)}}, t0)
+	mustGrant(t, s, req("busy1", "m"), t0)
+	mustGrant(t, s, req("busy2", "m"), t0)
+	s.Request(req("w", "m"), t0)
+	later := t0.Add(4 * time.Second) // h1 silent for longer than StaleAfter
+	report(s, "h2", HiveModels{Catalog: []CatalogModel{entry("m", 1000)}, GPUs: []GPU{gpu(0, 24000, 0)}}, later)
+	if _, fails := s.Tick(later); len(fails) != 0 {
+		t.Fatalf("failed %+v during a report gap", fails)
+	}
+	if st := s.Place(later); len(st) != 0 {
+		t.Fatalf("started %+v during a report gap", st)
+	}
+	if _, err := s.Request(req("new", "m"), later); err != nil {
+		t.Fatalf("a new request during the gap: %v", err)
+	}
+}

@@ -49,7 +49,7 @@ func (s *Scheduler) requestPinned(r Request, key, pin string, now time.Time) (*G
 		g := s.grant(w, r, now)
 		return &g, nil
 	}
-	return nil, s.push(s.pinned, pin, r, key, pin)
+	return nil, s.push(s.pinned, pin, r, key, pin, now)
 }
 
 // unpinLapsed moves the requests waiting for a worker they may no longer
@@ -73,6 +73,7 @@ func (s *Scheduler) unpinLapsed(now time.Time) {
 			}
 			kq.add(moved, wt.req.Weight)
 			s.waiting[moved.req.ID] = moved
+			s.keyActive(moved.req.Key, 1) // unwait counted it out; it still waits
 		}
 	}
 }

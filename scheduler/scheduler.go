@@ -320,22 +320,28 @@ func (s *Scheduler) Granted() uint64 { return s.granted }
 func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease, now time.Time) []Grant {
 	s.hiveAt[hive] = now
 	old := s.byHive[hive]
+	// Every figure of the hive's workers may change at once: they leave
+	// the index first and come back with their new figures, which keeps
+	// the heaps valid (fixing many changed elements in place does not).
+	for _, w := range old {
+		s.unindex(w)
+	}
 	cur := make(map[string]*worker, len(workers))
 	for _, in := range workers {
 		in.Hive = hive
 		if in.Slots <= 0 {
 			in.Slots = 1
 		}
+		if cur[in.Name] != nil {
+			continue // a name listed twice: the first stands
+		}
 		w := old[in.Name]
 		if w != nil && w.Model != in.Model {
-			s.unindex(w)
 			w = nil
 		}
 		if w == nil {
 			w = &worker{id: in.ID(), keys: ModelKeys(in.Model)}
-			w.Worker = in
 			s.workers[w.id] = w
-			s.index(w)
 		}
 		w.Worker = in
 		w.health = workerHealth(&in)
@@ -346,7 +352,6 @@ func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease
 	}
 	for name, w := range old {
 		if cur[name] == nil {
-			s.unindex(w)
 			delete(s.workers, w.id)
 		}
 	}
@@ -362,6 +367,11 @@ func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease
 		if cur[hl.Worker] == nil {
 			continue
 		}
+		// The request a previous queen granted may be waiting here too
+		// (its entry node asked again): it is served, not waiting.
+		if wt := s.waiting[hl.RequestID]; wt != nil && hl.RequestID != "" {
+			s.unwait(wt)
+		}
 		s.addLease(&Lease{ID: hl.ID, RequestID: hl.RequestID, Entry: hl.Entry, Hive: hive, Worker: hl.Worker,
 			Model: hl.Model, Granted: hl.Since, Confirmed: true})
 	}
@@ -376,7 +386,7 @@ func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease
 	var grants []Grant
 	for _, w := range cur {
 		w.grantedVRAM = 0 // the report counts what was granted before it
-		s.reindex(w)
+		s.index(w)
 	}
 	for _, w := range sortedWorkers(cur) {
 		grants = s.fill(w, now, grants)
@@ -404,6 +414,18 @@ func (s *Scheduler) RemoveHive(hive string) {
 // has a free slot; nil and no error when the request waits (a later call
 // returns its grant); or an error: unknown model, queue full.
 func (s *Scheduler) Request(r Request, now time.Time) (*Grant, error) {
+	_, asked := s.byReq[r.ID]
+	if s.waiting[r.ID] != nil {
+		asked = true
+	}
+	g, err := s.request(r, now)
+	if err == nil && !asked {
+		s.noteAccepted(r, now) // a refusal does not count against the key's rate
+	}
+	return g, err
+}
+
+func (s *Scheduler) request(r Request, now time.Time) (*Grant, error) {
 	if id, ok := s.byReq[r.ID]; ok {
 		// Asked again (the grant was lost with a session): same answer.
 		l := s.leases[id]
@@ -445,12 +467,12 @@ func (s *Scheduler) Request(r Request, now time.Time) (*Grant, error) {
 	if cerr := s.cannotStart(key, r.Model, now); cerr != nil {
 		return nil, cerr
 	}
-	return nil, s.push(s.queues, key, r, key, "")
+	return nil, s.push(s.queues, key, r, key, "", now)
 }
 
 // push queues r at the end of queues[name] (its model's queue, or the
 // queue of the worker it waits for alone), unless that queue is full.
-func (s *Scheduler) push(queues map[string]*queue, name string, r Request, key, pin string) error {
+func (s *Scheduler) push(queues map[string]*queue, name string, r Request, key, pin string, now time.Time) error {
 	q := queues[name]
 	if q == nil {
 		q = &queue{}
@@ -464,7 +486,7 @@ func (s *Scheduler) push(queues map[string]*queue, name string, r Request, key, 
 	s.keyActive(r.Key, 1)
 	wt := &waiting{req: r, key: key, pin: pin, enqueued: s.seq, class: classOf(r.Class), arrived: r.Arrived}
 	if wt.arrived.IsZero() {
-		wt.arrived = time.Now()
+		wt.arrived = now
 	}
 	q.add(wt, r.Weight)
 	s.waiting[r.ID] = wt
@@ -523,6 +545,15 @@ func (s *Scheduler) Tick(now time.Time) ([]Grant, []Failure) {
 	s.expireStarts(now)
 	var fails []Failure
 	refused := map[string]*blocked{} // startBlocked by key, once per tick
+	catalogs := map[string]bool{}    // catalogHas by key, once per tick
+	hasCatalog := func(key string) bool {
+		v, ok := catalogs[key]
+		if !ok {
+			v = s.catalogHas(key)
+			catalogs[key] = v
+		}
+		return v
+	}
 	for _, w := range s.waiting {
 		var cerr *Error
 		if w.pin == "" && s.warm {
@@ -541,11 +572,11 @@ func (s *Scheduler) Tick(now time.Time) ([]Grant, []Failure) {
 		case cerr != nil:
 			fails = append(fails, Failure{Request: w.req, Err: cerr})
 			s.unwait(w)
-		case s.warm && len(s.byKey[w.key]) == 0 && !s.catalogHas(w.key):
+		case s.warm && len(s.byKey[w.key]) == 0 && !hasCatalog(w.key):
 			fails = append(fails, Failure{Request: w.req, Err: &Error{Status: http.StatusNotFound, Type: "model_not_found",
 				Msg: fmt.Sprintf("model %q is not served by this cluster (GET /v1/models lists what is)", w.req.Model)}})
 			s.unwait(w)
-		case s.warm && s.allDown(w.key, now) && !s.catalogHas(w.key):
+		case s.warm && s.allDown(w.key, now) && !hasCatalog(w.key):
 			fails = append(fails, Failure{Request: w.req, Err: s.downErr(w.req.Model, now)})
 			s.unwait(w)
 		}
@@ -621,8 +652,8 @@ func (s *Scheduler) pick(key string, r Request, now time.Time) *worker {
 	// The index's first worker is the best one that has a free slot;
 	// when it may take r (fresh, healthy, room on its GPU: the usual
 	// case) that is the answer without a scan.
-	if ws := s.byKey[key]; len(ws) > 0 && !s.scanOnly && s.eligible(ws[0], r, key, now) {
-		return ws[0]
+	if !s.scanOnly {
+		return s.pickIndexed(key, r, now)
 	}
 	var best *worker
 	for _, w := range s.byKey[key] {
@@ -853,7 +884,10 @@ func (s *Scheduler) unwait(w *waiting) {
 	}
 	q := queues[name]
 	q.remove(w)
-	if q.n == 0 {
+	// A model's queue stays when empty: its fair clock orders what comes
+	// next, and a request waiting for its conversation's worker holds a
+	// place in it. A worker's queue goes.
+	if q.n == 0 && w.pin != "" {
 		delete(queues, name)
 	}
 }
@@ -933,6 +967,9 @@ func (s *Scheduler) Models(now time.Time) []ModelStats {
 		m.Leases += w.leases
 	}
 	for key, q := range s.queues {
+		if q.n == 0 {
+			continue
+		}
 		name, ok := counted[key]
 		if !ok {
 			name = key

@@ -169,6 +169,7 @@ func startInCgroup(cmd *exec.Cmd, dir string) (bool, error) {
 		fresh := exec.Command(cmd.Path, cmd.Args[1:]...)
 		fresh.Args[0] = cmd.Args[0]
 		fresh.Stdin, fresh.Stdout, fresh.Stderr, fresh.SysProcAttr = cmd.Stdin, cmd.Stdout, cmd.Stderr, cmd.SysProcAttr
+		fresh.Env, fresh.Dir, fresh.WaitDelay = cmd.Env, cmd.Dir, cmd.WaitDelay // CUDA_VISIBLE_DEVICES, for one
 		*cmd = *fresh
 	}
 	if err := cmd.Start(); err != nil {

@@ -55,6 +55,9 @@ func Start(cfg StartConfig) (*Process, error) {
 	cmd.Args[0] = cfg.Argv[0]
 	cmd.Env = append(os.Environ(), cfg.Env...)
 	cmd.Stdout, cmd.Stderr = cfg.Output, cfg.Output
+	// A helper that left the process group and keeps the output pipe open
+	// must not keep Wait (and so the hive's shutdown) waiting for it.
+	cmd.WaitDelay = 5 * time.Second
 	// Its own process group, so stopping it reaches the helpers an engine
 	// forks (vLLM's workers). Pdeathsig SIGKILL: a hive killed outright
 	// leaves no engine holding VRAM that nobody supervises or reports.
@@ -76,6 +79,9 @@ func Start(cfg StartConfig) (*Process, error) {
 	p.Pid = cmd.Process.Pid
 	go func() {
 		p.err = exitStatus(cmd.Wait())
+		// Helpers the engine forked (vLLM's workers) go with it: they
+		// would hold VRAM that nobody reports or stops.
+		_ = syscall.Kill(-p.Pid, syscall.SIGKILL)
 		if p.dir != "" {
 			removeCgroup(p.dir, log)
 		}

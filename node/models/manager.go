@@ -298,17 +298,17 @@ func (m *Manager) metrics(reg prometheus.Registerer) {
 	}
 }
 
-// Run unloads idle workers until ctx ends, then stops every engine.
+// Run unloads idle workers until ctx ends or Close. It leaves the engines
+// running: a node that leaves gracefully lets the requests they serve
+// finish, then calls Close.
 func (m *Manager) Run(ctx context.Context) error {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			m.Close()
 			return nil
 		case <-m.ctx.Done():
-			m.Close()
 			return nil
 		case now := <-t.C:
 			m.unloadIdle(now)
@@ -433,7 +433,7 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 		}
 	}
 	start := time.Now()
-	port, err := freePort()
+	port, err := m.freePort()
 	if err != nil {
 		m.fail(it, start, "failed", fmt.Sprintf("no free port: %v", err))
 		return
@@ -478,7 +478,9 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 	m.notify()
 	defer func() {
 		m.mu.Lock()
-		delete(m.workers, w.instance)
+		if m.workers[w.instance] == w {
+			delete(m.workers, w.instance)
+		}
 		m.mu.Unlock()
 		m.notify()
 	}()
@@ -679,7 +681,7 @@ func (m *Manager) Report(workers []wsapi.ProcessStats) ([]wsapi.ProcessStats, []
 	// A worker that got ready since the collection is listed from what
 	// the hive knows of it, so the queen may use it at once.
 	for _, w := range m.workers {
-		if w.state == wsapi.ManagedReady && !listed[w.instance] {
+		if w.state != wsapi.ManagedLoading && !listed[w.instance] {
 			name := w.it.Name
 			kept = append(kept, wsapi.ProcessStats{PID: uint32(w.pid), Group: wsapi.ManagedGroup, Instance: w.instance,
 				Model: &name, Slots: w.it.Slots, Simulated: w.it.simulated()})
@@ -745,13 +747,22 @@ func (m *Manager) Endpoint(instance string) string {
 // freePort asks the kernel for a free loopback port. Another process may
 // take it before the engine binds it; the start then fails and is retried
 // like any other failure.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+func (m *Manager) freePort() (int, error) {
+	for range 10 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		m.mu.Lock()
+		_, taken := m.workers[strconv.Itoa(port)]
+		m.mu.Unlock()
+		if !taken { // another start may have just been given it
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("no free port that no starting engine holds")
 }
 
 func exitText(err error) string {

@@ -104,6 +104,7 @@ func newManager(t *testing.T, cfg Config, entries ...Entry) (*Manager, *hooks) {
 	t.Cleanup(func() {
 		cancel()
 		<-done
+		m.Close() // Run leaves the engines to Close, as a node's stop does
 	})
 	return m, h
 }

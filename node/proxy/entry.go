@@ -127,6 +127,9 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		p.leases.Release(g.LeaseID)
+		if r.Context().Err() != nil {
+			return // the client went away: no new lease for it
+		}
 		// That worker could not take it: any will do now.
 		on = Placement{}
 		if attempt == maxAttempts {

@@ -63,6 +63,17 @@ func (q *Queen) schedTick(now time.Time) {
 // handle hands a message from peer (a node's session) to the scheduler. A
 // telemetry report also gets each worker's state set in place.
 func (q *Queen) handle(peer string, msg any, now time.Time) {
+	if m, ok := msg.(*wsapi.UsageReport); ok {
+		// usage accounting (usage.go) has its own lock: the scheduler's
+		// is held only to see that this node schedules.
+		q.schedMu.Lock()
+		scheduling := q.sched != nil
+		q.schedMu.Unlock()
+		if scheduling {
+			q.usage.update(peer, m, now)
+		}
+		return
+	}
 	var grants []scheduler.Grant
 	var fails []scheduler.Failure
 	queued := false // a request waits: it may be the first for a cold model
@@ -107,8 +118,6 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 		s.Cancel(m.RequestID)
 	case *wsapi.LeaseRelease:
 		grants = s.Release(m.LeaseID, now)
-	case *wsapi.UsageReport: // usage accounting (usage.go)
-		q.usage.update(peer, m, now)
 	}
 	var msgs []outMsg
 	if _, report := msg.(*wsapi.HiveTelemetry); report || queued {

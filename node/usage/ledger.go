@@ -130,6 +130,10 @@ func (l *Ledger) Rows(since time.Duration, now time.Time) []Row {
 func (l *Ledger) Buckets(now time.Time) []wsapi.UsageBucket {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.bucketsLocked(now)
+}
+
+func (l *Ledger) bucketsLocked(now time.Time) []wsapi.UsageBucket {
 	oldest := bucketStart(now.Add(-Window))
 	var out []wsapi.UsageBucket
 	for k, sr := range l.series {
@@ -142,6 +146,11 @@ func (l *Ledger) Buckets(now time.Time) []wsapi.UsageBucket {
 	return out
 }
 
+// reportBuckets is how many buckets one report holds: at most about 800
+// bytes each (a 512-byte model name, a full histogram), so a report stays
+// under 1 MiB, well within the session's read limit.
+const reportBuckets = 1024
+
 // Report returns the usage reports to send the queen: every bucket of the
 // last Window when full (a new session), else those that changed since the
 // last report; nil when there is nothing to send. Each report holds at most
@@ -149,8 +158,10 @@ func (l *Ledger) Buckets(now time.Time) []wsapi.UsageBucket {
 func (l *Ledger) Report(started time.Time, full bool, now time.Time) []*wsapi.UsageReport {
 	var bs []wsapi.UsageBucket
 	if full {
-		bs = l.Buckets(now)
+		// One lock: a Record between the snapshot and the clear would
+		// be in neither.
 		l.mu.Lock()
+		bs = l.bucketsLocked(now)
 		clear(l.dirty)
 		l.mu.Unlock()
 	} else {
@@ -173,7 +184,7 @@ func (l *Ledger) Report(started time.Time, full bool, now time.Time) []*wsapi.Us
 		return cmp.Or(cmp.Compare(a.Start, b.Start), cmp.Compare(a.Key, b.Key), cmp.Compare(a.Model, b.Model))
 	})
 	var out []*wsapi.UsageReport
-	for chunk := range slices.Chunk(bs, wsapi.MaxUsageBuckets) {
+	for chunk := range slices.Chunk(bs, reportBuckets) {
 		out = append(out, &wsapi.UsageReport{Type: wsapi.TypeUsageReport, Started: started.UTC(), Buckets: chunk})
 	}
 	return out
