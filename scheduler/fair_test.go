@@ -248,7 +248,7 @@ func TestCaps_LapsedAffinityWaitStillCounts(t *testing.T) {
 	}
 	mustGrant(t, s, turn("t1"), t0)
 	mustGrant(t, s, keyed("other", "o", 0, 1), t0) // g/2 busy too
-	s.Request(turn("t2"), t0)                     // waits for t1's worker
+	s.Request(turn("t2"), t0)                      // waits for t1's worker
 	if s.KeyActive("k") != 2 {
 		t.Fatalf("active %d, want 2", s.KeyActive("k"))
 	}
