@@ -259,3 +259,23 @@ func TestCaps_LapsedAffinityWaitStillCounts(t *testing.T) {
 		t.Fatalf("active %d after the wait lapsed, want still 2", s.KeyActive("k"))
 	}
 }
+
+// A worker whose last report showed its GPU busy with rbee's own request is
+// not taken for busy outside rbee the moment that request ends; a later
+// report showing the GPU still busy is.
+func TestOwnWorkIsNotOutsideWork(t *testing.T) {
+	s := New(Config{})
+	s.SetWarm(true)
+	x := w("g/1", "m", 1)
+	s.UpdateHive("h", []Worker{x}, nil, t0)
+	g := mustGrant(t, s, req("a", "m"), t0)
+	x.GPUUtilPct = 97 // the report sampled during a's generation
+	s.UpdateHive("h", []Worker{x}, []HiveLease{{ID: g.Lease.ID, Worker: "g/1"}}, t0.Add(500*time.Millisecond))
+	s.Release(g.Lease.ID, t0.Add(600*time.Millisecond))
+	mustGrant(t, s, req("b", "m"), t0.Add(700*time.Millisecond))
+	s.Release(s.Leases()[0].ID, t0.Add(800*time.Millisecond))
+	s.UpdateHive("h", []Worker{x}, nil, t0.Add(3*time.Second)) // still 97% with nothing of rbee's
+	if g, _ := s.Request(req("c", "m"), t0.Add(3*time.Second)); g != nil {
+		t.Fatal("granted on a GPU busy outside rbee")
+	}
+}

@@ -18,7 +18,7 @@ import (
 // (what does not change with time or the request).
 func (s *Scheduler) blocked(w *worker) bool {
 	return w.leases >= w.Slots || w.health != healthy || w.stopping ||
-		(w.leases == 0 && w.GPUUtilPct >= s.cfg.SaturatedPct)
+		(w.leases == 0 && outsideUtil(w) >= s.cfg.SaturatedPct)
 }
 
 func (s *Scheduler) indexLess(a, b *worker) bool {

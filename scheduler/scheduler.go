@@ -217,6 +217,9 @@ type worker struct {
 	stopping bool
 	// grantedVRAM is what requests granted since its last report need.
 	grantedVRAM uint64
+	// lastEnd is when rbee's last lease on it ended: a report sampled
+	// before that shows rbee's own work, not work outside rbee.
+	lastEnd time.Time
 	Worker
 	id   string
 	keys []string // ModelKeys(Model)
@@ -532,6 +535,7 @@ func (s *Scheduler) Release(leaseID string, now time.Time) []Grant {
 	s.noteService(w, now.Sub(l.Granted))
 	if w.leases > 0 {
 		w.leases--
+		w.lastEnd = now
 		s.reindex(w)
 	}
 	return s.fill(w, now, nil)
@@ -593,6 +597,7 @@ func (s *Scheduler) Tick(now time.Time) ([]Grant, []Failure) {
 			s.dropLease(l)
 			if w := s.byHive[l.Hive][l.Worker]; w != nil {
 				w.leases = max(w.leases-1, 0)
+				w.lastEnd = now
 				s.reindex(w)
 				freed = append(freed, w)
 			}
@@ -711,7 +716,7 @@ func (s *Scheduler) eligible(w *worker, r Request, key string, now time.Time) bo
 // why says why w cannot take r now, or "" when it can. The worker-state
 // rule decides first; the request's VRAM need comes after.
 func (s *Scheduler) why(w *worker, r Request, key string, now time.Time) string {
-	if st := stateOf(now.Sub(w.seen) <= s.cfg.StaleAfter, w.health, w.leases, w.Slots, w.GPUUtilPct, s.cfg.SaturatedPct); !st.available() {
+	if st := stateOf(now.Sub(w.seen) <= s.cfg.StaleAfter, w.health, w.leases, w.Slots, outsideUtil(w), s.cfg.SaturatedPct); !st.available() {
 		return refusal[st]
 	}
 	if w.stopping {

@@ -124,6 +124,21 @@ func workerHealth(w *Worker) health {
 	return healthy
 }
 
+// ownWorkFor is how long after rbee's last lease on a worker its reported
+// GPU use is still taken for rbee's own: a report samples the GPU over about
+// a telemetry interval before it is sent.
+const ownWorkFor = 1500 * time.Millisecond
+
+// outsideUtil is the GPU use the state rule may blame on work outside rbee:
+// none while rbee's last lease ended too recently for the report to show
+// anything else.
+func outsideUtil(w *worker) float64 {
+	if !w.lastEnd.IsZero() && w.seen.Sub(w.lastEnd) < ownWorkFor {
+		return 0
+	}
+	return w.GPUUtilPct
+}
+
 // allDown reports whether key has workers and every one of them is down: a
 // request for it would wait for nothing that is coming, so it fails at once.
 // It stops at the first worker that is not down, which is the usual case.
