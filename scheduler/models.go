@@ -594,7 +594,7 @@ type WaitStatus struct {
 }
 
 // Waits reports where each waiting request that asked for progress stands:
-// its place in its model's queue, when it should get a slot (its place times
+// its place in its model's queue (or its worker's, when it waits for one), when it should get a slot (its place times
 // the model's service time over its slots, or what is left of a load under
 // way), and the load it waits for.
 func (s *Scheduler) Waits(now time.Time) []WaitStatus {
@@ -627,6 +627,24 @@ func (s *Scheduler) Waits(now time.Time) []WaitStatus {
 				if slots == 0 && load.entry.LoadTime > 0 {
 					st.ETA = max(load.entry.LoadTime-now.Sub(load.since), 0) + time.Duration(pos-1)*svc/time.Duration(max(load.entry.Slots, 1))
 				}
+			}
+			out = append(out, st)
+		}
+	}
+	// Requests that wait for one worker (a Responses follow-up, a
+	// conversation's turn): their place in its line, and its slots.
+	for _, id := range sortedKeys(s.pinned) {
+		q := s.pinned[id]
+		w := s.workers[id]
+		pos := 0
+		for _, wt := range q.order() {
+			pos++
+			if !wt.req.Progress {
+				continue
+			}
+			st := WaitStatus{Request: wt.req, Position: pos}
+			if svc := s.service[wt.key]; w != nil && svc > 0 {
+				st.ETA = time.Duration(pos) * svc / time.Duration(max(w.Slots, 1))
 			}
 			out = append(out, st)
 		}

@@ -391,3 +391,20 @@ func TestPlace_ReportGapIsNotCold(t *testing.T) {
 		t.Fatalf("a new request during the gap: %v", err)
 	}
 }
+
+// A request waiting for one worker gets progress reports too.
+func TestWaits_Pinned(t *testing.T) {
+	s := New(Config{})
+	s.SetWarm(true)
+	s.UpdateHive("h", []Worker{w("g/1", "m", 1)}, nil, t0)
+	mustGrant(t, s, req("busy", "m"), t0)
+	r := req("follow-up", "m")
+	r.Hive, r.Worker, r.Progress = "h", "g/1", true
+	if g, err := s.Request(r, t0); g != nil || err != nil {
+		t.Fatalf("%v %v", g, err)
+	}
+	ws := s.Waits(t0)
+	if len(ws) != 1 || ws[0].Request.ID != "follow-up" || ws[0].Position != 1 {
+		t.Fatalf("waits %+v", ws)
+	}
+}

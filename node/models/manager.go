@@ -450,9 +450,10 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 	var sink io.Writer = out
 	logPath := filepath.Join(m.cfg.LogDir, fmt.Sprintf("%s-%d.log", safeFile(it.Name), port))
 	if err := os.MkdirAll(m.cfg.LogDir, 0o755); err == nil {
+		pruneLogs(m.cfg.LogDir, safeFile(it.Name), keepLogs-1)
 		if f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644); err == nil {
 			defer f.Close()
-			sink = io.MultiWriter(f, out)
+			sink = io.MultiWriter(&capped{w: f, left: maxLogBytes}, out)
 		}
 	}
 	var env []string
@@ -742,6 +743,56 @@ func (m *Manager) Endpoint(instance string) string {
 		return "http://" + net.JoinHostPort("127.0.0.1", instance)
 	}
 	return ""
+}
+
+// Engine logs: the last keepLogs starts of each model are kept, each cut at
+// maxLogBytes (vLLM logs every request), so a long-lived hive's disk does
+// not fill with them.
+const (
+	keepLogs    = 5
+	maxLogBytes = 64 << 20
+)
+
+// pruneLogs removes all but the newest keep logs of model in dir.
+func pruneLogs(dir, model string, keep int) {
+	paths, _ := filepath.Glob(filepath.Join(dir, model+"-*.log"))
+	type logFile struct {
+		path string
+		mod  time.Time
+	}
+	var logs []logFile
+	for _, p := range paths {
+		// model-<port>.log only: another model's name may start with this one's.
+		if _, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(filepath.Base(p), model+"-"), ".log")); err != nil {
+			continue
+		}
+		if st, err := os.Stat(p); err == nil {
+			logs = append(logs, logFile{p, st.ModTime()})
+		}
+	}
+	slices.SortFunc(logs, func(a, b logFile) int { return b.mod.Compare(a.mod) })
+	for i := keep; i < len(logs); i++ {
+		_ = os.Remove(logs[i].path)
+	}
+}
+
+// capped writes to w until left bytes are written, then drops the rest
+// (reporting it written: the engine must not fail for its log).
+type capped struct {
+	w    io.Writer
+	left int64
+}
+
+func (c *capped) Write(p []byte) (int, error) {
+	if c.left > 0 {
+		n := min(int64(len(p)), c.left)
+		if _, err := c.w.Write(p[:n]); err != nil {
+			c.left = 0
+		} else {
+			c.left -= n
+		}
+	}
+	return len(p), nil
 }
 
 // freePort asks the kernel for a free loopback port. Another process may
