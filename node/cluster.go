@@ -100,29 +100,38 @@ const hdrAskedByNode = "X-Rbee-Asked-By"
 // queenCluster asks the queen for its view: only the queen has the hives and
 // queues.
 func (n *Node) queenCluster(ctx context.Context, addr string) (*ClusterView, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.url(addr, PathCluster, false), nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set(hdrAskedByNode, n.cfg.Name)
-	resp, err := n.hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("ask queen %s: %w", addr, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("ask queen %s: %s", addr, resp.Status)
-	}
 	var v ClusterView
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&v); err != nil {
-		return nil, fmt.Errorf("ask queen %s: %w", addr, err)
+	if err := n.askQueen(ctx, addr, PathCluster, &v); err != nil {
+		return nil, err
 	}
 	if v.Hives == nil {
 		v.Hives = []HiveView{}
 	}
 	return &v, nil
+}
+
+// askQueen GETs path (with its query) from the queen at addr into out, as
+// this node: what only the queen holds (the cluster view, usage).
+func (n *Node) askQueen(ctx context.Context, addr, path string, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.url(addr, path, false), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set(hdrAskedByNode, n.cfg.Name)
+	resp, err := n.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("ask queen %s: %w", addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("ask queen %s: %s", addr, resp.Status)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(out); err != nil {
+		return fmt.Errorf("ask queen %s: %w", addr, err)
+	}
+	return nil
 }
 
 // clusterQueues is the node as the data plane sees it: the queen's queues.

@@ -6,9 +6,7 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"time"
@@ -82,25 +80,9 @@ func (n *Node) handleUsage(w http.ResponseWriter, r *http.Request) {
 
 // queenUsage asks the queen for the cluster's usage.
 func (n *Node) queenUsage(ctx context.Context, addr string, since time.Duration) (*UsageView, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	u := n.url(addr, PathUsage, false) + "?since=" + url.QueryEscape(since.String())
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set(hdrAskedByNode, n.cfg.Name)
-	resp, err := n.hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("ask queen %s for usage: %w", addr, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("ask queen %s for usage: %s", addr, resp.Status)
-	}
 	var v UsageView
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&v); err != nil {
-		return nil, fmt.Errorf("ask queen %s for usage: %w", addr, err)
+	if err := n.askQueen(ctx, addr, PathUsage+"?since="+url.QueryEscape(since.String()), &v); err != nil {
+		return nil, fmt.Errorf("usage: %w", err)
 	}
 	if v.Rows == nil {
 		v.Rows = []usage.Row{}

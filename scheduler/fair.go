@@ -97,14 +97,7 @@ func (h *keyHeap) Pop() any {
 // add queues wt in its class and key line, tagged by weight.
 func (q *queue) add(wt *waiting, weight float64) {
 	c := &q.classes[wt.class]
-	if c.keys == nil {
-		c.keys = make(map[string]*keyLine)
-	}
-	l := c.keys[wt.req.Key]
-	if l == nil {
-		l = &keyLine{key: wt.req.Key, idx: -1}
-		c.keys[wt.req.Key] = l
-	}
+	l := c.line(wt.req.Key)
 	if wt.tagged {
 		// It keeps the place it had (a wait for its conversation's
 		// worker that lapsed).
@@ -142,15 +135,20 @@ func (c *classQueue) tagFor(l *keyLine, weight float64) float64 {
 // that it competes with this queue's requests by the fair rule.
 func (q *queue) reserve(wt *waiting, weight float64) {
 	c := &q.classes[wt.class]
+	wt.tag, wt.tagged = c.tagFor(c.line(wt.req.Key), weight), true
+}
+
+// line is key's line in class c, made when it has none.
+func (c *classQueue) line(key string) *keyLine {
 	if c.keys == nil {
 		c.keys = make(map[string]*keyLine)
 	}
-	l := c.keys[wt.req.Key]
+	l := c.keys[key]
 	if l == nil {
-		l = &keyLine{key: wt.req.Key, idx: -1}
-		c.keys[wt.req.Key] = l
+		l = &keyLine{key: key, idx: -1}
+		c.keys[key] = l
 	}
-	wt.tag, wt.tagged = c.tagFor(l, weight), true
+	return l
 }
 
 // headOf is class c's next request, nil when it has none.

@@ -3,6 +3,7 @@ package scheduler
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -270,7 +271,7 @@ func (s *Scheduler) replicas(key string) int {
 // not, and retry is the soonest a backing-off one may try again.
 func (s *Scheduler) candidates(key string, now time.Time) (out []candidate, blocked []string, retry time.Duration) {
 	reps := -1
-	for _, hive := range sortedKeys(s.models) {
+	for _, hive := range slices.Sorted(maps.Keys(s.models)) {
 		h := s.models[hive]
 		i := h.entryFor(key)
 		if i < 0 {
@@ -428,12 +429,7 @@ func (s *Scheduler) loadSooner(key string, n int, cands []candidate, now time.Ti
 	if svc <= 0 {
 		return ""
 	}
-	slots := 0
-	for _, w := range s.byKey[key] {
-		if now.Sub(w.seen) <= s.cfg.StaleAfter && w.health == healthy && !w.stopping {
-			slots += w.Slots
-		}
-	}
+	slots, _ := s.liveSlots(key, now)
 	wait := time.Duration(n) * svc / time.Duration(max(slots, 1))
 	load := time.Duration(0)
 	for _, c := range cands {
@@ -601,12 +597,7 @@ func (s *Scheduler) Waits(now time.Time) []WaitStatus {
 	var out []WaitStatus
 	for _, key := range s.waitingKeys() {
 		q := s.queues[key]
-		slots := 0
-		for _, w := range s.byKey[key] {
-			if s.eligibleState(w, now) {
-				slots += w.Slots
-			}
-		}
+		slots, _ := s.liveSlots(key, now)
 		svc := s.service[key]
 		var load *loadOf
 		if ls := s.loading(key); len(ls) > 0 {
@@ -633,7 +624,7 @@ func (s *Scheduler) Waits(now time.Time) []WaitStatus {
 	}
 	// Requests that wait for one worker (a Responses follow-up, a
 	// conversation's turn): their place in its line, and its slots.
-	for _, id := range sortedKeys(s.pinned) {
+	for _, id := range slices.Sorted(maps.Keys(s.pinned)) {
 		q := s.pinned[id]
 		w := s.workers[id]
 		pos := 0
@@ -652,9 +643,16 @@ func (s *Scheduler) Waits(now time.Time) []WaitStatus {
 	return out
 }
 
-// eligibleState reports whether w's state lets it take requests at all.
-func (s *Scheduler) eligibleState(w *worker, now time.Time) bool {
-	return now.Sub(w.seen) <= s.cfg.StaleAfter && w.health == healthy && !w.stopping
+// liveSlots counts the slots, and the leases on them, of key's workers that
+// may take requests at all (fresh, healthy, not being stopped).
+func (s *Scheduler) liveSlots(key string, now time.Time) (slots, leases int) {
+	for _, w := range s.byKey[key] {
+		if now.Sub(w.seen) <= s.cfg.StaleAfter && w.health == healthy && !w.stopping {
+			slots += w.Slots
+			leases += w.leases
+		}
+	}
+	return slots, leases
 }
 
 // ModelETA is how long a new request for model would wait now: everyone
@@ -665,13 +663,7 @@ func (s *Scheduler) ModelETA(model string, now time.Time) time.Duration {
 	if svc <= 0 {
 		return 0
 	}
-	slots, leases := 0, 0
-	for _, w := range s.byKey[key] {
-		if s.eligibleState(w, now) {
-			slots += w.Slots
-			leases += w.leases
-		}
-	}
+	slots, leases := s.liveSlots(key, now)
 	n := 0
 	if q := s.queues[key]; q != nil {
 		n = q.n
@@ -739,20 +731,11 @@ func candHives(cs []candidate) []string {
 	return out
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	slices.Sort(out)
-	return out
-}
-
 // CatalogModels lists every model some hive can start, by name, with the
 // hives that have it; for /v1/models.
 func (s *Scheduler) CatalogModels() map[string][]string {
 	out := map[string][]string{}
-	for _, hive := range sortedKeys(s.models) {
+	for _, hive := range slices.Sorted(maps.Keys(s.models)) {
 		for _, c := range s.models[hive].Catalog {
 			out[c.Name] = append(out[c.Name], hive)
 		}

@@ -37,22 +37,13 @@ func modelFlags() []cli.Flag {
 // flag that cannot be read is an error.
 func modelsConfig(c *cli.Context, devices func() []wsapi.GPUInfo, log *slog.Logger) (*models.Config, error) {
 	var entries []models.Entry
-	for _, v := range c.StringSlice("model") {
-		// args= may hold ';': only RBEE_MODEL is a list.
-		sep := "\x00"
-		if env := os.Getenv("RBEE_MODEL"); env != "" && v == env {
-			sep = ";"
+	// args= may hold ';': only RBEE_MODEL is a list.
+	for _, one := range flagValues(c, "model", "RBEE_MODEL", ";") {
+		e, err := models.ParseModelFlag(one)
+		if err != nil {
+			return nil, fmt.Errorf("--model: %w", err)
 		}
-		for _, one := range strings.Split(v, sep) {
-			if one = strings.TrimSpace(one); one == "" {
-				continue
-			}
-			e, err := models.ParseModelFlag(one)
-			if err != nil {
-				return nil, fmt.Errorf("--model: %w", err)
-			}
-			entries = append(entries, e)
-		}
+		entries = append(entries, e)
 	}
 	if dir := c.String("models-dir"); dir != "" {
 		found, err := models.ScanModelsDir(dir)
@@ -71,20 +62,11 @@ func modelsConfig(c *cli.Context, devices func() []wsapi.GPUInfo, log *slog.Logg
 		}
 	}
 	engines := models.BuiltinEngines()
-	for _, v := range c.StringSlice("engine") {
-		// A template may hold ';' (sh -c "a; b"): several engines in
-		// RBEE_ENGINE are separated by newlines, and a flag is one.
-		sep := "\x00"
-		if env := os.Getenv("RBEE_ENGINE"); env != "" && v == env {
-			sep = "\n"
-		}
-		for _, one := range strings.Split(v, sep) {
-			if one = strings.TrimSpace(one); one == "" {
-				continue
-			}
-			if err := models.ParseEngineFlag(one, engines); err != nil {
-				return nil, fmt.Errorf("--engine: %w", err)
-			}
+	// A template may hold ';' (sh -c "a; b"): several engines in
+	// RBEE_ENGINE are separated by newlines.
+	for _, one := range flagValues(c, "engine", "RBEE_ENGINE", "\n") {
+		if err := models.ParseEngineFlag(one, engines); err != nil {
+			return nil, fmt.Errorf("--engine: %w", err)
 		}
 	}
 	if len(entries) == 0 {
@@ -110,6 +92,25 @@ func modelsConfig(c *cli.Context, devices func() []wsapi.GPUInfo, log *slog.Logg
 		cfg.StateFile = filepath.Join(dd, "models.json")
 	}
 	return cfg, nil
+}
+
+// flagValues are a repeatable flag's values: each flag given is one value,
+// and the environment variable env, which holds one string, is a list
+// separated by sep. Blank values are dropped.
+func flagValues(c *cli.Context, name, env, sep string) []string {
+	var out []string
+	for _, v := range c.StringSlice(name) {
+		parts := []string{v}
+		if e := os.Getenv(env); e != "" && v == e {
+			parts = strings.Split(v, sep)
+		}
+		for _, p := range parts {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
 }
 
 func slicesContainsName(es []models.Entry, name string) bool {

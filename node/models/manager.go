@@ -521,13 +521,13 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 		proc.Stop(m.cfg.StopGrace)
 	case <-w.stopCh:
 		m.drain(w, proc)
-		m.log.Info("worker stopped", "model", it.Name, "instance", w.instance, "why", w.whyStopped(&m.mu))
+		m.log.Info("worker stopped", "model", it.Name, "instance", w.instance, "why", m.whyStopped(w))
 	}
 }
 
-func (w *worker) whyStopped(mu *sync.Mutex) string {
-	mu.Lock()
-	defer mu.Unlock()
+func (m *Manager) whyStopped(w *worker) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	return w.stopWhy
 }
 
@@ -548,7 +548,7 @@ func (m *Manager) await(it *item, w *worker, proc *launch.Process, out *tail, st
 		case <-m.ctx.Done():
 			return "stopped", "hive stopping"
 		case <-w.stopCh:
-			return "stopped", w.whyStopped(&m.mu)
+			return "stopped", m.whyStopped(w)
 		case <-poll.C:
 		}
 		if m.ready(base) {
