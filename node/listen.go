@@ -27,22 +27,26 @@ type muxListener struct {
 
 	conns chan net.Conn
 	done  chan struct{}
+	// ended is closed when the accept loop stops, err its last error.
+	// conns itself is never closed: a sniffing goroutine may still be
+	// handing on a connection then.
+	ended chan struct{}
+	err   error
 	once  sync.Once
 	wg    sync.WaitGroup
-	err   error // the accept loop's last error, read after conns is closed
 
 	mu       sync.Mutex
 	sniffing map[net.Conn]struct{} // closed by Close, so it need not wait sniffTimeout
 }
 
 func newMuxListener(ln net.Listener, cfg *tls.Config) *muxListener {
-	m := &muxListener{Listener: ln, tls: cfg, conns: make(chan net.Conn), done: make(chan struct{}), sniffing: map[net.Conn]struct{}{}}
+	m := &muxListener{Listener: ln, tls: cfg, conns: make(chan net.Conn), done: make(chan struct{}), ended: make(chan struct{}), sniffing: map[net.Conn]struct{}{}}
 	m.wg.Go(m.acceptLoop)
 	return m
 }
 
 func (m *muxListener) acceptLoop() {
-	defer close(m.conns)
+	defer close(m.ended)
 	var backoff time.Duration
 	for {
 		c, err := m.Listener.Accept()
@@ -110,13 +114,12 @@ func (m *muxListener) sniff(c net.Conn) {
 
 func (m *muxListener) Accept() (net.Conn, error) {
 	select {
-	case c, ok := <-m.conns:
-		if !ok {
-			return nil, m.err
-		}
+	case c := <-m.conns:
 		return c, nil
 	case <-m.done:
 		return nil, net.ErrClosed
+	case <-m.ended:
+		return nil, m.err
 	}
 }
 
