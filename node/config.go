@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/gossip"
-	"github.com/rbee/rbee/node/models"
+	"github.com/rbee/rbee/node/hive/models"
 	"github.com/rbee/rbee/wsapi"
 )
 

@@ -13,9 +13,9 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/internal/testutil"
+	"github.com/rbee/rbee/node/hive/telemetry"
 	"github.com/rbee/rbee/node/nodetest"
 	"github.com/rbee/rbee/node/proxy"
-	"github.com/rbee/rbee/node/telemetry"
 	"github.com/rbee/rbee/scheduler"
 )
 

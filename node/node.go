@@ -22,7 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rbee/rbee/gossip"
-	"github.com/rbee/rbee/node/models"
+	"github.com/rbee/rbee/node/hive/models"
 	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/node/queen"
 	"github.com/rbee/rbee/node/tenants"

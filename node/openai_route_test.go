@@ -14,10 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/internal/sim"
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node/nodetest"
 	"github.com/rbee/rbee/node/proxy"
-	"github.com/rbee/rbee/node/sim"
 	"github.com/rbee/rbee/wsapi"
 )
 

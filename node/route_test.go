@@ -16,11 +16,11 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/internal/sim"
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/node/nodetest"
 	"github.com/rbee/rbee/node/proxy"
-	"github.com/rbee/rbee/node/sim"
 	"github.com/rbee/rbee/wsapi"
 )
 

@@ -8,7 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/rbee/rbee/node"
-	"github.com/rbee/rbee/node/telemetry"
+	"github.com/rbee/rbee/node/hive/telemetry"
 	"github.com/rbee/rbee/wsapi"
 )
 

@@ -7,7 +7,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
-	"github.com/rbee/rbee/node/telemetry"
+	"github.com/rbee/rbee/node/hive/telemetry"
 	"github.com/rbee/rbee/wsapi"
 )
 

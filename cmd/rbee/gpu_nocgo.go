@@ -5,7 +5,7 @@ package main
 import (
 	"log/slog"
 
-	"github.com/rbee/rbee/node/telemetry"
+	"github.com/rbee/rbee/node/hive/telemetry"
 	"github.com/rbee/rbee/wsapi"
 )
 

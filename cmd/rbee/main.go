@@ -12,8 +12,8 @@
 //   - `demo`, a whole cluster of child processes on loopback, started, watched
 //     and stopped by a small supervisor (demo.go, supervisor.go);
 //   - the worker front ends: `worker run` starts a worker in its cgroup
-//     through node/launch and registers it with the local node (worker.go);
-//     `worker simulate` serves node/sim's simulated worker (simulate.go);
+//     through node/hive/launch and registers it with the local node (worker.go);
+//     `worker simulate` serves internal/sim's simulated worker (simulate.go);
 //   - `keygen`, `token` and the node's client subcommands (keygen.go, node.go).
 package main
 

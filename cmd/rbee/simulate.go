@@ -12,7 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/rbee/rbee/node/sim"
+	"github.com/rbee/rbee/internal/sim"
 )
 
 // simShutdownGrace is how long a stopping simulator lets streams in flight

@@ -7,8 +7,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/rbee/rbee/node"
-	"github.com/rbee/rbee/node/launch"
-	"github.com/rbee/rbee/node/telemetry"
+	"github.com/rbee/rbee/node/hive/launch"
+	"github.com/rbee/rbee/node/hive/telemetry"
 )
 
 func workerCommand() *cli.Command {

@@ -12,7 +12,7 @@ import (
 
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
-	"github.com/rbee/rbee/node/telemetry"
+	"github.com/rbee/rbee/node/hive/telemetry"
 	"github.com/rbee/rbee/wsapi"
 )
 

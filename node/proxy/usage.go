@@ -19,28 +19,14 @@ import (
 	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/rbee/rbee/node/usage"
 )
 
 // UsageRecorder takes the usage of each request the node answered as entry
 // node; it must not block (it is called at the end of every request).
 type UsageRecorder interface {
-	Record(UsageSample)
-}
-
-// UsageSample is one answered request.
-type UsageSample struct {
-	// Key is the API key's name ("-" without one); Model the model as
-	// served.
-	Key, Model string
-	// Prompt and Completion are the tokens the answer reported (0 when
-	// it reported none).
-	Prompt, Completion int64
-	// QueueWait is from the request's arrival to its lease.
-	QueueWait time.Duration
-	At        time.Time
-	// OK: the worker answered 2xx or 3xx and the answer reached the
-	// client whole.
-	OK bool
+	Record(usage.Sample)
 }
 
 // usageMetrics count tokens by key and model.
@@ -394,6 +380,6 @@ func (p *Proxy) recordUsage(r *http.Request, model string, t *usageTap, ok bool)
 	if p.cfg.Usage == nil {
 		return
 	}
-	p.cfg.Usage.Record(UsageSample{Key: key, Model: model, Prompt: t.prompt, Completion: t.completion,
+	p.cfg.Usage.Record(usage.Sample{Key: key, Model: model, Prompt: t.prompt, Completion: t.completion,
 		QueueWait: usageOf(r).wait, At: time.Now(), OK: ok})
 }

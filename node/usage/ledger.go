@@ -6,7 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -31,6 +30,23 @@ const MaxSeries = 1024
 
 // Other names the key and model of pairs counted past MaxSeries.
 const Other = "(other)"
+
+// Sample is one request an entry node answered: what the proxy hands the
+// ledger at the end of every request.
+type Sample struct {
+	// Key is the API key's name ("-" without one); Model the model as
+	// served.
+	Key, Model string
+	// Prompt and Completion are the tokens the answer reported (0 when
+	// it reported none).
+	Prompt, Completion int64
+	// QueueWait is from the request's arrival to its lease.
+	QueueWait time.Duration
+	At        time.Time
+	// OK: the worker answered 2xx or 3xx and the answer reached the
+	// client whole.
+	OK bool
+}
 
 // Totals are a series' figures since the node started.
 type Totals struct {
@@ -59,7 +75,8 @@ type dirtyKey struct {
 	start  int64
 }
 
-// Ledger is one node's usage: it implements proxy.UsageRecorder. It is safe
+// Ledger is one node's usage: the data plane records every answered request
+// in it. It is safe
 // for concurrent use.
 type Ledger struct {
 	mu     sync.Mutex
@@ -68,15 +85,13 @@ type Ledger struct {
 	dirty map[dirtyKey]struct{}
 }
 
-var _ proxy.UsageRecorder = (*Ledger)(nil)
-
 // NewLedger returns an empty ledger.
 func NewLedger() *Ledger {
 	return &Ledger{series: map[seriesKey]*series{}, dirty: map[dirtyKey]struct{}{}}
 }
 
 // Record counts one request the node answered as entry node.
-func (l *Ledger) Record(s proxy.UsageSample) {
+func (l *Ledger) Record(s Sample) {
 	k := seriesKey{s.Key, s.Model}
 	start := bucketStart(s.At)
 	l.mu.Lock()

@@ -5,15 +5,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/wsapi"
 )
 
 // t0 is the start of a bucket.
 var t0 = time.Unix(1_700_000_400, 0)
 
-func sample(key, model string, prompt, completion int64, wait time.Duration, at time.Time) proxy.UsageSample {
-	return proxy.UsageSample{Key: key, Model: model, Prompt: prompt, Completion: completion, QueueWait: wait, At: at, OK: true}
+func sample(key, model string, prompt, completion int64, wait time.Duration, at time.Time) Sample {
+	return Sample{Key: key, Model: model, Prompt: prompt, Completion: completion, QueueWait: wait, At: at, OK: true}
 }
 
 func TestLedger_SinceCountsOverlappingBuckets(t *testing.T) {

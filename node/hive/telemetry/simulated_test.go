@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/internal/sim"
 	"github.com/rbee/rbee/internal/testutil"
-	"github.com/rbee/rbee/node/sim"
 	"github.com/rbee/rbee/wsapi"
 )
 

@@ -20,7 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/rbee/rbee/node/launch"
+	"github.com/rbee/rbee/node/hive/launch"
 	"github.com/rbee/rbee/wsapi"
 )
 

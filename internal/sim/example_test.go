@@ -6,7 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 
-	"github.com/rbee/rbee/node/sim"
+	"github.com/rbee/rbee/internal/sim"
 )
 
 // A simulated worker behind a test server answers like llama-server.

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/internal/testutil"
-	"github.com/rbee/rbee/node/telemetry"
+	"github.com/rbee/rbee/node/hive/telemetry"
 )
 
 func TestRun_ExitCodeIsTheWorkers(t *testing.T) {
