@@ -1,8 +1,9 @@
 package node
 
-// The cluster view: /v1/cluster on every node, and the queues the data plane
-// lists as /v1/models. Only the queen holds hives and queues; other nodes ask
-// it.
+// What only the queen holds, as every node serves it: /v1/cluster, /v1/usage
+// (the cluster's token usage, summed by the queen from every node's reports)
+// and the queues the data plane lists as /v1/models. Other nodes ask the
+// queen.
 
 import (
 	"context"
@@ -11,55 +12,26 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"time"
 
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/proxy"
-	"github.com/rbee/rbee/node/queen"
+	"github.com/rbee/rbee/node/usage"
 	"github.com/rbee/rbee/wsapi"
 )
 
-// HiveView is one hive in /v1/cluster.
-type HiveView = queen.HiveView
-
-// MemberView is one member in /v1/cluster and /v1/admin/members.
-type MemberView struct {
-	Name       string   `json:"name"`
-	GossipAddr string   `json:"gossip_addr"`
-	HTTPAddr   string   `json:"http_addr"`
-	Roles      []string `json:"roles"`
-	Status     string   `json:"status"`
-	Queen      bool     `json:"queen"`
-	Priority   int      `json:"queen_priority"`
-	Version    string   `json:"version"`
-}
-
-// ClusterView is the /v1/cluster document.
-type ClusterView struct {
-	Node    string       `json:"node"`
-	Queen   string       `json:"queen"`
-	Members []MemberView `json:"members"`
-	Hives   []HiveView   `json:"hives"`
-	// HivesError says why hives is empty on a node that could not ask the
-	// queen.
-	HivesError string `json:"hives_error,omitempty"`
-	// Queues is each model's waiting requests, leases and slots;
-	// RequestsPerS the leases granted per second lately (both from the
-	// queen).
-	Queues       []wsapi.QueueStats `json:"queues"`
-	RequestsPerS float64            `json:"requests_per_s"`
-}
-
-func (n *Node) memberViews() ([]MemberView, string) {
+func (n *Node) memberViews() ([]api.MemberView, string) {
 	q, ok := n.Queen()
 	qn := queenName(q, ok)
 	ms := n.gossip.Members()
-	out := make([]MemberView, 0, len(ms))
+	out := make([]api.MemberView, 0, len(ms))
 	for _, m := range ms {
 		roles := m.Roles
 		if roles == nil {
 			roles = []string{}
 		}
-		out = append(out, MemberView{Name: m.Name, GossipAddr: m.GossipAddr, HTTPAddr: m.HTTPAddr, Roles: roles,
+		out = append(out, api.MemberView{Name: m.Name, GossipAddr: m.GossipAddr, HTTPAddr: m.HTTPAddr, Roles: roles,
 			Status: string(m.Status), Queen: m.Name == qn, Priority: m.Priority, Version: m.Version})
 	}
 	return out, qn
@@ -67,7 +39,7 @@ func (n *Node) memberViews() ([]MemberView, string) {
 
 func (n *Node) handleCluster(w http.ResponseWriter, r *http.Request) {
 	members, qn := n.memberViews()
-	v := ClusterView{Node: n.cfg.Name, Queen: qn, Members: members, Hives: []HiveView{}}
+	v := api.ClusterView{Node: n.cfg.Name, Queen: qn, Members: members, Hives: []api.HiveView{}}
 	q, ok := n.Queen()
 	switch {
 	case !ok:
@@ -94,18 +66,73 @@ func (n *Node) handleCluster(w http.ResponseWriter, r *http.Request) {
 	proxy.WriteJSON(w, v)
 }
 
+// parseSince reads ?since= (a Go duration; default and at most 24h).
+func parseSince(r *http.Request) (time.Duration, error) {
+	s := r.URL.Query().Get("since")
+	if s == "" {
+		return usage.Window, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("since %q: want a positive duration such as 1h or 30m", proxy.TruncateText(s, 40))
+	}
+	return min(d, usage.Window), nil
+}
+
+func (n *Node) handleUsage(w http.ResponseWriter, r *http.Request) {
+	since, err := parseSince(r)
+	if err != nil {
+		proxy.WriteError(w, http.StatusBadRequest, "invalid_request_error", err.Error())
+		return
+	}
+	q, ok := n.Queen()
+	switch {
+	case !ok:
+		proxy.WriteError(w, http.StatusServiceUnavailable, "no_queen", "no queen elected")
+	case q.Name == n.cfg.Name:
+		now := time.Now()
+		proxy.WriteJSON(w, api.UsageView{Node: n.cfg.Name, Queen: q.Name, SinceS: int64(since / time.Second),
+			Rows: usage.Sum(n.queen.UsageBuckets(now), since, now)})
+	case r.Header.Get(hdrAskedByNode) != "":
+		// Two nodes that each think the other is queen would ask each
+		// other in a loop.
+		proxy.WriteError(w, http.StatusServiceUnavailable, "no_queen",
+			fmt.Sprintf("asked as queen, but this node sees %s as queen", q.Name))
+	default:
+		v, err := n.queenUsage(r.Context(), q.HTTPAddr, since)
+		if err != nil {
+			proxy.WriteError(w, http.StatusBadGateway, "no_queen", err.Error())
+			return
+		}
+		v.Node = n.cfg.Name
+		proxy.WriteJSON(w, v)
+	}
+}
+
+// queenUsage asks the queen for the cluster's usage.
+func (n *Node) queenUsage(ctx context.Context, addr string, since time.Duration) (*api.UsageView, error) {
+	var v api.UsageView
+	if err := n.askQueen(ctx, addr, api.PathUsage+"?since="+url.QueryEscape(since.String()), &v); err != nil {
+		return nil, fmt.Errorf("usage: %w", err)
+	}
+	if v.Rows == nil {
+		v.Rows = []wsapi.UsageRow{}
+	}
+	return &v, nil
+}
+
 // hdrAskedByNode marks a node asking the queen for its view.
 const hdrAskedByNode = "X-Rbee-Asked-By"
 
 // queenCluster asks the queen for its view: only the queen has the hives and
 // queues.
-func (n *Node) queenCluster(ctx context.Context, addr string) (*ClusterView, error) {
-	var v ClusterView
-	if err := n.askQueen(ctx, addr, PathCluster, &v); err != nil {
+func (n *Node) queenCluster(ctx context.Context, addr string) (*api.ClusterView, error) {
+	var v api.ClusterView
+	if err := n.askQueen(ctx, addr, api.PathCluster, &v); err != nil {
 		return nil, err
 	}
 	if v.Hives == nil {
-		v.Hives = []HiveView{}
+		v.Hives = []api.HiveView{}
 	}
 	return &v, nil
 }

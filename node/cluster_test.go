@@ -16,6 +16,7 @@ import (
 	"github.com/rbee/rbee/gossip"
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/nodetest"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -204,7 +205,7 @@ func TestCluster_ThreeNodesAgreeAndTelemetryReachesQueenAndFeed(t *testing.T) {
 	}
 
 	// /v1/cluster on a follower shows the queen's hives.
-	client := node.NewClient(follower.HTTPAddr(), wsapi.Key{})
+	client := api.NewClient(follower.HTTPAddr(), wsapi.Key{})
 	defer client.Close()
 	cl, err := client.Cluster(context.Background())
 	if err != nil {
@@ -216,7 +217,7 @@ func TestCluster_ThreeNodesAgreeAndTelemetryReachesQueenAndFeed(t *testing.T) {
 	// A node that asks a follower for the queen's view (their views of
 	// who is queen differ for a moment) gets an answer, not a loop of
 	// nodes asking each other.
-	req := httptest.NewRequest(http.MethodGet, node.PathCluster, nil)
+	req := httptest.NewRequest(http.MethodGet, api.PathCluster, nil)
 	req.RemoteAddr, req.Host = "127.0.0.1:40000", "127.0.0.1:7833"
 	req.Header.Set("X-Rbee-Asked-By", queen)
 	rec := httptest.NewRecorder()
@@ -410,7 +411,7 @@ func TestNode_DuplicateHiveSessionReplacesOld(t *testing.T) {
 func TestNode_ClusterJSONShape(t *testing.T) {
 	a := nodetest.Start(t, "a")
 	testutil.Eventually(t, 5*time.Second, "a is queen", func() error { _, err := agreedQueen(a); return err })
-	resp, err := httpGet("http://" + a.HTTPAddr() + node.PathCluster)
+	resp, err := httpGet("http://" + a.HTTPAddr() + api.PathCluster)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/hive/models"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -17,13 +18,6 @@ import (
 // Version is this build's rbee version, sent in gossip metadata and session
 // handshakes.
 const Version = "0.1.0"
-
-// Default ports: 7833 for HTTP (the API, feed and dashboard) and 7946 for
-// gossip (memberlist's and serf's usual port).
-const (
-	DefaultHTTPPort   = 7833
-	DefaultGossipPort = 7946
-)
 
 // Collector tells a hive which workers run on its machine and how they are
 // doing. It is called once per telemetry tick; it must return promptly and
@@ -122,8 +116,8 @@ type Config struct {
 // loopback on the default ports.
 func DefaultConfig() Config {
 	return Config{
-		GossipAddr: fmt.Sprintf("127.0.0.1:%d", DefaultGossipPort),
-		HTTPAddr:   fmt.Sprintf("127.0.0.1:%d", DefaultHTTPPort),
+		GossipAddr: fmt.Sprintf("127.0.0.1:%d", api.DefaultGossipPort),
+		HTTPAddr:   fmt.Sprintf("127.0.0.1:%d", api.DefaultHTTPPort),
 		Roles:      []string{gossip.RoleQueen, gossip.RoleHive},
 		Collector:  NoWorkers{},
 		// The seed notes: telemetry every 1 s, a hive online while it

@@ -13,16 +13,16 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/internal/testutil"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/hive/telemetry"
 	"github.com/rbee/rbee/node/nodetest"
-	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/scheduler"
 )
 
 // servedModels is what GET /v1/models on addr lists.
 func servedModels(t *testing.T, addr string) []string {
 	t.Helper()
-	body, err := httpGet("http://" + addr + proxy.PathModels)
+	body, err := httpGet("http://" + addr + api.PathModels)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestDown_OnlyWorkerDownFailsAtOnceNamingIt(t *testing.T) {
 	// A guard, far below the minute the request would otherwise wait.
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	r, err := post(ctx, c.HTTPAddr(), proxy.PathChat, chat("ghost", false))
+	r, err := post(ctx, c.HTTPAddr(), api.PathChat, chat("ghost", false))
 	want := `model \"ghost\": worker ` + worker + ` is down (` + cause + `)`
 	if err != nil || r.status != http.StatusServiceUnavailable || !strings.Contains(r.body, want) {
 		t.Fatalf("request for ghost: %d %s (%v), want 503 with %s", r.status, r.body, err, want)
@@ -115,7 +115,7 @@ func TestDown_OnlyWorkerDownFailsAtOnceNamingIt(t *testing.T) {
 		}
 		return nil
 	})
-	r, err = post(ctx, c.HTTPAddr(), proxy.PathChat, chat("ghost", false))
+	r, err = post(ctx, c.HTTPAddr(), api.PathChat, chat("ghost", false))
 	if err != nil || r.status != http.StatusOK || !strings.Contains(r.body, "hello from ghost-worker") {
 		t.Fatalf("request once up: %d %s (%v)", r.status, r.body, err)
 	}

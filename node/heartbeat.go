@@ -16,13 +16,11 @@ import (
 
 	jsonv2 "github.com/go-json-experiment/json"
 
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/node/queen"
 	"github.com/rbee/rbee/wsapi"
 )
-
-// PathHiveHeartbeat is where the seed's hives post their telemetry.
-const PathHiveHeartbeat = "/v1/hive-heartbeat"
 
 // forwardedHeader marks a heartbeat a node forwarded to the node it takes
 // for queen: that node answers it itself rather than forwarding it again, so
@@ -32,13 +30,6 @@ const forwardedHeader = "X-Rbee-Forwarded"
 // heartbeatForwardTimeout bounds a forwarded heartbeat: the hive posts again
 // within a second, so a late answer is worth nothing.
 const heartbeatForwardTimeout = 5 * time.Second
-
-// HeartbeatAccepted is the answer to a heartbeat the queen took.
-type HeartbeatAccepted struct {
-	Accepted bool   `json:"accepted"`
-	HiveID   string `json:"hive_id"`
-	Queen    string `json:"queen"`
-}
 
 // hiveHeartbeat is a heartbeat body in either of the seeds' shapes: their
 // hive's HiveHeartbeat ({"hive":{"id":...},"timestamp","workers"}, whose
@@ -115,7 +106,7 @@ func (n *Node) handleHiveHeartbeat(w http.ResponseWriter, r *http.Request) {
 	err = n.queen.Ingest(t, now)
 	switch {
 	case err == nil:
-		proxy.WriteJSON(w, HeartbeatAccepted{Accepted: true, HiveID: t.HiveID, Queen: n.cfg.Name})
+		proxy.WriteJSON(w, api.HeartbeatAccepted{Accepted: true, HiveID: t.HiveID, Queen: n.cfg.Name})
 	case errors.Is(err, queen.ErrNotQueen):
 		// No queen, or (forwarded here) another one: say which.
 		q, ok := n.Queen()
@@ -136,7 +127,7 @@ func (n *Node) handleHiveHeartbeat(w http.ResponseWriter, r *http.Request) {
 func (n *Node) forwardHeartbeat(ctx context.Context, w http.ResponseWriter, name, addr string, body []byte) {
 	ctx, cancel := context.WithTimeout(ctx, heartbeatForwardTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.url(addr, PathHiveHeartbeat, false), bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.url(addr, api.PathHiveHeartbeat, false), bytes.NewReader(body))
 	if err != nil {
 		proxy.WriteError(w, http.StatusInternalServerError, "internal_error", err.Error())
 		return

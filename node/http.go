@@ -16,19 +16,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/ui"
 	"github.com/rbee/rbee/wsapi"
-)
-
-// HTTP paths served by every node besides the feed and hive session.
-const (
-	PathHealth       = "/healthz"
-	PathCluster      = "/v1/cluster"
-	PathAdminJoin    = "/v1/admin/join"
-	PathAdminLeave   = "/v1/admin/leave"
-	PathAdminMembers = "/v1/admin/members"
-	PathAdminWorkers = "/v1/admin/workers"
 )
 
 // maxAdminBody bounds admin request bodies: a join list of a few addresses.
@@ -36,30 +27,30 @@ const maxAdminBody = 64 << 10
 
 func (n *Node) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+PathHealth, n.handleHealth)
-	mux.HandleFunc("GET "+PathCluster, n.authorized(n.handleCluster))
-	mux.HandleFunc(PathUsage, proxy.MethodNotAllowed(http.MethodGet)) // usage.go: not for a worker
-	mux.HandleFunc("GET "+PathUsage, n.authorized(n.handleUsage))
-	mux.HandleFunc("GET "+wsapi.FeedPath, n.authorized(n.handleFeed))
+	mux.HandleFunc("GET "+api.PathHealth, n.handleHealth)
+	mux.HandleFunc("GET "+api.PathCluster, n.authorized(n.handleCluster))
+	mux.HandleFunc(api.PathUsage, proxy.MethodNotAllowed(http.MethodGet)) // usage.go: not for a worker
+	mux.HandleFunc("GET "+api.PathUsage, n.authorized(n.handleUsage))
+	mux.HandleFunc("GET "+api.PathFeed, n.authorized(n.handleFeed))
 	// The hive session authenticates with its own challenge-response.
-	mux.HandleFunc("GET "+wsapi.SessionPath, n.sessionsOverTLS(n.queen.HandleSession))
-	mux.HandleFunc("POST "+PathAdminJoin, n.peersOnly(n.handleJoin))
-	mux.HandleFunc("POST "+PathAdminLeave, n.peersOnly(n.handleLeave))
-	mux.HandleFunc("GET "+PathAdminMembers, n.authorized(n.handleMembers))
-	mux.HandleFunc("POST "+PathAdminWorkers, n.peersOnly(n.handleRegisterWorker))
+	mux.HandleFunc("GET "+api.PathSession, n.sessionsOverTLS(n.queen.HandleSession))
+	mux.HandleFunc("POST "+api.PathAdminJoin, n.peersOnly(n.handleJoin))
+	mux.HandleFunc("POST "+api.PathAdminLeave, n.peersOnly(n.handleLeave))
+	mux.HandleFunc("GET "+api.PathAdminMembers, n.authorized(n.handleMembers))
+	mux.HandleFunc("POST "+api.PathAdminWorkers, n.peersOnly(n.handleRegisterWorker))
 	// The seed's hives post telemetry: it changes the cluster's view, so
 	// it takes what admin calls take (cluster TLS or loopback), not the
 	// read token every dashboard holds.
-	mux.HandleFunc("POST "+PathHiveHeartbeat, n.peersOnly(n.handleHiveHeartbeat))
+	mux.HandleFunc("POST "+api.PathHiveHeartbeat, n.peersOnly(n.handleHiveHeartbeat))
 	p := n.proxy
 	// Every OpenAI-style POST under /v1/ but rbee's own paths goes to a
 	// worker (proxy.InferencePath); another method there gets a 405.
 	mux.HandleFunc("/v1/", proxy.HandleAPI(n.apiAuthorized(p.HandleInference)))
-	mux.HandleFunc("GET "+proxy.PathModels, n.apiAuthorized(p.HandleModels))
-	mux.HandleFunc("GET "+proxy.PathModels+"/{model...}", n.apiAuthorized(p.HandleModel))
-	mux.HandleFunc(proxy.PathModels, proxy.MethodNotAllowed(http.MethodGet, http.MethodHead))
-	mux.HandleFunc(proxy.PathModels+"/{model...}", proxy.MethodNotAllowed(http.MethodGet, http.MethodHead))
-	mux.HandleFunc("POST "+proxy.PathHiveProxy+"/", n.peersOnly(p.HandleHiveProxy))
+	mux.HandleFunc("GET "+api.PathModels, n.apiAuthorized(p.HandleModels))
+	mux.HandleFunc("GET "+api.PathModels+"/{model...}", n.apiAuthorized(p.HandleModel))
+	mux.HandleFunc(api.PathModels, proxy.MethodNotAllowed(http.MethodGet, http.MethodHead))
+	mux.HandleFunc(api.PathModels+"/{model...}", proxy.MethodNotAllowed(http.MethodGet, http.MethodHead))
+	mux.HandleFunc("POST "+api.PathHiveProxy+"/", n.peersOnly(p.HandleHiveProxy))
 	// Metrics name models, hives and traffic: they read the cluster.
 	mux.Handle("GET /metrics", n.authorized(promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{Registry: n.metrics}).ServeHTTP))
 	if n.cfg.Pprof {
@@ -232,8 +223,8 @@ func isLoopbackRemote(remote string) bool {
 
 func (n *Node) handleHealth(w http.ResponseWriter, r *http.Request) {
 	q, ok := n.Queen()
-	proxy.WriteJSON(w, map[string]any{"status": "ok", "node": n.cfg.Name, "queen": queenName(q, ok), "version": Version,
-		"gossip_addr": n.GossipAddr()})
+	proxy.WriteJSON(w, api.Health{Status: "ok", Node: n.cfg.Name, Queen: queenName(q, ok), Version: Version,
+		GossipAddr: n.GossipAddr()})
 }
 
 func queenName(q gossip.Member, ok bool) string {
@@ -251,13 +242,8 @@ func (n *Node) handleFeed(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// JoinRequest is the body of POST /v1/admin/join.
-type JoinRequest struct {
-	Addrs []string `json:"addrs"`
-}
-
 func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
-	var req JoinRequest
+	var req api.JoinRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, maxAdminBody)).Decode(&req); err != nil {
 		proxy.WriteError(w, http.StatusBadRequest, "invalid_request_error", "body: "+err.Error())
 		return
@@ -272,14 +258,7 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n.log.Info("joined on request", "addrs", req.Addrs, "contacted", joined)
-	proxy.WriteJSON(w, map[string]any{"joined": joined})
-}
-
-// LeaveRequest is the body of POST /v1/admin/leave, which may be empty.
-type LeaveRequest struct {
-	// DrainMS is how long requests in flight may take to finish; 0 cuts
-	// them at once.
-	DrainMS int64 `json:"drain_ms,omitempty"`
+	proxy.WriteJSON(w, api.JoinResult{Joined: joined})
 }
 
 // maxLeaveDrain bounds a drain asked for over the API: long enough for a
@@ -287,7 +266,7 @@ type LeaveRequest struct {
 const maxLeaveDrain = time.Hour
 
 func (n *Node) handleLeave(w http.ResponseWriter, r *http.Request) {
-	var req LeaveRequest
+	var req api.LeaveRequest
 	if err := json.NewDecoder(io.LimitReader(r.Body, maxAdminBody)).Decode(&req); err != nil && !errors.Is(err, io.EOF) {
 		proxy.WriteError(w, http.StatusBadRequest, "invalid_request_error", "body: "+err.Error())
 		return
@@ -298,7 +277,7 @@ func (n *Node) handleLeave(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n.log.Info("leave requested", "remote", r.RemoteAddr, "drain", drain)
-	proxy.WriteJSON(w, map[string]any{"leaving": true, "node": n.cfg.Name})
+	proxy.WriteJSON(w, api.LeaveResult{Leaving: true, Node: n.cfg.Name})
 	n.requestLeave(drain)
 }
 
@@ -307,22 +286,13 @@ func (n *Node) handleMembers(w http.ResponseWriter, r *http.Request) {
 	proxy.WriteJSON(w, members)
 }
 
-// WorkerRegistration is the body of POST /v1/admin/workers.
-type WorkerRegistration struct {
-	Group    string `json:"group"`
-	Instance string `json:"instance"`
-	PID      int32  `json:"pid"`
-	Model    string `json:"model,omitempty"`
-	Slots    int    `json:"slots,omitempty"`
-}
-
 func (n *Node) handleRegisterWorker(w http.ResponseWriter, r *http.Request) {
 	reg, ok := n.cfg.Collector.(WorkerRegistrar)
 	if !ok || !n.cfg.hasRole(gossip.RoleHive) {
 		proxy.WriteError(w, http.StatusConflict, "not_a_hive", "this node reports no workers (start it with the hive role)")
 		return
 	}
-	var req WorkerRegistration
+	var req api.WorkerRegistration
 	if err := json.NewDecoder(io.LimitReader(r.Body, maxAdminBody)).Decode(&req); err != nil {
 		proxy.WriteError(w, http.StatusBadRequest, "invalid_request_error", "body: "+err.Error())
 		return
@@ -342,5 +312,5 @@ func (n *Node) handleRegisterWorker(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n.log.Info("worker registered", "group", req.Group, "instance", req.Instance, "pid", req.PID, "model", req.Model)
-	proxy.WriteJSON(w, map[string]any{"registered": true})
+	proxy.WriteJSON(w, api.WorkerRegistered{Registered: true})
 }

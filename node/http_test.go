@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/nodetest"
-	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -46,24 +46,24 @@ func TestHTTP_Auth(t *testing.T) {
 		body   string
 		want   int
 	}{
-		{"health is open", "GET", node.PathHealth, remote, "", "", 200},
-		{"cluster needs token from remote", "GET", node.PathCluster, remote, "", "", 401},
-		{"cluster with wrong token", "GET", node.PathCluster, remote, "Bearer nope", "", 401},
-		{"cluster with raw key instead of token", "GET", node.PathCluster, remote, "Bearer " + key.String(), "", 401},
-		{"cluster with token", "GET", node.PathCluster, remote, "Bearer " + key.HTTPToken(), "", 200},
-		{"cluster from loopback", "GET", node.PathCluster, loop, "", "", 200},
-		{"members needs token from remote", "GET", node.PathAdminMembers, remote, "", "", 401},
-		{"members with token", "GET", node.PathAdminMembers, remote, "Bearer " + key.HTTPToken(), "", 200},
-		{"join needs token from remote", "POST", node.PathAdminJoin, remote, "", `{"addrs":["127.0.0.1:1"]}`, 401},
-		{"join refuses the token from remote (cluster TLS only)", "POST", node.PathAdminJoin, remote, "Bearer " + key.HTTPToken(), `{"addrs":["127.0.0.1:1"]}`, 401},
-		{"leave refuses the token from remote", "POST", node.PathAdminLeave, remote, "Bearer " + key.HTTPToken(), "", 401},
-		{"worker registration refuses the token from remote", "POST", node.PathAdminWorkers, remote, "Bearer " + key.HTTPToken(), `{}`, 401},
-		{"hive proxy refuses the token from remote", "POST", proxy.PathHiveProxy + proxy.PathChat, remote, "Bearer " + key.HTTPToken(), `{}`, 401},
+		{"health is open", "GET", api.PathHealth, remote, "", "", 200},
+		{"cluster needs token from remote", "GET", api.PathCluster, remote, "", "", 401},
+		{"cluster with wrong token", "GET", api.PathCluster, remote, "Bearer nope", "", 401},
+		{"cluster with raw key instead of token", "GET", api.PathCluster, remote, "Bearer " + key.String(), "", 401},
+		{"cluster with token", "GET", api.PathCluster, remote, "Bearer " + key.HTTPToken(), "", 200},
+		{"cluster from loopback", "GET", api.PathCluster, loop, "", "", 200},
+		{"members needs token from remote", "GET", api.PathAdminMembers, remote, "", "", 401},
+		{"members with token", "GET", api.PathAdminMembers, remote, "Bearer " + key.HTTPToken(), "", 200},
+		{"join needs token from remote", "POST", api.PathAdminJoin, remote, "", `{"addrs":["127.0.0.1:1"]}`, 401},
+		{"join refuses the token from remote (cluster TLS only)", "POST", api.PathAdminJoin, remote, "Bearer " + key.HTTPToken(), `{"addrs":["127.0.0.1:1"]}`, 401},
+		{"leave refuses the token from remote", "POST", api.PathAdminLeave, remote, "Bearer " + key.HTTPToken(), "", 401},
+		{"worker registration refuses the token from remote", "POST", api.PathAdminWorkers, remote, "Bearer " + key.HTTPToken(), `{}`, 401},
+		{"hive proxy refuses the token from remote", "POST", api.PathHiveProxy + api.PathChat, remote, "Bearer " + key.HTTPToken(), `{}`, 401},
 		{"plain session from remote refused", "GET", wsapi.SessionPath, remote, "", "", 403},
-		{"leave needs token from remote", "POST", node.PathAdminLeave, remote, "", "", 401},
+		{"leave needs token from remote", "POST", api.PathAdminLeave, remote, "", "", 401},
 		{"feed needs token from remote", "GET", wsapi.FeedPath, remote, "", "", 401},
-		{"join with malformed body", "POST", node.PathAdminJoin, loop, "", `{"addrs":`, 400},
-		{"join with no addresses", "POST", node.PathAdminJoin, loop, "", `{"addrs":[]}`, 400},
+		{"join with malformed body", "POST", api.PathAdminJoin, loop, "", `{"addrs":`, 400},
+		{"join with no addresses", "POST", api.PathAdminJoin, loop, "", `{"addrs":[]}`, 400},
 		{"unknown path", "GET", "/v1/nope", loop, "", "", 404},
 	}
 
@@ -107,7 +107,7 @@ func TestHTTP_Auth(t *testing.T) {
 func TestHTTP_LeaveStopsNode(t *testing.T) {
 	n := nodetest.Start(t, "a")
 	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Post("http://"+n.HTTPAddr()+node.PathAdminLeave, "application/json", bytes.NewReader(nil))
+	resp, err := c.Post("http://"+n.HTTPAddr()+api.PathAdminLeave, "application/json", bytes.NewReader(nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,15 +172,15 @@ func TestHTTP_BrowserPagesCannotActForLoopbackUsers(t *testing.T) {
 		name, method, path, remote, auth, host, origin string
 		want                                           int
 	}{
-		{"another site's page cannot make the node leave", "POST", node.PathAdminLeave, loop, "", "127.0.0.1:7833", "https://evil.example", 403},
-		{"another site's page cannot read the cluster", "GET", node.PathCluster, loop, "", "127.0.0.1:7833", "http://evil.example", 403},
+		{"another site's page cannot make the node leave", "POST", api.PathAdminLeave, loop, "", "127.0.0.1:7833", "https://evil.example", 403},
+		{"another site's page cannot read the cluster", "GET", api.PathCluster, loop, "", "127.0.0.1:7833", "http://evil.example", 403},
 		{"another site's page cannot open the feed", "GET", wsapi.FeedPath, loop, "", "127.0.0.1:7833", "http://evil.example", 403},
-		{"DNS rebinding is refused", "GET", node.PathCluster, loop, "", "evil.example:7833", "http://evil.example:7833", 403},
-		{"DNS rebinding without Origin is refused", "GET", node.PathCluster, loop, "", "evil.example:7833", "", 403},
-		{"the node's own page may read", "GET", node.PathCluster, loop, "", "127.0.0.1:7833", "http://127.0.0.1:7833", 200},
-		{"localhost by name is fine", "GET", node.PathCluster, loop, "", "localhost:7833", "http://localhost:7833", 200},
-		{"IPv6 loopback literal is fine", "GET", node.PathCluster, "[::1]:40000", "", "[::1]:7833", "", 200},
-		{"a page elsewhere holding the token may read", "GET", node.PathCluster, remote, "Bearer " + key.HTTPToken(), "10.0.0.5:7833", "https://dash.example", 200},
+		{"DNS rebinding is refused", "GET", api.PathCluster, loop, "", "evil.example:7833", "http://evil.example:7833", 403},
+		{"DNS rebinding without Origin is refused", "GET", api.PathCluster, loop, "", "evil.example:7833", "", 403},
+		{"the node's own page may read", "GET", api.PathCluster, loop, "", "127.0.0.1:7833", "http://127.0.0.1:7833", 200},
+		{"localhost by name is fine", "GET", api.PathCluster, loop, "", "localhost:7833", "http://localhost:7833", 200},
+		{"IPv6 loopback literal is fine", "GET", api.PathCluster, "[::1]:40000", "", "[::1]:7833", "", 200},
+		{"a page elsewhere holding the token may read", "GET", api.PathCluster, remote, "Bearer " + key.HTTPToken(), "10.0.0.5:7833", "https://dash.example", 200},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -208,7 +208,7 @@ func TestHTTP_ProxiedRequestsAreNotLocal(t *testing.T) {
 	key := mustKey(t)
 	n := nodetest.Start(t, "a", nodetest.WithKey(key))
 	for _, hdr := range []string{"X-Forwarded-For", "Forwarded", "X-Real-IP", ""} {
-		req := httptest.NewRequest("GET", node.PathCluster, nil)
+		req := httptest.NewRequest("GET", api.PathCluster, nil)
 		req.RemoteAddr, req.Host = "127.0.0.1:40000", "127.0.0.1:7833"
 		want := http.StatusOK
 		if hdr != "" {

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/rbee/rbee/node/api"
 )
 
 // seedsWithPort gives each join address without a port the default gossip
@@ -18,7 +20,7 @@ func seedsWithPort(addrs []string) []string {
 	out := make([]string, 0, len(addrs))
 	for _, a := range addrs {
 		if _, _, err := net.SplitHostPort(a); err != nil {
-			a = net.JoinHostPort(a, strconv.Itoa(DefaultGossipPort))
+			a = net.JoinHostPort(a, strconv.Itoa(api.DefaultGossipPort))
 		}
 		out = append(out, a)
 	}
@@ -34,7 +36,7 @@ func (n *Node) explainJoin(addr string) string {
 	// so a busy machine still gets the hint.
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.url(addr, PathHealth, false), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.url(addr, api.PathHealth, false), nil)
 	if err != nil {
 		return ""
 	}
@@ -51,7 +53,7 @@ func (n *Node) explainJoin(addr string) string {
 		return fmt.Sprintf("%s answers HTTP: it is not a gossip port", addr)
 	}
 	if h.GossipAddr == "" {
-		return fmt.Sprintf("%s is the HTTP API of rbee node %q, not its gossip port (--gossip-addr, %d by default)", addr, h.Node, DefaultGossipPort)
+		return fmt.Sprintf("%s is the HTTP API of rbee node %q, not its gossip port (--gossip-addr, %d by default)", addr, h.Node, api.DefaultGossipPort)
 	}
 	return fmt.Sprintf("%s is the HTTP API of rbee node %q: join its gossip address, %s", addr, h.Node, h.GossipAddr)
 }

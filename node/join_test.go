@@ -9,6 +9,7 @@ import (
 
 	"github.com/rbee/rbee/gossip"
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/nodetest"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -16,7 +17,7 @@ import (
 // The join mistakes that used to split a cluster quietly get a clear error.
 func TestJoin_MistakesAreNamed(t *testing.T) {
 	a := nodetest.Start(t, "a")
-	cl := node.NewClient(a.HTTPAddr(), wsapi.Key{})
+	cl := api.NewClient(a.HTTPAddr(), wsapi.Key{})
 	defer cl.Close()
 
 	// Its own address: memberlist calls that a success.

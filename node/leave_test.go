@@ -9,8 +9,8 @@ import (
 
 	"github.com/rbee/rbee/gossip"
 	"github.com/rbee/rbee/internal/testutil"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/nodetest"
-	"github.com/rbee/rbee/node/proxy"
 )
 
 // A hive that leaves is out of scheduling at once: a request for a model
@@ -28,14 +28,14 @@ func TestHiveLeaves_ItsOnlyModelFailsAtOnce(t *testing.T) {
 		}
 		return errors.New("not yet")
 	})
-	if r, err := post(context.Background(), e.HTTPAddr(), proxy.PathChat, chat("extra", false)); err != nil || r.status != 200 {
+	if r, err := post(context.Background(), e.HTTPAddr(), api.PathChat, chat("extra", false)); err != nil || r.status != 200 {
 		t.Fatalf("before the leave: %d %q %v", r.status, r.body, err)
 	}
 	if err := h.Leave(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	r, err := post(context.Background(), e.HTTPAddr(), proxy.PathChat, chat("extra", false))
+	r, err := post(context.Background(), e.HTTPAddr(), api.PathChat, chat("extra", false))
 	if err != nil || r.status != 503 || !strings.Contains(r.body, "its only hive, extra-hive, left") {
 		t.Fatalf("after the leave: %d %q %v (after %v), want 503 naming the hive", r.status, r.body, err, time.Since(start))
 	}
@@ -64,7 +64,7 @@ func TestHiveLeaves_RequestsInFlightFinish(t *testing.T) {
 	})
 	res := make(chan apiResult, 1)
 	go func() {
-		r, err := post(context.Background(), e.HTTPAddr(), proxy.PathChat, chat("m", false))
+		r, err := post(context.Background(), e.HTTPAddr(), api.PathChat, chat("m", false))
 		if err != nil {
 			r.status, r.body = -1, err.Error()
 		}

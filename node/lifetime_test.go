@@ -9,8 +9,8 @@ import (
 
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/nodetest"
-	"github.com/rbee/rbee/node/proxy"
 )
 
 // A node that never ran frees its sockets on Close, and cannot run after.
@@ -64,7 +64,7 @@ func TestNode_LeaveDrainsRequestsInFlight(t *testing.T) {
 	addr := a.HTTPAddr()
 	res := make(chan apiResult, 1)
 	go func() {
-		r, _ := post(context.Background(), addr, proxy.PathChat, chat("m", false))
+		r, _ := post(context.Background(), addr, api.PathChat, chat("m", false))
 		res <- r
 	}()
 	fw.waitInFlight(t, 1)
@@ -97,7 +97,7 @@ func TestNode_LeaveCutsRequestsWhenItsContextEnds(t *testing.T) {
 	fw, a := heldWorkerNode(t)
 	res := make(chan error, 1)
 	go func() {
-		_, err := post(context.Background(), a.HTTPAddr(), proxy.PathChat, chat("m", false))
+		_, err := post(context.Background(), a.HTTPAddr(), api.PathChat, chat("m", false))
 		res <- err
 	}()
 	fw.waitInFlight(t, 1)

@@ -16,8 +16,8 @@ import (
 
 	"github.com/rbee/rbee/internal/sim"
 	"github.com/rbee/rbee/internal/testutil"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/nodetest"
-	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -151,7 +151,7 @@ func TestRoute_EveryOpenAIPath(t *testing.T) {
 			worker            *recordingWorker
 			wantType          string
 		}{
-			{proxy.PathResponses, "application/json", []byte(`{"model":"ma","input":"hi"}`), wa, "application/json"},
+			{api.PathResponses, "application/json", []byte(`{"model":"ma","input":"hi"}`), wa, "application/json"},
 			{"/v1/rerank", "application/json", []byte(`{"model":"mb","query":"q","documents":["a","b"]}`), wb, "application/json"},
 			{"/v1/score", "", []byte(`{"model":"ma","text_1":"a","text_2":"b"}`), wa, "application/json"},
 			{"/v1/foo", "application/x-www-form-urlencoded", []byte(`{"model":"mb","anything":[1,2]}`), wb, "application/json"},
@@ -220,13 +220,13 @@ func TestRoute_WrongMethodIs405(t *testing.T) {
 		status       int
 		allow        string
 	}{
-		{"GET", proxy.PathChat, 405, "POST"},
-		{"GET", proxy.PathResponses, 405, "POST"},
-		{"PUT", proxy.PathEmbeddings, 405, "POST"},
+		{"GET", api.PathChat, 405, "POST"},
+		{"GET", api.PathResponses, 405, "POST"},
+		{"PUT", api.PathEmbeddings, 405, "POST"},
 		{"GET", "/v1/audio/transcriptions", 405, "POST"},
-		{"DELETE", proxy.PathModels, 405, "GET, HEAD"},
-		{"POST", proxy.PathModels, 405, "GET, HEAD"},
-		{"DELETE", proxy.PathModels + "/m", 405, "GET, HEAD"},
+		{"DELETE", api.PathModels, 405, "GET, HEAD"},
+		{"POST", api.PathModels, 405, "GET, HEAD"},
+		{"DELETE", api.PathModels + "/m", 405, "GET, HEAD"},
 		{"GET", "/v1/nope", 404, ""},
 	} {
 		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
@@ -270,7 +270,7 @@ func TestRoute_PreviousResponseStaysOnItsWorker(t *testing.T) {
 	a, _, c := routeCluster(t, cols[0], cols[1])
 	responses := func(body string) (string, apiResult) {
 		t.Helper()
-		r, err := send(context.Background(), http.MethodPost, c.HTTPAddr(), proxy.PathResponses, "application/json", []byte(body))
+		r, err := send(context.Background(), http.MethodPost, c.HTTPAddr(), api.PathResponses, "application/json", []byte(body))
 		if err != nil {
 			t.Fatal(err)
 		}

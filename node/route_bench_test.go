@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rbee/rbee/node/proxy"
+	"github.com/rbee/rbee/node/api"
 )
 
 // BenchmarkRoute sends short chat completions through an entry-only node to
@@ -21,7 +21,7 @@ func BenchmarkRoute(b *testing.B) {
 	tr := &http.Transport{MaxIdleConnsPerHost: 256, DisableCompression: true}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	url := "http://" + entry.HTTPAddr() + proxy.PathChat
+	url := "http://" + entry.HTTPAddr() + api.PathChat
 	body := chat("m", false)
 	b.ResetTimer()
 	b.SetParallelism(32)

@@ -19,8 +19,8 @@ import (
 	"github.com/rbee/rbee/internal/sim"
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/nodetest"
-	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -104,7 +104,7 @@ func (fw *fakeWorker) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	fw.served.Add(1)
-	if r.URL.Path == proxy.PathEmbeddings {
+	if r.URL.Path == api.PathEmbeddings {
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, `{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.6,0.8]}],"model":%q}`, body.Model)
 		return
@@ -199,20 +199,20 @@ func TestRoute_FullPath(t *testing.T) {
 	for _, entry := range []*nodetest.Node{a, b, c} {
 		t.Run("via "+entry.Name(), func(t *testing.T) {
 			addr := entry.HTTPAddr()
-			r, err := post(ctx, addr, proxy.PathChat, chat("m1", false))
+			r, err := post(ctx, addr, api.PathChat, chat("m1", false))
 			if err != nil || r.status != 200 || !strings.Contains(r.body, "hello from w1") || !strings.Contains(r.body, `"model":"m1"`) {
 				t.Fatalf("non-streaming m1: %d %q %v", r.status, r.body, err)
 			}
-			r, err = post(ctx, addr, proxy.PathChat, chat("m2", true))
+			r, err = post(ctx, addr, api.PathChat, chat("m2", true))
 			if err != nil || r.status != 200 || r.header.Get("Content-Type") != "text/event-stream" ||
 				!strings.Contains(r.body, "tok2") || !strings.HasSuffix(r.body, "data: [DONE]\n\n") {
 				t.Fatalf("streaming m2: %d %q %v", r.status, r.body, err)
 			}
-			r, err = post(ctx, addr, proxy.PathEmbeddings, `{"model":"m2","input":"x"}`)
+			r, err = post(ctx, addr, api.PathEmbeddings, `{"model":"m2","input":"x"}`)
 			if err != nil || r.status != 200 || !strings.Contains(r.body, `"embedding":[0.6,0.8]`) {
 				t.Fatalf("embeddings: %d %q %v", r.status, r.body, err)
 			}
-			resp, err := http.Get("http://" + addr + proxy.PathModels)
+			resp, err := http.Get("http://" + addr + api.PathModels)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -225,13 +225,13 @@ func TestRoute_FullPath(t *testing.T) {
 				t.Fatalf("models: %+v %v", models, err)
 			}
 			for path, want := range map[string]int{"/m2": 200, "/m1-Q4_K_M.gguf": 200, "/nope": 404} {
-				resp, err := http.Get("http://" + addr + proxy.PathModels + path)
+				resp, err := http.Get("http://" + addr + api.PathModels + path)
 				if err != nil {
 					t.Fatal(err)
 				}
 				resp.Body.Close()
 				if resp.StatusCode != want {
-					t.Errorf("GET %s: %d, want %d", proxy.PathModels+path, resp.StatusCode, want)
+					t.Errorf("GET %s: %d, want %d", api.PathModels+path, resp.StatusCode, want)
 				}
 			}
 		})
@@ -273,7 +273,7 @@ func TestRoute_FullPath(t *testing.T) {
 		{"model too long", `{"model":"` + strings.Repeat("m", 600) + `"}`, 400, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, err := post(ctx, c.HTTPAddr(), proxy.PathChat, tc.body)
+			r, err := post(ctx, c.HTTPAddr(), api.PathChat, tc.body)
 			var e struct {
 				Error map[string]any `json:"error"`
 			}
@@ -285,7 +285,7 @@ func TestRoute_FullPath(t *testing.T) {
 				t.Fatalf("error %v, want type invalid_request_error, code %v, a message and a param", e.Error, tc.code)
 			}
 			// Bad input costs nobody else: the entry node still serves.
-			if r, err := post(ctx, c.HTTPAddr(), proxy.PathChat, chat("m2", false)); err != nil || r.status != 200 {
+			if r, err := post(ctx, c.HTTPAddr(), api.PathChat, chat("m2", false)); err != nil || r.status != 200 {
 				t.Fatalf("after bad input: %d %q %v", r.status, r.body, err)
 			}
 		})
@@ -297,7 +297,7 @@ func TestRoute_FullPath(t *testing.T) {
 	if err != nil || r.status != 400 || !strings.Contains(r.body, "UTF-8") {
 		t.Fatalf("model not UTF-8 in a form: %d %q %v, want a 400", r.status, r.body, err)
 	}
-	if r, err := post(ctx, c.HTTPAddr(), proxy.PathChat, chat("m2", false)); err != nil || r.status != 200 {
+	if r, err := post(ctx, c.HTTPAddr(), api.PathChat, chat("m2", false)); err != nil || r.status != 200 {
 		t.Fatalf("after a form with bad UTF-8: %d %q %v", r.status, r.body, err)
 	}
 }
@@ -317,7 +317,7 @@ func TestRoute_NoOversubscription(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := post(context.Background(), c.HTTPAddr(), proxy.PathChat, chat("m", i%2 == 0))
+			r, err := post(context.Background(), c.HTTPAddr(), api.PathChat, chat("m", i%2 == 0))
 			if err == nil && r.status != 200 {
 				err = fmt.Errorf("status %d: %s", r.status, r.body)
 			}
@@ -382,7 +382,7 @@ func TestRoute_NoOversubscriptionSimulated(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range total {
 		wg.Go(func() {
-			r, err := post(context.Background(), entry.HTTPAddr(), proxy.PathChat, chat("m", i%2 == 0))
+			r, err := post(context.Background(), entry.HTTPAddr(), api.PathChat, chat("m", i%2 == 0))
 			if err == nil && r.status != 200 {
 				err = fmt.Errorf("status %d: %s", r.status, r.body)
 			}
@@ -427,13 +427,13 @@ func TestRoute_Limits(t *testing.T) {
 	defer cancel()
 	first := make(chan error, 1)
 	go func() {
-		_, err := post(ctx, c.HTTPAddr(), proxy.PathChat, chat("m", true))
+		_, err := post(ctx, c.HTTPAddr(), api.PathChat, chat("m", true))
 		first <- err
 	}()
 	w1.waitInFlight(t, 1)
 	second := make(chan apiResult, 1)
 	go func() {
-		r, _ := post(context.Background(), c.HTTPAddr(), proxy.PathChat, chat("m", false))
+		r, _ := post(context.Background(), c.HTTPAddr(), api.PathChat, chat("m", false))
 		second <- r
 	}()
 	testutil.Eventually(t, 5*time.Second, "second request queued", func() error {
@@ -442,7 +442,7 @@ func TestRoute_Limits(t *testing.T) {
 		}
 		return nil
 	})
-	r, _ := post(context.Background(), c.HTTPAddr(), proxy.PathChat, chat("m", false))
+	r, _ := post(context.Background(), c.HTTPAddr(), api.PathChat, chat("m", false))
 	if r.status != 429 || r.header.Get("Retry-After") == "" {
 		t.Fatalf("third request: %d %q Retry-After %q, want 429 with Retry-After", r.status, r.body, r.header.Get("Retry-After"))
 	}
@@ -460,7 +460,7 @@ func TestRoute_Limits(t *testing.T) {
 		return nil
 	})
 	w1.setHold(false)
-	if r, err := post(context.Background(), c.HTTPAddr(), proxy.PathChat, chat("m", false)); err != nil || r.status != 200 {
+	if r, err := post(context.Background(), c.HTTPAddr(), api.PathChat, chat("m", false)); err != nil || r.status != 200 {
 		t.Fatalf("after cancel: %d %q %v", r.status, r.body, err)
 	}
 }
@@ -471,7 +471,7 @@ func TestRoute_WorkerDiesMidStream(t *testing.T) {
 	w1 := newFakeWorker(t, "w1")
 	w1.abort.Store(true)
 	_, _, c := routeCluster(t, endpointCollector{}, workersOf("m", 1, w1))
-	req, _ := http.NewRequest(http.MethodPost, "http://"+c.HTTPAddr()+proxy.PathChat, strings.NewReader(chat("m", true)))
+	req, _ := http.NewRequest(http.MethodPost, "http://"+c.HTTPAddr()+api.PathChat, strings.NewReader(chat("m", true)))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -489,7 +489,7 @@ func TestRoute_WorkerDiesMidStream(t *testing.T) {
 		t.Fatalf("first event %q, want tok0 before the break", lines)
 	}
 	w1.abort.Store(false)
-	if r, err := post(context.Background(), c.HTTPAddr(), proxy.PathChat, chat("m", false)); err != nil || r.status != 200 {
+	if r, err := post(context.Background(), c.HTTPAddr(), api.PathChat, chat("m", false)); err != nil || r.status != 200 {
 		t.Fatalf("next request: %d %q %v (slot not freed?)", r.status, r.body, err)
 	}
 }
@@ -501,7 +501,7 @@ func TestRoute_APIKeys(t *testing.T) {
 		auth   string
 		status int
 	}{{"", 401}, {"Bearer sk-nope", 401}, {"Bearer sk-two", 200}} {
-		req, _ := http.NewRequest(http.MethodPost, "http://"+a.HTTPAddr()+proxy.PathChat, bytes.NewReader([]byte(chat("m", false))))
+		req, _ := http.NewRequest(http.MethodPost, "http://"+a.HTTPAddr()+api.PathChat, bytes.NewReader([]byte(chat("m", false))))
 		if tc.auth != "" {
 			req.Header.Set("Authorization", tc.auth)
 		}
@@ -536,13 +536,13 @@ func TestRoute_OverClusterTLS(t *testing.T) {
 	w1 := newFakeWorker(t, "w1")
 	_, _, c := routeCluster(t, endpointCollector{}, workersOf("m", 1, w1), nodetest.WithKey(key))
 	for _, stream := range []bool{false, true} {
-		r, err := post(context.Background(), c.HTTPAddr(), proxy.PathChat, chat("m", stream))
+		r, err := post(context.Background(), c.HTTPAddr(), api.PathChat, chat("m", stream))
 		if err != nil || r.status != 200 || !strings.Contains(r.body, "w1") && !strings.Contains(r.body, "tok2") {
 			t.Fatalf("stream=%v through an entry-only node to another hive: %d %q %v", stream, r.status, r.body, err)
 		}
 	}
 	// The CLI with the key reaches the admin API over the same TLS.
-	cl := node.NewClient(c.HTTPAddr(), key)
+	cl := api.NewClient(c.HTTPAddr(), key)
 	defer cl.Close()
 	// Gossip may still be telling c of b: the member list converges.
 	testutil.Eventually(t, 10*time.Second, "members over cluster TLS", func() error {
@@ -557,7 +557,7 @@ func TestRoute_OverClusterTLS(t *testing.T) {
 		}
 		return nil
 	})
-	other := node.NewClient(c.HTTPAddr(), mustKey(t))
+	other := api.NewClient(c.HTTPAddr(), mustKey(t))
 	defer other.Close()
 	if _, err := other.Members(context.Background()); err == nil || !strings.Contains(err.Error(), "cluster key") {
 		t.Fatalf("another key's client: err = %v, want a TLS refusal naming the key", err)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/nodetest"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -201,23 +202,23 @@ func postHeartbeat(t *testing.T, addr, path string, body []byte) (int, []byte) {
 	return resp.StatusCode, b
 }
 
-func clusterHive(t *testing.T, addr, hive string) (node.HiveView, error) {
+func clusterHive(t *testing.T, addr, hive string) (api.HiveView, error) {
 	t.Helper()
-	c := node.NewClient(addr, wsapi.Key{})
+	c := api.NewClient(addr, wsapi.Key{})
 	defer c.Close()
 	cl, err := c.Cluster(context.Background())
 	if err != nil {
-		return node.HiveView{}, err
+		return api.HiveView{}, err
 	}
 	if cl.HivesError != "" {
-		return node.HiveView{}, errors.New(cl.HivesError)
+		return api.HiveView{}, errors.New(cl.HivesError)
 	}
 	for _, h := range cl.Hives {
 		if h.HiveID == hive {
 			return h, nil
 		}
 	}
-	return node.HiveView{}, fmt.Errorf("no hive %s in /v1/cluster of %s", hive, addr)
+	return api.HiveView{}, fmt.Errorf("no hive %s in /v1/cluster of %s", hive, addr)
 }
 
 // The seed's hives post their heartbeat to the queen or to any other node
@@ -244,8 +245,8 @@ func TestSeedClients_HeartbeatReachesQueenFromAnyNode(t *testing.T) {
 		body []byte
 		hive string
 	}{{a, heartbeat, "localhost"}, {b, telemetry, "hive-gpu-1"}} {
-		code, ans := postHeartbeat(t, p.to.HTTPAddr(), node.PathHiveHeartbeat, p.body)
-		var acc node.HeartbeatAccepted
+		code, ans := postHeartbeat(t, p.to.HTTPAddr(), api.PathHiveHeartbeat, p.body)
+		var acc api.HeartbeatAccepted
 		if err := json.Unmarshal(ans, &acc); code != http.StatusOK || err != nil || !acc.Accepted || acc.HiveID != p.hive || acc.Queen != "a" {
 			t.Fatalf("POST %s to %s: %d %s, want it accepted by queen a", p.hive, p.to.Name(), code, ans)
 		}
@@ -257,8 +258,8 @@ func TestSeedClients_HeartbeatReachesQueenFromAnyNode(t *testing.T) {
 	// unavailable to rbee's requests.
 	for _, n := range []*nodetest.Node{a, b} {
 		testutil.Eventually(t, 10*time.Second, "both heartbeat hives in "+n.Name()+"'s /v1/cluster", func() error {
-			postHeartbeat(t, a.HTTPAddr(), node.PathHiveHeartbeat, heartbeat)
-			postHeartbeat(t, b.HTTPAddr(), node.PathHiveHeartbeat, telemetry)
+			postHeartbeat(t, a.HTTPAddr(), api.PathHiveHeartbeat, heartbeat)
+			postHeartbeat(t, b.HTTPAddr(), api.PathHiveHeartbeat, telemetry)
 			for _, hive := range []string{"localhost", "hive-gpu-1"} {
 				h, err := clusterHive(t, n.HTTPAddr(), hive)
 				if err != nil {
@@ -277,11 +278,11 @@ func TestSeedClients_HeartbeatReachesQueenFromAnyNode(t *testing.T) {
 		t.Errorf("localhost's workers = %+v, want the seed heartbeat's", h.Workers)
 	}
 	for _, w := range h.Workers {
-		if w.State != "saturated" || !strings.Contains(w.StateReason, node.PathHiveHeartbeat) {
+		if w.State != "saturated" || !strings.Contains(w.StateReason, api.PathHiveHeartbeat) {
 			t.Errorf("worker %s: state %q (%q), want unavailable, saying it is heartbeat-only", w.ID(), w.State, w.StateReason)
 		}
 	}
-	postHeartbeat(t, a.HTTPAddr(), node.PathHiveHeartbeat, heartbeat) // online (metrics list online hives only)
+	postHeartbeat(t, a.HTTPAddr(), api.PathHiveHeartbeat, heartbeat) // online (metrics list online hives only)
 	metrics, err := httpGet("http://" + a.HTTPAddr() + "/metrics")
 	if err != nil || !strings.Contains(string(metrics), `rbee_worker_vram_used_bytes{hive="localhost",model="llama-3.2-1b"`) {
 		t.Errorf("the queen's metrics lack the heartbeat hive's worker (%v)", err)
@@ -293,7 +294,7 @@ func TestSeedClients_HeartbeatReachesQueenFromAnyNode(t *testing.T) {
 	}
 	// A heartbeat forwarded to a node that is not queen (two nodes that
 	// disagreed for a moment) is not forwarded again: 421 naming the queen.
-	req, _ := http.NewRequest(http.MethodPost, "http://"+b.HTTPAddr()+node.PathHiveHeartbeat, bytes.NewReader(heartbeat))
+	req, _ := http.NewRequest(http.MethodPost, "http://"+b.HTTPAddr()+api.PathHiveHeartbeat, bytes.NewReader(heartbeat))
 	req.Header.Set("X-Rbee-Forwarded", "c")
 	if resp, err := (&http.Client{Transport: &http.Transport{DisableKeepAlives: true}}).Do(req); err != nil {
 		t.Error(err)
@@ -347,7 +348,7 @@ func TestSeedClients_BadHeartbeatsAreRefusedAndHarmNothing(t *testing.T) {
 	} {
 		for _, n := range []*nodetest.Node{a, b} {
 			t.Run(tc.name+" to "+n.Name(), func(t *testing.T) {
-				code, ans := postHeartbeat(t, n.HTTPAddr(), node.PathHiveHeartbeat, []byte(tc.body))
+				code, ans := postHeartbeat(t, n.HTTPAddr(), api.PathHiveHeartbeat, []byte(tc.body))
 				if code != tc.want {
 					t.Fatalf("status %d, want %d: %s", code, tc.want, ans)
 				}
@@ -380,7 +381,7 @@ func TestSeedClients_BadHeartbeatsAreRefusedAndHarmNothing(t *testing.T) {
 		}
 		return errors.New("no report from b since the bad heartbeats")
 	})
-	if code, ans := postHeartbeat(t, b.HTTPAddr(), node.PathHiveHeartbeat, readSeed(t, "hive_heartbeat.json")); code != http.StatusOK {
+	if code, ans := postHeartbeat(t, b.HTTPAddr(), api.PathHiveHeartbeat, readSeed(t, "hive_heartbeat.json")); code != http.StatusOK {
 		t.Errorf("a good heartbeat after the bad ones: %d %s", code, ans)
 	}
 }
@@ -400,9 +401,9 @@ func TestSeedClients_Auth(t *testing.T) {
 		header                           map[string]string
 		want                             int
 	}{
-		{"heartbeat from remote without the key", "POST", node.PathHiveHeartbeat, remote, body, nil, 401},
-		{"heartbeat from remote refuses the token", "POST", node.PathHiveHeartbeat, remote, body, token, 401},
-		{"heartbeat from loopback", "POST", node.PathHiveHeartbeat, loop, `{"hive_id":`, nil, 400},
+		{"heartbeat from remote without the key", "POST", api.PathHiveHeartbeat, remote, body, nil, 401},
+		{"heartbeat from remote refuses the token", "POST", api.PathHiveHeartbeat, remote, body, token, 401},
+		{"heartbeat from loopback", "POST", api.PathHiveHeartbeat, loop, `{"hive_id":`, nil, 400},
 		{"SSE feed needs the token from remote", "GET", wsapi.FeedPath, remote, "", nil, 401},
 		{"SSE feed with the token", "GET", wsapi.FeedPath, remote, "", token, 200},
 		{"SSE feed from loopback", "GET", wsapi.FeedPath, loop, "", nil, 200},

@@ -248,6 +248,29 @@ func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan s
 	}
 }
 
+// usageInterval is how often a node sends the queen its changed buckets:
+// often enough that `rbee usage` is seconds behind, and a queen that dies
+// loses no more than that of what it was not sent again anyway.
+const usageInterval = 2 * time.Second
+
+// sendUsage sends the queen this node's usage on session s: every bucket
+// when *at is zero (a new session, so a new queen rebuilds the cluster's
+// usage), then the changed ones every usageInterval.
+func (n *Node) sendUsage(ctx context.Context, s *wsapi.Session, at *time.Time) error {
+	now := time.Now()
+	full := at.IsZero()
+	if !full && now.Sub(*at) < usageInterval {
+		return nil
+	}
+	*at = now
+	for _, m := range n.usage.Report(n.start, full, now) {
+		if err := s.Write(ctx, m); err != nil {
+			return fmt.Errorf("send usage: %w", err)
+		}
+	}
+	return nil
+}
+
 // sessionOutQueue bounds the lease messages queued for the queen: a queen
 // that lets this many pile up is not reading, and the session is dropped.
 const sessionOutQueue = 4096

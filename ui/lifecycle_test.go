@@ -17,7 +17,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/coder/websocket"
 
-	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/ui"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -44,9 +44,9 @@ func newLifecycleNode(t *testing.T) *lifecycleNode {
 	mux.Handle("GET /{$}", dash)
 	mux.Handle("GET /ui/", dash)
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
-		v := node.ClusterView{Node: "gpu-a", Queen: "gpu-a", Queues: n.queen(time.Now()).Queues,
-			Members: []node.MemberView{{Name: "gpu-a", HTTPAddr: r.Host, Roles: []string{"queen", "hive"}, Status: "alive", Queen: true}},
-			Hives:   []node.HiveView{}}
+		v := api.ClusterView{Node: "gpu-a", Queen: "gpu-a", Queues: n.queen(time.Now()).Queues,
+			Members: []api.MemberView{{Name: "gpu-a", HTTPAddr: r.Host, Roles: []string{"queen", "hive"}, Status: "alive", Queen: true}},
+			Hives:   []api.HiveView{}}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(v)
 	})

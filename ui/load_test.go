@@ -18,6 +18,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/scheduler"
 	"github.com/rbee/rbee/ui"
 	"github.com/rbee/rbee/wsapi"
@@ -110,14 +111,14 @@ func (fc *fakeCluster) queenEvent(now time.Time) *wsapi.QueenEvent {
 func (fc *fakeCluster) serveCluster(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	host := r.Host
-	v := node.ClusterView{Node: fc.hiveID(0), Queen: fc.hiveID(0), Queues: fc.queenEvent(now).Queues, RequestsPerS: 42.5}
+	v := api.ClusterView{Node: fc.hiveID(0), Queen: fc.hiveID(0), Queues: fc.queenEvent(now).Queues, RequestsPerS: 42.5}
 	for i := range 3 {
-		v.Members = append(v.Members, node.MemberView{Name: fc.hiveID(i), GossipAddr: "127.0.0.1:7946", HTTPAddr: host,
+		v.Members = append(v.Members, api.MemberView{Name: fc.hiveID(i), GossipAddr: "127.0.0.1:7946", HTTPAddr: host,
 			Roles: []string{"queen", "hive"}, Status: "alive", Queen: i == 0, Version: node.Version})
 	}
 	for i := range fc.hives {
 		ht := fc.telemetry(i, now)
-		v.Hives = append(v.Hives, node.HiveView{HiveID: ht.HiveID, Online: true, LastSeen: now.UTC(), Workers: ht.Workers, Leases: ht.Leases})
+		v.Hives = append(v.Hives, api.HiveView{HiveID: ht.HiveID, Online: true, LastSeen: now.UTC(), Workers: ht.Workers, Leases: ht.Leases})
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(v)

@@ -91,3 +91,17 @@ func (b *UsageBucket) validate() error {
 	}
 	return nil
 }
+
+// UsageRow is one API key's use of one model over a span: a row of GET
+// /v1/usage, summed by the queen from every node's buckets.
+type UsageRow struct {
+	Key              string `json:"key"`
+	Model            string `json:"model"`
+	Requests         int64  `json:"requests"`
+	PromptTokens     int64  `json:"prompt_tokens"`
+	CompletionTokens int64  `json:"completion_tokens"`
+	// The queue-wait percentiles are estimates from log-scale bins
+	// (within ±41%; see node/usage), rounded to 0.1 ms.
+	QueueWaitP50MS float64 `json:"queue_wait_p50_ms"`
+	QueueWaitP99MS float64 `json:"queue_wait_p99_ms"`
+}

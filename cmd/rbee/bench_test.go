@@ -28,6 +28,7 @@ import (
 
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -358,8 +359,8 @@ func simTelemetry(b *testing.B, hive string) []byte {
 }
 
 func hivesOnline(c *cluster, p *proc) (int, error) {
-	var v node.ClusterView
-	if err := c.getJSON(p.httpAddr, node.PathCluster, &v); err != nil {
+	var v api.ClusterView
+	if err := c.getJSON(p.httpAddr, api.PathCluster, &v); err != nil {
 		return 0, err
 	}
 	n := 0

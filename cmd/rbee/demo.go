@@ -19,7 +19,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -453,7 +453,7 @@ func demoReady(ctx context.Context, nodes []demoNode, models []string) (string, 
 			Node  string `json:"node"`
 			Queen string `json:"queen"`
 		}
-		if err := getOK(ctx, "http://"+nd.http+node.PathHealth, &h); err != nil {
+		if err := getOK(ctx, "http://"+nd.http+api.PathHealth, &h); err != nil {
 			return "", fmt.Errorf("%s: %w", nd.name, err)
 		}
 		switch {

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/internal/testutil"
-	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/scheduler"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -65,7 +65,7 @@ func TestE2E_DeadWorkerShowsDown(t *testing.T) {
 		if err != nil {
 			return fmt.Errorf("%w: %s", err, errOut)
 		}
-		var v node.ClusterView
+		var v api.ClusterView
 		if err := json.Unmarshal([]byte(out), &v); err != nil {
 			t.Fatalf("rbee status --json printed %q: %v", out, err)
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -176,8 +177,8 @@ func TestE2E_QueenKilled(t *testing.T) {
 
 	// (b) The new queen hears from the other survivor's hive.
 	testutil.Eventually(t, 15*time.Second, "new queen lists "+other.name+" online, seen after the kill", func() error {
-		var v node.ClusterView
-		if err := c.getJSON(nq.httpAddr, node.PathCluster, &v); err != nil {
+		var v api.ClusterView
+		if err := c.getJSON(nq.httpAddr, api.PathCluster, &v); err != nil {
 			return err
 		}
 		if v.Queen != newQueen {
@@ -378,8 +379,8 @@ func TestE2E_WrongKeyRefused(t *testing.T) {
 	if code := websocket.CloseStatus(err); code != wsapi.CloseAuth || !strings.Contains(err.Error(), "authentication failed") {
 		t.Fatalf("hive session with the wrong key: close status %v, err %v; want %v and an authentication error", code, err, wsapi.CloseAuth)
 	}
-	var v node.ClusterView
-	if err := c.getJSON(queen.httpAddr, node.PathCluster, &v); err != nil {
+	var v api.ClusterView
+	if err := c.getJSON(queen.httpAddr, api.PathCluster, &v); err != nil {
 		t.Fatal(err)
 	}
 	for _, h := range v.Hives {

@@ -25,7 +25,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/rbee/rbee/internal/testutil"
-	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -359,7 +359,7 @@ type health struct {
 
 func (c *cluster) health(p *proc) (health, error) {
 	var h health
-	err := c.getJSON(p.httpAddr, node.PathHealth, &h)
+	err := c.getJSON(p.httpAddr, api.PathHealth, &h)
 	return h, err
 }
 
@@ -478,9 +478,9 @@ func (c *cluster) waitNewQueen(ps []*proc, old string, timeout time.Duration) st
 }
 
 // members is a node's /v1/admin/members.
-func (c *cluster) members(p *proc) ([]node.MemberView, error) {
-	var ms []node.MemberView
-	err := c.getJSON(p.httpAddr, node.PathAdminMembers, &ms)
+func (c *cluster) members(p *proc) ([]api.MemberView, error) {
+	var ms []api.MemberView
+	err := c.getJSON(p.httpAddr, api.PathAdminMembers, &ms)
 	return ms, err
 }
 

@@ -14,7 +14,7 @@ import (
 
 	"github.com/rbee/rbee/internal/sim"
 	"github.com/rbee/rbee/internal/testutil"
-	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -139,7 +139,7 @@ func (c *cluster) chatOnce(addr, model string) (chatResult, error) {
 // managedWorker is the worker rbee started for model, as /v1/cluster shows it.
 func (c *cluster) managedWorker(tb testing.TB, p *proc, model string) wsapi.ManagedWorker {
 	tb.Helper()
-	var v node.ClusterView
+	var v api.ClusterView
 	if err := c.getJSON(p.httpAddr, "/v1/cluster", &v); err != nil {
 		tb.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -31,7 +32,7 @@ func keyFlags() []cli.Flag {
 
 func clientFlags() []cli.Flag {
 	return append([]cli.Flag{
-		&cli.StringFlag{Name: "http-addr", EnvVars: []string{"RBEE_HTTP_ADDR"}, Value: fmt.Sprintf("127.0.0.1:%d", node.DefaultHTTPPort), Usage: "HTTP address of the node to talk to"},
+		&cli.StringFlag{Name: "http-addr", EnvVars: []string{"RBEE_HTTP_ADDR"}, Value: fmt.Sprintf("127.0.0.1:%d", api.DefaultHTTPPort), Usage: "HTTP address of the node to talk to"},
 	}, keyFlags()...)
 }
 
@@ -123,12 +124,12 @@ func nodeCommand() *cli.Command {
 	}
 }
 
-func newClient(c *cli.Context) (*node.Client, error) {
+func newClient(c *cli.Context) (*api.Client, error) {
 	key, err := loadKey(c)
 	if err != nil {
 		return nil, err
 	}
-	return node.NewClient(httpAddrFlag(c), key), nil
+	return api.NewClient(httpAddrFlag(c), key), nil
 }
 
 // httpAddrFlag is --http-addr, with a bare ":port" meaning this machine.
@@ -140,7 +141,7 @@ func httpAddrFlag(c *cli.Context) string {
 	return addr
 }
 
-func printMembers(w interface{ Write([]byte) (int, error) }, ms []node.MemberView) error {
+func printMembers(w interface{ Write([]byte) (int, error) }, ms []api.MemberView) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tADDRESS\tHTTP\tROLES\tSTATUS\tQUEEN")
 	for _, m := range ms {
@@ -160,9 +161,9 @@ func nodeRunCommand() *cli.Command {
 		Usage: "run a node: join the cluster, report this machine's workers, serve the API",
 		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "name", EnvVars: []string{"RBEE_NAME"}, Value: sanitizeName(host), Usage: "node name, unique in the cluster"},
-			&cli.StringFlag{Name: "gossip-addr", EnvVars: []string{"RBEE_GOSSIP_ADDR"}, Usage: fmt.Sprintf("gossip bind address (default :%d with a cluster key, 127.0.0.1:%d without)", node.DefaultGossipPort, node.DefaultGossipPort)},
+			&cli.StringFlag{Name: "gossip-addr", EnvVars: []string{"RBEE_GOSSIP_ADDR"}, Usage: fmt.Sprintf("gossip bind address (default :%d with a cluster key, 127.0.0.1:%d without)", api.DefaultGossipPort, api.DefaultGossipPort)},
 			&cli.StringFlag{Name: "advertise-addr", EnvVars: []string{"RBEE_ADVERTISE_ADDR"}, Usage: "gossip address the other nodes should dial, if not the bind address"},
-			&cli.StringFlag{Name: "http-addr", EnvVars: []string{"RBEE_HTTP_ADDR"}, Usage: fmt.Sprintf("HTTP bind address (default :%d with a cluster key, 127.0.0.1:%d without)", node.DefaultHTTPPort, node.DefaultHTTPPort)},
+			&cli.StringFlag{Name: "http-addr", EnvVars: []string{"RBEE_HTTP_ADDR"}, Usage: fmt.Sprintf("HTTP bind address (default :%d with a cluster key, 127.0.0.1:%d without)", api.DefaultHTTPPort, api.DefaultHTTPPort)},
 			&cli.StringSliceFlag{Name: "join", EnvVars: []string{"RBEE_JOIN"}, Usage: "gossip address of a member to join (repeat or comma-separate)"},
 			&cli.StringFlag{Name: "data-dir", EnvVars: []string{"RBEE_DATA_DIR"}, Usage: "where the node remembers the members it knew, to rejoin them after a restart without --join"},
 			&cli.StringSliceFlag{Name: "roles", EnvVars: []string{"RBEE_ROLES"}, Value: cli.NewStringSlice("queen", "hive"), Usage: "queen (may be elected) and/or hive (reports workers), or none (serves the API only)"},
@@ -312,8 +313,8 @@ func listenAddrs(c *cli.Context, keyed bool) (gossip, http string) {
 	if keyed {
 		host = ""
 	}
-	return orDefault(c.String("gossip-addr"), net.JoinHostPort(host, strconv.Itoa(node.DefaultGossipPort))),
-		orDefault(c.String("http-addr"), net.JoinHostPort(host, strconv.Itoa(node.DefaultHTTPPort)))
+	return orDefault(c.String("gossip-addr"), net.JoinHostPort(host, strconv.Itoa(api.DefaultGossipPort))),
+		orDefault(c.String("http-addr"), net.JoinHostPort(host, strconv.Itoa(api.DefaultHTTPPort)))
 }
 
 // shutdownDrain is how long a node stopped by a signal or `rbee node leave`

@@ -22,7 +22,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
-	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/scheduler"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -87,7 +87,7 @@ func screenOptions(w io.Writer) statusOptions {
 
 // fetchCluster gets the snapshot, saying what to check when the node is not
 // there.
-func fetchCluster(ctx context.Context, cl *node.Client, addr string) (*node.ClusterView, error) {
+func fetchCluster(ctx context.Context, cl *api.Client, addr string) (*api.ClusterView, error) {
 	v, err := cl.Cluster(ctx)
 	if err != nil {
 		var oe *net.OpError
@@ -119,7 +119,7 @@ type statusOptions struct {
 // renderStatus writes the cluster as text: a summary line, then the members,
 // the queues and the workers. now dates "last report ... ago"; nothing else
 // depends on the clock.
-func renderStatus(w io.Writer, v *node.ClusterView, now time.Time, opts statusOptions) error {
+func renderStatus(w io.Writer, v *api.ClusterView, now time.Time, opts statusOptions) error {
 	var b strings.Builder
 	for _, l := range statusLines(v, now, opts) {
 		b.WriteString(l)
@@ -130,7 +130,7 @@ func renderStatus(w io.Writer, v *node.ClusterView, now time.Time, opts statusOp
 }
 
 // statusLines is renderStatus's output, one string a line.
-func statusLines(v *node.ClusterView, now time.Time, opts statusOptions) []string {
+func statusLines(v *api.ClusterView, now time.Time, opts statusOptions) []string {
 	return fitBlocks(statusBlocks(v, now, opts), opts.Height)
 }
 
@@ -147,7 +147,7 @@ type statusBlock struct {
 	weight int
 }
 
-func statusBlocks(v *node.ClusterView, now time.Time, opts statusOptions) []statusBlock {
+func statusBlocks(v *api.ClusterView, now time.Time, opts statusOptions) []statusBlock {
 	ws := workerRows(v)
 	bs := []statusBlock{
 		{head: summaryLines(v, ws)},
@@ -160,14 +160,14 @@ func statusBlocks(v *node.ClusterView, now time.Time, opts statusOptions) []stat
 
 // workerRow is one worker with what the tables derive from it.
 type workerRow struct {
-	hive  *node.HiveView
+	hive  *api.HiveView
 	w     wsapi.ProcessStats
 	busy  int // leases on it now
 	slots int
 	state string // w.State as the queen sent it, or stateUnknown
 }
 
-func workerRows(v *node.ClusterView) []workerRow {
+func workerRows(v *api.ClusterView) []workerRow {
 	var out []workerRow
 	for i := range v.Hives {
 		h := &v.Hives[i]
@@ -197,7 +197,7 @@ func compareInstance(a, b string) int {
 	return strings.Compare(a, b)
 }
 
-func summaryLines(v *node.ClusterView, ws []workerRow) []string {
+func summaryLines(v *api.ClusterView, ws []workerRow) []string {
 	alive := 0
 	for _, m := range v.Members {
 		if m.Status == "alive" {
@@ -240,7 +240,7 @@ var memberColumns = []column{
 	{name: "STATUS"}, {name: "QUEEN"}, {name: "VERSION", drop: 1},
 }
 
-func membersBlock(ms []node.MemberView, width int) statusBlock {
+func membersBlock(ms []api.MemberView, width int) statusBlock {
 	rows := make([][]string, 0, len(ms))
 	for _, m := range ms {
 		q := ""
@@ -305,7 +305,7 @@ var workerColumns = []column{
 // workerStateColumn is STATE's index in workerColumns.
 const workerStateColumn = 2
 
-func workersBlock(v *node.ClusterView, ws []workerRow, now time.Time, opts statusOptions) statusBlock {
+func workersBlock(v *api.ClusterView, ws []workerRow, now time.Time, opts statusOptions) statusBlock {
 	if v.HivesError != "" {
 		return statusBlock{head: []string{"workers: unknown: " + termSafe(v.HivesError)}}
 	}

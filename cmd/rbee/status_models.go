@@ -2,7 +2,7 @@ package main
 
 // The model lifecycle in `rbee status` and `rbee top`: the queue table's
 // lifecycle columns, and the sections for the workers rbee started, the GPUs
-// and the catalogs, from each hive of /v1/cluster (see node.HiveView).
+// and the catalogs, from each hive of /v1/cluster (see api.HiveView).
 
 import (
 	"cmp"
@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -89,20 +89,20 @@ func oneLine(s string) string {
 
 // modelHives is the online hives of v in id order: an offline hive's
 // lifecycle is what it was doing when it went silent, not news.
-func modelHives(v *node.ClusterView) []*node.HiveView {
-	var out []*node.HiveView
+func modelHives(v *api.ClusterView) []*api.HiveView {
+	var out []*api.HiveView
 	for i := range v.Hives {
 		if h := &v.Hives[i]; h.Online {
 			out = append(out, h)
 		}
 	}
-	slices.SortFunc(out, func(a, b *node.HiveView) int { return strings.Compare(a.HiveID, b.HiveID) })
+	slices.SortFunc(out, func(a, b *api.HiveView) int { return strings.Compare(a.HiveID, b.HiveID) })
 	return out
 }
 
 // modelBlocks are the model lifecycle's sections: the workers rbee started,
 // the GPUs and the catalogs; each only when some online hive reported one.
-func modelBlocks(v *node.ClusterView, now time.Time, opts statusOptions) []statusBlock {
+func modelBlocks(v *api.ClusterView, now time.Time, opts statusOptions) []statusBlock {
 	hs := modelHives(v)
 	var bs []statusBlock
 	if b, ok := managedBlock(hs, now, opts.Width); ok {
@@ -124,7 +124,7 @@ var managedColumns = []column{
 
 // managedBlock lists the workers rbee started: a loading one with how
 // long it has been loading.
-func managedBlock(hs []*node.HiveView, now time.Time, width int) (statusBlock, bool) {
+func managedBlock(hs []*api.HiveView, now time.Time, width int) (statusBlock, bool) {
 	var rows [][]string
 	for _, h := range hs {
 		ms := slices.Clone(h.Managed)
@@ -167,7 +167,7 @@ var gpuColumns = []column{
 }
 
 // gpusBlock lists each hive's GPUs; simulated figures are marked *.
-func gpusBlock(hs []*node.HiveView, width int) (statusBlock, bool) {
+func gpusBlock(hs []*api.HiveView, width int) (statusBlock, bool) {
 	var rows [][]string
 	sim := false
 	for _, h := range hs {
@@ -204,7 +204,7 @@ var catalogColumns = []column{
 // catalogBlock lists what each hive can start, with why an entry cannot or
 // failed. Compact (`rbee top`) keeps only the entries that need a look,
 // and counts the rest.
-func catalogBlock(hs []*node.HiveView, now time.Time, opts statusOptions) (statusBlock, bool) {
+func catalogBlock(hs []*api.HiveView, now time.Time, opts statusOptions) (statusBlock, bool) {
 	var rows [][]string
 	total, hives := 0, 0
 	for _, h := range hs {

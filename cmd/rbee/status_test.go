@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/internal/testutil"
-	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -35,13 +35,13 @@ var statusNow = time.Date(2026, 1, 2, 15, 4, 5, 0, time.UTC)
 // loadClusterFixture reads testdata/status_cluster.json: four members (one
 // suspect, one left), hives with busy, saturated, failing, unknown-model and
 // simulated workers, an offline hive and one without workers.
-func loadClusterFixture(tb testing.TB) (*node.ClusterView, []byte) {
+func loadClusterFixture(tb testing.TB) (*api.ClusterView, []byte) {
 	tb.Helper()
 	data, err := os.ReadFile(filepath.Join("testdata", "status_cluster.json"))
 	if err != nil {
 		tb.Fatal(err)
 	}
-	var v node.ClusterView
+	var v api.ClusterView
 	if err := json.Unmarshal(data, &v); err != nil {
 		tb.Fatalf("decode fixture: %v", err)
 	}
@@ -182,22 +182,22 @@ func TestColorWanted(t *testing.T) {
 func TestRenderStatus_EmptyAndErrorCases(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		v    node.ClusterView
+		v    api.ClusterView
 		want []string
 	}{
 		{
 			name: "no queen, no hives",
-			v:    node.ClusterView{Node: "a", Members: []node.MemberView{{Name: "a", Status: "alive"}}, Hives: []node.HiveView{}},
+			v:    api.ClusterView{Node: "a", Members: []api.MemberView{{Name: "a", Status: "alive"}}, Hives: []api.HiveView{}},
 			want: []string{"queen (none)   asked a", "members 1/1 alive   hives 0/0 online   workers 0 online, 0 idle", "queues: none", "workers: none reported"},
 		},
 		{
 			name: "queen unreachable",
-			v:    node.ClusterView{Node: "b", Queen: "a", HivesError: "ask queen 10.0.0.1:7833: connection refused"},
+			v:    api.ClusterView{Node: "b", Queen: "a", HivesError: "ask queen 10.0.0.1:7833: connection refused"},
 			want: []string{"hives unknown", "workers: unknown: ask queen 10.0.0.1:7833: connection refused"},
 		},
 		{
 			name: "escape sequences from the network are defused",
-			v: node.ClusterView{Node: "a", Hives: []node.HiveView{{HiveID: "h", Online: true, Workers: []wsapi.ProcessStats{
+			v: api.ClusterView{Node: "a", Hives: []api.HiveView{{HiveID: "h", Online: true, Workers: []wsapi.ProcessStats{
 				{Group: "g", Instance: "1", Model: new("evil\x1b[2J\u009b31m")},
 			}}}},
 			want: []string{"evil?[2J?31m"},
@@ -206,7 +206,7 @@ func TestRenderStatus_EmptyAndErrorCases(t *testing.T) {
 			// The state is the queen's to say; a view never works it
 			// out from the load.
 			name: "a state is shown as sent, unknown when an older queen sent none",
-			v: node.ClusterView{Node: "a", Hives: []node.HiveView{{HiveID: "h", Online: true, Workers: []wsapi.ProcessStats{
+			v: api.ClusterView{Node: "a", Hives: []api.HiveView{{HiveID: "h", Online: true, Workers: []wsapi.ProcessStats{
 				{Group: "g", Instance: "1", GPUUtilPct: 99, State: "idle"},
 				{Group: "g", Instance: "2", Slots: 1},
 			}}}},
@@ -316,7 +316,7 @@ func fakeNode(t *testing.T, body []byte, key wsapi.Key, hub *wsapi.Hub) *fakeNod
 	t.Helper()
 	ctx, stop := context.WithCancel(context.Background())
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+node.PathCluster, func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET "+api.PathCluster, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(body)
 	})
@@ -379,7 +379,7 @@ func TestStatusCommand(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkGolden(t, "status_json.golden", out)
-		var got node.ClusterView
+		var got api.ClusterView
 		if err := json.Unmarshal([]byte(out), &got); err != nil {
 			t.Fatalf("--json output does not decode: %v", err)
 		}
@@ -460,7 +460,7 @@ func TestE2E_StatusOfOneNodeCluster(t *testing.T) {
 
 	// The hive also reports any other rbee.slice worker on this machine
 	// (other tests' `rbee worker run`), so look for ours by its group.
-	var v node.ClusterView
+	var v api.ClusterView
 	var ours *wsapi.ProcessStats
 	// Every 50 ms, not the default: each look runs the rbee binary.
 	testutil.Every(50*time.Millisecond).Eventually(t, 20*time.Second, "rbee status --json shows the worker", func() error {
@@ -468,7 +468,7 @@ func TestE2E_StatusOfOneNodeCluster(t *testing.T) {
 		if err != nil {
 			return fmt.Errorf("%w: %s", err, errOut)
 		}
-		v, ours = node.ClusterView{}, nil
+		v, ours = api.ClusterView{}, nil
 		if err := json.Unmarshal([]byte(out), &v); err != nil {
 			t.Fatalf("rbee status --json printed %q: %v", out, err)
 		}
@@ -547,10 +547,10 @@ func hasLineWith(lines, words []string) bool {
 // statusNow: gpu-a serves llama and is loading qwen (for 12 s) on a real
 // GPU, gpu-b runs simulated GPUs, and its catalog holds an entry that
 // failed twice and one whose file is missing.
-func lifecycleFixture() *node.ClusterView {
-	return &node.ClusterView{Node: "gpu-a", Queen: "gpu-a",
-		Members: []node.MemberView{{Name: "gpu-a", Status: "alive", Queen: true}, {Name: "gpu-b", Status: "alive"}},
-		Hives: []node.HiveView{
+func lifecycleFixture() *api.ClusterView {
+	return &api.ClusterView{Node: "gpu-a", Queen: "gpu-a",
+		Members: []api.MemberView{{Name: "gpu-a", Status: "alive", Queen: true}, {Name: "gpu-b", Status: "alive"}},
+		Hives: []api.HiveView{
 			{HiveID: "gpu-a", Online: true, LastSeen: statusNow, Workers: []wsapi.ProcessStats{
 				{Group: wsapi.ManagedGroup, Instance: "30001", Model: new("llama-8b"), Slots: 4, State: "idle"}},
 				GPUs: []wsapi.GPUInfo{{Index: 0, Name: "NVIDIA H100 80GB HBM3", TotalVRAMMB: 81559, UsedVRAMMB: 20480, UtilPct: 37, ReservedMB: 33792}},
@@ -583,7 +583,7 @@ func lifecycleFixture() *node.ClusterView {
 }
 
 // hiveTelemetry is the feed message that hive h of a view would have sent.
-func hiveTelemetry(h node.HiveView) *wsapi.HiveTelemetry {
+func hiveTelemetry(h api.HiveView) *wsapi.HiveTelemetry {
 	return &wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: h.HiveID, Timestamp: h.LastSeen, Workers: h.Workers,
 		Leases: h.Leases, Catalog: h.Catalog, GPUs: h.GPUs, Managed: h.Managed}
 }
@@ -645,7 +645,7 @@ func TestRenderStatus_ModelLifecycle(t *testing.T) {
 	// A queen from before the lifecycle sends none of it: the queue table
 	// keeps its old columns.
 	var b bytes.Buffer
-	old := &node.ClusterView{Node: "a", Queues: []wsapi.QueueStats{{Model: "m", Waiting: 1, Slots: 2}}}
+	old := &api.ClusterView{Node: "a", Queues: []wsapi.QueueStats{{Model: "m", Waiting: 1, Slots: 2}}}
 	if err := renderStatus(&b, old, statusNow, statusOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -706,7 +706,7 @@ func TestStatusCommand_ModelLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got node.ClusterView
+	var got api.ClusterView
 	if err := json.Unmarshal([]byte(out), &got); err != nil {
 		t.Fatalf("rbee status --json: %v\n%s", err, out)
 	}

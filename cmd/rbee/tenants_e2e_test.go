@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/internal/testutil"
-	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 )
 
 // Tenant keys used below (at least 8 characters, as the file requires).
@@ -153,8 +153,8 @@ func parseError(tb testing.TB, r apiResult) openAIError {
 // waitingFor is the queen's count of waiting requests for model, from
 // /v1/cluster.
 func waitingFor(c *cluster, p *proc, model string) (int, error) {
-	var v node.ClusterView
-	if err := c.getJSON(p.httpAddr, node.PathCluster, &v); err != nil {
+	var v api.ClusterView
+	if err := c.getJSON(p.httpAddr, api.PathCluster, &v); err != nil {
 		return 0, err
 	}
 	for _, q := range v.Queues {

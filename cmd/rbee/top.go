@@ -26,6 +26,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/scheduler"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -294,7 +295,7 @@ func shortError(err error) string {
 // topUpdate is one thing the connection learned.
 type topUpdate struct {
 	// View is a fresh /v1/cluster snapshot.
-	View *node.ClusterView
+	View *api.ClusterView
 	// Msg is a feed message: *wsapi.HiveTelemetry or *wsapi.QueenEvent.
 	Msg any
 	// Live says the feed is connected.
@@ -307,7 +308,7 @@ type topUpdate struct {
 // topState is what `rbee top` knows: the last snapshot, and what the feed
 // said since, by hive. It is not safe for concurrent use.
 type topState struct {
-	snap   *node.ClusterView
+	snap   *api.ClusterView
 	snapAt time.Time
 	hives  map[string]topHive
 	queen  *wsapi.QueenEvent
@@ -362,7 +363,7 @@ func (s *topState) apply(u topUpdate, now time.Time) {
 // so the view marks the hive's workers offline itself. While the node cannot
 // be reached the clock stops at the failure, so the view shows the last
 // state known rather than every hive going offline.
-func (s *topState) view(now time.Time) *node.ClusterView {
+func (s *topState) view(now time.Time) *api.ClusterView {
 	if s.snap == nil {
 		return nil
 	}
@@ -377,7 +378,7 @@ func (s *topState) view(now time.Time) *node.ClusterView {
 		}
 		v.Queues, v.RequestsPerS = q.Queues, q.RequestsPerS
 	}
-	hives := make([]node.HiveView, 0, len(s.snap.Hives)+len(s.hives))
+	hives := make([]api.HiveView, 0, len(s.snap.Hives)+len(s.hives))
 	for _, h := range s.snap.Hives {
 		if _, ok := s.hives[h.HiveID]; ok {
 			continue
@@ -391,14 +392,14 @@ func (s *topState) view(now time.Time) *node.ClusterView {
 		hives = append(hives, h)
 	}
 	for id, h := range s.hives {
-		hv := node.HiveView{HiveID: id, Online: now.Sub(h.at) <= ttl, LastSeen: h.at, Workers: h.t.Workers, Leases: h.t.Leases,
+		hv := api.HiveView{HiveID: id, Online: now.Sub(h.at) <= ttl, LastSeen: h.at, Workers: h.t.Workers, Leases: h.t.Leases,
 			Catalog: h.t.Catalog, GPUs: h.t.GPUs, Managed: h.t.Managed}
 		if !hv.Online {
 			hv.Workers = offlineWorkers(hv.Workers, now.Sub(h.at))
 		}
 		hives = append(hives, hv)
 	}
-	slices.SortFunc(hives, func(a, b node.HiveView) int { return strings.Compare(a.HiveID, b.HiveID) })
+	slices.SortFunc(hives, func(a, b api.HiveView) int { return strings.Compare(a.HiveID, b.HiveID) })
 	v.Hives = hives
 	if len(s.hives) > 0 {
 		// The feed reached the queen even if the snapshot could not.
@@ -466,7 +467,7 @@ func (s *topSource) next(addr string) string {
 }
 
 // learn keeps the API addresses of the members v shows alive.
-func (s *topSource) learn(v *node.ClusterView) {
+func (s *topSource) learn(v *api.ClusterView) {
 	var alive []string
 	for _, m := range v.Members {
 		if m.Status == "alive" && m.HTTPAddr != "" {
@@ -481,7 +482,7 @@ func (s *topSource) learn(v *node.ClusterView) {
 // session reads one snapshot from the node at addr, then its feed until it
 // breaks, re-reading the snapshot now and then. It returns why it ended.
 func (s *topSource) session(ctx context.Context, addr string, out chan<- topUpdate) error {
-	client := node.NewClient(addr, s.key)
+	client := api.NewClient(addr, s.key)
 	defer client.Close()
 	v, err := client.Cluster(ctx)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/scheduler"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -191,7 +192,7 @@ func TestTopState(t *testing.T) {
 		m.Leases = []wsapi.LeaseInfo{{LeaseID: "x", Worker: "llm/" + workers[0], Model: "m", Entry: "e"}}
 		return m
 	}
-	hive := func(v *node.ClusterView, id string) *node.HiveView {
+	hive := func(v *api.ClusterView, id string) *api.HiveView {
 		for i := range v.Hives {
 			if v.Hives[i].HiveID == id {
 				return &v.Hives[i]

@@ -15,8 +15,9 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/usage"
+	"github.com/rbee/rbee/wsapi"
 )
 
 func usageCommand() *cli.Command {
@@ -66,7 +67,7 @@ var usageColumns = []column{
 
 // renderUsage writes the usage as a table with a total line, fitted to width
 // columns (0: no limit).
-func renderUsage(w io.Writer, v *node.UsageView, width int) error {
+func renderUsage(w io.Writer, v *api.UsageView, width int) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "usage over the last %s (queen %s)\n", time.Duration(v.SinceS)*time.Second, termSafe(v.Queen))
 	if len(v.Rows) == 0 {
@@ -75,7 +76,7 @@ func renderUsage(w io.Writer, v *node.UsageView, width int) error {
 		return err
 	}
 	rows := make([][]string, 0, len(v.Rows)+1)
-	var total usage.Row
+	var total wsapi.UsageRow
 	for _, r := range v.Rows {
 		rows = append(rows, []string{r.Key, r.Model, itoa(r.Requests), itoa(r.PromptTokens), itoa(r.CompletionTokens),
 			waitText(r.QueueWaitP50MS), waitText(r.QueueWaitP99MS)})

@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/internal/testutil"
-	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 )
 
 const (
@@ -126,9 +126,9 @@ func sendMix(t *testing.T, hc *http.Client, addrs []string, n int, perKey map[st
 }
 
 // usageTotals reads `rbee usage --json` through the node at addr.
-func usageTotals(c *cluster, addr string) (node.UsageView, simTokens, map[string]int64, error) {
+func usageTotals(c *cluster, addr string) (api.UsageView, simTokens, map[string]int64, error) {
 	out, errOut, err := runRbee("usage", "--json", "--since", "1h", "--http-addr", addr, "--cluster-key-file", c.keyFile)
-	var v node.UsageView
+	var v api.UsageView
 	if err != nil {
 		return v, simTokens{}, nil, fmt.Errorf("rbee usage: %w: %s", err, errOut)
 	}

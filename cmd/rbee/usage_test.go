@@ -4,12 +4,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/rbee/rbee/node"
-	"github.com/rbee/rbee/node/usage"
+	"github.com/rbee/rbee/node/api"
+	"github.com/rbee/rbee/wsapi"
 )
 
 func TestRenderUsage(t *testing.T) {
-	v := &node.UsageView{Node: "n1", Queen: "q", SinceS: 3600, Rows: []usage.Row{
+	v := &api.UsageView{Node: "n1", Queen: "q", SinceS: 3600, Rows: []wsapi.UsageRow{
 		{Key: "a", Model: "llama", Requests: 3, PromptTokens: 30, CompletionTokens: 12, QueueWaitP50MS: 0.5, QueueWaitP99MS: 2.8},
 		{Key: "b", Model: "llama", Requests: 1, PromptTokens: 5, CompletionTokens: 4, QueueWaitP50MS: 1448.2, QueueWaitP99MS: 1448.2},
 	}}
@@ -27,7 +27,7 @@ TOTAL         4         35      16
 		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
 	}
 	b.Reset()
-	if err := renderUsage(&b, &node.UsageView{Queen: "q", SinceS: 600}, 0); err != nil {
+	if err := renderUsage(&b, &api.UsageView{Queen: "q", SinceS: 600}, 0); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(b.String(), "no requests") {

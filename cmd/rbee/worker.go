@@ -6,7 +6,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/hive/launch"
 	"github.com/rbee/rbee/node/hive/telemetry"
 )
@@ -50,7 +50,7 @@ func runWorker(c *cli.Context) error {
 		return err
 	}
 	defer cl.Close()
-	reg := node.WorkerRegistration{Group: c.String("group"), Instance: c.String("instance"), Model: c.String("model"), Slots: c.Int("slots")}
+	reg := api.WorkerRegistration{Group: c.String("group"), Instance: c.String("instance"), Model: c.String("model"), Slots: c.Int("slots")}
 	ctx, stop := context.WithCancel(c.Context)
 	defer stop()
 	return launch.Run(ctx, launch.Config{

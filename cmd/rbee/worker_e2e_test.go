@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/internal/testutil"
-	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/hive/telemetry"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -46,8 +46,8 @@ func startWorkerRun(t *testing.T, c *cluster, n *proc, extra ...string) *exec.Cm
 
 // hiveWorker returns the worker group/instance as the hive reports it.
 func hiveWorker(c *cluster, n *proc, hive, group, instance string) (wsapi.ProcessStats, bool, error) {
-	var v node.ClusterView
-	if err := c.getJSON(n.httpAddr, node.PathCluster, &v); err != nil {
+	var v api.ClusterView
+	if err := c.getJSON(n.httpAddr, api.PathCluster, &v); err != nil {
 		return wsapi.ProcessStats{}, false, err
 	}
 	for _, h := range v.Hives {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rbee/rbee/node/api"
 )
 
 func TestResponseMap_BoundedAndExpiring(t *testing.T) {
@@ -120,7 +122,7 @@ func TestReadHead(t *testing.T) {
 
 func TestInferencePath(t *testing.T) {
 	for path, want := range map[string]bool{
-		PathChat: true, PathResponses: true, "/v1/rerank": true, "/v1/audio/transcriptions": true, "/v1/foo": true,
+		api.PathChat: true, api.PathResponses: true, "/v1/rerank": true, "/v1/audio/transcriptions": true, "/v1/foo": true,
 		"/v1/": false, "/v2/chat": false, "/chat/completions": false, "/v1/models": false, "/v1/models/x": false,
 		"/v1/cluster": false, "/v1/admin/join": false, "/v1/hive/proxy/v1/chat/completions": false, "/v1/heartbeats/stream": false,
 		"/v1/a//b": false, "/v1/a/../admin": false, "/v1/a/": false, "/v1/a b": false, "/v1/" + strings.Repeat("a", 300): false,

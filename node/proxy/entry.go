@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -75,7 +76,7 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 	on := p.previousWorker(head.PreviousResponseID)
 	conv := conversation(r, &head)
 	var tap *responseTap
-	if r.URL.Path == PathResponses {
+	if r.URL.Path == api.PathResponses {
 		tap = &responseTap{ResponseWriter: w, ids: p.responses}
 		defer tap.finish()
 		w = tap
@@ -190,7 +191,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 		case <-ctx.Done():
 		}
 	}()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.cfg.Scheme+"://"+g.HiveAddr+PathHiveProxy+r.URL.Path, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.cfg.Scheme+"://"+g.HiveAddr+api.PathHiveProxy+r.URL.Path, bytes.NewReader(body))
 	if err != nil {
 		return true
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -74,7 +75,7 @@ func TestHiveProxy_RefusesGrantsFromAReplacedQueen(t *testing.T) {
 		term string
 		want int
 	}{{"4", http.StatusServiceUnavailable}, {"", http.StatusBadRequest}, {"x", http.StatusBadRequest}, {"5", http.StatusOK}, {"6", http.StatusOK}} {
-		req := httptest.NewRequest(http.MethodPost, PathHiveProxy+PathChat, strings.NewReader(`{"model":"m"}`))
+		req := httptest.NewRequest(http.MethodPost, api.PathHiveProxy+api.PathChat, strings.NewReader(`{"model":"m"}`))
 		req.Header.Set(hdrLease, "l-"+tc.term)
 		req.Header.Set(hdrWorker, "g/1")
 		req.Header.Set(hdrModel, "m")
@@ -122,7 +123,7 @@ func TestForward_StreamEndsWhenTheHiveIsDeclaredDead(t *testing.T) {
 	}))
 	defer entry.Close()
 
-	resp, err := http.Post(entry.URL+PathChat, "application/json", strings.NewReader(`{}`))
+	resp, err := http.Post(entry.URL+api.PathChat, "application/json", strings.NewReader(`{}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +169,7 @@ func TestForward_ReleasesLeasesTheHiveNeverTookUp(t *testing.T) {
 			p.leases.Attach(u)
 			g := &wsapi.LeaseGrant{RequestID: "r", LeaseID: "l", Hive: "h", HiveAddr: strings.TrimPrefix(hive.URL, "http://"), Worker: "g/1", Model: "m"}
 			rec := httptest.NewRecorder()
-			req := httptest.NewRequest(http.MethodPost, PathChat, strings.NewReader(`{}`))
+			req := httptest.NewRequest(http.MethodPost, api.PathChat, strings.NewReader(`{}`))
 			if again := p.forward(rec, req, []byte(`{"model":"m"}`), g, time.Now()); again {
 				t.Fatal("forward asks to try another worker, want the hive's answer passed on")
 			}

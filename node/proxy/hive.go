@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -23,7 +24,7 @@ func (p *Proxy) HandleHiveProxy(w http.ResponseWriter, r *http.Request) {
 	// Until serveLease takes the lease up, a refusal leaves its release to
 	// the entry node.
 	w.Header().Set(hdrUnserved, "1")
-	path := strings.TrimPrefix(r.URL.Path, PathHiveProxy)
+	path := strings.TrimPrefix(r.URL.Path, api.PathHiveProxy)
 	if !InferencePath(path) {
 		WriteError(w, http.StatusNotFound, "not_found", "no inference route "+TruncateText(path, 200))
 		return

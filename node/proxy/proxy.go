@@ -13,17 +13,6 @@ import (
 	"github.com/rbee/rbee/wsapi"
 )
 
-// The OpenAI-compatible API every node serves, and the hive's side of it.
-const (
-	PathChat        = "/v1/chat/completions"
-	PathCompletions = "/v1/completions"
-	PathEmbeddings  = "/v1/embeddings"
-	PathModels      = "/v1/models"
-	// PathHiveProxy prefixes an inference path on the hive that owns the
-	// leased worker: POST /v1/hive/proxy/v1/chat/completions.
-	PathHiveProxy = "/v1/hive/proxy"
-)
-
 // Queues is the queen's per-model state, as the node can get it: from its own
 // scheduler when it is queen, else by asking the queen.
 type Queues interface {

@@ -5,22 +5,19 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-)
 
-// PathResponses is OpenAI's Responses API, which the Vercel AI SDK's default
-// provider calls. Any other OpenAI-style path routes the same way (see
-// InferencePath); the ones named here are those the code treats specially.
-const PathResponses = "/v1/responses"
+	"github.com/rbee/rbee/node/api"
+)
 
 // ownPaths are rbee's own paths under /v1/ (and below them): never routed to
 // a worker, whatever the method.
-var ownPaths = []string{"/v1/admin", "/v1/hive", "/v1/hive-heartbeat", "/v1/heartbeats", "/v1/cluster", PathModels}
+var ownPaths = []string{"/v1/admin", "/v1/hive", api.PathHiveHeartbeat, "/v1/heartbeats", api.PathCluster, api.PathModels}
 
 // knownPaths are the OpenAI-style paths (besides /v1/models) that llama-server,
 // vLLM and OpenAI serve by POST: another method on them gets a 405 naming
 // POST, where an unknown path gets a 404.
 var knownPaths = []string{
-	PathChat, PathCompletions, PathEmbeddings, PathResponses,
+	api.PathChat, api.PathCompletions, api.PathEmbeddings, api.PathResponses,
 	"/v1/rerank", "/v1/reranking", "/v1/score", "/v1/moderations",
 	"/v1/audio/transcriptions", "/v1/audio/translations", "/v1/audio/speech",
 	"/v1/images/generations", "/v1/images/edits", "/v1/images/variations",

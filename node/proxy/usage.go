@@ -20,6 +20,7 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/usage"
 )
 
@@ -56,7 +57,7 @@ func newUsageMetrics(reg prometheus.Registerer) (*usageMetrics, error) {
 // The new body is a copy the body budget does not count: it is made only for
 // streams, a few dozen bytes longer than the body the budget holds.
 func askUsage(path string, head *requestHead, body []byte) (out []byte, strip bool) {
-	if head.Stream != true || (path != PathChat && path != PathCompletions) {
+	if head.Stream != true || (path != api.PathChat && path != api.PathCompletions) {
 		return body, false
 	}
 	return injectIncludeUsage(body)

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/go-json-experiment/json/jsontext"
+
+	"github.com/rbee/rbee/node/api"
 )
 
 func TestInjectIncludeUsage(t *testing.T) {
@@ -15,18 +17,18 @@ func TestInjectIncludeUsage(t *testing.T) {
 		strip            bool
 		want             string // "" : the body unchanged
 	}{
-		{"absent", PathChat, `{"model":"m","stream":true}`, true, `{"stream_options":{"include_usage":true},"model":"m","stream":true}`},
-		{"absent, blanks", PathCompletions, "{ \"model\":\"m\", \"stream\":true }", true, "{\"stream_options\":{\"include_usage\":true}, \"model\":\"m\", \"stream\":true }"},
-		{"null", PathChat, `{"model":"m","stream":true,"stream_options":null}`, true, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`},
-		{"false, other options kept", PathChat, `{"model":"m","stream_options":{"include_usage":false,"x":1},"stream":true}`, true,
+		{"absent", api.PathChat, `{"model":"m","stream":true}`, true, `{"stream_options":{"include_usage":true},"model":"m","stream":true}`},
+		{"absent, blanks", api.PathCompletions, "{ \"model\":\"m\", \"stream\":true }", true, "{\"stream_options\":{\"include_usage\":true}, \"model\":\"m\", \"stream\":true }"},
+		{"null", api.PathChat, `{"model":"m","stream":true,"stream_options":null}`, true, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`},
+		{"false, other options kept", api.PathChat, `{"model":"m","stream_options":{"include_usage":false,"x":1},"stream":true}`, true,
 			`{"model":"m","stream_options":{"include_usage":true,"x":1},"stream":true}`},
-		{"empty options", PathChat, `{"model":"m","stream":true,"stream_options":{}}`, true, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`},
-		{"client asked", PathChat, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, false, ""},
-		{"wrong type is the worker's", PathChat, `{"model":"m","stream":true,"stream_options":3}`, false, ""},
-		{"not a stream", PathChat, `{"model":"m","stream":false}`, false, ""},
-		{"stream not true", PathChat, `{"model":"m","stream":"yes"}`, false, ""},
-		{"responses streams report usage anyway", PathResponses, `{"model":"m","stream":true}`, false, ""},
-		{"embeddings", PathEmbeddings, `{"model":"m","input":"x"}`, false, ""},
+		{"empty options", api.PathChat, `{"model":"m","stream":true,"stream_options":{}}`, true, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`},
+		{"client asked", api.PathChat, `{"model":"m","stream":true,"stream_options":{"include_usage":true}}`, false, ""},
+		{"wrong type is the worker's", api.PathChat, `{"model":"m","stream":true,"stream_options":3}`, false, ""},
+		{"not a stream", api.PathChat, `{"model":"m","stream":false}`, false, ""},
+		{"stream not true", api.PathChat, `{"model":"m","stream":"yes"}`, false, ""},
+		{"responses streams report usage anyway", api.PathResponses, `{"model":"m","stream":true}`, false, ""},
+		{"embeddings", api.PathEmbeddings, `{"model":"m","input":"x"}`, false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			head, err := readHead("application/json", []byte(tc.body))

@@ -9,7 +9,7 @@
 // exports the cluster's metrics. It follows the election through Membership
 // and drops everything when another node becomes queen.
 //
-// Main types: Queen (New, Run, HandleSession, Close), Registry and HiveView,
+// Main types: Queen (New, Run, HandleSession, Close), Registry (whose hives it lists as api.HiveView),
 // and the interface it sees the rest of the node through, Membership.
 //
 // It must never import node/proxy: the queen is not on the data path. It

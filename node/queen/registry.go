@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/scheduler"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -23,20 +24,6 @@ type Registry struct {
 type hiveEntry struct {
 	t        *wsapi.HiveTelemetry
 	lastSeen time.Time
-}
-
-// HiveView is one hive in /v1/cluster.
-type HiveView struct {
-	HiveID   string               `json:"hive_id"`
-	Online   bool                 `json:"online"`
-	LastSeen time.Time            `json:"last_seen"`
-	Workers  []wsapi.ProcessStats `json:"workers"`
-	// Leases are the requests the hive serves now.
-	Leases []wsapi.LeaseInfo `json:"leases,omitempty"`
-	// The model lifecycle, as the hive reported it (see wsapi/models.go).
-	Catalog []wsapi.CatalogEntry  `json:"catalog,omitempty"`
-	GPUs    []wsapi.GPUInfo       `json:"gpus,omitempty"`
-	Managed []wsapi.ManagedWorker `json:"managed,omitempty"`
 }
 
 // NewRegistry returns an empty registry in which a hive is online for ttl after
@@ -61,10 +48,10 @@ func (r *Registry) Reset() {
 
 // Hives returns every hive, sorted by id, and forgets those silent for longer
 // than the forget period.
-func (r *Registry) Hives(now time.Time) []HiveView {
+func (r *Registry) Hives(now time.Time) []api.HiveView {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]HiveView, 0, len(r.hives))
+	out := make([]api.HiveView, 0, len(r.hives))
 	for id, e := range r.hives {
 		if now.Sub(e.lastSeen) > r.forget {
 			delete(r.hives, id)
@@ -84,10 +71,10 @@ func (r *Registry) Hives(now time.Time) []HiveView {
 				w[i].State, w[i].StateReason = scheduler.StateOffline, reason
 			}
 		}
-		out = append(out, HiveView{HiveID: id, Online: online, LastSeen: e.lastSeen.UTC(), Workers: w, Leases: e.t.Leases,
+		out = append(out, api.HiveView{HiveID: id, Online: online, LastSeen: e.lastSeen.UTC(), Workers: w, Leases: e.t.Leases,
 			Catalog: e.t.Catalog, GPUs: e.t.GPUs, Managed: e.t.Managed})
 	}
-	slices.SortFunc(out, func(a, b HiveView) int { return strings.Compare(a.HiveID, b.HiveID) })
+	slices.SortFunc(out, func(a, b api.HiveView) int { return strings.Compare(a.HiveID, b.HiveID) })
 	return out
 }
 

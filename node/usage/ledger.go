@@ -137,7 +137,7 @@ func (l *Ledger) Totals() map[[2]string]Totals {
 }
 
 // Rows sums the buckets that overlap the since before now.
-func (l *Ledger) Rows(since time.Duration, now time.Time) []Row {
+func (l *Ledger) Rows(since time.Duration, now time.Time) []wsapi.UsageRow {
 	return Sum(l.Buckets(now), since, now)
 }
 

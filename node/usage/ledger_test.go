@@ -23,11 +23,11 @@ func TestLedger_SinceCountsOverlappingBuckets(t *testing.T) {
 	now := t0.Add(5 * time.Minute)
 	for _, tc := range []struct {
 		since time.Duration
-		want  []Row
+		want  []wsapi.UsageRow
 	}{
-		{time.Minute, []Row{{Key: "a", Model: "m", Requests: 1, PromptTokens: 1, CompletionTokens: 2, QueueWaitP50MS: 0.5, QueueWaitP99MS: 0.5},
+		{time.Minute, []wsapi.UsageRow{{Key: "a", Model: "m", Requests: 1, PromptTokens: 1, CompletionTokens: 2, QueueWaitP50MS: 0.5, QueueWaitP99MS: 0.5},
 			{Key: "b", Model: "m", Requests: 1, PromptTokens: 4, CompletionTokens: 4, QueueWaitP50MS: 0.5, QueueWaitP99MS: 0.5}}},
-		{4 * time.Hour, []Row{{Key: "a", Model: "m", Requests: 2, PromptTokens: 11, CompletionTokens: 7, QueueWaitP50MS: 0.5, QueueWaitP99MS: 0.5},
+		{4 * time.Hour, []wsapi.UsageRow{{Key: "a", Model: "m", Requests: 2, PromptTokens: 11, CompletionTokens: 7, QueueWaitP50MS: 0.5, QueueWaitP99MS: 0.5},
 			{Key: "b", Model: "m", Requests: 1, PromptTokens: 4, CompletionTokens: 4, QueueWaitP50MS: 0.5, QueueWaitP99MS: 0.5}}},
 	} {
 		got := l.Rows(tc.since, now)

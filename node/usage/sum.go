@@ -9,29 +9,16 @@ import (
 	"github.com/rbee/rbee/wsapi"
 )
 
-// Row is one API key's use of one model over a span: a row of GET /v1/usage.
-type Row struct {
-	Key              string `json:"key"`
-	Model            string `json:"model"`
-	Requests         int64  `json:"requests"`
-	PromptTokens     int64  `json:"prompt_tokens"`
-	CompletionTokens int64  `json:"completion_tokens"`
-	// The queue-wait percentiles are estimates from log-scale bins
-	// (within ±41%; see hist.go), rounded to 0.1 ms.
-	QueueWaitP50MS float64 `json:"queue_wait_p50_ms"`
-	QueueWaitP99MS float64 `json:"queue_wait_p99_ms"`
-}
-
 // Sum adds up, per key and model, the buckets that overlap the since before
 // now (a since beyond Window is taken as Window). Buckets are ten minutes
 // long, so the span is rounded out to whole buckets: since=1h covers
 // between 60 and 70 minutes. Rows come sorted by key, then model.
-func Sum(buckets []wsapi.UsageBucket, since time.Duration, now time.Time) []Row {
+func Sum(buckets []wsapi.UsageBucket, since time.Duration, now time.Time) []wsapi.UsageRow {
 	since = min(since, Window)
 	// A bucket overlaps (now-since, now] when it ends after now-since.
 	from := now.Add(-since).Unix() - wsapi.UsageBucketSeconds
 	type acc struct {
-		row  Row
+		row  wsapi.UsageRow
 		wait [waitBins]int64
 	}
 	accs := map[seriesKey]*acc{}
@@ -43,7 +30,7 @@ func Sum(buckets []wsapi.UsageBucket, since time.Duration, now time.Time) []Row 
 		k := seriesKey{b.Key, b.Model}
 		a := accs[k]
 		if a == nil {
-			a = &acc{row: Row{Key: b.Key, Model: b.Model}}
+			a = &acc{row: wsapi.UsageRow{Key: b.Key, Model: b.Model}}
 			accs[k] = a
 		}
 		a.row.Requests += b.Requests
@@ -55,13 +42,13 @@ func Sum(buckets []wsapi.UsageBucket, since time.Duration, now time.Time) []Row 
 			}
 		}
 	}
-	out := make([]Row, 0, len(accs))
+	out := make([]wsapi.UsageRow, 0, len(accs))
 	for _, a := range accs {
 		a.row.QueueWaitP50MS = round1(percentileMS(&a.wait, 0.50))
 		a.row.QueueWaitP99MS = round1(percentileMS(&a.wait, 0.99))
 		out = append(out, a.row)
 	}
-	slices.SortFunc(out, func(a, b Row) int { return cmp.Or(cmp.Compare(a.Key, b.Key), cmp.Compare(a.Model, b.Model)) })
+	slices.SortFunc(out, func(a, b wsapi.UsageRow) int { return cmp.Or(cmp.Compare(a.Key, b.Key), cmp.Compare(a.Model, b.Model)) })
 	return out
 }
 

@@ -1,4 +1,4 @@
-package node
+package api
 
 import (
 	"bytes"
@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
 	"github.com/coder/websocket"
+
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -44,10 +46,10 @@ func (c *Client) Close() { c.hc.CloseIdleConnections() }
 // DialFeed opens the node's live feed (hive_telemetry and queen events).
 func (c *Client) DialFeed(ctx context.Context) (*websocket.Conn, error) {
 	scheme := map[string]string{"http": "ws", "https": "wss"}[c.scheme]
-	url := scheme + "://" + c.addr + wsapi.FeedPath
-	conn, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: c.ws})
+	u := scheme + "://" + c.addr + PathFeed
+	conn, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPClient: c.ws})
 	if err != nil {
-		return nil, fmt.Errorf("dial feed %s: %w", url, explainTLS(err, c.scheme))
+		return nil, fmt.Errorf("dial feed %s: %w", u, explainTLS(err, c.scheme))
 	}
 	return conn, nil
 }
@@ -134,9 +136,7 @@ func (c *Client) Cluster(ctx context.Context) (*ClusterView, error) {
 // Join asks the node to join the cluster at addrs and returns how many
 // answered.
 func (c *Client) Join(ctx context.Context, addrs []string) (int, error) {
-	var out struct {
-		Joined int `json:"joined"`
-	}
+	var out JoinResult
 	err := c.do(ctx, http.MethodPost, PathAdminJoin, JoinRequest{Addrs: addrs}, &out)
 	return out.Joined, err
 }
@@ -150,4 +150,13 @@ func (c *Client) Leave(ctx context.Context, drain time.Duration) error {
 // RegisterWorker tells the node about a worker `rbee worker run` started.
 func (c *Client) RegisterWorker(ctx context.Context, reg WorkerRegistration) error {
 	return c.do(ctx, http.MethodPost, PathAdminWorkers, reg, nil)
+}
+
+// Usage asks the node for the cluster's usage over the last since.
+func (c *Client) Usage(ctx context.Context, since time.Duration) (*UsageView, error) {
+	var v UsageView
+	if err := c.do(ctx, http.MethodGet, PathUsage+"?since="+url.QueryEscape(since.String()), nil, &v); err != nil {
+		return nil, err
+	}
+	return &v, nil
 }

@@ -1,0 +1,43 @@
+package api
+
+import "github.com/rbee/rbee/wsapi"
+
+// Default ports: 7833 for HTTP (the API, feed and dashboard) and 7946 for
+// gossip (memberlist's and serf's usual port).
+const (
+	DefaultHTTPPort   = 7833
+	DefaultGossipPort = 7946
+)
+
+// rbee's own paths, served by every node.
+const (
+	PathHealth  = "/healthz"
+	PathCluster = "/v1/cluster"
+	// PathUsage is the cluster's token usage by API key and model.
+	PathUsage        = "/v1/usage"
+	PathAdminJoin    = "/v1/admin/join"
+	PathAdminLeave   = "/v1/admin/leave"
+	PathAdminMembers = "/v1/admin/members"
+	PathAdminWorkers = "/v1/admin/workers"
+	// PathHiveHeartbeat is where the seed's hives post their telemetry.
+	PathHiveHeartbeat = "/v1/hive-heartbeat"
+	// PathFeed is the live feed (WebSocket, or SSE) of hive_telemetry and
+	// queen events; PathSession is a node's session to the queen.
+	PathFeed    = wsapi.FeedPath
+	PathSession = wsapi.SessionPath
+	// PathHiveProxy prefixes an inference path on the hive that owns the
+	// leased worker: POST /v1/hive/proxy/v1/chat/completions.
+	PathHiveProxy = "/v1/hive/proxy"
+)
+
+// The OpenAI-compatible API every node serves. Any other OpenAI-style POST
+// under /v1/ routes the same way; these are the ones rbee treats specially.
+const (
+	PathChat        = "/v1/chat/completions"
+	PathCompletions = "/v1/completions"
+	PathEmbeddings  = "/v1/embeddings"
+	PathModels      = "/v1/models"
+	// PathResponses is OpenAI's Responses API, which the Vercel AI SDK's
+	// default provider calls.
+	PathResponses = "/v1/responses"
+)
