@@ -34,7 +34,7 @@ type LeaseRequest struct {
 	// comments from them).
 	Progress bool `json:"progress,omitempty"`
 	// The API key's tenant (omitted without one): its name (never the
-	// key), priority ("batch", or "" for interactive), weight among its
+	// key), priority (PriorityBatch, or "" for interactive), weight among its
 	// class, caps (0: none), and how long the client's request has waited
 	// already (a request asked again after a failover keeps its age).
 	Key           string  `json:"key,omitempty"`
@@ -48,6 +48,10 @@ type LeaseRequest struct {
 	// affinity; never the text itself.
 	Conversation string `json:"conversation,omitempty"`
 }
+
+// PriorityBatch is LeaseRequest.Priority for a batch tenant's request, which
+// waits behind every interactive one; "" is interactive.
+const PriorityBatch = "batch"
 
 // LeaseCancel withdraws a waiting request.
 type LeaseCancel struct {

@@ -174,7 +174,7 @@ func (lc *LeaseClient) Ask(ctx context.Context, a Ask) (*wsapi.LeaseGrant, *wsap
 	if t := a.Tenant; t != nil {
 		p.msg.Key, p.msg.Weight, p.msg.MaxConcurrent, p.msg.PerMinute = t.Name, t.Weight, t.MaxConcurrent, t.PerMinute
 		if t.Class == tenants.Batch {
-			p.msg.Priority = tenants.Batch
+			p.msg.Priority = wsapi.PriorityBatch
 		}
 	}
 	lc.mu.Lock()

@@ -103,7 +103,7 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 			Deadline: now.Add(time.Duration(m.WaitMS) * time.Millisecond), Hive: m.Hive, Worker: m.Worker, Progress: m.Progress,
 			Key: m.Key, Weight: m.Weight, MaxConcurrent: m.MaxConcurrent, PerMinute: m.PerMinute, Conversation: m.Conversation,
 			Arrived: now.Add(-time.Duration(m.WaitedMS) * time.Millisecond)}
-		if m.Priority == "batch" {
+		if m.Priority == wsapi.PriorityBatch {
 			r.Class = scheduler.ClassBatch
 		}
 		g, err := s.Request(r, now)

@@ -25,10 +25,11 @@ import (
 	"github.com/rbee/rbee/wsapi"
 )
 
-// Priority classes, as the file names them.
+// Priority classes, as the file names them; a batch tenant's requests carry
+// Batch on the wire.
 const (
 	Interactive = "interactive"
-	Batch       = "batch"
+	Batch       = wsapi.PriorityBatch
 )
 
 // Tenant is one API key's rules.
