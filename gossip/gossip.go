@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/rbee/rbee/internal/backoff"
 )
 
 // Gossip is one node's membership: memberlist plus the queen watcher. Create it
@@ -223,10 +225,14 @@ const maxFollowsName = 64
 // forgets deaths it confirmed that failure detection never did.
 const housekeepingInterval = time.Second
 
+// joinRetry spaces out the join loop's attempts: quick while the seeds may be
+// starting with this node, then every 5 s for as long as none answers.
+var joinRetry = backoff.Policy{First: 200 * time.Millisecond, Max: 5 * time.Second}
+
 func (g *Gossip) joinLoop(ctx context.Context) {
 	deadline := time.NewTimer(g.cfg.JoinTimeout)
 	defer deadline.Stop()
-	backoff := 200 * time.Millisecond
+	retry := backoff.New(joinRetry)
 	for attempt := 1; ; attempt++ {
 		n, err := g.joinEach(ctx, g.seeds)
 		if err == nil || n > 0 {
@@ -239,7 +245,7 @@ func (g *Gossip) joinLoop(ctx context.Context) {
 		if attempt == 1 {
 			g.log.Warn("join failed; retrying in the background", "seeds", strings.Join(g.seeds, ","), "err", g.explainJoin(g.seeds, err))
 		} else {
-			g.log.Debug("join failed, retrying", "seeds", strings.Join(g.seeds, ","), "err", oneLine{err}, "retry_in", backoff)
+			g.log.Debug("join failed, retrying", "seeds", strings.Join(g.seeds, ","), "err", oneLine{err}, "retry_in", retry.Delay())
 		}
 		select {
 		case <-ctx.Done():
@@ -247,9 +253,9 @@ func (g *Gossip) joinLoop(ctx context.Context) {
 		case <-deadline.C:
 			g.log.Warn("no seed answered; acting alone, and still trying them", "seeds", strings.Join(g.seeds, ","), "after", g.cfg.JoinTimeout)
 			g.settle()
-		case <-time.After(backoff):
+		case <-time.After(retry.Delay()):
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		retry.Advance()
 	}
 }
 

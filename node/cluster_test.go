@@ -17,6 +17,7 @@ import (
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/node/api"
+	"github.com/rbee/rbee/node/hive"
 	"github.com/rbee/rbee/node/nodetest"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -28,7 +29,7 @@ type fakeCollector struct {
 
 func (f fakeCollector) Collect(context.Context) ([]wsapi.ProcessStats, error) { return f.fn() }
 
-func staticWorkers(ws ...wsapi.ProcessStats) node.Collector {
+func staticWorkers(ws ...wsapi.ProcessStats) hive.Collector {
 	return fakeCollector{fn: func() ([]wsapi.ProcessStats, error) { return ws, nil }}
 }
 

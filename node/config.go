@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/rbee/rbee/gossip"
 	"github.com/rbee/rbee/node/api"
+	"github.com/rbee/rbee/node/hive"
 	"github.com/rbee/rbee/node/hive/models"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -18,27 +18,6 @@ import (
 // Version is this build's rbee version, sent in gossip metadata and session
 // handshakes.
 const Version = "0.1.0"
-
-// Collector tells a hive which workers run on its machine and how they are
-// doing. It is called once per telemetry tick; it must return promptly and
-// report what it can (a partial list and an error) rather than nothing.
-type Collector interface {
-	Collect(ctx context.Context) ([]wsapi.ProcessStats, error)
-}
-
-// WorkerRegistrar takes workers announced over the local API by `rbee worker
-// run`: their pid and, when the user named them, model and slots. The hive's
-// collector implements it.
-type WorkerRegistrar interface {
-	RegisterWorker(group, instance string, pid int32, model string, slots int) error
-}
-
-// NoWorkers is the Collector of a node with no workers: it still reports, so
-// the queen sees the hive online.
-type NoWorkers struct{}
-
-// Collect returns no workers.
-func (NoWorkers) Collect(context.Context) ([]wsapi.ProcessStats, error) { return nil, nil }
 
 // Config is everything a node needs. Zero values mean the defaults of
 // DefaultConfig, except Name and the addresses.
@@ -69,7 +48,7 @@ type Config struct {
 	// gossip.RoleHive (runs workers).
 	Roles         []string
 	QueenPriority int
-	Collector     Collector
+	Collector     hive.Collector
 	Logger        *slog.Logger
 
 	// TelemetryInterval is how often hives report (the queen tells them).
@@ -119,7 +98,7 @@ func DefaultConfig() Config {
 		GossipAddr: fmt.Sprintf("127.0.0.1:%d", api.DefaultGossipPort),
 		HTTPAddr:   fmt.Sprintf("127.0.0.1:%d", api.DefaultHTTPPort),
 		Roles:      []string{gossip.RoleQueen, gossip.RoleHive},
-		Collector:  NoWorkers{},
+		Collector:  hive.NoWorkers{},
 		// The seed notes: telemetry every 1 s, a hive online while it
 		// reported within 3 s (three missed reports), a queen event every
 		// 2.5 s.

@@ -72,14 +72,17 @@ func TestDown_OnlyWorkerDownFailsAtOnceNamingIt(t *testing.T) {
 		}
 		for _, h := range a.Registry().Hives(time.Now()) {
 			for _, w := range h.Workers {
+				if h.HiveID+"/"+w.ID() != worker {
+					continue
+				}
 				if w.State == scheduler.StateDown && w.StateReason == "the hive cannot reach it: "+cause &&
 					w.Health == "down" && w.HealthReason == cause {
 					return nil
 				}
-				return fmt.Errorf("worker %s: state %q (%q), health %q (%q)", w.ID(), w.State, w.StateReason, w.Health, w.HealthReason)
+				return fmt.Errorf("worker %s: state %q (%q), health %q (%q)", worker, w.State, w.StateReason, w.Health, w.HealthReason)
 			}
 		}
-		return fmt.Errorf("no worker reported yet")
+		return fmt.Errorf("worker %s not reported yet", worker)
 	})
 	for _, n := range []*nodetest.Node{a, c} {
 		if ms := servedModels(t, n.HTTPAddr()); len(ms) != 0 {

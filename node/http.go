@@ -287,8 +287,7 @@ func (n *Node) handleMembers(w http.ResponseWriter, r *http.Request) {
 }
 
 func (n *Node) handleRegisterWorker(w http.ResponseWriter, r *http.Request) {
-	reg, ok := n.cfg.Collector.(WorkerRegistrar)
-	if !ok || !n.cfg.hasRole(gossip.RoleHive) {
+	if n.hive == nil || !n.hive.TakesRegistrations() {
 		proxy.WriteError(w, http.StatusConflict, "not_a_hive", "this node reports no workers (start it with the hive role)")
 		return
 	}
@@ -307,7 +306,7 @@ func (n *Node) handleRegisterWorker(w http.ResponseWriter, r *http.Request) {
 		proxy.WriteError(w, http.StatusBadRequest, "invalid_request_error", "pid must be positive, slots not negative, model at most 512 bytes")
 		return
 	}
-	if err := reg.RegisterWorker(req.Group, req.Instance, req.PID, req.Model, req.Slots); err != nil {
+	if err := n.hive.RegisterWorker(req.Group, req.Instance, req.PID, req.Model, req.Slots); err != nil {
 		proxy.WriteError(w, http.StatusBadRequest, "invalid_request_error", err.Error())
 		return
 	}

@@ -3,43 +3,90 @@ package node_test
 import (
 	"go/parser"
 	"go/token"
-	"os"
+	"io/fs"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 )
 
-// The queen is not on the data path, and the data plane does not schedule:
-// node/proxy and node/queen never import each other, nor node (which imports
-// both).
-func TestLayout_PlanesDoNotImportEachOther(t *testing.T) {
-	const mod = "github.com/rbee/rbee/"
-	for dir, banned := range map[string][]string{
-		"proxy": {mod + "node/queen", mod + "node"},
-		"queen": {mod + "node/proxy", mod + "node"},
-	} {
-		files, err := filepath.Glob(filepath.Join(dir, "*.go"))
-		if err != nil || len(files) == 0 {
-			t.Fatalf("no Go files in node/%s: %v", dir, err)
+const mod = "github.com/rbee/rbee/"
+
+// layoutRules are the rooms' walls: which rbee packages each room (a package
+// and those below it) may import, test files included. allow lists all it
+// may import (nil: any but ban); ban lists what it must never import, each
+// with those below it, except "node" itself (whose subpackages are the
+// rooms).
+var layoutRules = []struct {
+	room       string
+	allow, ban []string
+	why        string
+}{
+	{room: "node/proxy", ban: []string{"node", "node/queen", "node/hive"},
+		why: "the data plane does not schedule and does not run workers: it sees the hive through WorkerEndpoints"},
+	{room: "node/queen", ban: []string{"node", "node/proxy", "node/hive"},
+		why: "the queen is not on the data path and sees hives only through their reports"},
+	{room: "node/hive", ban: []string{"node", "node/proxy", "node/queen"},
+		why: "a hive sees the data plane only through hive.Leases, the queen only through the node's session"},
+	{room: "node/api", allow: []string{"wsapi"},
+		why: "the CLI reads the cluster through node/api without linking the server"},
+	{room: "node/usage", allow: []string{"wsapi"},
+		why: "the usage ledger is a leaf: the data plane records into it, never the other way"},
+	{room: "scheduler", allow: []string{"internal/backoff"},
+		why: "the scheduler is pure logic: no I/O, no goroutines, no clock"},
+}
+
+func TestLayout_RoomsImportOnlyWhatTheyMay(t *testing.T) {
+	for _, rule := range layoutRules {
+		dir := filepath.Join("..", filepath.FromSlash(rule.room))
+		if rule.room == "node" || strings.HasPrefix(rule.room, "node/") {
+			dir = filepath.FromSlash(strings.TrimPrefix(strings.TrimPrefix(rule.room, "node"), "/"))
 		}
-		for _, f := range files {
-			src, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
+		files := 0
+		err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !strings.HasSuffix(path, ".go") {
+				return err
 			}
-			af, err := parser.ParseFile(token.NewFileSet(), f, src, parser.ImportsOnly)
+			files++
+			af, err := parser.ParseFile(token.NewFileSet(), path, nil, parser.ImportsOnly)
 			if err != nil {
-				t.Fatal(err)
+				return err
 			}
 			for _, imp := range af.Imports {
-				path, _ := strconv.Unquote(imp.Path.Value)
-				for _, b := range banned {
-					if path == b || (strings.HasPrefix(path, b+"/") && b != mod+"node") {
-						t.Errorf("%s imports %s", f, path)
-					}
+				p, _ := strconv.Unquote(imp.Path.Value)
+				own, ok := strings.CutPrefix(p, mod)
+				if !ok {
+					continue
+				}
+				if bad := breaks(rule.room, own, rule.allow, rule.ban); bad {
+					t.Errorf("%s imports %s: %s", path, p, rule.why)
 				}
 			}
+			return nil
+		})
+		if err != nil || files == 0 {
+			t.Fatalf("room %s: %d Go files under %s: %v", rule.room, files, dir, err)
 		}
 	}
+}
+
+// breaks reports whether a file of room may not import the rbee package own.
+func breaks(room, own string, allow, ban []string) bool {
+	if own == room || strings.HasPrefix(own, room+"/") {
+		return false // within the room
+	}
+	if allow != nil {
+		for _, a := range allow {
+			if own == a {
+				return false
+			}
+		}
+		return true
+	}
+	for _, b := range ban {
+		if own == b || (b != "node" && strings.HasPrefix(own, b+"/")) {
+			return true
+		}
+	}
+	return false
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/rbee/rbee/internal/backoff"
 )
 
 // tlsHandshakeRecord is the first byte of every TLS connection (a handshake
@@ -39,6 +41,10 @@ type muxListener struct {
 	sniffing map[net.Conn]struct{} // closed by Close, so it need not wait sniffTimeout
 }
 
+// acceptRetry spaces out Accept after an error (out of file descriptors,
+// say), as net/http's Serve does: 5 ms, doubling, at most a second.
+var acceptRetry = backoff.Policy{First: 5 * time.Millisecond, Max: time.Second}
+
 func newMuxListener(ln net.Listener, cfg *tls.Config) *muxListener {
 	m := &muxListener{Listener: ln, tls: cfg, conns: make(chan net.Conn), done: make(chan struct{}), ended: make(chan struct{}), sniffing: map[net.Conn]struct{}{}}
 	m.wg.Go(m.acceptLoop)
@@ -47,7 +53,7 @@ func newMuxListener(ln net.Listener, cfg *tls.Config) *muxListener {
 
 func (m *muxListener) acceptLoop() {
 	defer close(m.ended)
-	var backoff time.Duration
+	retry := backoff.New(acceptRetry)
 	for {
 		c, err := m.Listener.Accept()
 		if err != nil {
@@ -57,8 +63,8 @@ func (m *muxListener) acceptLoop() {
 			}
 			// Out of file descriptors (EMFILE) and the like pass: wait
 			// as net/http's Serve does rather than stop serving for good.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			t := time.NewTimer(backoff)
+			t := time.NewTimer(retry.Delay())
+			retry.Advance()
 			select {
 			case <-m.done:
 				t.Stop()
@@ -68,7 +74,7 @@ func (m *muxListener) acceptLoop() {
 			}
 			continue
 		}
-		backoff = 0
+		retry.Reset()
 		m.wg.Go(func() { m.sniff(c) })
 	}
 }

@@ -22,7 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rbee/rbee/gossip"
-	"github.com/rbee/rbee/node/hive/models"
+	"github.com/rbee/rbee/node/hive"
 	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/node/queen"
 	"github.com/rbee/rbee/node/tenants"
@@ -56,17 +56,11 @@ type Node struct {
 	proxy  *proxy.Proxy
 	// usage counts what this node answered as entry node (usage.go).
 	usage *usage.Ledger
-	// models starts and stops the workers of a hive with a catalog (nil
-	// without one); reportNow asks the uplink for a report at once, so a
-	// worker that got ready is used within milliseconds, not a second.
+	// hive is what this node does as a hive (nil without the hive role).
+	hive *hive.Agent
 	// keys are the API keys file's tenants (nil without one).
-	keys      *tenants.File
-	models    *models.Manager
-	reportNow chan struct{}
-	// lastWorkers is the last collection, for reports between ticks;
-	// only the uplink's goroutine touches it.
-	lastWorkers []wsapi.ProcessStats
-	metrics     *prometheus.Registry
+	keys    *tenants.File
+	metrics *prometheus.Registry
 	// hc asks the queen for its view and dials sessions and feeds; its
 	// idle connections are closed at shutdown.
 	hc *http.Client
@@ -104,17 +98,16 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{
-		cfg:       cfg,
-		log:       cfg.Logger.With("node", cfg.Name),
-		start:     time.Now(),
-		hub:       wsapi.NewHub(0),
-		hc:        &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
-		metrics:   prometheus.NewRegistry(),
-		leaveCh:   make(chan time.Duration, 1),
-		reportNow: make(chan struct{}, 1),
-		usage:     usage.NewLedger(),
-		runDone:   make(chan struct{}),
-		stopped:   make(chan struct{}),
+		cfg:     cfg,
+		log:     cfg.Logger.With("node", cfg.Name),
+		start:   time.Now(),
+		hub:     wsapi.NewHub(0),
+		hc:      &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
+		metrics: prometheus.NewRegistry(),
+		leaveCh: make(chan time.Duration, 1),
+		usage:   usage.NewLedger(),
+		runDone: make(chan struct{}),
+		stopped: make(chan struct{}),
 	}
 	serverTLS, err := n.setupTLS()
 	if err != nil {
@@ -240,8 +233,9 @@ func (n *Node) url(addr, path string, ws bool) string {
 // cluster's mutual TLS: proof that the caller holds the key.
 func (n *Node) isPeer(r *http.Request) bool { return n.tls.IsPeer(r.TLS) }
 
-// newPlanes builds the control plane (the queen) and the data plane (the
-// proxy), each seeing the node through its own small interfaces.
+// newPlanes builds the control plane (the queen), the hive (with the hive
+// role) and the data plane (the proxy), each seeing the node through its own
+// small interfaces.
 func (n *Node) newPlanes() error {
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{Name: "rbee_build_info", Help: "1, labelled with the rbee and Go versions of this node.",
 		ConstLabels: prometheus.Labels{"version": Version, "goversion": runtime.Version()}})
@@ -266,8 +260,13 @@ func (n *Node) newPlanes() error {
 		return err
 	}
 	n.queen = q
-	collected, _ := n.cfg.Collector.(proxy.WorkerEndpoints)
-	workers := &endpoints{n: n, collected: collected}
+	var workers proxy.WorkerEndpoints // nil: this node serves no worker
+	if n.cfg.hasRole(gossip.RoleHive) {
+		if n.hive, err = n.newHive(); err != nil {
+			return err
+		}
+		workers = n.hive
+	}
 	p, err := proxy.New(proxy.Config{
 		Name:         n.cfg.Name,
 		Start:        n.start,
@@ -287,57 +286,35 @@ func (n *Node) newPlanes() error {
 		return err
 	}
 	n.proxy = p
-	return n.newModels()
-}
-
-// newModels sets up the model lifecycle of a hive that has a catalog.
-func (n *Node) newModels() error {
-	if n.cfg.Models == nil || !n.cfg.hasRole(gossip.RoleHive) {
-		return nil
-	}
-	mc := *n.cfg.Models
-	mc.Logger = n.log
-	mc.Metrics = n.metrics
-	mc.Leases = n.proxy.WorkerLeases
-	mc.Drain = n.proxy.Drain
-	mc.Notify = func() {
-		select {
-		case n.reportNow <- struct{}{}:
-		default:
-		}
-	}
-	if reg, ok := n.cfg.Collector.(WorkerRegistrar); ok {
-		mc.Register = func(instance string, pid int, model string, slots int) error {
-			return reg.RegisterWorker(wsapi.ManagedGroup, instance, int32(pid), model, slots)
-		}
-	}
-	m, err := models.New(mc)
-	if err != nil {
-		return err
-	}
-	n.models = m
 	return nil
 }
 
-// endpoints finds a worker's API: a worker rbee started listens on its
-// port, known from the moment it is ready (before a collection lists it);
-// any other is the collector's.
-type endpoints struct {
-	n         *Node
-	collected proxy.WorkerEndpoints
+// newHive sets up what this node does as a hive: its reports, and the
+// model lifecycle when it has a catalog.
+func (n *Node) newHive() (*hive.Agent, error) {
+	return hive.New(hive.Config{
+		Name:           n.cfg.Name,
+		Collector:      n.cfg.Collector,
+		CollectTimeout: n.cfg.TelemetryInterval,
+		Models:         n.cfg.Models,
+		Leases:         (*hiveLeases)(n),
+		Metrics:        n.metrics,
+		Logger:         n.log,
+	})
 }
 
-func (e *endpoints) Endpoint(group, instance string) string {
-	if group == wsapi.ManagedGroup && e.n.models != nil {
-		if ep := e.n.models.Endpoint(instance); ep != "" {
-			return ep
-		}
-	}
-	if e.collected == nil {
-		return ""
-	}
-	return e.collected.Endpoint(group, instance)
+// hiveLeases is the data plane's lease table as the hive sees it. The hive
+// is made before the proxy (which needs the hive to find its workers), so
+// the table is reached through the node.
+type hiveLeases Node
+
+func (l *hiveLeases) ReportLeases(workers []wsapi.ProcessStats, now time.Time) []wsapi.LeaseInfo {
+	return l.proxy.ReportLeases(workers, now)
 }
+func (l *hiveLeases) WorkerLeases(worker string) (int, time.Time) {
+	return l.proxy.WorkerLeases(worker)
+}
+func (l *hiveLeases) Drain(worker string) { l.proxy.Drain(worker) }
 
 // members is the node's gossip as the queen sees it. The gossip layer is
 // made after the planes (it needs the advertised HTTP address, which needs
@@ -401,8 +378,6 @@ func (n *Node) Members() []gossip.Member { return n.gossip.Members() }
 // Handler is the node's HTTP API, as Run serves it.
 func (n *Node) Handler() http.Handler { return n.http.Handler }
 
-func (n *Node) isQueen() bool { return n.queen.IsQueen() }
-
 // Run serves until ctx ends or the node leaves (Leave, or POST
 // /v1/admin/leave), then returns once everything it started has ended. When
 // ctx ends first the node stops at once: it still tells the cluster it is
@@ -438,8 +413,8 @@ func (n *Node) Run(ctx context.Context) error {
 	// Every node keeps a session to the queen: hives report on it, and
 	// every node asks it for leases.
 	eg.Go(func() error { return n.runUplink(ectx) })
-	if n.models != nil {
-		eg.Go(func() error { return n.models.Run(ectx) })
+	if n.hive != nil {
+		eg.Go(func() error { return n.hive.Run(ectx) })
 	}
 	if n.keys != nil {
 		eg.Go(func() error { return n.keys.Run(ectx) })
@@ -542,8 +517,8 @@ func (n *Node) stop(ctx context.Context, announce bool) {
 		n.queen.Close()
 		n.hc.CloseIdleConnections()
 		n.proxy.Close()
-		if n.models != nil {
-			n.models.Close() // a node that never ran started no engine; this frees nothing then
+		if n.hive != nil {
+			n.hive.Close() // a node that never ran started no engine; this frees nothing then
 		}
 	})
 	<-n.stopped

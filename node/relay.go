@@ -7,6 +7,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/rbee/rbee/internal/backoff"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -15,7 +16,7 @@ import (
 // republishes every event to its own readers. Readers stay connected across a
 // failover; only the upstream changes.
 func (n *Node) runRelay(ctx context.Context) error {
-	var retry backoff
+	retry := backoff.New(redial)
 	for {
 		readers, readersChanged := n.hub.Readers()
 		q, ok, queenChanged := n.gossip.WatchQueen()
@@ -33,11 +34,11 @@ func (n *Node) runRelay(ctx context.Context) error {
 			return nil
 		}
 		if err == nil {
-			retry.reset()
+			retry.Reset()
 			continue
 		}
-		n.log.Debug("feed relay", "queen", q.Name, "err", err, "retry_in", retry.next())
-		if !retry.wait(ctx, queenChanged) {
+		n.log.Debug("feed relay", "queen", q.Name, "err", err, "retry_in", retry.Delay())
+		if !retry.Wait(ctx, queenChanged) {
 			return nil
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/node/api"
+	"github.com/rbee/rbee/node/hive"
 	"github.com/rbee/rbee/node/nodetest"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -153,7 +154,7 @@ func workersOf(model string, slots int, fws ...*fakeWorker) endpointCollector {
 
 // routeCluster is a queen-and-hive a (workers wa), a hive b (workers wb) and
 // an entry-only node c, all agreed and with every worker known to the queen.
-func routeCluster(t testing.TB, ca, cb node.Collector, opts ...nodetest.Option) (a, b, c *nodetest.Node) {
+func routeCluster(t testing.TB, ca, cb hive.Collector, opts ...nodetest.Option) (a, b, c *nodetest.Node) {
 	t.Helper()
 	a = nodetest.Start(t, "a", append([]nodetest.Option{nodetest.WithCollector(ca)}, opts...)...)
 	b = nodetest.Start(t, "b", append([]nodetest.Option{nodetest.WithCollector(cb), nodetest.WithRoles(gossip.RoleHive), nodetest.WithJoin(a.GossipAddr())}, opts...)...)

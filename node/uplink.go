@@ -4,22 +4,25 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
+	"log/slog"
 	"net"
-	"slices"
 	"syscall"
 	"time"
 
 	"github.com/rbee/rbee/gossip"
+	"github.com/rbee/rbee/internal/backoff"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/wsapi"
 )
 
-// Redial backoff for the uplink: the first retry is quick (the queen may just
-// be restarting its listener), later ones back off so a long outage costs one
-// dial every 5 s per node, not a storm.
+// redial spaces out the redials of the uplink and the feed relay: the first
+// retry is quick (the queen may just be restarting its listener), later ones
+// back off so a long outage costs one dial every 5 s per node, not a storm;
+// each wait is jittered by ±20% so a new queen is not hit by every node in the
+// same millisecond.
+var redial = backoff.Policy{First: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.2}
+
 const (
-	redialMin = 100 * time.Millisecond
-	redialMax = 5 * time.Second
 	// uplinkPingInterval: the queen sends a node nothing in steady state,
 	// so the node's keepalive pings on every interval. Gossip already
 	// replaces a dead queen within seconds; the ping only covers a broken
@@ -33,7 +36,7 @@ const (
 // queen changes it hangs up and dials the new one at once; when a dial fails
 // it retries with capped exponential backoff.
 func (n *Node) runUplink(ctx context.Context) error {
-	var retry backoff
+	retry := backoff.New(redial)
 	failing := false
 	for {
 		q, ok, changed := n.gossip.WatchQueen()
@@ -53,25 +56,25 @@ func (n *Node) runUplink(ctx context.Context) error {
 			continue // the election moves on without it: dial the next queen now
 		}
 		if opened {
-			retry.reset()
+			retry.Reset()
 			failing = false
 		}
 		select {
 		case <-changed:
 			// A new queen: dial it now, not after a backoff.
-			retry.reset()
+			retry.Reset()
 			continue
 		default:
 		}
 		// Log the first failure of a run at WARN, the retries at DEBUG: a
 		// dead queen is one event, not one line per retry.
 		if !failing {
-			n.log.Warn("session to queen failed", "queen", q.Name, "err", err, "retry_in", retry.next())
+			n.log.Warn("session to queen failed", "queen", q.Name, "err", err, "retry_in", retry.Delay())
 			failing = true
 		} else {
-			n.log.Debug("session to queen failed", "queen", q.Name, "err", err, "retry_in", retry.next())
+			n.log.Debug("session to queen failed", "queen", q.Name, "err", err, "retry_in", retry.Delay())
 		}
-		if !retry.wait(ctx, changed) {
+		if !retry.Wait(ctx, changed) {
 			return nil
 		}
 	}
@@ -108,33 +111,6 @@ func refused(ctx context.Context, addr string) bool {
 	return errors.Is(err, syscall.ECONNREFUSED)
 }
 
-// backoff is a capped exponential backoff for redials; the zero value starts
-// at redialMin.
-type backoff struct{ cur time.Duration }
-
-func (b *backoff) next() time.Duration { return max(b.cur, redialMin) }
-func (b *backoff) reset()              { b.cur = redialMin }
-
-// wait sleeps the next backoff (jittered by +-20% so a new queen is not hit by
-// every node in the same millisecond), then doubles it. A change on changed
-// cuts the wait short and resets the backoff: there is somewhere new to dial.
-// It returns false when ctx ended.
-func (b *backoff) wait(ctx context.Context, changed <-chan struct{}) bool {
-	d := b.next()
-	d = d - d/5 + time.Duration(rand.Int64N(int64(d/5*2+1)))
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-changed:
-		b.reset()
-	case <-t.C:
-		b.cur = min(b.next()*2, redialMax)
-	}
-	return true
-}
-
 // uplink is the session as the lease client sees it.
 type uplink struct {
 	s   *wsapi.Session
@@ -145,14 +121,16 @@ func (u *uplink) Send(msg []byte) error { return u.out.Send(context.Background()
 func (u *uplink) Break()                { u.s.CloseNow() }
 
 // uplinkOnce runs one session to queen q until it breaks, ctx ends, or the
-// queen changes. opened reports whether the handshake succeeded.
+// queen changes. opened reports whether the handshake succeeded. Three
+// goroutines serve the session while it lasts (dispatch of what the queen
+// sends, the keepalive pings, the outbox of lease messages); this one sends
+// the reports.
 func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan struct{}) (opened bool, err error) {
-	url := n.url(q.HTTPAddr, wsapi.SessionPath, true)
 	opts := n.sessionOptions()
 	if n.cfg.Session.PingInterval == 0 {
 		opts.PingInterval = uplinkPingInterval
 	}
-	s, err := wsapi.DialHive(ctx, url, opts)
+	s, err := wsapi.DialHive(ctx, n.url(q.HTTPAddr, api.PathSession, true), opts)
 	if err != nil {
 		return false, err
 	}
@@ -163,37 +141,11 @@ func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan s
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 3)
-	go func() {
-		// The queen sends lease answers; reading also keeps pongs and
-		// its close frame flowing.
-		for {
-			msg, err := s.Read(sctx)
-			if err != nil {
-				errc <- err
-				return
-			}
-			switch m := msg.(type) {
-			case *wsapi.LeaseGrant:
-				leases.OnGrant(m)
-			case *wsapi.LeaseError:
-				leases.OnError(m)
-			case *wsapi.LeaseWait:
-				leases.OnWait(m)
-			case *wsapi.ModelStart:
-				if n.models == nil {
-					log.Warn("queen asked to start a model, but this node has no catalog", "model", m.Model)
-				} else if err := m.Validate(); err != nil {
-					log.Warn("bad model_start from queen", "err", err)
-				} else {
-					n.models.Start(m, q.Name)
-				}
-			}
-		}
-	}()
+	go func() { errc <- n.dispatch(sctx, s, q.Name, log) }()
 	go func() { errc <- s.Keepalive(sctx) }()
 	// Lease requests and releases go out batched (see wsapi.Outbox);
-	// telemetry is written directly, once a second.
-	up := &uplink{s: s, out: wsapi.NewOutbox(s, sessionOutQueue)}
+	// reports are written directly.
+	up := &uplink{s: s, out: wsapi.NewOutbox(s, wsapi.DefaultOutboxQueue)}
 	go func() { errc <- up.out.Run(sctx) }()
 	defer func() {
 		leases.Detach(up)
@@ -205,21 +157,66 @@ func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan s
 	}()
 	leases.Attach(up)
 
-	tick := time.NewTicker(s.Interval)
-	defer tick.Stop()
-	var lastErr string
-	var usageAt time.Time // usage accounting (usage.go): zero sends all
-	hive := n.cfg.hasRole(gossip.RoleHive)
-	fresh := true // collect anew; a lifecycle change reports the last collection
+	broke, err := n.report(ctx, sctx, s, changed, errc)
+	switch {
+	case broke:
+		log.Info("session to queen closed", "reason", wsapi.CloseText(err))
+	case err == nil && ctx.Err() == nil:
+		log.Info("session to queen closed: queen changed")
+	}
+	return true, err
+}
+
+// dispatch reads what the queen sends on s until the session breaks, and
+// hands each message to whom it is for: lease answers to the lease client,
+// model starts to the hive. Reading also keeps pongs and the queen's close
+// frame flowing.
+func (n *Node) dispatch(ctx context.Context, s *wsapi.Session, queen string, log *slog.Logger) error {
+	leases := n.proxy.Leases()
 	for {
-		if hive {
-			t := n.collect(sctx, &lastErr, fresh)
-			if err := s.Write(sctx, t); err != nil {
-				return true, fmt.Errorf("send telemetry: %w", err)
+		msg, err := s.Read(ctx)
+		if err != nil {
+			return err
+		}
+		switch m := msg.(type) {
+		case *wsapi.LeaseGrant:
+			leases.OnGrant(m)
+		case *wsapi.LeaseError:
+			leases.OnError(m)
+		case *wsapi.LeaseWait:
+			leases.OnWait(m)
+		case *wsapi.ModelStart:
+			if n.hive == nil {
+				log.Warn("queen asked to start a model, but this node is no hive", "model", m.Model)
+			} else if err := n.hive.StartModel(m, queen); err != nil {
+				log.Warn("model_start from queen refused", "err", err)
 			}
 		}
-		if err := n.sendUsage(sctx, s, &usageAt); err != nil { // usage accounting (usage.go)
-			return true, err
+	}
+}
+
+// report sends, on s, the hive's telemetry every tick (and at once when the
+// hive asks) and this node's usage when it is due, until a write fails, the
+// session breaks (broke: its reading, keepalive or outbox ended with err, on
+// errc), the queen changes or ctx ends (nil). sctx is the session's own
+// context, which writes use.
+func (n *Node) report(ctx, sctx context.Context, s *wsapi.Session, changed <-chan struct{}, errc chan error) (broke bool, err error) {
+	tick := time.NewTicker(s.Interval)
+	defer tick.Stop()
+	var usageAt time.Time // zero: the first report sends every bucket
+	var reportNow <-chan struct{}
+	if n.hive != nil {
+		reportNow = n.hive.ReportNow()
+	}
+	fresh := true // collect anew; a lifecycle change reports the last collection
+	for {
+		if n.hive != nil {
+			if err := s.Write(sctx, n.hive.Report(sctx, fresh)); err != nil {
+				return false, fmt.Errorf("send telemetry: %w", err)
+			}
+		}
+		if err := n.sendUsage(sctx, s, &usageAt); err != nil {
+			return false, err
 		}
 		// Leaving, the session is dropped without a close handshake: the
 		// old queen is often dead or unreachable (a cut link, a frozen
@@ -228,17 +225,15 @@ func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan s
 		// live queen sees the connection end at once all the same.
 		select {
 		case <-ctx.Done():
-			return true, nil
+			return false, nil
 		case <-changed:
-			log.Info("session to queen closed: queen changed")
-			return true, nil
+			return false, nil
 		case err := <-errc:
 			errc <- err // for the deferred drain
-			log.Info("session to queen closed", "reason", wsapi.CloseText(err))
 			return true, err
 		case <-tick.C:
 			fresh = true
-		case <-n.reportNow:
+		case <-reportNow:
 			// A worker got ready (or stopped, or failed): the queen
 			// hears now, from the last collection and the lifecycle's
 			// state, rather than after a full collection (which asks
@@ -269,47 +264,6 @@ func (n *Node) sendUsage(ctx context.Context, s *wsapi.Session, at *time.Time) e
 		}
 	}
 	return nil
-}
-
-// sessionOutQueue bounds the lease messages queued for the queen: a queen
-// that lets this many pile up is not reading, and the session is dropped.
-const sessionOutQueue = 4096
-
-// collect asks the collector for this tick's workers. A collector error is
-// logged when it first appears or changes, not every second.
-func (n *Node) collect(ctx context.Context, lastErr *string, fresh bool) *wsapi.HiveTelemetry {
-	if !fresh && n.lastWorkers != nil {
-		return n.report(slices.Clone(n.lastWorkers))
-	}
-	cctx, cancel := context.WithTimeout(ctx, n.cfg.TelemetryInterval)
-	defer cancel()
-	workers, err := n.cfg.Collector.Collect(cctx)
-	switch {
-	case err != nil && err.Error() != *lastErr:
-		*lastErr = err.Error()
-		n.log.Warn("collect telemetry", "err", err, "workers", len(workers))
-	case err == nil && *lastErr != "":
-		*lastErr = ""
-		n.log.Info("collect telemetry recovered")
-	}
-	if workers == nil {
-		workers = []wsapi.ProcessStats{}
-	}
-	n.lastWorkers = slices.Clone(workers)
-	return n.report(workers)
-}
-
-// report is this hive's telemetry with workers: the lifecycle's state and
-// the leases it serves added.
-func (n *Node) report(workers []wsapi.ProcessStats) *wsapi.HiveTelemetry {
-	t := &wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: n.cfg.Name}
-	if n.models != nil {
-		workers, t.Catalog, t.GPUs, t.Managed = n.models.Report(workers)
-	}
-	now := time.Now()
-	t.Timestamp, t.Workers = now.UTC(), workers
-	t.Leases = n.proxy.ReportLeases(workers, now)
-	return t
 }
 
 func (n *Node) sessionOptions() *wsapi.SessionOptions {

@@ -11,12 +11,12 @@ import (
 
 	"github.com/rbee/rbee/gossip"
 	"github.com/rbee/rbee/internal/testutil"
-	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/hive"
 	"github.com/rbee/rbee/node/nodetest"
 	"github.com/rbee/rbee/wsapi"
 )
 
-// workerList is a node.Collector that reports a fixed list of workers, which
+// workerList is a hive.Collector that reports a fixed list of workers, which
 // the test may replace.
 type workerList struct {
 	ws atomic.Pointer[[]wsapi.ProcessStats]
@@ -32,7 +32,7 @@ func (l *workerList) set(ws ...wsapi.ProcessStats) { l.ws.Store(&ws) }
 
 func (l *workerList) Collect(context.Context) ([]wsapi.ProcessStats, error) { return *l.ws.Load(), nil }
 
-var _ node.Collector = (*workerList)(nil)
+var _ hive.Collector = (*workerList)(nil)
 
 func ptr[T any](v T) *T { return &v }
 

@@ -40,6 +40,12 @@ type Outbox struct {
 	err     error // the first write error; the session is broken
 }
 
+// DefaultOutboxQueue bounds the lease messages queued for one peer, in either
+// direction (a node's requests and releases for the queen, the queen's answers
+// for a node): a peer that lets this many pile up is not reading, and its
+// session is dropped.
+const DefaultOutboxQueue = 4096
+
 // NewOutbox returns an outbox for s holding up to n messages.
 func NewOutbox(s *Session, n int) *Outbox {
 	return &Outbox{s: s, limit: n, kick: make(chan struct{}, 1)}

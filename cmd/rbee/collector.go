@@ -7,14 +7,14 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/hive"
 	"github.com/rbee/rbee/node/hive/telemetry"
 	"github.com/rbee/rbee/wsapi"
 )
 
 // newCollector builds the hive's telemetry collector from the flags. A node
 // without the hive role reports nothing.
-func newCollector(c *cli.Context, log *slog.Logger) (node.Collector, func() []wsapi.GPUInfo, func(), error) {
+func newCollector(c *cli.Context, log *slog.Logger) (hive.Collector, func() []wsapi.GPUInfo, func(), error) {
 	var specs []telemetry.WorkerSpec
 	for _, v := range c.StringSlice("worker") {
 		// An env var holds one string; workers in it are separated by ';'

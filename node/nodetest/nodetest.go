@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/hive"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -30,7 +31,7 @@ type Node struct {
 type Option func(*node.Config)
 
 // WithCollector makes the node a hive reporting c's workers.
-func WithCollector(c node.Collector) Option { return func(cfg *node.Config) { cfg.Collector = c } }
+func WithCollector(c hive.Collector) Option { return func(cfg *node.Config) { cfg.Collector = c } }
 
 // WithKey gives the node a cluster key.
 func WithKey(k wsapi.Key) Option { return func(cfg *node.Config) { cfg.Key = k } }

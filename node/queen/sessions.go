@@ -14,10 +14,6 @@ import (
 	"github.com/rbee/rbee/wsapi"
 )
 
-// sessionOutQueue bounds the lease answers queued for one node: a node that
-// lets this many pile up is not reading, and is dropped.
-const sessionOutQueue = 4096
-
 // peers delivers an encoded message to a node's session: now, in the
 // caller's goroutine (inline), or queued for the session's writer. It
 // reports false when the node has no session or cannot keep up.
@@ -140,7 +136,7 @@ func (q *Queen) HandleSession(w http.ResponseWriter, r *http.Request) {
 	log := q.log.With("hive", s.Peer, "remote", r.RemoteAddr)
 
 	const replaced = "replaced by a newer session from the same hive"
-	c := conn{s: s, seq: seq, out: wsapi.NewOutbox(s, sessionOutQueue)}
+	c := conn{s: s, seq: seq, out: wsapi.NewOutbox(s, wsapi.DefaultOutboxQueue)}
 	old, had, ok := q.sessions.register(s.Peer, c)
 	if !ok {
 		_ = s.Close(wsapi.CloseReplaced, replaced)

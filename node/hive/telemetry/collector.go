@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rbee/rbee/internal/backoff"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -87,7 +88,7 @@ type CollectorConfig struct {
 	Logger      *slog.Logger
 }
 
-// Collector is a hive's node.Collector: once a tick it lists the workers
+// Collector is a hive's hive.Collector: once a tick it lists the workers
 // (cgroups under rbee.slice and --worker servers), measures them and returns
 // them in the wire's shape. Not safe for concurrent use; the hive calls it
 // from one goroutine.
@@ -201,7 +202,7 @@ const maxRegistered = 1024
 // Collect returns this tick's workers. An error comes with the workers that
 // could be read; it names what could not.
 func (c *Collector) Collect(ctx context.Context) ([]wsapi.ProcessStats, error) {
-	// The hive's node.Collector passes no time: the tick's is read here,
+	// The hive's hive.Collector passes no time: the tick's is read here,
 	// once, and everything below takes it.
 	now := time.Now()
 	srcs, err := c.sources(ctx, now)
@@ -344,10 +345,7 @@ func (c *Collector) probeOne(ctx context.Context, now time.Time) {
 // worker started with its node answers within seconds, one loading a large
 // model may take minutes.
 func probeBackoff(fails int) time.Duration {
-	if fails >= 5 {
-		return probeRetry
-	}
-	return min(time.Second<<fails, probeRetry)
+	return backoff.Policy{First: time.Second, Max: probeRetry}.Delay(fails)
 }
 
 func (c *Collector) forgetModels(live []wsapi.ProcessStats) {

@@ -3,7 +3,7 @@
 // (ProcSampler), and the workers rbee did not start (WorkerSpec). The node's
 // collector combines these into the wire's wsapi.ProcessStats once a tick.
 //
-// Main types: Collector (the hive's node.Collector, combining the rest),
+// Main types: Collector (the hive's hive.Collector, combining the rest),
 // CgroupReader (finds rbee.slice/<group>/<instance> cgroups and reads their
 // files), CgroupTracker (turns two samples into rates), ProcSampler
 // (per-process CPU, RSS, IO and uptime), GPU (per-process VRAM and SM
@@ -21,7 +21,7 @@
 // CgroupTracker and ProcSampler read no clock: the caller passes the time of
 // each tick, so rates are computed over the wall time it says passed.
 // Collector.Collect is the one edge that reads it, time.Now once a tick,
-// because the hive's node.Collector passes none; it hands that time to the
+// because the hive's hive.Collector passes none; it hands that time to the
 // trackers and to its own retry timing (finding a --worker's pid, probing a
 // worker's API). The deadlines of those network calls run on the real clock.
 // It never writes to a cgroup and never needs root to read one; a machine
