@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/rbee/rbee/node/api"
@@ -41,40 +40,14 @@ const maxAttempts = 3
 // proxies to the hive that owns the worker (or, when that is this node,
 // straight to the worker).
 func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
-	body, release, berr := p.readBody(w, r)
-	if berr != nil {
-		if berr.status == http.StatusServiceUnavailable {
-			w.Header().Set("Retry-After", "1")
-		}
-		p.Fail(w, r, "", berr.status, berr.typ, berr.msg)
+	a, ok := p.admit(w, r)
+	if !ok {
 		return
 	}
-	defer release()
-	head, err := readHead(r.Header.Get("Content-Type"), body)
-	if err != nil {
-		p.Fail(w, r, "", http.StatusBadRequest, "invalid_request_error", err.Error())
-		return
-	}
-	if head.Model == "" {
-		p.Fail(w, r, "", http.StatusBadRequest, "invalid_request_error", `"model" is required`)
-		return
-	}
-	if err := wsapi.ValidModel(head.Model); err != nil {
-		p.Fail(w, r, "", http.StatusBadRequest, "invalid_request_error", `"model": `+err.Error())
-		return
-	}
-	model := head.Model
-	tenant := tenantOf(r)
-	if !tenant.Allows(model) {
-		p.Fail(w, r, model, http.StatusForbidden, "model_not_allowed",
-			fmt.Sprintf("key %s may not use model %q (its models: %s)", tenant.Name, TruncateText(model, 200), strings.Join(tenant.Models, ", ")))
-		return
-	}
-	// Usage accounting (usage.go): a stream is asked for its usage.
-	body, stripUsage := askUsage(r.URL.Path, &head, body)
-	on := p.previousWorker(head.PreviousResponseID)
-	conv := conversation(r, &head)
+	defer a.release()
+	// The keep-alive wraps the tap, so that what it writes (comments, a
+	// late error event) passes through the tap; deferred, it finishes
+	// first, while the tap still reads.
 	var tap *responseTap
 	if r.URL.Path == api.PathResponses {
 		tap = &responseTap{ResponseWriter: w, ids: p.responses}
@@ -82,49 +55,34 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 		w = tap
 	}
 	var ka *keepAlive
-	if head.Stream == true {
-		ka = &keepAlive{ResponseWriter: w, model: model}
+	if a.stream {
+		ka = &keepAlive{ResponseWriter: w, model: a.model}
 		defer ka.finish()
 		w = ka
 	}
+	p.tryWorkers(w, r, &a, tap, ka)
+}
+
+// tryWorkers asks for a lease for a and forwards the request under it; when
+// the worker could not take it and nothing was sent, it releases that lease
+// and tries another worker, up to maxAttempts. w is the client's, wrapped by
+// tap and ka where they are not nil.
+func (p *Proxy) tryWorkers(w http.ResponseWriter, r *http.Request, a *admission, tap *responseTap, ka *keepAlive) {
+	on := a.on
 	for attempt := 1; ; attempt++ {
-		waitStart := time.Now()
-		var onWait func(*wsapi.LeaseWait)
-		if ka != nil {
-			onWait = ka.start(waitStart)
-		}
-		g, lerr, err := p.leases.Ask(r.Context(), Ask{Model: model, On: on, Wait: p.cfg.QueueTimeout, OnWait: onWait,
-			Tenant: tenant, Arrived: start, Conversation: conv})
-		if ka != nil {
-			ka.stop()
-		}
-		if err != nil {
-			p.metrics.requests.WithLabelValues(keyLabel(r), model, "499").Inc()
-			return // the client went away while waiting
-		}
-		// Metrics name the model as served (a bounded set), not as asked.
-		switch {
-		case lerr == nil:
-			p.metrics.queueWait.WithLabelValues(g.Model).Observe(time.Since(waitStart).Seconds())
-		case lerr.Status != http.StatusNotFound:
-			p.metrics.queueWait.WithLabelValues(model).Observe(time.Since(waitStart).Seconds())
-		}
-		if lerr != nil {
-			if lerr.RetryAfterMS > 0 {
-				w.Header().Set("Retry-After", strconv.FormatInt(max((lerr.RetryAfterMS+999)/1000, 1), 10))
-			}
-			p.Fail(w, r, model, lerr.Status, lerr.ErrorType, lerr.Message)
+		g, ok := p.askLease(w, r, a, on, ka)
+		if !ok {
 			return
 		}
 		if on != (Placement{}) && (g.Hive != on.Hive || g.Worker != on.Worker) {
 			p.log.Debug("the worker that made the previous response is gone; another serves the follow-up",
-				"previous_response_id", head.PreviousResponseID, "hive", on.Hive, "worker", on.Worker, "granted", g.Hive+"/"+g.Worker)
+				"previous_response_id", a.previousID, "hive", on.Hive, "worker", on.Worker, "granted", g.Hive+"/"+g.Worker)
 		}
 		if tap != nil {
 			tap.at = Placement{Hive: g.Hive, Worker: g.Worker}
 		}
-		r = withUsage(r, stripUsage, time.Since(start)) // usage accounting (usage.go)
-		if !p.forward(w, r, body, g, start) {
+		r = withUsage(r, a.stripUsage, time.Since(a.start)) // usage accounting (usage.go)
+		if !p.forward(w, r, a.body, g, a.start) {
 			return
 		}
 		p.leases.Release(g.LeaseID)
@@ -134,26 +92,47 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 		// That worker could not take it: any will do now.
 		on = Placement{}
 		if attempt == maxAttempts {
-			p.Fail(w, r, model, http.StatusServiceUnavailable, "worker_unavailable",
-				fmt.Sprintf("model %q: %d workers in a row could not take the request", model, attempt))
+			p.Fail(w, r, a.model, http.StatusServiceUnavailable, "worker_unavailable",
+				fmt.Sprintf("model %q: %d workers in a row could not take the request", a.model, attempt))
 			return
 		}
-		p.log.Debug("retrying on another worker", "model", model, "hive", g.Hive, "worker", g.Worker)
+		p.log.Debug("retrying on another worker", "model", a.model, "hive", g.Hive, "worker", g.Worker)
 	}
 }
 
-// previousWorker is the worker that made response id, when this entry node
-// passed that response on and still remembers it; else the zero Placement
-// (any worker).
-func (p *Proxy) previousWorker(id string) Placement {
-	if id == "" {
-		return Placement{}
+// askLease asks the queen for a lease on a worker for a, on the worker on
+// when it is not the zero Placement, and counts the wait. On false there is
+// none: the client went away, or has had the queen's refusal.
+func (p *Proxy) askLease(w http.ResponseWriter, r *http.Request, a *admission, on Placement, ka *keepAlive) (*wsapi.LeaseGrant, bool) {
+	waitStart := time.Now()
+	var onWait func(*wsapi.LeaseWait)
+	if ka != nil {
+		onWait = ka.start(waitStart)
 	}
-	on, ok := p.responses.get(id, time.Now())
-	if !ok {
-		p.log.Debug("previous_response_id unknown to this entry node; any worker serves the follow-up", "previous_response_id", TruncateText(id, 100))
+	g, lerr, err := p.leases.Ask(r.Context(), Ask{Model: a.model, On: on, Wait: p.cfg.QueueTimeout, OnWait: onWait,
+		Tenant: a.tenant, Arrived: a.start, Conversation: a.conv})
+	if ka != nil {
+		ka.stop()
 	}
-	return on
+	if err != nil {
+		p.metrics.requests.WithLabelValues(keyLabel(r), a.model, "499").Inc()
+		return nil, false // the client went away while waiting
+	}
+	// Metrics name the model as served (a bounded set), not as asked.
+	switch {
+	case lerr == nil:
+		p.metrics.queueWait.WithLabelValues(g.Model).Observe(time.Since(waitStart).Seconds())
+	case lerr.Status != http.StatusNotFound:
+		p.metrics.queueWait.WithLabelValues(a.model).Observe(time.Since(waitStart).Seconds())
+	}
+	if lerr != nil {
+		if lerr.RetryAfterMS > 0 {
+			w.Header().Set("Retry-After", strconv.FormatInt(max((lerr.RetryAfterMS+999)/1000, 1), 10))
+		}
+		p.Fail(w, r, a.model, lerr.Status, lerr.ErrorType, lerr.Message)
+		return nil, false
+	}
+	return g, true
 }
 
 // Fail answers an inference client with an error and counts it.

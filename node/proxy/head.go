@@ -22,7 +22,7 @@ type requestHead struct {
 	// Stream is any JSON value: only true asks for a stream, and a
 	// wrong type is the worker's to refuse, as before rbee read it.
 	Stream any `json:"stream"`
-	// What names a conversation, for prefix affinity (session.go): the
+	// What names a conversation, for prefix affinity (conversation.go): the
 	// "user" field (any JSON value; only a string counts) and the start
 	// of the messages, prompt or input.
 	User any `json:"user"`

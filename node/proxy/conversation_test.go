@@ -10,10 +10,10 @@ func TestConversation(t *testing.T) {
 	turn1 := `{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}`
 	turn2 := `{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"},{"role":"assistant","content":"hello"},{"role":"user","content":"more"}]}`
 	other := `{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"bye"}]}`
-	key := func(body, session string) string {
+	key := func(body, id string) string {
 		r := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(body))
-		if session != "" {
-			r.Header.Set(HeaderSessionID, session)
+		if id != "" {
+			r.Header.Set(HeaderSessionID, id)
 		}
 		h, err := readHead("application/json", []byte(body))
 		if err != nil {
