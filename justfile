@@ -9,6 +9,12 @@ build:
 test:
     go test -race -count=1 ./...
 
+# gofmt, go vet and staticcheck, as CI runs them.
+lint:
+    test -z "$(gofmt -l $(git ls-files '*.go'))"
+    go vet ./...
+    go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
 # Benchmarks. Whole processes, one experiment each (-benchtime 1x):
 # failover times, false deaths, partition heals (root), queen ingest CPU,
 # routing latency and throughput beside direct and nginx (apt-get install
