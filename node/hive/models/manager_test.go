@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -280,33 +279,6 @@ func TestManager_CatalogReasons(t *testing.T) {
 	}
 }
 
-func TestParseSimGPUs(t *testing.T) {
-	cases := []struct {
-		in      string
-		want    []uint64
-		wantErr bool
-	}{
-		{in: "2x24GiB", want: []uint64{24576, 24576}},
-		{in: "80GiB,1x16000MiB", want: []uint64{81920, 16000}},
-		{in: "8192", want: []uint64{8192}},
-		{in: "0x24GiB", wantErr: true},
-		{in: "2xlots", wantErr: true},
-		{in: "", wantErr: true},
-	}
-	for _, tc := range cases {
-		got, err := ParseSimGPUs(tc.in)
-		if (err != nil) != tc.wantErr {
-			t.Errorf("%q: err %v", tc.in, err)
-			continue
-		}
-		for i, g := range got {
-			if g.Index != i || !g.Simulated || g.TotalVRAMMB != tc.want[i] {
-				t.Errorf("%q: gpu %d = %+v, want %d MiB", tc.in, i, g, tc.want[i])
-			}
-		}
-	}
-}
-
 func eventually(t *testing.T, d time.Duration, cond func() bool, what string) {
 	t.Helper()
 	testutil.Eventually(t, d, what, boolCond(cond))
@@ -341,33 +313,5 @@ func TestManager_LearnedFiguresKept(t *testing.T) {
 	after := catalog(m2, "m")
 	if after.VRAMMB != 2345 || after.VRAMSource != "learned" || after.LoadMS != before.LoadMS || after.LoadMS == 0 {
 		t.Fatalf("after a restart: %+v, want VRAM 2345 learned and load %d ms", after, before.LoadMS)
-	}
-}
-
-func TestPruneLogs(t *testing.T) {
-	dir := t.TempDir()
-	now := time.Now()
-	for i := range 8 {
-		p := fmt.Sprintf("%s/m-%d.log", dir, 9000+i)
-		if err := os.WriteFile(p, nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		_ = os.Chtimes(p, now, now.Add(time.Duration(i)*time.Second))
-	}
-	_ = os.WriteFile(dir+"/m-large-1.log", nil, 0o644) // another model's
-	pruneLogs(dir, "m", 4)
-	left, _ := filepath.Glob(dir + "/*.log")
-	if len(left) != 5 {
-		t.Fatalf("left %v, want the newest 4 of m and the other model's", left)
-	}
-	for _, p := range left {
-		if strings.HasSuffix(p, "m-9000.log") || strings.HasSuffix(p, "m-9003.log") {
-			t.Fatalf("kept an old log: %v", left)
-		}
-	}
-	var b strings.Builder
-	c := &capped{w: &b, left: 5}
-	if n, err := c.Write([]byte("hello world")); n != 11 || err != nil || b.String() != "hello" {
-		t.Fatalf("capped: %d %v %q", n, err, b.String())
 	}
 }

@@ -1,0 +1,124 @@
+package models
+
+import (
+	"net"
+	"slices"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/rbee/rbee/wsapi"
+)
+
+// Report is this hive's lifecycle for its telemetry, given this tick's
+// workers: it drops the workers still loading (they take no request yet),
+// learns the VRAM of the ready ones, and returns the catalog, the GPUs and
+// the workers rbee started.
+func (m *Manager) Report(workers []wsapi.ProcessStats) ([]wsapi.ProcessStats, []wsapi.CatalogEntry, []wsapi.GPUInfo, []wsapi.ManagedWorker) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := map[string]uint64{}
+	listed := map[string]bool{}
+	kept := workers[:0]
+	for _, p := range workers {
+		if p.Group == wsapi.ManagedGroup {
+			w := m.workers[p.Instance]
+			if w == nil || w.state == wsapi.ManagedLoading {
+				continue
+			}
+			listed[p.Instance] = true
+			// The hive knows what it started, whatever the worker's
+			// command line or API say (or have not said yet).
+			name := w.it.Name
+			p.Model, p.Slots = &name, w.it.Slots
+			seen[p.Instance] = p.VRAMMB
+			if p.VRAMMB > w.peakMB {
+				w.peakMB = p.VRAMMB
+				w.it.learnedMB = p.VRAMMB
+				m.dirty = true
+			}
+		}
+		kept = append(kept, p)
+	}
+	// A worker that got ready since the collection is listed from what
+	// the hive knows of it, so the queen may use it at once.
+	for _, w := range m.workers {
+		if w.state != wsapi.ManagedLoading && !listed[w.instance] {
+			name := w.it.Name
+			kept = append(kept, wsapi.ProcessStats{PID: uint32(w.pid), Group: wsapi.ManagedGroup, Instance: w.instance,
+				Model: &name, Slots: w.it.Slots, Simulated: w.it.simulated()})
+		}
+	}
+
+	cat := make([]wsapi.CatalogEntry, 0, len(m.items))
+	for _, it := range m.items {
+		vram, src := it.vram()
+		cat = append(cat, wsapi.CatalogEntry{Name: it.Name, Engine: it.Engine, Bytes: it.bytes, Slots: it.Slots, Ctx: it.Ctx,
+			VRAMMB: vram, VRAMSource: src, LoadMS: it.loadMS, MaxReplicas: it.MaxReplicas, Unavailable: clean(it.unavailable, 250),
+			Failures: it.failures, FailedAt: it.failedAt, FailReason: it.failReason, Simulated: it.simulated()})
+	}
+
+	var gpus []wsapi.GPUInfo
+	if len(m.cfg.SimGPUs) > 0 {
+		gpus = slices.Clone(m.cfg.SimGPUs)
+		for i := range gpus {
+			for _, w := range m.workers {
+				if slices.Contains(w.gpus, gpus[i].Index) {
+					gpus[i].UsedVRAMMB += w.vramMB
+				}
+			}
+		}
+	} else if m.cfg.GPUs != nil {
+		gpus = m.cfg.GPUs()
+		for i := range gpus {
+			for _, w := range m.workers {
+				if w.state == wsapi.ManagedLoading && slices.Contains(w.gpus, gpus[i].Index) && w.vramMB > seen[w.instance] {
+					gpus[i].ReservedMB += w.vramMB - seen[w.instance]
+				}
+			}
+		}
+	}
+
+	managed := make([]wsapi.ManagedWorker, 0, len(m.workers))
+	counts := map[string]float64{wsapi.ManagedLoading: 0, wsapi.ManagedReady: 0, wsapi.ManagedDraining: 0}
+	for _, w := range m.workers {
+		m.refreshLeases(w)
+		counts[w.state]++
+		managed = append(managed, wsapi.ManagedWorker{Instance: w.instance, Model: w.it.Name, Engine: w.it.Engine, State: w.state,
+			Since: w.since, ReadyAt: w.readyAt, PID: w.pid, GPUs: w.gpus, VRAMMB: w.vramMB, StartID: w.startID,
+			StartedBy: w.startedBy, LastUsed: w.lastUsed, Leases: w.leases})
+	}
+	for st, n := range counts {
+		m.states.WithLabelValues(st).Set(n)
+	}
+	slices.SortFunc(managed, func(a, b wsapi.ManagedWorker) int { return strings.Compare(a.Instance, b.Instance) })
+	return kept, cat, gpus, managed
+}
+
+// Endpoint is the API of the ready (or draining) worker rbee started on
+// port instance, "" when there is none.
+func (m *Manager) Endpoint(instance string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if w := m.workers[instance]; w != nil && w.state != wsapi.ManagedLoading {
+		return "http://" + net.JoinHostPort("127.0.0.1", instance)
+	}
+	return ""
+}
+
+// clean makes s fit a telemetry text field: printable UTF-8 (engines color
+// their logs with escape codes) and at most about n bytes.
+func clean(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
+	if len(s) > n {
+		for n > 0 && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		s = s[:n] + "..."
+	}
+	return s
+}
