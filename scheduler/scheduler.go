@@ -23,10 +23,10 @@ type Scheduler struct {
 	// gone: models whose last hive departed, and why (see HiveGone).
 	gone map[string]goneModel
 
-	// The model lifecycle (models.go): each hive's catalog, GPUs and
-	// workers rbee started; starts sent and not yet reported; recent
-	// starts per model key; workers chosen for eviction (until when);
-	// each model key's service time per lease.
+	// The model lifecycle (lifecycle.go, placement.go): each hive's
+	// catalog, GPUs and workers rbee started; starts sent and not yet
+	// reported; recent starts per model key; workers chosen for eviction
+	// (until when); each model key's service time per lease (waits.go).
 	models   map[string]*hiveModels
 	starts   map[string]*pendingStart
 	startLog map[string][]time.Time

@@ -85,3 +85,53 @@ func (s *Scheduler) Models(now time.Time) []ModelStats {
 	slices.SortFunc(out, func(a, b ModelStats) int { return strings.Compare(a.Model, b.Model) })
 	return out
 }
+
+// Model states in ModelStats.
+const (
+	StateLoaded      = "loaded"
+	StateLoading     = "loading"
+	StateAvailable   = "available"
+	StateUnavailable = "unavailable"
+)
+
+// lifecycleStats adds the models only catalogs have to byName and gives
+// every model its lifecycle state, service time and expected wait.
+func (s *Scheduler) lifecycleStats(byName map[string]*ModelStats, now time.Time) {
+	for name, hives := range s.CatalogModels() {
+		key := RequestKey(name)
+		var m *ModelStats
+		for _, have := range byName {
+			if RequestKey(have.Model) == key || slices.Contains(ModelKeys(have.Model), key) {
+				m = have
+				break
+			}
+		}
+		if m == nil {
+			m = &ModelStats{Model: name}
+			byName[name] = m
+		}
+		m.Hives = hives
+	}
+	for _, m := range byName {
+		key := RequestKey(m.Model)
+		m.Service = s.service[key]
+		m.ETA = s.ModelETA(m.Model, now)
+		if ls := s.loading(key); len(ls) > 0 {
+			m.Loading, m.LoadingSince = ls[0].hive, ls[0].since
+		}
+		switch {
+		case m.Workers > 0:
+			m.State = StateLoaded
+		case m.Loading != "":
+			m.State = StateLoading
+		case len(m.Hives) == 0:
+			// Requests wait for a model nobody serves yet (a new
+			// queen, before its hives reported).
+		default:
+			m.State = StateAvailable
+			if b := s.startBlocked(key, now); b != nil {
+				m.State, m.Reason = StateUnavailable, b.why
+			}
+		}
+	}
+}
