@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/rbee/rbee/internal/backoff"
 )
 
 // The model lifecycle: hives report what they can start (their catalog), their
@@ -110,11 +112,7 @@ func Backoff(failures int) time.Duration {
 	if failures <= 0 {
 		return 0
 	}
-	d := backoffFirst
-	for i := 1; i < failures && d < backoffMax; i++ {
-		d *= 2
-	}
-	return min(d, backoffMax)
+	return backoff.Policy{First: backoffFirst, Max: backoffMax}.Delay(failures - 1)
 }
 
 // UpdateModels takes a hive's lifecycle report: what it can start, its GPUs
