@@ -1,0 +1,152 @@
+package scheduler
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Lease is one slot of one worker granted to one request.
+type Lease struct {
+	ID        string
+	RequestID string
+	Entry     string
+	Hive      string
+	Worker    string // group/instance on Hive
+	Model     string
+	Granted   time.Time
+	// Confirmed is set once the hive lists the lease in its telemetry:
+	// from then on the hive's word decides when it ends.
+	Confirmed bool
+	// Key is the request's API key name, "" when unknown (adopted).
+	Key string
+}
+
+// HiveLease is a lease a hive reports serving.
+type HiveLease struct {
+	ID        string
+	Worker    string
+	Model     string
+	Entry     string
+	RequestID string
+	Since     time.Time
+}
+
+// Grant hands a lease to a request.
+type Grant struct {
+	Request Request
+	Lease   Lease
+}
+
+// Release ends a lease and hands its slot to the next waiting request for the
+// worker's model.
+func (s *Scheduler) Release(leaseID string, now time.Time) []Grant {
+	l := s.leases[leaseID]
+	if l == nil {
+		return nil
+	}
+	s.dropLease(l)
+	w := s.byHive[l.Hive][l.Worker]
+	if w == nil {
+		return nil
+	}
+	s.noteService(w, now.Sub(l.Granted))
+	if w.leases > 0 {
+		w.leases--
+		w.lastEnd = now
+		s.reindex(w)
+	}
+	return s.fill(w, now, nil)
+}
+
+// fill grants waiting requests to w while it has free slots: the oldest
+// waiting request among the names w's model answers to goes first.
+func (s *Scheduler) fill(w *worker, now time.Time, grants []Grant) []Grant {
+	for w.leases < w.Slots {
+		var best *waiting
+		if q := s.pinned[w.id]; q != nil {
+			// A worker that changed its model since is left to Tick,
+			// which moves what waited for it to the model's queue.
+			if h := q.head(now, s.cfg.AgingAfter); h != nil && slices.Contains(w.keys, h.key) {
+				best = h
+			}
+		}
+		for _, k := range w.keys {
+			q := s.queues[k]
+			if q == nil {
+				continue
+			}
+			// Across the names w answers to: the higher class, then
+			// the older request; against a request waiting for its
+			// conversation's worker, which holds a place in this
+			// queue, by the fair rule.
+			if h := q.head(now, s.cfg.AgingAfter); h != nil && (best == nil || before(h, best)) {
+				best = h
+			}
+		}
+		if best == nil || !s.eligible(w, best.req, best.key, now) {
+			return grants
+		}
+		s.served(best)
+		s.unwait(best)
+		grants = append(grants, s.grant(w, best.req, now))
+	}
+	return grants
+}
+
+func (s *Scheduler) grant(w *worker, r Request, now time.Time) Grant {
+	s.seq++
+	s.granted++
+	w.leases++
+	w.lastGrant = s.seq
+	w.grantedVRAM += s.need(w, r, RequestKey(r.Model))
+	s.reindex(w)
+	if r.Conversation != "" {
+		s.rememberConversation(r.Conversation, w.id)
+	}
+	l := &Lease{ID: s.cfg.LeasePrefix + strconv.FormatUint(s.seq, 36), RequestID: r.ID, Entry: r.Entry,
+		Hive: w.Hive, Worker: w.Name, Model: w.Model, Granted: now, Key: r.Key}
+	s.addLease(l)
+	return Grant{Request: r, Lease: *l}
+}
+
+func (s *Scheduler) addLease(l *Lease) {
+	s.keyActive(l.Key, 1)
+	s.leases[l.ID] = l
+	if l.RequestID != "" {
+		s.byReq[l.RequestID] = l.ID
+	}
+	m := s.hiveLs[l.Hive]
+	if m == nil {
+		m = make(map[string]*Lease)
+		s.hiveLs[l.Hive] = m
+	}
+	m[l.ID] = l
+}
+
+func (s *Scheduler) dropLease(l *Lease) {
+	if _, ok := s.leases[l.ID]; ok {
+		s.keyActive(l.Key, -1)
+	}
+	delete(s.leases, l.ID)
+	if s.byReq[l.RequestID] == l.ID {
+		delete(s.byReq, l.RequestID)
+	}
+	if m := s.hiveLs[l.Hive]; m != nil {
+		delete(m, l.ID)
+		if len(m) == 0 {
+			delete(s.hiveLs, l.Hive)
+		}
+	}
+}
+
+// Leases returns the leases held now, sorted by id.
+func (s *Scheduler) Leases() []Lease {
+	out := make([]Lease, 0, len(s.leases))
+	for _, l := range s.leases {
+		out = append(out, *l)
+	}
+	slices.SortFunc(out, func(a, b Lease) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
