@@ -6,9 +6,10 @@
 // proxy, telemetry) lives in the packages. The rest of this package is the
 // CLI's own code:
 //
-//   - the views: `status` renders a cluster snapshot as tables fitted to the
-//     terminal (status.go) and `top` keeps it live, following the cluster
-//     when its node dies (top.go);
+//   - the views: `status` and `usage` fetch a document and print it as JSON
+//     or through internal/termview, which draws the tables (status.go,
+//     usage.go); `top` keeps the view live on the terminal, reading the
+//     node's feed and following the cluster when its node dies (top.go);
 //   - `demo`, a whole cluster of child processes on loopback, started, watched
 //     and stopped by a small supervisor (demo.go, supervisor.go);
 //   - the worker front ends: `worker run` starts a worker in its cgroup

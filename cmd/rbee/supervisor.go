@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 )
 
 // supervisor runs the demo's child processes (this binary, again, with other
@@ -126,10 +127,22 @@ func (e *childExitError) Error() string {
 	default:
 		fmt.Fprintf(&b, "; the end of %s:", p.logPath)
 		for _, l := range tail {
-			b.WriteString("\n    " + termSafe(l))
+			b.WriteString("\n    " + printable(l))
 		}
 	}
 	return b.String()
+}
+
+// printable makes a line of a child's log safe to print on a terminal:
+// control characters (escape sequences among them) and invalid UTF-8 become
+// '?'.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || (r >= 0x7f && r < 0xa0) || r == utf8.RuneError {
+			return '?'
+		}
+		return r
+	}, s)
 }
 
 // logTail returns the last n lines of the file at path, reading at most its
