@@ -10,8 +10,8 @@
 //     or through internal/termview, which draws the tables (status.go,
 //     usage.go); `top` keeps the view live on the terminal, reading the
 //     node's feed and following the cluster when its node dies (top.go);
-//   - `demo`, a whole cluster of child processes on loopback, started, watched
-//     and stopped by a small supervisor (demo.go, supervisor.go);
+//   - `demo`, a whole cluster of child processes on loopback, started,
+//     watched and stopped through internal/launcher (demo.go);
 //   - the worker front ends: `worker run` starts a worker in its cgroup
 //     through node/hive/launch and registers it with the local node (worker.go);
 //     `worker simulate` serves internal/sim's simulated worker (simulate.go);
