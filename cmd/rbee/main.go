@@ -1,10 +1,11 @@
 // Command rbee runs and talks to rbee nodes.
 //
-// For `node run` it is flag parsing and wiring only: flags and environment
-// variables become a node.Config and a Collector (node.go, collector.go,
-// gpu_*.go), and the node's logic (membership, election, scheduling, the
-// proxy, telemetry) lives in the packages. The rest of this package is the
-// CLI's own code:
+// For `node run` it is flag parsing and wiring only: flags, environment
+// variables and the configuration file (config.go) become a node.Config and
+// a Collector (node.go, models.go, collector.go, gpu_*.go), and the node's
+// logic (membership, election, scheduling, the proxy, telemetry) lives in
+// the packages. args.go lets flags follow positional arguments. The rest of
+// this package is the CLI's own code:
 //
 //   - the views: `status` and `usage` fetch a document and print it as JSON
 //     or through internal/termview, which draws the tables (status.go,
