@@ -43,7 +43,7 @@ func multiTurn(tb testing.TB, wait string) multiTurnResult {
 			tb.Fatal(err)
 		}
 		addr := "127.0.0.1:" + strconv.Itoa(ports[0])
-		startProcess(tb, fmt.Sprintf("%s/sim%d.log", dir, i), rbeeBin, "worker", "simulate", "--model", "m",
+		startProcess(tb, dir, fmt.Sprintf("sim%d", i), rbeeBin, "worker", "simulate", "--model", "m",
 			"--port", strconv.Itoa(ports[0]), "--slots", "1", "--tokens-per-second", "400", "--max-tokens", "20",
 			"--prefix-cache", "--prefill-ms-per-token", "0.5")
 		waitHTTP(tb, "http://"+addr+"/health")

@@ -295,7 +295,7 @@ func benchIngest(b *testing.B, sessions int) {
 	<-time.After(ingestWarmup)
 
 	ticks := clockTicks()
-	pid := queen.cmd.Process.Pid
+	pid := queen.Pid()
 	cpu0, err := procCPUTicks(pid)
 	if err != nil {
 		b.Fatal(err)

@@ -252,7 +252,6 @@ func TestE2E_ConfigFileOnly(t *testing.T) {
 			name:       "from-file",
 			gossipAddr: fmt.Sprintf("127.0.0.1:%d", ports[0]),
 			httpAddr:   fmt.Sprintf("127.0.0.1:%d", ports[1]),
-			done:       make(chan struct{}),
 		}
 		file := fmt.Sprintf("name = %q\ngossip-addr = %q\nhttp-addr = %q\ncluster-key-file = %q\nlog-level = %q\n",
 			p.name, p.gossipAddr, p.httpAddr, c.keyFile, c.logLvl)
@@ -267,7 +266,7 @@ func TestE2E_ConfigFileOnly(t *testing.T) {
 			break
 		}
 		// Lost a port to another process between picking and binding.
-		if attempt == maxStartAttempts || !p.exited() || !strings.Contains(p.log(), "address already in use") {
+		if attempt == maxStartAttempts || !p.Exited() || !strings.Contains(p.log(), "address already in use") {
 			t.Fatalf("%v\nlog:\n%s", err, tail(p.log(), 16<<10))
 		}
 	}

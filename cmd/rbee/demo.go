@@ -19,6 +19,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/rbee/rbee/internal/launcher"
 	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -74,7 +75,7 @@ func runDemo(c *cli.Context) (err error) {
 	}
 	// The logs go only with a demo that ran and stopped as asked; after
 	// a failure they are what the user reads next. This runs after
-	// sup.stop (deferred later), once no child writes them.
+	// sup.Stop (deferred later), once no child writes them.
 	keepLogs := c.Bool("keep-logs")
 	defer func() {
 		switch {
@@ -87,12 +88,19 @@ func runDemo(c *cli.Context) (err error) {
 		}
 	}()
 
-	// The signal handler outlives sup.stop (deferred later, run earlier),
+	// The signal handler outlives sup.Stop (deferred later, run earlier),
 	// so a second Ctrl-C while the children stop exits at once.
 	ctx, stop := signalContext(log)
 	defer stop()
-	sup := newSupervisor(self, dir, log)
-	defer sup.stop()
+	// The children die with the demo even if it is killed outright; a
+	// process group of their own keeps a terminal's Ctrl-C (sent to the
+	// foreground group) to the demo, which stops them in order.
+	sup := demoGroup{Group: launcher.New(launcher.Options{LogDir: dir, Env: envWithoutRbee(), DeathSignal: syscall.SIGTERM,
+		ProcessGroup: true}), bin: self}
+	defer func() {
+		sup.Stop()
+		log.Debug("demo processes stopped", "count", sup.Len())
+	}()
 
 	sims := demoSims(models, ports)
 	cold := demoCold{model: c.String("cold-model"), load: c.Duration("cold-load"), idle: c.Duration("idle-unload"),
@@ -119,9 +127,9 @@ func runDemo(c *cli.Context) (err error) {
 		case <-ctx.Done():
 			fmt.Println("rbee demo: stopping")
 			return nil
-		case p := <-sup.exited():
-			log.Warn("demo process exited", "name", p.name, "pid", p.proc.Pid, "status", exitText(p.err), "log", p.logPath)
-			if failedOnItsOwn(p.err) {
+		case p := <-sup.Exited():
+			log.Warn("demo process exited", "name", p.Name(), "pid", p.Pid(), "status", p.Status(), "log", p.LogPath())
+			if p.FailedOnItsOwn() {
 				keepLogs = true
 			}
 		}
@@ -135,10 +143,26 @@ const demoReadyTimeout = 30 * time.Second
 // demoPoll is how often the demo asks its children whether they are up.
 const demoPoll = 100 * time.Millisecond
 
+// demoGroup runs the demo's children: this binary again, with other
+// arguments.
+type demoGroup struct {
+	*launcher.Group
+	bin string
+}
+
+// start starts the child name and returns its pid.
+func (g demoGroup) start(name string, args ...string) (int, error) {
+	p, err := g.Start(name, exec.Command(g.bin, args...))
+	if err != nil {
+		return 0, err
+	}
+	return p.Pid(), nil
+}
+
 // launchDemo starts the simulated workers, then the nodes, and returns once
 // the cluster is ready (see demoReady): the nodes' pids and the queen. A
 // child that exits meanwhile fails it at once, naming the child.
-func launchDemo(ctx context.Context, sup *supervisor, sims []demoSim, nodes []demoNode, models []string, slots int, tokensPerSecond float64) (map[string]int, string, error) {
+func launchDemo(ctx context.Context, sup demoGroup, sims []demoSim, nodes []demoNode, models []string, slots int, tokensPerSecond float64) (map[string]int, string, error) {
 	ctx, cancel := context.WithTimeout(ctx, demoReadyTimeout)
 	defer cancel()
 	if err := startSims(ctx, sup, sims, slots, tokensPerSecond); err != nil {
@@ -153,7 +177,7 @@ func launchDemo(ctx context.Context, sup *supervisor, sims []demoSim, nodes []de
 		pids[nd.name] = pid
 	}
 	var queen string
-	err := sup.await(ctx, demoPoll, func(ctx context.Context) (err error) {
+	err := sup.Await(ctx, demoPoll, func(ctx context.Context) (err error) {
 		queen, err = demoReady(ctx, nodes, models)
 		return err
 	})
@@ -199,17 +223,6 @@ func bindError(addr string, err error) error {
 		return fmt.Errorf("--http-addr %s: %w (another rbee demo? stop it, or pass --http-addr 127.0.0.1:0)", addr, errno)
 	}
 	return fmt.Errorf("--http-addr %s: %w", addr, errno)
-}
-
-// failedOnItsOwn reports whether a child's exit status says it failed: not
-// 0, and not a signal (the demo's, or the user's kill -9 of the queen).
-func failedOnItsOwn(err error) bool {
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) {
-		return err != nil
-	}
-	ws, ok := ee.Sys().(syscall.WaitStatus)
-	return !ok || !ws.Signaled()
 }
 
 // userCommand is this binary as the user ran it, for the commands the demo
@@ -270,14 +283,14 @@ func (s demoSim) workerFlag() string {
 // startSims starts the simulated workers and waits until each answers: the
 // hives ask their workers what they serve as soon as they start, so they
 // start after this returns.
-func startSims(ctx context.Context, sup *supervisor, sims []demoSim, slots int, tokensPerSecond float64) error {
+func startSims(ctx context.Context, sup demoGroup, sims []demoSim, slots int, tokensPerSecond float64) error {
 	for _, s := range sims {
 		if _, err := sup.start(s.name, "worker", "simulate", "--model", s.model, "--port", s.port,
 			"--slots", strconv.Itoa(slots), "--tokens-per-second", strconv.FormatFloat(tokensPerSecond, 'f', -1, 64)); err != nil {
 			return err
 		}
 	}
-	err := sup.await(ctx, demoPoll, func(ctx context.Context) error {
+	err := sup.Await(ctx, demoPoll, func(ctx context.Context) error {
 		for _, s := range sims {
 			if err := getOK(ctx, "http://127.0.0.1:"+s.port+"/health", nil); err != nil {
 				return fmt.Errorf("simulated worker %s: %w", s.name, err)
@@ -396,13 +409,6 @@ func envWithoutRbee() []string {
 		}
 	}
 	return env
-}
-
-func exitText(err error) string {
-	if err == nil {
-		return "exit 0"
-	}
-	return err.Error()
 }
 
 func isLoopbackHost(h string) bool {

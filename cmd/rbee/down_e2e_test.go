@@ -18,31 +18,6 @@ import (
 	"github.com/rbee/rbee/wsapi"
 )
 
-// A down worker shows as down in rbee status and rbee top, and the views say
-// why on a line of their own, which the state column has no room for.
-func TestRenderStatus_DownWorkerSaysWhy(t *testing.T) {
-	v, _ := loadClusterFixture(t)
-	w := &v.Hives[0].Workers[2]
-	w.Health, w.HealthReason = wsapi.HealthDown, "GET http://127.0.0.1:11434/health: connection refused"
-	w.State, w.StateReason = scheduler.StateDown, "the hive cannot reach it: "+w.HealthReason
-	var b bytes.Buffer
-	if err := renderStatus(&b, v, statusNow, statusOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(b.String(), "\n")
-	want := "down workers: " + v.Hives[0].HiveID + "/ollama/11434 (the hive cannot reach it: GET http://127.0.0.1:11434/health: connection refused)"
-	if !hasLineWith(lines, []string{v.Hives[0].HiveID, "ollama/11434", "down"}) || !hasLineWith(lines, []string{want}) {
-		t.Errorf("rbee status shows no down worker with its reason %q:\n%s", want, b.String())
-	}
-	st := &topState{}
-	st.apply(topUpdate{View: v}, statusNow)
-	st.apply(topUpdate{Live: true}, statusNow)
-	top := topLines(st, topScreen{Addr: "127.0.0.1:7833", Now: statusNow, Width: 200, Height: 60})
-	if !hasLineWith(top, []string{"ollama/11434", "down"}) || !hasLineWith(top, []string{want}) {
-		t.Errorf("rbee top shows no down worker with its reason:\n%s", strings.Join(top, "\n"))
-	}
-}
-
 // TestE2E_DeadWorkerShowsDown: `rbee node run --worker` naming a port nothing
 // listens on is shown down with why in `rbee status --json` and `rbee
 // status`, its model is not served, and a request for it gets a 503 at once

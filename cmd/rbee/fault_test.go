@@ -54,7 +54,7 @@ func (nc *netCluster) host(name string) *netlab.Host { return nc.lab.Host(name) 
 // node runs `rbee node run` in h and waits for its /healthz.
 func (nc *netCluster) node(h *netlab.Host, join string, extra ...string) *proc {
 	nc.tb.Helper()
-	p := &proc{name: h.Name, gossipAddr: h.Addr(netGossipPort), httpAddr: h.Addr(netHTTPPort), done: make(chan struct{})}
+	p := &proc{name: h.Name, gossipAddr: h.Addr(netGossipPort), httpAddr: h.Addr(netHTTPPort)}
 	args := []string{"node", "run", "--name", h.Name, "--gossip-addr", p.gossipAddr, "--http-addr", p.httpAddr,
 		"--cluster-key-file", nc.keyFile, "--log-level", nc.logLvl}
 	if join != "" {
@@ -74,7 +74,7 @@ func (nc *netCluster) node(h *netlab.Host, join string, extra ...string) *proc {
 // the --worker flag that points h's node at it.
 func (nc *netCluster) sim(h *netlab.Host, model string, args ...string) []string {
 	nc.tb.Helper()
-	p := &proc{name: h.Name + "-sim", done: make(chan struct{})}
+	p := &proc{name: h.Name + "-sim"}
 	all := append([]string{"worker", "simulate", "--model", model, "--port", strconv.Itoa(netSimPort)}, args...)
 	if err := nc.launch(p, h.Command(rbeeBin, all...)); err != nil {
 		nc.tb.Fatal(err)
@@ -352,7 +352,7 @@ func faultUnderLoad(t *testing.T, fault func(a *proc, ha *netlab.Host), settle t
 	faultAt.Store(time.Now().UnixNano())
 	fault(a, ha)
 	time.Sleep(settle)
-	if b.exited() || c.exited() {
+	if b.Exited() || c.Exited() {
 		t.Fatal("a survivor exited")
 	}
 	close(stop)
@@ -392,9 +392,9 @@ func TestFault_FrozenQueenDoesNotTakeTheSeatBack(t *testing.T) {
 	for _, frozen := range []time.Duration{3 * time.Second, 10 * time.Second} {
 		t.Run("frozen="+frozen.String(), func(t *testing.T) {
 			st, n, seen := faultUnderLoad(t, func(a *proc, _ *netlab.Host) {
-				_ = a.cmd.Process.Signal(syscall.SIGSTOP)
+				_ = a.Signal(syscall.SIGSTOP)
 				time.Sleep(frozen) // the freeze itself
-				_ = a.cmd.Process.Signal(syscall.SIGCONT)
+				_ = a.Signal(syscall.SIGCONT)
 			}, 5*time.Second)
 			t.Logf("queen frozen %v under load: %s; queens seen through b: %v", frozen, st, seen)
 			if n != 1 {
@@ -507,14 +507,14 @@ func TestFault_NothingReadableOnTheWire(t *testing.T) {
 func TestFault_LocalhostBindsLoopbackOnly(t *testing.T) {
 	nc := newNetCluster(t)
 	h := nc.host("x")
-	p := &proc{name: "x", done: make(chan struct{})}
+	p := &proc{name: "x"}
 	cmd := h.Command(rbeeBin, "node", "run", "--name", "x", "--gossip-addr", "localhost:7946", "--http-addr", "localhost:7833")
 	if err := nc.launch(p, cmd); err != nil {
 		t.Fatal(err)
 	}
 	testutil.Every(50*time.Millisecond).Eventually(t, 15*time.Second, "x started", func() error {
-		if p.exited() {
-			return testutil.Stop(fmt.Errorf("exited: %v\n%s", p.err, p.log()))
+		if p.Exited() {
+			return testutil.Stop(fmt.Errorf("exited: %v\n%s", p.Err(), p.log()))
 		}
 		if !strings.Contains(p.log(), "node started") {
 			return errors.New("not yet")
@@ -630,7 +630,7 @@ func TestE2E_BodyBounds(t *testing.T) {
 	if refused == 0 || served == 0 {
 		t.Fatalf("%d served, %d refused: want some of each with 64 MiB for eight 30 MiB bodies", served, refused)
 	}
-	rss := procRSS(t, p.cmd.Process.Pid)
+	rss := procRSS(t, p.Pid())
 	t.Logf("eight 30 MiB bodies at once: %d served, %d refused (503), node RSS %d MiB", served, refused, rss>>20)
 
 	// A body that trickles: headers, a few bytes, then nothing. Refused

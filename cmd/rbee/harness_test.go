@@ -24,6 +24,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/rbee/rbee/internal/launcher"
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/wsapi"
@@ -61,35 +62,22 @@ func TestMain(m *testing.M) {
 	}))
 }
 
-// proc is one `rbee node run` process.
+// proc is one `rbee node run` process, or a helper process (no addresses).
 type proc struct {
+	*launcher.Process
 	name       string
 	gossipAddr string
 	httpAddr   string
-	logPath    string
-	cmd        *exec.Cmd
-	done       chan struct{} // closed when the process has exited
-	err        error         // Wait's result, set before done is closed
-	stopped    bool          // killed or stopped on purpose by the test
-}
-
-// exited reports whether the process has ended.
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
+	stopped    bool // killed or stopped on purpose by the test
 }
 
 // log returns what the process wrote so far.
 func (p *proc) log() string {
-	b, err := os.ReadFile(p.logPath)
+	s, err := p.Log()
 	if err != nil {
-		return fmt.Sprintf("(read %s: %v)", p.logPath, err)
+		return fmt.Sprintf("(read %s: %v)", p.LogPath(), err)
 	}
-	return string(b)
+	return s
 }
 
 // send sends sig without waiting; from then on the process no longer counts
@@ -97,7 +85,7 @@ func (p *proc) log() string {
 func (p *proc) send(tb testing.TB, sig syscall.Signal) {
 	tb.Helper()
 	p.stopped = true
-	if err := p.cmd.Process.Signal(sig); err != nil && !p.exited() {
+	if err := p.Signal(sig); err != nil && !p.Exited() {
 		tb.Fatalf("signal %s to %s: %v", sig, p.name, err)
 	}
 }
@@ -107,7 +95,7 @@ func (p *proc) signal(tb testing.TB, sig syscall.Signal, timeout time.Duration) 
 	tb.Helper()
 	p.send(tb, sig)
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-time.After(timeout):
 		tb.Fatalf("%s did not exit within %s of %s", p.name, timeout, sig)
 	}
@@ -117,12 +105,12 @@ func (p *proc) signal(tb testing.TB, sig syscall.Signal, timeout time.Duration) 
 func (p *proc) exitCode(tb testing.TB, timeout time.Duration) int {
 	tb.Helper()
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-time.After(timeout):
 		tb.Fatalf("%s still running after %s", p.name, timeout)
 	}
 	p.stopped = true
-	return p.cmd.ProcessState.ExitCode()
+	return p.ExitCode()
 }
 
 // cluster is a set of node processes sharing one key, and an HTTP client for
@@ -134,6 +122,9 @@ type cluster struct {
 	key     wsapi.Key
 	hc      *http.Client
 	logLvl  string
+	// group runs the processes, each with its log in dir, and kills them
+	// at the end.
+	group *launcher.Group
 
 	closeOnce sync.Once
 
@@ -157,6 +148,10 @@ func newCluster(tb testing.TB) *cluster {
 	if os.Getenv("RBEE_TEST_LOG") != "" {
 		c.logLvl = "debug"
 	}
+	// If the test binary dies (a -timeout panic skips cleanups), the
+	// processes die with it; at the end they are killed, not stopped.
+	c.group = launcher.New(launcher.Options{LogDir: dir, Env: envWithoutRbee(), DeathSignal: syscall.SIGKILL,
+		StopSignal: syscall.SIGKILL})
 	c.keyFile, c.key = c.keygen("key")
 	tb.Cleanup(c.close)
 	return c
@@ -205,21 +200,14 @@ func runRbee(args ...string) (stdout, stderr string, err error) {
 func (c *cluster) close() { c.closeOnce.Do(c.cleanup) }
 
 func (c *cluster) cleanup() {
-	c.mu.Lock()
-	procs := append([]*proc(nil), c.procs...)
-	c.mu.Unlock()
-	for _, p := range procs {
-		if !p.exited() {
-			_ = p.cmd.Process.Kill()
-		}
-	}
-	for _, p := range procs {
-		<-p.done
-	}
+	c.group.Stop()
 	c.hc.CloseIdleConnections()
 	if c.tb.Failed() {
+		c.mu.Lock()
+		procs := append([]*proc(nil), c.procs...)
+		c.mu.Unlock()
 		for _, p := range procs {
-			c.tb.Logf("---- log of %s (gossip %s, http %s, exit %v) ----\n%s", p.name, p.gossipAddr, p.httpAddr, p.err, tail(p.log(), 64<<10))
+			c.tb.Logf("---- log of %s (gossip %s, http %s, exit %v) ----\n%s", p.name, p.gossipAddr, p.httpAddr, p.Err(), tail(p.log(), 64<<10))
 		}
 	}
 }
@@ -286,7 +274,7 @@ func (c *cluster) startOne(s nodeSpec) (*proc, error) {
 			return p, nil
 		}
 		last = err
-		if !p.exited() || !strings.Contains(p.log(), "address already in use") {
+		if !p.Exited() || !strings.Contains(p.log(), "address already in use") {
 			return nil, fmt.Errorf("%w\nlog:\n%s", err, tail(p.log(), 16<<10))
 		}
 		// Lost a port to another process between picking and binding.
@@ -307,7 +295,6 @@ func (c *cluster) spawn(s nodeSpec) (*proc, error) {
 		name:       s.name,
 		gossipAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
 		httpAddr:   net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1])),
-		done:       make(chan struct{}),
 	}
 	args := []string{"node", "run", "--name", s.name, "--gossip-addr", p.gossipAddr, "--http-addr", p.httpAddr,
 		"--cluster-key-file", key, "--log-level", c.logLvl}
@@ -324,25 +311,11 @@ func (c *cluster) spawn(s nodeSpec) (*proc, error) {
 // launch starts cmd as p, its output in a log file of the cluster's, and
 // makes it the cluster's to kill at the end.
 func (c *cluster) launch(p *proc, cmd *exec.Cmd) error {
-	f, err := os.CreateTemp(c.dir, p.name+"-*.log")
+	lp, err := c.group.Start(p.name, cmd)
 	if err != nil {
 		return err
 	}
-	defer f.Close() // the child holds its own copy
-	p.logPath = f.Name()
-	p.cmd = cmd
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	p.cmd.Env = envWithoutRbee()
-	// If the test binary dies (a -timeout panic skips cleanups), take the
-	// nodes with it.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", p.name, err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
+	p.Process = lp
 	c.mu.Lock()
 	c.procs = append(c.procs, p)
 	c.mu.Unlock()
@@ -389,8 +362,8 @@ const pollInterval = 5 * time.Millisecond
 // waitHealthy waits until p answers /healthz naming itself, or exits.
 func (c *cluster) waitHealthy(p *proc, timeout time.Duration) error {
 	err := testutil.Every(pollInterval).Until(timeout, func() error {
-		if p.exited() {
-			return testutil.Stop(fmt.Errorf("exited before answering: %v", p.err))
+		if p.Exited() {
+			return testutil.Stop(fmt.Errorf("exited before answering: %v", p.Err()))
 		}
 		h, err := c.health(p)
 		switch {
@@ -416,8 +389,8 @@ func (c *cluster) live(ps []*proc) []*proc {
 		if p.stopped {
 			continue
 		}
-		if p.exited() {
-			c.tb.Fatalf("%s exited unexpectedly: %v", p.name, p.err)
+		if p.Exited() {
+			c.tb.Fatalf("%s exited unexpectedly: %v", p.name, p.Err())
 		}
 		out = append(out, p)
 	}

@@ -1,16 +1,18 @@
 // Command rbee runs and talks to rbee nodes.
 //
-// For `node run` it is flag parsing and wiring only: flags and environment
-// variables become a node.Config and a Collector (node.go, collector.go,
-// gpu_*.go), and the node's logic (membership, election, scheduling, the
-// proxy, telemetry) lives in the packages. The rest of this package is the
-// CLI's own code:
+// For `node run` it is flag parsing and wiring only: flags, environment
+// variables and the configuration file (config.go) become a node.Config and
+// a Collector (node.go, models.go, collector.go, gpu_*.go), and the node's
+// logic (membership, election, scheduling, the proxy, telemetry) lives in
+// the packages. args.go lets flags follow positional arguments. The rest of
+// this package is the CLI's own code:
 //
-//   - the views: `status` renders a cluster snapshot as tables fitted to the
-//     terminal (status.go) and `top` keeps it live, following the cluster
-//     when its node dies (top.go);
-//   - `demo`, a whole cluster of child processes on loopback, started, watched
-//     and stopped by a small supervisor (demo.go, supervisor.go);
+//   - the views: `status` and `usage` fetch a document and print it as JSON
+//     or through internal/termview, which draws the tables (status.go,
+//     usage.go); `top` keeps the view live on the terminal, reading the
+//     node's feed and following the cluster when its node dies (top.go);
+//   - `demo`, a whole cluster of child processes on loopback, started,
+//     watched and stopped through internal/launcher (demo.go);
 //   - the worker front ends: `worker run` starts a worker in its cgroup
 //     through node/hive/launch and registers it with the local node (worker.go);
 //     `worker simulate` serves internal/sim's simulated worker (simulate.go);

@@ -252,8 +252,8 @@ func waitWorkerStart(t *testing.T, p *proc, model string, within time.Duration) 
 	t.Helper()
 	var ws workerStart
 	testutil.Every(5*time.Millisecond).Eventually(t, within, p.name+` logs "starting worker" for `+model, func() error {
-		if p.exited() {
-			return testutil.Stop(fmt.Errorf("%s exited: %v", p.name, p.err))
+		if p.Exited() {
+			return testutil.Stop(fmt.Errorf("%s exited: %v", p.name, p.Err()))
 		}
 		s := workerStarts(p, model)
 		if len(s) == 0 {

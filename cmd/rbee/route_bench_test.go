@@ -12,10 +12,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/internal/launcher"
 	"github.com/rbee/rbee/internal/testutil"
 )
 
@@ -107,7 +107,7 @@ func startSimulator(tb testing.TB, dir string, slots int) string {
 		tb.Fatal(err)
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
-	startProcess(tb, filepath.Join(dir, "sim.log"), rbeeBin, "worker", "simulate", "--model", "m", "--port", strconv.Itoa(ports[0]),
+	startProcess(tb, dir, "sim", rbeeBin, "worker", "simulate", "--model", "m", "--port", strconv.Itoa(ports[0]),
 		"--slots", strconv.Itoa(slots), "--tokens-per-second", "0", "--max-tokens", "1")
 	waitHTTP(tb, "http://"+addr+"/health")
 	return addr
@@ -158,35 +158,21 @@ http {
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		tb.Fatal(err)
 	}
-	startProcess(tb, filepath.Join(dir, "nginx.log"), bin, "-c", path, "-p", dir, "-g", "daemon off;")
+	startProcess(tb, dir, "nginx", bin, "-c", path, "-p", dir, "-g", "daemon off;")
 	waitHTTP(tb, "http://"+addr+"/health")
 	return addr
 }
 
-// startProcess runs a helper process for the length of the benchmark.
-func startProcess(tb testing.TB, logPath, bin string, args ...string) {
-	f, err := os.Create(logPath)
-	if err != nil {
+// startProcess runs a helper process for the length of the test or
+// benchmark, its output in <dir>/<name>.log.
+func startProcess(tb testing.TB, dir, name, bin string, args ...string) {
+	// SIGTERM first (the Group's default): nginx's workers outlive a
+	// SIGKILLed master.
+	g := launcher.New(launcher.Options{LogDir: dir})
+	tb.Cleanup(g.Stop)
+	if _, err := g.Start(name, exec.Command(bin, args...)); err != nil {
 		tb.Fatal(err)
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		tb.Fatalf("start %s: %v", bin, err)
-	}
-	tb.Cleanup(func() {
-		// SIGTERM first: nginx's workers outlive a SIGKILLed master.
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		f.Close()
-	})
 }
 
 func waitHTTP(tb testing.TB, url string) {

@@ -46,7 +46,7 @@ func startPacedSimulator(tb testing.TB, dir string, slots int, tps float64) stri
 		tb.Fatal(err)
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
-	startProcess(tb, filepath.Join(dir, "sim.log"), rbeeBin, "worker", "simulate", "--model", "m", "--port", strconv.Itoa(ports[0]),
+	startProcess(tb, dir, "sim", rbeeBin, "worker", "simulate", "--model", "m", "--port", strconv.Itoa(ports[0]),
 		"--slots", strconv.Itoa(slots), "--tokens-per-second", strconv.FormatFloat(tps, 'f', -1, 64))
 	waitHTTP(tb, "http://"+addr+"/health")
 	return addr
@@ -444,15 +444,15 @@ func TestTenants_ModelNotAllowedAndUnknownKey(t *testing.T) {
 		}
 		return nil
 	})
-	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+	if err := p.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	testutil.Every(20*time.Millisecond).Eventually(t, 5*time.Second, "key f accepted after SIGHUP", accepted(keyF))
 	if r := chat(t, hc, p.httpAddr, keyE, "m", 1); r.status != http.StatusUnauthorized {
 		t.Errorf("key e, dropped from the file, after SIGHUP: status %d, want 401", r.status)
 	}
-	if p.exited() {
-		t.Fatalf("the node exited on SIGHUP: %v", p.err)
+	if p.Exited() {
+		t.Fatalf("the node exited on SIGHUP: %v", p.Err())
 	}
 	if !strings.Contains(p.log(), "api keys loaded") {
 		t.Errorf("no \"api keys loaded\" line in the node's log")

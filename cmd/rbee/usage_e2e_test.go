@@ -35,7 +35,7 @@ func usageSim(tb testing.TB, dir, name string) string {
 		tb.Fatal(err)
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
-	startProcess(tb, filepath.Join(dir, name+".log"), rbeeBin, "worker", "simulate", "--model", "m", "--port", strconv.Itoa(ports[0]),
+	startProcess(tb, dir, name, rbeeBin, "worker", "simulate", "--model", "m", "--port", strconv.Itoa(ports[0]),
 		"--slots", "4", "--tokens-per-second", "0")
 	waitHTTP(tb, "http://"+addr+"/health")
 	return addr

@@ -1,4 +1,4 @@
-package main
+package termview
 
 import (
 	"strings"
@@ -14,7 +14,7 @@ func TestRenderUsage(t *testing.T) {
 		{Key: "b", Model: "llama", Requests: 1, PromptTokens: 5, CompletionTokens: 4, QueueWaitP50MS: 1448.2, QueueWaitP99MS: 1448.2},
 	}}
 	var b strings.Builder
-	if err := renderUsage(&b, v, 0); err != nil {
+	if err := RenderUsage(&b, v, 0); err != nil {
 		t.Fatal(err)
 	}
 	want := `usage over the last 1h0m0s (queen q)
@@ -27,7 +27,7 @@ TOTAL         4         35      16
 		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
 	}
 	b.Reset()
-	if err := renderUsage(&b, &api.UsageView{Queen: "q", SinceS: 600}, 0); err != nil {
+	if err := RenderUsage(&b, &api.UsageView{Queen: "q", SinceS: 600}, 0); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(b.String(), "no requests") {

@@ -1,21 +1,15 @@
-package main
+package termview
 
 // The text tables `rbee status` and `rbee top` draw: columns that give way
-// in order when the terminal is narrow, cells shortened last, and state
-// colours that do not count towards the width.
+// in order when the terminal is narrow, cells shortened last, and colours
+// (paint) that do not count towards the width.
 
 import (
 	"cmp"
-	"io"
 	"maps"
-	"os"
 	"slices"
 	"strings"
 	"unicode/utf8"
-
-	"golang.org/x/term"
-
-	"github.com/rbee/rbee/scheduler"
 )
 
 // column is one column of a table, and how it gives way on a screen too
@@ -163,100 +157,4 @@ func shorten(s string, width int, middle bool) string {
 	tail := (width - 1) / 2
 	head := width - 1 - tail
 	return string(rs[:head]) + "…" + string(rs[len(rs)-tail:])
-}
-
-// Worker states in colour, on a terminal that wants it (colorWanted): the
-// state a person acts on stands out. Green: idle, ready for work; cyan:
-// busy, taking work and with slots free; yellow: saturated, every slot
-// taken (or its GPU busy outside rbee), not broken; red: failing, or down,
-// the hive's requests to it fail or it is gone; grey: offline, its hive
-// went silent. Any other state (unknown, a newer queen's) stays plain.
-var stateColors = map[string]string{
-	scheduler.StateIdle:      "\x1b[32m",
-	scheduler.StateBusy:      "\x1b[36m",
-	scheduler.StateSaturated: "\x1b[33m",
-	scheduler.StateFailing:   "\x1b[31m",
-	scheduler.StateDown:      "\x1b[31m",
-	scheduler.StateOffline:   "\x1b[90m",
-}
-
-// ansiReset ends a colour.
-const ansiReset = "\x1b[0m"
-
-// paintState is state in its colour, or plain.
-func paintState(state string) string {
-	if c, ok := stateColors[state]; ok {
-		return c + state + ansiReset
-	}
-	return state
-}
-
-// colorWanted says whether output goes out in colour: on a terminal, unless
-// the user set NO_COLOR to anything but empty (https://no-color.org);
-// noColor is its value.
-func colorWanted(terminal bool, noColor string) bool {
-	return terminal && noColor == ""
-}
-
-// terminalOf returns w as the terminal it is, if it is one.
-func terminalOf(w io.Writer) (*os.File, bool) {
-	f, ok := w.(*os.File)
-	return f, ok && term.IsTerminal(int(f.Fd()))
-}
-
-// ansiSequence is the length of the escape sequence at the start of s (CSI:
-// ESC [ parameters, a final byte), or 0. The views write only these (SGR
-// colours); text from the network has none (termSafe).
-func ansiSequence(s string) int {
-	if len(s) < 2 || s[0] != 0x1b || s[1] != '[' {
-		return 0
-	}
-	for i := 2; i < len(s); i++ {
-		if s[i] >= 0x40 && s[i] <= 0x7e {
-			return i + 1
-		}
-	}
-	return len(s)
-}
-
-// displayWidth is how many columns l takes on a terminal: its characters,
-// escape sequences not counted.
-func displayWidth(l string) int {
-	n := 0
-	for i := 0; i < len(l); {
-		if k := ansiSequence(l[i:]); k > 0 {
-			i += k
-			continue
-		}
-		_, size := utf8.DecodeRuneInString(l[i:])
-		i += size
-		n++
-	}
-	return n
-}
-
-// cutColumns keeps the first width columns of l (escape sequences take
-// none); a line cut in colour ends the colour.
-func cutColumns(l string, width int) string {
-	if displayWidth(l) <= width {
-		return l
-	}
-	n, esc := 0, false
-	for i := 0; i < len(l); {
-		if k := ansiSequence(l[i:]); k > 0 {
-			i += k
-			esc = true
-			continue
-		}
-		if n == width {
-			if esc {
-				return l[:i] + ansiReset
-			}
-			return l[:i]
-		}
-		_, size := utf8.DecodeRuneInString(l[i:])
-		i += size
-		n++
-	}
-	return l
 }

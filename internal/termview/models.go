@@ -1,4 +1,4 @@
-package main
+package termview
 
 // The model lifecycle in `rbee status` and `rbee top`: the queue table's
 // lifecycle columns, and the sections for the workers rbee started, the GPUs
@@ -102,7 +102,7 @@ func modelHives(v *api.ClusterView) []*api.HiveView {
 
 // modelBlocks are the model lifecycle's sections: the workers rbee started,
 // the GPUs and the catalogs; each only when some online hive reported one.
-func modelBlocks(v *api.ClusterView, now time.Time, opts statusOptions) []statusBlock {
+func modelBlocks(v *api.ClusterView, now time.Time, opts StatusOptions) []statusBlock {
 	hs := modelHives(v)
 	var bs []statusBlock
 	if b, ok := managedBlock(hs, now, opts.Width); ok {
@@ -204,7 +204,7 @@ var catalogColumns = []column{
 // catalogBlock lists what each hive can start, with why an entry cannot or
 // failed. Compact (`rbee top`) keeps only the entries that need a look,
 // and counts the rest.
-func catalogBlock(hs []*api.HiveView, now time.Time, opts statusOptions) (statusBlock, bool) {
+func catalogBlock(hs []*api.HiveView, now time.Time, opts StatusOptions) (statusBlock, bool) {
 	var rows [][]string
 	total, hives := 0, 0
 	for _, h := range hs {
