@@ -34,6 +34,12 @@ var layoutRules = []struct {
 		why: "the usage ledger is a leaf: the data plane records into it, never the other way"},
 	{room: "scheduler", allow: []string{"internal/backoff"},
 		why: "the scheduler is pure logic: no I/O, no goroutines, no clock"},
+	{room: "internal/termview", allow: []string{"node/api", "wsapi", "scheduler", "internal/testutil"},
+		why: "rendering turns the API's documents into text; it never links the server"},
+	{room: "internal/launcher", allow: []string{"internal/testutil"},
+		why: "the process launcher serves the demo, the tests and the benchmarks alike, knowing none of them"},
+	{room: "internal/sim", allow: []string{"internal/testutil"},
+		why: "the simulator is a stand-in worker, not part of a node"},
 }
 
 func TestLayout_RoomsImportOnlyWhatTheyMay(t *testing.T) {

@@ -28,6 +28,10 @@ const (
 	UsageBucketSeconds = 600
 )
 
+// UsageWindow is how far back usage reaches: nodes keep their buckets this
+// long, and GET /v1/usage answers a longer since for this long.
+const UsageWindow = 24 * time.Hour
+
 // UsageReport is some of a node's usage buckets.
 type UsageReport struct {
 	Type string `json:"type"`

@@ -11,7 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/rbee/rbee/internal/termview"
-	"github.com/rbee/rbee/node/usage"
+	"github.com/rbee/rbee/wsapi"
 )
 
 func usageCommand() *cli.Command {
@@ -23,7 +23,7 @@ func usageCommand() *cli.Command {
 			"workers reported them, and the queue wait's median and 99th percentile\n" +
 			"(estimates, within ±41%). --since reaches back at most 24h, in ten-minute steps.",
 		Flags: append(clientFlags(),
-			&cli.DurationFlag{Name: "since", Value: usage.Window, Usage: "how far back to count (at most 24h)"},
+			&cli.DurationFlag{Name: "since", Value: wsapi.UsageWindow, Usage: "how far back to count (at most 24h)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the /v1/usage document as JSON"},
 		),
 		Action: runUsage,

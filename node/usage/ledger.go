@@ -11,7 +11,7 @@ import (
 
 // Window is how far back the buckets reach: a since longer than this is
 // answered for this long.
-const Window = 24 * time.Hour
+const Window = wsapi.UsageWindow
 
 // bucketSpan is one bucket's span.
 const bucketSpan = wsapi.UsageBucketSeconds * time.Second
