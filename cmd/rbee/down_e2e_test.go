@@ -67,7 +67,7 @@ func TestE2E_DeadWorkerShowsDown(t *testing.T) {
 	}
 	out := c.rbee(append([]string{"status"}, args...)...)
 	lines := strings.Split(out, "\n")
-	if !hasLineWith(lines, []string{"n0", "ext/" + port, "down"}) || !hasLineWith(lines, []string{"down workers: n0/ext/" + port, cause}) {
+	if !testutil.HasLineWith(lines, []string{"n0", "ext/" + port, "down"}) || !testutil.HasLineWith(lines, []string{"down workers: n0/ext/" + port, cause}) {
 		t.Errorf("rbee status:\n%s", out)
 	}
 

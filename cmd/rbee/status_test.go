@@ -54,20 +54,7 @@ func loadClusterFixture(tb testing.TB) (*api.ClusterView, []byte) {
 // checkGolden compares got with testdata/name, or rewrites it under -update.
 func checkGolden(t *testing.T, name, got string) {
 	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *updateGolden {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if got != string(want) {
-		t.Errorf("output differs from %s (run with -update to accept):\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
+	testutil.Golden(t, filepath.Join("testdata", name), got, *updateGolden)
 }
 
 // fakeNode serves body as /v1/cluster, and wsapi's feed of hub (when not
@@ -268,13 +255,13 @@ func TestE2E_StatusOfOneNodeCluster(t *testing.T) {
 		{"n0", "ext/", "idle", "0/2", "GiB*", "m"},
 		{"* simulated GPU figures"},
 	} {
-		if !hasLineWith(lines, want) {
+		if !testutil.HasLineWith(lines, want) {
 			t.Errorf("rbee status: no line with all of %q", want)
 		}
 	}
 
 	out = c.rbee(append([]string{"top", "--once"}, args...)...)
-	if !strings.HasPrefix(out, "rbee top  "+p.httpAddr) || !hasLineWith(strings.Split(out, "\n"), []string{"n0", "ext/", "idle"}) {
+	if !strings.HasPrefix(out, "rbee top  "+p.httpAddr) || !testutil.HasLineWith(strings.Split(out, "\n"), []string{"n0", "ext/", "idle"}) {
 		t.Errorf("rbee top --once printed:\n%s", out)
 	}
 
@@ -283,25 +270,6 @@ func TestE2E_StatusOfOneNodeCluster(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(errOut, "rbee: get cluster status: reach node at") {
 		t.Errorf("rbee status against nothing: %v, stderr %q; want exit 1 and a clear error", err, errOut)
 	}
-}
-
-// hasLineWith reports whether a line holds every one of words, in order.
-func hasLineWith(lines, words []string) bool {
-	for _, l := range lines {
-		rest, ok := l, true
-		for _, w := range words {
-			i := strings.Index(rest, w)
-			if i < 0 {
-				ok = false
-				break
-			}
-			rest = rest[i+len(w):]
-		}
-		if ok {
-			return true
-		}
-	}
-	return false
 }
 
 // lifecycleFixture reads termview's lifecycle_cluster.json, a cluster in the
@@ -327,7 +295,7 @@ func TestStatusCommand_ModelLifecycle(t *testing.T) {
 	}
 	lines := strings.Split(out, "\n")
 	for _, w := range [][]string{{"models/30002", "loading"}, {"mistral-7b", "failed 2x", "CUDA out of memory"}, {"gpu-b", "0.0/24.0 GiB*"}} {
-		if !hasLineWith(lines, w) {
+		if !testutil.HasLineWith(lines, w) {
 			t.Errorf("rbee status: no line with all of %q in\n%s", w, out)
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/internal/termview"
+	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -173,7 +174,7 @@ func TestTopOnce_ModelLifecycle(t *testing.T) {
 	lines := strings.Split(out, "\n")
 	for _, w := range [][]string{{"models/30002", "loading"}, {"catalog: 5 models on 2 hives, 2 failing or unavailable"},
 		{"mistral-7b", "failed 2x"}, {"gpu-b", "0.0/24.0 GiB*"}} {
-		if !hasLineWith(lines, w) {
+		if !testutil.HasLineWith(lines, w) {
 			t.Errorf("rbee top --once: no line with all of %q in\n%s", w, out)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/scheduler"
 	"github.com/rbee/rbee/wsapi"
@@ -44,20 +45,7 @@ func loadClusterFixture(tb testing.TB) (*api.ClusterView, []byte) {
 // checkGolden compares got with testdata/name, or rewrites it under -update.
 func checkGolden(t *testing.T, name, got string) {
 	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *updateGolden {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run with -update to create it)", err)
-	}
-	if got != string(want) {
-		t.Errorf("output differs from %s (run with -update to accept):\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
+	testutil.Golden(t, filepath.Join("testdata", name), got, *updateGolden)
 }
 
 func TestRenderStatus_Golden(t *testing.T) {
@@ -252,25 +240,6 @@ func TestStatus_FitBlocks(t *testing.T) {
 	}
 }
 
-// hasLineWith reports whether a line holds every one of words, in order.
-func hasLineWith(lines, words []string) bool {
-	for _, l := range lines {
-		rest, ok := l, true
-		for _, w := range words {
-			i := strings.Index(rest, w)
-			if i < 0 {
-				ok = false
-				break
-			}
-			rest = rest[i+len(w):]
-		}
-		if ok {
-			return true
-		}
-	}
-	return false
-}
-
 // lifecycleFixture is a cluster in the middle of the model lifecycle, as of
 // statusNow: gpu-a serves llama and is loading qwen (for 12 s) on a real
 // GPU, gpu-b runs simulated GPUs, and its catalog holds an entry that
@@ -369,7 +338,7 @@ func TestRenderStatus_ModelLifecycle(t *testing.T) {
 			}
 			lines := strings.Split(b.String(), "\n")
 			for _, w := range tc.want {
-				if !hasLineWith(lines, w) {
+				if !testutil.HasLineWith(lines, w) {
 					t.Errorf("no line with all of %q in\n%s", w, b.String())
 				}
 			}
@@ -387,7 +356,7 @@ func TestRenderStatus_ModelLifecycle(t *testing.T) {
 	if err := RenderStatus(&b, old, statusNow, StatusOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(b.String(), "STATE") || !hasLineWith(strings.Split(b.String(), "\n"), []string{"m", "1", "0", "2"}) {
+	if strings.Contains(b.String(), "STATE") || !testutil.HasLineWith(strings.Split(b.String(), "\n"), []string{"m", "1", "0", "2"}) {
 		t.Errorf("a queue without lifecycle fields:\n%s", b.String())
 	}
 	// An offline hive's lifecycle is what it did when it went silent: its
@@ -397,8 +366,8 @@ func TestRenderStatus_ModelLifecycle(t *testing.T) {
 	if err := RenderStatus(&b, v, statusNow, StatusOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if lines := strings.Split(b.String(), "\n"); hasLineWith(lines, []string{"gpu-b", "0.0/24.0 GiB*"}) ||
-		hasLineWith(lines, []string{"gpu-b", "phi-3", "simulated"}) || !hasLineWith(lines, []string{"gpu-a", "models/30002", "loading"}) {
+	if lines := strings.Split(b.String(), "\n"); testutil.HasLineWith(lines, []string{"gpu-b", "0.0/24.0 GiB*"}) ||
+		testutil.HasLineWith(lines, []string{"gpu-b", "phi-3", "simulated"}) || !testutil.HasLineWith(lines, []string{"gpu-a", "models/30002", "loading"}) {
 		t.Errorf("with gpu-b offline:\n%s", b.String())
 	}
 }
@@ -434,14 +403,14 @@ func TestRenderStatus_DownWorkerSaysWhy(t *testing.T) {
 	}
 	lines := strings.Split(b.String(), "\n")
 	want := "down workers: " + v.Hives[0].HiveID + "/ollama/11434 (the hive cannot reach it: GET http://127.0.0.1:11434/health: connection refused)"
-	if !hasLineWith(lines, []string{v.Hives[0].HiveID, "ollama/11434", "down"}) || !hasLineWith(lines, []string{want}) {
+	if !testutil.HasLineWith(lines, []string{v.Hives[0].HiveID, "ollama/11434", "down"}) || !testutil.HasLineWith(lines, []string{want}) {
 		t.Errorf("rbee status shows no down worker with its reason %q:\n%s", want, b.String())
 	}
 	st := NewTopState(hiveTTL)
 	st.Apply(TopUpdate{View: v}, statusNow)
 	st.Apply(TopUpdate{Live: true}, statusNow)
 	top := TopLines(st, TopScreen{Addr: "127.0.0.1:7833", Now: statusNow, Width: 200, Height: 60})
-	if !hasLineWith(top, []string{"ollama/11434", "down"}) || !hasLineWith(top, []string{want}) {
+	if !testutil.HasLineWith(top, []string{"ollama/11434", "down"}) || !testutil.HasLineWith(top, []string{want}) {
 		t.Errorf("rbee top shows no down worker with its reason:\n%s", strings.Join(top, "\n"))
 	}
 }

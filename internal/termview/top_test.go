@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/scheduler"
 	"github.com/rbee/rbee/wsapi"
@@ -306,14 +307,14 @@ func TestTopLines_ModelLifecycle(t *testing.T) {
 			{"mistral-7b", "failed 2x"},
 			{"phi-3", "cannot start"},
 		} {
-			if !hasLineWith(lines, w) {
+			if !testutil.HasLineWith(lines, w) {
 				t.Errorf("%dx%d: no line with all of %q in\n%s", size[0], size[1], w, strings.Join(lines, "\n"))
 			}
 		}
-		if size[0] >= 160 && !hasLineWith(lines, []string{"failed 2x, 1m06s ago: CUDA out of memory | engine exited"}) {
+		if size[0] >= 160 && !testutil.HasLineWith(lines, []string{"failed 2x, 1m06s ago: CUDA out of memory | engine exited"}) {
 			t.Errorf("%dx%d: the failure's reason is missing:\n%s", size[0], size[1], strings.Join(lines, "\n"))
 		}
-		if hasLineWith(lines, []string{"llama-8b", "9.1 GiB learned"}) {
+		if testutil.HasLineWith(lines, []string{"llama-8b", "9.1 GiB learned"}) {
 			t.Errorf("%dx%d: a catalog entry that is fine is listed:\n%s", size[0], size[1], strings.Join(lines, "\n"))
 		}
 	}
@@ -321,7 +322,7 @@ func TestTopLines_ModelLifecycle(t *testing.T) {
 	later := statusNow.Add(time.Minute)
 	lines := TopLines(st, TopScreen{Addr: "a", Now: later})
 	for _, w := range [][]string{{"models/30002"}, {"catalog:"}, {"* simulated GPUs"}} {
-		if hasLineWith(lines, w) {
+		if testutil.HasLineWith(lines, w) {
 			t.Errorf("silent hives: a line with %q in\n%s", w, strings.Join(lines, "\n"))
 		}
 	}

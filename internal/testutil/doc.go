@@ -1,6 +1,7 @@
-// Package testutil holds what tests across rbee share: for now, waiting for
-// a condition by polling it until a deadline, the way serf's testutil/retry
-// does, so that no test waits with time.Sleep.
+// Package testutil holds what tests across rbee share: waiting for a
+// condition by polling it until a deadline, the way serf's testutil/retry
+// does, so that no test waits with time.Sleep; and checks of rendered text
+// (golden files, table lines).
 //
 // Eventually fails a test unless a condition comes true in time;
 // Consistently fails it if a condition breaks within a stretch of time;
