@@ -322,16 +322,8 @@ func (c *cluster) launch(p *proc, cmd *exec.Cmd) error {
 	return nil
 }
 
-// health is the /healthz answer.
-type health struct {
-	Status  string `json:"status"`
-	Node    string `json:"node"`
-	Queen   string `json:"queen"`
-	Version string `json:"version"`
-}
-
-func (c *cluster) health(p *proc) (health, error) {
-	var h health
+func (c *cluster) health(p *proc) (api.Health, error) {
+	var h api.Health
 	err := c.getJSON(p.httpAddr, api.PathHealth, &h)
 	return h, err
 }

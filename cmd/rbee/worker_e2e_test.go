@@ -16,32 +16,17 @@ import (
 	"github.com/rbee/rbee/wsapi"
 )
 
-// startWorkerRun starts `rbee worker run ... -- sleep 120` and returns it.
-func startWorkerRun(t *testing.T, c *cluster, n *proc, extra ...string) *exec.Cmd {
+// startWorkerRun starts `rbee worker run ... -- sleep 120` as one of the
+// cluster's processes and returns it.
+func startWorkerRun(t *testing.T, c *cluster, n *proc, extra ...string) *proc {
 	t.Helper()
 	args := append([]string{"worker", "run", "--http-addr", n.httpAddr, "--cluster-key-file", c.keyFile}, extra...)
 	args = append(args, "--", "sleep", "120")
-	cmd := exec.Command(rbeeBin, args...)
-	cmd.Env = envWithoutRbee()
-	log, err := os.Create(filepath.Join(c.dir, "worker-run.log"))
-	if err != nil {
+	p := &proc{name: "worker-run"}
+	if err := c.launch(p, exec.Command(rbeeBin, args...)); err != nil {
 		t.Fatal(err)
 	}
-	defer log.Close()
-	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(log.Name())
-			t.Logf("worker run log:\n%s", b)
-		}
-	})
-	return cmd
+	return p
 }
 
 // hiveWorker returns the worker group/instance as the hive reports it.
@@ -90,12 +75,13 @@ func TestE2E_WorkerRunOutsideCgroupRegistersByPid(t *testing.T) {
 	wr := startWorkerRun(t, c, n, "--cgroup-root", t.TempDir(), "--group", "llm", "--instance", "9999", "--model", "tiny-model", "--slots", "2")
 
 	w := waitWorker(t, c, n, "llm", "9999", true)
-	if w.PID == 0 || w.PID == uint32(wr.Process.Pid) || w.Model == nil || *w.Model != "tiny-model" || w.RSSMB == 0 {
-		t.Fatalf("reported worker = %+v, want the child's pid (not rbee's %d), model tiny-model, its RSS", w, wr.Process.Pid)
+	if w.PID == 0 || w.PID == uint32(wr.Pid()) || w.Model == nil || *w.Model != "tiny-model" || w.RSSMB == 0 {
+		t.Fatalf("reported worker = %+v, want the child's pid (not rbee's %d), model tiny-model, its RSS", w, wr.Pid())
 	}
 
 	// Stopping `rbee worker run` stops the worker, with the worker's status.
-	_ = wr.Process.Signal(syscall.SIGTERM)
+	wr.stopped = true
+	_ = wr.Signal(syscall.SIGTERM)
 	err := wr.Wait()
 	var ee *exec.ExitError
 	if !asExit(err, &ee) || ee.ExitCode() != 128+int(syscall.SIGTERM) {
