@@ -103,7 +103,7 @@ func DefaultConfig() Config {
 		// reported within 3 s (three missed reports), a queen event every
 		// 2.5 s.
 		TelemetryInterval:  time.Second,
-		HiveTTL:            3 * time.Second,
+		HiveTTL:            api.DefaultHiveTTL,
 		QueenEventInterval: 2500 * time.Millisecond,
 		ForgetAfter:        10 * time.Minute,
 		GossipTiming:       gossip.LANTiming(),

@@ -24,7 +24,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/rbee/rbee/internal/termview"
-	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -76,7 +75,7 @@ func runTop(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		st := termview.NewTopState(node.DefaultConfig().HiveTTL)
+		st := termview.NewTopState(api.DefaultHiveTTL)
 		now := time.Now()
 		st.Apply(termview.TopUpdate{View: v}, now)
 		st.Apply(termview.TopUpdate{Live: true}, now)
@@ -123,7 +122,7 @@ func topLive(ctx context.Context, out, in *os.File, addr string, src *topSource,
 
 	tick := time.NewTicker(topRefresh)
 	defer tick.Stop()
-	st := termview.NewTopState(node.DefaultConfig().HiveTTL)
+	st := termview.NewTopState(api.DefaultHiveTTL)
 	draw := func() {
 		now := time.Now()
 		w, h, err := term.GetSize(int(out.Fd()))

@@ -17,9 +17,9 @@ import (
 	"github.com/rbee/rbee/wsapi"
 )
 
-// hiveTTL is node.DefaultConfig().HiveTTL, the queen's, which `rbee top`
-// passes to NewTopState; the golden frames were drawn with it.
-const hiveTTL = 3 * time.Second
+// hiveTTL is what `rbee top` judges hives by between two views: the
+// node's default.
+const hiveTTL = api.DefaultHiveTTL
 
 // liveTopState is a TopState that read the fixture at statusNow and is
 // connected to the feed.

@@ -1,6 +1,10 @@
 package api
 
-import "github.com/rbee/rbee/wsapi"
+import (
+	"time"
+
+	"github.com/rbee/rbee/wsapi"
+)
 
 // Default ports: 7833 for HTTP (the API, feed and dashboard) and 7946 for
 // gossip (memberlist's and serf's usual port).
@@ -8,6 +12,11 @@ const (
 	DefaultHTTPPort   = 7833
 	DefaultGossipPort = 7946
 )
+
+// DefaultHiveTTL is how long a hive counts as online after its last report
+// (the seed notes: three missed one-second reports). It is a node's default,
+// and what `rbee top` uses between two views of the cluster.
+const DefaultHiveTTL = 3 * time.Second
 
 // rbee's own paths, served by every node.
 const (
