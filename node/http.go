@@ -29,7 +29,7 @@ func (n *Node) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+api.PathHealth, n.handleHealth)
 	mux.HandleFunc("GET "+api.PathCluster, n.authorized(n.handleCluster))
-	mux.HandleFunc(api.PathUsage, proxy.MethodNotAllowed(http.MethodGet)) // usage.go: not for a worker
+	mux.HandleFunc(api.PathUsage, proxy.MethodNotAllowed(http.MethodGet)) // rbee's own: another method is not for a worker
 	mux.HandleFunc("GET "+api.PathUsage, n.authorized(n.handleUsage))
 	mux.HandleFunc("GET "+api.PathFeed, n.authorized(n.handleFeed))
 	// The hive session authenticates with its own challenge-response.

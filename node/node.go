@@ -54,7 +54,8 @@ type Node struct {
 	scheme string
 	queen  *queen.Queen
 	proxy  *proxy.Proxy
-	// usage counts what this node answered as entry node (usage.go).
+	// usage counts what this node answered as entry node; the uplink sends
+	// it to the queen, which sums every node's (cluster.go).
 	usage *usage.Ledger
 	// hive is what this node does as a hive (nil without the hive role).
 	hive *hive.Agent

@@ -17,6 +17,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/coder/websocket"
 
+	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/ui"
 	"github.com/rbee/rbee/wsapi"
@@ -172,7 +173,7 @@ func TestDashboard_ModelLifecycle(t *testing.T) {
 			{"queues", v.Queues, []string{"mistral-7b", "unavailable", "1 waiting", "every hive that has it failed to start it"}},
 			{"queues", v.Queues, []string{"llama-8b", "loaded", "0 waiting", "1 / 4"}},
 		} {
-			if !hasRowWith(w.got, w.parts) {
+			if !testutil.HasLineWith(w.got, w.parts) {
 				return fmt.Errorf("%s: no row with all of %q: %q", w.what, w.parts, w.got)
 			}
 		}
@@ -212,25 +213,6 @@ func TestDashboard_ModelLifecycle(t *testing.T) {
 		t.Errorf("the loading time did not move: %q then %q", last.Managed, v.Managed)
 	}
 	screenshot(t, tb, "dashboard-lifecycle-1280.png", 1280, 800, false)
-}
-
-// hasRowWith reports whether a row holds every one of parts, in order.
-func hasRowWith(rows, parts []string) bool {
-	for _, r := range rows {
-		rest, ok := r, true
-		for _, p := range parts {
-			i := strings.Index(rest, p)
-			if i < 0 {
-				ok = false
-				break
-			}
-			rest = rest[i+len(p):]
-		}
-		if ok {
-			return true
-		}
-	}
-	return false
 }
 
 func safeIndex(xs []string, i int) string {
