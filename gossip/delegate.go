@@ -78,10 +78,16 @@ func (e *eventDelegate) NotifyLeave(n *memberlist.Node) {
 func (e *eventDelegate) NotifyUpdate(n *memberlist.Node) {
 	m := memberFrom(n, StatusAlive)
 	e.g.mu.Lock()
-	// A member this node confirmed dead that updates its metadata is
-	// alive after all (its ports refused connections for another
-	// reason): it is back in the view at once.
-	delete(e.g.confirmed, n.Name)
+	// A death this node confirmed stays latched through metadata
+	// updates (ConfirmDead says why); the latest metadata is kept for
+	// when it ends, and its term still binds the next claim.
+	if c, ok := e.g.confirmed[n.Name]; ok && c.m.Start.Equal(m.Start) {
+		c.m = m
+		e.g.confirmed[n.Name] = c
+		e.g.mu.Unlock()
+		return
+	}
+	delete(e.g.confirmed, n.Name) // a new incarnation ends the latch
 	e.g.live[n.Name] = m
 	e.g.mu.Unlock()
 	e.g.poke()

@@ -39,6 +39,9 @@ type Gossip struct {
 	// confirmed holds members this node found dead itself (ConfirmDead)
 	// before failure detection did, with when to stop believing it.
 	confirmed map[string]confirmedDeath
+	// unconfirmed holds members whose confirmed death proved wrong, with
+	// until when they may not be confirmed dead again.
+	unconfirmed map[string]time.Time
 	// known are addresses to rejoin besides failed members: the seeds and
 	// the members of the last snapshot.
 	known     []string
@@ -62,17 +65,18 @@ type Gossip struct {
 func New(cfg Config, seeds []string) (*Gossip, error) {
 	cfg = cfg.withDefaults()
 	g := &Gossip{
-		cfg:        cfg,
-		log:        cfg.Logger,
-		seeds:      seeds,
-		wake:       make(chan struct{}, 1),
-		meta:       cfg.Meta,
-		live:       make(map[string]Member),
-		departed:   make(map[string]Member),
-		departedAt: make(map[string]time.Time),
-		confirmed:  make(map[string]confirmedDeath),
-		gone:       make(map[string]chan struct{}),
-		queenCh:    make(chan struct{}),
+		cfg:         cfg,
+		log:         cfg.Logger,
+		seeds:       seeds,
+		wake:        make(chan struct{}, 1),
+		meta:        cfg.Meta,
+		live:        make(map[string]Member),
+		departed:    make(map[string]Member),
+		departedAt:  make(map[string]time.Time),
+		confirmed:   make(map[string]confirmedDeath),
+		unconfirmed: make(map[string]time.Time),
+		gone:        make(map[string]chan struct{}),
+		queenCh:     make(chan struct{}),
 	}
 	if cfg.SnapshotPath != "" {
 		prev, err := readSnapshot(cfg.SnapshotPath)
@@ -356,8 +360,7 @@ func (g *Gossip) poke() {
 
 // recompute runs the election on the current view and publishes a change.
 // Taking the seat, this node claims it with a term above every term it has
-// seen; holding it, it moves above any higher term that shows up (a merged
-// partition's), so that grants carrying its term stay the newest.
+// seen.
 func (g *Gossip) recompute() {
 	q, ok := Elect(g.LiveMembers())
 	g.mu.Lock()
@@ -377,8 +380,14 @@ func (g *Gossip) recompute() {
 		wantClaim, follows, claimChanged, metaChanged = false, g.meta.Follows, false, false
 	}
 	g.meta.Claim, g.meta.Follows = wantClaim, follows
-	if top := g.othersMaxTermLocked(); wantClaim && (claimChanged || top >= g.meta.Term) {
-		g.meta.Term = max(top, g.meta.Term) + 1
+	// A claim goes above every term seen. A held seat does not move when
+	// a higher term shows up: hives fence grants by the term of the queen
+	// they elect (FenceTerm), and the election already prefers the claim
+	// more members follow, so a claimant the majority ignores (a node that
+	// wrongly thought this queen dead) costs nothing. Outbidding it would
+	// invite it to outbid back: a term war.
+	if wantClaim && claimChanged {
+		g.meta.Term = max(g.othersMaxTermLocked(), g.meta.Term) + 1
 		metaChanged = true
 	}
 	if metaChanged {
@@ -440,10 +449,33 @@ func (g *Gossip) Term() uint64 {
 	return g.meta.Term
 }
 
-// MaxTerm is the highest term a live member holds: a grant carrying a lower
-// one comes from a queen that has been replaced by a live one. Departed
-// members do not count: a new queen that never saw them may claim below
-// their terms, and its grants must still be taken.
+// FenceTerm is the lowest term a grant may carry: the term of the queen this
+// node elects, whose claim the most members follow. A grant below it comes
+// from a queen that has been replaced. A higher term held by a claimant the
+// others do not follow (a node cut off from the queen that took the seat for
+// itself) does not fence the queen everyone else follows. With no queen it
+// is MaxTerm.
+func (g *Gossip) FenceTerm() uint64 {
+	g.mu.Lock()
+	q, ok := g.queen, g.hasQueen
+	g.mu.Unlock()
+	if !ok {
+		return g.MaxTerm()
+	}
+	if q.Name == g.cfg.Name {
+		return g.Term()
+	}
+	// The queen as last heard: its term may have risen since the
+	// election that made it queen.
+	if m, live := g.Member(q.Name); live && m.Start.Equal(q.Start) {
+		return m.Term
+	}
+	return q.Term
+}
+
+// MaxTerm is the highest term a live member holds. Departed members do not
+// count: a new queen that never saw them may claim below their terms, and
+// its grants must still be taken.
 func (g *Gossip) MaxTerm() uint64 {
 	g.mu.Lock()
 	defer g.mu.Unlock()

@@ -444,7 +444,12 @@ func TestWatchMember(t *testing.T) {
 	if closed(left) || a.WatchMember("d") != nil {
 		t.Fatal("fired for a member that left gracefully")
 	}
-	if !a.ConfirmDead("b", b.Self().Start) {
+	bStart := b.Self().Start
+	if a.ConfirmDead("b", bStart) {
+		t.Fatal("confirmed the death of a member that answers pings")
+	}
+	b.stop()
+	if !a.ConfirmDead("b", bStart) {
 		t.Fatal("ConfirmDead(b) did nothing")
 	}
 	if !closed(gone) {

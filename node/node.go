@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -279,6 +280,7 @@ func (n *Node) newPlanes() error {
 		Workers:      workers,
 		Queues:       (*clusterQueues)(n),
 		Members:      (*members)(n),
+		Peers:        n.relayPeers,
 		Usage:        n.usage,
 		Metrics:      n.metrics,
 		Logger:       n.log,
@@ -330,8 +332,31 @@ func (m *members) Member(name string) (gossip.Member, bool) { return m.gossip.Me
 func (m *members) LiveMembers() []gossip.Member             { return m.gossip.LiveMembers() }
 func (m *members) Term() uint64                             { return m.gossip.Term() }
 func (m *members) Members() []gossip.Member                 { return m.gossip.Members() }
-func (m *members) MaxTerm() uint64                          { return m.gossip.MaxTerm() }
+func (m *members) FenceTerm() uint64                        { return m.gossip.FenceTerm() }
 func (m *members) WatchMember(name string) <-chan struct{}  { return m.gossip.WatchMember(name) }
+
+// relayPeers lists the API addresses of the live members an entry request
+// may go through when this node cannot reach the queen: not this node, not
+// the queen (that is the path that fails), not one that is leaving; those
+// that follow the same queen first, each group shuffled so that a stranded
+// node's load spreads.
+func (n *Node) relayPeers() []string {
+	q, _, _ := n.gossip.WatchQueen()
+	var same, other []string
+	for _, m := range n.gossip.LiveMembers() {
+		if m.Name == n.cfg.Name || m.Name == q.Name || m.Leaving || m.HTTPAddr == "" {
+			continue
+		}
+		if m.Follows == q.Name {
+			same = append(same, m.HTTPAddr)
+		} else {
+			other = append(other, m.HTTPAddr)
+		}
+	}
+	rand.Shuffle(len(same), func(i, j int) { same[i], same[j] = same[j], same[i] })
+	rand.Shuffle(len(other), func(i, j int) { other[i], other[j] = other[j], other[i] })
+	return append(same, other...)
+}
 
 // advertiseHTTP picks the API address other nodes dial: the bound address,
 // unless it is 0.0.0.0/::, then the gossip advertise host, else the first

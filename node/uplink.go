@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/rbee/rbee/gossip"
 	"github.com/rbee/rbee/internal/backoff"
 	"github.com/rbee/rbee/node/api"
+	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -38,9 +40,12 @@ const (
 func (n *Node) runUplink(ctx context.Context) error {
 	retry := backoff.New(redial)
 	failing := false
+	st := &stranding{leases: n.proxy.Leases(), log: n.log}
+	defer st.reached()
 	for {
 		q, ok, changed := n.gossip.WatchQueen()
 		if !ok {
+			st.reached()
 			select {
 			case <-ctx.Done():
 				return nil
@@ -58,14 +63,21 @@ func (n *Node) runUplink(ctx context.Context) error {
 		if opened {
 			retry.Reset()
 			failing = false
+			st.reached()
 		}
 		select {
 		case <-changed:
 			// A new queen: dial it now, not after a backoff.
 			retry.Reset()
+			st.reached()
 			continue
 		default:
 		}
+		began := time.Now()
+		if qs, ok := errors.AsType[*queenSilent](err); ok {
+			began = qs.since
+		}
+		st.failed(q.Name, err, began)
 		// Log the first failure of a run at WARN, the retries at DEBUG: a
 		// dead queen is one event, not one line per retry.
 		if !failing {
@@ -77,6 +89,68 @@ func (n *Node) runUplink(ctx context.Context) error {
 		if !retry.Wait(ctx, changed) {
 			return nil
 		}
+	}
+}
+
+// strandedAfter is how long the session to a queen that gossip still counts
+// alive must keep failing before this node counts itself stranded (cut off
+// from the queen the others follow). Failure detection replaces a dead or
+// frozen queen within about 2 s on a LAN, so a failover rarely reaches it;
+// when it does, the peers the requests are offered to are waiting for the
+// same new queen, and a request none of them takes waits here as before.
+const strandedAfter = 2 * time.Second
+
+// stranding tells the lease client when this node cannot reach the queen
+// that the rest of the cluster follows, so its entry requests go through a
+// peer instead of waiting out the queue timeout for a session that is not
+// coming (a firewall between this node and the queen, a one-way cut). It
+// counts from the first failure, on a timer: a dial to a queen behind a
+// silent cut takes its whole timeout to fail.
+type stranding struct {
+	leases *proxy.LeaseClient
+	log    *slog.Logger
+
+	mu    sync.Mutex
+	timer *time.Timer // running from the first failure of a run
+	on    bool
+}
+
+// failed starts the count of a run of failures that began at since, unless
+// one runs.
+func (s *stranding) failed(queen string, err error, since time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.timer != nil || s.on {
+		return
+	}
+	var t *time.Timer
+	t = time.AfterFunc(max(strandedAfter-time.Since(since), 0), func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.timer != t || s.on {
+			return // reached meanwhile
+		}
+		s.on = true
+		why := fmt.Sprintf("its session to queen %s has failed for %s (%v)", queen, time.Since(since).Round(100*time.Millisecond), err)
+		s.log.Warn("cannot reach the queen the cluster follows; entry requests go through peers", "queen", queen, "err", err)
+		s.leases.SetStranded(why)
+	})
+	s.timer = t
+}
+
+// reached ends a run of failures: the session opened, or the queen changed
+// (the new one has not failed yet).
+func (s *stranding) reached() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	if s.on {
+		s.on = false
+		s.leases.SetStranded("")
+		s.log.Info("queen reachable again; entry requests lease directly")
 	}
 }
 
@@ -140,9 +214,10 @@ func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan s
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	go func() { errc <- n.dispatch(sctx, s, q.Name, log) }()
 	go func() { errc <- s.Keepalive(sctx) }()
+	go func() { errc <- watchAnswers(sctx, s, leases) }()
 	// Lease requests and releases go out batched (see wsapi.Outbox);
 	// reports are written directly.
 	up := &uplink{s: s, out: wsapi.NewOutbox(s, wsapi.DefaultOutboxQueue)}
@@ -151,6 +226,7 @@ func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan s
 		leases.Detach(up)
 		cancel()
 		s.CloseNow()
+		<-errc
 		<-errc
 		<-errc
 		<-errc
@@ -166,6 +242,49 @@ func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan s
 	}
 	return true, err
 }
+
+// answerQuiet is how long lease requests may wait with the queen silent
+// before the session is checked with a ping: a queen answers a request
+// within milliseconds, with a grant or by queueing it, but a queued request
+// hears nothing until its grant, so silence alone proves nothing.
+const answerQuiet = time.Second
+
+// watchAnswers pings the queen when lease requests have waited answerQuiet
+// and it has said nothing for as long, and ends the session when the ping
+// goes unanswered. A link that goes silent (a one-way cut, a firewall that
+// drops) sends no reset: without this, the requests would wait on a dead
+// session until the 15 s keepalive, and the node would not look for another
+// way to the queen before then.
+func watchAnswers(ctx context.Context, s *wsapi.Session, leases *proxy.LeaseClient) error {
+	t := time.NewTicker(answerQuiet / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			if leases.OldestWaiting(now) < answerQuiet {
+				continue
+			}
+			if err := s.Check(ctx, answerQuiet, answerQuiet); err != nil {
+				return &queenSilent{since: now.Add(-answerQuiet), err: err}
+			}
+		}
+	}
+}
+
+// queenSilent ends a session whose queen stopped answering while lease
+// requests waited; since is when it last spoke, about.
+type queenSilent struct {
+	since time.Time
+	err   error
+}
+
+func (e *queenSilent) Error() string {
+	return fmt.Sprintf("lease requests waiting, queen silent since %s: %v", e.since.Format(time.TimeOnly), e.err)
+}
+
+func (e *queenSilent) Unwrap() error { return e.err }
 
 // dispatch reads what the queen sends on s until the session breaks, and
 // hands each message to whom it is for: lease answers to the lease client,

@@ -341,6 +341,25 @@ func (s *Session) Keepalive(ctx context.Context) error {
 	return keepalive(ctx, s.conn, s.opts.PingInterval, s.opts.PingTimeout, &s.lastRead)
 }
 
+// Check pings the peer now, unless it spoke within quiet, and closes the
+// connection when the ping goes unanswered for timeout. A caller that
+// expects an answer (a lease request waiting) checks a silent peer sooner
+// than Keepalive's interval: a queen behind a cut link sends no reset, and
+// the requests would wait on the dead session until the next ping.
+func (s *Session) Check(ctx context.Context, quiet, timeout time.Duration) error {
+	if time.Since(time.Unix(0, s.lastRead.Load())) < quiet {
+		return nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	err := s.conn.Ping(pctx)
+	cancel()
+	if err != nil && ctx.Err() == nil {
+		s.conn.CloseNow()
+		return fmt.Errorf("ping: %w", err)
+	}
+	return nil
+}
+
 // keepalive pings c every interval, skipping the ping when lastRead (if not
 // nil) shows the peer spoke within the interval.
 func keepalive(ctx context.Context, c *websocket.Conn, every, timeout time.Duration, lastRead *atomic.Int64) error {

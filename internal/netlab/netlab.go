@@ -136,6 +136,22 @@ func (h *Host) Command(name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
+// Firewall adds an iptables rule in h's namespace (args as after
+// "iptables"), for faults a pulled cable cannot make: one direction only, one
+// protocol, one peer, a REJECT that answers for a live process. The rules go
+// with the namespace. Without iptables the test skips, or fails under
+// RBEE_REQUIRE_NETNS.
+func (h *Host) Firewall(args ...string) {
+	h.lab.tb.Helper()
+	if _, err := exec.LookPath("iptables"); err != nil {
+		if os.Getenv("RBEE_REQUIRE_NETNS") != "" {
+			h.lab.tb.Fatal("iptables is not installed (apt-get install iptables)")
+		}
+		h.lab.tb.Skip("skipping fault test: iptables is not installed (apt-get install iptables)")
+	}
+	h.lab.run(append([]string{"ip", "netns", "exec", h.NS, "iptables"}, args...)...)
+}
+
 // Addr is host:port on h.
 func (h *Host) Addr(port int) string { return fmt.Sprintf("%s:%d", h.IP, port) }
 

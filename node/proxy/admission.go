@@ -14,11 +14,14 @@ import (
 // retry loop needs to ask for leases and forward, read once from the body
 // and the request before the first lease is asked for.
 type admission struct {
-	start   time.Time // when the request reached this node
-	body    []byte    // as forwarded: with include_usage when askUsage added it
-	release func()    // gives the body's bytes back to the node's budget
-	model   string    // as the client asked for it
-	tenant  *tenants.Tenant
+	start time.Time // when the request reached this node
+	body  []byte    // as forwarded: with include_usage when askUsage added it
+	// clientBody is the body as the client sent it, for a peer that
+	// serves the request instead of this node (peers.go).
+	clientBody []byte
+	release    func() // gives the body's bytes back to the node's budget
+	model      string // as the client asked for it
+	tenant     *tenants.Tenant
 	// stream: the client asked for a stream (only a JSON true counts),
 	// so the wait for a lease is kept alive (keepalive.go).
 	stream bool
@@ -71,6 +74,7 @@ func (p *Proxy) admit(w http.ResponseWriter, r *http.Request) (a admission, ok b
 	}
 	a.release, a.stream = release, head.Stream == true
 	// Usage accounting (usage.go): a stream is asked for its usage.
+	a.clientBody = body
 	a.body, a.stripUsage = askUsage(r.URL.Path, &head, body)
 	a.previousID, a.on = head.PreviousResponseID, p.previousWorker(head.PreviousResponseID)
 	a.conv = conversation(r, &head)

@@ -109,8 +109,30 @@ func (p *Proxy) askLease(w http.ResponseWriter, r *http.Request, a *admission, o
 	if ka != nil {
 		onWait = ka.start(waitStart)
 	}
-	g, lerr, err := p.leases.Ask(r.Context(), Ask{Model: a.model, On: on, Wait: p.cfg.QueueTimeout, OnWait: onWait,
-		Tenant: a.tenant, Arrived: a.start, Conversation: a.conv})
+	ask := Ask{Model: a.model, On: on, Wait: p.cfg.QueueTimeout, OnWait: onWait, Tenant: a.tenant, Arrived: a.start, Conversation: a.conv}
+	g, lerr, err := p.leases.Ask(r.Context(), ask)
+	if err == nil && lerr != nil && lerr.ErrorType == ErrTypeQueenUnreachable {
+		if ka != nil {
+			ka.stop()
+		}
+		if p.relayToPeer(w, r, a) {
+			return nil, false
+		}
+		if r.Header.Get(hdrRelayedBy) != "" {
+			// The node that relayed it here tries another peer.
+			w.Header().Set(hdrRetry, "1")
+		} else {
+			// No peer took it: they cannot reach the queen either,
+			// which is then most likely gone, and the next one is
+			// worth the rest of the wait.
+			if ka != nil {
+				onWait = ka.start(waitStart)
+				ask.OnWait = onWait
+			}
+			ask.Patient, ask.Wait = true, max(p.cfg.QueueTimeout-time.Since(waitStart), 0)
+			g, lerr, err = p.leases.Ask(r.Context(), ask)
+		}
+	}
 	if ka != nil {
 		ka.stop()
 	}

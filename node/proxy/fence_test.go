@@ -21,7 +21,7 @@ type fakeMembers struct {
 	gone map[string]chan struct{}
 }
 
-func (f *fakeMembers) MaxTerm() uint64 {
+func (f *fakeMembers) FenceTerm() uint64 {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.max

@@ -65,7 +65,7 @@ func (p *Proxy) HandleHiveProxy(w http.ResponseWriter, r *http.Request) {
 // frozen or cut-off queen that does not know yet from handing out this hive's
 // slots (the slot check in serveLease holds either way).
 func (p *Proxy) staleGrant(term uint64) bool {
-	if max := p.cfg.Members.MaxTerm(); term < max {
+	if max := p.cfg.Members.FenceTerm(); term < max {
 		p.log.Debug("refused a grant from a replaced queen", "term", term, "current", max)
 		return true
 	}

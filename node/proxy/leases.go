@@ -37,7 +37,14 @@ type LeaseClient struct {
 	up      Uplink
 	pending map[string]*pendingLease
 	closed  bool
+	// stranded, when set, says why this node cannot reach the queen
+	// that the rest of the cluster follows (SetStranded).
+	stranded string
 }
+
+// ErrTypeQueenUnreachable is the error type of the 503 a request gets when
+// its entry node cannot reach the queen while the cluster says it is alive.
+const ErrTypeQueenUnreachable = "queen_unreachable"
 
 type pendingLease struct {
 	msg      wsapi.LeaseRequest
@@ -45,6 +52,7 @@ type pendingLease struct {
 	deadline time.Time
 	ch       chan leaseAnswer // buffered 1
 	onWait   func(*wsapi.LeaseWait)
+	patient  bool // Ask.Patient
 }
 
 type leaseAnswer struct {
@@ -85,6 +93,47 @@ func (lc *LeaseClient) Attach(u Uplink) {
 	for i := range msgs {
 		put(u, &msgs[i])
 	}
+}
+
+// SetStranded says that this node cannot reach the queen (why), or, with "",
+// that it can again. While stranded and without a session, a lease request
+// is refused at once with ErrTypeQueenUnreachable instead of waiting for a
+// session that is not coming, and those already waiting get that refusal
+// now: the entry node routes them through a peer or answers 503 with the
+// reason, never after the whole queue timeout.
+func (lc *LeaseClient) SetStranded(why string) {
+	lc.mu.Lock()
+	lc.stranded = why
+	var refused []*pendingLease
+	if why != "" && lc.up == nil {
+		for id, p := range lc.pending {
+			if !p.patient {
+				delete(lc.pending, id)
+				refused = append(refused, p)
+			}
+		}
+	}
+	lc.mu.Unlock()
+	for _, p := range refused {
+		p.ch <- leaseAnswer{err: strandedError(why)}
+	}
+}
+
+func strandedError(why string) *wsapi.LeaseError {
+	return &wsapi.LeaseError{Status: http.StatusServiceUnavailable, ErrorType: ErrTypeQueenUnreachable, RetryAfterMS: 1000,
+		Message: "this node cannot reach the queen: " + why}
+}
+
+// OldestWaiting is how long the oldest request still waiting for the
+// queen's answer has waited, zero when none does.
+func (lc *LeaseClient) OldestWaiting(now time.Time) time.Duration {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	var d time.Duration
+	for _, p := range lc.pending {
+		d = max(d, now.Sub(p.arrived))
+	}
+	return d
 }
 
 // Detach forgets u if it is the current session.
@@ -152,6 +201,10 @@ type Ask struct {
 	Arrived time.Time
 	// Conversation names the conversation, for prefix affinity.
 	Conversation string
+	// Patient waits for a session even while this node is stranded: no
+	// peer could take the request, so the queen may be gone for everyone
+	// and the next one is worth waiting for.
+	Patient bool
 }
 
 // Ask asks for a lease as a says and waits for the answer, as AcquireOn.
@@ -170,6 +223,7 @@ func (lc *LeaseClient) Ask(ctx context.Context, a Ask) (*wsapi.LeaseGrant, *wsap
 		deadline: now.Add(wait),
 		ch:       make(chan leaseAnswer, 1),
 		onWait:   onWait,
+		patient:  a.Patient,
 	}
 	if t := a.Tenant; t != nil {
 		p.msg.Key, p.msg.Weight, p.msg.MaxConcurrent, p.msg.PerMinute = t.Name, t.Weight, t.MaxConcurrent, t.PerMinute
@@ -181,6 +235,11 @@ func (lc *LeaseClient) Ask(ctx context.Context, a Ask) (*wsapi.LeaseGrant, *wsap
 	if lc.closed {
 		lc.mu.Unlock()
 		return nil, errShuttingDown, nil
+	}
+	if lc.stranded != "" && lc.up == nil && !a.Patient {
+		why := lc.stranded
+		lc.mu.Unlock()
+		return nil, strandedError(why), nil
 	}
 	lc.pending[id] = p
 	u := lc.up

@@ -25,12 +25,13 @@ type WorkerEndpoints interface {
 	Endpoint(group, instance string) string
 }
 
-// Members is what the data plane needs of the gossip layer: the highest
-// election term seen (a grant carrying a lower one comes from a queen that
-// was replaced), and a channel closed when a member departs (a stream through
-// a hive the cluster declared dead ends with an error instead of stalling).
+// Members is what the data plane needs of the gossip layer: the lowest
+// election term a grant may carry (that of the queen this node follows; a
+// grant carrying a lower one comes from a queen that was replaced), and a
+// channel closed when a member departs (a stream through a hive the cluster
+// declared dead ends with an error instead of stalling).
 type Members interface {
-	MaxTerm() uint64
+	FenceTerm() uint64
 	WatchMember(name string) <-chan struct{}
 }
 
@@ -55,6 +56,10 @@ type Config struct {
 	Workers WorkerEndpoints
 	Queues  Queues
 	Members Members
+	// Peers lists the API addresses of live peers other than the queen,
+	// in the order to try them, for a request this node cannot lease for
+	// because it cannot reach the queen (peers.go); nil: none is relayed.
+	Peers func() []string
 	// Usage takes the usage of every request this node answers as entry
 	// node (usage.go); nil: none is recorded.
 	Usage UsageRecorder
