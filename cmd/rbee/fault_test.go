@@ -218,11 +218,13 @@ type loadStats struct {
 	firstOKAfter time.Duration
 	// maxGap is the longest time without a completed success.
 	maxGap time.Duration
+	// maxLatency is the longest any request took, answered or not.
+	maxLatency time.Duration
 }
 
 func (s loadStats) String() string {
-	return fmt.Sprintf("%d ok, %d 404, %d 5xx, %d other; first success of a request sent after the fault %v after it, longest gap between successes %v; failures: %q",
-		s.ok, s.notFound, s.serverErr, s.other, s.firstOKAfter.Round(time.Millisecond), s.maxGap.Round(time.Millisecond), s.failures)
+	return fmt.Sprintf("%d ok, %d 404, %d 5xx, %d other; first success of a request sent after the fault %v after it, longest gap between successes %v, longest request %v; failures: %q",
+		s.ok, s.notFound, s.serverErr, s.other, s.firstOKAfter.Round(time.Millisecond), s.maxGap.Round(time.Millisecond), s.maxLatency.Round(time.Millisecond), s.failures)
 }
 
 // runLoad sends non-streaming chat requests through entry from clients
@@ -254,6 +256,7 @@ func (nc *netCluster) runLoad(entry *proc, model string, clients int, stop <-cha
 				}
 				cancel()
 				mu.Lock()
+				st.maxLatency = max(st.maxLatency, time.Since(sent))
 				if code != 200 && len(st.failures) < 5 {
 					st.failures = append(st.failures, fmt.Sprintf("%d %.200s %v", code, body, err))
 				}
