@@ -27,15 +27,35 @@ type goneModel struct {
 // with a 503 that says what happened (why is "left", "failed", ...), instead
 // of waiting for a worker that will not come back.
 func (s *Scheduler) HiveGone(hive, why string, now time.Time) []Failure {
-	if _, known := s.byHive[hive]; !known {
+	_, known := s.byHive[hive]
+	if !known && s.models[hive] == nil {
 		return nil
 	}
 	var keys []string
-	for _, w := range s.byHive[hive] {
-		for _, k := range w.keys {
+	add := func(ks []string) {
+		for _, k := range ks {
 			if !slices.Contains(keys, k) {
 				keys = append(keys, k)
 			}
+		}
+	}
+	for _, w := range s.byHive[hive] {
+		add(w.keys)
+	}
+	// What it could start or was loading counts too: a request waiting on
+	// a load the hive had under way learns that the hive went, with a 503,
+	// not that the model was never served (404).
+	if h := s.models[hive]; h != nil {
+		for _, ks := range h.keys {
+			add(ks)
+		}
+		for _, ks := range h.managedKeys {
+			add(ks)
+		}
+	}
+	for _, p := range s.starts {
+		if p.Hive == hive {
+			add([]string{p.key})
 		}
 	}
 	s.RemoveHive(hive)

@@ -3,9 +3,11 @@ package scheduler
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"reflect"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -375,14 +377,42 @@ func TestHiveGone(t *testing.T) {
 		t.Fatalf("leases %v after hive removed", s.Leases())
 	}
 	// h2 goes silent past ForgetAfter: forgotten; request 3 then fails
-	// as unknown model.
+	// with why (its only hive stopped reporting), not as an unknown model.
 	_, fails := s.Tick(t0.Add(11 * time.Second))
-	if len(s.Leases()) != 0 || len(fails) != 0 {
+	if len(s.Leases()) != 0 || len(fails) != 1 || fails[0].Request.ID != "3" {
 		t.Fatalf("after forget: leases %v fails %v", s.Leases(), fails)
 	}
-	_, fails = s.Tick(t0.Add(12 * time.Second))
-	if len(fails) != 1 || !errors.Is(fails[0].Err, ErrUnknownModel) {
-		t.Fatalf("fails %+v, want 404 for request 3", fails)
+	if e := fails[0].Err; e.Status != http.StatusServiceUnavailable || !strings.Contains(e.Msg, "h2, stopped reporting") {
+		t.Fatalf("request 3 failed with %+v, want 503 naming h2", e)
+	}
+	if _, fails = s.Tick(t0.Add(12 * time.Second)); len(fails) != 0 {
+		t.Fatalf("failed again: %+v", fails)
+	}
+}
+
+// TestHiveGone_LoadUnderWay: a request waiting on a model its only hive was
+// loading (or could start) learns that the hive died, with a 503, not that
+// the model is unknown.
+func TestHiveGone_LoadUnderWay(t *testing.T) {
+	for _, how := range []string{"failed", "silent"} {
+		t.Run(how, func(t *testing.T) {
+			s := New(Config{ForgetAfter: 10 * time.Second})
+			s.SetWarm(true)
+			s.UpdateHive("h", nil, nil, t0)
+			s.UpdateModels("h", HiveModels{Catalog: []CatalogModel{{Name: "m", VRAMMB: 100}}}, t0)
+			if _, err := s.Request(req("1", "m"), t0); err != nil {
+				t.Fatalf("request for a model the hive can start: %v", err)
+			}
+			var fails []Failure
+			if how == "failed" {
+				fails = s.HiveGone("h", "failed", t0.Add(time.Second))
+			} else {
+				_, fails = s.Tick(t0.Add(11 * time.Second))
+			}
+			if len(fails) != 1 || fails[0].Err.Status != http.StatusServiceUnavailable {
+				t.Fatalf("fails %+v, want request 1 failed with 503", fails)
+			}
+		})
 	}
 }
 

@@ -52,12 +52,12 @@ func (s *Scheduler) Tick(now time.Time) ([]Grant, []Failure) {
 			s.unwait(w)
 		}
 	}
-	slices.SortFunc(fails, func(a, b Failure) int { return strings.Compare(a.Request.ID, b.Request.ID) })
 	for hive, at := range s.hiveAt {
 		if now.Sub(at) > s.cfg.ForgetAfter {
-			s.RemoveHive(hive)
+			fails = append(fails, s.HiveGone(hive, "stopped reporting", now)...)
 		}
 	}
+	slices.SortFunc(fails, func(a, b Failure) int { return strings.Compare(a.Request.ID, b.Request.ID) })
 	var freed []*worker
 	for _, l := range s.leases {
 		if !l.Confirmed && now.Sub(l.Granted) > s.cfg.LeaseStartTimeout {
