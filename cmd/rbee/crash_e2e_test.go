@@ -6,6 +6,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -109,5 +110,67 @@ func TestModels_HiveKilledLeavesNoEngine(t *testing.T) {
 	}
 	if s := procsOf(server); len(s) != 1 {
 		t.Errorf("%d servers of %s run after the restarted hive served, want 1: %v", len(s), model, s)
+	}
+}
+
+// TestModels_EngineCrashAfterServingRestarts: an engine that served well
+// and crashed is started again by its hive at once, and the requests that
+// come meanwhile wait for it rather than getting 503s.
+func TestModels_EngineCrashAfterServingRestarts(t *testing.T) {
+	t.Parallel()
+	c := newLCCluster(t)
+	const stable = time.Second
+	n := c.start(lcNode(c, "n", "", "--stable-after", stable.String(),
+		"--model", simModel("crashy", "load_ms=500,args=--tokens-per-second 0")))[0]
+	lc := newLCClient(c)
+	waitModelState(t, c, n, "crashy", "available")
+	if r := lc.chat(n.httpAddr, "crashy", 4, 30*time.Second); r.err != nil || r.status != http.StatusOK {
+		t.Fatalf("request: %v", r)
+	}
+	ws := waitWorkerStart(t, n, "crashy", time.Second)
+	servedAt := time.Now()
+	testutil.Eventually(t, 5*time.Second, "the engine served well", func() error {
+		if time.Since(servedAt) < stable+200*time.Millisecond {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if err := syscall.Kill(ws.pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killedAt := time.Now()
+
+	// Requests one after the other for 3 s after the crash: each waits
+	// for the restarted engine (500 ms to load) instead of a 503. Only
+	// those that come before the hive's report of the crash reaches the
+	// queen (milliseconds) may be refused: the queen still grants the dead
+	// engine, and the entry node gives up after 3 tries.
+	const early = 200 * time.Millisecond
+	sent, ok, refusedEarly, slowest := 0, 0, 0, time.Duration(0)
+	for time.Since(killedAt) < 3*time.Second {
+		at := time.Since(killedAt)
+		r := lc.chat(n.httpAddr, "crashy", 4, 20*time.Second)
+		sent++
+		slowest = max(slowest, r.took)
+		switch {
+		case r.err == nil && r.status == http.StatusOK:
+			ok++
+		case at < early && r.status == http.StatusServiceUnavailable && strings.Contains(r.body, "worker_unavailable"):
+			refusedEarly++
+		default:
+			t.Errorf("request sent %v after the crash: %v", at.Round(time.Millisecond), r)
+		}
+	}
+	t.Logf("%d requests in the 3 s after the crash: %d answered (slowest %v), %d refused before the queen heard of the crash",
+		sent, ok, slowest.Round(time.Millisecond), refusedEarly)
+	if ok == 0 {
+		t.Error("no request answered after the crash")
+	}
+	starts := workerStarts(n, "crashy")
+	if len(starts) != 2 || starts[1].instance != ws.instance {
+		t.Errorf("engine starts %+v, want the first and one restart on port %s", starts, ws.instance)
+	}
+	if got := logRecords(n.log(), "worker exited after serving; restarting it", "model", "crashy"); len(got) != 1 {
+		t.Errorf(`"worker exited after serving; restarting it" logged %d times, want 1: %v`, len(got), got)
 	}
 }
