@@ -29,6 +29,8 @@ func modelFlags() []cli.Flag {
 			Usage: "stop a worker rbee started after it served nothing this long"},
 		&cli.DurationFlag{Name: "load-timeout", EnvVars: []string{"RBEE_LOAD_TIMEOUT"}, Value: models.DefaultLoadTimeout,
 			Usage: "a worker rbee starts that is not ready within this long has failed"},
+		&cli.DurationFlag{Name: "stable-after", EnvVars: []string{"RBEE_STABLE_AFTER"}, Value: models.DefaultStableAfter,
+			Usage: "a worker rbee started that was ready this long and then crashed is restarted at once; one that crashes sooner is a failed start, backed off"},
 	}
 }
 
@@ -81,7 +83,7 @@ func modelsConfig(c *cli.Context, devices func() []wsapi.GPUInfo, log *slog.Logg
 	}
 	models.ResolveEngines(engines, self)
 	cfg := &models.Config{Entries: entries, Engines: engines, IdleUnload: c.Duration("idle-unload"),
-		LoadTimeout: c.Duration("load-timeout"), CgroupRoot: cgroupRootForStarts(c.String("cgroup-root")), GPUs: devices}
+		LoadTimeout: c.Duration("load-timeout"), StableAfter: c.Duration("stable-after"), CgroupRoot: cgroupRootForStarts(c.String("cgroup-root")), GPUs: devices}
 	if s := c.String("sim-gpus"); s != "" {
 		if cfg.SimGPUs, err = models.ParseSimGPUs(s); err != nil {
 			return nil, err

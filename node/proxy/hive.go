@@ -239,12 +239,19 @@ func (a *leaseTable) report(workers []wsapi.ProcessStats, now time.Time) []wsapi
 	for i := range workers {
 		present[workers[i].ID()] = true
 	}
-	// A worker that is gone forgets its past: another may take its port.
+	// A worker that is gone forgets its past: another may take its port,
+	// or its hive restart it there after a crash (reported loading, so
+	// absent here), and that one has not failed anyone yet.
 	for _, m := range []map[string]bool{a.draining} {
 		for k := range m {
 			if !present[k] {
 				delete(m, k)
 			}
+		}
+	}
+	for k := range a.failing {
+		if !present[k] {
+			delete(a.failing, k)
 		}
 	}
 	for k := range a.lastEnd {

@@ -48,6 +48,26 @@ func TestLeaseTable_AdmitsNoMoreThanSlots(t *testing.T) {
 	}
 }
 
+// TestLeaseTable_GoneWorkerForgetsFailing: a worker its hive restarts in
+// place after a crash is absent from the reports while it loads; once back
+// it is a new engine, not one that failed a request a moment ago.
+func TestLeaseTable_GoneWorkerForgetsFailing(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	lt := newLeaseTable()
+	lt.markFailing("g/1", t0)
+	ws := []wsapi.ProcessStats{{Group: "g", Instance: "1"}}
+	lt.report(ws, t0)
+	if ws[0].Health != "failing" {
+		t.Fatalf("health %q right after the failure, want failing", ws[0].Health)
+	}
+	lt.report(nil, t0.Add(time.Second)) // restarting: not listed
+	ws = []wsapi.ProcessStats{{Group: "g", Instance: "1"}}
+	lt.report(ws, t0.Add(2*time.Second))
+	if ws[0].Health != "" {
+		t.Errorf("health %q of the worker back after a restart, want none", ws[0].Health)
+	}
+}
+
 func TestLeaseTable_MarksUnreachableWorkerFailingForAWhile(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	lt := newLeaseTable()

@@ -4,8 +4,9 @@
 //
 // Its main types: an Engine is a command template (engine.go), an Entry one
 // model a hive can serve (entry.go), and a Manager, built by New from a Config
-// (manager.go), starts an Entry's engine when the queen asks (start.go), waits
-// for it to answer ready (readiness.go), stops it when idle, evicted or the
+// (manager.go), starts an Entry's engine when the queen asks, and again in
+// place when it crashes after serving well (start.go), waits for it to
+// answer ready (readiness.go), stops it when idle, evicted or the
 // hive closes (stop.go), tells the queen how it goes (report.go), keeps what it
 // learned of each model across restarts (learned.go) and each engine's output
 // (logs.go).

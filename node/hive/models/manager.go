@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/rbee/rbee/node/hive/launch"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -22,6 +23,11 @@ const (
 	// DefaultStopGrace is how long an engine gets to exit after SIGTERM:
 	// vLLM takes a few seconds to free its GPU memory cleanly.
 	DefaultStopGrace = 10 * time.Second
+	// DefaultStableAfter is how long an engine must have been ready to
+	// count as one that works: long past the first requests that a bad
+	// build or a wrong flag fails on, short against the hours a good
+	// engine runs.
+	DefaultStableAfter = 30 * time.Second
 	// simDefaultVRAMMB is a sim entry's footprint when it names neither
 	// vram= nor a file to take the size of.
 	simDefaultVRAMMB = 4096
@@ -39,8 +45,16 @@ type Config struct {
 	// IdleUnload stops a worker rbee started that served nothing this
 	// long; LoadTimeout fails an engine not ready this long after start.
 	IdleUnload, LoadTimeout, StopGrace time.Duration
+	// StableAfter: an engine ready this long has its model's failures
+	// forgotten, and if it then exits on its own it is started again
+	// in place at once (see restartDelay) rather than backed off.
+	StableAfter time.Duration
 	// LogDir takes each engine's output, one file per start.
 	LogDir string
+	// RunDir records each running engine, so that a hive killed
+	// outright has what it left running killed by the next (default
+	// LogDir/running; hives may share it).
+	RunDir string
 	// StateFile, when set, keeps what the hive learned of each model (its
 	// VRAM, its load time) across restarts.
 	StateFile  string
@@ -145,8 +159,14 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.StopGrace <= 0 {
 		cfg.StopGrace = DefaultStopGrace
 	}
+	if cfg.StableAfter <= 0 {
+		cfg.StableAfter = DefaultStableAfter
+	}
 	if cfg.LogDir == "" {
 		cfg.LogDir = filepath.Join(os.TempDir(), "rbee-engines")
+	}
+	if cfg.RunDir == "" {
+		cfg.RunDir = filepath.Join(cfg.LogDir, "running")
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -177,13 +197,19 @@ func New(cfg Config) (*Manager, error) {
 	}
 	m.loadState()
 	m.metrics(cfg.Metrics)
+	// Before any start: an engine a crashed hive left would hold its
+	// port and VRAM, and serve beside the copy this hive starts.
+	if _, err := launch.KillLeftovers(cfg.RunDir, log); err != nil {
+		log.Warn("kill the engines a crashed hive left running", "dir", cfg.RunDir, "err", err)
+	}
 	m.removeStaleCgroups()
 	return m, nil
 }
 
 // removeStaleCgroups removes the empty cgroups of engines a hive started
-// before it was killed outright (its engines died with it, their cgroups
-// stayed). A cgroup with a process in it is not empty and stays.
+// before it was killed outright (KillLeftovers has killed what they held,
+// their cgroups stayed). A cgroup with a process in it is not empty and
+// stays: another hive on this machine may run it.
 func (m *Manager) removeStaleCgroups() {
 	if m.cfg.CgroupRoot == "" {
 		return
@@ -206,7 +232,7 @@ func (m *Manager) removeStaleCgroups() {
 
 func (m *Manager) metrics(reg prometheus.Registerer) {
 	m.loads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "rbee_model_loads_total",
-		Help: "Engine starts this hive made, by model and result (ready, failed, timeout, stopped)."}, []string{"model", "result"})
+		Help: "Engine starts this hive made, by model and result (ready, failed, timeout, stopped; crashed: exited after serving well, restarted in place)."}, []string{"model", "result"})
 	m.loadTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "rbee_model_load_seconds",
 		Help:    "Time from an engine's start to its first ready answer.",
 		Buckets: []float64{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600}}, []string{"model"})

@@ -1,6 +1,7 @@
 package models
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rbee/rbee/internal/backoff"
 	"github.com/rbee/rbee/node/hive/launch"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -61,7 +63,9 @@ func (m *Manager) Start(ms *wsapi.ModelStart, queen string) {
 	}()
 }
 
-// run starts one engine and supervises it until it exits or is stopped.
+// run starts one engine and supervises it until it is stopped, fails to
+// get ready, or exits on its own and restartDelay says not to start it
+// again in place.
 func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64, evict []*worker) {
 	for _, w := range evict {
 		select {
@@ -102,19 +106,6 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 		}
 		env = append(env, "CUDA_VISIBLE_DEVICES="+strings.Join(ids, ","))
 	}
-	proc, err := launch.Start(launch.StartConfig{CgroupRoot: m.cfg.CgroupRoot, Group: wsapi.ManagedGroup, Instance: w.instance,
-		Argv: argv, Env: env, Output: sink, Logger: m.log})
-	if err != nil {
-		m.fail(it, start, "failed", err.Error())
-		return
-	}
-	w.pid = proc.Pid
-	m.mu.Lock()
-	m.workers[w.instance] = w
-	m.mu.Unlock()
-	m.log.Info("starting worker", "model", it.Name, "engine", it.Engine, "instance", w.instance, "pid", proc.Pid,
-		"gpus", w.gpus, "in_cgroup", proc.InCgroup, "log", logPath, "queen", queen)
-	m.notify()
 	defer func() {
 		m.mu.Lock()
 		if m.workers[w.instance] == w {
@@ -123,7 +114,105 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 		m.mu.Unlock()
 		m.notify()
 	}()
+	var restarts []time.Time // in place, after crashes; the newest last
+	for {
+		proc, err := launch.Start(launch.StartConfig{CgroupRoot: m.cfg.CgroupRoot, Group: wsapi.ManagedGroup, Instance: w.instance,
+			Argv: argv, Env: env, Output: sink, RecordDir: m.cfg.RunDir, Logger: m.log})
+		if err != nil {
+			m.fail(it, start, "failed", err.Error())
+			return
+		}
+		m.mu.Lock()
+		w.pid = proc.Pid
+		m.workers[w.instance] = w
+		m.mu.Unlock()
+		m.log.Info("starting worker", "model", it.Name, "engine", it.Engine, "instance", w.instance, "pid", proc.Pid,
+			"gpus", w.gpus, "in_cgroup", proc.InCgroup, "log", logPath, "queen", queen)
+		m.notify()
 
+		readyFor, why := m.supervise(it, w, proc, out, start)
+		if why == "" {
+			return // stopped, or failed to get ready
+		}
+		now := time.Now()
+		restarts = slices.DeleteFunc(restarts, func(t time.Time) bool { return now.Sub(t) >= crashWindow })
+		delay, again := restartDelay(readyFor, m.cfg.StableAfter, len(restarts))
+		m.mu.Lock()
+		stopping, stopWhy := w.stopWhy != "" || m.closed, cmp.Or(w.stopWhy, "hive stopping")
+		if again && !stopping {
+			// Loading again: the queen holds its requests for this
+			// restart instead of refusing them, and places no other
+			// engine on the GPU room it keeps.
+			w.state, w.since, w.readyAt = wsapi.ManagedLoading, now, time.Time{}
+		}
+		m.mu.Unlock()
+		switch {
+		case stopping:
+			m.log.Info("worker stopped", "model", it.Name, "instance", w.instance, "why", stopWhy)
+			return
+		case !again:
+			m.fail(it, start, "exited", why)
+			return
+		}
+		m.loads.WithLabelValues(it.Name, "crashed").Inc()
+		m.log.Warn("worker exited after serving; restarting it", "model", it.Name, "instance", w.instance,
+			"ready_for", readyFor.Round(time.Second), "in", delay, "restarts_in_window", len(restarts), "reason", why)
+		m.notify()
+		restarts = append(restarts, now)
+		if !m.pause(w, delay) {
+			return
+		}
+		fmt.Fprintf(sink, "---- rbee: engine restarted after it %s ----\n", why)
+		start = time.Now()
+	}
+}
+
+// Restarts in place after a crash: a crash this long after the last restart
+// starts the count over.
+const (
+	crashWindow = 10 * time.Minute
+	restartMax  = 30 * time.Second
+)
+
+// restartDelay is what the hive does when an engine that was ready readyFor
+// exits on its own, after restarts restarts in place within crashWindow. An
+// engine that was ready for less than stableAfter is not known to work: its
+// exit counts as a failed start and the queen backs off from the model (10
+// s, doubling; again is false). One that served well is started again in
+// place: at once the first time, then after 1 s, doubling up to restartMax,
+// since a crash that repeats is no accident.
+func restartDelay(readyFor, stableAfter time.Duration, restarts int) (wait time.Duration, again bool) {
+	switch {
+	case readyFor < stableAfter:
+		return 0, false
+	case restarts == 0:
+		return 0, true
+	}
+	return backoff.Policy{First: time.Second, Max: restartMax}.Delay(restarts - 1), true
+}
+
+// pause waits d before w's engine starts again; false when w was stopped
+// or the hive is closing meanwhile.
+func (m *Manager) pause(w *worker, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-w.stopCh:
+		m.loads.WithLabelValues(w.it.Name, "stopped").Inc()
+		m.log.Info("worker stopped while waiting to restart", "model", w.it.Name, "instance", w.instance, "why", m.whyStopped(w))
+		return false
+	case <-m.ctx.Done():
+		return false
+	}
+}
+
+// supervise waits for proc to get ready, then serves with it until it is
+// stopped or exits. It returns why when proc exited on its own after it was
+// ready, and for how long it was; "" when it was stopped or failed to get
+// ready (what happened is logged and recorded then).
+func (m *Manager) supervise(it *item, w *worker, proc *launch.Process, out *tail, start time.Time) (readyFor time.Duration, why string) {
 	result, why := m.await(it, w, proc, out, start)
 	loadTime := time.Since(start)
 	if result != "ready" {
@@ -131,16 +220,16 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 		if result == "stopped" {
 			m.loads.WithLabelValues(it.Name, result).Inc()
 			m.log.Info("worker stopped while loading", "model", it.Name, "instance", w.instance, "why", why)
-			return
+			return 0, ""
 		}
 		m.fail(it, start, result, why)
-		return
+		return 0, ""
 	}
 	m.loads.WithLabelValues(it.Name, "ready").Inc()
 	m.loadTime.WithLabelValues(it.Name).Observe(loadTime.Seconds())
 	m.mu.Lock()
 	w.state, w.readyAt, w.lastUsed = wsapi.ManagedReady, time.Now(), time.Now()
-	it.loadMS, it.failures, it.failReason = loadTime.Milliseconds(), 0, ""
+	it.loadMS = loadTime.Milliseconds()
 	m.dirty = true
 	m.mu.Unlock()
 	if m.cfg.Register != nil {
@@ -151,15 +240,34 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 	m.log.Info("worker ready", "model", it.Name, "instance", w.instance, "load_time", loadTime.Round(time.Millisecond))
 	m.notify()
 
-	select {
-	case <-proc.Done():
-		m.fail(it, start, "exited", fmt.Sprintf("%s after %s ready%s", exitText(proc.Err()),
-			time.Since(w.readyAt).Round(time.Second), out.text()))
-	case <-m.ctx.Done():
-		proc.Stop(m.cfg.StopGrace)
-	case <-w.stopCh:
-		m.drain(w, proc)
-		m.log.Info("worker stopped", "model", it.Name, "instance", w.instance, "why", m.whyStopped(w))
+	// The model's failures are forgotten only once it has served a while:
+	// an engine that gets ready and then crashes at the first request
+	// keeps backing off longer each time.
+	stable := time.NewTimer(m.cfg.StableAfter)
+	defer stable.Stop()
+	for {
+		select {
+		case <-stable.C:
+			m.mu.Lock()
+			forgot := it.failures > 0
+			it.failures, it.failReason = 0, ""
+			m.mu.Unlock()
+			if forgot {
+				m.notify()
+			}
+			continue
+		case <-proc.Done():
+			m.mu.Lock()
+			readyFor = time.Since(w.readyAt)
+			m.mu.Unlock()
+			return readyFor, fmt.Sprintf("%s after %s ready%s", exitText(proc.Err()), readyFor.Round(time.Second), out.text())
+		case <-m.ctx.Done():
+			proc.Stop(m.cfg.StopGrace)
+		case <-w.stopCh:
+			m.drain(w, proc)
+			m.log.Info("worker stopped", "model", it.Name, "instance", w.instance, "why", m.whyStopped(w))
+		}
+		return 0, ""
 	}
 }
 
