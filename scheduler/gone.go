@@ -17,6 +17,7 @@ const goneFor = time.Minute
 
 // goneModel remembers why a model lost its last worker.
 type goneModel struct {
+	model string // as its workers served it
 	why   string
 	until time.Time
 }
@@ -31,10 +32,14 @@ func (s *Scheduler) HiveGone(hive, why string, now time.Time) []Failure {
 		return nil
 	}
 	var keys []string
+	models := map[string]string{} // key -> a model its workers served
 	for _, w := range s.byHive[hive] {
 		for _, k := range w.keys {
 			if !slices.Contains(keys, k) {
 				keys = append(keys, k)
+			}
+			if m, ok := models[k]; !ok || w.Model < m {
+				models[k] = w.Model
 			}
 		}
 	}
@@ -47,7 +52,7 @@ func (s *Scheduler) HiveGone(hive, why string, now time.Time) []Failure {
 		if s.gone == nil {
 			s.gone = make(map[string]goneModel)
 		}
-		g := goneModel{why: fmt.Sprintf("its only hive, %s, %s", hive, why), until: now.Add(goneFor)}
+		g := goneModel{model: models[key], why: fmt.Sprintf("its only hive, %s, %s", hive, why), until: now.Add(goneFor)}
 		s.gone[key] = g
 		// Requests pinned to one of the hive's workers (a Responses chain)
 		// wait for the same model: they fail with the same reason, now.

@@ -30,3 +30,29 @@ func TestModelKeys(t *testing.T) {
 		}
 	}
 }
+
+func TestModelName_LabelsEverySpellingByTheServedName(t *testing.T) {
+	s := New(Config{})
+	s.SetWarm(true)
+	s.UpdateHive("h1", []Worker{w("g/1", "Llama-3.2-1B-Instruct-Q4_K_M.gguf", 1)}, nil, t0)
+	s.UpdateHive("h2", []Worker{w("g/1", "org/llama-3.2-1b-instruct", 1)}, nil, t0)
+	s.UpdateModels("h2", HiveModels{Catalog: []CatalogModel{{Name: "Qwen2.5-0.5B.gguf"}}}, t0)
+	s.UpdateHive("h3", []Worker{w("g/1", "gone-model", 1)}, nil, t0)
+	s.HiveGone("h3", "failed", t0)
+	for _, tc := range []struct{ asked, want string }{
+		// Two workers answer to it: the smaller name, every time.
+		{"llama-3.2-1b-instruct", "Llama-3.2-1B-Instruct-Q4_K_M.gguf"},
+		{"  LLAMA-3.2-1B-Instruct ", "Llama-3.2-1B-Instruct-Q4_K_M.gguf"},
+		{"llama-3.2-1b-instruct.Q4_K_M.GGUF", ""},
+		{"org/llama-3.2-1b-instruct", "org/llama-3.2-1b-instruct"},
+		{"qwen2.5-0.5b", "Qwen2.5-0.5B.gguf"},
+		{" QWEN2.5-0.5B.GGUF", "Qwen2.5-0.5B.gguf"},
+		{"gone-model", "gone-model"},
+		{"no-such-model", ""},
+		{"llama", ""},
+	} {
+		if got := s.ModelName(tc.asked); got != tc.want {
+			t.Errorf("ModelName(%q) = %q, want %q", tc.asked, got, tc.want)
+		}
+	}
+}
