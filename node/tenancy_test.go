@@ -9,9 +9,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
+	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/nodetest"
+	"github.com/rbee/rbee/node/proxy"
 )
 
 // tenant is one [[key]] of a keys file.
@@ -74,4 +78,68 @@ func getAs(addr, path, key string) (apiResult, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return apiResult{status: resp.StatusCode, body: string(b), header: resp.Header}, err
+}
+
+// TestTenants_ConversationsAreScopedByKey: another key sending bob's
+// X-Session-Id names another conversation, so it cannot move bob's turns
+// off the worker that served his last one.
+func TestTenants_ConversationsAreScopedByKey(t *testing.T) {
+	w1, w2 := newFakeWorker(t, "w1"), newFakeWorker(t, "w2")
+	const bob, mallory = "sk-bob-000001", "sk-mallory-01"
+	a := nodetest.Start(t, "a", nodetest.WithCollector(workersOf("m", 1, w1, w2)),
+		withKeysFile(t, tenant{name: "bob", key: bob}, tenant{name: "mallory", key: mallory}),
+		func(cfg *node.Config) { cfg.AffinityWait = 200 * time.Millisecond })
+	testutil.Eventually(t, 10*time.Second, "both workers known", func() error {
+		if qs := mustQueues(a); len(qs) != 1 || qs[0].Slots != 2 {
+			return fmt.Errorf("queues %+v", qs)
+		}
+		return nil
+	})
+	ctx := context.Background()
+	turn := func(key string) (string, error) {
+		r, err := sendAs(ctx, a.HTTPAddr(), api.PathChat, key, chat("m", false), proxy.HeaderSessionID, "conv-1")
+		if err != nil || r.status != http.StatusOK {
+			return "", fmt.Errorf("%d %q %v", r.status, r.body, err)
+		}
+		for _, w := range []*fakeWorker{w1, w2} {
+			if strings.Contains(r.body, "hello from "+w.name) {
+				return w.name, nil
+			}
+		}
+		return "", fmt.Errorf("answer %q names no worker", r.body)
+	}
+	first, err := turn(bob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned, other := w1, w2
+	if first == "w2" {
+		pinned, other = w2, w1
+	}
+	// Bob's next turn holds his worker's one slot; mallory sends bob's
+	// session id meanwhile. Sharing bob's conversation, it would wait for
+	// his worker, give up after the affinity wait, be served by the other
+	// and move the conversation there.
+	pinned.setHold(true)
+	held := make(chan error, 1)
+	go func() {
+		got, err := turn(bob)
+		if err == nil && got != pinned.name {
+			err = fmt.Errorf("bob's second turn went to %s, want %s", got, pinned.name)
+		}
+		held <- err
+	}()
+	pinned.waitInFlight(t, 1)
+	if got, err := turn(mallory); err != nil || got != other.name {
+		t.Fatalf("mallory's turn: %s %v, want %s", got, err, other.name)
+	}
+	pinned.setHold(false)
+	if err := <-held; err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if got, err := turn(bob); err != nil || got != pinned.name {
+			t.Fatalf("bob's turn %d after mallory's: %s %v, want his worker %s", i+3, got, err, pinned.name)
+		}
+	}
 }

@@ -73,7 +73,7 @@ func (p *Proxy) admit(w http.ResponseWriter, r *http.Request) (a admission, ok b
 	// Usage accounting (usage.go): a stream is asked for its usage.
 	a.body, a.stripUsage = askUsage(r.URL.Path, &head, body)
 	a.previousID, a.on = head.PreviousResponseID, p.previousWorker(head.PreviousResponseID)
-	a.conv = conversation(r, &head)
+	a.conv = conversation(r, &head, a.tenant.Scope())
 	return a, true
 }
 
