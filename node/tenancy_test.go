@@ -143,3 +143,41 @@ func TestTenants_ConversationsAreScopedByKey(t *testing.T) {
 		}
 	}
 }
+
+// TestTenants_ClusterTokenIsNoInferenceKey: where a keys file is in force,
+// the cluster token gets a 401 that says why at the inference API, while it
+// still reads the cluster; a key from the file is served all the way from an
+// entry-only node through the queen's lease to another hive, over the
+// cluster's TLS.
+func TestTenants_ClusterTokenIsNoInferenceKey(t *testing.T) {
+	key := mustKey(t)
+	w1 := newFakeWorker(t, "w1")
+	keys := withKeysFile(t, tenant{name: "bob", key: "sk-bob-000001"})
+	a, _, c := routeCluster(t, endpointCollector{}, workersOf("m", 1, w1), nodetest.WithKey(key), keys)
+	ctx := context.Background()
+	for _, stream := range []bool{false, true} {
+		r, err := sendAs(ctx, c.HTTPAddr(), api.PathChat, "sk-bob-000001", chat("m", stream))
+		if err != nil || r.status != http.StatusOK || !strings.Contains(r.body, "w1") && !strings.Contains(r.body, "tok2") {
+			t.Fatalf("stream=%v with bob's key through an entry-only node to another hive: %d %q %v", stream, r.status, r.body, err)
+		}
+	}
+	token := key.HTTPToken()
+	for _, entry := range []*nodetest.Node{a, c} {
+		for _, path := range []string{api.PathChat, api.PathEmbeddings} {
+			r, err := sendAs(ctx, entry.HTTPAddr(), path, token, chat("m", false))
+			if err != nil || r.status != http.StatusUnauthorized ||
+				!strings.Contains(r.body, `"code":"invalid_api_key"`) || !strings.Contains(r.body, "--api-keys-file") {
+				t.Fatalf("%s on %s with the cluster token: %d %q %v, want a 401 naming the keys file", path, entry.Name(), r.status, r.body, err)
+			}
+		}
+	}
+	// The token still reads the cluster and lists its models.
+	for _, path := range []string{api.PathModels, api.PathCluster, "/metrics"} {
+		if r, err := getAs(c.HTTPAddr(), path, token); err != nil || r.status != http.StatusOK {
+			t.Fatalf("GET %s with the cluster token: %d %q %v", path, r.status, r.body, err)
+		}
+	}
+	if w1.served.Load() != 2 {
+		t.Fatalf("worker served %d requests, want bob's 2 only", w1.served.Load())
+	}
+}
