@@ -86,6 +86,9 @@ func TestMetrics_ModelLabelsStayBounded(t *testing.T) {
 			}
 		}
 	}
+	refused := scrape(t, a)
+	t.Logf("/metrics grew %d bytes (%d lines) over %d refusals", len(refused)-len(before),
+		lineCount(refused)-lineCount(before), 3*n)
 	// The waiting request's client leaves: 499, labelled by the name the
 	// first request's grant taught the entry node.
 	cancel()
@@ -123,8 +126,6 @@ func TestMetrics_ModelLabelsStayBounded(t *testing.T) {
 			t.Errorf("no %s in\n%s", want, grepLines(after, "rbee_requests_total"))
 		}
 	}
-	t.Logf("/metrics grew %d bytes (%d series lines) over %d requests", len(after)-len(before),
-		lineCount(after)-lineCount(before), 3*n+1)
 }
 
 // scrape reads node n's /metrics.
