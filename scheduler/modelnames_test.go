@@ -56,3 +56,20 @@ func TestModelName_LabelsEverySpellingByTheServedName(t *testing.T) {
 		}
 	}
 }
+
+// Requests waiting for a model a hive is starting are listed under the
+// model's name, however the first of them spelt it.
+func TestModels_WaitingForAStartAreListedByTheModelsName(t *testing.T) {
+	s := New(Config{})
+	s.SetWarm(true)
+	report(s, "h1", HiveModels{Catalog: []CatalogModel{entry("Qwen2.5-0.5B.gguf", 1000)}, GPUs: []GPU{gpu(0, 24000, 0)}}, t0)
+	for i, asked := range []string{" QWEN2.5-0.5b", "qwen2.5-0.5b.gguf"} {
+		if g, err := s.Request(req(string(rune('a'+i)), asked), t0); g != nil || err != nil {
+			t.Fatalf("request for %q: %v %v, want it to wait for the start", asked, g, err)
+		}
+	}
+	ms := s.Models(t0)
+	if len(ms) != 1 || ms[0].Model != "Qwen2.5-0.5B.gguf" || ms[0].Waiting != 2 {
+		t.Fatalf("models %+v, want Qwen2.5-0.5B.gguf with 2 waiting", ms)
+	}
+}
