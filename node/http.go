@@ -45,7 +45,7 @@ func (n *Node) routes() http.Handler {
 	p := n.proxy
 	// Every OpenAI-style POST under /v1/ but rbee's own paths goes to a
 	// worker (proxy.InferencePath); another method there gets a 405.
-	mux.HandleFunc("/v1/", proxy.HandleAPI(n.apiAuthorized(p.HandleInference)))
+	mux.HandleFunc("/v1/", proxy.HandleAPI(n.inferenceAuthorized(p.HandleInference)))
 	mux.HandleFunc("GET "+api.PathModels, n.apiAuthorized(p.HandleModels))
 	mux.HandleFunc("GET "+api.PathModels+"/{model...}", n.apiAuthorized(p.HandleModel))
 	mux.HandleFunc(api.PathModels, proxy.MethodNotAllowed(http.MethodGet, http.MethodHead))
@@ -93,6 +93,28 @@ func (n *Node) apiAuthorized(h http.HandlerFunc) http.HandlerFunc {
 			return
 		}
 		h(w, r)
+	}
+}
+
+// inferenceAuthorized is apiAuthorized for inference, except that where a
+// keys file is in force the cluster token is not an API key: it has no
+// tenant, so its requests would escape every cap and model list and be
+// booked to no one. The token still reads the cluster and lists its models;
+// nodes never send inference with it (entry nodes reach hives over the
+// cluster's TLS, at /v1/hive/proxy).
+func (n *Node) inferenceAuthorized(h http.HandlerFunc) http.HandlerFunc {
+	next := n.apiAuthorized(h)
+	if n.keys == nil {
+		return next
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if tok != "" && n.cfg.Key.CheckToken(tok) && n.keys.Table().Lookup(tok) == nil {
+			n.proxy.Fail(w, r, "", http.StatusUnauthorized, "invalid_api_key",
+				"the cluster token is not an API key: this node takes inference only with a key from its --api-keys-file (send Authorization: Bearer <key>)")
+			return
+		}
+		next(w, r)
 	}
 }
 

@@ -17,6 +17,7 @@ const goneFor = time.Minute
 
 // goneModel remembers why a model lost its last worker.
 type goneModel struct {
+	model string // as its workers served it
 	why   string
 	until time.Time
 }
@@ -32,30 +33,34 @@ func (s *Scheduler) HiveGone(hive, why string, now time.Time) []Failure {
 		return nil
 	}
 	var keys []string
-	add := func(ks []string) {
+	models := map[string]string{} // key -> a model the hive served or could start
+	add := func(ks []string, model string) {
 		for _, k := range ks {
 			if !slices.Contains(keys, k) {
 				keys = append(keys, k)
 			}
+			if m, ok := models[k]; !ok || model < m {
+				models[k] = model
+			}
 		}
 	}
 	for _, w := range s.byHive[hive] {
-		add(w.keys)
+		add(w.keys, w.Model)
 	}
 	// What it could start or was loading counts too: a request waiting on
 	// a load the hive had under way learns that the hive went, with a 503,
 	// not that the model was never served (404).
 	if h := s.models[hive]; h != nil {
-		for _, ks := range h.keys {
-			add(ks)
+		for i, ks := range h.keys {
+			add(ks, h.Catalog[i].Name)
 		}
-		for _, ks := range h.managedKeys {
-			add(ks)
+		for i, ks := range h.managedKeys {
+			add(ks, h.Managed[i].Model)
 		}
 	}
 	for _, p := range s.starts {
 		if p.Hive == hive {
-			add([]string{p.key})
+			add([]string{p.key}, p.Model)
 		}
 	}
 	s.RemoveHive(hive)
@@ -67,7 +72,7 @@ func (s *Scheduler) HiveGone(hive, why string, now time.Time) []Failure {
 		if s.gone == nil {
 			s.gone = make(map[string]goneModel)
 		}
-		g := goneModel{why: fmt.Sprintf("its only hive, %s, %s", hive, why), until: now.Add(goneFor)}
+		g := goneModel{model: models[key], why: fmt.Sprintf("its only hive, %s, %s", hive, why), until: now.Add(goneFor)}
 		s.gone[key] = g
 		// Requests pinned to one of the hive's workers (a Responses chain)
 		// wait for the same model: they fail with the same reason, now.

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"slices"
 	"strings"
 )
 
@@ -53,6 +54,39 @@ func ModelKeys(model string) []string {
 // RequestKey is the key a request's model name is looked up by.
 func RequestKey(model string) string {
 	return strings.ToLower(strings.TrimSpace(model))
+}
+
+// ModelName is the name the cluster serves a request's model under: the
+// model of a worker the request could go to, else a catalog entry a hive can
+// start, else a model whose last hive left lately; "" when nothing answers to
+// it. Entry nodes label their metrics by it: clients choose spellings ("
+// M1", "m1.gguf"), and each would otherwise become a series of its own. Of
+// several names the smallest wins, so that the label does not flap.
+func (s *Scheduler) ModelName(model string) string {
+	key := RequestKey(model)
+	name := ""
+	pick := func(n string) {
+		if name == "" || n < name {
+			name = n
+		}
+	}
+	for _, w := range s.byKey[key] {
+		pick(w.Model)
+	}
+	if name != "" {
+		return name
+	}
+	for _, h := range s.models {
+		for i, ks := range h.keys {
+			if slices.Contains(ks, key) {
+				pick(h.Catalog[i].Name)
+			}
+		}
+	}
+	if name != "" {
+		return name
+	}
+	return s.gone[key].model
 }
 
 // stripQuant removes one trailing quantization tag, separated by - . or _.

@@ -30,3 +30,46 @@ func TestModelKeys(t *testing.T) {
 		}
 	}
 }
+
+func TestModelName_LabelsEverySpellingByTheServedName(t *testing.T) {
+	s := New(Config{})
+	s.SetWarm(true)
+	s.UpdateHive("h1", []Worker{w("g/1", "Llama-3.2-1B-Instruct-Q4_K_M.gguf", 1)}, nil, t0)
+	s.UpdateHive("h2", []Worker{w("g/1", "org/llama-3.2-1b-instruct", 1)}, nil, t0)
+	s.UpdateModels("h2", HiveModels{Catalog: []CatalogModel{{Name: "Qwen2.5-0.5B.gguf"}}}, t0)
+	s.UpdateHive("h3", []Worker{w("g/1", "gone-model", 1)}, nil, t0)
+	s.HiveGone("h3", "failed", t0)
+	for _, tc := range []struct{ asked, want string }{
+		// Two workers answer to it: the smaller name, every time.
+		{"llama-3.2-1b-instruct", "Llama-3.2-1B-Instruct-Q4_K_M.gguf"},
+		{"  LLAMA-3.2-1B-Instruct ", "Llama-3.2-1B-Instruct-Q4_K_M.gguf"},
+		{"llama-3.2-1b-instruct.Q4_K_M.GGUF", ""},
+		{"org/llama-3.2-1b-instruct", "org/llama-3.2-1b-instruct"},
+		{"qwen2.5-0.5b", "Qwen2.5-0.5B.gguf"},
+		{" QWEN2.5-0.5B.GGUF", "Qwen2.5-0.5B.gguf"},
+		{"gone-model", "gone-model"},
+		{"no-such-model", ""},
+		{"llama", ""},
+	} {
+		if got := s.ModelName(tc.asked); got != tc.want {
+			t.Errorf("ModelName(%q) = %q, want %q", tc.asked, got, tc.want)
+		}
+	}
+}
+
+// Requests waiting for a model a hive is starting are listed under the
+// model's name, however the first of them spelt it.
+func TestModels_WaitingForAStartAreListedByTheModelsName(t *testing.T) {
+	s := New(Config{})
+	s.SetWarm(true)
+	report(s, "h1", HiveModels{Catalog: []CatalogModel{entry("Qwen2.5-0.5B.gguf", 1000)}, GPUs: []GPU{gpu(0, 24000, 0)}}, t0)
+	for i, asked := range []string{" QWEN2.5-0.5b", "qwen2.5-0.5b.gguf"} {
+		if g, err := s.Request(req(string(rune('a'+i)), asked), t0); g != nil || err != nil {
+			t.Fatalf("request for %q: %v %v, want it to wait for the start", asked, g, err)
+		}
+	}
+	ms := s.Models(t0)
+	if len(ms) != 1 || ms[0].Model != "Qwen2.5-0.5B.gguf" || ms[0].Waiting != 2 {
+		t.Fatalf("models %+v, want Qwen2.5-0.5B.gguf with 2 waiting", ms)
+	}
+}

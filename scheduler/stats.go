@@ -53,9 +53,14 @@ func (s *Scheduler) Models(now time.Time) []ModelStats {
 		}
 		name, ok := counted[key]
 		if !ok {
-			name = key
-			if h := q.head(now, s.cfg.AgingAfter); h != nil {
-				name = h.req.Model
+			// A model being started, or whose hive just left, is
+			// listed by its name, not by a client's spelling of it.
+			name = s.ModelName(key)
+			if name == "" {
+				name = key
+				if h := q.head(now, s.cfg.AgingAfter); h != nil {
+					name = h.req.Model
+				}
 			}
 			if byName[name] == nil {
 				byName[name] = &ModelStats{Model: name}

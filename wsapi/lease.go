@@ -89,6 +89,10 @@ type LeaseError struct {
 	ErrorType    string `json:"error_type"`
 	Message      string `json:"message"`
 	RetryAfterMS int64  `json:"retry_after_ms,omitempty"`
+	// Model is the name the cluster serves the request's model under, ""
+	// when nothing answers to it: the entry node labels its metrics with
+	// it rather than with the client's spelling.
+	Model string `json:"model,omitempty"`
 }
 
 // MaxWait bounds a lease request's wait: longer than any sane client timeout.

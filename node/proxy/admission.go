@@ -68,7 +68,7 @@ func (p *Proxy) admit(w http.ResponseWriter, r *http.Request) (a admission, ok b
 	}
 	a.model, a.tenant = head.Model, tenantOf(r)
 	if !a.tenant.Allows(a.model) {
-		p.Fail(w, r, a.model, http.StatusForbidden, "model_not_allowed", fmt.Sprintf("key %s may not use model %q (its models: %s)",
+		p.Fail(w, r, p.labels.of(a.model), http.StatusForbidden, "model_not_allowed", fmt.Sprintf("key %s may not use model %q (its models: %s)",
 			a.tenant.Name, TruncateText(a.model, 200), strings.Join(a.tenant.Models, ", ")))
 		return a, false
 	}
@@ -77,7 +77,7 @@ func (p *Proxy) admit(w http.ResponseWriter, r *http.Request) (a admission, ok b
 	a.clientBody = body
 	a.body, a.stripUsage = askUsage(r.URL.Path, &head, body)
 	a.previousID, a.on = head.PreviousResponseID, p.previousWorker(head.PreviousResponseID)
-	a.conv = conversation(r, &head)
+	a.conv = conversation(r, &head, a.tenant.Scope())
 	return a, true
 }
 

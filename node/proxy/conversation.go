@@ -19,16 +19,37 @@ const HeaderSessionID = "X-Session-Id"
 const conversationBytes = 1024
 
 // conversation names the conversation a request continues, for prefix
-// affinity: the X-Session-Id header, else the OpenAI "user" field, else a
-// hash of the conversation's start (its messages up to the first user
-// message, or the first bytes of a prompt or input), which every later turn
-// repeats. "" when there is nothing to go by.
-func conversation(r *http.Request, head *requestHead) string {
+// affinity, within the tenant (tenants.Tenant.Scope): the
+// X-Session-Id header, else the OpenAI "user" field, else the conversation's
+// start (its messages up to the first user message, or the first bytes of a
+// prompt or input), which every later turn repeats. "" when there is nothing
+// to go by.
+//
+// The tenant is hashed in: another key sending bob's session id, user or
+// prompt names another conversation, so it can neither move bob's turns off
+// the worker that holds his prompt nor time that worker's cache for it. The
+// hash also bounds the name, however long the header, to what a lease
+// request may carry.
+func conversation(r *http.Request, head *requestHead, tenant string) string {
+	kind, name := conversationName(r, head)
+	if kind == "" {
+		return ""
+	}
+	h := sha256.New()
+	h.Write([]byte(tenant))
+	h.Write([]byte{0}) // no tenant name holds a NUL: "ab"+"c" is not "a"+"bc"
+	h.Write(name)
+	return kind + ":" + hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// conversationName is what names a request's conversation, and its kind:
+// "s" (a session id), "u" (a user) or "h" (the conversation's start).
+func conversationName(r *http.Request, head *requestHead) (kind string, name []byte) {
 	if s := r.Header.Get(HeaderSessionID); s != "" {
-		return "s:" + TruncateText(s, 200)
+		return "s", []byte(s)
 	}
 	if u, ok := head.User.(string); ok && u != "" {
-		return "u:" + TruncateText(u, 200)
+		return "u", []byte(u)
 	}
 	var start []byte
 	var msgs []jsontext.Value
@@ -49,11 +70,9 @@ func conversation(r *http.Request, head *requestHead) string {
 		start = head.Input
 	}
 	if len(start) == 0 {
-		return ""
+		return "", nil
 	}
-	start = start[:min(len(start), conversationBytes)]
-	sum := sha256.Sum256(start)
-	return "h:" + hex.EncodeToString(sum[:8])
+	return "h", start[:min(len(start), conversationBytes)]
 }
 
 // isUserMessage reports whether a chat message's role is "user".

@@ -10,7 +10,7 @@ func TestConversation(t *testing.T) {
 	turn1 := `{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}`
 	turn2 := `{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"},{"role":"assistant","content":"hello"},{"role":"user","content":"more"}]}`
 	other := `{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"bye"}]}`
-	key := func(body, id string) string {
+	key := func(tenant, body, id string) string {
 		r := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(body))
 		if id != "" {
 			r.Header.Set(HeaderSessionID, id)
@@ -19,27 +19,54 @@ func TestConversation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return conversation(r, &h)
+		return conversation(r, &h, tenant)
 	}
-	if a, b := key(turn1, ""), key(turn2, ""); a == "" || a != b {
+	if a, b := key("bob", turn1, ""), key("bob", turn2, ""); a == "" || a != b {
 		t.Fatalf("two turns of one chat: %q %q, want one key", a, b)
 	}
-	if key(turn1, "") == key(other, "") {
+	if key("bob", turn1, "") == key("bob", other, "") {
 		t.Fatal("two chats share a key")
 	}
-	if got := key(turn1, "sess-1"); got != "s:sess-1" {
-		t.Fatalf("X-Session-Id: %q", got)
+	long := strings.Repeat("x", 300)
+	for _, tc := range []struct {
+		name         string
+		tenant, body string
+		id           string
+		kind         string // of the conversation; "" for none
+	}{
+		{"session id", "bob", turn1, "sess-1", "s:"},
+		{"user field", "bob", `{"model":"m","user":"u-7","messages":[]}`, "", "u:"},
+		{"prompt", "bob", `{"model":"m","prompt":"Once upon a time"}`, "", "h:"},
+		{"no tenant", "", turn1, "sess-1", "s:"},
+		{"a session id past what a lease request carries", "bob", turn1, long, "s:"},
+		{"messages of the wrong type", "bob", `{"model":"m","messages":"not a list"}`, "", ""},
+		{"nothing to go by", "bob", `{"model":"m"}`, "", ""},
+	} {
+		got := key(tc.tenant, tc.body, tc.id)
+		if tc.kind == "" {
+			if got != "" {
+				t.Errorf("%s: %q, want none", tc.name, got)
+			}
+			continue
+		}
+		if !strings.HasPrefix(got, tc.kind) || len(got) != len(tc.kind)+32 {
+			t.Errorf("%s: %q, want %s and 32 hex digits", tc.name, got, tc.kind)
+		}
+		if got != key(tc.tenant, tc.body, tc.id) {
+			t.Errorf("%s: two names for one conversation", tc.name)
+		}
 	}
-	if got := key(`{"model":"m","user":"u-7","messages":[]}`, ""); got != "u:u-7" {
-		t.Fatalf("user: %q", got)
+	// What names bob's conversation names another for any other key, or
+	// without one.
+	for _, c := range []struct{ body, id string }{{turn1, "sess-1"}, {`{"model":"m","user":"u-7"}`, ""}, {turn1, ""}} {
+		bob := key("bob", c.body, c.id)
+		for _, tenant := range []string{"mallory", "", "bo", "bobb"} {
+			if got := key(tenant, c.body, c.id); got == bob {
+				t.Errorf("tenant %q shares bob's conversation %q (session %q)", tenant, bob, c.id)
+			}
+		}
 	}
-	if got := key(`{"model":"m","prompt":"Once upon a time"}`, ""); !strings.HasPrefix(got, "h:") {
-		t.Fatalf("prompt: %q", got)
-	}
-	if got := key(`{"model":"m","messages":"not a list"}`, ""); got != "" {
-		t.Fatalf("messages of the wrong type: %q", got)
-	}
-	if got := key(`{"model":"m"}`, ""); got != "" {
-		t.Fatalf("nothing to go by: %q", got)
+	if key("bob", turn1, long) == key("bob", turn1, long+"y") {
+		t.Error("two session ids alike in their first 300 bytes share a conversation")
 	}
 }

@@ -92,7 +92,7 @@ func (p *Proxy) tryWorkers(w http.ResponseWriter, r *http.Request, a *admission,
 		// That worker could not take it: any will do now.
 		on = Placement{}
 		if attempt == maxAttempts {
-			p.Fail(w, r, a.model, http.StatusServiceUnavailable, "worker_unavailable",
+			p.Fail(w, r, g.Model, http.StatusServiceUnavailable, "worker_unavailable",
 				fmt.Sprintf("model %q: %d workers in a row could not take the request", a.model, attempt))
 			return
 		}
@@ -137,33 +137,36 @@ func (p *Proxy) askLease(w http.ResponseWriter, r *http.Request, a *admission, o
 		ka.stop()
 	}
 	if err != nil {
-		p.metrics.requests.WithLabelValues(keyLabel(r), a.model, "499").Inc()
+		p.metrics.requests.WithLabelValues(keyLabel(r), p.labels.of(a.model), "499").Inc()
 		return nil, false // the client went away while waiting
 	}
-	// Metrics name the model as served (a bounded set), not as asked.
-	switch {
-	case lerr == nil:
+	// Metrics name the model as the queen says it is served (a bounded
+	// set), never as asked.
+	if lerr == nil {
+		p.labels.learn(g.Model)
 		p.metrics.queueWait.WithLabelValues(g.Model).Observe(time.Since(waitStart).Seconds())
-	case lerr.Status != http.StatusNotFound:
-		p.metrics.queueWait.WithLabelValues(a.model).Observe(time.Since(waitStart).Seconds())
+		return g, true
 	}
-	if lerr != nil {
-		if lerr.RetryAfterMS > 0 {
-			w.Header().Set("Retry-After", strconv.FormatInt(max((lerr.RetryAfterMS+999)/1000, 1), 10))
-		}
-		p.Fail(w, r, a.model, lerr.Status, lerr.ErrorType, lerr.Message)
-		return nil, false
+	p.labels.learn(lerr.Model)
+	label := lerr.Model
+	if label == "" {
+		label = p.labels.of(a.model) // this node's own refusal, or nothing answers to it
 	}
-	return g, true
+	if lerr.Status != http.StatusNotFound {
+		p.metrics.queueWait.WithLabelValues(label).Observe(time.Since(waitStart).Seconds())
+	}
+	if lerr.RetryAfterMS > 0 {
+		w.Header().Set("Retry-After", strconv.FormatInt(max((lerr.RetryAfterMS+999)/1000, 1), 10))
+	}
+	p.Fail(w, r, label, lerr.Status, lerr.ErrorType, lerr.Message)
+	return nil, false
 }
 
-// Fail answers an inference client with an error and counts it.
+// Fail answers an inference client with an error and counts it. model is
+// the request's label (a served name, labelOther, or "" when the request
+// named none): never a client's spelling, which would let clients grow the
+// metrics without bound.
 func (p *Proxy) Fail(w http.ResponseWriter, r *http.Request, model string, status int, typ, msg string) {
-	if status == http.StatusNotFound {
-		// Clients choose the name: labelling unknown ones would let
-		// them grow the metrics without bound.
-		model = "(unknown)"
-	}
 	p.metrics.requests.WithLabelValues(keyLabel(r), model, strconv.Itoa(status)).Inc()
 	WriteError(w, status, typ, msg)
 }
@@ -298,5 +301,5 @@ func (p *Proxy) HandleModel(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	p.Fail(w, r, "", http.StatusNotFound, "model_not_found", fmt.Sprintf("model %q is not served by this cluster", TruncateText(id, 200)))
+	p.Fail(w, r, labelOther, http.StatusNotFound, "model_not_found", fmt.Sprintf("model %q is not served by this cluster", TruncateText(id, 200)))
 }

@@ -41,7 +41,7 @@ func (p *Proxy) relayToPeer(w http.ResponseWriter, r *http.Request, a *admission
 		resp, err := p.client.Do(req)
 		if err != nil {
 			if r.Context().Err() != nil {
-				p.metrics.requests.WithLabelValues(keyLabel(r), a.model, "499").Inc()
+				p.metrics.requests.WithLabelValues(keyLabel(r), p.labels.of(a.model), "499").Inc()
 				return true
 			}
 			p.log.Debug("peer unreachable for a relayed request", "peer", addr, "err", err)

@@ -77,6 +77,7 @@ type Proxy struct {
 	table   *leaseTable
 	client  *http.Client
 	metrics *metrics
+	labels  modelLabels   // the served names metrics label requests by
 	usage   *usageMetrics // usage accounting (usage.go)
 	bodies  *budget
 	// responses remembers which worker made each Responses API answer

@@ -9,8 +9,9 @@ import (
 
 type tenantKey struct{}
 
-// WithTenant marks a request as sent with the API key of t (nil: no key
-// file, or the cluster's own token).
+// WithTenant marks a request as sent with the API key of t (nil: a request
+// without a tenant: no keys file, or an --api-key key; where a keys file is
+// in force the cluster token is refused, not let through tenant-less).
 func WithTenant(ctx context.Context, t *tenants.Tenant) context.Context {
 	return context.WithValue(ctx, tenantKey{}, t)
 }

@@ -131,6 +131,25 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 	q.sendAll(msgs, peer)
 }
 
+// modelNames is, for each refused request, the name the cluster serves its
+// model under (scheduler.ModelName), which the entry node labels its metrics
+// with.
+func (q *Queen) modelNames(fails []scheduler.Failure) []string {
+	if len(fails) == 0 {
+		return nil
+	}
+	out := make([]string, len(fails))
+	q.schedMu.Lock()
+	defer q.schedMu.Unlock()
+	if q.sched == nil {
+		return out
+	}
+	for i, f := range fails {
+		out[i] = q.sched.ModelName(f.Request.Model)
+	}
+	return out
+}
+
 // departedHivesLocked takes the hives that left the cluster or failed out of
 // scheduling at once, rather than when their telemetry goes stale: their
 // workers are gone, and requests only they could serve fail now, saying why.
@@ -201,10 +220,11 @@ func (q *Queen) deliver(grants []scheduler.Grant, fails []scheduler.Failure, fro
 				undeliverable = append(undeliverable, g.Lease.ID)
 			}
 		}
-		for _, f := range fails {
+		models := q.modelNames(fails)
+		for i, f := range fails {
 			q.sendTo(f.Request.Entry, &wsapi.LeaseError{Type: wsapi.TypeLeaseError, RequestID: f.Request.ID,
-				Status: f.Err.Status, ErrorType: f.Err.Type, Message: f.Err.Msg, RetryAfterMS: f.Err.RetryAfter.Milliseconds()},
-				f.Request.Entry == from)
+				Status: f.Err.Status, ErrorType: f.Err.Type, Message: f.Err.Msg, RetryAfterMS: f.Err.RetryAfter.Milliseconds(),
+				Model: models[i]}, f.Request.Entry == from)
 		}
 		grants, fails = nil, nil
 		if len(undeliverable) == 0 && len(orphans) == 0 {

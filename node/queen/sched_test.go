@@ -162,20 +162,20 @@ func TestQueen_DeliverRefusalsAndGrantsOnUnknownHives(t *testing.T) {
 	if len(got) != 1 || !got[0].inline {
 		t.Fatalf("sent %+v, want one refusal inline", got)
 	}
-	if e, ok := got[0].msg.(*wsapi.LeaseError); !ok || e.Status != 404 || e.RequestID != "r1" || e.ErrorType != "model_not_found" {
+	if e, ok := got[0].msg.(*wsapi.LeaseError); !ok || e.Status != 404 || e.RequestID != "r1" || e.ErrorType != "model_not_found" || e.Model != "" {
 		t.Fatalf("refusal %+v", got[0].msg)
 	}
 	// A grant on a hive that left since it reported is not sent: the
 	// hive is taken out, and the request, which only it could serve,
 	// fails saying so.
 	members.gone["h"] = gossip.StatusLeft
-	q.handle("e", ask("r2", "m"), now)
+	q.handle("e", ask("r2", " M"), now)
 	got = peers.take()
 	if len(got) != 1 {
 		t.Fatalf("sent %+v for a departed hive, want one refusal", got)
 	}
-	if e, ok := got[0].msg.(*wsapi.LeaseError); !ok || e.Status != 503 || !strings.Contains(e.Message, "its only hive, h, left") {
-		t.Fatalf("answer %+v, want a 503 naming the departed hive", got[0].msg)
+	if e, ok := got[0].msg.(*wsapi.LeaseError); !ok || e.Status != 503 || !strings.Contains(e.Message, "its only hive, h, left") || e.Model != "m" {
+		t.Fatalf("answer %+v, want a 503 naming the departed hive, labelled by the model as served", got[0].msg)
 	}
 	if ls := q.sched.Leases(); len(ls) != 0 {
 		t.Fatalf("leases %+v, want none", ls)

@@ -60,6 +60,16 @@ func (t *Tenant) Allows(model string) bool {
 	return false
 }
 
+// Scope names what the tenant's requests share with no other tenant's (their
+// conversations): its name, or "" for requests without a tenant, which no
+// tenant's name can be.
+func (t *Tenant) Scope() string {
+	if t == nil {
+		return ""
+	}
+	return t.Name
+}
+
 // Table is a parsed keys file.
 type Table struct {
 	byHash map[[sha256.Size]byte]*Tenant
