@@ -74,7 +74,7 @@ func TestConnTable(t *testing.T) {
 		{"at the cap those without a key go first, least recently used first", 4, []op{
 			add(0, a, -1, ""), add(1, a, -1, ""), add(2, a, -1, ""), add(3, a, -1, ""),
 			on("active", 0), on("auth", 0), on("idle", 0), // showed a key, now idle
-			on("active", 1), // serving a request
+			on("active", 1),                // serving a request
 			on("active", 2), on("idle", 2), // idle keep-alive, no key, just used
 			add(4, b, 3, ""), // 3 has done nothing since it was accepted
 			add(5, b, 2, ""),
