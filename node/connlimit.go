@@ -31,9 +31,10 @@ const (
 	// headerTimeout bounds the headers of a request (and a TLS handshake).
 	headerTimeout = 10 * time.Second
 	// maxConnsCeiling bounds the default cap whatever the descriptor limit:
-	// 16,384 idle connections are ~400 MB; an LLM node serving more
-	// clients at once than that has bigger problems than this cap.
-	maxConnsCeiling = 16384
+	// 8,192 connections are ~200 MB of buffers and goroutines; an LLM node
+	// serving more clients at once than that (each queue holds 1,024
+	// waiting requests) has bigger problems than this cap.
+	maxConnsCeiling = 8192
 	// minMaxConns keeps a node under a tiny descriptor limit usable.
 	minMaxConns = 64
 	// perAddrDivisor: one remote address may hold 1/8 of the cap, so that
@@ -42,11 +43,12 @@ const (
 )
 
 // DefaultMaxConns is the connection cap for a process allowed nofile open
-// files: half of them, the other half left for what the node opens itself
-// (connections to hives, workers and the queen, gossip, model files, the
-// pipes of the workers it starts), within [64, 16384].
+// files: a quarter of them, the rest left for what the node opens itself (a
+// request it serves may hold a connection to a hive and one to a worker;
+// gossip, the queen, model files, the pipes of the workers it starts),
+// within [64, 8192].
 func DefaultMaxConns(nofile uint64) int {
-	return int(min(max(nofile/2, minMaxConns), maxConnsCeiling))
+	return int(min(max(nofile/4, minMaxConns), maxConnsCeiling))
 }
 
 // openFileLimit is this process's RLIMIT_NOFILE (Go raises the soft limit

@@ -21,8 +21,8 @@ func TestDefaultMaxConns(t *testing.T) {
 	}{
 		{0, minMaxConns},
 		{100, minMaxConns},
-		{1024, 512},
-		{20000, 10000},
+		{1024, 256},
+		{20000, 5000},
 		{1 << 20, maxConnsCeiling},
 	} {
 		if got := DefaultMaxConns(tc.nofile); got != tc.want {
