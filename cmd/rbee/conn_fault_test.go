@@ -51,8 +51,7 @@ func (nc *netCluster) limitedNode(h *netlab.Host, nofile int, join string, extra
 // inNetns runs f on an OS thread moved into h's network namespace: the
 // sockets f opens belong to h (and stay there), as if another machine had
 // opened them. Each call takes one thread.
-func inNetns(tb testing.TB, h *netlab.Host, f func()) {
-	tb.Helper()
+func inNetns(h *netlab.Host, f func()) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -82,9 +81,17 @@ func inNetns(tb testing.TB, h *netlab.Host, f func()) {
 		runtime.UnlockOSThread()
 		errc <- nil
 	}()
-	if err := <-errc; err != nil {
-		tb.Fatal(err)
+	return <-errc
+}
+
+// dialFrom dials addr from h.
+func dialFrom(h *netlab.Host, addr string) (net.Conn, error) {
+	var c net.Conn
+	var derr error
+	if err := inNetns(h, func() { c, derr = net.DialTimeout("tcp", addr, 3*time.Second) }); err != nil {
+		return nil, err
 	}
+	return c, derr
 }
 
 // raiseOpenFiles lets this test process hold n more descriptors, as root
@@ -127,7 +134,7 @@ func flood(tb testing.TB, h *netlab.Host, srcs []string, addr string, n int) (re
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Go(func() {
-			inNetns(tb, h, func() {
+			_ = inNetns(h, func() {
 				for {
 					i := int(next.Add(1)) - 1
 					if i >= n || time.Now().After(deadline) {
@@ -302,4 +309,151 @@ func connMetrics(nc *netCluster, p *proc) string {
 		return "(none)"
 	}
 	return strings.Join(out, ", ")
+}
+
+// TestFault_BodyTrickle: sixteen connections from another machine each
+// declare a 32 MiB body and send a byte a second, half with an uncapped API
+// key, half with a batch key capped at two requests; each is sent again a
+// second after it is answered. Before, the declared lengths took the node's
+// whole 256 MiB body budget for the 60 s body timeout and other clients got
+// 503; now they hold what they sent, are cut at the minimum rate, and other
+// clients see no error.
+func TestFault_BodyTrickle(t *testing.T) {
+	const trickles, attack = 16, 12 * time.Second
+	nc := newNetCluster(t)
+	keys := filepath.Join(nc.dir, "keys.toml")
+	writeKeysFile(t, keys, `
+[[key]]
+name = "alice"
+key = "sk-alice-00000001"
+
+[[key]]
+name = "bulk"
+key = "sk-bulk-000000001"
+
+[[key]]
+name = "batch"
+key = "sk-batch-00000001"
+priority = "batch"
+max_concurrent = 2
+`)
+	h0, ha := nc.host("n0"), nc.host("attacker")
+	n0 := nc.node(h0, "", append(nc.sim(h0, "m", "--slots", "8", "--tokens-per-second", "1000"), "--api-keys-file", keys)...)
+	testutil.Every(50*time.Millisecond).Eventually(t, 20*time.Second, "m served", modelServed(nc.cluster, n0))
+
+	start := time.Now()
+	stop := make(chan struct{})
+	var (
+		mu       sync.Mutex
+		byStatus = map[int]int{}
+		longest  time.Duration
+		sample   string
+	)
+	// trickle sends one body a byte a second until the node answers (or
+	// the attack ends, -1), and records the answer.
+	trickle := func(key string) {
+		c, err := dialFrom(ha, n0.httpAddr)
+		if err != nil {
+			mu.Lock()
+			byStatus[-2]++ // could not even connect
+			mu.Unlock()
+			return
+		}
+		defer c.Close()
+		began := time.Now()
+		fmt.Fprintf(c, "POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n{",
+			n0.httpAddr, key, 32<<20)
+		answered := make(chan struct{})
+		go func() {
+			tick := time.NewTicker(time.Second)
+			defer tick.Stop()
+			for {
+				select {
+				case <-stop:
+					c.Close()
+					return
+				case <-answered:
+					return
+				case <-tick.C:
+					_, _ = c.Write([]byte(" "))
+				}
+			}
+		}()
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		close(answered)
+		status, msg := -1, ""
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			status, msg = resp.StatusCode, string(b)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		byStatus[status]++
+		if status == http.StatusRequestTimeout {
+			longest, sample = max(longest, time.Since(began)), msg
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range trickles {
+		key := "sk-bulk-000000001"
+		if i%2 == 1 {
+			key = "sk-batch-00000001"
+		}
+		wg.Go(func() {
+			// A refused trickle is tried again a second later.
+			tick := time.NewTicker(time.Second)
+			defer tick.Stop()
+			for {
+				trickle(key)
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+			}
+		})
+	}
+	// Meanwhile another client sends ordinary requests, one at a time.
+	var sent, failed int
+	var firstErr string
+	hc := &http.Client{Timeout: 5 * time.Second}
+	for time.Since(start) < attack {
+		sent++
+		body := fmt.Sprintf(`{"model":"m","messages":[{"role":"user","content":"hi %d"}],"max_tokens":2}`, sent)
+		req, _ := http.NewRequest(http.MethodPost, "http://"+n0.httpAddr+"/v1/chat/completions", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer sk-alice-00000001")
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := hc.Do(req)
+		if err != nil {
+			failed++
+			firstErr = firstOf(firstErr, err.Error())
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			failed++
+			firstErr = firstOf(firstErr, fmt.Sprintf("%d %.200s", resp.StatusCode, b))
+		}
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("%d trickles of declared 32 MiB bodies at a time for %v: answers by status %v (-1: none before the attack ended), "+
+		"slowest 408 after %v (%s); another client meanwhile: %d of %d requests failed (first: %s)",
+		trickles, attack, byStatus, longest.Round(100*time.Millisecond), strings.TrimSpace(sample), failed, sent, firstErr)
+	if failed != 0 {
+		t.Errorf("%d of %d ordinary requests failed during the trickle attack, want 0", failed, sent)
+	}
+	if longest > attack/2 {
+		t.Errorf("a trickled body was cut only after %v, want the minimum rate's grace (5 s)", longest)
+	}
+}
+
+// firstOf keeps the first non-empty of a and b.
+func firstOf(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
