@@ -81,6 +81,14 @@ type Config struct {
 	// body may take (default proxy.DefaultBodyTimeout).
 	BodyMemory  int64
 	BodyTimeout time.Duration
+	// BodyMinRate is the slowest a request body may arrive, in bytes per
+	// second, after a short grace (default proxy.DefaultBodyMinRate).
+	BodyMinRate int64
+	// MaxConns caps the connections open to the HTTP port; one remote
+	// address may hold an eighth of them (loopback any number). At the
+	// cap, idle connections that never showed a key are closed first.
+	// Default: DefaultMaxConns of the open-file limit.
+	MaxConns int
 	// Pprof serves Go's profiler under /debug/pprof/ (authorized like the
 	// admin API), for finding where a node spends its time.
 	Pprof bool
@@ -109,6 +117,7 @@ func DefaultConfig() Config {
 		GossipTiming:       gossip.LANTiming(),
 		QueueLimit:         1024,
 		QueueTimeout:       30 * time.Second,
+		MaxConns:           DefaultMaxConns(openFileLimit()),
 	}
 }
 
@@ -146,6 +155,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.QueueTimeout <= 0 {
 		c.QueueTimeout = d.QueueTimeout
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = d.MaxConns
 	}
 	return c
 }

@@ -78,6 +78,7 @@ func (n *Node) apiAuthorized(h http.HandlerFunc) http.HandlerFunc {
 		tok, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if n.keys != nil {
 			if t := n.keys.Table().Lookup(tok); t != nil {
+				markAuthenticated(r)
 				h(w, r.WithContext(proxy.WithTenant(r.Context(), t)))
 				return
 			}
@@ -92,6 +93,7 @@ func (n *Node) apiAuthorized(h http.HandlerFunc) http.HandlerFunc {
 			n.proxy.Fail(w, r, "", http.StatusUnauthorized, "invalid_api_key", "missing or wrong API key (send Authorization: Bearer <key>)")
 			return
 		}
+		markAuthenticated(r)
 		h(w, r)
 	}
 }
@@ -152,6 +154,7 @@ func (n *Node) guard(h http.HandlerFunc, tokenOK bool) http.HandlerFunc {
 			tok = r.URL.Query().Get("token")
 		}
 		if tokenOK && tok != "" && n.cfg.Key.CheckToken(tok) {
+			markAuthenticated(r)
 			h(w, r)
 			return
 		}
@@ -174,6 +177,9 @@ func (n *Node) guard(h http.HandlerFunc, tokenOK bool) http.HandlerFunc {
 			w.Header().Set("Access-Control-Allow-Origin", origin)
 			w.Header().Add("Vary", "Origin")
 		}
+		// Trusted by the local rules (loopback, or no key at all):
+		// as good as a key for the connection cap.
+		markAuthenticated(r)
 		h(w, r)
 	}
 }

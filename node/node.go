@@ -119,7 +119,12 @@ func New(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen http %s: %w", cfg.HTTPAddr, err)
 	}
-	n.ln = newMuxListener(ln, serverTLS)
+	lim, err := newLimitListener(ln, cfg.MaxConns, n.metrics, n.log)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("connection cap: %w", err)
+	}
+	n.ln = newMuxListener(lim, serverTLS)
 	adv, err := advertiseHTTP(ln.Addr().(*net.TCPAddr), cfg)
 	if err != nil {
 		n.ln.Close()
@@ -170,7 +175,10 @@ func New(cfg Config) (*Node, error) {
 	n.connCtx, n.cancelConn = context.WithCancel(context.Background())
 	n.http = &http.Server{
 		Handler:           n.track(n.routes()),
-		ReadHeaderTimeout: 10 * time.Second,
+		ReadHeaderTimeout: headerTimeout,
+		IdleTimeout:       idleTimeout,
+		ConnState:         lim.connState,
+		ConnContext:       withTrackedConn,
 		BaseContext:       func(net.Listener) context.Context { return n.connCtx },
 		ErrorLog:          slog.NewLogLogger(n.log.Handler(), slog.LevelDebug),
 	}
@@ -277,6 +285,7 @@ func (n *Node) newPlanes() error {
 		QueueTimeout: n.cfg.QueueTimeout,
 		BodyMemory:   n.cfg.BodyMemory,
 		BodyTimeout:  n.cfg.BodyTimeout,
+		BodyMinRate:  n.cfg.BodyMinRate,
 		Workers:      workers,
 		Queues:       (*clusterQueues)(n),
 		Members:      (*members)(n),
@@ -559,6 +568,9 @@ func (n *Node) track(h http.Handler) http.Handler {
 			return
 		}
 		defer n.handlers.done()
+		if n.isPeer(r) {
+			markAuthenticated(r)
+		}
 		h.ServeHTTP(w, r)
 	})
 }

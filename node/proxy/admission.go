@@ -40,9 +40,9 @@ type admission struct {
 // caller must call a.release once the body is no longer needed.
 func (p *Proxy) admit(w http.ResponseWriter, r *http.Request) (a admission, ok bool) {
 	a.start = time.Now()
-	body, release, berr := p.readBody(w, r)
+	body, release, berr := p.readBody(w, r, bodyHolder(r))
 	if berr != nil {
-		if berr.status == http.StatusServiceUnavailable {
+		if berr.status == http.StatusServiceUnavailable || berr.status == http.StatusTooManyRequests {
 			w.Header().Set("Retry-After", "1")
 		}
 		p.Fail(w, r, "", berr.status, berr.typ, berr.msg)

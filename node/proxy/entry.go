@@ -40,6 +40,18 @@ const maxAttempts = 3
 // proxies to the hive that owns the worker (or, when that is this node,
 // straight to the worker).
 func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
+	// A key's max_concurrent is counted cluster-wide at the queen, which
+	// hears of a request only once its body is read; but one over it at
+	// this node alone is over it cluster-wide, and is refused before it
+	// holds any body memory.
+	t := tenantOf(r)
+	if n, ok := p.capped.enter(t); !ok {
+		w.Header().Set("Retry-After", "1")
+		p.Fail(w, r, "", http.StatusTooManyRequests, "rate_limit_exceeded",
+			fmt.Sprintf("key %s has %d requests arriving, waiting or running at this node, its max_concurrent; retry when one ends", t.Name, n))
+		return
+	}
+	defer p.capped.leave(t)
 	a, ok := p.admit(w, r)
 	if !ok {
 		return

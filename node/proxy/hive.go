@@ -43,7 +43,7 @@ func (p *Proxy) HandleHiveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	// Read the body whole: forwarded with its length, the worker gets it in
 	// one write instead of a chunked stream.
-	body, release, berr := p.readBody(w, r)
+	body, release, berr := p.readBody(w, r, holder{}) // the entry node admitted it within its own shares
 	if berr != nil {
 		if berr.status == http.StatusServiceUnavailable {
 			// Not started: the entry node may try another worker.

@@ -48,10 +48,14 @@ type Config struct {
 	TLS    *tls.Config
 	// QueueTimeout is how long a request waits for a lease.
 	QueueTimeout time.Duration
-	// BodyMemory bounds the request-body bytes the node holds at once;
-	// BodyTimeout how long reading one body may take (defaults above).
+	// BodyMemory bounds the request-body bytes the node holds at once
+	// (a quarter of it, or one largest body, per API key and per remote
+	// address); BodyTimeout how long reading one body may take;
+	// BodyMinRate the slowest, in bytes per second, it may arrive after a
+	// grace of a few seconds (defaults in body.go).
 	BodyMemory  int64
 	BodyTimeout time.Duration
+	BodyMinRate int64
 	// Workers is nil on a node that runs none.
 	Workers WorkerEndpoints
 	Queues  Queues
@@ -80,6 +84,10 @@ type Proxy struct {
 	labels  modelLabels   // the served names metrics label requests by
 	usage   *usageMetrics // usage accounting (usage.go)
 	bodies  *budget
+	// capped counts the requests of each key with a max_concurrent at
+	// this entry node, so that one over it is refused before its body
+	// is read (tenant.go).
+	capped *keyGate
 	// responses remembers which worker made each Responses API answer
 	// this entry node passed on (see affinity.go).
 	responses *responseMap
@@ -99,6 +107,9 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.BodyTimeout <= 0 {
 		cfg.BodyTimeout = DefaultBodyTimeout
 	}
+	if cfg.BodyMinRate <= 0 {
+		cfg.BodyMinRate = DefaultBodyMinRate
+	}
 	m, err := newMetrics(cfg.Metrics)
 	if err != nil {
 		return nil, err
@@ -117,7 +128,8 @@ func New(cfg Config) (*Proxy, error) {
 		client:    &http.Client{Transport: newTransport(cfg.TLS)},
 		metrics:   m,
 		usage:     um,
-		bodies:    &budget{limit: cfg.BodyMemory},
+		bodies:    newBudget(cfg.BodyMemory),
+		capped:    &keyGate{n: map[string]int{}},
 		responses: newResponseMap(responseTTL, responseEntries),
 	}, nil
 }
