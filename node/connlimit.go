@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -198,6 +199,10 @@ type limitListener struct {
 
 	// unauthIdle is unauthIdleTimeout (shorter in tests).
 	unauthIdle time.Duration
+	// member, once set, says whether an address is a cluster member's:
+	// an entry node holds one connection per request in flight to each
+	// hive, so members get no per-address share (the cap still holds).
+	member atomic.Pointer[func(net.IP) bool]
 
 	mu    sync.Mutex
 	table *connTable
@@ -242,6 +247,9 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		e := &connEntry{phase: phaseNew}
 		if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 			e.addr, e.exempt = ta.IP.String(), ta.IP.IsLoopback()
+			if f := l.member.Load(); f != nil && !e.exempt {
+				e.exempt = (*f)(ta.IP)
+			}
 		}
 		l.mu.Lock()
 		victim, refused := l.table.admit(e)

@@ -208,6 +208,19 @@ func (n *Node) isMemberHTTP(hostport string) bool {
 	return false
 }
 
+// isMemberIP reports whether ip is a live member's (its API or gossip
+// address).
+func (n *Node) isMemberIP(ip net.IP) bool {
+	for _, m := range n.gossip.LiveMembers() {
+		for _, a := range []string{m.HTTPAddr, m.GossipAddr} {
+			if h, _, err := net.SplitHostPort(a); err == nil && ip.Equal(net.ParseIP(h)) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func notFromAnotherSite(r *http.Request, loopback bool, member func(hostport string) bool) error {
 	if loopback {
 		host := r.Host

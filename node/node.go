@@ -172,6 +172,8 @@ func New(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.gossip = g
+	isMember := n.isMemberIP
+	lim.member.Store(&isMember)
 	n.connCtx, n.cancelConn = context.WithCancel(context.Background())
 	n.http = &http.Server{
 		Handler:           n.track(n.routes()),
