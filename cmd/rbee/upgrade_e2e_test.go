@@ -109,6 +109,7 @@ type upgradeLoad struct {
 	mu        sync.Mutex
 	rotation  []string // HTTP addresses
 	next      int
+	inflight  map[string]int // requests picked for an address and not yet answered
 	sent      int
 	failed    []string // what failed, with when and where
 	successes []time.Time
@@ -124,7 +125,21 @@ func (l *upgradeLoad) pick() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.next++
-	return l.rotation[l.next%len(l.rotation)]
+	addr := l.rotation[l.next%len(l.rotation)]
+	l.inflight[addr]++
+	return addr
+}
+
+// drained reports whether no request picked for addr is still unanswered:
+// a balancer that takes a node out waits for that before stopping it, or a
+// request picked a moment before would meet a node shutting down.
+func (l *upgradeLoad) drained(addr string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if n := l.inflight[addr]; n > 0 {
+		return fmt.Errorf("%d requests in flight through %s", n, addr)
+	}
+	return nil
 }
 
 // run sends chat requests, half of them streamed, from clients goroutines
@@ -138,6 +153,7 @@ func (l *upgradeLoad) run(ctx context.Context, clients int, start time.Time) {
 				sent := time.Now()
 				err := l.one(addr, (i+n)%2 == 0)
 				l.mu.Lock()
+				l.inflight[addr]--
 				l.sent++
 				if err != nil {
 					l.failed = append(l.failed, fmt.Sprintf("t=%v via %s: %v", sent.Sub(start).Round(time.Millisecond), addr, err))
@@ -253,7 +269,7 @@ func TestE2E_RollingUpgrade(t *testing.T) {
 			}
 			c.waitServing(nodes["q0"].proc, names, time.Time{})
 
-			load := &upgradeLoad{hc: &http.Client{Timeout: 30 * time.Second,
+			load := &upgradeLoad{inflight: map[string]int{}, hc: &http.Client{Timeout: 30 * time.Second,
 				Transport: &http.Transport{MaxIdleConnsPerHost: 8}}}
 			defer load.hc.CloseIdleConnections()
 			rotation := func(except string) []string {
@@ -290,6 +306,8 @@ func TestE2E_RollingUpgrade(t *testing.T) {
 			for _, name := range order.steps {
 				n := nodes[name]
 				load.setRotation(rotation(name))
+				testutil.Every(pollInterval).Eventually(t, 10*time.Second, "requests through "+name+" answered",
+					func() error { return load.drained(n.httpAddr) })
 				stopAt := time.Now()
 				n.signal(t, syscall.SIGTERM, 20*time.Second)
 				if code := n.ExitCode(); code != 0 {
