@@ -202,9 +202,11 @@ func (l *upgradeLoad) longestGap() time.Duration {
 // started again with the same name, addresses and data directory, the queen
 // last and the queen first. No request fails in either order: new nodes send
 // an old queen nothing it cannot read, and a new queen sends old nodes
-// nothing they cannot read. Upgrading from 1e3ead3^ to d2f4061 (the last
-// upgrade without revisions), queen last, the old queen closed every new
-// node's session on its first usage_report.
+// nothing they cannot read, and no session closes over a message type.
+// Upgrading from 1e3ead3^ to d2f4061 (RBEE_UPGRADE_FROM=1e3ead3^ with
+// RBEE_TEST_BIN a d2f4061 build), queen last, the old queen closed each new
+// node's session on its usage_report, again after every redial; the entry
+// nodes' retries hid it from the clients at this load.
 func TestE2E_RollingUpgrade(t *testing.T) {
 	from := upgradeFrom
 	if c := os.Getenv("RBEE_UPGRADE_FROM"); c != "" {
