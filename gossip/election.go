@@ -32,6 +32,7 @@ type Member struct {
 	Priority   int       `json:"queen_priority"`
 	Start      time.Time `json:"start"`
 	Version    string    `json:"version"`
+	Revision   int       `json:"revision,omitempty"`
 	Status     Status    `json:"status"`
 	// Claim is set by the node that currently holds the queen seat; it lets
 	// every other node keep that queen when a newcomer would otherwise rank

@@ -17,7 +17,11 @@ type Meta struct {
 	Priority int       `json:"p"`
 	Start    time.Time `json:"s"`
 	Version  string    `json:"v"`
-	Claim    bool      `json:"q,omitempty"`
+	// Revision is the node's protocol revision (wsapi.Revision), so that
+	// peers and operators see a mixed cluster during an upgrade before any
+	// session opens; omitted at 0, as builds before revisions send it.
+	Revision int  `json:"w,omitempty"`
+	Claim    bool `json:"q,omitempty"`
 	// Term is the election term of this node's claim (or of its last one):
 	// a claim takes a term above every term its node has seen, so terms
 	// only grow, and a queen's grants carry its term.
@@ -63,6 +67,7 @@ func memberFrom(n *memberlist.Node, status Status) Member {
 		return m
 	}
 	m.HTTPAddr, m.Roles, m.Priority, m.Start, m.Version = meta.HTTPAddr, meta.Roles, meta.Priority, meta.Start, meta.Version
+	m.Revision = meta.Revision
 	m.Claim, m.Term, m.Follows, m.Leaving = meta.Claim, meta.Term, meta.Follows, meta.Leaving
 	if status != StatusAlive && meta.Leaving {
 		m.Status = StatusLeft

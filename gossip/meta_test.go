@@ -86,3 +86,36 @@ func TestMemberFrom(t *testing.T) {
 		})
 	}
 }
+
+// A peer's revision travels in its metadata; a build before revisions sends
+// none (revision 0), and keys a later build adds are ignored, so nodes of
+// mixed builds keep electing one queen.
+func TestMeta_RevisionAcrossBuilds(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		meta string
+		want int
+	}{
+		{"this build", `{"h":"127.0.0.1:8080","r":["queen"],"p":0,"s":"2025-10-30T20:15:30Z","v":"0.2.0","w":1}`, 1},
+		{"a build before revisions (d2f4061)", `{"h":"127.0.0.1:8080","r":["queen"],"p":0,"s":"2025-10-30T20:15:30Z","v":"0.1.0"}`, 0},
+		{"a later build with keys unknown here", `{"h":"127.0.0.1:8080","r":["queen"],"p":0,"s":"2025-10-30T20:15:30Z","v":"9.0.0","w":9,"zz":{"x":[1]}}`, 9},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := &memberlist.Node{Name: "a", Addr: []byte{127, 0, 0, 1}, Port: 7946, Meta: []byte(tc.meta)}
+			m := memberFrom(n, StatusAlive)
+			if m.Revision != tc.want {
+				t.Errorf("revision %d, want %d", m.Revision, tc.want)
+			}
+			if q, ok := Elect([]Member{m}); !ok || q.Name != "a" {
+				t.Errorf("Elect = %q, %v: a member of another build is not eligible", q.Name, ok)
+			}
+		})
+	}
+	b, err := Meta{Version: "0.2.0", Revision: 1}.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"w":1`) {
+		t.Errorf("encoded metadata %s carries no revision", b)
+	}
+}

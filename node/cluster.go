@@ -32,7 +32,7 @@ func (n *Node) memberViews() ([]api.MemberView, string) {
 			roles = []string{}
 		}
 		out = append(out, api.MemberView{Name: m.Name, GossipAddr: m.GossipAddr, HTTPAddr: m.HTTPAddr, Roles: roles,
-			Status: string(m.Status), Queen: m.Name == qn, Priority: m.Priority, Version: m.Version})
+			Status: string(m.Status), Queen: m.Name == qn, Priority: m.Priority, Version: m.Version, Revision: m.Revision})
 	}
 	return out, qn
 }

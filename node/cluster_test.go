@@ -304,7 +304,9 @@ func TestQueen_RefusesBadSessionsAndKeepsServingOthers(t *testing.T) {
 		code websocket.StatusCode
 	}{
 		{"malformed JSON", `{"type":"hive_telemetry",`, wsapi.CloseMalformed},
-		{"unknown type", `{"type":"launch_missiles"}`, wsapi.CloseUnknownType},
+		// A type this queen does not know is skipped (a later revision
+		// may send one), so the spoof after it is what closes the session.
+		{"unknown type, then a spoofed hive id", `[{"type":"launch_missiles"},{"type":"hive_telemetry","hive_id":"b","timestamp":"2025-10-30T20:15:30Z","workers":[]}]`, wsapi.CloseMalformed},
 		{"wrong field type", `{"type":"hive_telemetry","hive_id":"evil","timestamp":"2025-10-30T20:15:30Z","workers":[{"pid":"one"}]}`, wsapi.CloseMalformed},
 		{"spoofed hive id", `{"type":"hive_telemetry","hive_id":"b","timestamp":"2025-10-30T20:15:30Z","workers":[]}`, wsapi.CloseMalformed},
 	} {

@@ -163,6 +163,7 @@ func New(cfg Config) (*Node, error) {
 			Priority: cfg.QueenPriority,
 			Start:    n.start.UTC(),
 			Version:  Version,
+			Revision: wsapi.Revision,
 		},
 		Timing: cfg.GossipTiming,
 		Logger: n.log,

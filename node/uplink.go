@@ -209,7 +209,7 @@ func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan s
 		return false, err
 	}
 	log := n.log.With("queen", q.Name)
-	log.Info("session to queen open", "queen_http", q.HTTPAddr)
+	log.Info("session to queen open", "queen_http", q.HTTPAddr, "queen_version", s.PeerVersion, "queen_revision", s.PeerRevision)
 	leases := n.proxy.Leases()
 
 	sctx, cancel := context.WithCancel(ctx)
@@ -369,8 +369,14 @@ const usageInterval = 2 * time.Second
 
 // sendUsage sends the queen this node's usage on session s: every bucket
 // when *at is zero (a new session, so a new queen rebuilds the cluster's
-// usage), then the changed ones every usageInterval.
+// usage), then the changed ones every usageInterval. A queen of an earlier
+// revision gets none: builds before usage accounting close the session on
+// usage_report. Nothing is lost by waiting; the buckets stay here, and the
+// first session to a queen that reads them sends every one.
 func (n *Node) sendUsage(ctx context.Context, s *wsapi.Session, at *time.Time) error {
+	if !s.PeerKnows(wsapi.TypeUsageReport) {
+		return nil
+	}
 	now := time.Now()
 	full := at.IsZero()
 	if !full && now.Sub(*at) < usageInterval {
@@ -388,6 +394,7 @@ func (n *Node) sendUsage(ctx context.Context, s *wsapi.Session, at *time.Time) e
 func (n *Node) sessionOptions() *wsapi.SessionOptions {
 	o := n.cfg.Session
 	o.Key, o.Name, o.Version = n.cfg.Key, n.cfg.Name, Version
+	o.Logger = n.log
 	o.Interval = n.cfg.TelemetryInterval
 	// A refused dial (421) leaves a keep-alive connection behind; the
 	// node's own client lets shutdown close it.

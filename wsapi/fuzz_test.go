@@ -21,6 +21,8 @@ func FuzzDecode(f *testing.F) {
 	for _, msg := range []any{
 		Challenge{Type: TypeChallenge, Nonce: "00ff", Queen: "queen-1", Version: "v0.1.0", Protocol: ProtocolVersion},
 		Hello{Type: TypeHello, Name: "hive-1", Version: "v0.1.0", Protocol: ProtocolVersion, Nonce: "abcd", Proof: "beef"},
+		Challenge{Type: TypeChallenge, Nonce: "00ff", Queen: "queen-1", Version: "v0.2.0", Protocol: ProtocolVersion, Revision: Revision},
+		Hello{Type: TypeHello, Name: "hive-1", Version: "v0.2.0", Protocol: ProtocolVersion, Nonce: "abcd", Proof: "beef", Revision: Revision},
 		Welcome{Type: TypeWelcome, Proof: "cafe", IntervalMS: 1000},
 		validTelemetry(2),
 		LeaseRequest{Type: TypeLeaseRequest, RequestID: "e.1", Model: "llama-3.2-1b", WaitMS: 30000},

@@ -168,6 +168,9 @@ type Challenge struct {
 	Queen    string `json:"queen"`
 	Version  string `json:"version"`
 	Protocol int    `json:"protocol"`
+	// Revision is the queen's protocol revision (see version.go); absent
+	// from builds before revisions, which are revision 0.
+	Revision int `json:"revision,omitempty"`
 }
 
 // Hello is the hive's answer to a Challenge. Proof is an HMAC over both nonces
@@ -179,6 +182,8 @@ type Hello struct {
 	Protocol int    `json:"protocol"`
 	Nonce    string `json:"nonce"`
 	Proof    string `json:"proof"`
+	// Revision is the hive's protocol revision, as in Challenge.
+	Revision int `json:"revision,omitempty"`
 }
 
 // Welcome accepts a session. Proof shows the hive that the queen holds the
@@ -211,7 +216,8 @@ const (
 // Decode parses one message off the wire into its concrete type: *HiveTelemetry,
 // *QueenEvent, *Challenge, *Hello or *Welcome. Unknown fields are ignored (peers
 // may be newer), but an unknown type, a wrong field type or trailing garbage is
-// an error wrapping ErrUnknownType or ErrMalformed.
+// an error wrapping ErrUnknownType or ErrMalformed. A session skips messages
+// of an unknown type once the handshake is done (see Session.Read).
 //
 // It decodes with JSON v2 (github.com/go-json-experiment/json, the module that
 // encoding/json/v2 comes from) because the queen relays a report's bytes as

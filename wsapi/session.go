@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -57,6 +58,9 @@ type SessionOptions struct {
 	Header http.Header
 	// HTTPClient dials (the client end only); nil means http.DefaultClient.
 	HTTPClient *http.Client
+	// Logger hears what a session does not return as an error (messages
+	// it skips); nil discards it.
+	Logger *slog.Logger
 }
 
 func (o *SessionOptions) withDefaults() SessionOptions {
@@ -82,6 +86,9 @@ func (o *SessionOptions) withDefaults() SessionOptions {
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = DefaultWriteTimeout
 	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
 	return c
 }
 
@@ -96,9 +103,13 @@ type Session struct {
 	// lastRead (unix nanoseconds) lets Keepalive skip pinging a peer that
 	// is talking anyway: a hive reporting every second needs no ping.
 	lastRead atomic.Int64
-	// Peer is the other end's node name, Version its rbee version.
-	Peer        string
-	PeerVersion string
+	// ignored counts the messages of unknown types skipped (see next).
+	ignored atomic.Uint64
+	// Peer is the other end's node name, Version its rbee version,
+	// Revision its protocol revision (version.go).
+	Peer         string
+	PeerVersion  string
+	PeerRevision int
 	// Interval is the telemetry period agreed at handshake.
 	Interval time.Duration
 }
@@ -151,7 +162,8 @@ func (s *Session) serverHandshake(ctx context.Context) error {
 	defer cancel()
 	s.conn.SetReadLimit(handshakeReadLimit)
 	nonce := newNonce()
-	if err := s.write(ctx, Challenge{Type: TypeChallenge, Nonce: nonce, Queen: s.opts.Name, Version: s.opts.Version, Protocol: ProtocolVersion}); err != nil {
+	if err := s.write(ctx, Challenge{Type: TypeChallenge, Nonce: nonce, Queen: s.opts.Name, Version: s.opts.Version, Protocol: ProtocolVersion,
+		Revision: Revision}); err != nil {
 		s.conn.CloseNow()
 		return fmt.Errorf("send challenge: %w", err)
 	}
@@ -175,7 +187,9 @@ func (s *Session) serverHandshake(ctx context.Context) error {
 	if !s.opts.Key.IsZero() && !s.opts.Key.checkProof(hello.Proof, "hive", nonce, hello.Nonce, hello.Name) {
 		return s.fail(CloseAuth, "authentication failed", errors.New("wrong cluster key"))
 	}
-	s.Peer, s.PeerVersion = hello.Name, hello.Version
+	// A negative revision is nonsense; reading it as 0 sends the peer
+	// only what every build reads.
+	s.Peer, s.PeerVersion, s.PeerRevision = hello.Name, hello.Version, max(hello.Revision, 0)
 	welcome := Welcome{Type: TypeWelcome, IntervalMS: int(s.Interval / time.Millisecond)}
 	if !s.opts.Key.IsZero() {
 		welcome.Proof = s.opts.Key.proof("queen", nonce, hello.Nonce, hello.Name)
@@ -226,7 +240,7 @@ func (s *Session) clientHandshake(ctx context.Context) error {
 		return s.fail(CloseProtocol, "handshake", fmt.Errorf("queen speaks protocol %d, this hive %d", ch.Protocol, ProtocolVersion))
 	}
 	nonce := newNonce()
-	hello := Hello{Type: TypeHello, Name: s.opts.Name, Version: s.opts.Version, Protocol: ProtocolVersion, Nonce: nonce}
+	hello := Hello{Type: TypeHello, Name: s.opts.Name, Version: s.opts.Version, Protocol: ProtocolVersion, Nonce: nonce, Revision: Revision}
 	if !s.opts.Key.IsZero() {
 		hello.Proof = s.opts.Key.proof("hive", ch.Nonce, nonce, s.opts.Name)
 	}
@@ -246,7 +260,7 @@ func (s *Session) clientHandshake(ctx context.Context) error {
 	if !s.opts.Key.IsZero() && !s.opts.Key.checkProof(welcome.Proof, "queen", ch.Nonce, nonce, s.opts.Name) {
 		return s.fail(CloseAuth, "authentication failed", errors.New("queen does not hold the cluster key"))
 	}
-	s.Peer, s.PeerVersion = ch.Queen, ch.Version
+	s.Peer, s.PeerVersion, s.PeerRevision = ch.Queen, ch.Version, max(ch.Revision, 0)
 	s.Interval = time.Duration(welcome.IntervalMS) * time.Millisecond
 	if s.Interval <= 0 {
 		s.Interval = time.Second
@@ -293,8 +307,32 @@ func (s *Session) readRaw(ctx context.Context) (any, []byte, error) {
 	return msg, data, err
 }
 
-// Read returns the next message from the peer.
-func (s *Session) Read(ctx context.Context) (any, error) { return s.read(ctx) }
+// next reads the next message of a type this build knows, skipping the
+// others: a peer of a later revision may send one to us by mistake, and a
+// message nobody here would act on is no reason to drop every lease on the
+// session. The handshake reads with read instead, where only one type will do.
+func (s *Session) next(ctx context.Context) (any, []byte, error) {
+	for {
+		msg, raw, err := s.readRaw(ctx)
+		if !errors.Is(err, ErrUnknownType) {
+			return msg, raw, err
+		}
+		if s.ignored.Add(1) == 1 {
+			s.opts.Logger.Debug("skipping messages of a type this node does not know", "peer", s.Peer,
+				"peer_version", s.PeerVersion, "peer_revision", s.PeerRevision, "err", err)
+		}
+	}
+}
+
+// Read returns the next message from the peer, skipping messages of unknown
+// types.
+func (s *Session) Read(ctx context.Context) (any, error) {
+	msg, _, err := s.next(ctx)
+	return msg, err
+}
+
+// Ignored returns how many messages of unknown types the session skipped.
+func (s *Session) Ignored() uint64 { return s.ignored.Load() }
 
 func (s *Session) write(ctx context.Context, msg any) error {
 	b, err := Encode(msg)
@@ -393,7 +431,8 @@ func keepalive(ctx context.Context, c *websocket.Conn, every, timeout time.Durat
 // message, validates it (telemetry must belong to this hive; lease messages
 // must be well formed) and hands it to handle both decoded and as received
 // (valid JSON, ready to relay without re-encoding; handle may keep both). A
-// message the queen does not take from peers (a grant, a challenge) closes the
+// message of a type the queen does not know is skipped (see next); one it
+// knows but does not take from peers (a grant, a challenge) closes the
 // session, as does an error from handle. It returns when the session ends; a
 // bad message closes the session with a code and reason that say what was
 // wrong.
@@ -409,13 +448,13 @@ func (s *Session) Serve(ctx context.Context, handle func(msg any, raw []byte) er
 		<-done
 	}()
 	for {
-		msg, raw, err := s.readRaw(ctx)
+		msg, raw, err := s.next(ctx)
 		if err != nil {
 			if websocket.CloseStatus(err) != -1 || ctx.Err() != nil || errors.Is(err, io.EOF) {
 				s.conn.CloseNow()
 				return err
 			}
-			if errors.Is(err, ErrMalformed) || errors.Is(err, ErrUnknownType) {
+			if errors.Is(err, ErrMalformed) {
 				return s.fail(CloseCodeFor(err), "bad message", err)
 			}
 			s.conn.CloseNow()

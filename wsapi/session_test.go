@@ -443,9 +443,6 @@ func TestSession_BadMessageClosesOnlyThatSession(t *testing.T) {
 	}{
 		{"malformed JSON", func(*testing.T) func(context.Context, *Session) error { return raw(`{"type":"hive_telemetry",`) }, CloseMalformed, ErrMalformed},
 		{"trailing garbage", func(t *testing.T) func(context.Context, *Session) error { return raw(seed(t) + "}") }, CloseMalformed, ErrMalformed},
-		{"unknown type", func(*testing.T) func(context.Context, *Session) error {
-			return raw(`{"type":"model_load","model":"m"}`)
-		}, CloseUnknownType, ErrUnknownType},
 		{"missing type", func(*testing.T) func(context.Context, *Session) error { return raw(`{"hive_id":"hive-bad"}`) }, CloseMalformed, ErrMalformed},
 		{"workers is an object", func(*testing.T) func(context.Context, *Session) error {
 			return raw(`{"type":"hive_telemetry","hive_id":"hive-bad","workers":{}}`)

@@ -27,6 +27,9 @@ type MemberView struct {
 	Queen      bool     `json:"queen"`
 	Priority   int      `json:"queen_priority"`
 	Version    string   `json:"version"`
+	// Revision is the node's protocol revision (wsapi.Revision); omitted
+	// for 0, which builds before revisions are.
+	Revision int `json:"revision,omitempty"`
 }
 
 // HiveView is one hive in /v1/cluster.

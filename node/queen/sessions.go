@@ -104,6 +104,14 @@ func (t *sessions) send(peer string, msg []byte, inline bool) bool {
 	if !ok {
 		return false
 	}
+	if typ := wsapi.TypeOf(msg); !c.s.PeerKnows(typ) {
+		// A node of an earlier revision would close its session on a
+		// type it cannot read, taking its leases with it; a sender of
+		// a newer type checks first, so this only catches a mistake.
+		t.log.Warn("message type unknown to the node's revision not sent", "peer", peer, "type", typ,
+			"peer_revision", c.s.PeerRevision)
+		return false
+	}
 	var err error
 	if inline {
 		err = c.out.Send(context.Background(), msg)
@@ -128,6 +136,7 @@ func (q *Queen) HandleSession(w http.ResponseWriter, r *http.Request) {
 	}
 	seq := q.sessions.seq.Add(1)
 	opts := q.cfg.Session
+	opts.Logger = q.log
 	s, err := wsapi.AcceptHive(w, r, &opts)
 	if err != nil {
 		q.log.Warn("hive session refused", "remote", r.RemoteAddr, "err", err)
@@ -169,7 +178,7 @@ func (q *Queen) HandleSession(w http.ResponseWriter, r *http.Request) {
 		_ = s.Close(wsapi.CloseNotQueen, "no longer queen")
 		return
 	}
-	log.Info("hive connected", "version", s.PeerVersion)
+	log.Info("hive connected", "version", s.PeerVersion, "revision", s.PeerRevision)
 	err = s.Serve(r.Context(), func(msg any, raw []byte) error {
 		now := time.Now()
 		q.handle(s.Peer, msg, now)
@@ -181,5 +190,5 @@ func (q *Queen) HandleSession(w http.ResponseWriter, r *http.Request) {
 		}
 		return nil
 	})
-	log.Info("hive disconnected", "reason", wsapi.CloseText(err))
+	log.Info("hive disconnected", "reason", wsapi.CloseText(err), "skipped_unknown", s.Ignored())
 }
