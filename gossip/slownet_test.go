@@ -29,14 +29,35 @@ type slowNet struct {
 }
 
 // set makes every packet and stream byte take delay to arrive, and loses the
-// given share of packets (UDP; streams are TCP, which hides loss).
+// given share of packets: a lost UDP packet is gone, a lost TCP segment is
+// sent again after TCP's retransmission timeout, as iptables' random drop
+// does to a real connection.
 func (sn *slowNet) set(delay time.Duration, loss float64) {
 	sn.delay.Store(int64(delay))
 	sn.loss.Store(math.Float64bits(loss))
 }
 
 func (sn *slowNet) oneWay() time.Duration { return time.Duration(sn.delay.Load()) }
+func (sn *slowNet) lossy() bool           { return math.Float64frombits(sn.loss.Load()) > 0 }
 func (sn *slowNet) lost() bool            { return rand.Float64() < math.Float64frombits(sn.loss.Load()) }
+
+// Linux's retransmission timeouts: 1 s for a SYN (or its answer), 200 ms at
+// least for data; each doubles on every loss in a row.
+const (
+	synRTO  = time.Second
+	dataRTO = 200 * time.Millisecond
+)
+
+// retransmits is how much later than sent a TCP packet arrives when each try
+// is lost with the network's loss, or its answer is (handshake: both).
+func (sn *slowNet) retransmits(rto time.Duration, both bool) time.Duration {
+	var late time.Duration
+	for sn.lost() || (both && sn.lost()) {
+		late += rto
+		rto *= 2
+	}
+	return late
+}
 
 // onSlowNet puts a node's gossip on sn.
 func onSlowNet(t *testing.T, sn *slowNet) nodeOption {
@@ -150,7 +171,7 @@ func (st *slowTransport) WriteToAddress(b []byte, a memberlist.Address) (time.Ti
 // DialTimeout takes a round trip for TCP's handshake before the connection is
 // there.
 func (st *slowTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
-	if rtt := 2 * st.sn.oneWay(); rtt > 0 {
+	if rtt := 2*st.sn.oneWay() + st.sn.retransmits(synRTO, true); rtt > 0 {
 		if !st.until(time.Now().Add(min(rtt, timeout))) {
 			return nil, fmt.Errorf("dial %s: transport shut down", addr)
 		}
@@ -178,13 +199,14 @@ func (st *slowTransport) Shutdown() error {
 }
 
 // slowConn delays c's writes by the network's delay when it was made (one
-// delay for the connection's life keeps its bytes in order).
+// delay for the connection's life keeps its bytes in order), and by TCP's
+// retransmissions of what is lost.
 func (st *slowTransport) slowConn(c net.Conn) net.Conn {
 	d := st.sn.oneWay()
-	if d == 0 {
+	if d == 0 && !st.sn.lossy() {
 		return c
 	}
-	sc := &slowConn{Conn: c, delay: d, q: make(chan delayed, 64), closing: make(chan struct{})}
+	sc := &slowConn{Conn: c, sn: st.sn, delay: d, q: make(chan delayed, 64), closing: make(chan struct{})}
 	st.wg.Go(func() { sc.pump(st) })
 	return sc
 }
@@ -192,6 +214,7 @@ func (st *slowTransport) slowConn(c net.Conn) net.Conn {
 // slowConn is a stream whose bytes arrive delay after they were written.
 type slowConn struct {
 	net.Conn
+	sn      *slowNet
 	delay   time.Duration
 	q       chan delayed
 	closing chan struct{}
@@ -200,7 +223,7 @@ type slowConn struct {
 
 func (c *slowConn) Write(p []byte) (int, error) {
 	select {
-	case c.q <- delayed{due: time.Now().Add(c.delay), b: bytes.Clone(p)}:
+	case c.q <- delayed{due: time.Now().Add(c.delay + c.sn.retransmits(dataRTO, false)), b: bytes.Clone(p)}:
 		return len(p), nil
 	case <-c.closing:
 		return 0, net.ErrClosed
