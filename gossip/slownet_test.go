@@ -193,8 +193,32 @@ func (st *slowTransport) DialAddressTimeout(a memberlist.Address, timeout time.D
 
 func (st *slowTransport) Shutdown() error {
 	st.once.Do(func() { close(st.done) })
-	err := st.NetTransport.Shutdown()
+	err := shutdownDraining(st.NetTransport)
 	st.wg.Wait()
+	return err
+}
+
+// shutdownDraining shuts nt down once a wrapping transport stopped reading
+// from it: nt's listeners hand each packet and stream over on an unbuffered
+// channel, and nt.Shutdown waits for them, so what arrives meanwhile is taken
+// and dropped, or the shutdown would hang.
+func shutdownDraining(nt *memberlist.NetTransport) error {
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-nt.PacketCh():
+			case c := <-nt.StreamCh():
+				c.Close()
+			case <-stop:
+				return
+			}
+		}
+	})
+	err := nt.Shutdown()
+	close(stop)
+	wg.Wait()
 	return err
 }
 
