@@ -114,6 +114,50 @@ func LANTiming() Timing {
 	}
 }
 
+// WANTiming is for members whose round trip is up to a few hundred
+// milliseconds (machines in different sites): memberlist's DefaultWANConfig
+// for failure detection and dissemination, which at a 400 ms round trip
+// declares no live member dead, where LANTiming's 100 ms probe timeout
+// fails every direct probe and declares members, the queen among them, dead
+// many times a minute. The price is time: a member whose machine vanishes
+// is declared dead after about 40 s instead of 1 s (Detection has the
+// figures). A crashed process is still replaced at once: its ports refuse
+// connections, and ConfirmDead takes it out without failure detection.
+func WANTiming() Timing {
+	// Failure detection and gossip as memberlist's DefaultWANConfig.
+	w := memberlist.DefaultWANConfig()
+	return Timing{
+		// 5 s probes with a 3 s timeout: several round trips of slack
+		// for a direct ack, and still time in the round for indirect
+		// probes (two round trips) and the TCP fallback.
+		ProbeInterval: w.ProbeInterval,
+		ProbeTimeout:  w.ProbeTimeout,
+		// 6 x 5 s = 30 s of suspicion (up to 6 times that unconfirmed):
+		// a live member that is suspected has many gossip rounds, each
+		// a few round trips long, to hear of it and refute.
+		SuspicionMult:           w.SuspicionMult,
+		SuspicionMaxTimeoutMult: w.SuspicionMaxTimeoutMult,
+		// 500 ms to 4 members: fewer, larger rounds, as one round trip
+		// is most of LANTiming's 50 ms round already.
+		GossipInterval:   w.GossipInterval,
+		GossipNodes:      w.GossipNodes,
+		PushPullInterval: w.PushPullInterval,
+		// A leave goes out in one gossip round; 3 s is six of them, and
+		// a member that never hears it still finds the node gone by
+		// failure detection.
+		LeaveTimeout: 3 * time.Second,
+		// 30 s: a push-pull of the whole member list crosses a slow,
+		// lossy link in several round trips, and a timeout cut short
+		// would fail every join and reconnect over it.
+		TCPTimeout: w.TCPTimeout,
+		// 10 s: failure detection itself takes tens of seconds here, so
+		// merging a healed partition within 10 s is in proportion; a
+		// redial crossing the link every second would be most of the
+		// gossip traffic to a failed member.
+		ReconnectInterval: 10 * time.Second,
+	}
+}
+
 func (c Config) withDefaults() Config {
 	d := LANTiming()
 	t := &c.Timing

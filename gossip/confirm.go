@@ -71,7 +71,7 @@ func (g *Gossip) ConfirmDead(name string, start time.Time) bool {
 	}
 	delete(g.live, name)
 	g.departedLocked(name, true)
-	g.confirmed[name] = confirmedDeath{m: m, until: time.Now().Add(confirmFor)}
+	g.confirmed[name] = confirmedDeath{m: m, until: time.Now().Add(max(confirmFor, g.cfg.Timing.deadWithin()))}
 	g.mu.Unlock()
 	g.log.Info("member confirmed dead before failure detection", "member", name)
 	g.poke()

@@ -144,7 +144,7 @@ func (ct *cutTransport) DialAddressTimeout(a memberlist.Address, timeout time.Du
 
 func (ct *cutTransport) Shutdown() error {
 	close(ct.done)
-	err := ct.NetTransport.Shutdown()
+	err := shutdownDraining(ct.NetTransport)
 	ct.wg.Wait()
 	return err
 }

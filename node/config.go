@@ -58,7 +58,14 @@ type Config struct {
 	// QueenEventInterval is the period of the feed's queen event.
 	QueenEventInterval time.Duration
 	// ForgetAfter drops an offline hive from the registry.
-	ForgetAfter  time.Duration
+	ForgetAfter time.Duration
+	// GossipProfile names the gossip failure detection tuning:
+	// gossip.ProfileLAN (the default: a dead node found in about a second)
+	// or gossip.ProfileWAN (round trips of hundreds of milliseconds
+	// between nodes, a dead node found in about 40 s).
+	GossipProfile string
+	// GossipTiming, when set, is used instead of GossipProfile's timing
+	// (tests shrink or stretch it).
 	GossipTiming gossip.Timing
 	// APIKeys, when set, are the bearer keys OpenAI clients must send.
 	APIKeys []string
@@ -114,7 +121,7 @@ func DefaultConfig() Config {
 		HiveTTL:            api.DefaultHiveTTL,
 		QueenEventInterval: 2500 * time.Millisecond,
 		ForgetAfter:        10 * time.Minute,
-		GossipTiming:       gossip.LANTiming(),
+		GossipProfile:      gossip.ProfileLAN,
 		QueueLimit:         1024,
 		QueueTimeout:       30 * time.Second,
 		MaxConns:           DefaultMaxConns(openFileLimit()),
@@ -150,6 +157,13 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.GossipProfile == "" {
+		c.GossipProfile = d.GossipProfile
+	}
+	if c.GossipTiming == (gossip.Timing{}) {
+		// An unknown profile leaves it zero; validate refuses it.
+		c.GossipTiming, _ = gossip.ProfileTiming(c.GossipProfile)
+	}
 	if c.QueueLimit <= 0 {
 		c.QueueLimit = d.QueueLimit
 	}
@@ -174,6 +188,9 @@ func (c Config) validate() error {
 		if r != gossip.RoleQueen && r != gossip.RoleHive {
 			return fmt.Errorf("unknown role %q (want %s or %s)", r, gossip.RoleQueen, gossip.RoleHive)
 		}
+	}
+	if _, err := gossip.ProfileTiming(c.GossipProfile); err != nil {
+		return err // it names the profile and the choices
 	}
 	if c.QueueTimeout > wsapi.MaxWait {
 		return fmt.Errorf("queue timeout %v: at most %v", c.QueueTimeout, wsapi.MaxWait)

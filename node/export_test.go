@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/rbee/rbee/gossip"
+
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -12,6 +14,9 @@ import (
 
 // ValidateConfig is what New checks of cfg.
 func ValidateConfig(cfg Config) error { return cfg.withDefaults().validate() }
+
+// GossipTimingOf is the gossip timing New runs cfg with.
+func GossipTimingOf(cfg Config) gossip.Timing { return cfg.withDefaults().GossipTiming }
 
 // QueenQueues is the queen's queues, empty on a node that is not queen.
 func QueenQueues(n *Node) []wsapi.QueueStats {

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/gossip"
+
 	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/nodetest"
@@ -137,6 +139,8 @@ func TestConfig_Validate(t *testing.T) {
 		{"empty name", node.Config{GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}, nil, "node name"},
 		{"name with spaces", node.Config{Name: "a b", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"}, nil, "node name"},
 		{"unknown role", node.Config{Name: "a", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", Roles: []string{"king"}}, nil, "unknown role"},
+		{"wan gossip profile", node.Config{Name: "a", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", GossipProfile: gossip.ProfileWAN}, nil, ""},
+		{"unknown gossip profile", node.Config{Name: "a", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", GossipProfile: "satellite"}, nil, `unknown gossip profile "satellite" (want lan or wan)`},
 		{"queue timeout beyond what a lease request may wait", node.Config{Name: "a", GossipAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", QueueTimeout: time.Hour}, nil, "queue timeout"},
 	}
 	for _, tc := range tests {
@@ -220,5 +224,26 @@ func TestHTTP_ProxiedRequestsAreNotLocal(t *testing.T) {
 		if rec.Code != want {
 			t.Errorf("with %q: status %d, want %d: %s", hdr, rec.Code, want, rec.Body)
 		}
+	}
+}
+
+func TestConfig_GossipProfileChoosesTiming(t *testing.T) {
+	stretched := gossip.LANTiming()
+	stretched.SuspicionMult = 200
+	for _, tc := range []struct {
+		name string
+		cfg  node.Config
+		want gossip.Timing
+	}{
+		{"default is lan", node.Config{}, gossip.LANTiming()},
+		{"lan", node.Config{GossipProfile: gossip.ProfileLAN}, gossip.LANTiming()},
+		{"wan", node.Config{GossipProfile: gossip.ProfileWAN}, gossip.WANTiming()},
+		{"a timing given wins", node.Config{GossipProfile: gossip.ProfileWAN, GossipTiming: stretched}, stretched},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := node.GossipTimingOf(tc.cfg); got != tc.want {
+				t.Errorf("timing %+v, want %+v", got, tc.want)
+			}
+		})
 	}
 }

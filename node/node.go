@@ -436,7 +436,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.cancelRun = cancel
 	n.runMu.Unlock()
 	n.log.Info("node started", "http", n.HTTPAddr(), "advertise_http", n.httpAdvertise, "gossip", n.GossipAddr(),
-		"roles", n.cfg.Roles, "encrypted", !n.cfg.Key.IsZero(), "join", n.cfg.Join)
+		"roles", n.cfg.Roles, "encrypted", !n.cfg.Key.IsZero(), "join", n.cfg.Join, "gossip_profile", n.cfg.GossipProfile)
 
 	eg, ectx := errgroup.WithContext(ctx)
 	eg.Go(func() error { return n.gossip.Run(ectx) })

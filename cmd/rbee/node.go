@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/rbee/rbee/gossip"
 	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/proxy"
@@ -167,6 +169,7 @@ func nodeRunCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "join", EnvVars: []string{"RBEE_JOIN"}, Usage: "gossip address of a member to join (repeat or comma-separate)"},
 			&cli.StringFlag{Name: "data-dir", EnvVars: []string{"RBEE_DATA_DIR"}, Usage: "where the node remembers the members it knew, to rejoin them after a restart without --join"},
 			&cli.StringSliceFlag{Name: "roles", EnvVars: []string{"RBEE_ROLES"}, Value: cli.NewStringSlice("queen", "hive"), Usage: "queen (may be elected) and/or hive (reports workers), or none (serves the API only)"},
+			&cli.StringFlag{Name: "gossip-profile", EnvVars: []string{"RBEE_GOSSIP_PROFILE"}, Value: gossip.ProfileLAN, Usage: "failure detection tuning: lan (one site: a dead node is found in about 1 s) or wan (round trips of hundreds of ms between nodes: about 40 s, and no false deaths); --print-config shows the figures"},
 			&cli.IntFlag{Name: "queen-priority", EnvVars: []string{"RBEE_QUEEN_PRIORITY"}, Usage: "higher is preferred as queen; ties go to the oldest node"},
 			&cli.BoolFlag{Name: "insecure", EnvVars: []string{"RBEE_INSECURE"}, Usage: "allow listening beyond loopback without a cluster key"},
 			&cli.StringFlag{Name: "tls-cert", EnvVars: []string{"RBEE_TLS_CERT"}, Usage: "your certificate (PEM) for clients of the API, served as TLS on the --http-addr port beside plain HTTP; traffic between nodes needs none"},
@@ -215,10 +218,17 @@ func sanitizeName(s string) string {
 const nodeGCPercent = 400
 
 func runNode(c *cli.Context) error {
+	timing, err := gossip.ProfileTiming(c.String("gossip-profile"))
+	if err != nil {
+		return fmt.Errorf("--gossip-profile: %w", err)
+	}
 	if c.Bool("print-config") {
 		keyed := c.String("cluster-key") != "" || c.String("cluster-key-file") != ""
-		gossip, http := listenAddrs(c, keyed)
-		return printConfig(c.App.Writer, c, map[string]string{"gossip-addr": gossip, "http-addr": http})
+		gossipAddr, http := listenAddrs(c, keyed)
+		if err := printConfig(c.App.Writer, c, map[string]string{"gossip-addr": gossipAddr, "http-addr": http}); err != nil {
+			return err
+		}
+		return printDetection(c.App.Writer, c.String("gossip-profile"), timing.Detection(detectionClusterSize))
 	}
 	log, err := newLogger(c.String("log-level"), c.String("log-format"))
 	if err != nil {
@@ -233,6 +243,7 @@ func runNode(c *cli.Context) error {
 	}
 	cfg := node.DefaultConfig()
 	cfg.Name = c.String("name")
+	cfg.GossipProfile = c.String("gossip-profile")
 	cfg.GossipAddr, cfg.HTTPAddr = listenAddrs(c, !key.IsZero())
 	cfg.AdvertiseAddr = c.String("advertise-addr")
 	cfg.Join = splitList(c.StringSlice("join"))
@@ -307,6 +318,26 @@ func runNode(c *cli.Context) error {
 	defer cancel()
 	_ = n.Leave(ctx)
 	return <-done
+}
+
+// detectionClusterSize is the cluster size --print-config gives failure
+// detection figures for: memberlist's suspicion grows with log10 of the size,
+// so they hold from 1 to 10 nodes, and double only at 100.
+const detectionClusterSize = 10
+
+// printDetection writes what a gossip profile means for finding a dead node,
+// as TOML comments, so the printed configuration still reads back.
+func printDetection(w io.Writer, profile string, d gossip.Detection) error {
+	_, err := fmt.Fprintf(w, `# gossip-profile %q, in a cluster of up to %d nodes:
+#   probe interval    %v (each node probes one other node this often)
+#   probe timeout     %v (then indirect probes and TCP, within the interval)
+#   suspicion window  %v when other nodes confirm it, up to %v unconfirmed
+#   a silent node is declared dead after about %v (at most %v)
+`, profile, detectionClusterSize, d.ProbeInterval, d.ProbeTimeout, d.SuspicionMin, d.SuspicionMax, d.Expected, d.Worst)
+	if err != nil {
+		return fmt.Errorf("print config: %w", err)
+	}
+	return nil
 }
 
 // listenAddrs returns --gossip-addr and --http-addr, defaulted: with a
