@@ -309,7 +309,6 @@ type tallied struct {
 type tallyHandler struct {
 	t     *logTally
 	node  string
-	attrs []slog.Attr
 	next  slog.Handler
 }
 
