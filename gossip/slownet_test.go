@@ -307,9 +307,9 @@ type tallied struct {
 }
 
 type tallyHandler struct {
-	t     *logTally
-	node  string
-	next  slog.Handler
+	t    *logTally
+	node string
+	next slog.Handler
 }
 
 // withTally makes c's nodes log through a tally as well as its own log.
