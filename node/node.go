@@ -313,8 +313,11 @@ func (n *Node) newHive() (*hive.Agent, error) {
 		CollectTimeout: n.cfg.TelemetryInterval,
 		Models:         n.cfg.Models,
 		Leases:         (*hiveLeases)(n),
-		Metrics:        n.metrics,
-		Logger:         n.log,
+		// A model_start comes only on a session, after the gossip
+		// layer is made.
+		Fence:   func() uint64 { return n.gossip.FenceTerm() },
+		Metrics: n.metrics,
+		Logger:  n.log,
 	})
 }
 

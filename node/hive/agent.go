@@ -71,6 +71,11 @@ type Config struct {
 	// GPUs); nil starts nothing. The agent fills in its hooks.
 	Models *models.Config
 	Leases Leases
+	// Fence, when set, is the lowest election term a model_start may
+	// carry (as for grants): a queen that was replaced, frozen or cut off
+	// and not yet aware of it must not start models here, evicting what
+	// the current queen placed.
+	Fence func() uint64
 	// Metrics takes the model lifecycle's figures.
 	Metrics prometheus.Registerer
 	Logger  *slog.Logger
@@ -205,6 +210,11 @@ func (a *Agent) StartModel(m *wsapi.ModelStart, queen string) error {
 	}
 	if err := m.Validate(); err != nil {
 		return fmt.Errorf("bad model_start: %w", err)
+	}
+	if a.cfg.Fence != nil {
+		if fence := a.cfg.Fence(); m.Term < fence {
+			return fmt.Errorf("model_start for %q from queen %s at term %d: a queen at term %d replaced it", m.Model, queen, m.Term, fence)
+		}
 	}
 	a.models.Start(m, queen)
 	return nil

@@ -257,6 +257,14 @@ func TestAgent_StartModelRefusals(t *testing.T) {
 		!strings.Contains(err.Error(), "bad model_start") {
 		t.Fatalf("a model_start without a start id was carried out: %v", err)
 	}
+	fenced := newAgent(t, Config{Collector: bareCollector{}, Fence: func() uint64 { return 7 }, Models: &models.Config{
+		Entries: []models.Entry{{Name: "llama", Path: exe, Engine: "sim"}},
+		Engines: models.BuiltinEngines(), LogDir: t.TempDir(),
+	}})
+	if err := fenced.StartModel(&wsapi.ModelStart{Type: wsapi.TypeModelStart, StartID: "s1", Model: "llama", Term: 6}, "old"); err == nil ||
+		!strings.Contains(err.Error(), "term 7 replaced it") {
+		t.Fatalf("a model_start from a replaced queen was carried out: %v", err)
+	}
 }
 
 // TestAgent_ModelLifecycleReportsAtOnce: a model the queen asks for starts
