@@ -62,7 +62,7 @@ type Config struct {
 	// creates (OLLAMA_MODELS); "" means a temporary folder removed by
 	// Close.
 	OllamaModels string
-	CgroupRoot string
+	CgroupRoot   string
 
 	// Hooks into the hive. Register tells the collector of a ready worker
 	// (ManagedGroup/instance); Leases reports what a worker serves and
