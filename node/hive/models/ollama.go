@@ -168,9 +168,10 @@ type ollamaClient struct {
 	hc   *http.Client // no timeout: a preload lasts as long as the load; ctx ends it
 }
 
-// ollamaLoaded is what the preload says of the load.
+// ollamaLoaded is how long the steps of a setup took.
 type ollamaLoaded struct {
-	Load time.Duration // Ollama's own load_duration
+	Create  time.Duration // from the server's first answer to the model created
+	Preload time.Duration // the preload request: Ollama loading the weights
 }
 
 // setup waits for the server to answer, then puts the GGUF in the store,
@@ -179,6 +180,7 @@ func (c *ollamaClient) setup(ctx context.Context, store *ollamaStore, storeDir s
 	if err := c.waitUp(ctx); err != nil {
 		return ollamaLoaded{}, err
 	}
+	up := time.Now()
 	digest, err := store.digest(ctx, it.Path)
 	if err != nil {
 		return ollamaLoaded{}, err
@@ -195,13 +197,13 @@ func (c *ollamaClient) setup(ctx context.Context, store *ollamaStore, storeDir s
 	if err := c.post(ctx, "/api/create", create, nil); err != nil {
 		return ollamaLoaded{}, fmt.Errorf("create model %s in ollama: %w", it.Name, err)
 	}
-	var gen struct {
-		LoadDuration int64 `json:"load_duration"`
-	}
-	if err := c.post(ctx, "/api/generate", map[string]any{"model": it.Name, "keep_alive": -1}, &gen); err != nil {
+	created := time.Now()
+	// Ollama's answer to a preload says no load_duration; its log says
+	// "llama runner started in …".
+	if err := c.post(ctx, "/api/generate", map[string]any{"model": it.Name, "keep_alive": -1}, nil); err != nil {
 		return ollamaLoaded{}, fmt.Errorf("preload model %s in ollama: %w", it.Name, err)
 	}
-	return ollamaLoaded{Load: time.Duration(gen.LoadDuration)}, nil
+	return ollamaLoaded{Create: created.Sub(up), Preload: time.Since(created)}, nil
 }
 
 // waitUp polls GET /api/version until the server answers 200.

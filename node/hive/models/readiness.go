@@ -111,8 +111,8 @@ func (m *Manager) await(it *item, w *worker, proc *launch.Process, out *tail, st
 	}
 }
 
-// ollamaSetup gives an ollama engine its model, and logs what Ollama says
-// its own load took.
+// ollamaSetup gives an ollama engine its model, and logs how long its steps
+// took.
 func (m *Manager) ollamaSetup(ctx context.Context, it *item, w *worker, base string, start time.Time) error {
 	dir, err := m.ollama.path(m.cfg.OllamaModels)
 	if err != nil {
@@ -124,7 +124,8 @@ func (m *Manager) ollamaSetup(ctx context.Context, it *item, w *worker, base str
 		return err
 	}
 	m.log.Info("ollama loaded the model", "model", it.Name, "instance", w.instance,
-		"ollama_load_time", loaded.Load.Round(time.Millisecond), "since_start", time.Since(start).Round(time.Millisecond))
+		"create", loaded.Create.Round(time.Millisecond), "preload", loaded.Preload.Round(time.Millisecond),
+		"since_start", time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
