@@ -345,7 +345,7 @@ func ollamaLists(ps []byte, model string) bool {
 	}
 	for _, m := range list.Models {
 		for _, n := range []string{m.Name, m.Model} {
-			if n == model || n == model+":latest" {
+			if strings.EqualFold(n, model) || strings.EqualFold(n, model+":latest") {
 				return true
 			}
 		}
