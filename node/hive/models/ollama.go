@@ -206,8 +206,17 @@ func (c *ollamaClient) setup(ctx context.Context, store *ollamaStore, storeDir s
 	return ollamaLoaded{Create: created.Sub(up), Preload: time.Since(created)}, nil
 }
 
+// Ollama's server answers within ~0.1 s of its start, whatever the model:
+// asked this often for its first seconds, the wait adds little to a cold
+// start, at a few hundred cheap requests; then as often as readiness.
+const (
+	ollamaUpPoll    = 5 * time.Millisecond
+	ollamaUpPollFor = 2 * time.Second
+)
+
 // waitUp polls GET /api/version until the server answers 200.
 func (c *ollamaClient) waitUp(ctx context.Context) error {
+	start := time.Now()
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -219,7 +228,11 @@ func (c *ollamaClient) waitUp(ctx context.Context) error {
 		if code, _, err := c.get(ctx, "/api/version"); err == nil && code == http.StatusOK {
 			return nil
 		}
-		t.Reset(pollFast)
+		if time.Since(start) < ollamaUpPollFor {
+			t.Reset(ollamaUpPoll)
+		} else {
+			t.Reset(pollFast)
+		}
 	}
 }
 
