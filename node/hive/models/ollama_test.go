@@ -71,7 +71,7 @@ func newOllamaManager(tb testing.TB, cfg Config, log io.Writer, notify chan<- st
 		tb.Fatal(err)
 	}
 	ResolveEngines(engines, "")
-	e, err := ParseModelFlag("tiny=" + tiny + ",engine=ollama,slots=2,ctx=1024")
+	e, err := ParseModelFlag("tiny=" + tiny + ",engine=ollama,slots=2,ctx=512")
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -116,7 +116,8 @@ func ollamaPS(base string) ([]psModel, error) {
 	return ps.Models, nil
 }
 
-// chatOnce asks base for a short chat completion and returns the answer.
+// chatOnce asks base for a short chat completion and returns the answer;
+// an error when the reply is not Ollama's chat completion.
 func chatOnce(base, model string) (string, error) {
 	body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"hi"}],"max_tokens":8}`, model)
 	tr := &http.Transport{DisableKeepAlives: true}
@@ -130,13 +131,14 @@ func chatOnce(base, model string) (string, error) {
 		return "", fmt.Errorf("chat: %s: %s", resp.Status, b)
 	}
 	var cc struct {
-		Choices []struct {
+		Fingerprint string `json:"system_fingerprint"`
+		Choices     []struct {
 			Message struct {
 				Content string `json:"content"`
 			} `json:"message"`
 		} `json:"choices"`
 	}
-	if err := json.Unmarshal(b, &cc); err != nil || len(cc.Choices) == 0 {
+	if err := json.Unmarshal(b, &cc); err != nil || len(cc.Choices) == 0 || cc.Fingerprint != "fp_ollama" {
 		return "", fmt.Errorf("chat: no answer in %s", b)
 	}
 	return cc.Choices[0].Message.Content, nil
@@ -196,12 +198,13 @@ func TestOllama_StartsCreatesPreloads(t *testing.T) {
 	if left := time.Until(ps[0].ExpiresAt); left < 100*365*24*time.Hour {
 		t.Fatalf("tiny expires in %s, want never (keep_alive -1)", left)
 	}
-	// 1024 tokens for 2 slots: 512 each, tiny's own context too.
-	if ps[0].ContextLength != 512 {
-		t.Errorf("context length %d, want 512 (ctx 1024 / 2 slots)", ps[0].ContextLength)
+	// 512 tokens for 2 slots: 256 each (tiny itself takes 512).
+	if ps[0].ContextLength != 256 {
+		t.Errorf("context length %d, want 256 (ctx 512 / 2 slots)", ps[0].ContextLength)
 	}
-	answer, err := chatOnce(base, "tiny")
-	if err != nil || answer == "" {
+	// Any answer, even an empty one: tiny's random weights may end it
+	// at once.
+	if answer, err := chatOnce(base, "tiny"); err != nil {
 		t.Fatalf("chat with the ready engine: %q, %v", answer, err)
 	}
 	// A request does not set the model's expiry back to Ollama's
