@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/rbee/rbee/node/hive/launch"
@@ -100,7 +101,8 @@ func (m *Manager) await(it *item, w *worker, proc *launch.Process, out *tail, st
 			continue
 		case <-poll.C:
 		}
-		if probeReady(m.ctx, m.client, kind, base, it.Name) {
+		// vLLM serves the model as its path unless told a name.
+		if probeReady(m.ctx, m.client, kind, base, it.Name, it.Path) {
 			return "ready", ""
 		}
 		if time.Since(start) < pollFastFor {
@@ -130,8 +132,8 @@ func (m *Manager) ollamaSetup(ctx context.Context, it *item, w *worker, base str
 }
 
 // probeReady asks the engine at base, once, whether it is ready to serve
-// model, the way kind says.
-func probeReady(ctx context.Context, hc *http.Client, kind, base, model string) bool {
+// the model, known by any of names, the way kind says.
+func probeReady(ctx context.Context, hc *http.Client, kind, base string, names ...string) bool {
 	switch kind {
 	case readyHealth:
 		code, _ := probeGet(ctx, hc, base+"/health")
@@ -141,10 +143,11 @@ func probeReady(ctx context.Context, hc *http.Client, kind, base, model string) 
 			return false
 		}
 		code, body := probeGet(ctx, hc, base+"/v1/models")
-		return code == http.StatusOK && openAIModelListed(body, model)
+		return code == http.StatusOK && slices.ContainsFunc(names, func(n string) bool { return openAIModelListed(body, n) })
 	case readyOllamaPS:
 		code, body := probeGet(ctx, hc, base+"/api/ps")
-		return code == http.StatusOK && ollamaLists(body, model)
+		// The hive created it under the catalog name, the first.
+		return code == http.StatusOK && len(names) > 0 && ollamaLists(body, names[0])
 	}
 	switch code, _ := probeGet(ctx, hc, base+"/health"); code {
 	case http.StatusOK:

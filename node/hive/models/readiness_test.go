@@ -43,6 +43,7 @@ func TestProbeReady_PerEngine(t *testing.T) {
 		{"vllm healthy, model not listed yet", readyHealthAndModel, map[string]answer{"/health": ok, "/v1/models": {200, `{"data":[]}`}}, false},
 		{"vllm healthy, another model listed", readyHealthAndModel, map[string]answer{"/health": ok, "/v1/models": {200, `{"data":[{"id":"other"}]}`}}, false},
 		{"vllm not healthy", readyHealthAndModel, map[string]answer{"/health": loading, "/v1/models": {200, `{"data":[{"id":"m"}]}`}}, false},
+		{"vllm healthy, model listed by its path (no --served-model-name)", readyHealthAndModel, map[string]answer{"/health": ok, "/v1/models": {200, `{"data":[{"id":"/srv/m"}]}`}}, true},
 		{"vllm healthy, model listed", readyHealthAndModel, map[string]answer{"/health": ok, "/v1/models": {200, `{"object":"list","data":[{"id":"m","object":"model"}]}`}}, true},
 		{"ollama up, nothing loaded", readyOllamaPS, map[string]answer{"/api/ps": {200, `{"models":[]}`}, "/health": ok}, false},
 		{"ollama up, another model loaded", readyOllamaPS, map[string]answer{"/api/ps": {200, `{"models":[{"name":"mm:latest","model":"mm:latest"}]}`}}, false},
@@ -66,7 +67,7 @@ func TestProbeReady_PerEngine(t *testing.T) {
 			}))
 			defer srv.Close()
 			hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-			if got := probeReady(context.Background(), hc, tc.kind, srv.URL, "m"); got != tc.want {
+			if got := probeReady(context.Background(), hc, tc.kind, srv.URL, "m", "/srv/m"); got != tc.want {
 				t.Fatalf("probeReady(%s) = %v, want %v", tc.kind, got, tc.want)
 			}
 		})
