@@ -222,6 +222,9 @@ func TestOllama_StartsCreatesPreloads(t *testing.T) {
 
 	store := m.ollama.dir
 	runners := ollamaRunners(t, w.PID)
+	if len(runners) == 0 {
+		t.Fatalf("ollama serve (pid %d) runs no runner with tiny loaded", w.PID)
+	}
 	m.Close()
 	closed = true
 	for _, pid := range append(runners, w.PID) {
@@ -285,16 +288,28 @@ func ollamaOwnLoad(tb testing.TB, path string) time.Duration {
 	return time.Duration(s * float64(time.Second))
 }
 
-// ollamaRunners are the children of the ollama server pid (its runners).
+// ollamaRunners are the children of the ollama server pid (its runners),
+// found by their parent: /proc/PID/task/PID/children lists only what the
+// main thread started, and Go starts processes from any thread.
 func ollamaRunners(t *testing.T, pid int) []int {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		return nil
+		t.Fatal(err)
 	}
 	var out []int
-	for _, f := range strings.Fields(string(b)) {
-		if n, err := strconv.Atoi(f); err == nil {
+	for _, e := range ents {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if f := strings.Fields(s[i+1:]); i > 0 && len(f) > 1 && f[1] == strconv.Itoa(pid) {
 			out = append(out, n)
 		}
 	}
