@@ -18,7 +18,8 @@ lint:
 # Benchmarks. Whole processes, one experiment each (-benchtime 1x):
 # failover times, false deaths, partition heals (root), queen ingest CPU,
 # routing latency and throughput beside direct and nginx (apt-get install
-# nginx-light), failover under load, cold starts and failing engines,
+# nginx-light), failover under load, cold starts and failing engines, Ollama
+# cold starts beside the same by hand (../shared/engines),
 # fairness (fair vs FIFO), prefix affinity (vs least-loaded). Then the
 # in-process ones at their default length: scheduler decisions (index vs
 # scan), memory per waiting request, the feed's report encoding, in-process

@@ -22,7 +22,7 @@ func modelFlags() []cli.Flag {
 		&cli.StringFlag{Name: "models-dir", EnvVars: []string{"RBEE_MODELS_DIR"},
 			Usage: "a folder of models this hive can start: every *.gguf (llama-server) and every folder with config.json and *.safetensors (vllm)"},
 		&cli.StringSliceFlag{Name: "engine", EnvVars: []string{"RBEE_ENGINE"},
-			Usage: "NAME=BINARY points a built-in engine (llama-server, vllm, sim) at a binary; NAME='TEMPLATE' defines one, with {path} {port} {slots} {ctx} {name} {host} (repeat; env: separate with newlines)"},
+			Usage: "NAME=BINARY points a built-in engine (llama-server, vllm, ollama, sim) at a binary; NAME='TEMPLATE' defines one, with {path} {port} {slots} {ctx} {name} {host} (repeat; env: separate with newlines)"},
 		&cli.StringFlag{Name: "sim-gpus", EnvVars: []string{"RBEE_SIM_GPUS"},
 			Usage: "simulated GPUs for placement on a machine without one, e.g. 2x24GiB (their used VRAM is the sum of the simulated workers placed on them)"},
 		&cli.DurationFlag{Name: "idle-unload", EnvVars: []string{"RBEE_IDLE_UNLOAD"}, Value: models.DefaultIdleUnload,
@@ -92,6 +92,7 @@ func modelsConfig(c *cli.Context, devices func() []wsapi.GPUInfo, log *slog.Logg
 	if dd := c.String("data-dir"); dd != "" {
 		cfg.LogDir = filepath.Join(dd, "engines")
 		cfg.StateFile = filepath.Join(dd, "models.json")
+		cfg.OllamaModels = filepath.Join(dd, "ollama")
 	}
 	return cfg, nil
 }

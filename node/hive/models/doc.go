@@ -5,11 +5,12 @@
 // Its main types: an Engine is a command template (engine.go), an Entry one
 // model a hive can serve (entry.go), and a Manager, built by New from a Config
 // (manager.go), starts an Entry's engine when the queen asks, and again in
-// place when it crashes after serving well (start.go), waits for it to
-// answer ready (readiness.go), stops it when idle, evicted or the
-// hive closes (stop.go), tells the queen how it goes (report.go), keeps what it
-// learned of each model across restarts (learned.go) and each engine's output
-// (logs.go).
+// place when it crashes after serving well (start.go), gives the ollama
+// engine its model over Ollama's API (ollama.go), waits for the engine to
+// answer ready, its weights loaded (readiness.go), stops it when idle,
+// evicted or the hive closes (stop.go), tells the queen how it goes
+// (report.go), keeps what it learned of each model under each engine across
+// restarts (learned.go) and each engine's output (logs.go).
 //
 // engine.go, entry.go, words.go and gpus.go are the pure parsing layer:
 // --engine, --model and --sim-gpus flag values, the models directory scan,

@@ -18,6 +18,7 @@ const (
 	EngineLlamaServer = "llama-server"
 	EngineVLLM        = "vllm"
 	EngineSim         = "sim"
+	EngineOllama      = "ollama"
 )
 
 // Engine is a command template that serves one model on one port.
@@ -47,6 +48,12 @@ func BuiltinEngines() map[string]*Engine {
 		EngineVLLM: {
 			Name: EngineVLLM, Builtin: true,
 			Words: strings.Fields("vllm serve {path} --host {host} --port {port} --served-model-name {name} --max-num-seqs {slots}"),
+		},
+		EngineOllama: {
+			Name: EngineOllama, Builtin: true,
+			// Told what to serve by its environment and HTTP API, not
+			// flags: see ollama.go.
+			Words: strings.Fields("ollama serve"),
 		},
 		EngineSim: {
 			Name: EngineSim, Builtin: true, Sim: true,

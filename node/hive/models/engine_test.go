@@ -70,7 +70,7 @@ func TestParseEngineFlag(t *testing.T) {
 		{name: "unclosed brace", flag: "x=serve --port={port", wantErr: "unbalanced braces"},
 		{name: "stray closing brace", flag: "x=serve port}", wantErr: "unbalanced braces"},
 		{name: "nested braces", flag: "x=serve {{port}}", wantErr: "unbalanced braces"},
-		{name: "binary for an unknown engine", flag: "ollama=/usr/bin/ollama", wantErr: `engine "ollama": not a built-in engine (known: llama-server, sim, vllm)`},
+		{name: "binary for an unknown engine", flag: "tgi=/usr/bin/tgi", wantErr: `engine "tgi": not a built-in engine (known: llama-server, ollama, sim, vllm)`},
 		{name: "empty name", flag: "=serve {path}", wantErr: "empty name"},
 		{name: "bad name", flag: "a b=serve {path}", wantErr: "name may hold only"},
 		{name: "empty value", flag: "vllm=", wantErr: "empty binary or template"},

@@ -57,8 +57,12 @@ type Config struct {
 	RunDir string
 	// StateFile, when set, keeps what the hive learned of each model (its
 	// VRAM, its load time) across restarts.
-	StateFile  string
-	CgroupRoot string
+	StateFile string
+	// OllamaModels is where the ollama engine keeps the models it
+	// creates (OLLAMA_MODELS); "" means a temporary folder removed by
+	// Close.
+	OllamaModels string
+	CgroupRoot   string
 
 	// Hooks into the hive. Register tells the collector of a ready worker
 	// (ManagedGroup/instance); Leases reports what a worker serves and
@@ -144,6 +148,7 @@ type Manager struct {
 	loads    *prometheus.CounterVec
 	loadTime *prometheus.HistogramVec
 	states   *prometheus.GaugeVec
+	ollama   ollamaStore
 }
 
 // New checks the catalog: an entry that cannot start is kept and reported
@@ -271,6 +276,9 @@ func (m *Manager) Close() {
 	m.cancel()
 	m.wg.Wait()
 	m.saveState()
+	if err := m.ollama.close(); err != nil {
+		m.log.Warn("remove the ollama engine's models", "err", err)
+	}
 }
 
 func (m *Manager) notify() {

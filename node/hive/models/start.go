@@ -106,6 +106,14 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 		}
 		env = append(env, "CUDA_VISIBLE_DEVICES="+strings.Join(ids, ","))
 	}
+	if it.Engine == EngineOllama {
+		store, err := m.ollama.path(m.cfg.OllamaModels)
+		if err != nil {
+			m.fail(it, start, "failed", err.Error())
+			return
+		}
+		env = append(env, ollamaEnv(it, w.instance, store, m.cfg.LoadTimeout)...)
+	}
 	defer func() {
 		m.mu.Lock()
 		if m.workers[w.instance] == w {
