@@ -9,6 +9,7 @@ import (
 	"math"
 	"math/bits"
 	"os"
+	"path/filepath"
 	"strings"
 
 	gguf "github.com/gpustack/gguf-parser-go"
@@ -162,14 +163,28 @@ func quantization(m gguf.GGUFMetadata) string {
 	return strings.TrimPrefix(m.FileType.String(), "MOSTLY_")
 }
 
+// checkGGUFFile walks the header of path, and of every shard when its name
+// is a shard's ("-00001-of-00003.gguf"): gguf-parser-go reads them all.
 func checkGGUFFile(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
+	paths := gguf.CompleteShardGGUFFilename(path)
+	if paths == nil {
+		paths = []string{path}
 	}
-	defer f.Close()
-	_, err = ggufHeaderLen(f)
-	return err
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		_, err = ggufHeaderLen(f)
+		f.Close()
+		if err != nil {
+			if len(paths) > 1 {
+				return fmt.Errorf("shard %s: %w", filepath.Base(p), err)
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 // ggufHeaderLen walks a GGUF header without keeping any of it and returns

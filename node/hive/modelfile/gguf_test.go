@@ -165,6 +165,21 @@ func TestReadGGUF_RefusesAbsurdLayerCount(t *testing.T) {
 	}
 }
 
+// gguf-parser-go opens every shard of a split model; each is checked.
+func TestReadGGUF_ChecksEveryShard(t *testing.T) {
+	dir := t.TempDir()
+	first := filepath.Join(dir, "m-00001-of-00002.gguf")
+	writeGGUF(t, first, []ggufKV{{"general.architecture", "llama"}}, nil)
+	huge := "GGUF\x03\x00\x00\x00" + "\x00\x00\x00\x00\x00\x00\x00\x00" + "\xff\xff\xff\xff\xff\xff\xff\x7f"
+	if err := os.WriteFile(filepath.Join(dir, "m-00002-of-00002.gguf"), []byte(huge), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := ReadGGUF(first, Options{Ctx: 512, Slots: 1})
+	if !errors.Is(err, ErrNotGGUF) || !strings.Contains(err.Error(), "shard m-00002-of-00002.gguf: header larger than") {
+		t.Fatalf("err %v", err)
+	}
+}
+
 func TestGGUFHeaderLen_IsTheWriterLength(t *testing.T) {
 	b := ggufHeader(wellKnown[1].shape.q4KM())
 	n, err := ggufHeaderLen(bytes.NewReader(append(b, make([]byte, 100)...)))

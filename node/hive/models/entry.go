@@ -321,7 +321,7 @@ func ReadFacts(e Entry) (*modelfile.Facts, error) {
 	}
 	fi, err := os.Stat(e.Path)
 	if err != nil {
-		return nil, fmt.Errorf("read model facts: %w", err)
+		return nil, nil // Check says what is wrong with the path
 	}
 	// llama-server's -c is the context of all slots together.
 	o := modelfile.Options{Ctx: e.Ctx, Slots: e.Slots}
