@@ -77,9 +77,10 @@ func (n *lifecycleNode) telemetry(now time.Time) *wsapi.HiveTelemetry {
 		},
 		Catalog: []wsapi.CatalogEntry{
 			{Name: "llama-8b", Engine: "llama.cpp", Bytes: 8 << 30, Slots: 4, VRAMMB: 9318, VRAMSource: "learned", LoadMS: 31_000},
-			{Name: "mistral-7b", Engine: "vllm", Bytes: 14 << 30, Slots: 4, VRAMMB: 16384, VRAMSource: "estimated",
+			{Name: "mistral-7b", Engine: "vllm", Bytes: 14 << 30, Slots: 4, VRAMMB: 16384, VRAMSource: "safetensors",
+				Facts:    &wsapi.ModelFacts{Format: "safetensors", Architecture: "mistral", Parameters: 7_241_732_096, Quantization: "BF16"},
 				Failures: 2, FailedAt: now.Add(-time.Minute).UTC(), FailReason: "CUDA out of memory\nengine exited with status 1"},
-			{Name: "phi-3", Engine: "llama.cpp", Bytes: 2 << 30, Slots: 2, VRAMMB: 3072, VRAMSource: "estimated",
+			{Name: "phi-3", Engine: "llama.cpp", Bytes: 2 << 30, Slots: 2, VRAMMB: 3072, VRAMSource: "gguf",
 				Unavailable: "file /models/phi-3.gguf not found"},
 		},
 	}
@@ -167,7 +168,7 @@ func TestDashboard_ModelLifecycle(t *testing.T) {
 			{"gpus", v.GPUs, []string{"GPU 1 · sim", "0.0 / 24.0 GiB", "0% util", "simulated"}},
 			{"managed", v.Managed, []string{"ready", "models/30001", "llama-8b", "GPU 0 · 9.1 GiB · 1 leases · by gpu-a"}},
 			{"catalog", v.Catalog, []string{"llama-8b", "llama.cpp · 8.0 GiB · 4 slots · 9.1 GiB learned · loads in 31.0 s", "available"}},
-			{"catalog", v.Catalog, []string{"mistral-7b", "16.0 GiB estimated", "failed 2×, ", " ago: CUDA out of memory | engine exited with status 1"}},
+			{"catalog", v.Catalog, []string{"mistral-7b", "vllm · mistral 7.2B BF16 · 14.0 GiB · 4 slots · 16.0 GiB safetensors", "failed 2×, ", " ago: CUDA out of memory | engine exited with status 1"}},
 			{"catalog", v.Catalog, []string{"phi-3", "cannot start: file /models/phi-3.gguf not found"}},
 			{"queues", v.Queues, []string{"qwen-32b", "loading", "3 waiting", "0 / 0", "~4.2 s wait · loading on gpu-a for 1m"}},
 			{"queues", v.Queues, []string{"mistral-7b", "unavailable", "1 waiting", "every hive that has it failed to start it"}},

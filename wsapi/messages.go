@@ -139,6 +139,12 @@ type QueueStats struct {
 	// request would wait for a slot now (0: no wait, or unknown).
 	ServiceMS int64 `json:"service_ms,omitempty"`
 	ETAMS     int64 `json:"eta_ms,omitempty"`
+	// VRAMMB, VRAMSource and Facts are a hive's catalog entry for the
+	// model (CatalogEntry), from the first hive by id that can start it:
+	// what placement counts on and what the model's files say.
+	VRAMMB     uint64      `json:"vram_mb,omitempty"`
+	VRAMSource string      `json:"vram_source,omitempty"`
+	Facts      *ModelFacts `json:"facts,omitempty"`
 }
 
 // QueenEvent is the queen's periodic cluster summary on the feed. QueenID is an

@@ -35,10 +35,17 @@ type CatalogEntry struct {
 	Slots int   `json:"slots"`
 	Ctx   int   `json:"ctx,omitempty"`
 	// VRAMMB is what placement counts on: learned from an earlier run on
-	// this hive, else the entry's vram=, else estimated from its size and
-	// ctx; VRAMSource says which ("learned", "configured", "estimated").
+	// this hive, else the entry's vram=, else estimated from what its files
+	// say (a GGUF header; config.json and safetensors headers), else from
+	// its size and ctx. VRAMSource says which: "learned", "configured",
+	// "gguf", "safetensors", "size" (and for the sim engine "file size" or
+	// "simulated default"). Hives before the file parsers said "estimated"
+	// for both of the last.
 	VRAMMB     uint64 `json:"vram_mb"`
 	VRAMSource string `json:"vram_source"`
+	// Facts is what the model's files say and what they make the engine
+	// need, omitted when no parser read them.
+	Facts *ModelFacts `json:"facts,omitempty"`
 	// LoadMS is the last measured time from start to ready on this hive.
 	LoadMS      int64 `json:"load_ms,omitempty"`
 	MaxReplicas int   `json:"max_replicas,omitempty"`
@@ -53,6 +60,28 @@ type CatalogEntry struct {
 	FailReason string    `json:"fail_reason,omitempty"`
 	// Simulated marks the sim engine (`rbee worker simulate`).
 	Simulated bool `json:"simulated,omitempty"`
+}
+
+// ModelFacts is what a model's files say about it (CatalogEntry.Facts).
+type ModelFacts struct {
+	Format       string `json:"format"` // "gguf" or "safetensors"
+	Architecture string `json:"architecture,omitempty"`
+	Parameters   uint64 `json:"parameters,omitempty"`
+	// Quantization is the GGUF file type ("Q4_K_M") or the dtype holding
+	// most of the weights ("BF16").
+	Quantization string `json:"quantization,omitempty"`
+	Layers       int    `json:"layers,omitempty"`
+	KVHeads      int    `json:"kv_heads,omitempty"`
+	HeadDim      int    `json:"head_dim,omitempty"`
+	// ContextLength is the context the model was trained for.
+	ContextLength int  `json:"context_length,omitempty"`
+	ChatTemplate  bool `json:"chat_template,omitempty"`
+	// WeightsMB and KVCacheMB are on the GPU for the entry's ctx and
+	// slots; EstimateMB is all the engine needs there (0 when the files
+	// do not tell), whether or not placement counts on it.
+	WeightsMB  uint64 `json:"weights_mb,omitempty"`
+	KVCacheMB  uint64 `json:"kv_cache_mb,omitempty"`
+	EstimateMB uint64 `json:"estimate_mb,omitempty"`
 }
 
 // GPUInfo is one GPU of a hive (HiveTelemetry.GPUs, omitted when empty).
@@ -150,6 +179,17 @@ func (t *HiveTelemetry) validateModels() error {
 		}
 		if err := checkText("fail_reason", c.FailReason, 4*maxFieldLen); err != nil {
 			return fmt.Errorf("catalog %d: %w", i, err)
+		}
+		if f := c.Facts; f != nil {
+			for _, t := range []struct{ name, v string }{{"format", f.Format}, {"architecture", f.Architecture},
+				{"quantization", f.Quantization}} {
+				if err := checkText(t.name, t.v, maxFieldLen); err != nil {
+					return fmt.Errorf("catalog %d: facts: %w", i, err)
+				}
+			}
+			if f.Layers < 0 || f.KVHeads < 0 || f.HeadDim < 0 || f.ContextLength < 0 {
+				return fmt.Errorf("catalog %d: %w: negative figure in facts", i, ErrInvalid)
+			}
 		}
 		if c.Slots < 0 || c.Ctx < 0 || c.Bytes < 0 || c.LoadMS < 0 || c.MaxReplicas < 0 || c.Failures < 0 {
 			return fmt.Errorf("catalog %d: %w: negative figure", i, ErrInvalid)

@@ -197,7 +197,7 @@ func gpusBlock(hs []*api.HiveView, width int) (statusBlock, bool) {
 
 var catalogColumns = []column{
 	{name: "HIVE", shorten: 1, middle: true}, {name: "CATALOG", shorten: 2}, {name: "ENGINE", drop: 2},
-	{name: "SIZE", drop: 3}, {name: "SLOTS", drop: 4}, {name: "VRAM NEED"}, {name: "LOAD", drop: 1},
+	{name: "MODEL", drop: 1}, {name: "SIZE", drop: 3}, {name: "SLOTS", drop: 4}, {name: "VRAM NEED"}, {name: "LOAD", drop: 1},
 	{name: "STATUS", shorten: 1},
 }
 
@@ -226,7 +226,7 @@ func catalogBlock(hs []*api.HiveView, now time.Time, opts StatusOptions) (status
 			if c.LoadMS > 0 {
 				load = secondsText(c.LoadMS)
 			}
-			rows = append(rows, []string{h.HiveID, c.Name, c.Engine, formatGiB(c.Bytes), strconv.Itoa(c.Slots), vram, load,
+			rows = append(rows, []string{h.HiveID, c.Name, c.Engine, factsText(c.Facts), formatGiB(c.Bytes), strconv.Itoa(c.Slots), vram, load,
 				catalogStatus(c, now)})
 		}
 	}
@@ -244,6 +244,33 @@ func catalogBlock(hs []*api.HiveView, now time.Time, opts StatusOptions) (status
 	b.head = append(b.head, lines[0])
 	b.rows = lines[1:]
 	return b, true
+}
+
+// factsText is what a model's files say, short: "llama 8.0B Q4_K_M",
+// "-" when no parser read them.
+func factsText(f *wsapi.ModelFacts) string {
+	if f == nil {
+		return "-"
+	}
+	var parts []string
+	if f.Architecture != "" {
+		parts = append(parts, oneLine(f.Architecture))
+	}
+	switch p := float64(f.Parameters); {
+	case p >= 1e9:
+		parts = append(parts, fmt.Sprintf("%.1fB", p/1e9))
+	case p >= 1e6:
+		parts = append(parts, fmt.Sprintf("%.0fM", p/1e6))
+	case p > 0:
+		parts = append(parts, fmt.Sprintf("%.0fK", p/1e3))
+	}
+	if f.Quantization != "" {
+		parts = append(parts, oneLine(f.Quantization))
+	}
+	if len(parts) == 0 {
+		return f.Format
+	}
+	return strings.Join(parts, " ")
 }
 
 // catalogStatus says whether an entry can start: "cannot start: ...",

@@ -266,6 +266,12 @@ type modelObject struct {
 	Reason  string   `json:"reason,omitempty"`
 	Hives   []string `json:"hives,omitempty"`
 	Slots   int      `json:"slots,omitempty"`
+	// VRAMMB is what a replica needs (VRAMSource: "learned",
+	// "configured", "gguf", "safetensors", "size"); Facts what its files
+	// say (wsapi.ModelFacts).
+	VRAMMB     uint64            `json:"vram_mb,omitempty"`
+	VRAMSource string            `json:"vram_source,omitempty"`
+	Facts      *wsapi.ModelFacts `json:"facts,omitempty"`
 }
 
 // servedModels lists the models fresh workers serve now and those a hive
@@ -279,7 +285,8 @@ func (p *Proxy) servedModels(ctx context.Context) ([]modelObject, error) {
 	for _, q := range qs {
 		if q.Slots > 0 || len(q.Hives) > 0 {
 			out = append(out, modelObject{ID: q.Model, Object: "model", Created: p.cfg.Start.Unix(), OwnedBy: "rbee",
-				State: q.State, Reason: q.Reason, Hives: q.Hives, Slots: q.Slots})
+				State: q.State, Reason: q.Reason, Hives: q.Hives, Slots: q.Slots,
+				VRAMMB: q.VRAMMB, VRAMSource: q.VRAMSource, Facts: q.Facts})
 		}
 	}
 	return out, nil

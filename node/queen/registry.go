@@ -122,3 +122,24 @@ func (r *Registry) Summary(now time.Time, queen string) wsapi.QueenEvent {
 	slices.Sort(ev.WorkerIDs)
 	return ev
 }
+
+// catalogByModel is, for each model some hive lists, the catalog entry of
+// the first hive by id that can start it (else the first that lists it).
+func (r *Registry) catalogByModel() map[string]wsapi.CatalogEntry {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	ids := make([]string, 0, len(r.hives))
+	for id := range r.hives {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	out := map[string]wsapi.CatalogEntry{}
+	for _, id := range ids {
+		for _, c := range r.hives[id].t.Catalog {
+			if prev, ok := out[c.Name]; !ok || prev.Unavailable != "" && c.Unavailable == "" {
+				out[c.Name] = c
+			}
+		}
+	}
+	return out
+}

@@ -333,11 +333,14 @@ func (q *Queen) Queues(now time.Time) ([]wsapi.QueueStats, float64) {
 		return []wsapi.QueueStats{}, 0
 	}
 	ms := q.sched.Models(now)
+	cat := q.registry.catalogByModel()
 	out := make([]wsapi.QueueStats, 0, len(ms))
 	for _, m := range ms {
+		c := cat[m.Model]
 		qs := wsapi.QueueStats{Model: m.Model, Waiting: m.Waiting, Leases: m.Leases, Slots: m.Slots,
 			State: m.State, Reason: m.Reason, Hives: m.Hives, LoadingHive: m.Loading,
-			ServiceMS: m.Service.Milliseconds(), ETAMS: m.ETA.Milliseconds()}
+			ServiceMS: m.Service.Milliseconds(), ETAMS: m.ETA.Milliseconds(),
+			VRAMMB: c.VRAMMB, VRAMSource: c.VRAMSource, Facts: c.Facts}
 		if m.Loading != "" {
 			qs.LoadingMS = now.Sub(m.LoadingSince).Milliseconds()
 		}

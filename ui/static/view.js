@@ -426,8 +426,9 @@ export function createView(st, origin) {
     sync(f.catalogBox, f.catalog, catalog, tplEntry, (row, g, c) => {
       set(g.name, typeof c.name === 'string' ? c.name : '');
       const vram = c.vram_mb > 0 ? `${fmt.mib(c.vram_mb)}${c.vram_source ? ` ${c.vram_source}` : ''}` : '';
-      set(g.meta, [c.engine, c.bytes > 0 ? fmt.gib(c.bytes) : '', c.slots > 0 ? `${c.slots} slots` : '', vram,
+      set(g.meta, [c.engine, factsText(c.facts), c.bytes > 0 ? fmt.gib(c.bytes) : '', c.slots > 0 ? `${c.slots} slots` : '', vram,
         c.load_ms > 0 ? `loads in ${fmt.secs(c.load_ms)}` : ''].filter(Boolean).join(' · '));
+      attr(g.meta, 'title', factsTitle(c.facts));
       const parts = [];
       let status = 'ok';
       if (c.unavailable) {
@@ -584,4 +585,25 @@ export function createView(st, origin) {
       return more;
     },
   };
+}
+
+// factsText is what a model's files say, short ("llama 8.0B Q4_K_M"); ''
+// when no parser read them.
+function factsText(f) {
+  if (!f || typeof f !== 'object') return '';
+  const p = Number(f.parameters) || 0;
+  const params = p >= 1e9 ? `${(p / 1e9).toFixed(1)}B` : p >= 1e6 ? `${(p / 1e6).toFixed(0)}M` : p > 0 ? `${(p / 1e3).toFixed(0)}K` : '';
+  return [f.architecture, params, f.quantization].filter((x) => typeof x === 'string' && x).join(' ');
+}
+
+// factsTitle is the rest of them, for the tooltip.
+function factsTitle(f) {
+  if (!f || typeof f !== 'object') return null;
+  const parts = [`from ${f.format}`];
+  if (f.layers > 0) parts.push(`${f.layers} layers`);
+  if (f.kv_heads > 0) parts.push(`${f.kv_heads} KV heads × ${f.head_dim || '?'}`);
+  if (f.context_length > 0) parts.push(`trained context ${f.context_length}`);
+  parts.push(f.chat_template ? 'chat template' : 'no chat template');
+  if (f.estimate_mb > 0) parts.push(`needs ${f.estimate_mb} MiB (weights ${f.weights_mb || 0}, KV cache ${f.kv_cache_mb || 0})`);
+  return parts.join(' · ');
 }

@@ -3,6 +3,7 @@ package models
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math"
 	"math/bits"
@@ -11,6 +12,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/rbee/rbee/node/hive/modelfile"
 )
 
 // Defaults for an Entry that does not say otherwise.
@@ -249,7 +252,8 @@ func SizeOnDisk(path string) (int64, error) {
 	return total, nil
 }
 
-// EstimateVRAMMB is what a model needs when nothing better is known, in MiB
+// EstimateVRAMMB is what a model needs when its files tell nothing better
+// (ReadFacts), in MiB
 // rounded up: its size on disk x 1.2 (weights plus runtime buffers: compute
 // graph, CUDA context, activations) plus a KV cache of ctx*slots tokens at
 // KVBytesPerToken. It errs high: a refused load is cheaper than an engine
@@ -287,4 +291,62 @@ func (e Entry) Check(engines map[string]*Engine) string {
 		return fmt.Sprintf("unknown engine %q (known: %s)", e.Engine, strings.Join(engineNames(engines), ", "))
 	}
 	return eng.Missing
+}
+
+// Where a catalog entry's VRAM figure comes from (CatalogEntry.VRAMSource),
+// in the order placement prefers them.
+const (
+	SourceLearned     = "learned"     // measured on an earlier run on this hive
+	SourceConfigured  = "configured"  // vram=
+	SourceGGUF        = "gguf"        // llama.cpp's estimate from the GGUF header
+	SourceSafetensors = "safetensors" // weights and KV cache from config.json and safetensors headers
+	SourceSize        = "size"        // EstimateVRAMMB, for files no parser reads
+)
+
+// ReadFacts reads what e's files say about the model, for its engine's ctx
+// and slots with every layer on the GPU:
+//
+//   - a file served by llama-server, named *.gguf or starting with GGUF's
+//     magic, must be a GGUF model: anything else is an error (wrapping
+//     modelfile.ErrNotGGUF) the catalog reports as unavailable, rather than
+//     an engine that fails later;
+//   - a Hugging Face folder (config.json and *.safetensors) is read from
+//     its config and the safetensors headers; a broken header is an error.
+//     Its KV cache counts ctx tokens for each of the slots;
+//   - anything else (another engine's file, a folder of another layout, the
+//     sim engine) gives nil and no error: its VRAM is guessed from its size.
+func ReadFacts(e Entry) (*modelfile.Facts, error) {
+	if e.Engine == EngineSim || e.Path == "" {
+		return nil, nil
+	}
+	fi, err := os.Stat(e.Path)
+	if err != nil {
+		return nil, nil // Check says what is wrong with the path
+	}
+	// llama-server's -c is the context of all slots together.
+	o := modelfile.Options{Ctx: e.Ctx, Slots: e.Slots}
+	var f modelfile.Facts
+	switch {
+	case fi.Mode().IsRegular() && (e.Engine == EngineLlamaServer || strings.HasSuffix(e.Path, ".gguf") || hasGGUFMagic(e.Path)):
+		f, err = modelfile.ReadGGUF(e.Path, o)
+	case fi.IsDir() && isHFFolder(e.Path):
+		f, err = modelfile.ReadHF(e.Path, o)
+	default:
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &f, nil
+}
+
+func hasGGUFMagic(path string) bool {
+	fh, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer fh.Close()
+	var b [4]byte
+	_, err = io.ReadFull(fh, b[:])
+	return err == nil && (string(b[:]) == "GGUF" || string(b[:]) == "FUGG")
 }

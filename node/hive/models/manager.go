@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rbee/rbee/node/hive/launch"
+	"github.com/rbee/rbee/node/hive/modelfile"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -81,6 +82,7 @@ type item struct {
 	Entry
 	engine      *Engine
 	bytes       int64
+	facts       *modelfile.Facts // nil when no parser read its files
 	unavailable string
 	learnedMB   uint64 // peak VRAM of its last run
 	loadMS      int64
@@ -95,18 +97,22 @@ func (it *item) simulated() bool { return it.engine != nil && it.engine.Sim }
 func (it *item) vram() (uint64, string) {
 	switch {
 	case it.learnedMB > 0:
-		return it.learnedMB, "learned"
+		return it.learnedMB, SourceLearned
 	case it.VRAMMB > 0:
-		return it.VRAMMB, "configured"
+		return it.VRAMMB, SourceConfigured
 	case it.simulated():
 		if it.bytes > 0 {
 			return uint64((it.bytes + 1<<20 - 1) >> 20), "file size"
 		}
 		return simDefaultVRAMMB, "simulated default"
+	case it.facts != nil && it.facts.VRAMBytes > 0:
+		return ceilMiB(it.facts.VRAMBytes), it.facts.Format
 	}
 	// llama-server's -c is the context of all slots together.
-	return EstimateVRAMMB(it.bytes, it.Ctx, 1), "estimated"
+	return EstimateVRAMMB(it.bytes, it.Ctx, 1), SourceSize
 }
+
+func ceilMiB(b uint64) uint64 { return b>>20 + min(b&(1<<20-1), 1) }
 
 // worker is an engine this hive started.
 type worker struct {
@@ -193,6 +199,13 @@ func New(cfg Config) (*Manager, error) {
 				it.bytes = n
 			} else if !it.simulated() {
 				it.unavailable = err.Error()
+			}
+		}
+		if it.unavailable == "" && !it.simulated() {
+			if f, err := ReadFacts(e); err != nil {
+				it.unavailable = err.Error()
+			} else {
+				it.facts = f
 			}
 		}
 		if it.unavailable != "" {

@@ -4,8 +4,8 @@ import (
 	"net"
 	"slices"
 	"strings"
-	"unicode/utf8"
 
+	"github.com/rbee/rbee/node/hive/modelfile"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -53,7 +53,7 @@ func (m *Manager) Report(workers []wsapi.ProcessStats) ([]wsapi.ProcessStats, []
 	for _, it := range m.items {
 		vram, src := it.vram()
 		cat = append(cat, wsapi.CatalogEntry{Name: it.Name, Engine: it.Engine, Bytes: it.bytes, Slots: it.Slots, Ctx: it.Ctx,
-			VRAMMB: vram, VRAMSource: src, LoadMS: it.loadMS, MaxReplicas: it.MaxReplicas, Unavailable: clean(it.unavailable, 250),
+			VRAMMB: vram, VRAMSource: src, Facts: reportFacts(it.facts), LoadMS: it.loadMS, MaxReplicas: it.MaxReplicas, Unavailable: clean(it.unavailable, 250),
 			Failures: it.failures, FailedAt: it.failedAt, FailReason: it.failReason, Simulated: it.simulated()})
 	}
 
@@ -105,20 +105,14 @@ func (m *Manager) Endpoint(instance string) string {
 	return ""
 }
 
-// clean makes s fit a telemetry text field: printable UTF-8 (engines color
-// their logs with escape codes) and at most about n bytes.
-func clean(s string, n int) string {
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, strings.ToValidUTF8(s, "?"))
-	if len(s) > n {
-		for n > 0 && !utf8.RuneStart(s[n]) {
-			n--
-		}
-		s = s[:n] + "..."
+// reportFacts is what the catalog says of a model's files. Their strings
+// come from files that may be hostile, hence clean.
+func reportFacts(f *modelfile.Facts) *wsapi.ModelFacts {
+	if f == nil {
+		return nil
 	}
-	return s
+	return &wsapi.ModelFacts{Format: f.Format, Architecture: clean(f.Architecture, 64), Parameters: f.Parameters,
+		Quantization: clean(f.Quantization, 32), Layers: f.Layers, KVHeads: f.KVHeads, HeadDim: f.HeadDim,
+		ContextLength: f.ContextLength, ChatTemplate: f.ChatTemplate, WeightsMB: ceilMiB(f.WeightBytes),
+		KVCacheMB: ceilMiB(f.KVBytes), EstimateMB: ceilMiB(f.VRAMBytes)}
 }
