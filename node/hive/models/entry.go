@@ -306,10 +306,11 @@ const (
 // ReadFacts reads what e's files say about the model, for its engine's ctx
 // and slots with every layer on the GPU:
 //
-//   - a file served by llama-server, named *.gguf or starting with GGUF's
-//     magic, must be a GGUF model: anything else is an error (wrapping
-//     modelfile.ErrNotGGUF) the catalog reports as unavailable, rather than
-//     an engine that fails later;
+//   - a file served by an engine that reads GGUF (llama-server, ollama), or
+//     starting with GGUF's magic, must be a GGUF model: anything else is an
+//     error (wrapping modelfile.ErrNotGGUF) the catalog reports as
+//     unavailable, rather than an engine that fails later. A file merely
+//     named *.gguf for an engine of one's own is that engine's business;
 //   - a Hugging Face folder (config.json and *.safetensors) is read from
 //     its config and the safetensors headers; a broken header is an error.
 //     Its KV cache counts ctx tokens for each of the slots;
@@ -327,7 +328,7 @@ func ReadFacts(e Entry) (*modelfile.Facts, error) {
 	o := modelfile.Options{Ctx: e.Ctx, Slots: e.Slots}
 	var f modelfile.Facts
 	switch {
-	case fi.Mode().IsRegular() && (e.Engine == EngineLlamaServer || strings.HasSuffix(e.Path, ".gguf") || hasGGUFMagic(e.Path)):
+	case fi.Mode().IsRegular() && (e.Engine == EngineLlamaServer || e.Engine == EngineOllama || hasGGUFMagic(e.Path)):
 		f, err = modelfile.ReadGGUF(e.Path, o)
 	case fi.IsDir() && isHFFolder(e.Path):
 		f, err = modelfile.ReadHF(e.Path, o)

@@ -62,7 +62,15 @@ func TestManager_VRAMFromModelFiles(t *testing.T) {
 	e := func(name, path string, vram uint64) Entry {
 		return Entry{Name: name, Path: path, Engine: "fake", Slots: 2, Ctx: 1024, VRAMMB: vram}
 	}
-	m, _ := newManager(t, Config{}, e("tiny", tiny, 0), e("tiny-configured", tiny, 1000), e("bad", bad, 0),
+	// A GGUF engine's file must be a GGUF; one merely named *.gguf for an
+	// engine of one's own is that engine's business.
+	// (llama-server is not installed here, so the GGUF one is the file
+	// that starts with GGUF's magic and breaks off.)
+	broken := filepath.Join(dir, "broken.gguf")
+	if err := os.WriteFile(broken, []byte("GGUF\x03\x00\x00\x00\x1b[31mtruncated"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := newManager(t, Config{}, e("tiny", tiny, 0), e("tiny-configured", tiny, 1000), e("bad", broken, 0), e("bad-own", bad, 0),
 		e("hf", hf, 0), e("bin", exe, 0))
 
 	c := catalog(m, "tiny")
@@ -74,9 +82,12 @@ func TestManager_VRAMFromModelFiles(t *testing.T) {
 		t.Errorf("configured: %+v", c)
 	}
 	c = catalog(m, "bad")
-	if !strings.Contains(c.Unavailable, "not a GGUF model file") || !strings.Contains(c.Unavailable, "bad magic") ||
+	if !strings.Contains(c.Unavailable, "not a GGUF model file") || !strings.Contains(c.Unavailable, "unexpected EOF") ||
 		strings.ContainsRune(c.Unavailable, 0x1b) {
 		t.Errorf("bad: unavailable %q", c.Unavailable)
+	}
+	if c := catalog(m, "bad-own"); c.VRAMSource != SourceSize || c.Facts != nil {
+		t.Errorf("a .gguf name for an engine of one's own was parsed: %+v", c)
 	}
 	// 16 MiB of weights; K and V x 16 layers x 8 heads x 64 dims x 2 bytes x 1024 tokens x 2 slots = 64 MiB.
 	c = catalog(m, "hf")
