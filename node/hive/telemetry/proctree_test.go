@@ -238,3 +238,33 @@ func TestCollector_ForeignWorkerIsItsProcessTree(t *testing.T) {
 		t.Errorf("gpu = %.0f%% %d/%d MiB, want the grandchild's 80%% 3072/24576", w.GPUUtilPct, w.VRAMMB, w.TotalVRAMMB)
 	}
 }
+
+// A child first seen mid-way (forked since the last tick) adds nothing on its
+// first sample, though it may have run a while: its rate starts with its
+// second sample, so a new child never spikes the worker's CPU %.
+func TestProcSampler_ChildFirstSeenMidwayDoesNotSpike(t *testing.T) {
+	tree := burnTree(t)
+	s := NewProcSampler()
+	ctx := context.Background()
+	t0 := time.Now()
+	s.Sample(ctx, []ProcQuery{{PIDs: tree[:1]}}, t0)
+	// Measurement windows, not waits for a condition: the busy
+	// descendants run up CPU time the root's worker must not claim.
+	<-time.NewTimer(500 * time.Millisecond).C
+	t1 := time.Now()
+	first := s.Sample(ctx, []ProcQuery{{PIDs: tree}}, t1)[0]
+	if first.Alive != 4 {
+		t.Fatalf("alive = %d, want 4", first.Alive)
+	}
+	// The idle root alone: well under one busy child's share.
+	if first.CPUPct > 20 {
+		t.Errorf("cpu_pct with children first seen = %.1f, want the idle root's only", first.CPUPct)
+	}
+	ticks := cpuTicks(tree)
+	<-time.NewTimer(500 * time.Millisecond).C
+	second := s.Sample(ctx, []ProcQuery{{PIDs: tree}}, time.Now())[0]
+	truth := (cpuTicks(tree) - ticks) / clockTicks / time.Since(t1).Seconds() * 100
+	if !agrees(second.CPUPct, truth) || second.CPUPct < 20 {
+		t.Errorf("cpu_pct once the children have a previous sample = %.1f, the kernel accounted %.1f%%", second.CPUPct, truth)
+	}
+}
