@@ -30,11 +30,13 @@ const maxTreePIDs = 512
 type childLister func(pid int32) ([]int32, error)
 
 // expandTree returns the roots followed by their descendants, breadth first,
-// each pid once, at most maxTreePIDs in all. A process that exits during the
-// walk simply has no children; a pid listed under two parents (reused while
-// we walked) counts once. The error says whose children could not be read;
-// the pids found are returned beside it.
-func expandTree(roots []int32, children childLister) ([]int32, error) {
+// each pid once, at most maxTreePIDs in all. A descendant in skip (a pid
+// another worker reports: one in a worker's cgroup) is left out with its own
+// descendants. A process that exits during the walk simply has no children;
+// a pid listed under two parents (reused while we walked) counts once. The
+// error says whose children could not be read; the pids found are returned
+// beside it.
+func expandTree(roots []int32, children childLister, skip map[int32]bool) ([]int32, error) {
 	seen := make(map[int32]bool, len(roots))
 	var out []int32
 	for _, r := range roots {
@@ -51,7 +53,7 @@ func expandTree(roots []int32, children childLister) ([]int32, error) {
 			continue
 		}
 		for _, k := range kids {
-			if k <= 0 || seen[k] || len(out) >= maxTreePIDs {
+			if k <= 0 || seen[k] || skip[k] || len(out) >= maxTreePIDs {
 				continue
 			}
 			seen[k] = true
@@ -167,9 +169,9 @@ func newTreeWalker(proc string, debug func(msg string, args ...any)) *treeWalker
 // tick forgets the previous tick's process table.
 func (w *treeWalker) tick() { w.lister = nil }
 
-// tree returns root and its descendants, root first; just root when they
-// cannot be listed.
-func (w *treeWalker) tree(root int32) []int32 {
+// tree returns root and its descendants but those in skip, root first; just
+// root when they cannot be listed.
+func (w *treeWalker) tree(root int32, skip map[int32]bool) []int32 {
 	if w.lister == nil {
 		w.lister = procChildren(w.proc)
 		if w.scan {
@@ -181,7 +183,7 @@ func (w *treeWalker) tree(root int32) []int32 {
 			w.lister = l
 		}
 	}
-	pids, err := expandTree([]int32{root}, w.lister)
+	pids, err := expandTree([]int32{root}, w.lister, skip)
 	if err != nil {
 		w.log("worker process tree partly read", "pid", root, "reason", err)
 	}

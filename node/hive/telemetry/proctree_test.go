@@ -32,6 +32,7 @@ func TestExpandTree(t *testing.T) {
 		roots   []int32
 		table   map[int32][]int32
 		fail    []int32
+		skip    []int32
 		want    []int32
 		wantErr bool
 	}{
@@ -51,6 +52,9 @@ func TestExpandTree(t *testing.T) {
 		{name: "unreadable children: the rest of the tree and an error",
 			roots: []int32{10}, table: map[int32][]int32{10: {11, 12}, 11: {15}, 12: {13}}, fail: []int32{11},
 			want: []int32{10, 11, 12, 13}, wantErr: true},
+		{name: "a child another worker reports is left out, with its subtree",
+			roots: []int32{10}, table: map[int32][]int32{10: {11, 12}, 12: {13}}, skip: []int32{12},
+			want: []int32{10, 11}},
 		{name: "no pid, no tree", roots: []int32{0, -1}, want: nil},
 		{name: "overlapping roots count once",
 			roots: []int32{10, 11, 10}, table: map[int32][]int32{10: {11}, 11: {12}},
@@ -60,7 +64,11 @@ func TestExpandTree(t *testing.T) {
 			want: append([]int32{10}, wide[:maxTreePIDs-1]...)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := expandTree(tc.roots, fakeChildren(tc.table, tc.fail...))
+			skip := make(map[int32]bool)
+			for _, p := range tc.skip {
+				skip[p] = true
+			}
+			got, err := expandTree(tc.roots, fakeChildren(tc.table, tc.fail...), skip)
 			if !slices.Equal(got, tc.want) {
 				t.Errorf("tree = %v, want %v", got, tc.want)
 			}
@@ -131,7 +139,7 @@ func TestChildListers_AgreeOnAFakeProc(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, l := range map[string]childLister{"children files": procChildren(proc), "ppid scan": scan} {
-		got, err := expandTree([]int32{10}, l)
+		got, err := expandTree([]int32{10}, l, nil)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -155,7 +163,7 @@ func burnTree(t *testing.T) []int32 {
 	}
 	root := int32(startBurnArgs(t, "-busy=false", "-mib", "8", "-tree").Process.Pid)
 	// burn prints ready once its children are: the tree is complete now.
-	tree, err := expandTree([]int32{root}, procChildren("/proc"))
+	tree, err := expandTree([]int32{root}, procChildren("/proc"), nil)
 	if err != nil || len(tree) != 4 || tree[0] != root {
 		t.Fatalf("tree of burn -tree = %v, %v; want root %d and three descendants", tree, err, root)
 	}
@@ -168,7 +176,7 @@ func TestProcChildren_RealTreeMatchesPPidScan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := expandTree(tree[:1], scan)
+	got, err := expandTree(tree[:1], scan, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -74,7 +74,8 @@ func (c *Collector) sources(ctx context.Context, now time.Time) ([]source, error
 	}
 
 	// A worker outside a cgroup is measured over its process tree: its
-	// children do the work (ollama runner, vLLM's EngineCore).
+	// children do the work (ollama runner, vLLM's EngineCore). A child in
+	// a worker's cgroup is that worker's, not counted twice.
 	c.tree.tick()
 	srcs := make([]source, 0, len(cgw)+len(regs)+len(c.static))
 	for i := range cgw {
@@ -84,7 +85,7 @@ func (c *Collector) sources(ctx context.Context, now time.Time) ([]source, error
 	}
 	for _, r := range regs {
 		if !inCgroup[r.pid] {
-			srcs = append(srcs, source{group: r.group, instance: r.instance, pids: c.tree.tree(r.pid), pid: r.pid,
+			srcs = append(srcs, source{group: r.group, instance: r.instance, pids: c.tree.tree(r.pid, inCgroup), pid: r.pid,
 				baseURL: localURL(r.instance), configured: r.info})
 		}
 	}
@@ -96,7 +97,7 @@ func (c *Collector) sources(ctx context.Context, now time.Time) ([]source, error
 		}
 		var pids []int32
 		if sw.pid != 0 {
-			pids = c.tree.tree(sw.pid)
+			pids = c.tree.tree(sw.pid, inCgroup)
 		}
 		srcs = append(srcs, source{group: sw.spec.Group, instance: sw.spec.Instance, pids: pids,
 			baseURL: sw.spec.URL, configured: ModelInfo{Model: sw.spec.Model, Slots: sw.spec.Slots}, static: sw})
