@@ -103,6 +103,7 @@ type Collector struct {
 	log    *slog.Logger
 	cg     *CgroupTracker // nil without cgroup v2
 	procs  *ProcSampler
+	tree   *treeWalker // descendants of workers outside cgroups
 	static []staticWorker
 	models map[string]*modelState // by group/instance
 	probeQ int                    // round robin over workers needing a probe
@@ -162,6 +163,7 @@ func NewCollector(cfg CollectorConfig) *Collector {
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
+	c.tree = newTreeWalker("/proc", c.log.Debug)
 	root := cfg.CgroupRoot
 	if root == NoCgroups {
 		root = ""

@@ -24,6 +24,16 @@
 // because the hive's hive.Collector passes none; it hands that time to the
 // trackers and to its own retry timing (finding a --worker's pid, probing a
 // worker's API). The deadlines of those network calls run on the real clock.
+// A worker is its process tree: engines do their work in child processes
+// (`ollama serve` in an `ollama runner`, vLLM in its EngineCore, which also
+// holds the GPU memory). A worker in a cgroup has the tree already (children
+// are born in their parent's cgroup, whose counters cover them); for one
+// outside any cgroup (--worker, `rbee worker run` without cgroups) the
+// collector walks the descendants of its pid each tick
+// (/proc/<pid>/task/<tid>/children, else a scan of parent pids) and the
+// process and GPU figures are summed over them. Each pid's rate comes from
+// its own previous sample, so a child first seen mid-way adds nothing until
+// its second tick; the last interval of a child that exits is lost.
 // It never writes to a cgroup and never needs root to read one; a machine
 // without cgroup v2 (ErrNoCgroup2) is measured by process alone.
 package telemetry

@@ -17,11 +17,18 @@ import (
 // core busy and holds mib MiB of touched memory, and returns it once ready.
 func startBurn(t *testing.T, mib string) *exec.Cmd {
 	t.Helper()
+	return startBurnArgs(t, "-mib", mib)
+}
+
+// startBurnArgs is startBurn with burn's arguments (-tree: an idle process
+// whose children and grandchild do the work).
+func startBurnArgs(t *testing.T, args ...string) *exec.Cmd {
+	t.Helper()
 	bin := filepath.Join(t.TempDir(), "burn")
 	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/burn").CombinedOutput(); err != nil {
 		t.Fatalf("build burn: %v\n%s", err, out)
 	}
-	cmd := exec.Command(bin, "-mib", mib)
+	cmd := exec.Command(bin, args...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -19,7 +19,9 @@ type source struct {
 	// measured by process alone.
 	cgroup *WorkerCgroupStats
 	// pids are the worker's processes, measured and handed to the GPU
-	// hook; none for a --worker whose process is not visible.
+	// hook: its cgroup's, or the process tree of a worker outside one
+	// (the root first, so it is the oldest and reported as the pid);
+	// none for a --worker whose process is not visible.
 	pids []int32
 	// pid is reported as the worker's pid; 0 reports the oldest live one
 	// of pids (a registration names its own).
@@ -71,6 +73,10 @@ func (c *Collector) sources(ctx context.Context, now time.Time) ([]source, error
 		regByID[wsapi.WorkerID(r.group, r.instance)] = r
 	}
 
+	// A worker outside a cgroup is measured over its process tree: its
+	// children do the work (ollama runner, vLLM's EngineCore). A child in
+	// a worker's cgroup is that worker's, not counted twice.
+	c.tree.tick()
 	srcs := make([]source, 0, len(cgw)+len(regs)+len(c.static))
 	for i := range cgw {
 		w := &cgw[i]
@@ -79,7 +85,7 @@ func (c *Collector) sources(ctx context.Context, now time.Time) ([]source, error
 	}
 	for _, r := range regs {
 		if !inCgroup[r.pid] {
-			srcs = append(srcs, source{group: r.group, instance: r.instance, pids: []int32{r.pid}, pid: r.pid,
+			srcs = append(srcs, source{group: r.group, instance: r.instance, pids: c.tree.tree(r.pid, inCgroup), pid: r.pid,
 				baseURL: localURL(r.instance), configured: r.info})
 		}
 	}
@@ -91,7 +97,7 @@ func (c *Collector) sources(ctx context.Context, now time.Time) ([]source, error
 		}
 		var pids []int32
 		if sw.pid != 0 {
-			pids = []int32{sw.pid}
+			pids = c.tree.tree(sw.pid, inCgroup)
 		}
 		srcs = append(srcs, source{group: sw.spec.Group, instance: sw.spec.Instance, pids: pids,
 			baseURL: sw.spec.URL, configured: ModelInfo{Model: sw.spec.Model, Slots: sw.spec.Slots}, static: sw})
