@@ -34,6 +34,9 @@ func (s *Scheduler) candidates(key string, now time.Time) (out []candidate, bloc
 		switch wait := e.FailedAt.Add(Backoff(e.Failures)).Sub(now); {
 		case e.Unavailable != "":
 			blocked = append(blocked, fmt.Sprintf("%s cannot start it: %s", hive, e.Unavailable))
+		case !fitsEver(h.GPUs, e):
+			blocked = append(blocked, fmt.Sprintf("%s can never fit it: needs %d MiB, the largest placement offers %d MiB",
+				hive, e.VRAMMB, largestPlacement(h.GPUs, e)))
 		case now.Sub(s.hiveAt[hive]) > s.cfg.StaleAfter:
 			blocked = append(blocked, hive+" stopped reporting")
 		case e.Failures > 0 && wait > 0:
@@ -55,6 +58,27 @@ func (s *Scheduler) candidates(key string, now time.Time) (out []candidate, bloc
 		}
 	}
 	return out, blocked, retry
+}
+
+// largestPlacement is the most VRAM a placement of e on a hive with gpus
+// could ever get, every other worker stopped: its largest GPU, or all of
+// them together for an engine that splits a model across GPUs.
+func largestPlacement(gpus []GPU, e CatalogModel) uint64 {
+	var largest, sum uint64
+	for _, g := range gpus {
+		largest = max(largest, g.TotalMB)
+		sum += g.TotalMB
+	}
+	if e.MultiGPU {
+		return sum
+	}
+	return largest
+}
+
+// fitsEver reports whether e could ever be placed on a hive with gpus. A
+// hive that reports no GPUs (CPU inference, no NVML) is not checked.
+func fitsEver(gpus []GPU, e CatalogModel) bool {
+	return len(gpus) == 0 || e.VRAMMB <= largestPlacement(gpus, e)
 }
 
 // blocked is why no hive may start a model now, and when one may again.

@@ -791,3 +791,30 @@ func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
 }
+
+// TestModels_NeverFits: a model bigger than any GPU of the cluster could
+// ever hold is unavailable in /v1/models with why, and a request for it
+// gets a 503 at once instead of waiting out the queue timeout.
+func TestModels_NeverFits(t *testing.T) {
+	t.Parallel()
+	c := newLCCluster(t)
+	n := c.start(lcNode(c, "n", "", "--sim-gpus", "1x8GiB", "--queue-timeout", "20s",
+		"--model", simModel("huge", "load_ms=100,vram=20000,args=--tokens-per-second 0"),
+		"--model", simModel("small", "load_ms=100,vram=1000,args=--tokens-per-second 0")))[0]
+	const why = "needs 20000 MiB, the largest placement offers 8192 MiB"
+	waitModelState(t, c, n, "small", "available")
+	m := waitModelState(t, c, n, "huge", "unavailable")
+	if !strings.Contains(m.Reason, why) {
+		t.Errorf("/v1/models: huge: reason %q, want it to say %q", m.Reason, why)
+	}
+	lc := newLCClient(c)
+	r := lc.chat(n.httpAddr, "huge", 4, 30*time.Second)
+	if r.err != nil || r.status != http.StatusServiceUnavailable || !strings.Contains(r.message(), why) {
+		t.Errorf("request for huge: %v; want 503 saying %q", r, why)
+	} else if r.took > 2*time.Second {
+		t.Errorf("request for huge: 503 after %v; want it at once", r.took)
+	}
+	if !strings.Contains(r.body, "model_unavailable") {
+		t.Errorf("request for huge: body %s, want type model_unavailable", r.body)
+	}
+}
