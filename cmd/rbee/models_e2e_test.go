@@ -552,7 +552,7 @@ func TestModels_EngineExitsAtOnce(t *testing.T) {
 	// /bin/sh is the engine's program itself: rbee runs no shell. ';' in a
 	// template has a test of its own (TestModels_EngineTemplateWithSemicolon).
 	n := c.start(lcNode(c, "n", "", "--queue-timeout", "20s",
-		"--engine", `broken=/bin/sh -c "echo cannot load model weights: bad magic && exit 3"`,
+		"--engine", `broken=/bin/sh -c "echo cannot load model weights: bad magic && exit 3" sh {port}`,
 		"--model", "bad="+weights+",engine=broken"))[0]
 	lc := newLCClient(c)
 	waitModelState(t, c, n, "bad", "available")
@@ -618,7 +618,7 @@ func TestModels_EngineTemplateWithSemicolon(t *testing.T) {
 	if err := os.WriteFile(weights, []byte("not gguf"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	engine := `broken=/bin/sh -c "echo cannot load model weights: bad magic; exit 3"`
+	engine := `broken=/bin/sh -c "echo cannot load model weights: bad magic; exit 3" sh {port}`
 	p, err := c.startOne(lcNode(c, "n", "", "--engine", engine, "--model", "bad="+weights+",engine=broken"))
 	if err != nil {
 		t.Fatalf("node with --engine %q did not start (was the flag's value split at ';'?): %v", engine, err)
