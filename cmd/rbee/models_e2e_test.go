@@ -818,3 +818,29 @@ func TestModels_NeverFits(t *testing.T) {
 		t.Errorf("request for huge: body %s, want type model_unavailable", r.body)
 	}
 }
+
+// TestModels_SplitAcrossGPUs: a model no one simulated GPU holds but two
+// together do is started across both, and CUDA_VISIBLE_DEVICES lists them.
+func TestModels_SplitAcrossGPUs(t *testing.T) {
+	t.Parallel()
+	c := newLCCluster(t)
+	n := c.start(lcNode(c, "n", "", "--sim-gpus", "2x24GiB",
+		"--model", simModel("big", "load_ms=100,vram=40000,args=--tokens-per-second 0")))[0]
+	waitModelState(t, c, n, "big", "available")
+	lc := newLCClient(c)
+	if r := lc.chat(n.httpAddr, "big", 4, 30*time.Second); r.err != nil || r.status != http.StatusOK {
+		t.Fatalf("request for big: %v", r)
+	}
+	starts := logRecords(n.log(), "starting worker", "model", "big")
+	if len(starts) != 1 || starts[0]["gpus"] != "[0 1]" {
+		t.Fatalf("starting worker lines %v, want one on gpus [0 1]", starts)
+	}
+	pid, _ := strconv.Atoi(starts[0]["pid"])
+	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatalf("engine's environment: %v", err)
+	}
+	if !slices.Contains(strings.Split(string(env), "\x00"), "CUDA_VISIBLE_DEVICES=0,1") {
+		t.Errorf("engine's environment lacks CUDA_VISIBLE_DEVICES=0,1: %q", env)
+	}
+}
