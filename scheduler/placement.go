@@ -61,18 +61,23 @@ func (s *Scheduler) candidates(key string, now time.Time) (out []candidate, bloc
 }
 
 // largestPlacement is the most VRAM a placement of e on a hive with gpus
-// could ever get, every other worker stopped: its largest GPU, or all of
-// them together for an engine that splits a model across GPUs.
+// could ever get, every other worker stopped: its largest GPU, or, for an
+// engine that splits a model across GPUs with an even share on each, n
+// times the n-th largest GPU at best (all of them, when they are alike).
 func largestPlacement(gpus []GPU, e CatalogModel) uint64 {
-	var largest, sum uint64
-	for _, g := range gpus {
-		largest = max(largest, g.TotalMB)
-		sum += g.TotalMB
+	totals := make([]uint64, len(gpus))
+	for i, g := range gpus {
+		totals[i] = g.TotalMB
 	}
-	if e.MultiGPU {
-		return sum
+	slices.SortFunc(totals, func(a, b uint64) int { return cmp.Compare(b, a) })
+	var best uint64
+	for i, t := range totals {
+		if i > 0 && !e.MultiGPU {
+			break
+		}
+		best = max(best, uint64(i+1)*t)
 	}
-	return largest
+	return best
 }
 
 // fitsEver reports whether e could ever be placed on a hive with gpus. A
