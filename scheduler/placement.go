@@ -246,7 +246,7 @@ type option struct {
 // each); failing that, when evict is set, the one GPU that needs the fewest
 // least-recently-used idle workers stopped. A hive that reports no GPUs (CPU
 // inference, no NVML) takes the model with no VRAM check, after every GPU
-// with room.
+// (or split) with room.
 func (s *Scheduler) placeOn(cands []candidate, evict bool, now time.Time) *Start {
 	var fits, splits, evicts []option
 	for _, c := range cands {
@@ -287,12 +287,17 @@ func (s *Scheduler) placeOn(cands []candidate, evict bool, now time.Time) *Start
 			best = o
 		}
 	}
-	if best == nil {
+	if best == nil || best.gpu < 0 {
+		// A split over GPUs before a hive with none.
+		var split *option
 		for i := range splits {
 			o := &splits[i]
-			if best == nil || len(o.gpus) < len(best.gpus) || (len(o.gpus) == len(best.gpus) && o.free > best.free) {
-				best = o
+			if split == nil || len(o.gpus) < len(split.gpus) || (len(o.gpus) == len(split.gpus) && o.free > split.free) {
+				split = o
 			}
+		}
+		if split != nil {
+			best = split
 		}
 	}
 	if best == nil {

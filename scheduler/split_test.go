@@ -22,6 +22,7 @@ func TestPlace_SplitAcrossGPUs(t *testing.T) {
 	cases := []struct {
 		name string
 		hm   HiveModels
+		cpu  bool  // a second hive, with the model and no GPUs
 		want []int // GPUs of the start; nil for no start
 	}{
 		{name: "fits one GPU: not split",
@@ -49,6 +50,10 @@ func TestPlace_SplitAcrossGPUs(t *testing.T) {
 			hm: HiveModels{Catalog: []CatalogModel{split(49000)},
 				GPUs: []GPU{gpu(0, 24576, 0), gpu(1, 81920, 60000), gpu(2, 40960, 0)}},
 			want: []int{0, 2}},
+		{name: "a split before a hive with no GPUs",
+			hm:   HiveModels{Catalog: []CatalogModel{split(40000)}, GPUs: four(0, 0, 0, 0)},
+			cpu:  true,
+			want: []int{0, 1}},
 		{name: "an engine that cannot split is not split",
 			hm: HiveModels{Catalog: []CatalogModel{entry("m", 20000)}, GPUs: four(10000, 10000, 10000, 10000)}},
 	}
@@ -57,12 +62,15 @@ func TestPlace_SplitAcrossGPUs(t *testing.T) {
 			s := New(Config{})
 			s.SetWarm(true)
 			report(s, "h1", tc.hm, t0)
+			if tc.cpu {
+				report(s, "h2", HiveModels{Catalog: tc.hm.Catalog}, t0)
+			}
 			if g, err := s.Request(req("r", "m"), t0); g != nil || err != nil {
 				t.Fatalf("request: grant %v err %v, want it to wait", g, err)
 			}
 			starts := s.Place(t0)
 			var got []int
-			if len(starts) == 1 {
+			if len(starts) == 1 && starts[0].Hive == "h1" {
 				got = starts[0].GPUs
 				if starts[0].VRAMMB != tc.hm.Catalog[0].VRAMMB {
 					t.Errorf("start counts %d MiB, want the model's %d", starts[0].VRAMMB, tc.hm.Catalog[0].VRAMMB)
