@@ -545,7 +545,9 @@ func TestModels_EvictsIdleNeverBusy(t *testing.T) {
 func TestModels_EngineExitsAtOnce(t *testing.T) {
 	t.Parallel()
 	c := newLCCluster(t)
-	weights := filepath.Join(c.dir, "bad.gguf")
+	// Not *.gguf: a GGUF that is not one is refused by its header before any
+	// engine runs (TestModels_BadCatalogEntries); this one must reach the engine.
+	weights := filepath.Join(c.dir, "bad.bin")
 	if err := os.WriteFile(weights, []byte("not gguf"), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -614,7 +616,7 @@ func TestModels_EngineExitsAtOnce(t *testing.T) {
 func TestModels_EngineTemplateWithSemicolon(t *testing.T) {
 	t.Parallel()
 	c := newLCCluster(t)
-	weights := filepath.Join(c.dir, "bad.gguf")
+	weights := filepath.Join(c.dir, "bad.bin")
 	if err := os.WriteFile(weights, []byte("not gguf"), 0o644); err != nil {
 		t.Fatal(err)
 	}
