@@ -27,6 +27,10 @@ type CatalogModel struct {
 	// never measured.
 	LoadTime    time.Duration
 	MaxReplicas int
+	// MultiGPU is set when the entry's engine can split one model across
+	// several GPUs of its hive (tensor parallelism, llama.cpp's
+	// --tensor-split).
+	MultiGPU bool
 	// Unavailable says why it cannot start at all.
 	Unavailable string
 	// Failures in a row, the last at FailedAt, and why: the hive backs

@@ -34,6 +34,9 @@ func (s *Scheduler) candidates(key string, now time.Time) (out []candidate, bloc
 		switch wait := e.FailedAt.Add(Backoff(e.Failures)).Sub(now); {
 		case e.Unavailable != "":
 			blocked = append(blocked, fmt.Sprintf("%s cannot start it: %s", hive, e.Unavailable))
+		case !fitsEver(h.GPUs, e):
+			blocked = append(blocked, fmt.Sprintf("%s can never fit it: needs %d MiB, the largest placement offers %d MiB",
+				hive, e.VRAMMB, largestPlacement(h.GPUs, e)))
 		case now.Sub(s.hiveAt[hive]) > s.cfg.StaleAfter:
 			blocked = append(blocked, hive+" stopped reporting")
 		case e.Failures > 0 && wait > 0:
@@ -55,6 +58,32 @@ func (s *Scheduler) candidates(key string, now time.Time) (out []candidate, bloc
 		}
 	}
 	return out, blocked, retry
+}
+
+// largestPlacement is the most VRAM a placement of e on a hive with gpus
+// could ever get, every other worker stopped: its largest GPU, or, for an
+// engine that splits a model across GPUs with an even share on each, n
+// times the n-th largest GPU at best (all of them, when they are alike).
+func largestPlacement(gpus []GPU, e CatalogModel) uint64 {
+	totals := make([]uint64, len(gpus))
+	for i, g := range gpus {
+		totals[i] = g.TotalMB
+	}
+	slices.SortFunc(totals, func(a, b uint64) int { return cmp.Compare(b, a) })
+	var best uint64
+	for i, t := range totals {
+		if i > 0 && !e.MultiGPU {
+			break
+		}
+		best = max(best, uint64(i+1)*t)
+	}
+	return best
+}
+
+// fitsEver reports whether e could ever be placed on a hive with gpus. A
+// hive that reports no GPUs (CPU inference, no NVML) is not checked.
+func fitsEver(gpus []GPU, e CatalogModel) bool {
+	return len(gpus) == 0 || e.VRAMMB <= largestPlacement(gpus, e)
 }
 
 // blocked is why no hive may start a model now, and when one may again.
@@ -200,27 +229,36 @@ func (s *Scheduler) loadSooner(key string, n int, cands []candidate, now time.Ti
 	return fmt.Sprintf("%d waiting, about %s to drain, a load takes about %s", n, wait.Round(100*time.Millisecond), load.Round(100*time.Millisecond))
 }
 
-// option is one way to place a model: a GPU of a hive, with what must be
+// option is one way to place a model: a GPU of a hive (or, for an engine
+// that splits, several taking an even share each), with what must be
 // evicted first.
 type option struct {
 	c     candidate
-	gpu   int // -1: no GPU (a hive that reports none)
+	gpu   int   // -1: no GPU (a hive that reports none)
+	gpus  []int // several GPUs, when split; gpu is the first
 	free  uint64
 	evict []Managed
 }
 
 // placeOn picks the GPU with the most free VRAM that fits the model among
-// the candidates; failing that, when evict is set, the one that needs the
-// fewest least-recently-used idle workers stopped. A hive that reports no
-// GPUs (CPU inference, no NVML) takes the model with no VRAM check, after
-// every GPU with room.
+// the candidates; failing that, for an engine that splits a model across
+// GPUs, the fewest GPUs of one hive that fit it together (an even share on
+// each); failing that, when evict is set, the one GPU that needs the fewest
+// least-recently-used idle workers stopped. A hive that reports no GPUs (CPU
+// inference, no NVML) takes the model with no VRAM check, after every GPU
+// (or split) with room.
 func (s *Scheduler) placeOn(cands []candidate, evict bool, now time.Time) *Start {
-	var fits, evicts []option
+	var fits, splits, evicts []option
 	for _, c := range cands {
 		need := c.entry.VRAMMB
 		if len(c.h.GPUs) == 0 {
 			fits = append(fits, option{c: c, gpu: -1})
 			continue
+		}
+		if c.entry.MultiGPU {
+			if o, ok := s.splitOn(c); ok {
+				splits = append(splits, o)
+			}
 		}
 		for _, g := range c.h.GPUs {
 			free := s.freeOn(c.hive, g)
@@ -234,7 +272,7 @@ func (s *Scheduler) placeOn(cands []candidate, evict bool, now time.Time) *Start
 			idle := s.idleOn(c.hive, c.h, g.Index, now)
 			got := free
 			for i, m := range idle {
-				got += m.VRAMMB
+				got += shareOf(m.VRAMMB, len(m.GPUs))
 				if got >= need {
 					evicts = append(evicts, option{c: c, gpu: g.Index, free: got, evict: idle[:i+1]})
 					break
@@ -247,6 +285,19 @@ func (s *Scheduler) placeOn(cands []candidate, evict bool, now time.Time) *Start
 		o := &fits[i]
 		if best == nil || (best.gpu < 0 && o.gpu >= 0) || (o.gpu >= 0 && o.free > best.free) {
 			best = o
+		}
+	}
+	if best == nil || best.gpu < 0 {
+		// A split over GPUs before a hive with none.
+		var split *option
+		for i := range splits {
+			o := &splits[i]
+			if split == nil || len(o.gpus) < len(split.gpus) || (len(o.gpus) == len(split.gpus) && o.free > split.free) {
+				split = o
+			}
+		}
+		if split != nil {
+			best = split
 		}
 	}
 	if best == nil {
@@ -262,7 +313,10 @@ func (s *Scheduler) placeOn(cands []candidate, evict bool, now time.Time) *Start
 		return nil
 	}
 	st := &Start{Hive: best.c.hive, Model: best.c.entry.Name, VRAMMB: best.c.entry.VRAMMB}
-	if best.gpu >= 0 {
+	switch {
+	case len(best.gpus) > 0:
+		st.GPUs = best.gpus
+	case best.gpu >= 0:
 		st.GPUs = []int{best.gpu}
 	}
 	for _, m := range best.evict {
@@ -271,14 +325,53 @@ func (s *Scheduler) placeOn(cands []candidate, evict bool, now time.Time) *Start
 	return st
 }
 
+// splitOn finds the fewest GPUs of c's hive (two or more) that fit c's
+// model together with an even share on each, as tensor parallelism splits
+// it: the GPUs with the most free VRAM, in index order. free is the least
+// free among them.
+func (s *Scheduler) splitOn(c candidate) (option, bool) {
+	type gf struct {
+		index int
+		free  uint64
+	}
+	gs := make([]gf, len(c.h.GPUs))
+	for i, g := range c.h.GPUs {
+		gs[i] = gf{g.Index, s.freeOn(c.hive, g)}
+	}
+	slices.SortStableFunc(gs, func(a, b gf) int { return cmp.Or(cmp.Compare(b.free, a.free), cmp.Compare(a.index, b.index)) })
+	for n := 2; n <= len(gs); n++ {
+		share := shareOf(c.entry.VRAMMB, n)
+		if gs[n-1].free < share {
+			continue
+		}
+		idx := make([]int, n)
+		for i := range n {
+			idx[i] = gs[i].index
+		}
+		slices.Sort(idx)
+		return option{c: c, gpu: idx[0], gpus: idx, free: gs[n-1].free}, true
+	}
+	return option{}, false
+}
+
+// shareOf is what a model of vram MiB split evenly over n GPUs takes on
+// each, rounded up.
+func shareOf(vram uint64, n int) uint64 {
+	if n <= 1 {
+		return vram
+	}
+	return (vram + uint64(n) - 1) / uint64(n)
+}
+
 // freeOn is a GPU's VRAM that placement may count on: what the hive says is
 // free, less what loads it promised are still to take, less starts this
-// scheduler sent there that the hive has not reported yet.
+// scheduler sent there that the hive has not reported yet (their share of
+// it, for a start split over several GPUs).
 func (s *Scheduler) freeOn(hive string, g GPU) uint64 {
 	used := g.UsedMB + g.ReservedMB
 	for _, p := range s.starts {
 		if p.Hive == hive && slices.Contains(p.GPUs, g.Index) {
-			used += p.VRAMMB
+			used += shareOf(p.VRAMMB, len(p.GPUs))
 		}
 	}
 	if used >= g.TotalMB {

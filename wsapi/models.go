@@ -60,6 +60,10 @@ type CatalogEntry struct {
 	FailReason string    `json:"fail_reason,omitempty"`
 	// Simulated marks the sim engine (`rbee worker simulate`).
 	Simulated bool `json:"simulated,omitempty"`
+	// MultiGPU says the entry's engine can split the model across several
+	// GPUs of the hive (an even share on each): the queen may place it so
+	// when no one GPU has room. Absent (older hives): one GPU only.
+	MultiGPU bool `json:"multi_gpu,omitempty"`
 }
 
 // ModelFacts is what a model's files say about it (CatalogEntry.Facts).

@@ -50,7 +50,8 @@ func procsOf(prefix string) []int {
 func TestModels_HiveKilledLeavesNoEngine(t *testing.T) {
 	t.Parallel()
 	c := newLCCluster(t)
-	weights := filepath.Join(c.dir, "wrapped.gguf")
+	// Not *.gguf: the header check would refuse it before the engine runs.
+	weights := filepath.Join(c.dir, "wrapped.bin")
 	if err := os.WriteFile(weights, []byte("weights"), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -164,7 +164,7 @@ func failingTrial(tb testing.TB, d time.Duration) int {
 	c := newCluster(tb)
 	defer c.close()
 	p := c.start(nodeSpec{name: "h", extra: []string{
-		"--engine", `broken=/bin/sh -c "echo cannot load model weights; exit 3"`,
+		"--engine", `broken=/bin/sh -c "echo cannot load model weights; exit 3" sh {port}`,
 		"--model", "bad=/bin/sh,engine=broken",
 	}})[0]
 	end := time.Now().Add(d)

@@ -545,14 +545,16 @@ func TestModels_EvictsIdleNeverBusy(t *testing.T) {
 func TestModels_EngineExitsAtOnce(t *testing.T) {
 	t.Parallel()
 	c := newLCCluster(t)
-	weights := filepath.Join(c.dir, "bad.gguf")
+	// Not *.gguf: a GGUF that is not one is refused by its header before any
+	// engine runs (TestModels_BadCatalogEntries); this one must reach the engine.
+	weights := filepath.Join(c.dir, "bad.bin")
 	if err := os.WriteFile(weights, []byte("not gguf"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// /bin/sh is the engine's program itself: rbee runs no shell. ';' in a
 	// template has a test of its own (TestModels_EngineTemplateWithSemicolon).
 	n := c.start(lcNode(c, "n", "", "--queue-timeout", "20s",
-		"--engine", `broken=/bin/sh -c "echo cannot load model weights: bad magic && exit 3"`,
+		"--engine", `broken=/bin/sh -c "echo cannot load model weights: bad magic && exit 3" sh {port}`,
 		"--model", "bad="+weights+",engine=broken"))[0]
 	lc := newLCClient(c)
 	waitModelState(t, c, n, "bad", "available")
@@ -614,11 +616,11 @@ func TestModels_EngineExitsAtOnce(t *testing.T) {
 func TestModels_EngineTemplateWithSemicolon(t *testing.T) {
 	t.Parallel()
 	c := newLCCluster(t)
-	weights := filepath.Join(c.dir, "bad.gguf")
+	weights := filepath.Join(c.dir, "bad.bin")
 	if err := os.WriteFile(weights, []byte("not gguf"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	engine := `broken=/bin/sh -c "echo cannot load model weights: bad magic; exit 3"`
+	engine := `broken=/bin/sh -c "echo cannot load model weights: bad magic; exit 3" sh {port}`
 	p, err := c.startOne(lcNode(c, "n", "", "--engine", engine, "--model", "bad="+weights+",engine=broken"))
 	if err != nil {
 		t.Fatalf("node with --engine %q did not start (was the flag's value split at ';'?): %v", engine, err)
@@ -790,4 +792,57 @@ func TestModels_BadCatalogEntries(t *testing.T) {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// TestModels_NeverFits: a model bigger than any GPU of the cluster could
+// ever hold is unavailable in /v1/models with why, and a request for it
+// gets a 503 at once instead of waiting out the queue timeout.
+func TestModels_NeverFits(t *testing.T) {
+	t.Parallel()
+	c := newLCCluster(t)
+	n := c.start(lcNode(c, "n", "", "--sim-gpus", "1x8GiB", "--queue-timeout", "20s",
+		"--model", simModel("huge", "load_ms=100,vram=20000,args=--tokens-per-second 0"),
+		"--model", simModel("small", "load_ms=100,vram=1000,args=--tokens-per-second 0")))[0]
+	const why = "needs 20000 MiB, the largest placement offers 8192 MiB"
+	waitModelState(t, c, n, "small", "available")
+	m := waitModelState(t, c, n, "huge", "unavailable")
+	if !strings.Contains(m.Reason, why) {
+		t.Errorf("/v1/models: huge: reason %q, want it to say %q", m.Reason, why)
+	}
+	lc := newLCClient(c)
+	r := lc.chat(n.httpAddr, "huge", 4, 30*time.Second)
+	if r.err != nil || r.status != http.StatusServiceUnavailable || !strings.Contains(r.message(), why) {
+		t.Errorf("request for huge: %v; want 503 saying %q", r, why)
+	} else if r.took > 2*time.Second {
+		t.Errorf("request for huge: 503 after %v; want it at once", r.took)
+	}
+	if !strings.Contains(r.body, "model_unavailable") {
+		t.Errorf("request for huge: body %s, want type model_unavailable", r.body)
+	}
+}
+
+// TestModels_SplitAcrossGPUs: a model no one simulated GPU holds but two
+// together do is started across both, and CUDA_VISIBLE_DEVICES lists them.
+func TestModels_SplitAcrossGPUs(t *testing.T) {
+	t.Parallel()
+	c := newLCCluster(t)
+	n := c.start(lcNode(c, "n", "", "--sim-gpus", "2x24GiB",
+		"--model", simModel("big", "load_ms=100,vram=40000,args=--tokens-per-second 0")))[0]
+	waitModelState(t, c, n, "big", "available")
+	lc := newLCClient(c)
+	if r := lc.chat(n.httpAddr, "big", 4, 30*time.Second); r.err != nil || r.status != http.StatusOK {
+		t.Fatalf("request for big: %v", r)
+	}
+	starts := logRecords(n.log(), "starting worker", "model", "big")
+	if len(starts) != 1 || starts[0]["gpus"] != "[0 1]" {
+		t.Fatalf("starting worker lines %v, want one on gpus [0 1]", starts)
+	}
+	pid, _ := strconv.Atoi(starts[0]["pid"])
+	env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatalf("engine's environment: %v", err)
+	}
+	if !slices.Contains(strings.Split(string(env), "\x00"), "CUDA_VISIBLE_DEVICES=0,1") {
+		t.Errorf("engine's environment lacks CUDA_VISIBLE_DEVICES=0,1: %q", env)
+	}
 }

@@ -16,7 +16,7 @@ func hiveModels(t *wsapi.HiveTelemetry) scheduler.HiveModels {
 	var hm scheduler.HiveModels
 	for _, c := range t.Catalog {
 		hm.Catalog = append(hm.Catalog, scheduler.CatalogModel{Name: c.Name, Engine: c.Engine, Slots: c.Slots, VRAMMB: c.VRAMMB,
-			LoadTime: time.Duration(c.LoadMS) * time.Millisecond, MaxReplicas: c.MaxReplicas, Unavailable: c.Unavailable,
+			LoadTime: time.Duration(c.LoadMS) * time.Millisecond, MaxReplicas: c.MaxReplicas, MultiGPU: c.MultiGPU, Unavailable: c.Unavailable,
 			Failures: c.Failures, FailedAt: c.FailedAt, FailReason: c.FailReason})
 	}
 	for _, g := range t.GPUs {

@@ -3,20 +3,27 @@ package models
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 )
 
-// Placeholders an engine template may use.
-var Placeholders = []string{"path", "port", "slots", "ctx", "name", "host"}
+// Placeholders an engine template may use. See Vars for their values.
+var Placeholders = []string{"path", "port", "slots", "ctx", "ctx_total", "name", "host", "mem_fraction", "gpus", "tp", "tensor_split"}
+
+// splitPlaceholders are those that tell an engine several GPUs to split a
+// model across: a template using one may be placed on several GPUs.
+var splitPlaceholders = []string{"gpus", "tp", "tensor_split"}
 
 // Names of the built-in engines and the defaults ParseModelFlag picks from.
 const (
 	EngineLlamaServer = "llama-server"
 	EngineVLLM        = "vllm"
+	EngineSGLang      = "sglang"
 	EngineSim         = "sim"
 	EngineOllama      = "ollama"
 )
@@ -31,6 +38,24 @@ type Engine struct {
 	Missing string // why the engine cannot run ("llama-server: executable file not found in $PATH"), "" when it can
 }
 
+// MultiGPU reports whether e can split one model across several GPUs: its
+// template says which ({gpus}, {tp} or {tensor_split}), or it is the
+// simulator, which counts the VRAM of every GPU it is given.
+func (e *Engine) MultiGPU() bool {
+	if e.Sim {
+		return true
+	}
+	for _, w := range e.Words[min(1, len(e.Words)):] {
+		names, _ := placeholdersIn(w)
+		for _, n := range names {
+			if slices.Contains(splitPlaceholders, n) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // BuiltinEngines returns fresh copies of the built-in engines, so that a
 // caller's --engine overrides never leak into another hive in the same process
 // (tests run many).
@@ -43,11 +68,23 @@ func BuiltinEngines() map[string]*Engine {
 			Name: EngineLlamaServer, Builtin: true,
 			// -ngl 999: offload every layer; llama-server caps it at the
 			// model's layer count, and a hive exists to serve from the GPU.
-			Words: strings.Fields("llama-server -m {path} --host {host} --port {port} -np {slots} -c {ctx} -ngl 999"),
+			// -c is the context of all slots together, so ctx x slots
+			// gives each slot ctx tokens. --tensor-split shares the
+			// layers among the GPUs in CUDA_VISIBLE_DEVICES.
+			Words: strings.Fields("llama-server -m {path} --alias {name} --host {host} --port {port} -np {slots} -c {ctx_total} -ngl 999 --tensor-split {tensor_split}"),
 		},
 		EngineVLLM: {
 			Name: EngineVLLM, Builtin: true,
-			Words: strings.Fields("vllm serve {path} --host {host} --port {port} --served-model-name {name} --max-num-seqs {slots}"),
+			// vLLM takes 90% of the GPU unless told otherwise and refuses
+			// to start when that much is not free: give it its placement's
+			// share, so that models share a GPU the way rbee places them.
+			Words: strings.Fields("vllm serve {path} --host {host} --port {port} --served-model-name {name} --max-num-seqs {slots}" +
+				" --max-model-len {ctx} --gpu-memory-utilization {mem_fraction} --tensor-parallel-size {tp}"),
+		},
+		EngineSGLang: {
+			Name: EngineSGLang, Builtin: true,
+			Words: strings.Fields("python3 -m sglang.launch_server --model-path {path} --host {host} --port {port} --served-model-name {name}" +
+				" --mem-fraction-static {mem_fraction} --max-running-requests {slots} --context-length {ctx} --tp {tp}"),
 		},
 		EngineOllama: {
 			Name: EngineOllama, Builtin: true,
@@ -121,6 +158,14 @@ func ParseEngineFlag(s string, engines map[string]*Engine) error {
 			// model's name or path.
 			return fmt.Errorf("engine %q: program %q may not hold a placeholder in %q", name, w, value)
 		}
+	}
+	if !slices.ContainsFunc(words[1:], func(w string) bool {
+		names, _ := placeholdersIn(w)
+		return slices.Contains(names, "port")
+	}) && !(old != nil && old.Builtin && name == EngineOllama) {
+		// The hive finds the engine on the port it gave it; Ollama alone
+		// is told its port by its environment.
+		return fmt.Errorf("engine %q: template %q has no {port}: the hive could not reach the server it starts", name, value)
 	}
 	e := &Engine{Name: name, Words: words}
 	if old != nil {
@@ -253,4 +298,50 @@ func engineNames(engines map[string]*Engine) []string {
 	}
 	sort.Strings(names)
 	return names
+}
+
+// Placement is where a start puts a model: the GPUs (in CUDA order, each
+// taking an even share), the VRAM it may take in all, and each GPU's total
+// VRAM (0 where unknown).
+type Placement struct {
+	GPUs    []int
+	VRAMMB  uint64
+	TotalMB []uint64 // by GPUs' order
+}
+
+// defaultMemFraction is {mem_fraction} when the GPU's size is unknown (a
+// hive without GPU telemetry): vLLM's and SGLang's own default.
+const defaultMemFraction = 0.9
+
+// Vars are the values of the placeholders for one start of e on port:
+//
+//   - {ctx} is the context of one request (one slot), {ctx_total} that of
+//     all slots together (ctx x slots, llama-server's -c);
+//   - {mem_fraction} is the share of each GPU the engine may take: its
+//     placement's VRAM on that GPU over the GPU's total, rounded up to a
+//     hundredth (the smallest GPU's, when they differ, so that each gets
+//     at least its share); 0.9 when no GPU size is known;
+//   - {gpus} is the GPU indexes, comma-separated ("" with none), {tp} their
+//     count (at least 1) and {tensor_split} their proportions ("1,1").
+func Vars(e Entry, port string, p Placement) map[string]string {
+	n := max(len(p.GPUs), 1)
+	frac := defaultMemFraction
+	var smallest uint64
+	for _, t := range p.TotalMB {
+		if t > 0 && (smallest == 0 || t < smallest) {
+			smallest = t
+		}
+	}
+	if smallest > 0 && p.VRAMMB > 0 {
+		share := (p.VRAMMB + uint64(n) - 1) / uint64(n)
+		frac = min(max(math.Ceil(float64(share)*100/float64(smallest))/100, 0.01), 0.99)
+	}
+	gpus := make([]string, len(p.GPUs))
+	for i, g := range p.GPUs {
+		gpus[i] = strconv.Itoa(g)
+	}
+	return map[string]string{"path": e.Path, "port": port, "slots": strconv.Itoa(e.Slots), "ctx": strconv.Itoa(e.Ctx),
+		"ctx_total": strconv.Itoa(e.Ctx * max(e.Slots, 1)), "name": e.Name, "host": "127.0.0.1",
+		"mem_fraction": strconv.FormatFloat(frac, 'f', 2, 64), "gpus": strings.Join(gpus, ","),
+		"tp": strconv.Itoa(n), "tensor_split": strings.TrimSuffix(strings.Repeat("1,", n), ",")}
 }

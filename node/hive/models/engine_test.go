@@ -33,7 +33,7 @@ func TestParseEngineFlag(t *testing.T) {
 	}{
 		{
 			name: "binary override keeps the template", flag: "llama-server=/opt/llama/bin/llama-server", engine: EngineLlamaServer,
-			wantWords: strings.Fields("/opt/llama/bin/llama-server -m {path} --host {host} --port {port} -np {slots} -c {ctx} -ngl 999"),
+			wantWords: strings.Fields("/opt/llama/bin/llama-server -m {path} --alias {name} --host {host} --port {port} -np {slots} -c {ctx_total} -ngl 999 --tensor-split {tensor_split}"),
 			builtin:   true,
 		},
 		{
@@ -64,13 +64,29 @@ func TestParseEngineFlag(t *testing.T) {
 		},
 		{
 			name: "unknown placeholder quotes the template", flag: "x=serve {model}",
-			wantErr: `engine "x": unknown placeholder {model} in "serve {model}" (known: {path} {port} {slots} {ctx} {name} {host})`,
+			wantErr: `engine "x": unknown placeholder {model} in "serve {model}" (known: {path} {port} {slots} {ctx} {ctx_total} {name} {host} {mem_fraction} {gpus} {tp} {tensor_split})`,
+		},
+		{
+			name: "a template without {port} is refused", flag: "x=serve {path} --listen 127.0.0.1:8000",
+			wantErr: `engine "x": template "serve {path} --listen 127.0.0.1:8000" has no {port}`,
+		},
+		{
+			name: "a built-in's template without {port} is refused", flag: "vllm=vllm serve {path}",
+			wantErr: `engine "vllm": template "vllm serve {path}" has no {port}`,
+		},
+		{
+			name: "Ollama is told its port by its environment", flag: "ollama=ollama serve --verbose", engine: EngineOllama,
+			wantWords: strings.Fields("ollama serve --verbose"), builtin: true,
+		},
+		{
+			name: "{port} in the program does not count", flag: "x=srv",
+			wantErr: `not a built-in engine`,
 		},
 		{name: "empty placeholder", flag: "x=serve {}", wantErr: "unknown placeholder {}"},
 		{name: "unclosed brace", flag: "x=serve --port={port", wantErr: "unbalanced braces"},
 		{name: "stray closing brace", flag: "x=serve port}", wantErr: "unbalanced braces"},
 		{name: "nested braces", flag: "x=serve {{port}}", wantErr: "unbalanced braces"},
-		{name: "binary for an unknown engine", flag: "tgi=/usr/bin/tgi", wantErr: `engine "tgi": not a built-in engine (known: llama-server, ollama, sim, vllm)`},
+		{name: "binary for an unknown engine", flag: "tgi=/usr/bin/tgi", wantErr: `engine "tgi": not a built-in engine (known: llama-server, ollama, sglang, sim, vllm)`},
 		{name: "empty name", flag: "=serve {path}", wantErr: "empty name"},
 		{name: "bad name", flag: "a b=serve {path}", wantErr: "name may hold only"},
 		{name: "empty value", flag: "vllm=", wantErr: "empty binary or template"},
@@ -163,7 +179,8 @@ func TestResolveEngines(t *testing.T) {
 func TestEngineArgv(t *testing.T) {
 	vars := map[string]string{
 		"path": "/models/my model.gguf", "port": "9001", "slots": "4", "ctx": "8192",
-		"name": "qwen{port}", "host": "127.0.0.1",
+		"name": "qwen{port}", "host": "127.0.0.1", "ctx_total": "32768", "mem_fraction": "0.42", "gpus": "1,2", "tp": "2",
+		"tensor_split": "1,1",
 	}
 	tests := []struct {
 		name    string
@@ -176,15 +193,24 @@ func TestEngineArgv(t *testing.T) {
 			name:   "llama-server",
 			engine: &Engine{Name: "llama-server", Words: BuiltinEngines()[EngineLlamaServer].Words, Binary: "/usr/bin/llama-server"},
 			vars:   vars,
-			want: []string{"/usr/bin/llama-server", "-m", "/models/my model.gguf", "--host", "127.0.0.1", "--port", "9001",
-				"-np", "4", "-c", "8192", "-ngl", "999"},
+			want: []string{"/usr/bin/llama-server", "-m", "/models/my model.gguf", "--alias", "qwen{port}", "--host", "127.0.0.1",
+				"--port", "9001", "-np", "4", "-c", "32768", "-ngl", "999", "--tensor-split", "1,1"},
 		},
 		{
 			name:   "values are not re-expanded",
 			engine: &Engine{Name: "vllm", Words: BuiltinEngines()[EngineVLLM].Words, Binary: "/venv/bin/vllm"},
 			vars:   vars,
 			want: []string{"/venv/bin/vllm", "serve", "/models/my model.gguf", "--host", "127.0.0.1", "--port", "9001",
-				"--served-model-name", "qwen{port}", "--max-num-seqs", "4"},
+				"--served-model-name", "qwen{port}", "--max-num-seqs", "4", "--max-model-len", "8192",
+				"--gpu-memory-utilization", "0.42", "--tensor-parallel-size", "2"},
+		},
+		{
+			name:   "sglang",
+			engine: &Engine{Name: "sglang", Words: BuiltinEngines()[EngineSGLang].Words, Binary: "/usr/bin/python3"},
+			vars:   vars,
+			want: []string{"/usr/bin/python3", "-m", "sglang.launch_server", "--model-path", "/models/my model.gguf", "--host", "127.0.0.1",
+				"--port", "9001", "--served-model-name", "qwen{port}", "--mem-fraction-static", "0.42", "--max-running-requests", "4",
+				"--context-length", "8192", "--tp", "2"},
 		},
 		{
 			name:   "several placeholders in one word",
@@ -225,5 +251,80 @@ func TestEngineArgv(t *testing.T) {
 				t.Errorf("Argv = %q\nwant   %q", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestVars(t *testing.T) {
+	e := Entry{Name: "qwen", Path: "/m/q.gguf", Slots: 4, Ctx: 8192}
+	tests := []struct {
+		name string
+		p    Placement
+		want map[string]string // the placement's placeholders
+	}{
+		{name: "no GPU known: the engines' own default",
+			p:    Placement{VRAMMB: 8000},
+			want: map[string]string{"mem_fraction": "0.90", "gpus": "", "tp": "1", "tensor_split": "1"}},
+		{name: "one GPU: budget over total, rounded up",
+			p:    Placement{GPUs: []int{3}, VRAMMB: 10000, TotalMB: []uint64{24576}},
+			want: map[string]string{"mem_fraction": "0.41", "gpus": "3", "tp": "1", "tensor_split": "1"}},
+		{name: "a GPU of unknown size",
+			p:    Placement{GPUs: []int{0}, VRAMMB: 10000, TotalMB: []uint64{0}},
+			want: map[string]string{"mem_fraction": "0.90", "gpus": "0", "tp": "1", "tensor_split": "1"}},
+		{name: "two GPUs share it evenly",
+			p:    Placement{GPUs: []int{1, 2}, VRAMMB: 40000, TotalMB: []uint64{24576, 24576}},
+			want: map[string]string{"mem_fraction": "0.82", "gpus": "1,2", "tp": "2", "tensor_split": "1,1"}},
+		{name: "mixed sizes: the smallest GPU's fraction",
+			p:    Placement{GPUs: []int{0, 1}, VRAMMB: 30000, TotalMB: []uint64{81920, 24576}},
+			want: map[string]string{"mem_fraction": "0.62", "gpus": "0,1", "tp": "2", "tensor_split": "1,1"}},
+		{name: "never the whole GPU",
+			p:    Placement{GPUs: []int{0}, VRAMMB: 24576, TotalMB: []uint64{24576}},
+			want: map[string]string{"mem_fraction": "0.99"}},
+		{name: "never nothing",
+			p:    Placement{GPUs: []int{0}, VRAMMB: 1, TotalMB: []uint64{81920}},
+			want: map[string]string{"mem_fraction": "0.01"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Vars(e, "9001", tt.p)
+			for k, v := range tt.want {
+				if got[k] != v {
+					t.Errorf("{%s} = %q, want %q", k, got[k], v)
+				}
+			}
+			fixed := map[string]string{"path": "/m/q.gguf", "port": "9001", "slots": "4", "ctx": "8192", "ctx_total": "32768",
+				"name": "qwen", "host": "127.0.0.1"}
+			for k, v := range fixed {
+				if got[k] != v {
+					t.Errorf("{%s} = %q, want %q", k, got[k], v)
+				}
+			}
+			for _, p := range Placeholders {
+				if _, ok := got[p]; !ok {
+					t.Errorf("no value for {%s}", p)
+				}
+			}
+		})
+	}
+}
+
+func TestEngine_MultiGPU(t *testing.T) {
+	b := BuiltinEngines()
+	for name, want := range map[string]bool{EngineLlamaServer: true, EngineVLLM: true, EngineSGLang: true, EngineSim: true, EngineOllama: false} {
+		if got := b[name].MultiGPU(); got != want {
+			t.Errorf("%s: MultiGPU() = %v, want %v", name, got, want)
+		}
+	}
+	for tmpl, want := range map[string]bool{
+		"x=srv --port {port} --devices {gpus}": true,
+		"x=srv --port {port} -tp={tp}":         true,
+		"x=srv --port {port} -c {ctx}":         false,
+	} {
+		engines := BuiltinEngines()
+		if err := ParseEngineFlag(tmpl, engines); err != nil {
+			t.Fatal(err)
+		}
+		if got := engines["x"].MultiGPU(); got != want {
+			t.Errorf("%s: MultiGPU() = %v, want %v", tmpl, got, want)
+		}
 	}
 }

@@ -37,7 +37,7 @@ type Entry struct {
 	Path        string
 	Engine      string   // "llama-server" for a file, "vllm" for a directory unless engine= says otherwise
 	Slots       int      // concurrent sequences per replica; DefaultSlots when not given
-	Ctx         int      // context length in tokens; DefaultCtx when not given
+	Ctx         int      // context length of one request (slot) in tokens; DefaultCtx when not given
 	VRAMMB      uint64   // vram=MiB, 0 when not given
 	LoadMS      int      // load_ms=, for the sim engine
 	MaxReplicas int      // max_replicas=, 0 = no cap
@@ -324,12 +324,13 @@ func ReadFacts(e Entry) (*modelfile.Facts, error) {
 	if err != nil {
 		return nil, nil // Check says what is wrong with the path
 	}
-	// llama-server's -c is the context of all slots together.
+	// An entry's ctx is each slot's; llama-server's -c is the context of
+	// all slots together.
 	o := modelfile.Options{Ctx: e.Ctx, Slots: e.Slots}
 	var f modelfile.Facts
 	switch {
 	case fi.Mode().IsRegular() && (e.Engine == EngineLlamaServer || e.Engine == EngineOllama || hasGGUFMagic(e.Path)):
-		f, err = modelfile.ReadGGUF(e.Path, o)
+		f, err = modelfile.ReadGGUF(e.Path, modelfile.Options{Ctx: e.Ctx * max(e.Slots, 1), Slots: e.Slots})
 	case fi.IsDir() && isHFFolder(e.Path):
 		f, err = modelfile.ReadHF(e.Path, o)
 	default:

@@ -246,7 +246,7 @@ func TestEntryCheck(t *testing.T) {
 		{name: "can start", entry: Entry{Name: "m", Path: gguf, Engine: EngineLlamaServer}},
 		{name: "path missing", entry: Entry{Name: "m", Path: missing, Engine: EngineLlamaServer}, want: "model path " + missing + " does not exist"},
 		{name: "sim needs no path", entry: Entry{Name: "m", Path: missing, Engine: EngineSim}},
-		{name: "unknown engine", entry: Entry{Name: "m", Path: gguf, Engine: "x"}, want: `unknown engine "x" (known: llama-server, ollama, sim, vllm)`},
+		{name: "unknown engine", entry: Entry{Name: "m", Path: gguf, Engine: "x"}, want: `unknown engine "x" (known: llama-server, ollama, sglang, sim, vllm)`},
 		{name: "engine missing", entry: Entry{Name: "m", Path: gguf, Engine: EngineVLLM}, want: "vllm: executable file not found in $PATH"},
 		{name: "path is reported before the engine", entry: Entry{Name: "m", Path: missing, Engine: "x"}, want: "model path " + missing + " does not exist"},
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -313,5 +314,21 @@ func TestManager_LearnedFiguresKept(t *testing.T) {
 	after := catalog(m2, "m")
 	if after.VRAMMB != 2345 || after.VRAMSource != "learned" || after.LoadMS != before.LoadMS || after.LoadMS == 0 {
 		t.Fatalf("after a restart: %+v, want VRAM 2345 learned and load %d ms", after, before.LoadMS)
+	}
+}
+
+// A start split over two simulated GPUs counts half its VRAM on each.
+func TestManager_SplitStartCountsShares(t *testing.T) {
+	m, _ := newManager(t, Config{SimGPUs: []wsapi.GPUInfo{{Index: 0, TotalVRAMMB: 8000, Simulated: true},
+		{Index: 1, TotalVRAMMB: 8000, Simulated: true}, {Index: 2, TotalVRAMMB: 8000, Simulated: true}}},
+		fake("m", "--load-ms", "100"))
+	m.Start(&wsapi.ModelStart{StartID: "s1", Model: "m", GPUs: []int{0, 2}, VRAMMB: 9001}, "q")
+	w := waitState(t, m, wsapi.ManagedReady)
+	if !slices.Equal(w.GPUs, []int{0, 2}) {
+		t.Fatalf("worker on GPUs %v, want [0 2]", w.GPUs)
+	}
+	_, _, gpus, _ := m.Report([]wsapi.ProcessStats{})
+	if got := []uint64{gpus[0].UsedVRAMMB, gpus[1].UsedVRAMMB, gpus[2].UsedVRAMMB}; !slices.Equal(got, []uint64{4501, 0, 4501}) {
+		t.Fatalf("simulated GPUs used %v MiB, want half of 9001 (rounded up) on GPUs 0 and 2", got)
 	}
 }

@@ -56,11 +56,11 @@ func ollamaEnv(it *item, port, store string, loadTimeout time.Duration) []string
 }
 
 // ollamaNumCtx is Ollama's num_ctx for it: Ollama gives each of its
-// parallel slots num_ctx tokens, llama-server's -c is all slots together,
-// and an entry's ctx means the latter, so that the KV cache (and the VRAM
-// estimate) is the same whichever engine serves it.
+// parallel slots num_ctx tokens, and an entry's ctx is each slot's (as
+// vLLM's --max-model-len; llama-server gets ctx x slots as -c), so that the
+// KV cache (and the VRAM estimate) is the same whichever engine serves it.
 func ollamaNumCtx(it *item) int {
-	return max(it.Ctx/max(it.Slots, 1), 1)
+	return max(it.Ctx, 1)
 }
 
 // ollamaStore is where a hive's Ollama servers keep their models, and the

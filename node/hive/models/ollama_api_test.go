@@ -81,7 +81,7 @@ func setupAgainst(t *testing.T, fake *fakeOllama) (gguf []byte, err error) {
 }
 
 // Where the GGUF cannot be linked into Ollama's store it is uploaded, then
-// the model is created from that blob with ctx/slots tokens a slot, and
+// the model is created from that blob with ctx tokens a slot, and
 // preloaded to stay loaded.
 func TestOllamaSetup_UploadsCreatesPreloads(t *testing.T) {
 	fake := &fakeOllama{blobs: map[string][]byte{}}
@@ -109,8 +109,8 @@ func TestOllamaSetup_UploadsCreatesPreloads(t *testing.T) {
 	}
 	files, _ := fake.create["files"].(map[string]any)
 	params, _ := fake.create["parameters"].(map[string]any)
-	if fake.create["model"] != "m" || files["m.gguf"] != d || params["num_ctx"] != float64(2048) {
-		t.Fatalf("create %v, want model m from %s with num_ctx 2048 (8192 / 4 slots)", fake.create, d)
+	if fake.create["model"] != "m" || files["m.gguf"] != d || params["num_ctx"] != float64(8192) {
+		t.Fatalf("create %v, want model m from %s with num_ctx 8192 (each slot's ctx)", fake.create, d)
 	}
 	if fake.preload["model"] != "m" || fake.preload["keep_alive"] != float64(-1) || fake.preload["prompt"] != nil {
 		t.Fatalf("preload %v, want model m, keep_alive -1, no prompt", fake.preload)

@@ -198,9 +198,9 @@ func TestOllama_StartsCreatesPreloads(t *testing.T) {
 	if left := time.Until(ps[0].ExpiresAt); left < 100*365*24*time.Hour {
 		t.Fatalf("tiny expires in %s, want never (keep_alive -1)", left)
 	}
-	// 512 tokens for 2 slots: 256 each (tiny itself takes 512).
-	if ps[0].ContextLength != 256 {
-		t.Errorf("context length %d, want 256 (ctx 512 / 2 slots)", ps[0].ContextLength)
+	// ctx is each slot's: 512 (tiny itself takes 512).
+	if ps[0].ContextLength != 512 {
+		t.Errorf("context length %d, want 512 (each slot's ctx)", ps[0].ContextLength)
 	}
 	// Any answer, even an empty one: tiny's random weights may end it
 	// at once.

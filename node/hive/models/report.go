@@ -54,7 +54,8 @@ func (m *Manager) Report(workers []wsapi.ProcessStats) ([]wsapi.ProcessStats, []
 		vram, src := it.vram()
 		cat = append(cat, wsapi.CatalogEntry{Name: it.Name, Engine: it.Engine, Bytes: it.bytes, Slots: it.Slots, Ctx: it.Ctx,
 			VRAMMB: vram, VRAMSource: src, Facts: reportFacts(it.facts), LoadMS: it.loadMS, MaxReplicas: it.MaxReplicas, Unavailable: clean(it.unavailable, 250),
-			Failures: it.failures, FailedAt: it.failedAt, FailReason: it.failReason, Simulated: it.simulated()})
+			Failures: it.failures, FailedAt: it.failedAt, FailReason: it.failReason, Simulated: it.simulated(),
+			MultiGPU: it.engine != nil && it.engine.MultiGPU()})
 	}
 
 	var gpus []wsapi.GPUInfo
@@ -63,7 +64,7 @@ func (m *Manager) Report(workers []wsapi.ProcessStats) ([]wsapi.ProcessStats, []
 		for i := range gpus {
 			for _, w := range m.workers {
 				if slices.Contains(w.gpus, gpus[i].Index) {
-					gpus[i].UsedVRAMMB += w.vramMB
+					gpus[i].UsedVRAMMB += share(w.vramMB, len(w.gpus))
 				}
 			}
 		}
@@ -71,8 +72,11 @@ func (m *Manager) Report(workers []wsapi.ProcessStats) ([]wsapi.ProcessStats, []
 		gpus = m.cfg.GPUs()
 		for i := range gpus {
 			for _, w := range m.workers {
+				// A worker split over several GPUs takes an even
+				// share of its VRAM on each.
+				n := len(w.gpus)
 				if w.state == wsapi.ManagedLoading && slices.Contains(w.gpus, gpus[i].Index) && w.vramMB > seen[w.instance] {
-					gpus[i].ReservedMB += w.vramMB - seen[w.instance]
+					gpus[i].ReservedMB += share(w.vramMB-seen[w.instance], n)
 				}
 			}
 		}
@@ -115,4 +119,13 @@ func reportFacts(f *modelfile.Facts) *wsapi.ModelFacts {
 		Quantization: clean(f.Quantization, 32), Layers: f.Layers, KVHeads: f.KVHeads, HeadDim: f.HeadDim,
 		ContextLength: f.ContextLength, ChatTemplate: f.ChatTemplate, WeightsMB: ceilMiB(f.WeightBytes),
 		KVCacheMB: ceilMiB(f.KVBytes), EstimateMB: ceilMiB(f.VRAMBytes)}
+}
+
+// share is what vram MiB split evenly over n GPUs takes on each, rounded
+// up (the queen counts the same).
+func share(vram uint64, n int) uint64 {
+	if n <= 1 {
+		return vram
+	}
+	return (vram + uint64(n) - 1) / uint64(n)
 }

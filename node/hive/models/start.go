@@ -296,9 +296,7 @@ func (m *Manager) fail(it *item, start time.Time, result, why string) {
 
 // argv builds the engine's command line for w.
 func (m *Manager) argv(it *item, w *worker) ([]string, error) {
-	vars := map[string]string{"path": it.Path, "port": w.instance, "slots": strconv.Itoa(it.Slots),
-		"ctx": strconv.Itoa(it.Ctx), "name": it.Name, "host": "127.0.0.1"}
-	argv, err := it.engine.Argv(vars)
+	argv, err := it.engine.Argv(Vars(it.Entry, w.instance, Placement{GPUs: w.gpus, VRAMMB: w.vramMB, TotalMB: m.gpuTotals(w.gpus)}))
 	if err != nil {
 		return nil, fmt.Errorf("engine %s: %w", it.Engine, err)
 	}
@@ -315,6 +313,26 @@ func (m *Manager) argv(it *item, w *worker) ([]string, error) {
 		}
 	}
 	return append(argv, it.Args...), nil
+}
+
+// gpuTotals is the total VRAM of each of gpus, 0 where unknown.
+func (m *Manager) gpuTotals(gpus []int) []uint64 {
+	if len(gpus) == 0 {
+		return nil
+	}
+	known := m.cfg.SimGPUs
+	if len(known) == 0 && m.cfg.GPUs != nil {
+		known = m.cfg.GPUs()
+	}
+	out := make([]uint64, len(gpus))
+	for i, g := range gpus {
+		for _, k := range known {
+			if k.Index == g {
+				out[i] = k.TotalVRAMMB
+			}
+		}
+	}
+	return out
 }
 
 // freePort asks the kernel for a free loopback port. Another process may
