@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/rbee/rbee/wsapi"
 )
@@ -340,5 +342,62 @@ func TestCollector_NoCgroupsLooksAtNone(t *testing.T) {
 	c := NewCollector(CollectorConfig{CgroupRoot: NoCgroups})
 	if c.cg != nil {
 		t.Fatal("cgroup discovery on with CgroupRoot none")
+	}
+}
+
+// A --worker Ollama serves every model it has installed, loaded or not: the
+// hive reports them all on its one worker, with the user's slots, and asks
+// again every probeRetry, since Ollama pulls and removes models as it runs.
+func TestCollector_OllamaServesEveryInstalledModel(t *testing.T) {
+	var tags atomic.Value
+	tags.Store(`{"models":[{"name":"tiny:latest","model":"tiny:latest"},{"name":"mini:latest","model":"mini:latest"}]}`)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/api/tags":
+			_, _ = w.Write([]byte(tags.Load().(string)))
+		case "/api/ps":
+			_, _ = w.Write([]byte(`{"models":[]}`)) // nothing loaded
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	for _, tc := range []struct {
+		name       string
+		opts       string
+		wantModel  string
+		wantModels []string
+	}{
+		{"every installed model", ",slots=2", "tiny:latest", []string{"tiny:latest", "mini:latest"}},
+		{"a configured model is all it serves", ",slots=2,model=alias", "alias", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tags.Store(`{"models":[{"name":"tiny:latest","model":"tiny:latest"},{"name":"mini:latest","model":"mini:latest"}]}`)
+			spec, err := ParseWorkerSpec(srv.URL + tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := NewCollector(CollectorConfig{CgroupRoot: "testdata/cgroup/no-slice", Workers: []WorkerSpec{spec},
+				Probe: APIProber{Client: srv.Client()}.ProbeModel})
+			got, err := c.Collect(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 1 || got[0].Model == nil || *got[0].Model != tc.wantModel || !slices.Equal(got[0].Models, tc.wantModels) || got[0].Slots != 2 {
+				t.Fatalf("workers %+v, want %s serving %v with 2 slots", got, tc.wantModel, tc.wantModels)
+			}
+			if tc.wantModels == nil {
+				return
+			}
+			// A model pulled later shows at the next probe, probeRetry on.
+			tags.Store(`{"models":[{"name":"tiny:latest","model":"tiny:latest"},{"name":"llama3.2:1b","model":"llama3.2:1b"}]}`)
+			if got, err = c.Collect(context.Background()); err != nil || !slices.Equal(got[0].Models, tc.wantModels) {
+				t.Fatalf("workers %+v, %v: want no probe before probeRetry", got, err)
+			}
+			c.models[got[0].ID()].probedAt = time.Now().Add(-probeRetry)
+			if got, err = c.Collect(context.Background()); err != nil || !slices.Equal(got[0].Models, []string{"tiny:latest", "llama3.2:1b"}) {
+				t.Fatalf("workers %+v, %v: want the new list after probeRetry", got, err)
+			}
+		})
 	}
 }

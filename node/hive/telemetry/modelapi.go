@@ -19,7 +19,7 @@ var ErrNoModelAPI = errors.New("no model API answered")
 // What the worker's API is, as APIInfo.Kind says it.
 const (
 	KindLlamaServer = "llama.cpp" // llama-server: /props
-	KindOllama      = "ollama"    // /api/ps
+	KindOllama      = "ollama"    // /api/tags
 	KindOpenAI      = "openai"    // anything else serving /v1/models (vLLM, SGLang)
 )
 
@@ -34,7 +34,7 @@ const (
 
 // APIInfo is what a worker's own API says it serves.
 type APIInfo struct {
-	Models []string // names as ModelFromCmdline gives them; may be empty (Ollama with nothing loaded)
+	Models []string // names as ModelFromCmdline gives them; may be empty (Ollama with nothing installed)
 	Slots  int      // requests served at once; 0 when the API does not say
 	Kind   string   // KindLlamaServer, KindOllama or KindOpenAI
 	// Simulated: the worker is `rbee worker simulate` (its /props says
@@ -43,9 +43,10 @@ type APIInfo struct {
 }
 
 // APIProber asks a worker's API what it serves: llama-server's /props (the
-// only one that tells slots), Ollama's /api/ps (what is loaded; its
-// /v1/models lists everything pulled), then the OpenAI /v1/models that vLLM,
-// SGLang and most others serve. Each request is bounded by ctx and by
+// only one that tells slots), Ollama's /api/tags (every model installed,
+// loaded or not: Ollama loads one on its first request; /api/ps lists only
+// the loaded ones), then the OpenAI /v1/models that vLLM, SGLang and most
+// others serve. Each request is bounded by ctx and by
 // modelAPIRequestTimeout; an endpoint that is missing, fails or answers
 // something else is skipped.
 type APIProber struct {
@@ -64,7 +65,7 @@ func (p APIProber) Probe(ctx context.Context, baseURL string) (APIInfo, error) {
 		return APIInfo{}, fmt.Errorf("probe worker %q: %w", baseURL, err)
 	}
 	var failed []error
-	for _, ask := range []func(context.Context, string) (APIInfo, error){p.llamaProps, p.ollamaPS, p.openAIModels} {
+	for _, ask := range []func(context.Context, string) (APIInfo, error){p.llamaProps, p.ollamaTags, p.openAIModels} {
 		info, err := ask(ctx, base)
 		if err == nil {
 			return info, nil
@@ -125,22 +126,23 @@ func (p APIProber) llamaProps(ctx context.Context, base string) (APIInfo, error)
 	return info, nil
 }
 
-// ollamaPS reads Ollama's /api/ps: the models loaded now.
-func (p APIProber) ollamaPS(ctx context.Context, base string) (APIInfo, error) {
-	var ps struct {
+// ollamaTags reads Ollama's /api/tags: every model installed, by its full
+// name (tiny:latest), which a request may shorten (scheduler.ModelKeys).
+func (p APIProber) ollamaTags(ctx context.Context, base string) (APIInfo, error) {
+	var tags struct {
 		Models *[]struct {
 			Name  string `json:"name"`
 			Model string `json:"model"`
 		} `json:"models"`
 	}
-	if err := p.getJSON(ctx, base+"/api/ps", &ps); err != nil {
+	if err := p.getJSON(ctx, base+"/api/tags", &tags); err != nil {
 		return APIInfo{}, err
 	}
-	if ps.Models == nil {
-		return APIInfo{}, fmt.Errorf("read %s/api/ps: no models list", base)
+	if tags.Models == nil {
+		return APIInfo{}, fmt.Errorf("read %s/api/tags: no models list", base)
 	}
 	info := APIInfo{Kind: KindOllama}
-	for _, m := range *ps.Models {
+	for _, m := range *tags.Models {
 		name := m.Name
 		if name == "" {
 			name = m.Model
