@@ -58,6 +58,9 @@ type ProcessStats struct {
 	// Ollama serves all it has installed), Model first. Its slots serve
 	// them all together.
 	Models []string `json:"models,omitempty"`
+	// Engine is an addition (omitted when unknown): the worker's engine
+	// and its version as the worker's API tells them, "ollama 0.17.4".
+	Engine string `json:"engine,omitempty"`
 	// Slots is an addition to the seed shape (omitted when 0, so seed
 	// messages round-trip unchanged): how many requests the worker serves
 	// at once, for the scheduler.
@@ -370,7 +373,7 @@ func (t *HiveTelemetry) Validate(hive string) error {
 				return fmt.Errorf("worker %d: %w: models must be non-empty text", i, ErrInvalid)
 			}
 		}
-		for _, f := range []struct{ name, v string }{{"health", w.Health}, {"health_reason", w.HealthReason},
+		for _, f := range []struct{ name, v string }{{"health", w.Health}, {"health_reason", w.HealthReason}, {"engine", w.Engine},
 			{"state", w.State}, {"state_reason", w.StateReason}} {
 			if err := checkText(f.name, f.v, maxFieldLen); err != nil {
 				return fmt.Errorf("worker %d: %w", i, err)

@@ -38,6 +38,9 @@ type ModelInfo struct {
 	// Simulated is true for `rbee worker simulate`: its GPU figures are
 	// read from its API, and marked simulated.
 	Simulated bool
+	// Engine is the engine's kind and version as its API tells them
+	// ("ollama 0.17.4", "llama.cpp b5000"); "" when it does not.
+	Engine string
 }
 
 // CmdlineModel is ModelFromCmdline in the shape CollectorConfig.FromCmdline
@@ -54,7 +57,7 @@ func (p APIProber) ProbeModel(ctx context.Context, baseURL string) (ModelInfo, e
 	if err != nil {
 		return ModelInfo{}, err
 	}
-	out := ModelInfo{Slots: info.Slots, Simulated: info.Simulated, Refresh: info.Kind == KindOllama}
+	out := ModelInfo{Slots: info.Slots, Simulated: info.Simulated, Refresh: info.Kind == KindOllama, Engine: engineName(info)}
 	if len(info.Models) > 0 {
 		out.Model = info.Models[0]
 	}
@@ -63,6 +66,30 @@ func (p APIProber) ProbeModel(ctx context.Context, baseURL string) (ModelInfo, e
 	}
 	return out, nil
 }
+
+// engineName is info's engine kind and version, "" for what names no
+// engine (the OpenAI API alone, the simulator).
+func engineName(info APIInfo) string {
+	if info.Simulated || (info.Kind != KindOllama && info.Kind != KindLlamaServer) {
+		return ""
+	}
+	// What a worker says goes on the wire, where Validate wants short
+	// printable text: anything else in it is dropped.
+	v := strings.Map(func(r rune) rune {
+		if r <= ' ' || r > '~' {
+			return -1
+		}
+		return r
+	}, info.Version)
+	if v == "" {
+		return info.Kind
+	}
+	return info.Kind + " " + v[:min(len(v), maxVersionLen)]
+}
+
+// maxVersionLen bounds the version in ProcessStats.Engine: one is a few
+// characters.
+const maxVersionLen = 40
 
 // NoCgroups as CollectorConfig.CgroupRoot turns cgroup discovery off.
 const NoCgroups = "none"
@@ -141,7 +168,7 @@ type modelState struct {
 // info is what the worker serves: a configured model and slots win, then
 // what its API said, then its command line.
 func (m *modelState) info() ModelInfo {
-	out := ModelInfo{Model: m.cmdline.Model, Slots: m.cmdline.Slots, Simulated: m.api.Simulated}
+	out := ModelInfo{Model: m.cmdline.Model, Slots: m.cmdline.Slots, Simulated: m.api.Simulated, Engine: m.api.Engine}
 	if m.api.Model != "" {
 		out.Model, out.Models = m.api.Model, m.api.Models
 	}
@@ -272,6 +299,7 @@ func (c *Collector) fillModel(w *wsapi.ProcessStats) {
 		w.Slots = info.Slots
 	}
 	w.Simulated = info.Simulated
+	w.Engine = info.Engine
 }
 
 // publishEndpoints records each reported worker's API for Endpoint, which the

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -357,6 +358,8 @@ func TestCollector_OllamaServesEveryInstalledModel(t *testing.T) {
 			_, _ = w.Write([]byte(tags.Load().(string)))
 		case "/api/ps":
 			_, _ = w.Write([]byte(`{"models":[]}`)) // nothing loaded
+		case "/api/version":
+			_, _ = w.Write([]byte(`{"version":"0.17.4"}`))
 		default:
 			http.NotFound(w, r)
 		}
@@ -383,8 +386,9 @@ func TestCollector_OllamaServesEveryInstalledModel(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(got) != 1 || got[0].Model == nil || *got[0].Model != tc.wantModel || !slices.Equal(got[0].Models, tc.wantModels) || got[0].Slots != 2 {
-				t.Fatalf("workers %+v, want %s serving %v with 2 slots", got, tc.wantModel, tc.wantModels)
+			if len(got) != 1 || got[0].Model == nil || *got[0].Model != tc.wantModel || !slices.Equal(got[0].Models, tc.wantModels) ||
+				got[0].Slots != 2 || got[0].Engine != "ollama 0.17.4" {
+				t.Fatalf("workers %+v, want %s serving %v with 2 slots, on ollama 0.17.4", got, tc.wantModel, tc.wantModels)
 			}
 			if tc.wantModels == nil {
 				return
@@ -399,5 +403,25 @@ func TestCollector_OllamaServesEveryInstalledModel(t *testing.T) {
 				t.Fatalf("workers %+v, %v: want the new list after probeRetry", got, err)
 			}
 		})
+	}
+}
+
+func TestEngineName(t *testing.T) {
+	for _, tc := range []struct {
+		info APIInfo
+		want string
+	}{
+		{APIInfo{Kind: KindOllama, Version: "0.17.4"}, "ollama 0.17.4"},
+		{APIInfo{Kind: KindOllama}, "ollama"},
+		{APIInfo{Kind: KindLlamaServer, Version: "b5000"}, "llama.cpp b5000"},
+		{APIInfo{Kind: KindLlamaServer, Version: "b5000", Simulated: true}, ""},
+		{APIInfo{Kind: KindOpenAI, Version: "1.0"}, ""},
+		// What the worker says is cut and cleaned for the wire.
+		{APIInfo{Kind: KindOllama, Version: " 0.17\x1b[2J.4 \u00e9\n"}, "ollama 0.17[2J.4"},
+		{APIInfo{Kind: KindOllama, Version: strings.Repeat("9", 100)}, "ollama " + strings.Repeat("9", maxVersionLen)},
+	} {
+		if got := engineName(tc.info); got != tc.want {
+			t.Errorf("engineName(%+v) = %q, want %q", tc.info, got, tc.want)
+		}
 	}
 }
