@@ -7,12 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/rbee/rbee/internal/testutil"
+	"github.com/rbee/rbee/node/api"
 )
 
 // foreignOllama starts the real Ollama by hand, as a user would before
@@ -111,6 +113,31 @@ func TestOllama_ForeignWorker(t *testing.T) {
 	if err != nil {
 		t.Errorf("/v1/models does not list both of Ollama's models: %v", err)
 	}
+	// /v1/cluster and rbee status show the one worker, its models and
+	// its engine, as Ollama's /api/version tells it.
+	var version struct {
+		Version string `json:"version"`
+	}
+	if err := c.getJSON(strings.TrimPrefix(base, "http://"), "/api/version", &version); err != nil {
+		t.Fatal(err)
+	}
+	engine := "ollama " + version.Version
+	var view api.ClusterView
+	if err := c.getJSON(n.httpAddr, "/v1/cluster", &view); err != nil {
+		t.Fatal(err)
+	}
+	if len(view.Hives) != 1 || len(view.Hives[0].Workers) != 1 {
+		t.Fatalf("/v1/cluster hives %+v, want one hive with one worker", view.Hives)
+	}
+	// In Ollama's order (newest first, as /api/tags lists them).
+	if w := view.Hives[0].Workers[0]; w.Engine != engine || !slices.Equal(slices.Sorted(slices.Values(w.Models)), []string{"mini:latest", "tiny:latest"}) {
+		t.Errorf("/v1/cluster worker %+v, want engine %q and both models", w, engine)
+	}
+	status := c.rbee("status", "--http-addr", n.httpAddr, "--cluster-key-file", c.keyFile)
+	if !strings.Contains(status, "("+engine+")") || !strings.Contains(status, "mini:latest, ") && !strings.Contains(status, ", mini:latest") {
+		t.Errorf("rbee status does not show both models and %q:\n%s", engine, status)
+	}
+
 	var ps struct {
 		Models []struct {
 			Name string `json:"name"`
