@@ -15,6 +15,7 @@ import (
 
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node/api"
+	"github.com/rbee/rbee/wsapi"
 )
 
 // foreignOllama starts the real Ollama by hand, as a user would before
@@ -126,11 +127,22 @@ func TestOllama_ForeignWorker(t *testing.T) {
 	if err := c.getJSON(n.httpAddr, "/v1/cluster", &view); err != nil {
 		t.Fatal(err)
 	}
-	if len(view.Hives) != 1 || len(view.Hives[0].Workers) != 1 {
-		t.Fatalf("/v1/cluster hives %+v, want one hive with one worker", view.Hives)
+	// Find the --worker by its port: the hive's cgroup scan may also list
+	// workers of other tests running on this machine.
+	port := base[strings.LastIndex(base, ":")+1:]
+	var w *wsapi.ProcessStats
+	for _, h := range view.Hives {
+		for i := range h.Workers {
+			if h.Workers[i].Group == "ext" && h.Workers[i].Instance == port {
+				w = &h.Workers[i]
+			}
+		}
+	}
+	if w == nil {
+		t.Fatalf("/v1/cluster hives %+v, want the --worker ext/%s", view.Hives, port)
 	}
 	// In Ollama's order (newest first, as /api/tags lists them).
-	if w := view.Hives[0].Workers[0]; w.Engine != engine || !slices.Equal(slices.Sorted(slices.Values(w.Models)), []string{"mini:latest", "tiny:latest"}) {
+	if w.Engine != engine || !slices.Equal(slices.Sorted(slices.Values(w.Models)), []string{"mini:latest", "tiny:latest"}) {
 		t.Errorf("/v1/cluster worker %+v, want engine %q and both models", w, engine)
 	}
 	status := c.rbee("status", "--http-addr", n.httpAddr, "--cluster-key-file", c.keyFile)
