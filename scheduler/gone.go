@@ -45,7 +45,9 @@ func (s *Scheduler) HiveGone(hive, why string, now time.Time) []Failure {
 		}
 	}
 	for _, w := range s.byHive[hive] {
-		add(w.keys, w.Model)
+		for _, m := range w.served() {
+			add(ModelKeys(m), m)
+		}
 	}
 	// What it could start or was loading counts too: a request waiting on
 	// a load the hive had under way learns that the hive went, with a 503,

@@ -106,7 +106,7 @@ func (s *Scheduler) grant(w *worker, r Request, now time.Time) Grant {
 		s.rememberConversation(r.Conversation, w.id)
 	}
 	l := &Lease{ID: s.cfg.LeasePrefix + strconv.FormatUint(s.seq, 36), RequestID: r.ID, Entry: r.Entry,
-		Hive: w.Hive, Worker: w.Name, Model: w.Model, Granted: now, Key: r.Key}
+		Hive: w.Hive, Worker: w.Name, Model: w.servedFor(RequestKey(r.Model)), Granted: now, Key: r.Key}
 	s.addLease(l)
 	return Grant{Request: r, Lease: *l}
 }

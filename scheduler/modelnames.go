@@ -12,16 +12,25 @@ var quantSuffixes = []string{
 	"f16", "f32", "bf16", "fp16", "fp8", "int4", "int8", "awq", "gptq", "gguf", "exl2", "mlx",
 }
 
+// latestTag ends an Ollama model name that names no tag of its own: Ollama
+// serves "tiny:latest" to a request for "tiny", and so does rbee.
+const latestTag = ":latest"
+
 // ModelKeys returns the names under which a worker's model can be asked for,
-// lower-cased: the name itself, its last path element, and that without a
-// .gguf extension and without quantization suffixes (-Q4_K_M, .Q8_0, -f16,
-// -AWQ...). The first key is the exact name.
+// lower-cased: the name itself, without an Ollama ":latest" tag, its last
+// path element, and that without a .gguf extension and without quantization
+// suffixes (-Q4_K_M, .Q8_0, -f16, -AWQ...). The first key is the exact name.
 func ModelKeys(model string) []string {
 	exact := strings.ToLower(strings.TrimSpace(model))
 	if exact == "" {
 		return nil
 	}
 	keys := []string{exact}
+	base := exact
+	if short, ok := strings.CutSuffix(exact, latestTag); ok && short != "" {
+		keys = append(keys, short)
+		base = short
+	}
 	add := func(k string) {
 		if k == "" {
 			return
@@ -33,7 +42,6 @@ func ModelKeys(model string) []string {
 		}
 		keys = append(keys, k)
 	}
-	base := exact
 	if i := strings.LastIndexAny(base, `/\`); i >= 0 {
 		base = base[i+1:]
 	}
@@ -51,9 +59,14 @@ func ModelKeys(model string) []string {
 	return keys
 }
 
-// RequestKey is the key a request's model name is looked up by.
+// RequestKey is the key a request's model name is looked up by: lower-cased,
+// and without an Ollama ":latest" tag, which ModelKeys makes optional.
 func RequestKey(model string) string {
-	return strings.ToLower(strings.TrimSpace(model))
+	k := strings.ToLower(strings.TrimSpace(model))
+	if short, ok := strings.CutSuffix(k, latestTag); ok && short != "" {
+		return short
+	}
+	return k
 }
 
 // ModelName is the name the cluster serves a request's model under: the
@@ -71,7 +84,7 @@ func (s *Scheduler) ModelName(model string) string {
 		}
 	}
 	for _, w := range s.byKey[key] {
-		pick(w.Model)
+		pick(w.servedFor(key))
 	}
 	if name != "" {
 		return name

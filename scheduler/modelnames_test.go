@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 )
@@ -22,6 +23,11 @@ func TestModelKeys(t *testing.T) {
 		{"gpt-q", []string{"gpt-q"}},
 		{"mixtral-8x7b", []string{"mixtral-8x7b"}},
 		{"model-q9", []string{"model-q9"}},
+		// Ollama's default tag is optional; any other tag is not.
+		{"tiny:latest", []string{"tiny:latest", "tiny"}},
+		{"library/Qwen2.5:LATEST", []string{"library/qwen2.5:latest", "library/qwen2.5", "qwen2.5"}},
+		{"llama3.2:1b", []string{"llama3.2:1b"}},
+		{":latest", []string{":latest"}},
 		{"", nil},
 	}
 	for _, c := range cases {
@@ -71,5 +77,66 @@ func TestModels_WaitingForAStartAreListedByTheModelsName(t *testing.T) {
 	ms := s.Models(t0)
 	if len(ms) != 1 || ms[0].Model != "Qwen2.5-0.5B.gguf" || ms[0].Waiting != 2 {
 		t.Fatalf("models %+v, want Qwen2.5-0.5B.gguf with 2 waiting", ms)
+	}
+}
+
+func TestRequestKey(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{" Tiny ", "tiny"},
+		{"tiny:latest", "tiny"},
+		{"TINY:Latest", "tiny"},
+		{"tiny:1b", "tiny:1b"},
+		{"tiny:latest-q4", "tiny:latest-q4"},
+		{":latest", ":latest"},
+	} {
+		if got := RequestKey(tc.in); got != tc.want {
+			t.Errorf("RequestKey(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// An Ollama serves every model it has installed from one worker, with one
+// set of slots: each of them is listed with those slots, answers to its
+// short and full names, and a lease names the model it was granted for.
+func TestWorker_ServingSeveralModels(t *testing.T) {
+	s := New(Config{})
+	s.SetWarm(true)
+	ollama := w("ext/11434", "tiny:latest", 2)
+	ollama.Models = []string{"tiny:latest", "mini:latest", "llama3.2:1b"}
+	s.UpdateHive("h1", []Worker{ollama, w("g/1", "other", 1)}, nil, t0)
+
+	ms := s.Models(t0)
+	var listed []string
+	for _, m := range ms {
+		listed = append(listed, fmt.Sprintf("%s:%d/%d", m.Model, m.Workers, m.Slots))
+	}
+	if want := []string{"llama3.2:1b:1/2", "mini:latest:1/2", "other:1/1", "tiny:latest:1/2"}; !slices.Equal(listed, want) {
+		t.Fatalf("Models = %v, want %v", listed, want)
+	}
+	for _, tc := range []struct{ asked, want string }{
+		{"tiny", "tiny:latest"},
+		{"TINY:latest", "tiny:latest"},
+		{"mini", "mini:latest"},
+		{"llama3.2:1b", "llama3.2:1b"},
+		{"llama3.2", ""},
+		{"other:latest", "other"},
+	} {
+		if got := s.ModelName(tc.asked); got != tc.want {
+			t.Errorf("ModelName(%q) = %q, want %q", tc.asked, got, tc.want)
+		}
+	}
+	// Two slots in all: two requests for two of its models fill them, and
+	// a third waits.
+	g1 := mustGrant(t, s, req("a", "mini"), t0)
+	g2 := mustGrant(t, s, req("b", "tiny:latest"), t0)
+	if g1.Lease.Worker != "ext/11434" || g1.Lease.Model != "mini:latest" || g2.Lease.Model != "tiny:latest" {
+		t.Fatalf("leases %+v, %+v: want both on ext/11434, for mini:latest and tiny:latest", g1.Lease, g2.Lease)
+	}
+	if g, err := s.Request(req("c", "llama3.2:1b"), t0); g != nil || err != nil {
+		t.Fatalf("third request: %v %v, want it to wait for a slot", g, err)
+	}
+	grants := s.Release(g1.Lease.ID, t0)
+	if len(grants) != 1 || grants[0].Request.ID != "c" || grants[0].Lease.Model != "llama3.2:1b" {
+		t.Fatalf("release grants %+v, want c on llama3.2:1b", grants)
 	}
 }

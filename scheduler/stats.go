@@ -33,19 +33,27 @@ func (s *Scheduler) Models(now time.Time) []ModelStats {
 		if now.Sub(w.seen) > s.cfg.StaleAfter || w.health == unreachable {
 			continue // its slots serve nobody
 		}
-		m := byName[w.Model]
-		if m == nil {
-			m = &ModelStats{Model: w.Model}
-			byName[w.Model] = m
-			for _, k := range w.keys {
-				if _, ok := counted[k]; !ok {
-					counted[k] = w.Model
+		for _, name := range w.served() {
+			m := byName[name]
+			if m == nil {
+				m = &ModelStats{Model: name}
+				byName[name] = m
+				keys := w.keys
+				if len(w.Models) > 0 {
+					keys = ModelKeys(name)
+				}
+				for _, k := range keys {
+					if _, ok := counted[k]; !ok {
+						counted[k] = name
+					}
 				}
 			}
+			// A worker serving several models lends its slots and
+			// leases to each: they share them.
+			m.Workers++
+			m.Slots += w.Slots
+			m.Leases += w.leases
 		}
-		m.Workers++
-		m.Slots += w.Slots
-		m.Leases += w.leases
 	}
 	for key, q := range s.queues {
 		if q.n == 0 {

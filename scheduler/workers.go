@@ -10,8 +10,12 @@ import (
 type Worker struct {
 	Hive string
 	// Name is group/instance on the hive.
-	Name        string
-	Model       string
+	Name  string
+	Model string
+	// Models lists every model the worker serves when it serves more than
+	// one (an Ollama serves all it has installed), Model first; nil when
+	// Model is all it serves. Its slots serve them all together.
+	Models      []string
 	Slots       int
 	VRAMUsedMB  uint64
 	VRAMTotalMB uint64
@@ -27,6 +31,48 @@ type Worker struct {
 
 // ID names the worker cluster-wide: hive/group/instance.
 func (w *Worker) ID() string { return w.Hive + "/" + w.Name }
+
+// served lists the names of the models the worker serves: Model, then the
+// rest of Models.
+func (w *Worker) served() []string {
+	out := make([]string, 0, 1+len(w.Models))
+	for _, m := range append([]string{w.Model}, w.Models...) {
+		if m != "" && !slices.Contains(out, m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// servedFor is the name of the model the worker serves under key: the first
+// of served() that answers to it, else Model.
+func (w *Worker) servedFor(key string) string {
+	if len(w.Models) == 0 {
+		return w.Model
+	}
+	for _, m := range w.served() {
+		if slices.Contains(ModelKeys(m), key) {
+			return m
+		}
+	}
+	return w.Model
+}
+
+// workerKeys is every key of every model w serves, without repeats.
+func workerKeys(w *Worker) []string {
+	if len(w.Models) == 0 {
+		return ModelKeys(w.Model)
+	}
+	var keys []string
+	for _, m := range w.served() {
+		for _, k := range ModelKeys(m) {
+			if !slices.Contains(keys, k) {
+				keys = append(keys, k)
+			}
+		}
+	}
+	return keys
+}
 
 // worker is a Worker as the scheduler tracks it. What every decision reads
 // (seen, leases, health, then Worker's figures) comes first, so a scan over
@@ -48,7 +94,7 @@ type worker struct {
 	lastEnd time.Time
 	Worker
 	id   string
-	keys []string // ModelKeys(Model)
+	keys []string // ModelKeys of each of served()
 	pos  []int    // index in byKey[keys[i]], for O(1) removal
 }
 
@@ -75,11 +121,11 @@ func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease
 			continue // a name listed twice: the first stands
 		}
 		w := old[in.Name]
-		if w != nil && w.Model != in.Model {
+		if w != nil && (w.Model != in.Model || !slices.Equal(w.Models, in.Models)) {
 			w = nil
 		}
 		if w == nil {
-			w = &worker{id: in.ID(), keys: ModelKeys(in.Model)}
+			w = &worker{id: in.ID(), keys: workerKeys(&in)}
 			s.workers[w.id] = w
 		}
 		w.Worker = in

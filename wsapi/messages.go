@@ -53,6 +53,14 @@ type ProcessStats struct {
 	VRAMMB      uint64  `json:"vram_mb"`
 	TotalVRAMMB uint64  `json:"total_vram_mb"`
 	Model       *string `json:"model"`
+	// Models is an addition to the seed shape (omitted when empty): every
+	// model the worker serves when it serves more than one (a --worker
+	// Ollama serves all it has installed), Model first. Its slots serve
+	// them all together.
+	Models []string `json:"models,omitempty"`
+	// Engine is an addition (omitted when unknown): the worker's engine
+	// and its version as the worker's API tells them, "ollama 0.17.4".
+	Engine string `json:"engine,omitempty"`
 	// Slots is an addition to the seed shape (omitted when 0, so seed
 	// messages round-trip unchanged): how many requests the worker serves
 	// at once, for the scheduler.
@@ -211,12 +219,15 @@ var (
 // Limits on identifiers, enforced by Validate: they end up in metadata, logs,
 // metric labels and the dashboard, so they are kept short and printable.
 const (
-	MaxNameLen    = 64
-	MaxWorkers    = 4096
-	MaxLeases     = 65536
-	maxFieldLen   = 256
-	maxModelLen   = 512
-	maxNonceBytes = 64
+	MaxNameLen = 64
+	MaxWorkers = 4096
+	MaxLeases  = 65536
+	// MaxWorkerModels bounds one worker's Models (an Ollama with a large
+	// library is cut there by its hive).
+	MaxWorkerModels = 256
+	maxFieldLen     = 256
+	maxModelLen     = 512
+	maxNonceBytes   = 64
 )
 
 // Decode parses one message off the wire into its concrete type: *HiveTelemetry,
@@ -354,7 +365,15 @@ func (t *HiveTelemetry) Validate(hive string) error {
 				return fmt.Errorf("worker %d: %w", i, err)
 			}
 		}
-		for _, f := range []struct{ name, v string }{{"health", w.Health}, {"health_reason", w.HealthReason},
+		if len(w.Models) > MaxWorkerModels {
+			return fmt.Errorf("%w: worker %d: %d models, at most %d", ErrInvalid, i, len(w.Models), MaxWorkerModels)
+		}
+		for _, m := range w.Models {
+			if err := checkText("models", m, maxModelLen); err != nil || m == "" {
+				return fmt.Errorf("worker %d: %w: models must be non-empty text", i, ErrInvalid)
+			}
+		}
+		for _, f := range []struct{ name, v string }{{"health", w.Health}, {"health_reason", w.HealthReason}, {"engine", w.Engine},
 			{"state", w.State}, {"state_reason", w.StateReason}} {
 			if err := checkText(f.name, f.v, maxFieldLen); err != nil {
 				return fmt.Errorf("worker %d: %w", i, err)

@@ -297,6 +297,12 @@ func workerCells(r workerRow) []string {
 	if w.Model != nil && *w.Model != "" {
 		model = *w.Model
 	}
+	if len(w.Models) > 1 {
+		model = strings.Join(w.Models, ", ")
+	}
+	if w.Engine != "" {
+		model += " (" + w.Engine + ")"
+	}
 	mark := ""
 	if w.Simulated {
 		mark = "*"

@@ -134,6 +134,13 @@ func TestRenderStatus_EmptyAndErrorCases(t *testing.T) {
 			want: []string{"evil?[2J?31m"},
 		},
 		{
+			name: "a worker serving several models lists them all, with its engine",
+			v: api.ClusterView{Node: "a", Hives: []api.HiveView{{HiveID: "h", Online: true, Workers: []wsapi.ProcessStats{
+				{Group: "ext", Instance: "11434", Model: new("tiny:latest"), Models: []string{"tiny:latest", "mini:latest"}, Engine: "ollama 0.17.4", Slots: 2},
+			}}}},
+			want: []string{"tiny:latest, mini:latest (ollama 0.17.4)"},
+		},
+		{
 			// The state is the queen's to say; a view never works it
 			// out from the load.
 			name: "a state is shown as sent, unknown when an older queen sent none",

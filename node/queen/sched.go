@@ -306,7 +306,7 @@ func schedWorkers(ws []wsapi.ProcessStats) []scheduler.Worker {
 		if w.Model != nil {
 			model = *w.Model
 		}
-		out = append(out, scheduler.Worker{Name: w.ID(), Model: model, Slots: w.Slots,
+		out = append(out, scheduler.Worker{Name: w.ID(), Model: model, Models: w.Models, Slots: w.Slots,
 			VRAMUsedMB: w.VRAMMB, VRAMTotalMB: w.TotalVRAMMB, GPUUtilPct: w.GPUUtilPct, Healthy: w.Health == "",
 			Down: w.Health == scheduler.HealthDown, DownReason: w.HealthReason})
 	}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,10 +27,20 @@ type WorkerGPU struct {
 // ModelInfo is what a worker serves, as far as rbee could learn.
 type ModelInfo struct {
 	Model string // "" when unknown
-	Slots int    // 0 when unknown
+	// Models is every model the worker serves when it serves more than
+	// one (an Ollama: all it has installed), Model first; nil otherwise.
+	Models []string
+	Slots  int // 0 when unknown
+	// Refresh: what the worker serves may change while it runs (an
+	// Ollama pulls and removes models), so its API is asked again every
+	// probeRetry.
+	Refresh bool
 	// Simulated is true for `rbee worker simulate`: its GPU figures are
 	// read from its API, and marked simulated.
 	Simulated bool
+	// Engine is the engine's kind and version as its API tells them
+	// ("ollama 0.17.4", "llama.cpp b5000"); "" when it does not.
+	Engine string
 }
 
 // CmdlineModel is ModelFromCmdline in the shape CollectorConfig.FromCmdline
@@ -39,19 +50,46 @@ func CmdlineModel(argv []string) ModelInfo {
 	return ModelInfo{Model: m, Slots: slots}
 }
 
-// ProbeModel is Probe in the shape CollectorConfig.Probe takes: the first
-// model the worker serves, and its slots.
+// ProbeModel is Probe in the shape CollectorConfig.Probe takes: the models
+// the worker serves (at most wsapi.MaxWorkerModels), and its slots.
 func (p APIProber) ProbeModel(ctx context.Context, baseURL string) (ModelInfo, error) {
 	info, err := p.Probe(ctx, baseURL)
 	if err != nil {
 		return ModelInfo{}, err
 	}
-	out := ModelInfo{Slots: info.Slots, Simulated: info.Simulated}
+	out := ModelInfo{Slots: info.Slots, Simulated: info.Simulated, Refresh: info.Kind == KindOllama, Engine: engineName(info)}
 	if len(info.Models) > 0 {
 		out.Model = info.Models[0]
 	}
+	if len(info.Models) > 1 {
+		out.Models = info.Models[:min(len(info.Models), wsapi.MaxWorkerModels)]
+	}
 	return out, nil
 }
+
+// engineName is info's engine kind and version, "" for what names no
+// engine (the OpenAI API alone, the simulator).
+func engineName(info APIInfo) string {
+	if info.Simulated || (info.Kind != KindOllama && info.Kind != KindLlamaServer) {
+		return ""
+	}
+	// What a worker says goes on the wire, where Validate wants short
+	// printable text: anything else in it is dropped.
+	v := strings.Map(func(r rune) rune {
+		if r <= ' ' || r > '~' {
+			return -1
+		}
+		return r
+	}, info.Version)
+	if v == "" {
+		return info.Kind
+	}
+	return info.Kind + " " + v[:min(len(v), maxVersionLen)]
+}
+
+// maxVersionLen bounds the version in ProcessStats.Engine: one is a few
+// characters.
+const maxVersionLen = 40
 
 // NoCgroups as CollectorConfig.CgroupRoot turns cgroup discovery off.
 const NoCgroups = "none"
@@ -131,15 +169,15 @@ type modelState struct {
 // info is what the worker serves: a configured model and slots win, then
 // what its API said, then its command line.
 func (m *modelState) info() ModelInfo {
-	out := ModelInfo{Model: m.cmdline.Model, Slots: m.cmdline.Slots, Simulated: m.api.Simulated}
+	out := ModelInfo{Model: m.cmdline.Model, Slots: m.cmdline.Slots, Simulated: m.api.Simulated, Engine: m.api.Engine}
 	if m.api.Model != "" {
-		out.Model = m.api.Model
+		out.Model, out.Models = m.api.Model, m.api.Models
 	}
 	if m.api.Slots > 0 {
 		out.Slots = m.api.Slots
 	}
 	if m.configured.Model != "" {
-		out.Model = m.configured.Model
+		out.Model, out.Models = m.configured.Model, nil
 	}
 	if m.configured.Slots > 0 {
 		out.Slots = m.configured.Slots
@@ -257,11 +295,13 @@ func (c *Collector) fillModel(w *wsapi.ProcessStats) {
 	if info.Model != "" {
 		name := info.Model
 		w.Model = &name
+		w.Models = info.Models
 	}
 	if info.Slots > 0 {
 		w.Slots = info.Slots
 	}
 	w.Simulated = info.Simulated
+	w.Engine = info.Engine
 }
 
 // publishEndpoints records each reported worker's API for Endpoint, which the
@@ -322,7 +362,11 @@ func (c *Collector) probeOne(ctx context.Context, now time.Time) {
 	}
 	keys := make([]string, 0, len(c.models))
 	for k, m := range c.models {
-		if !m.probed && m.baseURL != "" && now.Sub(m.probedAt) >= probeBackoff(m.probeFails) {
+		due := !m.probed && now.Sub(m.probedAt) >= probeBackoff(m.probeFails)
+		// A worker whose models change (Ollama) is asked again: a
+		// failure keeps what it said last.
+		due = due || m.probed && m.api.Refresh && now.Sub(m.probedAt) >= probeRetry
+		if due && m.baseURL != "" {
 			keys = append(keys, k)
 		}
 	}
@@ -338,9 +382,20 @@ func (c *Collector) probeOne(ctx context.Context, now time.Time) {
 	info, err := c.cfg.Probe(pctx, m.baseURL)
 	if err != nil || (info.Model == "" && m.configured.Model == "") {
 		m.probeFails++
-		return // not up yet, or nothing loaded: ask again later
+		return // not up yet, or nothing installed: ask again later
 	}
-	m.api, m.probed = info, true
+	if m.probed && !slices.Equal(servedNames(m.api), servedNames(info)) {
+		c.log.Info("worker's models changed", "url", m.baseURL, "models", strings.Join(servedNames(info), ","))
+	}
+	m.api, m.probed, m.probeFails = info, true, 0
+}
+
+// servedNames is every model info names, Model first.
+func servedNames(info ModelInfo) []string {
+	if len(info.Models) > 0 {
+		return info.Models
+	}
+	return []string{info.Model}
 }
 
 // probeBackoff spaces out the probes of a worker that does not answer: a

@@ -11,7 +11,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/rbee/rbee/wsapi"
 )
@@ -345,5 +348,85 @@ func TestCollector_NoCgroupsLooksAtNone(t *testing.T) {
 	c := NewCollector(CollectorConfig{CgroupRoot: NoCgroups})
 	if c.cg != nil {
 		t.Fatal("cgroup discovery on with CgroupRoot none")
+	}
+}
+
+// A --worker Ollama serves every model it has installed, loaded or not: the
+// hive reports them all on its one worker, with the user's slots, and asks
+// again every probeRetry, since Ollama pulls and removes models as it runs.
+func TestCollector_OllamaServesEveryInstalledModel(t *testing.T) {
+	var tags atomic.Value
+	tags.Store(`{"models":[{"name":"tiny:latest","model":"tiny:latest"},{"name":"mini:latest","model":"mini:latest"}]}`)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/api/tags":
+			_, _ = w.Write([]byte(tags.Load().(string)))
+		case "/api/ps":
+			_, _ = w.Write([]byte(`{"models":[]}`)) // nothing loaded
+		case "/api/version":
+			_, _ = w.Write([]byte(`{"version":"0.17.4"}`))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	for _, tc := range []struct {
+		name       string
+		opts       string
+		wantModel  string
+		wantModels []string
+	}{
+		{"every installed model", ",slots=2", "tiny:latest", []string{"tiny:latest", "mini:latest"}},
+		{"a configured model is all it serves", ",slots=2,model=alias", "alias", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tags.Store(`{"models":[{"name":"tiny:latest","model":"tiny:latest"},{"name":"mini:latest","model":"mini:latest"}]}`)
+			spec, err := ParseWorkerSpec(srv.URL + tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := NewCollector(CollectorConfig{CgroupRoot: "testdata/cgroup/no-slice", Workers: []WorkerSpec{spec},
+				Probe: APIProber{Client: srv.Client()}.ProbeModel})
+			got, err := c.Collect(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 1 || got[0].Model == nil || *got[0].Model != tc.wantModel || !slices.Equal(got[0].Models, tc.wantModels) ||
+				got[0].Slots != 2 || got[0].Engine != "ollama 0.17.4" {
+				t.Fatalf("workers %+v, want %s serving %v with 2 slots, on ollama 0.17.4", got, tc.wantModel, tc.wantModels)
+			}
+			if tc.wantModels == nil {
+				return
+			}
+			// A model pulled later shows at the next probe, probeRetry on.
+			tags.Store(`{"models":[{"name":"tiny:latest","model":"tiny:latest"},{"name":"llama3.2:1b","model":"llama3.2:1b"}]}`)
+			if got, err = c.Collect(context.Background()); err != nil || !slices.Equal(got[0].Models, tc.wantModels) {
+				t.Fatalf("workers %+v, %v: want no probe before probeRetry", got, err)
+			}
+			c.models[got[0].ID()].probedAt = time.Now().Add(-probeRetry)
+			if got, err = c.Collect(context.Background()); err != nil || !slices.Equal(got[0].Models, []string{"tiny:latest", "llama3.2:1b"}) {
+				t.Fatalf("workers %+v, %v: want the new list after probeRetry", got, err)
+			}
+		})
+	}
+}
+
+func TestEngineName(t *testing.T) {
+	for _, tc := range []struct {
+		info APIInfo
+		want string
+	}{
+		{APIInfo{Kind: KindOllama, Version: "0.17.4"}, "ollama 0.17.4"},
+		{APIInfo{Kind: KindOllama}, "ollama"},
+		{APIInfo{Kind: KindLlamaServer, Version: "b5000"}, "llama.cpp b5000"},
+		{APIInfo{Kind: KindLlamaServer, Version: "b5000", Simulated: true}, ""},
+		{APIInfo{Kind: KindOpenAI, Version: "1.0"}, ""},
+		// What the worker says is cut and cleaned for the wire.
+		{APIInfo{Kind: KindOllama, Version: " 0.17\x1b[2J.4 \u00e9\n"}, "ollama 0.17[2J.4"},
+		{APIInfo{Kind: KindOllama, Version: strings.Repeat("9", 100)}, "ollama " + strings.Repeat("9", maxVersionLen)},
+	} {
+		if got := engineName(tc.info); got != tc.want {
+			t.Errorf("engineName(%+v) = %q, want %q", tc.info, got, tc.want)
+		}
 	}
 }

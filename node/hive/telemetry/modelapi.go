@@ -10,6 +10,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // ErrNoModelAPI says that none of the model APIs rbee knows answered a
@@ -19,7 +21,7 @@ var ErrNoModelAPI = errors.New("no model API answered")
 // What the worker's API is, as APIInfo.Kind says it.
 const (
 	KindLlamaServer = "llama.cpp" // llama-server: /props
-	KindOllama      = "ollama"    // /api/ps
+	KindOllama      = "ollama"    // /api/tags
 	KindOpenAI      = "openai"    // anything else serving /v1/models (vLLM, SGLang)
 )
 
@@ -30,22 +32,30 @@ const (
 	// modelAPIRequestTimeout bounds one request when the caller's context
 	// allows more: a worker on loopback answers in milliseconds or is stuck.
 	modelAPIRequestTimeout = 2 * time.Second
+	// maxReportedModel is the longest model name the wire takes
+	// (wsapi's maxModelLen).
+	maxReportedModel = 512
 )
 
 // APIInfo is what a worker's own API says it serves.
 type APIInfo struct {
-	Models []string // names as ModelFromCmdline gives them; may be empty (Ollama with nothing loaded)
+	Models []string // names as ModelFromCmdline gives them; may be empty (Ollama with nothing installed)
 	Slots  int      // requests served at once; 0 when the API does not say
 	Kind   string   // KindLlamaServer, KindOllama or KindOpenAI
+	// Version is the engine's own version where its API tells it
+	// (Ollama's /api/version: "0.17.4"; llama-server's build_info:
+	// "b5000"); "" otherwise.
+	Version string
 	// Simulated: the worker is `rbee worker simulate` (its /props says
 	// "rbee_simulated": true) and serves made-up GPU figures.
 	Simulated bool
 }
 
 // APIProber asks a worker's API what it serves: llama-server's /props (the
-// only one that tells slots), Ollama's /api/ps (what is loaded; its
-// /v1/models lists everything pulled), then the OpenAI /v1/models that vLLM,
-// SGLang and most others serve. Each request is bounded by ctx and by
+// only one that tells slots), Ollama's /api/tags (every model installed,
+// loaded or not: Ollama loads one on its first request; /api/ps lists only
+// the loaded ones), then the OpenAI /v1/models that vLLM, SGLang and most
+// others serve. Each request is bounded by ctx and by
 // modelAPIRequestTimeout; an endpoint that is missing, fails or answers
 // something else is skipped.
 type APIProber struct {
@@ -64,7 +74,7 @@ func (p APIProber) Probe(ctx context.Context, baseURL string) (APIInfo, error) {
 		return APIInfo{}, fmt.Errorf("probe worker %q: %w", baseURL, err)
 	}
 	var failed []error
-	for _, ask := range []func(context.Context, string) (APIInfo, error){p.llamaProps, p.ollamaPS, p.openAIModels} {
+	for _, ask := range []func(context.Context, string) (APIInfo, error){p.llamaProps, p.ollamaTags, p.openAIModels} {
 		info, err := ask(ctx, base)
 		if err == nil {
 			return info, nil
@@ -101,7 +111,8 @@ func (p APIProber) llamaProps(ctx context.Context, base string) (APIInfo, error)
 		Settings   struct {
 			Model string `json:"model"`
 		} `json:"default_generation_settings"`
-		Simulated bool `json:"rbee_simulated"`
+		Simulated bool   `json:"rbee_simulated"`
+		BuildInfo string `json:"build_info"`
 	}
 	if err := p.getJSON(ctx, base+"/props", &props); err != nil {
 		return APIInfo{}, err
@@ -113,7 +124,7 @@ func (p APIProber) llamaProps(ctx context.Context, base string) (APIInfo, error)
 	if props.TotalSlots == nil && file == "" {
 		return APIInfo{}, fmt.Errorf("read %s/props: not llama-server's props", base)
 	}
-	info := APIInfo{Kind: KindLlamaServer, Simulated: props.Simulated}
+	info := APIInfo{Kind: KindLlamaServer, Simulated: props.Simulated, Version: props.BuildInfo}
 	if props.TotalSlots != nil && *props.TotalSlots > 0 && *props.TotalSlots <= maxSlots {
 		info.Slots = *props.TotalSlots
 	}
@@ -125,22 +136,30 @@ func (p APIProber) llamaProps(ctx context.Context, base string) (APIInfo, error)
 	return info, nil
 }
 
-// ollamaPS reads Ollama's /api/ps: the models loaded now.
-func (p APIProber) ollamaPS(ctx context.Context, base string) (APIInfo, error) {
-	var ps struct {
+// ollamaTags reads Ollama's /api/tags: every model installed, by its full
+// name (tiny:latest), which a request may shorten (scheduler.ModelKeys).
+func (p APIProber) ollamaTags(ctx context.Context, base string) (APIInfo, error) {
+	var tags struct {
 		Models *[]struct {
 			Name  string `json:"name"`
 			Model string `json:"model"`
 		} `json:"models"`
 	}
-	if err := p.getJSON(ctx, base+"/api/ps", &ps); err != nil {
+	if err := p.getJSON(ctx, base+"/api/tags", &tags); err != nil {
 		return APIInfo{}, err
 	}
-	if ps.Models == nil {
-		return APIInfo{}, fmt.Errorf("read %s/api/ps: no models list", base)
+	if tags.Models == nil {
+		return APIInfo{}, fmt.Errorf("read %s/api/tags: no models list", base)
 	}
 	info := APIInfo{Kind: KindOllama}
-	for _, m := range *ps.Models {
+	// The version is told, not needed: a failure leaves it unknown.
+	var version struct {
+		Version string `json:"version"`
+	}
+	if err := p.getJSON(ctx, base+"/api/version", &version); err == nil {
+		info.Version = version.Version
+	}
+	for _, m := range *tags.Models {
 		name := m.Name
 		if name == "" {
 			name = m.Model
@@ -172,10 +191,12 @@ func (p APIProber) openAIModels(ctx context.Context, base string) (APIInfo, erro
 
 // appendModel adds a reported name in the form ModelFromCmdline gives (a
 // llama-server or vLLM without a served name reports its file or directory),
-// skipping empty and repeated names.
+// skipping empty and repeated names, and names the wire would refuse (over
+// maxReportedModel bytes, control characters, bad UTF-8), which would make
+// the queen reject the hive's whole report.
 func appendModel(models []string, reported string) []string {
 	name := modelName(reported)
-	if name == "" {
+	if name == "" || len(name) > maxReportedModel || !utf8.ValidString(name) || strings.ContainsFunc(name, unicode.IsControl) {
 		return models
 	}
 	for _, m := range models {

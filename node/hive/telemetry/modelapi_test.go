@@ -49,7 +49,7 @@ func TestAPIProber_Probe_LearnsWhatEachServerServes(t *testing.T) {
 				"/props":     `{"default_generation_settings":{"n_ctx":8192,"params":{}},"total_slots":4,"model_path":"./models/llama-3.2-1b-instruct-q4_k_m.gguf","chat_template":"{{ x }}","build_info":"b5000"}`,
 				"/v1/models": `{"object":"list","data":[{"id":"./models/llama-3.2-1b-instruct-q4_k_m.gguf","object":"model","owned_by":"llamacpp"}]}`,
 			},
-			"", APIInfo{Kind: KindLlamaServer, Slots: 4, Models: []string{"llama-3.2-1b-instruct-q4_k_m"}}},
+			"", APIInfo{Kind: KindLlamaServer, Slots: 4, Version: "b5000", Models: []string{"llama-3.2-1b-instruct-q4_k_m"}}},
 		{"llama-server with --alias: the served name from /v1/models",
 			map[string]string{
 				"/props":     `{"total_slots":2,"model_path":"/models/mistral-7b.Q4_K_M.gguf"}`,
@@ -71,14 +71,22 @@ func TestAPIProber_Probe_LearnsWhatEachServerServes(t *testing.T) {
 				"/v1/models": `{"object":"list","data":[{"id":"/models/Llama-3.2-1B-Instruct","object":"model"}]}`,
 			},
 			"/v1/", APIInfo{Kind: KindOpenAI, Models: []string{"Llama-3.2-1B-Instruct"}}},
-		{"Ollama: loaded models from /api/ps, not everything pulled",
+		{"Ollama: every installed model from /api/tags, loaded or not",
 			map[string]string{
-				"/api/ps":    `{"models":[{"name":"llama3.2:1b","model":"llama3.2:1b","size":2019393189,"digest":"baf6a787fdffd633537aa2eb51cfd54cb93ff08e28040095462bb63daf552878","size_vram":2019393189},{"name":"","model":"qwen2.5:0.5b"}]}`,
-				"/v1/models": `{"object":"list","data":[{"id":"llama3.2:1b"},{"id":"qwen2.5:0.5b"},{"id":"gemma3:27b"}]}`,
+				"/api/tags":    `{"models":[{"name":"llama3.2:1b","model":"llama3.2:1b","modified_at":"2026-12-06T12:00:00Z","size":2019393189,"digest":"baf6a787fdffd633537aa2eb51cfd54cb93ff08e28040095462bb63daf552878","details":{"format":"gguf","family":"llama"}},{"name":"","model":"qwen2.5:0.5b"},{"name":"tiny:latest","model":"tiny:latest"},{"name":"tiny:latest","model":"tiny:latest"}]}`,
+				"/api/ps":      `{"models":[]}`,
+				"/api/version": `{"version":"0.17.4"}`,
+				"/v1/models":   `{"object":"list","data":[{"id":"llama3.2:1b"}]}`,
 			},
-			"", APIInfo{Kind: KindOllama, Models: []string{"llama3.2:1b", "qwen2.5:0.5b"}}},
-		{"Ollama with nothing loaded answers with no models",
-			map[string]string{"/api/ps": `{"models":[]}`},
+			"", APIInfo{Kind: KindOllama, Models: []string{"llama3.2:1b", "qwen2.5:0.5b", "tiny:latest"}, Version: "0.17.4"}},
+		{"Ollama: its version from /api/version; names the wire would refuse are skipped",
+			map[string]string{
+				"/api/tags":    `{"models":[{"name":"bad\u001b[2Jname:latest"},{"name":"` + strings.Repeat("x", 600) + `"},{"name":"tiny:latest"}]}`,
+				"/api/version": `{"version":"0.17.4"}`,
+			},
+			"", APIInfo{Kind: KindOllama, Version: "0.17.4", Models: []string{"tiny:latest"}}},
+		{"Ollama with nothing installed answers with no models",
+			map[string]string{"/api/tags": `{"models":[]}`},
 			"", APIInfo{Kind: KindOllama}},
 		{"props that are not llama-server's are skipped",
 			map[string]string{
@@ -86,9 +94,9 @@ func TestAPIProber_Probe_LearnsWhatEachServerServes(t *testing.T) {
 				"/v1/models": `{"data":[{"id":"org/m"},{"id":"org/m"},{"id":""}]}`,
 			},
 			"", APIInfo{Kind: KindOpenAI, Models: []string{"org/m"}}},
-		{"an /api/ps without a models list is not Ollama's",
+		{"an /api/tags without a models list is not Ollama's",
 			map[string]string{
-				"/api/ps":    `{"error":"not supported"}`,
+				"/api/tags":  `{"error":"not supported"}`,
 				"/v1/models": `{"data":[{"id":"org/m"}]}`,
 			},
 			"", APIInfo{Kind: KindOpenAI, Models: []string{"org/m"}}},
@@ -102,7 +110,7 @@ func TestAPIProber_Probe_LearnsWhatEachServerServes(t *testing.T) {
 			if err != nil {
 				t.Fatalf("probe: %v", err)
 			}
-			if got.Kind != tc.want.Kind || got.Slots != tc.want.Slots || !slices.Equal(got.Models, tc.want.Models) {
+			if got.Kind != tc.want.Kind || got.Slots != tc.want.Slots || got.Version != tc.want.Version || !slices.Equal(got.Models, tc.want.Models) {
 				t.Errorf("probe = %+v, want %+v", got, tc.want)
 			}
 		})
@@ -117,7 +125,7 @@ func TestAPIProber_Probe_NoAnswerIsErrNoModelAPI(t *testing.T) {
 	}{
 		{"every endpoint 404", &fakeWorker{}, "status 404"},
 		{"garbage JSON", &fakeWorker{answers: map[string]string{
-			"/props": `{"total_slots": "four"`, "/api/ps": `<html>ollama</html>`, "/v1/models": `{"data": 7}`,
+			"/props": `{"total_slots": "four"`, "/api/tags": `<html>ollama</html>`, "/v1/models": `{"data": 7}`,
 		}}, "decode"},
 		{"still loading", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, `{"error":{"code":503,"message":"Loading model"}}`, http.StatusServiceUnavailable)
