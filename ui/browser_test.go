@@ -81,7 +81,8 @@ var (
 	bravoEmbed = wsapi.ProcessStats{PID: 5151, Group: "embed", Instance: "9000", CPUPct: 3, RSSMB: 512,
 		UptimeS: 600, VRAMMB: 512, TotalVRAMMB: 81920}
 	charlieLLM = wsapi.ProcessStats{PID: 6160, Group: "llm", Instance: "8082", CPUPct: 150, RSSMB: 900,
-		IOReadMBs: 25, UptimeS: 90061, GPUUtilPct: 5, VRAMMB: 600, TotalVRAMMB: 1000, Model: ptr("mistral-7b")}
+		IOReadMBs: 25, UptimeS: 90061, GPUUtilPct: 5, VRAMMB: 600, TotalVRAMMB: 1000, Model: ptr("mistral-7b"),
+		Models: []string{"mistral-7b", "phi-3"}, Engine: "llama.cpp b5000"}
 )
 
 type wantRow struct {
@@ -96,7 +97,7 @@ var wantRows = []wantRow{
 		PID: "5151", Uptime: "10m 00s", GPU: "0%", VRAM: "0.5 / 80.0 GiB", CPU: "3%", RSS: "512 MiB", IO: "0 / 0", Slots: "0 / 1"}},
 	{"bravo", workerRow{Key: "llm/8081", State: "idle", Badge: "idle", Why: "free slots, ready for requests", Name: "llm/8081", SimShown: true, SimText: "simulated",
 		Model: "qwen2.5-7b", PID: "5150", Uptime: "42s", GPU: "35%", VRAM: "9.0 / 80.0 GiB", CPU: "48.5%", RSS: "3.0 GiB", IO: "0 / 0", Slots: "0 / 2"}},
-	{"charlie", workerRow{Key: "llm/8082", State: "idle", Badge: "idle", Why: "free slots, ready for requests", Name: "llm/8082", Model: "mistral-7b",
+	{"charlie", workerRow{Key: "llm/8082", State: "idle", Badge: "idle", Why: "free slots, ready for requests", Name: "llm/8082", Model: "mistral-7b, phi-3 (llama.cpp b5000)",
 		PID: "6160", Uptime: "1d 1h", GPU: "5%", VRAM: "600 / 1000 MiB", CPU: "150%", RSS: "900 MiB", IO: "25 / 0", Slots: "0 / 1"}},
 }
 

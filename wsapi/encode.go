@@ -82,6 +82,20 @@ func (w *ProcessStats) appendJSON(b []byte) []byte {
 	} else {
 		b = appendString(b, *w.Model)
 	}
+	if len(w.Models) > 0 {
+		b = append(b, `,"models":[`...)
+		for i, m := range w.Models {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, m)
+		}
+		b = append(b, ']')
+	}
+	if w.Engine != "" {
+		b = append(b, `,"engine":`...)
+		b = appendString(b, w.Engine)
+	}
 	if w.Slots != 0 {
 		b = append(b, `,"slots":`...)
 		b = strconv.AppendInt(b, int64(w.Slots), 10)

@@ -30,6 +30,10 @@ func TestAppendJSON_MatchesEncodingJSON(t *testing.T) {
 				m := str()
 				w.Model = &m
 			}
+			for range rng.IntN(3) {
+				w.Models = append(w.Models, str())
+			}
+			w.Engine = str()
 			tel.Workers = append(tel.Workers, w)
 		}
 		if rng.IntN(3) == 0 {

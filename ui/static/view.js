@@ -499,7 +499,11 @@ export function createView(st, origin) {
     if (f.sim.hidden === simulated) f.sim.hidden = !simulated;
     attr(row, 'data-sim', simulated ? '' : null);
     const model = typeof s.model === 'string' && s.model !== '' ? s.model : null;
-    set(f.model, model ?? 'unknown');
+    // An Ollama serves every model it has installed; the engine and its
+    // version follow in brackets where the worker's API tells them.
+    const models = Array.isArray(s.models) && s.models.length > 1 ? s.models.join(', ') : model;
+    const engine = typeof s.engine === 'string' && s.engine !== '' ? ` (${s.engine})` : '';
+    set(f.model, (models ?? 'unknown') + engine);
     attr(f.model, 'data-unknown', model === null ? '' : null);
     attr(f.model, 'title', model ?? 'model not known: the worker answers no /v1/models and its command line names none');
     set(f.pid, `${s.pid ?? '–'}`);
