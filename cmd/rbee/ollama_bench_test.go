@@ -1,21 +1,15 @@
 package main
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/internal/engines"
 	"github.com/rbee/rbee/internal/testutil"
 )
 
@@ -33,8 +27,14 @@ const ollamaTrials = 8
 //     the chat answer;
 //   - added_p50_ms: rbee − hand of one pair of trials, what rbee adds
 //     beyond Ollama's own start and load (target: under 100 ms).
+//
+// handEnv is the environment the hive gives Ollama for the catalog entries
+// below (slots=2, ctx=1024 per slot).
+var handEnv = []string{"OLLAMA_NUM_PARALLEL=2", "OLLAMA_CONTEXT_LENGTH=1024", "OLLAMA_KEEP_ALIVE=-1",
+	"OLLAMA_MAX_LOADED_MODELS=1", "OLLAMA_NOPRUNE=1"}
+
 func BenchmarkOllamaColdStart(b *testing.B) {
-	bin, tiny := realOllamaTB(b)
+	bin, tiny := engines.Find(b)
 	var rbee, hand, added []time.Duration
 	for b.Loop() {
 		c := newCluster(b)
@@ -55,7 +55,7 @@ func BenchmarkOllamaColdStart(b *testing.B) {
 			return nil
 		})
 		store := b.TempDir()
-		digest := fileSHA256(b, tiny)
+		digest := engines.Digest(b, tiny)
 		for i := range ollamaTrials {
 			var r, h time.Duration
 			through := func() {
@@ -67,9 +67,9 @@ func BenchmarkOllamaColdStart(b *testing.B) {
 			}
 			if i%2 == 0 {
 				through()
-				h = ollamaByHand(b, bin, digest, tiny, store)
+				h = engines.ColdStartByHand(b, bin, tiny, digest, store, 1024, handEnv)
 			} else {
-				h = ollamaByHand(b, bin, digest, tiny, store)
+				h = engines.ColdStartByHand(b, bin, tiny, digest, store, 1024, handEnv)
 				through()
 			}
 			rbee, hand, added = append(rbee, r), append(hand, h), append(added, r-h)
@@ -94,104 +94,4 @@ func BenchmarkOllamaColdStart(b *testing.B) {
 	b.ReportMetric(ms(ax), "added_max_ms")
 	b.Logf("Ollama cold start over %d trials: through rbee p50 %.0f ms, by hand p50 %.0f ms; rbee adds p50 %.1f ms (max %.1f)",
 		len(added), ms(rm), ms(hm), ms(am), ms(ax))
-}
-
-func realOllamaTB(b *testing.B) (bin, tiny string) {
-	b.Helper()
-	dir, err := filepath.Abs(filepath.Join("..", "..", "..", "shared", "engines"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	bin, tiny = filepath.Join(dir, "ollama"), filepath.Join(dir, "tiny.gguf")
-	for _, f := range []string{bin, tiny} {
-		if _, err := os.Stat(f); err != nil {
-			if os.Getenv("RBEE_REQUIRE_ENGINES") == "1" {
-				b.Fatalf("RBEE_REQUIRE_ENGINES=1 but no real engine: %v", err)
-			}
-			b.Skipf("no real engine here (%v); CI has them at ../shared/engines", err)
-		}
-	}
-	return bin, tiny
-}
-
-func fileSHA256(b *testing.B, path string) string {
-	b.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		b.Fatal(err)
-	}
-	return "sha256:" + hex.EncodeToString(h.Sum(nil))
-}
-
-// ollamaByHand is one cold start with no rbee, as a script would do it with
-// the environment the hive gives Ollama; it stops Ollama before returning.
-func ollamaByHand(b *testing.B, bin, digest, tiny, store string) time.Duration {
-	b.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	l.Close()
-	base := "http://127.0.0.1:" + port
-	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 60 * time.Second}
-
-	start := time.Now()
-	cmd := exec.Command(bin, "serve")
-	cmd.Env = append(os.Environ(), "OLLAMA_HOST=127.0.0.1:"+port, "OLLAMA_MODELS="+store, "OLLAMA_NUM_PARALLEL=2",
-		"OLLAMA_CONTEXT_LENGTH=512", "OLLAMA_KEEP_ALIVE=-1", "OLLAMA_MAX_LOADED_MODELS=1", "OLLAMA_NOPRUNE=1")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) // and its runner
-		_ = cmd.Wait()
-	}()
-	poll := time.NewTicker(5 * time.Millisecond)
-	defer poll.Stop()
-	for up := false; !up; {
-		if time.Since(start) > 30*time.Second {
-			b.Fatal("ollama serve did not answer within 30 s")
-		}
-		<-poll.C
-		if resp, err := hc.Get(base + "/api/version"); err == nil {
-			up = resp.StatusCode == http.StatusOK
-			resp.Body.Close()
-		}
-	}
-	do := func(method, path string, body io.Reader) int {
-		b.Helper()
-		req, err := http.NewRequest(method, base+path, body)
-		if err != nil {
-			b.Fatal(err)
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer resp.Body.Close()
-		out, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode/100 != 2 && method != http.MethodHead {
-			b.Fatalf("%s %s: %s: %s", method, path, resp.Status, out)
-		}
-		return resp.StatusCode
-	}
-	if do(http.MethodHead, "/api/blobs/"+digest, nil) != http.StatusOK {
-		f, err := os.Open(tiny)
-		if err != nil {
-			b.Fatal(err)
-		}
-		do(http.MethodPost, "/api/blobs/"+digest, f)
-		f.Close()
-	}
-	do(http.MethodPost, "/api/create", strings.NewReader(fmt.Sprintf(`{"model":"tiny","files":{"tiny.gguf":%q},"parameters":{"num_ctx":512},"stream":false}`, digest)))
-	do(http.MethodPost, "/api/generate", strings.NewReader(`{"model":"tiny","keep_alive":-1}`))
-	do(http.MethodPost, "/v1/chat/completions", strings.NewReader(`{"model":"tiny","messages":[{"role":"user","content":"hi"}],"max_tokens":8}`))
-	return time.Since(start)
 }

@@ -13,29 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/internal/engines"
 	"github.com/rbee/rbee/internal/testutil"
 )
-
-// realOllama is the real Ollama and its tiny model (../shared/engines from
-// the repository root): the test skips, saying why, where they are missing,
-// and fails under RBEE_REQUIRE_ENGINES=1 (CI).
-func realOllama(t *testing.T) (bin, tiny string) {
-	t.Helper()
-	dir, err := filepath.Abs(filepath.Join("..", "..", "..", "shared", "engines"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, tiny = filepath.Join(dir, "ollama"), filepath.Join(dir, "tiny.gguf")
-	for _, f := range []string{bin, tiny} {
-		if _, err := os.Stat(f); err != nil {
-			if os.Getenv("RBEE_REQUIRE_ENGINES") == "1" {
-				t.Fatalf("RBEE_REQUIRE_ENGINES=1 but no real engine: %v", err)
-			}
-			t.Skipf("no real engine here (%v); CI has them at ../shared/engines", err)
-		}
-	}
-	return bin, tiny
-}
 
 // TestModels_OllamaColdStart: a hive whose catalog serves tiny.gguf with the
 // built-in ollama engine answers a cold request through the cluster with
@@ -44,7 +24,7 @@ func realOllama(t *testing.T) (bin, tiny string) {
 // learned is kept under the ollama engine.
 func TestModels_OllamaColdStart(t *testing.T) {
 	t.Parallel()
-	bin, tiny := realOllama(t)
+	bin, tiny := engines.Find(t)
 	c := newLCCluster(t)
 	n := c.start(lcNode(c, "n", "", "--engine", "ollama="+bin, "--model", "tiny="+tiny+",engine=ollama,slots=2,ctx=1024"))[0]
 	lc := newLCClient(c)

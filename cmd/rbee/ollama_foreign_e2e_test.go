@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/internal/engines"
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/wsapi"
@@ -24,7 +25,7 @@ import (
 // stop when the test ends.
 func foreignOllama(t *testing.T, names ...string) string {
 	t.Helper()
-	bin, tiny := realOllama(t)
+	bin, tiny := engines.Find(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/rbee/rbee/internal/engines"
 )
 
 const gib = 1 << 30
@@ -87,17 +89,8 @@ func TestReadGGUF_ContextScalesKVCacheOnly(t *testing.T) {
 }
 
 func enginesDir(t *testing.T) string {
-	t.Helper()
-	for _, d := range []string{"../../../../shared/engines", "/work/shared/engines"} {
-		if _, err := os.Stat(filepath.Join(d, "tiny.gguf")); err == nil {
-			return d
-		}
-	}
-	if os.Getenv("RBEE_REQUIRE_ENGINES") == "1" {
-		t.Fatal("tiny.gguf not found in ../shared/engines and RBEE_REQUIRE_ENGINES=1")
-	}
-	t.Skip("tiny.gguf not found in ../shared/engines (set up the shared engines to run this)")
-	return ""
+	_, tiny := engines.Find(t)
+	return filepath.Dir(tiny)
 }
 
 func TestReadGGUF_RealTinyModel(t *testing.T) {

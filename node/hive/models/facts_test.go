@@ -8,26 +8,15 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rbee/rbee/internal/engines"
 	"github.com/rbee/rbee/node/hive/modelfile"
 )
 
-// tinyGGUF is the real tiny model of the shared engines, skipped (failed
-// under RBEE_REQUIRE_ENGINES=1) when it is not there.
+// tinyGGUF is the real tiny model of the shared engines.
 func tinyGGUF(t *testing.T) string {
-	t.Helper()
-	for _, d := range []string{"../../../../shared/engines", "/work/shared/engines"} {
-		if p := filepath.Join(d, "tiny.gguf"); fileExists(p) {
-			return p
-		}
-	}
-	if os.Getenv("RBEE_REQUIRE_ENGINES") == "1" {
-		t.Fatal("tiny.gguf not found in ../shared/engines and RBEE_REQUIRE_ENGINES=1")
-	}
-	t.Skip("tiny.gguf not found in ../shared/engines")
-	return ""
+	_, tiny := engines.Find(t)
+	return tiny
 }
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // writeHF writes a Hugging Face folder of one BF16 tensor of 4096 x 2048
 // and a config of 16 layers, 8 KV heads of 64 dims.

@@ -1,20 +1,13 @@
 package models
 
 import (
-	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/internal/engines"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -30,17 +23,13 @@ import (
 // The queen's part of a cold start through the cluster (its wait-or-load
 // decision, the model_start message, routing) is not in it.
 func BenchmarkOllamaColdStart(b *testing.B) {
-	bin, tiny := realEngines(b)
+	bin, tiny := engines.Find(b)
 	notify := make(chan struct{}, 1)
 	m := newOllamaManager(b, Config{OllamaModels: b.TempDir()}, io.Discard, notify)
 	defer m.Close()
 	it := m.items[0]
 	handStore := b.TempDir()
-	var hashed ollamaStore // a script hashes once too (sha256sum)
-	digest, err := hashed.digest(b.Context(), tiny)
-	if err != nil {
-		b.Fatal(err)
-	}
+	digest := engines.Digest(b, tiny) // a script hashes once too (sha256sum)
 
 	var rbee, hand, added []time.Duration
 	b.ResetTimer()
@@ -86,81 +75,12 @@ func rbeeColdStart(b *testing.B, m *Manager, notify <-chan struct{}, i int) time
 	return took
 }
 
-// handColdStart is the same cold start with no rbee: what one would script.
+// handColdStart is the same cold start with no rbee: what one would script,
+// with the environment the hive gives Ollama for it (its host and store are
+// the script's own).
 func handColdStart(b *testing.B, bin, tiny, digest string, it *item, store string) time.Duration {
 	b.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	l.Close()
-	base := "http://127.0.0.1:" + port
-	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
-
-	start := time.Now()
-	cmd := exec.Command(bin, "serve")
-	cmd.Env = append(os.Environ(), ollamaEnv(it, port, store, time.Minute)...)
-	logf, err := os.Create(filepath.Join(b.TempDir(), "ollama.log"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer logf.Close()
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-	}()
-	poll := time.NewTicker(5 * time.Millisecond)
-	defer poll.Stop()
-	for up := false; !up; {
-		if time.Since(start) > 30*time.Second {
-			b.Fatal("ollama serve did not answer within 30 s")
-		}
-		<-poll.C
-		if resp, err := hc.Get(base + "/api/version"); err == nil {
-			up = resp.StatusCode == http.StatusOK
-			resp.Body.Close()
-		}
-	}
-	do := func(method, path, body string, in io.Reader) int {
-		b.Helper()
-		if in == nil {
-			in = strings.NewReader(body)
-		}
-		req, err := http.NewRequest(method, base+path, in)
-		if err != nil {
-			b.Fatal(err)
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer resp.Body.Close()
-		out, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode/100 != 2 && method != http.MethodHead {
-			b.Fatalf("%s %s: %s: %s", method, path, resp.Status, out)
-		}
-		return resp.StatusCode
-	}
-	if do(http.MethodHead, "/api/blobs/"+digest, "", nil) != http.StatusOK {
-		f, err := os.Open(tiny)
-		if err != nil {
-			b.Fatal(err)
-		}
-		do(http.MethodPost, "/api/blobs/"+digest, "", f)
-		f.Close()
-	}
-	do(http.MethodPost, "/api/create", fmt.Sprintf(`{"model":"tiny","files":{"tiny.gguf":%q},"parameters":{"num_ctx":%d},"stream":false}`,
-		digest, ollamaNumCtx(it)), nil)
-	do(http.MethodPost, "/api/generate", `{"model":"tiny","keep_alive":-1}`, nil)
-	if _, err := chatOnce(base, "tiny"); err != nil {
-		b.Fatal(err)
-	}
-	return time.Since(start)
+	return engines.ColdStartByHand(b, bin, tiny, digest, store, ollamaNumCtx(it), ollamaEnv(it, "0", store, time.Minute)[2:])
 }
 
 func median(ds []time.Duration) time.Duration {

@@ -17,30 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/internal/engines"
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/wsapi"
 )
-
-// realEngines is the folder of real engines (../shared/engines from the
-// repository root): the test skips, saying why, where it is missing, and
-// fails under RBEE_REQUIRE_ENGINES=1 (CI).
-func realEngines(tb testing.TB) (ollama, tiny string) {
-	tb.Helper()
-	dir, err := filepath.Abs(filepath.Join("..", "..", "..", "..", "shared", "engines"))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	ollama, tiny = filepath.Join(dir, "ollama"), filepath.Join(dir, "tiny.gguf")
-	for _, f := range []string{ollama, tiny} {
-		if _, err := os.Stat(f); err != nil {
-			if os.Getenv("RBEE_REQUIRE_ENGINES") == "1" {
-				tb.Fatalf("RBEE_REQUIRE_ENGINES=1 but no real engine: %v", err)
-			}
-			tb.Skipf("no real engine here (%v); CI has them at ../shared/engines", err)
-		}
-	}
-	return ollama, tiny
-}
 
 // syncBuffer is a log sink the test reads while the manager writes.
 type syncBuffer struct {
@@ -65,7 +45,7 @@ func (s *syncBuffer) String() string {
 // ollama=BINARY does. notify gets a value at every change of state.
 func newOllamaManager(tb testing.TB, cfg Config, log io.Writer, notify chan<- struct{}) *Manager {
 	tb.Helper()
-	bin, tiny := realEngines(tb)
+	bin, tiny := engines.Find(tb)
 	engines := BuiltinEngines()
 	if err := ParseEngineFlag(EngineOllama+"="+bin, engines); err != nil {
 		tb.Fatal(err)
