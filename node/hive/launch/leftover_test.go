@@ -3,6 +3,7 @@ package launch
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -207,9 +208,17 @@ func TestStart_RecordsTheEngineAndKillsWhatItForked(t *testing.T) {
 		t.Fatal(err)
 	}
 	self, _ := hiveSelf()
-	if r.Pid != p.Pid || r.StartTime != stat(t, p.Pid).start || r.HivePid != self || r.Token == "" || !hasToken(engine, r.Token) {
-		t.Fatalf("record %+v does not name the engine (pid %d) and this hive (%d), or the engine lacks its token", r, p.Pid, self)
+	if r.Pid != p.Pid || r.StartTime != stat(t, p.Pid).start || r.HivePid != self || r.Token == "" {
+		t.Fatalf("record %+v does not name the engine (pid %d) and this hive (%d)", r, p.Pid, self)
 	}
+	// The forked engine may still be between fork and exec (setsid, then
+	// sleep), when its environment reads empty for a moment.
+	testutil.Eventually(t, 5*time.Second, "the forked engine carries the token", func() error {
+		if !hasToken(engine, r.Token) {
+			return fmt.Errorf("pid %d lacks token %s", engine, r.Token)
+		}
+		return nil
+	})
 	p.Stop(5 * time.Second)
 	if !gone(engine) {
 		t.Errorf("the engine the wrapper forked (pid %d, its own session) outlived it", engine)
