@@ -60,6 +60,7 @@ const (
 	reasonSaturated = "GPU saturated by work outside rbee"
 	reasonDown      = "down"
 	reasonStopping  = "being stopped"
+	reasonAvoided   = "broke off this request's answer before"
 )
 
 // refusal is why a worker in a state that takes no request refuses one.
@@ -77,6 +78,9 @@ func (s *Scheduler) why(w *worker, r Request, key string, now time.Time) string 
 	}
 	if w.stopping {
 		return reasonStopping
+	}
+	if r.avoids(w) {
+		return reasonAvoided
 	}
 	need := s.need(w, r, key)
 	// A worker without GPU figures (CPU inference, no NVML) cannot be

@@ -43,6 +43,24 @@ type Request struct {
 	// Conversation names the conversation it continues: its turns go
 	// back to the worker that served the last one (affinity.go).
 	Conversation string
+	// Avoid lists hives (Worker "") and workers (group/instance on Hive)
+	// the request must not be granted: those that broke off its answer
+	// (a migrated stream continues elsewhere) or that its entry node
+	// could not reach.
+	Avoid []Avoid
+}
+
+// Avoid is one place a request must not go: a hive, or one worker on it.
+type Avoid struct{ Hive, Worker string }
+
+// avoids reports whether r must not go to w.
+func (r *Request) avoids(w *worker) bool {
+	for _, a := range r.Avoid {
+		if a.Hive == w.Hive && (a.Worker == "" || a.Worker == w.Name) {
+			return true
+		}
+	}
+	return false
 }
 
 type waiting struct {

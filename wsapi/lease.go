@@ -47,7 +47,23 @@ type LeaseRequest struct {
 	// session id, the user field, or a hash of its start), for prefix
 	// affinity; never the text itself.
 	Conversation string `json:"conversation,omitempty"`
+	// Avoid lists where the request must not go (an addition; a queen
+	// before it grants any worker): the workers that broke off its
+	// answer, and the hives this entry node could not reach, so that a
+	// migrated stream's continuation (and a retry) goes elsewhere. A
+	// Placement with no Worker avoids the whole hive.
+	Avoid []Placement `json:"avoid,omitempty"`
 }
+
+// Placement names a hive, or a worker (group/instance) on it.
+type Placement struct {
+	Hive   string `json:"hive"`
+	Worker string `json:"worker,omitempty"`
+}
+
+// MaxAvoid bounds LeaseRequest.Avoid: a request is migrated or retried a
+// few times, never more.
+const MaxAvoid = 16
 
 // PriorityBatch is LeaseRequest.Priority for a batch tenant's request, which
 // waits behind every interactive one; "" is interactive.
@@ -126,6 +142,18 @@ func (m *LeaseRequest) Validate() error {
 	}
 	if m.Weight < 0 || m.Weight > 1000 || m.Weight != m.Weight || m.MaxConcurrent < 0 || m.PerMinute < 0 || m.WaitedMS < 0 {
 		return fmt.Errorf("%w: weight, caps or waited_ms out of range", ErrInvalid)
+	}
+	if len(m.Avoid) > MaxAvoid {
+		return fmt.Errorf("%w: %d places to avoid, at most %d", ErrInvalid, len(m.Avoid), MaxAvoid)
+	}
+	for _, a := range m.Avoid {
+		if a.Worker == "" {
+			if err := ValidName(a.Hive); err != nil {
+				return fmt.Errorf("avoided hive: %w", err)
+			}
+		} else if err := ValidPlacement(a.Hive, a.Worker); err != nil {
+			return fmt.Errorf("avoided worker: %w", err)
+		}
 	}
 	if m.Hive == "" && m.Worker == "" {
 		return nil

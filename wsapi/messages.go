@@ -173,6 +173,10 @@ type QueenEvent struct {
 	// the queen granted over the last interval.
 	Queues       []QueueStats `json:"queues,omitempty"`
 	RequestsPerS float64      `json:"requests_per_s,omitempty"`
+	// Migrations is an addition (omitted when empty): the latest streams
+	// the cluster moved from a worker that broke off to another, newest
+	// last, at most MaxMigrations.
+	Migrations []Migration `json:"migrations,omitempty"`
 }
 
 // Challenge is the queen's first message on a hive session.
@@ -227,6 +231,7 @@ const (
 	MaxWorkerModels = 256
 	maxFieldLen     = 256
 	maxModelLen     = 512
+	maxReasonLen    = 1024
 	maxNonceBytes   = 64
 )
 
@@ -295,6 +300,9 @@ func Decode(data []byte) (any, error) {
 		msg, got = m, &m.Type
 	case TypeUsageReport: // usage accounting (usage.go)
 		m := new(UsageReport)
+		msg, got = m, &m.Type
+	case TypeMigration: // migrated streams (migration.go)
+		m := new(Migration)
 		msg, got = m, &m.Type
 	case "":
 		return nil, fmt.Errorf("%w: missing \"type\"", ErrMalformed)

@@ -471,6 +471,8 @@ func (s *Session) Serve(ctx context.Context, handle func(msg any, raw []byte) er
 			err = m.Validate()
 		case *UsageReport: // usage accounting (usage.go)
 			err = m.Validate()
+		case *Migration: // migrated streams (migration.go)
+			err = m.Validate()
 		default:
 			return s.fail(CloseProtocol, "bad message", fmt.Errorf("%T not expected from a hive", msg))
 		}

@@ -25,12 +25,14 @@ package wsapi
 //	   lease_cancel, lease_release, lease_grant, lease_error, lease_wait,
 //	   model_start
 //	1: usage_report; unknown message types and fields are ignored
-const Revision = 1
+//	2: migration
+const Revision = 2
 
 // introduced maps each message type added after revision 0 to the revision
 // that added it. A type missing here is revision 0.
 var introduced = map[string]int{
 	TypeUsageReport: 1,
+	TypeMigration:   2,
 }
 
 // Knows reports whether a peer at revision rev reads messages of type typ.

@@ -205,6 +205,9 @@ type Ask struct {
 	// peer could take the request, so the queen may be gone for everyone
 	// and the next one is worth waiting for.
 	Patient bool
+	// Avoid lists the workers that broke off this request's answer and
+	// the hives this node could not reach: the queen grants none of them.
+	Avoid []wsapi.Placement
 }
 
 // Ask asks for a lease as a says and waits for the answer, as AcquireOn.
@@ -218,7 +221,7 @@ func (lc *LeaseClient) Ask(ctx context.Context, a Ask) (*wsapi.LeaseGrant, *wsap
 	p := &pendingLease{
 		msg: wsapi.LeaseRequest{Type: wsapi.TypeLeaseRequest, RequestID: id, Model: model, WaitMS: wait.Milliseconds(),
 			Hive: on.Hive, Worker: on.Worker, Progress: onWait != nil, WaitedMS: max(now.Sub(a.Arrived).Milliseconds(), 0),
-			Conversation: a.Conversation},
+			Conversation: a.Conversation, Avoid: a.Avoid},
 		arrived:  a.Arrived,
 		deadline: now.Add(wait),
 		ch:       make(chan leaseAnswer, 1),

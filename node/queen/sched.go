@@ -103,6 +103,9 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 			Deadline: now.Add(time.Duration(m.WaitMS) * time.Millisecond), Hive: m.Hive, Worker: m.Worker, Progress: m.Progress,
 			Key: m.Key, Weight: m.Weight, MaxConcurrent: m.MaxConcurrent, PerMinute: m.PerMinute, Conversation: m.Conversation,
 			Arrived: now.Add(-time.Duration(m.WaitedMS) * time.Millisecond)}
+		for _, a := range m.Avoid {
+			r.Avoid = append(r.Avoid, scheduler.Avoid{Hive: a.Hive, Worker: a.Worker})
+		}
 		if m.Priority == wsapi.PriorityBatch {
 			r.Class = scheduler.ClassBatch
 		}
