@@ -67,6 +67,15 @@ type Config struct {
 	// Usage takes the usage of every request this node answers as entry
 	// node (usage.go); nil: none is recorded.
 	Usage UsageRecorder
+	// MigrationLimit is how many times one stream may be continued on
+	// another worker after its worker broke off (migrate.go); 0 turns
+	// migration off. MigrationMaxBytes bounds the answer text kept per
+	// stream for it: a longer answer is not migrated.
+	MigrationLimit    int
+	MigrationMaxBytes int
+	// OnMigration is told of each migration, for the queen's event list;
+	// it must not block. Nil: nobody is told.
+	OnMigration func(wsapi.Migration)
 	// Metrics takes the entry node's figures.
 	Metrics prometheus.Registerer
 	Logger  *slog.Logger
