@@ -12,6 +12,7 @@ import (
 	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/hive"
 	"github.com/rbee/rbee/node/hive/models"
+	"github.com/rbee/rbee/node/proxy"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -91,6 +92,13 @@ type Config struct {
 	// BodyMinRate is the slowest a request body may arrive, in bytes per
 	// second, after a short grace (default proxy.DefaultBodyMinRate).
 	BodyMinRate int64
+	// MigrationLimit is how many times one stream may be continued on
+	// another worker after its worker broke off (default
+	// proxy.DefaultMigrationLimit; negative: never). MigrationMaxBytes
+	// bounds the answer text kept per stream for it (default
+	// proxy.DefaultMigrationMaxBytes).
+	MigrationLimit    int
+	MigrationMaxBytes int
 	// MaxConns caps the connections open to the HTTP port; one remote
 	// address may hold an eighth of them (loopback any number). At the
 	// cap, idle connections that never showed a key are closed first.
@@ -172,6 +180,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxConns <= 0 {
 		c.MaxConns = d.MaxConns
+	}
+	switch {
+	case c.MigrationLimit == 0:
+		c.MigrationLimit = proxy.DefaultMigrationLimit
+	case c.MigrationLimit < 0:
+		c.MigrationLimit = 0 // off, as the proxy reads it
+	}
+	if c.MigrationMaxBytes <= 0 {
+		c.MigrationMaxBytes = proxy.DefaultMigrationMaxBytes
 	}
 	return c
 }

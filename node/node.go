@@ -281,21 +281,23 @@ func (n *Node) newPlanes() error {
 		workers = n.hive
 	}
 	p, err := proxy.New(proxy.Config{
-		Name:         n.cfg.Name,
-		Start:        n.start,
-		Scheme:       n.scheme,
-		TLS:          n.hc.Transport.(*http.Transport).TLSClientConfig,
-		QueueTimeout: n.cfg.QueueTimeout,
-		BodyMemory:   n.cfg.BodyMemory,
-		BodyTimeout:  n.cfg.BodyTimeout,
-		BodyMinRate:  n.cfg.BodyMinRate,
-		Workers:      workers,
-		Queues:       (*clusterQueues)(n),
-		Members:      (*members)(n),
-		Peers:        n.relayPeers,
-		Usage:        n.usage,
-		Metrics:      n.metrics,
-		Logger:       n.log,
+		Name:              n.cfg.Name,
+		Start:             n.start,
+		Scheme:            n.scheme,
+		TLS:               n.hc.Transport.(*http.Transport).TLSClientConfig,
+		QueueTimeout:      n.cfg.QueueTimeout,
+		BodyMemory:        n.cfg.BodyMemory,
+		BodyTimeout:       n.cfg.BodyTimeout,
+		BodyMinRate:       n.cfg.BodyMinRate,
+		MigrationLimit:    n.cfg.MigrationLimit,
+		MigrationMaxBytes: n.cfg.MigrationMaxBytes,
+		Workers:           workers,
+		Queues:            (*clusterQueues)(n),
+		Members:           (*members)(n),
+		Peers:             n.relayPeers,
+		Usage:             n.usage,
+		Metrics:           n.metrics,
+		Logger:            n.log,
 	})
 	if err != nil {
 		return err

@@ -54,6 +54,9 @@ type UsageBucket struct {
 	Requests         int64  `json:"requests"`
 	PromptTokens     int64  `json:"prompt_tokens"`
 	CompletionTokens int64  `json:"completion_tokens"`
+	// Migrated is an addition (omitted when 0): the requests whose answer
+	// was continued on another worker after its worker broke off.
+	Migrated int64 `json:"migrated,omitempty"`
 	// Wait counts the requests by how long they waited for a lease, in
 	// log-scale bins (omitted when all are empty).
 	Wait []int64 `json:"wait,omitempty"`
@@ -82,7 +85,7 @@ func (b *UsageBucket) validate() error {
 	if err := checkText("model", b.Model, maxModelLen); err != nil || b.Model == "" {
 		return fmt.Errorf("%w: model must be 1-%d bytes of text", ErrInvalid, maxModelLen)
 	}
-	if b.Requests < 0 || b.PromptTokens < 0 || b.CompletionTokens < 0 {
+	if b.Requests < 0 || b.PromptTokens < 0 || b.CompletionTokens < 0 || b.Migrated < 0 || b.Migrated > b.Requests {
 		return fmt.Errorf("%w: negative count", ErrInvalid)
 	}
 	if len(b.Wait) > UsageWaitBins {
@@ -104,6 +107,9 @@ type UsageRow struct {
 	Requests         int64  `json:"requests"`
 	PromptTokens     int64  `json:"prompt_tokens"`
 	CompletionTokens int64  `json:"completion_tokens"`
+	// Migrated: the requests whose answer was continued on another
+	// worker (omitted when 0).
+	Migrated int64 `json:"migrated,omitempty"`
 	// The queue-wait percentiles are estimates from log-scale bins
 	// (within ±41%; see node/usage), rounded to 0.1 ms.
 	QueueWaitP50MS float64 `json:"queue_wait_p50_ms"`

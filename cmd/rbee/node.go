@@ -183,6 +183,8 @@ func nodeRunCommand() *cli.Command {
 			&cli.IntFlag{Name: "body-memory", EnvVars: []string{"RBEE_BODY_MEMORY"}, Value: proxy.DefaultBodyMemory >> 20, Usage: "MiB of request bodies the node holds at once; more get 503 with Retry-After"},
 			&cli.DurationFlag{Name: "body-timeout", EnvVars: []string{"RBEE_BODY_TIMEOUT"}, Value: proxy.DefaultBodyTimeout, Usage: "how long reading one request body may take before 408"},
 			&cli.IntFlag{Name: "body-min-rate", EnvVars: []string{"RBEE_BODY_MIN_RATE"}, Value: proxy.DefaultBodyMinRate >> 10, Usage: "KiB/s a request body must keep up after a grace of a twelfth of --body-timeout; slower gets 408"},
+			&cli.IntFlag{Name: "migration-limit", EnvVars: []string{"RBEE_MIGRATION_LIMIT"}, Value: proxy.DefaultMigrationLimit, Usage: "how many times a stream whose worker broke off mid-answer is continued on another worker (0: never; per request: header X-Rbee-Migrate: off)"},
+			&cli.IntFlag{Name: "migration-max-bytes", EnvVars: []string{"RBEE_MIGRATION_MAX_BYTES"}, Value: proxy.DefaultMigrationMaxBytes, Usage: "answer text kept per stream to continue it; a longer answer is not migrated"},
 			&cli.IntFlag{Name: "max-conns", EnvVars: []string{"RBEE_MAX_CONNS"}, Value: node.DefaultConfig().MaxConns, Usage: "connections the HTTP port holds at once, an eighth of them per remote address (default: a quarter of the open-file limit, at most 8192); at the cap, idle ones without a key are closed first"},
 			&cli.StringSliceFlag{Name: "model-vram", EnvVars: []string{"RBEE_MODEL_VRAM"}, Usage: "free VRAM one request of a model needs: NAME=MiB (repeat or comma-separate)"},
 			&cli.BoolFlag{Name: "debug-pprof", EnvVars: []string{"RBEE_DEBUG_PPROF"}, Usage: "serve Go's profiler at /debug/pprof/ (cluster token or loopback)"},
@@ -268,6 +270,10 @@ func runNode(c *cli.Context) error {
 	cfg.BodyTimeout = c.Duration("body-timeout")
 	cfg.BodyMinRate = int64(c.Int("body-min-rate")) << 10
 	cfg.MaxConns = c.Int("max-conns")
+	if cfg.MigrationLimit = c.Int("migration-limit"); cfg.MigrationLimit == 0 {
+		cfg.MigrationLimit = -1 // the flag's 0 is off; the config's 0 the default
+	}
+	cfg.MigrationMaxBytes = c.Int("migration-max-bytes")
 	if cfg.ModelVRAMMB, err = parseModelVRAM(splitList(c.StringSlice("model-vram"))); err != nil {
 		return err
 	}

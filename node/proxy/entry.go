@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/rbee/rbee/node/api"
@@ -77,14 +78,28 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 
 // tryWorkers asks for a lease for a and forwards the request under it; when
 // the worker could not take it and nothing was sent, it releases that lease
-// and tries another worker, up to maxAttempts. w is the client's, wrapped by
-// tap and ka where they are not nil.
+// and tries another worker, up to maxAttempts; when a stream broke off
+// mid-way, it continues it on another worker (migrate.go). w is the
+// client's, wrapped by tap and ka where they are not nil.
 func (p *Proxy) tryWorkers(w http.ResponseWriter, r *http.Request, a *admission, tap *responseTap, ka *keepAlive) {
-	on := a.on
-	for attempt := 1; ; attempt++ {
-		g, ok := p.askLease(w, r, a, on, ka)
+	rp := &reply{w: w, strip: a.stripUsage, mig: p.newMigration(r, a)}
+	r = withUsage(r, a.stripUsage, 0)
+	defer func() {
+		if rp.tap != nil {
+			p.recordUsage(r, rp.model, rp.tap, rp.whole && rp.status < 400, rp.migrated)
+		}
+	}()
+	on, body := a.on, a.body
+	var avoid []wsapi.Placement
+	for retries := 0; ; {
+		g, ok := p.askLease(w, r, a, on, ka, rp, avoid)
 		if !ok {
+			p.migrationFailed(rp, "no worker could take the continuation")
 			return
+		}
+		if !rp.started {
+			// The wait counts until the first lease.
+			r = withUsage(r, a.stripUsage, time.Since(a.start))
 		}
 		if on != (Placement{}) && (g.Hive != on.Hive || g.Worker != on.Worker) {
 			p.log.Debug("the worker that made the previous response is gone; another serves the follow-up",
@@ -93,19 +108,33 @@ func (p *Proxy) tryWorkers(w http.ResponseWriter, r *http.Request, a *admission,
 		if tap != nil {
 			tap.at = Placement{Hive: g.Hive, Worker: g.Worker}
 		}
-		r = withUsage(r, a.stripUsage, time.Since(a.start)) // usage accounting (usage.go)
-		if !p.forward(w, r, a.body, g, a.start) {
-			return
+		if rp.report != nil {
+			rp.report.To = g.Hive + "/" + g.Worker
 		}
-		p.leases.Release(g.LeaseID)
+		o, away := p.forward(w, r, body, g, a.start, rp)
+		p.leases.Release(g.LeaseID) // a second release is ignored
 		if r.Context().Err() != nil {
 			return // the client went away: no new lease for it
 		}
-		// That worker could not take it: any will do now.
-		on = Placement{}
-		if attempt == maxAttempts {
+		if len(avoid) < wsapi.MaxAvoid && away.Hive != "" {
+			avoid = append(avoid, away)
+		}
+		on = Placement{} // that worker could not serve it: any will do now
+		switch o {
+		case outcomeDone:
+			return
+		case outcomeBroken:
+			next, ok := p.migrate(rp, g)
+			if !ok {
+				return
+			}
+			body = next
+			continue
+		}
+		if retries++; retries == maxAttempts {
+			p.migrationFailed(rp, fmt.Sprintf("%d workers in a row could not take the continuation", retries))
 			p.Fail(w, r, g.Model, http.StatusServiceUnavailable, "worker_unavailable",
-				fmt.Sprintf("model %q: %d workers in a row could not take the request", a.model, attempt))
+				fmt.Sprintf("model %q: %d workers in a row could not take the request", a.model, retries))
 			return
 		}
 		p.log.Debug("retrying on another worker", "model", a.model, "hive", g.Hive, "worker", g.Worker)
@@ -115,22 +144,24 @@ func (p *Proxy) tryWorkers(w http.ResponseWriter, r *http.Request, a *admission,
 // askLease asks the queen for a lease on a worker for a, on the worker on
 // when it is not the zero Placement, and counts the wait. On false there is
 // none: the client went away, or has had the queen's refusal.
-func (p *Proxy) askLease(w http.ResponseWriter, r *http.Request, a *admission, on Placement, ka *keepAlive) (*wsapi.LeaseGrant, bool) {
+func (p *Proxy) askLease(w http.ResponseWriter, r *http.Request, a *admission, on Placement, ka *keepAlive, rp *reply, avoid []wsapi.Placement) (*wsapi.LeaseGrant, bool) {
 	waitStart := time.Now()
 	var onWait func(*wsapi.LeaseWait)
 	if ka != nil {
 		onWait = ka.start(waitStart)
 	}
-	ask := Ask{Model: a.model, On: on, Wait: p.cfg.QueueTimeout, OnWait: onWait, Tenant: a.tenant, Arrived: a.start, Conversation: a.conv}
+	ask := Ask{Model: a.model, On: on, Wait: p.cfg.QueueTimeout, OnWait: onWait, Tenant: a.tenant, Arrived: a.start, Conversation: a.conv, Avoid: avoid}
 	g, lerr, err := p.leases.Ask(r.Context(), ask)
 	if err == nil && lerr != nil && lerr.ErrorType == ErrTypeQueenUnreachable {
 		if ka != nil {
 			ka.stop()
 		}
-		if p.relayToPeer(w, r, a) {
+		// A stream under way stays with this node: a peer would
+		// answer it from the start.
+		if !rp.started && p.relayToPeer(w, r, a) {
 			return nil, false
 		}
-		if r.Header.Get(hdrRelayedBy) != "" {
+		if r.Header.Get(hdrRelayedBy) != "" && !rp.started {
 			// The node that relayed it here tries another peer.
 			w.Header().Set(hdrRetry, "1")
 		} else {
@@ -184,15 +215,17 @@ func (p *Proxy) Fail(w http.ResponseWriter, r *http.Request, model string, statu
 }
 
 // forward sends the request under lease g and streams the answer back. It
-// reports whether nothing was sent to the client, so that the request may be
-// tried on another worker.
-func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *wsapi.LeaseGrant, start time.Time) (tryAnother bool) {
+// reports what became of the answer and, when the worker did not serve it
+// whole, where its next attempt must not go: the worker, or the hive when
+// this node could not reach it.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *wsapi.LeaseGrant, start time.Time, rp *reply) (outcome, wsapi.Placement) {
 	lease := wsapi.LeaseInfo{LeaseID: g.LeaseID, Worker: g.Worker, Model: g.Model, Entry: p.cfg.Name, RequestID: g.RequestID}
+	worker, hive := wsapi.Placement{Hive: g.Hive, Worker: g.Worker}, wsapi.Placement{Hive: g.Hive}
 	if g.Hive == p.cfg.Name {
 		if p.staleGrant(g.Term) {
-			return true
+			return outcomeRetry, wsapi.Placement{}
 		}
-		return p.serveLease(w, r, r.URL.Path, bytes.NewReader(body), lease, start, true)
+		return p.serveLease(w, r, r.URL.Path, bytes.NewReader(body), lease, start, rp), worker
 	}
 	// The request to the hive ends when the cluster declares the hive
 	// dead: a hive cut off mid-stream would otherwise stall the client
@@ -200,16 +233,18 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	gone := p.cfg.Members.WatchMember(g.Hive)
+	var declared atomic.Bool
 	go func() {
 		select {
 		case <-gone:
+			declared.Store(true)
 			cancel()
 		case <-ctx.Done():
 		}
 	}()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.cfg.Scheme+"://"+g.HiveAddr+api.PathHiveProxy+r.URL.Path, bytes.NewReader(body))
 	if err != nil {
-		return true
+		return outcomeRetry, hive
 	}
 	copyRequestHeaders(req.Header, r.Header)
 	req.Header.Set(hdrLease, g.LeaseID)
@@ -225,21 +260,21 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 			// lease here too (a second release is ignored).
 			p.leases.Release(g.LeaseID)
 			p.metrics.requests.WithLabelValues(keyLabel(r), g.Model, "499").Inc()
-			return false
+			return outcomeDone, wsapi.Placement{}
 		}
 		p.log.Warn("hive unreachable", "hive", g.Hive, "addr", g.HiveAddr, "err", err)
-		return true
+		return outcomeRetry, hive
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get(hdrRetry) != "" {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		return true
+		return outcomeRetry, worker
 	}
 	unserved := resp.Header.Get(hdrUnserved) != ""
 	if unserved {
 		p.leases.Release(g.LeaseID)
 	}
-	p.copyResponse(w, r, resp, g.Model, start, true)
+	o := p.copyResponse(w, r, resp, g.Model, start, rp)
 	if !unserved {
 		// The hive releases the lease too, but after the client may
 		// already have its answer and sent the next request: released
@@ -248,7 +283,11 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 		// The second release is ignored.
 		p.leases.Release(g.LeaseID)
 	}
-	return false
+	if o == outcomeBroken && declared.Load() {
+		rp.broke = "the cluster declared hive " + g.Hive + " dead"
+		return o, hive
+	}
+	return o, worker
 }
 
 // modelObject is one entry of /v1/models, in OpenAI's shape.

@@ -119,7 +119,9 @@ func TestForward_StreamEndsWhenTheHiveIsDeclaredDead(t *testing.T) {
 	p := testProxy(t, "entry", members, nil)
 	g := &wsapi.LeaseGrant{RequestID: "r", LeaseID: "l", Hive: "h", HiveAddr: strings.TrimPrefix(hive.URL, "http://"), Worker: "g/1", Model: "m"}
 	entry := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p.forward(w, r, []byte(`{"model":"m","stream":true}`), g, time.Now())
+		if o, _ := p.forward(w, r, []byte(`{"model":"m","stream":true}`), g, time.Now(), &reply{w: w}); o == outcomeBroken {
+			panic(http.ErrAbortHandler) // as tryWorkers does with a stream it does not migrate
+		}
 	}))
 	defer entry.Close()
 
@@ -170,7 +172,7 @@ func TestForward_ReleasesLeasesTheHiveNeverTookUp(t *testing.T) {
 			g := &wsapi.LeaseGrant{RequestID: "r", LeaseID: "l", Hive: "h", HiveAddr: strings.TrimPrefix(hive.URL, "http://"), Worker: "g/1", Model: "m"}
 			rec := httptest.NewRecorder()
 			req := httptest.NewRequest(http.MethodPost, api.PathChat, strings.NewReader(`{}`))
-			if again := p.forward(rec, req, []byte(`{"model":"m"}`), g, time.Now()); again {
+			if o, _ := p.forward(rec, req, []byte(`{"model":"m"}`), g, time.Now(), &reply{w: rec}); o == outcomeRetry {
 				t.Fatal("forward asks to try another worker, want the hive's answer passed on")
 			}
 			released := false

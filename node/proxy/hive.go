@@ -54,7 +54,7 @@ func (p *Proxy) HandleHiveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 	w.Header().Del(hdrUnserved)
-	if p.serveLease(w, r, path, bytes.NewReader(body), lease, time.Now(), false) {
+	if p.serveLease(w, r, path, bytes.NewReader(body), lease, time.Now(), nil) == outcomeRetry {
 		w.Header().Set(hdrRetry, "1")
 		WriteError(w, http.StatusServiceUnavailable, "worker_unavailable", "worker "+lease.Worker+" cannot take the request now")
 	}
@@ -73,11 +73,12 @@ func (p *Proxy) staleGrant(term uint64) bool {
 }
 
 // serveLease proxies one request to a worker of this hive under a lease, and
-// returns the lease when the response ends. It refuses (reporting tryAnother,
-// having written nothing) when the worker is unknown, already serving as many
+// returns the lease when the response ends. It refuses (outcomeRetry, having
+// written nothing) when the worker is unknown, already serving as many
 // requests as it has slots (a lease from a previous queen may still be on its
-// way), or unreachable.
-func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, body io.Reader, lease wsapi.LeaseInfo, start time.Time, entry bool) (tryAnother bool) {
+// way), or unreachable. rp is the entry node's reply when this node is the
+// client's entry node too, nil when another entry node sent the request.
+func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, body io.Reader, lease wsapi.LeaseInfo, start time.Time, rp *reply) outcome {
 	group, instance, _ := strings.Cut(lease.Worker, "/")
 	ep := ""
 	if p.cfg.Workers != nil {
@@ -85,11 +86,11 @@ func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, 
 	}
 	if ep == "" {
 		p.log.Warn("lease for a worker with no known API address", "worker", lease.Worker)
-		return true
+		return outcomeRetry
 	}
 	lease.Since = time.Now().UTC()
 	if !p.table.startSoon(r.Context(), lease, slotGrace) {
-		return true
+		return outcomeRetry
 	}
 	defer func() {
 		p.table.end(lease.LeaseID)
@@ -97,21 +98,20 @@ func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, 
 	}()
 	req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, ep+path, body)
 	if err != nil {
-		return true
+		return outcomeRetry
 	}
 	copyRequestHeaders(req.Header, r.Header)
 	resp, err := p.client.Do(req)
 	if err != nil {
 		if r.Context().Err() != nil {
-			return false
+			return outcomeDone
 		}
 		p.table.markFailing(lease.Worker, time.Now())
 		p.log.Warn("worker unreachable", "worker", lease.Worker, "url", ep, "err", err)
-		return true
+		return outcomeRetry
 	}
 	defer resp.Body.Close()
-	p.copyResponse(w, r, resp, lease.Model, start, entry)
-	return false
+	return p.copyResponse(w, r, resp, lease.Model, start, rp)
 }
 
 // leaseTable is the hive's list of requests it is serving: listed in its

@@ -146,6 +146,10 @@ func (k *keepAlive) WriteHeader(code int) {
 		return
 	}
 	k.ResponseWriter.WriteHeader(code)
+	// A stream under way is committed as a waiting one is: a
+	// continuation's wait (migrate.go) sends comments, and its refusal
+	// comes as the stream's last event.
+	k.committed = code == http.StatusOK
 }
 
 func (k *keepAlive) Write(b []byte) (int, error) {

@@ -13,6 +13,9 @@ type metrics struct {
 	queueWait *prometheus.HistogramVec
 	ttfb      *prometheus.HistogramVec
 	broken    *prometheus.CounterVec
+	// migrations counts streams whose worker broke off, by what became
+	// of them (migrate.go).
+	migrations *prometheus.CounterVec
 }
 
 // seen starts a model's counters at 0 the first time the entry node answers
@@ -39,13 +42,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		broken: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rbee_responses_broken_total", Help: "Responses cut off because the worker or hive failed mid-way.",
 		}, []string{"model"}),
+		migrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "rbee_migrations_total", Help: "Streams whose worker broke off mid-way, by model and result: continued on another worker, failed (no continuation could be made), or not_migratable (the stream could not be continued: a tool call, reasoning, several choices, migration off for it).",
+		}, []string{"model", "result"}),
 	}
 	// Dashboards expect a series for every model before anything goes
 	// wrong: see count.
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.queueWait, m.ttfb, m.broken} {
+	for _, c := range []prometheus.Collector{m.requests, m.queueWait, m.ttfb, m.broken, m.migrations} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register proxy metrics: %w", err)
 		}

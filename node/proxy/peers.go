@@ -56,7 +56,7 @@ func (p *Proxy) relayToPeer(w http.ResponseWriter, r *http.Request, a *admission
 		p.log.Debug("request relayed through a peer that reaches the queen", "peer", addr, "model", a.model)
 		// The peer is the request's entry node: it counts it and books
 		// its usage, so this node copies the answer as a hop does.
-		p.copyResponse(w, r, resp, a.model, time.Now(), false)
+		p.copyResponse(w, r, resp, a.model, time.Now(), nil)
 		resp.Body.Close()
 		return true
 	}
@@ -68,7 +68,7 @@ func (p *Proxy) relayToPeer(w http.ResponseWriter, r *http.Request, a *admission
 // worker sees the request as it would have through this node.
 func relayHeaders(dst, src http.Header) {
 	for k, vs := range src {
-		if hopHeader[k] || strings.HasPrefix(k, "X-Rbee-") || k == "Content-Length" {
+		if hopHeader[k] || (strings.HasPrefix(k, "X-Rbee-") && k != hdrMigrate) || k == "Content-Length" {
 			continue
 		}
 		dst[k] = vs

@@ -175,6 +175,10 @@ type usageTap struct {
 
 	found              bool
 	prompt, completion int64
+
+	// mig, when set, sees each event first and may rewrite or drop it
+	// (migrate.go).
+	mig *migration
 }
 
 func newUsageTap(resp *http.Response, strip bool) *usageTap {
@@ -224,7 +228,14 @@ func (t *usageTap) feed(b []byte) []byte {
 		if pos-evStart > maxHeldEvent {
 			return t.giveUp(buf[emitted:])
 		}
-		if t.event(buf[evStart:pos]) {
+		if t.mig != nil {
+			// Each event as migration has it (migrate.go).
+			t.out = append(t.out, buf[emitted:evStart]...)
+			if ev := t.mig.event(buf[evStart:pos]); ev != nil && !t.event(ev) {
+				t.out = append(t.out, ev...)
+			}
+			emitted = pos
+		} else if t.event(buf[evStart:pos]) {
 			t.out = append(t.out, buf[emitted:evStart]...)
 			emitted = pos
 		}
@@ -242,6 +253,10 @@ func (t *usageTap) feed(b []byte) []byte {
 // giveUp passes on rest and, from now on, everything unread: an event longer
 // than maxHeldEvent is not an OpenAI stream's.
 func (t *usageTap) giveUp(rest []byte) []byte {
+	if t.mig != nil {
+		t.mig.stop("an event of the answer is longer than any OpenAI stream's")
+		t.mig = nil
+	}
 	t.out = append(t.out, rest...)
 	t.pending, t.off = nil, true
 	return t.out
@@ -256,10 +271,19 @@ func (t *usageTap) rest() []byte {
 	}
 	p := t.pending
 	t.pending = nil
+	if len(p) > 0 && !t.off && t.mig != nil {
+		p = t.mig.event(p)
+	}
 	if len(p) == 0 || (!t.off && t.event(p)) {
 		return nil
 	}
 	return p
+}
+
+// restart drops what is held of an answer that broke off, before the
+// continuation's events come.
+func (t *usageTap) restart() {
+	t.pending, t.lineStart = t.pending[:0], 0
 }
 
 // wireUsage is a usage object: chat completions', completions' and
@@ -372,7 +396,7 @@ func (t *usageTap) readJSON() {
 }
 
 // recordUsage counts an entry node's answer.
-func (p *Proxy) recordUsage(r *http.Request, model string, t *usageTap, ok bool) {
+func (p *Proxy) recordUsage(r *http.Request, model string, t *usageTap, ok bool, migrations int) {
 	key := keyLabel(r)
 	if t.found {
 		p.usage.tokens.WithLabelValues(key, model, "prompt").Add(float64(t.prompt))
@@ -382,5 +406,5 @@ func (p *Proxy) recordUsage(r *http.Request, model string, t *usageTap, ok bool)
 		return
 	}
 	p.cfg.Usage.Record(usage.Sample{Key: key, Model: model, Prompt: t.prompt, Completion: t.completion,
-		QueueWait: usageOf(r).wait, At: time.Now(), OK: ok})
+		QueueWait: usageOf(r).wait, At: time.Now(), OK: ok, Migrations: migrations})
 }

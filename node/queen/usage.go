@@ -137,6 +137,7 @@ func (u *usageTable) buckets(now time.Time) []wsapi.UsageBucket {
 				s.Requests += b.Requests
 				s.PromptTokens += b.PromptTokens
 				s.CompletionTokens += b.CompletionTokens
+				s.Migrated += b.Migrated
 				if len(b.Wait) > 0 && s.Wait == nil {
 					s.Wait = make([]int64, wsapi.UsageWaitBins)
 				}

@@ -46,6 +46,9 @@ type Sample struct {
 	// OK: the worker answered 2xx or 3xx and the answer reached the
 	// client whole.
 	OK bool
+	// Migrations counts the times the answer was continued on another
+	// worker after its worker broke off (node/proxy/migrate.go).
+	Migrations int
 }
 
 // Totals are a series' figures since the node started.
@@ -62,6 +65,7 @@ type seriesKey struct{ key, model string }
 type bucket struct {
 	start                        int64
 	requests, prompt, completion int64
+	migrated                     int64 // requests migrated at least once
 	wait                         [waitBins]int64
 }
 
@@ -119,6 +123,9 @@ func (l *Ledger) Record(s Sample) {
 		*b = bucket{start: start}
 	}
 	b.requests++
+	if s.Migrations > 0 {
+		b.migrated++
+	}
 	b.prompt += prompt
 	b.completion += completion
 	b.wait[waitBin(s.QueueWait)]++
@@ -206,7 +213,7 @@ func (l *Ledger) Report(started time.Time, full bool, now time.Time) []*wsapi.Us
 }
 
 func (b *bucket) wire(k seriesKey) wsapi.UsageBucket {
-	w := wsapi.UsageBucket{Start: b.start, Key: k.key, Model: k.model, Requests: b.requests,
+	w := wsapi.UsageBucket{Start: b.start, Key: k.key, Model: k.model, Requests: b.requests, Migrated: b.migrated,
 		PromptTokens: b.prompt, CompletionTokens: b.completion}
 	for _, n := range b.wait {
 		if n != 0 {

@@ -36,6 +36,7 @@ func Sum(buckets []wsapi.UsageBucket, since time.Duration, now time.Time) []wsap
 		a.row.Requests += b.Requests
 		a.row.PromptTokens += b.PromptTokens
 		a.row.CompletionTokens += b.CompletionTokens
+		a.row.Migrated += b.Migrated
 		for j, n := range b.Wait {
 			if j < waitBins {
 				a.wait[j] += n
