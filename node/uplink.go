@@ -315,10 +315,11 @@ func (n *Node) dispatch(ctx context.Context, s *wsapi.Session, queen string, log
 }
 
 // report sends, on s, the hive's telemetry every tick (and at once when the
-// hive asks) and this node's usage when it is due, until a write fails, the
-// session breaks (broke: its reading, keepalive or outbox ended with err, on
-// errc), the queen changes or ctx ends (nil). sctx is the session's own
-// context, which writes use.
+// hive asks), this node's usage when it is due and its migrations as they
+// come (reportMigration queues them), until a write fails, the session
+// breaks (broke: its reading, keepalive or outbox ended with err, on errc),
+// the queen changes or ctx ends (nil). sctx is the session's own context,
+// which writes use.
 func (n *Node) report(ctx, sctx context.Context, s *wsapi.Session, changed <-chan struct{}, errc chan error) (broke bool, err error) {
 	tick := time.NewTicker(s.Interval)
 	defer tick.Stop()
