@@ -31,3 +31,6 @@ func Crash(n *Node) {
 	cancel()
 	n.stop(ctx, false)
 }
+
+// ReportMigration is the proxy's OnMigration of n.
+func ReportMigration(n *Node, m wsapi.Migration) { n.reportMigration(m) }

@@ -58,6 +58,9 @@ type Node struct {
 	// usage counts what this node answered as entry node; the uplink sends
 	// it to the queen, which sums every node's (cluster.go).
 	usage *usage.Ledger
+	// migrations are the streams this node moved that the uplink has
+	// yet to report to the queen.
+	migrations *migrationQueue
 	// hive is what this node does as a hive (nil without the hive role).
 	hive *hive.Agent
 	// keys are the API keys file's tenants (nil without one).
@@ -111,6 +114,7 @@ func New(cfg Config) (*Node, error) {
 		runDone: make(chan struct{}),
 		stopped: make(chan struct{}),
 	}
+	n.migrations = newMigrationQueue(n.log)
 	serverTLS, err := n.setupTLS()
 	if err != nil {
 		return nil, err
@@ -296,6 +300,7 @@ func (n *Node) newPlanes() error {
 		Members:           (*members)(n),
 		Peers:             n.relayPeers,
 		Usage:             n.usage,
+		OnMigration:       n.reportMigration,
 		Metrics:           n.metrics,
 		Logger:            n.log,
 	})

@@ -315,10 +315,11 @@ func (n *Node) dispatch(ctx context.Context, s *wsapi.Session, queen string, log
 }
 
 // report sends, on s, the hive's telemetry every tick (and at once when the
-// hive asks) and this node's usage when it is due, until a write fails, the
-// session breaks (broke: its reading, keepalive or outbox ended with err, on
-// errc), the queen changes or ctx ends (nil). sctx is the session's own
-// context, which writes use.
+// hive asks), this node's usage when it is due and its migrations as they
+// come (reportMigration queues them), until a write fails, the session
+// breaks (broke: its reading, keepalive or outbox ended with err, on errc),
+// the queen changes or ctx ends (nil). sctx is the session's own context,
+// which writes use.
 func (n *Node) report(ctx, sctx context.Context, s *wsapi.Session, changed <-chan struct{}, errc chan error) (broke bool, err error) {
 	tick := time.NewTicker(s.Interval)
 	defer tick.Stop()
@@ -337,27 +338,38 @@ func (n *Node) report(ctx, sctx context.Context, s *wsapi.Session, changed <-cha
 		if err := n.sendUsage(sctx, s, &usageAt); err != nil {
 			return false, err
 		}
-		// Leaving, the session is dropped without a close handshake: the
-		// old queen is often dead or unreachable (a cut link, a frozen
-		// process), and the library waits 5 s for an answer that never
-		// comes, which kept every node from the new queen that long. A
-		// live queen sees the connection end at once all the same.
-		select {
-		case <-ctx.Done():
-			return false, nil
-		case <-changed:
-			return false, nil
-		case err := <-errc:
-			errc <- err // for the deferred drain
-			return true, err
-		case <-tick.C:
-			fresh = true
-		case <-reportNow:
-			// A worker got ready (or stopped, or failed): the queen
-			// hears now, from the last collection and the lifecycle's
-			// state, rather than after a full collection (which asks
-			// every simulated or --worker server over HTTP).
-			fresh = false
+		// Migrations go out as they come, between the ticks: the
+		// dashboard shows them within a queen event, and a wake-up for
+		// one must not collect the telemetry again.
+		for waiting := true; waiting; {
+			if err := n.sendMigrations(sctx, s); err != nil {
+				return false, err
+			}
+			// Leaving, the session is dropped without a close
+			// handshake: the old queen is often dead or unreachable
+			// (a cut link, a frozen process), and the library waits
+			// 5 s for an answer that never comes, which kept every
+			// node from the new queen that long. A live queen sees
+			// the connection end at once all the same.
+			select {
+			case <-ctx.Done():
+				return false, nil
+			case <-changed:
+				return false, nil
+			case err := <-errc:
+				errc <- err // for the deferred drain
+				return true, err
+			case <-n.migrations.ready:
+			case <-tick.C:
+				fresh, waiting = true, false
+			case <-reportNow:
+				// A worker got ready (or stopped, or failed): the
+				// queen hears now, from the last collection and the
+				// lifecycle's state, rather than after a full
+				// collection (which asks every simulated or
+				// --worker server over HTTP).
+				fresh, waiting = false, false
+			}
 		}
 	}
 }
@@ -389,6 +401,96 @@ func (n *Node) sendUsage(ctx context.Context, s *wsapi.Session, at *time.Time) e
 		}
 	}
 	return nil
+}
+
+// reportMigration is the proxy's OnMigration: it hands migration m to the
+// queen, this node's own control plane directly and another's through the
+// uplink. It must not block the stream that migrated, so the uplink takes it
+// from a queue.
+func (n *Node) reportMigration(m wsapi.Migration) {
+	// The queen closes a session over a message that does not validate,
+	// taking every lease of this node with it: one report is not worth
+	// that.
+	if err := m.Validate(); err != nil {
+		n.log.Debug("migration not reported to the queen", "err", err)
+		return
+	}
+	if n.queen.IsQueen() {
+		n.queen.AddMigration(m)
+		return
+	}
+	n.migrations.put(m)
+}
+
+// sendMigrations sends the queen, on session s, the migrations queued for it.
+// A queen of an earlier revision gets none (it would skip them unread, or
+// close the session); they are dropped, not kept for a later queen, which
+// lists only what is recent.
+func (n *Node) sendMigrations(ctx context.Context, s *wsapi.Session) error {
+	ms := n.migrations.take()
+	if len(ms) == 0 {
+		return nil
+	}
+	if !s.PeerKnows(wsapi.TypeMigration) {
+		n.log.Debug("migrations not reported: the queen's revision does not read them", "dropped", len(ms),
+			"queen_revision", s.PeerRevision)
+		return nil
+	}
+	for i := range ms {
+		if err := s.Write(ctx, &ms[i]); err != nil {
+			return fmt.Errorf("send migration: %w", err)
+		}
+	}
+	return nil
+}
+
+// migrationQueueLen bounds the migrations waiting for the uplink: the queen
+// lists no more than that, so older ones would only be pushed out of its list
+// on arrival.
+const migrationQueueLen = wsapi.MaxMigrations
+
+// migrationQueue holds the migrations the uplink has yet to send: the proxy
+// puts them in from its streams' goroutines, which must not wait for a
+// session (there may be none, between queens), and the uplink's reporting
+// goroutine takes them out. When full it drops the oldest. Its zero value is
+// not ready: use newMigrationQueue.
+type migrationQueue struct {
+	log *slog.Logger
+	// ready has a token while the queue is not empty, for the uplink to
+	// wait on.
+	ready chan struct{}
+
+	mu   sync.Mutex
+	list []wsapi.Migration
+}
+
+func newMigrationQueue(log *slog.Logger) *migrationQueue {
+	return &migrationQueue{log: log, ready: make(chan struct{}, 1)}
+}
+
+func (q *migrationQueue) put(m wsapi.Migration) {
+	q.mu.Lock()
+	if len(q.list) == migrationQueueLen {
+		old := q.list[0]
+		q.log.Debug("migration report dropped: the queue to the queen is full", "at", old.At, "model", old.Model,
+			"from", old.From)
+		q.list = append(q.list[:0], q.list[1:]...)
+	}
+	q.list = append(q.list, m)
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default: // a wake-up is pending already
+	}
+}
+
+// take empties the queue, oldest first.
+func (q *migrationQueue) take() []wsapi.Migration {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	ms := q.list
+	q.list = nil
+	return ms
 }
 
 func (n *Node) sessionOptions() *wsapi.SessionOptions {

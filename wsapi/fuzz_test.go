@@ -35,6 +35,10 @@ func FuzzDecode(f *testing.F) {
 		lifecycleTelemetry(),
 		UsageReport{Type: TypeUsageReport, Started: time.Unix(1700000000, 0).UTC(), Buckets: []UsageBucket{
 			{Start: 1700000400, Key: "a", Model: "m", Requests: 2, PromptTokens: 10, CompletionTokens: 7, Wait: []int64{1, 0, 1}}}},
+		validMigration(),
+		Migration{Type: TypeMigration, At: time.Unix(1700000000, 0).UTC(), Entry: "e", Model: "m", From: "h/llm/1",
+			Tokens: 3, Result: MigrationFailed, Reason: "no other worker"},
+		QueenEvent{Type: TypeQueen, Migrations: []Migration{validMigration()}},
 	} {
 		b, err := Encode(msg)
 		if err != nil {
@@ -81,6 +85,8 @@ func FuzzDecode(f *testing.F) {
 		case *LeaseRelease:
 			verr = m.Validate()
 		case *ModelStart:
+			verr = m.Validate()
+		case *Migration:
 			verr = m.Validate()
 		case *HiveTelemetry:
 			verr = m.Validate(m.HiveID)

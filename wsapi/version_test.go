@@ -24,6 +24,12 @@ func TestKnows_TypesByRevision(t *testing.T) {
 		{0, TypeUsageReport, false},
 		{1, TypeUsageReport, true},
 		{Revision, TypeUsageReport, true},
+		// A queen of revision 1 would skip a migration report unread;
+		// it is not sent at all.
+		{0, TypeMigration, false},
+		{1, TypeMigration, false},
+		{2, TypeMigration, true},
+		{Revision, TypeMigration, true},
 	} {
 		if got := Knows(tt.rev, tt.typ); got != tt.want {
 			t.Errorf("Knows(%d, %q) = %v, want %v", tt.rev, tt.typ, got, tt.want)
@@ -55,6 +61,9 @@ func TestSession_RevisionsAnnouncedBothWays(t *testing.T) {
 	}
 	if !hive.PeerKnows(TypeUsageReport) {
 		t.Error("a hive does not send usage_report to a queen of this build")
+	}
+	if !hive.PeerKnows(TypeMigration) {
+		t.Error("a node does not send migration to a queen of this build")
 	}
 }
 
@@ -119,8 +128,8 @@ func TestSession_QueenThatAnnouncesNoRevisionIsRevisionZero(t *testing.T) {
 	if s.PeerRevision != 0 {
 		t.Errorf("PeerRevision = %d, want 0", s.PeerRevision)
 	}
-	if s.PeerKnows(TypeUsageReport) {
-		t.Error("PeerKnows(usage_report) for a queen that announced no revision")
+	if s.PeerKnows(TypeUsageReport) || s.PeerKnows(TypeMigration) {
+		t.Error("PeerKnows(usage_report or migration) for a queen that announced no revision")
 	}
 	if !s.PeerKnows(TypeLeaseRequest) {
 		t.Error("!PeerKnows(lease_request): every queen reads it")

@@ -94,6 +94,8 @@ type Queen struct {
 
 	// usage is every node's usage buckets (usage.go).
 	usage usageTable
+	// migrations is the latest migrated streams (migrations.go).
+	migrations migrationRing
 
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -173,9 +175,7 @@ func (q *Queen) Run(ctx context.Context) error {
 				break wait
 			case now := <-tick.C:
 				if isQueen {
-					ev := q.registry.Summary(now, q.cfg.Name)
-					ev.Queues, ev.RequestsPerS = q.Queues(now)
-					q.publish(ev)
+					q.publish(q.event(now))
 				}
 			case now := <-schedTick.C:
 				if isQueen {
@@ -184,6 +184,14 @@ func (q *Queen) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// event is the feed's queen event at now.
+func (q *Queen) event(now time.Time) wsapi.QueenEvent {
+	ev := q.registry.Summary(now, q.cfg.Name)
+	ev.Queues, ev.RequestsPerS = q.Queues(now)
+	ev.Migrations = q.migrations.snapshot()
+	return ev
 }
 
 // CloseSessions closes every session the queen holds, telling the nodes it is

@@ -24,6 +24,9 @@ func (q *Queen) startScheduling(now time.Time) {
 	})
 	q.schedMu.Lock()
 	q.sched = s
+	// A queen that was queen before lists only what it heard this time:
+	// the nodes reported the migrations in between to another.
+	q.migrations.reset()
 	q.warm, q.reported, q.warmBy = false, map[string]bool{}, now.Add(q.cfg.WarmUpMax)
 	q.rateAt, q.rateGranted, q.rate = now, 0, 0
 	q.schedMu.Unlock()
@@ -72,6 +75,10 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 		if scheduling {
 			q.usage.update(peer, m, now)
 		}
+		return
+	}
+	if m, ok := msg.(*wsapi.Migration); ok {
+		q.migrated(peer, m)
 		return
 	}
 	var grants []scheduler.Grant

@@ -43,6 +43,9 @@ export function newState(now) {
     hives: new Map(), // hive_id -> hive
     events: [], // {id, at, text, level}
     eventSeq: 0,
+    // Keys of the migrations logged already: the queen lists its latest
+    // in every event, and each is logged once.
+    migrationsSeen: new Set(),
     filter: '',
     conn: { state: 'connecting', target: '', delay: 0, attempt: 0, since: now, lastMsgAt: 0 },
     dirty: { summary: true, members: true, queues: true, events: false, conn: true, filter: false, hives: new Set() },
@@ -259,6 +262,39 @@ function applyQueen(st, ev, now) {
   st.dirty.summary = true;
   st.dirty.queues = true;
   for (const h of st.hives.values()) updateStatus(st, h, now);
+  if (Array.isArray(ev.migrations)) applyMigrations(st, ev.migrations, now);
+}
+
+// Migrations remembered as logged, well over the queen's list (20): one
+// that dropped out of it never comes back, so older keys can go.
+const MAX_MIGRATIONS_SEEN = 200;
+
+// applyMigrations logs each migration the queen lists that this page has not
+// logged yet, those in the first event after the page loads included: they
+// happened a moment ago.
+function applyMigrations(st, list, now) {
+  for (const m of list) {
+    if (!m || typeof m !== 'object') continue;
+    const key = `${m.at}|${m.entry}|${m.from}`;
+    if (st.migrationsSeen.has(key)) continue;
+    st.migrationsSeen.add(key);
+    if (st.migrationsSeen.size > MAX_MIGRATIONS_SEEN) {
+      st.migrationsSeen.delete(st.migrationsSeen.values().next().value);
+    }
+    if (m.result === 'failed') logEvent(st, now, migrationText(m), 'warn');
+    else logEvent(st, now, migrationText(m), 'info');
+  }
+}
+
+// migrationText says what became of a stream whose worker broke off.
+function migrationText(m) {
+  const tokens = `${+m.tokens || 0} tokens`;
+  if (m.result === 'failed') {
+    const why = firstLine(m.reason);
+    return `stream lost: ${m.model} on ${m.from} after ${tokens}${why ? `: ${why}` : ''}`;
+  }
+  const pause = +m.pause_ms > 0 ? `, paused ${(m.pause_ms / 1000).toFixed(1)} s` : '';
+  return `stream moved: ${m.model} from ${m.from} to ${m.to} after ${tokens}${pause}`;
 }
 
 // applyCluster takes a /v1/cluster document. Members and queues come from it;
