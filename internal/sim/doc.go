@@ -16,6 +16,21 @@
 // first token grows with the prompt tokens it has not seen before, so a
 // conversation's next turn is quicker on the worker that served the last.
 //
+// A request can ask it to go on with an answer cut short, as rbee's entry
+// node does when it migrates a stream off a worker that died: a chat
+// completion or response whose last message is the assistant's, or a
+// completion whose prompt ends with text, continues from there when that
+// text is the start of the simulator's answer (see Continues), byte for
+// byte as if the answer had never been cut, mid-token included. A chat
+// completion takes the message as llama-server and Ollama do, or with
+// vLLM's "continue_final_message": true (and answers vLLM's 400 when
+// "add_generation_prompt" is true too). The request's own limit counts the
+// new tokens; without one the answer ends where the uninterrupted one
+// would, at Config.MaxTokens tokens in all. Usage counts the new tokens as
+// completion tokens and the text so far as prompt. Text that is not the
+// start of the answer gets a fresh one, as from a model that would not
+// have written it.
+//
 // Two endpoints are its own: GET /rbee/sim/gpu gives made-up GPU figures that
 // follow the load (a hive's collector reports them, marked simulated, for
 // workers whose /props says "rbee_simulated": true), and GET /rbee/sim/stats

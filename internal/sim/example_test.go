@@ -39,3 +39,17 @@ func Example() {
 	// The quick brown fox / length
 	// served: 1
 }
+
+// A migrated answer goes on where the dead worker's stream broke off, even
+// mid-token.
+func ExampleContinues() {
+	k, rest, ok := sim.Continues("The quick br")
+	fmt.Printf("%d %q %v\n", k, rest, ok)
+	fmt.Println("The quick br" + rest + sim.Token(k+1) + sim.Token(k+2))
+	_, _, ok = sim.Continues("Hello")
+	fmt.Println(ok)
+	// Output:
+	// 2 "own" true
+	// The quick brown fox jumps
+	// false
+}

@@ -35,11 +35,108 @@ func Text(n int) string {
 	return sb.String()
 }
 
+// cycle is what the answer repeats, byte for byte: Token(9) is " The", so
+// Text(n) is a prefix of cycle, cycle, cycle...
+var cycle = strings.Join(words, " ") + " "
+
+// answerPrefix reports whether s is a prefix of Text(m) for some m.
+func answerPrefix(s string) bool {
+	for i := range len(s) {
+		if s[i] != cycle[i%len(cycle)] {
+			return false
+		}
+	}
+	return true
+}
+
+// Continues reports whether prefix is the start of the simulator's answer
+// (a prefix of Text(m) for some m, which may end inside a token), and where
+// the answer goes on from it: in token k, of which rest is still to come
+// (all of Token(k) when prefix ends between tokens). A simulator asked to
+// continue prefix with n new tokens says rest, Token(k+1), ...,
+// Token(k+n-1), so that prefix and its continuation are an uninterrupted
+// answer; that is what a request migrated off a dead worker must see.
+func Continues(prefix string) (k int, rest string, ok bool) {
+	if !answerPrefix(prefix) {
+		return 0, "", false
+	}
+	// Token(9c) is " The", a byte before the c-th cycle: start there, so
+	// that a long prefix costs a few steps, not one a token.
+	b, start := len(prefix), 0
+	if c := b / len(cycle); c > 0 {
+		k, start = c*len(words), c*len(cycle)-1
+	}
+	for start+len(Token(k)) <= b {
+		start += len(Token(k))
+		k++
+	}
+	return k, Token(k)[b-start:], true
+}
+
+// answerSuffix returns the longest suffix of s that is a non-empty prefix of
+// the answer, or "": where a completion's prompt holds an answer cut short.
+func answerSuffix(s string) string {
+	best := len(s)
+	// The answer is cycle repeated, so s matches it from some start to its
+	// end in one alignment (phase) of cycle only; the others fail within a
+	// cycle's length of the end, as cycle equals none of its rotations.
+	for phase := range len(cycle) {
+		for i := len(s) - 1; i >= 0 && s[i] == cycle[(i+phase)%len(cycle)]; i-- {
+			if (i+phase)%len(cycle) == 0 {
+				best = min(best, i)
+			}
+		}
+	}
+	return s[best:]
+}
+
+// continuation is where a request's answer resumes: in Token(k), of which
+// rest is still to come (see Continues).
+type continuation struct {
+	k    int
+	rest string
+	// base is the prompt before the assistant message that holds prefix,
+	// the answer so far (chat, responses): the conversation's next turn
+	// holds prefix and its continuation as one message.
+	base   promptHash
+	prefix string
+}
+
+// token returns the request's i-th new token: Token(i), or the i-th after
+// the point its continuation resumes at.
+func (g *genRequest) token(i int) string {
+	switch c := g.Cont; {
+	case c == nil:
+		return Token(i)
+	case i == 0:
+		return c.rest
+	default:
+		return Token(c.k + i)
+	}
+}
+
+// text returns the request's first n new tokens.
+func (g *genRequest) text(n int) string {
+	if g.Cont == nil {
+		return Text(n)
+	}
+	var sb strings.Builder
+	for i := range n {
+		sb.WriteString(g.token(i))
+	}
+	return sb.String()
+}
+
 // budget returns how many tokens to generate and why generation then stops:
 // "length" when the request's own limit ends it, "stop" when the answer
-// ends by itself (the configured length, or the cap).
+// ends by itself (the configured length, or the cap). A continuation's
+// limit counts its new tokens, as an engine's does; without one it stops
+// where the uninterrupted answer would have, so that a migrated answer
+// ends as one that was never cut.
 func (s *Simulator) budget(g genRequest) (int, string) {
 	switch {
+	case g.MaxTokens == 0 && g.Cont != nil:
+		return max(s.cfg.MaxTokens-g.Cont.k, 0), "stop"
 	case g.MaxTokens == 0:
 		return s.cfg.MaxTokens, "stop"
 	case g.MaxTokens > MaxTokensCap:
@@ -282,7 +379,7 @@ func (s *Simulator) generate(w http.ResponseWriter, r *http.Request, c *call, ch
 		if o := p.wait(n - 1); o != served {
 			return o
 		}
-		writeJSON(w, http.StatusOK, a.whole(Text(n), finish, u))
+		writeJSON(w, http.StatusOK, a.whole(g.text(n), finish, u))
 		return s.answered(&g, cached, n)
 	}
 
@@ -296,7 +393,7 @@ func (s *Simulator) generate(w http.ResponseWriter, r *http.Request, c *call, ch
 		if o := p.wait(i); o != served {
 			return o
 		}
-		if err := st.event(a.token(Token(i))); err != nil {
+		if err := st.event(a.token(g.token(i))); err != nil {
 			return cancelled
 		}
 	}

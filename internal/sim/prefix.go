@@ -202,7 +202,12 @@ func (s *Simulator) prefill(g *genRequest) (cached int, ttft time.Duration) {
 func (s *Simulator) answered(g *genRequest, cached, n int) outcome {
 	if s.prefix != nil {
 		s.prefix.insert(g.Prompt.blocks)
-		next := g.Prompt.withAnswer(Text(n), g.Messages)
+		answer := g.text(n)
+		next := g.Prompt.withAnswer(answer, g.Messages)
+		if c := g.Cont; c != nil && g.Messages {
+			// The answer went on in the prompt's last message, not a new one.
+			next = c.base.withAnswer(c.prefix+answer, true)
+		}
 		s.prefix.insert(next.blocks)
 	}
 	s.countTokens(g.PromptTokens, cached, n)

@@ -61,6 +61,10 @@ type genRequest struct {
 	// Messages says the prompt is a list of messages (chat, responses), so
 	// that an answer continues it as an assistant message, not as text.
 	Messages bool
+	// Cont says the prompt ends with the start of the simulator's own
+	// answer, which the request asks it to go on with; nil for a fresh
+	// answer.
+	Cont *continuation
 }
 
 // genFields are the fields chat completions and completions share.
@@ -153,6 +157,10 @@ func jsonKind(t reflect.Type) string {
 type chatBody struct {
 	genFields
 	Messages *[]chatMessage `json:"messages"`
+	// vLLM's way to continue the last (assistant) message; llama-server
+	// and Ollama continue a trailing assistant message unasked.
+	ContinueFinalMessage *bool `json:"continue_final_message"`
+	AddGenerationPrompt  *bool `json:"add_generation_prompt"`
 }
 
 type chatMessage struct {
@@ -176,6 +184,14 @@ func decodeChat(body []byte) (genRequest, error) {
 	if err != nil {
 		return genRequest{}, err
 	}
+	isTrue := func(b *bool) bool { return b != nil && *b }
+	if isTrue(b.ContinueFinalMessage) && isTrue(b.AddGenerationPrompt) {
+		return genRequest{}, errors.New("continue_final_message and add_generation_prompt cannot both be true")
+	}
+	// Asking for a new turn in vLLM's words, one way or the other, gets
+	// one, as from vLLM.
+	continues := !isTrue(b.AddGenerationPrompt) && (b.ContinueFinalMessage == nil || *b.ContinueFinalMessage)
+	last := len(*b.Messages) - 1
 	for i, m := range *b.Messages {
 		if m.Role == nil || *m.Role == "" {
 			return genRequest{}, fmt.Errorf("messages[%d].role is required", i)
@@ -184,11 +200,26 @@ func decodeChat(body []byte) (genRequest, error) {
 		if err != nil {
 			return genRequest{}, fmt.Errorf("messages[%d].content: %w", i, err)
 		}
+		if i == last && continues && *m.Role == "assistant" {
+			g.Cont = continuationOf(g.Prompt, text)
+		}
 		// A few tokens of framing per message, as chat templates add.
 		g.Prompt.message(*m.Role, text)
 	}
 	g.PromptTokens, g.Messages = g.Prompt.n, true
 	return g, nil
+}
+
+// continuationOf is the continuation of a prompt that ends, after base,
+// with an assistant message saying prefix; nil when prefix does not start
+// the simulator's answer, which is then answered afresh, as a model would
+// say something of its own after text it did not write.
+func continuationOf(base promptHash, prefix string) *continuation {
+	k, rest, ok := Continues(prefix)
+	if !ok {
+		return nil
+	}
+	return &continuation{k: k, rest: rest, base: base, prefix: prefix}
 }
 
 // messageText reads a message's content: a string, an array of content
@@ -251,6 +282,15 @@ func decodeCompletion(body []byte) (genRequest, error) {
 		}
 	}
 	g.PromptTokens = g.Prompt.n
+	// A completion continues its prompt's text: when that ends with the
+	// start of the answer, the answer goes on from there. Token ids are
+	// not text the simulator could recognise its answer in.
+	if len(inputs) == 1 && inputs[0].ids == nil {
+		if p := answerSuffix(inputs[0].key); p != "" {
+			k, rest, _ := Continues(p)
+			g.Cont = &continuation{k: k, rest: rest}
+		}
+	}
 	return g, nil
 }
 

@@ -20,6 +20,10 @@ func FuzzDecode(f *testing.F) {
 		`{"input":[{"role":"user","content":[{"type":"input_text","text":"hi"}]},{"type":"function_call_output","call_id":"c","output":"x"}],"previous_response_id":"resp_1"}`,
 		`{"input":[{"type":"message","content":"x"}],"max_output_tokens":-1}`,
 		`{"input":[{"role":""}],"instructions":null}`,
+		`{"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"The qu"}],"continue_final_message":true,"add_generation_prompt":false}`,
+		`{"messages":[{"role":"assistant","content":"x"}],"continue_final_message":true,"add_generation_prompt":true}`,
+		`{"prompt":"Q: The quick brown fox jumps over the lazy dog. The"}`,
+		`{"input":[{"role":"user","content":"hi"},{"type":"message","role":"assistant","content":[{"type":"output_text","text":"The quick"}]}]}`,
 		`[]`, `{`, ``, `null`, `{"max_tokens":1e400}`,
 	} {
 		f.Add([]byte(seed))
@@ -33,7 +37,7 @@ func FuzzDecode(f *testing.F) {
 				}
 				continue
 			}
-			if g.MaxTokens < 0 || g.PromptTokens < 0 {
+			if g.MaxTokens < 0 || g.PromptTokens < 0 || (g.Cont != nil && (g.Cont.k < 0 || g.Cont.rest == "")) {
 				t.Errorf("%s: accepted %q as %+v", name, body, g)
 			}
 		}

@@ -59,26 +59,30 @@ func decodeResponses(body []byte) (responsesRequest, error) {
 	if b.Instructions != nil {
 		r.Prompt.text(*b.Instructions)
 	}
-	if err := inputTokens(&r.Prompt, b.Input); err != nil {
+	cont, err := inputTokens(&r.Prompt, b.Input)
+	if err != nil {
 		return responsesRequest{}, err
 	}
+	r.Cont = cont
 	r.PromptTokens, r.Messages = r.Prompt.n, true
 	return r, nil
 }
 
-// inputTokens adds the tokens of a Responses request's input to p.
-func inputTokens(p *promptHash, raw json.RawMessage) error {
+// inputTokens adds the tokens of a Responses request's input to p, and
+// returns the continuation of the answer its last item, an assistant
+// message, starts (nil if none).
+func inputTokens(p *promptHash, raw json.RawMessage) (*continuation, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
-		return errors.New(`"input" is required`)
+		return nil, errors.New(`"input" is required`)
 	}
 	if raw[0] == '"' {
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
-			return errors.New("input: not a valid string")
+			return nil, errors.New("input: not a valid string")
 		}
 		p.text(s)
-		return nil
+		return nil, nil
 	}
 	var items []struct {
 		Type    *string         `json:"type"`
@@ -86,34 +90,60 @@ func inputTokens(p *promptHash, raw json.RawMessage) error {
 		Content json.RawMessage `json:"content"`
 	}
 	if err := json.Unmarshal(raw, &items); err != nil {
-		return errors.New("input: want a string or an array of input items")
+		return nil, errors.New("input: want a string or an array of input items")
 	}
 	switch {
 	case len(items) == 0:
-		return errors.New("input must not be empty")
+		return nil, errors.New("input must not be empty")
 	case len(items) > maxInputs:
-		return fmt.Errorf("input: %d items, at most %d", len(items), maxInputs)
+		return nil, fmt.Errorf("input: %d items, at most %d", len(items), maxInputs)
 	}
+	var cont *continuation
 	var itemsRaw []json.RawMessage
 	_ = json.Unmarshal(raw, &itemsRaw) // the same array, just decoded
 	for i, it := range items {
 		if it.Role == nil {
 			if it.Type == nil || *it.Type == "" || *it.Type == "message" {
-				return fmt.Errorf("input[%d]: a message needs a role; another item a type", i)
+				return nil, fmt.Errorf("input[%d]: a message needs a role; another item a type", i)
 			}
 			p.text(string(itemsRaw[i]))
 			continue
 		}
 		if *it.Role == "" {
-			return fmt.Errorf("input[%d].role must not be empty", i)
+			return nil, fmt.Errorf("input[%d].role must not be empty", i)
 		}
 		text, err := messageText(it.Content)
 		if err != nil {
-			return fmt.Errorf("input[%d].content: %w", i, err)
+			return nil, fmt.Errorf("input[%d].content: %w", i, err)
+		}
+		if i == len(items)-1 && *it.Role == "assistant" && outputTextOnly(it.Content) {
+			cont = continuationOf(*p, text)
 		}
 		p.message(*it.Role, text)
 	}
-	return nil
+	return cont, nil
+}
+
+// outputTextOnly reports whether a message's content is a string or text
+// parts only: an answer the simulator could have written and can go on
+// with, not a refusal or anything else.
+func outputTextOnly(raw json.RawMessage) bool {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] != '[' {
+		return true
+	}
+	var parts []struct {
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(raw, &parts); err != nil {
+		return false
+	}
+	for _, p := range parts {
+		if p.Type != "output_text" && p.Type != "input_text" {
+			return false
+		}
+	}
+	return true
 }
 
 // responseObject is OpenAI's response object.
@@ -276,7 +306,7 @@ func (s *Simulator) handleResponses(w http.ResponseWriter, r *http.Request, c *c
 		if o := p.wait(n - 1); o != served {
 			return o
 		}
-		done, _ := finished(Text(n))
+		done, _ := finished(req.text(n))
 		writeJSON(w, http.StatusOK, done)
 		return s.answered(&req.genRequest, cached, n)
 	}
@@ -300,13 +330,13 @@ func (s *Simulator) handleResponses(w http.ResponseWriter, r *http.Request, c *c
 		if o := p.wait(i); o != served {
 			return o
 		}
-		tok := Token(i)
+		tok := req.token(i)
 		if err := ev.send(responseEvent{Type: "response.output_text.delta", ItemID: item.ID, OutputIndex: &zero, ContentIndex: &zero,
 			Delta: &tok, Logprobs: noLogprobs}); err != nil {
 			return cancelled
 		}
 	}
-	text := Text(n)
+	text := req.text(n)
 	done, doneItem := finished(text)
 	last := "response.completed"
 	if done.Status == "incomplete" {
