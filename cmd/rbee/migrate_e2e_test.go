@@ -1,0 +1,597 @@
+package main
+
+// Request migration end to end: a stream whose hive or worker dies
+// mid-answer (SIGKILL, or a link cut in network namespaces) goes on from
+// another worker, and the client's stream is the uninterrupted answer byte
+// for byte (the simulator continues deterministically).
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rbee/rbee/internal/netlab"
+	"github.com/rbee/rbee/internal/sim"
+	"github.com/rbee/rbee/internal/testutil"
+)
+
+// Each simulated worker streams migTPS tokens a second, so a 60-token
+// answer lasts 1.2 s and a kill after 15 tokens lands mid-way.
+const (
+	migTPS    = 50
+	migTokens = 60
+	migKillAt = 15
+)
+
+var migSimArgs = []string{"--slots", "4", "--tokens-per-second", strconv.Itoa(migTPS), "--max-tokens", "200"}
+
+// migCluster is a queen-only node q, an entry-only node e (the client's),
+// and hives, each with its own simulated workers (separate processes).
+type migCluster struct {
+	*cluster
+	q, e  *proc
+	hives []*migHive
+}
+
+type migHive struct {
+	spec  nodeSpec
+	node  *proc
+	sims  []*proc
+	addrs []string // the sims' base URLs
+}
+
+func newMigCluster(t *testing.T, hives, workersPerHive int) *migCluster {
+	t.Helper()
+	c := newCluster(t)
+	mc := &migCluster{cluster: c}
+	mc.q = c.start(nodeSpec{name: "q", extra: []string{"--roles", "queen"}})[0]
+	specs := []nodeSpec{{name: "e", join: mc.q.gossipAddr, extra: []string{"--roles", "none"}}}
+	for i := range hives {
+		h := &migHive{}
+		extra := []string{"--roles", "hive"}
+		for j := range workersPerHive {
+			s, addr := mc.startSim(t, fmt.Sprintf("sim%d%d", i, j))
+			h.sims, h.addrs = append(h.sims, s), append(h.addrs, addr)
+			extra = append(extra, "--worker", addr+",model=m,slots=4")
+		}
+		h.spec = nodeSpec{name: fmt.Sprintf("h%d", i), join: mc.q.gossipAddr, extra: extra}
+		specs = append(specs, h.spec)
+		mc.hives = append(mc.hives, h)
+	}
+	ps := c.start(specs...)
+	mc.e = ps[0]
+	for i, h := range mc.hives {
+		h.node = ps[i+1]
+	}
+	mc.waitSlots(t, 4*hives*workersPerHive)
+	return mc
+}
+
+// startSim runs a simulated worker as one of the cluster's processes, so a
+// test can kill it.
+func (mc *migCluster) startSim(t *testing.T, name string) (*proc, string) {
+	t.Helper()
+	for range maxStartAttempts {
+		ports, err := freePorts(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &proc{name: name}
+		args := append([]string{"worker", "simulate", "--model", "m", "--port", strconv.Itoa(ports[0])}, migSimArgs...)
+		if err := mc.launch(p, exec.Command(rbeeBin, args...)); err != nil {
+			t.Fatal(err)
+		}
+		addr := "http://127.0.0.1:" + strconv.Itoa(ports[0])
+		err = testutil.Every(0).Until(10*time.Second, func() error {
+			if p.Exited() {
+				return errExited
+			}
+			resp, err := http.Get(addr + "/health")
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			return nil
+		})
+		if err == nil {
+			return p, addr
+		}
+		if !p.Exited() || !strings.Contains(p.log(), "address already in use") {
+			t.Fatalf("simulator %s: %v\n%s", name, err, p.log())
+		}
+	}
+	t.Fatalf("simulator %s: no free port", name)
+	return nil, ""
+}
+
+var errExited = errors.New("exited")
+
+// waitSlots waits until e lists model m with n slots: every worker is in
+// the queen's view.
+func (mc *migCluster) waitSlots(t *testing.T, n int) {
+	t.Helper()
+	testutil.Eventually(t, 30*time.Second, fmt.Sprintf("%d slots of m", n), func() error {
+		var v struct{ Data []struct{ Slots int } }
+		if err := mc.getJSON(mc.e.httpAddr, "/v1/models", &v); err != nil {
+			return err
+		}
+		if len(v.Data) != 1 || v.Data[0].Slots != n {
+			return fmt.Errorf("models: %+v", v.Data)
+		}
+		return nil
+	})
+}
+
+// serving returns the hive and worker index of the one simulator
+// generating now.
+func (mc *migCluster) serving(t *testing.T) (hive, worker int) {
+	t.Helper()
+	hive = -1
+	testutil.Eventually(t, 5*time.Second, "a simulator generating", func() error {
+		for i, h := range mc.hives {
+			for j, addr := range h.addrs {
+				if h.sims[j].Exited() {
+					continue
+				}
+				var st sim.Stats
+				if err := getJSONURL(addr+"/rbee/sim/stats", &st); err == nil && st.Active > 0 {
+					hive, worker = i, j
+					return nil
+				}
+			}
+		}
+		return errors.New("none is")
+	})
+	return hive, worker
+}
+
+func getJSONURL(url string, out any) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// migAPI is one of the streaming APIs migration continues: its request, and
+// how to read the text out of its events.
+type migAPI struct {
+	name, path string
+	body       func(prompt string) string
+}
+
+var migAPIs = []migAPI{
+	{"chat", "/v1/chat/completions", func(p string) string {
+		return fmt.Sprintf(`{"model":"m","messages":[{"role":"user","content":%q}],"stream":true,"max_tokens":%d,"seed":7,"temperature":0,"stream_options":{"include_usage":true}}`, p, migTokens)
+	}},
+	{"completions", "/v1/completions", func(p string) string {
+		return fmt.Sprintf(`{"model":"m","prompt":%q,"stream":true,"max_tokens":%d,"stream_options":{"include_usage":true}}`, p+"\n", migTokens)
+	}},
+	{"responses", "/v1/responses", func(p string) string {
+		return fmt.Sprintf(`{"model":"m","input":%q,"stream":true,"max_output_tokens":%d}`, p, migTokens)
+	}},
+}
+
+// sseEv is one event the client read, and when.
+type sseEv struct {
+	at   time.Time
+	name string
+	data string
+}
+
+// migStream is what the client saw of one streamed answer.
+type migStream struct {
+	events []sseEv
+	text   string
+	// textAt is when each text-bearing event arrived.
+	textAt []time.Time
+	err    error
+}
+
+// maxGap is the longest wait between two text events: the pause a
+// migration cost the client.
+func (s *migStream) maxGap() time.Duration {
+	var gap time.Duration
+	for i := 1; i < len(s.textAt); i++ {
+		gap = max(gap, s.textAt[i].Sub(s.textAt[i-1]))
+	}
+	return gap
+}
+
+// textOf returns the text an event adds to the answer.
+func textOf(api migAPI, ev sseEv) (string, bool) {
+	if ev.data == "[DONE]" {
+		return "", false
+	}
+	var v struct {
+		Type    string
+		Delta   *string
+		Choices []struct {
+			Text  *string
+			Delta struct{ Content *string }
+		}
+	}
+	if json.Unmarshal([]byte(ev.data), &v) != nil {
+		return "", false
+	}
+	if api.name == "responses" {
+		if v.Type == "response.output_text.delta" && v.Delta != nil {
+			return *v.Delta, true
+		}
+		return "", false
+	}
+	for _, c := range v.Choices {
+		switch {
+		case c.Text != nil && *c.Text != "":
+			return *c.Text, true
+		case c.Delta.Content != nil && *c.Delta.Content != "":
+			return *c.Delta.Content, true
+		}
+	}
+	return "", false
+}
+
+// stream sends one streaming request through e and reads its events; after
+// the at-th text event it calls fault (once), which breaks the answer.
+func (mc *migCluster) stream(t *testing.T, api migAPI, prompt string, at int, fault func()) *migStream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+mc.e.httpAddr+api.path, strings.NewReader(api.body(prompt)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+mc.key.HTTPToken())
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("%s: status %d", api.name, resp.StatusCode)
+	}
+	s := &migStream{}
+	var name string
+	var data []string
+	br := bufio.NewReader(resp.Body)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			s.err = err
+			if errors.Is(err, io.EOF) {
+				s.err = nil
+			}
+			return s
+		}
+		line = strings.TrimRight(line, "\r\n")
+		switch {
+		case line == "":
+			if len(data) == 0 {
+				name = ""
+				continue
+			}
+			ev := sseEv{at: time.Now(), name: name, data: strings.Join(data, "\n")}
+			s.events = append(s.events, ev)
+			name, data = "", nil
+			if txt, ok := textOf(api, ev); ok {
+				s.text += txt
+				s.textAt = append(s.textAt, ev.at)
+				if len(s.textAt) == at && fault != nil {
+					fault()
+				}
+			}
+		case strings.HasPrefix(line, "event:"):
+			name = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
+		case strings.HasPrefix(line, "data:"):
+			data = append(data, strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " "))
+		}
+	}
+}
+
+// checkOneStream checks that s is one uninterrupted answer of want: the
+// whole text once, one identity, one role chunk, the end and the usage.
+func checkOneStream(t *testing.T, api migAPI, s *migStream, want string) {
+	t.Helper()
+	if s.err != nil {
+		t.Fatalf("%s: stream broke for the client: %v (text so far %q)", api.name, s.err, s.text)
+	}
+	if s.text != want {
+		t.Fatalf("%s: text\n got %q\nwant %q", api.name, s.text, want)
+	}
+	if api.name == "responses" {
+		checkResponsesStream(t, s, want)
+		return
+	}
+	ids, roles, finishes := map[string]int{}, 0, []string{}
+	var usage *struct{ PromptTokens, CompletionTokens int }
+	for i, ev := range s.events {
+		if ev.data == "[DONE]" {
+			if i != len(s.events)-1 {
+				t.Errorf("%s: [DONE] is event %d of %d", api.name, i, len(s.events))
+			}
+			continue
+		}
+		var v struct {
+			ID      string
+			Created int64
+			Model   string
+			Choices []struct {
+				Delta        struct{ Role string }
+				FinishReason *string `json:"finish_reason"`
+			}
+			Usage *struct {
+				PromptTokens     int `json:"prompt_tokens"`
+				CompletionTokens int `json:"completion_tokens"`
+			}
+		}
+		if err := json.Unmarshal([]byte(ev.data), &v); err != nil {
+			t.Fatalf("%s: event %d %q: %v", api.name, i, ev.data, err)
+		}
+		ids[fmt.Sprintf("%s/%d/%s", v.ID, v.Created, v.Model)]++
+		for _, c := range v.Choices {
+			if c.Delta.Role != "" {
+				roles++
+			}
+			if c.FinishReason != nil {
+				finishes = append(finishes, *c.FinishReason)
+			}
+		}
+		if v.Usage != nil {
+			usage = &struct{ PromptTokens, CompletionTokens int }{v.Usage.PromptTokens, v.Usage.CompletionTokens}
+		}
+	}
+	if s.events[len(s.events)-1].data != "[DONE]" {
+		t.Errorf("%s: no [DONE] at the end", api.name)
+	}
+	if len(ids) != 1 {
+		t.Errorf("%s: chunks carry %d identities (id/created/model), want 1: %v", api.name, len(ids), ids)
+	}
+	wantRoles := 0
+	if api.name == "chat" {
+		wantRoles = 1
+	}
+	if roles != wantRoles {
+		t.Errorf("%s: %d role chunks, want %d", api.name, roles, wantRoles)
+	}
+	if !slices.Equal(finishes, []string{"length"}) {
+		t.Errorf("%s: finish reasons %q, want one \"length\"", api.name, finishes)
+	}
+	if usage == nil || usage.CompletionTokens != migTokens || usage.PromptTokens <= 0 {
+		t.Errorf("%s: usage %+v, want %d completion tokens and some prompt tokens", api.name, usage, migTokens)
+	}
+}
+
+func checkResponsesStream(t *testing.T, s *migStream, want string) {
+	t.Helper()
+	var respIDs, itemIDs []string
+	seq := int64(-1)
+	created := 0
+	var final struct {
+		ID     string
+		Status string
+		Output []struct {
+			ID      string
+			Content []struct{ Text string }
+		}
+		Usage struct {
+			InputTokens  int `json:"input_tokens"`
+			OutputTokens int `json:"output_tokens"`
+		}
+	}
+	for i, ev := range s.events {
+		var v struct {
+			Type           string
+			SequenceNumber *int64 `json:"sequence_number"`
+			ItemID         string `json:"item_id"`
+			Text           *string
+			Response       *json.RawMessage
+		}
+		if err := json.Unmarshal([]byte(ev.data), &v); err != nil {
+			t.Fatalf("responses: event %d %q: %v", i, ev.data, err)
+		}
+		if ev.name != v.Type {
+			t.Errorf("responses: event %d named %q carries type %q", i, ev.name, v.Type)
+		}
+		if v.SequenceNumber == nil || *v.SequenceNumber <= seq {
+			t.Errorf("responses: event %d (%s) sequence_number %v after %d", i, v.Type, v.SequenceNumber, seq)
+		} else {
+			seq = *v.SequenceNumber
+		}
+		if v.ItemID != "" {
+			itemIDs = append(itemIDs, v.ItemID)
+		}
+		switch v.Type {
+		case "response.created":
+			created++
+		case "response.output_text.done":
+			if v.Text == nil || *v.Text != want {
+				t.Errorf("responses: output_text.done text %v, want the whole answer", v.Text)
+			}
+		case "response.completed", "response.incomplete":
+			if err := json.Unmarshal(*v.Response, &final); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if v.Response != nil {
+			var r struct{ ID string }
+			_ = json.Unmarshal(*v.Response, &r)
+			respIDs = append(respIDs, r.ID)
+		}
+	}
+	if created != 1 {
+		t.Errorf("responses: %d response.created events, want 1", created)
+	}
+	slices.Sort(respIDs)
+	slices.Sort(itemIDs)
+	if len(slices.Compact(respIDs)) != 1 || len(slices.Compact(itemIDs)) != 1 {
+		t.Errorf("responses: response ids %v, item ids %v; want one of each", slices.Compact(respIDs), slices.Compact(itemIDs))
+	}
+	if len(final.Output) != 1 || len(final.Output[0].Content) != 1 || final.Output[0].Content[0].Text != want {
+		t.Errorf("responses: final output %+v, want the whole answer", final.Output)
+	}
+	if final.Usage.OutputTokens != migTokens || final.Usage.InputTokens <= 0 {
+		t.Errorf("responses: usage %+v, want %d output tokens", final.Usage, migTokens)
+	}
+}
+
+// TestMigration_HiveKilled: the hive serving a stream is SIGKILLed mid-way,
+// for each API; the client's stream goes on from another hive's worker and
+// is, byte for byte, the answer it would have had.
+func TestMigration_HiveKilled(t *testing.T) {
+	t.Parallel()
+	mc := newMigCluster(t, len(migAPIs)+1, 1)
+	want := sim.Text(migTokens)
+	for i, api := range migAPIs {
+		var killed string
+		s := mc.stream(t, api, fmt.Sprintf("question %d", i), migKillAt, func() {
+			h, _ := mc.serving(t)
+			killed = mc.hives[h].node.name
+			mc.kill(mc.hives[h].node)
+		})
+		if killed == "" {
+			t.Fatalf("%s: nothing was killed", api.name)
+		}
+		checkOneStream(t, api, s, want)
+		t.Logf("%s: hive %s SIGKILLed after %d tokens; the client's longest wait between tokens: %v", api.name, killed, migKillAt, s.maxGap().Round(time.Millisecond))
+	}
+	checkMigrationsReported(t, mc.cluster, mc.e, mc.q, len(migAPIs))
+}
+
+// TestMigration_WorkerKilled: only the worker dies (SIGKILL of the engine's
+// process); its hive lives and breaks the stream off, and the entry node
+// continues it on the hive's other worker.
+func TestMigration_WorkerKilled(t *testing.T) {
+	t.Parallel()
+	mc := newMigCluster(t, 1, 2)
+	api := migAPIs[0]
+	s := mc.stream(t, api, "a question", migKillAt, func() {
+		_, w := mc.serving(t)
+		mc.hives[0].sims[w].signal(t, syscall.SIGKILL, 10*time.Second)
+	})
+	checkOneStream(t, api, s, sim.Text(migTokens))
+	t.Logf("worker SIGKILLed after %d tokens; the client's longest wait between tokens: %v", migKillAt, s.maxGap().Round(time.Millisecond))
+}
+
+// TestMigration_Off: with X-Rbee-Migrate: off the client sees the break,
+// as before migration.
+func TestMigration_Off(t *testing.T) {
+	t.Parallel()
+	mc := newMigCluster(t, 2, 1)
+	api := migAPIs[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+mc.e.httpAddr+api.path, strings.NewReader(api.body("no migration")))
+	req.Header.Set("Authorization", "Bearer "+mc.key.HTTPToken())
+	req.Header.Set("X-Rbee-Migrate", "off")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	tokens := 0
+	var readErr error
+	for readErr == nil {
+		var line string
+		line, readErr = br.ReadString('\n')
+		if strings.Contains(line, `"content":"`) && !strings.Contains(line, `"content":""`) {
+			if tokens++; tokens == migKillAt {
+				h, _ := mc.serving(t)
+				mc.kill(mc.hives[h].node)
+			}
+		}
+	}
+	if errors.Is(readErr, io.EOF) || tokens >= migTokens {
+		t.Fatalf("with migration off the stream ended cleanly after %d tokens (%v); want it broken", tokens, readErr)
+	}
+}
+
+// checkMigrationsReported: the entry node logged each migration, counted
+// it, and the queen lists it in its events for the dashboard.
+func checkMigrationsReported(t *testing.T, c *cluster, e, q *proc, n int) {
+	t.Helper()
+	if got := strings.Count(e.log(), `msg="stream migrated"`); got != n {
+		t.Errorf("entry node logged %d migrations, want %d", got, n)
+	}
+	testutil.Eventually(t, 10*time.Second, "migrations counted", func() error {
+		resp, err := http.Get("http://" + e.httpAddr + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var b bytes.Buffer
+		_, _ = b.ReadFrom(resp.Body)
+		want := fmt.Sprintf(`rbee_migrations_total{model="m",result="continued"} %d`, n)
+		if !strings.Contains(b.String(), want) {
+			return fmt.Errorf("no %s in /metrics", want)
+		}
+		return nil
+	})
+}
+
+// TestMigration_CutLink: in network namespaces, the link of the hive
+// serving a stream is cut mid-way (no reset, no close: the packets stop).
+// The client waits for failure detection, then the stream goes on from the
+// other hive.
+func TestMigration_CutLink(t *testing.T) {
+	gaps := migrateAcrossCut(t, 1)
+	t.Logf("cut link: the client's longest wait between tokens %v", gaps[0].Round(time.Millisecond))
+}
+
+// migrateAcrossCut streams trials answers through node a (queen and entry)
+// of hives b and c, cutting the serving hive's link mid-way each time and
+// healing it after; it returns the client's longest wait between tokens in
+// each.
+func migrateAcrossCut(t *testing.T, trials int) []time.Duration {
+	nc := newNetCluster(t)
+	ha, hb, hc := nc.host("a"), nc.host("b"), nc.host("c")
+	a := nc.node(ha, "")
+	b := nc.node(hb, a.gossipAddr, nc.sim(hb, "m", migSimArgs...)...)
+	c := nc.node(hc, a.gossipAddr, nc.sim(hc, "m", migSimArgs...)...)
+	hosts := map[string]*netlab.Host{"b": hb, "c": hc}
+	all := []*proc{a, b, c}
+	nc.waitConverged(all, 30*time.Second)
+	mc := &migCluster{cluster: nc.cluster, e: a}
+	mc.waitSlots(t, 8)
+	var gaps []time.Duration
+	api := migAPIs[0]
+	for trial := range trials {
+		var cut *netlab.Host
+		s := mc.stream(t, api, fmt.Sprintf("cut %d", trial), migKillAt, func() {
+			for name, h := range hosts {
+				var st sim.Stats
+				if getJSONURL("http://"+h.Addr(netSimPort)+"/rbee/sim/stats", &st) == nil && st.Active > 0 {
+					cut = h
+					t.Logf("trial %d: cutting %s", trial, name)
+					h.Cut()
+					return
+				}
+			}
+			t.Errorf("trial %d: no simulator generating", trial)
+		})
+		if cut == nil {
+			t.FailNow()
+		}
+		checkOneStream(t, api, s, sim.Text(migTokens))
+		gaps = append(gaps, s.maxGap())
+		cut.Heal()
+		nc.waitConverged(all, 60*time.Second)
+		mc.waitSlots(t, 8)
+	}
+	return gaps
+}
+
