@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -22,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/gossip"
 	"github.com/rbee/rbee/internal/netlab"
 	"github.com/rbee/rbee/internal/sim"
 	"github.com/rbee/rbee/internal/testutil"
@@ -52,7 +54,7 @@ type migHive struct {
 	addrs []string // the sims' base URLs
 }
 
-func newMigCluster(t *testing.T, hives, workersPerHive int) *migCluster {
+func newMigCluster(t testing.TB, hives, workersPerHive int) *migCluster {
 	t.Helper()
 	c := newCluster(t)
 	mc := &migCluster{cluster: c}
@@ -81,7 +83,7 @@ func newMigCluster(t *testing.T, hives, workersPerHive int) *migCluster {
 
 // startSim runs a simulated worker as one of the cluster's processes, so a
 // test can kill it.
-func (mc *migCluster) startSim(t *testing.T, name string) (*proc, string) {
+func (mc *migCluster) startSim(t testing.TB, name string) (*proc, string) {
 	t.Helper()
 	for range maxStartAttempts {
 		ports, err := freePorts(1)
@@ -120,7 +122,7 @@ var errExited = errors.New("exited")
 
 // waitSlots waits until e lists model m with n slots: every worker is in
 // the queen's view.
-func (mc *migCluster) waitSlots(t *testing.T, n int) {
+func (mc *migCluster) waitSlots(t testing.TB, n int) {
 	t.Helper()
 	testutil.Eventually(t, 30*time.Second, fmt.Sprintf("%d slots of m", n), func() error {
 		var v struct{ Data []struct{ Slots int } }
@@ -136,7 +138,7 @@ func (mc *migCluster) waitSlots(t *testing.T, n int) {
 
 // serving returns the hive and worker index of the one simulator
 // generating now.
-func (mc *migCluster) serving(t *testing.T) (hive, worker int) {
+func (mc *migCluster) serving(t testing.TB) (hive, worker int) {
 	t.Helper()
 	hive = -1
 	testutil.Eventually(t, 5*time.Second, "a simulator generating", func() error {
@@ -246,7 +248,7 @@ func textOf(api migAPI, ev sseEv) (string, bool) {
 
 // stream sends one streaming request through e and reads its events; after
 // the at-th text event it calls fault (once), which breaks the answer.
-func (mc *migCluster) stream(t *testing.T, api migAPI, prompt string, at int, fault func()) *migStream {
+func (mc *migCluster) stream(t testing.TB, api migAPI, prompt string, at int, fault func()) *migStream {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -304,7 +306,7 @@ func (mc *migCluster) stream(t *testing.T, api migAPI, prompt string, at int, fa
 
 // checkOneStream checks that s is one uninterrupted answer of want: the
 // whole text once, one identity, one role chunk, the end and the usage.
-func checkOneStream(t *testing.T, api migAPI, s *migStream, want string) {
+func checkOneStream(t testing.TB, api migAPI, s *migStream, want string) {
 	t.Helper()
 	if s.err != nil {
 		t.Fatalf("%s: stream broke for the client: %v (text so far %q)", api.name, s.err, s.text)
@@ -375,7 +377,7 @@ func checkOneStream(t *testing.T, api migAPI, s *migStream, want string) {
 	}
 }
 
-func checkResponsesStream(t *testing.T, s *migStream, want string) {
+func checkResponsesStream(t testing.TB, s *migStream, want string) {
 	t.Helper()
 	var respIDs, itemIDs []string
 	seq := int64(-1)
@@ -556,12 +558,15 @@ func TestMigration_CutLink(t *testing.T) {
 // of hives b and c, cutting the serving hive's link mid-way each time and
 // healing it after; it returns the client's longest wait between tokens in
 // each.
-func migrateAcrossCut(t *testing.T, trials int) []time.Duration {
+func migrateAcrossCut(t testing.TB, trials int) []time.Duration {
 	nc := newNetCluster(t)
 	ha, hb, hc := nc.host("a"), nc.host("b"), nc.host("c")
 	a := nc.node(ha, "")
-	b := nc.node(hb, a.gossipAddr, nc.sim(hb, "m", migSimArgs...)...)
-	c := nc.node(hc, a.gossipAddr, nc.sim(hc, "m", migSimArgs...)...)
+	// Listening on all of the host's addresses, the simulators tell the
+	// test (outside the namespaces) which of them generates.
+	simArgs := append([]string{"--host", "0.0.0.0"}, migSimArgs...)
+	b := nc.node(hb, a.gossipAddr, nc.sim(hb, "m", simArgs...)...)
+	c := nc.node(hc, a.gossipAddr, nc.sim(hc, "m", simArgs...)...)
 	hosts := map[string]*netlab.Host{"b": hb, "c": hc}
 	all := []*proc{a, b, c}
 	nc.waitConverged(all, 30*time.Second)
@@ -595,3 +600,63 @@ func migrateAcrossCut(t *testing.T, trials int) []time.Duration {
 	return gaps
 }
 
+// BenchmarkMigrationPause measures the pause a client sees when its
+// stream is migrated, p50 and max over RBEE_MIGRATION_TRIALS trials
+// (default 10): the serving hive SIGKILLed (the entry node sees the
+// connection reset), and in network namespaces its link cut (the entry node
+// waits for failure detection). The pause is the longest wait between two
+// tokens of the stream; without a fault it is one token's time, 20 ms.
+func BenchmarkMigrationPause(b *testing.B) {
+	trials := 10
+	if v, err := strconv.Atoi(os.Getenv("RBEE_MIGRATION_TRIALS")); err == nil && v > 0 {
+		trials = v
+	}
+	b.Run("sigkill", func(b *testing.B) {
+		for range b.N {
+			reportPauses(b, "sigkill", killTrials(b, trials))
+		}
+	})
+	b.Run("cut", func(b *testing.B) {
+		if err := netlab.Available(); err != nil {
+			b.Skipf("network namespaces: %v", err)
+		}
+		d := gossip.LANTiming().Detection(3)
+		b.Logf("failure detection (lan, 3 members): expected %v, worst %v", d.Expected, d.Worst)
+		for range b.N {
+			reportPauses(b, "cut", migrateAcrossCut(b, trials))
+		}
+	})
+}
+
+func reportPauses(b *testing.B, what string, gaps []time.Duration) {
+	slices.Sort(gaps)
+	p50, worst := gaps[len(gaps)/2], gaps[len(gaps)-1]
+	b.ReportMetric(float64(p50.Milliseconds()), "pause-p50-ms")
+	b.ReportMetric(float64(worst.Milliseconds()), "pause-max-ms")
+	b.Logf("%s: %d trials, client's pause p50 %v, max %v (all: %v)", what, len(gaps), p50, worst, gaps)
+}
+
+// killTrials streams trials answers through an entry node, SIGKILLing the
+// serving hive of each mid-way and restarting it after.
+func killTrials(tb testing.TB, trials int) []time.Duration {
+	mc := newMigCluster(tb, 2, 1)
+	api := migAPIs[0]
+	var gaps []time.Duration
+	for trial := range trials {
+		killed := -1
+		s := mc.stream(tb, api, fmt.Sprintf("kill %d", trial), migKillAt, func() {
+			killed, _ = mc.serving(tb)
+			mc.kill(mc.hives[killed].node)
+		})
+		checkOneStream(tb, api, s, sim.Text(migTokens))
+		gaps = append(gaps, s.maxGap())
+		// The hive comes back under a new name: memberlist keeps a
+		// dead member's name from a newcomer for a while.
+		mc.waitSlots(tb, 4)
+		h := mc.hives[killed]
+		h.spec.name = fmt.Sprintf("h%d-%d", killed, trial+1)
+		h.node = mc.start(h.spec)[0]
+		mc.waitSlots(tb, 8)
+	}
+	return gaps
+}
