@@ -84,9 +84,7 @@ type migration struct {
 	// stream's end when it cannot be.
 	broke []byte
 
-	// Figures of the migration in progress, for its report.
-	brokeAt   time.Time
-	pauseOpen bool
+	scratch wireChunk // reused by chunk
 }
 
 // newMigration returns the migration record of a streaming request, or nil
@@ -196,25 +194,31 @@ func sseData(ev []byte) (name string, data []byte) {
 
 // wireChunk is what migration reads of a chat completion or completion
 // chunk.
+//
+// It is decoded for every chunk of every stream, so it holds values, not
+// pointers, and one per stream is reused: a chunk costs no allocation but
+// its text. A JSON null reads as the zero value, which means the same here.
 type wireChunk struct {
 	ID      jsontext.Value `json:"id"`
 	Created jsontext.Value `json:"created"`
 	Model   jsontext.Value `json:"model"`
-	Choices []struct {
-		Index int `json:"index"`
-		Delta *struct {
-			Role             *string        `json:"role"`
-			Content          *string        `json:"content"`
-			ReasoningContent *string        `json:"reasoning_content"`
-			Reasoning        *string        `json:"reasoning"`
-			ToolCalls        jsontext.Value `json:"tool_calls"`
-			FunctionCall     jsontext.Value `json:"function_call"`
-		} `json:"delta"`
-		Text         *string `json:"text"`
-		FinishReason *string `json:"finish_reason"`
-	} `json:"choices"`
-	Usage *wireUsage     `json:"usage"`
-	Error jsontext.Value `json:"error"`
+	Choices []wireChoice   `json:"choices"`
+	Usage   jsontext.Value `json:"usage"`
+	Error   jsontext.Value `json:"error"`
+}
+
+type wireChoice struct {
+	Index int `json:"index"`
+	Delta struct {
+		Role             string         `json:"role"`
+		Content          string         `json:"content"`
+		ReasoningContent string         `json:"reasoning_content"`
+		Reasoning        string         `json:"reasoning"`
+		ToolCalls        jsontext.Value `json:"tool_calls"`
+		FunctionCall     jsontext.Value `json:"function_call"`
+	} `json:"delta"`
+	Text         string `json:"text"`
+	FinishReason string `json:"finish_reason"`
 }
 
 func present(v jsontext.Value) bool { return len(v) > 0 && v.Kind() != 'n' }
@@ -222,8 +226,10 @@ func present(v jsontext.Value) bool { return len(v) > 0 && v.Kind() != 'n' }
 // chunk records and, in a continuation, rewrites a chat completion or
 // completion chunk.
 func (m *migration) chunk(ev, data []byte) []byte {
-	var c wireChunk
-	if err := jsonv2.Unmarshal(data, &c); err != nil {
+	c := &m.scratch
+	*c = wireChunk{ID: c.ID[:0], Created: c.Created[:0], Model: c.Model[:0], Choices: c.Choices[:0],
+		Usage: c.Usage[:0], Error: c.Error[:0]}
+	if err := jsonv2.Unmarshal(data, c); err != nil {
 		m.stop("an event of the answer is not a JSON chunk")
 		return ev
 	}
@@ -235,32 +241,25 @@ func (m *migration) chunk(ev, data []byte) []byte {
 		m.id, m.created, m.model = bytes.Clone(c.ID), bytes.Clone(c.Created), bytes.Clone(c.Model)
 	}
 	roleOnly := false
-	for _, ch := range c.Choices {
+	for i := range c.Choices {
+		ch := &c.Choices[i]
 		if ch.Index != 0 || len(c.Choices) > 1 {
 			m.stop("the answer has several choices")
 		}
-		if ch.FinishReason != nil {
+		if ch.FinishReason != "" {
 			m.finished = true
 		}
-		if ch.Text != nil {
-			m.addText(*ch.Text)
-		}
-		d := ch.Delta
-		if d == nil {
-			continue
-		}
+		m.addText(ch.Text)
+		d := &ch.Delta
 		if present(d.ToolCalls) || present(d.FunctionCall) {
 			m.stop("a tool call was being sent")
 		}
-		if (d.ReasoningContent != nil && *d.ReasoningContent != "") || (d.Reasoning != nil && *d.Reasoning != "") {
+		if d.ReasoningContent != "" || d.Reasoning != "" {
 			// Engines take no partial reasoning to continue from.
 			m.stop("reasoning was being sent")
 		}
-		if d.Content != nil {
-			m.addText(*d.Content)
-		}
-		roleOnly = d.Role != nil && (d.Content == nil || *d.Content == "") && !present(d.ToolCalls) &&
-			ch.FinishReason == nil && c.Usage == nil && len(c.Choices) == 1
+		m.addText(d.Content)
+		roleOnly = d.Role != "" && d.Content == "" && !present(d.ToolCalls) && ch.FinishReason == "" && !present(c.Usage) && len(c.Choices) == 1
 	}
 	if !m.cont {
 		return ev
@@ -268,12 +267,12 @@ func (m *migration) chunk(ev, data []byte) []byte {
 	if roleOnly {
 		return nil // the client has had its role chunk
 	}
-	return m.rewriteChunk(ev, data, c.Usage)
+	return m.rewriteChunk(ev, data, present(c.Usage))
 }
 
 // rewriteChunk gives a continuation's chunk the first answer's id, created
 // and model, drops a repeated role, and counts usage for the whole answer.
-func (m *migration) rewriteChunk(ev, data []byte, u *wireUsage) []byte {
+func (m *migration) rewriteChunk(ev, data []byte, usage bool) []byte {
 	var obj map[string]jsontext.Value
 	if jsonv2.Unmarshal(data, &obj) != nil {
 		return ev
@@ -296,7 +295,7 @@ func (m *migration) rewriteChunk(ev, data []byte, u *wireUsage) []byte {
 			obj["choices"], _ = jsonv2.Marshal(choices, jsonv2.Deterministic(true))
 		}
 	}
-	if u != nil {
+	if usage {
 		obj["usage"] = m.wholeUsage(obj["usage"], false)
 	}
 	out, err := jsonv2.Marshal(obj, jsonv2.Deterministic(true))
