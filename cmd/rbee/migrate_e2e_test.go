@@ -660,3 +660,42 @@ func killTrials(tb testing.TB, trials int) []time.Duration {
 	}
 	return gaps
 }
+
+// TestMigration_NonStreamAskedAgain: a request that does not stream has
+// had nothing when its hive dies; it is asked again whole of another
+// worker, and the client gets the whole answer.
+func TestMigration_NonStreamAskedAgain(t *testing.T) {
+	t.Parallel()
+	mc := newMigCluster(t, 2, 1)
+	type result struct {
+		status int
+		body   string
+		err    error
+	}
+	done := make(chan result, 1)
+	go func() {
+		body := fmt.Sprintf(`{"model":"m","messages":[{"role":"user","content":"whole"}],"max_tokens":%d}`, migTokens)
+		req, _ := http.NewRequest(http.MethodPost, "http://"+mc.e.httpAddr+"/v1/chat/completions", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+mc.key.HTTPToken())
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		done <- result{resp.StatusCode, string(b), err}
+	}()
+	h, _ := mc.serving(t)
+	mc.kill(mc.hives[h].node)
+	r := <-done
+	if r.err != nil || r.status != http.StatusOK {
+		t.Fatalf("status %d, err %v: %s", r.status, r.err, r.body)
+	}
+	var v struct {
+		Choices []struct{ Message struct{ Content string } }
+	}
+	if err := json.Unmarshal([]byte(r.body), &v); err != nil || len(v.Choices) != 1 || v.Choices[0].Message.Content != sim.Text(migTokens) {
+		t.Fatalf("answer %s (%v), want the whole text", r.body, err)
+	}
+}
