@@ -20,10 +20,11 @@ lint:
 # routing latency and throughput beside direct and nginx (apt-get install
 # nginx-light), failover under load, cold starts and failing engines, Ollama
 # cold starts beside the same by hand (../shared/engines),
-# fairness (fair vs FIFO), prefix affinity (vs least-loaded). Then the
+# fairness (fair vs FIFO), prefix affinity (vs least-loaded), the pause of a
+# migrated stream (SIGKILL, and a cut link as root). Then the
 # in-process ones at their default length: scheduler decisions (index vs
 # scan), memory per waiting request, the feed's report encoding, in-process
-# routing, the usage tap, the collector.
+# routing, the usage tap and the migration record per token, the collector.
 bench:
     go test -run '^$' -bench . -benchtime 1x -timeout 30m ./cmd/rbee/ ./ui/
     go test -run '^$' -bench . -timeout 10m ./scheduler/ ./wsapi/ ./node/...
