@@ -699,3 +699,46 @@ func TestMigration_NonStreamAskedAgain(t *testing.T) {
 		t.Fatalf("answer %s (%v), want the whole text", r.body, err)
 	}
 }
+
+// TestMigration_QueenHiveKilled: the node killed is the queen and the hive
+// serving the stream at once, as in `rbee demo` when its queen is killed.
+// The continuation waits for the new queen's lease, then goes on from the
+// other hive.
+func TestMigration_QueenHiveKilled(t *testing.T) {
+	t.Parallel()
+	mc := &migCluster{cluster: newCluster(t)}
+	var hives []*migHive
+	for i := range 2 {
+		s, addr := mc.startSim(t, fmt.Sprintf("sim%d", i))
+		hives = append(hives, &migHive{sims: []*proc{s}, addrs: []string{addr}})
+	}
+	// q1 is queen (the higher priority) and a hive; q2 takes over.
+	q1 := mc.start(nodeSpec{name: "q1", extra: []string{"--roles", "queen,hive", "--queen-priority", "1", "--worker", hives[0].addrs[0] + ",model=m,slots=4"}})[0]
+	ps := mc.start(
+		nodeSpec{name: "q2", join: q1.gossipAddr, extra: []string{"--roles", "queen,hive", "--worker", hives[1].addrs[0] + ",model=m,slots=4"}},
+		nodeSpec{name: "e", join: q1.gossipAddr, extra: []string{"--roles", "none"}})
+	hives[0].node, hives[1].node, mc.e = q1, ps[0], ps[1]
+	mc.hives = hives
+	if q := mc.waitAgree([]*proc{q1, ps[0], ps[1]}, 20*time.Second); q != "q1" {
+		t.Fatalf("queen %s, want q1", q)
+	}
+	mc.waitSlots(t, 8)
+	api := migAPIs[0]
+	for i := 0; ; i++ {
+		killed := false
+		s := mc.stream(t, api, fmt.Sprintf("queen %d", i), migKillAt, func() {
+			if h, _ := mc.serving(t); h == 0 {
+				mc.kill(q1)
+				killed = true
+			}
+		})
+		checkOneStream(t, api, s, sim.Text(migTokens))
+		if killed {
+			t.Logf("queen and hive q1 SIGKILLed after %d tokens; the client's longest wait between tokens: %v", migKillAt, s.maxGap().Round(time.Millisecond))
+			return
+		}
+		if i == 10 {
+			t.Fatal("q1's worker never served a stream")
+		}
+	}
+}
