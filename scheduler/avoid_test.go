@@ -23,7 +23,8 @@ func TestAvoid_NeverGrantsWhatTheRequestAvoids(t *testing.T) {
 		{name: "the unreachable hive", avoid: []Avoid{{"h1", ""}}, want: "h2/g/1"},
 		{name: "the conversation's worker", avoid: []Avoid{{"h1", "g/1"}}, conv: true, want: "h1/g/2"},
 		{name: "every worker but a busy one: wait for it", avoid: []Avoid{{"h1", ""}}, full: "h2/g/1", want: "", then: "h2/g/1"},
-		{name: "every worker: wait", avoid: []Avoid{{"h1", ""}, {"h2", ""}}, want: "", then: ""},
+		{name: "every hive: wait", avoid: []Avoid{{"h1", ""}, {"h2", ""}}, want: "", then: ""},
+		{name: "the only worker left is the broken one: try it again", avoid: []Avoid{{"h1", "g/1"}, {"h1", "g/2"}, {"h2", ""}}, want: "h1/g/1"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := New(Config{})

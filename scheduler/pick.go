@@ -79,7 +79,10 @@ func (s *Scheduler) why(w *worker, r Request, key string, now time.Time) string 
 	if w.stopping {
 		return reasonStopping
 	}
-	if r.avoids(w) {
+	if avoided, workerOnly := r.avoids(w); avoided && (!workerOnly || s.servedElsewhere(key, r)) {
+		// A worker that broke off is avoided while the model has
+		// another: when it is the only one (restarted, say) the
+		// request may as well try it again.
 		return reasonAvoided
 	}
 	need := s.need(w, r, key)
@@ -91,6 +94,16 @@ func (s *Scheduler) why(w *worker, r Request, key string, now time.Time) string 
 		return reasonVRAM
 	}
 	return ""
+}
+
+// servedElsewhere reports whether a worker r does not avoid serves key.
+func (s *Scheduler) servedElsewhere(key string, r Request) bool {
+	for _, w := range s.byKey[key] {
+		if avoided, _ := r.avoids(w); !avoided {
+			return true
+		}
+	}
+	return false
 }
 
 // need is the free VRAM r needs on w.

@@ -53,14 +53,20 @@ type Request struct {
 // Avoid is one place a request must not go: a hive, or one worker on it.
 type Avoid struct{ Hive, Worker string }
 
-// avoids reports whether r must not go to w.
-func (r *Request) avoids(w *worker) bool {
+// avoids reports whether r must not go to w: w's hive is avoided, or w
+// itself (workerOnly then says so).
+func (r *Request) avoids(w *worker) (avoided, workerOnly bool) {
 	for _, a := range r.Avoid {
-		if a.Hive == w.Hive && (a.Worker == "" || a.Worker == w.Name) {
-			return true
+		if a.Hive == w.Hive {
+			if a.Worker == "" {
+				return true, false
+			}
+			if a.Worker == w.Name {
+				avoided, workerOnly = true, true
+			}
 		}
 	}
-	return false
+	return avoided, workerOnly
 }
 
 type waiting struct {

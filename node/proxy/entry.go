@@ -85,6 +85,15 @@ func (p *Proxy) tryWorkers(w http.ResponseWriter, r *http.Request, a *admission,
 	rp := &reply{w: w, strip: a.stripUsage, mig: p.newMigration(r, a)}
 	r = withUsage(r, a.stripUsage, 0)
 	defer func() {
+		if rp.report != nil {
+			// The continuation ended, or its client went away,
+			// before any text of it.
+			if rp.mig.ended() {
+				p.migrated(rp)
+			} else {
+				p.migrationFailed(rp, "the client went away")
+			}
+		}
 		if rp.tap != nil {
 			p.recordUsage(r, rp.model, rp.tap, rp.whole && rp.status < 400, rp.migrated)
 		}

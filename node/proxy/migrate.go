@@ -604,49 +604,71 @@ type pendingMigration struct {
 func (p *Proxy) migrate(rp *reply, g *wsapi.LeaseGrant) ([]byte, bool) {
 	m := rp.mig
 	from := g.Hive + "/" + g.Worker
-	if rp.report != nil {
-		// The continuation broke off before any of its text came.
-		p.migrationFailed(rp, "the continuation broke off too: "+rp.broke)
-		return nil, false
-	}
-	switch {
-	case m == nil:
+	if m == nil {
 		p.metrics.migrations.WithLabelValues(g.Model, "not_migratable").Inc()
 		panic(http.ErrAbortHandler) // the client sees the answer broke, as it did
-	case m.ended():
+	}
+	if m.ended() {
 		// Only the end was lost: the client has every token.
 		if !m.done && m.api != apiResponses {
-			rp.tap.restart()
 			p.writeEvent(rp, sseEvent("", []byte("[DONE]")))
 		}
-		return nil, false
-	case m.why == "" && m.left == 0:
-		m.stop(fmt.Sprintf("it was migrated %d times already (--migration-limit)", p.cfg.MigrationLimit))
-	}
-	if m.why != "" {
-		p.metrics.migrations.WithLabelValues(g.Model, "not_migratable").Inc()
-		p.log.Warn("stream broke off and is not migrated", "model", g.Model, "from", from, "tokens", m.tokens, "broke", rp.broke, "why", m.why)
-		p.report(wsapi.Migration{At: time.Now().UTC(), Model: g.Model, From: from, Tokens: m.tokens, Result: wsapi.MigrationFailed,
-			Reason: TruncateText(m.why, 900)})
-		if m.broke != nil {
-			// The worker's own error ends the stream, as it would
-			// have without migration.
-			p.writeEvent(rp, m.broke)
-			return nil, false
+		if rp.report != nil {
+			p.migrated(rp)
 		}
-		panic(http.ErrAbortHandler)
+		return nil, false
 	}
-	body, err := m.continuation()
-	if err != nil {
-		m.stop(err.Error())
-		return p.migrate(rp, g)
+	if m.why == "" && m.left == 0 {
+		m.stop(fmt.Sprintf("it was continued %d times already (--migration-limit)", p.cfg.MigrationLimit))
 	}
-	m.left--
-	m.beginContinuation()
-	rp.tap.restart()
-	rp.report = &pendingMigration{since: time.Now(), Migration: wsapi.Migration{At: time.Now().UTC(), Model: g.Model, From: from,
-		Tokens: m.tokens, Reason: TruncateText(rp.broke, 900)}}
-	return body, true
+	if m.why == "" {
+		if body, err := m.continuation(); err != nil {
+			m.stop(err.Error())
+		} else {
+			m.left--
+			m.beginContinuation()
+			rp.tap.restart()
+			if rp.report == nil {
+				rp.report = &pendingMigration{since: time.Now(), Migration: wsapi.Migration{At: time.Now().UTC(), Model: g.Model, From: from,
+					Tokens: m.tokens, Reason: TruncateText(rp.broke, 900)}}
+			}
+			// A continuation that broke off before its first text
+			// keeps the migration in progress: its pause goes on.
+			return body, true
+		}
+	}
+	if rp.report != nil {
+		// A continuation was sent, and refused or broken off: the
+		// client has had part of the answer, and now an error.
+		p.migrationFailed(rp, m.why)
+		p.streamError(rp, "the worker serving this stream failed and it could not be continued: "+m.why)
+		return nil, false
+	}
+	p.metrics.migrations.WithLabelValues(g.Model, "not_migratable").Inc()
+	p.log.Warn("stream broke off and is not migrated", "model", g.Model, "from", from, "tokens", m.tokens, "broke", rp.broke, "why", m.why)
+	p.report(wsapi.Migration{At: time.Now().UTC(), Model: g.Model, From: from, Tokens: m.tokens, Result: wsapi.MigrationFailed,
+		Reason: TruncateText(m.why, 900)})
+	if m.broke != nil {
+		// The worker's own error ends the stream, as it did without
+		// migration.
+		p.writeEvent(rp, m.broke)
+		return nil, false
+	}
+	panic(http.ErrAbortHandler)
+}
+
+// streamError ends a stream under way with an error event: the OpenAI
+// error object as a data event (which the openai and Vercel AI SDKs raise),
+// or a Responses stream's error event.
+func (p *Proxy) streamError(rp *reply, msg string) {
+	if rp.mig != nil && rp.mig.api == apiResponses {
+		b, _ := jsonv2.Marshal(map[string]any{"type": "error", "code": "stream_broken", "message": msg, "param": nil,
+			"sequence_number": rp.mig.seq + 1}, jsonv2.Deterministic(true))
+		p.writeEvent(rp, sseEvent("error", b))
+		return
+	}
+	b, _ := jsonv2.Marshal(ErrorBody(http.StatusBadGateway, "stream_broken", msg), jsonv2.Deterministic(true))
+	p.writeEvent(rp, sseEvent("", b))
 }
 
 // migrated completes a migration once its continuation's first text
