@@ -533,9 +533,10 @@ func TestFault_LocalhostBindsLoopbackOnly(t *testing.T) {
 	}
 }
 
-// TestFault_StreamThroughCutHiveEnds: a hive cut off mid-stream: the client's
-// stream ends with an error once the cluster declares the hive dead, instead
-// of stalling for as long as the cut lasts.
+// TestFault_StreamThroughCutHiveEnds: the only hive of a model is cut off
+// mid-stream: once the cluster declares it dead, the stream's continuation
+// has nowhere to go and the client gets an error event saying so, instead of
+// a stall for as long as the cut lasts.
 func TestFault_StreamThroughCutHiveEnds(t *testing.T) {
 	nc := newNetCluster(t)
 	ha, hb, hc := nc.host("a"), nc.host("b"), nc.host("c")
@@ -564,8 +565,12 @@ func TestFault_StreamThroughCutHiveEnds(t *testing.T) {
 	defer hc.Heal()
 	cutAt := time.Now()
 	ended := make(chan error, 1)
+	var last string
 	go func() {
 		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "data: ") {
+				last = sc.Text()
+			}
 		}
 		ended <- sc.Err()
 	}()
@@ -573,8 +578,11 @@ func TestFault_StreamThroughCutHiveEnds(t *testing.T) {
 	// heal fails here.
 	select {
 	case err := <-ended:
+		if err == nil && !strings.Contains(last, `"error"`) {
+			t.Fatalf("the stream ended cleanly with %q; want an error for a cut-off hive", last)
+		}
 		if err == nil {
-			t.Fatal("the stream ended cleanly; want an error for a cut-off hive")
+			err = errors.New(last)
 		}
 		t.Logf("stream through a cut-off hive broke %v after the cut: %v", time.Since(cutAt).Round(time.Millisecond), err)
 	case <-time.After(30 * time.Second):
