@@ -122,17 +122,26 @@ var errExited = errors.New("exited")
 
 // waitSlots waits until e lists model m with n slots: every worker is in
 // the queen's view.
-func (mc *migCluster) waitSlots(t testing.TB, n int) {
+func (mc *migCluster) waitSlots(t testing.TB, n int) { mc.waitSlotsOf(t, "m", n) }
+
+func (mc *migCluster) waitSlotsOf(t testing.TB, model string, n int) {
 	t.Helper()
-	testutil.Eventually(t, 30*time.Second, fmt.Sprintf("%d slots of m", n), func() error {
-		var v struct{ Data []struct{ Slots int } }
+	testutil.Eventually(t, 30*time.Second, fmt.Sprintf("%d slots of %s", n, model), func() error {
+		var v struct {
+			Data []struct {
+				ID    string
+				Slots int
+			}
+		}
 		if err := mc.getJSON(mc.e.httpAddr, "/v1/models", &v); err != nil {
 			return err
 		}
-		if len(v.Data) != 1 || v.Data[0].Slots != n {
-			return fmt.Errorf("models: %+v", v.Data)
+		for _, m := range v.Data {
+			if m.ID == model && m.Slots == n {
+				return nil
+			}
 		}
-		return nil
+		return fmt.Errorf("models: %+v", v.Data)
 	})
 }
 
@@ -250,13 +259,21 @@ func textOf(api migAPI, ev sseEv) (string, bool) {
 // the at-th text event it calls fault (once), which breaks the answer.
 func (mc *migCluster) stream(t testing.TB, api migAPI, prompt string, at int, fault func()) *migStream {
 	t.Helper()
+	return streamURL(t, "http://"+mc.e.httpAddr+api.path, mc.key.HTTPToken(), api, api.body(prompt), at, fault)
+}
+
+// streamURL is stream for any server: body posted to url with token.
+func streamURL(t testing.TB, url, token string, api migAPI, body string, at int, fault func()) *migStream {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+mc.e.httpAddr+api.path, strings.NewReader(api.body(prompt)))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+mc.key.HTTPToken())
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -25,6 +25,17 @@ import (
 // stop when the test ends.
 func foreignOllama(t *testing.T, names ...string) string {
 	t.Helper()
+	base, _ := foreignOllamaWith(t, readmeTemplate, names...)
+	return base
+}
+
+// readmeTemplate is ../shared/engines/README.md's chat template for tiny.
+const readmeTemplate = "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}\n{{ end }}<|assistant|>"
+
+// foreignOllamaWith is foreignOllama with the models' chat template; it
+// also returns the process group of the server and its runners.
+func foreignOllamaWith(t *testing.T, template string, names ...string) (string, int) {
+	t.Helper()
 	bin, tiny := engines.Find(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -68,7 +79,7 @@ func foreignOllama(t *testing.T, names ...string) string {
 		return nil
 	})
 	mf := filepath.Join(t.TempDir(), "Modelfile")
-	modelfile := fmt.Sprintf("FROM %s\nTEMPLATE \"\"\"{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}\n{{ end }}<|assistant|>\"\"\"\nPARAMETER stop \"<|user|>\"\n", tiny)
+	modelfile := fmt.Sprintf("FROM %s\nTEMPLATE \"\"\"%s\"\"\"\nPARAMETER stop \"<|user|>\"\n", tiny, template)
 	if err := os.WriteFile(mf, []byte(modelfile), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +90,7 @@ func foreignOllama(t *testing.T, names ...string) string {
 			t.Fatalf("ollama create %s: %v: %s", name, err, out)
 		}
 	}
-	return base
+	return base, cmd.Process.Pid
 }
 
 // TestOllama_ForeignWorker: an Ollama that rbee did not start, named with
