@@ -295,7 +295,10 @@ func (m *migration) rewriteChunk(ev, data []byte, usage bool) []byte {
 			obj["choices"], _ = jsonv2.Marshal(choices, jsonv2.Deterministic(true))
 		}
 	}
-	if usage {
+	if usage && !zeroUsage(obj["usage"]) {
+		// Ollama's completions carry a zero usage on every chunk
+		// before the real one: only the real one is the whole
+		// answer's.
 		obj["usage"] = m.wholeUsage(obj["usage"], false)
 	}
 	out, err := jsonv2.Marshal(obj, jsonv2.Deterministic(true))
@@ -334,6 +337,20 @@ func (m *migration) wholeUsage(raw jsontext.Value, responses bool) jsontext.Valu
 		return raw
 	}
 	return out
+}
+
+// zeroUsage reports whether a usage object counts nothing yet.
+func zeroUsage(raw jsontext.Value) bool {
+	var u wireUsage
+	if jsonv2.Unmarshal(raw, &u) != nil {
+		return false
+	}
+	for _, n := range []*int64{u.PromptTokens, u.CompletionTokens, u.InputTokens, u.OutputTokens} {
+		if n != nil && *n != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // sseEvent builds an event of one data line, named when name is set.
@@ -583,7 +600,11 @@ func (m *migration) continuation() ([]byte, error) {
 			return nil, fmt.Errorf("the input is neither text nor a list")
 		}
 		if sent != "" {
-			msg, _ := jsonv2.Marshal(map[string]string{"role": "assistant", "content": sent}, jsonv2.Deterministic(true))
+			// An output message still in progress: vLLM continues
+			// only an assistant item so marked; Ollama and
+			// llama-server continue any trailing assistant message.
+			msg, _ := jsonv2.Marshal(map[string]any{"type": "message", "role": "assistant", "status": "in_progress",
+				"content": []map[string]string{{"type": "output_text", "text": sent}}}, jsonv2.Deterministic(true))
 			input = append(input, msg)
 		}
 		req["input"], _ = jsonv2.Marshal(input)

@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/json"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -45,9 +47,9 @@ func TestMigration_ContinuationRequest(t *testing.T) {
 			want: map[string]string{"prompt": `"Once upon"`}},
 		{name: "completions of token ids", api: apiCompletions, body: `{"model":"m","prompt":[1,2,3]}`, sent: []string{"x"}, err: "not one string"},
 		{name: "responses, text input", api: apiResponses, body: `{"model":"m","input":"hi","max_output_tokens":5,"instructions":"be brief"}`, sent: []string{"Hel", "lo"},
-			want: map[string]string{"input": `[{"content":"hi","role":"user"},{"content":"Hello","role":"assistant"}]`, "max_output_tokens": "3", "instructions": `"be brief"`}},
+			want: map[string]string{"input": `[{"content":"hi","role":"user"},{"content":[{"text":"Hello","type":"output_text"}],"role":"assistant","status":"in_progress","type":"message"}]`, "max_output_tokens": "3", "instructions": `"be brief"`}},
 		{name: "responses, item input", api: apiResponses, body: `{"model":"m","input":[{"role":"user","content":[{"type":"input_text","text":"hi"}]}]}`, sent: []string{"Hello"},
-			want: map[string]string{"input": `[{"role":"user","content":[{"type":"input_text","text":"hi"}]},{"content":"Hello","role":"assistant"}]`}},
+			want: map[string]string{"input": `[{"role":"user","content":[{"type":"input_text","text":"hi"}]},{"content":[{"text":"Hello","type":"output_text"}],"role":"assistant","status":"in_progress","type":"message"}]`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := &migration{api: tc.api, body: []byte(tc.body), maxBytes: 1 << 20}
@@ -243,4 +245,52 @@ func BenchmarkEntryStream(b *testing.B) {
 			b.ReportMetric(float64(kept), "bytes-kept/1000-tokens")
 		})
 	}
+}
+
+// FuzzMigration: whatever a worker streams, in whatever pieces, the first
+// answer passes through the migration record unchanged (only an error
+// event is held back), a continuation never panics and comes out as whole
+// events, and a continuation request, when one can be made, is JSON.
+func FuzzMigration(f *testing.F) {
+	for _, s := range []string{
+		"data: {\"id\":\"c\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"hi\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n",
+		"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":3,\"item_id\":\"m\",\"delta\":\"x\"}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"output\":[{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"x\"}]}],\"usage\":{\"input_tokens\":4,\"output_tokens\":5}}}\n\n",
+		"data: {\"error\":{\"message\":\"boom\"}}\n\n",
+		"data: {\"choices\":[{\"index\":0,\"text\":\"a\\u00e9\",\"finish_reason\":\"length\"}],\"usage\":{\"prompt_tokens\":\"x\"}}\r\n\r\ndata: partial",
+		": comment\n\n\n\ndata: {}\n",
+	} {
+		for api := range 3 {
+			f.Add([]byte(s), uint8(7), uint8(api))
+			f.Add([]byte(s), uint8(1), uint8(api))
+		}
+	}
+	f.Fuzz(func(t *testing.T, body []byte, piece, api uint8) {
+		bodies := []string{`{"model":"m","messages":[{"role":"user","content":"q"}],"max_tokens":9}`, `{"model":"m","prompt":"p","max_tokens":9}`, `{"model":"m","input":"i","max_output_tokens":9}`}
+		n := int(piece%64) + 1
+		run := func(cont bool) []byte {
+			resp := &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {"text/event-stream"}}}
+			tap := newUsageTap(resp, false)
+			tap.mig = &migration{api: streamAPI(api % 3), maxBytes: 1 << 10, left: 2, body: []byte(bodies[api%3])}
+			if cont {
+				tap.mig.addText("pre")
+				tap.mig.beginContinuation()
+			}
+			var out []byte
+			for i := 0; i < len(body); i += n {
+				out = append(out, tap.feed(body[i:min(i+n, len(body))])...)
+			}
+			out = append(out, tap.rest()...)
+			if b, err := tap.mig.continuation(); err == nil && !json.Valid(b) {
+				t.Fatalf("continuation %q is not JSON", b)
+			}
+			if tap.mig != nil && tap.mig.broke != nil {
+				out = append(out, tap.mig.broke...)
+			}
+			return out
+		}
+		if out := run(false); !bytes.Equal(out, body) && !bytes.Contains(body, []byte(`"error"`)) && !bytes.Contains(body, []byte(`error`)) {
+			t.Fatalf("the first answer changed: %q from %q", out, body)
+		}
+		run(true)
+	})
 }
