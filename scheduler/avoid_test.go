@@ -8,6 +8,36 @@ import (
 // continuation avoids the worker that broke off and any hive its entry node
 // could not reach, whether it is granted at once, waits for a slot, or
 // follows its conversation's worker.
+// TestAvoid_DoesNotHoldUpOthers: a continuation waiting for another
+// worker, ahead of a request that any worker may serve, does not keep the
+// worker it avoids from that request.
+func TestAvoid_DoesNotHoldUpOthers(t *testing.T) {
+	s := New(Config{})
+	s.SetWarm(true)
+	s.UpdateHive("h1", []Worker{w("g/1", "m", 1)}, nil, t0)
+	s.UpdateHive("h2", []Worker{w("g/1", "m", 1)}, nil, t0)
+	busy1, busy2 := mustGrant(t, s, req("busy1", "m"), t0), mustGrant(t, s, req("busy2", "m"), t0)
+	if grantedTo(&busy1) != "h1/g/1" || grantedTo(&busy2) != "h2/g/1" {
+		t.Fatalf("busy on %s and %s", grantedTo(&busy1), grantedTo(&busy2))
+	}
+	cont := req("cont", "m")
+	cont.Avoid = []Avoid{{"h1", "g/1"}}
+	for _, r := range []Request{cont, req("next", "m")} {
+		if g, err := s.Request(r, t0); g != nil || err != nil {
+			t.Fatalf("%s: granted %v, err %v; want it to wait", r.ID, grantedTo(g), err)
+		}
+	}
+	got := map[string]string{}
+	for _, lease := range []Grant{busy1, busy2} {
+		for _, g := range s.Release(lease.Lease.ID, t0.Add(1)) {
+			got[g.Request.ID] = grantedTo(&g)
+		}
+	}
+	if got["next"] != "h1/g/1" || got["cont"] != "h2/g/1" {
+		t.Fatalf("granted %v, want next on h1/g/1 (freed first) and cont on h2/g/1", got)
+	}
+}
+
 func TestAvoid_NeverGrantsWhatTheRequestAvoids(t *testing.T) {
 	later := t0.Add(1)
 	for _, c := range []struct {

@@ -85,7 +85,16 @@ func (s *Scheduler) fill(w *worker, now time.Time, grants []Grant) []Grant {
 				best = h
 			}
 		}
-		if best == nil || !s.eligible(w, best.req, best.key, now) {
+		if best == nil {
+			return grants
+		}
+		if why := s.why(w, best.req, best.key, now); why == reasonAvoided {
+			// A continuation that must go elsewhere does not
+			// hold w from the requests behind it.
+			if best = s.firstTaking(w, now); best == nil {
+				return grants
+			}
+		} else if why != "" {
 			return grants
 		}
 		s.served(best)
@@ -93,6 +102,27 @@ func (s *Scheduler) fill(w *worker, now time.Time, grants []Grant) []Grant {
 		grants = append(grants, s.grant(w, best.req, now))
 	}
 	return grants
+}
+
+// firstTaking is the request w's model queues would serve first of those
+// that w may take, nil when none may: the rare case of a head that avoids w.
+func (s *Scheduler) firstTaking(w *worker, now time.Time) *waiting {
+	var best *waiting
+	for _, k := range w.keys {
+		q := s.queues[k]
+		if q == nil {
+			continue
+		}
+		for _, wt := range q.order() {
+			if wt.pin == "" && s.eligible(w, wt.req, wt.key, now) {
+				if best == nil || before(wt, best) {
+					best = wt
+				}
+				break
+			}
+		}
+	}
+	return best
 }
 
 func (s *Scheduler) grant(w *worker, r Request, now time.Time) Grant {
