@@ -26,6 +26,8 @@ type feedEvent struct {
 	HiveID    string    `json:"hive_id"`
 	Timestamp time.Time `json:"timestamp"`
 	QueenID   string    `json:"queen_id"`
+	// Migrations of a queen event (migrate_e2e_test.go).
+	Migrations []wsapi.Migration `json:"migrations"`
 	// err is set instead of the fields when the message did not parse.
 	err error
 }

@@ -27,6 +27,8 @@ import (
 	"github.com/rbee/rbee/internal/netlab"
 	"github.com/rbee/rbee/internal/sim"
 	"github.com/rbee/rbee/internal/testutil"
+	"github.com/rbee/rbee/node/api"
+	"github.com/rbee/rbee/wsapi"
 )
 
 // Each simulated worker streams migTPS tokens a second, so a 60-token
@@ -540,7 +542,8 @@ func TestMigration_Off(t *testing.T) {
 }
 
 // checkMigrationsReported: the entry node logged each migration, counted
-// it, and the queen lists it in its events for the dashboard.
+// it in its metrics and in usage, and the queen lists it in its events for
+// the dashboard.
 func checkMigrationsReported(t *testing.T, c *cluster, e, q *proc, n int) {
 	t.Helper()
 	if got := strings.Count(e.log(), `msg="stream migrated"`); got != n {
@@ -560,6 +563,32 @@ func checkMigrationsReported(t *testing.T, c *cluster, e, q *proc, n int) {
 		}
 		return nil
 	})
+	testutil.Eventually(t, 20*time.Second, "migrations in usage", func() error {
+		var u api.UsageView
+		if err := c.getJSON(e.httpAddr, api.PathUsage+"?since=1h", &u); err != nil {
+			return err
+		}
+		var migrated int64
+		for _, r := range u.Rows {
+			migrated += r.Migrated
+		}
+		if migrated != int64(n) {
+			return fmt.Errorf("usage rows %+v: %d migrated, want %d", u.Rows, migrated, n)
+		}
+		return nil
+	})
+	f := c.dialFeed(q)
+	waitFeed(t, f, 10*time.Second, feedCond{fmt.Sprintf("a queen event listing %d migrations from %s", n, e.name), func(ev feedEvent) bool {
+		if ev.Type != wsapi.TypeQueen || len(ev.Migrations) != n {
+			return false
+		}
+		for _, m := range ev.Migrations {
+			if m.Result != wsapi.MigrationContinued || m.Entry != e.name || m.From == "" || m.To == "" || m.Tokens != migKillAt {
+				return false
+			}
+		}
+		return true
+	}})
 }
 
 // TestMigration_CutLink: in network namespaces, the link of the hive
