@@ -142,7 +142,7 @@ func (p *Proxy) tryWorkers(w http.ResponseWriter, r *http.Request, a *admission,
 		}
 		if retries++; retries == maxAttempts {
 			p.migrationFailed(rp, fmt.Sprintf("%d workers in a row could not take the continuation", retries))
-			p.Fail(w, r, g.Model, http.StatusServiceUnavailable, "worker_unavailable",
+			p.failReply(w, r, rp, g.Model, http.StatusServiceUnavailable, "worker_unavailable",
 				fmt.Sprintf("model %q: %d workers in a row could not take the request", a.model, retries))
 			return
 		}
@@ -210,8 +210,19 @@ func (p *Proxy) askLease(w http.ResponseWriter, r *http.Request, a *admission, o
 	if lerr.RetryAfterMS > 0 {
 		w.Header().Set("Retry-After", strconv.FormatInt(max((lerr.RetryAfterMS+999)/1000, 1), 10))
 	}
-	p.Fail(w, r, label, lerr.Status, lerr.ErrorType, lerr.Message)
+	p.failReply(w, r, rp, label, lerr.Status, lerr.ErrorType, lerr.Message)
 	return nil, false
+}
+
+// failReply is Fail for a request that may be under way: a stream whose
+// continuation found no worker has been counted with its first answer's
+// status, and gets the error as its last event (keepalive.go).
+func (p *Proxy) failReply(w http.ResponseWriter, r *http.Request, rp *reply, model string, status int, typ, msg string) {
+	if rp.started {
+		WriteError(w, status, typ, msg)
+		return
+	}
+	p.Fail(w, r, model, status, typ, msg)
 }
 
 // Fail answers an inference client with an error and counts it. model is
