@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -25,18 +24,7 @@ func TestE2E_AISDKClient(t *testing.T) { runClientAgainstDemo(t, "ai-sdk-client"
 // when RBEE_REQUIRE_NODE is set (as in CI).
 func runClientAgainstDemo(t *testing.T, client, pkg string) {
 	t.Helper()
-	dir, _ := filepath.Abs(filepath.Join("..", "..", "testdata", client))
-	nodeBin, err := exec.LookPath("node")
-	if err == nil {
-		_, err = os.Stat(filepath.Join(dir, "node_modules", pkg, "package.json"))
-	}
-	if err != nil {
-		msg := "node or the " + pkg + " package missing (run: npm ci --prefix testdata/" + client + "): " + err.Error()
-		if os.Getenv("RBEE_REQUIRE_NODE") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	nodeBin, dir := nodeClient(t, client, pkg)
 	addr := startDemo(t)
 	for _, model := range []string{"llama-3.2-1b", "qwen2.5-0.5b"} {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -787,4 +788,89 @@ func TestMigration_QueenHiveKilled(t *testing.T) {
 			t.Fatal("q1's worker never served a stream")
 		}
 	}
+}
+
+// TestMigration_Clients: the official openai npm client and the Vercel AI
+// SDK read streams (chat completions and the Responses API) whose hive is
+// SIGKILLed mid-way; neither raises, and each gets the whole answer.
+func TestMigration_Clients(t *testing.T) {
+	for _, tc := range []struct{ client, pkg string }{{"openai-client", "openai"}, {"ai-sdk-client", "ai"}} {
+		t.Run(tc.client, func(t *testing.T) {
+			t.Parallel()
+			nodeBin, dir := nodeClient(t, tc.client, tc.pkg)
+			mc := newMigCluster(t, 3, 1)
+			ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, nodeBin, filepath.Join(dir, "migrate.mjs"), "http://"+mc.e.httpAddr+"/v1", "m",
+				strconv.Itoa(migTokens), strconv.Itoa(migKillAt))
+			cmd.Env = append(os.Environ(), "RBEE_API_KEY="+mc.key.HTTPToken())
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			sc := bufio.NewScanner(out)
+			var lines []string
+			texts := 0
+			for sc.Scan() {
+				line := sc.Text()
+				lines = append(lines, line)
+				switch {
+				case strings.HasPrefix(line, "CUT "):
+					h, _ := mc.serving(t)
+					mc.kill(mc.hives[h].node)
+				case strings.HasPrefix(line, "TEXT "):
+					texts++
+					name, js, _ := strings.Cut(strings.TrimPrefix(line, "TEXT "), " ")
+					var v struct {
+						Text       string
+						Final      *string
+						Completion int
+						Created    *int
+						IDs        []string `json:"ids"`
+					}
+					if err := json.Unmarshal([]byte(js), &v); err != nil {
+						t.Fatalf("%s: %q: %v", name, line, err)
+					}
+					if v.Text != sim.Text(migTokens) || (v.Final != nil && *v.Final != v.Text) {
+						t.Errorf("%s: text %q (final %v), want the whole answer", name, v.Text, v.Final)
+					}
+					if v.Completion != migTokens || (v.Created != nil && *v.Created != 1) || len(v.IDs) > 1 {
+						t.Errorf("%s: %s; want %d completion tokens, one response, one id", name, js, migTokens)
+					}
+				}
+			}
+			if err := cmd.Wait(); err != nil || texts != 2 || lines[len(lines)-1] != "OK" {
+				t.Fatalf("%s: %v, %d answers\nstdout:\n%s\nstderr:\n%s", tc.client, err, texts, strings.Join(lines, "\n"), stderr.String())
+			}
+			t.Logf("%s:\n%s", tc.client, strings.Join(lines, "\n"))
+			if got := strings.Count(mc.e.log(), `msg="stream migrated"`); got != 2 {
+				t.Errorf("%d migrations logged, want 2", got)
+			}
+		})
+	}
+}
+
+// nodeClient finds node and testdata/<client> with its npm package pkg
+// installed; without them the test skips saying what to run, or fails when
+// RBEE_REQUIRE_NODE is set (as in CI).
+func nodeClient(t *testing.T, client, pkg string) (nodeBin, dir string) {
+	t.Helper()
+	dir, _ = filepath.Abs(filepath.Join("..", "..", "testdata", client))
+	nodeBin, err := exec.LookPath("node")
+	if err == nil {
+		_, err = os.Stat(filepath.Join(dir, "node_modules", pkg, "package.json"))
+	}
+	if err != nil {
+		msg := "node or the " + pkg + " package missing (run: npm ci --prefix testdata/" + client + "): " + err.Error()
+		if os.Getenv("RBEE_REQUIRE_NODE") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return nodeBin, dir
 }
