@@ -38,6 +38,43 @@ func TestAvoid_DoesNotHoldUpOthers(t *testing.T) {
 	}
 }
 
+// TestAvoid_PrefersAnotherHive: a continuation whose worker broke off on a
+// live hive goes to another hive when one can take it at once, else to
+// the broken worker's neighbour.
+func TestAvoid_PrefersAnotherHive(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		h2Busy    bool
+		want      string
+		elsewhere []string
+	}{
+		{name: "without a preference: the least loaded, first by name", want: "h1/g/2"},
+		{name: "another hive free", elsewhere: []string{"h1"}, want: "h2/g/1"},
+		{name: "another hive busy: the neighbour", elsewhere: []string{"h1"}, h2Busy: true, want: "h1/g/2"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := New(Config{})
+			s.SetWarm(true)
+			s.UpdateHive("h1", []Worker{w("g/1", "m", 1), w("g/2", "m", 1)}, nil, t0)
+			s.UpdateHive("h2", []Worker{w("g/1", "m", 1)}, nil, t0)
+			if c.h2Busy {
+				r := req("busy", "m")
+				r.Avoid = []Avoid{{"h1", ""}}
+				mustGrant(t, s, r, t0)
+			}
+			r := req("r", "m")
+			r.Avoid, r.Elsewhere = []Avoid{{"h1", "g/1"}}, c.elsewhere
+			g, err := s.Request(r, t0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := grantedTo(g); got != c.want {
+				t.Fatalf("granted to %q, want %q", got, c.want)
+			}
+		})
+	}
+}
+
 func TestAvoid_NeverGrantsWhatTheRequestAvoids(t *testing.T) {
 	later := t0.Add(1)
 	for _, c := range []struct {

@@ -96,6 +96,22 @@ func (s *Scheduler) why(w *worker, r Request, key string, now time.Time) string 
 	return ""
 }
 
+// pickElsewhere is pick, preferring a worker on a hive r.Elsewhere does
+// not name.
+func (s *Scheduler) pickElsewhere(key string, r Request, now time.Time) *worker {
+	if len(r.Elsewhere) > 0 {
+		away := r
+		away.Avoid = slices.Clip(r.Avoid)
+		for _, h := range r.Elsewhere {
+			away.Avoid = append(away.Avoid, Avoid{Hive: h})
+		}
+		if w := s.pick(key, away, now); w != nil {
+			return w
+		}
+	}
+	return s.pick(key, r, now)
+}
+
 // servedElsewhere reports whether a worker r does not avoid serves key.
 func (s *Scheduler) servedElsewhere(key string, r Request) bool {
 	for _, w := range s.byKey[key] {

@@ -48,6 +48,11 @@ type Request struct {
 	// (a migrated stream continues elsewhere) or that its entry node
 	// could not reach.
 	Avoid []Avoid
+	// Elsewhere lists hives the request would rather not go to (the hive
+	// of a worker that broke off its answer): a worker there is granted
+	// at once only when none on another hive can take it; once waiting,
+	// any worker will do.
+	Elsewhere []string
 }
 
 // Avoid is one place a request must not go: a hive, or one worker on it.
@@ -133,7 +138,7 @@ func (s *Scheduler) request(r Request, now time.Time) (*Grant, error) {
 	}
 	q := s.queues[key]
 	if q == nil || q.head(now, s.cfg.AgingAfter) == nil {
-		if w := s.pick(key, r, now); w != nil {
+		if w := s.pickElsewhere(key, r, now); w != nil {
 			g := s.grant(w, r, now)
 			return &g, nil
 		}

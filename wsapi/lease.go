@@ -53,6 +53,11 @@ type LeaseRequest struct {
 	// migrated stream's continuation (and a retry) goes elsewhere. A
 	// Placement with no Worker avoids the whole hive.
 	Avoid []Placement `json:"avoid,omitempty"`
+	// Elsewhere lists hives the request would rather not go to (an
+	// addition): the hive of a worker that broke off its answer, which
+	// may fail the next one too. A worker there is granted only when no
+	// worker on another hive can take the request at once.
+	Elsewhere []string `json:"elsewhere,omitempty"`
 }
 
 // Placement names a hive, or a worker (group/instance) on it.
@@ -143,8 +148,13 @@ func (m *LeaseRequest) Validate() error {
 	if m.Weight < 0 || m.Weight > 1000 || m.Weight != m.Weight || m.MaxConcurrent < 0 || m.PerMinute < 0 || m.WaitedMS < 0 {
 		return fmt.Errorf("%w: weight, caps or waited_ms out of range", ErrInvalid)
 	}
-	if len(m.Avoid) > MaxAvoid {
-		return fmt.Errorf("%w: %d places to avoid, at most %d", ErrInvalid, len(m.Avoid), MaxAvoid)
+	if len(m.Avoid) > MaxAvoid || len(m.Elsewhere) > MaxAvoid {
+		return fmt.Errorf("%w: %d places to avoid and %d hives to shun, at most %d each", ErrInvalid, len(m.Avoid), len(m.Elsewhere), MaxAvoid)
+	}
+	for _, h := range m.Elsewhere {
+		if err := ValidName(h); err != nil {
+			return fmt.Errorf("hive to shun: %w", err)
+		}
 	}
 	for _, a := range m.Avoid {
 		if a.Worker == "" {

@@ -30,6 +30,8 @@ func TestLeaseMessages_Validate(t *testing.T) {
 		{"request avoiding a badly named hive", &LeaseRequest{RequestID: "e.1", Model: "m", Avoid: []Placement{{Hive: "b c"}}}, false},
 		{"request avoiding a worker that is not group/instance", &LeaseRequest{RequestID: "e.1", Model: "m", Avoid: []Placement{{Hive: "b", Worker: "8080"}}}, false},
 		{"request avoiding too much", &LeaseRequest{RequestID: "e.1", Model: "m", Avoid: make([]Placement, MaxAvoid+1)}, false},
+		{"request shunning a hive", &LeaseRequest{RequestID: "e.1", Model: "m", Elsewhere: []string{"b"}}, true},
+		{"request shunning a badly named hive", &LeaseRequest{RequestID: "e.1", Model: "m", Elsewhere: []string{""}}, false},
 		{"cancel", &LeaseCancel{RequestID: "e.1"}, true},
 		{"cancel without id", &LeaseCancel{}, false},
 		{"release", &LeaseRelease{LeaseID: "q.1"}, true},

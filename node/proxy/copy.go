@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/rbee/rbee/wsapi"
 )
 
 // outcome is what became of one worker's answer to a request.
@@ -44,6 +46,10 @@ type reply struct {
 	// reaches the client).
 	migrated int
 	report   *pendingMigration
+	// Where the next lease must not go (the workers that broke off, the
+	// hives this node could not reach), and hives it should rather not.
+	avoid     []wsapi.Placement
+	elsewhere []string
 }
 
 // copyResponse copies a response to the client as it arrives, flushing each

@@ -99,9 +99,8 @@ func (p *Proxy) tryWorkers(w http.ResponseWriter, r *http.Request, a *admission,
 		}
 	}()
 	on, body := a.on, a.body
-	var avoid []wsapi.Placement
 	for retries := 0; ; {
-		g, ok := p.askLease(w, r, a, on, ka, rp, avoid)
+		g, ok := p.askLease(w, r, a, on, ka, rp)
 		if !ok {
 			p.migrationFailed(rp, "no worker could take the continuation")
 			return
@@ -125,8 +124,13 @@ func (p *Proxy) tryWorkers(w http.ResponseWriter, r *http.Request, a *admission,
 		if r.Context().Err() != nil {
 			return // the client went away: no new lease for it
 		}
-		if len(avoid) < wsapi.MaxAvoid && away.Hive != "" {
-			avoid = append(avoid, away)
+		if len(rp.avoid) < wsapi.MaxAvoid && away.Hive != "" {
+			rp.avoid = append(rp.avoid, away)
+			if away.Worker != "" && o == outcomeBroken && len(rp.elsewhere) < wsapi.MaxAvoid {
+				// Its hive lives, but what broke the worker (a
+				// GPU fault, memory) may break its neighbours.
+				rp.elsewhere = append(rp.elsewhere, away.Hive)
+			}
 		}
 		on = Placement{} // that worker could not serve it: any will do now
 		switch o {
@@ -153,13 +157,13 @@ func (p *Proxy) tryWorkers(w http.ResponseWriter, r *http.Request, a *admission,
 // askLease asks the queen for a lease on a worker for a, on the worker on
 // when it is not the zero Placement, and counts the wait. On false there is
 // none: the client went away, or has had the queen's refusal.
-func (p *Proxy) askLease(w http.ResponseWriter, r *http.Request, a *admission, on Placement, ka *keepAlive, rp *reply, avoid []wsapi.Placement) (*wsapi.LeaseGrant, bool) {
+func (p *Proxy) askLease(w http.ResponseWriter, r *http.Request, a *admission, on Placement, ka *keepAlive, rp *reply) (*wsapi.LeaseGrant, bool) {
 	waitStart := time.Now()
 	var onWait func(*wsapi.LeaseWait)
 	if ka != nil {
 		onWait = ka.start(waitStart)
 	}
-	ask := Ask{Model: a.model, On: on, Wait: p.cfg.QueueTimeout, OnWait: onWait, Tenant: a.tenant, Arrived: a.start, Conversation: a.conv, Avoid: avoid}
+	ask := Ask{Model: a.model, On: on, Wait: p.cfg.QueueTimeout, OnWait: onWait, Tenant: a.tenant, Arrived: a.start, Conversation: a.conv, Avoid: rp.avoid, Elsewhere: rp.elsewhere}
 	g, lerr, err := p.leases.Ask(r.Context(), ask)
 	if err == nil && lerr != nil && lerr.ErrorType == ErrTypeQueenUnreachable {
 		if ka != nil {

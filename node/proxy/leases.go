@@ -208,6 +208,9 @@ type Ask struct {
 	// Avoid lists the workers that broke off this request's answer and
 	// the hives this node could not reach: the queen grants none of them.
 	Avoid []wsapi.Placement
+	// Elsewhere lists hives to prefer not to use: those of workers that
+	// broke off this request's answer.
+	Elsewhere []string
 }
 
 // Ask asks for a lease as a says and waits for the answer, as AcquireOn.
@@ -221,7 +224,7 @@ func (lc *LeaseClient) Ask(ctx context.Context, a Ask) (*wsapi.LeaseGrant, *wsap
 	p := &pendingLease{
 		msg: wsapi.LeaseRequest{Type: wsapi.TypeLeaseRequest, RequestID: id, Model: model, WaitMS: wait.Milliseconds(),
 			Hive: on.Hive, Worker: on.Worker, Progress: onWait != nil, WaitedMS: max(now.Sub(a.Arrived).Milliseconds(), 0),
-			Conversation: a.Conversation, Avoid: a.Avoid},
+			Conversation: a.Conversation, Avoid: a.Avoid, Elsewhere: a.Elsewhere},
 		arrived:  a.Arrived,
 		deadline: now.Add(wait),
 		ch:       make(chan leaseAnswer, 1),

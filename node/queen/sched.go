@@ -113,6 +113,7 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 		for _, a := range m.Avoid {
 			r.Avoid = append(r.Avoid, scheduler.Avoid{Hive: a.Hive, Worker: a.Worker})
 		}
+		r.Elsewhere = m.Elsewhere
 		if m.Priority == wsapi.PriorityBatch {
 			r.Class = scheduler.ClassBatch
 		}
