@@ -16,7 +16,7 @@ import (
 
 var usageColumns = []column{
 	{name: "KEY", shorten: 2}, {name: "MODEL", shorten: 1}, {name: "REQUESTS"}, {name: "PROMPT"},
-	{name: "COMPLETION"}, {name: "WAIT P50", drop: 2}, {name: "WAIT P99", drop: 1},
+	{name: "COMPLETION"}, {name: "MIGRATED", drop: 3}, {name: "WAIT P50", drop: 2}, {name: "WAIT P99", drop: 1},
 }
 
 // RenderUsage writes the usage as a table with a total line, fitted to width
@@ -33,12 +33,13 @@ func RenderUsage(w io.Writer, v *api.UsageView, width int) error {
 	var total wsapi.UsageRow
 	for _, r := range v.Rows {
 		rows = append(rows, []string{r.Key, r.Model, itoa(r.Requests), itoa(r.PromptTokens), itoa(r.CompletionTokens),
-			waitText(r.QueueWaitP50MS), waitText(r.QueueWaitP99MS)})
+			itoa(r.Migrated), waitText(r.QueueWaitP50MS), waitText(r.QueueWaitP99MS)})
 		total.Requests += r.Requests
 		total.PromptTokens += r.PromptTokens
 		total.CompletionTokens += r.CompletionTokens
+		total.Migrated += r.Migrated
 	}
-	rows = append(rows, []string{"TOTAL", "", itoa(total.Requests), itoa(total.PromptTokens), itoa(total.CompletionTokens), "", ""})
+	rows = append(rows, []string{"TOTAL", "", itoa(total.Requests), itoa(total.PromptTokens), itoa(total.CompletionTokens), itoa(total.Migrated), "", ""})
 	for _, l := range (table{cols: usageColumns, rows: rows}).lines(width) {
 		b.WriteString(l)
 		b.WriteByte('\n')
