@@ -125,9 +125,11 @@ func (m *migration) stop(why string) {
 // ended reports whether the answer reached its end: the client has it all.
 func (m *migration) ended() bool { return m.finished || m.done }
 
-// beginContinuation starts rewriting the events of a continuation.
+// beginContinuation starts rewriting the events of a continuation. When
+// the client has had nothing of the first answer, the continuation is its
+// answer as it comes, opening events and ids included.
 func (m *migration) beginContinuation() {
-	m.cont = true
+	m.cont = m.id != nil || m.respID != "" || m.tokens > 0
 	m.textBefore, m.tokBefore = m.text.Len(), m.tokens
 	m.broke = nil
 }

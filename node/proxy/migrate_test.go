@@ -134,6 +134,17 @@ func TestMigration_OneStreamForTheClient(t *testing.T) {
 	}
 }
 
+// A stream that broke off before its first event is answered by the
+// continuation as it comes: the client has had no opening event.
+func TestMigration_NothingSentYet(t *testing.T) {
+	m := &migration{api: apiResponses, maxBytes: 1 << 20, left: 2}
+	m.beginContinuation()
+	created := named("response.created", `{"type":"response.created","sequence_number":0,"response":{"id":"resp_2"}}`)
+	if out := feed(m, created); out != string(created) || m.respID != "resp_2" {
+		t.Fatalf("client got %q (response id %q), want the opening event", out, m.respID)
+	}
+}
+
 func TestMigration_WhatCannotBeContinued(t *testing.T) {
 	for _, tc := range []struct {
 		name string
