@@ -92,6 +92,7 @@ func modelsConfig(c *cli.Context, devices func() []wsapi.GPUInfo, log *slog.Logg
 	if dd := c.String("data-dir"); dd != "" {
 		cfg.LogDir = filepath.Join(dd, "engines")
 		cfg.StateFile = filepath.Join(dd, "models.json")
+		cfg.DigestFile = filepath.Join(dd, "model-digests.json")
 		cfg.OllamaModels = filepath.Join(dd, "ollama")
 	}
 	return cfg, nil

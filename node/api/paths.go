@@ -37,6 +37,10 @@ const (
 	// PathHiveProxy prefixes an inference path on the hive that owns the
 	// leased worker: POST /v1/hive/proxy/v1/chat/completions.
 	PathHiveProxy = "/v1/hive/proxy"
+	// PathHiveFiles lists a catalog model's files (GET
+	// /v1/hive/files/{model}) and serves each, with ranges (GET
+	// /v1/hive/files/{model}/{path...}), to the peers that copy it.
+	PathHiveFiles = "/v1/hive/files"
 )
 
 // The OpenAI-compatible API every node serves. Any other OpenAI-style POST

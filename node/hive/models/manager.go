@@ -64,6 +64,10 @@ type Config struct {
 	// Close.
 	OllamaModels string
 	CgroupRoot   string
+	// DigestFile keeps the SHA-256 of each model file peers fetched, so
+	// that a file is hashed once per version (files.go); "" keeps them
+	// in memory.
+	DigestFile string
 
 	// Hooks into the hive. Register tells the collector of a ready worker
 	// (ManagedGroup/instance); Leases reports what a worker serves and
@@ -155,6 +159,10 @@ type Manager struct {
 	loadTime *prometheus.HistogramVec
 	states   *prometheus.GaugeVec
 	ollama   ollamaStore
+
+	// The digests of the model files peers fetch (files.go).
+	digestOnce sync.Once
+	digestC    *digestCache
 }
 
 // New checks the catalog: an entry that cannot start is kept and reported
