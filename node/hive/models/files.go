@@ -22,12 +22,20 @@ import (
 )
 
 // ModelFile is one file of a model: its path relative to the model (the
-// file's own name for a one-file model), size and SHA-256 (hex).
+// file's own name for a one-file model), size and SHA-256 (hex), and the
+// SHA-256 of each BlockSize block, so that a copy checks each range it
+// fetched (from whichever peer) and fetches again only a bad one.
 type ModelFile struct {
-	Path   string `json:"path"`
-	Size   int64  `json:"size"`
-	SHA256 string `json:"sha256"`
+	Path      string   `json:"path"`
+	Size      int64    `json:"size"`
+	SHA256    string   `json:"sha256"`
+	BlockSize int64    `json:"block_size"`
+	Blocks    []string `json:"blocks"`
 }
+
+// BlockSize is the span each block digest covers: a 40 GB file has 640,
+// some 40 KB of digests.
+const BlockSize = 64 << 20
 
 // ErrNoModel is wrapped by Files and Open for a name the catalog lacks.
 var ErrNoModel = errors.New("no such model in this hive's catalog")
@@ -51,11 +59,11 @@ func (m *Manager) Files(name string) ([]ModelFile, error) {
 		if folder {
 			full = filepath.Join(root, rel)
 		}
-		sum, size, err := m.digests().sum(full)
+		d, err := m.digests().sum(full)
 		if err != nil {
 			return nil, fmt.Errorf("model %s: %w", name, err)
 		}
-		out = append(out, ModelFile{Path: rel, Size: size, SHA256: sum})
+		out = append(out, ModelFile{Path: rel, Size: d.Size, SHA256: d.SHA256, BlockSize: BlockSize, Blocks: d.Blocks})
 	}
 	return out, nil
 }
@@ -148,11 +156,12 @@ type digestEntry struct {
 	Size    int64     `json:"size"`
 	ModTime time.Time `json:"mod_time"`
 	SHA256  string    `json:"sha256"`
+	Blocks  []string  `json:"blocks"`
 }
 
 type digestRun struct {
 	done chan struct{}
-	sum  string
+	d    digestEntry
 	err  error
 }
 
@@ -169,36 +178,41 @@ func (m *Manager) digests() *digestCache {
 	return m.digestC
 }
 
-// sum returns path's SHA-256 and size, from the cache when the file has not
-// changed since it was hashed.
-func (c *digestCache) sum(path string) (string, int64, error) {
+// sum returns path's digests, from the cache when the file has not changed
+// since it was hashed.
+func (c *digestCache) sum(path string) (digestEntry, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return "", 0, err
+		return digestEntry{}, err
 	}
 	c.mu.Lock()
-	if e, ok := c.entries[path]; ok && e.Size == fi.Size() && e.ModTime.Equal(fi.ModTime()) {
+	if e, ok := c.entries[path]; ok && e.Size == fi.Size() && e.ModTime.Equal(fi.ModTime()) && len(e.Blocks) == blocksOf(e.Size) {
 		c.mu.Unlock()
-		return e.SHA256, e.Size, nil
+		return e, nil
 	}
 	run := c.running[path]
 	if run == nil {
 		run = &digestRun{done: make(chan struct{})}
 		c.running[path] = run
 		c.mu.Unlock()
-		run.sum, run.err = hashFile(path)
+		run.d, run.err = hashFile(path)
+		run.d.ModTime = fi.ModTime()
 		c.mu.Lock()
 		delete(c.running, path)
 		if run.err == nil {
-			c.entries[path] = digestEntry{Size: fi.Size(), ModTime: fi.ModTime(), SHA256: run.sum}
+			c.entries[path] = run.d
 			c.saveLocked()
 		}
 		close(run.done)
 	}
 	c.mu.Unlock()
 	<-run.done
-	return run.sum, fi.Size(), run.err
+	return run.d, run.err
 }
+
+// blocksOf is how many BlockSize blocks a file of size bytes has (one for
+// an empty file).
+func blocksOf(size int64) int { return int(max((size+BlockSize-1)/BlockSize, 1)) }
 
 func (c *digestCache) saveLocked() {
 	if c.file == "" {
@@ -214,16 +228,30 @@ func (c *digestCache) saveLocked() {
 	}
 }
 
-func hashFile(path string) (string, error) {
+// hashFile reads path once for its SHA-256 and its blocks'.
+func hashFile(path string) (digestEntry, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", err
+		return digestEntry{}, err
 	}
 	defer f.Close()
-	h := sha256.New()
+	whole := sha256.New()
 	buf := make([]byte, 1<<20)
-	if _, err := io.CopyBuffer(h, f, buf); err != nil {
-		return "", fmt.Errorf("hash %s: %w", path, err)
+	var d digestEntry
+	for {
+		block := sha256.New()
+		n, err := io.CopyBuffer(io.MultiWriter(whole, block), io.LimitReader(f, BlockSize), buf)
+		if err != nil {
+			return digestEntry{}, fmt.Errorf("hash %s: %w", path, err)
+		}
+		if n > 0 || d.Size == 0 && len(d.Blocks) == 0 {
+			d.Blocks = append(d.Blocks, hex.EncodeToString(block.Sum(nil)))
+		}
+		d.Size += n
+		if n < BlockSize {
+			break
+		}
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	d.SHA256 = hex.EncodeToString(whole.Sum(nil))
+	return d, nil
 }

@@ -60,8 +60,10 @@ func TestFiles_ListsAndServesAModelsFiles(t *testing.T) {
 		{Path: "model.safetensors", Size: 7, SHA256: sum([]byte("weights"))},
 		{Path: "sub/tokenizer.json", Size: 2, SHA256: sum([]byte(`{}`))},
 	}
-	if !slices.Equal(got, want) {
-		t.Fatalf("files %+v, want %+v", got, want)
+	if !slices.EqualFunc(got, want, func(a, b ModelFile) bool {
+		return a.Path == b.Path && a.Size == b.Size && a.SHA256 == b.SHA256 && a.BlockSize == BlockSize && slices.Equal(a.Blocks, []string{b.SHA256})
+	}) {
+		t.Fatalf("files %+v, want %+v (one block each)", got, want)
 	}
 	one, err := m.Files("tiny")
 	if err != nil || len(one) != 1 || one[0].Path != "tiny.gguf" || one[0].SHA256 != sum([]byte("GGUF...")) {
@@ -89,6 +91,33 @@ func TestFiles_ListsAndServesAModelsFiles(t *testing.T) {
 
 // TestFiles_DigestsAreKept: a file is hashed once per version; the digests
 // survive a restart (the digest file), and a changed file is hashed again.
+// TestHashFile_Blocks: a file is cut into BlockSize blocks, the last one
+// short, and an empty file is one empty block.
+func TestHashFile_Blocks(t *testing.T) {
+	dir := t.TempDir()
+	for _, size := range []int64{0, 1, BlockSize, BlockSize + 1, 2*BlockSize + 7} {
+		p := filepath.Join(dir, "f")
+		b := make([]byte, size)
+		for i := range b {
+			b[i] = byte(i * 7)
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		d, err := hashFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		for off := int64(0); off < size || len(want) == 0; off += BlockSize {
+			want = append(want, sum(b[off:min(off+BlockSize, size)]))
+		}
+		if d.Size != size || d.SHA256 != sum(b) || !slices.Equal(d.Blocks, want) || len(d.Blocks) != blocksOf(size) {
+			t.Errorf("size %d: got size %d, %d blocks; want %d blocks", size, d.Size, len(d.Blocks), len(want))
+		}
+	}
+}
+
 func TestFiles_DigestsAreKept(t *testing.T) {
 	dir := t.TempDir()
 	model := filepath.Join(dir, "m.gguf")
@@ -116,7 +145,7 @@ func TestFiles_DigestsAreKept(t *testing.T) {
 		t.Fatalf("digest file holds %+v", c.entries)
 	}
 	c.mu.Lock()
-	c.entries[model] = digestEntry{Size: fi.Size(), ModTime: fi.ModTime(), SHA256: "planted"}
+	c.entries[model] = digestEntry{Size: fi.Size(), ModTime: fi.ModTime(), SHA256: "planted", Blocks: []string{"planted"}}
 	c.mu.Unlock()
 	if got, _ := m.Files("m"); got[0].SHA256 != "planted" {
 		t.Fatalf("cached digest not used: %+v", got)
