@@ -165,7 +165,8 @@ func checkName(name string) error {
 // every direct subfolder holding config.json and at least one *.safetensors
 // file (named for the folder, served by vllm). Symbolic links are followed,
 // since the Hugging Face cache and hand-made model folders are full of them;
-// anything else, and anything deeper than one level, is ignored. Only a
+// anything else, hidden names (.x) and anything deeper than one level, is
+// ignored. Only a
 // missing or unreadable dir is an error; an unreadable subfolder is skipped.
 func ScanModelsDir(dir string) ([]Entry, error) {
 	des, err := os.ReadDir(dir)
@@ -174,6 +175,11 @@ func ScanModelsDir(dir string) ([]Entry, error) {
 	}
 	var out []Entry
 	for _, de := range des {
+		if strings.HasPrefix(de.Name(), ".") {
+			// Hidden: a model being copied or pulled in, assembled
+			// out of sight until it is whole.
+			continue
+		}
 		path := filepath.Join(dir, de.Name())
 		fi, err := os.Stat(path) // follows links; a dangling one is skipped
 		if err != nil {
