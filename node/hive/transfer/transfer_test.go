@@ -7,11 +7,14 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,6 +35,7 @@ const testBlock = 1 << 20
 // faults on demand.
 type peer struct {
 	model string
+	block int // the listing's block size
 	files map[string][]byte
 	order []string
 	srv   *httptest.Server
@@ -43,11 +47,11 @@ type peer struct {
 	listing func([]models.ModelFile) []models.ModelFile // rewrites the listing (a hostile peer)
 }
 
-func newPeer(t *testing.T, model string, files ...struct {
+func newPeer(t testing.TB, model string, files ...struct {
 	path string
 	data []byte
 }) *peer {
-	p := &peer{model: model, files: map[string][]byte{}, corrupt: map[string]int64{}}
+	p := &peer{model: model, block: testBlock, files: map[string][]byte{}, corrupt: map[string]int64{}}
 	for _, f := range files {
 		p.files[f.path] = f.data
 		p.order = append(p.order, f.path)
@@ -67,11 +71,11 @@ func file(path string, data []byte) struct {
 	}{path, data}
 }
 
-func digests(data []byte) models.ModelFile {
+func digests(data []byte, block int) models.ModelFile {
 	h := sha256.Sum256(data)
-	f := models.ModelFile{Size: int64(len(data)), SHA256: hex.EncodeToString(h[:]), BlockSize: testBlock}
-	for off := 0; off < len(data) || len(f.Blocks) == 0; off += testBlock {
-		b := sha256.Sum256(data[off:min(off+testBlock, len(data))])
+	f := models.ModelFile{Size: int64(len(data)), SHA256: hex.EncodeToString(h[:]), BlockSize: int64(block)}
+	for off := 0; off < len(data) || len(f.Blocks) == 0; off += block {
+		b := sha256.Sum256(data[off:min(off+block, len(data))])
 		f.Blocks = append(f.Blocks, hex.EncodeToString(b[:]))
 	}
 	return f
@@ -87,7 +91,7 @@ func (p *peer) serve(w http.ResponseWriter, r *http.Request) {
 		var l listing
 		l.Model = p.model
 		for _, path := range p.order {
-			f := digests(p.files[path])
+			f := digests(p.files[path], p.block)
 			f.Path = path
 			l.Files = append(l.Files, f)
 		}
@@ -349,5 +353,52 @@ func TestCopy_RateLimit(t *testing.T) {
 	_, err := Copy(ctx, "m", t.TempDir(), Options{Peers: []string{p.srv.URL}, Rate: 64 << 10})
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err %v, want the copy still under way at the deadline", err)
+	}
+}
+
+// benchPeer serves data as model m in production-sized blocks.
+func benchPeer(b *testing.B, data []byte) *peer {
+	p := newPeer(b, "m", file("m.gguf", data))
+	p.block = models.BlockSize
+	return p
+}
+
+// BenchmarkCopy is a 256 MiB model copied over loopback from one peer and
+// from two, beside curl fetching the same file from the same server in the
+// same run (plain HTTP here; between hives it is the cluster's TLS). It
+// reports MB/s of each and the copy's share of curl's rate.
+func BenchmarkCopy(b *testing.B) {
+	const size = 256 << 20
+	data := randomBytes(size, 9)
+	a, c := benchPeer(b, data), benchPeer(b, data)
+	curl, err := exec.LookPath("curl")
+	var curlMBs float64
+	if err == nil {
+		dir := b.TempDir()
+		start := time.Now()
+		for range 3 {
+			out := filepath.Join(dir, "curl.out")
+			if err := exec.Command(curl, "-s", "-o", out, a.srv.URL+api.PathHiveFiles+"/m/m.gguf").Run(); err != nil {
+				b.Fatal(err)
+			}
+			os.Remove(out)
+		}
+		curlMBs = 3 * size / 1e6 / time.Since(start).Seconds()
+		b.ReportMetric(curlMBs, "curl-MB/s")
+	}
+	for _, peers := range [][]string{{a.srv.URL}, {a.srv.URL, c.srv.URL}} {
+		dir := b.TempDir()
+		start := time.Now()
+		for i := range 3 {
+			if _, err := Copy(context.Background(), "m", filepath.Join(dir, strconv.Itoa(i)), Options{Peers: peers}); err != nil {
+				b.Fatal(err)
+			}
+			os.RemoveAll(filepath.Join(dir, strconv.Itoa(i)))
+		}
+		mbs := 3 * size / 1e6 / time.Since(start).Seconds()
+		b.ReportMetric(mbs, fmt.Sprintf("copy-%dpeer-MB/s", len(peers)))
+		if curlMBs > 0 {
+			b.ReportMetric(100*mbs/curlMBs, fmt.Sprintf("copy-%dpeer-%%-of-curl", len(peers)))
+		}
 	}
 }
