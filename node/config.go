@@ -99,6 +99,9 @@ type Config struct {
 	// proxy.DefaultMigrationMaxBytes).
 	MigrationLimit    int
 	MigrationMaxBytes int
+	// TransferRate bounds, in bytes per second, what a model copy from
+	// other hives takes of the network (0: no bound).
+	TransferRate int64
 	// MaxConns caps the connections open to the HTTP port; one remote
 	// address may hold an eighth of them (loopback any number). At the
 	// cap, idle connections that never showed a key are closed first.
