@@ -330,7 +330,14 @@ type copier struct {
 	rate       float64
 }
 
-// file fetches what p lacks, block by block, one worker per live peer,
+// runBlocks is how many consecutive blocks one range request asks for:
+// few requests, while each block is checked (and kept) as it arrives.
+const runBlocks = 16
+
+// run is consecutive blocks [first, end) of a file, fetched in one range.
+type run struct{ first, end int }
+
+// file fetches what p lacks, in runs of blocks, one worker per live peer,
 // then renames it into place.
 func (c *copier) file(ctx context.Context, model string, p *filePlan) error {
 	if p.whole {
@@ -353,36 +360,33 @@ func (c *copier) file(ctx context.Context, model string, p *filePlan) error {
 		return fmt.Errorf("copy %s: %w", model, err)
 	}
 	defer log.Close()
-	var todo []int
+	var runs []run
 	for i, d := range p.done {
-		if !d {
-			todo = append(todo, i)
+		switch {
+		case d:
+		case len(runs) > 0 && runs[len(runs)-1].end == i && i-runs[len(runs)-1].first < runBlocks:
+			runs[len(runs)-1].end++
+		default:
+			runs = append(runs, run{i, i + 1})
 		}
 	}
-	queue := make(chan int, len(todo))
-	for _, i := range todo {
-		queue <- i
+	left := 0
+	for _, r := range runs {
+		left += r.end - r.first
+	}
+	// Each block is in the queue or with one worker, so the queue never
+	// holds more than there are blocks.
+	queue := make(chan run, len(p.done))
+	for _, r := range runs {
+		queue <- r
 	}
 	var (
 		mu       sync.Mutex
-		left     = len(todo)
 		attempts = map[int]int{}
 		finished = make(chan struct{})
 	)
 	if left == 0 {
 		close(finished)
-	}
-	// retry puts block i back for another worker; false when it failed
-	// too often.
-	retry := func(i int) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		attempts[i]++
-		if attempts[i] >= 4 {
-			return false
-		}
-		queue <- i
-		return true
 	}
 	complete := func(i int) error {
 		mu.Lock()
@@ -395,6 +399,18 @@ func (c *copier) file(ctx context.Context, model string, p *filePlan) error {
 		}
 		return nil
 	}
+	// retry puts the rest of a run back for any worker; false when its
+	// first block broke off too often.
+	retry := func(r run) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		attempts[r.first]++
+		if attempts[r.first] >= 4 {
+			return false
+		}
+		queue <- r
+		return true
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	var alive atomic.Int32
 	alive.Store(int32(len(c.peers)))
@@ -402,43 +418,45 @@ func (c *copier) file(ctx context.Context, model string, p *filePlan) error {
 		g.Go(func() error {
 			buf := make([]byte, 1<<20)
 			for {
-				var i int
+				var r run
 				select {
 				case <-finished:
 					return nil
 				case <-gctx.Done():
 					return gctx.Err()
-				case i = <-queue:
+				case r = <-queue:
 				}
-				ok, err := c.block(gctx, peer, model, p, i, out, buf)
-				// A block that came wrong is asked of the other
-				// peers in turn (this one may hold a bad copy),
-				// then of this one again.
-				for k := 1; err == nil && !ok && k <= len(c.peers); k++ {
-					// Another peer's breaking off is its own
-					// worker's to find.
-					ok, _ = c.block(gctx, c.peers[(pi+k)%len(c.peers)], model, p, i, out, buf)
-				}
-				switch {
-				case err == nil && ok:
-					if err := complete(i); err != nil {
-						return fmt.Errorf("copy %s: %w", model, err)
-					}
-					continue
-				case gctx.Err() != nil:
+				next, bad, err := c.fetch(gctx, peer, model, p, r, out, buf, complete)
+				if gctx.Err() != nil {
 					return gctx.Err()
-				case err == nil:
-					return fmt.Errorf("copy %s: %s: block %d came wrong from every peer", model, p.f.Path, i)
 				}
-				if !retry(i) {
-					return fmt.Errorf("copy %s: %s: block %d broke off 4 times: %w", model, p.f.Path, i, err)
+				if bad >= 0 {
+					// A block that came wrong is asked of the
+					// other peers in turn (this one may hold a
+					// bad copy), then of this one again.
+					ok := false
+					for k := 1; !ok && k <= len(c.peers); k++ {
+						_, b2, e2 := c.fetch(gctx, c.peers[(pi+k)%len(c.peers)], model, p, run{bad, bad + 1}, out, buf, complete)
+						ok = e2 == nil && b2 < 0
+					}
+					if !ok {
+						return fmt.Errorf("copy %s: %s: block %d came wrong from every peer", model, p.f.Path, bad)
+					}
+					next = bad + 1
 				}
-				// This peer broke off: the others go on.
-				c.opts.Logger.Warn("a peer broke off a model copy; the others go on", "model", model, "peer", peer, "err", err)
-				if alive.Add(-1) == 0 {
-					return fmt.Errorf("copy %s: every peer broke off; last: %s: %w", model, peer, err)
+				if next < r.end {
+					if !retry(run{next, r.end}) {
+						return fmt.Errorf("copy %s: %s: block %d broke off 4 times: %w", model, p.f.Path, next, err)
+					}
 				}
-				return nil
+				if err != nil {
+					// This peer broke off: the others go on.
+					c.opts.Logger.Warn("a peer broke off a model copy; the others go on", "model", model, "peer", peer, "err", err)
+					if alive.Add(-1) == 0 {
+						return fmt.Errorf("copy %s: every peer broke off; last: %s: %w", model, peer, err)
+					}
+					return nil
+				}
 			}
 		})
 	}
@@ -460,61 +478,73 @@ func (c *copier) file(ctx context.Context, model string, p *filePlan) error {
 	return nil
 }
 
-// block fetches block i of p from peer into out and checks it: ok false
-// with a nil error when it came wrong (the peer stays in use).
-func (c *copier) block(ctx context.Context, peer, model string, p *filePlan, i int, out *os.File, buf []byte) (bool, error) {
-	off, n := int64(i)*p.f.BlockSize, blockLen(p.f, i)
+// fetch fetches run r of p from peer into out in one range request,
+// checking each block as it arrives and completing it at once. It returns
+// the first block it did not complete (r.end when all), the block that came
+// wrong (-1 when none; the fetch stops there), and the error that broke it
+// off.
+func (c *copier) fetch(ctx context.Context, peer, model string, p *filePlan, r run, out *os.File, buf []byte,
+	complete func(int) error) (next, bad int, err error) {
+	next, bad = r.first, -1
+	off := int64(r.first) * p.f.BlockSize
+	end := min(int64(r.end)*p.f.BlockSize, p.f.Size)
 	u := peer + api.PathHiveFiles + "/" + url.PathEscape(model) + "/" + escapePath(p.f.Path)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return false, err
+		return next, bad, err
 	}
-	if n > 0 {
-		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+n-1))
+	if end > off {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, end-1))
 	}
 	resp, err := c.opts.Client.Do(req)
 	if err != nil {
-		return false, err
+		return next, bad, err
 	}
 	defer resp.Body.Close()
-	if n > 0 && resp.StatusCode != http.StatusPartialContent || n == 0 && resp.StatusCode != http.StatusOK {
-		return false, fmt.Errorf("GET %s: %s", u, resp.Status)
+	if end > off && resp.StatusCode != http.StatusPartialContent || end == off && resp.StatusCode != http.StatusOK {
+		return next, bad, fmt.Errorf("GET %s: %s", u, resp.Status)
 	}
-	h := sha256.New()
 	w := io.NewOffsetWriter(out, off)
-	var got int64
-	for got < n {
-		k, rerr := resp.Body.Read(buf[:min(int64(c.chunk), n-got)])
-		if k > 0 {
-			if err := c.pace(ctx, k); err != nil {
-				return false, err
+	for i := r.first; i < r.end; i++ {
+		n := blockLen(p.f, i)
+		h := sha256.New()
+		var got int64
+		for got < n {
+			k, rerr := resp.Body.Read(buf[:min(int64(c.chunk), n-got)])
+			if k > 0 {
+				if err := c.pace(ctx, k); err != nil {
+					return i, -1, err
+				}
+				h.Write(buf[:k])
+				if _, err := w.Write(buf[:k]); err != nil {
+					return i, -1, err
+				}
+				got += int64(k)
+				c.fetched.Add(int64(k))
 			}
-			h.Write(buf[:k])
-			if _, err := w.Write(buf[:k]); err != nil {
-				return false, err
+			if rerr != nil {
+				if rerr == io.EOF && got == n {
+					break
+				}
+				if rerr == io.EOF {
+					rerr = io.ErrUnexpectedEOF
+				}
+				c.refetched.Add(got)
+				return i, -1, fmt.Errorf("GET %s: %w", u, rerr)
 			}
-			got += int64(k)
-			c.fetched.Add(int64(k))
 		}
-		if rerr != nil {
-			if rerr == io.EOF && got == n {
-				break
-			}
-			if rerr == io.EOF {
-				rerr = io.ErrUnexpectedEOF
-			}
+		if hex.EncodeToString(h.Sum(nil)) != p.f.Blocks[i] {
 			c.refetched.Add(got)
-			return false, fmt.Errorf("GET %s: %w", u, rerr)
+			c.opts.Logger.Warn("a block of a model copy came wrong; fetching it again", "model", model, "file", p.f.Path, "block", i, "peer", peer)
+			return i, i, nil
 		}
+		if err := complete(i); err != nil {
+			return i, -1, err
+		}
+		c.done.Add(n)
+		c.report(p.f.Path, false)
 	}
-	if hex.EncodeToString(h.Sum(nil)) != p.f.Blocks[i] {
-		c.refetched.Add(got)
-		c.opts.Logger.Warn("a block of a model copy came wrong; fetching it again", "model", model, "file", p.f.Path, "block", i, "peer", peer)
-		return false, nil
-	}
-	c.done.Add(n)
-	c.report(p.f.Path, false)
-	return true, nil
+	return r.end, -1, nil
 }
 
 // pace waits until the rate limit allows n more bytes (at most the
