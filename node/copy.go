@@ -7,16 +7,19 @@ import (
 
 	"github.com/rbee/rbee/gossip"
 	"github.com/rbee/rbee/node/api"
+	"github.com/rbee/rbee/node/hive/models"
 	"github.com/rbee/rbee/node/hive/transfer"
+	"github.com/rbee/rbee/wsapi"
 )
 
 // modelPeers lists the base URLs of the online hives other than this node
 // whose catalog has model ready to start (its files there), as the queen
-// knows them.
-func (n *Node) modelPeers(ctx context.Context, model string) ([]string, error) {
+// knows them, and the first one's catalog entry.
+func (n *Node) modelPeers(ctx context.Context, model string) ([]string, wsapi.CatalogEntry, error) {
+	var src wsapi.CatalogEntry
 	q, ok := n.Queen()
 	if !ok {
-		return nil, fmt.Errorf("no queen elected: cannot tell which hives hold %s", model)
+		return nil, src, fmt.Errorf("no queen elected: cannot tell which hives hold %s", model)
 	}
 	var hives []api.HiveView
 	if q.Name == n.cfg.Name {
@@ -24,7 +27,7 @@ func (n *Node) modelPeers(ctx context.Context, model string) ([]string, error) {
 	} else {
 		v, err := n.queenCluster(ctx, q.HTTPAddr)
 		if err != nil {
-			return nil, fmt.Errorf("which hives hold %s: %w", model, err)
+			return nil, src, fmt.Errorf("which hives hold %s: %w", model, err)
 		}
 		hives = v.Hives
 	}
@@ -40,26 +43,46 @@ func (n *Node) modelPeers(ctx context.Context, model string) ([]string, error) {
 			continue
 		}
 		for _, e := range h.Catalog {
-			if e.Name == model && e.Unavailable == "" && !e.Simulated {
+			// A file of some size is there to copy, whether or
+			// not that hive can run it.
+			if e.Name == model && e.Bytes > 0 {
+				if len(out) == 0 {
+					src = e
+				}
 				out = append(out, n.url(addrs[h.HiveID], "", false))
 				break
 			}
 		}
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("no other online hive has %s in its catalog", model)
+		return nil, src, fmt.Errorf("no other online hive has %s in its catalog", model)
 	}
-	return out, nil
+	return out, src, nil
 }
 
-// copyModel copies model from the hives that hold it into dir, over the
-// cluster's TLS, at most --transfer-rate.
-func (n *Node) copyModel(ctx context.Context, model, dir string, progress func(transfer.Progress)) (transfer.Result, error) {
-	peers, err := n.modelPeers(ctx, model)
+// copyModel copies model from the hives that hold it into this hive's
+// models folder, over the cluster's TLS, at most --transfer-rate, and adds
+// it to the catalog as the hive it came from serves it.
+func (n *Node) copyModel(ctx context.Context, model string, progress func(transfer.Progress)) (transfer.Result, error) {
+	dir := n.hive.ModelsDir()
+	if dir == "" {
+		return transfer.Result{}, models.ErrNoModelsDir
+	}
+	peers, src, err := n.modelPeers(ctx, model)
 	if err != nil {
 		return transfer.Result{}, err
 	}
 	n.log.Info("copying a model from its hives", "model", model, "from", peers, "into", dir)
-	return transfer.Copy(ctx, model, dir, transfer.Options{Client: n.hc, Peers: peers, Rate: n.cfg.TransferRate,
+	start := time.Now()
+	res, err := transfer.Copy(ctx, model, dir, transfer.Options{Client: n.hc, Peers: peers, Rate: n.cfg.TransferRate,
 		Progress: progress, Logger: n.log})
+	if err != nil {
+		return res, err
+	}
+	if err := n.hive.AddCopied(model, res.Path, src.Engine, src.Slots, src.Ctx); err != nil {
+		return res, err
+	}
+	n.log.Info("model copied", "model", model, "path", res.Path, "bytes", res.Bytes, "fetched", res.Fetched,
+		"took", time.Since(start).Round(time.Millisecond))
+	return res, nil
 }

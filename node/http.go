@@ -52,6 +52,7 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc(api.PathModels+"/{model...}", proxy.MethodNotAllowed(http.MethodGet, http.MethodHead))
 	mux.HandleFunc("POST "+api.PathHiveProxy+"/", n.peersOnly(p.HandleHiveProxy))
 	mux.HandleFunc("GET "+api.PathHiveFiles+"/{model}", n.peersOnly(n.handleModelFiles))
+	mux.HandleFunc("POST "+api.PathAdminModelCopy, n.peersOnly(n.handleModelCopy))
 	mux.HandleFunc("GET "+api.PathHiveFiles+"/{model}/{path...}", n.peersOnly(n.handleModelFile))
 	// Metrics name models, hives and traffic: they read the cluster.
 	mux.Handle("GET /metrics", n.authorized(promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{Registry: n.metrics}).ServeHTTP))

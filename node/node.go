@@ -47,6 +47,10 @@ type Node struct {
 	// httpAdvertise is the address other nodes use to reach this node's API.
 	httpAdvertise string
 
+	// copying: the models being copied into this hive now (files.go).
+	copyMu  sync.Mutex
+	copying map[string]bool
+
 	hub *wsapi.Hub
 	// tls is this node's identity among the nodes (nil without a key):
 	// inter-node traffic runs over mutual TLS trusted through the key.
@@ -108,6 +112,7 @@ func New(cfg Config) (*Node, error) {
 		start:   time.Now(),
 		hub:     wsapi.NewHub(0),
 		hc:      &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
+		copying: map[string]bool{},
 		metrics: prometheus.NewRegistry(),
 		leaveCh: make(chan time.Duration, 1),
 		usage:   usage.NewLedger(),

@@ -60,6 +60,7 @@ func newApp() *cli.App {
 			tokenCommand(),
 			statusCommand(), topCommand(),
 			usageCommand(),
+			modelCommand(),
 		},
 	}
 }

@@ -71,7 +71,7 @@ func modelsConfig(c *cli.Context, devices func() []wsapi.GPUInfo, log *slog.Logg
 			return nil, fmt.Errorf("--engine: %w", err)
 		}
 	}
-	if len(entries) == 0 {
+	if len(entries) == 0 && c.String("models-dir") == "" {
 		if c.IsSet("engine") || c.IsSet("sim-gpus") {
 			log.Warn("--engine or --sim-gpus without --model or --models-dir: this hive can start nothing")
 		}
@@ -82,7 +82,7 @@ func modelsConfig(c *cli.Context, devices func() []wsapi.GPUInfo, log *slog.Logg
 		self = ""
 	}
 	models.ResolveEngines(engines, self)
-	cfg := &models.Config{Entries: entries, Engines: engines, IdleUnload: c.Duration("idle-unload"),
+	cfg := &models.Config{Entries: entries, Engines: engines, ModelsDir: c.String("models-dir"), IdleUnload: c.Duration("idle-unload"),
 		LoadTimeout: c.Duration("load-timeout"), StableAfter: c.Duration("stable-after"), CgroupRoot: cgroupRootForStarts(c.String("cgroup-root")), GPUs: devices}
 	if s := c.String("sim-gpus"); s != "" {
 		if cfg.SimGPUs, err = models.ParseSimGPUs(s); err != nil {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -159,4 +160,45 @@ func (c *Client) Usage(ctx context.Context, since time.Duration) (*UsageView, er
 		return nil, err
 	}
 	return &v, nil
+}
+
+// CopyModel asks the node to copy model from the hives that hold it into its
+// --models-dir, and calls line with each line of its answer (progress, then
+// done or error) as it comes. It has no deadline of its own: ctx bounds it.
+func (c *Client) CopyModel(ctx context.Context, model string, line func([]byte)) error {
+	b, err := json.Marshal(map[string]string{"model": model})
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.scheme+"://"+c.addr+PathAdminModelCopy, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.ws.Do(req)
+	if err != nil {
+		return fmt.Errorf("reach node at %s: %w", c.addr, explainTLS(err, c.scheme))
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		var e struct {
+			Error struct {
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		if json.Unmarshal(data, &e) == nil && e.Error.Message != "" {
+			return fmt.Errorf("copy %s: %s: %s", model, resp.Status, e.Error.Message)
+		}
+		return fmt.Errorf("copy %s: %s", model, resp.Status)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line(sc.Bytes())
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("copy %s: %w", model, err)
+	}
+	return nil
 }

@@ -28,6 +28,10 @@ const (
 	PathAdminLeave   = "/v1/admin/leave"
 	PathAdminMembers = "/v1/admin/members"
 	PathAdminWorkers = "/v1/admin/workers"
+	// PathAdminModelCopy copies a model from the hives that hold it into
+	// the node's --models-dir (POST, {"model": NAME}; the answer is
+	// newline-delimited JSON: progress, then done or error).
+	PathAdminModelCopy = "/v1/admin/models/copy"
 	// PathHiveHeartbeat is where the seed's hives post their telemetry.
 	PathHiveHeartbeat = "/v1/hive-heartbeat"
 	// PathFeed is the live feed (WebSocket, or SSE) of hive_telemetry and

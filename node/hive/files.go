@@ -26,3 +26,23 @@ func (a *Agent) OpenModelFile(name, rel string) (*os.File, error) {
 	}
 	return a.models.Open(name, rel)
 }
+
+// ModelsDir is where models copied from other hives go, "" when this hive
+// takes none (no --models-dir).
+func (a *Agent) ModelsDir() string {
+	if a.models == nil {
+		return ""
+	}
+	return a.models.ModelsDir()
+}
+
+// HasModel reports whether this hive's catalog has a model called name.
+func (a *Agent) HasModel(name string) bool { return a.models != nil && a.models.Has(name) }
+
+// AddCopied adds a model copied into the models folder to the catalog.
+func (a *Agent) AddCopied(name, path, engine string, slots, ctx int) error {
+	if a.models == nil {
+		return ErrNoCatalog
+	}
+	return a.models.AddCopied(name, path, engine, slots, ctx)
+}

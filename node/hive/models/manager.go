@@ -64,6 +64,9 @@ type Config struct {
 	// Close.
 	OllamaModels string
 	CgroupRoot   string
+	// ModelsDir is --models-dir: where a model copied from another hive
+	// goes ("" takes none).
+	ModelsDir string
 	// DigestFile keeps the SHA-256 of each model file peers fetched, so
 	// that a file is hashed once per version (files.go); "" keeps them
 	// in memory.
@@ -200,22 +203,7 @@ func New(cfg Config) (*Manager, error) {
 			return nil, fmt.Errorf("model %q is named twice (--model, --models-dir)", e.Name)
 		}
 		names[e.Name] = true
-		it := &item{Entry: e, engine: cfg.Engines[e.Engine]}
-		it.unavailable = e.Check(cfg.Engines)
-		if it.unavailable == "" && !(it.simulated() && e.Path == "") {
-			if n, err := SizeOnDisk(e.Path); err == nil {
-				it.bytes = n
-			} else if !it.simulated() {
-				it.unavailable = err.Error()
-			}
-		}
-		if it.unavailable == "" && !it.simulated() {
-			if f, err := ReadFacts(e); err != nil {
-				it.unavailable = err.Error()
-			} else {
-				it.facts = f
-			}
-		}
+		it := m.newItem(e)
 		if it.unavailable != "" {
 			log.Warn("model cannot start on this hive", "model", e.Name, "reason", it.unavailable)
 		}
@@ -230,6 +218,30 @@ func New(cfg Config) (*Manager, error) {
 	}
 	m.removeStaleCgroups()
 	return m, nil
+}
+
+// newItem makes catalog entry e an item: its engine, size and what its
+// files say, or why it cannot start.
+func (m *Manager) newItem(e Entry) *item {
+	it := &item{Entry: e, engine: m.cfg.Engines[e.Engine]}
+	it.unavailable = e.Check(m.cfg.Engines)
+	// The size counts even when the engine cannot start it: its file is
+	// there for a peer to copy.
+	if e.Path != "" {
+		if n, err := SizeOnDisk(e.Path); err == nil {
+			it.bytes = n
+		} else if it.unavailable == "" && !it.simulated() {
+			it.unavailable = err.Error()
+		}
+	}
+	if it.unavailable == "" && !it.simulated() {
+		if f, err := ReadFacts(e); err != nil {
+			it.unavailable = err.Error()
+		} else {
+			it.facts = f
+		}
+	}
+	return it
 }
 
 // removeStaleCgroups removes the empty cgroups of engines a hive started

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"bytes"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestModelCopy_BetweenHives: `rbee model copy` moves a model hive a holds
+// to hive b's --models-dir over the cluster's TLS; b lists it as a holds
+// it (the same engine), and once a is gone b starts it and answers. A second
+// copy is refused (b has it), and so is a copy into a node without
+// --models-dir.
+func TestModelCopy_BetweenHives(t *testing.T) {
+	t.Parallel()
+	c := newLCCluster(t)
+	src := filepath.Join(c.dir, "a-models")
+	file := writeModel(t, src, "blob", 24<<20+123)
+	dst := filepath.Join(c.dir, "b-models")
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a := c.start(lcNode(c, "a", "", "--model", "big="+file+",engine=sim,load_ms=50"))[0]
+	ps := c.start(lcNode(c, "b", a.gossipAddr, "--models-dir", dst), lcNode(c, "e", a.gossipAddr, "--roles", "none"))
+	e := ps[1]
+	waitModelState(t, c, e, "big", "available", "a")
+
+	out := c.rbee("model", "copy", "big", "--to", "b", "--http-addr", e.httpAddr, "--cluster-key-file", c.keyFile)
+	t.Logf("rbee model copy:\n%s", out)
+	if !strings.Contains(out, "copied to b as "+filepath.Join(dst, "big.gguf")) {
+		t.Fatalf("rbee model copy said:\n%s", out)
+	}
+	want, _ := os.ReadFile(file)
+	got, err := os.ReadFile(filepath.Join(dst, "big.gguf"))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("copied %d of %d bytes: %v", len(got), len(want), err)
+	}
+	waitModelState(t, c, e, "big", "available", "a", "b")
+
+	_, stderr, err := runRbee("model", "copy", "big", "--to", "b", "--http-addr", e.httpAddr, "--cluster-key-file", c.keyFile)
+	if err == nil || !strings.Contains(stderr, "in b's catalog already") {
+		t.Errorf("a second copy: %v\n%s", err, stderr)
+	}
+	_, stderr, err = runRbee("model", "copy", "big", "--to", "e", "--http-addr", e.httpAddr, "--cluster-key-file", c.keyFile)
+	if err == nil || !strings.Contains(stderr, "no --models-dir") {
+		t.Errorf("a copy into a node without --models-dir: %v\n%s", err, stderr)
+	}
+
+	// With a gone, b serves the model from its copy.
+	c.kill(a)
+	lc := newLCClient(c)
+	var r lcReply
+	for range 3 {
+		if r = lc.chat(e.httpAddr, "big", 4, 30*time.Second); r.err == nil && r.status == http.StatusOK {
+			break
+		}
+	}
+	if r.err != nil || r.status != http.StatusOK {
+		t.Fatalf("request for the copied model with its first hive gone: %v", r)
+	}
+	waitModelState(t, c, e, "big", "loaded", "b")
+}
