@@ -33,7 +33,7 @@ func modelCommand() *cli.Command {
 				"it), then adds MODEL to its catalog as the hive it came from serves it. A copy that\n" +
 				"breaks off resumes at the blocks it lacks when run again; the model appears in the\n" +
 				"folder only when whole. Progress is a bar on a terminal, lines otherwise.",
-			Flags: append(clientFlags(), &cli.StringFlag{Name: "to", Usage: "the hive to copy to (a member's name)"}),
+			Flags:  append(clientFlags(), &cli.StringFlag{Name: "to", Usage: "the hive to copy to (a member's name)"}),
 			Action: runModelCopy,
 		}},
 	}
