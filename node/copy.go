@@ -86,3 +86,29 @@ func (n *Node) copyModel(ctx context.Context, model string, progress func(transf
 		"took", time.Since(start).Round(time.Millisecond))
 	return res, nil
 }
+
+// copyFrom copies model from the named hives into this hive's models
+// folder, for a start the queen placed here (models.Config.CopyModel).
+func (n *Node) copyFrom(ctx context.Context, model string, from []string, progress func(done, total int64, rate float64)) (string, error) {
+	if n.cfg.Models == nil || n.cfg.Models.ModelsDir == "" {
+		return "", models.ErrNoModelsDir
+	}
+	addrs := map[string]string{}
+	for _, m := range n.gossip.Members() {
+		if m.Status == gossip.StatusAlive {
+			addrs[m.Name] = m.HTTPAddr
+		}
+	}
+	var peers []string
+	for _, h := range from {
+		if a := addrs[h]; a != "" && h != n.cfg.Name {
+			peers = append(peers, n.url(a, "", false))
+		}
+	}
+	if len(peers) == 0 {
+		return "", fmt.Errorf("none of %v is a live member", from)
+	}
+	res, err := transfer.Copy(ctx, model, n.cfg.Models.ModelsDir, transfer.Options{Client: n.hc, Peers: peers, Rate: n.cfg.TransferRate,
+		Progress: func(p transfer.Progress) { progress(p.Done, p.Total, p.Rate) }, Logger: n.log})
+	return res.Path, err
+}

@@ -327,9 +327,10 @@ func (n *Node) newHive() (*hive.Agent, error) {
 		Leases:         (*hiveLeases)(n),
 		// A model_start comes only on a session, after the gossip
 		// layer is made.
-		Fence:   func() uint64 { return n.gossip.FenceTerm() },
-		Metrics: n.metrics,
-		Logger:  n.log,
+		Fence:     func() uint64 { return n.gossip.FenceTerm() },
+		CopyModel: n.copyFrom,
+		Metrics:   n.metrics,
+		Logger:    n.log,
 	})
 }
 

@@ -38,6 +38,8 @@ type CatalogModel struct {
 	Failures   int
 	FailedAt   time.Time
 	FailReason string
+	// Shared: other hives may copy its files from this one (copy.go).
+	Shared bool
 }
 
 // GPU is one of a hive's GPUs.
@@ -56,6 +58,9 @@ type Managed struct {
 	StartID                string
 	LastUsed               time.Time
 	Leases                 int
+	// Stage is what a loading worker waits for first (its model's files
+	// being copied), in words.
+	Stage string
 }
 
 // Managed states, as wsapi.ManagedWorker.State.
@@ -72,6 +77,10 @@ type HiveModels struct {
 	Catalog []CatalogModel
 	GPUs    []GPU
 	Managed []Managed
+	// CopyEngines are the engines with which the hive serves a model it
+	// copies from another hive's shared entry (copy.go); none: it takes
+	// no copies.
+	CopyEngines []string
 }
 
 // Start asks Hive to start Model on GPUs, after stopping the idle workers
@@ -83,6 +92,16 @@ type Start struct {
 	VRAMMB          uint64
 	// Reason says why, for the log: "cold" or "scale out: ...".
 	Reason string
+	// Copy, when set, has Hive copy the model's files from the hives
+	// that share it first (copy.go).
+	Copy *Copy
+}
+
+// Copy is where a hive copies a model from and how it serves it.
+type Copy struct {
+	From       []string
+	Engine     string
+	Slots, Ctx int
 }
 
 type hiveModels struct {
@@ -126,7 +145,7 @@ func (s *Scheduler) UpdateModels(hive string, hm HiveModels, now time.Time) {
 	if s.models == nil {
 		s.models = make(map[string]*hiveModels)
 	}
-	if len(hm.Catalog) == 0 && len(hm.GPUs) == 0 && len(hm.Managed) == 0 {
+	if len(hm.Catalog) == 0 && len(hm.GPUs) == 0 && len(hm.Managed) == 0 && len(hm.CopyEngines) == 0 {
 		delete(s.models, hive)
 	} else {
 		h := &hiveModels{HiveModels: hm, keys: make([][]string, len(hm.Catalog)), managedKeys: make([][]string, len(hm.Managed))}
@@ -204,6 +223,7 @@ type loadOf struct {
 	hive  string
 	since time.Time
 	entry CatalogModel // on that hive, when known
+	stage string       // what the worker waits for first
 }
 
 // loading returns the loads in progress for key.
@@ -217,7 +237,7 @@ func (s *Scheduler) loading(key string) []loadOf {
 	for hive, h := range s.models {
 		for i, m := range h.Managed {
 			if m.State == ManagedLoading && slices.Contains(h.managedKeys[i], key) {
-				l := loadOf{hive: hive, since: m.Since}
+				l := loadOf{hive: hive, since: m.Since, stage: m.Stage}
 				if i := h.entryFor(key); i >= 0 {
 					l.entry = h.Catalog[i]
 				}

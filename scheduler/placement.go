@@ -16,6 +16,9 @@ type candidate struct {
 	hive  string
 	h     *hiveModels
 	entry CatalogModel
+	// copyFrom: the hive lacks the model's files and would copy them
+	// from these hives, which share it (copy.go).
+	copyFrom []string
 }
 
 // candidates lists the hives that may start a model for key now: fresh,
@@ -57,7 +60,7 @@ func (s *Scheduler) candidates(key string, now time.Time) (out []candidate, bloc
 			out = append(out, candidate{hive: hive, h: h, entry: e})
 		}
 	}
-	return out, blocked, retry
+	return append(out, s.copyCandidates(key, now)...), blocked, retry
 }
 
 // largestPlacement is the most VRAM a placement of e on a hive with gpus
@@ -173,12 +176,12 @@ func (s *Scheduler) Place(now time.Time) []Start {
 		}
 		var st *Start
 		if !s.servesIt(key) {
-			st = s.placeOn(cands, true, now)
+			st = s.placeCopying(cands, true, now)
 			if st != nil {
 				st.Reason = "cold: no worker serves it"
 			}
 		} else if why := s.loadSooner(key, q.n, cands, now); why != "" {
-			st = s.placeOn(cands, false, now)
+			st = s.placeCopying(cands, false, now)
 			if st != nil {
 				st.Reason = "scale out: " + why
 			}
@@ -313,6 +316,9 @@ func (s *Scheduler) placeOn(cands []candidate, evict bool, now time.Time) *Start
 		return nil
 	}
 	st := &Start{Hive: best.c.hive, Model: best.c.entry.Name, VRAMMB: best.c.entry.VRAMMB}
+	if len(best.c.copyFrom) > 0 {
+		st.Copy = &Copy{From: best.c.copyFrom, Engine: best.c.entry.Engine, Slots: best.c.entry.Slots}
+	}
 	switch {
 	case len(best.gpus) > 0:
 		st.GPUs = best.gpus

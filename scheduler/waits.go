@@ -15,6 +15,9 @@ type WaitStatus struct {
 	// since when ("" when none).
 	Loading      string
 	LoadingSince time.Time
+	// LoadingStage is what that worker waits for first ("" when its
+	// engine is starting).
+	LoadingStage string
 }
 
 // Waits reports where each waiting request that asked for progress stands:
@@ -42,7 +45,7 @@ func (s *Scheduler) Waits(now time.Time) []WaitStatus {
 				st.ETA = time.Duration(pos) * svc / time.Duration(slots)
 			}
 			if load != nil {
-				st.Loading, st.LoadingSince = load.hive, load.since
+				st.Loading, st.LoadingSince, st.LoadingStage = load.hive, load.since, load.stage
 				if slots == 0 && load.entry.LoadTime > 0 {
 					st.ETA = max(load.entry.LoadTime-now.Sub(load.since), 0) + time.Duration(pos-1)*svc/time.Duration(max(load.entry.Slots, 1))
 				}

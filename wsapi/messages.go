@@ -112,6 +112,11 @@ type HiveTelemetry struct {
 	Catalog []CatalogEntry  `json:"catalog,omitempty"`
 	GPUs    []GPUInfo       `json:"gpus,omitempty"`
 	Managed []ManagedWorker `json:"managed,omitempty"`
+	// CopyEngines is an addition (omitted when none): the engines with
+	// which this hive can serve a model it copies from another hive's
+	// shared catalog entry into its --models-dir. Empty: it takes no
+	// copies.
+	CopyEngines []string `json:"copy_engines,omitempty"`
 }
 
 // LeaseInfo is one request a hive is serving under a lease.

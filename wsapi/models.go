@@ -64,6 +64,10 @@ type CatalogEntry struct {
 	// GPUs of the hive (an even share on each): the queen may place it so
 	// when no one GPU has room. Absent (older hives): one GPU only.
 	MultiGPU bool `json:"multi_gpu,omitempty"`
+	// Shared says other hives may copy the model's files from this one
+	// (--share-models, or share=true on its --model) to start it where
+	// this hive has no room.
+	Shared bool `json:"shared,omitempty"`
 }
 
 // ModelFacts is what a model's files say about it (CatalogEntry.Facts).
@@ -127,6 +131,10 @@ type ManagedWorker struct {
 	// eviction takes the least recently used first.
 	LastUsed time.Time `json:"last_used,omitzero"`
 	Leases   int       `json:"leases"`
+	// Stage says what a loading worker waits for before its engine
+	// starts, in words: "copying 43% of 4.1 GiB at 1.1 GB/s, eta 12s"
+	// while its model's files come from another hive. Empty otherwise.
+	Stage string `json:"stage,omitempty"`
 }
 
 // ID is the worker's group/instance.
@@ -143,6 +151,18 @@ type ModelStart struct {
 	// VRAMMB is the footprint the queen counted, for the hive's report.
 	VRAMMB uint64 `json:"vram_mb,omitempty"`
 	Term   uint64 `json:"term,omitempty"`
+	// Copy, when set, starts a model this hive does not have: it copies
+	// the files from the hives From first (their catalogs share it), into
+	// its --models-dir, and serves it as they do.
+	Copy *ModelCopy `json:"copy,omitempty"`
+}
+
+// ModelCopy is how a hive gets and serves a model it copies from others.
+type ModelCopy struct {
+	From   []string `json:"from"`
+	Engine string   `json:"engine"`
+	Slots  int      `json:"slots,omitempty"`
+	Ctx    int      `json:"ctx,omitempty"`
 }
 
 // LeaseWait tells an entry node where a waiting request stands. Loading
@@ -157,6 +177,9 @@ type LeaseWait struct {
 	Loading     string `json:"loading,omitempty"`
 	LoadingHive string `json:"loading_hive,omitempty"`
 	LoadingMS   int64  `json:"loading_ms,omitempty"`
+	// LoadingStage is the worker's stage before its engine starts
+	// (ManagedWorker.Stage), empty when none.
+	LoadingStage string `json:"loading_stage,omitempty"`
 }
 
 // Limits on the lifecycle lists of one report.
@@ -202,6 +225,14 @@ func (t *HiveTelemetry) validateModels() error {
 	if len(t.GPUs) > MaxGPUs {
 		return fmt.Errorf("%w: %d gpus, at most %d", ErrInvalid, len(t.GPUs), MaxGPUs)
 	}
+	if len(t.CopyEngines) > MaxGPUs {
+		return fmt.Errorf("%w: %d copy engines, at most %d", ErrInvalid, len(t.CopyEngines), MaxGPUs)
+	}
+	for _, e := range t.CopyEngines {
+		if err := checkLabel("copy engine", e, maxFieldLen); err != nil {
+			return err
+		}
+	}
 	for i := range t.GPUs {
 		if err := checkText("gpu name", t.GPUs[i].Name, maxFieldLen); err != nil {
 			return fmt.Errorf("gpu %d: %w", i, err)
@@ -223,7 +254,7 @@ func (t *HiveTelemetry) validateModels() error {
 		default:
 			return fmt.Errorf("managed %d: %w: state %q", i, ErrInvalid, truncate(m.State, 40))
 		}
-		for _, f := range []struct{ name, v string }{{"engine", m.Engine}, {"start_id", m.StartID}, {"started_by", m.StartedBy}} {
+		for _, f := range []struct{ name, v string }{{"engine", m.Engine}, {"start_id", m.StartID}, {"started_by", m.StartedBy}, {"stage", m.Stage}} {
 			if err := checkText(f.name, f.v, maxFieldLen); err != nil {
 				return fmt.Errorf("managed %d: %w", i, err)
 			}
@@ -251,5 +282,21 @@ func (m *ModelStart) Validate() error {
 			return err
 		}
 	}
+	if c := m.Copy; c != nil {
+		if len(c.From) == 0 || len(c.From) > MaxCopyFrom || c.Slots < 0 || c.Ctx < 0 {
+			return fmt.Errorf("%w: copy from %d hives (1 to %d), slots %d, ctx %d", ErrInvalid, len(c.From), MaxCopyFrom, c.Slots, c.Ctx)
+		}
+		for _, h := range c.From {
+			if err := ValidName(h); err != nil {
+				return fmt.Errorf("copy from: %w", err)
+			}
+		}
+		if err := checkLabel("copy engine", c.Engine, maxFieldLen); err != nil {
+			return err
+		}
+	}
 	return nil
 }
+
+// MaxCopyFrom bounds the hives a model is copied from at once.
+const MaxCopyFrom = 16

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -63,4 +65,51 @@ func TestModelCopy_BetweenHives(t *testing.T) {
 		t.Fatalf("request for the copied model with its first hive gone: %v", r)
 	}
 	waitModelState(t, c, e, "big", "loaded", "b")
+}
+
+// TestModelCopy_OnDemand: the only hive with a model's file can never fit
+// it; another hive with a --models-dir and room copies the file from it
+// (shared), slowly enough for the waiting client to hear the copy's
+// progress, then starts it and answers.
+func TestModelCopy_OnDemand(t *testing.T) {
+	t.Parallel()
+	c := newLCCluster(t)
+	file := writeModel(t, filepath.Join(c.dir, "a-models"), "blob", 12<<20)
+	dst := filepath.Join(c.dir, "b-models")
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a := c.start(lcNode(c, "a", "", "--model", "big="+file+",engine=sim,vram=3000,load_ms=50,share=true", "--sim-gpus", "1x2GiB"))[0]
+	ps := c.start(lcNode(c, "b", a.gossipAddr, "--models-dir", dst, "--sim-gpus", "1x8GiB", "--transfer-rate", "4"),
+		lcNode(c, "e", a.gossipAddr, "--roles", "none"))
+	e := ps[1]
+	waitModelState(t, c, e, "big", "available", "a")
+
+	lc := newLCClient(c)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	resp, err := lc.post(ctx, e.httpAddr, "big", 4, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "data: [DONE]") {
+		t.Fatalf("stream: %d %v\n%s", resp.StatusCode, err, body)
+	}
+	if !strings.Contains(string(body), ": rbee copying big to b ") {
+		t.Errorf("the client heard nothing of the copy:\n%s", body)
+	}
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(l, ": rbee copying") {
+			t.Logf("client heard %q", l)
+			break
+		}
+	}
+	want, _ := os.ReadFile(file)
+	got, err := os.ReadFile(filepath.Join(dst, "big.gguf"))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("b holds %d of %d bytes: %v", len(got), len(want), err)
+	}
+	waitModelState(t, c, e, "big", "loaded", "a", "b")
 }

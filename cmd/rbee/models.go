@@ -21,6 +21,8 @@ func modelFlags() []cli.Flag {
 			Usage: "a model this hive can start: NAME=PATH[,engine=E][,slots=N][,ctx=N][,vram=MiB][,max_replicas=N][,load_ms=N][,args=...] (repeat; env: separate with ;; args= takes the rest)"},
 		&cli.StringFlag{Name: "models-dir", EnvVars: []string{"RBEE_MODELS_DIR"},
 			Usage: "a folder of models this hive can start: every *.gguf (llama-server) and every folder with config.json and *.safetensors (vllm)"},
+		&cli.BoolFlag{Name: "share-models", EnvVars: []string{"RBEE_SHARE_MODELS"},
+			Usage: "let other hives copy any model of this hive's catalog (--model ...,share=true for one) to start it where this hive has no room"},
 		&cli.StringSliceFlag{Name: "engine", EnvVars: []string{"RBEE_ENGINE"},
 			Usage: "NAME=BINARY points a built-in engine (llama-server, vllm, ollama, sim) at a binary; NAME='TEMPLATE' defines one, with {path} {port} {slots} {ctx} {name} {host} (repeat; env: separate with newlines)"},
 		&cli.StringFlag{Name: "sim-gpus", EnvVars: []string{"RBEE_SIM_GPUS"},
@@ -82,7 +84,7 @@ func modelsConfig(c *cli.Context, devices func() []wsapi.GPUInfo, log *slog.Logg
 		self = ""
 	}
 	models.ResolveEngines(engines, self)
-	cfg := &models.Config{Entries: entries, Engines: engines, ModelsDir: c.String("models-dir"), IdleUnload: c.Duration("idle-unload"),
+	cfg := &models.Config{Entries: entries, Engines: engines, ModelsDir: c.String("models-dir"), ShareAll: c.Bool("share-models"), IdleUnload: c.Duration("idle-unload"),
 		LoadTimeout: c.Duration("load-timeout"), StableAfter: c.Duration("stable-after"), CgroupRoot: cgroupRootForStarts(c.String("cgroup-root")), GPUs: devices}
 	if s := c.String("sim-gpus"); s != "" {
 		if cfg.SimGPUs, err = models.ParseSimGPUs(s); err != nil {

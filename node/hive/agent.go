@@ -70,7 +70,10 @@ type Config struct {
 	// Models is what the hive can start on demand (its catalog, engines,
 	// GPUs); nil starts nothing. The agent fills in its hooks.
 	Models *models.Config
-	Leases Leases
+	// CopyModel copies a model's files from other hives into the models
+	// folder (models.Config.CopyModel); nil: this hive copies none.
+	CopyModel func(ctx context.Context, model string, from []string, progress func(done, total int64, rate float64)) (string, error)
+	Leases    Leases
 	// Fence, when set, is the lowest election term a model_start may
 	// carry (as for grants): a queen that was replaced, frozen or cut off
 	// and not yet aware of it must not start models here, evicting what
@@ -119,6 +122,7 @@ func New(cfg Config) (*Agent, error) {
 		mc.Drain = cfg.Leases.Drain
 	}
 	mc.Notify = a.askReport
+	mc.CopyModel = cfg.CopyModel
 	if reg, ok := cfg.Collector.(WorkerRegistrar); ok {
 		mc.Register = func(instance string, pid int, model string, slots int) error {
 			return reg.RegisterWorker(wsapi.ManagedGroup, instance, int32(pid), model, slots)
@@ -193,6 +197,7 @@ func (a *Agent) report(workers []wsapi.ProcessStats) *wsapi.HiveTelemetry {
 	t := &wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: a.cfg.Name}
 	if a.models != nil {
 		workers, t.Catalog, t.GPUs, t.Managed = a.models.Report(workers)
+		t.CopyEngines = a.models.CopyEngines()
 	}
 	now := time.Now()
 	t.Timestamp, t.Workers = now.UTC(), workers

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -133,7 +134,12 @@ func (k *keepAlive) comment(m *wsapi.LeaseWait) {
 		line += " eta=" + strconv.FormatFloat(float64(m.ETAMS)/1000, 'f', 1, 64) + "s"
 	}
 	line += "\n"
-	if m.Loading != "" {
+	switch {
+	case m.Loading != "" && m.LoadingStage != "":
+		// ": rbee copying qwen2.5-7b to gpu2 43% of 4.1 GiB at ..."
+		stage, rest, _ := strings.Cut(TruncateText(m.LoadingStage, 200), " ")
+		line += fmt.Sprintf(": rbee %s %s to %s %s\n", stage, TruncateText(m.Loading, 200), TruncateText(m.LoadingHive, 64), rest)
+	case m.Loading != "":
 		line += fmt.Sprintf(": rbee loading %s on %s %ds\n", TruncateText(m.Loading, 200), TruncateText(m.LoadingHive, 64), m.LoadingMS/1000)
 	}
 	_, _ = k.ResponseWriter.Write([]byte(line + "\n"))

@@ -17,14 +17,15 @@ func hiveModels(t *wsapi.HiveTelemetry) scheduler.HiveModels {
 	for _, c := range t.Catalog {
 		hm.Catalog = append(hm.Catalog, scheduler.CatalogModel{Name: c.Name, Engine: c.Engine, Slots: c.Slots, VRAMMB: c.VRAMMB,
 			LoadTime: time.Duration(c.LoadMS) * time.Millisecond, MaxReplicas: c.MaxReplicas, MultiGPU: c.MultiGPU, Unavailable: c.Unavailable,
-			Failures: c.Failures, FailedAt: c.FailedAt, FailReason: c.FailReason})
+			Failures: c.Failures, FailedAt: c.FailedAt, FailReason: c.FailReason, Shared: c.Shared})
 	}
+	hm.CopyEngines = t.CopyEngines
 	for _, g := range t.GPUs {
 		hm.GPUs = append(hm.GPUs, scheduler.GPU{Index: g.Index, TotalMB: g.TotalVRAMMB, UsedMB: g.UsedVRAMMB, ReservedMB: g.ReservedMB})
 	}
 	for _, m := range t.Managed {
 		hm.Managed = append(hm.Managed, scheduler.Managed{Instance: m.Instance, Model: m.Model, State: m.State, Since: m.Since,
-			GPUs: m.GPUs, VRAMMB: m.VRAMMB, StartID: m.StartID, LastUsed: m.LastUsed, Leases: m.Leases})
+			GPUs: m.GPUs, VRAMMB: m.VRAMMB, StartID: m.StartID, LastUsed: m.LastUsed, Leases: m.Leases, Stage: m.Stage})
 	}
 	return hm
 }
@@ -45,10 +46,16 @@ func (q *Queen) placeLocked(now time.Time) []outMsg {
 	term := q.cfg.Members.Term()
 	out := make([]outMsg, 0, len(starts))
 	for _, st := range starts {
+		ms := &wsapi.ModelStart{Type: wsapi.TypeModelStart, StartID: st.ID, Model: st.Model,
+			GPUs: st.GPUs, Evict: st.Evict, VRAMMB: st.VRAMMB, Term: term}
+		var from []string
+		if c := st.Copy; c != nil {
+			ms.Copy = &wsapi.ModelCopy{From: c.From[:min(len(c.From), wsapi.MaxCopyFrom)], Engine: c.Engine, Slots: c.Slots, Ctx: c.Ctx}
+			from = ms.Copy.From
+		}
 		q.log.Info("starting a worker", "model", st.Model, "hive", st.Hive, "gpus", st.GPUs, "evict", st.Evict,
-			"vram_mb", st.VRAMMB, "why", st.Reason, "start_id", st.ID)
-		out = append(out, outMsg{to: st.Hive, msg: &wsapi.ModelStart{Type: wsapi.TypeModelStart, StartID: st.ID, Model: st.Model,
-			GPUs: st.GPUs, Evict: st.Evict, VRAMMB: st.VRAMMB, Term: term}})
+			"vram_mb", st.VRAMMB, "why", st.Reason, "start_id", st.ID, "copy_from", from)
+		out = append(out, outMsg{to: st.Hive, msg: ms})
 	}
 	return out
 }
@@ -65,6 +72,7 @@ func (q *Queen) waitReportsLocked(now time.Time) []outMsg {
 		m := &wsapi.LeaseWait{Type: wsapi.TypeLeaseWait, RequestID: w.Request.ID, Position: w.Position, ETAMS: w.ETA.Milliseconds()}
 		if w.Loading != "" {
 			m.Loading, m.LoadingHive, m.LoadingMS = w.Request.Model, w.Loading, now.Sub(w.LoadingSince).Milliseconds()
+			m.LoadingStage = w.LoadingStage
 		}
 		out = append(out, outMsg{to: w.Request.Entry, msg: m})
 	}

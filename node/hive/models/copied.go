@@ -1,9 +1,16 @@
 package models
 
 import (
+	"cmp"
+	"context"
 	"fmt"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
+	"time"
+
+	"github.com/rbee/rbee/wsapi"
 )
 
 // ErrNoModelsDir is returned for a copy into a hive without --models-dir.
@@ -74,4 +81,116 @@ func (m *Manager) AddCopied(name, path, engine string, slots, ctx int) error {
 	}
 	m.notify()
 	return nil
+}
+
+// CopyEngines are the engines this hive can serve a copied model with: none
+// without a models folder or a way to copy.
+func (m *Manager) CopyEngines() []string {
+	if m.cfg.ModelsDir == "" || m.cfg.CopyModel == nil {
+		return nil
+	}
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(m.cfg.Engines)) {
+		if m.cfg.Engines[name].Missing == "" {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// toCopyLocked is the catalog item a start that copies the model first
+// works on: it (a copy that failed before) or a new one, listed at once so
+// that the queen counts the copy's failures against this hive. Nil when ms
+// asks for no copy or this hive cannot make one.
+func (m *Manager) toCopyLocked(it *item, ms *wsapi.ModelStart) *item {
+	c := ms.Copy
+	if c == nil || m.cfg.ModelsDir == "" || m.cfg.CopyModel == nil || m.cfg.Engines[c.Engine] == nil {
+		return nil
+	}
+	if it == nil {
+		e := Entry{Name: ms.Model, Engine: c.Engine, Slots: max(c.Slots, 1), Ctx: cmp.Or(c.Ctx, DefaultCtx), VRAMMB: ms.VRAMMB}
+		it = &item{Entry: e, engine: m.cfg.Engines[c.Engine]}
+		m.items = append(m.items, it)
+	}
+	it.copyFrom = slices.Clone(c.From)
+	return it
+}
+
+// copyIn copies it's files before its engine starts, with a worker record
+// in the loading state (so the queen knows the start is under way, and
+// clients hear its progress); false when the copy failed (counted as a
+// failed start) or the hive stops.
+func (m *Manager) copyIn(it *item, ms *wsapi.ModelStart, queen string, start time.Time) bool {
+	inst := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.' {
+			return r
+		}
+		return '-'
+	}, "copy-"+ms.StartID)
+	w := &worker{instance: inst, it: it, state: wsapi.ManagedLoading, since: start, gpus: ms.GPUs,
+		vramMB: ms.VRAMMB, startID: ms.StartID, startedBy: queen, stopCh: make(chan struct{}), exited: make(chan struct{}),
+		stage: "copying"}
+	m.mu.Lock()
+	from := slices.Clone(it.copyFrom)
+	m.workers[w.instance] = w
+	m.mu.Unlock()
+	m.notify()
+	defer func() {
+		m.mu.Lock()
+		delete(m.workers, w.instance)
+		m.mu.Unlock()
+		close(w.exited)
+	}()
+	ctx, cancel := context.WithCancel(m.ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-w.stopCh:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	m.log.Info("copying a model from other hives before starting it", "model", it.Name, "from", from, "queen", queen)
+	path, err := m.cfg.CopyModel(ctx, it.Name, from, func(done, total int64, rate float64) {
+		stage := fmt.Sprintf("copying %.0f%% of %s", 100*float64(done)/float64(max(total, 1)), sizeText(total))
+		if rate > 0 {
+			stage += fmt.Sprintf(" at %s/s, eta %s", sizeText(int64(rate)), (time.Duration(float64(total-done)/rate) * time.Second).Round(time.Second))
+		}
+		m.mu.Lock()
+		w.stage = stage
+		m.mu.Unlock()
+	})
+	if err != nil {
+		if m.ctx.Err() != nil {
+			return false
+		}
+		m.fail(it, start, "failed", "copy from "+strings.Join(from, ", ")+": "+err.Error())
+		return false
+	}
+	// The files are here: the item is what a --models-dir entry is.
+	fresh := m.newItem(Entry{Name: it.Name, Path: path, Engine: it.Engine, Slots: it.Slots, Ctx: it.Ctx, VRAMMB: it.VRAMMB})
+	m.mu.Lock()
+	it.Path, it.bytes, it.facts, it.unavailable, it.copyFrom = path, fresh.bytes, fresh.facts, fresh.unavailable, nil
+	unavailable := it.unavailable
+	m.mu.Unlock()
+	if unavailable != "" {
+		m.fail(it, start, "failed", unavailable)
+		return false
+	}
+	m.log.Info("model copied", "model", it.Name, "path", path, "bytes", fresh.bytes, "took", time.Since(start).Round(time.Millisecond))
+	return true
+}
+
+// sizeText writes a byte count in binary units.
+func sizeText(n int64) string {
+	const unit = 1 << 10
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for v := n / unit; v >= unit; v /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -42,11 +42,12 @@ type Entry struct {
 	LoadMS      int      // load_ms=, for the sim engine
 	MaxReplicas int      // max_replicas=, 0 = no cap
 	Args        []string // args=..., split with SplitWords, appended to the engine's argv
+	Share       bool     // share=true: other hives may copy its files to start it (copy.go)
 }
 
 // ParseModelFlag parses one --model value:
 //
-//	NAME=PATH[,engine=E][,slots=N][,ctx=N][,vram=MiB][,load_ms=N][,max_replicas=N][,args=...]
+//	NAME=PATH[,engine=E][,slots=N][,ctx=N][,vram=MiB][,load_ms=N][,max_replicas=N][,share=true][,args=...]
 //
 // args= must come last and takes the rest of the string verbatim, commas
 // included, since engine flags often hold them. Without engine= the engine
@@ -125,8 +126,10 @@ func (e *Entry) setOption(key, val string) error {
 		e.MaxReplicas, err = parseInt(val, 0)
 	case "args":
 		e.Args, err = SplitWords(val)
+	case "share":
+		e.Share, err = strconv.ParseBool(val)
 	default:
-		return errors.New("unknown option (known: engine, slots, ctx, vram, load_ms, max_replicas, args)")
+		return errors.New("unknown option (known: engine, slots, ctx, vram, load_ms, max_replicas, share, args)")
 	}
 	return err
 }

@@ -67,6 +67,13 @@ type Config struct {
 	// ModelsDir is --models-dir: where a model copied from another hive
 	// goes ("" takes none).
 	ModelsDir string
+	// ShareAll shares every entry with the other hives (--share-models):
+	// they may copy its files to start it where this hive has no room.
+	ShareAll bool
+	// CopyModel copies model's files from the hives from into ModelsDir
+	// and returns where the model is (a .gguf file or a folder); progress
+	// hears how far it got. Nil: this hive starts no model it must copy.
+	CopyModel func(ctx context.Context, model string, from []string, progress func(done, total int64, rate float64)) (string, error)
 	// DigestFile keeps the SHA-256 of each model file peers fetched, so
 	// that a file is hashed once per version (files.go); "" keeps them
 	// in memory.
@@ -96,6 +103,9 @@ type item struct {
 	failures    int
 	failedAt    time.Time
 	failReason  string
+	// copyFrom: the model's files are not here yet; a start copies them
+	// from these hives first (copy.go).
+	copyFrom []string
 }
 
 func (it *item) simulated() bool { return it.engine != nil && it.engine.Sim }
@@ -139,6 +149,7 @@ type worker struct {
 	stopWhy   string        // set once a stop is asked for
 	stopCh    chan struct{} // closed to ask for the stop
 	exited    chan struct{} // closed when it is gone and forgotten
+	stage     string        // what it waits for before its engine starts
 }
 
 // Manager runs a hive's model lifecycle. Its goroutines (one per engine it

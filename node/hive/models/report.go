@@ -55,7 +55,7 @@ func (m *Manager) Report(workers []wsapi.ProcessStats) ([]wsapi.ProcessStats, []
 		cat = append(cat, wsapi.CatalogEntry{Name: it.Name, Engine: it.Engine, Bytes: it.bytes, Slots: it.Slots, Ctx: it.Ctx,
 			VRAMMB: vram, VRAMSource: src, Facts: reportFacts(it.facts), LoadMS: it.loadMS, MaxReplicas: it.MaxReplicas, Unavailable: clean(it.unavailable, 250),
 			Failures: it.failures, FailedAt: it.failedAt, FailReason: it.failReason, Simulated: it.simulated(),
-			MultiGPU: it.engine != nil && it.engine.MultiGPU()})
+			MultiGPU: it.engine != nil && it.engine.MultiGPU(), Shared: (it.Share || m.cfg.ShareAll) && it.copyFrom == nil})
 	}
 
 	var gpus []wsapi.GPUInfo
@@ -89,7 +89,7 @@ func (m *Manager) Report(workers []wsapi.ProcessStats) ([]wsapi.ProcessStats, []
 		counts[w.state]++
 		managed = append(managed, wsapi.ManagedWorker{Instance: w.instance, Model: w.it.Name, Engine: w.it.Engine, State: w.state,
 			Since: w.since, ReadyAt: w.readyAt, PID: w.pid, GPUs: w.gpus, VRAMMB: w.vramMB, StartID: w.startID,
-			StartedBy: w.startedBy, LastUsed: w.lastUsed, Leases: w.leases})
+			StartedBy: w.startedBy, LastUsed: w.lastUsed, Leases: w.leases, Stage: w.stage})
 	}
 	for st, n := range counts {
 		m.states.WithLabelValues(st).Set(n)

@@ -37,9 +37,11 @@ func (m *Manager) Start(ms *wsapi.ModelStart, queen string) {
 			it = c
 		}
 	}
-	if it == nil {
-		m.log.Warn("queen asked to start a model this hive does not have", "model", ms.Model, "queen", queen)
-		return
+	if it == nil || it.copyFrom != nil {
+		if it = m.toCopyLocked(it, ms); it == nil {
+			m.log.Warn("queen asked to start a model this hive does not have", "model", ms.Model, "queen", queen)
+			return
+		}
 	}
 	if it.unavailable != "" {
 		m.log.Warn("queen asked to start a model that cannot start here", "model", ms.Model, "reason", it.unavailable)
@@ -75,6 +77,9 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 		}
 	}
 	start := time.Now()
+	if it.copyFrom != nil && !m.copyIn(it, ms, queen, start) {
+		return
+	}
 	port, err := m.freePort()
 	if err != nil {
 		m.fail(it, start, "failed", fmt.Sprintf("no free port: %v", err))
