@@ -1,17 +1,20 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"io/fs"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/rbee/rbee/node/hive"
 	"github.com/rbee/rbee/node/hive/models"
+	"github.com/rbee/rbee/node/hive/pull"
 	"github.com/rbee/rbee/node/hive/transfer"
 	"github.com/rbee/rbee/node/proxy"
 )
@@ -68,10 +71,7 @@ func modelFileError(w http.ResponseWriter, err error) {
 
 // handleModelCopy copies a model from the hives that hold it into this
 // node's models folder: POST /v1/admin/models/copy {"model": NAME}. The
-// answer streams newline-delimited JSON: {"progress": ...} about twice a
-// second (and every few seconds while the peers hash the files), then
-// {"done": ...} or {"error": "..."}. The copy ends with the request: a
-// client that goes away stops it, and the next one resumes it.
+// answer streams newline-delimited JSON (see modelJob).
 func (n *Node) handleModelCopy(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Model string `json:"model"`
@@ -80,25 +80,102 @@ func (n *Node) handleModelCopy(w http.ResponseWriter, r *http.Request) {
 		proxy.WriteError(w, http.StatusBadRequest, "invalid_request_error", `want {"model": NAME}`)
 		return
 	}
+	n.modelJob(w, r, req.Model, "copy "+req.Model, func(ctx context.Context, progress func(any)) (any, error) {
+		res, err := n.copyModel(ctx, req.Model, func(p transfer.Progress) { progress(p) })
+		if err != nil {
+			return nil, err
+		}
+		return map[string]any{"model": res.Name, "path": res.Path, "bytes": res.Bytes, "fetched": res.Fetched,
+			"refetched": res.Refetched, "node": n.cfg.Name}, nil
+	})
+}
+
+// handleModelPull pulls a model from a Hugging Face hub or a URL into this
+// node's models folder: POST /v1/admin/models/pull {"ref": REF, "endpoint":
+// hub, "token": hub token}; endpoint and token default to the node's
+// HF_ENDPOINT and HF_TOKEN. The answer streams as modelJob's.
+func (n *Node) handleModelPull(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Ref      string `json:"ref"`
+		Endpoint string `json:"endpoint"`
+		Token    string `json:"token"`
+		SHA256   string `json:"sha256"`
+	}
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req); err != nil || req.Ref == "" {
+		proxy.WriteError(w, http.StatusBadRequest, "invalid_request_error", `want {"ref": "hf:ORG/REPO[:TAG]" or an https URL}`)
+		return
+	}
+	ref, err := pull.ParseRef(req.Ref)
+	if err != nil {
+		proxy.WriteError(w, http.StatusBadRequest, "invalid_request_error", err.Error())
+		return
+	}
+	opts := pull.Options{Endpoint: cmp.Or(req.Endpoint, os.Getenv("HF_ENDPOINT")), Token: cmp.Or(req.Token, os.Getenv("HF_TOKEN")),
+		SHA256: req.SHA256, Client: &http.Client{Transport: http.DefaultTransport}}
+	n.modelJob(w, r, "", "pull "+ref.String(), func(ctx context.Context, progress func(any)) (any, error) {
+		dir := n.hive.ModelsDir()
+		opts.Progress = func(p pull.Progress) { progress(p) }
+		start := time.Now()
+		res, err := pull.Pull(ctx, ref, dir, opts)
+		if err != nil {
+			return nil, err
+		}
+		if err := n.hive.AddCopied(res.Name, res.Path, "", 0, 0); err != nil {
+			return nil, err
+		}
+		n.log.Info("model pulled", "ref", ref.String(), "model", res.Name, "path", res.Path, "bytes", res.Bytes,
+			"fetched", res.Fetched, "took", time.Since(start).Round(time.Millisecond))
+		return map[string]any{"model": res.Name, "path": res.Path, "bytes": res.Bytes, "fetched": res.Fetched, "node": n.cfg.Name}, nil
+	})
+}
+
+// handleModelRemove takes a model of this node's --models-dir out of its
+// catalog and deletes its files: DELETE /v1/admin/models/{model}.
+func (n *Node) handleModelRemove(w http.ResponseWriter, r *http.Request) {
+	if n.hive == nil {
+		proxy.WriteError(w, http.StatusNotFound, "not_found", "node "+n.cfg.Name+" is not a hive")
+		return
+	}
+	path, err := n.hive.RemoveLocal(r.PathValue("model"))
+	switch {
+	case errors.Is(err, models.ErrNoModel), errors.Is(err, hive.ErrNoCatalog):
+		proxy.WriteError(w, http.StatusNotFound, "not_found", err.Error())
+		return
+	case err != nil:
+		proxy.WriteError(w, http.StatusConflict, "cannot_remove", err.Error())
+		return
+	}
+	n.log.Info("model removed", "model", r.PathValue("model"), "path", path)
+	proxy.WriteJSON(w, map[string]string{"model": r.PathValue("model"), "path": path, "node": n.cfg.Name})
+}
+
+// modelJob runs one pull or copy into this node's models folder for a
+// client: model, when set, must not be in the catalog yet; what names the
+// job (one at a time per what). The answer streams newline-delimited JSON:
+// {"progress": ...} about twice a second (and {"waiting": ...} every few
+// seconds while nothing moves: peers hash a file before they list it),
+// then {"done": ...} or {"error": "..."}. The job ends with the request: a
+// client that goes away stops it, and the next one resumes it.
+func (n *Node) modelJob(w http.ResponseWriter, r *http.Request, model, what string, run func(ctx context.Context, progress func(any)) (any, error)) {
 	switch {
 	case n.hive == nil || n.hive.ModelsDir() == "":
-		proxy.WriteError(w, http.StatusConflict, "no_models_dir", "node "+n.cfg.Name+" has no --models-dir to copy models into")
+		proxy.WriteError(w, http.StatusConflict, "no_models_dir", "node "+n.cfg.Name+" has no --models-dir to put models in")
 		return
-	case n.hive.HasModel(req.Model):
-		proxy.WriteError(w, http.StatusConflict, "model_exists", "model "+proxy.TruncateText(req.Model, 200)+" is in "+n.cfg.Name+"'s catalog already")
+	case model != "" && n.hive.HasModel(model):
+		proxy.WriteError(w, http.StatusConflict, "model_exists", "model "+proxy.TruncateText(model, 200)+" is in "+n.cfg.Name+"'s catalog already")
 		return
 	}
 	n.copyMu.Lock()
-	if n.copying[req.Model] {
+	if n.copying[what] {
 		n.copyMu.Unlock()
-		proxy.WriteError(w, http.StatusConflict, "copy_running", "model "+proxy.TruncateText(req.Model, 200)+" is being copied to "+n.cfg.Name+" already")
+		proxy.WriteError(w, http.StatusConflict, "job_running", proxy.TruncateText(what, 300)+" is under way on "+n.cfg.Name+" already")
 		return
 	}
-	n.copying[req.Model] = true
+	n.copying[what] = true
 	n.copyMu.Unlock()
 	defer func() {
 		n.copyMu.Lock()
-		delete(n.copying, req.Model)
+		delete(n.copying, what)
 		n.copyMu.Unlock()
 	}()
 	w.Header().Set("Content-Type", "application/x-ndjson")
@@ -108,8 +185,6 @@ func (n *Node) handleModelCopy(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		// The peers hash a file before they list it (once per version):
-		// the client hears from the copy meanwhile.
 		t := time.NewTicker(5 * time.Second)
 		defer t.Stop()
 		for {
@@ -117,20 +192,19 @@ func (n *Node) handleModelCopy(w http.ResponseWriter, r *http.Request) {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				out.line(map[string]any{"waiting": "for the peers' listing or the next block"})
+				out.line(map[string]any{"waiting": what})
 			}
 		}
 	})
-	res, err := n.copyModel(ctx, req.Model, func(p transfer.Progress) { out.line(map[string]any{"progress": p}) })
+	done, err := run(ctx, func(p any) { out.line(map[string]any{"progress": p}) })
 	cancel()
 	wg.Wait()
 	if err != nil {
-		n.log.Warn("model copy failed", "model", req.Model, "err", err)
+		n.log.Warn("model job failed", "job", what, "err", err)
 		out.line(map[string]any{"error": err.Error()})
 		return
 	}
-	out.line(map[string]any{"done": map[string]any{"model": res.Name, "path": res.Path, "bytes": res.Bytes, "fetched": res.Fetched,
-		"refetched": res.Refetched, "node": n.cfg.Name}})
+	out.line(map[string]any{"done": done})
 }
 
 // ndjson writes one JSON value a line, flushed, from several goroutines.

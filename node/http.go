@@ -53,6 +53,8 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("POST "+api.PathHiveProxy+"/", n.peersOnly(p.HandleHiveProxy))
 	mux.HandleFunc("GET "+api.PathHiveFiles+"/{model}", n.peersOnly(n.handleModelFiles))
 	mux.HandleFunc("POST "+api.PathAdminModelCopy, n.peersOnly(n.handleModelCopy))
+	mux.HandleFunc("POST "+api.PathAdminModelPull, n.peersOnly(n.handleModelPull))
+	mux.HandleFunc("DELETE "+api.PathAdminModels+"/{model}", n.peersOnly(n.handleModelRemove))
 	mux.HandleFunc("GET "+api.PathHiveFiles+"/{model}/{path...}", n.peersOnly(n.handleModelFile))
 	// Metrics name models, hives and traffic: they read the cluster.
 	mux.Handle("GET /metrics", n.authorized(promhttp.HandlerFor(n.metrics, promhttp.HandlerOpts{Registry: n.metrics}).ServeHTTP))

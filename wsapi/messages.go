@@ -117,6 +117,10 @@ type HiveTelemetry struct {
 	// shared catalog entry into its --models-dir. Empty: it takes no
 	// copies.
 	CopyEngines []string `json:"copy_engines,omitempty"`
+	// ModelsDirFreeBytes is an addition (omitted without --models-dir):
+	// the free space of the hive's models folder, what pulls and copies
+	// may fill.
+	ModelsDirFreeBytes uint64 `json:"models_dir_free_bytes,omitempty"`
 }
 
 // LeaseInfo is one request a hive is serving under a lease.

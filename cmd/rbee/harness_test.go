@@ -184,11 +184,14 @@ func (c *cluster) rbee(args ...string) string {
 }
 
 // runRbee runs the CLI to completion (30 s at most).
-func runRbee(args ...string) (stdout, stderr string, err error) {
+func runRbee(args ...string) (stdout, stderr string, err error) { return runRbeeEnv(nil, args...) }
+
+// runRbeeEnv is runRbee with env added to the CLI's environment.
+func runRbeeEnv(env []string, args ...string) (stdout, stderr string, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, rbeeBin, args...)
-	cmd.Env = envWithoutRbee()
+	cmd.Env = append(envWithoutRbee(), env...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err = cmd.Run()

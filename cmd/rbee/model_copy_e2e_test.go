@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rbee/rbee/internal/hubtest"
 )
 
 // TestModelCopy_BetweenHives: `rbee model copy` moves a model hive a holds
@@ -31,9 +33,9 @@ func TestModelCopy_BetweenHives(t *testing.T) {
 	e := ps[1]
 	waitModelState(t, c, e, "big", "available", "a")
 
-	out := c.rbee("model", "copy", "big", "--to", "b", "--http-addr", e.httpAddr, "--cluster-key-file", c.keyFile)
+	out := c.rbee("model", "copy", "big", "--hive", "b", "--http-addr", e.httpAddr, "--cluster-key-file", c.keyFile)
 	t.Logf("rbee model copy:\n%s", out)
-	if !strings.Contains(out, "copied to b as "+filepath.Join(dst, "big.gguf")) {
+	if !strings.Contains(out, "big on b at "+filepath.Join(dst, "big.gguf")) {
 		t.Fatalf("rbee model copy said:\n%s", out)
 	}
 	want, _ := os.ReadFile(file)
@@ -43,11 +45,11 @@ func TestModelCopy_BetweenHives(t *testing.T) {
 	}
 	waitModelState(t, c, e, "big", "available", "a", "b")
 
-	_, stderr, err := runRbee("model", "copy", "big", "--to", "b", "--http-addr", e.httpAddr, "--cluster-key-file", c.keyFile)
+	_, stderr, err := runRbee("model", "copy", "big", "--hive", "b", "--http-addr", e.httpAddr, "--cluster-key-file", c.keyFile)
 	if err == nil || !strings.Contains(stderr, "in b's catalog already") {
 		t.Errorf("a second copy: %v\n%s", err, stderr)
 	}
-	_, stderr, err = runRbee("model", "copy", "big", "--to", "e", "--http-addr", e.httpAddr, "--cluster-key-file", c.keyFile)
+	_, stderr, err = runRbee("model", "copy", "big", "--hive", "e", "--http-addr", e.httpAddr, "--cluster-key-file", c.keyFile)
 	if err == nil || !strings.Contains(stderr, "no --models-dir") {
 		t.Errorf("a copy into a node without --models-dir: %v\n%s", err, stderr)
 	}
@@ -112,4 +114,56 @@ func TestModelCopy_OnDemand(t *testing.T) {
 		t.Fatalf("b holds %d of %d bytes: %v", len(got), len(want), err)
 	}
 	waitModelState(t, c, e, "big", "loaded", "a", "b")
+}
+
+// TestModelPull_FromAHub: `rbee model pull` has a hive download a GGUF by
+// its tag from a Hugging Face-compatible hub (HF_ENDPOINT and HF_TOKEN from
+// the CLI's shell), checked, into its --models-dir and catalog, where the
+// cluster lists it; `rbee model ls` shows it and the folder's free space;
+// `rbee model rm` deletes it.
+func TestModelPull_FromAHub(t *testing.T) {
+	t.Parallel()
+	hub := hubtest.New(t)
+	data := make([]byte, 6<<20)
+	copy(data, "GGUF")
+	for i := 4; i < len(data); i++ {
+		data[i] = byte(i * 31)
+	}
+	hub.Add("acme/Tiny-GGUF", "tiny-Q4_K_M.gguf", data, true)
+	hub.Add("acme/Tiny-GGUF", "tiny-Q8_0.gguf", data[:1<<20], true)
+	hub.RequireToken("hf_test")
+	c := newLCCluster(t)
+	dst := filepath.Join(c.dir, "b-models")
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a := c.start(lcNode(c, "a", ""))[0]
+	b := c.start(lcNode(c, "b", a.gossipAddr, "--models-dir", dst))[0]
+	env := []string{"HF_ENDPOINT=" + hub.URL(), "HF_TOKEN=hf_test"}
+	out, stderr, err := runRbeeEnv(env, "model", "pull", "hf:acme/Tiny-GGUF:Q4_K_M", "--hive", "b", "--http-addr", a.httpAddr, "--cluster-key-file", c.keyFile)
+	if err != nil || !strings.Contains(out, "tiny-Q4_K_M on b at "+filepath.Join(dst, "tiny-Q4_K_M.gguf")) {
+		t.Fatalf("rbee model pull: %v\n%s\n%s", err, out, stderr)
+	}
+	t.Logf("rbee model pull:\n%s", out)
+	if got, _ := os.ReadFile(filepath.Join(dst, "tiny-Q4_K_M.gguf")); !bytes.Equal(got, data) {
+		t.Fatal("the pulled file is not the hub's")
+	}
+	waitModelState(t, c, a, "tiny-Q4_K_M", "unavailable", "b")
+
+	// Without the token the hub refuses, and the CLI says what to do.
+	_, stderr, err = runRbeeEnv([]string{"HF_ENDPOINT=" + hub.URL()}, "model", "pull", "hf:acme/Tiny-GGUF:Q8_0", "--hive", "b", "--http-addr", a.httpAddr, "--cluster-key-file", c.keyFile)
+	if err == nil || !strings.Contains(stderr, "HF_TOKEN") {
+		t.Errorf("pull without a token: %v\n%s", err, stderr)
+	}
+	ls := c.rbee("model", "ls", "--http-addr", b.httpAddr, "--cluster-key-file", c.keyFile)
+	if !strings.Contains(ls, "tiny-Q4_K_M") || !strings.Contains(ls, "free in --models-dir") || !strings.Contains(ls, "6.0 MiB") {
+		t.Errorf("rbee model ls:\n%s", ls)
+	}
+	rm := c.rbee("model", "rm", "tiny-Q4_K_M", "--hive", "b", "--http-addr", a.httpAddr, "--cluster-key-file", c.keyFile)
+	if !strings.Contains(rm, "removed tiny-Q4_K_M from b") {
+		t.Errorf("rbee model rm: %s", rm)
+	}
+	if _, err := os.Stat(filepath.Join(dst, "tiny-Q4_K_M.gguf")); !os.IsNotExist(err) {
+		t.Errorf("the file is still there: %v", err)
+	}
 }

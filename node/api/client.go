@@ -166,11 +166,27 @@ func (c *Client) Usage(ctx context.Context, since time.Duration) (*UsageView, er
 // --models-dir, and calls line with each line of its answer (progress, then
 // done or error) as it comes. It has no deadline of its own: ctx bounds it.
 func (c *Client) CopyModel(ctx context.Context, model string, line func([]byte)) error {
-	b, err := json.Marshal(map[string]string{"model": model})
+	return c.modelJob(ctx, PathAdminModelCopy, map[string]string{"model": model}, "copy "+model, line)
+}
+
+// PullModel asks the node to pull ref (hf:ORG/REPO[:TAG], or a URL) into
+// its --models-dir, from hub (its HF_ENDPOINT when empty) with token (its
+// HF_TOKEN when empty), and calls line as CopyModel does.
+func (c *Client) PullModel(ctx context.Context, ref, hub, token string, line func([]byte)) error {
+	return c.modelJob(ctx, PathAdminModelPull, map[string]string{"ref": ref, "endpoint": hub, "token": token}, "pull "+ref, line)
+}
+
+// RemoveModel asks the node to delete a model of its --models-dir.
+func (c *Client) RemoveModel(ctx context.Context, model string) error {
+	return c.do(ctx, http.MethodDelete, PathAdminModels+"/"+url.PathEscape(model), nil, nil)
+}
+
+func (c *Client) modelJob(ctx context.Context, path string, body any, what string, line func([]byte)) error {
+	b, err := json.Marshal(body)
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.scheme+"://"+c.addr+PathAdminModelCopy, bytes.NewReader(b))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.scheme+"://"+c.addr+path, bytes.NewReader(b))
 	if err != nil {
 		return err
 	}
@@ -188,9 +204,9 @@ func (c *Client) CopyModel(ctx context.Context, model string, line func([]byte))
 			} `json:"error"`
 		}
 		if json.Unmarshal(data, &e) == nil && e.Error.Message != "" {
-			return fmt.Errorf("copy %s: %s: %s", model, resp.Status, e.Error.Message)
+			return fmt.Errorf("%s: %s: %s", what, resp.Status, e.Error.Message)
 		}
-		return fmt.Errorf("copy %s: %s", model, resp.Status)
+		return fmt.Errorf("%s: %s", what, resp.Status)
 	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -198,7 +214,7 @@ func (c *Client) CopyModel(ctx context.Context, model string, line func([]byte))
 		line(sc.Bytes())
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("copy %s: %w", model, err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }

@@ -44,6 +44,10 @@ type HiveView struct {
 	Catalog []wsapi.CatalogEntry  `json:"catalog,omitempty"`
 	GPUs    []wsapi.GPUInfo       `json:"gpus,omitempty"`
 	Managed []wsapi.ManagedWorker `json:"managed,omitempty"`
+	// ModelsDirFreeBytes is the free space of its --models-dir (0 without
+	// one); CopyEngines the engines it serves copied or pulled models with.
+	ModelsDirFreeBytes uint64   `json:"models_dir_free_bytes,omitempty"`
+	CopyEngines        []string `json:"copy_engines,omitempty"`
 }
 
 // ClusterView is the /v1/cluster document.

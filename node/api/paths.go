@@ -32,6 +32,12 @@ const (
 	// the node's --models-dir (POST, {"model": NAME}; the answer is
 	// newline-delimited JSON: progress, then done or error).
 	PathAdminModelCopy = "/v1/admin/models/copy"
+	// PathAdminModelPull pulls a model from a Hugging Face hub or a URL
+	// into the node's --models-dir (POST, {"ref": REF}; answered as a
+	// copy is); DELETE PathAdminModels/{model} removes one of that
+	// folder's models from the catalog and the disk.
+	PathAdminModelPull = "/v1/admin/models/pull"
+	PathAdminModels    = "/v1/admin/models"
 	// PathHiveHeartbeat is where the seed's hives post their telemetry.
 	PathHiveHeartbeat = "/v1/hive-heartbeat"
 	// PathFeed is the live feed (WebSocket, or SSE) of hive_telemetry and

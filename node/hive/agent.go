@@ -198,6 +198,7 @@ func (a *Agent) report(workers []wsapi.ProcessStats) *wsapi.HiveTelemetry {
 	if a.models != nil {
 		workers, t.Catalog, t.GPUs, t.Managed = a.models.Report(workers)
 		t.CopyEngines = a.models.CopyEngines()
+		t.ModelsDirFreeBytes = a.models.ModelsDirFree()
 	}
 	now := time.Now()
 	t.Timestamp, t.Workers = now.UTC(), workers

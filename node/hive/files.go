@@ -46,3 +46,12 @@ func (a *Agent) AddCopied(name, path, engine string, slots, ctx int) error {
 	}
 	return a.models.AddCopied(name, path, engine, slots, ctx)
 }
+
+// RemoveLocal takes a model of the models folder out of the catalog and
+// deletes its files.
+func (a *Agent) RemoveLocal(name string) (string, error) {
+	if a.models == nil {
+		return "", ErrNoCatalog
+	}
+	return a.models.RemoveLocal(name)
+}

@@ -72,7 +72,7 @@ func (r *Registry) Hives(now time.Time) []api.HiveView {
 			}
 		}
 		out = append(out, api.HiveView{HiveID: id, Online: online, LastSeen: e.lastSeen.UTC(), Workers: w, Leases: e.t.Leases,
-			Catalog: e.t.Catalog, GPUs: e.t.GPUs, Managed: e.t.Managed})
+			Catalog: e.t.Catalog, GPUs: e.t.GPUs, Managed: e.t.Managed, ModelsDirFreeBytes: e.t.ModelsDirFreeBytes, CopyEngines: e.t.CopyEngines})
 	}
 	slices.SortFunc(out, func(a, b api.HiveView) int { return strings.Compare(a.HiveID, b.HiveID) })
 	return out

@@ -3,11 +3,14 @@ package models
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/rbee/rbee/wsapi"
@@ -193,4 +196,53 @@ func sizeText(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// ModelsDirFree is the models folder's free space in bytes, 0 without one
+// (or when it cannot be read).
+func (m *Manager) ModelsDirFree() uint64 {
+	if m.cfg.ModelsDir == "" {
+		return 0
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(m.cfg.ModelsDir, &st); err != nil {
+		return 0
+	}
+	return st.Bavail * uint64(st.Bsize)
+}
+
+// ErrRunning is wrapped by RemoveLocal for a model a worker serves.
+var ErrRunning = errors.New("a worker runs it")
+
+// RemoveLocal takes a model that lives in the models folder out of the
+// catalog and deletes its file or folder; it refuses one a worker runs or
+// starts, or one from elsewhere (--model), which is not rbee's to delete.
+func (m *Manager) RemoveLocal(name string) (string, error) {
+	m.mu.Lock()
+	var it *item
+	i := slices.IndexFunc(m.items, func(c *item) bool { return c.Name == name })
+	if i >= 0 {
+		it = m.items[i]
+	}
+	switch {
+	case it == nil:
+		m.mu.Unlock()
+		return "", fmt.Errorf("%w: %q", ErrNoModel, name)
+	case m.cfg.ModelsDir == "" || it.Path == "" || filepath.Dir(it.Path) != filepath.Clean(m.cfg.ModelsDir):
+		m.mu.Unlock()
+		return "", fmt.Errorf("model %s is not in this hive's --models-dir: only those are removed", name)
+	}
+	for _, w := range m.workers {
+		if w.it == it {
+			m.mu.Unlock()
+			return "", fmt.Errorf("model %s: %w (%s): stop it first", name, ErrRunning, w.state)
+		}
+	}
+	m.items = slices.Delete(m.items, i, i+1)
+	m.mu.Unlock()
+	m.notify()
+	if err := os.RemoveAll(it.Path); err != nil {
+		return it.Path, fmt.Errorf("model %s: %w", name, err)
+	}
+	return it.Path, nil
 }
