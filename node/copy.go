@@ -75,7 +75,7 @@ func (n *Node) copyModel(ctx context.Context, model string, progress func(transf
 	n.log.Info("copying a model from its hives", "model", model, "from", peers, "into", dir)
 	start := time.Now()
 	res, err := transfer.Copy(ctx, model, dir, transfer.Options{Client: n.hc, Peers: peers, Rate: n.cfg.TransferRate,
-		Progress: progress, Logger: n.log})
+		Progress: progress, Gone: n.peerGone, Logger: n.log})
 	if err != nil {
 		return res, err
 	}
@@ -109,6 +109,17 @@ func (n *Node) copyFrom(ctx context.Context, model string, from []string, progre
 		return "", fmt.Errorf("none of %v is a live member", from)
 	}
 	res, err := transfer.Copy(ctx, model, n.cfg.Models.ModelsDir, transfer.Options{Client: n.hc, Peers: peers, Rate: n.cfg.TransferRate,
-		Progress: func(p transfer.Progress) { progress(p.Done, p.Total, p.Rate) }, Logger: n.log})
+		Progress: func(p transfer.Progress) { progress(p.Done, p.Total, p.Rate) }, Gone: n.peerGone, Logger: n.log})
 	return res.Path, err
+}
+
+// peerGone is closed once the cluster declares the member whose API is at
+// base dead (never, for an address no member has).
+func (n *Node) peerGone(base string) <-chan struct{} {
+	for _, m := range n.gossip.Members() {
+		if n.url(m.HTTPAddr, "", false) == base {
+			return n.gossip.WatchMember(m.Name)
+		}
+	}
+	return make(chan struct{})
 }

@@ -5,9 +5,11 @@ package main
 // process in its own network namespace.
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -22,6 +24,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/internal/netlab"
+	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/hive/transfer"
 	"github.com/rbee/rbee/wsapi"
@@ -190,4 +193,74 @@ func (b *countingBody) Read(p []byte) (int, error) {
 		b.t.once.Do(b.t.hook)
 	}
 	return n, err
+}
+
+// TestModelCopy_PeerCutOff: in network namespaces, hive d copies a model
+// from hives b and c; c's link is cut mid-copy (no reset: its packets stop).
+// d gives up on c once it has been quiet a while and takes the rest from b;
+// the copy is whole.
+func TestModelCopy_PeerCutOff(t *testing.T) {
+	const size = 48 << 20
+	nc := newNetCluster(t)
+	ha, hb, hc, hd := nc.host("a"), nc.host("b"), nc.host("c"), nc.host("d")
+	a := nc.node(ha, "")
+	var file string
+	for _, h := range []*netlab.Host{hb, hc} {
+		dir := filepath.Join(t.TempDir(), "models")
+		file = writeModel(t, dir, "big", size)
+		nc.node(h, a.gossipAddr, "--models-dir", dir)
+	}
+	dst := filepath.Join(t.TempDir(), "d-models")
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Slow enough (16 MB/s) that the cut lands mid-copy.
+	nc.node(hd, a.gossipAddr, "--models-dir", dst, "--transfer-rate", "16")
+	testutil.Eventually(t, 20*time.Second, "b and c list big", func() error {
+		var v api.ClusterView
+		if err := nc.getJSON(a.httpAddr, api.PathCluster, &v); err != nil {
+			return err
+		}
+		n := 0
+		for _, h := range v.Hives {
+			for _, e := range h.Catalog {
+				if e.Name == "big" {
+					n++
+				}
+			}
+		}
+		if n != 2 {
+			return fmt.Errorf("%d hives list big", n)
+		}
+		return nil
+	})
+	done := make(chan error, 1)
+	var out, errOut string
+	go func() {
+		var err error
+		out, errOut, err = runRbee("model", "copy", "big", "--hive", "d", "--http-addr", a.httpAddr, "--cluster-key-file", nc.keyFile)
+		done <- err
+	}()
+	// Cut c once d has some of the file.
+	testutil.Eventually(t, 20*time.Second, "the copy under way", func() error {
+		ents, _ := os.ReadDir(dst)
+		for _, e := range ents {
+			if strings.HasSuffix(e.Name(), ".part") {
+				return nil
+			}
+		}
+		return errors.New("no .part yet")
+	})
+	start := time.Now()
+	hc.Cut()
+	defer hc.Heal()
+	if err := <-done; err != nil {
+		t.Fatalf("copy: %v\n%s\n%s", err, out, errOut)
+	}
+	t.Logf("copy ended %v after c was cut:\n%s", time.Since(start).Round(time.Millisecond), out)
+	want, _ := os.ReadFile(file)
+	got, err := os.ReadFile(filepath.Join(dst, "big.gguf"))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("d holds %d of %d bytes: %v", len(got), len(want), err)
+	}
 }

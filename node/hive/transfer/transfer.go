@@ -50,7 +50,14 @@ type Options struct {
 	// and once at the end.
 	Progress      func(Progress)
 	ProgressEvery time.Duration
-	Logger        *slog.Logger
+	// StallTimeout gives up on a peer that sends nothing this long
+	// (default 10 s): a peer cut off by the network sends no reset, and
+	// its blocks go to the others.
+	StallTimeout time.Duration
+	// Gone, when set, is closed once the cluster declares peer dead: its
+	// requests end then, sooner than StallTimeout.
+	Gone   func(peer string) <-chan struct{}
+	Logger *slog.Logger
 }
 
 // Progress is where a copy stands.
@@ -77,6 +84,13 @@ type Result struct {
 	Bytes, Fetched, Refetched int64
 	Files                     []models.ModelFile
 }
+
+// errStalled ends a request to a peer that sent nothing for StallTimeout;
+// errPeerGone one to a peer the cluster declared dead.
+var (
+	errStalled  = errors.New("the peer sent nothing")
+	errPeerGone = errors.New("the cluster declared the peer dead")
+)
 
 // ErrNoSpace is wrapped by a copy refused for want of disk space.
 var ErrNoSpace = errors.New("not enough free disk space")
@@ -106,6 +120,9 @@ func Copy(ctx context.Context, model, dir string, opts Options) (Result, error) 
 	}
 	if opts.ProgressEvery <= 0 {
 		opts.ProgressEvery = 500 * time.Millisecond
+	}
+	if opts.StallTimeout <= 0 {
+		opts.StallTimeout = 10 * time.Second
 	}
 	if err := safePath(model); err != nil || strings.ContainsAny(model, "/:") {
 		return Result{}, fmt.Errorf("copy %q: not a name a models folder can hold", model)
@@ -190,16 +207,35 @@ func list(ctx context.Context, model string, opts Options) ([]models.ModelFile, 
 		files []models.ModelFile
 		err   error
 	}
-	answers := make([]answer, len(opts.Peers))
-	var wg sync.WaitGroup
-	for i, peer := range opts.Peers {
-		wg.Go(func() {
+	// A peer hashes its files before it first lists them (minutes, for
+	// a large model): the copy waits for the first answer, then at most
+	// StallTimeout for the others (a cut-off peer never answers).
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch := make(chan answer, len(opts.Peers))
+	for _, peer := range opts.Peers {
+		go func() {
 			var l listing
-			err := getJSON(ctx, opts.Client, peer+api.PathHiveFiles+"/"+url.PathEscape(model), &l)
-			answers[i] = answer{peer, l.Files, err}
-		})
+			err := getJSON(lctx, opts.Client, peer+api.PathHiveFiles+"/"+url.PathEscape(model), &l)
+			ch <- answer{peer, l.Files, err}
+		}()
 	}
-	wg.Wait()
+	var answers []answer
+	var late <-chan time.Time
+	for len(answers) < len(opts.Peers) {
+		select {
+		case a := <-ch:
+			answers = append(answers, a)
+			if a.err == nil && late == nil {
+				late = time.After(opts.StallTimeout)
+			}
+			continue
+		case <-late:
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+		break
+	}
 	var files []models.ModelFile
 	var peers []string
 	var errs []error
@@ -489,6 +525,22 @@ func (c *copier) fetch(ctx context.Context, peer, model string, p *filePlan, r r
 	off := int64(r.first) * p.f.BlockSize
 	end := min(int64(r.end)*p.f.BlockSize, p.f.Size)
 	u := peer + api.PathHiveFiles + "/" + url.PathEscape(model) + "/" + escapePath(p.f.Path)
+	// A watchdog ends the request when the peer goes quiet: a cut link
+	// would otherwise hold this worker (and its blocks) for ever.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stall := time.AfterFunc(c.opts.StallTimeout, func() { cancel(errStalled) })
+	defer stall.Stop()
+	if c.opts.Gone != nil {
+		gone := c.opts.Gone(peer)
+		go func() {
+			select {
+			case <-gone:
+				cancel(errPeerGone)
+			case <-ctx.Done():
+			}
+		}()
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return next, bad, err
@@ -512,6 +564,7 @@ func (c *copier) fetch(ctx context.Context, peer, model string, p *filePlan, r r
 		for got < n {
 			k, rerr := resp.Body.Read(buf[:min(int64(c.chunk), n-got)])
 			if k > 0 {
+				stall.Reset(c.opts.StallTimeout)
 				if err := c.pace(ctx, k); err != nil {
 					return i, -1, err
 				}
@@ -528,6 +581,12 @@ func (c *copier) fetch(ctx context.Context, peer, model string, p *filePlan, r r
 				}
 				if rerr == io.EOF {
 					rerr = io.ErrUnexpectedEOF
+				}
+				switch context.Cause(ctx) {
+				case errStalled:
+					rerr = fmt.Errorf("%w for %v", errStalled, c.opts.StallTimeout)
+				case errPeerGone:
+					rerr = errPeerGone
 				}
 				c.refetched.Add(got)
 				return i, -1, fmt.Errorf("GET %s: %w", u, rerr)

@@ -43,6 +43,7 @@ type peer struct {
 	mu      sync.Mutex
 	corrupt map[string]int64 // file -> offset served wrong (every time)
 	cutAt   int64            // break the connection after this many body bytes in all (0: never)
+	hangAt  int64            // go quiet after this many body bytes in all, as behind a cut link (0: never)
 	served  atomic.Int64
 	listing func([]models.ModelFile) []models.ModelFile // rewrites the listing (a hostile peer)
 }
@@ -114,20 +115,26 @@ func (p *peer) serve(w http.ResponseWriter, r *http.Request) {
 		data = bytes.Clone(data)
 		data[off] ^= 0xff
 	}
-	cut := p.cutAt
+	cut, hang := p.cutAt, p.hangAt
 	p.mu.Unlock()
-	http.ServeContent(&countingWriter{ResponseWriter: w, p: p, cut: cut}, r, "", time.Time{}, bytes.NewReader(data))
+	http.ServeContent(&countingWriter{ResponseWriter: w, p: p, cut: cut, hang: hang, r: r}, r, "", time.Time{}, bytes.NewReader(data))
 }
 
 // countingWriter counts a peer's body bytes and breaks the connection once
 // they pass the peer's cut.
 type countingWriter struct {
 	http.ResponseWriter
-	p   *peer
-	cut int64
+	p         *peer
+	cut, hang int64
+	r         *http.Request
 }
 
 func (c *countingWriter) Write(b []byte) (int, error) {
+	if c.hang > 0 && c.p.served.Load() >= c.hang {
+		c.ResponseWriter.(http.Flusher).Flush()
+		<-c.r.Context().Done() // quiet until the copier gives up
+		return 0, c.r.Context().Err()
+	}
 	if c.cut > 0 {
 		left := c.cut - c.p.served.Load()
 		if left <= 0 {
@@ -266,6 +273,21 @@ func TestCopy_PeerDiesMidCopy(t *testing.T) {
 		t.Fatal("the copy is not the file")
 	}
 	t.Logf("dying peer served %d bytes, steady %d; fetched %d, again %d", dying.served.Load(), steady.served.Load(), res.Fetched, res.Refetched)
+}
+
+// TestCopy_PeerGoesQuiet: a peer that stops sending without closing (a
+// cut link) is given up after StallTimeout; the other finishes the copy.
+func TestCopy_PeerGoesQuiet(t *testing.T) {
+	data := randomBytes(12*testBlock, 10)
+	quiet, steady := newPeer(t, "m", file("m.gguf", data)), newPeer(t, "m", file("m.gguf", data))
+	quiet.hangAt = testBlock + 5000
+	dir := t.TempDir()
+	if _, err := Copy(context.Background(), "m", dir, Options{Peers: []string{quiet.srv.URL, steady.srv.URL}, StallTimeout: 200 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "m.gguf")); !bytes.Equal(got, data) {
+		t.Fatal("the copy is not the file")
+	}
 }
 
 // TestCopy_Resumes: a copy that broke off (its only peer died) resumes at
