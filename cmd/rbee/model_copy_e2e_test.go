@@ -90,12 +90,14 @@ func TestModelCopy_OnDemand(t *testing.T) {
 	lc := newLCClient(c)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	sent := time.Now()
 	resp, err := lc.post(ctx, e.httpAddr, "big", 4, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
+	total := time.Since(sent)
 	if err != nil || resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "data: [DONE]") {
 		t.Fatalf("stream: %d %v\n%s", resp.StatusCode, err, body)
 	}
@@ -114,6 +116,18 @@ func TestModelCopy_OnDemand(t *testing.T) {
 		t.Fatalf("b holds %d of %d bytes: %v", len(got), len(want), err)
 	}
 	waitModelState(t, c, e, "big", "loaded", "a", "b")
+	// The cold start's parts: the copy (at --transfer-rate 4 MB/s) and
+	// the engine's load, from b's log; the rest is rbee's own.
+	b := ps[0]
+	var copyTook, load time.Duration
+	for _, a := range logRecords(b.log(), "model copied") {
+		copyTook, _ = time.ParseDuration(a["took"])
+	}
+	for _, a := range logRecords(b.log(), "worker ready") {
+		load, _ = time.ParseDuration(a["load_time"])
+	}
+	t.Logf("cold start of a model whose file was on another hive: %v to the whole answer = copy %v (12 MiB at 4 MB/s) + engine load %v + the rest %v (placement, start, request)",
+		total.Round(time.Millisecond), copyTook.Round(time.Millisecond), load.Round(time.Millisecond), (total - copyTook - load).Round(time.Millisecond))
 }
 
 // TestModelPull_FromAHub: `rbee model pull` has a hive download a GGUF by

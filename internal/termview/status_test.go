@@ -423,3 +423,17 @@ func TestRenderStatus_DownWorkerSaysWhy(t *testing.T) {
 		t.Errorf("rbee top shows no down worker with its reason:\n%s", strings.Join(top, "\n"))
 	}
 }
+
+// TestManagedState_Stage: a loading worker waiting for its model's files
+// shows the copy's progress instead of its time.
+func TestManagedState_Stage(t *testing.T) {
+	now := time.Now()
+	m := wsapi.ManagedWorker{State: wsapi.ManagedLoading, Since: now.Add(-12 * time.Second)}
+	if got := managedState(m, now); got != "loading 12s" {
+		t.Errorf("got %q", got)
+	}
+	m.Stage = "copying 43% of 4.1 GiB at 1.1 GiB/s, eta 12s"
+	if got := managedState(m, now); got != m.Stage {
+		t.Errorf("got %q, want the stage", got)
+	}
+}

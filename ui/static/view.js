@@ -413,7 +413,10 @@ export function createView(st, origin) {
       attr(g.state, 'data-s', state);
       const since = Date.parse(m.since);
       // The time so far, on this browser's clock against the hive's.
-      set(g.state, state === 'loading' && Number.isFinite(since) ? `loading ${fmt.uptime(Math.max(0, now - since) / 1000)}` : state);
+      // A worker waiting for its model's files says how far the copy is.
+      const stage = typeof m.stage === 'string' && m.stage ? m.stage : '';
+      set(g.state, state === 'loading' && stage ? stage
+        : state === 'loading' && Number.isFinite(since) ? `loading ${fmt.uptime(Math.max(0, now - since) / 1000)}` : state);
       attr(g.state, 'title', Number.isFinite(since) ? `started ${fmt.clock(since)}` : null);
       set(g.name, `models/${m.instance}`);
       set(g.model, typeof m.model === 'string' ? m.model : '');

@@ -77,8 +77,12 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 		}
 	}
 	start := time.Now()
-	if it.copyFrom != nil && !m.copyIn(it, ms, queen, start) {
-		return
+	if it.copyFrom != nil {
+		if !m.copyIn(it, ms, queen, start) {
+			return
+		}
+		// The load time learned is the engine's, not the copy's.
+		start = time.Now()
 	}
 	port, err := m.freePort()
 	if err != nil {
