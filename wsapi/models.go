@@ -68,6 +68,9 @@ type CatalogEntry struct {
 	// (--share-models, or share=true on its --model) to start it where
 	// this hive has no room.
 	Shared bool `json:"shared,omitempty"`
+	// SHA256 is a one-file model's digest (hex), once the hive has
+	// computed it (a peer's first copy does; it is kept in --data-dir).
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // ModelFacts is what a model's files say about it (CatalogEntry.Facts).

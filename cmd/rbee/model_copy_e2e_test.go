@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -12,6 +15,8 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/internal/hubtest"
+	"github.com/rbee/rbee/internal/testutil"
+	"github.com/rbee/rbee/node/api"
 )
 
 // TestModelCopy_BetweenHives: `rbee model copy` moves a model hive a holds
@@ -44,6 +49,22 @@ func TestModelCopy_BetweenHives(t *testing.T) {
 		t.Fatalf("copied %d of %d bytes: %v", len(got), len(want), err)
 	}
 	waitModelState(t, c, e, "big", "available", "a", "b")
+	// a hashed the file for the copy: its catalog says so from now on.
+	sum := sha256.Sum256(want)
+	testutil.Eventually(t, 10*time.Second, "a's catalog carries the digest", func() error {
+		var v api.ClusterView
+		if err := c.getJSON(e.httpAddr, api.PathCluster, &v); err != nil {
+			return err
+		}
+		for _, h := range v.Hives {
+			for _, m := range h.Catalog {
+				if h.HiveID == "a" && m.Name == "big" && m.SHA256 == hex.EncodeToString(sum[:]) && m.Bytes == int64(len(want)) {
+					return nil
+				}
+			}
+		}
+		return errors.New("not yet")
+	})
 
 	_, stderr, err := runRbee("model", "copy", "big", "--hive", "b", "--http-addr", e.httpAddr, "--cluster-key-file", c.keyFile)
 	if err == nil || !strings.Contains(stderr, "in b's catalog already") {

@@ -256,3 +256,22 @@ func hashFile(path string) (digestEntry, error) {
 	d.SHA256 = hex.EncodeToString(whole.Sum(nil))
 	return d, nil
 }
+
+// knownDigest is path's SHA-256 when the cache holds it for the file as it
+// is now, "" otherwise (a report never hashes).
+func (m *Manager) knownDigest(path string) string {
+	if path == "" {
+		return ""
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.IsDir() {
+		return ""
+	}
+	c := m.digests()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.entries[path]; ok && e.Size == fi.Size() && e.ModTime.Equal(fi.ModTime()) {
+		return e.SHA256
+	}
+	return ""
+}

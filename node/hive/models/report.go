@@ -55,7 +55,8 @@ func (m *Manager) Report(workers []wsapi.ProcessStats) ([]wsapi.ProcessStats, []
 		cat = append(cat, wsapi.CatalogEntry{Name: it.Name, Engine: it.Engine, Bytes: it.bytes, Slots: it.Slots, Ctx: it.Ctx,
 			VRAMMB: vram, VRAMSource: src, Facts: reportFacts(it.facts), LoadMS: it.loadMS, MaxReplicas: it.MaxReplicas, Unavailable: clean(it.unavailable, 250),
 			Failures: it.failures, FailedAt: it.failedAt, FailReason: it.failReason, Simulated: it.simulated(),
-			MultiGPU: it.engine != nil && it.engine.MultiGPU(), Shared: (it.Share || m.cfg.ShareAll) && it.copyFrom == nil})
+			MultiGPU: it.engine != nil && it.engine.MultiGPU(), Shared: (it.Share || m.cfg.ShareAll) && it.copyFrom == nil,
+			SHA256: m.knownDigest(it.Path)})
 	}
 
 	var gpus []wsapi.GPUInfo
