@@ -28,6 +28,7 @@ const maxAdminBody = 64 << 10
 func (n *Node) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+api.PathHealth, n.handleHealth)
+	mux.HandleFunc("GET "+api.PathReady, n.handleReady)
 	mux.HandleFunc("GET "+api.PathCluster, n.authorized(n.handleCluster))
 	mux.HandleFunc(api.PathUsage, proxy.MethodNotAllowed(http.MethodGet)) // rbee's own: another method is not for a worker
 	mux.HandleFunc("GET "+api.PathUsage, n.authorized(n.handleUsage))

@@ -50,6 +50,8 @@ type Node struct {
 	// copying: the models being copied into this hive now (files.go).
 	copyMu  sync.Mutex
 	copying map[string]bool
+	// reported: this hive's telemetry has reached a queen (ready.go).
+	reported atomic.Bool
 
 	hub *wsapi.Hub
 	// tls is this node's identity among the nodes (nil without a key):

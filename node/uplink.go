@@ -334,6 +334,7 @@ func (n *Node) report(ctx, sctx context.Context, s *wsapi.Session, changed <-cha
 			if err := s.Write(sctx, n.hive.Report(sctx, fresh)); err != nil {
 				return false, fmt.Errorf("send telemetry: %w", err)
 			}
+			n.reported.Store(true) // readiness (ready.go)
 		}
 		if err := n.sendUsage(sctx, s, &usageAt); err != nil {
 			return false, err

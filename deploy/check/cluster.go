@@ -23,6 +23,9 @@ const (
 	HTTPPort      = 7833 // --http-addr's default port: the API and /healthz
 	GossipPort    = 7946 // --gossip-addr's default port, TCP and UDP
 	HealthPath    = "/healthz"
+	// ReadyPath is readiness: 503 until the node follows a queen that
+	// knows the cluster; HealthPath is liveness.
+	ReadyPath = "/readyz"
 	DrainSeconds  = 10 // how long a stopping node lets requests in flight finish
 	AppLabel      = "app.kubernetes.io/name"
 	AppName       = "rbee"
@@ -196,8 +199,8 @@ func findPort(pod corev1.PodSpec, target string, proto corev1.Protocol) (corev1.
 	return corev1.ContainerPort{}, false
 }
 
-// checkProbes: every container has readiness and liveness probes on
-// /healthz at the API port, and valid, unique port names.
+// checkProbes: every container has a readiness probe on /readyz and a
+// liveness probe on /healthz at the API port, and valid, unique port names.
 func checkProbes(c *Cluster, _ Rbee) []error {
 	var errs []error
 	for _, w := range c.Workloads {
@@ -219,9 +222,13 @@ func checkProbes(c *Cluster, _ Rbee) []error {
 					continue
 				}
 				g := pr.HTTPGet
+				want := HealthPath
+				if kind == "readinessProbe" {
+					want = ReadyPath
+				}
 				port, ok := findPort(w.Pod.Spec, g.Port.String(), corev1.ProtocolTCP)
-				if g.Path != HealthPath || !ok || port.ContainerPort != HTTPPort || (g.Scheme != "" && g.Scheme != corev1.URISchemeHTTP) {
-					errs = append(errs, fmt.Errorf("%s: %s is %s %s on port %s, want HTTP %s on %d", where, kind, g.Scheme, g.Path, g.Port.String(), HealthPath, HTTPPort))
+				if g.Path != want || !ok || port.ContainerPort != HTTPPort || (g.Scheme != "" && g.Scheme != corev1.URISchemeHTTP) {
+					errs = append(errs, fmt.Errorf("%s: %s is %s %s on port %s, want HTTP %s on %d", where, kind, g.Scheme, g.Path, g.Port.String(), want, HTTPPort))
 				}
 			}
 		}

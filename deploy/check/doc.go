@@ -17,7 +17,7 @@
 // are checked against each other and against rbee, which no schema can do:
 // selectors match their pods' labels, Services' target ports exist in the pods
 // they select, referenced Secrets, ConfigMaps and keys exist, probes hit
-// /healthz on 7833, the grace period exceeds rbee's 10 s drain, every RBEE_*
+// /readyz (readiness) and /healthz (liveness) on 7833, the grace period exceeds rbee's 10 s drain, every RBEE_*
 // variable set is one rbee reads (from its flags in cmd/rbee), and the paths
 // those variables name are mounted. See CheckCluster for the list.
 //

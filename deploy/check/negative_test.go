@@ -123,6 +123,9 @@ func TestCrossReferencesAreChecked(t *testing.T) {
 		{"want HTTP /healthz on 7833", func(t *testing.T, c *Cluster) {
 			workload(t, c, "Deployment").Pod.Spec.Containers[0].LivenessProbe.HTTPGet.Path = "/health"
 		}},
+		{"want HTTP /readyz on 7833", func(t *testing.T, c *Cluster) {
+			workload(t, c, "DaemonSet").Pod.Spec.Containers[0].ReadinessProbe.HTTPGet.Path = "/healthz"
+		}},
 		{"must exceed rbee's 10 s drain", func(t *testing.T, c *Cluster) {
 			ten := int64(10)
 			workload(t, c, "DaemonSet").Pod.Spec.TerminationGracePeriodSeconds = &ten

@@ -20,7 +20,10 @@ const DefaultHiveTTL = 3 * time.Second
 
 // rbee's own paths, served by every node.
 const (
-	PathHealth  = "/healthz"
+	PathHealth = "/healthz"
+	// PathReady answers 200 once the node follows a queen that knows the
+	// cluster (and a hive's first report reached it), 503 with why before.
+	PathReady   = "/readyz"
 	PathCluster = "/v1/cluster"
 	// PathUsage is the cluster's token usage by API key and model.
 	PathUsage        = "/v1/usage"

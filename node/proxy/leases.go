@@ -353,3 +353,10 @@ func (lc *LeaseClient) Close() {
 func (lc *LeaseClient) Release(leaseID string) {
 	lc.send(&wsapi.LeaseRelease{Type: wsapi.TypeLeaseRelease, LeaseID: leaseID})
 }
+
+// Attached reports whether the node has a session to the queen now.
+func (lc *LeaseClient) Attached() bool {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	return lc.up != nil
+}

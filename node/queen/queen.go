@@ -238,3 +238,12 @@ func (q *Queen) memberHTTP(name string) string {
 	}
 	return m.HTTPAddr
 }
+
+// Warm reports whether this node is queen and its scheduler knows every
+// live hive's workers (or waited long enough for them): what it answers
+// then is the cluster's.
+func (q *Queen) Warm() bool {
+	q.schedMu.Lock()
+	defer q.schedMu.Unlock()
+	return q.sched != nil && q.warm
+}
