@@ -20,12 +20,12 @@ import (
 
 // What the manifests must agree with in rbee itself.
 const (
-	HTTPPort      = 7833 // --http-addr's default port: the API and /healthz
-	GossipPort    = 7946 // --gossip-addr's default port, TCP and UDP
-	HealthPath    = "/healthz"
+	HTTPPort   = 7833 // --http-addr's default port: the API and /healthz
+	GossipPort = 7946 // --gossip-addr's default port, TCP and UDP
+	HealthPath = "/healthz"
 	// ReadyPath is readiness: 503 until the node follows a queen that
 	// knows the cluster; HealthPath is liveness.
-	ReadyPath = "/readyz"
+	ReadyPath     = "/readyz"
 	DrainSeconds  = 10 // how long a stopping node lets requests in flight finish
 	AppLabel      = "app.kubernetes.io/name"
 	AppName       = "rbee"
