@@ -2,11 +2,13 @@ package node_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -179,5 +181,43 @@ func TestTenants_ClusterTokenIsNoInferenceKey(t *testing.T) {
 	}
 	if w1.served.Load() != 2 {
 		t.Fatalf("worker served %d requests, want bob's 2 only", w1.served.Load())
+	}
+}
+
+// TestTenants_ModelsListShowsWhatTheKeyMayUse: a key limited to some
+// models sees only those in /v1/models and /v1/models/{m} (404 for the
+// rest, which would answer it 403); globs cross the / of hub names and
+// ignore case.
+func TestTenants_ModelsListShowsWhatTheKeyMayUse(t *testing.T) {
+	w1, w2 := newFakeWorker(t, "w1"), newFakeWorker(t, "w2")
+	keys := withKeysFile(t, tenant{name: "bob", key: "sk-bob-000001", models: []string{"acme*"}}, tenant{name: "all", key: "sk-all-000001"})
+	a, _, _ := routeCluster(t, workersOf("Acme/Tiny-GGUF", 1, w1), workersOf("other", 1, w2), keys)
+	ids := func(key string) []string {
+		r, err := getAs(a.HTTPAddr(), api.PathModels, key)
+		if err != nil || r.status != http.StatusOK {
+			t.Fatalf("models as %s: %d %q %v", key, r.status, r.body, err)
+		}
+		var v struct{ Data []struct{ ID string } }
+		if err := json.Unmarshal([]byte(r.body), &v); err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, m := range v.Data {
+			out = append(out, m.ID)
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got := ids("sk-bob-000001"); !slices.Equal(got, []string{"Acme/Tiny-GGUF"}) {
+		t.Errorf("bob sees %v, want Acme/Tiny-GGUF alone", got)
+	}
+	if got := ids("sk-all-000001"); !slices.Equal(got, []string{"Acme/Tiny-GGUF", "other"}) {
+		t.Errorf("a key without limits sees %v", got)
+	}
+	if r, err := getAs(a.HTTPAddr(), api.PathModels+"/other", "sk-bob-000001"); err != nil || r.status != http.StatusNotFound {
+		t.Errorf("bob asks for other: %d %v, want 404", r.status, err)
+	}
+	if r, err := sendAs(context.Background(), a.HTTPAddr(), api.PathChat, "sk-bob-000001", chat("acme/tiny-gguf", false)); err != nil || r.status != http.StatusOK {
+		t.Errorf("bob's request for his model, in another case: %d %q %v", r.status, r.body, err)
 	}
 }

@@ -338,15 +338,17 @@ type modelObject struct {
 }
 
 // servedModels lists the models fresh workers serve now and those a hive
-// can start on demand.
-func (p *Proxy) servedModels(ctx context.Context) ([]modelObject, error) {
-	qs, err := p.cfg.Queues.Queues(ctx)
+// can start on demand, those r's key may use: a tenant sees no model that
+// would answer it 403.
+func (p *Proxy) servedModels(r *http.Request) ([]modelObject, error) {
+	qs, err := p.cfg.Queues.Queues(r.Context())
 	if err != nil {
 		return nil, err
 	}
+	t := tenantOf(r)
 	out := []modelObject{}
 	for _, q := range qs {
-		if q.Slots > 0 || len(q.Hives) > 0 {
+		if (q.Slots > 0 || len(q.Hives) > 0) && t.Allows(q.Model) {
 			out = append(out, modelObject{ID: q.Model, Object: "model", Created: p.cfg.Start.Unix(), OwnedBy: "rbee",
 				State: q.State, Reason: q.Reason, Hives: q.Hives, Slots: q.Slots,
 				VRAMMB: q.VRAMMB, VRAMSource: q.VRAMSource, Facts: q.Facts})
@@ -355,9 +357,10 @@ func (p *Proxy) servedModels(ctx context.Context) ([]modelObject, error) {
 	return out, nil
 }
 
-// HandleModels answers GET /v1/models: every model the cluster serves.
+// HandleModels answers GET /v1/models: every model the cluster serves that
+// the caller's key may use.
 func (p *Proxy) HandleModels(w http.ResponseWriter, r *http.Request) {
-	ms, err := p.servedModels(r.Context())
+	ms, err := p.servedModels(r)
 	if err != nil {
 		WriteError(w, http.StatusServiceUnavailable, "no_queen", err.Error())
 		return
@@ -372,7 +375,7 @@ func (p *Proxy) HandleModels(w http.ResponseWriter, r *http.Request) {
 // check a model before using it.
 func (p *Proxy) HandleModel(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("model")
-	ms, err := p.servedModels(r.Context())
+	ms, err := p.servedModels(r)
 	if err != nil {
 		WriteError(w, http.StatusServiceUnavailable, "no_queen", err.Error())
 		return

@@ -42,7 +42,7 @@ type Tenant struct {
 	// at once, and sent per minute, cluster-wide; 0 is no cap.
 	MaxConcurrent int
 	PerMinute     int
-	// Models are globs (path.Match) of the models it may use; empty is
+	// Models are globs (MatchModel) of the models it may use; empty is
 	// every model.
 	Models []string
 }
@@ -53,11 +53,23 @@ func (t *Tenant) Allows(model string) bool {
 		return true
 	}
 	for _, g := range t.Models {
-		if ok, _ := path.Match(g, model); ok {
+		if MatchModel(g, model) {
 			return true
 		}
 	}
 	return false
+}
+
+// MatchModel reports whether model matches the glob g as a keys file means
+// it: path.Match's syntax, but case-insensitive (model names are, as the
+// scheduler matches them) and with * and ? matching / too, so that "*"
+// and "qwen*" take "Qwen/Qwen2.5-7B" (hub names have a slash).
+func MatchModel(g, model string) bool {
+	// A / in either becomes a byte no name holds, which path.Match's
+	// wildcards do match.
+	slash := func(s string) string { return strings.ReplaceAll(strings.ToLower(s), "/", "\x01") }
+	ok, _ := path.Match(slash(g), slash(model))
+	return ok
 }
 
 // Scope names what the tenant's requests share with no other tenant's (their

@@ -154,3 +154,26 @@ func TestFile_Reload(t *testing.T) {
 		t.Fatal("a missing file opened")
 	}
 }
+
+// TestMatchModel: keys file globs match model names case-insensitively, and
+// their wildcards cross the / that hub names hold.
+func TestMatchModel(t *testing.T) {
+	for _, tc := range []struct {
+		glob, model string
+		want        bool
+	}{
+		{"*", "Qwen/Qwen2.5-7B", true},
+		{"qwen*", "Qwen/Qwen2.5-7B", true},
+		{"Qwen/*", "qwen/qwen2.5-7b", true},
+		{"llama-3.2-1b", "Llama-3.2-1B", true},
+		{"llama-?.2*", "llama-3.2-1b-instruct", true},
+		{"llama*", "qwen2.5", false},
+		{"[lq]*", "Qwen", true},
+		{"org/model", "org/other", false},
+		{"*-gguf", "acme/tiny-GGUF", true},
+	} {
+		if got := MatchModel(tc.glob, tc.model); got != tc.want {
+			t.Errorf("MatchModel(%q, %q) = %v, want %v", tc.glob, tc.model, got, tc.want)
+		}
+	}
+}
