@@ -99,6 +99,9 @@ type Config struct {
 	// proxy.DefaultMigrationMaxBytes).
 	MigrationLimit    int
 	MigrationMaxBytes int
+	// CORSOrigins are the browser origins that may call the API (cors.go;
+	// default DefaultCORSOrigins; "*" any).
+	CORSOrigins []string
 	// TransferRate bounds, in bytes per second, what a model copy from
 	// other hives takes of the network (0: no bound).
 	TransferRate int64
@@ -189,6 +192,9 @@ func (c Config) withDefaults() Config {
 		c.MigrationLimit = proxy.DefaultMigrationLimit
 	case c.MigrationLimit < 0:
 		c.MigrationLimit = 0 // off, as the proxy reads it
+	}
+	if c.CORSOrigins == nil {
+		c.CORSOrigins = DefaultCORSOrigins
 	}
 	if c.MigrationMaxBytes <= 0 {
 		c.MigrationMaxBytes = proxy.DefaultMigrationMaxBytes

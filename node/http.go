@@ -173,11 +173,13 @@ func (n *Node) guard(h http.HandlerFunc, tokenOK bool) http.HandlerFunc {
 			proxy.WriteError(w, http.StatusUnauthorized, "unauthorized", msg)
 			return
 		}
-		if err := notFromAnotherSite(r, loopback, n.isMemberHTTP); err != nil {
+		// A page of --cors-origins may read and use the API as any
+		// local client; changing the cluster stays with the key.
+		if err := notFromAnotherSite(r, loopback, n.isMemberHTTP); err != nil && !(tokenOK && fromAllowedOrigin(r)) {
 			proxy.WriteError(w, http.StatusForbidden, "forbidden", err.Error())
 			return
 		}
-		if origin := r.Header.Get("Origin"); origin != "" {
+		if origin := r.Header.Get("Origin"); origin != "" && w.Header().Get("Access-Control-Allow-Origin") == "" {
 			// A dashboard served by another member reads this node
 			// after its own node died: let its page see the answer.
 			w.Header().Set("Access-Control-Allow-Origin", origin)

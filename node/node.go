@@ -188,7 +188,7 @@ func New(cfg Config) (*Node, error) {
 	lim.member.Store(&isMember)
 	n.connCtx, n.cancelConn = context.WithCancel(context.Background())
 	n.http = &http.Server{
-		Handler:           n.track(n.routes()),
+		Handler:           n.track(n.cors(n.routes())),
 		ReadHeaderTimeout: headerTimeout,
 		IdleTimeout:       idleTimeout,
 		ConnState:         lim.connState,

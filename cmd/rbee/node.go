@@ -185,6 +185,7 @@ func nodeRunCommand() *cli.Command {
 			&cli.IntFlag{Name: "body-min-rate", EnvVars: []string{"RBEE_BODY_MIN_RATE"}, Value: proxy.DefaultBodyMinRate >> 10, Usage: "KiB/s a request body must keep up after a grace of a twelfth of --body-timeout; slower gets 408"},
 			&cli.IntFlag{Name: "migration-limit", EnvVars: []string{"RBEE_MIGRATION_LIMIT"}, Value: proxy.DefaultMigrationLimit, Usage: "how many times a stream whose worker broke off mid-answer is continued on another worker (0: never; per request: header X-Rbee-Migrate: off)"},
 			&cli.IntFlag{Name: "migration-max-bytes", EnvVars: []string{"RBEE_MIGRATION_MAX_BYTES"}, Value: proxy.DefaultMigrationMaxBytes, Usage: "answer text kept per stream to continue it; a longer answer is not migrated"},
+			&cli.StringSliceFlag{Name: "cors-origins", EnvVars: []string{"RBEE_CORS_ORIGINS"}, Usage: "browser origins that may call the API, e.g. https://app.example.com or http://localhost:* (repeat or comma-separate; * for any; default: this machine's, http(s)://localhost|127.0.0.1|[::1] on any port)"},
 			&cli.Int64Flag{Name: "transfer-rate", EnvVars: []string{"RBEE_TRANSFER_RATE"}, Usage: "MB/s a model copy from other hives may take of the network (0: no bound)"},
 			&cli.IntFlag{Name: "max-conns", EnvVars: []string{"RBEE_MAX_CONNS"}, Value: node.DefaultConfig().MaxConns, Usage: "connections the HTTP port holds at once, an eighth of them per remote address (default: a quarter of the open-file limit, at most 8192); at the cap, idle ones without a key are closed first"},
 			&cli.StringSliceFlag{Name: "model-vram", EnvVars: []string{"RBEE_MODEL_VRAM"}, Usage: "free VRAM one request of a model needs: NAME=MiB (repeat or comma-separate)"},
@@ -276,6 +277,9 @@ func runNode(c *cli.Context) error {
 	}
 	cfg.MigrationMaxBytes = c.Int("migration-max-bytes")
 	cfg.TransferRate = c.Int64("transfer-rate") * 1_000_000
+	if c.IsSet("cors-origins") {
+		cfg.CORSOrigins = splitList(c.StringSlice("cors-origins"))
+	}
 	if cfg.ModelVRAMMB, err = parseModelVRAM(splitList(c.StringSlice("model-vram"))); err != nil {
 		return err
 	}
