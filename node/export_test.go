@@ -33,5 +33,5 @@ func Crash(n *Node) {
 }
 
 // ReportMigration is the proxy's OnMigration of n.
-func ReportMigration(n *Node, m wsapi.Migration) { n.reportMigration(m) }
+func ReportMigration(n *Node, m wsapi.Migration)        { n.reportMigration(m) }
 func CORSAllowed(patterns []string, origin string) bool { return corsAllowed(patterns, origin) }
