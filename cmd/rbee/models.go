@@ -91,6 +91,9 @@ func modelsConfig(c *cli.Context, devices func() []wsapi.GPUInfo, log *slog.Logg
 			return nil, err
 		}
 	}
+	// Without --data-dir, each node's engine logs have their own folder:
+	// pruning one node's old logs must not delete another's.
+	cfg.LogDir = filepath.Join(os.TempDir(), "rbee-engines", c.String("name"))
 	if dd := c.String("data-dir"); dd != "" {
 		cfg.LogDir = filepath.Join(dd, "engines")
 		cfg.StateFile = filepath.Join(dd, "models.json")

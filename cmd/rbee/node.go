@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -39,12 +40,19 @@ func clientFlags() []cli.Flag {
 }
 
 func loadKey(c *cli.Context) (wsapi.Key, error) {
-	if s := c.String("cluster-key"); s != "" {
+	s, path := c.String("cluster-key"), c.String("cluster-key-file")
+	if s != "" && path != "" {
+		return wsapi.Key{}, errors.New("--cluster-key and --cluster-key-file both given: use one (the file keeps the key out of ps)")
+	}
+	if s != "" {
 		return wsapi.ParseKey(s)
 	}
-	path := c.String("cluster-key-file")
 	if path == "" {
 		return wsapi.Key{}, nil
+	}
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		// Whoever reads the key can join, read and steer the cluster.
+		slog.Warn("the cluster key file can be read by others; chmod 600 it", "file", path, "mode", fi.Mode().Perm().String())
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -189,7 +197,7 @@ func nodeRunCommand() *cli.Command {
 			&cli.Int64Flag{Name: "transfer-rate", EnvVars: []string{"RBEE_TRANSFER_RATE"}, Usage: "MB/s a model copy from other hives may take of the network (0: no bound)"},
 			&cli.IntFlag{Name: "max-conns", EnvVars: []string{"RBEE_MAX_CONNS"}, Value: node.DefaultConfig().MaxConns, Usage: "connections the HTTP port holds at once, an eighth of them per remote address (default: a quarter of the open-file limit, at most 8192); at the cap, idle ones without a key are closed first"},
 			&cli.StringSliceFlag{Name: "model-vram", EnvVars: []string{"RBEE_MODEL_VRAM"}, Usage: "free VRAM one request of a model needs: NAME=MiB (repeat or comma-separate)"},
-			&cli.BoolFlag{Name: "debug-pprof", EnvVars: []string{"RBEE_DEBUG_PPROF"}, Usage: "serve Go's profiler at /debug/pprof/ (cluster token or loopback)"},
+			&cli.BoolFlag{Name: "debug-pprof", EnvVars: []string{"RBEE_DEBUG_PPROF"}, Usage: "serve Go's profiler at /debug/pprof/ (to cluster members over the cluster's TLS, the CLI with --cluster-key-file, or loopback)"},
 			&cli.StringFlag{Name: "cgroup-root", EnvVars: []string{"RBEE_CGROUP_ROOT"}, Usage: "cgroup v2 mount holding rbee.slice (default: found in /proc/self/mountinfo; none: report --worker servers only)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"RBEE_LOG_LEVEL"}, Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "log-format", EnvVars: []string{"RBEE_LOG_FORMAT"}, Value: "text", Usage: "text or json"},
@@ -302,7 +310,11 @@ func runNode(c *cli.Context) error {
 		return err
 	}
 	if key.IsZero() {
-		log.Warn("no cluster key: gossip is not encrypted and the API is not authenticated; use --cluster-key-file for a real cluster")
+		msg := "no cluster key: gossip is not encrypted and the API is not authenticated; use --cluster-key-file for a real cluster"
+		if cfg.APIKeysFile != "" || len(cfg.APIKeys) > 0 {
+			msg = "no cluster key: gossip and the traffic between nodes are not encrypted (API keys are still checked); use --cluster-key-file for a real cluster"
+		}
+		log.Warn(msg)
 	}
 	sig, stop := signalContext(log)
 	defer stop()
