@@ -364,3 +364,41 @@ func TestRoute_PreviousResponseStaysOnItsWorker(t *testing.T) {
 		t.Fatalf("follow-up after its worker left: %d %s, want the other worker's 404", r.status, r.body)
 	}
 }
+
+// TestRoute_BadBodiesNameTheField: a request whose body has a field of the
+// wrong type, or no model, gets a 400 naming the field as OpenAI's param,
+// in the client's words, not the JSON library's.
+func TestRoute_BadBodiesNameTheField(t *testing.T) {
+	a := nodetest.Start(t, "a")
+	for _, tc := range []struct {
+		body, param, msg string
+	}{
+		{`{"model":1,"messages":[]}`, "model", `"model" must be a string, not a number`},
+		{`{"messages":[]}`, "model", `"model" is required`},
+		{`{"model":"m","stream":"yes"}`, "", ""},
+		{`{bad`, "", "body is not valid JSON: invalid character"},
+	} {
+		r, err := post(context.Background(), a.HTTPAddr(), api.PathChat, tc.body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.msg == "" {
+			continue // a wrong type rbee does not read is the worker's to refuse
+		}
+		var v struct {
+			Error struct {
+				Message string  `json:"message"`
+				Param   *string `json:"param"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal([]byte(r.body), &v); err != nil || r.status != http.StatusBadRequest {
+			t.Fatalf("%s: %d %s", tc.body, r.status, r.body)
+		}
+		if !strings.HasPrefix(v.Error.Message, tc.msg) || strings.Contains(r.body, "jsontext") {
+			t.Errorf("%s: message %q, want it to start %q", tc.body, v.Error.Message, tc.msg)
+		}
+		if (tc.param == "") != (v.Error.Param == nil) || (v.Error.Param != nil && *v.Error.Param != tc.param) {
+			t.Errorf("%s: param %v, want %q", tc.body, v.Error.Param, tc.param)
+		}
+	}
+}

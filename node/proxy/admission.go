@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -54,16 +55,24 @@ func (p *Proxy) admit(w http.ResponseWriter, r *http.Request) (a admission, ok b
 		}
 	}()
 	head, err := readHead(r.Header.Get("Content-Type"), body)
-	if err != nil {
+	var pe *ParamError
+	switch {
+	case errors.As(err, &pe):
+		p.metrics.requests.WithLabelValues(keyLabel(r), "", "400").Inc()
+		WriteParamError(w, http.StatusBadRequest, "invalid_request_error", pe.Msg, pe.Param)
+		return a, false
+	case err != nil:
 		p.Fail(w, r, "", http.StatusBadRequest, "invalid_request_error", err.Error())
 		return a, false
 	}
 	if head.Model == "" {
-		p.Fail(w, r, "", http.StatusBadRequest, "invalid_request_error", `"model" is required`)
+		p.metrics.requests.WithLabelValues(keyLabel(r), "", "400").Inc()
+		WriteParamError(w, http.StatusBadRequest, "invalid_request_error", `"model" is required`, "model")
 		return a, false
 	}
 	if err := wsapi.ValidModel(head.Model); err != nil {
-		p.Fail(w, r, "", http.StatusBadRequest, "invalid_request_error", `"model": `+err.Error())
+		p.metrics.requests.WithLabelValues(keyLabel(r), "", "400").Inc()
+		WriteParamError(w, http.StatusBadRequest, "invalid_request_error", `"model": `+strings.TrimPrefix(err.Error(), "invalid value: "), "model")
 		return a, false
 	}
 	a.model, a.tenant = head.Model, tenantOf(r)

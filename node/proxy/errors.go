@@ -22,6 +22,17 @@ func WriteError(w http.ResponseWriter, status int, code, msg string) {
 	_ = json.NewEncoder(w).Encode(ErrorBody(status, code, msg))
 }
 
+// WriteParamError is WriteError for an error about one field of the
+// request, which OpenAI names as "param".
+func WriteParamError(w http.ResponseWriter, status int, code, msg, param string) {
+	w.Header().Set("Connection", "close")
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	body := ErrorBody(status, code, msg)
+	body["error"].(map[string]any)["param"] = param
+	_ = json.NewEncoder(w).Encode(body)
+}
+
 // ErrorBody is the OpenAI error document for status, code and msg.
 func ErrorBody(status int, code, msg string) map[string]any {
 	var c any = code

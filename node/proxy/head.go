@@ -8,6 +8,7 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"strings"
 
 	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/go-json-experiment/json/jsontext"
@@ -55,9 +56,55 @@ func readHead(contentType string, body []byte) (requestHead, error) {
 	// encoding/json, and rejects what a worker might read differently
 	// (duplicate keys, invalid UTF-8).
 	if err := jsonv2.Unmarshal(body, &head); err != nil {
-		return head, fmt.Errorf("body is not valid JSON: %w", err)
+		return head, jsonBodyError(err)
 	}
 	return head, nil
+}
+
+// ParamError is a request error about one field of the body: OpenAI's
+// error carries its name as "param", which clients show.
+type ParamError struct {
+	Param string
+	Msg   string
+}
+
+func (e *ParamError) Error() string { return e.Msg }
+
+// jsonBodyError says what is wrong with a body in a client's words, without
+// the JSON library's names for itself.
+func jsonBodyError(err error) error {
+	var se *jsonv2.SemanticError
+	if errors.As(err, &se) && se.JSONPointer != "" && se.GoType != nil {
+		field := strings.TrimPrefix(string(se.JSONPointer), "/")
+		want := map[string]string{"string": "a string", "bool": "true or false", "interface {}": "any value"}[se.GoType.String()]
+		if want == "" {
+			want = "another type"
+		}
+		return &ParamError{Param: field, Msg: fmt.Sprintf("%q must be %s, not %s", field, want, kindName(se.JSONKind))}
+	}
+	msg := err.Error()
+	for _, p := range []string{"jsontext: ", "json: "} {
+		msg = strings.ReplaceAll(msg, p, "")
+	}
+	return fmt.Errorf("body is not valid JSON: %s", msg)
+}
+
+func kindName(k jsontext.Kind) string {
+	switch k {
+	case '"':
+		return "a string"
+	case '0':
+		return "a number"
+	case 't', 'f':
+		return "true or false"
+	case 'n':
+		return "null"
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	}
+	return "something else"
 }
 
 // multipartBoundary returns the boundary of a multipart/form-data content
