@@ -367,8 +367,9 @@ type copier struct {
 }
 
 // runBlocks is how many consecutive blocks one range request asks for:
-// few requests, while each block is checked (and kept) as it arrives.
-const runBlocks = 16
+// few requests, while each block is checked (and kept) as it arrives. A
+// variable for tests.
+var runBlocks = 16
 
 // run is consecutive blocks [first, end) of a file, fetched in one range.
 type run struct{ first, end int }

@@ -44,6 +44,7 @@ type peer struct {
 	corrupt map[string]int64 // file -> offset served wrong (every time)
 	cutAt   int64            // break the connection after this many body bytes in all (0: never)
 	hangAt  int64            // go quiet after this many body bytes in all, as behind a cut link (0: never)
+	slow    time.Duration    // a pause before each write: a link slower than loopback
 	served  atomic.Int64
 	listing func([]models.ModelFile) []models.ModelFile // rewrites the listing (a hostile peer)
 }
@@ -115,9 +116,9 @@ func (p *peer) serve(w http.ResponseWriter, r *http.Request) {
 		data = bytes.Clone(data)
 		data[off] ^= 0xff
 	}
-	cut, hang := p.cutAt, p.hangAt
+	cut, hang, slow := p.cutAt, p.hangAt, p.slow
 	p.mu.Unlock()
-	http.ServeContent(&countingWriter{ResponseWriter: w, p: p, cut: cut, hang: hang, r: r}, r, "", time.Time{}, bytes.NewReader(data))
+	http.ServeContent(&countingWriter{ResponseWriter: w, p: p, cut: cut, hang: hang, slow: slow, r: r}, r, "", time.Time{}, bytes.NewReader(data))
 }
 
 // countingWriter counts a peer's body bytes and breaks the connection once
@@ -126,10 +127,14 @@ type countingWriter struct {
 	http.ResponseWriter
 	p         *peer
 	cut, hang int64
+	slow      time.Duration
 	r         *http.Request
 }
 
 func (c *countingWriter) Write(b []byte) (int, error) {
+	if c.slow > 0 {
+		time.Sleep(c.slow) // the link's pace, not a wait for a condition
+	}
 	if c.hang > 0 && c.p.served.Load() >= c.hang {
 		c.ResponseWriter.(http.Flusher).Flush()
 		<-c.r.Context().Done() // quiet until the copier gives up
@@ -200,6 +205,12 @@ func TestCopy_FolderFromTwoPeers(t *testing.T) {
 	}{file("config.json", []byte(`{"architectures":["X"]}`)), file("model-00001-of-00002.safetensors", randomBytes(6*testBlock, 2)),
 		file("model-00002-of-00002.safetensors", randomBytes(3*testBlock+5, 3)), file("tok/tokenizer.json", []byte(`{}`))}
 	a, b := newPeer(t, "qwen", files...), newPeer(t, "qwen", files...)
+	// Runs of 2 blocks from peers slower than loopback: each worker is
+	// still fetching when the other takes the next run, so both serve.
+	a.slow, b.slow = time.Millisecond, time.Millisecond
+	old := runBlocks
+	runBlocks = 2
+	defer func() { runBlocks = old }()
 	dir := t.TempDir()
 	seenEarly := false
 	_, err := Copy(context.Background(), "qwen", dir, Options{Peers: []string{a.srv.URL, b.srv.URL}, ProgressEvery: time.Nanosecond,
