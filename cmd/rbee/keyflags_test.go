@@ -33,3 +33,25 @@ func TestKeyFlags(t *testing.T) {
 		t.Errorf("a world-readable key file gave no warning: %s", stderr)
 	}
 }
+
+// TestHelp_Groups: `rbee help GROUP` lists the group's subcommands, and
+// `worker run --help` marks --instance required and states --slots'
+// default once.
+func TestHelp_Groups(t *testing.T) {
+	t.Parallel()
+	for group, sub := range map[string]string{"node": "members", "worker": "run", "model": "pull"} {
+		out, _, err := runRbee("help", group)
+		if err != nil || !strings.Contains(out, "COMMANDS:") || !strings.Contains(out, "   "+sub) {
+			t.Errorf("rbee help %s: %v\n%s", group, err, out)
+		}
+	}
+	out, _, _ := runRbee("worker", "run", "--help")
+	for _, line := range strings.Split(out, "\n") {
+		switch {
+		case strings.Contains(line, "--instance") && !strings.Contains(line, "(required)"):
+			t.Errorf("--instance not marked required: %q", line)
+		case strings.Contains(line, "--slots") && strings.Count(line, "default") != 1:
+			t.Errorf("--slots states its default %d times: %q", strings.Count(line, "default"), line)
+		}
+	}
+}

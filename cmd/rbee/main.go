@@ -45,7 +45,7 @@ func main() {
 }
 
 func newApp() *cli.App {
-	return &cli.App{
+	app := &cli.App{
 		Name:    "rbee",
 		Usage:   "turn the GPU machines you own into one LLM-inference cluster",
 		Version: node.Version,
@@ -63,7 +63,30 @@ func newApp() *cli.App {
 			modelCommand(),
 		},
 	}
+	// `rbee help node` shows a group's subcommands, as `rbee node --help`
+	// does (urfave/cli's own command template lists none).
+	for _, c := range app.Commands {
+		if len(c.Subcommands) > 0 && c.CustomHelpTemplate == "" {
+			c.CustomHelpTemplate = groupHelpTemplate
+		}
+	}
+	return app
 }
+
+// groupHelpTemplate lists a command group's subcommands from the group
+// itself: `rbee help node` renders it before the group is set up, when
+// urfave/cli's own template finds no categories to list.
+const groupHelpTemplate = `NAME:
+   rbee {{.Name}} - {{.Usage}}
+
+USAGE:
+   rbee {{.Name}} command [command options]
+
+COMMANDS:{{range .Subcommands}}{{if not .Hidden}}
+   {{join .Names ", "}}{{"\t"}}{{.Usage}}{{end}}{{end}}
+
+Run 'rbee {{.Name}} command --help' for a command's options.
+`
 
 // signalContext is cancelled on the first SIGINT or SIGTERM (graceful: the
 // node leaves the cluster); a second signal exits at once. A second signal

@@ -21,9 +21,9 @@ func workerCommand() *cli.Command {
 			ArgsUsage: "-- COMMAND [ARGS...]",
 			Flags: append([]cli.Flag{
 				&cli.StringFlag{Name: "group", Value: "llm", Usage: "worker group (the cgroup under rbee.slice)"},
-				&cli.StringFlag{Name: "instance", Required: true, Usage: "worker instance, usually its port"},
+				&cli.StringFlag{Name: "instance", Required: true, Usage: "worker instance, usually its port (required)"},
 				&cli.StringFlag{Name: "model", Usage: "model it serves, if the hive cannot tell from its API or command line"},
-				&cli.IntFlag{Name: "slots", Usage: "requests it serves at once (default: from its API, else 1)"},
+				&cli.IntFlag{Name: "slots", Usage: "requests it serves at once", DefaultText: "from its API, else 1"},
 				&cli.StringFlag{Name: "cgroup-root", EnvVars: []string{"RBEE_CGROUP_ROOT"}, Usage: "cgroup v2 mount (default: found in /proc/self/mountinfo)"},
 			}, clientFlags()...),
 			Action: runWorker,
