@@ -56,3 +56,20 @@ func TestCopy_Placement(t *testing.T) {
 		})
 	}
 }
+
+// TestModelETA_WhileLoading: a model nothing serves yet, loading on a hive
+// that loaded it before, waits what is left of that load (the WAIT column
+// of rbee status), not "unknown".
+func TestModelETA_WhileLoading(t *testing.T) {
+	s := New(Config{})
+	s.SetWarm(true)
+	s.UpdateModels("h", HiveModels{Catalog: []CatalogModel{{Name: "m", Engine: "sim", Slots: 1, LoadTime: 10 * time.Second}},
+		Managed: []Managed{{Instance: "9000", Model: "m", State: ManagedLoading, Since: t0}}}, t0)
+	s.UpdateHive("h", nil, nil, t0)
+	if got := s.ModelETA("m", t0.Add(3*time.Second)); got != 7*time.Second {
+		t.Fatalf("ETA %v, want the 7 s left of the load", got)
+	}
+	if got := s.ModelETA("other", t0); got != 0 {
+		t.Fatalf("ETA of a model nothing loads: %v", got)
+	}
+}

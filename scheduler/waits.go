@@ -79,10 +79,18 @@ func (s *Scheduler) Waits(now time.Time) []WaitStatus {
 func (s *Scheduler) ModelETA(model string, now time.Time) time.Duration {
 	key := RequestKey(model)
 	svc := s.service[key]
+	slots, leases := s.liveSlots(key, now)
+	if slots == 0 {
+		// Nothing serves it yet: what is left of a load under way
+		// whose hive has loaded it before.
+		if ls := s.loading(key); len(ls) > 0 && ls[0].entry.LoadTime > 0 {
+			return max(ls[0].entry.LoadTime-now.Sub(ls[0].since), time.Millisecond)
+		}
+		return 0
+	}
 	if svc <= 0 {
 		return 0
 	}
-	slots, leases := s.liveSlots(key, now)
 	n := 0
 	if q := s.queues[key]; q != nil {
 		n = q.n
