@@ -14,9 +14,10 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"golang.org/x/term"
 
+	"github.com/rbee/rbee/internal/termview"
 	"github.com/rbee/rbee/node/api"
+	"github.com/rbee/rbee/node/hive/modeldir"
 )
 
 func modelCommand() *cli.Command {
@@ -179,7 +180,7 @@ func runJob(bar *copyBar, do func(line func([]byte)) error) error {
 		case msg.Progress != nil:
 			bar.update(*msg.Progress)
 		case msg.Done != nil:
-			bar.finish(fmt.Sprintf("%s: %s on %s at %s (%s)", bar.label, msg.Done.Model, msg.Done.Node, msg.Done.Path, bytesText(msg.Done.Bytes)))
+			bar.finish(fmt.Sprintf("%s: %s on %s at %s (%s)", bar.label, msg.Done.Model, msg.Done.Node, msg.Done.Path, modeldir.Size(msg.Done.Bytes)))
 		case msg.Error != "":
 			failure = errors.New(msg.Error)
 		}
@@ -207,7 +208,7 @@ func runModelList(c *cli.Context) error {
 	for _, h := range v.Hives {
 		free := "no --models-dir"
 		if h.ModelsDirFreeBytes > 0 {
-			free = bytesText(int64(h.ModelsDirFreeBytes)) + " free in --models-dir"
+			free = modeldir.Size(int64(h.ModelsDirFreeBytes)) + " free in --models-dir"
 		}
 		fmt.Fprintf(w, "%s (%s)\n", h.HiveID, free)
 		if len(h.Catalog) == 0 {
@@ -221,7 +222,7 @@ func runModelList(c *cli.Context) error {
 			case e.Shared:
 				note = "  shared"
 			}
-			fmt.Fprintf(w, "  %-32s %-12s %10s%s\n", e.Name, e.Engine, bytesText(e.Bytes), note)
+			fmt.Fprintf(w, "  %-32s %-12s %10s%s\n", e.Name, e.Engine, modeldir.Size(e.Bytes), note)
 		}
 	}
 	return nil
@@ -254,8 +255,8 @@ type jobProgress struct {
 }
 
 func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
+	_, ok := termview.TerminalOf(w)
+	return ok
 }
 
 // barSet draws the bars of jobs running at once, one line each.
@@ -293,7 +294,7 @@ func (b *copyBar) update(p jobProgress) {
 	if p.Rate > 0 {
 		eta = (time.Duration(float64(p.Total-p.Done)/p.Rate) * time.Second).Round(time.Second).String()
 	}
-	line := fmt.Sprintf("%s %5.1f%% %s/%s %s/s eta %s", b.label, pct, bytesText(p.Done), bytesText(p.Total), bytesText(int64(p.Rate)), eta)
+	line := fmt.Sprintf("%s %5.1f%% %s/%s %s/s eta %s", b.label, pct, modeldir.Size(p.Done), modeldir.Size(p.Total), modeldir.Size(int64(p.Rate)), eta)
 	if p.Peers > 0 {
 		line += fmt.Sprintf(" from %d hive(s)", p.Peers)
 	}
@@ -316,18 +317,4 @@ func (b *copyBar) finish(msg string) {
 	if msg != "" {
 		fmt.Fprintln(b.set.w, msg)
 	}
-}
-
-// bytesText writes a byte count in binary units.
-func bytesText(n int64) string {
-	const unit = 1 << 10
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -218,8 +218,9 @@ func TestMigration_ResponsesStream(t *testing.T) {
 }
 
 // BenchmarkEntryStream is what the entry node does per token of a stream it
-// passes on: the usage tap alone (before migration), and the tap with the
-// migration record (now), one read per chunk as a worker flushes them. It
+// passes on: the usage tap alone (migration off), and the tap with the
+// migration record (on, the default), one read per chunk as a worker
+// flushes them. It
 // reports the CPU time per token and the bytes kept for a 1000-token
 // answer.
 func BenchmarkEntryStream(b *testing.B) {
@@ -233,9 +234,9 @@ func BenchmarkEntryStream(b *testing.B) {
 		chunks[i] = chunk(i)
 	}
 	for _, migrate := range []bool{false, true} {
-		name := "tap-only(before)"
+		name := "migration-off"
 		if migrate {
-			name = "tap+migration(now)"
+			name = "migration-on"
 		}
 		b.Run(name, func(b *testing.B) {
 			var kept int

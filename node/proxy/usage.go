@@ -324,20 +324,7 @@ func (t *usageTap) take(u *wireUsage) {
 // event that carries usage counts: a chat or completion chunk's "usage", or a
 // Responses API event's "response.usage" (response.completed).
 func (t *usageTap) event(ev []byte) (drop bool) {
-	var data []byte
-	lines := 0
-	for line := range bytes.Lines(ev) {
-		line = bytes.TrimRight(line, "\r\n")
-		d, ok := bytes.CutPrefix(line, []byte("data:"))
-		if !ok {
-			continue
-		}
-		if lines > 0 {
-			data = append(data, '\n')
-		}
-		data = append(data, bytes.TrimPrefix(d, []byte{' '})...)
-		lines++
-	}
+	_, data := sseData(ev)
 	if !bytes.Contains(data, []byte(`"usage"`)) {
 		return false
 	}

@@ -10,9 +10,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/rbee/rbee/node/hive/modeldir"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -155,9 +155,9 @@ func (m *Manager) copyIn(it *item, ms *wsapi.ModelStart, queen string, start tim
 	}()
 	m.log.Info("copying a model from other hives before starting it", "model", it.Name, "from", from, "queen", queen)
 	path, err := m.cfg.CopyModel(ctx, it.Name, from, func(done, total int64, rate float64) {
-		stage := fmt.Sprintf("copying %.0f%% of %s", 100*float64(done)/float64(max(total, 1)), sizeText(total))
+		stage := fmt.Sprintf("copying %.0f%% of %s", 100*float64(done)/float64(max(total, 1)), modeldir.Size(total))
 		if rate > 0 {
-			stage += fmt.Sprintf(" at %s/s, eta %s", sizeText(int64(rate)), (time.Duration(float64(total-done)/rate) * time.Second).Round(time.Second))
+			stage += fmt.Sprintf(" at %s/s, eta %s", modeldir.Size(int64(rate)), (time.Duration(float64(total-done)/rate) * time.Second).Round(time.Second))
 		}
 		m.mu.Lock()
 		w.stage = stage
@@ -184,31 +184,17 @@ func (m *Manager) copyIn(it *item, ms *wsapi.ModelStart, queen string, start tim
 	return true
 }
 
-// sizeText writes a byte count in binary units.
-func sizeText(n int64) string {
-	const unit = 1 << 10
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for v := n / unit; v >= unit; v /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
 // ModelsDirFree is the models folder's free space in bytes, 0 without one
 // (or when it cannot be read).
 func (m *Manager) ModelsDirFree() uint64 {
 	if m.cfg.ModelsDir == "" {
 		return 0
 	}
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(m.cfg.ModelsDir, &st); err != nil {
+	free, err := modeldir.Free(m.cfg.ModelsDir)
+	if err != nil {
 		return 0
 	}
-	return st.Bavail * uint64(st.Bsize)
+	return uint64(free)
 }
 
 // ErrRunning is wrapped by RemoveLocal for a model a worker serves.

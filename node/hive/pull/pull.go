@@ -26,8 +26,9 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/rbee/rbee/node/hive/modeldir"
 )
 
 // Ref names what to pull.
@@ -98,7 +99,7 @@ func ParseRef(s string) (Ref, error) {
 		return Ref{}, fmt.Errorf("pull %q: a tag or a file, not both", s)
 	case len(parts) == 3:
 		r.Selector = parts[2]
-		if !strings.HasSuffix(strings.ToLower(r.Selector), ".gguf") || safePath(r.Selector) != nil {
+		if !strings.HasSuffix(strings.ToLower(r.Selector), ".gguf") || modeldir.SafePath(r.Selector) != nil {
 			return Ref{}, fmt.Errorf("pull %q: a file must be a .gguf path in the repository", s)
 		}
 	case hasTag:
@@ -161,13 +162,7 @@ type File struct {
 var ErrNoSpace = errors.New("not enough free disk space")
 
 // statfs is swapped by tests.
-var statfs = func(dir string) (int64, error) {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		return 0, err
-	}
-	return int64(st.Bavail) * int64(st.Bsize), nil
-}
+var statfs = modeldir.Free
 
 // Pull fetches ref into the models folder dir.
 func Pull(ctx context.Context, ref Ref, dir string, opts Options) (Result, error) {
@@ -200,7 +195,7 @@ func Pull(ctx context.Context, ref Ref, dir string, opts Options) (Result, error
 			return Result{}, err
 		}
 		for _, f := range files {
-			urls = append(urls, opts.Endpoint+"/"+ref.Repo+"/resolve/"+url.PathEscape(ref.Revision)+"/"+escapePath(f.Path))
+			urls = append(urls, opts.Endpoint+"/"+ref.Repo+"/resolve/"+url.PathEscape(ref.Revision)+"/"+modeldir.EscapePath(f.Path))
 		}
 		if folder {
 			name = path.Base(ref.Repo)
@@ -244,7 +239,7 @@ func Pull(ctx context.Context, ref Ref, dir string, opts Options) (Result, error
 	}
 	if free, err := statfs(dir); err == nil && total > 0 {
 		if need := total - have; need+need/100 > free {
-			return Result{}, fmt.Errorf("pull %s: %w: needs %s, %s free in %s", ref, ErrNoSpace, human(need), human(free), dir)
+			return Result{}, fmt.Errorf("pull %s: %w: needs %s, %s free in %s", ref, ErrNoSpace, modeldir.Size(need), modeldir.Size(free), dir)
 		}
 	}
 	p.total, p.resumed, p.done, p.started = total, have, have, time.Now()
@@ -327,7 +322,7 @@ func choose(ref Ref, tree []treeEntry) ([]File, bool, error) {
 		if e.Type != "file" || hidden(e.Path) {
 			continue // .gitattributes and the like
 		}
-		if err := safePath(e.Path); err != nil {
+		if err := modeldir.SafePath(e.Path); err != nil {
 			return nil, false, fmt.Errorf("pull %s: the hub lists %w", ref, err)
 		}
 		f := File{Path: e.Path, Size: e.Size}
@@ -611,20 +606,6 @@ func cmpOr(a, b string) string {
 	return b
 }
 
-// safePath accepts a relative slash path that stays inside its folder and
-// names no hidden file.
-func safePath(p string) error {
-	if p == "" || strings.ContainsAny(p, "\\\x00") || path.IsAbs(p) || path.Clean(p) != p {
-		return fmt.Errorf("path %q: not a plain relative path", p)
-	}
-	for _, part := range strings.Split(p, "/") {
-		if part == ".." || strings.HasPrefix(part, ".") {
-			return fmt.Errorf("path %q leaves its folder or names a hidden file", p)
-		}
-	}
-	return nil
-}
-
 // hidden reports whether a path names a hidden file or folder.
 func hidden(p string) bool {
 	for _, part := range strings.Split(p, "/") {
@@ -636,29 +617,8 @@ func hidden(p string) bool {
 }
 
 func safeName(n string) error {
-	if err := safePath(n); err != nil || strings.Contains(n, "/") {
+	if err := modeldir.SafePath(n); err != nil || strings.Contains(n, "/") {
 		return fmt.Errorf("%q is not a name a models folder can hold", n)
 	}
 	return nil
-}
-
-func escapePath(p string) string {
-	parts := strings.Split(p, "/")
-	for i, s := range parts {
-		parts[i] = url.PathEscape(s)
-	}
-	return strings.Join(parts, "/")
-}
-
-func human(n int64) string {
-	const unit = 1 << 10
-	if n < unit {
-		return strconv.FormatInt(n, 10) + " B"
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

@@ -21,19 +21,18 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
 	"github.com/rbee/rbee/node/api"
+	"github.com/rbee/rbee/node/hive/modeldir"
 	"github.com/rbee/rbee/node/hive/models"
 )
 
@@ -96,13 +95,7 @@ var (
 var ErrNoSpace = errors.New("not enough free disk space")
 
 // statfs is swapped by tests.
-var statfs = func(dir string) (free int64, err error) {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		return 0, err
-	}
-	return int64(st.Bavail) * int64(st.Bsize), nil
-}
+var statfs = modeldir.Free
 
 // listing is a peer's answer to GET /v1/hive/files/{model}.
 type listing struct {
@@ -124,7 +117,7 @@ func Copy(ctx context.Context, model, dir string, opts Options) (Result, error) 
 	if opts.StallTimeout <= 0 {
 		opts.StallTimeout = 10 * time.Second
 	}
-	if err := safePath(model); err != nil || strings.ContainsAny(model, "/:") {
+	if err := modeldir.SafePath(model); err != nil || strings.ContainsAny(model, "/:") {
 		return Result{}, fmt.Errorf("copy %q: not a name a models folder can hold", model)
 	}
 	files, peers, err := list(ctx, model, opts)
@@ -180,7 +173,7 @@ func Copy(ctx context.Context, model, dir string, opts Options) (Result, error) 
 	if free, err := statfs(dir); err == nil {
 		need := res.Bytes - have
 		if need+need/100 > free {
-			return Result{}, fmt.Errorf("copy %s: %w: needs %s, %s free in %s", model, ErrNoSpace, human(need), human(free), dir)
+			return Result{}, fmt.Errorf("copy %s: %w: needs %s, %s free in %s", model, ErrNoSpace, modeldir.Size(need), modeldir.Size(free), dir)
 		}
 	}
 	c.started = time.Now()
@@ -269,7 +262,7 @@ func checkListing(files []models.ModelFile) error {
 		return errors.New("the model has no files")
 	}
 	for _, f := range files {
-		if err := safePath(f.Path); err != nil {
+		if err := modeldir.SafePath(f.Path); err != nil {
 			return err
 		}
 		if f.Size < 0 || f.BlockSize <= 0 {
@@ -277,20 +270,6 @@ func checkListing(files []models.ModelFile) error {
 		}
 		if want := max((f.Size+f.BlockSize-1)/f.BlockSize, 1); int64(len(f.Blocks)) != want {
 			return fmt.Errorf("file %q: %d block digests for %d blocks", f.Path, len(f.Blocks), want)
-		}
-	}
-	return nil
-}
-
-// safePath accepts a relative slash path that stays inside its folder and
-// names no hidden file.
-func safePath(p string) error {
-	if p == "" || strings.ContainsAny(p, "\\\x00") || path.IsAbs(p) || path.Clean(p) != p {
-		return fmt.Errorf("file path %q is not a plain relative path", p)
-	}
-	for _, part := range strings.Split(p, "/") {
-		if part == ".." || strings.HasPrefix(part, ".") {
-			return fmt.Errorf("file path %q leaves its folder or names a hidden file", p)
 		}
 	}
 	return nil
@@ -525,7 +504,7 @@ func (c *copier) fetch(ctx context.Context, peer, model string, p *filePlan, r r
 	next, bad = r.first, -1
 	off := int64(r.first) * p.f.BlockSize
 	end := min(int64(r.end)*p.f.BlockSize, p.f.Size)
-	u := peer + api.PathHiveFiles + "/" + url.PathEscape(model) + "/" + escapePath(p.f.Path)
+	u := peer + api.PathHiveFiles + "/" + url.PathEscape(model) + "/" + modeldir.EscapePath(p.f.Path)
 	// A watchdog ends the request when the peer goes quiet: a cut link
 	// would otherwise hold this worker (and its blocks) for ever.
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -656,14 +635,6 @@ func (c *copier) report(file string, final bool) {
 	c.opts.Progress(p)
 }
 
-func escapePath(p string) string {
-	parts := strings.Split(p, "/")
-	for i, s := range parts {
-		parts[i] = url.PathEscape(s)
-	}
-	return strings.Join(parts, "/")
-}
-
 func getJSON(ctx context.Context, client *http.Client, u string, v any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
@@ -679,20 +650,6 @@ func getJSON(ctx context.Context, client *http.Client, u string, v any) error {
 		return fmt.Errorf("GET %s: %s: %s", u, resp.Status, strings.TrimSpace(string(b)))
 	}
 	return json.NewDecoder(bufio.NewReader(io.LimitReader(resp.Body, 16<<20))).Decode(v)
-}
-
-// human writes a byte count in binary units.
-func human(n int64) string {
-	const unit = 1 << 10
-	if n < unit {
-		return strconv.FormatInt(n, 10) + " B"
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 // syncFile makes a file durable before it is renamed into place (a crash
