@@ -18,6 +18,7 @@ import (
 	"github.com/rbee/rbee/internal/termview"
 	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/hive/modeldir"
+	"github.com/rbee/rbee/node/hive/pull"
 )
 
 func modelCommand() *cli.Command {
@@ -113,6 +114,10 @@ func runModelPull(c *cli.Context) error {
 		return cli.Exit("usage: rbee model pull REF [--hive HIVE | --all-hives]", 2)
 	}
 	ref := c.Args().First()
+	// A REF no hive could read is refused here, before any node is asked.
+	if _, err := pull.ParseRef(ref); err != nil {
+		return err
+	}
 	clients, err := hiveClients(c, c.Bool("all-hives"))
 	if err != nil {
 		return err
@@ -132,7 +137,10 @@ func runModelPull(c *cli.Context) error {
 			})
 			if err != nil {
 				mu.Lock()
-				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+				if len(clients) > 1 {
+					err = fmt.Errorf("%s: %w", name, err) // which hive, of several
+				}
+				errs = append(errs, err)
 				mu.Unlock()
 			}
 		})

@@ -190,6 +190,10 @@ func TestModelPull_FromAHub(t *testing.T) {
 	if err == nil || !strings.Contains(stderr, "HF_TOKEN") {
 		t.Errorf("pull without a token: %v\n%s", err, stderr)
 	}
+	// A REF no hive could read is refused by the CLI itself.
+	if _, stderr, err := runRbee("model", "pull", "Qwen/Qwen2.5", "--hive", "b", "--http-addr", a.httpAddr, "--cluster-key-file", c.keyFile); err == nil || !strings.Contains(stderr, "want hf:ORG/REPO") {
+		t.Errorf("a bad REF: %v\n%s", err, stderr)
+	}
 	ls := c.rbee("model", "ls", "--http-addr", b.httpAddr, "--cluster-key-file", c.keyFile)
 	if !strings.Contains(ls, "tiny-Q4_K_M") || !strings.Contains(ls, "free in --models-dir") || !strings.Contains(ls, "6.0 MiB") {
 		t.Errorf("rbee model ls:\n%s", ls)
