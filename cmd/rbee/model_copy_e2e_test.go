@@ -37,6 +37,8 @@ func TestModelCopy_BetweenHives(t *testing.T) {
 	ps := c.start(lcNode(c, "b", a.gossipAddr, "--models-dir", dst), lcNode(c, "e", a.gossipAddr, "--roles", "none"))
 	e := ps[1]
 	waitModelState(t, c, e, "big", "available", "a")
+	// --hive b is looked up in e's member list: b must be in it.
+	c.waitConverged([]*proc{a, ps[0], e}, 20*time.Second)
 
 	out := c.rbee("model", "copy", "big", "--hive", "b", "--http-addr", e.httpAddr, "--cluster-key-file", c.keyFile)
 	t.Logf("rbee model copy:\n%s", out)
