@@ -61,3 +61,5 @@ require (
 	gonum.org/v1/gonum v0.15.1 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
+
+replace github.com/NVIDIA/go-nvml => ./internal/third_party/go-nvml
