@@ -140,3 +140,48 @@ func TestWorker_ServingSeveralModels(t *testing.T) {
 		t.Fatalf("release grants %+v, want c on llama3.2:1b", grants)
 	}
 }
+
+// A worker the user named otherwise (--worker URL,model=llama-3.2-1b) keeps
+// answering to its own name: a client that talked to llama-server directly
+// asks for the file's name, in any of its spellings, and is served under the
+// cluster's name.
+func TestWorker_AliasesAreServed(t *testing.T) {
+	s := New(Config{})
+	s.SetWarm(true)
+	named := w("ext/8080", "llama-3.2-1b", 1)
+	named.Aliases = []string{"Llama-3.2-1B-Instruct-Q4_K_M.gguf"}
+	s.UpdateHive("h1", []Worker{named, w("g/1", "other", 1)}, nil, t0)
+	for _, tc := range []struct{ asked, want string }{
+		{"llama-3.2-1b", "llama-3.2-1b"},
+		{"Llama-3.2-1B-Instruct-Q4_K_M.gguf", "llama-3.2-1b"},
+		{"llama-3.2-1b-instruct-q4_k_m", "llama-3.2-1b"},
+		{"Llama-3.2-1B-Instruct", "llama-3.2-1b"},
+		{"other", "other"},
+		{"llama-3.2", ""},
+	} {
+		if got := s.ModelName(tc.asked); got != tc.want {
+			t.Errorf("ModelName(%q) = %q, want %q", tc.asked, got, tc.want)
+		}
+	}
+	ms := s.Models(t0)
+	if len(ms) != 2 || ms[0].Model != "llama-3.2-1b" || !slices.Equal(ms[0].Aliases, named.Aliases) || ms[1].Aliases != nil {
+		t.Fatalf("Models = %+v, want llama-3.2-1b with its alias, then other without", ms)
+	}
+	g := mustGrant(t, s, req("a", "Llama-3.2-1B-Instruct-Q4_K_M.gguf"), t0)
+	if g.Lease.Worker != "ext/8080" || g.Lease.Model != "llama-3.2-1b" {
+		t.Fatalf("lease %+v: want ext/8080 serving llama-3.2-1b", g.Lease)
+	}
+	// The alias waits in the model's one queue, behind nobody else's name.
+	if g, err := s.Request(req("b", "llama-3.2-1b"), t0); g != nil || err != nil {
+		t.Fatalf("second request: %v %v, want it to wait", g, err)
+	}
+	if ms := s.Models(t0); ms[0].Waiting != 1 || ms[0].Leases != 1 {
+		t.Fatalf("Models = %+v, want one lease and one waiting under llama-3.2-1b", ms[0])
+	}
+	// A worker that stops reporting the alias stops answering to it.
+	named.Aliases = nil
+	s.UpdateHive("h1", []Worker{named, w("g/1", "other", 1)}, []HiveLease{{ID: g.Lease.ID, Worker: "ext/8080"}}, t0)
+	if got := s.ModelName("Llama-3.2-1B-Instruct-Q4_K_M.gguf"); got != "" {
+		t.Errorf("after the alias went: ModelName = %q, want \"\"", got)
+	}
+}

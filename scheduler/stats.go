@@ -8,7 +8,9 @@ import (
 
 // ModelStats is one model's state, for the feed, /v1/models and metrics.
 type ModelStats struct {
-	Model   string
+	Model string
+	// Aliases are other names its workers serve it under, sorted.
+	Aliases []string
 	Waiting int
 	Leases  int
 	Slots   int
@@ -45,6 +47,13 @@ func (s *Scheduler) Models(now time.Time) []ModelStats {
 				for _, k := range keys {
 					if _, ok := counted[k]; !ok {
 						counted[k] = name
+					}
+				}
+			}
+			if len(w.Models) == 0 {
+				for _, a := range w.Aliases {
+					if !slices.Contains(m.Aliases, a) {
+						m.Aliases = append(m.Aliases, a)
 					}
 				}
 			}
@@ -92,6 +101,7 @@ func (s *Scheduler) Models(now time.Time) []ModelStats {
 	out := make([]ModelStats, 0, len(byName))
 	for _, m := range byName {
 		if m.Model != "" {
+			slices.Sort(m.Aliases)
 			out = append(out, *m)
 		}
 	}

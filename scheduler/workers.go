@@ -15,7 +15,10 @@ type Worker struct {
 	// Models lists every model the worker serves when it serves more than
 	// one (an Ollama serves all it has installed), Model first; nil when
 	// Model is all it serves. Its slots serve them all together.
-	Models      []string
+	Models []string
+	// Aliases are the worker's own names for Model (ProcessStats.Aliases):
+	// requests may ask for them.
+	Aliases     []string
 	Slots       int
 	VRAMUsedMB  uint64
 	VRAMTotalMB uint64
@@ -60,11 +63,11 @@ func (w *Worker) servedFor(key string) string {
 
 // workerKeys is every key of every model w serves, without repeats.
 func workerKeys(w *Worker) []string {
-	if len(w.Models) == 0 {
+	if len(w.Models) == 0 && len(w.Aliases) == 0 {
 		return ModelKeys(w.Model)
 	}
 	var keys []string
-	for _, m := range w.served() {
+	for _, m := range append(w.served(), w.Aliases...) {
 		for _, k := range ModelKeys(m) {
 			if !slices.Contains(keys, k) {
 				keys = append(keys, k)
@@ -121,7 +124,7 @@ func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease
 			continue // a name listed twice: the first stands
 		}
 		w := old[in.Name]
-		if w != nil && (w.Model != in.Model || !slices.Equal(w.Models, in.Models)) {
+		if w != nil && (w.Model != in.Model || !slices.Equal(w.Models, in.Models) || !slices.Equal(w.Aliases, in.Aliases)) {
 			w = nil
 		}
 		if w == nil {

@@ -82,16 +82,8 @@ func (w *ProcessStats) appendJSON(b []byte) []byte {
 	} else {
 		b = appendString(b, *w.Model)
 	}
-	if len(w.Models) > 0 {
-		b = append(b, `,"models":[`...)
-		for i, m := range w.Models {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = appendString(b, m)
-		}
-		b = append(b, ']')
-	}
+	b = appendStrings(b, `,"models":[`, w.Models)
+	b = appendStrings(b, `,"aliases":[`, w.Aliases)
 	if w.Engine != "" {
 		b = append(b, `,"engine":`...)
 		b = appendString(b, w.Engine)
@@ -160,4 +152,20 @@ func appendTime(b []byte, t time.Time) []byte {
 	b = append(b, '"')
 	b = t.AppendFormat(b, time.RFC3339Nano)
 	return append(b, '"')
+}
+
+// appendStrings appends `,"name":[...]` (open: its opening up to the
+// bracket) for a list that is omitted when empty.
+func appendStrings(b []byte, open string, vs []string) []byte {
+	if len(vs) == 0 {
+		return b
+	}
+	b = append(b, open...)
+	for i, v := range vs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, v)
+	}
+	return append(b, ']')
 }

@@ -33,6 +33,9 @@ func TestAppendJSON_MatchesEncodingJSON(t *testing.T) {
 			for range rng.IntN(3) {
 				w.Models = append(w.Models, str())
 			}
+			for range rng.IntN(3) {
+				w.Aliases = append(w.Aliases, str())
+			}
 			w.Engine = str()
 			tel.Workers = append(tel.Workers, w)
 		}

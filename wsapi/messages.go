@@ -58,6 +58,12 @@ type ProcessStats struct {
 	// Ollama serves all it has installed), Model first. Its slots serve
 	// them all together.
 	Models []string `json:"models,omitempty"`
+	// Aliases is an addition (omitted when empty): the worker's own names
+	// for the model it serves when the user named it otherwise
+	// (--worker URL,model=NAME, or a catalog name for a file the worker
+	// calls by its file name). Requests may use them: a client that
+	// talked to llama-server directly keeps its model id.
+	Aliases []string `json:"aliases,omitempty"`
 	// Engine is an addition (omitted when unknown): the worker's engine
 	// and its version as the worker's API tells them, "ollama 0.17.4".
 	Engine string `json:"engine,omitempty"`
@@ -138,9 +144,12 @@ type LeaseInfo struct {
 
 // QueueStats is one model's scheduling state on the queen.
 type QueueStats struct {
-	Model   string `json:"model"`
-	Waiting int    `json:"waiting"`
-	Leases  int    `json:"leases"`
+	Model string `json:"model"`
+	// Aliases is an addition (omitted when none): other names workers
+	// serve the model under (ProcessStats.Aliases), sorted.
+	Aliases []string `json:"aliases,omitempty"`
+	Waiting int      `json:"waiting"`
+	Leases  int      `json:"leases"`
 	// Slots is the total slots of the workers that serve the model now.
 	Slots int `json:"slots"`
 	// The model lifecycle's additions, omitted when empty. State is
@@ -238,10 +247,12 @@ const (
 	// MaxWorkerModels bounds one worker's Models (an Ollama with a large
 	// library is cut there by its hive).
 	MaxWorkerModels = 256
-	maxFieldLen     = 256
-	maxModelLen     = 512
-	maxReasonLen    = 1024
-	maxNonceBytes   = 64
+	// MaxWorkerAliases bounds one worker's Aliases.
+	MaxWorkerAliases = 8
+	maxFieldLen      = 256
+	maxModelLen      = 512
+	maxReasonLen     = 1024
+	maxNonceBytes    = 64
 )
 
 // Decode parses one message off the wire into its concrete type: *HiveTelemetry,
@@ -388,6 +399,14 @@ func (t *HiveTelemetry) Validate(hive string) error {
 		for _, m := range w.Models {
 			if err := checkText("models", m, maxModelLen); err != nil || m == "" {
 				return fmt.Errorf("worker %d: %w: models must be non-empty text", i, ErrInvalid)
+			}
+		}
+		if len(w.Aliases) > MaxWorkerAliases {
+			return fmt.Errorf("%w: worker %d: %d aliases, at most %d", ErrInvalid, i, len(w.Aliases), MaxWorkerAliases)
+		}
+		for _, m := range w.Aliases {
+			if err := checkText("aliases", m, maxModelLen); err != nil || m == "" {
+				return fmt.Errorf("worker %d: %w: aliases must be non-empty text", i, ErrInvalid)
 			}
 		}
 		for _, f := range []struct{ name, v string }{{"health", w.Health}, {"health_reason", w.HealthReason}, {"engine", w.Engine},

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -321,10 +322,15 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 // on demand) or "unavailable" (with why), the hives that can start it, and
 // the slots serving it now. Clients read the fields they know.
 type modelObject struct {
-	ID      string   `json:"id"`
-	Object  string   `json:"object"`
-	Created int64    `json:"created"`
-	OwnedBy string   `json:"owned_by"`
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+	// Aliases are the workers' own names for the model (a llama-server's
+	// file name): requests may use them. AliasOf is set instead when the
+	// object was retrieved by an alias.
+	Aliases []string `json:"aliases,omitempty"`
+	AliasOf string   `json:"alias_of,omitempty"`
 	State   string   `json:"state,omitempty"`
 	Reason  string   `json:"reason,omitempty"`
 	Hives   []string `json:"hives,omitempty"`
@@ -349,7 +355,7 @@ func (p *Proxy) servedModels(r *http.Request) ([]modelObject, error) {
 	out := []modelObject{}
 	for _, q := range qs {
 		if (q.Slots > 0 || len(q.Hives) > 0) && t.Allows(q.Model) {
-			out = append(out, modelObject{ID: q.Model, Object: "model", Created: p.cfg.Start.Unix(), OwnedBy: "rbee",
+			out = append(out, modelObject{ID: q.Model, Object: "model", Created: p.cfg.Start.Unix(), OwnedBy: "rbee", Aliases: q.Aliases,
 				State: q.State, Reason: q.Reason, Hives: q.Hives, Slots: q.Slots,
 				VRAMMB: q.VRAMMB, VRAMSource: q.VRAMSource, Facts: q.Facts})
 		}
@@ -384,6 +390,18 @@ func (p *Proxy) HandleModel(w http.ResponseWriter, r *http.Request) {
 		if m.ID == id {
 			WriteJSON(w, m)
 			return
+		}
+	}
+	// An alias answers as itself, as the worker it names would, saying
+	// what the cluster calls it; a tenant's globs apply to the name asked,
+	// as they do to requests.
+	for _, m := range ms {
+		for _, a := range m.Aliases {
+			if strings.EqualFold(a, id) && tenantOf(r).Allows(id) {
+				m.ID, m.AliasOf, m.Aliases = id, m.ID, nil
+				WriteJSON(w, m)
+				return
+			}
 		}
 	}
 	p.Fail(w, r, labelOther, http.StatusNotFound, "model_not_found", fmt.Sprintf("model %q is not served by this cluster", TruncateText(id, 200)))

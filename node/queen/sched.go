@@ -317,7 +317,7 @@ func schedWorkers(ws []wsapi.ProcessStats) []scheduler.Worker {
 		if w.Model != nil {
 			model = *w.Model
 		}
-		out = append(out, scheduler.Worker{Name: w.ID(), Model: model, Models: w.Models, Slots: w.Slots,
+		out = append(out, scheduler.Worker{Name: w.ID(), Model: model, Models: w.Models, Aliases: w.Aliases, Slots: w.Slots,
 			VRAMUsedMB: w.VRAMMB, VRAMTotalMB: w.TotalVRAMMB, GPUUtilPct: w.GPUUtilPct, Healthy: w.Health == "",
 			Down: w.Health == scheduler.HealthDown, DownReason: w.HealthReason})
 	}
@@ -348,7 +348,7 @@ func (q *Queen) Queues(now time.Time) ([]wsapi.QueueStats, float64) {
 	out := make([]wsapi.QueueStats, 0, len(ms))
 	for _, m := range ms {
 		c := cat[m.Model]
-		qs := wsapi.QueueStats{Model: m.Model, Waiting: m.Waiting, Leases: m.Leases, Slots: m.Slots,
+		qs := wsapi.QueueStats{Model: m.Model, Aliases: m.Aliases, Waiting: m.Waiting, Leases: m.Leases, Slots: m.Slots,
 			State: m.State, Reason: m.Reason, Hives: m.Hives, LoadingHive: m.Loading,
 			ServiceMS: m.Service.Milliseconds(), ETAMS: m.ETA.Milliseconds(),
 			VRAMMB: c.VRAMMB, VRAMSource: c.VRAMSource, Facts: c.Facts}

@@ -30,7 +30,10 @@ type ModelInfo struct {
 	// Models is every model the worker serves when it serves more than
 	// one (an Ollama: all it has installed), Model first; nil otherwise.
 	Models []string
-	Slots  int // 0 when unknown
+	// Aliases are the worker's own names for Model when the user named it
+	// otherwise: what its API or command line calls it.
+	Aliases []string
+	Slots   int // 0 when unknown
 	// Refresh: what the worker serves may change while it runs (an
 	// Ollama pulls and removes models), so its API is asked again every
 	// probeRetry.
@@ -178,6 +181,7 @@ func (m *modelState) info() ModelInfo {
 	}
 	if m.configured.Model != "" {
 		out.Model, out.Models = m.configured.Model, nil
+		out.Aliases = ownNames(m.configured.Model, m.api, m.cmdline)
 	}
 	if m.configured.Slots > 0 {
 		out.Slots = m.configured.Slots
@@ -296,6 +300,7 @@ func (c *Collector) fillModel(w *wsapi.ProcessStats) {
 		name := info.Model
 		w.Model = &name
 		w.Models = info.Models
+		w.Aliases = info.Aliases
 	}
 	if info.Slots > 0 {
 		w.Slots = info.Slots
@@ -388,6 +393,28 @@ func (c *Collector) probeOne(ctx context.Context, now time.Time) {
 		c.log.Info("worker's models changed", "url", m.baseURL, "models", strings.Join(servedNames(info), ","))
 	}
 	m.api, m.probed, m.probeFails = info, true, 0
+}
+
+// ownNames is what a worker whose model the user named calls it itself:
+// llama-server answers to its file's name, vLLM to its --served-model-name.
+// A client that talked to the worker directly keeps using that name. Only a
+// worker that serves one model has them: an Ollama named model=X still
+// serves every model it has, each under its own name.
+func ownNames(configured string, api, cmdline ModelInfo) []string {
+	if len(api.Models) > 1 {
+		return nil
+	}
+	var out []string
+	for _, n := range []string{api.Model, cmdline.Model} {
+		n = strings.TrimSpace(n)
+		if n == "" || strings.EqualFold(n, configured) || len(out) == wsapi.MaxWorkerAliases {
+			continue
+		}
+		if !slices.ContainsFunc(out, func(o string) bool { return strings.EqualFold(o, n) }) {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // servedNames is every model info names, Model first.

@@ -430,3 +430,61 @@ func TestEngineName(t *testing.T) {
 		}
 	}
 }
+
+// A worker the user named otherwise reports its own name as an alias: what
+// its API calls the model, else its command line. One that serves several
+// models (an Ollama) or is not renamed has none.
+func TestCollector_WorkersOwnNameIsAnAlias(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		spec  string
+		probe ModelInfo
+		want  []string
+	}{
+		{"llama-server's file name", "model=llama-3.2-1b", ModelInfo{Model: "Llama-3.2-1B-Instruct-Q4_K_M.gguf"}, []string{"Llama-3.2-1B-Instruct-Q4_K_M.gguf"}},
+		{"the same name in another case is no alias", "model=Tiny", ModelInfo{Model: "tiny"}, nil},
+		{"not renamed", "group=g", ModelInfo{Model: "served"}, nil},
+		{"an Ollama named by the user serves each model under its own name", "model=x", ModelInfo{Model: "a:latest", Models: []string{"a:latest", "b:latest"}}, nil},
+		{"an API that names nothing", "model=x", ModelInfo{Slots: 2}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec, err := ParseWorkerSpec("http://127.0.0.1:1," + tc.spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := NewCollector(CollectorConfig{
+				CgroupRoot: "testdata/cgroup/no-slice",
+				Workers:    []WorkerSpec{spec},
+				Probe:      func(context.Context, string) (ModelInfo, error) { return tc.probe, nil },
+			})
+			got, err := c.Collect(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got[0].Aliases, tc.want) {
+				t.Fatalf("aliases %q, want %q", got[0].Aliases, tc.want)
+			}
+			if err := (&wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: "h", Workers: got}).Validate("h"); err != nil {
+				t.Fatalf("telemetry with aliases does not validate: %v", err)
+			}
+		})
+	}
+}
+
+func TestOwnNames(t *testing.T) {
+	for _, tc := range []struct {
+		configured   string
+		api, cmdline ModelInfo
+		want         []string
+	}{
+		{"m", ModelInfo{Model: "api-id"}, ModelInfo{Model: "file"}, []string{"api-id", "file"}},
+		{"m", ModelInfo{}, ModelInfo{Model: "file"}, []string{"file"}},
+		{"m", ModelInfo{Model: "File"}, ModelInfo{Model: "file"}, []string{"File"}},
+		{"m", ModelInfo{Model: " M "}, ModelInfo{}, nil},
+		{"m", ModelInfo{Model: "a", Models: []string{"a", "b"}}, ModelInfo{Model: "file"}, nil},
+	} {
+		if got := ownNames(tc.configured, tc.api, tc.cmdline); !slices.Equal(got, tc.want) {
+			t.Errorf("ownNames(%q, %+v, %+v) = %q, want %q", tc.configured, tc.api, tc.cmdline, got, tc.want)
+		}
+	}
+}
