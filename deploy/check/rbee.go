@@ -13,7 +13,7 @@ import (
 const (
 	RepoRoot   = "../.."
 	K8sDir     = "../k8s"
-	EnginesDir = "../k8s/engines" // the overlay with the engine hives
+	EnginesDir = "../k8s-engines" // the overlay with the engine hives
 	SystemdDir = "../systemd"
 	DockerDir  = "../docker"
 )
