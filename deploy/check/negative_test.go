@@ -332,7 +332,7 @@ func TestHiveUnitChecksCatch(t *testing.T) {
 		"ProtectControlGroups":   replaceOnce(t, hive, "UMask=0077", "UMask=0077\nProtectControlGroups=yes"),
 		"Delegate":               replaceOnce(t, hive, "\nDelegate=yes\n", "\nDelegate=no\n"),
 		"KillMode":               replaceOnce(t, hive, "\nKillMode=mixed\n", "\n"),
-		"must move the node out": replaceOnce(t, hive, "echo 0 > /sys/fs/cgroup/system.slice/%n/supervisor/cgroup.procs && ", ""),
+		"must move the node out": replaceOnce(t, hive, "&& echo 0 > /sys/fs/cgroup/system.slice/%n/supervisor/cgroup.procs", ""),
 		"--cgroup-root":          replaceOnce(t, hive, " --cgroup-root /sys/fs/cgroup/system.slice/%n'", "'"),
 		"ReadWritePaths":         replaceOnce(t, hive, "ReadWritePaths=-/srv/models", "ReadWritePaths=-/var/lib/models"),
 		"HOME":                   replaceOnce(t, hive, "Environment=HOME=/var/cache/rbee", ""),
