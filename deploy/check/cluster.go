@@ -13,8 +13,11 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
 )
 
@@ -25,18 +28,29 @@ const (
 	HealthPath = "/healthz"
 	// ReadyPath is readiness: 503 until the node follows a queen that
 	// knows the cluster; HealthPath is liveness.
-	ReadyPath     = "/readyz"
-	DrainSeconds  = 10 // how long a stopping node lets requests in flight finish
+	ReadyPath    = "/readyz"
+	DrainSeconds = 10 // how long a stopping node lets requests in flight finish
+	// GPUResource is the NVIDIA device plugin's resource.
+	GPUResource   = corev1.ResourceName("nvidia.com/gpu")
 	AppLabel      = "app.kubernetes.io/name"
 	AppName       = "rbee"
 	ClusterDomain = "cluster.local"
 )
 
-// Workload is a DaemonSet or a Deployment: what the checks need of either.
+// Workload is a DaemonSet, a Deployment or a StatefulSet: what the checks
+// need of any.
 type Workload struct {
 	Object
 	Selector *metav1.LabelSelector
 	Pod      *corev1.PodTemplateSpec
+	// Replicas of a Deployment or StatefulSet (1 when unset); 0 for a
+	// DaemonSet.
+	Replicas int32
+	// Claims are a StatefulSet's volumeClaimTemplates: volumes its pods
+	// mount by name.
+	Claims []corev1.PersistentVolumeClaim
+	// ServiceName is a StatefulSet's governing Service.
+	ServiceName string
 }
 
 // Cluster is every manifest, sorted by kind.
@@ -47,6 +61,7 @@ type Cluster struct {
 	ConfigMaps map[string]*corev1.ConfigMap
 	Services   []*corev1.Service
 	Workloads  []Workload
+	PDBs       []*policyv1.PodDisruptionBudget
 }
 
 // NewCluster sorts objs by kind.
@@ -63,12 +78,24 @@ func NewCluster(objs []Object) *Cluster {
 		case *corev1.Service:
 			c.Services = append(c.Services, v)
 		case *appsv1.DaemonSet:
-			c.Workloads = append(c.Workloads, Workload{o, v.Spec.Selector, &v.Spec.Template})
+			c.Workloads = append(c.Workloads, Workload{Object: o, Selector: v.Spec.Selector, Pod: &v.Spec.Template})
 		case *appsv1.Deployment:
-			c.Workloads = append(c.Workloads, Workload{o, v.Spec.Selector, &v.Spec.Template})
+			c.Workloads = append(c.Workloads, Workload{Object: o, Selector: v.Spec.Selector, Pod: &v.Spec.Template, Replicas: replicas(v.Spec.Replicas)})
+		case *appsv1.StatefulSet:
+			c.Workloads = append(c.Workloads, Workload{Object: o, Selector: v.Spec.Selector, Pod: &v.Spec.Template, Replicas: replicas(v.Spec.Replicas),
+				Claims: v.Spec.VolumeClaimTemplates, ServiceName: v.Spec.ServiceName})
+		case *policyv1.PodDisruptionBudget:
+			c.PDBs = append(c.PDBs, v)
 		}
 	}
 	return c
+}
+
+func replicas(n *int32) int32 {
+	if n == nil {
+		return 1
+	}
+	return *n
 }
 
 // Rbee is what the checks know of rbee and its image.
@@ -85,6 +112,7 @@ func CheckCluster(c *Cluster, r Rbee) []error {
 	for _, check := range []func(*Cluster, Rbee) []error{
 		checkMetadata, checkSelectors, checkServices, checkProbes, checkGrace,
 		checkReferences, checkEnv, checkRoles, checkSecretIsPlaceholder,
+		checkDisruptionBudgets, checkMetricsReachable,
 	} {
 		errs = append(errs, check(c, r)...)
 	}
@@ -242,6 +270,8 @@ func checkGrace(c *Cluster, _ Rbee) []error {
 	for _, w := range c.Workloads {
 		if g := w.Pod.Spec.TerminationGracePeriodSeconds; g == nil || *g <= DrainSeconds {
 			errs = append(errs, fmt.Errorf("%s: terminationGracePeriodSeconds must exceed rbee's %d s drain", w, DrainSeconds))
+		} else if w.Kind == "StatefulSet" && *g <= DrainSeconds+EngineStopSeconds {
+			errs = append(errs, fmt.Errorf("%s: terminationGracePeriodSeconds must exceed rbee's %d s drain plus %d s for its engines to stop", w, DrainSeconds, EngineStopSeconds))
 		}
 	}
 	return errs
@@ -360,6 +390,9 @@ func (c *Cluster) checkPaths(w Workload, ctr corev1.Container, env map[string]st
 	for _, v := range w.Pod.Spec.Volumes {
 		volumes[v.Name] = v
 	}
+	for _, pvc := range w.Claims {
+		volumes[pvc.Name] = corev1.Volume{Name: pvc.Name, VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: pvc.Name}}}
+	}
 	// mountOf finds the mount that holds p and its volume.
 	mountOf := func(p string) (corev1.VolumeMount, corev1.Volume, bool) {
 		for _, m := range ctr.VolumeMounts {
@@ -382,9 +415,16 @@ func (c *Cluster) checkPaths(w Workload, ctr corev1.Container, env map[string]st
 			errs = append(errs, fmt.Errorf("%s: RBEE_DATA_DIR=%s is not a writable volume's mount", where, dd))
 		}
 	}
-	if cg, ok := env["RBEE_CGROUP_ROOT"]; ok {
+	if cg, ok := env["RBEE_CGROUP_ROOT"]; ok && cg != "none" {
 		if m, v, ok := mountOf(cg); !ok || m.MountPath != cg || v.HostPath == nil || v.HostPath.Path != "/sys/fs/cgroup" {
 			errs = append(errs, fmt.Errorf("%s: RBEE_CGROUP_ROOT=%s is not the host's /sys/fs/cgroup mounted there", where, cg))
+		}
+	}
+	// Where `rbee model pull` and copies write, on a volume that outlives
+	// the container.
+	if md, ok := env["RBEE_MODELS_DIR"]; ok {
+		if m, v, ok := mountOf(md); !ok || m.ReadOnly || v.EmptyDir != nil {
+			errs = append(errs, fmt.Errorf("%s: RBEE_MODELS_DIR=%s is on no writable persistent volume", where, md))
 		}
 	}
 	return errs
@@ -435,7 +475,10 @@ func checkRoles(c *Cluster, r Rbee) []error {
 	for _, w := range c.Workloads {
 		spec := w.Pod.Spec
 		for _, ctr := range spec.Containers {
-			images[ctr.Image] = true
+			// Engine hives run another image: rbee and the engines.
+			if w.Kind != "StatefulSet" {
+				images[ctr.Image] = true
+			}
 			if len(ctr.Command) > 0 || len(ctr.Args) < 2 || ctr.Args[0] != "node" || ctr.Args[1] != "run" {
 				errs = append(errs, fmt.Errorf("%s: container %s must run the image's rbee with args node run ..., has command %v args %v", w, ctr.Name, ctr.Command, ctr.Args))
 			}
@@ -466,14 +509,125 @@ func checkRoles(c *Cluster, r Rbee) []error {
 			if spec.HostNetwork || sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.RunAsUser == nil || *sc.RunAsUser != r.ImageUID {
 				errs = append(errs, fmt.Errorf("%s: entry nodes run without host network, as the image's user %d (runAsNonRoot)", w, r.ImageUID))
 			}
+		case "StatefulSet":
+			errs = append(errs, c.checkEngineHive(w)...)
 		default:
 			errs = append(errs, fmt.Errorf("%s: no role for a %s", w, w.Kind))
 		}
 	}
 	if len(images) != 1 {
-		errs = append(errs, fmt.Errorf("the workloads use %d images, want one: %v", len(images), slices.Sorted(maps.Keys(images))))
+		errs = append(errs, fmt.Errorf("the hive DaemonSet and the entry Deployment use %d images, want one: %v", len(images), slices.Sorted(maps.Keys(images))))
 	}
 	return errs
+}
+
+// checkEngineHive: a StatefulSet is hives that start their engines as their
+// own children (models on demand). In the pod network (the engines on the
+// pod's loopback), with a catalog on a persistent volume, no cgroup of its
+// own to make (RBEE_CGROUP_ROOT=none: a container cannot), shared memory
+// for the engines' processes, the GPUs it asks for, a stable node name and a
+// governing headless Service.
+func (c *Cluster) checkEngineHive(w Workload) []error {
+	var errs []error
+	spec := w.Pod.Spec
+	if spec.HostNetwork || spec.HostPID {
+		errs = append(errs, fmt.Errorf("%s: engine hives use the pod network and pid namespace: their engines are their children", w))
+	}
+	if args := strings.Join(spec.Containers[0].Args, " "); strings.Contains(args, "--roles none") {
+		errs = append(errs, fmt.Errorf("%s: engine hives are hives, args %q", w, args))
+	}
+	names, env := c.containerEnv(spec.Containers[0])
+	if env["RBEE_MODELS_DIR"] == "" && env["RBEE_MODEL"] == "" {
+		errs = append(errs, fmt.Errorf("%s: an engine hive needs a catalog: RBEE_MODELS_DIR or RBEE_MODEL", w))
+	}
+	if env["RBEE_CGROUP_ROOT"] != "none" {
+		errs = append(errs, fmt.Errorf("%s: RBEE_CGROUP_ROOT=%q, want none: a container cannot make rbee.slice groups, and its engines are measured by pid", w, env["RBEE_CGROUP_ROOT"]))
+	}
+	// RBEE_NAME from the pod's name, which a StatefulSet keeps.
+	name := varRef.ReplaceAllStringFunc(env["RBEE_NAME"], func(ref string) string {
+		if v := varRef.FindStringSubmatch(ref)[1]; slices.Contains(names, v) {
+			return env[v]
+		}
+		return ref
+	})
+	if name != "{metadata.name}" {
+		errs = append(errs, fmt.Errorf("%s: RBEE_NAME=%q, want the pod's name (metadata.name): the hive keeps its name across restarts", w, env["RBEE_NAME"]))
+	}
+	shm := slices.ContainsFunc(spec.Containers[0].VolumeMounts, func(m corev1.VolumeMount) bool {
+		return m.MountPath == "/dev/shm" && slices.ContainsFunc(spec.Volumes, func(v corev1.Volume) bool {
+			return v.Name == m.Name && v.EmptyDir != nil && v.EmptyDir.Medium == corev1.StorageMediumMemory
+		})
+	})
+	if !shm {
+		errs = append(errs, fmt.Errorf("%s: no memory emptyDir at /dev/shm: a container's is 64 MiB, too small for vLLM's and NCCL's shared memory", w))
+	}
+	if spec.RuntimeClassName != nil && *spec.RuntimeClassName == "nvidia" {
+		if q, ok := spec.Containers[0].Resources.Limits[GPUResource]; !ok || q.Cmp(resource.MustParse("1")) < 0 {
+			errs = append(errs, fmt.Errorf("%s: runtimeClassName nvidia without a %s limit: the engines would get no GPU, or every GPU of the node", w, GPUResource))
+		}
+	}
+	if !slices.ContainsFunc(c.Services, func(s *corev1.Service) bool {
+		return s.Name == w.ServiceName && s.Spec.ClusterIP == corev1.ClusterIPNone && slices.ContainsFunc(c.selects(s), func(x Workload) bool { return x.Meta.Name == w.Meta.Name })
+	}) {
+		errs = append(errs, fmt.Errorf("%s: serviceName %q is no headless Service of these manifests that selects its pods", w, w.ServiceName))
+	}
+	return errs
+}
+
+// checkDisruptionBudgets: every Deployment and StatefulSet has exactly one
+// PodDisruptionBudget (with two, the eviction API refuses every eviction of
+// the pods) that lets a drain take at least one pod at a time; every budget
+// selects some workload's pods.
+func checkDisruptionBudgets(c *Cluster, _ Rbee) []error {
+	var errs []error
+	for _, p := range c.PDBs {
+		sel, err := metav1.LabelSelectorAsSelector(p.Spec.Selector)
+		if err != nil || p.Spec.Selector == nil || sel.Empty() {
+			errs = append(errs, fmt.Errorf("PodDisruptionBudget %s: empty or bad selector", p.Name))
+			continue
+		}
+		if !slices.ContainsFunc(c.Workloads, func(w Workload) bool { return sel.Matches(labels.Set(w.Pod.Labels)) }) {
+			errs = append(errs, fmt.Errorf("PodDisruptionBudget %s: selector %s selects no workload's pods", p.Name, sel))
+		}
+	}
+	for _, w := range c.Workloads {
+		if w.Kind == "DaemonSet" {
+			continue // drains skip DaemonSet pods
+		}
+		var mine []*policyv1.PodDisruptionBudget
+		for _, p := range c.PDBs {
+			if sel, err := metav1.LabelSelectorAsSelector(p.Spec.Selector); err == nil && !sel.Empty() && sel.Matches(labels.Set(w.Pod.Labels)) {
+				mine = append(mine, p)
+			}
+		}
+		if len(mine) != 1 {
+			errs = append(errs, fmt.Errorf("%s: %d PodDisruptionBudgets select its pods, want one", w, len(mine)))
+			continue
+		}
+		p := mine[0]
+		switch {
+		case p.Spec.MinAvailable != nil && p.Spec.MaxUnavailable != nil:
+			errs = append(errs, fmt.Errorf("PodDisruptionBudget %s: minAvailable and maxUnavailable both set", p.Name))
+		case p.Spec.MaxUnavailable != nil:
+			if n, err := intstrValue(p.Spec.MaxUnavailable, w.Replicas, true); err != nil || n < 1 {
+				errs = append(errs, fmt.Errorf("PodDisruptionBudget %s: maxUnavailable %s lets no pod of %s be evicted", p.Name, p.Spec.MaxUnavailable.String(), w.Meta.Name))
+			}
+		case p.Spec.MinAvailable != nil:
+			if n, err := intstrValue(p.Spec.MinAvailable, w.Replicas, false); err != nil || n >= w.Replicas || n < 1 {
+				errs = append(errs, fmt.Errorf("PodDisruptionBudget %s: minAvailable %s of %s's %d replicas: want at least one pod kept and one evictable", p.Name, p.Spec.MinAvailable.String(), w.Meta.Name, w.Replicas))
+			}
+		default:
+			errs = append(errs, fmt.Errorf("PodDisruptionBudget %s: neither minAvailable nor maxUnavailable", p.Name))
+		}
+	}
+	return errs
+}
+
+// intstrValue is an absolute count or a percentage of total, rounded up as
+// the disruption controller does.
+func intstrValue(v *intstr.IntOrString, total int32, roundUp bool) (int32, error) {
+	n, err := intstr.GetScaledValueFromIntOrPercent(v, int(total), roundUp)
+	return int32(n), err
 }
 
 // checkSecretIsPlaceholder: no real cluster key is committed. A key is 32
@@ -497,4 +651,21 @@ func checkSecretIsPlaceholder(c *Cluster, _ Rbee) []error {
 func pathIn(p, dir string) bool {
 	p, dir = path.Clean(p), path.Clean(dir)
 	return p == dir || strings.HasPrefix(p, strings.TrimSuffix(dir, "/")+"/")
+}
+
+// checkMetricsReachable: a headless Service lists every rbee pod's API port,
+// so that Prometheus can scrape each one. The cluster's gauges come from the
+// queen alone, a hive, which the Service rbee (entry pods) never reaches.
+func checkMetricsReachable(c *Cluster, _ Rbee) []error {
+	for _, s := range c.Services {
+		if s.Spec.ClusterIP != corev1.ClusterIPNone || len(c.selects(s)) != len(c.Workloads) {
+			continue
+		}
+		for _, p := range s.Spec.Ports {
+			if p.Port == HTTPPort && (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP) {
+				return nil
+			}
+		}
+	}
+	return []error{fmt.Errorf("no headless Service selects every workload with port %d: the queen's metrics (rbee_queue_depth, rbee_worker_*) cannot be scraped, the entry Service reaches only entry pods", HTTPPort)}
 }

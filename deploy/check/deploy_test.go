@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -66,13 +67,42 @@ func TestManifests(t *testing.T) {
 	for _, o := range c.Objects {
 		kinds[o.Kind]++
 	}
-	for kind, n := range map[string]int{"Namespace": 1, "Secret": 1, "ConfigMap": 1, "Service": 2, "DaemonSet": 1, "Deployment": 1} {
+	for kind, n := range map[string]int{"Namespace": 1, "Secret": 1, "ConfigMap": 1, "Service": 3, "DaemonSet": 1, "Deployment": 1, "PodDisruptionBudget": 1, "StatefulSet": 0} {
 		if kinds[kind] != n {
 			t.Errorf("%d %s, want %d", kinds[kind], kind, n)
 		}
 	}
 	report(t, "manifests", CheckCluster(c, r))
 	report(t, "kustomization", CheckKustomization(K8sDir, c.Objects))
+}
+
+// loadEngines is what `kubectl apply -k deploy/k8s-engines` applies: the
+// base and the overlay's own manifests (returned apart too).
+func loadEngines(t *testing.T) (*Cluster, Rbee, []Object) {
+	t.Helper()
+	base, r := load(t)
+	own, err := LoadManifests(EnginesDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewCluster(append(slices.Clone(base.Objects), own...)), r, own
+}
+
+func TestEnginesOverlay(t *testing.T) {
+	c, r, own := loadEngines(t)
+	kinds := map[string]int{}
+	for _, o := range own {
+		kinds[o.Kind]++
+	}
+	if len(own) != 2 || kinds["StatefulSet"] != 1 || kinds["PodDisruptionBudget"] != 1 {
+		t.Errorf("the overlay holds %v, want a StatefulSet and its PodDisruptionBudget", kinds)
+	}
+	report(t, "engines overlay", CheckCluster(c, r))
+	report(t, "engines kustomization", CheckKustomization(EnginesDir, own))
+	k := readFile(t, EnginesDir, KustomizationFile)
+	if !strings.Contains(k, "\n  - ../k8s\n") {
+		t.Errorf("%s/%s does not build on the base (resources: ../k8s)", EnginesDir, KustomizationFile)
+	}
 }
 
 func TestNodeUnit(t *testing.T) {
@@ -83,10 +113,19 @@ func TestWorkerUnit(t *testing.T) {
 	report(t, "rbee-worker@.service", CheckWorkerUnit(parseUnit(t, "rbee-worker@.service")))
 }
 
+func TestHiveUnit(t *testing.T) {
+	e := parseFile(t, SystemdDir, "rbee.env", ParseEnvFile)
+	report(t, "rbee-hive.service", CheckHiveUnit(parseUnit(t, "rbee-hive.service"), e))
+}
+
 func TestEnvFile(t *testing.T) {
 	e := parseFile(t, SystemdDir, "rbee.env", ParseEnvFile)
 	_, r := load(t)
-	report(t, "rbee.env", CheckEnvFile(e, r.EnvVars))
+	nodeVars, err := NodeRunEnvVars(RepoRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	report(t, "rbee.env", CheckEnvFile(e, r.EnvVars, nodeVars))
 }
 
 // TestUnitsVerify runs systemd's own checker where it is installed (Debian's
@@ -96,7 +135,7 @@ func TestEnvFile(t *testing.T) {
 func TestUnitsVerify(t *testing.T) {
 	analyze, err := exec.LookPath("systemd-analyze")
 	if err != nil {
-		t.Skip("systemd-analyze not installed; the units' keys are still checked by TestNodeUnit and TestWorkerUnit")
+		t.Skip("systemd-analyze not installed; the units' keys are still checked by TestNodeUnit, TestHiveUnit and TestWorkerUnit")
 	}
 	dir := t.TempDir()
 	stub := filepath.Join(dir, "rbee")
@@ -104,7 +143,7 @@ func TestUnitsVerify(t *testing.T) {
 		t.Fatal(err)
 	}
 	var units []string
-	for name, as := range map[string]string{"rbee.service": "rbee.service", "rbee-worker@.service": "rbee-worker@8080.service"} {
+	for name, as := range map[string]string{"rbee.service": "rbee.service", "rbee-hive.service": "rbee-hive.service", "rbee-worker@.service": "rbee-worker@8080.service"} {
 		b, err := os.ReadFile(filepath.Join(SystemdDir, name))
 		if err != nil {
 			t.Fatal(err)
@@ -150,6 +189,49 @@ func TestEnvVarsFound(t *testing.T) {
 	for _, v := range strings.Fields("RBEE_NAME RBEE_JOIN RBEE_ROLES RBEE_DATA_DIR RBEE_ADVERTISE_ADDR RBEE_CGROUP_ROOT RBEE_LOG_FORMAT RBEE_WORKER") {
 		if !vars[v] {
 			t.Errorf("RbeeEnvVars misses %s", v)
+		}
+	}
+	nodeVars, err := NodeRunEnvVars(RepoRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range strings.Fields("RBEE_NAME RBEE_MODEL RBEE_MODELS_DIR RBEE_ENGINE RBEE_API_KEYS RBEE_API_KEYS_FILE RBEE_CONFIG RBEE_CGROUP_ROOT RBEE_SIM_GPUS") {
+		if !nodeVars[v] {
+			t.Errorf("NodeRunEnvVars misses %s", v)
+		}
+	}
+	// `rbee worker simulate`'s, and the alias of RBEE_API_KEYS.
+	for _, v := range strings.Fields("RBEE_SIM_MODEL RBEE_SIM_SLOTS RBEE_API_KEY") {
+		if nodeVars[v] {
+			t.Errorf("NodeRunEnvVars has %s, which is no `rbee node run` setting of its own", v)
+		}
+	}
+}
+
+// TestKustomizeBuilds builds both kustomizations with kubectl's kustomize
+// where kubectl is installed (an overlay inside its base, for one, is a
+// cycle kustomize refuses), and wants every manifest but the Secret in the
+// output.
+func TestKustomizeBuilds(t *testing.T) {
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Skip("kubectl not installed; the kustomizations' lists are still checked by TestManifests and TestEnginesOverlay")
+	}
+	base, _ := load(t)
+	engines, _, _ := loadEngines(t)
+	for dir, c := range map[string]*Cluster{K8sDir: base, EnginesDir: engines} {
+		out, err := exec.Command(kubectl, "kustomize", dir).Output()
+		if err != nil {
+			var stderr []byte
+			if ee, ok := err.(*exec.ExitError); ok {
+				stderr = ee.Stderr
+			}
+			t.Errorf("kubectl kustomize %s: %v\n%s", dir, err, stderr)
+			continue
+		}
+		want := len(c.Objects) - len(c.Secrets)
+		if got := len(SplitDocuments(out)); got != want {
+			t.Errorf("kubectl kustomize %s: %d objects, want %d (every manifest but the Secret)", dir, got, want)
 		}
 	}
 }

@@ -18,13 +18,19 @@
 // selectors match their pods' labels, Services' target ports exist in the pods
 // they select, referenced Secrets, ConfigMaps and keys exist, probes hit
 // /readyz (readiness) and /healthz (liveness) on 7833, the grace period exceeds rbee's 10 s drain, every RBEE_*
-// variable set is one rbee reads (from its flags in cmd/rbee), and the paths
-// those variables name are mounted. See CheckCluster for the list.
+// variable set is one rbee reads (from its flags in cmd/rbee), the paths
+// those variables name are mounted, every Deployment and StatefulSet has one
+// PodDisruptionBudget that lets a drain proceed, and a headless Service
+// reaches every pod's metrics (the queen's gauges come from one hive). The
+// engine hives' overlay (deploy/k8s-engines) is checked together with the
+// base it builds on; where kubectl is installed the tests also build both
+// with `kubectl kustomize`. See CheckCluster for the list.
 //
 // The systemd units are parsed as plain INI and checked for the settings the
-// deployment relies on (CheckNodeUnit, CheckWorkerUnit); where
-// systemd-analyze is installed the tests also run `systemd-analyze verify` on
-// them. The Dockerfile is parsed into stages and checked for what CI cannot
+// deployment relies on (CheckNodeUnit, CheckHiveUnit: what engines started by
+// the hive need, CheckWorkerUnit); rbee.env must list every variable of
+// `rbee node run` (CheckEnvFile). Where systemd-analyze is installed the
+// tests also run `systemd-analyze verify` on the units. The Dockerfile is parsed into stages and checked for what CI cannot
 // build without a Docker engine (CheckDockerfile): its build stage runs
 // deploy/docker/build-binary.sh, the script CI runs and starts.
 package check

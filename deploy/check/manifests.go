@@ -10,6 +10,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -30,12 +31,14 @@ func (o Object) String() string {
 // kinds are the API types the manifests may use, by apiVersion/kind. A kind
 // not listed fails: add it here, with its type, to use it.
 var kinds = map[string]func() (any, *metav1.ObjectMeta){
-	"v1/Namespace":       newObj[corev1.Namespace],
-	"v1/Secret":          newObj[corev1.Secret],
-	"v1/ConfigMap":       newObj[corev1.ConfigMap],
-	"v1/Service":         newObj[corev1.Service],
-	"apps/v1/DaemonSet":  newObj[appsv1.DaemonSet],
-	"apps/v1/Deployment": newObj[appsv1.Deployment],
+	"v1/Namespace":                  newObj[corev1.Namespace],
+	"v1/Secret":                     newObj[corev1.Secret],
+	"v1/ConfigMap":                  newObj[corev1.ConfigMap],
+	"v1/Service":                    newObj[corev1.Service],
+	"apps/v1/DaemonSet":             newObj[appsv1.DaemonSet],
+	"apps/v1/Deployment":            newObj[appsv1.Deployment],
+	"apps/v1/StatefulSet":           newObj[appsv1.StatefulSet],
+	"policy/v1/PodDisruptionBudget": newObj[policyv1.PodDisruptionBudget],
 }
 
 // metaObject is any API object: its ObjectMeta is reachable through the
@@ -143,8 +146,9 @@ type Kustomization struct {
 }
 
 // CheckKustomization checks that dir's kustomization lists every manifest
-// file but the Secret's placeholder (applying it would replace the real key),
-// and nothing else.
+// file of dir (objs) but the Secret's placeholder (applying it would replace
+// the real key), and nothing else but bases: folders with a kustomization of
+// their own (an overlay's "..").
 func CheckKustomization(dir string, objs []Object) []error {
 	b, err := os.ReadFile(filepath.Join(dir, KustomizationFile))
 	if err != nil {
@@ -177,9 +181,13 @@ func CheckKustomization(dir string, objs []Object) []error {
 		}
 	}
 	for _, r := range k.Resources {
-		if !slices.Contains(files, r) {
-			errs = append(errs, fmt.Errorf("%s lists %s, which is no manifest here", KustomizationFile, r))
+		if slices.Contains(files, r) {
+			continue
 		}
+		if fi, err := os.Stat(filepath.Join(dir, r, KustomizationFile)); err == nil && fi.Mode().IsRegular() {
+			continue
+		}
+		errs = append(errs, fmt.Errorf("%s lists %s, which is no manifest here nor a folder with a %s", KustomizationFile, r, KustomizationFile))
 	}
 	return errs
 }

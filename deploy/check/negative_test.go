@@ -4,10 +4,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
@@ -173,6 +176,106 @@ func TestCrossReferencesAreChecked(t *testing.T) {
 	}
 }
 
+func pdb(t *testing.T, c *Cluster, name string) *policyv1.PodDisruptionBudget {
+	t.Helper()
+	for _, p := range c.PDBs {
+		if p.Name == name {
+			return p
+		}
+	}
+	t.Fatalf("no PodDisruptionBudget %s", name)
+	return nil
+}
+
+func TestBudgetsAndMetricsAreChecked(t *testing.T) {
+	cases := []struct {
+		want    string
+		breakIt func(t *testing.T, c *Cluster)
+	}{
+		{"0 PodDisruptionBudgets select its pods", func(t *testing.T, c *Cluster) { c.PDBs = nil }},
+		{"2 PodDisruptionBudgets select its pods", func(t *testing.T, c *Cluster) {
+			c.PDBs = append(c.PDBs, pdb(t, c, "rbee-entry").DeepCopy())
+		}},
+		{"want at least one pod kept and one evictable", func(t *testing.T, c *Cluster) {
+			two := intstr.FromInt32(2)
+			pdb(t, c, "rbee-entry").Spec.MinAvailable = &two
+		}},
+		{"selects no workload's pods", func(t *testing.T, c *Cluster) {
+			pdb(t, c, "rbee-entry").Spec.Selector.MatchLabels["app.kubernetes.io/component"] = "api"
+		}},
+		{"the queen's metrics", func(t *testing.T, c *Cluster) {
+			service(t, c, "rbee-metrics").Spec.Selector["app.kubernetes.io/component"] = "entry"
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.want, func(t *testing.T) {
+			wantFailure(t, tc.want, func(c *Cluster) { tc.breakIt(t, c) })
+		})
+	}
+}
+
+func TestEngineHiveIsChecked(t *testing.T) {
+	sts := func(t *testing.T, c *Cluster) Workload { return workload(t, c, "StatefulSet") }
+	setEnv := func(w Workload, name, value string) {
+		env := w.Pod.Spec.Containers[0].Env
+		for i := range env {
+			if env[i].Name == name {
+				env[i].Value = value
+			}
+		}
+	}
+	cases := []struct {
+		want    string
+		breakIt func(t *testing.T, c *Cluster)
+	}{
+		{"want none", func(t *testing.T, c *Cluster) { setEnv(sts(t, c), "RBEE_CGROUP_ROOT", "/sys/fs/cgroup") }},
+		{"use the pod network", func(t *testing.T, c *Cluster) { sts(t, c).Pod.Spec.HostNetwork = true }},
+		{"no memory emptyDir at /dev/shm", func(t *testing.T, c *Cluster) {
+			for i, v := range sts(t, c).Pod.Spec.Volumes {
+				if v.Name == "dshm" {
+					sts(t, c).Pod.Spec.Volumes[i].EmptyDir.Medium = ""
+				}
+			}
+		}},
+		{"without a nvidia.com/gpu limit", func(t *testing.T, c *Cluster) {
+			delete(sts(t, c).Pod.Spec.Containers[0].Resources.Limits, GPUResource)
+		}},
+		{"RBEE_MODELS_DIR=/cache is on no writable persistent volume", func(t *testing.T, c *Cluster) { setEnv(sts(t, c), "RBEE_MODELS_DIR", "/cache") }},
+		{"needs a catalog", func(t *testing.T, c *Cluster) { setEnv(sts(t, c), "RBEE_MODELS_DIR", "") }},
+		{"want the pod's name", func(t *testing.T, c *Cluster) { setEnv(sts(t, c), "RBEE_NAME", "hive") }},
+		{"is no headless Service", func(t *testing.T, c *Cluster) {
+			for i := range c.Workloads {
+				if c.Workloads[i].Kind == "StatefulSet" {
+					c.Workloads[i].ServiceName = "rbee"
+				}
+			}
+		}},
+		{"for its engines to stop", func(t *testing.T, c *Cluster) {
+			g := int64(DrainSeconds + EngineStopSeconds)
+			sts(t, c).Pod.Spec.TerminationGracePeriodSeconds = &g
+		}},
+		{"want HTTP /readyz on 7833", func(t *testing.T, c *Cluster) {
+			sts(t, c).Pod.Spec.Containers[0].ReadinessProbe.HTTPGet.Path = "/healthz"
+		}},
+		{"0 PodDisruptionBudgets select its pods", func(t *testing.T, c *Cluster) {
+			c.PDBs = slices.DeleteFunc(c.PDBs, func(p *policyv1.PodDisruptionBudget) bool { return p.Name == "rbee-engine-hive" })
+		}},
+		{"lets no pod of rbee-engine-hive be evicted", func(t *testing.T, c *Cluster) {
+			zero := intstr.FromInt32(0)
+			pdb(t, c, "rbee-engine-hive").Spec.MaxUnavailable = &zero
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.want, func(t *testing.T) {
+			c, r, _ := loadEngines(t)
+			tc.breakIt(t, c)
+			if errs := CheckCluster(c, r); !strings.Contains(joined(errs), tc.want) {
+				t.Errorf("want an error about %q, got %v", tc.want, errs)
+			}
+		})
+	}
+}
+
 func TestKustomizationRefusesTheSecret(t *testing.T) {
 	objs, err := LoadManifests(K8sDir)
 	if err != nil {
@@ -220,14 +323,78 @@ func TestUnitChecksCatch(t *testing.T) {
 	}
 }
 
-func TestEnvFileChecksCatch(t *testing.T) {
-	vars := map[string]bool{"RBEE_CLUSTER_KEY_FILE": true, "RBEE_JOIN": true}
-	e, err := ParseEnvFile([]byte("# prose with KEY=value in it\nRBEE_CLUSTER_KEY_FILE=/etc/rbee/key\n#RBEE_JOINS=a:7946\n"))
+func TestHiveUnitChecksCatch(t *testing.T) {
+	hive := readFile(t, SystemdDir, "rbee-hive.service")
+	env := parseFile(t, SystemdDir, "rbee.env", ParseEnvFile)
+	for want, broken := range map[string]string{
+		"MemoryDenyWriteExecute": replaceOnce(t, hive, "UMask=0077", "UMask=0077\nMemoryDenyWriteExecute=yes"),
+		"SystemCallFilter":       replaceOnce(t, hive, "UMask=0077", "UMask=0077\nSystemCallFilter=@system-service"),
+		"ProtectControlGroups":   replaceOnce(t, hive, "UMask=0077", "UMask=0077\nProtectControlGroups=yes"),
+		"Delegate":               replaceOnce(t, hive, "\nDelegate=yes\n", "\nDelegate=no\n"),
+		"KillMode":               replaceOnce(t, hive, "\nKillMode=mixed\n", "\n"),
+		"must move the node out": replaceOnce(t, hive, "&& echo 0 > /sys/fs/cgroup/system.slice/%n/supervisor/cgroup.procs", ""),
+		"--cgroup-root":          replaceOnce(t, hive, " --cgroup-root /sys/fs/cgroup/system.slice/%n'", "'"),
+		"ReadWritePaths":         replaceOnce(t, hive, "ReadWritePaths=-/srv/models", "ReadWritePaths=-/var/lib/models"),
+		"HOME":                   replaceOnce(t, hive, "Environment=HOME=/var/cache/rbee", ""),
+		"ProtectHome":            replaceOnce(t, hive, "\nProtectHome=read-only\n", "\nProtectHome=yes\n"),
+		"TimeoutStopSec":         replaceOnce(t, hive, "TimeoutStopSec=60s", "TimeoutStopSec=15s"),
+		"LimitMEMLOCK":           replaceOnce(t, hive, "\nLimitMEMLOCK=infinity\n", "\n"),
+		"Conflicts":              replaceOnce(t, hive, "Conflicts=rbee.service", ""),
+	} {
+		u, err := ParseUnit([]byte(broken))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if errs := CheckHiveUnit(u, env); !strings.Contains(joined(errs), want) {
+			t.Errorf("%s: want an error about it, got %v", want, errs)
+		}
+	}
+	// The plain node unit, which the issue found engines started under.
+	errs := joined(CheckHiveUnit(parseUnit(t, "rbee.service"), env))
+	for _, want := range []string{"MemoryDenyWriteExecute", "SystemCallFilter", "ProtectControlGroups", "Delegate", "KillMode", "ReadWritePaths", "HOME"} {
+		if !strings.Contains(errs, want) {
+			t.Errorf("rbee.service as a hive unit: want an error about %s, got %s", want, errs)
+		}
+	}
+	// The unit as it is, with rbee.env suggesting another models folder.
+	moved, err := ParseEnvFile([]byte(strings.ReplaceAll(readFile(t, SystemdDir, "rbee.env"), "#RBEE_MODELS_DIR=/srv/models", "#RBEE_MODELS_DIR=/data/models")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if errs := CheckEnvFile(e, vars); len(errs) != 1 || !strings.Contains(errs[0].Error(), "RBEE_JOINS") {
-		t.Errorf("want one error about RBEE_JOINS, got %v", errs)
+	if errs := CheckHiveUnit(parseUnit(t, "rbee-hive.service"), moved); !strings.Contains(joined(errs), "/data/models") {
+		t.Errorf("a models folder the unit cannot write passed: %v", errs)
+	}
+}
+
+func TestEnvFileChecksCatch(t *testing.T) {
+	vars := map[string]bool{"RBEE_CLUSTER_KEY_FILE": true, "RBEE_JOIN": true, "RBEE_MODELS_DIR": true}
+	nodeVars := map[string]bool{"RBEE_CLUSTER_KEY_FILE": true, "RBEE_MODELS_DIR": true}
+	e, err := ParseEnvFile([]byte("# prose with KEY=value in it\nRBEE_CLUSTER_KEY_FILE=/etc/rbee/key\n#RBEE_JOINS=a:7946\n# RBEE_MODELS_DIR=/srv/models is prose\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := CheckEnvFile(e, vars, nodeVars)
+	if len(errs) != 2 || !strings.Contains(joined(errs), "RBEE_JOINS") || !strings.Contains(joined(errs), "neither sets nor documents RBEE_MODELS_DIR") {
+		t.Errorf("want errors about RBEE_JOINS and the missing RBEE_MODELS_DIR, got %v", errs)
+	}
+	// The file as it was before it listed the settings of engine hives.
+	old := readFile(t, SystemdDir, "rbee.env")
+	for _, v := range []string{"RBEE_MODEL", "RBEE_MODELS_DIR", "RBEE_ENGINE", "RBEE_API_KEYS_FILE", "RBEE_CONFIG"} {
+		old = regexp.MustCompile(`(?m)^#`+v+`=.*\n`).ReplaceAllString(old, "")
+	}
+	e, err = ParseEnvFile([]byte(old))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeVars, err = NodeRunEnvVars(RepoRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := joined(CheckEnvFile(e, vars, nodeVars))
+	for _, v := range []string{"RBEE_MODEL,", "RBEE_MODELS_DIR", "RBEE_ENGINE", "RBEE_API_KEYS_FILE", "RBEE_CONFIG"} {
+		if !strings.Contains(got+",", v) {
+			t.Errorf("an rbee.env without %s passed: %s", strings.TrimSuffix(v, ","), got)
+		}
 	}
 	if _, err := ParseEnvFile([]byte("export RBEE_JOIN=a:7946\n")); err == nil {
 		t.Error("an `export` line parsed: systemd would not read it")

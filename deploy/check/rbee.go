@@ -13,6 +13,7 @@ import (
 const (
 	RepoRoot   = "../.."
 	K8sDir     = "../k8s"
+	EnginesDir = "../k8s-engines" // the overlay with the engine hives
 	SystemdDir = "../systemd"
 	DockerDir  = "../docker"
 )
@@ -48,6 +49,43 @@ func RbeeEnvVars(root string) (map[string]bool, error) {
 	}
 	if !vars["RBEE_CLUSTER_KEY_FILE"] {
 		return nil, fmt.Errorf("found no RBEE_CLUSTER_KEY_FILE among the flags in %s/cmd/rbee: has the way flags are defined changed?", root)
+	}
+	return vars, nil
+}
+
+// otherCommandFiles hold the flags of commands other than `rbee node run`
+// (`worker simulate`, `demo`, `worker run`); a variable read only there is no
+// setting of a node.
+var otherCommandFiles = map[string]bool{"simulate.go": true, "demo.go": true, "worker.go": true}
+
+// NodeRunEnvVars lists the variables of `rbee node run`: those of the flags
+// defined in cmd/rbee outside otherCommandFiles. cmd/rbee's
+// TestDeployEnvFileListsEveryNodeRunVariable checks rbee.env against the
+// command's flags themselves; this keeps the deploy checks whole on their own.
+func NodeRunEnvVars(root string) (map[string]bool, error) {
+	files, err := filepath.Glob(filepath.Join(root, "cmd", "rbee", "*.go"))
+	if err != nil {
+		return nil, err
+	}
+	vars := map[string]bool{}
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") || otherCommandFiles[filepath.Base(f)] {
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range envVarsField.FindAllStringSubmatch(string(b), -1) {
+			// A flag with aliases (RBEE_API_KEYS, RBEE_API_KEY) is listed
+			// under its first name.
+			if q := quoted.FindStringSubmatch(m[1]); q != nil {
+				vars[q[1]] = true
+			}
+		}
+	}
+	if !vars["RBEE_CLUSTER_KEY_FILE"] || !vars["RBEE_MODELS_DIR"] {
+		return nil, fmt.Errorf("found no RBEE_CLUSTER_KEY_FILE or RBEE_MODELS_DIR among the flags in %s/cmd/rbee: has the way flags are defined changed?", root)
 	}
 	return vars, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -73,13 +74,15 @@ func (u Unit) All(section, key string) []string {
 type EnvFile struct {
 	Set        map[string]string
 	Documented []string
+	// Examples are the values of the commented-out assignments.
+	Examples map[string]string
 }
 
 var envAssign = regexp.MustCompile(`^(#?)([A-Z_][A-Z0-9_]*)=(.*)$`)
 
 // ParseEnvFile reads KEY=value lines; other comment lines are skipped.
 func ParseEnvFile(b []byte) (EnvFile, error) {
-	e := EnvFile{Set: map[string]string{}}
+	e := EnvFile{Set: map[string]string{}, Examples: map[string]string{}}
 	for i, line := range strings.Split(string(b), "\n") {
 		line = strings.TrimSpace(line)
 		m := envAssign.FindStringSubmatch(line)
@@ -88,6 +91,7 @@ func ParseEnvFile(b []byte) (EnvFile, error) {
 			e.Set[m[2]] = m[3]
 		case m != nil:
 			e.Documented = append(e.Documented, m[2])
+			e.Examples[m[2]] = m[3]
 		case line != "" && line[0] != '#':
 			return e, fmt.Errorf("line %d: %q is no KEY=value", i+1, line)
 		}
@@ -185,9 +189,16 @@ func CheckWorkerUnit(u Unit) []error {
 }
 
 // CheckEnvFile checks rbee.env: every variable it sets or documents is one
-// rbee reads, and it names the key file.
-func CheckEnvFile(e EnvFile, rbeeVars map[string]bool) []error {
+// rbee reads, every variable of `rbee node run` (nodeVars) is there, set or
+// documented, so the file is the whole list of settings, and it names the
+// key file.
+func CheckEnvFile(e EnvFile, rbeeVars, nodeVars map[string]bool) []error {
 	var errs []error
+	for _, k := range slices.Sorted(maps.Keys(nodeVars)) {
+		if _, set := e.Set[k]; !set && !slices.Contains(e.Documented, k) {
+			errs = append(errs, fmt.Errorf("neither sets nor documents %s, which `rbee node run` reads", k))
+		}
+	}
 	for k := range e.Set {
 		if !rbeeVars[k] {
 			errs = append(errs, fmt.Errorf("sets %s, which rbee does not read", k))
@@ -201,5 +212,88 @@ func CheckEnvFile(e EnvFile, rbeeVars map[string]bool) []error {
 	if e.Set["RBEE_CLUSTER_KEY_FILE"] != KeyFilePath {
 		errs = append(errs, fmt.Errorf("RBEE_CLUSTER_KEY_FILE=%q, want %s", e.Set["RBEE_CLUSTER_KEY_FILE"], KeyFilePath))
 	}
+	return errs
+}
+
+// Where rbee-hive.service keeps what the engines write, and how long a
+// hive's engines get to stop (models.DefaultStopGrace).
+const (
+	CacheDir          = "/var/cache/rbee"
+	EngineStopSeconds = 10
+	// HiveCgroupRoot is the delegated cgroup of rbee-hive.service: %n is
+	// the unit's name, under its Slice=.
+	HiveCgroupRoot = "/sys/fs/cgroup/system.slice/%n"
+)
+
+// CheckHiveUnit checks rbee-hive.service, the unit of a hive that starts
+// engines: the engines it starts inherit its settings, so none of those that
+// break them (W^X memory, a syscall filter, a read-only cgroup tree, hidden
+// devices), a writable models folder (the one rbee.env documents) and cache,
+// its cgroup delegated and handed to rbee as --cgroup-root with the node
+// moved out of it first, and a stop that lets the node stop its engines.
+func CheckHiveUnit(u Unit, env EnvFile) []error {
+	var errs []error
+	want := func(section, key, value string) {
+		if got := u.Last(section, key); got != value {
+			errs = append(errs, fmt.Errorf("[%s] %s=%q, want %q", section, key, got, value))
+		}
+	}
+	exec := u.Last("Service", "ExecStart")
+	move := "echo 0 > " + HiveCgroupRoot + "/supervisor/cgroup.procs"
+	run := "exec " + BinPath + " node run "
+	switch {
+	case !strings.Contains(exec, run) || !strings.Contains(exec, "--data-dir "+DataDir) || !strings.Contains(exec, "--cgroup-root "+HiveCgroupRoot):
+		errs = append(errs, fmt.Errorf("[Service] ExecStart=%q, want %s... --data-dir %s --cgroup-root %s (the unit's delegated cgroup)", exec, run, DataDir, HiveCgroupRoot))
+	case !strings.Contains(exec, move) || strings.Index(exec, move) > strings.Index(exec, run):
+		errs = append(errs, fmt.Errorf("[Service] ExecStart=%q must move the node out of the unit's cgroup (%s) before it runs: a cgroup holding processes cannot give its children the memory and io controllers", exec, move))
+	}
+	want("Service", "Delegate", "yes")
+	want("Service", "Slice", "system.slice") // HiveCgroupRoot's parent
+	want("Service", "KillMode", "mixed")
+	want("Service", "KillSignal", "SIGTERM")
+	want("Service", "Restart", "on-failure")
+	want("Service", "EnvironmentFile", EnvFilePath)
+	want("Service", "StateDirectory", "rbee")
+	want("Service", "CacheDirectory", "rbee")
+	want("Service", "LimitMEMLOCK", "infinity")
+	want("Service", "NoNewPrivileges", "yes")
+	want("Service", "ProtectSystem", "strict")
+	want("Service", "DevicePolicy", "closed")
+	if d, err := time.ParseDuration(u.Last("Service", "TimeoutStopSec")); err != nil || d <= (DrainSeconds+EngineStopSeconds)*time.Second {
+		errs = append(errs, fmt.Errorf("[Service] TimeoutStopSec=%q must be a duration above rbee's %d s drain plus %d s for its engines to stop", u.Last("Service", "TimeoutStopSec"), DrainSeconds, EngineStopSeconds))
+	}
+	if !slices.Contains(u.All("Service", "Environment"), "HOME="+CacheDir) {
+		errs = append(errs, fmt.Errorf("[Service] no Environment=HOME=%s: engines write their caches under HOME, and /root is not writable", CacheDir))
+	}
+	if v := u.Last("Service", "ProtectHome"); v == "yes" || v == "tmpfs" {
+		errs = append(errs, fmt.Errorf("[Service] ProtectHome=%s hides models kept under /home; read-only keeps them readable", v))
+	}
+	for _, forbidden := range []struct{ key, why string }{
+		{"MemoryDenyWriteExecute", "CUDA's JIT, Python and Triton need memory both writable and executable"},
+		{"SystemCallFilter", "engines are third-party programs whose syscalls nobody listed"},
+		{"ProtectControlGroups", "it makes the delegated cgroup read-only, so the engines' groups cannot be made"},
+		{"PrivateDevices", "it hides /dev/nvidia*"},
+		{"ProtectProc", "it hides the engine processes the hive measures"},
+		{"ProcSubset", "it hides /proc/net"},
+		{"User", "the node reads the /proc entries of workers that run as root"},
+		{"DynamicUser", "the node reads the /proc entries of workers that run as root"},
+	} {
+		if v := u.Last("Service", forbidden.key); v != "" && v != "no" {
+			errs = append(errs, fmt.Errorf("[Service] %s=%s: %s", forbidden.key, v, forbidden.why))
+		}
+	}
+	if !slices.ContainsFunc(u.All("Service", "DeviceAllow"), func(s string) bool { return strings.HasPrefix(s, "char-nvidia") }) {
+		errs = append(errs, fmt.Errorf("[Service] no DeviceAllow=char-nvidia...: CUDA needs /dev/nvidia-uvm and /dev/nvidiaN"))
+	}
+	// The models folder rbee.env suggests must be one the unit can write.
+	if dir := env.Examples["RBEE_MODELS_DIR"]; dir == "" {
+		errs = append(errs, fmt.Errorf("rbee.env documents no RBEE_MODELS_DIR for this unit"))
+	} else if !slices.ContainsFunc(u.All("Service", "ReadWritePaths"), func(p string) bool { return strings.TrimPrefix(p, "-") == dir }) {
+		errs = append(errs, fmt.Errorf("[Service] ReadWritePaths=%v lacks %s, the RBEE_MODELS_DIR rbee.env documents: `rbee model pull` writes there", u.All("Service", "ReadWritePaths"), dir))
+	}
+	if !slices.Contains(u.All("Unit", "Conflicts"), "rbee.service") {
+		errs = append(errs, fmt.Errorf("[Unit] no Conflicts=rbee.service: both bind the same ports"))
+	}
+	want("Install", "WantedBy", "multi-user.target")
 	return errs
 }
