@@ -149,7 +149,9 @@ type shownWorker struct {
 	Full  float64 `json:"full"`  // the width the whole name needs
 	Left  float64 `json:"left"`
 	Right float64 `json:"right"`
-	VW    float64 `json:"vw"`
+	VW    float64 `json:"vw"` // the viewport's width
+	CW    float64 `json:"cw"` // the page's, less any scroll bar
+	SW    float64 `json:"sw"` // the width its content takes
 }
 
 const readWorkersJS = `[...document.querySelectorAll('#hives [data-worker]')].map((r) => {
@@ -158,14 +160,15 @@ const readWorkersJS = `[...document.querySelectorAll('#hives [data-worker]')].ma
   const st = r.querySelector('[data-f=state]');
   return { key: r.dataset.worker, state: r.dataset.state, badge: st.textContent, color: getComputedStyle(st).color,
     name: n.textContent, title: n.title || '', shown: b.width, full: n.scrollWidth, left: b.left, right: b.right,
-    vw: document.documentElement.clientWidth };
+    vw: innerWidth, cw: document.documentElement.clientWidth, sw: document.scrollingElement.scrollWidth };
 })`
 
 // TestDashboard_FirstPaintAndFullLoadAtNarrowWidths: before any data the
 // queen tile says the page is connecting, not that no queen is elected (in
 // red); a worker with every slot busy shows "full", not a fault, while a
 // worker down keeps the fault's colour; and at phone and tablet widths
-// every worker's name is on screen, readable, or whole on hover.
+// every worker's name is on screen, readable, or whole on hover, on a
+// page no wider than the screen.
 func TestDashboard_FirstPaintAndFullLoadAtNarrowWidths(t *testing.T) {
 	browser := startBrowser(t)
 	n := newGatedNode(t)
@@ -197,7 +200,7 @@ func TestDashboard_FirstPaintAndFullLoadAtNarrowWidths(t *testing.T) {
 	close(n.gate)
 
 	// 2. Full load, at three widths.
-	for _, width := range []int64{1280, 768, 360} {
+	for _, width := range []int64{1280, 1100, 900, 768, 721, 360} {
 		if err := chromedp.Do(tb.ctx, chromedp.EmulateViewport(width, 800)); err != nil {
 			t.Fatal(err)
 		}
@@ -227,11 +230,14 @@ func TestDashboard_FirstPaintAndFullLoadAtNarrowWidths(t *testing.T) {
 		if full, down := by["sim/41234"], by["models/40001"]; full.Color == down.Color {
 			t.Errorf("at %d px: a full worker's badge has the colour of a worker down (%s)", width, full.Color)
 		}
+		if ws[0].SW > ws[0].CW+1 {
+			t.Errorf("at %d px: the page is %.0f px wide, wider than the screen (%.0f px)", width, ws[0].SW, ws[0].CW)
+		}
 		for _, w := range ws {
 			// On screen, at least 10 characters' worth of it or all of
 			// it, and whole on hover when cut.
-			if w.Left < 0 || w.Right > w.VW+0.5 {
-				t.Errorf("at %d px: %s's name spans %.0f..%.0f px, off a %v px screen", width, w.Key, w.Left, w.Right, w.VW)
+			if w.Left < 0 || w.Right > w.CW+0.5 {
+				t.Errorf("at %d px: %s's name spans %.0f..%.0f px, off a %v px page", width, w.Key, w.Left, w.Right, w.CW)
 			}
 			if w.Shown < min(w.Full, 80) {
 				t.Errorf("at %d px: %s's name shows %.0f of %.0f px", width, w.Key, w.Shown, w.Full)
