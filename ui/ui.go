@@ -4,8 +4,11 @@
 // The page (static/) reads GET /v1/cluster once and then every few seconds,
 // and the WebSocket feed at /v1/heartbeats/stream continuously; it keeps the
 // cluster in plain objects (static/model.js) and renders what changed once per
-// animation frame (static/view.js). When its feed closes it reconnects with
-// backoff, to its own node first and then to the other members (static/feed.js).
+// animation frame (static/view.js), for the hives on or near the screen only:
+// the others are left out of the DOM, their heights kept as padding, so that
+// a cluster of 1000 hives costs little more than a screenful. When its feed
+// closes it reconnects with backoff, to its own node first and then to the
+// other members (static/feed.js).
 //
 // Its tests drive a real Chromium against in-process nodes; see
 // browser_test.go.

@@ -286,7 +286,7 @@ func (s demoSim) workerFlag() string {
 func startSims(ctx context.Context, sup demoGroup, sims []demoSim, slots int, tokensPerSecond float64) error {
 	for _, s := range sims {
 		if _, err := sup.start(s.name, "worker", "simulate", "--model", s.model, "--port", s.port,
-			"--slots", strconv.Itoa(slots), "--tokens-per-second", strconv.FormatFloat(tokensPerSecond, 'f', -1, 64)); err != nil {
+			"--vram-mb", strconv.Itoa(demoGPUVRAMMB), "--slots", strconv.Itoa(slots), "--tokens-per-second", strconv.FormatFloat(tokensPerSecond, 'f', -1, 64)); err != nil {
 			return err
 		}
 	}
@@ -339,12 +339,21 @@ type demoCold struct {
 	tokensPerSecond float64
 }
 
-// demoColdVRAMMB is the cold model's simulated footprint, on a simulated
-// 8 GiB GPU per hive.
+// demoColdVRAMMB is the cold model's simulated footprint.
 const demoColdVRAMMB = 2500
 
+// Each hive of the demo has one simulated GPU, which its two simulated
+// workers and the cold model's share: the workers simulate a GPU of the
+// same size, and the hive's GPU row adds up what they report (see
+// models.Manager's simGPUs), so the two never disagree. It holds both
+// workers' weights and KV caches and the cold model's.
+const (
+	demoGPU       = "1x24GiB"
+	demoGPUVRAMMB = 24 << 10
+)
+
 func (d demoCold) hiveFlags() []string {
-	return []string{"--sim-gpus", "1x8GiB", "--idle-unload", d.idle.String(),
+	return []string{"--sim-gpus", demoGPU, "--idle-unload", d.idle.String(),
 		"--model", fmt.Sprintf("%s=,engine=sim,load_ms=%d,vram=%d,slots=%d,args=--tokens-per-second %g",
 			d.model, d.load.Milliseconds(), demoColdVRAMMB, d.slots, d.tokensPerSecond)}
 }

@@ -18,26 +18,38 @@ const CLUSTER_EVERY_MS = 5000;
 const st = newState(Date.now());
 const view = createView(st, origin);
 
-// Renders are coalesced per animation frame, and frames that render are at
-// least MIN_FRAME_MS apart: a large cluster's hives report all through the
+// Renders are coalesced per animation frame (a message only updates the
+// state), and frames that render are at least MIN_FRAME_MS apart: a large cluster's hives report all through the
 // second (100 hives: a message every 10 ms), and drawing each in its own frame
 // would cost a frame's fixed work 60 times a second for changes nobody can
 // tell apart at 1 Hz. Input (filter, collapse) renders at the next frame.
 const MIN_FRAME_MS = 100;
+// Scrolling renders at the next frame too, even when a later frame was
+// planned: only the hives on screen are in the DOM.
 let framePending = false;
+let frameTimer = 0;
 let lastFrame = -Infinity;
 let firstData = false;
 function schedule(now = false) {
-  if (framePending) return;
+  if (framePending && !(now && frameTimer)) return;
   framePending = true;
   const wait = lastFrame + MIN_FRAME_MS - performance.now();
-  if (now || wait <= 0) requestAnimationFrame(flush);
-  else setTimeout(() => requestAnimationFrame(flush), wait);
+  if (now || wait <= 0) {
+    clearTimeout(frameTimer);
+    frameTimer = 0;
+    requestAnimationFrame(flush);
+  } else {
+    frameTimer = setTimeout(() => {
+      frameTimer = 0;
+      requestAnimationFrame(flush);
+    }, wait);
+  }
 }
 view.setScheduler(schedule);
 
 let allRows = false;
 function flush() {
+  if (!framePending) return; // a frame asked for twice
   framePending = false;
   lastFrame = performance.now();
   const more = view.render(Date.now());

@@ -72,6 +72,9 @@ function newHive(id) {
     gpus: [],
     managed: [],
     removed: false,
+    // Its workers not gone, and those simulated (countWorkers).
+    live: 0,
+    sim: 0,
   };
 }
 
@@ -189,9 +192,23 @@ function applyTelemetry(st, id, workers, leases, now, report) {
       logEvent(st, now, `worker ${id}/${w.key} gone`, 'warn');
     }
   }
+  countWorkers(h);
   updateStatus(st, h, now);
   st.dirty.hives.add(h);
   st.dirty.summary = true;
+}
+
+// countWorkers tallies a hive's workers for summary, which would otherwise
+// walk every worker of every hive several times a second.
+function countWorkers(h) {
+  let live = 0;
+  let sim = 0;
+  for (const w of h.workers.values()) {
+    if (!w.gone) live++;
+    if (w.s && w.s.simulated) sim++;
+  }
+  h.live = live;
+  h.sim = sim;
 }
 
 // applyLifecycle takes a report's catalog, GPUs and managed workers, and
@@ -331,6 +348,7 @@ export function applyCluster(st, doc, from, now) {
       }
       hh.orderChanged = true;
     }
+    countWorkers(hh);
     updateStatus(st, hh, now);
     st.dirty.hives.add(hh);
   }
@@ -390,6 +408,7 @@ export function tick(st, now) {
         h.workers.delete(w.key);
         h.orderChanged = true;
         st.dirty.hives.add(h);
+        countWorkers(h);
       }
     }
     if (h.status === 'offline' && h.reported && now - h.lastSeen > FORGET_MS) removeHive(st, h);
@@ -407,7 +426,12 @@ export function workerState(h, w) {
   if (w.gone) return ['gone', 'missing from the hive’s latest report'];
   if (h.status === 'offline') return ['offline', 'the hive stopped reporting'];
   const s = w.s || {};
-  if (WORKER_STATES.has(s.state)) return [s.state, typeof s.state_reason === 'string' ? s.state_reason : ''];
+  const why = typeof s.state_reason === 'string' ? s.state_reason : '';
+  // The queen calls a worker saturated both when all its slots are busy
+  // (normal full load: requests wait their turn) and when its GPU is busy
+  // outside rbee. Only the second is trouble; the first is shown as full.
+  if (s.state === 'saturated' && w.busy >= w.slots) return ['full', why];
+  if (WORKER_STATES.has(s.state)) return [s.state, why];
   if (!s.state) return ['unknown', 'the queen sent no state'];
   return ['unknown', `the queen sent a state this page does not know: ${s.state}`];
 }
@@ -423,12 +447,13 @@ export function summary(st, now) {
   let sim = 0;
   for (const h of st.hives.values()) {
     hivesKnown++;
-    if (h.status !== 'offline') hivesOn++;
-    else hivesOff++;
-    for (const w of h.workers.values()) {
-      if (!w.gone && h.status !== 'offline') workersOn++;
-      if (w.s && w.s.simulated) sim++;
+    if (h.status !== 'offline') {
+      hivesOn++;
+      workersOn += h.live;
+    } else {
+      hivesOff++;
     }
+    sim += h.sim;
   }
   const members = st.cluster && Array.isArray(st.cluster.members) ? st.cluster.members : [];
   const queues = currentQueues(st);

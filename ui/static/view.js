@@ -39,9 +39,12 @@ function fields(root) {
   return f;
 }
 
-// FRAME_BUDGET_MS bounds one frame's DOM work so the page stays responsive
-// while it builds hundreds of rows.
-const FRAME_BUDGET_MS = 25;
+// A hive's height before it has been measured: its header, and a row per
+// worker; a measured hive of as many workers is a better guess. Sections
+// are HIVE_GAP_PX apart (style.css's .hive margin).
+const HIVE_GUESS_PX = 44;
+const ROW_GUESS_PX = 33;
+const HIVE_GAP_PX = 8;
 
 function byId(id) {
   return document.getElementById(id);
@@ -87,19 +90,19 @@ export function createView(st, origin) {
   }, { rootMargin: '200px 0px' });
   let schedule = () => {};
 
-  // A hive's worker rows are brought up to date only while its section is on
-  // or near the screen; one that scrolls in is updated then. With 100 hives
-  // a screen shows a handful, so this is most of the work saved.
-  const bySection = new WeakMap();
-  const sectionIO = new IntersectionObserver((entries) => {
-    for (const e of entries) {
-      const h = bySection.get(e.target);
-      if (!h) continue;
-      h.onScreen = e.isIntersecting;
-      if (h.onScreen && h.rowsBehind) st.dirty.hives.add(h);
-    }
-    schedule();
-  }, { rootMargin: '600px 0px' });
+  // Only the hives on or near the screen are in the DOM (a cluster of 1000
+  // hives would otherwise keep 8000 rows up to date, and lay them out, every
+  // second): #hives is padded above and below by the heights of the hives
+  // left out, as last measured (or guessed from hives of as many workers),
+  // so the page scrolls as if they were all there. Scroll anchoring keeps
+  // what is on screen still when a guess is corrected.
+  let order = []; // the hives to list (the filter's), sorted
+  let orderDirty = true;
+  const shown = new Set(); // hives whose section is in the DOM
+  const guess = new Map(); // worker count -> a measured height
+  let padTop = -1;
+  let padBottom = -1;
+  addEventListener('scroll', () => schedule(true), { passive: true });
 
   let colors = readColors();
   const dark = matchMedia('(prefers-color-scheme: dark)');
@@ -113,7 +116,10 @@ export function createView(st, origin) {
       w.sparkW = 0;
       w.histDirty = true;
     }
-    schedule();
+    // Heights change with the width (phones show workers as cards).
+    guess.clear();
+    for (const h of st.hives.values()) h.height = 0;
+    schedule(true);
   });
 
   function readColors() {
@@ -145,9 +151,13 @@ export function createView(st, origin) {
 
   function renderSummary(now) {
     const s = summary(st, now);
-    set(tiles.queen.v, s.queen || 'none');
-    attr(tiles.queen.v.parentElement, 'data-warn', s.queen && s.queenEventAge < 8000 ? null : '');
-    set(tiles.queen.s, !s.queen ? 'no queen elected' :
+    // Before the first queen event or /v1/cluster document the page knows
+    // nothing of a queen: that is no fault to show in red.
+    const known = !!(st.queenEvent || st.cluster);
+    set(tiles.queen.v, s.queen || (known ? 'none' : '–'));
+    attr(tiles.queen.v.parentElement, 'data-warn', !known || (s.queen && s.queenEventAge < 8000) ? null : '');
+    set(tiles.queen.s, !known && !s.queen ? (st.conn.state === 'live' ? 'waiting for the queen…' : 'connecting…') :
+      !s.queen ? 'no queen elected' :
       s.queenEventAge > 8000 ? `no queen event for ${fmt.ago(s.queenEventAge)}` :
       [s.queenChanged ? `since ${fmt.clock(s.queenAt)}` : '', s.queenAddr].filter(Boolean).join(' · ') || 'elected');
     set(tiles.members.v, s.members ? `${s.membersAlive} / ${s.members}` : '–');
@@ -282,12 +292,16 @@ export function createView(st, origin) {
 
   // --- hives and workers
 
-  function insertHive(h) {
+  // makeHive builds a hive's section; showWindow puts it in place.
+  function makeHive(h) {
     const sec = tplHive.cloneNode(true);
     const f = fields(sec);
     sec.dataset.hive = h.id;
     set(f.id, h.id);
+    attr(f.id, 'title', h.id);
     const tog = sec.querySelector('.tog');
+    tog.setAttribute('aria-expanded', String(!h.collapsed));
+    f.rows.hidden = !!h.collapsed;
     tog.addEventListener('click', () => {
       h.collapsed = !h.collapsed;
       tog.setAttribute('aria-expanded', String(!h.collapsed));
@@ -297,29 +311,19 @@ export function createView(st, origin) {
       schedule(true);
     });
     h.el = { sec, f };
-    bySection.set(sec, h);
-    sectionIO.observe(sec);
-    let before = null;
-    for (const other of hivesEl.children) {
-      if (fmt.compareIDs(other.dataset.hive, h.id) > 0) {
-        before = other;
-        break;
-      }
-    }
-    hivesEl.insertBefore(sec, before);
+    h.orderChanged = true;
+    for (const w of h.workers.values()) w.dirty = true;
+  }
+
+  function dropHive(h) {
+    if (!h.el) return;
+    for (const w of h.workers.values()) dropRow(w);
+    h.el.sec.remove();
+    h.el = null;
+    shown.delete(h);
   }
 
   function renderHive(h, now) {
-    if (h.removed) {
-      if (h.el) {
-        for (const w of h.workers.values()) dropRow(w);
-        sectionIO.unobserve(h.el.sec);
-        h.el.sec.remove();
-        h.el = null;
-      }
-      return;
-    }
-    if (!h.el) insertHive(h);
     const { sec, f } = h.el;
     attr(sec, 'data-status', h.status);
     set(f.status, h.status);
@@ -368,15 +372,9 @@ export function createView(st, origin) {
         if (w) dropRow(w);
         else extra.remove();
       }
-      filterHive(h);
+      filterRows(h);
     }
-    // Rows are filled once at creation; afterwards only on screen.
-    if (h.collapsed || (h.filled && !h.onScreen)) {
-      h.rowsBehind = true;
-      return;
-    }
-    h.filled = true;
-    h.rowsBehind = false;
+    if (h.collapsed) return;
     for (const w of h.workers.values()) {
       if (w.dirty) renderWorker(h, w);
     }
@@ -476,6 +474,8 @@ export function createView(st, origin) {
     row.dataset.worker = w.key;
     row._w = w;
     set(f.name, w.key);
+    // Narrow screens cut a long name short; the whole of it is on hover.
+    attr(f.name, 'title', w.key);
     w.el = { row, f };
     byCanvas.set(f.spark, w);
     io.observe(f.spark);
@@ -532,18 +532,108 @@ export function createView(st, origin) {
     return m.includes(q);
   }
 
-  function filterHive(h) {
+  // hiveMatches: the hive is listed under the filter (its name, or one of
+  // its workers' names or models, has the text).
+  function hiveMatches(h) {
+    const q = st.filter;
+    if (!q || h.id.toLowerCase().includes(q)) return true;
+    for (const w of h.workers.values()) if (matches(w, q)) return true;
+    return false;
+  }
+
+  // filterRows hides the rows of a listed hive that the filter leaves out.
+  function filterRows(h) {
     if (!h.el) return;
     const q = st.filter;
-    const hiveMatch = !q || h.id.toLowerCase().includes(q);
-    let any = hiveMatch;
+    const all = !q || h.id.toLowerCase().includes(q);
     for (const w of h.workers.values()) {
       if (!w.el) continue;
-      const show = hiveMatch || matches(w, q);
+      const show = all || matches(w, q);
       if (w.el.row.hidden === show) w.el.row.hidden = !show;
-      any ||= show;
     }
-    if (h.el.sec.hidden === any) h.el.sec.hidden = !any;
+  }
+
+  function heightOf(h) {
+    return h.height || guess.get(h.workers.size) || HIVE_GUESS_PX + ROW_GUESS_PX * h.workers.size;
+  }
+
+  // showWindow puts in the DOM the listed hives within a screen or so of
+  // the viewport (#hives' top is at top, in the viewport's coordinates), in
+  // order, and takes out the rest. It returns them, the height of those
+  // above, and the hives it added.
+  function showWindow(top) {
+    if (orderDirty) {
+      orderDirty = false;
+      order = [];
+      for (const h of st.hives.values()) {
+        h.match = hiveMatches(h);
+        if (h.match) order.push(h);
+      }
+      order.sort((a, b) => fmt.compareIDs(a.id, b.id));
+    }
+    const vh = innerHeight || 800;
+    const over = Math.max(400, vh);
+    const from = -top - over;
+    const to = -top + vh + over;
+    let y = 0;
+    let first = order.length;
+    let last = -1;
+    let above = 0;
+    for (let i = 0; i < order.length; i++) {
+      const hh = heightOf(order[i]);
+      if (y + hh > from && y < to) {
+        if (first > i) {
+          first = i;
+          above = y;
+        }
+        last = i;
+      }
+      y += hh;
+    }
+    const want = last >= first ? order.slice(first, last + 1) : [];
+    const wanted = new Set(want);
+    for (const h of shown) if (!wanted.has(h)) dropHive(h);
+    const added = [];
+    want.forEach((h, i) => {
+      if (!h.el) {
+        makeHive(h);
+        added.push(h);
+      }
+      shown.add(h);
+      if (hivesEl.children[i] !== h.el.sec) hivesEl.insertBefore(h.el.sec, hivesEl.children[i] || null);
+    });
+    return { want, above, total: y, added };
+  }
+
+  // measure learns the heights of the hives in the DOM. It runs first in a
+  // frame, when the layout is still clean from the last one, so that
+  // reading costs no layout of its own.
+  function measure() {
+    for (const h of shown) {
+      const hh = h.el.sec.offsetHeight + HIVE_GAP_PX;
+      if (hh !== h.height) {
+        h.height = hh;
+        guess.set(h.workers.size, hh);
+      }
+    }
+  }
+
+  // pad pads #hives for the hives left out above and below the window.
+  function pad(win) {
+    let total = 0;
+    let inside = 0;
+    for (const h of order) total += heightOf(h);
+    for (const h of win.want) inside += heightOf(h);
+    const top = Math.round(win.above);
+    const bottom = Math.max(0, Math.round(total - win.above - inside));
+    if (top !== padTop) {
+      padTop = top;
+      hivesEl.style.paddingTop = `${top}px`;
+    }
+    if (bottom !== padBottom) {
+      padBottom = bottom;
+      hivesEl.style.paddingBottom = `${bottom}px`;
+    }
   }
 
   function drawSparks() {
@@ -563,33 +653,50 @@ export function createView(st, origin) {
     setScheduler(fn) {
       schedule = fn;
     },
-    // render applies the dirty marks to the DOM. Hives beyond the frame's
-    // budget stay dirty for the next frame (a first load or a reconnect
-    // makes every row at once), which render reports by returning true.
+    // render applies the dirty marks to the DOM, for the hives on or near
+    // the screen. It returns true when it should run again at once (see
+    // the end).
     render(now) {
-      const start = performance.now();
       const d = st.dirty;
+      // Reads before writes: where the list is, how tall its hives came out.
+      const top = hivesEl.getBoundingClientRect().top;
+      measure();
       if (d.conn) renderConn(now);
       if (d.summary) renderSummary(now);
       if (d.members) renderMembers(now);
       if (d.queues) renderQueues();
       if (d.events) renderEvents();
       d.conn = d.summary = d.members = d.queues = d.events = false;
-      let more = false;
-      for (const h of d.hives) {
-        if (performance.now() - start > FRAME_BUDGET_MS) {
-          more = true;
-          break;
-        }
-        renderHive(h, now);
-        d.hives.delete(h);
-      }
-      if (d.filter && !more) {
-        for (const h of st.hives.values()) filterHive(h);
+      const q = st.filter;
+      if (d.filter) {
         d.filter = false;
+        orderDirty = true;
+        for (const h of shown) filterRows(h);
       }
+      const dirty = [];
+      for (const h of d.hives) {
+        if (h.removed) {
+          dropHive(h);
+          orderDirty = true;
+        } else if (h.match === undefined || (q && hiveMatches(h) !== h.match)) {
+          orderDirty = true;
+        }
+        dirty.push(h);
+      }
+      d.hives.clear();
+      const win = showWindow(top);
+      for (const h of win.added) {
+        renderHive(h, now);
+        filterRows(h);
+      }
+      for (const h of dirty) {
+        if (h.el && !win.added.includes(h)) renderHive(h, now);
+      }
+      pad(win);
       drawSparks();
-      return more;
+      // The hives just added were guessed at: the next frame measures
+      // them and, if the guess was off, fills the screen.
+      return win.added.length > 0;
     },
   };
 }

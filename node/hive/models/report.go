@@ -61,14 +61,7 @@ func (m *Manager) Report(workers []wsapi.ProcessStats) ([]wsapi.ProcessStats, []
 
 	var gpus []wsapi.GPUInfo
 	if len(m.cfg.SimGPUs) > 0 {
-		gpus = slices.Clone(m.cfg.SimGPUs)
-		for i := range gpus {
-			for _, w := range m.workers {
-				if slices.Contains(w.gpus, gpus[i].Index) {
-					gpus[i].UsedVRAMMB += share(w.vramMB, len(w.gpus))
-				}
-			}
-		}
+		gpus = m.simGPUs(kept)
 	} else if m.cfg.GPUs != nil {
 		gpus = m.cfg.GPUs()
 		for i := range gpus {
