@@ -604,8 +604,8 @@ func number(n node, r uint64, integer bool) (string, error) {
 	return strconv.FormatFloat(k*step, 'f', decimals, 64), nil
 }
 
-// str writes a string for n: one its pattern matches, else one of its
-// format, else a few words of the simulator's sentence, within its
+// str writes a string for n: an example of its format, else one its
+// pattern matches, else a few words of the simulator's sentence, within its
 // lengths; the first of these that meets all of n's constraints.
 func (g *schemaGen) str(n node, path string) error {
 	r := g.rand(path)
@@ -627,6 +627,9 @@ func (g *schemaGen) str(n node, path string) error {
 	}
 	var re *regexp.Regexp
 	var cands []string
+	if f := formatted(format, r); f != "" {
+		cands = append(cands, f)
+	}
 	if pattern != "" {
 		if parsed, err := syntax.Parse(pattern, syntax.Perl); err == nil {
 			re, _ = regexp.Compile(pattern)
@@ -634,9 +637,6 @@ func (g *schemaGen) str(n node, path string) error {
 			matching(&sb, parsed, r, 0)
 			cands = append(cands, sb.String())
 		}
-	}
-	if f := formatted(format, r); f != "" {
-		cands = append(cands, f)
 	}
 	cands = append(cands, wordsOfLength(r, minLen, maxLen))
 	pick := cands[len(cands)-1]
