@@ -53,6 +53,11 @@ type schemaGen struct {
 	seed uint64
 	out  []byte
 	refs int
+	// resolved caches $ref targets, and objects the decoded objects on
+	// the way to them, by their pointer: a large schema's $defs is decoded once,
+	// not at every reference.
+	resolved map[string]json.RawMessage
+	objects  map[string]node
 }
 
 // exampleJSON returns a JSON document valid against schema (a JSON Schema:
@@ -173,32 +178,57 @@ func (g *schemaGen) resolve(ref json.RawMessage) (json.RawMessage, error) {
 	if err := json.Unmarshal(ref, &s); err != nil {
 		return nil, errors.New("$ref must be a string")
 	}
+	if v, ok := g.resolved[s]; ok {
+		return v, nil
+	}
 	ptr, ok := strings.CutPrefix(s, "#")
 	if !ok {
 		return nil, fmt.Errorf("$ref %q: only references within the schema (#...) are followed", s)
 	}
+	v, err := g.pointer(ptr)
+	if err != nil {
+		return nil, fmt.Errorf("$ref %q: %w", s, err)
+	}
+	if g.resolved == nil {
+		g.resolved = map[string]json.RawMessage{}
+	}
+	g.resolved[s] = v
+	return v, nil
+}
+
+// pointer returns the part of the schema a JSON pointer (after the #)
+// names.
+func (g *schemaGen) pointer(ptr string) (json.RawMessage, error) {
 	cur := g.root
 	if ptr == "" {
 		return cur, nil
 	}
 	if !strings.HasPrefix(ptr, "/") {
-		return nil, fmt.Errorf("$ref %q: not a JSON pointer", s)
+		return nil, errors.New("not a JSON pointer")
 	}
+	if g.objects == nil {
+		g.objects = map[string]node{}
+	}
+	at := ""
 	for _, tok := range strings.Split(ptr[1:], "/") {
+		n, ok := g.objects[at]
+		if !ok && json.Unmarshal(cur, &n) == nil {
+			g.objects[at], ok = n, true
+		}
+		at += "/" + tok
 		tok = strings.ReplaceAll(strings.ReplaceAll(tok, "~1", "/"), "~0", "~")
-		var n node
-		if json.Unmarshal(cur, &n) != nil {
+		if !ok {
 			var arr []json.RawMessage
 			i, err := strconv.Atoi(tok)
 			if json.Unmarshal(cur, &arr) != nil || err != nil || i < 0 || i >= len(arr) {
-				return nil, fmt.Errorf("$ref %q does not resolve", s)
+				return nil, errors.New("does not resolve")
 			}
 			cur = arr[i]
 			continue
 		}
 		next, ok := n[tok]
 		if !ok {
-			return nil, fmt.Errorf("$ref %q does not resolve", s)
+			return nil, errors.New("does not resolve")
 		}
 		cur = next
 	}
@@ -601,7 +631,13 @@ func number(n node, r uint64, integer bool) (string, error) {
 		return "", errors.New("bounds beyond what a float64 counts exactly")
 	}
 	k := wLo + float64(r%uint64(wHi-wLo+1))
-	return strconv.FormatFloat(k*step, 'f', decimals, 64), nil
+	v := strconv.FormatFloat(k*step, 'f', decimals, 64)
+	if decimals > 0 {
+		// Rounded to the step's decimals (0.1·3 is not 0.3 in a
+		// float), then written as a model would: 2, not 2.00.
+		v = strings.TrimSuffix(strings.TrimRight(v, "0"), ".")
+	}
+	return v, nil
 }
 
 // str writes a string for n: an example of its format, else one its
