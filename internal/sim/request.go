@@ -229,9 +229,10 @@ func decodeChat(body []byte) (genRequest, error) {
 		}
 		if i == last && continues && *m.Role == "assistant" {
 			g.Cont = continuationOf(g.Prompt, text)
-			t = tail{assistant: true, base: g.Prompt, text: text}
+			t.assistant, t.base, t.text, t.baseConv = true, g.Prompt, text, t.conv
 		}
 		t.tool = i == last && (*m.Role == "tool" || *m.Role == "function")
+		t.conv.add(*m.Role, text)
 		// A few tokens of framing per message, as chat templates add.
 		g.Prompt.message(*m.Role, text)
 	}

@@ -79,13 +79,15 @@ func decodeResponses(body []byte) (responsesRequest, error) {
 		r.Format = b.Text.Format
 	}
 	r.Tools, r.ToolChoice = b.Tools, b.ToolChoice
+	var t tail
 	if b.Instructions != nil {
 		r.Prompt.text(*b.Instructions)
+		t.conv.add("instructions", *b.Instructions)
 	}
 	if len(sh.funcs) > 0 {
 		r.Prompt.text(string(b.Tools))
 	}
-	t, err := inputTokens(&r.Prompt, b.Input)
+	t, err = inputTokens(&r.Prompt, t, b.Input)
 	if err != nil {
 		return responsesRequest{}, err
 	}
@@ -99,11 +101,11 @@ func decodeResponses(body []byte) (responsesRequest, error) {
 	return r, nil
 }
 
-// inputTokens adds the tokens of a Responses request's input to p, and
-// returns how it ends: with a function call's output (a tool's result), or
-// an assistant message that the answer may continue.
-func inputTokens(p *promptHash, raw json.RawMessage) (tail, error) {
-	var t tail
+// inputTokens adds the tokens of a Responses request's input to p and its
+// messages to t's hashes, and returns how it ends: with a function call's
+// output (a tool's result), or an assistant message that the answer may
+// continue.
+func inputTokens(p *promptHash, t tail, raw json.RawMessage) (tail, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
 		return t, errors.New(`"input" is required`)
@@ -114,6 +116,7 @@ func inputTokens(p *promptHash, raw json.RawMessage) (tail, error) {
 			return t, errors.New("input: not a valid string")
 		}
 		p.text(s)
+		t.conv.add("user", s)
 		return t, nil
 	}
 	var items []struct {
@@ -140,6 +143,9 @@ func inputTokens(p *promptHash, raw json.RawMessage) (tail, error) {
 			}
 			t.tool = i == last && *it.Type == "function_call_output"
 			p.text(string(itemsRaw[i]))
+			var compact bytes.Buffer
+			_ = json.Compact(&compact, itemsRaw[i]) // valid: it decoded
+			t.conv.add(*it.Type, compact.String())
 			continue
 		}
 		if *it.Role == "" {
@@ -150,9 +156,10 @@ func inputTokens(p *promptHash, raw json.RawMessage) (tail, error) {
 			return tail{}, fmt.Errorf("input[%d].content: %w", i, err)
 		}
 		if i == last && *it.Role == "assistant" && outputTextOnly(it.Content) {
-			t = tail{assistant: true, base: *p, text: text}
+			t.assistant, t.base, t.text, t.baseConv = true, *p, text, t.conv
 		}
 		p.message(*it.Role, text)
+		t.conv.add(*it.Role, text)
 	}
 	return t, nil
 }

@@ -12,7 +12,7 @@ import (
 // functions (tools) is answered with a call of one of them, as a model
 // that wants a tool would: the function tool_choice names, else the first;
 // its arguments are a JSON document valid against the function's
-// parameters (see exampleJSON), derived from the prompt. tool_choice
+// parameters (see exampleJSON), derived from the conversation. tool_choice
 // "none" gets text; so does "auto" (or none given) when the conversation
 // already ends with a tool's result, so that an agent's loop of calls and
 // results ends. "required" or a named function is called whatever came
@@ -235,6 +235,23 @@ type tail struct {
 	assistant bool
 	base      promptHash
 	text      string
+	// conv hashes the conversation, baseConv the conversation before
+	// the assistant's last message: what generated values derive from.
+	conv, baseConv convHash
+}
+
+// convHash hashes a conversation by its messages' roles and texts only, to
+// seed generated values: a Responses input given as a string is the same
+// conversation as one user message with that text (as rbee's migration
+// sends it again), whatever the prompt's tokens.
+type convHash uint64
+
+func (c *convHash) add(role, text string) {
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(role))
+	_, _ = h.Write([]byte{0})
+	_, _ = h.Write([]byte(text))
+	*c = convHash(mix64(uint64(*c)*0x9e3779b97f4a7c15 ^ h.Sum64()))
 }
 
 // apply makes g's answer what sh asks for, given how the conversation
@@ -242,8 +259,8 @@ type tail struct {
 // (g.Fixed, continued from an assistant message that starts it), or text
 // as before.
 func (sh *shape) apply(g *genRequest, t tail) error {
-	seed := func(p promptHash) uint64 {
-		h := p.h
+	seed := func(c convHash) uint64 {
+		h := uint64(c)
 		if sh.seed != nil {
 			h = mix64(h ^ uint64(*sh.seed))
 		}
@@ -255,7 +272,7 @@ func (sh *shape) apply(g *genRequest, t tail) error {
 			h := fnv.New64a()
 			_, _ = h.Write([]byte(f.name))
 			var err error
-			if args, err = exampleJSON(f.params, seed(g.Prompt)^h.Sum64()); err != nil {
+			if args, err = exampleJSON(f.params, seed(t.conv)^h.Sum64()); err != nil {
 				return fmt.Errorf("function %q: parameters: %w", f.name, err)
 			}
 		}
@@ -265,12 +282,12 @@ func (sh *shape) apply(g *genRequest, t tail) error {
 	if sh.format == nil {
 		return nil
 	}
-	// The document comes from the prompt before an assistant message
-	// that may hold its start, so that the prompt that continues it
-	// derives the same document.
-	base := g.Prompt
+	// The document comes from the conversation before an assistant
+	// message that may hold its start, so that the request that
+	// continues it derives the same document.
+	base := t.conv
 	if t.assistant {
-		base = t.base
+		base = t.baseConv
 	}
 	doc, err := exampleJSON(sh.format, seed(base))
 	if err != nil {

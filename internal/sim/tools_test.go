@@ -273,10 +273,12 @@ func TestStructured_ContinuesADocument(t *testing.T) {
 	ts.postJSON(t, "/v1/chat/completions", `{"messages":[`+askWeather+`],`+format+`}`, &a)
 	full := *a.Choices[0].Message.Content
 	rformat := `"text":{"format":{"type":"json_schema","name":"w","schema":` + weatherSchema + `}}`
+	// An input given as a string is the conversation of one user message,
+	// which is how rbee sends it again to continue it.
 	var r response
-	ts.postJSON(t, "/v1/responses", `{"input":[`+askWeather+`],`+rformat+`}`, &r)
+	ts.postJSON(t, "/v1/responses", `{"input":"Weather in Paris?",`+rformat+`}`, &r)
 	if rfull, _ := r.text(); rfull != full {
-		t.Fatalf("responses answered %q, chat %q: the same prompt, the same document", rfull, full)
+		t.Fatalf("responses answered %q, chat %q: the same conversation, the same document", rfull, full)
 	}
 	for cut := 0; cut <= len(full); cut += 3 {
 		prefix, _ := json.Marshal(full[:cut])
