@@ -26,6 +26,45 @@ func TestE2E_LangChainClient(t *testing.T) {
 	runClientAgainstDemo(t, "langchain-client", "@langchain/openai")
 }
 
+// TestE2E_DemoBannerToolCall: the tool call the demo's banner suggests,
+// sent as printed to the demo, is answered with a call of the function
+// whose arguments hold what its schema requires.
+func TestE2E_DemoBannerToolCall(t *testing.T) {
+	addr := startDemo(t)
+	var banner strings.Builder
+	printDemoBanner(&banner, demoBanner{models: []string{"llama-3.2-1b", "qwen2.5-0.5b"}, entry: addr, pids: map[string]int{},
+		cold: demoCold{model: "phi-3-mini"}, rbee: "rbee"})
+	var body string
+	for _, line := range strings.Split(banner.String(), "\n") {
+		if strings.Contains(line, `"tools"`) {
+			_, rest, _ := strings.Cut(line, "-d '")
+			body, _, _ = strings.Cut(rest, "'")
+		}
+	}
+	if body == "" {
+		t.Fatalf("the banner shows no tool call:\n%s", banner.String())
+	}
+	var c struct {
+		Choices []struct {
+			Message struct {
+				ToolCalls []struct {
+					Function struct{ Name, Arguments string }
+				} `json:"tool_calls"`
+			}
+			FinishReason string `json:"finish_reason"`
+		}
+	}
+	if err := postJSONTo(addr, "", "/v1/chat/completions", body, &c); err != nil {
+		t.Fatal(err)
+	}
+	var args struct{ City *string }
+	if len(c.Choices) != 1 || c.Choices[0].FinishReason != "tool_calls" || len(c.Choices[0].Message.ToolCalls) != 1 ||
+		c.Choices[0].Message.ToolCalls[0].Function.Name != "get_weather" ||
+		json.Unmarshal([]byte(c.Choices[0].Message.ToolCalls[0].Function.Arguments), &args) != nil || args.City == nil {
+		t.Fatalf("the banner's tool call %s was answered %+v, want a call of get_weather with a city", body, c)
+	}
+}
+
 // longSchema makes a document of some 150 tokens: at migTPS it streams
 // for 3 s, and a kill after migKillAt tokens lands mid-way.
 const longSchema = `{"type":"object","properties":{"items":{"type":"array","minItems":12,"maxItems":12,"items":{"type":"object",` +
@@ -124,7 +163,9 @@ func postJSONTo(addr, token, path, body string, out any) error {
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+token)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
