@@ -139,10 +139,10 @@ func (g *genRequest) text(n int) string {
 // ends by itself (the configured length, or the cap). A continuation's
 // limit counts its new tokens, as an engine's does; without one it stops
 // where the uninterrupted answer would have, so that a migrated answer
-// ends as one that was never cut.
+// ends as one that was never cut. A document or a call (Fixed) ends with
+// its last token, or is cut ("length") by the request's limit or the cap.
 func (s *Simulator) budget(g genRequest) (int, string) {
 	if g.Fixed != nil {
-		// A document or a call ends with its last token.
 		left := len(g.Fixed)
 		if g.Cont != nil {
 			left -= g.Cont.k
