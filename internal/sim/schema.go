@@ -67,6 +67,11 @@ func exampleJSON(schema json.RawMessage, seed uint64) ([]byte, error) {
 	if err := g.value(g.root, "", 0); err != nil {
 		return nil, err
 	}
+	if len(g.out) > maxDocBytes {
+		// Checked as values start, so one long value (a const, a
+		// minLength) can pass the bound: here it is final.
+		return nil, fmt.Errorf("schema asks for a document over %d bytes", maxDocBytes)
+	}
 	return g.out, nil
 }
 

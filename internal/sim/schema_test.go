@@ -201,3 +201,25 @@ func TestSplitTokens_ContinuesFixed(t *testing.T) {
 		t.Error("a text longer than the document continues it")
 	}
 }
+
+// FuzzExampleJSON feeds arbitrary schemas to the generator, as a request's
+// tools and response_format do: it must not panic or run away, and what
+// it makes must be JSON within the size bound.
+func FuzzExampleJSON(f *testing.F) {
+	for _, tc := range schemaCases {
+		f.Add([]byte(tc.schema), uint64(1))
+	}
+	f.Add([]byte(`{"$ref":"#/$defs/a","$defs":{"a":{"type":"array","items":{"$ref":"#/$defs/a"},"minItems":2}}}`), uint64(2))
+	f.Add([]byte(`{"allOf":[{"$ref":"#"}]}`), uint64(3))
+	f.Add([]byte(`{"type":"string","pattern":"(a|b)*c{3,}\\b[^\\x00-\\x7f]"}`), uint64(4))
+	f.Add([]byte(`{"type":"array","items":{"type":"string","minLength":60000},"minItems":2}`), uint64(5))
+	f.Fuzz(func(t *testing.T, schema []byte, seed uint64) {
+		doc, err := exampleJSON(schema, seed)
+		if err != nil {
+			return
+		}
+		if !json.Valid(doc) || len(doc) > maxDocBytes {
+			t.Fatalf("schema %s made %d bytes: %.200s", schema, len(doc), doc)
+		}
+	})
+}
