@@ -390,6 +390,7 @@ Simulated workers' GPU and VRAM figures are made up and marked "simulated" where
 
 Try:
   curl http://%[3]s/v1/chat/completions -d '{"model":"%[1]s","messages":[{"role":"user","content":"hi"}],"stream":true}'
+  curl http://%[3]s/v1/chat/completions -d '{"model":"%[1]s","messages":[{"role":"user","content":"Weather in Paris?"}],"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}]}'
   %[4]s status --http-addr %[3]s
   %[4]s top --http-addr %[3]s
 

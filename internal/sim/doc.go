@@ -31,6 +31,14 @@
 // start of the answer gets a fresh one, as from a model that would not
 // have written it.
 //
+// A chat completion or response that offers functions (tools) is answered
+// with a call of one of them, its arguments a JSON document valid against
+// the function's schema; one that asks for JSON (response_format,
+// text.format) gets a document valid against its schema; both derived
+// from the conversation, streamed as OpenAI streams them (see shape and
+// exampleJSON). Once the conversation ends with a tool's result, the
+// answer is text, so that an agent's loop ends.
+//
 // Two endpoints are its own: GET /rbee/sim/gpu gives made-up GPU figures that
 // follow the load (a hive's collector reports them, marked simulated, for
 // workers whose /props says "rbee_simulated": true), and GET /rbee/sim/stats

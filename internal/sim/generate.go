@@ -105,19 +105,26 @@ type continuation struct {
 // token returns the request's i-th new token: Token(i), or the i-th after
 // the point its continuation resumes at.
 func (g *genRequest) token(i int) string {
-	switch c := g.Cont; {
-	case c == nil:
-		return Token(i)
-	case i == 0:
-		return c.rest
+	k := i
+	if c := g.Cont; c != nil {
+		if i == 0 {
+			return c.rest
+		}
+		k += c.k
+	}
+	switch {
+	case g.Fixed == nil:
+		return Token(k)
+	case k < len(g.Fixed):
+		return g.Fixed[k]
 	default:
-		return Token(c.k + i)
+		return ""
 	}
 }
 
 // text returns the request's first n new tokens.
 func (g *genRequest) text(n int) string {
-	if g.Cont == nil {
+	if g.Cont == nil && g.Fixed == nil {
 		return Text(n)
 	}
 	var sb strings.Builder
@@ -132,8 +139,23 @@ func (g *genRequest) text(n int) string {
 // ends by itself (the configured length, or the cap). A continuation's
 // limit counts its new tokens, as an engine's does; without one it stops
 // where the uninterrupted answer would have, so that a migrated answer
-// ends as one that was never cut.
+// ends as one that was never cut. A document or a call (Fixed) ends with
+// its last token, or is cut ("length") by the request's limit or the cap.
 func (s *Simulator) budget(g genRequest) (int, string) {
+	if g.Fixed != nil {
+		left := len(g.Fixed)
+		if g.Cont != nil {
+			left -= g.Cont.k
+		}
+		lim := MaxTokensCap
+		if g.MaxTokens > 0 {
+			lim = min(lim, g.MaxTokens)
+		}
+		if left > lim {
+			return lim, "length"
+		}
+		return left, "stop"
+	}
 	switch {
 	case g.MaxTokens == 0 && g.Cont != nil:
 		return max(s.cfg.MaxTokens-g.Cont.k, 0), "stop"
@@ -232,16 +254,43 @@ type chatCompletion struct {
 }
 
 type chatChoice struct {
-	Index        int          `json:"index"`
-	Message      *chatContent `json:"message,omitempty"`
-	Delta        *chatContent `json:"delta,omitempty"`
-	Logprobs     *struct{}    `json:"logprobs"`
-	FinishReason *string      `json:"finish_reason"`
+	Index int `json:"index"`
+	// Message and Delta are a *chatContent, or a *callMessage for a call.
+	Message      any       `json:"message,omitempty"`
+	Delta        any       `json:"delta,omitempty"`
+	Logprobs     *struct{} `json:"logprobs"`
+	FinishReason *string   `json:"finish_reason"`
 }
 
 type chatContent struct {
 	Role    string  `json:"role,omitempty"`
 	Content *string `json:"content,omitempty"`
+}
+
+// callMessage is an assistant message that calls a function, as a whole
+// answer's message or a stream's first delta: its content is null.
+type callMessage struct {
+	Role      string     `json:"role"`
+	Content   *string    `json:"content"`
+	Refusal   *string    `json:"refusal"`
+	ToolCalls []toolCall `json:"tool_calls"`
+}
+
+// callDelta is a stream's later delta of a call: a piece of its arguments.
+type callDelta struct {
+	ToolCalls []toolCall `json:"tool_calls"`
+}
+
+type toolCall struct {
+	Index    *int         `json:"index,omitempty"` // in a stream's deltas
+	ID       string       `json:"id,omitempty"`
+	Type     string       `json:"type,omitempty"`
+	Function callFunction `json:"function"`
+}
+
+type callFunction struct {
+	Name      string `json:"name,omitempty"`
+	Arguments string `json:"arguments"`
 }
 
 type textCompletion struct {
@@ -312,7 +361,29 @@ func (a *answer) closing(finish string) any {
 	return a.chunk(&chatContent{}, "", &finish)
 }
 
-func (a *answer) chunk(delta *chatContent, text string, finish *string) any {
+// callOpening is a call's stream's first event: the role, and the call's
+// id and function with no arguments yet.
+func (a *answer) callOpening(id, name string) any {
+	zero := 0
+	return a.chunk(&callMessage{Role: "assistant", ToolCalls: []toolCall{
+		{Index: &zero, ID: id, Type: "function", Function: callFunction{Name: name}}}}, "", nil)
+}
+
+// callToken is a stream event carrying a piece of a call's arguments.
+func (a *answer) callToken(t string) any {
+	zero := 0
+	return a.chunk(&callDelta{ToolCalls: []toolCall{{Index: &zero, Function: callFunction{Arguments: t}}}}, "", nil)
+}
+
+// called is the non-streaming answer that calls a function.
+func (a *answer) called(id, name, args, finish string, u *usage) any {
+	return chatCompletion{ID: a.id, Object: a.object(false), Created: a.created, Model: a.model,
+		SystemFingerprint: systemFingerprint, Usage: u,
+		Choices: []chatChoice{{Message: &callMessage{Role: "assistant", ToolCalls: []toolCall{
+			{ID: id, Type: "function", Function: callFunction{Name: name, Arguments: args}}}}, FinishReason: &finish}}}
+}
+
+func (a *answer) chunk(delta any, text string, finish *string) any {
 	if a.chat {
 		return chatCompletion{ID: a.id, Object: a.object(true), Created: a.created, Model: a.model,
 			SystemFingerprint: systemFingerprint, Choices: []chatChoice{{Delta: delta, FinishReason: finish}}}
@@ -375,16 +446,31 @@ func (s *Simulator) generate(w http.ResponseWriter, r *http.Request, c *call, ch
 	cached, ttft := s.prefill(&g)
 	u := s.newUsage(g.PromptTokens, cached, n)
 	p := s.newPacer(r, c, ttft)
+	var callID string
+	if g.Call != "" {
+		callID = "call_" + strings.TrimPrefix(a.id, prefix+"-")
+		if finish == "stop" {
+			finish = "tool_calls"
+		}
+	}
 	if !g.Stream {
 		if o := p.wait(n - 1); o != served {
 			return o
 		}
-		writeJSON(w, http.StatusOK, a.whole(g.text(n), finish, u))
+		if g.Call != "" {
+			writeJSON(w, http.StatusOK, a.called(callID, g.Call, g.text(n), finish, u))
+		} else {
+			writeJSON(w, http.StatusOK, a.whole(g.text(n), finish, u))
+		}
 		return s.answered(&g, cached, n)
 	}
 
 	st := newStream(w)
-	if ev := a.opening(); ev != nil {
+	ev, token := a.opening(), a.token
+	if g.Call != "" {
+		ev, token = a.callOpening(callID, g.Call), a.callToken
+	}
+	if ev != nil {
 		if err := st.event(ev); err != nil {
 			return cancelled
 		}
@@ -393,7 +479,7 @@ func (s *Simulator) generate(w http.ResponseWriter, r *http.Request, c *call, ch
 		if o := p.wait(i); o != served {
 			return o
 		}
-		if err := st.event(a.token(g.token(i))); err != nil {
+		if err := st.event(token(g.token(i))); err != nil {
 			return cancelled
 		}
 	}

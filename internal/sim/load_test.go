@@ -122,7 +122,7 @@ func TestLoadTime_503UntilLoaded(t *testing.T) {
 	if !ts.Loaded() {
 		t.Error("/health answers 200 but Loaded() is false")
 	}
-	var c chatCompletion
+	var c chatAnswer
 	ts.postJSON(t, "/v1/chat/completions", loadChat, &c)
 	if len(c.Choices) != 1 || c.Choices[0].Message == nil || c.Choices[0].Message.Content == nil || *c.Choices[0].Message.Content == "" {
 		t.Errorf("chat completion after loading = %+v", c)
@@ -148,7 +148,7 @@ func TestLoadTime_ZeroServesAtOnce(t *testing.T) {
 	if h["status"] != "ok" {
 		t.Errorf("/health = %v", h)
 	}
-	var c chatCompletion
+	var c chatAnswer
 	ts.postJSON(t, "/v1/chat/completions", loadChat, &c)
 	if len(c.Choices) != 1 || c.Choices[0].Message == nil || c.Choices[0].Message.Content == nil {
 		t.Errorf("chat completion = %+v", c)
@@ -161,4 +161,11 @@ func TestLoadTime_Validated(t *testing.T) {
 			t.Errorf("LoadTime %v: err %v, want a load time error", d, err)
 		}
 	}
+}
+
+// chatAnswer is a chat completion with a text message.
+type chatAnswer struct {
+	Choices []struct {
+		Message *chatContent `json:"message"`
+	} `json:"choices"`
 }

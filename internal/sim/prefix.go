@@ -203,6 +203,11 @@ func (s *Simulator) answered(g *genRequest, cached, n int) outcome {
 	if s.prefix != nil {
 		s.prefix.insert(g.Prompt.blocks)
 		answer := g.text(n)
+		if g.Call != "" {
+			// The next turn holds the call as a message with no
+			// content, its call aside.
+			answer = ""
+		}
 		next := g.Prompt.withAnswer(answer, g.Messages)
 		if c := g.Cont; c != nil && g.Messages {
 			// The answer went on in the prompt's last message, not a new one.

@@ -65,6 +65,13 @@ type genRequest struct {
 	// answer, which the request asks it to go on with; nil for a fresh
 	// answer.
 	Cont *continuation
+	// Fixed, when not nil, is the whole answer's tokens: a JSON document
+	// (structured output) or a call's arguments, which end by themselves.
+	// nil for the endless text of Token.
+	Fixed []string
+	// Call is the function the answer calls, its arguments Fixed; "" for
+	// an answer in text.
+	Call string
 }
 
 // genFields are the fields chat completions and completions share.
@@ -161,6 +168,11 @@ type chatBody struct {
 	// and Ollama continue a trailing assistant message unasked.
 	ContinueFinalMessage *bool `json:"continue_final_message"`
 	AddGenerationPrompt  *bool `json:"add_generation_prompt"`
+	// Tools and structured output (see shape).
+	Tools          json.RawMessage `json:"tools"`
+	ToolChoice     json.RawMessage `json:"tool_choice"`
+	ResponseFormat json.RawMessage `json:"response_format"`
+	Seed           *int64          `json:"seed"`
 }
 
 type chatMessage struct {
@@ -191,6 +203,21 @@ func decodeChat(body []byte) (genRequest, error) {
 	// Asking for a new turn in vLLM's words, one way or the other, gets
 	// one, as from vLLM.
 	continues := !isTrue(b.AddGenerationPrompt) && (b.ContinueFinalMessage == nil || *b.ContinueFinalMessage)
+	sh := shape{seed: b.Seed}
+	if sh.funcs, err = decodeTools(b.Tools, false); err != nil {
+		return genRequest{}, err
+	}
+	if err := sh.decodeToolChoice(b.ToolChoice); err != nil {
+		return genRequest{}, err
+	}
+	if err := sh.decodeFormat(b.ResponseFormat, false); err != nil {
+		return genRequest{}, err
+	}
+	if len(sh.funcs) > 0 {
+		// A chat template writes the tools' definitions into the prompt.
+		g.Prompt.text(string(b.Tools))
+	}
+	var t tail
 	last := len(*b.Messages) - 1
 	for i, m := range *b.Messages {
 		if m.Role == nil || *m.Role == "" {
@@ -202,11 +229,17 @@ func decodeChat(body []byte) (genRequest, error) {
 		}
 		if i == last && continues && *m.Role == "assistant" {
 			g.Cont = continuationOf(g.Prompt, text)
+			t.assistant, t.base, t.text, t.baseConv = true, g.Prompt, text, t.conv
 		}
+		t.tool = i == last && (*m.Role == "tool" || *m.Role == "function")
+		t.conv.add(*m.Role, text)
 		// A few tokens of framing per message, as chat templates add.
 		g.Prompt.message(*m.Role, text)
 	}
 	g.PromptTokens, g.Messages = g.Prompt.n, true
+	if err := sh.apply(&g, t); err != nil {
+		return genRequest{}, err
+	}
 	return g, nil
 }
 

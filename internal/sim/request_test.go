@@ -1,6 +1,8 @@
 package sim
 
 import (
+	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -24,6 +26,10 @@ func FuzzDecode(f *testing.F) {
 		`{"messages":[{"role":"assistant","content":"x"}],"continue_final_message":true,"add_generation_prompt":true}`,
 		`{"prompt":"Q: The quick brown fox jumps over the lazy dog. The"}`,
 		`{"input":[{"role":"user","content":"hi"},{"type":"message","role":"assistant","content":[{"type":"output_text","text":"The quick"}]}]}`,
+		`{"messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"a":{"type":"array","items":{"$ref":"#"}}}}}}],"tool_choice":"required"}`,
+		`{"messages":[{"role":"user","content":"x"},{"role":"assistant","content":"{\"a"}],"response_format":{"type":"json_schema","json_schema":{"schema":{"type":"object","properties":{"a":{"enum":[1,"x"]}}}}},"seed":7}`,
+		`{"messages":[{"role":"tool","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"f"}},"response_format":{"type":"json_object"}}`,
+		`{"input":[{"type":"function_call_output","call_id":"c","output":"x"}],"tools":[{"type":"function","name":"f","parameters":{"anyOf":[{"type":"string","pattern":"^a+b{2,3}$"},{"type":"null"}]}}],"text":{"format":{"type":"json_schema","schema":{"allOf":[{"type":"integer"}]}}}}`,
 		`[]`, `{`, ``, `null`, `{"max_tokens":1e400}`,
 	} {
 		f.Add([]byte(seed))
@@ -37,11 +43,11 @@ func FuzzDecode(f *testing.F) {
 				}
 				continue
 			}
-			if g.MaxTokens < 0 || g.PromptTokens < 0 || (g.Cont != nil && (g.Cont.k < 0 || g.Cont.rest == "")) {
+			if g.MaxTokens < 0 || g.PromptTokens < 0 || !validCont(g) {
 				t.Errorf("%s: accepted %q as %+v", name, body, g)
 			}
 		}
-		if r, err := decodeResponses(body); err == nil && (r.MaxTokens < 0 || r.PromptTokens < 0) {
+		if r, err := decodeResponses(body); err == nil && (r.MaxTokens < 0 || r.PromptTokens < 0 || !validCont(r.genRequest)) {
 			t.Errorf("responses: accepted %q as %+v", body, r)
 		}
 		e, err := decodeEmbedding(body, DefaultEmbeddingDim)
@@ -57,4 +63,21 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// validCont reports whether a request's continuation is one the answer can
+// go on from: within its tokens, with text still to come unless a document
+// (Fixed) is already whole; and whether a call's arguments are JSON.
+func validCont(g genRequest) bool {
+	if g.Call != "" && (g.Cont != nil || !json.Valid([]byte(strings.Join(g.Fixed, "")))) {
+		return false
+	}
+	c := g.Cont
+	if c == nil {
+		return true
+	}
+	if g.Fixed != nil {
+		return c.k >= 0 && c.k <= len(g.Fixed) && (c.rest != "") == (c.k < len(g.Fixed))
+	}
+	return c.k >= 0 && c.rest != ""
 }

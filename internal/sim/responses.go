@@ -24,6 +24,9 @@ type responsesRequest struct {
 	Instructions       *string
 	MaxOutputTokens    *int
 	PreviousResponseID *string
+	// Tools, ToolChoice and Format are the request's, echoed in the
+	// response object as OpenAI does.
+	Tools, ToolChoice, Format json.RawMessage
 }
 
 type responsesBody struct {
@@ -33,6 +36,11 @@ type responsesBody struct {
 	Instructions       *string         `json:"instructions"`
 	MaxOutputTokens    *int            `json:"max_output_tokens"`
 	PreviousResponseID *string         `json:"previous_response_id"`
+	Tools              json.RawMessage `json:"tools"`
+	ToolChoice         json.RawMessage `json:"tool_choice"`
+	Text               *struct {
+		Format json.RawMessage `json:"format"`
+	} `json:"text"`
 }
 
 // decodeResponses reads a Responses request: input is a string or a list
@@ -56,33 +64,60 @@ func decodeResponses(body []byte) (responsesRequest, error) {
 		}
 		r.MaxTokens = *b.MaxOutputTokens
 	}
+	var sh shape
+	var err error
+	if sh.funcs, err = decodeTools(b.Tools, true); err != nil {
+		return responsesRequest{}, err
+	}
+	if err := sh.decodeToolChoice(b.ToolChoice); err != nil {
+		return responsesRequest{}, err
+	}
+	if b.Text != nil {
+		if err := sh.decodeFormat(b.Text.Format, true); err != nil {
+			return responsesRequest{}, err
+		}
+		r.Format = b.Text.Format
+	}
+	r.Tools, r.ToolChoice = b.Tools, b.ToolChoice
+	var t tail
 	if b.Instructions != nil {
 		r.Prompt.text(*b.Instructions)
+		t.conv.add("instructions", *b.Instructions)
 	}
-	cont, err := inputTokens(&r.Prompt, b.Input)
+	if len(sh.funcs) > 0 {
+		r.Prompt.text(string(b.Tools))
+	}
+	t, err = inputTokens(&r.Prompt, t, b.Input)
 	if err != nil {
 		return responsesRequest{}, err
 	}
-	r.Cont = cont
+	if t.assistant {
+		r.Cont = continuationOf(t.base, t.text)
+	}
 	r.PromptTokens, r.Messages = r.Prompt.n, true
+	if err := sh.apply(&r.genRequest, t); err != nil {
+		return responsesRequest{}, err
+	}
 	return r, nil
 }
 
-// inputTokens adds the tokens of a Responses request's input to p, and
-// returns the continuation of the answer its last item, an assistant
-// message, starts (nil if none).
-func inputTokens(p *promptHash, raw json.RawMessage) (*continuation, error) {
+// inputTokens adds the tokens of a Responses request's input to p and its
+// messages to t's hashes, and returns how it ends: with a function call's
+// output (a tool's result), or an assistant message that the answer may
+// continue.
+func inputTokens(p *promptHash, t tail, raw json.RawMessage) (tail, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) == 0 || string(raw) == "null" {
-		return nil, errors.New(`"input" is required`)
+		return t, errors.New(`"input" is required`)
 	}
 	if raw[0] == '"' {
 		var s string
 		if err := json.Unmarshal(raw, &s); err != nil {
-			return nil, errors.New("input: not a valid string")
+			return t, errors.New("input: not a valid string")
 		}
 		p.text(s)
-		return nil, nil
+		t.conv.add("user", s)
+		return t, nil
 	}
 	var items []struct {
 		Type    *string         `json:"type"`
@@ -90,38 +125,43 @@ func inputTokens(p *promptHash, raw json.RawMessage) (*continuation, error) {
 		Content json.RawMessage `json:"content"`
 	}
 	if err := json.Unmarshal(raw, &items); err != nil {
-		return nil, errors.New("input: want a string or an array of input items")
+		return t, errors.New("input: want a string or an array of input items")
 	}
 	switch {
 	case len(items) == 0:
-		return nil, errors.New("input must not be empty")
+		return t, errors.New("input must not be empty")
 	case len(items) > maxInputs:
-		return nil, fmt.Errorf("input: %d items, at most %d", len(items), maxInputs)
+		return t, fmt.Errorf("input: %d items, at most %d", len(items), maxInputs)
 	}
-	var cont *continuation
 	var itemsRaw []json.RawMessage
 	_ = json.Unmarshal(raw, &itemsRaw) // the same array, just decoded
+	last := len(items) - 1
 	for i, it := range items {
 		if it.Role == nil {
 			if it.Type == nil || *it.Type == "" || *it.Type == "message" {
-				return nil, fmt.Errorf("input[%d]: a message needs a role; another item a type", i)
+				return tail{}, fmt.Errorf("input[%d]: a message needs a role; another item a type", i)
 			}
+			t.tool = i == last && *it.Type == "function_call_output"
 			p.text(string(itemsRaw[i]))
+			var compact bytes.Buffer
+			_ = json.Compact(&compact, itemsRaw[i]) // valid: it decoded
+			t.conv.add(*it.Type, compact.String())
 			continue
 		}
 		if *it.Role == "" {
-			return nil, fmt.Errorf("input[%d].role must not be empty", i)
+			return tail{}, fmt.Errorf("input[%d].role must not be empty", i)
 		}
 		text, err := messageText(it.Content)
 		if err != nil {
-			return nil, fmt.Errorf("input[%d].content: %w", i, err)
+			return tail{}, fmt.Errorf("input[%d].content: %w", i, err)
 		}
-		if i == len(items)-1 && *it.Role == "assistant" && outputTextOnly(it.Content) {
-			cont = continuationOf(*p, text)
+		if i == last && *it.Role == "assistant" && outputTextOnly(it.Content) {
+			t.assistant, t.base, t.text, t.baseConv = true, *p, text, t.conv
 		}
 		p.message(*it.Role, text)
+		t.conv.add(*it.Role, text)
 	}
-	return cont, nil
+	return t, nil
 }
 
 // outputTextOnly reports whether a message's content is a string or text
@@ -157,15 +197,15 @@ type responseObject struct {
 	Instructions       *string            `json:"instructions"`
 	MaxOutputTokens    *int               `json:"max_output_tokens"`
 	Model              string             `json:"model"`
-	Output             []outputItem       `json:"output"`
+	Output             []any              `json:"output"` // outputItem, functionCallItem
 	ParallelToolCalls  bool               `json:"parallel_tool_calls"`
 	PreviousResponseID *string            `json:"previous_response_id"`
 	Reasoning          reasoning          `json:"reasoning"`
 	Store              bool               `json:"store"`
 	Temperature        float64            `json:"temperature"`
 	Text               textConfig         `json:"text"`
-	ToolChoice         string             `json:"tool_choice"`
-	Tools              []struct{}         `json:"tools"`
+	ToolChoice         json.RawMessage    `json:"tool_choice"`
+	Tools              json.RawMessage    `json:"tools"`
 	TopP               float64            `json:"top_p"`
 	Truncation         string             `json:"truncation"`
 	Usage              *responsesUsage    `json:"usage"`
@@ -183,9 +223,7 @@ type reasoning struct {
 }
 
 type textConfig struct {
-	Format struct {
-		Type string `json:"type"`
-	} `json:"format"`
+	Format json.RawMessage `json:"format"`
 }
 
 // outputItem is a message in a response's output.
@@ -195,6 +233,16 @@ type outputItem struct {
 	Status  string       `json:"status"`
 	Role    string       `json:"role"`
 	Content []outputText `json:"content"`
+}
+
+// functionCallItem is a function call in a response's output.
+type functionCallItem struct {
+	ID        string `json:"id"`
+	Type      string `json:"type"`
+	Status    string `json:"status"`
+	Arguments string `json:"arguments"`
+	CallID    string `json:"call_id"`
+	Name      string `json:"name"`
 }
 
 type outputText struct {
@@ -225,10 +273,12 @@ type responseEvent struct {
 	OutputIndex    *int            `json:"output_index,omitempty"`
 	ItemID         string          `json:"item_id,omitempty"`
 	ContentIndex   *int            `json:"content_index,omitempty"`
-	Item           *outputItem     `json:"item,omitempty"`
+	Item           any             `json:"item,omitempty"` // *outputItem, *functionCallItem
 	Part           *outputText     `json:"part,omitempty"`
 	Delta          *string         `json:"delta,omitempty"`
 	Text           *string         `json:"text,omitempty"`
+	Name           string          `json:"name,omitempty"`
+	Arguments      *string         `json:"arguments,omitempty"`
 	Logprobs       *[]struct{}     `json:"logprobs,omitempty"`
 }
 
@@ -275,84 +325,143 @@ func (s *Simulator) handleResponses(w http.ResponseWriter, r *http.Request, c *c
 	seq := s.ids.Add(1)
 	resp := &responseObject{
 		ID: s.responseID(seq), Object: "response", CreatedAt: time.Now().Unix(), Status: "in_progress",
-		Instructions: req.Instructions, MaxOutputTokens: req.MaxOutputTokens, Model: req.Model, Output: []outputItem{},
+		Instructions: req.Instructions, MaxOutputTokens: req.MaxOutputTokens, Model: req.Model, Output: []any{},
 		ParallelToolCalls: true, PreviousResponseID: req.PreviousResponseID, Store: true, Temperature: 1,
-		ToolChoice: "auto", Tools: []struct{}{}, TopP: 1, Truncation: "disabled", Metadata: map[string]string{},
+		ToolChoice: orJSON(req.ToolChoice, `"auto"`), Tools: orJSON(req.Tools, `[]`), TopP: 1, Truncation: "disabled",
+		Metadata: map[string]string{}, Text: textConfig{Format: orJSON(req.Format, `{"type":"text"}`)},
 	}
-	resp.Text.Format.Type = "text"
 	if resp.Model == "" {
 		resp.Model = s.cfg.Model
 	}
-	item := outputItem{ID: fmt.Sprintf("msg_%s%016x", s.idPrefix, seq), Type: "message", Status: "in_progress", Role: "assistant", Content: []outputText{}}
-	// finished completes resp with text: "length" is OpenAI's incomplete
-	// response (max_output_tokens reached).
-	finished := func(text string) (*responseObject, outputItem) {
-		part := outputText{Type: "output_text", Text: text, Annotations: []struct{}{}, Logprobs: []struct{}{}}
-		done, it := *resp, item
-		it.Status, it.Content = "completed", []outputText{part}
+	// finished completes resp with its one output item: "length" is
+	// OpenAI's incomplete response (max_output_tokens reached).
+	finished := func(item any) *responseObject {
+		done := *resp
 		done.Status = "completed"
 		if finish == "length" {
-			done.Status, it.Status = "incomplete", "incomplete"
+			done.Status = "incomplete"
 			done.IncompleteDetails = &incompleteDetails{Reason: "max_output_tokens"}
 		}
-		done.Output = []outputItem{it}
+		done.Output = []any{item}
 		u := &responsesUsage{InputTokens: req.PromptTokens, OutputTokens: n, TotalTokens: req.PromptTokens + n}
 		u.InputTokensDetails.CachedTokens = cached
 		done.Usage = u
-		return &done, it
+		return &done
+	}
+	itemStatus := "completed"
+	if finish == "length" {
+		itemStatus = "incomplete"
 	}
 	p := s.newPacer(r, c, ttft)
+	var st *stream
+	var ev *eventSeq
+	zero := 0
+	// send sends events in turn, stopping at the first that fails.
+	send := func(es ...responseEvent) error {
+		for _, e := range es {
+			if err := ev.send(e); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if req.Stream {
+		st = newStream(w)
+		ev = &eventSeq{st: st}
+		if send(responseEvent{Type: "response.created", Response: resp}, responseEvent{Type: "response.in_progress", Response: resp}) != nil {
+			return cancelled
+		}
+	}
+	lastEvent := func(done *responseObject) responseEvent {
+		if done.Status == "incomplete" {
+			return responseEvent{Type: "response.incomplete", Response: done}
+		}
+		return responseEvent{Type: "response.completed", Response: done}
+	}
+
+	if req.Call != "" {
+		item := functionCallItem{ID: fmt.Sprintf("fc_%s%016x", s.idPrefix, seq), Type: "function_call", Status: "in_progress",
+			CallID: fmt.Sprintf("call_%s%016x", s.idPrefix, seq), Name: req.Call}
+		if !req.Stream {
+			if o := p.wait(n - 1); o != served {
+				return o
+			}
+			item.Status, item.Arguments = itemStatus, req.text(n)
+			writeJSON(w, http.StatusOK, finished(item))
+			return s.answered(&req.genRequest, cached, n)
+		}
+		if send(responseEvent{Type: "response.output_item.added", OutputIndex: &zero, Item: &item}) != nil {
+			return cancelled
+		}
+		for i := range n {
+			if o := p.wait(i); o != served {
+				return o
+			}
+			tok := req.token(i)
+			if send(responseEvent{Type: "response.function_call_arguments.delta", ItemID: item.ID, OutputIndex: &zero, Delta: &tok}) != nil {
+				return cancelled
+			}
+		}
+		args := req.text(n)
+		doneItem := item
+		doneItem.Status, doneItem.Arguments = itemStatus, args
+		done := finished(doneItem)
+		if send(responseEvent{Type: "response.function_call_arguments.done", ItemID: item.ID, OutputIndex: &zero, Name: req.Call, Arguments: &args},
+			responseEvent{Type: "response.output_item.done", OutputIndex: &zero, Item: &doneItem},
+			lastEvent(done)) != nil {
+			return cancelled
+		}
+		return s.answered(&req.genRequest, cached, n)
+	}
+
+	item := outputItem{ID: fmt.Sprintf("msg_%s%016x", s.idPrefix, seq), Type: "message", Status: "in_progress", Role: "assistant", Content: []outputText{}}
+	message := func(text string) outputItem {
+		it := item
+		it.Status = itemStatus
+		it.Content = []outputText{{Type: "output_text", Text: text, Annotations: []struct{}{}, Logprobs: []struct{}{}}}
+		return it
+	}
 	if !req.Stream {
 		if o := p.wait(n - 1); o != served {
 			return o
 		}
-		done, _ := finished(req.text(n))
-		writeJSON(w, http.StatusOK, done)
+		writeJSON(w, http.StatusOK, finished(message(req.text(n))))
 		return s.answered(&req.genRequest, cached, n)
 	}
 
-	st := newStream(w)
-	ev := &eventSeq{st: st}
-	zero := 0
 	emptyPart := outputText{Type: "output_text", Annotations: []struct{}{}, Logprobs: []struct{}{}}
 	noLogprobs := &[]struct{}{}
-	for _, e := range []responseEvent{
-		{Type: "response.created", Response: resp},
-		{Type: "response.in_progress", Response: resp},
-		{Type: "response.output_item.added", OutputIndex: &zero, Item: &item},
-		{Type: "response.content_part.added", ItemID: item.ID, OutputIndex: &zero, ContentIndex: &zero, Part: &emptyPart},
-	} {
-		if err := ev.send(e); err != nil {
-			return cancelled
-		}
+	if send(responseEvent{Type: "response.output_item.added", OutputIndex: &zero, Item: &item},
+		responseEvent{Type: "response.content_part.added", ItemID: item.ID, OutputIndex: &zero, ContentIndex: &zero, Part: &emptyPart}) != nil {
+		return cancelled
 	}
 	for i := range n {
 		if o := p.wait(i); o != served {
 			return o
 		}
 		tok := req.token(i)
-		if err := ev.send(responseEvent{Type: "response.output_text.delta", ItemID: item.ID, OutputIndex: &zero, ContentIndex: &zero,
-			Delta: &tok, Logprobs: noLogprobs}); err != nil {
+		if send(responseEvent{Type: "response.output_text.delta", ItemID: item.ID, OutputIndex: &zero, ContentIndex: &zero,
+			Delta: &tok, Logprobs: noLogprobs}) != nil {
 			return cancelled
 		}
 	}
 	text := req.text(n)
-	done, doneItem := finished(text)
-	last := "response.completed"
-	if done.Status == "incomplete" {
-		last = "response.incomplete"
-	}
-	for _, e := range []responseEvent{
-		{Type: "response.output_text.done", ItemID: item.ID, OutputIndex: &zero, ContentIndex: &zero, Text: &text, Logprobs: noLogprobs},
-		{Type: "response.content_part.done", ItemID: item.ID, OutputIndex: &zero, ContentIndex: &zero, Part: &doneItem.Content[0]},
-		{Type: "response.output_item.done", OutputIndex: &zero, Item: &doneItem},
-		{Type: last, Response: done},
-	} {
-		if err := ev.send(e); err != nil {
-			return cancelled
-		}
+	doneItem := message(text)
+	if send(responseEvent{Type: "response.output_text.done", ItemID: item.ID, OutputIndex: &zero, ContentIndex: &zero, Text: &text, Logprobs: noLogprobs},
+		responseEvent{Type: "response.content_part.done", ItemID: item.ID, OutputIndex: &zero, ContentIndex: &zero, Part: &doneItem.Content[0]},
+		responseEvent{Type: "response.output_item.done", OutputIndex: &zero, Item: &doneItem},
+		lastEvent(finished(doneItem))) != nil {
+		return cancelled
 	}
 	return s.answered(&req.genRequest, cached, n)
+}
+
+// orJSON returns raw, or def when raw is empty or null.
+func orJSON(raw json.RawMessage, def string) json.RawMessage {
+	if t := bytes.TrimSpace(raw); len(t) > 0 && string(t) != "null" {
+		return raw
+	}
+	return json.RawMessage(def)
 }
 
 // eventSeq numbers a response's events and sends each under its type's
