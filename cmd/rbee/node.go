@@ -71,6 +71,8 @@ func nodeCommand() *cli.Command {
 		Usage: "run a node, or talk to a running one",
 		Subcommands: []*cli.Command{
 			nodeRunCommand(),
+			nodeInstallCommand(),
+			nodeUninstallCommand(),
 			{
 				Name:  "members",
 				Usage: "list the cluster's members as the node sees them",
