@@ -15,10 +15,13 @@ package main
 // restarted (it leaves the cluster gracefully and rejoins).
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"debug/elf"
 	_ "embed"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -30,6 +33,7 @@ import (
 	"os/user"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -324,21 +328,67 @@ func unitFor(l layout) string {
 // shq quotes s for sh.
 func shq(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
-// step is one thing done on a host: a shell script run there, with stdin.
+// step is one thing done on a host: a shell script run there, or a file
+// written.
 type step struct {
 	what   string
 	script string
-	stdin  []byte
+	file   *fileCopy
 }
 
-// copyStep writes data to dst with mode, atomically (a running binary is
-// replaced, not overwritten: "text file busy").
+// fileCopy is a file a step writes: it travels in the tar archive batch
+// sends, beside its destination, and is then moved over it (a running
+// binary is replaced, not overwritten: "text file busy").
+type fileCopy struct {
+	data []byte
+	dst  string
+	mode os.FileMode
+}
+
+func (f *fileCopy) tmp() string { return f.dst + ".rbee-new" }
+
 func copyStep(what string, data []byte, dst string, mode os.FileMode) step {
-	tmp := dst + ".rbee-new"
-	// Folders as any install makes them (0755); the file private
-	// until its mode is set.
-	return step{what: what, stdin: data, script: fmt.Sprintf("(umask 022 && mkdir -p %s) && umask 077 && cat > %s && chmod %o %s && mv -f %s %s",
-		shq(path.Dir(dst)), shq(tmp), mode, shq(tmp), shq(tmp), shq(dst))}
+	f := &fileCopy{data: data, dst: dst, mode: mode}
+	return step{what: what, file: f, script: fmt.Sprintf("chmod %o %s && mv -f %s %s", mode, shq(f.tmp()), shq(f.tmp()), shq(dst))}
+}
+
+// batch makes steps one script and its stdin, so that a host is set up in
+// one SSH session (each costs a process start on the host, seconds on a
+// loaded one): the files as one tar archive, unpacked beside their
+// destinations, then every step's script in order.
+func batch(steps []step) (string, []byte, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	var dirs []string
+	for _, s := range steps {
+		if s.file == nil {
+			continue
+		}
+		if d := path.Dir(s.file.dst); !slices.Contains(dirs, shq(d)) {
+			dirs = append(dirs, shq(d))
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: strings.TrimPrefix(s.file.tmp(), "/"), Mode: int64(s.file.mode),
+			Size: int64(len(s.file.data)), Typeflag: tar.TypeReg, ModTime: time.Now()}); err != nil {
+			return "", nil, err
+		}
+		if _, err := tw.Write(s.file.data); err != nil {
+			return "", nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return "", nil, err
+	}
+	var b strings.Builder
+	b.WriteString("set -e\n")
+	if len(dirs) > 0 {
+		// Folders as any install makes them (0755); the files private
+		// until their modes are set.
+		fmt.Fprintf(&b, "(umask 022 && mkdir -p %s)\numask 077\ntar -xf - -C / --no-same-owner\n", strings.Join(dirs, " "))
+	}
+	for _, s := range steps {
+		b.WriteString(s.script + "\n")
+	}
+	return b.String(), buf.Bytes(), nil
 }
 
 // systemdSteps install the unit and (re)start it.
@@ -408,6 +458,7 @@ type installPlan struct {
 	binary     []byte
 	binaryArch string
 	binaryPath string
+	binarySum  string // sha256, hex: a host that has it gets no copy
 	key        wsapi.Key
 	config     map[string]any
 	service    string
@@ -450,6 +501,8 @@ func runInstall(c *cli.Context) error {
 		if p.binary, err = os.ReadFile(p.binaryPath); err != nil {
 			return fmt.Errorf("install: %w", err)
 		}
+		sum := sha256.Sum256(p.binary)
+		p.binarySum = hex.EncodeToString(sum[:])
 	}
 	p.ssh = sshOptionsFrom(c)
 	return eachHost(c, hosts, func(ctx context.Context, t installTarget, say func(string, ...any)) error {
@@ -531,13 +584,15 @@ func (p *installPlan) install(ctx context.Context, t installTarget, say func(str
 		copyStep("copy the cluster key to "+l.key+" (0600)", []byte(p.key.String()+"\n"), l.key, 0o600),
 		copyStep("write the node's config "+l.config, conf, l.config, 0o600),
 	}
-	check := "uname -s; uname -m; id -u; if [ -d /run/systemd/system ]; then echo systemd; else echo none; fi"
+	check := "uname -s; uname -m; id -u; if [ -d /run/systemd/system ]; then echo systemd; else echo none; fi; " +
+		"{ sha256sum " + shq(l.bin) + " 2>/dev/null || echo none; } | cut -d' ' -f1"
 	if p.dryRun {
 		say("dry run: ssh %s@%s", t.user, t.addr)
 		say("check: %s (want Linux, %s)", check, p.binaryArch)
 		for _, s := range files {
 			say("%s: %s", s.what, s.script)
 		}
+		say("(the files travel as one tar archive, unpacked with: tar -xf - -C / --no-same-owner)")
 		say("node config:\n%s", strings.TrimSpace(string(conf)))
 		if p.service != serviceDetached {
 			pre := "if the host runs systemd: "
@@ -567,12 +622,12 @@ func (p *installPlan) install(ctx context.Context, t installTarget, say func(str
 	}
 	defer cl.Close()
 	r := &remoteHost{c: cl}
-	out, err := r.run(ctx, step{what: "check", script: check})
+	out, err := r.run(ctx, "check", check, nil)
 	if err != nil {
 		return err
 	}
 	f := strings.Fields(out)
-	if len(f) != 4 {
+	if len(f) != 5 {
 		return fmt.Errorf("check: unexpected answer to %q: %q", check, out)
 	}
 	if f[0] != "Linux" {
@@ -582,6 +637,11 @@ func (p *installPlan) install(ctx context.Context, t installTarget, say func(str
 		return fmt.Errorf("the host is %s (%s) and %s is built for %s: build one for it (GOARCH=%s go build ./cmd/rbee) and give --binary", f[1], orDefault(arch, "unknown"), p.binaryPath, p.binaryArch, orDefault(arch, "?"))
 	}
 	r.sudo = f[2] != "0"
+	if f[4] == p.binarySum {
+		// The same build: only the key, config and restart.
+		files = files[1:]
+		say("%s is this build already", l.bin)
+	}
 	systemd := f[3] == "systemd"
 	service := p.service
 	switch {
@@ -597,19 +657,26 @@ func (p *installPlan) install(ctx context.Context, t installTarget, say func(str
 		// started detached would hold the ports.
 		files = append([]step{{what: "stop a detached node of an earlier install", script: stopDetached(l)}}, files...)
 	}
-	say("connected: %s %s, %s", f[0], f[1], map[bool]string{true: "systemd", false: "no systemd: the node runs detached"}[systemd])
+	say("connected (%v): %s %s, %s", time.Since(start).Round(10*time.Millisecond), f[0], f[1], map[bool]string{true: "systemd", false: "no systemd: the node runs detached"}[systemd])
 	steps := files
 	if service == serviceSystemd {
 		steps = append(steps, systemdSteps(l)...)
 	} else {
 		steps = append(steps, detachedSteps(l)...)
 	}
-	for _, s := range steps {
-		if _, err := r.run(ctx, s); err != nil {
-			return err
-		}
-		say("%s", s.what)
+	script, stdin, err := batch(steps)
+	if err != nil {
+		return err
 	}
+	var what []string
+	for _, s := range steps {
+		what = append(what, s.what)
+	}
+	began := time.Now()
+	if _, err := r.run(ctx, "install", script, stdin); err != nil {
+		return err
+	}
+	say("%s (%v)", strings.Join(what, "; "), time.Since(began).Round(10*time.Millisecond))
 	h, members, err := p.waitInCluster(ctx, cl, cfg)
 	if err != nil {
 		return fmt.Errorf("the node did not join: %w (its log: %s)", err, map[bool]string{true: "journalctl -u rbee", false: l.log}[service == serviceSystemd])
@@ -724,18 +791,19 @@ func runUninstall(c *cli.Context) error {
 		}
 		defer cl.Close()
 		r := &remoteHost{c: cl}
-		id, err := r.run(ctx, step{what: "check", script: "id -u"})
+		id, err := r.run(ctx, "check", "id -u", nil)
 		if err != nil {
 			return err
 		}
 		r.sudo = strings.TrimSpace(id) != "0"
-		for _, s := range steps {
-			if _, err := r.run(ctx, s); err != nil {
-				return err
-			}
-			say("%s", s.what)
+		script, _, err := batch(steps)
+		if err != nil {
+			return err
 		}
-		say("uninstalled")
+		if _, err := r.run(ctx, "uninstall", script, nil); err != nil {
+			return err
+		}
+		say("stopped the node; removed %s", strings.Join(rm, " "))
 		return nil
 	})
 }
@@ -746,20 +814,20 @@ type remoteHost struct {
 	sudo bool // not root: steps go through sudo -n
 }
 
-func (r *remoteHost) run(ctx context.Context, s step) (string, error) {
+func (r *remoteHost) run(ctx context.Context, what, script string, stdin []byte) (string, error) {
 	sess, err := r.c.NewSession()
 	if err != nil {
-		return "", fmt.Errorf("%s: ssh session: %w", s.what, err)
+		return "", fmt.Errorf("%s: ssh session: %w", what, err)
 	}
 	defer sess.Close()
-	cmd := "sh -c " + shq(s.script)
+	cmd := "sh -c " + shq(script)
 	if r.sudo {
 		cmd = "sudo -n " + cmd
 	}
 	var out, errOut bytes.Buffer
 	sess.Stdout, sess.Stderr = &out, &errOut
-	if s.stdin != nil {
-		sess.Stdin = bytes.NewReader(s.stdin)
+	if stdin != nil {
+		sess.Stdin = bytes.NewReader(stdin)
 	}
 	done := make(chan error, 1)
 	go func() { done <- sess.Run(cmd) }()
@@ -768,14 +836,14 @@ func (r *remoteHost) run(ctx context.Context, s step) (string, error) {
 	case <-ctx.Done():
 		_ = sess.Close()
 		<-done
-		return "", fmt.Errorf("%s: %w", s.what, ctx.Err())
+		return "", fmt.Errorf("%s: %w", what, ctx.Err())
 	}
 	if err != nil {
 		msg := strings.TrimSpace(errOut.String())
 		if r.sudo && strings.Contains(msg, "sudo") {
 			msg += " (log in as root, or allow this user passwordless sudo)"
 		}
-		return "", fmt.Errorf("%s: %v: %s", s.what, err, msg)
+		return "", fmt.Errorf("%s: %v: %s", what, err, msg)
 	}
 	return out.String(), nil
 }
