@@ -5,11 +5,16 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/mdns"
+	"github.com/miekg/dns"
 
 	"github.com/rbee/rbee/internal/testutil"
 )
@@ -180,5 +185,29 @@ func (h *heldDiscovery) Browse(ctx context.Context) ([]string, error) {
 		return nil, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// TestMDNSAnswersReadTheResponder: what the library's responder answers a
+// browse with is read back into gossip addresses, and only for the cluster
+// id asked about.
+func TestMDNSAnswersReadTheResponder(t *testing.T) {
+	var ans answers
+	for i, id := range []string{"aaaa", "bbbb", "aaaa"} {
+		inst := "rbee-" + strconv.Itoa(i)
+		svc, err := mdns.NewMDNSService(inst, MDNSService, "local.", inst+".local.", 7946+i,
+			[]net.IP{net.IPv4(10, 0, 0, byte(1+i))}, []string{"v=1", "c=" + id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ans.add(svc.Records(dns.Question{Name: MDNSService + ".local.", Qtype: dns.TypePTR, Qclass: dns.ClassINET}))
+	}
+	got := ans.addrs("c=aaaa")
+	slices.Sort(got)
+	if want := []string{"10.0.0.1:7946", "10.0.0.3:7948"}; !slices.Equal(got, want) {
+		t.Fatalf("addrs %v, want %v", got, want)
+	}
+	if got := ans.addrs("c=cccc"); len(got) != 0 {
+		t.Fatalf("another cluster's id matched %v", got)
 	}
 }

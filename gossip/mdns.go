@@ -9,10 +9,13 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/mdns"
+	"github.com/miekg/dns"
+	"golang.org/x/net/ipv4"
 )
 
 // MDNSService is the DNS-SD service type rbee nodes announce.
@@ -31,7 +34,8 @@ const mdnsRound = time.Second
 //
 // It answers and asks on the interface holding the node's gossip address
 // (its multicast group membership and its outgoing queries), so a machine
-// with several networks announces itself only where its peers can reach it.
+// with several networks announces itself only where its peers can reach it,
+// and needs no route for multicast.
 // Several nodes on one machine each answer: the mDNS port is shared
 // (SO_REUSEADDR, as Go opens multicast listeners), and every listener gets
 // every query.
@@ -42,6 +46,7 @@ type MDNS struct {
 
 	mu     sync.Mutex
 	iface  *net.Interface
+	ip     net.IP // the announced address, which queries leave from
 	server *mdns.Server
 	closed bool
 }
@@ -99,7 +104,7 @@ func (m *MDNS) Announce(addr string) error {
 	if m.server != nil {
 		_ = m.server.Shutdown()
 	}
-	m.server, m.iface = srv, iface
+	m.server, m.iface, m.ip = srv, iface, ip
 	return nil
 }
 
@@ -128,40 +133,101 @@ func interfaceOf(ip net.IP) (*net.Interface, error) {
 
 // Browse sends one query and collects the answers of this cluster's nodes
 // for one round.
+//
+// The query is this package's, not the library's: the library's client also
+// joins the mDNS group on the default interface, which fails on a LAN with
+// no default route (an isolated GPU network), though the answers never come
+// that way. Here the query leaves from the node's own address on its
+// interface (IP_MULTICAST_IF: no route needed), from an ephemeral port, so
+// every responder answers it by unicast (RFC 6762 6.7, and the library's
+// responder always does).
 func (m *MDNS) Browse(ctx context.Context) ([]string, error) {
 	m.mu.Lock()
-	iface := m.iface
+	iface, ip := m.iface, m.ip
 	m.mu.Unlock()
 	if iface == nil {
 		return nil, errors.New("not announcing yet: no interface to ask on")
 	}
-	// The library drops answers when the channel is full rather than
-	// block; this holds a large LAN's worth.
-	entries := make(chan *mdns.ServiceEntry, 1024)
-	err := mdns.QueryContext(ctx, &mdns.QueryParam{
-		Service:   MDNSService,
-		Domain:    "local",
-		Timeout:   mdnsRound,
-		Interface: iface,
-		Entries:   entries,
-		// Gossip addresses are IPv4 here, and a query to ff02::fb on
-		// a host without an IPv6 route fails the whole query.
-		DisableIPv6: true,
-		Logger:      slog.NewLogLogger(m.log.Handler(), slog.LevelDebug),
-	})
-	// QueryContext has returned: nothing sends on entries any more.
-	close(entries)
-	var out []string
-	for e := range entries {
-		if e.AddrV4 == nil || e.Port == 0 || !hasField(e.InfoFields, "c="+m.id) {
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: ip})
+	if err != nil {
+		return nil, fmt.Errorf("mdns query socket: %w", err)
+	}
+	defer conn.Close()
+	pc := ipv4.NewPacketConn(conn)
+	if err := pc.SetMulticastInterface(iface); err != nil {
+		return nil, fmt.Errorf("mdns query on %s: %w", iface.Name, err)
+	}
+	// RFC 6762 11: mDNS packets go out with TTL 255.
+	_ = pc.SetMulticastTTL(255)
+	q := new(dns.Msg)
+	q.SetQuestion(MDNSService+".local.", dns.TypePTR)
+	q.RecursionDesired = false
+	q.Question[0].Qclass |= 1 << 15 // QU: answer by unicast
+	buf, err := q.Pack()
+	if err != nil {
+		return nil, fmt.Errorf("mdns query: %w", err)
+	}
+	if _, err := conn.WriteToUDP(buf, mdnsGroup); err != nil {
+		return nil, fmt.Errorf("mdns query on %s: %w", iface.Name, err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(mdnsRound))
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(time.Now()) })
+	defer stop()
+	var ans answers
+	rb := make([]byte, 65536)
+	for {
+		n, _, err := conn.ReadFromUDP(rb)
+		if err != nil {
+			break // the round's deadline, or ctx
+		}
+		var msg dns.Msg
+		if msg.Unpack(rb[:n]) != nil || !msg.Response {
 			continue
 		}
-		out = append(out, net.JoinHostPort(e.AddrV4.String(), strconv.Itoa(e.Port)))
+		ans.add(append(msg.Answer, msg.Extra...))
 	}
-	if err != nil {
-		return out, fmt.Errorf("mdns query on %s: %w", iface.Name, err)
+	return ans.addrs("c=" + m.id), ctx.Err()
+}
+
+// mdnsGroup is mDNS's IPv4 group and port.
+var mdnsGroup = &net.UDPAddr{IP: net.IPv4(224, 0, 0, 251), Port: 5353}
+
+// answers gathers the records of a browse's responses, which may come split
+// over several packets.
+type answers struct {
+	srv map[string]*dns.SRV // by instance name
+	txt map[string][]string // by instance name
+	a   map[string]net.IP   // by host name
+}
+
+func (a *answers) add(rrs []dns.RR) {
+	if a.srv == nil {
+		a.srv, a.txt, a.a = map[string]*dns.SRV{}, map[string][]string{}, map[string]net.IP{}
 	}
-	return out, nil
+	for _, rr := range rrs {
+		switch r := rr.(type) {
+		case *dns.SRV:
+			a.srv[strings.ToLower(r.Hdr.Name)] = r
+		case *dns.TXT:
+			a.txt[strings.ToLower(r.Hdr.Name)] = r.Txt
+		case *dns.A:
+			a.a[strings.ToLower(r.Hdr.Name)] = r.A
+		}
+	}
+}
+
+// addrs are the gossip addresses of the instances whose TXT record holds
+// field.
+func (a *answers) addrs(field string) []string {
+	var out []string
+	for name, srv := range a.srv {
+		ip := a.a[strings.ToLower(srv.Target)]
+		if ip == nil || srv.Port == 0 || !hasField(a.txt[name], field) {
+			continue
+		}
+		out = append(out, net.JoinHostPort(ip.String(), strconv.Itoa(int(srv.Port))))
+	}
+	return out
 }
 
 func hasField(fields []string, want string) bool {

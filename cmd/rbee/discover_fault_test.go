@@ -21,16 +21,12 @@ import (
 	"github.com/rbee/rbee/wsapi"
 )
 
-// lanHost adds a namespace whose multicast goes out on its LAN interface:
-// a namespace has no default route, and a machine on a LAN has one, which
-// multicast follows.
+// lanHost adds a namespace: a machine on a LAN with no default route, nor
+// one for multicast (an isolated GPU network), which discovery must do
+// without.
 func lanHost(nc *netCluster, name string) *netlab.Host {
 	nc.tb.Helper()
-	h := nc.host(name)
-	if out, err := h.Command("ip", "route", "add", "224.0.0.0/4", "dev", "eth0").CombinedOutput(); err != nil {
-		nc.tb.Fatalf("multicast route in %s: %v: %s", h.NS, err, out)
-	}
-	return h
+	return nc.host(name)
 }
 
 // discoverNode launches `rbee node run` in h with keyFile and no --join;
