@@ -5,16 +5,19 @@ package main
 // --join, find each other by multicast DNS.
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"slices"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/gossip"
 	"github.com/rbee/rbee/internal/netlab"
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node/api"
@@ -91,7 +94,8 @@ func formByDiscovery(tb testing.TB, nc *netCluster) ([]*proc, []*netlab.Host, ti
 
 // TestFault_DiscoveryFormsOneCluster: three nodes with one key and no --join
 // form one cluster with one queen; a fourth with another key on the same LAN
-// stays alone, and none of the three sees it; a node killed and started
+// stays alone, and none of the three sees it; the announcements on the wire
+// hold the cluster id and nothing of the key; a node killed and started
 // again later is found again, and so is a second node on one machine.
 func TestFault_DiscoveryFormsOneCluster(t *testing.T) {
 	nc := newNetCluster(t)
@@ -103,6 +107,7 @@ func TestFault_DiscoveryFormsOneCluster(t *testing.T) {
 		}
 	}
 
+	capture := nc.lab.Capture()
 	otherFile, otherKey := nc.keygen("other-key")
 	x := nc.discoverNode(lanHost(nc, "x"), otherFile)
 	testutil.Every(50*time.Millisecond).Eventually(t, 15*time.Second, "x answers", func() error {
@@ -132,6 +137,23 @@ func TestFault_DiscoveryFormsOneCluster(t *testing.T) {
 	})
 	if h, err := healthWithKey(nc.hc, x, otherKey); err != nil || h.Queen != "x" {
 		t.Fatalf("x alone should be its own queen: %+v, %v", h, err)
+	}
+	// What the nodes announced meanwhile: their cluster's id, and
+	// nothing of the key or this machine.
+	wire := capture.Stop()
+	id := gossip.ClusterID(nc.key.GossipSecret())
+	if !bytes.Contains(wire, []byte("c="+id)) || !bytes.Contains(wire, []byte("_rbee")) {
+		t.Fatalf("the capture holds no announcement of the cluster (%d bytes): it proves nothing", len(wire))
+	}
+	secrets := map[string][]byte{"the key": []byte(nc.key.String()), "the token": []byte(nc.key.HTTPToken()),
+		"the gossip secret": nc.key.GossipSecret(), "the other key's token": []byte(otherKey.HTTPToken())}
+	if host, err := os.Hostname(); err == nil && len(host) >= 4 {
+		secrets["the machine's name"] = []byte(host)
+	}
+	for what, b := range secrets {
+		if bytes.Contains(wire, b) {
+			t.Errorf("%s crossed the wire in the announcements", what)
+		}
 	}
 
 	// b dies; a and c see it gone; b starts again, still with no --join.
