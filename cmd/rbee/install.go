@@ -495,7 +495,7 @@ func runInstall(c *cli.Context) error {
 		}
 	}
 	if p.binaryArch, err = binaryArch(p.binaryPath); err != nil {
-		return fmt.Errorf("install: --binary %w", err)
+		return fmt.Errorf("install: %w; give --binary, a Linux build of rbee (GOOS=linux GOARCH=amd64 go build ./cmd/rbee)", err)
 	}
 	if !p.dryRun {
 		if p.binary, err = os.ReadFile(p.binaryPath); err != nil {
