@@ -23,7 +23,8 @@ type Discovery interface {
 	// the members of this cluster it heard, this node's own included
 	// when it hears itself.
 	Browse(ctx context.Context) ([]string, error)
-	// Close stops announcing.
+	// Close stops announcing; it is called when the node leaves and when
+	// Run ends, and may be called twice.
 	Close() error
 }
 
@@ -63,6 +64,12 @@ func (g *Gossip) discoverLoop(ctx context.Context) {
 	announced, warned := false, false
 	pause := discoverFirst
 	for first := true; ; first = false {
+		g.mu.Lock()
+		gone := g.leaving || g.down
+		g.mu.Unlock()
+		if gone {
+			return // Leave closed the discovery: announce nothing more
+		}
 		if !announced {
 			if err := d.Announce(self); err != nil {
 				// Kept up: an interface that is down at boot

@@ -155,6 +155,44 @@ func TestDiscovery_KeepsFindingLateNodes(t *testing.T) {
 	waitLive(t, []string{"a", "b", "late"}, a, b, late)
 }
 
+// TestDiscovery_LeaveStopsAnnouncing: a node that leaves is no longer
+// announced, so the members that dropped it do not join it again.
+func TestDiscovery_LeaveStopsAnnouncing(t *testing.T) {
+	lan := newFakeLAN()
+	c := newCluster(t)
+	id := ClusterID(c.secret)
+	a := c.start("a", nil, withDiscovery(lan.discovery(id, false)))
+	b := c.start("b", nil, withDiscovery(lan.discovery(id, false)))
+	waitLive(t, []string{"a", "b"}, a, b)
+	if got := lan.announced(id); len(got) != 2 {
+		t.Fatalf("announced %v, want both", got)
+	}
+	if err := b.Leave(); err != nil {
+		t.Fatal(err)
+	}
+	if got := lan.announced(id); !slices.Equal(got, []string{a.addr()}) {
+		t.Fatalf("after b left, announced %v, want only a's %s", got, a.addr())
+	}
+	waitLive(t, []string{"a"}, a)
+	testutil.Consistently(t, quiet, "a does not take b back", func() error {
+		if got := liveNames(a); !slices.Equal(got, []string{"a"}) {
+			return errors.New("a sees " + strings.Join(got, ","))
+		}
+		return nil
+	})
+}
+
+func (l *fakeLAN) announced(id string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+	for a := range l.ann[id] {
+		out = append(out, a)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // TestDiscovery_WaitsForFirstRound: a node with discovery and no seeds claims
 // no queen seat before its first round, so that it joins the peers it hears
 // instead of racing them for the seat.

@@ -632,6 +632,13 @@ func (g *Gossip) Leave() error {
 		g.metaBytes = b
 	}
 	g.mu.Unlock()
+	// Stop announcing: heard after this, the node would be joined again
+	// by the members that dropped it.
+	if g.cfg.Discovery != nil {
+		if err := g.cfg.Discovery.Close(); err != nil {
+			g.log.Debug("stop discovery", "err", err)
+		}
+	}
 	// The metadata update goes out before the leave on the same broadcast
 	// queue; waiting one gossip round for it costs ~50 ms of the leave.
 	if err := g.ml.UpdateNode(g.cfg.Timing.GossipInterval * 2); err != nil {
