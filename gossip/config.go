@@ -33,8 +33,17 @@ type Config struct {
 	// failed at ("that is rbee node b's API port; its gossip address is
 	// ..."), or "": the node can look further than memberlist's error.
 	ExplainJoin func(addr string) string
-	Timing      Timing
-	Logger      *slog.Logger
+	// Discovery, when set, announces this node and joins the members of
+	// its cluster it hears, for as long as the node runs; a node with
+	// no seeds then waits for its first round before it may claim the
+	// queen seat.
+	Discovery Discovery
+	// DiscoverInterval is the longest pause between discovery rounds
+	// (default 10 s): how long a machine that comes back may go unheard
+	// when the reconnect loop no longer dials it.
+	DiscoverInterval time.Duration
+	Timing           Timing
+	Logger           *slog.Logger
 
 	// tweak lets this package's tests change memberlist's configuration
 	// last (a transport that cuts links, shorter timings).
@@ -193,6 +202,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.JoinTimeout <= 0 {
 		c.JoinTimeout = 5 * time.Second
+	}
+	if c.DiscoverInterval <= 0 {
+		c.DiscoverInterval = 10 * time.Second
 	}
 	if c.ReconnectFor <= 0 {
 		c.ReconnectFor = 24 * time.Hour

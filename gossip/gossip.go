@@ -156,7 +156,9 @@ func New(cfg Config, seeds []string) (*Gossip, error) {
 			g.seeds = append(g.seeds, a)
 		}
 	}
-	g.settled = len(g.seeds) == 0
+	// With discovery, a node without seeds settles after its first
+	// round: one that hears its peers joins them first.
+	g.settled = len(g.seeds) == 0 && cfg.Discovery == nil
 	g.known = slices.Clone(g.seeds)
 	return g, nil
 }
@@ -204,6 +206,9 @@ func (g *Gossip) Run(ctx context.Context) error {
 	// Partitions heal: failed members and the seeds are redialled, as
 	// serf does, since memberlist stops gossiping to the dead.
 	wg.Go(func() { g.reconnectLoop(ctx) })
+	if g.cfg.Discovery != nil {
+		wg.Go(func() { g.discoverLoop(ctx) })
+	}
 	house := time.NewTicker(housekeepingInterval)
 	defer house.Stop()
 	g.poke()
@@ -627,6 +632,13 @@ func (g *Gossip) Leave() error {
 		g.metaBytes = b
 	}
 	g.mu.Unlock()
+	// Stop announcing: heard after this, the node would be joined again
+	// by the members that dropped it.
+	if g.cfg.Discovery != nil {
+		if err := g.cfg.Discovery.Close(); err != nil {
+			g.log.Debug("stop discovery", "err", err)
+		}
+	}
 	// The metadata update goes out before the leave on the same broadcast
 	// queue; waiting one gossip round for it costs ~50 ms of the leave.
 	if err := g.ml.UpdateNode(g.cfg.Timing.GossipInterval * 2); err != nil {

@@ -32,6 +32,10 @@ type Config struct {
 	HTTPAddr string
 	// Join lists seeds (gossip host:port) to join at start.
 	Join []string
+	// Discover is how the node finds its cluster's members on the LAN
+	// beside Join: DiscoverAuto, DiscoverMDNS or DiscoverOff (""; the
+	// CLI's default is DiscoverAuto).
+	Discover string
 	// DataDir, when set, is where the node keeps what it should remember
 	// across restarts: the members it knew (members.json), which it
 	// rejoins after a restart even without Join.

@@ -161,7 +161,13 @@ func New(cfg Config) (*Node, error) {
 		}
 		snapshot = filepath.Join(cfg.DataDir, "members.json")
 	}
+	disc, err := cfg.discovery(n.log)
+	if err != nil {
+		n.ln.Close()
+		return nil, err
+	}
 	g, err := gossip.New(gossip.Config{
+		Discovery:     disc,
 		SnapshotPath:  snapshot,
 		ExplainJoin:   n.explainJoin,
 		Name:          cfg.Name,
@@ -454,7 +460,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.cancelRun = cancel
 	n.runMu.Unlock()
 	n.log.Info("node started", "http", n.HTTPAddr(), "advertise_http", n.httpAdvertise, "gossip", n.GossipAddr(),
-		"roles", n.cfg.Roles, "encrypted", !n.cfg.Key.IsZero(), "join", n.cfg.Join, "gossip_profile", n.cfg.GossipProfile)
+		"roles", n.cfg.Roles, "encrypted", !n.cfg.Key.IsZero(), "join", n.cfg.Join, "discover", n.discoverLogged(), "gossip_profile", n.cfg.GossipProfile)
 
 	eg, ectx := errgroup.WithContext(ctx)
 	eg.Go(func() error { return n.gossip.Run(ectx) })

@@ -71,6 +71,8 @@ func nodeCommand() *cli.Command {
 		Usage: "run a node, or talk to a running one",
 		Subcommands: []*cli.Command{
 			nodeRunCommand(),
+			nodeInstallCommand(),
+			nodeUninstallCommand(),
 			{
 				Name:  "members",
 				Usage: "list the cluster's members as the node sees them",
@@ -175,6 +177,7 @@ func nodeRunCommand() *cli.Command {
 			&cli.StringFlag{Name: "advertise-addr", EnvVars: []string{"RBEE_ADVERTISE_ADDR"}, Usage: "gossip address the other nodes should dial, if not the bind address"},
 			&cli.StringFlag{Name: "http-addr", EnvVars: []string{"RBEE_HTTP_ADDR"}, Usage: fmt.Sprintf("HTTP bind address (default :%d with a cluster key, 127.0.0.1:%d without)", api.DefaultHTTPPort, api.DefaultHTTPPort)},
 			&cli.StringSliceFlag{Name: "join", EnvVars: []string{"RBEE_JOIN"}, Usage: "gossip address of a member to join (repeat or comma-separate)"},
+			&cli.StringFlag{Name: "discover", EnvVars: []string{"RBEE_DISCOVER"}, Value: node.DiscoverAuto, Usage: "find the cluster's other nodes on the LAN by multicast DNS: auto (with a cluster key and no --join), mdns (also beside --join) or off (networks where multicast is unwelcome)"},
 			&cli.StringFlag{Name: "data-dir", EnvVars: []string{"RBEE_DATA_DIR"}, Usage: "where the node remembers the members it knew, to rejoin them after a restart without --join"},
 			&cli.StringSliceFlag{Name: "roles", EnvVars: []string{"RBEE_ROLES"}, Value: cli.NewStringSlice("queen", "hive"), Usage: "queen (may be elected) and/or hive (reports workers), or none (serves the API only)"},
 			&cli.StringFlag{Name: "gossip-profile", EnvVars: []string{"RBEE_GOSSIP_PROFILE"}, Value: gossip.ProfileLAN, Usage: "failure detection tuning: lan (one site: a dead node is found in about 1 s) or wan (round trips of hundreds of ms between nodes: about 40 s, and no false deaths); --print-config shows the figures"},
@@ -259,6 +262,7 @@ func runNode(c *cli.Context) error {
 	cfg.GossipAddr, cfg.HTTPAddr = listenAddrs(c, !key.IsZero())
 	cfg.AdvertiseAddr = c.String("advertise-addr")
 	cfg.Join = splitList(c.StringSlice("join"))
+	cfg.Discover = c.String("discover")
 	cfg.DataDir = c.String("data-dir")
 	cfg.Roles = []string{}
 	for _, r := range splitList(c.StringSlice("roles")) {
