@@ -37,7 +37,10 @@ type record struct {
 	key   string
 	// model is the served name once a lease names it, else the label the
 	// refusal was counted under.
-	model        string
+	model string
+	// asked is the model as the client named it, which the access log
+	// names when no worker served the request.
+	asked        string
 	hive, worker string
 	status       int
 	errCode      string
@@ -187,7 +190,7 @@ func (p *Proxy) admitted(r *http.Request, a *admission, ok bool) {
 	if rec == nil {
 		return
 	}
-	rec.key = keyLabel(r)
+	rec.key, rec.asked = keyLabel(r), a.model
 	if !ok {
 		return
 	}
@@ -264,13 +267,17 @@ func (p *Proxy) finish(r *http.Request, rec *record) {
 
 // accessLog writes rec's line: never the prompt, the answer or the key.
 func (p *Proxy) accessLog(r *http.Request, rec *record, total time.Duration) {
+	model := rec.model
+	if rec.worker == "" && rec.asked != "" {
+		model = TruncateText(rec.asked, 200)
+	}
 	attrs := make([]slog.Attr, 0, 22)
 	attrs = append(attrs,
 		slog.String("request_id", rec.id),
 		slog.String("method", r.Method),
 		slog.String("path", r.URL.Path),
 		slog.String("key", rec.key),
-		slog.String("model", rec.model),
+		slog.String("model", model),
 		slog.String("entry", p.cfg.Name),
 		slog.String("hive", rec.hive),
 		slog.String("worker", rec.worker),
