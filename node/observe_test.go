@@ -216,7 +216,7 @@ func TestObserve_AccessLogRequestIDAndMetrics(t *testing.T) {
 	want := map[string]map[string]any{
 		"client-id-1": {"msg": "request", "key": "-", "model": "m", "entry": "c", "hive": "b", "worker": "llm/w", "status": 200.0,
 			"error": "", "prompt_tokens": 5.0, "completion_tokens": 4.0, "retries": 0.0, "migrations": 0.0, "path": api.PathChat},
-		made: {"model": "m", "hive": "b", "worker": "llm/w", "status": 200.0, "prompt_tokens": 7.0, "completion_tokens": 3.0},
+		made:    {"model": "m", "hive": "b", "worker": "llm/w", "status": 200.0, "prompt_tokens": 7.0, "completion_tokens": 3.0},
 		refused: {"model": "nope", "hive": "", "worker": "", "status": 404.0, "error": "model_not_found", "prompt_tokens": 0.0},
 	}
 	for id, fields := range want {
