@@ -267,8 +267,8 @@ func TestObserve_AccessLogRequestIDAndMetrics(t *testing.T) {
 		`rbee_time_to_first_token_seconds_count{model="m"} 1`,
 		`rbee_time_per_output_token_seconds_count{model="m"} 1`,
 		`rbee_request_duration_seconds_count{model="m"} 2`,
-		`rbee_worker_requests_total{code="2xx",worker="b/llm/w"} 2`,
-		`rbee_worker_tokens_per_second_count{worker="b/llm/w"} 2`,
+		`rbee_worker_requests_total{code="2xx",hive="b",worker="llm/w"} 2`,
+		`rbee_worker_tokens_per_second_count{hive="b",worker="llm/w"} 2`,
 	} {
 		if !strings.Contains(m, want+"\n") {
 			t.Errorf("no %s in\n%s", want, grepLines(m, "rbee_time_to|rbee_request_duration|rbee_worker"))

@@ -9,7 +9,8 @@ import (
 
 // obsMetrics are the latency figures operators chart, taken by the entry
 // node when a request ends: per model (its served name, a bounded set) and
-// per worker (hive/group/instance, the cluster's own).
+// per worker (hive and group/instance: the cluster's own, as the queen's
+// rbee_worker_* gauges).
 type obsMetrics struct {
 	ttft     *prometheus.HistogramVec
 	tpot     *prometheus.HistogramVec
@@ -42,11 +43,11 @@ func newObsMetrics(reg prometheus.Registerer) (*obsMetrics, error) {
 			Name: "rbee_request_duration_seconds", Help: "Requests a worker answered: from their arrival at the entry node to the answer's end, by model.", Buckets: llmBuckets,
 		}, []string{"model"}),
 		tps: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "rbee_worker_tokens_per_second", Help: "Completion tokens per second of each answer that reported its usage, after its first token when streamed, by worker (hive/group/instance).", Buckets: tpsBuckets,
-		}, []string{"worker"}),
+			Name: "rbee_worker_tokens_per_second", Help: "Completion tokens per second of each answer that reported its usage, after its first token when streamed, by hive and worker (group/instance).", Buckets: tpsBuckets,
+		}, []string{"hive", "worker"}),
 		served: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "rbee_worker_requests_total", Help: "Requests whose answer came from each worker (hive/group/instance; the last one, for a migrated stream), by HTTP status class.",
-		}, []string{"worker", "code"}),
+			Name: "rbee_worker_requests_total", Help: "Requests whose answer came from each worker (group/instance on hive; the last one, for a migrated stream), by HTTP status class.",
+		}, []string{"hive", "worker", "code"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -69,12 +70,11 @@ func (m *obsMetrics) observe(rec *record, total time.Duration) {
 	if rec.worker == "" || rec.ttft == 0 {
 		return
 	}
-	worker := rec.hive + "/" + rec.worker
 	class := "5xx"
 	if c := rec.status / 100; c >= 1 && c <= 5 {
 		class = statusClasses[c-1]
 	}
-	m.served.WithLabelValues(worker, class).Inc()
+	m.served.WithLabelValues(rec.hive, rec.worker, class).Inc()
 	if rec.status/100 != 2 || rec.aborted {
 		return
 	}
@@ -88,6 +88,6 @@ func (m *obsMetrics) observe(rec *record, total time.Duration) {
 		}
 	}
 	if rec.usage && rec.complete > 0 && gen > 0 {
-		m.tps.WithLabelValues(worker).Observe(float64(rec.complete) / gen.Seconds())
+		m.tps.WithLabelValues(rec.hive, rec.worker).Observe(float64(rec.complete) / gen.Seconds())
 	}
 }

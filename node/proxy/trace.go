@@ -181,6 +181,14 @@ func watchFirstToken(resp *http.Response, sp trace.Span, start time.Time) {
 	resp.Body = &firstTokenBody{ReadCloser: resp.Body, sp: sp, start: start}
 }
 
+// injectTrace puts the request's trace context in h, for a peer that serves
+// the request instead of this node (peers.go).
+func (p *Proxy) injectTrace(ctx context.Context, h http.Header) {
+	if p.tracer != nil {
+		propagator.Inject(ctx, propagation.HeaderCarrier(h))
+	}
+}
+
 func endSpan(sp trace.Span) {
 	if sp != nil {
 		sp.End()
