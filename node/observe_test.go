@@ -12,9 +12,11 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/internal/sim"
 	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/node/api"
@@ -327,5 +329,45 @@ func TestObserve_AccessLogFileReopen(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, "the line after the reopen", func() error { return lineIn(path, "after") })
 	if err := lineIn(path+".1", "after"); err == nil {
 		t.Errorf("the moved file got the line after the reopen")
+	}
+}
+
+// TestObserve_MigratedStreamLogged: a stream whose worker broke off
+// mid-answer and was continued on the other worker is one access log line,
+// naming the worker that finished it and the migration.
+func TestObserve_MigratedStreamLogged(t *testing.T) {
+	broken := new(atomic.Bool)
+	c := endpointCollector{eps: map[string]string{}}
+	for _, name := range []string{"w1", "w2"} {
+		s, err := sim.New(sim.Config{Model: "m", MaxTokens: 30})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httptest.NewServer(failingOnce{sim: s.Handler(), broken: broken})
+		t.Cleanup(srv.Close)
+		c.workers = append(c.workers, wsapi.ProcessStats{Group: "llm", Instance: name, Model: ptr("m"), Slots: 2, VRAMMB: 4000, TotalVRAMMB: 24000})
+		c.eps["llm/"+name] = srv.URL
+	}
+	var access syncBuffer
+	_, _, entry := routeCluster(t, c, endpointCollector{}, func(cfg *node.Config) {
+		if cfg.Name == "c" {
+			cfg.AccessLog = slog.New(slog.NewJSONHandler(&access, nil))
+		}
+	})
+	resp, body := chatRequest(t, entry.HTTPAddr(), chat("m", true), map[string]string{"X-Request-Id": "migrated-1"})
+	if resp.StatusCode != 200 || !broken.Load() || !strings.HasSuffix(body, "data: [DONE]\n\n") {
+		t.Fatalf("stream: %d, broke %v: %s", resp.StatusCode, broken.Load(), body)
+	}
+	var lines []map[string]any
+	testutil.Eventually(t, 5*time.Second, "the access log line", func() error {
+		if lines = accessLines(t, access.String()); len(lines) != 1 {
+			return fmt.Errorf("%d lines", len(lines))
+		}
+		return nil
+	})
+	l := lines[0]
+	if l["request_id"] != "migrated-1" || l["status"] != 200.0 || l["migrations"] != 1.0 || l["retries"] != 0.0 || l["hive"] != "a" ||
+		!strings.HasPrefix(l["worker"].(string), "llm/w") || l["bytes_out"] != float64(len(body)) {
+		t.Errorf("access log line %v for a %d-byte answer", l, len(body))
 	}
 }
