@@ -54,3 +54,26 @@ func TestWriteError_NamesTheRequest(t *testing.T) {
 		t.Errorf("an answer without a request id got one: %s", w.Body.String())
 	}
 }
+
+func TestOpenAccessLog_Specs(t *testing.T) {
+	for _, spec := range []string{"", "off"} {
+		if a, err := OpenAccessLog(spec, nil); a != nil || err != nil {
+			t.Errorf("%q: %v, %v; want no log", spec, a, err)
+		}
+	}
+	var out strings.Builder
+	a, err := OpenAccessLog("stdout", &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Logger.Info("request", "request_id", "r1")
+	if !strings.HasPrefix(out.String(), `{"time":`) || !strings.Contains(out.String(), `"request_id":"r1"`) {
+		t.Errorf("stdout got %q, want a JSON line", out.String())
+	}
+	if err := a.Reopen(); err != nil || a.Close() != nil {
+		t.Errorf("reopen or close of stdout: %v", err)
+	}
+	if _, err := OpenAccessLog(t.TempDir()+"/no/such/dir/access.log", nil); err == nil {
+		t.Error("a file in a missing folder opened")
+	}
+}
