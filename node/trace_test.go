@@ -225,12 +225,16 @@ func TestTrace_OneTraceAcrossNodes(t *testing.T) {
 	}
 }
 
-// TestTrace_SamplingOff: with the sampler off, requests leave no span
-// anywhere (and the worker is told the trace is not sampled).
+// TestTrace_SamplingOff: with a sampler that keeps nothing (a ratio of 0,
+// not parent-based: a client's sampled traceparent is not kept either),
+// requests leave no span anywhere, and the worker is told the trace is not
+// sampled. (OTEL_TRACES_SAMPLER=always_off turns tracing off altogether:
+// see package tracing.)
 func TestTrace_SamplingOff(t *testing.T) {
 	recv := newOTLPReceiver(t)
 	uw := newUsageWorker(t)
-	entry, flush := tracedCluster(t, recv, "always_off", uw.collector("m"))
+	t.Setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+	entry, flush := tracedCluster(t, recv, "traceidratio", uw.collector("m"))
 	for i := range 3 {
 		hdr := map[string]string{}
 		if i == 0 {

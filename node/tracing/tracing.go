@@ -5,7 +5,8 @@
 // timeout, TLS, compression); OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG
 // choose the sampler (default parentbased_always_on: a client's sampled
 // traceparent is always continued); OTEL_BSP_* tune the batching; and
-// OTEL_SDK_DISABLED=true or OTEL_TRACES_EXPORTER=none turn it off. Without
+// OTEL_SDK_DISABLED=true, OTEL_TRACES_EXPORTER=none or
+// OTEL_TRACES_SAMPLER=always_off turn it off. Without
 // an endpoint, tracing is off and the request path pays nothing for it.
 package tracing
 
@@ -24,6 +25,11 @@ import (
 // Enabled reports whether the environment asks for traces.
 func Enabled() bool {
 	if strings.EqualFold(os.Getenv("OTEL_SDK_DISABLED"), "true") || strings.EqualFold(os.Getenv("OTEL_TRACES_EXPORTER"), "none") {
+		return false
+	}
+	if os.Getenv("OTEL_TRACES_SAMPLER") == "always_off" {
+		// Nothing would be kept, whatever the clients send: no
+		// tracer at all costs the requests nothing.
 		return false
 	}
 	return os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
