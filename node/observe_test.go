@@ -371,3 +371,75 @@ func TestObserve_MigratedStreamLogged(t *testing.T) {
 		t.Errorf("access log line %v for a %d-byte answer", l, len(body))
 	}
 }
+
+// TestObserve_QueuedStreamLogged: a stream that waited for a slot long
+// enough to be kept alive with comments (written by the keep-alive's own
+// goroutine) logs its wait and every byte its client got.
+func TestObserve_QueuedStreamLogged(t *testing.T) {
+	fw := newFakeWorker(t, "w1")
+	var access syncBuffer
+	_, _, entry := routeCluster(t, endpointCollector{}, workersOf("m", 1, fw), func(cfg *node.Config) {
+		if cfg.Name == "c" {
+			cfg.AccessLog = slog.New(slog.NewJSONHandler(&access, nil))
+		}
+	})
+	fw.setHold(true)
+	first := make(chan error, 1)
+	go func() {
+		resp, err := http.Post("http://"+entry.HTTPAddr()+api.PathChat, "application/json", strings.NewReader(chat("m", false)))
+		if err == nil {
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		first <- err
+	}()
+	fw.waitInFlight(t, 1)
+	// The queued stream: its first bytes are the keep-alive's comments,
+	// written while it waits (after 1 s); the hold ends once they came.
+	req, err := http.NewRequest(http.MethodPost, "http://"+entry.HTTPAddr()+api.PathChat, strings.NewReader(chat("m", true)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Request-Id", "queued-1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got bytes.Buffer
+	buf := make([]byte, 4096)
+	for !strings.Contains(got.String(), "\n\n") {
+		n, err := resp.Body.Read(buf)
+		got.Write(buf[:n])
+		if err != nil {
+			t.Fatalf("before the first comment: %v (%q)", err, got.String())
+		}
+	}
+	fw.setHold(false)
+	rest, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := got.String() + string(rest)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 || !strings.HasPrefix(body, ": rbee") || !strings.HasSuffix(body, "data: [DONE]\n\n") {
+		t.Fatalf("queued stream: %d %q", resp.StatusCode, body)
+	}
+	var l map[string]any
+	testutil.Eventually(t, 5*time.Second, "the queued stream's line", func() error {
+		for _, line := range accessLines(t, access.String()) {
+			if line["request_id"] == "queued-1" {
+				l = line
+				return nil
+			}
+		}
+		return fmt.Errorf("none yet")
+	})
+	if l["status"] != 200.0 || l["queue_wait_ms"].(float64) < 1000 || l["ttft_ms"].(float64) < l["queue_wait_ms"].(float64) ||
+		l["bytes_out"] != float64(len(body)) || l["worker"] != "llm/w1" {
+		t.Errorf("access log line %v for a %d-byte answer", l, len(body))
+	}
+}
