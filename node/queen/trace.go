@@ -65,7 +65,7 @@ func (s *leaseSpans) start(entry string, m *wsapi.LeaseRequest, now time.Time) {
 		return // asked again (after a reconnect): the first span holds
 	}
 	_, sp := s.tracer.Start(ctx, "rbee.queen.schedule", trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(now),
-		trace.WithAttributes(attribute.String("rbee.request_id", m.RequestID), attribute.String("rbee.entry", entry),
+		trace.WithAttributes(attribute.String("rbee.lease_request_id", m.RequestID), attribute.String("rbee.entry", entry),
 			attribute.String("rbee.model.requested", m.Model), attribute.String("rbee.key", m.Key),
 			attribute.Int64("rbee.wait_limit_ms", m.WaitMS), attribute.Int("rbee.avoid", len(m.Avoid))))
 	s.open[m.RequestID] = &leaseSpan{sp: sp, entry: entry, arrived: now, pinned: m.Hive != "", conv: m.Conversation != ""}
