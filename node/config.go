@@ -8,6 +8,8 @@ import (
 	"slices"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/rbee/rbee/gossip"
 	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/hive"
@@ -117,6 +119,13 @@ type Config struct {
 	// Pprof serves Go's profiler under /debug/pprof/ (authorized like the
 	// admin API), for finding where a node spends its time.
 	Pprof bool
+	// AccessLog, when set, takes one line per inference request this
+	// node answered as entry node (see proxy.Config.AccessLog).
+	AccessLog *slog.Logger
+	// Tracer, when set, makes OpenTelemetry spans of the requests this
+	// node serves as entry node, queen and hive (node/tracing builds it
+	// from the OTEL_* environment); nil: tracing off.
+	Tracer trace.TracerProvider
 	// Session tunes handshake, ping and read limits of hive sessions.
 	Session wsapi.SessionOptions
 	// Models, on a hive, is what it can start on demand (its catalog,

@@ -46,7 +46,7 @@ func (n *Node) routes() http.Handler {
 	p := n.proxy
 	// Every OpenAI-style POST under /v1/ but rbee's own paths goes to a
 	// worker (proxy.InferencePath); another method there gets a 405.
-	mux.HandleFunc("/v1/", proxy.HandleAPI(n.inferenceAuthorized(p.HandleInference)))
+	mux.HandleFunc("/v1/", proxy.HandleAPI(p.Observe(n.inferenceAuthorized(p.HandleInference))))
 	mux.HandleFunc("GET "+api.PathModels, n.apiAuthorized(p.HandleModels))
 	mux.HandleFunc("GET "+api.PathModels+"/{model...}", n.apiAuthorized(p.HandleModel))
 	mux.HandleFunc(api.PathModels, proxy.MethodNotAllowed(http.MethodGet, http.MethodHead))

@@ -285,6 +285,7 @@ func (n *Node) newPlanes() error {
 		ModelVRAMMB:   n.cfg.ModelVRAMMB,
 		Metrics:       n.metrics,
 		Logger:        n.log,
+		Tracer:        n.cfg.Tracer,
 	})
 	if err != nil {
 		return err
@@ -316,6 +317,8 @@ func (n *Node) newPlanes() error {
 		OnMigration:       n.reportMigration,
 		Metrics:           n.metrics,
 		Logger:            n.log,
+		AccessLog:         n.cfg.AccessLog,
+		Tracer:            n.cfg.Tracer,
 	})
 	if err != nil {
 		return err

@@ -58,6 +58,10 @@ type LeaseRequest struct {
 	// may fail the next one too. A worker there is granted only when no
 	// worker on another hive can take the request at once.
 	Elsewhere []string `json:"elsewhere,omitempty"`
+	// Trace is the W3C traceparent of the entry node's wait for the
+	// lease (an addition; a queen before it ignores it), so that the
+	// queen's span joins the request's trace. Empty: not traced.
+	Trace string `json:"trace,omitempty"`
 }
 
 // Placement names a hive, or a worker (group/instance) on it.
@@ -140,7 +144,7 @@ func (m *LeaseRequest) Validate() error {
 	if m.WaitMS < 0 || m.WaitMS > MaxWait.Milliseconds() {
 		return fmt.Errorf("%w: wait_ms %d outside 0..%d", ErrInvalid, m.WaitMS, MaxWait.Milliseconds())
 	}
-	for _, f := range []struct{ name, v string }{{"key", m.Key}, {"priority", m.Priority}, {"conversation", m.Conversation}} {
+	for _, f := range []struct{ name, v string }{{"key", m.Key}, {"priority", m.Priority}, {"conversation", m.Conversation}, {"trace", m.Trace}} {
 		if err := checkText(f.name, f.v, maxFieldLen); err != nil {
 			return err
 		}

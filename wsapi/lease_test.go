@@ -1,6 +1,7 @@
 package wsapi
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -31,6 +32,9 @@ func TestLeaseMessages_Validate(t *testing.T) {
 		{"request avoiding a worker that is not group/instance", &LeaseRequest{RequestID: "e.1", Model: "m", Avoid: []Placement{{Hive: "b", Worker: "8080"}}}, false},
 		{"request avoiding too much", &LeaseRequest{RequestID: "e.1", Model: "m", Avoid: make([]Placement, MaxAvoid+1)}, false},
 		{"request shunning a hive", &LeaseRequest{RequestID: "e.1", Model: "m", Elsewhere: []string{"b"}}, true},
+		{"traced request", &LeaseRequest{RequestID: "e.1", Model: "m", Trace: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, true},
+		{"request with a trace holding a control character", &LeaseRequest{RequestID: "e.1", Model: "m", Trace: "00-\n"}, false},
+		{"request with an overlong trace", &LeaseRequest{RequestID: "e.1", Model: "m", Trace: strings.Repeat("0", 300)}, false},
 		{"request shunning a badly named hive", &LeaseRequest{RequestID: "e.1", Model: "m", Elsewhere: []string{""}}, false},
 		{"cancel", &LeaseCancel{RequestID: "e.1"}, true},
 		{"cancel without id", &LeaseCancel{}, false},
@@ -64,5 +68,34 @@ func TestTelemetry_ValidatesLeases(t *testing.T) {
 		if err := bad.Validate(bad.HiveID); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: %v, want ErrInvalid", name, err)
 		}
+	}
+}
+
+// TestLeaseRequest_TraceIsAnAddition: a queen from before the trace field
+// reads a traced request as an untraced one, and a traced request from an
+// entry node reads the same as before to it.
+func TestLeaseRequest_TraceIsAnAddition(t *testing.T) {
+	traced := []byte(`{"type":"lease_request","request_id":"e.1","model":"m","wait_ms":1000,"trace":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}`)
+	msg, err := Decode(traced)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := msg.(*LeaseRequest)
+	if m.Trace != "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01" || m.Validate() != nil {
+		t.Errorf("decoded %+v (valid: %v)", m, m.Validate())
+	}
+	// An old queen's LeaseRequest: the same fields but trace.
+	var old struct {
+		Type      string `json:"type"`
+		RequestID string `json:"request_id"`
+		Model     string `json:"model"`
+		WaitMS    int64  `json:"wait_ms"`
+	}
+	if err := json.Unmarshal(traced, &old); err != nil || old.RequestID != "e.1" || old.WaitMS != 1000 {
+		t.Errorf("an old queen reads %+v, %v", old, err)
+	}
+	out, err := json.Marshal(&LeaseRequest{Type: TypeLeaseRequest, RequestID: "e.1", Model: "m"})
+	if err != nil || strings.Contains(string(out), "trace") {
+		t.Errorf("an untraced request is sent as %s (%v): want no trace field", out, err)
 	}
 }

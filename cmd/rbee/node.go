@@ -23,6 +23,7 @@ import (
 	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/proxy"
+	"github.com/rbee/rbee/node/tracing"
 	"github.com/rbee/rbee/wsapi"
 )
 
@@ -204,6 +205,7 @@ func nodeRunCommand() *cli.Command {
 			&cli.StringFlag{Name: "cgroup-root", EnvVars: []string{"RBEE_CGROUP_ROOT"}, Usage: "cgroup v2 mount holding rbee.slice (default: found in /proc/self/mountinfo; none: report --worker servers only)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"RBEE_LOG_LEVEL"}, Value: "info", Usage: "debug, info, warn or error"},
 			&cli.StringFlag{Name: "log-format", EnvVars: []string{"RBEE_LOG_FORMAT"}, Value: "text", Usage: "text or json"},
+			&cli.StringFlag{Name: "access-log", EnvVars: []string{"RBEE_ACCESS_LOG"}, Value: "off", Usage: "one JSON line per inference request this node answers as entry node (request id, key name, model, worker, status, timings, tokens; never the prompt, the answer or the key): stdout (for journald), a FILE (reopened on SIGHUP, for logrotate), or off. Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (and OTEL_TRACES_SAMPLER*)"},
 		}, append(append(keyFlags(), configFlags()...), modelFlags()...)...),
 		Before: applyConfigFile,
 		Action: runNode,
@@ -300,6 +302,29 @@ func runNode(c *cli.Context) error {
 	cfg.Insecure = c.Bool("insecure")
 	cfg.TLSCertFile, cfg.TLSKeyFile = c.String("tls-cert"), c.String("tls-key")
 	cfg.Logger = log
+	access, err := proxy.OpenAccessLog(c.String("access-log"), c.App.Writer)
+	if err != nil {
+		return fmt.Errorf("--access-log: %w", err)
+	}
+	defer access.Close()
+	if access != nil {
+		cfg.AccessLog = access.Logger
+	}
+	tp, err := tracing.FromEnv(context.Background(), cfg.Name)
+	if err != nil {
+		return err
+	}
+	if tp != nil {
+		cfg.Tracer = tp
+		defer func() {
+			// Send the spans still batched, within the drain.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := tp.Shutdown(ctx); err != nil {
+				log.Warn("traces not all sent at shutdown", "err", err)
+			}
+		}()
+	}
 	coll, devices, closeColl, err := newCollector(c, log)
 	if err != nil {
 		return err
@@ -332,6 +357,9 @@ func runNode(c *cli.Context) error {
 		for range hup {
 			if err := n.ReloadKeys(); err != nil {
 				log.Warn("SIGHUP: the API keys file cannot be used; the previous keys stay in force", "err", err)
+			}
+			if err := access.Reopen(); err != nil {
+				log.Warn("SIGHUP: the access log cannot be reopened; it goes on to the file open before", "err", err)
 			}
 		}
 	}()

@@ -103,7 +103,9 @@ func (p *Proxy) copyResponse(w http.ResponseWriter, r *http.Request, resp *http.
 
 func copyHeaders(h, from http.Header) {
 	for k, vs := range from {
-		if hopHeader[k] || strings.HasPrefix(k, "X-Rbee-") {
+		// The request id stays the entry node's (a worker may name
+		// its own).
+		if hopHeader[k] || strings.HasPrefix(k, "X-Rbee-") || k == HeaderRequestID {
 			continue
 		}
 		h[k] = vs
@@ -130,6 +132,7 @@ func (p *Proxy) copyBody(w http.ResponseWriter, r *http.Request, resp *http.Resp
 		if nr > 0 {
 			if first {
 				p.metrics.ttfb.WithLabelValues(model).Observe(time.Since(start).Seconds())
+				p.firstByte(r) // observe.go
 				first = false
 			}
 			out := buf[:nr]

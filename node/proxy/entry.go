@@ -55,6 +55,7 @@ func (p *Proxy) HandleInference(w http.ResponseWriter, r *http.Request) {
 	}
 	defer p.capped.leave(t)
 	a, ok := p.admit(w, r)
+	p.admitted(r, &a, ok) // observe.go
 	if !ok {
 		return
 	}
@@ -95,6 +96,7 @@ func (p *Proxy) tryWorkers(w http.ResponseWriter, r *http.Request, a *admission,
 				p.migrationFailed(rp, "the client went away")
 			}
 		}
+		p.replied(r, rp) // observe.go
 		if rp.tap != nil {
 			p.recordUsage(r, rp.model, rp.tap, rp.whole && rp.status < 400, rp.migrated)
 		}
@@ -160,11 +162,12 @@ func (p *Proxy) tryWorkers(w http.ResponseWriter, r *http.Request, a *admission,
 // none: the client went away, or has had the queen's refusal.
 func (p *Proxy) askLease(w http.ResponseWriter, r *http.Request, a *admission, on Placement, ka *keepAlive, rp *reply) (*wsapi.LeaseGrant, bool) {
 	waitStart := time.Now()
+	ls, tp := p.startLeaseSpan(r, a.model) // trace.go
 	var onWait func(*wsapi.LeaseWait)
 	if ka != nil {
 		onWait = ka.start(waitStart)
 	}
-	ask := Ask{Model: a.model, On: on, Wait: p.cfg.QueueTimeout, OnWait: onWait, Tenant: a.tenant, Arrived: a.start, Conversation: a.conv, Avoid: rp.avoid, Elsewhere: rp.elsewhere}
+	ask := Ask{Model: a.model, On: on, Wait: p.cfg.QueueTimeout, OnWait: onWait, Tenant: a.tenant, Arrived: a.start, Conversation: a.conv, Avoid: rp.avoid, Elsewhere: rp.elsewhere, Trace: tp}
 	g, lerr, err := p.leases.Ask(r.Context(), ask)
 	if err == nil && lerr != nil && lerr.ErrorType == ErrTypeQueenUnreachable {
 		if ka != nil {
@@ -193,6 +196,7 @@ func (p *Proxy) askLease(w http.ResponseWriter, r *http.Request, a *admission, o
 	if ka != nil {
 		ka.stop()
 	}
+	p.leased(r, ls, waitStart, g, lerr) // observe.go
 	if err != nil {
 		p.metrics.requests.WithLabelValues(keyLabel(r), p.labels.of(a.model), "499").Inc()
 		return nil, false // the client went away while waiting
@@ -235,6 +239,7 @@ func (p *Proxy) failReply(w http.ResponseWriter, r *http.Request, rp *reply, mod
 // named none): never a client's spelling, which would let clients grow the
 // metrics without bound.
 func (p *Proxy) Fail(w http.ResponseWriter, r *http.Request, model string, status int, typ, msg string) {
+	p.failed(r, model) // observe.go
 	p.metrics.requests.WithLabelValues(keyLabel(r), model, strconv.Itoa(status)).Inc()
 	WriteError(w, status, typ, msg)
 }
@@ -278,6 +283,8 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 	req.Header.Set(hdrEntry, p.cfg.Name)
 	req.Header.Set(hdrRequest, g.RequestID)
 	req.Header.Set(hdrTerm, strconv.FormatUint(g.Term, 10))
+	hs := p.startHopSpan(r, req, g) // trace.go
+	defer endSpan(hs)
 	resp, err := p.client.Do(req)
 	if err != nil {
 		if r.Context().Err() != nil {

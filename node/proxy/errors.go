@@ -19,7 +19,18 @@ func WriteError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Connection", "close")
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(ErrorBody(status, code, msg))
+	_ = json.NewEncoder(w).Encode(withRequestID(w, code, ErrorBody(status, code, msg)))
+}
+
+// withRequestID adds the request's id (observe.go) to an error body, so that
+// a client's bug report names the request, and notes the error code for the
+// access log.
+func withRequestID(w http.ResponseWriter, code string, body map[string]any) map[string]any {
+	noteError(w, code)
+	if id := w.Header().Get(HeaderRequestID); id != "" {
+		body["error"].(map[string]any)["request_id"] = id
+	}
+	return body
 }
 
 // WriteParamError is WriteError for an error about one field of the
@@ -28,7 +39,7 @@ func WriteParamError(w http.ResponseWriter, status int, code, msg, param string)
 	w.Header().Set("Connection", "close")
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	body := ErrorBody(status, code, msg)
+	body := withRequestID(w, code, ErrorBody(status, code, msg))
 	body["error"].(map[string]any)["param"] = param
 	_ = json.NewEncoder(w).Encode(body)
 }

@@ -36,6 +36,11 @@ func (p *Proxy) HandleHiveProxy(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusBadRequest, "invalid_request_error", "missing lease headers")
 		return
 	}
+	if id := r.Header.Get(HeaderRequestID); validRequestID(id) {
+		w.Header().Set(HeaderRequestID, id) // in its error bodies too
+	}
+	r, hs := p.startHiveSpan(r, lease) // trace.go
+	defer endSpan(hs)
 	if p.staleGrant(term) {
 		w.Header().Set(hdrRetry, "1")
 		WriteError(w, http.StatusServiceUnavailable, "stale_lease", "lease granted by a queen that has been replaced")
@@ -101,6 +106,8 @@ func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, 
 		return outcomeRetry
 	}
 	copyRequestHeaders(req.Header, r.Header)
+	ws := p.startWorkerSpan(r, req, lease) // trace.go
+	defer endSpan(ws)
 	resp, err := p.client.Do(req)
 	if err != nil {
 		if r.Context().Err() != nil {
@@ -111,6 +118,7 @@ func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, 
 		return outcomeRetry
 	}
 	defer resp.Body.Close()
+	watchFirstToken(resp, ws, time.Now())
 	return p.copyResponse(w, r, resp, lease.Model, start, rp)
 }
 

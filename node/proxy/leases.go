@@ -211,6 +211,8 @@ type Ask struct {
 	// Elsewhere lists hives to prefer not to use: those of workers that
 	// broke off this request's answer.
 	Elsewhere []string
+	// Trace is the W3C traceparent of the wait (trace.go), "" untraced.
+	Trace string
 }
 
 // Ask asks for a lease as a says and waits for the answer, as AcquireOn.
@@ -224,7 +226,7 @@ func (lc *LeaseClient) Ask(ctx context.Context, a Ask) (*wsapi.LeaseGrant, *wsap
 	p := &pendingLease{
 		msg: wsapi.LeaseRequest{Type: wsapi.TypeLeaseRequest, RequestID: id, Model: model, WaitMS: wait.Milliseconds(),
 			Hive: on.Hive, Worker: on.Worker, Progress: onWait != nil, WaitedMS: max(now.Sub(a.Arrived).Milliseconds(), 0),
-			Conversation: a.Conversation, Avoid: a.Avoid, Elsewhere: a.Elsewhere},
+			Conversation: a.Conversation, Avoid: a.Avoid, Elsewhere: a.Elsewhere, Trace: a.Trace},
 		arrived:  a.Arrived,
 		deadline: now.Add(wait),
 		ch:       make(chan leaseAnswer, 1),

@@ -37,6 +37,7 @@ func (p *Proxy) relayToPeer(w http.ResponseWriter, r *http.Request, a *admission
 			return false
 		}
 		relayHeaders(req.Header, r.Header)
+		p.injectTrace(r.Context(), req.Header) // trace.go
 		req.Header.Set(hdrRelayedBy, p.cfg.Name)
 		resp, err := p.client.Do(req)
 		if err != nil {

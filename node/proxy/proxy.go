@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/rbee/rbee/wsapi"
 )
@@ -79,6 +80,11 @@ type Config struct {
 	// Metrics takes the entry node's figures.
 	Metrics prometheus.Registerer
 	Logger  *slog.Logger
+	// AccessLog takes one line per request this node answered as entry
+	// node (observe.go); nil: none.
+	AccessLog *slog.Logger
+	// Tracer makes the data plane's spans (trace.go); nil: tracing off.
+	Tracer trace.TracerProvider
 }
 
 // Proxy serves the OpenAI API as an entry node and proxies leased requests to
@@ -100,6 +106,10 @@ type Proxy struct {
 	// responses remembers which worker made each Responses API answer
 	// this entry node passed on (see affinity.go).
 	responses *responseMap
+	// obs and tracer take what each request leaves behind (observe.go,
+	// trace.go); tracer is nil with tracing off.
+	obs    *obsMetrics
+	tracer trace.Tracer
 }
 
 // New returns the data plane of node cfg.Name.
@@ -127,7 +137,17 @@ func New(cfg Config) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
+	om, err := newObsMetrics(cfg.Metrics) // observe.go
+	if err != nil {
+		return nil, err
+	}
+	var tracer trace.Tracer
+	if cfg.Tracer != nil {
+		tracer = cfg.Tracer.Tracer(tracerName)
+	}
 	return &Proxy{
+		obs:    om,
+		tracer: tracer,
 		cfg:    cfg,
 		log:    cfg.Logger,
 		leases: NewLeaseClient(cfg.Name, cfg.Start),

@@ -70,6 +70,7 @@ func (q *Queen) waitReportsLocked(now time.Time) []outMsg {
 	out := make([]outMsg, 0, len(ws))
 	for _, w := range ws {
 		m := &wsapi.LeaseWait{Type: wsapi.TypeLeaseWait, RequestID: w.Request.ID, Position: w.Position, ETAMS: w.ETA.Milliseconds()}
+		q.spans.position(w.Request.ID, w.Position) // trace.go
 		if w.Loading != "" {
 			m.Loading, m.LoadingHive, m.LoadingMS = w.Request.Model, w.Loading, now.Sub(w.LoadingSince).Milliseconds()
 			m.LoadingStage = w.LoadingStage

@@ -10,6 +10,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/rbee/rbee/gossip"
 	"github.com/rbee/rbee/scheduler"
@@ -59,6 +60,9 @@ type Config struct {
 	// Metrics takes the queen's figures (reported only while queen).
 	Metrics prometheus.Registerer
 	Logger  *slog.Logger
+	// Tracer makes the spans of traced lease requests (trace.go); nil:
+	// tracing off.
+	Tracer trace.TracerProvider
 }
 
 // schedTickInterval is how often the queen's scheduler looks at deadlines
@@ -96,6 +100,8 @@ type Queen struct {
 	usage usageTable
 	// migrations is the latest migrated streams (migrations.go).
 	migrations migrationRing
+	// spans are the traced lease requests' (trace.go).
+	spans *leaseSpans
 
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -117,6 +123,7 @@ func New(cfg Config) (*Queen, error) {
 		cfg:      cfg,
 		log:      cfg.Logger,
 		registry: NewRegistry(cfg.HiveTTL, cfg.ForgetAfter),
+		spans:    newLeaseSpans(cfg.Tracer),
 	}
 	q.sessions = newSessions(q.log)
 	q.out = q.sessions

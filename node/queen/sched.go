@@ -36,6 +36,7 @@ func (q *Queen) stopScheduling() {
 	q.schedMu.Lock()
 	q.sched = nil
 	q.schedMu.Unlock()
+	q.spans.entryGone("")
 }
 
 // schedTick runs the scheduler's clock and delivers what it decided.
@@ -114,6 +115,7 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 			r.Avoid = append(r.Avoid, scheduler.Avoid{Hive: a.Hive, Worker: a.Worker})
 		}
 		r.Elsewhere = m.Elsewhere
+		q.spans.start(peer, m, now) // trace.go
 		if m.Priority == wsapi.PriorityBatch {
 			r.Class = scheduler.ClassBatch
 		}
@@ -127,6 +129,7 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 		}
 	case *wsapi.LeaseCancel:
 		s.Cancel(m.RequestID)
+		q.spans.withdrawn(m.RequestID, "the entry node withdrew it (its client went away, or the wait ran out there)")
 	case *wsapi.LeaseRelease:
 		grants = s.Release(m.LeaseID, now)
 	}
@@ -204,6 +207,7 @@ func (q *Queen) entryGone(peer string) {
 		q.sched.CancelEntry(peer)
 	}
 	q.schedMu.Unlock()
+	q.spans.entryGone(peer)
 }
 
 // deliver sends grants and refusals to the entry nodes' sessions. A grant
@@ -227,12 +231,14 @@ func (q *Queen) deliver(grants []scheduler.Grant, fails []scheduler.Failure, fro
 			}
 			msg := &wsapi.LeaseGrant{Type: wsapi.TypeLeaseGrant, RequestID: g.Request.ID, LeaseID: g.Lease.ID,
 				Hive: g.Lease.Hive, HiveAddr: addr, Worker: g.Lease.Worker, Model: g.Lease.Model, Term: term}
+			q.spans.granted(g, now) // trace.go
 			if !q.sendTo(g.Request.Entry, msg, g.Request.Entry == from) {
 				undeliverable = append(undeliverable, g.Lease.ID)
 			}
 		}
 		models := q.modelNames(fails)
 		for i, f := range fails {
+			q.spans.failed(f, now) // trace.go
 			q.sendTo(f.Request.Entry, &wsapi.LeaseError{Type: wsapi.TypeLeaseError, RequestID: f.Request.ID,
 				Status: f.Err.Status, ErrorType: f.Err.Type, Message: f.Err.Msg, RetryAfterMS: f.Err.RetryAfter.Milliseconds(),
 				Model: models[i]}, f.Request.Entry == from)
