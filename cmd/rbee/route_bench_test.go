@@ -200,10 +200,10 @@ func BenchmarkRouting(b *testing.B) {
 		dir := b.TempDir()
 		sim := startSimulator(b, dir, 256)
 		c := newCluster(b)
-		q := c.start(nodeSpec{name: "q", extra: []string{"--roles", "queen", "--queen-priority", "1"}})[0]
+		q := c.start(nodeSpec{name: "q", extra: append([]string{"--roles", "queen", "--queen-priority", "1"}, profileFlags()...)})[0]
 		rest := c.start(
-			nodeSpec{name: "h", join: q.gossipAddr, extra: []string{"--roles", "hive", "--worker", "http://" + sim + ",model=m,slots=256"}},
-			nodeSpec{name: "e", join: q.gossipAddr, extra: []string{"--roles", "none"}},
+			nodeSpec{name: "h", join: q.gossipAddr, extra: append([]string{"--roles", "hive", "--worker", "http://" + sim + ",model=m,slots=256"}, profileFlags()...)},
+			nodeSpec{name: "e", join: q.gossipAddr, extra: append([]string{"--roles", "none"}, profileFlags()...)},
 		)
 		h, e := rest[0], rest[1]
 		c.waitAgree([]*proc{q, h, e}, 20*time.Second)
@@ -229,10 +229,34 @@ func BenchmarkRouting(b *testing.B) {
 			c1, c64 routeStats
 			s1, s64 routeStats // 200-token streams
 		}
+		// With RBEE_BENCH_PROFILE set, the nodes on a path are profiled
+		// while it carries 64 clients (see cluster.profile).
+		profiled := func(t routeTarget, what string, f func() routeStats) routeStats {
+			var ps []*proc
+			switch t.addr {
+			case h.httpAddr:
+				ps = []*proc{q, h}
+			case e.httpAddr:
+				ps = []*proc{q, h, e}
+			}
+			var stops []func()
+			for _, p := range ps {
+				key := strings.NewReplacer(" ", "", ",", "").Replace(t.name)
+				stops = append(stops, c.profile(p, fmt.Sprintf("route-%s-%s-%s", what, key, p.name), dur))
+			}
+			st := f()
+			for _, stop := range stops {
+				stop()
+			}
+			return st
+		}
 		var rows []row
 		for _, t := range targets {
-			rows = append(rows, row{t: t, c1: measure(b, t.addr, 1, dur, shortCompletion), c64: measure(b, t.addr, 64, dur, shortCompletion),
-				s1: measure(b, t.addr, 1, dur, longStream), s64: measure(b, t.addr, 64, dur, longStream)})
+			r := row{t: t, c1: measure(b, t.addr, 1, dur, shortCompletion)}
+			r.c64 = profiled(t, "short", func() routeStats { return measure(b, t.addr, 64, dur, shortCompletion) })
+			r.s1 = measure(b, t.addr, 1, dur, longStream)
+			r.s64 = profiled(t, "stream", func() routeStats { return measure(b, t.addr, 64, dur, longStream) })
+			rows = append(rows, r)
 		}
 		var nginxRPS float64
 		for _, r := range rows {
