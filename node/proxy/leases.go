@@ -40,6 +40,8 @@ type LeaseClient struct {
 	// stranded, when set, says why this node cannot reach the queen
 	// that the rest of the cluster follows (SetStranded).
 	stranded string
+	// released: the leases released on the current session (Release).
+	released recentSet
 }
 
 // ErrTypeQueenUnreachable is the error type of the 503 a request gets when
@@ -74,6 +76,7 @@ func NewLeaseClient(name string, start time.Time) *LeaseClient {
 func (lc *LeaseClient) Attach(u Uplink) {
 	lc.mu.Lock()
 	lc.up = u
+	lc.released = recentSet{} // a new session hears every release
 	now := time.Now()
 	ps := make([]*pendingLease, 0, len(lc.pending))
 	for _, p := range lc.pending {
@@ -350,8 +353,53 @@ func (lc *LeaseClient) Close() {
 
 // Release returns a lease's slot to the queen. Without a session it is
 // dropped: the new queen learns from the hives which leases still run.
+//
+// A lease is released once per session: the entry node releases it when the
+// answer has reached the client and again when the request ends, and every
+// release is a message the queen reads and a write on this node.
 func (lc *LeaseClient) Release(leaseID string) {
-	lc.send(&wsapi.LeaseRelease{Type: wsapi.TypeLeaseRelease, LeaseID: leaseID})
+	lc.mu.Lock()
+	u := lc.up
+	if u != nil {
+		if lc.released.seen(leaseID) {
+			lc.mu.Unlock()
+			return
+		}
+	}
+	lc.mu.Unlock()
+	if u != nil {
+		put(u, &wsapi.LeaseRelease{Type: wsapi.TypeLeaseRelease, LeaseID: leaseID})
+	}
+}
+
+// recentReleases is how many released lease ids a node remembers: the
+// releases of one lease come within one request, far fewer than this many
+// requests apart.
+const recentReleases = 4096
+
+// recentSet remembers the last recentReleases ids added.
+type recentSet struct {
+	ids  map[string]struct{}
+	ring []string
+	next int
+}
+
+// seen reports whether id was added lately, and adds it.
+func (r *recentSet) seen(id string) bool {
+	if _, ok := r.ids[id]; ok {
+		return true
+	}
+	if r.ids == nil {
+		r.ids = make(map[string]struct{}, recentReleases)
+		r.ring = make([]string, recentReleases)
+	}
+	if old := r.ring[r.next]; old != "" {
+		delete(r.ids, old)
+	}
+	r.ring[r.next] = id
+	r.next = (r.next + 1) % len(r.ring)
+	r.ids[id] = struct{}{}
+	return false
 }
 
 // Attached reports whether the node has a session to the queen now.
