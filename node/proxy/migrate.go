@@ -84,7 +84,7 @@ type migration struct {
 	// stream's end when it cannot be.
 	broke []byte
 
-	scratch wireChunk   // reused by chunk
+	scratch wireChunk    // reused by chunk
 	scan    chunkScanner // reads chunks into scratch
 }
 
