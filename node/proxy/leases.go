@@ -15,10 +15,12 @@ import (
 
 // Uplink carries lease messages to the queen: the node's session. Send writes
 // an encoded message now or queues it behind a write under way; an error
-// means the session is breaking. Break drops the session, so that what waits
-// is asked again on the next one.
+// means the session is breaking. Queue only queues the message for the
+// session's writer, for a message nobody waits on. Break drops the session,
+// so that what waits is asked again on the next one.
 type Uplink interface {
 	Send(msg []byte) error
+	Queue(msg []byte) error
 	Break()
 }
 
@@ -367,8 +369,18 @@ func (lc *LeaseClient) Release(leaseID string) {
 		}
 	}
 	lc.mu.Unlock()
-	if u != nil {
-		put(u, &wsapi.LeaseRelease{Type: wsapi.TypeLeaseRelease, LeaseID: leaseID})
+	if u == nil {
+		return
+	}
+	// Queued, not written here: a release is written after the answer
+	// reached the worker's hive and before the client has it (the
+	// handler's end flushes it), and a write to the queen there added its
+	// time to every request, twice through two nodes. Queued in order, it
+	// still reaches the queen before a lease request the client's next
+	// request makes.
+	b, err := wsapi.Encode(&wsapi.LeaseRelease{Type: wsapi.TypeLeaseRelease, LeaseID: leaseID})
+	if err == nil && u.Queue(b) != nil {
+		u.Break()
 	}
 }
 

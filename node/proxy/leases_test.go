@@ -36,6 +36,8 @@ func (u *fakeUplink) Send(b []byte) error {
 	return nil
 }
 
+func (u *fakeUplink) Queue(b []byte) error { return u.Send(b) }
+
 func (u *fakeUplink) Break() {
 	u.mu.Lock()
 	u.broken = true
