@@ -114,10 +114,10 @@ func startSimulator(tb testing.TB, dir string, slots int) string {
 }
 
 // startNginx runs Debian's nginx as a plain reverse proxy in front of
-// upstream, configured as one would for an LLM server: keep-alive to the
+// upstreams, configured as one would for an LLM server: keep-alive to the
 // upstream and no response buffering (so streams pass through). It returns
 // "" when nginx is not installed.
-func startNginx(tb testing.TB, dir, upstream string) string {
+func startNginx(tb testing.TB, dir string, upstreams ...string) string {
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
 		for _, p := range []string{"/usr/sbin/nginx", "/sbin/nginx"} {
@@ -134,6 +134,11 @@ func startNginx(tb testing.TB, dir, upstream string) string {
 		tb.Fatal(err)
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
+	// Several upstreams are taken in turn (nginx's round robin).
+	var servers strings.Builder
+	for _, u := range upstreams {
+		fmt.Fprintf(&servers, "server %s; ", u)
+	}
 	conf := fmt.Sprintf(`worker_processes auto;
 error_log %[1]s/nginx-error.log;
 pid %[1]s/nginx.pid;
@@ -142,7 +147,7 @@ http {
   access_log off;
   client_body_temp_path %[1]s/body;
   proxy_temp_path %[1]s/proxy;
-  upstream worker { server %[2]s; keepalive 256; }
+  upstream worker { %[2]s keepalive 256; }
   server {
     listen %[3]s;
     location / {
@@ -153,7 +158,7 @@ http {
     }
   }
 }
-`, dir, upstream, addr)
+`, dir, servers.String(), addr)
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		tb.Fatal(err)
