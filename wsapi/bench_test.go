@@ -59,7 +59,7 @@ func BenchmarkTelemetryDecoder(b *testing.B) {
 	data := benchTelemetry(8)
 	b.SetBytes(int64(len(data)))
 	b.ReportAllocs()
-	var d TelemetryDecoder
+	var d telemetryDecoder
 	for b.Loop() {
 		if _, err := d.Decode(data); err != nil {
 			b.Fatal(err)

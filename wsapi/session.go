@@ -101,7 +101,7 @@ type Session struct {
 	lastFrame []byte
 	// tdec decodes the peer's reports, reusing what did not change since
 	// the last one.
-	tdec TelemetryDecoder
+	tdec telemetryDecoder
 	// queued holds the rest of a batch frame (see Outbox) for the next
 	// readRaw calls.
 	queued [][]byte

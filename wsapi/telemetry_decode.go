@@ -10,7 +10,7 @@ import (
 	"github.com/go-json-experiment/json/jsontext"
 )
 
-// TelemetryDecoder decodes one session's hive_telemetry reports. The queen
+// telemetryDecoder decodes one session's hive_telemetry reports. The queen
 // takes a thousand a second in a large cluster, and the reflective decoder
 // allocated every string of every worker of every report: a quarter of its
 // CPU. This one walks the report with a token reader and takes each string
@@ -25,7 +25,7 @@ import (
 // (FuzzTelemetryDecoder holds it to that).
 //
 // The zero value is ready to use; one goroutine at a time.
-type TelemetryDecoder struct {
+type telemetryDecoder struct {
 	dec  jsontext.Decoder
 	rd   bytes.Reader
 	prev *HiveTelemetry // the last report decoded here, for its strings
@@ -40,7 +40,7 @@ var errSlowPath = errors.New("not the common shape")
 
 // Decode decodes data as Decode does; for a hive_telemetry report it
 // allocates little.
-func (d *TelemetryDecoder) Decode(data []byte) (any, error) {
+func (d *telemetryDecoder) Decode(data []byte) (any, error) {
 	if !bytes.HasPrefix(data, telemetryPrefix) {
 		return Decode(data)
 	}
@@ -53,7 +53,7 @@ func (d *TelemetryDecoder) Decode(data []byte) (any, error) {
 	return t, nil
 }
 
-func (d *TelemetryDecoder) fast(data []byte) (*HiveTelemetry, error) {
+func (d *telemetryDecoder) fast(data []byte) (*HiveTelemetry, error) {
 	d.rd.Reset(data)
 	d.dec.Reset(&d.rd)
 	defer d.rd.Reset(nil)
@@ -121,7 +121,7 @@ func (d *TelemetryDecoder) fast(data []byte) (*HiveTelemetry, error) {
 }
 
 // str reads a string value, returning old when it spells the same.
-func (d *TelemetryDecoder) str(old string) (string, error) {
+func (d *telemetryDecoder) str(old string) (string, error) {
 	v, err := d.dec.ReadValue()
 	if err != nil {
 		return "", err
@@ -137,7 +137,7 @@ func (d *TelemetryDecoder) str(old string) (string, error) {
 }
 
 // uint reads an unsigned integer of bits bits.
-func (d *TelemetryDecoder) uint(bits int) (uint64, error) {
+func (d *telemetryDecoder) uint(bits int) (uint64, error) {
 	v, err := d.dec.ReadValue()
 	if err != nil {
 		return 0, err
@@ -152,7 +152,7 @@ func (d *TelemetryDecoder) uint(bits int) (uint64, error) {
 	return n, nil
 }
 
-func (d *TelemetryDecoder) float() (float64, error) {
+func (d *telemetryDecoder) float() (float64, error) {
 	v, err := d.dec.ReadValue()
 	if err != nil {
 		return 0, err
@@ -170,7 +170,7 @@ func (d *TelemetryDecoder) float() (float64, error) {
 // timestamp reads an RFC 3339 time in UTC with digits where the layout has
 // them, the shape rbee and the seed send; the reference decoder's extra
 // checks all pass on that shape.
-func (d *TelemetryDecoder) timestamp(t *HiveTelemetry) error {
+func (d *telemetryDecoder) timestamp(t *HiveTelemetry) error {
 	v, err := d.dec.ReadValue()
 	if err != nil {
 		return err
@@ -205,7 +205,7 @@ func (d *TelemetryDecoder) timestamp(t *HiveTelemetry) error {
 }
 
 // rest decodes a rarer field with the reference decoder.
-func (d *TelemetryDecoder) rest(out any) error {
+func (d *telemetryDecoder) rest(out any) error {
 	v, err := d.dec.ReadValue()
 	if err != nil {
 		return err
@@ -216,7 +216,7 @@ func (d *TelemetryDecoder) rest(out any) error {
 	return nil
 }
 
-func (d *TelemetryDecoder) workers(t *HiveTelemetry, prev *HiveTelemetry) error {
+func (d *telemetryDecoder) workers(t *HiveTelemetry, prev *HiveTelemetry) error {
 	dec := &d.dec
 	if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '[' {
 		return errSlowPath // null or not an array
@@ -239,7 +239,7 @@ func (d *TelemetryDecoder) workers(t *HiveTelemetry, prev *HiveTelemetry) error 
 	return nil
 }
 
-func (d *TelemetryDecoder) worker(w, old *ProcessStats) error {
+func (d *telemetryDecoder) worker(w, old *ProcessStats) error {
 	dec := &d.dec
 	if _, err := dec.ReadToken(); err != nil {
 		return err
@@ -310,7 +310,7 @@ func (d *TelemetryDecoder) worker(w, old *ProcessStats) error {
 
 // model reads the worker's model, null for unknown, sharing the previous
 // report's string when it is the same (nothing writes through Model).
-func (d *TelemetryDecoder) model(w, old *ProcessStats) error {
+func (d *telemetryDecoder) model(w, old *ProcessStats) error {
 	if d.dec.PeekKind() == 'n' {
 		_, err := d.dec.ReadValue()
 		w.Model = nil

@@ -28,12 +28,12 @@ func FuzzTelemetryDecoder(f *testing.F) {
 	warm := benchTelemetry(8)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		want, wantErr := Decode(data)
-		var fresh TelemetryDecoder
-		var used TelemetryDecoder
+		var fresh telemetryDecoder
+		var used telemetryDecoder
 		if _, err := used.Decode(warm); err != nil {
 			t.Fatal(err)
 		}
-		for name, d := range map[string]*TelemetryDecoder{"fresh": &fresh, "warm": &used} {
+		for name, d := range map[string]*telemetryDecoder{"fresh": &fresh, "warm": &used} {
 			got, err := d.Decode(data)
 			if (err == nil) != (wantErr == nil) || err != nil && err.Error() != wantErr.Error() {
 				t.Fatalf("%s: error %v, Decode's %v", name, err, wantErr)
@@ -49,7 +49,7 @@ func FuzzTelemetryDecoder(f *testing.F) {
 // the last one allocates the message and its workers, not each string.
 func TestTelemetryDecoderReuses(t *testing.T) {
 	data := benchTelemetry(8)
-	var d TelemetryDecoder
+	var d telemetryDecoder
 	first, err := d.Decode(data)
 	if err != nil {
 		t.Fatal(err)
