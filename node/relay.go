@@ -78,19 +78,30 @@ func (n *Node) relayOnce(ctx context.Context, addr string, queenChanged <-chan s
 	}()
 
 	dctx, dcancel := context.WithTimeout(ctx, wsapi.DefaultHandshakeTimeout)
-	conn, _, err := websocket.Dial(dctx, n.url(addr, wsapi.FeedPath, true), &websocket.DialOptions{HTTPClient: n.hc})
+	// In batches: the queen then writes this node 20 messages a second,
+	// not one per hive report. A queen that predates batches sends
+	// single events, which FeedEvents passes through.
+	conn, _, err := websocket.Dial(dctx, n.url(addr, wsapi.FeedPath+"?"+wsapi.FeedBatchParam+"=1", true), &websocket.DialOptions{HTTPClient: n.hc})
 	dcancel()
 	if err != nil {
 		return relayResult(stopped, fmt.Errorf("dial queen feed %s: %w", addr, err))
 	}
 	defer conn.CloseNow()
-	conn.SetReadLimit(wsapi.DefaultReadLimit)
+	// A batch holds up to a megabyte of events, or one event of up to
+	// the usual limit.
+	conn.SetReadLimit(wsapi.DefaultReadLimit + 1<<20)
 	for {
 		_, data, err := conn.Read(ctx)
 		if err != nil {
 			return relayResult(stopped, fmt.Errorf("read queen feed %s: %w", addr, err))
 		}
-		n.hub.Publish(data)
+		events, err := wsapi.FeedEvents(data)
+		if err != nil {
+			return relayResult(stopped, fmt.Errorf("read queen feed %s: %w", addr, err))
+		}
+		for _, ev := range events {
+			n.hub.Publish(ev)
+		}
 	}
 }
 

@@ -191,8 +191,9 @@ type uplink struct {
 	out *wsapi.Outbox
 }
 
-func (u *uplink) Send(msg []byte) error { return u.out.Send(context.Background(), msg) }
-func (u *uplink) Break()                { u.s.CloseNow() }
+func (u *uplink) Send(msg []byte) error  { return u.out.Send(context.Background(), msg) }
+func (u *uplink) Queue(msg []byte) error { return u.out.Put(msg) }
+func (u *uplink) Break()                 { u.s.CloseNow() }
 
 // uplinkOnce runs one session to queen q until it breaks, ctx ends, or the
 // queen changes. opened reports whether the handshake succeeded. Three

@@ -53,3 +53,16 @@ func BenchmarkDecodeTelemetry(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkTelemetryDecoder is the queen's decoding of one session's reports.
+func BenchmarkTelemetryDecoder(b *testing.B) {
+	data := benchTelemetry(8)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	var d telemetryDecoder
+	for b.Loop() {
+		if _, err := d.Decode(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package wsapi
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -355,6 +356,81 @@ func readersGetAllInOrder(t *testing.T, f *testFeed, readers ...*reader) {
 			if got := r.next(t); string(got) != string(event(i)) {
 				t.Fatalf("reader %d event %d = %s, want %s", n, i, got, event(i))
 			}
+		}
+	}
+}
+
+// A reader that asks for batches gets every event, in order, in arrays of
+// several; a reader beside it that did not ask gets one event a message.
+func TestServeFeed_BatchReaderGetsArraysOfEvents(t *testing.T) {
+	f := startFeed(t, NewHub(64), &FeedOptions{FlushWindow: 50 * time.Millisecond})
+	plain := startReader(t, f.dial(t))
+	f.url += "?" + FeedBatchParam + "=1"
+	batched := startReader(t, f.dial(t))
+	const n = 30
+	for i := range n {
+		f.hub.Publish(event(i))
+	}
+	for i := range n {
+		if got := plain.next(t); string(got) != string(event(i)) {
+			t.Fatalf("plain reader event %d = %s, want %s", i, got, event(i))
+		}
+	}
+	var got []string
+	frames := 0
+	for len(got) < n {
+		b := batched.next(t)
+		if b[0] != '[' {
+			t.Fatalf("batch reader got %s, not an array", b)
+		}
+		batch, err := FeedEvents(b)
+		if err != nil {
+			t.Fatalf("batch reader got %s: %v", b, err)
+		}
+		frames++
+		for _, e := range batch {
+			got = append(got, string(e))
+		}
+	}
+	for i := range n {
+		if got[i] != string(event(i)) {
+			t.Fatalf("batch reader event %d = %s, want %s", i, got[i], event(i))
+		}
+	}
+	// All 30 were published within one flush window of the first.
+	if frames >= n/2 {
+		t.Errorf("%d events came in %d messages: not batched", n, frames)
+	}
+}
+
+// Large events are batched a megabyte at a time, one larger than that
+// alone, so a reader's read limit need not grow with the batch.
+func TestServeFeed_BatchesStayNearAMegabyte(t *testing.T) {
+	f := startFeed(t, NewHub(64), &FeedOptions{FlushWindow: 50 * time.Millisecond})
+	f.url += "?" + FeedBatchParam + "=1"
+	r := startReader(t, f.dial(t))
+	big := func(i, size int) []byte {
+		return []byte(fmt.Sprintf(`{"i":%d,"pad":"%s"}`, i, strings.Repeat("x", size)))
+	}
+	sizes := []int{400 << 10, 400 << 10, 400 << 10, 1500 << 10, 10}
+	for i, n := range sizes {
+		f.hub.Publish(big(i, n))
+	}
+	var got int
+	for got < len(sizes) {
+		b := r.next(t)
+		evs, err := FeedEvents(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) > maxBatchBytes+2 && len(evs) > 1 {
+			t.Errorf("a message of %d bytes holds %d events", len(b), len(evs))
+		}
+		for _, ev := range evs {
+			if want := big(got, sizes[got]); !bytes.Equal(ev, want) {
+				t.Fatalf("event %d is %d bytes, want %d", got, len(ev), len(want))
+			}
+			got++
 		}
 	}
 }

@@ -97,6 +97,11 @@ type Session struct {
 	conn *websocket.Conn
 	opts SessionOptions
 	rbuf bytes.Buffer // reused by readRaw; one reader at a time
+	// lastFrame is the last frame read, as handed out by readRaw.
+	lastFrame []byte
+	// tdec decodes the peer's reports, reusing what did not change since
+	// the last one.
+	tdec telemetryDecoder
 	// queued holds the rest of a batch frame (see Outbox) for the next
 	// readRaw calls.
 	queued [][]byte
@@ -282,7 +287,7 @@ func (s *Session) readRaw(ctx context.Context) (any, []byte, error) {
 		data := s.queued[0]
 		s.queued[0] = nil
 		s.queued = s.queued[1:]
-		msg, err := Decode(data)
+		msg, err := s.tdec.Decode(data)
 		return msg, data, err
 	}
 	typ, r, err := s.conn.Reader(ctx)
@@ -297,13 +302,22 @@ func (s *Session) readRaw(ctx context.Context) (any, []byte, error) {
 	if typ != websocket.MessageText {
 		return nil, nil, fmt.Errorf("%w: binary frame, want JSON text", ErrMalformed)
 	}
-	data := bytes.Clone(s.rbuf.Bytes())
+	// A hive whose workers are idle sends the same report again and
+	// again: it shares the last one's bytes (nobody writes to them)
+	// instead of a copy a second per hive.
+	data := s.rbuf.Bytes()
+	if bytes.Equal(data, s.lastFrame) {
+		data = s.lastFrame
+	} else {
+		data = bytes.Clone(data)
+		s.lastFrame = data
+	}
 	parts, err := splitBatch(data)
 	if err != nil {
 		return nil, nil, err
 	}
 	data, s.queued = parts[0], parts[1:]
-	msg, err := Decode(data)
+	msg, err := s.tdec.Decode(data)
 	return msg, data, err
 }
 

@@ -6,6 +6,7 @@ package main
 // useful setting.
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -24,6 +26,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/rbee/rbee/internal/testutil"
@@ -157,18 +161,22 @@ const (
 func BenchmarkIngest(b *testing.B) {
 	raiseFDLimit(b, 4096)
 	for _, s := range []int{100, 1000} {
-		b.Run(fmt.Sprintf("sessions=%d", s), func(b *testing.B) {
-			for b.Loop() {
-				benchIngest(b, s)
-			}
-		})
+		// feed=event readers take one event a message, the seed's
+		// shape; feed=batch readers ask for arrays (FeedBatchParam).
+		for _, feed := range []string{"event", "batch"} {
+			b.Run(fmt.Sprintf("sessions=%d/feed=%s", s, feed), func(b *testing.B) {
+				for b.Loop() {
+					benchIngest(b, s, feed == "batch")
+				}
+			})
+		}
 	}
 }
 
-func benchIngest(b *testing.B, sessions int) {
+func benchIngest(b *testing.B, sessions int, batch bool) {
 	c := newCluster(b)
 	defer c.close()
-	queen := c.start(nodeSpec{name: "queen"})[0]
+	queen := c.start(nodeSpec{name: "queen", extra: profileFlags()})[0]
 	if q := c.waitAgree([]*proc{queen}, 10*time.Second); q != "queen" {
 		b.Fatalf("queen names %q", q)
 	}
@@ -252,7 +260,11 @@ func benchIngest(b *testing.B, sessions int) {
 	var feedErr atomic.Value // the first reader's error, for the report
 	for range ingestSubscribers {
 		dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
-		conn, _, err := websocket.Dial(dctx, "ws://"+queen.httpAddr+wsapi.FeedPath, &websocket.DialOptions{HTTPHeader: hdr, HTTPClient: c.hc})
+		feedURL := "ws://" + queen.httpAddr + wsapi.FeedPath
+		if batch {
+			feedURL += "?" + wsapi.FeedBatchParam + "=1"
+		}
+		conn, _, err := websocket.Dial(dctx, feedURL, &websocket.DialOptions{HTTPHeader: hdr, HTTPClient: c.hc})
 		dcancel()
 		if err != nil {
 			b.Fatalf("dial feed: %v", err)
@@ -262,10 +274,20 @@ func benchIngest(b *testing.B, sessions int) {
 		conn.SetReadLimit(16 << 20)
 		wg.Go(func() {
 			defer conn.CloseNow()
+			var buf bytes.Buffer
 			for {
 				_, r, err := conn.Reader(ctx)
+				n := 1
 				if err == nil {
-					_, err = io.Copy(io.Discard, r)
+					buf.Reset()
+					_, err = buf.ReadFrom(r)
+				}
+				if err == nil && buf.Len() > 0 && buf.Bytes()[0] == '[' {
+					// A batch (a node that predates them sends
+					// none): count its events.
+					var events []jsontext.Value
+					err = jsonv2.Unmarshal(buf.Bytes(), &events)
+					n = len(events)
 				}
 				if err != nil {
 					if ctx.Err() == nil {
@@ -274,7 +296,7 @@ func benchIngest(b *testing.B, sessions int) {
 					}
 					return
 				}
-				feedMsgs.Add(1)
+				feedMsgs.Add(int64(n))
 			}
 		})
 	}
@@ -302,7 +324,9 @@ func benchIngest(b *testing.B, sessions int) {
 	}
 	msgs0 := feedMsgs.Load()
 	t0 := time.Now()
+	stopProfile := c.profile(queen, fmt.Sprintf("ingest-%d-batch=%v", sessions, batch), ingestWindow)
 	<-time.After(ingestWindow)
+	stopProfile()
 	cpu1, err := procCPUTicks(pid)
 	wall := time.Since(t0)
 	msgs1 := feedMsgs.Load()
@@ -332,8 +356,8 @@ func benchIngest(b *testing.B, sessions int) {
 	cores := float64(cpu1-cpu0) / ticks / wall.Seconds()
 	b.ReportMetric(cores, "queen_cores")
 	b.ReportMetric(perReader, "feed_events/s/reader")
-	b.Logf("%d sessions, %d feed readers: queen used %.3f cores over %s; each reader got %.0f events/s",
-		sessions, ingestSubscribers, cores, wall.Round(time.Millisecond), perReader)
+	b.Logf("%d sessions, %d feed readers (batch %v): queen used %.3f cores over %s; each reader got %.0f events/s",
+		sessions, ingestSubscribers, batch, cores, wall.Round(time.Millisecond), perReader)
 }
 
 func simName(i int) string { return fmt.Sprintf("sim-%04d", i) }
@@ -428,4 +452,46 @@ func raiseFDLimit(b *testing.B, n uint64) {
 	if lim.Cur < n {
 		b.Logf("open file limit is %d (hard), below the %d wanted", lim.Cur, n)
 	}
+}
+
+// profileFlags turns on a node's profiler when RBEE_BENCH_PROFILE names a
+// folder for the profiles a benchmark takes (see cluster.profile).
+func profileFlags() []string {
+	if os.Getenv("RBEE_BENCH_PROFILE") == "" {
+		return nil
+	}
+	return []string{"--debug-pprof"}
+}
+
+// profile takes a CPU profile of p over the next d when RBEE_BENCH_PROFILE
+// names a folder (p started with profileFlags), written there as name.pprof
+// (Go's profiles carry their symbols). The returned function waits for it.
+func (c *cluster) profile(p *proc, name string, d time.Duration) func() {
+	dir := os.Getenv("RBEE_BENCH_PROFILE")
+	if dir == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", p.httpAddr, int(d.Seconds()))
+		hc := &http.Client{Timeout: d + 30*time.Second}
+		resp, err := hc.Get(url)
+		if err != nil {
+			c.tb.Logf("profile %s: %v", name, err)
+			return
+		}
+		defer resp.Body.Close()
+		data, err := io.ReadAll(resp.Body)
+		if err == nil && resp.StatusCode != http.StatusOK {
+			err = fmt.Errorf("%s", resp.Status)
+		}
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, name+".pprof"), data, 0o644)
+		}
+		if err != nil {
+			c.tb.Logf("profile %s: %v", name, err)
+		}
+	}()
+	return func() { <-done }
 }

@@ -114,10 +114,10 @@ func startSimulator(tb testing.TB, dir string, slots int) string {
 }
 
 // startNginx runs Debian's nginx as a plain reverse proxy in front of
-// upstream, configured as one would for an LLM server: keep-alive to the
+// upstreams, configured as one would for an LLM server: keep-alive to the
 // upstream and no response buffering (so streams pass through). It returns
 // "" when nginx is not installed.
-func startNginx(tb testing.TB, dir, upstream string) string {
+func startNginx(tb testing.TB, dir string, upstreams ...string) string {
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
 		for _, p := range []string{"/usr/sbin/nginx", "/sbin/nginx"} {
@@ -134,6 +134,11 @@ func startNginx(tb testing.TB, dir, upstream string) string {
 		tb.Fatal(err)
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
+	// Several upstreams are taken in turn (nginx's round robin).
+	var servers strings.Builder
+	for _, u := range upstreams {
+		fmt.Fprintf(&servers, "server %s; ", u)
+	}
 	conf := fmt.Sprintf(`worker_processes auto;
 error_log %[1]s/nginx-error.log;
 pid %[1]s/nginx.pid;
@@ -142,7 +147,7 @@ http {
   access_log off;
   client_body_temp_path %[1]s/body;
   proxy_temp_path %[1]s/proxy;
-  upstream worker { server %[2]s; keepalive 256; }
+  upstream worker { %[2]s keepalive 256; }
   server {
     listen %[3]s;
     location / {
@@ -153,7 +158,7 @@ http {
     }
   }
 }
-`, dir, upstream, addr)
+`, dir, servers.String(), addr)
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		tb.Fatal(err)
@@ -200,10 +205,10 @@ func BenchmarkRouting(b *testing.B) {
 		dir := b.TempDir()
 		sim := startSimulator(b, dir, 256)
 		c := newCluster(b)
-		q := c.start(nodeSpec{name: "q", extra: []string{"--roles", "queen", "--queen-priority", "1"}})[0]
+		q := c.start(nodeSpec{name: "q", extra: append([]string{"--roles", "queen", "--queen-priority", "1"}, profileFlags()...)})[0]
 		rest := c.start(
-			nodeSpec{name: "h", join: q.gossipAddr, extra: []string{"--roles", "hive", "--worker", "http://" + sim + ",model=m,slots=256"}},
-			nodeSpec{name: "e", join: q.gossipAddr, extra: []string{"--roles", "none"}},
+			nodeSpec{name: "h", join: q.gossipAddr, extra: append([]string{"--roles", "hive", "--worker", "http://" + sim + ",model=m,slots=256"}, profileFlags()...)},
+			nodeSpec{name: "e", join: q.gossipAddr, extra: append([]string{"--roles", "none"}, profileFlags()...)},
 		)
 		h, e := rest[0], rest[1]
 		c.waitAgree([]*proc{q, h, e}, 20*time.Second)
@@ -229,10 +234,34 @@ func BenchmarkRouting(b *testing.B) {
 			c1, c64 routeStats
 			s1, s64 routeStats // 200-token streams
 		}
+		// With RBEE_BENCH_PROFILE set, the nodes on a path are profiled
+		// while it carries 64 clients (see cluster.profile).
+		profiled := func(t routeTarget, what string, f func() routeStats) routeStats {
+			var ps []*proc
+			switch t.addr {
+			case h.httpAddr:
+				ps = []*proc{q, h}
+			case e.httpAddr:
+				ps = []*proc{q, h, e}
+			}
+			var stops []func()
+			for _, p := range ps {
+				key := strings.NewReplacer(" ", "", ",", "").Replace(t.name)
+				stops = append(stops, c.profile(p, fmt.Sprintf("route-%s-%s-%s", what, key, p.name), dur))
+			}
+			st := f()
+			for _, stop := range stops {
+				stop()
+			}
+			return st
+		}
 		var rows []row
 		for _, t := range targets {
-			rows = append(rows, row{t: t, c1: measure(b, t.addr, 1, dur, shortCompletion), c64: measure(b, t.addr, 64, dur, shortCompletion),
-				s1: measure(b, t.addr, 1, dur, longStream), s64: measure(b, t.addr, 64, dur, longStream)})
+			r := row{t: t, c1: measure(b, t.addr, 1, dur, shortCompletion)}
+			r.c64 = profiled(t, "short", func() routeStats { return measure(b, t.addr, 64, dur, shortCompletion) })
+			r.s1 = measure(b, t.addr, 1, dur, longStream)
+			r.s64 = profiled(t, "stream", func() routeStats { return measure(b, t.addr, 64, dur, longStream) })
+			rows = append(rows, r)
 		}
 		var nginxRPS float64
 		for _, r := range rows {

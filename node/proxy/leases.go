@@ -15,10 +15,12 @@ import (
 
 // Uplink carries lease messages to the queen: the node's session. Send writes
 // an encoded message now or queues it behind a write under way; an error
-// means the session is breaking. Break drops the session, so that what waits
-// is asked again on the next one.
+// means the session is breaking. Queue only queues the message for the
+// session's writer, for a message nobody waits on. Break drops the session,
+// so that what waits is asked again on the next one.
 type Uplink interface {
 	Send(msg []byte) error
+	Queue(msg []byte) error
 	Break()
 }
 
@@ -40,6 +42,8 @@ type LeaseClient struct {
 	// stranded, when set, says why this node cannot reach the queen
 	// that the rest of the cluster follows (SetStranded).
 	stranded string
+	// released: the leases released on the current session (Release).
+	released recentSet
 }
 
 // ErrTypeQueenUnreachable is the error type of the 503 a request gets when
@@ -74,6 +78,7 @@ func NewLeaseClient(name string, start time.Time) *LeaseClient {
 func (lc *LeaseClient) Attach(u Uplink) {
 	lc.mu.Lock()
 	lc.up = u
+	lc.released = recentSet{} // a new session hears every release
 	now := time.Now()
 	ps := make([]*pendingLease, 0, len(lc.pending))
 	for _, p := range lc.pending {
@@ -352,8 +357,63 @@ func (lc *LeaseClient) Close() {
 
 // Release returns a lease's slot to the queen. Without a session it is
 // dropped: the new queen learns from the hives which leases still run.
+//
+// A lease is released once per session: the entry node releases it when the
+// answer has reached the client and again when the request ends, and every
+// release is a message the queen reads and a write on this node.
 func (lc *LeaseClient) Release(leaseID string) {
-	lc.send(&wsapi.LeaseRelease{Type: wsapi.TypeLeaseRelease, LeaseID: leaseID})
+	lc.mu.Lock()
+	u := lc.up
+	if u != nil {
+		if lc.released.seen(leaseID) {
+			lc.mu.Unlock()
+			return
+		}
+	}
+	lc.mu.Unlock()
+	if u == nil {
+		return
+	}
+	// Queued, not written here: a release is written after the answer
+	// reached the worker's hive and before the client has it (the
+	// handler's end flushes it), and a write to the queen there added its
+	// time to every request, twice through two nodes. Queued in order, it
+	// still reaches the queen before a lease request the client's next
+	// request makes.
+	b, err := wsapi.Encode(&wsapi.LeaseRelease{Type: wsapi.TypeLeaseRelease, LeaseID: leaseID})
+	if err == nil && u.Queue(b) != nil {
+		u.Break()
+	}
+}
+
+// recentReleases is how many released lease ids a node remembers: the
+// releases of one lease come within one request, far fewer than this many
+// requests apart.
+const recentReleases = 4096
+
+// recentSet remembers the last recentReleases ids added.
+type recentSet struct {
+	ids  map[string]struct{}
+	ring []string
+	next int
+}
+
+// seen reports whether id was added lately, and adds it.
+func (r *recentSet) seen(id string) bool {
+	if _, ok := r.ids[id]; ok {
+		return true
+	}
+	if r.ids == nil {
+		r.ids = make(map[string]struct{}, recentReleases)
+		r.ring = make([]string, recentReleases)
+	}
+	if old := r.ring[r.next]; old != "" {
+		delete(r.ids, old)
+	}
+	r.ring[r.next] = id
+	r.next = (r.next + 1) % len(r.ring)
+	r.ids[id] = struct{}{}
+	return false
 }
 
 // Attached reports whether the node has a session to the queen now.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -33,6 +35,8 @@ func (u *fakeUplink) Send(b []byte) error {
 	u.sent = append(u.sent, msg)
 	return nil
 }
+
+func (u *fakeUplink) Queue(b []byte) error { return u.Send(b) }
 
 func (u *fakeUplink) Break() {
 	u.mu.Lock()
@@ -208,5 +212,46 @@ func TestLeaseClient_CloseFailsWaitingAndLaterRequests(t *testing.T) {
 	_, lerr, err := lc.Acquire(context.Background(), "m", time.Minute)
 	if err != nil || lerr == nil || lerr.ErrorType != "shutting_down" {
 		t.Fatalf("later acquire = %+v, %v; want 503 shutting_down", lerr, err)
+	}
+}
+
+// The entry node releases a lease when the answer has reached the client and
+// again when the request ends: the queen hears of it once per session; a
+// release the node could not send (no session) is sent when asked again on
+// a new one.
+func TestLeaseClient_ReleaseIsSentOncePerSession(t *testing.T) {
+	lc := NewLeaseClient("entry", time.Unix(0, 0))
+	lc.Release("early") // no session: dropped, not remembered
+	u := &fakeUplink{}
+	lc.Attach(u)
+	for range 3 {
+		lc.Release("l1")
+	}
+	lc.Release("l2")
+	lc.Release("early")
+	var got []string
+	for _, m := range u.messages() {
+		if r, ok := m.(*wsapi.LeaseRelease); ok {
+			got = append(got, r.LeaseID)
+		}
+	}
+	if want := []string{"l1", "l2", "early"}; !slices.Equal(got, want) {
+		t.Fatalf("released %v, want %v", got, want)
+	}
+	second := &fakeUplink{}
+	lc.Attach(second)
+	lc.Release("l1")
+	if ms := second.messages(); len(ms) != 1 {
+		t.Fatalf("the new session got %v, want the release", ms)
+	}
+	// The set forgets the oldest ids, not the recent ones.
+	var r recentSet
+	for i := range recentReleases + 1 {
+		if r.seen(strconv.Itoa(i)) {
+			t.Fatalf("id %d seen before it was added", i)
+		}
+	}
+	if r.seen("0") || !r.seen(strconv.Itoa(recentReleases)) {
+		t.Error("the oldest id was kept or the newest forgotten")
 	}
 }

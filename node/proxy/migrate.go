@@ -84,7 +84,8 @@ type migration struct {
 	// stream's end when it cannot be.
 	broke []byte
 
-	scratch wireChunk // reused by chunk
+	scratch wireChunk    // reused by chunk
+	scan    chunkScanner // reads chunks into scratch
 }
 
 // newMigration returns the migration record of a streaming request, or nil
@@ -231,7 +232,7 @@ func (m *migration) chunk(ev, data []byte) []byte {
 	c := &m.scratch
 	*c = wireChunk{ID: c.ID[:0], Created: c.Created[:0], Model: c.Model[:0], Choices: c.Choices[:0],
 		Usage: c.Usage[:0], Error: c.Error[:0]}
-	if err := jsonv2.Unmarshal(data, c); err != nil {
+	if err := m.scan.decode(data, c); err != nil {
 		m.stop("an event of the answer is not a JSON chunk")
 		return ev
 	}
