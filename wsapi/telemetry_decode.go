@@ -278,6 +278,8 @@ func (d *telemetryDecoder) worker(w, old *ProcessStats) error {
 			err = d.model(w, old)
 		case `"models"`:
 			err = d.rest(&w.Models)
+		case `"aliases"`:
+			err = d.rest(&w.Aliases)
 		case `"engine"`:
 			w.Engine, err = d.str(old.Engine)
 		case `"slots"`:

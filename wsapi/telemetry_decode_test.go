@@ -3,6 +3,7 @@ package wsapi
 import (
 	"reflect"
 	"testing"
+	"time"
 )
 
 // FuzzTelemetryDecoder holds the fast decoder to Decode: for any bytes, on a
@@ -21,6 +22,7 @@ func FuzzTelemetryDecoder(f *testing.F) {
 		f.Add(s)
 	}
 	f.Add([]byte(`{"type":"hive_telemetry","hive_id":"h","timestamp":"2025-10-30T20:15:30.5Z","workers":[{"pid":1,"group":"llm","instance":"1","model":null,"slots":2,"simulated":true,"x":[1,{"a":2}]}],"extra":{}}  `))
+	f.Add([]byte(`{"type":"hive_telemetry","hive_id":"h","timestamp":"2025-10-30T20:15:30Z","workers":[{"pid":1,"group":"llm","instance":"1","model":"m","aliases":["M-Q4_K_M.gguf","m:latest"]}]}`))
 	f.Add([]byte(`{"type":"hive_telemetry","hive_id":"h","timestamp":"2025-10-30T20:15:30+02:00","workers":null}`))
 	f.Add([]byte(`{"type":"hive_telemetry","hive_id":"h","timestamp":"2025-10-30T20:15:30Z","workers":[{"pid":-1}]}`))
 	f.Add([]byte(`{"type":"hive_telemetry","hive_id":"h","hive_id":"i","workers":[]}`))
@@ -71,5 +73,49 @@ func TestTelemetryDecoderReuses(t *testing.T) {
 	}
 	if a, b := first.(*HiveTelemetry), again.(*HiveTelemetry); &a.Workers[0] == &b.Workers[0] {
 		t.Error("two reports share their workers: the registry keeps the first while states are set on the second")
+	}
+}
+
+// TestTelemetryDecoder_ReadsEveryWorkerField: a field added to ProcessStats
+// that the fast decoder does not know would be skipped without a word (it
+// skips unknown fields, as Decode does): every field, set, must come back.
+func TestTelemetryDecoder_ReadsEveryWorkerField(t *testing.T) {
+	var w ProcessStats
+	v := reflect.ValueOf(&w).Elem()
+	for i := range v.NumField() {
+		f := v.Field(i)
+		switch f.Kind() {
+		case reflect.String:
+			f.SetString("s" + v.Type().Field(i).Name)
+		case reflect.Uint32, reflect.Uint64:
+			f.SetUint(uint64(i + 1))
+		case reflect.Int:
+			f.SetInt(int64(i + 1))
+		case reflect.Float64:
+			f.SetFloat(float64(i) + 0.5)
+		case reflect.Bool:
+			f.SetBool(true)
+		case reflect.Pointer:
+			m := "model"
+			f.Set(reflect.ValueOf(&m))
+		case reflect.Slice:
+			f.Set(reflect.ValueOf([]string{"a", v.Type().Field(i).Name}))
+		default:
+			t.Fatalf("field %s: kind %s: teach this test to fill it", v.Type().Field(i).Name, f.Kind())
+		}
+	}
+	in := &HiveTelemetry{Type: TypeHiveTelemetry, HiveID: "h", Timestamp: time.Date(2026, 12, 6, 0, 0, 0, 0, time.UTC), Workers: []ProcessStats{w}}
+	b, err := Encode(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d telemetryDecoder
+	got, err := d.Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tel, ok := got.(*HiveTelemetry)
+	if !ok || !reflect.DeepEqual(tel.Workers, in.Workers) {
+		t.Fatalf("decoded\n%#v\nwant worker\n%#v", got, w)
 	}
 }
