@@ -44,6 +44,11 @@ type fakeCluster struct {
 	cancel         context.CancelFunc
 	wg             sync.WaitGroup
 	msgs, bytes    atomic.Int64
+	// batch, when set, makes a feed opened with ?batch=1 send its events
+	// as arrays of up to batch (as a node that batches does); batched
+	// counts those feeds.
+	batch   atomic.Int32
+	batched atomic.Int64
 }
 
 var loadModels = []string{"llama-3.1-8b-instruct", "qwen2.5-32b-instruct", "mistral-7b-instruct-v0.3", "deepseek-r1-distill-qwen-14b"}
@@ -139,7 +144,13 @@ func (fc *fakeCluster) serveFeed(w http.ResponseWriter, r *http.Request) {
 	}
 	defer conn.CloseNow()
 	ctx := conn.CloseRead(fc.ctx)
-	send := func(v any) bool {
+	var pending []any
+	size := int(fc.batch.Load())
+	batch := size > 0 && r.URL.Query().Get("batch") == "1"
+	if batch {
+		fc.batched.Add(1)
+	}
+	write := func(v any) bool {
 		b, err := json.Marshal(v)
 		if err != nil {
 			panic(err)
@@ -147,6 +158,18 @@ func (fc *fakeCluster) serveFeed(w http.ResponseWriter, r *http.Request) {
 		fc.msgs.Add(1)
 		fc.bytes.Add(int64(len(b)))
 		return conn.Write(ctx, websocket.MessageText, b) == nil
+	}
+	send := func(v any) bool {
+		if !batch {
+			return write(v)
+		}
+		pending = append(pending, v)
+		if len(pending) < size {
+			return true
+		}
+		ok := write(pending)
+		pending = pending[:0]
+		return ok
 	}
 	// One hive every 1/hives of a second; the queen every 2.5 s.
 	tick := time.NewTicker(time.Second / time.Duration(fc.hives))
