@@ -103,24 +103,35 @@ func TestDashboard_FeedInWorker(t *testing.T) {
 	})
 }
 
-// TestDashboard_WithoutWorkers: where a page cannot start a Web Worker, it
-// reads the feed on its own thread and shows the same.
+// TestDashboard_WithoutWorkers: where a page cannot start a Web Worker (there
+// is no Worker, or its script fails to load), it reads the feed on its own
+// thread and shows the same.
 func TestDashboard_WithoutWorkers(t *testing.T) {
 	const hives, workers = 30, 4
 	browser := startBrowser(t)
 	fc := newFakeCluster(t, hives, workers, ui.Handler())
-	tb := openTabWith(t, browser, fc.srv.URL+"/", countSockets+"\ndelete window.Worker;")
-	p := waitWorkerPage(t, tb, "the page fills the rows by itself", filled(fc, workers))
-	if p.Sockets == 0 {
-		t.Error("no WebSocket opened on the page's thread, yet it has no Worker")
+	for _, tc := range []struct{ name, script string }{
+		{"no Worker", "delete window.Worker;"},
+		{"worker fails to load", `{
+		  const W = window.Worker;
+		  window.Worker = class extends W { constructor(u, o) { super('/ui/missing.js', o); } };
+		}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tb := openTabWith(t, browser, fc.srv.URL+"/", countSockets+"\n"+tc.script)
+			p := waitWorkerPage(t, tb, "the page fills the rows by itself", filled(fc, workers))
+			if p.Sockets == 0 {
+				t.Error("no WebSocket opened on the page's thread, yet it has no worker")
+			}
+			if err := chromedp.Do(tb.ctx, chromedp.SendKeys("#filter", fc.hiveID(hives-1))); err != nil {
+				t.Fatal(err)
+			}
+			waitWorkerPage(t, tb, "the filter finds the last hive", func(p workerPage) error {
+				if !slices.Equal(p.Hives, []string{fc.hiveID(hives - 1)}) || p.Filled != workers {
+					return errors.New("want the last hive alone, filled in")
+				}
+				return nil
+			})
+		})
 	}
-	if err := chromedp.Do(tb.ctx, chromedp.SendKeys("#filter", fc.hiveID(hives-1))); err != nil {
-		t.Fatal(err)
-	}
-	waitWorkerPage(t, tb, "the filter finds the last hive", func(p workerPage) error {
-		if !slices.Equal(p.Hives, []string{fc.hiveID(hives - 1)}) || p.Filled != workers {
-			return errors.New("want the last hive alone, filled in")
-		}
-		return nil
-	})
 }
