@@ -91,6 +91,25 @@ func TestDashboard_FeedInWorker(t *testing.T) {
 	if fc.batched.Load() == 0 {
 		t.Error("the page did not ask for a batched feed")
 	}
+	// Collapsing a hive is the page's own: its rows hide, and come back
+	// filled in.
+	first := fmt.Sprintf(`#hives [data-hive=%q]`, fc.hiveID(0))
+	for _, hidden := range []bool{true, false} {
+		if err := chromedp.Do(tb.ctx, chromedp.Click(first+" .tog")); err != nil {
+			t.Fatal(err)
+		}
+		testutil.Every(100*time.Millisecond).Eventually(t, 10*time.Second, fmt.Sprintf("rows hidden: %v", hidden), func() error {
+			got, err := chromedp.Run(tb.ctx, chromedp.Evaluate[bool](fmt.Sprintf("document.querySelector(%q).hidden", first+" [data-f=rows]")))
+			if err != nil {
+				return err
+			}
+			if got != hidden {
+				return fmt.Errorf("rows hidden: %v", got)
+			}
+			return nil
+		})
+	}
+	waitWorkerPage(t, tb, "the expanded hive's rows are filled in", filled(fc, workers))
 	// The filter runs in the worker too.
 	if err := chromedp.Do(tb.ctx, chromedp.SendKeys("#filter", fc.hiveID(hives-1))); err != nil {
 		t.Fatal(err)
