@@ -356,6 +356,10 @@ export function createView(st, origin) {
       schedule(true);
     });
     h.el = { sec, f };
+    // Until its data comes (a frame or so later), the section keeps the
+    // height it was guessed at, so that the page does not shrink beneath
+    // the reader and then grow back, moving what is on screen.
+    if (!h.loaded) sec.style.minHeight = `${heightOf(h) - HIVE_GAP_PX}px`;
     h.orderChanged = true;
     for (const w of h.workers.values()) w.dirty = true;
   }
@@ -371,8 +375,9 @@ export function createView(st, origin) {
 
   function renderHive(h, now) {
     if (!h.loaded) return; // its section waits for the engine's data
-    h.drawn = true;
     const { sec, f } = h.el;
+    if (!h.drawn && sec.style.minHeight) sec.style.minHeight = '';
+    h.drawn = true;
     attr(sec, 'data-status', h.status);
     set(f.status, h.status);
     let busy = 0;
