@@ -12,6 +12,7 @@ import (
 
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/emulation"
+	cdppage "github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 
 	"github.com/rbee/rbee/internal/testutil"
@@ -74,6 +75,13 @@ type tab struct {
 // page's console is logged too.
 func openTab(t testing.TB, browser context.Context, url string) *tab {
 	t.Helper()
+	return openTabWith(t, browser, url, "")
+}
+
+// openTabWith is openTab with a script (when not "") that runs in the page
+// before the page's own.
+func openTabWith(t testing.TB, browser context.Context, url, before string) *tab {
+	t.Helper()
 	logConsole := os.Getenv("RBEE_TEST_LOG") != ""
 	ctx, cancel := chromedp.NewContext(browser)
 	tb := &tab{ctx: ctx, cancel: cancel, done: make(chan struct{})}
@@ -107,6 +115,11 @@ func openTab(t testing.TB, browser context.Context, url string) *tab {
 			t.Errorf("page %s threw: %s", url, e)
 		}
 	})
+	if before != "" {
+		if _, err := chromedp.Call(ctx, cdppage.AddScriptToEvaluateOnNewDocument, cdppage.AddScriptToEvaluateOnNewDocumentParams{Source: before}); err != nil {
+			t.Fatalf("add script: %v", err)
+		}
+	}
 	if err := chromedp.Do(ctx, chromedp.Navigate(url)); err != nil {
 		t.Fatalf("open %s: %v", url, err)
 	}

@@ -60,7 +60,9 @@ func TestHandler_EveryReferencedAssetIsServed(t *testing.T) {
 	h := ui.Handler()
 	_, index := get(t, h, "/")
 	ref := regexp.MustCompile(`(?:href|src)="(/ui/[^"]+)"`)
-	imp := regexp.MustCompile(`(?m)^import .* from '\./([^']+)';`)
+	imp := regexp.MustCompile(`(?m)^import .* from '\./([^']+)';|\bimport\('\./([^']+)'\)`)
+	// The page's worker, and what it imports, are reached the same way.
+	wrk := regexp.MustCompile(`new Worker\('(/ui/[^']+)'`)
 	todo := []string{}
 	for _, m := range ref.FindAllStringSubmatch(index, -1) {
 		todo = append(todo, m[1])
@@ -83,11 +85,14 @@ func TestHandler_EveryReferencedAssetIsServed(t *testing.T) {
 		}
 		if strings.HasSuffix(p, ".js") {
 			for _, m := range imp.FindAllStringSubmatch(body, -1) {
-				todo = append(todo, "/ui/"+m[1])
+				todo = append(todo, "/ui/"+m[1]+m[2])
+			}
+			for _, m := range wrk.FindAllStringSubmatch(body, -1) {
+				todo = append(todo, m[1])
 			}
 		}
 	}
-	for _, want := range []string{"/ui/app.js", "/ui/model.js", "/ui/view.js", "/ui/feed.js", "/ui/format.js", "/ui/spark.js", "/ui/style.css"} {
+	for _, want := range []string{"/ui/app.js", "/ui/worker.js", "/ui/engine.js", "/ui/model.js", "/ui/view.js", "/ui/feed.js", "/ui/format.js", "/ui/spark.js", "/ui/style.css"} {
 		if !seen[want] {
 			t.Errorf("%s is not reached from index.html (reached %v)", want, seen)
 		}

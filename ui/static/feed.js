@@ -19,6 +19,9 @@ const SILENCE_MS = 10_000;
 // openFeed starts the connection loop. opts:
 //   origin      host:port of the page's node
 //   token       cluster HTTP token, '' for none
+//   batch       ask for ?batch=1: several events a message, as a JSON array
+//               (a node that does not know it ignores it and sends each
+//               event alone)
 //   candidates  () => [host:port...] to try after the current node fails
 //   onMessage   (data string, target) for each text message
 //   onState     ({state, target, attempt, delay, code, reason}) on every change
@@ -41,8 +44,10 @@ export function openFeed(opts) {
 
   function url(host) {
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-    const q = opts.token ? `?token=${encodeURIComponent(opts.token)}` : '';
-    return `${scheme}://${host}${FEED_PATH}${q}`;
+    const q = [];
+    if (opts.batch) q.push('batch=1');
+    if (opts.token) q.push(`token=${encodeURIComponent(opts.token)}`);
+    return `${scheme}://${host}${FEED_PATH}${q.length ? `?${q.join('&')}` : ''}`;
   }
 
   function open() {

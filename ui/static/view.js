@@ -1,12 +1,53 @@
-// The view: turns the state's dirty marks into DOM changes, once per animation
-// frame. Rows and cards are keyed (a hive's section, a worker's row, a member,
-// a queue) and made once; afterwards only a text or attribute that differs from
-// what is on screen is written. All data goes in through textContent or
-// attributes, never as HTML.
+// The view: keeps what the engine (engine.js) sends in a mirror of the state
+// (newMirror), and turns its dirty marks into DOM changes, once per animation
+// frame. The mirror holds whole only the hives on or near the screen; of the
+// others it knows the names and worker counts. Rows and cards are keyed (a
+// hive's section, a worker's row, a member, a queue) and made once;
+// afterwards only a text or attribute that differs from what is on screen is
+// written. All data goes in through textContent or attributes, never as HTML.
 
 import * as fmt from './format.js';
-import { summary, currentQueues, workerState } from './model.js';
+import { workerState } from './model.js';
 import { drawSpark } from './spark.js';
+
+const MAX_EVENTS = 200;
+
+// newMirror is the page's side of the state: what the engine sent, and the
+// view's own marks.
+export function newMirror(now) {
+  return {
+    conn: { state: 'connecting', target: '', delay: 0, attempt: 0, since: now, lastMsgAt: 0 },
+    sum: null, // the engine's summary, with known, hasCluster, clusterAt
+    members: { list: [], has: false, queen: '', from: '', at: 0 },
+    queues: [],
+    events: [],
+    hives: new Map(), // hive_id -> mirror hive (mirrorHive)
+    filter: '',
+    dirty: { summary: true, members: true, queues: true, events: false, conn: true, filter: false, hives: new Set() },
+  };
+}
+
+function mirrorHive(id) {
+  return {
+    id,
+    n: 0, // its worker count, for a height guess
+    loaded: false, // the engine sent it whole
+    status: 'offline',
+    reported: false,
+    lastSeen: 0,
+    docLastSeen: '',
+    leases: 0,
+    catalog: [],
+    gpus: [],
+    managed: [],
+    workers: new Map(), // "group/instance" -> worker, while loaded
+    orderChanged: true,
+    height: 0,
+    collapsed: false,
+    el: null,
+    drawn: false, // its section was rendered with its data
+  };
+}
 
 // set writes text only when it changed; the last value rides on the element.
 function set(el, v) {
@@ -96,8 +137,11 @@ export function createView(st, origin) {
   // left out, as last measured (or guessed from hives of as many workers),
   // so the page scrolls as if they were all there. Scroll anchoring keeps
   // what is on screen still when a guess is corrected.
-  let order = []; // the hives to list (the filter's), sorted
-  let orderDirty = true;
+  let order = []; // the hives to list (the filter's), sorted, as the engine sent
+  // The hives whose whole state the view asked for: those in the DOM and
+  // as many again beyond, so that a scroll finds them there.
+  let dataIds = new Set();
+  let dataKey = '';
   const shown = new Set(); // hives whose section is in the DOM
   const guess = new Map(); // worker count -> a measured height
   let padTop = -1;
@@ -150,10 +194,11 @@ export function createView(st, origin) {
   }
 
   function renderSummary(now) {
-    const s = summary(st, now);
+    const s = st.sum;
+    if (!s) return;
     // Before the first queen event or /v1/cluster document the page knows
     // nothing of a queen: that is no fault to show in red.
-    const known = !!(st.queenEvent || st.cluster);
+    const known = s.known;
     set(tiles.queen.v, s.queen || (known ? 'none' : '–'));
     attr(tiles.queen.v.parentElement, 'data-warn', !known || (s.queen && s.queenEventAge < 8000) ? null : '');
     set(tiles.queen.s, !known && !s.queen ? (st.conn.state === 'live' ? 'waiting for the queen…' : 'connecting…') :
@@ -161,8 +206,8 @@ export function createView(st, origin) {
       s.queenEventAge > 8000 ? `no queen event for ${fmt.ago(s.queenEventAge)}` :
       [s.queenChanged ? `since ${fmt.clock(s.queenAt)}` : '', s.queenAddr].filter(Boolean).join(' · ') || 'elected');
     set(tiles.members.v, s.members ? `${s.membersAlive} / ${s.members}` : '–');
-    const docAge = now - st.clusterAt;
-    set(tiles.members.s, !st.cluster ? 'no /v1/cluster yet' : docAge > 15000 ? `alive · as of ${fmt.clock(st.clusterAt)}` : 'alive');
+    const docAge = now - s.clusterAt;
+    set(tiles.members.s, !s.hasCluster ? 'no /v1/cluster yet' : docAge > 15000 ? `alive · as of ${fmt.clock(s.clusterAt)}` : 'alive');
     set(tiles.hives.v, `${s.hivesOnline}`);
     set(tiles.hives.s, ['online', s.hivesAvailable >= 0 ? `${s.hivesAvailable} available` : '',
       s.hivesOffline > 0 ? `${s.hivesOffline} offline` : ''].filter(Boolean).join(' · '));
@@ -178,14 +223,14 @@ export function createView(st, origin) {
     const title = s.queen ? `rbee · ${s.hivesOnline} hives · queen ${s.queen}` : 'rbee';
     if (document.title !== title) document.title = title;
     set(emptyEl, st.conn.state === 'live' ? 'No hive has reported yet.' : 'Waiting for the feed…');
-    emptyEl.hidden = st.hives.size > 0;
+    emptyEl.hidden = s.hivesKnown > 0;
   }
 
   // --- members, queues, events
 
   function renderMembers(now) {
-    const doc = st.cluster;
-    const members = doc && Array.isArray(doc.members) ? [...doc.members] : [];
+    const doc = st.members;
+    const members = [...doc.list];
     members.sort((a, b) => fmt.compareIDs(a.name, b.name));
     const seen = new Set();
     for (const m of members) {
@@ -203,7 +248,7 @@ export function createView(st, origin) {
       set(r.f.status, status);
       attr(r.f.status, 'data-s', status);
       set(r.f.name, m.name);
-      r.f.queen.hidden = m.name !== st.queen;
+      r.f.queen.hidden = m.name !== doc.queen;
       set(r.f.roles, Array.isArray(m.roles) ? m.roles.join(', ') : '');
       set(r.f.addr, typeof m.http_addr === 'string' ? m.http_addr : '');
       attr(r.f.addr, 'title', `gossip ${m.gossip_addr || '?'} · version ${m.version || '?'} · queen priority ${m.queen_priority ?? 0}`);
@@ -216,11 +261,11 @@ export function createView(st, origin) {
     }
     const none = membersEl.querySelector('.none');
     if (none) none.hidden = memberRows.size > 0;
-    set(byId('members-note'), doc ? `from ${st.clusterFrom} at ${fmt.clock(st.clusterAt)}` : '');
+    set(byId('members-note'), doc.has ? `from ${doc.from} at ${fmt.clock(doc.at)}` : '');
   }
 
   function renderQueues() {
-    const qs = [...currentQueues(st)].filter((q) => q && typeof q.model === 'string');
+    const qs = st.queues.filter((q) => q && typeof q.model === 'string');
     qs.sort((a, b) => fmt.compareIDs(a.model, b.model));
     const seen = new Set();
     for (const q of qs) {
@@ -311,6 +356,10 @@ export function createView(st, origin) {
       schedule(true);
     });
     h.el = { sec, f };
+    // Until its data comes (a frame or so later), the section keeps the
+    // height it was guessed at, so that the page does not shrink beneath
+    // the reader and then grow back, moving what is on screen.
+    if (!h.loaded) sec.style.minHeight = `${heightOf(h) - HIVE_GAP_PX}px`;
     h.orderChanged = true;
     for (const w of h.workers.values()) w.dirty = true;
   }
@@ -320,11 +369,15 @@ export function createView(st, origin) {
     for (const w of h.workers.values()) dropRow(w);
     h.el.sec.remove();
     h.el = null;
+    h.drawn = false;
     shown.delete(h);
   }
 
   function renderHive(h, now) {
+    if (!h.loaded) return; // its section waits for the engine's data
     const { sec, f } = h.el;
+    if (!h.drawn && sec.style.minHeight) sec.style.minHeight = '';
+    h.drawn = true;
     attr(sec, 'data-status', h.status);
     set(f.status, h.status);
     let busy = 0;
@@ -532,15 +585,6 @@ export function createView(st, origin) {
     return m.includes(q);
   }
 
-  // hiveMatches: the hive is listed under the filter (its name, or one of
-  // its workers' names or models, has the text).
-  function hiveMatches(h) {
-    const q = st.filter;
-    if (!q || h.id.toLowerCase().includes(q)) return true;
-    for (const w of h.workers.values()) if (matches(w, q)) return true;
-    return false;
-  }
-
   // filterRows hides the rows of a listed hive that the filter leaves out.
   function filterRows(h) {
     if (!h.el) return;
@@ -554,23 +598,15 @@ export function createView(st, origin) {
   }
 
   function heightOf(h) {
-    return h.height || guess.get(h.workers.size) || HIVE_GUESS_PX + ROW_GUESS_PX * h.workers.size;
+    return h.height || guess.get(h.n) || HIVE_GUESS_PX + ROW_GUESS_PX * h.n;
   }
 
   // showWindow puts in the DOM the listed hives within a screen or so of
   // the viewport (#hives' top is at top, in the viewport's coordinates), in
   // order, and takes out the rest. It returns them, the height of those
-  // above, and the hives it added.
+  // above, the hives it added, and the hives to have whole (those and a
+  // screen or so more each way).
   function showWindow(top) {
-    if (orderDirty) {
-      orderDirty = false;
-      order = [];
-      for (const h of st.hives.values()) {
-        h.match = hiveMatches(h);
-        if (h.match) order.push(h);
-      }
-      order.sort((a, b) => fmt.compareIDs(a.id, b.id));
-    }
     const vh = innerHeight || 800;
     const over = Math.max(400, vh);
     const from = -top - over;
@@ -579,8 +615,10 @@ export function createView(st, origin) {
     let first = order.length;
     let last = -1;
     let above = 0;
+    const data = [];
     for (let i = 0; i < order.length; i++) {
       const hh = heightOf(order[i]);
+      if (y + hh > from - over && y < to + over) data.push(order[i].id);
       if (y + hh > from && y < to) {
         if (first > i) {
           first = i;
@@ -602,7 +640,7 @@ export function createView(st, origin) {
       shown.add(h);
       if (hivesEl.children[i] !== h.el.sec) hivesEl.insertBefore(h.el.sec, hivesEl.children[i] || null);
     });
-    return { want, above, total: y, added };
+    return { want, above, total: y, added, data };
   }
 
   // measure learns the heights of the hives in the DOM. It runs first in a
@@ -610,6 +648,8 @@ export function createView(st, origin) {
   // reading costs no layout of its own.
   function measure() {
     for (const h of shown) {
+      // A section rendered without its data yet is its header only.
+      if (!h.drawn) continue;
       const hh = h.el.sec.offsetHeight + HIVE_GAP_PX;
       if (hh !== h.height) {
         h.height = hh;
@@ -649,13 +689,116 @@ export function createView(st, origin) {
     }
   }
 
+  // merge takes a hive the engine sent whole.
+  function merge(h, x) {
+    h.loaded = true;
+    h.status = x.status;
+    h.reported = x.reported;
+    h.lastSeen = x.lastSeen;
+    h.docLastSeen = x.docLastSeen;
+    h.leases = x.leases;
+    h.catalog = x.catalog;
+    h.gpus = x.gpus;
+    h.managed = x.managed;
+    const seen = new Set();
+    for (const xw of x.workers) {
+      seen.add(xw.key);
+      let w = h.workers.get(xw.key);
+      if (!w) {
+        w = { key: xw.key, el: null, sparkW: 0, sparkH: 0 };
+        h.workers.set(xw.key, w);
+        h.orderChanged = true;
+      }
+      w.s = xw.s;
+      w.busy = xw.busy;
+      w.slots = xw.slots;
+      w.gone = xw.gone;
+      w.gpu = xw.gpu;
+      w.vram = xw.vram;
+      w.len = xw.len;
+      w.head = xw.head;
+      w.dirty = true;
+      w.histDirty = true;
+    }
+    for (const w of h.workers.values()) {
+      if (!seen.has(w.key)) {
+        dropRow(w);
+        h.workers.delete(w.key);
+        h.orderChanged = true;
+      }
+    }
+    st.dirty.hives.add(h);
+  }
+
+  // unload forgets a hive's whole state (it is off screen, and out of the
+  // DOM already).
+  function unload(h) {
+    dropHive(h);
+    for (const w of h.workers.values()) dropRow(w);
+    h.workers.clear();
+    h.loaded = false;
+    h.orderChanged = true;
+  }
+
   return {
     setScheduler(fn) {
       schedule = fn;
     },
+    // dataIds: the hives the view last asked the engine for whole.
+    dataIds: () => [...dataIds],
+    // apply takes an update from the engine into the mirror; the next
+    // render shows it.
+    apply(u) {
+      const d = st.dirty;
+      if (u.conn) {
+        st.conn = u.conn;
+        d.conn = true;
+      }
+      if (u.summary) {
+        st.sum = u.summary;
+        d.summary = true;
+      }
+      if (u.members) {
+        st.members = u.members;
+        d.members = true;
+      }
+      if (u.queues) {
+        st.queues = u.queues;
+        d.queues = true;
+      }
+      if (u.events && u.events.length) {
+        st.events.push(...u.events);
+        if (st.events.length > MAX_EVENTS) st.events.splice(0, st.events.length - MAX_EVENTS);
+        d.events = true;
+      }
+      for (const id of u.removed || []) {
+        const h = st.hives.get(id);
+        if (!h) continue;
+        dropHive(h);
+        st.hives.delete(id);
+      }
+      if (u.order) {
+        order = u.order.map((id, i) => {
+          let h = st.hives.get(id);
+          if (!h) {
+            h = mirrorHive(id);
+            st.hives.set(id, h);
+          }
+          h.n = u.sizes[i];
+          return h;
+        });
+      }
+      // A hive sent before the view asked for others is left out: the
+      // engine sends it again when it is asked for.
+      for (const x of u.hives || []) {
+        const h = st.hives.get(x.id);
+        if (h && dataIds.has(x.id)) merge(h, x);
+      }
+    },
     // render applies the dirty marks to the DOM, for the hives on or near
-    // the screen. It returns true when it should run again at once (see
-    // the end).
+    // the screen. It returns more: render again at once (see the end);
+    // waiting: a hive in the DOM waits for its data; window: the hives to
+    // ask the engine for whole, when they changed (else null).
     render(now) {
       const d = st.dirty;
       // Reads before writes: where the list is, how tall its hives came out.
@@ -667,25 +810,27 @@ export function createView(st, origin) {
       if (d.queues) renderQueues();
       if (d.events) renderEvents();
       d.conn = d.summary = d.members = d.queues = d.events = false;
-      const q = st.filter;
       if (d.filter) {
         d.filter = false;
-        orderDirty = true;
         for (const h of shown) filterRows(h);
       }
-      const dirty = [];
-      for (const h of d.hives) {
-        if (h.removed) {
-          dropHive(h);
-          orderDirty = true;
-        } else if (h.match === undefined || (q && hiveMatches(h) !== h.match)) {
-          orderDirty = true;
-        }
-        dirty.push(h);
-      }
+      const dirty = [...d.hives];
       d.hives.clear();
       const win = showWindow(top);
+      let ask = null;
+      const key = win.data.join('\n');
+      if (key !== dataKey) {
+        dataKey = key;
+        const next = new Set(win.data);
+        for (const id of dataIds) {
+          const h = st.hives.get(id);
+          if (!next.has(id) && h) unload(h);
+        }
+        dataIds = next;
+        ask = win.data;
+      }
       for (const h of win.added) {
+        if (!h.loaded) continue;
         renderHive(h, now);
         filterRows(h);
       }
@@ -696,7 +841,7 @@ export function createView(st, origin) {
       drawSparks();
       // The hives just added were guessed at: the next frame measures
       // them and, if the guess was off, fills the screen.
-      return win.added.length > 0;
+      return { more: win.added.length > 0, waiting: win.want.some((h) => !h.loaded), shown: win.want.length, window: ask };
     },
   };
 }
