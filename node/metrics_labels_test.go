@@ -95,7 +95,7 @@ func TestMetrics_ModelLabelsStayBounded(t *testing.T) {
 	<-done
 	<-done
 	gone := `rbee_requests_total{code="499",key="bob",model="` + served + `"} `
-	testutil.Eventually(t, 5*time.Second, "the 499 counted", func() error {
+	testutil.Eventually(t, 20*time.Second, "the 499 counted", func() error {
 		if m := scrape(t, a); !strings.Contains(m, gone) {
 			return fmt.Errorf("no %s in\n%s", gone, grepLines(m, "rbee_requests_total"))
 		}
