@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"slices"
 	"time"
+
+	"github.com/rbee/rbee/internal/backoff"
 )
 
 // Discovery finds the other members of this node's cluster on the network,
@@ -62,7 +64,7 @@ func (g *Gossip) discoverLoop(ctx context.Context) {
 	}()
 	self := g.Self().GossipAddr
 	announced, warned := false, false
-	pause := discoverFirst
+	retry := backoff.New(backoff.Policy{First: discoverFirst, Max: g.cfg.DiscoverInterval, Jitter: 0.2})
 	for first := true; ; first = false {
 		g.mu.Lock()
 		gone := g.leaving || g.down
@@ -101,12 +103,9 @@ func (g *Gossip) discoverLoop(ctx context.Context) {
 		if first && len(g.seeds) == 0 {
 			g.settle()
 		}
-		select {
-		case <-ctx.Done():
+		if !retry.Wait(ctx, nil) {
 			return
-		case <-time.After(jitter(pause)):
 		}
-		pause = min(2*pause, g.cfg.DiscoverInterval)
 	}
 }
 

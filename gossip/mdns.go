@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -222,21 +223,12 @@ func (a *answers) addrs(field string) []string {
 	var out []string
 	for name, srv := range a.srv {
 		ip := a.a[strings.ToLower(srv.Target)]
-		if ip == nil || srv.Port == 0 || !hasField(a.txt[name], field) {
+		if ip == nil || srv.Port == 0 || !slices.Contains(a.txt[name], field) {
 			continue
 		}
 		out = append(out, net.JoinHostPort(ip.String(), strconv.Itoa(int(srv.Port))))
 	}
 	return out
-}
-
-func hasField(fields []string, want string) bool {
-	for _, f := range fields {
-		if f == want {
-			return true
-		}
-	}
-	return false
 }
 
 // Close stops answering.

@@ -391,6 +391,23 @@ func batch(steps []step) (string, []byte, error) {
 	return b.String(), buf.Bytes(), nil
 }
 
+// errEnginesUnderSystemd refuses what would install a node that cannot
+// work: the unit install writes is deploy's rbee.service, whose hardening
+// (MemoryDenyWriteExecute, ProtectSystem=strict, ProtectControlGroups) the
+// engines a hive starts would inherit, and CUDA, model pulls and engine
+// cgroups fail under it. rbee-hive.service fits them, but depends on the
+// host's models folder and cgroup layout, which install does not decide.
+var errEnginesUnderSystemd = errors.New("the node flags start engines (--model, --models-dir), which fail under the rbee.service unit install writes: " +
+	"install deploy/systemd/rbee-hive.service on the host by hand, or use --service detached")
+
+// startsEngines says whether a node config makes a hive start engines of its
+// own.
+func startsEngines(cfg map[string]any) bool {
+	_, model := cfg["model"]
+	_, dir := cfg["models-dir"]
+	return model || dir
+}
+
 // systemdSteps install the unit and (re)start it.
 func systemdSteps(l layout) []step {
 	return []step{
@@ -579,6 +596,9 @@ func (p *installPlan) install(ctx context.Context, t installTarget, say func(str
 	if err != nil {
 		return err
 	}
+	if p.service == serviceSystemd && startsEngines(cfg) {
+		return errEnginesUnderSystemd
+	}
 	files := []step{
 		copyStep(fmt.Sprintf("copy %s (%s) to %s", p.binaryPath, p.binaryArch, l.bin), p.binary, l.bin, 0o755),
 		copyStep("copy the cluster key to "+l.key+" (0600)", []byte(p.key.String()+"\n"), l.key, 0o600),
@@ -651,6 +671,9 @@ func (p *installPlan) install(ctx context.Context, t installTarget, say func(str
 		service = serviceSystemd
 	case service == serviceAuto:
 		service = serviceDetached
+	}
+	if service == serviceSystemd && startsEngines(cfg) {
+		return errEnginesUnderSystemd
 	}
 	if service == serviceSystemd && p.prefix == "/" {
 		// Before anything is replaced: a node a previous install

@@ -192,3 +192,25 @@ func TestInstallDryRunSystemd(t *testing.T) {
 		t.Error("the dry run prints the cluster key")
 	}
 }
+
+// A hive that starts engines is not installed under rbee.service, whose
+// hardening its engines would inherit: install says so before touching the
+// host.
+func TestInstallRefusesEnginesUnderSystemd(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "key")
+	key, _, err := runRbee("keygen")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, []byte(key), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, flags := range [][]string{{"--models-dir", "/srv/models"}, {"--model", "tiny=/srv/models/tiny.gguf"}} {
+		out, errOut, err := runRbee(append([]string{"node", "install", "--cluster-key-file", keyFile, "--dry-run", "--service", "systemd", "--ssh-config", "",
+			"root@gpu-1.invalid", "--"}, flags...)...)
+		if err == nil || !strings.Contains(out+errOut, "rbee-hive.service") || strings.Contains(out, "install the systemd unit") {
+			t.Errorf("install %v under systemd: %v\n%s\n%s: want a refusal naming rbee-hive.service", flags, err, out, errOut)
+		}
+	}
+}
