@@ -97,8 +97,6 @@ type Session struct {
 	conn *websocket.Conn
 	opts SessionOptions
 	rbuf bytes.Buffer // reused by readRaw; one reader at a time
-	// lastFrame is the last frame read, as handed out by readRaw.
-	lastFrame []byte
 	// tdec decodes the peer's reports, reusing what did not change since
 	// the last one.
 	tdec telemetryDecoder
@@ -302,16 +300,7 @@ func (s *Session) readRaw(ctx context.Context) (any, []byte, error) {
 	if typ != websocket.MessageText {
 		return nil, nil, fmt.Errorf("%w: binary frame, want JSON text", ErrMalformed)
 	}
-	// A hive whose workers are idle sends the same report again and
-	// again: it shares the last one's bytes (nobody writes to them)
-	// instead of a copy a second per hive.
-	data := s.rbuf.Bytes()
-	if bytes.Equal(data, s.lastFrame) {
-		data = s.lastFrame
-	} else {
-		data = bytes.Clone(data)
-		s.lastFrame = data
-	}
+	data := bytes.Clone(s.rbuf.Bytes())
 	parts, err := splitBatch(data)
 	if err != nil {
 		return nil, nil, err

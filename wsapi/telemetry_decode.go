@@ -205,6 +205,62 @@ func (d *telemetryDecoder) timestamp(t *HiveTelemetry) error {
 }
 
 // rest decodes a rarer field with the reference decoder.
+// bool reads true or false; anything else is left to Decode.
+func (d *telemetryDecoder) bool() (bool, error) {
+	v, err := d.dec.ReadValue()
+	if err != nil {
+		return false, err
+	}
+	switch v.Kind() {
+	case 't':
+		return true, nil
+	case 'f':
+		return false, nil
+	}
+	return false, errSlowPath
+}
+
+// strs reads a list of strings, sharing the previous report's list when it
+// is the same (an Ollama hive lists every installed model in every report;
+// nothing writes through the lists).
+func (d *telemetryDecoder) strs(old []string) ([]string, error) {
+	if d.dec.PeekKind() != '[' {
+		var out []string
+		return out, d.rest(&out)
+	}
+	if _, err := d.dec.ReadToken(); err != nil {
+		return nil, err
+	}
+	var out []string // nil while the elements read equal old's
+	n := 0
+	for ; d.dec.PeekKind() == '"'; n++ {
+		var was string
+		if n < len(old) {
+			was = old[n]
+		}
+		s, err := d.str(was)
+		if err != nil {
+			return nil, err
+		}
+		if out == nil && (n >= len(old) || s != old[n]) {
+			out = append(make([]string, 0, n+4), old[:n]...)
+		}
+		if out != nil {
+			out = append(out, s)
+		}
+	}
+	if tok, err := d.dec.ReadToken(); err != nil || tok.Kind() != ']' {
+		return nil, errSlowPath
+	}
+	switch {
+	case out != nil:
+		return out, nil
+	case old == nil:
+		return []string{}, nil // as Decode reads [], not null
+	}
+	return old[:n:n], nil
+}
+
 func (d *telemetryDecoder) rest(out any) error {
 	v, err := d.dec.ReadValue()
 	if err != nil {
@@ -277,19 +333,20 @@ func (d *telemetryDecoder) worker(w, old *ProcessStats) error {
 		case `"model"`:
 			err = d.model(w, old)
 		case `"models"`:
-			err = d.rest(&w.Models)
+			w.Models, err = d.strs(old.Models)
 		case `"aliases"`:
-			err = d.rest(&w.Aliases)
+			w.Aliases, err = d.strs(old.Aliases)
 		case `"engine"`:
 			w.Engine, err = d.str(old.Engine)
 		case `"slots"`:
-			err = d.rest(&w.Slots)
+			n, err = d.uint(31)
+			w.Slots = int(n)
 		case `"health"`:
 			w.Health, err = d.str(old.Health)
 		case `"health_reason"`:
 			w.HealthReason, err = d.str(old.HealthReason)
 		case `"simulated"`:
-			err = d.rest(&w.Simulated)
+			w.Simulated, err = d.bool()
 		case `"state"`:
 			w.State, err = d.str(old.State)
 		case `"state_reason"`:

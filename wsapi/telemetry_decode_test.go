@@ -1,7 +1,9 @@
 package wsapi
 
 import (
+	"fmt"
 	"reflect"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -117,5 +119,43 @@ func TestTelemetryDecoder_ReadsEveryWorkerField(t *testing.T) {
 	tel, ok := got.(*HiveTelemetry)
 	if !ok || !reflect.DeepEqual(tel.Workers, in.Workers) {
 		t.Fatalf("decoded\n%#v\nwant worker\n%#v", got, w)
+	}
+}
+
+// An Ollama hive lists every installed model in every report, with slots
+// and whether it is simulated: none of that allocates when it did not
+// change.
+func TestTelemetryDecoderReusesModelLists(t *testing.T) {
+	ws := make([]ProcessStats, 8)
+	for i := range ws {
+		m := "m0:latest"
+		ws[i] = ProcessStats{PID: uint32(i + 1), Group: "ext", Instance: strconv.Itoa(11434 + i), Model: &m, Slots: 4, Simulated: true}
+		for j := range 20 {
+			ws[i].Models = append(ws[i].Models, fmt.Sprintf("m%d:latest", j))
+		}
+		ws[i].Aliases = []string{"a", "b"}
+	}
+	data, err := Encode(&HiveTelemetry{Type: TypeHiveTelemetry, HiveID: "h", Timestamp: time.Unix(1, 0).UTC(), Workers: ws})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d telemetryDecoder
+	if _, err := d.Decode(data); err != nil {
+		t.Fatal(err)
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := d.Decode(data); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs > 3 {
+		t.Errorf("%.0f allocations per report, want at most 3", allocs)
+	}
+	got, err := d.Decode(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := Decode(data); !reflect.DeepEqual(got, want) {
+		t.Errorf("decoded\n%#v\nDecode:\n%#v", got, want)
 	}
 }

@@ -217,7 +217,7 @@ func benchIngest(b *testing.B, sessions int, batch bool) {
 
 	var writeErrs, sessionsEnded atomic.Int64
 	for i, s := range ss {
-		msg := simTelemetry(b, simName(i))
+		hive := simName(i)
 		// Spread the reports over the second, as hives that started at
 		// different times would.
 		offset := time.Duration(i) * time.Second / time.Duration(sessions)
@@ -241,7 +241,13 @@ func benchIngest(b *testing.B, sessions int, batch bool) {
 					return
 				case <-t.C:
 				}
-				if err := s.WriteRaw(ctx, msg); err != nil {
+				// Stamped anew each time, as a hive's agent does: no
+				// two reports of a real hive are the same bytes.
+				msg, err := simTelemetry(hive, time.Now())
+				if err == nil {
+					err = s.WriteRaw(ctx, msg)
+				}
+				if err != nil {
 					if ctx.Err() == nil {
 						writeErrs.Add(1)
 					}
@@ -362,10 +368,8 @@ func benchIngest(b *testing.B, sessions int, batch bool) {
 
 func simName(i int) string { return fmt.Sprintf("sim-%04d", i) }
 
-// simTelemetry is one simulated hive's report, encoded once and sent as is
-// every second.
-func simTelemetry(b *testing.B, hive string) []byte {
-	b.Helper()
+// simTelemetry is one simulated hive's report at now.
+func simTelemetry(hive string, now time.Time) ([]byte, error) {
 	model := "llama-3.1-8b-instruct-q4_k_m.gguf"
 	ws := make([]wsapi.ProcessStats, ingestWorkers)
 	for i := range ws {
@@ -375,11 +379,7 @@ func simTelemetry(b *testing.B, hive string) []byte {
 			GPUUtilPct: 40, VRAMMB: 6000, TotalVRAMMB: 24576, Model: &model,
 		}
 	}
-	msg, err := wsapi.Encode(&wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: hive, Timestamp: time.Now().UTC(), Workers: ws})
-	if err != nil {
-		b.Fatal(err)
-	}
-	return msg
+	return wsapi.Encode(&wsapi.HiveTelemetry{Type: wsapi.TypeHiveTelemetry, HiveID: hive, Timestamp: now.UTC(), Workers: ws})
 }
 
 func hivesOnline(c *cluster, p *proc) (int, error) {

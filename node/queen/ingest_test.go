@@ -1,7 +1,6 @@
 package queen
 
 import (
-	"bytes"
 	"errors"
 	"strings"
 	"testing"
@@ -117,56 +116,5 @@ func TestQueen_IngestRefusesNodesInvalidReportsAndNonQueens(t *testing.T) {
 	q.cfg.Members = notQueen{fakeMembers{self: "q"}}
 	if err := q.Ingest(report("x"), t0); !errors.Is(err, ErrNotQueen) {
 		t.Errorf("not queen: Ingest = %v, want ErrNotQueen", err)
-	}
-}
-
-// A session's report like the last one, bytes and worker states, goes on the
-// feed as the same encoded event; a change of either is encoded afresh, with
-// the queen's states in it.
-func TestQueen_PublishReportReusesUnchangedEvent(t *testing.T) {
-	q := testQueen(t, &fakePeers{}, map[string]string{})
-	sub := q.cfg.Feed.Subscribe()
-	defer q.cfg.Feed.Unsubscribe(sub)
-	next := func() []byte {
-		t.Helper()
-		select {
-		case b := <-sub.C():
-			return b
-		default:
-			t.Fatal("nothing published on the feed")
-			return nil
-		}
-	}
-	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	mk := func() *wsapi.HiveTelemetry {
-		r := report("h", wsapi.ProcessStats{PID: 1, Group: "llm", Instance: "8080", Model: ptr("m"), Slots: 2})
-		r.Timestamp = t0
-		return r
-	}
-	raw, err := wsapi.Encode(mk())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var last feedReport
-	publish := func(state string) []byte {
-		r := mk()
-		r.Workers[0].State, r.Workers[0].StateReason = state, "because"
-		q.publishReport(r, raw, &last)
-		return next()
-	}
-	first := publish(scheduler.StateIdle)
-	if !strings.Contains(string(first), `"state":"idle"`) {
-		t.Fatalf("feed event %s lacks the queen's state", first)
-	}
-	if again := publish(scheduler.StateIdle); &again[0] != &first[0] {
-		t.Error("an unchanged report was encoded again")
-	}
-	busy := publish(scheduler.StateBusy)
-	if &busy[0] == &first[0] || !strings.Contains(string(busy), `"state":"busy"`) {
-		t.Errorf("a report whose state changed was published as %s", busy)
-	}
-	raw = append(bytes.Clone(raw[:len(raw)-1]), ` ,"x":1}`...)
-	if changed := publish(scheduler.StateBusy); &changed[0] == &busy[0] {
-		t.Error("a report whose bytes changed was not encoded again")
 	}
 }

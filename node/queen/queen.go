@@ -1,7 +1,6 @@
 package queen
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -233,41 +232,6 @@ func (q *Queen) publish(ev any) {
 		return
 	}
 	q.cfg.Feed.Publish(b)
-}
-
-// feedReport is the last report of a session as received and as published,
-// with the states the queen gave its workers.
-type feedReport struct {
-	raw    []byte
-	states []string // state, reason, state, reason, ... per worker
-	out    []byte
-}
-
-// publishReport publishes a session's report t, received as raw, on the feed.
-// A report the same as the last one, bytes and states, is published as the
-// same encoded event: a worker idle or running steadily sends the same
-// report for a while, and a thousand hives would be re-encoded every second
-// for nothing.
-func (q *Queen) publishReport(t *wsapi.HiveTelemetry, raw []byte, last *feedReport) {
-	if !q.cfg.Feed.Active() {
-		*last = feedReport{}
-		return
-	}
-	same := last.out != nil && bytes.Equal(raw, last.raw) && len(last.states) == 2*len(t.Workers)
-	for i := 0; same && i < len(t.Workers); i++ {
-		w := &t.Workers[i]
-		same = w.State == last.states[2*i] && w.StateReason == last.states[2*i+1]
-	}
-	if !same {
-		last.raw = raw
-		last.states = last.states[:0]
-		for i := range t.Workers {
-			last.states = append(last.states, t.Workers[i].State, t.Workers[i].StateReason)
-		}
-		// A thousand a second in a large cluster: without reflection.
-		last.out = t.AppendJSON(make([]byte, 0, len(raw)+len(raw)/4))
-	}
-	q.cfg.Feed.Publish(last.out)
 }
 
 // memberHTTP is the API address of the member named name, "" if unknown.

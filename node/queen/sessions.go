@@ -179,7 +179,6 @@ func (q *Queen) HandleSession(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log.Info("hive connected", "version", s.PeerVersion, "revision", s.PeerRevision)
-	var last feedReport
 	err = s.Serve(r.Context(), func(msg any, raw []byte) error {
 		now := time.Now()
 		q.handle(s.Peer, msg, now)
@@ -187,7 +186,7 @@ func (q *Queen) HandleSession(w http.ResponseWriter, r *http.Request) {
 			// handle set each worker's state: the report is
 			// re-encoded for the feed with them.
 			q.registry.Update(t, now)
-			q.publishReport(t, raw, &last)
+			q.publish(t)
 		}
 		return nil
 	})
