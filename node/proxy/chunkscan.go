@@ -36,7 +36,7 @@ var errChunkSlow = errors.New("not the common chunk shape")
 // chunkMaxDepth bounds the nesting the scanner follows.
 const chunkMaxDepth = 16
 
-// decode fills c, reset as migration.chunk resets it, from data, as
+// decode fills c, reset (wireChunk.reset), from data, as
 // jsonv2.Unmarshal(data, c) does.
 func (s *chunkScanner) decode(data []byte, c *wireChunk) error {
 	s.b, s.i = data, 0
@@ -45,8 +45,7 @@ func (s *chunkScanner) decode(data []byte, c *wireChunk) error {
 	if err == nil {
 		return nil
 	}
-	*c = wireChunk{ID: c.ID[:0], Created: c.Created[:0], Model: c.Model[:0], Choices: c.Choices[:0],
-		Usage: c.Usage[:0], Error: c.Error[:0]}
+	c.reset()
 	return jsonv2.Unmarshal(data, c)
 }
 

@@ -7,12 +7,6 @@ import (
 	jsonv2 "github.com/go-json-experiment/json"
 )
 
-// resetChunk resets c as migration.chunk does before each chunk.
-func resetChunk(c *wireChunk) {
-	*c = wireChunk{ID: c.ID[:0], Created: c.Created[:0], Model: c.Model[:0], Choices: c.Choices[:0],
-		Usage: c.Usage[:0], Error: c.Error[:0]}
-}
-
 // FuzzChunkScanner holds the chunk scanner to the reflective decoder: on any
 // bytes, into a fresh chunk and into one reused after another chunk, it
 // fills in what jsonv2.Unmarshal does, or fails where it fails.
@@ -53,8 +47,8 @@ func FuzzChunkScanner(f *testing.F) {
 					t.Fatal(err)
 				}
 			}
-			resetChunk(&got)
-			resetChunk(&want)
+			got.reset()
+			want.reset()
 			wantErr := jsonv2.Unmarshal(data, &want)
 			err := s.decode(data, &got)
 			if (err == nil) != (wantErr == nil) {
@@ -94,7 +88,7 @@ func BenchmarkChunkScanner(b *testing.B) {
 		b.SetBytes(int64(len(data)))
 		b.ReportAllocs()
 		for b.Loop() {
-			resetChunk(&c)
+			c.reset()
 			if err := s.decode(data, &c); err != nil {
 				b.Fatal(err)
 			}
@@ -105,7 +99,7 @@ func BenchmarkChunkScanner(b *testing.B) {
 		b.SetBytes(int64(len(data)))
 		b.ReportAllocs()
 		for b.Loop() {
-			resetChunk(&c)
+			c.reset()
 			if err := jsonv2.Unmarshal(data, &c); err != nil {
 				b.Fatal(err)
 			}

@@ -210,6 +210,12 @@ type wireChunk struct {
 	Error   jsontext.Value `json:"error"`
 }
 
+// reset empties c for the next chunk, keeping its buffers.
+func (c *wireChunk) reset() {
+	*c = wireChunk{ID: c.ID[:0], Created: c.Created[:0], Model: c.Model[:0], Choices: c.Choices[:0],
+		Usage: c.Usage[:0], Error: c.Error[:0]}
+}
+
 type wireChoice struct {
 	Index int `json:"index"`
 	Delta struct {
@@ -230,8 +236,7 @@ func present(v jsontext.Value) bool { return len(v) > 0 && v.Kind() != 'n' }
 // completion chunk.
 func (m *migration) chunk(ev, data []byte) []byte {
 	c := &m.scratch
-	*c = wireChunk{ID: c.ID[:0], Created: c.Created[:0], Model: c.Model[:0], Choices: c.Choices[:0],
-		Usage: c.Usage[:0], Error: c.Error[:0]}
+	c.reset()
 	if err := m.scan.decode(data, c); err != nil {
 		m.stop("an event of the answer is not a JSON chunk")
 		return ev

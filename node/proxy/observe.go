@@ -70,14 +70,6 @@ func recordOf(r *http.Request) *record {
 	return rec
 }
 
-// RequestID is the id of the request ctx belongs to, "" outside one.
-func RequestID(ctx context.Context) string {
-	if rec, _ := ctx.Value(recordKey{}).(*record); rec != nil {
-		return rec.id
-	}
-	return ""
-}
-
 // obsWriter notes the status and size of the answer the client gets.
 type obsWriter struct {
 	http.ResponseWriter

@@ -33,17 +33,12 @@ const tracerName = "github.com/rbee/rbee/node/proxy"
 // propagation rbee speaks, between nodes and with clients and workers.
 var propagator = propagation.TraceContext{}
 
-// Traceparent is the W3C traceparent of the span in ctx, "" when there is
+// traceparent is the W3C traceparent of the span in ctx, "" when there is
 // none: what a lease request carries to the queen.
-func Traceparent(ctx context.Context) string {
+func traceparent(ctx context.Context) string {
 	c := propagation.MapCarrier{}
 	propagator.Inject(ctx, c)
 	return c["traceparent"]
-}
-
-// ContextWithTraceparent continues a traceparent received from a peer.
-func ContextWithTraceparent(ctx context.Context, tp string) context.Context {
-	return propagator.Extract(ctx, propagation.MapCarrier{"traceparent": tp})
 }
 
 func (p *Proxy) startRequestSpan(ctx context.Context, r *http.Request, rec *record) context.Context {
@@ -78,10 +73,10 @@ func (p *Proxy) startLeaseSpan(r *http.Request, model string) (trace.Span, strin
 	ctx, sp := p.tracer.Start(r.Context(), "rbee.lease", trace.WithSpanKind(trace.SpanKindClient))
 	if !sp.IsRecording() {
 		// The queen learns that the trace is not sampled.
-		return nil, Traceparent(ctx)
+		return nil, traceparent(ctx)
 	}
 	sp.SetAttributes(attribute.String("rbee.model.requested", TruncateText(model, 200)))
-	return sp, Traceparent(ctx)
+	return sp, traceparent(ctx)
 }
 
 // endLeaseSpan ends a lease wait with the queen's decision as an event.
