@@ -689,36 +689,21 @@ export function createView(st, origin) {
     }
   }
 
-  // merge takes a hive the engine sent whole.
+  // merge takes a hive the engine sent whole (the fields engine.js's
+  // whole() lists).
   function merge(h, x) {
-    h.loaded = true;
-    h.status = x.status;
-    h.reported = x.reported;
-    h.lastSeen = x.lastSeen;
-    h.docLastSeen = x.docLastSeen;
-    h.leases = x.leases;
-    h.catalog = x.catalog;
-    h.gpus = x.gpus;
-    h.managed = x.managed;
+    const { workers, ...rest } = x;
+    Object.assign(h, rest, { loaded: true });
     const seen = new Set();
-    for (const xw of x.workers) {
+    for (const xw of workers) {
       seen.add(xw.key);
       let w = h.workers.get(xw.key);
       if (!w) {
-        w = { key: xw.key, el: null, sparkW: 0, sparkH: 0 };
+        w = { el: null, sparkW: 0, sparkH: 0 };
         h.workers.set(xw.key, w);
         h.orderChanged = true;
       }
-      w.s = xw.s;
-      w.busy = xw.busy;
-      w.slots = xw.slots;
-      w.gone = xw.gone;
-      w.gpu = xw.gpu;
-      w.vram = xw.vram;
-      w.len = xw.len;
-      w.head = xw.head;
-      w.dirty = true;
-      w.histDirty = true;
+      Object.assign(w, xw, { dirty: true, histDirty: true });
     }
     for (const w of h.workers.values()) {
       if (!seen.has(w.key)) {
@@ -734,7 +719,6 @@ export function createView(st, origin) {
   // DOM already).
   function unload(h) {
     dropHive(h);
-    for (const w of h.workers.values()) dropRow(w);
     h.workers.clear();
     h.loaded = false;
     h.orderChanged = true;
