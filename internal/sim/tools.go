@@ -48,22 +48,19 @@ type function struct {
 // valid, and a client that wants particular keys asks for json_schema.
 var genericObject = json.RawMessage(`{"type":"object","properties":{"answer":{"type":"string","minLength":12}},"required":["answer"]}`)
 
-// chatFunction is a chat completion's tool: {"type":"function",
-// "function":{"name":...,"parameters":...}}.
-type chatFunction struct {
-	Type     *string `json:"type"`
-	Function *struct {
-		Name       *string         `json:"name"`
-		Parameters json.RawMessage `json:"parameters"`
-	} `json:"function"`
-}
-
-// flatFunction is a Responses API tool: {"type":"function","name":...,
-// "parameters":...}.
-type flatFunction struct {
-	Type       *string         `json:"type"`
+// toolFunction is the name and parameters of a function tool.
+type toolFunction struct {
 	Name       *string         `json:"name"`
 	Parameters json.RawMessage `json:"parameters"`
+}
+
+// wireTool is a tool in either API's shape: Chat Completions nests the
+// function ({"type":"function","function":{"name":...,"parameters":...}}),
+// the Responses API does not ({"type":"function","name":...}).
+type wireTool struct {
+	Type *string `json:"type"`
+	toolFunction
+	Function *toolFunction `json:"function"`
 }
 
 // decodeTools reads the functions of a request's tools, in either API's
@@ -80,45 +77,31 @@ func decodeTools(raw json.RawMessage, flat bool) ([]function, error) {
 	}
 	var fs []function
 	for i, it := range items {
-		var name *string
-		var params json.RawMessage
-		if flat {
-			var t flatFunction
-			if err := json.Unmarshal(it, &t); err != nil || t.Type == nil {
-				return nil, fmt.Errorf("tools[%d]: want an object with a type", i)
-			}
-			if *t.Type != "function" {
-				continue
-			}
-			name, params = t.Name, t.Parameters
-		} else {
-			var t chatFunction
-			if err := json.Unmarshal(it, &t); err != nil || t.Type == nil {
-				return nil, fmt.Errorf("tools[%d]: want an object with a type", i)
-			}
-			if *t.Type != "function" {
-				continue
-			}
+		var t wireTool
+		if err := json.Unmarshal(it, &t); err != nil || t.Type == nil {
+			return nil, fmt.Errorf("tools[%d]: want an object with a type", i)
+		}
+		if *t.Type != "function" {
+			continue
+		}
+		f, where := t.toolFunction, fmt.Sprintf("tools[%d].", i)
+		if !flat {
 			if t.Function == nil {
 				return nil, fmt.Errorf("tools[%d].function is required", i)
 			}
-			name, params = t.Function.Name, t.Function.Parameters
+			f, where = *t.Function, where+"function."
 		}
-		where := fmt.Sprintf("tools[%d].name", i)
-		if !flat {
-			where = fmt.Sprintf("tools[%d].function.name", i)
+		if f.Name == nil || *f.Name == "" {
+			return nil, fmt.Errorf("%sname is required", where)
 		}
-		if name == nil || *name == "" {
-			return nil, fmt.Errorf("%s is required", where)
-		}
-		params = bytes.TrimSpace(params)
+		params := bytes.TrimSpace(f.Parameters)
 		if string(params) == "null" {
 			params = nil
 		}
 		if len(params) > 0 && params[0] != '{' {
-			return nil, fmt.Errorf("%sparameters: want a JSON schema object", where[:len(where)-len("name")])
+			return nil, fmt.Errorf("%sparameters: want a JSON schema object", where)
 		}
-		fs = append(fs, function{name: *name, params: params})
+		fs = append(fs, function{name: *f.Name, params: params})
 	}
 	return fs, nil
 }
