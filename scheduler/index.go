@@ -7,7 +7,8 @@ import (
 
 // Each model key's workers are a binary heap ordered by indexLess: workers
 // that may take a request by their own state first (a free slot, healthy,
-// not being stopped, their GPU not busy outside rbee), then by better
+// not being stopped, their GPU not busy outside rbee), then those that may
+// take a standby grant (Config.Standby), then by better
 // (fewest leases, lowest GPU utilization, most free VRAM, granted longest
 // ago). pick walks the heap best first and stops at the first worker that
 // may take the request: the top, unless it has gone stale or lacks the VRAM
@@ -21,9 +22,28 @@ func (s *Scheduler) blocked(w *worker) bool {
 		(w.leases == 0 && outsideUtil(w) >= s.cfg.SaturatedPct)
 }
 
+// standbyOpen reports whether w, whose slots are all leased, may be
+// granted a request ahead (Config.Standby).
+func (s *Scheduler) standbyOpen(w *worker) bool {
+	return s.cfg.Standby > 0 && w.leases >= w.Slots && w.leases < w.Slots+s.cfg.Standby &&
+		w.health == healthy && !w.stopping
+}
+
+// rank is w's tier in the heap: 0 a free slot, 1 only a standby grant
+// open, 2 neither.
+func (s *Scheduler) rank(w *worker) int {
+	switch {
+	case !s.blocked(w):
+		return 0
+	case s.standbyOpen(w):
+		return 1
+	}
+	return 2
+}
+
 func (s *Scheduler) indexLess(a, b *worker) bool {
-	if ba, bb := s.blocked(a), s.blocked(b); ba != bb {
-		return !ba
+	if ra, rb := s.rank(a), s.rank(b); ra != rb {
+		return ra < rb
 	}
 	return better(a, b)
 }
@@ -31,11 +51,41 @@ func (s *Scheduler) indexLess(a, b *worker) bool {
 // pickIndexed is the best worker of key that may take r now, walking the
 // heap best first; nil when none may.
 func (s *Scheduler) pickIndexed(key string, r Request, now time.Time) *worker {
-	h := s.byKey[key]
-	if len(h) == 0 || s.blocked(h[0]) {
+	return s.walk(key, r, now, 0)
+}
+
+// pickStandby is the best worker of key that may take r as a standby grant
+// now (pick found none with a free slot); nil when none may or the model's
+// requests are not short enough for one.
+func (s *Scheduler) pickStandby(key string, r Request, now time.Time) *worker {
+	if !s.standbyFor(key) {
 		return nil
 	}
-	if s.eligible(h[0], r, key, now) {
+	return s.walk(key, r, now, 1)
+}
+
+// standbyFor reports whether key's requests may be granted ahead: its
+// service time is measured and short (Config.StandbyBelow).
+func (s *Scheduler) standbyFor(key string) bool {
+	svc := s.service[key]
+	return s.cfg.Standby > 0 && svc > 0 && svc < s.cfg.StandbyBelow
+}
+
+// walk is the best worker of key, of rank at most limit, that may take r,
+// walking the heap best first: with limit 1 a standby grant counts as
+// taking it.
+func (s *Scheduler) walk(key string, r Request, now time.Time, limit int) *worker {
+	h := s.byKey[key]
+	if len(h) == 0 || s.rank(h[0]) > limit {
+		return nil
+	}
+	ok := func(w *worker) bool {
+		if limit == 0 {
+			return s.eligible(w, r, key, now)
+		}
+		return s.whyWith(w, r, key, now, w.Slots+s.cfg.Standby) == ""
+	}
+	if ok(h[0]) {
 		return h[0] // the usual case
 	}
 	// The candidates are heap positions; their order is the heap's.
@@ -51,10 +101,10 @@ func (s *Scheduler) pickIndexed(key string, r Request, now time.Time) *worker {
 		next[bi] = next[len(next)-1]
 		next = next[:len(next)-1]
 		w := h[j]
-		if s.blocked(w) {
+		if s.rank(w) > limit {
 			return nil // so is everything after it
 		}
-		if s.eligible(w, r, key, now) {
+		if ok(w) {
 			return w
 		}
 		for _, c := range []int{2*j + 1, 2*j + 2} {

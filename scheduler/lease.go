@@ -21,6 +21,9 @@ type Lease struct {
 	Confirmed bool
 	// Key is the request's API key name, "" when unknown (adopted).
 	Key string
+	// Standby: granted while every slot of the worker was leased
+	// (Config.Standby); its hive holds the request until one frees.
+	Standby bool
 }
 
 // HiveLease is a lease a hive reports serving.
@@ -57,18 +60,27 @@ func (s *Scheduler) Release(leaseID string, now time.Time) []Grant {
 		w.lastEnd = now
 		s.reindex(w)
 	}
-	return s.fill(w, now, nil)
+	return s.fill(w, now, nil, true)
 }
 
-// fill grants waiting requests to w while it has free slots: the oldest
-// waiting request among the names w's model answers to goes first.
-func (s *Scheduler) fill(w *worker, now time.Time, grants []Grant) []Grant {
-	for w.leases < w.Slots {
+// fill grants waiting requests to w while it has free slots, and with
+// standby set while it may take standby grants: the oldest waiting request
+// among the names w's model answers to goes first.
+func (s *Scheduler) fill(w *worker, now time.Time, grants []Grant, standby bool) []Grant {
+	for {
+		ahead := w.leases >= w.Slots
+		if ahead && (!standby || !s.standbyOpen(w)) {
+			return grants
+		}
 		var best *waiting
 		if q := s.pinned[w.id]; q != nil {
 			// A worker that changed its model since is left to Tick,
 			// which moves what waited for it to the model's queue.
-			if h := q.head(now, s.cfg.AgingAfter); h != nil && slices.Contains(w.keys, h.key) {
+			// A standby grant is not for a conversation's turn
+			// that waits for w's prompt cache: granted ahead, it
+			// would wait for w's next slot past its AffinityWait,
+			// while another worker may be free.
+			if h := q.head(now, s.cfg.AgingAfter); h != nil && slices.Contains(w.keys, h.key) && (!ahead || h.pinUntil.IsZero()) {
 				best = h
 			}
 		}
@@ -88,6 +100,14 @@ func (s *Scheduler) fill(w *worker, now time.Time, grants []Grant) []Grant {
 		if best == nil {
 			return grants
 		}
+		if ahead {
+			g, ok := s.fillAhead(w, best, now)
+			if !ok {
+				return grants
+			}
+			grants = append(grants, g)
+			continue
+		}
 		if why := s.why(w, best.req, best.key, now); why == reasonAvoided {
 			// A continuation that must go elsewhere does not
 			// hold w from the requests behind it.
@@ -101,7 +121,25 @@ func (s *Scheduler) fill(w *worker, now time.Time, grants []Grant) []Grant {
 		s.unwait(best)
 		grants = append(grants, s.grant(w, best.req, now))
 	}
-	return grants
+}
+
+// fillAhead grants best, the request w would serve next, as a standby
+// grant on w; or, when a worker with a free slot may take it (a report just
+// freed it), there. It reports false when best may not be granted ahead:
+// its model's requests are too long for it, or w may not take it.
+func (s *Scheduler) fillAhead(w *worker, best *waiting, now time.Time) (Grant, bool) {
+	if !s.standbyFor(best.key) || s.whyWith(w, best.req, best.key, now, w.Slots+s.cfg.Standby) != "" {
+		return Grant{}, false
+	}
+	to := w
+	if best.pin == "" {
+		if p := s.pickElsewhere(best.key, best.req, now); p != nil {
+			to = p
+		}
+	}
+	s.served(best)
+	s.unwait(best)
+	return s.grant(to, best.req, now), true
 }
 
 // firstTaking is the request w's model queues would serve first of those
@@ -128,6 +166,7 @@ func (s *Scheduler) firstTaking(w *worker, now time.Time) *waiting {
 func (s *Scheduler) grant(w *worker, r Request, now time.Time) Grant {
 	s.seq++
 	s.granted++
+	ahead := w.leases >= w.Slots
 	w.leases++
 	w.lastGrant = s.seq
 	w.grantedVRAM += s.need(w, r, RequestKey(r.Model))
@@ -136,7 +175,7 @@ func (s *Scheduler) grant(w *worker, r Request, now time.Time) Grant {
 		s.rememberConversation(r.Conversation, w.id)
 	}
 	l := &Lease{ID: s.cfg.LeasePrefix + strconv.FormatUint(s.seq, 36), RequestID: r.ID, Entry: r.Entry,
-		Hive: w.Hive, Worker: w.Name, Model: w.servedFor(RequestKey(r.Model)), Granted: now, Key: r.Key}
+		Hive: w.Hive, Worker: w.Name, Model: w.servedFor(RequestKey(r.Model)), Granted: now, Key: r.Key, Standby: ahead}
 	s.addLease(l)
 	return Grant{Request: r, Lease: *l}
 }

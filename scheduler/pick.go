@@ -73,7 +73,13 @@ func (s *Scheduler) eligible(w *worker, r Request, key string, now time.Time) bo
 // why says why w cannot take r now, or "" when it can. The worker-state
 // rule decides first; the request's VRAM need comes after.
 func (s *Scheduler) why(w *worker, r Request, key string, now time.Time) string {
-	if st := stateOf(now.Sub(w.seen) <= s.cfg.StaleAfter, w.health, w.leases, w.Slots, outsideUtil(w), s.cfg.SaturatedPct); !st.available() {
+	return s.whyWith(w, r, key, now, w.Slots)
+}
+
+// whyWith is why, as if w had slots slots: with its standby grants
+// counted in (Config.Standby), whether it may take r as one.
+func (s *Scheduler) whyWith(w *worker, r Request, key string, now time.Time, slots int) string {
+	if st := stateOf(now.Sub(w.seen) <= s.cfg.StaleAfter, w.health, w.leases, slots, outsideUtil(w), s.cfg.SaturatedPct); !st.available() {
 		return refusal[st]
 	}
 	if w.stopping {
@@ -99,17 +105,23 @@ func (s *Scheduler) why(w *worker, r Request, key string, now time.Time) string 
 // pickElsewhere is pick, preferring a worker on a hive r.Elsewhere does
 // not name.
 func (s *Scheduler) pickElsewhere(key string, r Request, now time.Time) *worker {
+	return preferAway(r, func(r Request) *worker { return s.pick(key, r, now) })
+}
+
+// preferAway is pick(r), preferring a worker on a hive r.Elsewhere does not
+// name.
+func preferAway(r Request, pick func(Request) *worker) *worker {
 	if len(r.Elsewhere) > 0 {
 		away := r
 		away.Avoid = slices.Clip(r.Avoid)
 		for _, h := range r.Elsewhere {
 			away.Avoid = append(away.Avoid, Avoid{Hive: h})
 		}
-		if w := s.pick(key, away, now); w != nil {
+		if w := pick(away); w != nil {
 			return w
 		}
 	}
-	return s.pick(key, r, now)
+	return pick(r)
 }
 
 // servedElsewhere reports whether a worker r does not avoid serves key.

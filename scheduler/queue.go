@@ -142,6 +142,10 @@ func (s *Scheduler) request(r Request, now time.Time) (*Grant, error) {
 			g := s.grant(w, r, now)
 			return &g, nil
 		}
+		if w := preferAway(r, func(r Request) *worker { return s.pickStandby(key, r, now) }); w != nil {
+			g := s.grant(w, r, now)
+			return &g, nil
+		}
 	}
 	if s.warm && s.allDown(key, now) && !s.catalogHas(key) {
 		return nil, s.downErr(r.Model, now)

@@ -76,7 +76,28 @@ type Config struct {
 	// negative one turns affinity off (the least-loaded worker serves
 	// every turn, as before it).
 	AffinityWait time.Duration
+	// Standby is how many requests each worker may be granted beyond its
+	// slots (default 0: none; negative: none, also under tests). Such a standby grant waits at the worker's
+	// hive and starts the moment a slot there frees, instead of after the
+	// release has reached the queen and the next grant the hive: for
+	// short requests that round trip is the cluster's throughput. It is
+	// made only when no worker the request may use has a free slot, and
+	// only for a model whose requests end within StandbyBelow.
+	Standby int
+	// StandbyBelow: a model's measured service time per lease must be
+	// below this for standby grants (default DefaultStandbyBelow). A
+	// longer request gains nothing from them, and one granted ahead waits
+	// for the next slot of its worker rather than the first of any.
+	StandbyBelow time.Duration
 }
+
+// testHookStandby is the Standby of a scheduler whose Config leaves it 0:
+// this package's tests run every test again with standby grants, which
+// must keep every rule the tests check.
+var testHookStandby int
+
+// DefaultStandbyBelow is Config.StandbyBelow's default.
+const DefaultStandbyBelow = time.Second
 
 func (c Config) withDefaults() Config {
 	if c.QueueLimit <= 0 {
@@ -99,6 +120,13 @@ func (c Config) withDefaults() Config {
 	}
 	if c.AgingAfter <= 0 {
 		c.AgingAfter = DefaultAgingAfter
+	}
+	if c.Standby == 0 {
+		c.Standby = testHookStandby
+	}
+	c.Standby = max(c.Standby, 0)
+	if c.StandbyBelow <= 0 {
+		c.StandbyBelow = DefaultStandbyBelow
 	}
 	if c.AffinityWait == 0 {
 		c.AffinityWait = DefaultAffinityWait

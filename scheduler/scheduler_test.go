@@ -236,65 +236,110 @@ func TestQueuedRequestsWaitTheirTurn(t *testing.T) {
 }
 
 // TestNeverOversubscribed drives random requests, releases and telemetry and
-// checks the invariant: a worker's leases never exceed its slots.
+// checks the invariants: a worker's leases never exceed its slots plus its
+// standby grants (Config.Standby), a standby grant is made only when every
+// worker of its model is full, and the hive, which starts a lease only in
+// a free slot (oldest first) and lists those it started, never runs more
+// than its slots.
 func TestNeverOversubscribed(t *testing.T) {
 	s := New(Config{QueueLimit: 1 << 20})
 	s.SetWarm(true)
 	ws := []Worker{w("g/1", "m", 2), w("g/2", "m", 2), w("g/3", "m", 1), w("g/4", "n", 3)}
 	s.UpdateHive("h1", ws[:2], nil, t0)
 	s.UpdateHive("h2", ws[2:], nil, t0)
-	var held []Lease
+	var held []Lease // oldest first
+	started := map[string]bool{}
 	seed := uint64(1)
 	rnd := func(n int) int { seed = seed*6364136223846793005 + 1442695040888963407; return int(seed>>33) % n }
 	now := t0
-	check := func() {
+	standbys := 0
+	check := func(grants []Grant) {
+		t.Helper()
 		count := map[string]int{}
 		for _, l := range s.Leases() {
 			count[l.Hive+"/"+l.Worker]++
 		}
 		for _, x := range s.workers {
-			if count[x.id] > x.Slots || x.leases != count[x.id] {
-				t.Fatalf("worker %s: %d leases (counted %d), %d slots", x.id, count[x.id], x.leases, x.Slots)
+			if count[x.id] > x.Slots+s.cfg.Standby || x.leases != count[x.id] {
+				t.Fatalf("worker %s: %d leases (counted %d), %d slots, %d standby", x.id, count[x.id], x.leases, x.Slots, s.cfg.Standby)
+			}
+		}
+		for _, g := range grants {
+			if !g.Lease.Standby {
+				continue
+			}
+			standbys++
+			for _, x := range s.byKey[RequestKey(g.Request.Model)] {
+				if x.leases < x.Slots {
+					t.Fatalf("standby grant %s on %s/%s while %s has %d of %d slots leased", g.Lease.ID, g.Lease.Hive, g.Lease.Worker, x.id, x.leases, x.Slots)
+				}
 			}
 		}
 	}
 	for i := range 5000 {
 		now = now.Add(10 * time.Millisecond)
+		var grants []Grant
 		switch rnd(4) {
 		case 0, 1:
 			r := req(fmt.Sprint("r", i), []string{"m", "n"}[rnd(2)])
 			r.Deadline = now.Add(time.Hour)
 			if g, _ := s.Request(r, now); g != nil {
-				held = append(held, g.Lease)
+				grants = append(grants, *g)
 			}
 		case 2:
 			if len(held) > 0 {
 				j := rnd(len(held))
-				gs := s.Release(held[j].ID, now)
+				delete(started, held[j].ID)
+				grants = s.Release(held[j].ID, now)
 				held = append(held[:j], held[j+1:]...)
-				for _, g := range gs {
-					held = append(held, g.Lease)
-				}
 			}
 		case 3:
-			// The hive reports what it serves: every lease held on it.
 			hive := []string{"h1", "h2"}[rnd(2)]
-			var hl []HiveLease
-			for _, l := range held {
-				if l.Hive == hive {
-					hl = append(hl, HiveLease{ID: l.ID, Worker: l.Worker, Model: l.Model, Entry: l.Entry, RequestID: l.RequestID})
-				}
-			}
 			src := ws[:2]
 			if hive == "h2" {
 				src = ws[2:]
 			}
-			for _, g := range s.UpdateHive(hive, src, hl, now) {
-				held = append(held, g.Lease)
+			// The hive starts what waits for a free slot, oldest
+			// first, and reports what it started.
+			running := map[string]int{}
+			for _, l := range held {
+				if started[l.ID] {
+					running[l.Worker]++
+				}
 			}
+			var hl []HiveLease
+			for _, l := range held {
+				if l.Hive != hive {
+					continue
+				}
+				slots := 0
+				for _, x := range src {
+					if x.Name == l.Worker {
+						slots = x.Slots
+					}
+				}
+				if !started[l.ID] && running[l.Worker] < slots {
+					started[l.ID] = true
+					running[l.Worker]++
+				}
+				if started[l.ID] {
+					hl = append(hl, HiveLease{ID: l.ID, Worker: l.Worker, Model: l.Model, Entry: l.Entry, RequestID: l.RequestID})
+				}
+				if running[l.Worker] > slots {
+					t.Fatalf("hive %s runs %d on %s, %d slots", hive, running[l.Worker], l.Worker, slots)
+				}
+			}
+			grants = s.UpdateHive(hive, src, hl, now)
 		}
-		check()
+		for _, g := range grants {
+			held = append(held, g.Lease)
+		}
+		check(grants)
 	}
+	if s.cfg.Standby > 0 && standbys == 0 {
+		t.Fatal("no standby grant in 5000 steps: the test does not exercise them")
+	}
+	t.Logf("%d standby grants", standbys)
 }
 
 // TestNewQueenAdoptsLeases: a new queen learns the leases in flight from the

@@ -77,8 +77,10 @@ func (s *Scheduler) Tick(now time.Time) ([]Grant, []Failure) {
 		freed = append(freed, s.byKey[key]...)
 	}
 	freed = append(freed, s.pinnedWorkers()...)
-	for _, w := range freed {
-		grants = s.fill(w, now, grants)
+	for _, standby := range []bool{false, true} {
+		for _, w := range freed {
+			grants = s.fill(w, now, grants, standby)
+		}
 	}
 	return grants, fails
 }

@@ -176,8 +176,14 @@ func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease
 		w.grantedVRAM = 0 // the report counts what was granted before it
 		s.index(w)
 	}
-	for _, w := range sortedWorkers(cur) {
-		grants = s.fill(w, now, grants)
+	// Free slots first, on every worker: a standby grant is for when
+	// there are none.
+	sorted := sortedWorkers(cur)
+	for _, w := range sorted {
+		grants = s.fill(w, now, grants, false)
+	}
+	for _, w := range sorted {
+		grants = s.fill(w, now, grants, true)
 	}
 	return grants
 }

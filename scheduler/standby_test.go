@@ -1,0 +1,197 @@
+package scheduler
+
+import (
+	"testing"
+	"time"
+)
+
+// standbyCluster is one hive with workers g/1 (2 slots) and g/2 (1 slot) of
+// model m, whose service time is measured at svc by one finished lease.
+func standbyCluster(t *testing.T, cfg Config, svc time.Duration) *Scheduler {
+	t.Helper()
+	s := New(cfg)
+	s.SetWarm(true)
+	s.UpdateHive("h", []Worker{w("g/1", "m", 2), w("g/2", "m", 1)}, nil, t0)
+	if svc > 0 {
+		g := mustGrant(t, s, req("warm", "m"), t0)
+		s.Release(g.Lease.ID, t0.Add(svc))
+	}
+	return s
+}
+
+func TestStandby(t *testing.T) {
+	at := t0.Add(time.Second)
+	fill := func(t *testing.T, s *Scheduler) {
+		t.Helper()
+		for _, id := range []string{"a", "b", "c"} {
+			if g := mustGrant(t, s, req(id, "m"), at); g.Lease.Standby {
+				t.Fatalf("%s granted ahead while slots were free", id)
+			}
+		}
+	}
+	t.Run("every slot leased: one request per worker is granted ahead", func(t *testing.T) {
+		s := standbyCluster(t, Config{Standby: 1}, 20*time.Millisecond)
+		fill(t, s)
+		on := map[string]bool{}
+		for _, id := range []string{"d", "e"} {
+			g := mustGrant(t, s, req(id, "m"), at)
+			if !g.Lease.Standby {
+				t.Fatalf("%s: a grant beyond the slots not marked standby", id)
+			}
+			on[g.Lease.Worker] = true
+		}
+		if !on["g/1"] || !on["g/2"] {
+			t.Fatalf("standby grants on %v, want one on each worker", on)
+		}
+		if g, err := s.Request(req("f", "m"), at); g != nil || err != nil {
+			t.Fatalf("a second standby grant on a worker: %+v %v, want the request to wait", g, err)
+		}
+		// A lease ends: the request that waited is granted ahead on
+		// that worker at once.
+		var onG2 string
+		for _, l := range s.Leases() {
+			if l.Worker == "g/2" && !l.Standby {
+				onG2 = l.ID
+			}
+		}
+		gs := s.Release(onG2, at.Add(10*time.Millisecond))
+		if len(gs) != 1 || gs[0].Request.ID != "f" || gs[0].Lease.Worker != "g/2" || !gs[0].Lease.Standby {
+			t.Fatalf("after a release: %+v, want f granted ahead on g/2", gs)
+		}
+	})
+	t.Run("off: nothing beyond the slots", func(t *testing.T) {
+		s := standbyCluster(t, Config{Standby: -1}, 20*time.Millisecond)
+		fill(t, s)
+		if g, _ := s.Request(req("d", "m"), at); g != nil {
+			t.Fatalf("granted %+v beyond the slots with standby off", g)
+		}
+	})
+	t.Run("not before the model's service time is known", func(t *testing.T) {
+		s := standbyCluster(t, Config{Standby: 1}, 0)
+		fill(t, s)
+		if g, _ := s.Request(req("d", "m"), at); g != nil {
+			t.Fatalf("granted %+v ahead with no service time measured", g)
+		}
+	})
+	t.Run("not for long requests", func(t *testing.T) {
+		s := standbyCluster(t, Config{Standby: 1}, DefaultStandbyBelow)
+		fill(t, s)
+		if g, _ := s.Request(req("d", "m"), at); g != nil {
+			t.Fatalf("granted %+v ahead for a model whose requests take %v", g, DefaultStandbyBelow)
+		}
+	})
+	t.Run("not on a worker that is failing or being stopped", func(t *testing.T) {
+		s := standbyCluster(t, Config{Standby: 1}, 20*time.Millisecond)
+		fill(t, s)
+		var hl []HiveLease
+		for _, l := range s.Leases() {
+			hl = append(hl, HiveLease{ID: l.ID, Worker: l.Worker, Model: l.Model})
+		}
+		sick := w("g/2", "m", 1)
+		sick.Healthy = false
+		s.UpdateHive("h", []Worker{w("g/1", "m", 2), sick}, hl, at)
+		g := mustGrant(t, s, req("d", "m"), at)
+		if g.Lease.Worker != "g/1" {
+			t.Fatalf("granted ahead on %s, want the healthy g/1", g.Lease.Worker)
+		}
+		if g, _ := s.Request(req("e", "m"), at); g != nil {
+			t.Fatalf("granted %+v ahead on a failing worker", g)
+		}
+	})
+	t.Run("a report that ends a lease grants the next ahead", func(t *testing.T) {
+		s := standbyCluster(t, Config{Standby: 1}, 20*time.Millisecond)
+		fill(t, s)
+		mustGrant(t, s, req("d", "m"), at)
+		mustGrant(t, s, req("e", "m"), at)
+		for _, id := range []string{"f", "g"} {
+			if g, _ := s.Request(req(id, "m"), at); g != nil {
+				t.Fatalf("%s granted, want it to wait", id)
+			}
+		}
+		report := func(now time.Time, listed func(Lease) bool) []Grant {
+			var hl []HiveLease
+			for _, l := range s.Leases() {
+				if listed(l) {
+					hl = append(hl, HiveLease{ID: l.ID, Worker: l.Worker, Model: l.Model})
+				}
+			}
+			return s.UpdateHive("h", []Worker{w("g/1", "m", 2), w("g/2", "m", 1)}, hl, now)
+		}
+		// The hive lists what it started, not what stands by.
+		if gs := report(at, func(l Lease) bool { return !l.Standby }); len(gs) != 0 {
+			t.Fatalf("a report that ends nothing granted %+v", gs)
+		}
+		// Then one started on g/1 has ended, and the standby one there
+		// has started in its slot.
+		ended := ""
+		gs := report(at.Add(10*time.Millisecond), func(l Lease) bool {
+			if l.Worker == "g/1" && !l.Standby && ended == "" {
+				ended = l.ID
+				return false
+			}
+			return !l.Standby || l.Worker == "g/1"
+		})
+		if len(gs) != 1 || gs[0].Request.ID != "f" || gs[0].Lease.Worker != "g/1" || !gs[0].Lease.Standby {
+			t.Fatalf("after the report: %+v, want f granted ahead on g/1", gs)
+		}
+	})
+	t.Run("a slot a report frees goes to what waits before any standby grant", func(t *testing.T) {
+		s := New(Config{Standby: 1})
+		s.SetWarm(true)
+		ws := []Worker{w("g/1", "m", 1), w("g/2", "m", 1)}
+		s.UpdateHive("h", ws, nil, t0)
+		warm := mustGrant(t, s, req("warm", "m"), t0)
+		s.Release(warm.Lease.ID, t0.Add(20*time.Millisecond))
+		for _, id := range []string{"a", "b", "c", "d"} {
+			mustGrant(t, s, req(id, "m"), at)
+		}
+		for _, id := range []string{"e", "f"} {
+			if g, _ := s.Request(req(id, "m"), at); g != nil {
+				t.Fatalf("%s granted, want it to wait", id)
+			}
+		}
+		// The hive lists what it started, not what stands by.
+		var started []HiveLease
+		for _, l := range s.Leases() {
+			if !l.Standby {
+				started = append(started, HiveLease{ID: l.ID, Worker: l.Worker, Model: l.Model})
+			}
+		}
+		if gs := s.UpdateHive("h", ws, started, at); len(gs) != 0 {
+			t.Fatalf("a report that ends nothing granted %+v", gs)
+		}
+		// On g/1 the first request ended and the one standing by
+		// started; g/2 now has three slots, one free.
+		var hl []HiveLease
+		for _, l := range s.Leases() {
+			if l.Worker == "g/1" && l.Standby || l.Worker == "g/2" && !l.Standby {
+				hl = append(hl, HiveLease{ID: l.ID, Worker: l.Worker, Model: l.Model})
+			}
+		}
+		gs := s.UpdateHive("h", []Worker{w("g/1", "m", 1), w("g/2", "m", 3)}, hl, at.Add(10*time.Millisecond))
+		if len(gs) != 2 || gs[0].Request.ID != "e" || gs[0].Lease.Worker != "g/2" || gs[0].Lease.Standby {
+			t.Fatalf("after the report: %+v, want e in g/2's free slot first", gs)
+		}
+		if !gs[1].Lease.Standby {
+			t.Fatalf("f: %+v, want a standby grant", gs[1])
+		}
+	})
+	t.Run("a conversation's turn waits for its worker's slot, not ahead", func(t *testing.T) {
+		s := New(Config{Standby: 1})
+		s.SetWarm(true)
+		s.UpdateHive("h", []Worker{w("g/1", "m", 1)}, nil, t0)
+		first := mustGrant(t, s, conv("t1", "c"), t0)
+		s.Release(first.Lease.ID, t0.Add(20*time.Millisecond))
+		busy := mustGrant(t, s, conv("t2", "c"), at)
+		if g, _ := s.Request(conv("t3", "c"), at); g != nil {
+			t.Fatalf("turn granted ahead at once: %+v", g)
+		}
+		// Another request may take the standby grant meanwhile.
+		if g := mustGrant(t, s, req("x", "m"), at); !g.Lease.Standby {
+			t.Fatalf("x: %+v, want a standby grant", g)
+		}
+		if gs := s.Release(busy.Lease.ID, at.Add(10*time.Millisecond)); len(gs) != 0 {
+			t.Fatalf("release while x stands by: %+v, want the turn to keep waiting for a free slot", gs)
+		}
+	})
+}
