@@ -123,7 +123,10 @@ func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, 
 }
 
 // leaseTable is the hive's list of requests it is serving: listed in its
-// telemetry, and checked against each worker's slots.
+// telemetry, and checked against each worker's slots. Requests that arrive
+// for a full worker queue for it in arrival order: a standby lease the queen
+// granted ahead of a free slot waits here, and takes the slot the moment a
+// lease ends, without a round trip to the queen.
 type leaseTable struct {
 	mu      sync.Mutex
 	leases  map[string]wsapi.LeaseInfo
@@ -133,9 +136,31 @@ type leaseTable struct {
 	lastEnd map[string]time.Time // worker -> when its last lease ended
 	// draining: workers being stopped, which take no new lease.
 	draining map[string]bool
-	// ended is closed (and replaced) whenever a lease ends.
-	ended chan struct{}
+	// waiting: worker -> requests waiting for one of its slots, oldest
+	// first; queued indexes them by lease so that a lease twice is refused
+	// whether it runs or waits.
+	waiting map[string][]*slotWaiter
+	queued  map[string]*slotWaiter
+	// changed, when set (by tests), is called under mu as each lease
+	// starts, with its worker, and with "" once each change is whole.
+	changed func(started string)
 }
+
+// slotWaiter is a request queued for a full worker's slot. Only the table
+// (under its mu) moves it out of waitQueued; done is closed when it does.
+type slotWaiter struct {
+	lease wsapi.LeaseInfo
+	state waitState
+	done  chan struct{}
+}
+
+type waitState int
+
+const (
+	waitQueued  waitState = iota
+	waitHanded            // given a slot: its lease is in leases
+	waitRefused           // its worker vanished or is draining, or it gave up
+)
 
 // slotGrace is how long a lease for a full worker waits for a slot to end
 // before the hive refuses it: the entry node releases a lease as soon as
@@ -143,43 +168,72 @@ type leaseTable struct {
 // this hive has finished with it.
 const slotGrace = 100 * time.Millisecond
 
-// startSoon is start, waiting up to grace for a full worker's slot.
+// startSoon is start, waiting up to grace (and while ctx lasts) for a full
+// worker's slot behind the requests already waiting for it.
 func (a *leaseTable) startSoon(ctx context.Context, l wsapi.LeaseInfo, grace time.Duration) bool {
+	a.mu.Lock()
+	ok, full := a.startLocked(l)
+	if ok || !full || grace <= 0 || ctx.Err() != nil {
+		a.notify("")
+		a.mu.Unlock()
+		return ok
+	}
+	w := &slotWaiter{lease: l, done: make(chan struct{})}
+	a.waiting[l.Worker] = append(a.waiting[l.Worker], w)
+	a.queued[l.LeaseID] = w
+	a.notify("")
+	a.mu.Unlock()
+
 	t := time.NewTimer(grace)
 	defer t.Stop()
-	for {
-		a.mu.Lock()
-		ok, full := a.startLocked(l)
-		ended := a.ended
-		a.mu.Unlock()
-		if ok || !full {
-			return ok
-		}
-		select {
-		case <-ended:
-		case <-t.C:
+	select {
+	case <-w.done:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	// Whichever fired, the table may have handed the slot over meanwhile:
+	// decide under mu, so that a slot is never lost to a request that gave
+	// up, nor taken from one that got it in time.
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	defer a.notify("")
+	switch w.state {
+	case waitQueued:
+		a.dequeueLocked(w)
+		return false
+	case waitHanded:
+		if ctx.Err() != nil {
+			// Its client is gone: nobody would use the slot, so the
+			// next in line gets it now rather than after a failed
+			// request.
+			a.endLocked(l.LeaseID)
 			return false
-		case <-ctx.Done():
-			return false
 		}
+		// Only the grace ran out, after the slot came: keep it.
+		return true
+	default:
+		return false
 	}
 }
 
 func newLeaseTable() *leaseTable {
 	return &leaseTable{leases: map[string]wsapi.LeaseInfo{}, busy: map[string]int{}, slots: map[string]int{},
-		failing: map[string]time.Time{}, lastEnd: map[string]time.Time{}, draining: map[string]bool{}, ended: make(chan struct{})}
+		failing: map[string]time.Time{}, lastEnd: map[string]time.Time{}, draining: map[string]bool{},
+		waiting: map[string][]*slotWaiter{}, queued: map[string]*slotWaiter{}}
 }
 
 // start records l, unless its worker is unknown, draining or has no free
-// slot, or the lease is already being served.
+// slot, others wait for its slots, or the lease is already being served.
 func (a *leaseTable) start(l wsapi.LeaseInfo) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	ok, _ := a.startLocked(l)
+	a.notify("")
 	return ok
 }
 
-// startLocked is start; full reports a refusal only for want of a slot.
+// startLocked is start; full reports a refusal only for want of a slot,
+// which includes others waiting for one: a newcomer does not overtake them.
 func (a *leaseTable) startLocked(l wsapi.LeaseInfo) (ok, full bool) {
 	slots, known := a.slots[l.Worker]
 	if !known || a.draining[l.Worker] {
@@ -188,17 +242,33 @@ func (a *leaseTable) startLocked(l wsapi.LeaseInfo) (ok, full bool) {
 	if _, dup := a.leases[l.LeaseID]; dup {
 		return false, false
 	}
-	if a.busy[l.Worker] >= slots {
+	if _, dup := a.queued[l.LeaseID]; dup {
+		return false, false
+	}
+	if a.busy[l.Worker] >= slots || len(a.waiting[l.Worker]) > 0 {
 		return false, true
 	}
+	a.runLocked(l)
+	return true, false
+}
+
+// runLocked records l as served on its worker's slot.
+func (a *leaseTable) runLocked(l wsapi.LeaseInfo) {
 	a.leases[l.LeaseID] = l
 	a.busy[l.Worker]++
-	return true, false
+	a.notify(l.Worker)
 }
 
 func (a *leaseTable) end(id string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.endLocked(id)
+	a.notify("")
+}
+
+// endLocked frees id's slot, handing it to the oldest request waiting for
+// its worker.
+func (a *leaseTable) endLocked(id string) {
 	l, ok := a.leases[id]
 	if !ok {
 		return
@@ -208,8 +278,66 @@ func (a *leaseTable) end(id string) {
 		delete(a.busy, l.Worker)
 	}
 	a.lastEnd[l.Worker] = time.Now()
-	close(a.ended)
-	a.ended = make(chan struct{})
+	a.handOffLocked(l.Worker)
+}
+
+// handOffLocked gives worker's free slots to its oldest waiters. The lease
+// is recorded here, not by the waiter once it wakes, so that busy never
+// shows a slot free that is already promised.
+func (a *leaseTable) handOffLocked(worker string) {
+	for !a.draining[worker] && a.busy[worker] < a.slots[worker] {
+		q := a.waiting[worker]
+		if len(q) == 0 {
+			return
+		}
+		w := q[0]
+		q[0] = nil
+		a.setQueueLocked(worker, q[1:])
+		delete(a.queued, w.lease.LeaseID)
+		w.state = waitHanded
+		a.runLocked(w.lease)
+		close(w.done)
+	}
+}
+
+func (a *leaseTable) setQueueLocked(worker string, q []*slotWaiter) {
+	if len(q) == 0 {
+		delete(a.waiting, worker)
+	} else {
+		a.waiting[worker] = q
+	}
+}
+
+// refuseLocked wakes worker's waiters with a refusal: it vanished or is
+// draining, and no slot of it will come.
+func (a *leaseTable) refuseLocked(worker string) {
+	for _, w := range a.waiting[worker] {
+		delete(a.queued, w.lease.LeaseID)
+		w.state = waitRefused
+		close(w.done)
+	}
+	delete(a.waiting, worker)
+}
+
+// dequeueLocked takes w, which gave up, out of its worker's queue.
+func (a *leaseTable) dequeueLocked(w *slotWaiter) {
+	worker := w.lease.Worker
+	q := a.waiting[worker]
+	for i := range q {
+		if q[i] == w {
+			q = append(q[:i], q[i+1:]...)
+			break
+		}
+	}
+	a.setQueueLocked(worker, q)
+	delete(a.queued, w.lease.LeaseID)
+	w.state = waitRefused
+}
+
+func (a *leaseTable) notify(started string) {
+	if a.changed != nil {
+		a.changed(started)
+	}
 }
 
 // WorkerLeases reports the requests worker (group/instance) is serving and
@@ -224,11 +352,14 @@ func (p *Proxy) WorkerLeases(worker string) (n int, lastEnd time.Time) {
 
 // Drain makes worker take no new lease: it is being stopped once those it
 // serves end.
-func (p *Proxy) Drain(worker string) {
-	a := p.table
+func (p *Proxy) Drain(worker string) { p.table.drain(worker) }
+
+func (a *leaseTable) drain(worker string) {
 	a.mu.Lock()
+	defer a.mu.Unlock()
 	a.draining[worker] = true
-	a.mu.Unlock()
+	a.refuseLocked(worker)
+	a.notify("")
 }
 
 func (a *leaseTable) markFailing(worker string, now time.Time) {
@@ -238,7 +369,8 @@ func (a *leaseTable) markFailing(worker string, now time.Time) {
 }
 
 // report records this tick's workers (their slots) and marks them in place
-// with their health; it returns the leases being served.
+// with their health; it returns the leases being served (not those
+// waiting).
 func (a *leaseTable) report(workers []wsapi.ProcessStats, now time.Time) []wsapi.LeaseInfo {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -279,6 +411,17 @@ func (a *leaseTable) report(workers []wsapi.ProcessStats, now time.Time) []wsapi
 			}
 		}
 	}
+	// Waiters of a vanished worker would otherwise sit out their grace
+	// for a slot that cannot come; a worker given more slots takes its
+	// waiters now rather than at its next lease's end.
+	for worker := range a.waiting {
+		if !present[worker] {
+			a.refuseLocked(worker)
+		} else {
+			a.handOffLocked(worker)
+		}
+	}
+	a.notify("")
 	if len(a.leases) == 0 {
 		return nil
 	}
