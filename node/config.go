@@ -22,6 +22,10 @@ import (
 // handshakes.
 const Version = "0.1.0"
 
+// DefaultGrantAhead is Config.GrantAhead's default: one request per worker
+// waits at its hive while every slot is busy.
+const DefaultGrantAhead = 1
+
 // Config is everything a node needs. Zero values mean the defaults of
 // DefaultConfig, except Name and the addresses.
 type Config struct {
@@ -88,6 +92,12 @@ type Config struct {
 	// the worker that holds its prompt before any worker serves it
 	// (0: scheduler.DefaultAffinityWait; negative: no affinity at all).
 	AffinityWait time.Duration
+	// GrantAhead is how many requests the queen grants each worker beyond
+	// its slots while every worker of the model is busy, so that the next
+	// one waits at the worker's hive and starts the moment a slot frees
+	// (0: DefaultGrantAhead; negative: none). Only models whose requests
+	// end within a second are granted ahead (scheduler.Config.Standby).
+	GrantAhead int
 	// ModelVRAMMB is the free VRAM one request of a model needs, by name.
 	ModelVRAMMB map[string]uint64
 	// BodyMemory bounds the request-body bytes the node holds at once

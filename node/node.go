@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -282,6 +283,7 @@ func (n *Node) newPlanes() error {
 		EventInterval: n.cfg.QueenEventInterval,
 		QueueLimit:    n.cfg.QueueLimit,
 		AffinityWait:  n.cfg.AffinityWait,
+		GrantAhead:    cmp.Or(n.cfg.GrantAhead, DefaultGrantAhead),
 		ModelVRAMMB:   n.cfg.ModelVRAMMB,
 		Metrics:       n.metrics,
 		Logger:        n.log,

@@ -104,6 +104,10 @@ type LeaseGrant struct {
 	// whose term is below the highest it knows, which comes from a queen
 	// that has been replaced (frozen, or cut off) and does not know it yet.
 	Term uint64 `json:"term,omitempty"`
+	// Standby: every slot of the worker was leased when it was granted
+	// (the queen grants ahead, --grant-ahead); the hive holds the request
+	// until one frees.
+	Standby bool `json:"standby,omitempty"`
 }
 
 // LeaseError refuses a request with the HTTP status the client gets.

@@ -23,6 +23,12 @@ const (
 	hdrEntry   = "X-Rbee-Entry"
 	hdrRequest = "X-Rbee-Request"
 	hdrTerm    = "X-Rbee-Term"
+	// hdrStandby marks a standby lease (wsapi.LeaseGrant.Standby): the
+	// hive holds it until its worker has a free slot.
+	hdrStandby = "X-Rbee-Standby"
+	// hdrSlotWait on a hive's answer is how long, in seconds, the request
+	// waited there for its worker's slot.
+	hdrSlotWait = "X-Rbee-Slot-Wait"
 	// hdrRetry on a hive's 503 says it did not start the request (the
 	// worker is full, gone or unreachable): the entry node may ask for
 	// another lease.
@@ -255,7 +261,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 		if p.staleGrant(g.Term) {
 			return outcomeRetry, wsapi.Placement{}
 		}
-		return p.serveLease(w, r, r.URL.Path, bytes.NewReader(body), lease, start, rp), worker
+		return p.serveLease(w, r, r.URL.Path, bytes.NewReader(body), lease, g.Standby, start, rp), worker
 	}
 	// The request to the hive ends when the cluster declares the hive
 	// dead: a hive cut off mid-stream would otherwise stall the client
@@ -283,6 +289,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 	req.Header.Set(hdrEntry, p.cfg.Name)
 	req.Header.Set(hdrRequest, g.RequestID)
 	req.Header.Set(hdrTerm, strconv.FormatUint(g.Term, 10))
+	if g.Standby {
+		req.Header.Set(hdrStandby, "1")
+	}
 	hs := p.startHopSpan(r, req, g) // trace.go
 	defer endSpan(hs)
 	resp, err := p.client.Do(req)
@@ -298,6 +307,13 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 		return outcomeRetry, hive
 	}
 	defer resp.Body.Close()
+	if v := resp.Header.Get(hdrSlotWait); v != "" {
+		if d, err := strconv.ParseFloat(v, 64); err == nil && d > 0 && d < wsapi.MaxWait.Seconds() {
+			if rec := recordOf(r); rec != nil {
+				rec.queueWait += time.Duration(d * float64(time.Second))
+			}
+		}
+	}
 	if resp.StatusCode == http.StatusServiceUnavailable && resp.Header.Get(hdrRetry) != "" {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 		return outcomeRetry, worker

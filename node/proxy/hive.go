@@ -59,7 +59,7 @@ func (p *Proxy) HandleHiveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 	w.Header().Del(hdrUnserved)
-	if p.serveLease(w, r, path, bytes.NewReader(body), lease, time.Now(), nil) == outcomeRetry {
+	if p.serveLease(w, r, path, bytes.NewReader(body), lease, r.Header.Get(hdrStandby) != "", time.Now(), nil) == outcomeRetry {
 		w.Header().Set(hdrRetry, "1")
 		WriteError(w, http.StatusServiceUnavailable, "worker_unavailable", "worker "+lease.Worker+" cannot take the request now")
 	}
@@ -83,7 +83,9 @@ func (p *Proxy) staleGrant(term uint64) bool {
 // requests as it has slots (a lease from a previous queen may still be on its
 // way), or unreachable. rp is the entry node's reply when this node is the
 // client's entry node too, nil when another entry node sent the request.
-func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, body io.Reader, lease wsapi.LeaseInfo, start time.Time, rp *reply) outcome {
+// A standby lease (granted ahead of a free slot) waits up to standbyGrace
+// for one, behind the leases already waiting.
+func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, body io.Reader, lease wsapi.LeaseInfo, standby bool, start time.Time, rp *reply) outcome {
 	group, instance, _ := strings.Cut(lease.Worker, "/")
 	ep := ""
 	if p.cfg.Workers != nil {
@@ -94,7 +96,15 @@ func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, 
 		return outcomeRetry
 	}
 	lease.Since = time.Now().UTC()
-	if !p.table.startSoon(r.Context(), lease, slotGrace) {
+	grace := slotGrace
+	if standby {
+		grace = standbyGrace
+	}
+	ok, queued := p.table.startQueued(r.Context(), lease, grace)
+	if queued {
+		p.slotWaited(w, r, rp, time.Since(lease.Since))
+	}
+	if !ok {
 		return outcomeRetry
 	}
 	defer func() {
@@ -168,15 +178,43 @@ const (
 // this hive has finished with it.
 const slotGrace = 100 * time.Millisecond
 
+// standbyGrace is how long a standby lease waits for its worker's slot
+// before the hive refuses it and its entry node asks for another. The queen
+// grants ahead only for models whose requests end within a second, so a
+// slot that takes this long is stuck; and it is well under the queen's
+// LeaseStartTimeout, after which it would reclaim the lease as never
+// started.
+const standbyGrace = 5 * time.Second
+
+// slotWaited counts a wait for a slot at this hive: in its metrics, and
+// in the queue wait of the request's access-log line, on this node when it
+// is the entry node (rp set), else on the entry node, told in a header.
+func (p *Proxy) slotWaited(w http.ResponseWriter, r *http.Request, rp *reply, d time.Duration) {
+	p.metrics.slotWait.Observe(d.Seconds())
+	if rp != nil {
+		if rec := recordOf(r); rec != nil {
+			rec.queueWait += d
+		}
+		return
+	}
+	w.Header().Set(hdrSlotWait, strconv.FormatFloat(d.Seconds(), 'f', 6, 64))
+}
+
 // startSoon is start, waiting up to grace (and while ctx lasts) for a full
 // worker's slot behind the requests already waiting for it.
 func (a *leaseTable) startSoon(ctx context.Context, l wsapi.LeaseInfo, grace time.Duration) bool {
+	ok, _ := a.startQueued(ctx, l, grace)
+	return ok
+}
+
+// startQueued is startSoon; queued reports whether l waited in line.
+func (a *leaseTable) startQueued(ctx context.Context, l wsapi.LeaseInfo, grace time.Duration) (ok, queued bool) {
 	a.mu.Lock()
 	ok, full := a.startLocked(l)
 	if ok || !full || grace <= 0 || ctx.Err() != nil {
 		a.notify("")
 		a.mu.Unlock()
-		return ok
+		return ok, false
 	}
 	w := &slotWaiter{lease: l, done: make(chan struct{})}
 	a.waiting[l.Worker] = append(a.waiting[l.Worker], w)
@@ -200,19 +238,19 @@ func (a *leaseTable) startSoon(ctx context.Context, l wsapi.LeaseInfo, grace tim
 	switch w.state {
 	case waitQueued:
 		a.dequeueLocked(w)
-		return false
+		return false, true
 	case waitHanded:
 		if ctx.Err() != nil {
 			// Its client is gone: nobody would use the slot, so the
 			// next in line gets it now rather than after a failed
 			// request.
 			a.endLocked(l.LeaseID)
-			return false
+			return false, true
 		}
 		// Only the grace ran out, after the slot came: keep it.
-		return true
+		return true, true
 	default:
-		return false
+		return false, true
 	}
 }
 

@@ -16,6 +16,8 @@ type metrics struct {
 	// migrations counts streams whose worker broke off, by what became
 	// of them (migrate.go).
 	migrations *prometheus.CounterVec
+	// slotWait is the hive's: requests that waited there for a slot.
+	slotWait prometheus.Histogram
 }
 
 // seen starts a model's counters at 0 the first time the entry node answers
@@ -45,13 +47,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		migrations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "rbee_migrations_total", Help: "Streams whose worker broke off mid-way, by model and result: continued on another worker, failed (no continuation could be made), or not_migratable (the stream could not be continued: a tool call, reasoning, several choices, migration off for it).",
 		}, []string{"model", "result"}),
+		slotWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "rbee_hive_slot_wait_seconds", Help: "Time a request waited at this hive for a slot of its worker: one granted ahead while every slot was busy (--grant-ahead), or one granted as the slot's last request was ending. Part of the request's queue wait in the access log.", Buckets: latencyBuckets,
+		}),
 	}
 	// Dashboards expect a series for every model before anything goes
 	// wrong: see count.
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.queueWait, m.ttfb, m.broken, m.migrations} {
+	for _, c := range []prometheus.Collector{m.requests, m.queueWait, m.ttfb, m.broken, m.migrations, m.slotWait} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register proxy metrics: %w", err)
 		}

@@ -56,7 +56,10 @@ type Config struct {
 	// AffinityWait bounds the wait of a conversation's turn for the worker
 	// that holds its prompt (scheduler.Config.AffinityWait).
 	AffinityWait time.Duration
-	ModelVRAMMB  map[string]uint64
+	// GrantAhead is how many requests each worker is granted beyond its
+	// slots while all are busy (scheduler.Config.Standby; 0: none).
+	GrantAhead  int
+	ModelVRAMMB map[string]uint64
 	// Metrics takes the queen's figures (reported only while queen).
 	Metrics prometheus.Registerer
 	Logger  *slog.Logger

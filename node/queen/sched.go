@@ -18,6 +18,7 @@ func (q *Queen) startScheduling(now time.Time) {
 	s := scheduler.New(scheduler.Config{
 		QueueLimit:   q.cfg.QueueLimit,
 		AffinityWait: q.cfg.AffinityWait,
+		Standby:      q.cfg.GrantAhead,
 		StaleAfter:   q.cfg.HiveTTL,
 		ModelVRAMMB:  q.cfg.ModelVRAMMB,
 		LeasePrefix:  q.cfg.Name + "." + strconv.FormatInt(now.UnixNano(), 36) + ".",
@@ -230,7 +231,7 @@ func (q *Queen) deliver(grants []scheduler.Grant, fails []scheduler.Failure, fro
 				continue
 			}
 			msg := &wsapi.LeaseGrant{Type: wsapi.TypeLeaseGrant, RequestID: g.Request.ID, LeaseID: g.Lease.ID,
-				Hive: g.Lease.Hive, HiveAddr: addr, Worker: g.Lease.Worker, Model: g.Lease.Model, Term: term}
+				Hive: g.Lease.Hive, HiveAddr: addr, Worker: g.Lease.Worker, Model: g.Lease.Model, Term: term, Standby: g.Lease.Standby}
 			q.spans.granted(g, now) // trace.go
 			if !q.sendTo(g.Request.Entry, msg, g.Request.Entry == from) {
 				undeliverable = append(undeliverable, g.Lease.ID)
