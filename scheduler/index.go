@@ -83,7 +83,9 @@ func (s *Scheduler) walk(key string, r Request, now time.Time, limit int) *worke
 		if limit == 0 {
 			return s.eligible(w, r, key, now)
 		}
-		return s.whyWith(w, r, key, now, w.Slots+s.cfg.Standby) == ""
+		// Requests waiting for w alone (a conversation's turn) take
+		// its next slot before a newcomer stands by for it.
+		return s.whyWith(w, r, key, now, w.Slots+s.cfg.Standby) == "" && s.pinned[w.id].head(now, s.cfg.AgingAfter) == nil
 	}
 	if ok(h[0]) {
 		return h[0] // the usual case

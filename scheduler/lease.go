@@ -76,11 +76,10 @@ func (s *Scheduler) fill(w *worker, now time.Time, grants []Grant, standby bool)
 		if q := s.pinned[w.id]; q != nil {
 			// A worker that changed its model since is left to Tick,
 			// which moves what waited for it to the model's queue.
-			// A standby grant is not for a conversation's turn
-			// that waits for w's prompt cache: granted ahead, it
-			// would wait for w's next slot past its AffinityWait,
-			// while another worker may be free.
-			if h := q.head(now, s.cfg.AgingAfter); h != nil && slices.Contains(w.keys, h.key) && (!ahead || h.pinUntil.IsZero()) {
+			// A conversation's turn whose wait for w has lapsed
+			// is not granted ahead on w: Tick moves it to its
+			// model's queue, where any worker may serve it.
+			if h := q.head(now, s.cfg.AgingAfter); h != nil && slices.Contains(w.keys, h.key) && (!ahead || h.pinUntil.IsZero() || now.Before(h.pinUntil)) {
 				best = h
 			}
 		}

@@ -176,7 +176,7 @@ func TestStandby(t *testing.T) {
 			t.Fatalf("f: %+v, want a standby grant", gs[1])
 		}
 	})
-	t.Run("a conversation's turn waits for its worker's slot, not ahead", func(t *testing.T) {
+	t.Run("a conversation's turn waiting for its worker goes before newcomers", func(t *testing.T) {
 		s := New(Config{Standby: 1})
 		s.SetWarm(true)
 		s.UpdateHive("h", []Worker{w("g/1", "m", 1)}, nil, t0)
@@ -184,14 +184,22 @@ func TestStandby(t *testing.T) {
 		s.Release(first.Lease.ID, t0.Add(20*time.Millisecond))
 		busy := mustGrant(t, s, conv("t2", "c"), at)
 		if g, _ := s.Request(conv("t3", "c"), at); g != nil {
-			t.Fatalf("turn granted ahead at once: %+v", g)
+			t.Fatalf("turn granted at once: %+v, want it to wait for its worker", g)
 		}
-		// Another request may take the standby grant meanwhile.
-		if g := mustGrant(t, s, req("x", "m"), at); !g.Lease.Standby {
-			t.Fatalf("x: %+v, want a standby grant", g)
+		if g, _ := s.Request(req("x", "m"), at); g != nil {
+			t.Fatalf("x granted ahead of the turn waiting for the worker: %+v", g)
 		}
-		if gs := s.Release(busy.Lease.ID, at.Add(10*time.Millisecond)); len(gs) != 0 {
-			t.Fatalf("release while x stands by: %+v, want the turn to keep waiting for a free slot", gs)
+		gs := s.Release(busy.Lease.ID, at.Add(10*time.Millisecond))
+		if len(gs) != 2 || gs[0].Request.ID != "t3" || gs[0].Lease.Standby || gs[1].Request.ID != "x" || !gs[1].Lease.Standby {
+			t.Fatalf("after the release: %+v, want t3 in the slot, then x granted ahead", gs)
+		}
+		// The next turn stands by for its worker too.
+		if g, _ := s.Request(conv("t4", "c"), at.Add(10*time.Millisecond)); g != nil {
+			t.Fatalf("t4: %+v, want it to wait", g)
+		}
+		gs = s.Release(gs[0].Lease.ID, at.Add(20*time.Millisecond))
+		if len(gs) != 1 || gs[0].Request.ID != "t4" || !gs[0].Lease.Standby {
+			t.Fatalf("after the next release: %+v, want t4 granted ahead on its worker", gs)
 		}
 	})
 }
