@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -377,7 +378,7 @@ func TestRoute_NoOversubscriptionSimulated(t *testing.T) {
 		c.workers = append(c.workers, wsapi.ProcessStats{Group: "sim", Instance: name, Model: ptr("m"), Slots: 2, Simulated: true})
 		c.eps["sim/"+name] = srv.URL
 	}
-	_, _, entry := routeCluster(t, cols[0], cols[1], nodetest.WithQueue(1024, time.Minute))
+	a, b, entry := routeCluster(t, cols[0], cols[1], nodetest.WithQueue(1024, time.Minute))
 	const total = 200
 	errs := make(chan error, total)
 	var wg sync.WaitGroup
@@ -416,6 +417,33 @@ func TestRoute_NoOversubscriptionSimulated(t *testing.T) {
 		}
 		return nil
 	})
+	// With more requests than slots and 10 ms answers, the queen grants
+	// ahead (node.DefaultGrantAhead): requests waited at the hives for
+	// their worker's slot, and still none ran more than its slots.
+	waited := 0.0
+	for _, n := range []*nodetest.Node{a, b} {
+		waited += metricValue(t, scrape(t, n), "rbee_hive_slot_wait_seconds_count")
+	}
+	if waited == 0 {
+		t.Fatal("no request waited at a hive for a slot: nothing was granted ahead")
+	}
+	t.Logf("%.0f requests waited at their hive for a slot", waited)
+}
+
+// metricValue is the value of the unlabelled sample name in a /metrics
+// page, 0 when it is absent.
+func metricValue(t testing.TB, page, name string) float64 {
+	t.Helper()
+	for line := range strings.Lines(page) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			return f
+		}
+	}
+	return 0
 }
 
 // TestRoute_Limits: a full queue answers 429 with Retry-After, a wait past
