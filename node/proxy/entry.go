@@ -105,6 +105,7 @@ func (p *Proxy) tryWorkers(w http.ResponseWriter, r *http.Request, a *admission,
 		p.replied(r, rp) // observe.go
 		if rp.tap != nil {
 			p.recordUsage(r, rp.model, rp.tap, rp.whole && rp.status < 400, rp.migrated)
+			rp.tap.free()
 		}
 	}()
 	on, body := a.on, a.body

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	jsonv2 "github.com/go-json-experiment/json"
@@ -179,6 +180,8 @@ type usageTap struct {
 	// mig, when set, sees each event first and may rewrite or drop it
 	// (migrate.go).
 	mig *migration
+	// bufs is where pending, out and tail came from, and go back (free).
+	bufs *tapBuf
 }
 
 func newUsageTap(resp *http.Response, strip bool) *usageTap {
@@ -186,9 +189,40 @@ func newUsageTap(resp *http.Response, strip bool) *usageTap {
 		stream: strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream"),
 		strip:  strip,
 	}
+	t.bufs = tapBufs.Get().(*tapBuf)
+	t.pending, t.out, t.tail = t.bufs.pending, t.bufs.out, t.bufs.tail
 	// An error has no usage, and a compressed body is not read.
 	t.off = resp.StatusCode/100 != 2 || resp.Header.Get("Content-Encoding") != ""
 	return t
+}
+
+// tapBuf holds a finished tap's buffers for the next: a stream's first read
+// (up to 32 KiB) would otherwise allocate, and zero, two new ones for every
+// answer.
+type tapBuf struct{ pending, out, tail []byte }
+
+var tapBufs = sync.Pool{New: func() any { return new(tapBuf) }}
+
+// maxPooledTap bounds a buffer kept for the next tap: one that grew for an
+// unusual answer is left to the collector.
+const maxPooledTap = 128 << 10
+
+// free hands t's buffers to the next tap. Nothing may use t's bytes after:
+// the caller has written all it returned.
+func (t *usageTap) free() {
+	keep := func(b []byte) []byte {
+		if cap(b) > maxPooledTap {
+			return nil
+		}
+		return b[:0]
+	}
+	b := t.bufs
+	if b == nil {
+		return
+	}
+	b.pending, b.out, b.tail = keep(t.pending), keep(t.out), keep(t.tail)
+	tapBufs.Put(b)
+	t.pending, t.out, t.tail, t.bufs = nil, nil, nil, nil
 }
 
 // feed takes the next bytes of the answer and returns those to pass on now.
@@ -269,8 +303,10 @@ func (t *usageTap) rest() []byte {
 		t.readJSON()
 		return nil
 	}
+	// What is returned shares pending's array, kept for the next answer
+	// (free, restart): the caller writes it before anything is fed again.
 	p := t.pending
-	t.pending = nil
+	t.pending = t.pending[:0]
 	if len(p) > 0 && !t.off && t.mig != nil {
 		p = t.mig.event(p)
 	}

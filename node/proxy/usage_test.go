@@ -161,12 +161,31 @@ func TestUsageTap_HoldsOnlyTheEventInProgress(t *testing.T) {
 	}
 }
 
+// BenchmarkUsageTap_Stream: one 200-token answer a tap, read as the
+// simulator sends it through a loaded entry node (32 KiB reads), with the
+// buffers passed from each tap to the next (pooled) and without (fresh, the
+// build before): the allocations of each answer's first read are the
+// difference.
 func BenchmarkUsageTap_Stream(b *testing.B) {
-	body := []byte(strings.Repeat(`data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}`+"\n\n", 8) + usageChunk)
-	b.SetBytes(int64(len(body)))
-	for b.Loop() {
-		tap := tapFor("text/event-stream", 200, true)
-		tap.feed(body)
-		tap.rest()
+	chunk := `data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}` + "\n\n"
+	body := []byte(strings.Repeat(chunk, 200) + usageChunk)
+	for _, pooled := range []bool{true, false} {
+		name := map[bool]string{true: "pooled", false: "fresh"}[pooled]
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(int64(len(body)))
+			b.ReportAllocs()
+			for b.Loop() {
+				tap := tapFor("text/event-stream", 200, true)
+				for rest := body; len(rest) > 0; {
+					n := min(len(rest), 32<<10)
+					tap.feed(rest[:n])
+					rest = rest[n:]
+				}
+				tap.rest()
+				if pooled {
+					tap.free()
+				}
+			}
+		})
 	}
 }
