@@ -23,7 +23,37 @@ type Lease struct {
 	Key string
 	// Standby: granted while every slot of the worker was leased
 	// (Config.Standby); its hive holds the request until one frees.
+	// Started is when it took a slot (zero until then).
 	Standby bool
+	Started time.Time
+}
+
+// ranFor is how long l ran on its worker by now, false when that is not
+// known: a standby lease waited at its hive first, and may never have
+// started.
+func (l *Lease) ranFor(now time.Time) (time.Duration, bool) {
+	if !l.Standby {
+		return now.Sub(l.Granted), true
+	}
+	if l.Started.IsZero() {
+		return 0, false
+	}
+	return now.Sub(l.Started), true
+}
+
+// slotFreed notes that a lease that ran on w has ended: its hive hands the
+// slot to the oldest request waiting for w there, the oldest standby lease
+// not yet started, which starts now.
+func (s *Scheduler) slotFreed(w *worker, now time.Time) {
+	var first *Lease
+	for _, l := range s.hiveLs[w.Hive] {
+		if l.Worker == w.Name && l.Standby && l.Started.IsZero() && (first == nil || l.Granted.Before(first.Granted)) {
+			first = l
+		}
+	}
+	if first != nil {
+		first.Started = now
+	}
 }
 
 // HiveLease is a lease a hive reports serving.
@@ -54,7 +84,13 @@ func (s *Scheduler) Release(leaseID string, now time.Time) []Grant {
 	if w == nil {
 		return nil
 	}
-	s.noteService(w, now.Sub(l.Granted))
+	// The wait of a standby lease at its hive is not service time: it
+	// would double a saturated worker's, and turn granting ahead off for
+	// models it suits.
+	if d, ran := l.ranFor(now); ran {
+		s.noteService(w, d)
+		s.slotFreed(w, now)
+	}
 	if w.leases > 0 {
 		w.leases--
 		w.lastEnd = now
@@ -84,6 +120,11 @@ func (s *Scheduler) fill(w *worker, now time.Time, grants []Grant, standby bool)
 			}
 		}
 		for _, k := range w.keys {
+			if ahead && best != nil {
+				// What waits for w alone stands by for it
+				// before anyone who may go elsewhere.
+				break
+			}
 			q := s.queues[k]
 			if q == nil {
 				continue

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"fmt"
 	"testing"
 	"time"
 )
@@ -57,6 +58,55 @@ func TestStandby(t *testing.T) {
 		gs := s.Release(onG2, at.Add(10*time.Millisecond))
 		if len(gs) != 1 || gs[0].Request.ID != "f" || gs[0].Lease.Worker != "g/2" || !gs[0].Lease.Standby {
 			t.Fatalf("after a release: %+v, want f granted ahead on g/2", gs)
+		}
+	})
+	t.Run("a standby lease's wait at its hive is not service time", func(t *testing.T) {
+		s := New(Config{Standby: 1})
+		s.SetWarm(true)
+		s.UpdateHive("h", []Worker{w("g/1", "m", 1)}, nil, t0)
+		const svc = 100 * time.Millisecond
+		warm := mustGrant(t, s, req("warm", "m"), t0)
+		s.Release(warm.Lease.ID, t0.Add(svc))
+		// Saturated: each request runs 100 ms after waiting 100 ms for
+		// the one before it.
+		now := at
+		running := mustGrant(t, s, req("r0", "m"), now)
+		for i := 1; i <= 20; i++ {
+			next := mustGrant(t, s, req(fmt.Sprint("r", i), "m"), now)
+			if !next.Lease.Standby {
+				t.Fatalf("r%d: not granted ahead", i)
+			}
+			now = now.Add(svc)
+			s.Release(running.Lease.ID, now)
+			running = next
+		}
+		if got := s.ServiceTime("m"); got < svc*9/10 || got > svc*11/10 {
+			t.Fatalf("service time %v, want about %v", got, svc)
+		}
+	})
+	t.Run("a turn waiting for its worker stands by there before a request that may go anywhere", func(t *testing.T) {
+		s := New(Config{Standby: 1})
+		s.SetWarm(true)
+		s.UpdateHive("h", []Worker{w("g/1", "m", 1)}, nil, t0)
+		warm := mustGrant(t, s, req("warm", "m"), t0)
+		s.Release(warm.Lease.ID, t0.Add(20*time.Millisecond))
+		t1 := mustGrant(t, s, conv("t1", "c"), at)
+		if g := mustGrant(t, s, req("x", "m"), at); !g.Lease.Standby {
+			t.Fatalf("x: %+v, want a standby grant", g)
+		}
+		// A batch turn waits for its worker; an interactive request,
+		// which the queue serves first, waits for any.
+		t2 := conv("t2", "c")
+		t2.Class = ClassBatch
+		if g, _ := s.Request(t2, at); g != nil {
+			t.Fatalf("t2 granted at once: %+v", g)
+		}
+		if g, _ := s.Request(req("y", "m"), at); g != nil {
+			t.Fatalf("y granted at once: %+v", g)
+		}
+		gs := s.Release(t1.Lease.ID, at.Add(10*time.Millisecond))
+		if len(gs) != 1 || gs[0].Request.ID != "t2" || !gs[0].Lease.Standby {
+			t.Fatalf("after the release: %+v, want the turn t2 granted ahead on its worker", gs)
 		}
 	})
 	t.Run("off: nothing beyond the slots", func(t *testing.T) {

@@ -150,6 +150,13 @@ func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease
 		listed[hl.ID] = true
 		if l := s.leases[hl.ID]; l != nil {
 			l.Confirmed = true
+			if l.Standby && l.Started.IsZero() {
+				// Listed, so it runs: since the hive says.
+				l.Started = hl.Since
+				if l.Started.IsZero() || l.Started.After(now) {
+					l.Started = now
+				}
+			}
 			continue
 		}
 		if cur[hl.Worker] == nil {
@@ -167,6 +174,9 @@ func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease
 		w := cur[l.Worker]
 		if w == nil || (l.Confirmed && !listed[id]) {
 			s.dropLease(l)
+			if w != nil {
+				s.slotFreed(w, now)
+			}
 			continue
 		}
 		w.leases++

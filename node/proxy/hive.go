@@ -333,6 +333,9 @@ func (a *leaseTable) handOffLocked(worker string) {
 		a.setQueueLocked(worker, q[1:])
 		delete(a.queued, w.lease.LeaseID)
 		w.state = waitHanded
+		// It starts now: what it waited is not its worker's time on it
+		// (the queen reads Since as when it started running).
+		w.lease.Since = time.Now().UTC()
 		a.runLocked(w.lease)
 		close(w.done)
 	}
