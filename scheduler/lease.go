@@ -120,11 +120,6 @@ func (s *Scheduler) fill(w *worker, now time.Time, grants []Grant, standby bool)
 			}
 		}
 		for _, k := range w.keys {
-			if ahead && best != nil {
-				// What waits for w alone stands by for it
-				// before anyone who may go elsewhere.
-				break
-			}
 			q := s.queues[k]
 			if q == nil {
 				continue
