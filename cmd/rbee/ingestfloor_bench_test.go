@@ -152,4 +152,3 @@ func floorCores(b *testing.B, pid int, addr string, sessions int) float64 {
 	}
 	return float64(cpu1-cpu0) / ticks / wall.Seconds()
 }
-
