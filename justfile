@@ -16,7 +16,9 @@ lint:
     go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 
 # Benchmarks. Whole processes, one experiment each (-benchtime 1x):
-# failover times, false deaths, partition heals (root), queen ingest CPU,
+# failover times, false deaths, partition heals (root), queen ingest CPU
+# (and the floor the transport alone sets under it), saturation with and
+# without granting ahead,
 # routing latency and throughput beside direct and nginx (apt-get install
 # nginx-light), failover under load, cold starts and failing engines, Ollama
 # cold starts beside the same by hand (../shared/engines),
