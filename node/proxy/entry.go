@@ -262,7 +262,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 		if p.staleGrant(g.Term) {
 			return outcomeRetry, wsapi.Placement{}
 		}
-		return p.serveLease(w, r, r.URL.Path, bytes.NewReader(body), lease, g.Standby, start, rp), worker
+		return p.serveLease(w, r, r.URL.Path, bytes.NewReader(body), lease, hiveGrant{standby: g.Standby, term: g.Term}, start, rp), worker
 	}
 	// The request to the hive ends when the cluster declares the hive
 	// dead: a hive cut off mid-stream would otherwise stall the client

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rbee/rbee/internal/testutil"
 	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/wsapi"
 )
@@ -188,5 +190,89 @@ func TestForward_ReleasesLeasesTheHiveNeverTookUp(t *testing.T) {
 				t.Fatal("rbee's header reached the client")
 			}
 		})
+	}
+}
+
+// A standby lease that waited at the hive while its queen was replaced is
+// refused when the slot comes (the new queen counts that slot free and may
+// grant it), and the slot goes on to the next in line.
+func TestHiveProxy_RefusesAStandbyWhoseQueenWasReplacedWhileItWaited(t *testing.T) {
+	hold := make(chan struct{})
+	var mu sync.Mutex
+	var served []string
+	worker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Which request this is: the body names it (the hive passes on
+		// only the headers a worker needs).
+		var body struct{ Model string }
+		_ = json.NewDecoder(r.Body).Decode(&body)
+		mu.Lock()
+		served = append(served, body.Model)
+		mu.Unlock()
+		if body.Model == "first" {
+			<-hold
+		}
+		fmt.Fprint(w, `{"ok":true}`)
+	}))
+	defer worker.Close()
+	members := &fakeMembers{max: 5}
+	p := testProxy(t, "h", members, oneWorker{worker.URL})
+	p.ReportLeases([]wsapi.ProcessStats{{Group: "g", Instance: "1", Slots: 1}}, time.Now())
+	send := func(name, term string, standby bool) *httptest.ResponseRecorder {
+		req := httptest.NewRequest(http.MethodPost, api.PathHiveProxy+api.PathChat, strings.NewReader(`{"model":"`+name+`"}`))
+		req.Header.Set(hdrLease, "l-"+name)
+		req.Header.Set(hdrWorker, "g/1")
+		req.Header.Set(hdrModel, "m")
+		req.Header.Set(hdrEntry, "e")
+		req.Header.Set(hdrTerm, term)
+		if standby {
+			req.Header.Set(hdrStandby, "1")
+		}
+		rec := httptest.NewRecorder()
+		p.HandleHiveProxy(rec, req)
+		return rec
+	}
+	first := make(chan *httptest.ResponseRecorder, 1)
+	go func() { first <- send("first", "5", false) }()
+	testutil.Every(time.Millisecond).Eventually(t, 5*time.Second, "the first request at the worker", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(served) != 1 {
+			return fmt.Errorf("%d served", len(served))
+		}
+		return nil
+	})
+	standby := make(chan *httptest.ResponseRecorder, 1)
+	go func() { standby <- send("standby", "5", true) }()
+	testutil.Every(time.Millisecond).Eventually(t, 5*time.Second, "the standby lease waiting", func() error {
+		p.table.mu.Lock()
+		defer p.table.mu.Unlock()
+		if n := len(p.table.waiting["g/1"]); n != 1 {
+			select {
+			case rec := <-standby:
+				t.Fatalf("the standby lease was answered at once: %d %s", rec.Code, rec.Body)
+			default:
+			}
+			return fmt.Errorf("%d waiting", n)
+		}
+		return nil
+	})
+	members.mu.Lock()
+	members.max = 6 // a new queen
+	members.mu.Unlock()
+	close(hold)
+	if rec := <-first; rec.Code != http.StatusOK {
+		t.Fatalf("first: %d %s", rec.Code, rec.Body)
+	}
+	rec := <-standby
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get(hdrRetry) == "" {
+		t.Fatalf("standby of the replaced queen: %d %q, want 503 with %s", rec.Code, rec.Body, hdrRetry)
+	}
+	if rec := send("next", "6", false); rec.Code != http.StatusOK {
+		t.Fatalf("the new queen's grant: %d %s, want its slot", rec.Code, rec.Body)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if strings.Join(served, ",") != "first,next" {
+		t.Fatalf("the worker served %v, want first and next only", served)
 	}
 }

@@ -59,7 +59,7 @@ func (p *Proxy) HandleHiveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 	w.Header().Del(hdrUnserved)
-	if p.serveLease(w, r, path, bytes.NewReader(body), lease, r.Header.Get(hdrStandby) != "", time.Now(), nil) == outcomeRetry {
+	if p.serveLease(w, r, path, bytes.NewReader(body), lease, hiveGrant{standby: r.Header.Get(hdrStandby) != "", term: term}, time.Now(), nil) == outcomeRetry {
 		w.Header().Set(hdrRetry, "1")
 		WriteError(w, http.StatusServiceUnavailable, "worker_unavailable", "worker "+lease.Worker+" cannot take the request now")
 	}
@@ -85,7 +85,7 @@ func (p *Proxy) staleGrant(term uint64) bool {
 // client's entry node too, nil when another entry node sent the request.
 // A standby lease (granted ahead of a free slot) waits up to standbyGrace
 // for one, behind the leases already waiting.
-func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, body io.Reader, lease wsapi.LeaseInfo, standby bool, start time.Time, rp *reply) outcome {
+func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, body io.Reader, lease wsapi.LeaseInfo, g hiveGrant, start time.Time, rp *reply) outcome {
 	group, instance, _ := strings.Cut(lease.Worker, "/")
 	ep := ""
 	if p.cfg.Workers != nil {
@@ -97,12 +97,18 @@ func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, 
 	}
 	lease.Since = time.Now().UTC()
 	grace := slotGrace
-	if standby {
+	if g.standby {
 		grace = standbyGrace
 	}
 	ok, queued := p.table.startQueued(r.Context(), lease, grace)
 	if queued {
 		p.slotWaited(w, r, rp, time.Since(lease.Since))
+		if ok && p.staleGrant(g.term) {
+			// Its queen was replaced while it waited: the new one
+			// counts this slot free, so it goes to the next in line.
+			p.table.end(lease.LeaseID)
+			return outcomeRetry
+		}
 	}
 	if !ok {
 		return outcomeRetry
@@ -177,6 +183,14 @@ const (
 // its client has the answer, and the queen may grant that slot again before
 // this hive has finished with it.
 const slotGrace = 100 * time.Millisecond
+
+// hiveGrant is what serveLease needs of a lease's grant beyond the lease:
+// whether it was granted ahead (wsapi.LeaseGrant.Standby), and the
+// granting queen's term.
+type hiveGrant struct {
+	standby bool
+	term    uint64
+}
 
 // standbyGrace is how long a standby lease waits for its worker's slot
 // before the hive refuses it and its entry node asks for another. The queen
