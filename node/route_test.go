@@ -378,7 +378,8 @@ func TestRoute_NoOversubscriptionSimulated(t *testing.T) {
 		c.workers = append(c.workers, wsapi.ProcessStats{Group: "sim", Instance: name, Model: ptr("m"), Slots: 2, Simulated: true})
 		c.eps["sim/"+name] = srv.URL
 	}
-	a, b, entry := routeCluster(t, cols[0], cols[1], nodetest.WithQueue(1024, time.Minute))
+	grantAhead := nodetest.Option(func(cfg *node.Config) { cfg.GrantAhead = 1 })
+	a, b, entry := routeCluster(t, cols[0], cols[1], nodetest.WithQueue(1024, time.Minute), grantAhead)
 	const total = 200
 	errs := make(chan error, total)
 	var wg sync.WaitGroup
@@ -418,8 +419,8 @@ func TestRoute_NoOversubscriptionSimulated(t *testing.T) {
 		return nil
 	})
 	// With more requests than slots and 10 ms answers, the queen grants
-	// ahead (node.DefaultGrantAhead): requests waited at the hives for
-	// their worker's slot, and still none ran more than its slots.
+	// ahead (GrantAhead 1): requests waited at the hives for their
+	// worker's slot, and still none ran more than its slots.
 	waited := 0.0
 	for _, n := range []*nodetest.Node{a, b} {
 		waited += metricValue(t, scrape(t, n), "rbee_hive_slot_wait_seconds_count")

@@ -168,7 +168,14 @@ func (s *Scheduler) fillAhead(w *worker, best *waiting, now time.Time) (Grant, b
 	}
 	to := w
 	if best.pin == "" {
+		// A free slot first; else the best worker to stand by on,
+		// which need not be w: requests that waited while the model's
+		// time was unknown would otherwise all stand by on whichever
+		// worker freed a slot first, and a conversation's first turn
+		// stays where it went.
 		if p := s.pickElsewhere(best.key, best.req, now); p != nil {
+			to = p
+		} else if p := preferAway(best.req, func(r Request) *worker { return s.pickStandby(best.key, r, now) }); p != nil {
 			to = p
 		}
 	}

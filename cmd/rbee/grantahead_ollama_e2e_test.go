@@ -13,7 +13,8 @@ import (
 	"github.com/rbee/rbee/internal/testutil"
 )
 
-// TestOllama_GrantAhead: the real Ollama behind a queen, a hive that
+// TestOllama_GrantAhead: the real Ollama behind a queen granting ahead
+// (--grant-ahead 1), a hive that
 // declares it one slot and an entry-only node, with more clients than
 // slots. One-token answers end in milliseconds, so the queen grants ahead:
 // requests wait at the hive for the slot (its rbee_hive_slot_wait_seconds
@@ -22,7 +23,7 @@ func TestOllama_GrantAhead(t *testing.T) {
 	t.Parallel()
 	base := foreignOllama(t, "tiny")
 	c := newCluster(t)
-	q := c.start(nodeSpec{name: "q", extra: []string{"--roles", "queen", "--queen-priority", "1"}})[0]
+	q := c.start(nodeSpec{name: "q", extra: []string{"--roles", "queen", "--queen-priority", "1", "--grant-ahead", "1"}})[0]
 	rest := c.start(
 		nodeSpec{name: "h", join: q.gossipAddr, extra: []string{"--roles", "hive", "--worker", base + ",model=tiny,slots=1"}},
 		nodeSpec{name: "e", join: q.gossipAddr, extra: []string{"--roles", "none"}},
