@@ -24,7 +24,7 @@ const Version = "0.1.0"
 
 // DefaultGrantAhead is Config.GrantAhead's default: none. Granting ahead
 // raises short requests' throughput at saturation by a few percent, but a
-// conversation's turns measured a slower first token in half the runs of
+// conversation's turns measured a slower first token in a third of the runs of
 // BenchmarkAffinity, and a CPU engine sharing rbee's cores lost throughput;
 // it is for clusters that measure it pays.
 const DefaultGrantAhead = 0
