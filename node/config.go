@@ -22,12 +22,9 @@ import (
 // handshakes.
 const Version = "0.1.0"
 
-// DefaultGrantAhead is Config.GrantAhead's default: none. Granting ahead
-// raises short requests' throughput at saturation by a few percent, but a
-// conversation's turns measured a slower first token in a third of the runs of
-// BenchmarkAffinity, and a CPU engine sharing rbee's cores lost throughput;
-// it is for clusters that measure it pays.
-const DefaultGrantAhead = 0
+// DefaultGrantAhead is Config.GrantAhead's default: one request per worker
+// waits at its hive while every slot is busy.
+const DefaultGrantAhead = 1
 
 // Config is everything a node needs. Zero values mean the defaults of
 // DefaultConfig, except Name and the addresses.
@@ -98,7 +95,7 @@ type Config struct {
 	// GrantAhead is how many requests the queen grants each worker beyond
 	// its slots while every worker of the model is busy, so that the next
 	// one waits at the worker's hive and starts the moment a slot frees
-	// (0: DefaultGrantAhead, none; negative: none). Only models whose requests
+	// (0: DefaultGrantAhead; negative: none). Only models whose requests
 	// end within a second are granted ahead (scheduler.Config.Standby).
 	GrantAhead int
 	// ModelVRAMMB is the free VRAM one request of a model needs, by name.

@@ -42,8 +42,23 @@ func (s *Scheduler) rank(w *worker) int {
 }
 
 func (s *Scheduler) indexLess(a, b *worker) bool {
-	if ra, rb := s.rank(a), s.rank(b); ra != rb {
+	ra, rb := s.rank(a), s.rank(b)
+	if ra != rb {
 		return ra < rb
+	}
+	if ra == 1 {
+		// Among full workers, the one to stand by on is the one likely
+		// to free a slot first: fewest standing by, then granted
+		// longest ago. Its GPU figures describe the work it runs, not
+		// when that ends: the worker that just finished a request
+		// looks idlest and would take every standby grant.
+		if a.leases != b.leases {
+			return a.leases < b.leases
+		}
+		if a.lastGrant != b.lastGrant {
+			return a.lastGrant < b.lastGrant
+		}
+		return a.id < b.id
 	}
 	return better(a, b)
 }
