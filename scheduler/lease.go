@@ -45,6 +45,9 @@ func (l *Lease) ranFor(now time.Time) (time.Duration, bool) {
 // slot to the oldest request waiting for w there, the oldest standby lease
 // not yet started, which starts now.
 func (s *Scheduler) slotFreed(w *worker, now time.Time) {
+	if s.cfg.Standby == 0 {
+		return // no standby lease to start: skip the scan on every release
+	}
 	var first *Lease
 	for _, l := range s.hiveLs[w.Hive] {
 		if l.Worker == w.Name && l.Standby && l.Started.IsZero() && (first == nil || l.Granted.Before(first.Granted)) {

@@ -52,24 +52,7 @@ func FuzzTelemetryDecoder(f *testing.F) {
 // TestTelemetryDecoderReuses shows the point of the decoder: a report like
 // the last one allocates the message and its workers, not each string.
 func TestTelemetryDecoderReuses(t *testing.T) {
-	data := benchTelemetry(8)
-	var d telemetryDecoder
-	first, err := d.Decode(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	allocs := testing.AllocsPerRun(100, func() {
-		if _, err := d.Decode(data); err != nil {
-			t.Fatal(err)
-		}
-	})
-	if allocs > 3 {
-		t.Errorf("%.0f allocations per report, want at most 3", allocs)
-	}
-	again, err := d.Decode(data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	first, again := decodeRepeatedly(t, benchTelemetry(8))
 	if !reflect.DeepEqual(first, again) {
 		t.Errorf("second decode differs:\n%#v\n%#v", first, again)
 	}
@@ -139,8 +122,20 @@ func TestTelemetryDecoderReusesModelLists(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	_, got := decodeRepeatedly(t, data)
+	if want, _ := Decode(data); !reflect.DeepEqual(got, want) {
+		t.Errorf("decoded\n%#v\nDecode:\n%#v", got, want)
+	}
+}
+
+// decodeRepeatedly decodes data with one decoder, first once, then over and
+// over, checking that a report like the last allocates at most 3 times, and
+// returns the first and the last result.
+func decodeRepeatedly(t *testing.T, data []byte) (first, last any) {
+	t.Helper()
 	var d telemetryDecoder
-	if _, err := d.Decode(data); err != nil {
+	first, err := d.Decode(data)
+	if err != nil {
 		t.Fatal(err)
 	}
 	allocs := testing.AllocsPerRun(100, func() {
@@ -151,11 +146,9 @@ func TestTelemetryDecoderReusesModelLists(t *testing.T) {
 	if allocs > 3 {
 		t.Errorf("%.0f allocations per report, want at most 3", allocs)
 	}
-	got, err := d.Decode(data)
+	last, err = d.Decode(data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want, _ := Decode(data); !reflect.DeepEqual(got, want) {
-		t.Errorf("decoded\n%#v\nDecode:\n%#v", got, want)
-	}
+	return first, last
 }

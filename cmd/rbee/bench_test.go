@@ -232,30 +232,7 @@ func benchIngest(b *testing.B, sessions int, batch bool) {
 				}
 			}
 		})
-		wg.Go(func() {
-			t := time.NewTimer(offset)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
-				// Stamped anew each time, as a hive's agent does: no
-				// two reports of a real hive are the same bytes.
-				msg, err := simTelemetry(hive, time.Now())
-				if err == nil {
-					err = s.WriteRaw(ctx, msg)
-				}
-				if err != nil {
-					if ctx.Err() == nil {
-						writeErrs.Add(1)
-					}
-					return
-				}
-				t.Reset(time.Second)
-			}
-		})
+		wg.Go(func() { reportEverySecond(ctx, hive, offset, s.WriteRaw, &writeErrs) })
 	}
 
 	// Feed readers, remote-style with the bearer token.
@@ -364,6 +341,33 @@ func benchIngest(b *testing.B, sessions int, batch bool) {
 	b.ReportMetric(perReader, "feed_events/s/reader")
 	b.Logf("%d sessions, %d feed readers (batch %v): queen used %.3f cores over %s; each reader got %.0f events/s",
 		sessions, ingestSubscribers, batch, cores, wall.Round(time.Millisecond), perReader)
+}
+
+// reportEverySecond writes hive's telemetry with write every second, the
+// first at offset, until ctx ends or a write fails (counted in errs unless
+// ctx ended). Each report is stamped anew, as a hive's agent does: no two
+// reports of a real hive are the same bytes.
+func reportEverySecond(ctx context.Context, hive string, offset time.Duration, write func(context.Context, []byte) error, errs *atomic.Int64) {
+	t := time.NewTimer(offset)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		msg, err := simTelemetry(hive, time.Now())
+		if err == nil {
+			err = write(ctx, msg)
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				errs.Add(1)
+			}
+			return
+		}
+		t.Reset(time.Second)
+	}
 }
 
 func simName(i int) string { return fmt.Sprintf("sim-%04d", i) }

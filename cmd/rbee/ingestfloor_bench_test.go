@@ -84,28 +84,8 @@ func floorCores(b *testing.B, pid int, addr string, sessions int) float64 {
 	for i, c := range conns {
 		hive := simName(i)
 		offset := time.Duration(i) * time.Second / time.Duration(sessions)
-		wg.Go(func() {
-			t := time.NewTimer(offset)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
-				msg, err := simTelemetry(hive, time.Now())
-				if err == nil {
-					err = c.Write(ctx, websocket.MessageText, msg)
-				}
-				if err != nil {
-					if ctx.Err() == nil {
-						writeErrs.Add(1)
-					}
-					return
-				}
-				t.Reset(time.Second)
-			}
-		})
+		write := func(ctx context.Context, msg []byte) error { return c.Write(ctx, websocket.MessageText, msg) }
+		wg.Go(func() { reportEverySecond(ctx, hive, offset, write, &writeErrs) })
 	}
 	var got atomic.Int64
 	for range ingestSubscribers {

@@ -343,3 +343,13 @@ func TestBadInput_OpenAIErrors(t *testing.T) {
 		return nil
 	})
 }
+
+// A field of the fields chat completions and completions share is named as
+// the client wrote it, not by the Go struct that holds it.
+func TestDecodeObject_NamesSharedFieldsAsSent(t *testing.T) {
+	var b chatBody
+	err := decodeObject([]byte(`{"messages":[],"max_tokens":"five"}`), &b)
+	if err == nil || err.Error() != "max_tokens: want an integer, got string" {
+		t.Fatalf("error %v, want \"max_tokens: want an integer, got string\"", err)
+	}
+}

@@ -131,7 +131,10 @@ func decodeObject(body []byte, v any) error {
 	if err := json.Unmarshal(body, v); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
-			return fmt.Errorf("%s: want %s, got %s", te.Field, jsonKind(te.Type), te.Value)
+			// The path names an embedded struct by its Go type; the
+			// client knows only its fields.
+			field := strings.TrimPrefix(te.Field, "genFields.")
+			return fmt.Errorf("%s: want %s, got %s", field, jsonKind(te.Type), te.Value)
 		}
 		return fmt.Errorf("body is not valid JSON: %w", err)
 	}

@@ -214,14 +214,10 @@ func (p *Proxy) slotWaited(w http.ResponseWriter, r *http.Request, rp *reply, d 
 	w.Header().Set(hdrSlotWait, strconv.FormatFloat(d.Seconds(), 'f', 6, 64))
 }
 
-// startSoon is start, waiting up to grace (and while ctx lasts) for a full
-// worker's slot behind the requests already waiting for it.
-func (a *leaseTable) startSoon(ctx context.Context, l wsapi.LeaseInfo, grace time.Duration) bool {
-	ok, _ := a.startQueued(ctx, l, grace)
-	return ok
-}
-
-// startQueued is startSoon; queued reports whether l waited in line.
+// startQueued records l as served, unless its worker is unknown or
+// draining or the lease is already known, waiting up to grace (and while
+// ctx lasts) for a full worker's slot behind the requests already waiting
+// for it; queued reports whether l waited in line.
 func (a *leaseTable) startQueued(ctx context.Context, l wsapi.LeaseInfo, grace time.Duration) (ok, queued bool) {
 	a.mu.Lock()
 	ok, full := a.startLocked(l)
@@ -274,18 +270,9 @@ func newLeaseTable() *leaseTable {
 		waiting: map[string][]*slotWaiter{}, queued: map[string]*slotWaiter{}}
 }
 
-// start records l, unless its worker is unknown, draining or has no free
-// slot, others wait for its slots, or the lease is already being served.
-func (a *leaseTable) start(l wsapi.LeaseInfo) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	ok, _ := a.startLocked(l)
-	a.notify("")
-	return ok
-}
-
-// startLocked is start; full reports a refusal only for want of a slot,
-// which includes others waiting for one: a newcomer does not overtake them.
+// startLocked starts l if a slot is free; full reports a refusal only for
+// want of a slot, which includes others waiting for one: a newcomer does not
+// overtake them.
 func (a *leaseTable) startLocked(l wsapi.LeaseInfo) (ok, full bool) {
 	slots, known := a.slots[l.Worker]
 	if !known || a.draining[l.Worker] {

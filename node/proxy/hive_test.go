@@ -399,3 +399,15 @@ func TestLeaseTable_MoreSlotsStartWaiters(t *testing.T) {
 		lt.end(id)
 	}
 }
+
+// start is startQueued without waiting: a lease for a full worker is refused.
+func (a *leaseTable) start(l wsapi.LeaseInfo) bool {
+	ok, _ := a.startQueued(context.Background(), l, 0)
+	return ok
+}
+
+// startSoon is startQueued, reporting only whether l started.
+func (a *leaseTable) startSoon(ctx context.Context, l wsapi.LeaseInfo, grace time.Duration) bool {
+	ok, _ := a.startQueued(ctx, l, grace)
+	return ok
+}
