@@ -30,6 +30,9 @@ func TestOllama_GrantAhead(t *testing.T) {
 	)
 	h, e := rest[0], rest[1]
 	c.waitAgree([]*proc{q, h, e}, 20*time.Second)
+	// The hive reports its worker after joining: until then the queen
+	// answers that nothing serves tiny.
+	testutil.Eventually(t, 20*time.Second, "tiny served via e", modelSlots(c, e, 1))
 	lc := newLCClient(c)
 	// Ollama loads the model on the first request; the next ones teach
 	// the queen that its requests are short.
