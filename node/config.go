@@ -98,6 +98,11 @@ type Config struct {
 	// (0: DefaultGrantAhead; negative: none). Only models whose requests
 	// end within a second are granted ahead (scheduler.Config.Standby).
 	GrantAhead int
+	// Spares is how many spare leases this node, as entry node, may hold
+	// for one model: leases the queen grants ahead of requests while
+	// nothing of the model waits, so that a request starts without a
+	// round trip to the queen (0: proxy.DefaultSpares; negative: none).
+	Spares int
 	// ModelVRAMMB is the free VRAM one request of a model needs, by name.
 	ModelVRAMMB map[string]uint64
 	// BodyMemory bounds the request-body bytes the node holds at once

@@ -321,6 +321,7 @@ func (n *Node) newPlanes() error {
 		Logger:            n.log,
 		AccessLog:         n.cfg.AccessLog,
 		Tracer:            n.cfg.Tracer,
+		Spares:            max(cmp.Or(n.cfg.Spares, proxy.DefaultSpares), 0),
 	})
 	if err != nil {
 		return err

@@ -194,6 +194,7 @@ type uplink struct {
 func (u *uplink) Send(msg []byte) error  { return u.out.Send(context.Background(), msg) }
 func (u *uplink) Queue(msg []byte) error { return u.out.Put(msg) }
 func (u *uplink) Break()                 { u.s.CloseNow() }
+func (u *uplink) Knows(typ string) bool  { return u.s.PeerKnows(typ) }
 
 // uplinkOnce runs one session to queen q until it breaks, ctx ends, or the
 // queen changes. opened reports whether the handshake succeeded. Three
@@ -305,6 +306,10 @@ func (n *Node) dispatch(ctx context.Context, s *wsapi.Session, queen string, log
 			leases.OnError(m)
 		case *wsapi.LeaseWait:
 			leases.OnWait(m)
+		case *wsapi.LeaseSpares: // spare leases
+			leases.OnSpares(m)
+		case *wsapi.LeaseRevoke:
+			leases.OnRevoke(m)
 		case *wsapi.ModelStart:
 			if n.hive == nil {
 				log.Warn("queen asked to start a model, but this node is no hive", "model", m.Model)

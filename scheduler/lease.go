@@ -26,12 +26,26 @@ type Lease struct {
 	// Started is when it took a slot (zero until then).
 	Standby bool
 	Started time.Time
+	// Spare: granted ahead of any request (spare.go), for requests of
+	// spareKey; revoked once the entry node was asked to give it back;
+	// listed while its hive's last report listed a use of it; orphan
+	// once its entry node's session ended while it was in use.
+	Spare    bool
+	spareKey string
+	revoked  bool
+	listed   bool
+	orphan   bool
 }
 
 // ranFor is how long l ran on its worker by now, false when that is not
 // known: a standby lease waited at its hive first, and may never have
 // started.
 func (l *Lease) ranFor(now time.Time) (time.Duration, bool) {
+	if l.Spare {
+		// It waited at its entry node first, for how long only the
+		// entry node says (ReleaseSpare).
+		return 0, false
+	}
 	if !l.Standby {
 		return now.Sub(l.Granted), true
 	}
@@ -221,6 +235,11 @@ func (s *Scheduler) grant(w *worker, r Request, now time.Time) Grant {
 	}
 	l := &Lease{ID: s.cfg.LeasePrefix + strconv.FormatUint(s.seq, 36), RequestID: r.ID, Entry: r.Entry,
 		Hive: w.Hive, Worker: w.Name, Model: w.servedFor(RequestKey(r.Model)), Granted: now, Key: r.Key, Standby: ahead}
+	if ahead && len(s.spares) > 0 {
+		// Every slot is leased: spare leases idle in entry nodes'
+		// pools hold slots this request could have (spare.go).
+		s.revokeFor(RequestKey(r.Model))
+	}
 	s.addLease(l)
 	return Grant{Request: r, Lease: *l}
 }
@@ -244,6 +263,7 @@ func (s *Scheduler) dropLease(l *Lease) {
 		s.keyActive(l.Key, -1)
 	}
 	delete(s.leases, l.ID)
+	delete(s.spares, l.ID)
 	if s.byReq[l.RequestID] == l.ID {
 		delete(s.byReq, l.RequestID)
 	}

@@ -176,6 +176,9 @@ func (s *Scheduler) push(queues map[string]*queue, name string, r Request, key, 
 	}
 	q.add(wt, r.Weight)
 	s.waiting[r.ID] = wt
+	if len(s.spares) > 0 {
+		s.revokeFor(key) // spare.go
+	}
 	return nil
 }
 

@@ -39,6 +39,10 @@ type Scheduler struct {
 	// order they came in, to forget the oldest.
 	convs     map[string]string
 	convOrder []string
+	// spares: the spare leases out (spare.go); revokes: those to take
+	// back, by entry node.
+	spares  map[string]*Lease
+	revokes map[string][]string
 	// scanOnly makes pick scan every worker, as before the index: the
 	// benchmark's baseline.
 	scanOnly bool

@@ -252,7 +252,7 @@ func TestNeverOversubscribed(t *testing.T) {
 	seed := uint64(1)
 	rnd := func(n int) int { seed = seed*6364136223846793005 + 1442695040888963407; return int(seed>>33) % n }
 	now := t0
-	standbys := 0
+	standbys, spares := 0, 0
 	check := func(grants []Grant) {
 		t.Helper()
 		count := map[string]int{}
@@ -265,6 +265,14 @@ func TestNeverOversubscribed(t *testing.T) {
 			}
 		}
 		for _, g := range grants {
+			if g.Lease.Spare {
+				// Lent only while nothing of the model waits,
+				// never a worker's last free slot.
+				spares++
+				if x := s.byHive[g.Lease.Hive][g.Lease.Worker]; x.leases >= x.Slots || s.waitsFor(RequestKey(g.Request.Model), now) {
+					t.Fatalf("spare lease %s on %s with %d of %d slots leased, or while a request waits", g.Lease.ID, x.id, x.leases, x.Slots)
+				}
+			}
 			if !g.Lease.Standby {
 				continue
 			}
@@ -276,22 +284,32 @@ func TestNeverOversubscribed(t *testing.T) {
 			}
 		}
 	}
+	release := func(j int) []Grant {
+		l, ran := held[j], started[held[j].ID]
+		delete(started, l.ID)
+		held = append(held[:j], held[j+1:]...)
+		if l.Spare {
+			return s.ReleaseSpare(l.ID, SpareUse{Unused: !ran, Ran: 10 * time.Millisecond}, now)
+		}
+		return s.Release(l.ID, now)
+	}
 	for i := range 5000 {
 		now = now.Add(10 * time.Millisecond)
 		var grants []Grant
-		switch rnd(4) {
+		switch rnd(6) {
+		case 4:
+			// An entry node asks for spare leases (spare.go);
+			// the hive serves their uses like any lease.
+			grants = s.Spare(Request{ID: fmt.Sprint("s", i), Entry: "e2", Model: []string{"m", "n"}[rnd(2)]}, 1+rnd(3), now)
 		case 0, 1:
 			r := req(fmt.Sprint("r", i), []string{"m", "n"}[rnd(2)])
 			r.Deadline = now.Add(time.Hour)
 			if g, _ := s.Request(r, now); g != nil {
 				grants = append(grants, *g)
 			}
-		case 2:
+		case 2, 5:
 			if len(held) > 0 {
-				j := rnd(len(held))
-				delete(started, held[j].ID)
-				grants = s.Release(held[j].ID, now)
-				held = append(held[:j], held[j+1:]...)
+				grants = release(rnd(len(held)))
 			}
 		case 3:
 			hive := []string{"h1", "h2"}[rnd(2)]
@@ -323,7 +341,11 @@ func TestNeverOversubscribed(t *testing.T) {
 					running[l.Worker]++
 				}
 				if started[l.ID] {
-					hl = append(hl, HiveLease{ID: l.ID, Worker: l.Worker, Model: l.Model, Entry: l.Entry, RequestID: l.RequestID})
+					id := l.ID
+					if l.Spare {
+						id += "/1" // a use of it
+					}
+					hl = append(hl, HiveLease{ID: id, Worker: l.Worker, Model: l.Model, Entry: l.Entry, RequestID: l.RequestID})
 				}
 				if running[l.Worker] > slots {
 					t.Fatalf("hive %s runs %d on %s, %d slots", hive, running[l.Worker], l.Worker, slots)
@@ -335,11 +357,27 @@ func TestNeverOversubscribed(t *testing.T) {
 			held = append(held, g.Lease)
 		}
 		check(grants)
+		// The entry node gives back at once the revoked spare leases
+		// it holds unused.
+		for _, ids := range s.Revokes() {
+			for _, id := range ids {
+				if j := slices.IndexFunc(held, func(l Lease) bool { return l.ID == id }); j >= 0 && !started[id] {
+					gs := release(j)
+					for _, g := range gs {
+						held = append(held, g.Lease)
+					}
+					check(gs)
+				}
+			}
+		}
+	}
+	if spares == 0 {
+		t.Fatal("no spare lease in 5000 steps: the test does not exercise them")
 	}
 	if s.cfg.Standby > 0 && standbys == 0 {
 		t.Fatal("no standby grant in 5000 steps: the test does not exercise them")
 	}
-	t.Logf("%d standby grants", standbys)
+	t.Logf("%d standby grants, %d spare leases", standbys, spares)
 }
 
 // TestNewQueenAdoptsLeases: a new queen learns the leases in flight from the

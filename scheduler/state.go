@@ -228,5 +228,16 @@ func (s *Scheduler) WorkerLeases(hive, name string) (int, bool) {
 	return w.leases, true
 }
 
+// WorkerInUse is WorkerLeases less the spare leases idle in entry nodes'
+// pools (spare.go): the leases a worker's state shows. Those hold the
+// scheduler's count, not the worker.
+func (s *Scheduler) WorkerInUse(hive, name string) (int, bool) {
+	w := s.byHive[hive][name]
+	if w == nil {
+		return 0, false
+	}
+	return w.leases - s.idleSpares(w), true
+}
+
 // SaturatedPct is the configured GPU threshold of the state rule.
 func (s *Scheduler) SaturatedPct() float64 { return s.cfg.SaturatedPct }

@@ -61,7 +61,7 @@ func (s *Scheduler) Models(now time.Time) []ModelStats {
 			// leases to each: they share them.
 			m.Workers++
 			m.Slots += w.Slots
-			m.Leases += w.leases
+			m.Leases += w.leases - s.idleSpares(w)
 		}
 	}
 	for key, q := range s.queues {

@@ -60,7 +60,10 @@ func (s *Scheduler) Tick(now time.Time) ([]Grant, []Failure) {
 	slices.SortFunc(fails, func(a, b Failure) int { return strings.Compare(a.Request.ID, b.Request.ID) })
 	var freed []*worker
 	for _, l := range s.leases {
-		if !l.Confirmed && now.Sub(l.Granted) > s.cfg.LeaseStartTimeout {
+		// A spare lease is its entry node's to release, or goes with
+		// its session (DropSpares): one unused for longer than this is
+		// what the entry node holds in its pool.
+		if (!l.Confirmed && !l.Spare && now.Sub(l.Granted) > s.cfg.LeaseStartTimeout) || (l.orphan && !l.listed) {
 			s.dropLease(l)
 			if w := s.byHive[l.Hive][l.Worker]; w != nil {
 				w.leases = max(w.leases-1, 0)

@@ -147,6 +147,17 @@ func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease
 
 	listed := make(map[string]bool, len(leases))
 	for _, hl := range leases {
+		if base, ok := spareBase(hl.ID); ok {
+			if l := s.leases[base]; l != nil && l.Spare {
+				// A use of a spare lease (spare.go): the lease
+				// holds the slot, and goes when its entry node
+				// releases it.
+				listed[base] = true
+				continue
+			}
+			// Another queen's spare lease: adopted as what it is
+			// now, one request served.
+		}
 		listed[hl.ID] = true
 		if l := s.leases[hl.ID]; l != nil {
 			l.Confirmed = true
@@ -172,7 +183,19 @@ func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease
 	}
 	for id, l := range s.hiveLs[hive] {
 		w := cur[l.Worker]
-		if w == nil || (l.Confirmed && !listed[id]) {
+		if l.Spare {
+			l.listed = listed[id]
+			switch {
+			case w != nil && !slices.Contains(w.keys, l.spareKey):
+				s.revoke(l) // its worker serves another model now
+				w = nil
+			case w != nil && (w.health != healthy || w.stopping):
+				// Its requests would fail there, or be refused:
+				// they ask the queen instead.
+				s.revoke(l)
+			}
+		}
+		if w == nil || (l.Confirmed && !listed[id]) || (l.orphan && !l.listed) {
 			s.dropLease(l)
 			if w != nil {
 				s.slotFreed(w, now)
@@ -210,6 +233,9 @@ func (s *Scheduler) RemoveHive(hive string) {
 	delete(s.hiveAt, hive)
 	s.forgetModels(hive)
 	for _, l := range s.hiveLs[hive] {
+		if l.Spare {
+			s.revoke(l) // the entry node drops it from its pool
+		}
 		s.dropLease(l)
 	}
 }

@@ -88,6 +88,15 @@ type LeaseCancel struct {
 type LeaseRelease struct {
 	Type    string `json:"type"`
 	LeaseID string `json:"lease_id"`
+	// For a spare lease (spare.go), additions: Unused says it goes back
+	// unused; otherwise RanUS is how long its request ran, in
+	// microseconds (not how long
+	// the lease waited at the entry node first), and Conversation the
+	// conversation that request continued, which the queen learns here
+	// since it did not see the request.
+	Unused       bool   `json:"unused,omitempty"`
+	RanUS        int64  `json:"ran_us,omitempty"`
+	Conversation string `json:"conversation,omitempty"`
 }
 
 // LeaseGrant tells the entry node where to send the request: the hive's API
@@ -108,6 +117,9 @@ type LeaseGrant struct {
 	// (the queen grants ahead, --grant-ahead); the hive holds the request
 	// until one frees.
 	Standby bool `json:"standby,omitempty"`
+	// Spare: granted ahead of any request (spare.go); RequestID names
+	// the ask, and the entry node sends its own request's id to the hive.
+	Spare bool `json:"spare,omitempty"`
 }
 
 // LeaseError refuses a request with the HTTP status the client gets.
@@ -209,5 +221,8 @@ func (m *LeaseRelease) Validate() error {
 	if err := checkText("lease_id", m.LeaseID, maxFieldLen); err != nil || m.LeaseID == "" {
 		return fmt.Errorf("%w: lease_id must be 1-%d bytes of text", ErrInvalid, maxFieldLen)
 	}
-	return nil
+	if m.RanUS < 0 {
+		return fmt.Errorf("%w: ran_us %d is negative", ErrInvalid, m.RanUS)
+	}
+	return checkText("conversation", m.Conversation, maxFieldLen)
 }

@@ -312,6 +312,15 @@ func Decode(data []byte) (any, error) {
 	case TypeLeaseError:
 		m := new(LeaseError)
 		msg, got = m, &m.Type
+	case TypeLeaseSpareRequest: // spare leases (spare.go)
+		m := new(LeaseSpareRequest)
+		msg, got = m, &m.Type
+	case TypeLeaseSpares:
+		m := new(LeaseSpares)
+		msg, got = m, &m.Type
+	case TypeLeaseRevoke:
+		m := new(LeaseRevoke)
+		msg, got = m, &m.Type
 	case TypeModelStart:
 		m := new(ModelStart)
 		msg, got = m, &m.Type

@@ -26,13 +26,19 @@ package wsapi
 //	   model_start
 //	1: usage_report; unknown message types and fields are ignored
 //	2: migration
-const Revision = 2
+//	3: lease_spare_request, lease_spares, lease_revoke (spare.go); the
+//	   uses of a spare lease ("<lease>/<n>") in hive_telemetry
+const Revision = 3
 
 // introduced maps each message type added after revision 0 to the revision
 // that added it. A type missing here is revision 0.
 var introduced = map[string]int{
 	TypeUsageReport: 1,
 	TypeMigration:   2,
+	// Spare leases (spare.go).
+	TypeLeaseSpareRequest: 3,
+	TypeLeaseSpares:       3,
+	TypeLeaseRevoke:       3,
 }
 
 // Knows reports whether a peer at revision rev reads messages of type typ.

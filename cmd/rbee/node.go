@@ -191,6 +191,7 @@ func nodeRunCommand() *cli.Command {
 			&cli.StringFlag{Name: "api-keys-file", EnvVars: []string{"RBEE_API_KEYS_FILE"}, Usage: "API keys as tenants (TOML, one [[key]] table each: name, key or sha256, priority, weight, max_concurrent, requests_per_minute, models); read again when it changes or on SIGHUP"},
 			&cli.DurationFlag{Name: "affinity-wait", EnvVars: []string{"RBEE_AFFINITY_WAIT"}, Value: time.Second, Usage: "how long a conversation's next turn may wait for the worker that holds its prompt in its KV cache (0: never wait, but still prefer it when free; negative: no affinity, the least-loaded worker serves every turn)"},
 			&cli.IntFlag{Name: "grant-ahead", EnvVars: []string{"RBEE_GRANT_AHEAD"}, Value: node.DefaultGrantAhead, Usage: "requests the queen grants each worker beyond its slots while all of a model's workers are busy: the next one waits at the hive and starts the moment a slot frees, without a round trip to the queen (only for models whose requests end within a second; 0: never)"},
+			&cli.IntFlag{Name: "spare-leases", EnvVars: []string{"RBEE_SPARE_LEASES"}, Value: proxy.DefaultSpares, Usage: "leases this node, as entry node, may hold per model ahead of its clients' requests, so that a short request starts without a round trip to the queen; the queen lends them only while nothing of the model waits and takes them back when something does (0: never)"},
 			&cli.IntFlag{Name: "queue-limit", EnvVars: []string{"RBEE_QUEUE_LIMIT"}, Value: 1024, Usage: "requests that may wait per model before 429"},
 			&cli.DurationFlag{Name: "queue-timeout", EnvVars: []string{"RBEE_QUEUE_TIMEOUT"}, Value: 30 * time.Second, Usage: "how long a request waits for a free worker before 503"},
 			&cli.IntFlag{Name: "body-memory", EnvVars: []string{"RBEE_BODY_MEMORY"}, Value: proxy.DefaultBodyMemory >> 20, Usage: "MiB of request bodies the node holds at once; more get 503 with Retry-After"},
@@ -278,6 +279,9 @@ func runNode(c *cli.Context) error {
 	cfg.Pprof = c.Bool("debug-pprof")
 	if cfg.GrantAhead = c.Int("grant-ahead"); cfg.GrantAhead == 0 {
 		cfg.GrantAhead = -1 // the flag's 0 is off; the config's 0 the default
+	}
+	if cfg.Spares = c.Int("spare-leases"); cfg.Spares == 0 {
+		cfg.Spares = -1
 	}
 	cfg.QueueLimit = c.Int("queue-limit")
 	cfg.QueueTimeout = c.Duration("queue-timeout")

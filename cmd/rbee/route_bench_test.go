@@ -206,9 +206,15 @@ func BenchmarkRouting(b *testing.B) {
 		sim := startSimulator(b, dir, 256)
 		c := newCluster(b)
 		q := c.start(nodeSpec{name: "q", extra: append([]string{"--roles", "queen", "--queen-priority", "1"}, profileFlags()...)})[0]
+		// RBEE_BENCH_SPARES=0 measures the entry nodes without spare
+		// leases, each request leased from the queen (the baseline).
+		var spares []string
+		if v := os.Getenv("RBEE_BENCH_SPARES"); v != "" {
+			spares = []string{"--spare-leases", v}
+		}
 		rest := c.start(
-			nodeSpec{name: "h", join: q.gossipAddr, extra: append([]string{"--roles", "hive", "--worker", "http://" + sim + ",model=m,slots=256"}, profileFlags()...)},
-			nodeSpec{name: "e", join: q.gossipAddr, extra: append([]string{"--roles", "none"}, profileFlags()...)},
+			nodeSpec{name: "h", join: q.gossipAddr, extra: slices.Concat([]string{"--roles", "hive", "--worker", "http://" + sim + ",model=m,slots=256"}, spares, profileFlags())},
+			nodeSpec{name: "e", join: q.gossipAddr, extra: slices.Concat([]string{"--roles", "none"}, spares, profileFlags())},
 		)
 		h, e := rest[0], rest[1]
 		c.waitAgree([]*proc{q, h, e}, 20*time.Second)

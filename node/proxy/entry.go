@@ -130,6 +130,9 @@ func (p *Proxy) tryWorkers(w http.ResponseWriter, r *http.Request, a *admission,
 			rp.report.To = g.Hive + "/" + g.Worker
 		}
 		o, away := p.forward(w, r, body, g, a.start, rp)
+		if o != outcomeDone {
+			p.leases.Spoil(g.LeaseID) // spares.go
+		}
 		p.leases.Release(g.LeaseID) // a second release is ignored
 		if r.Context().Err() != nil {
 			return // the client went away: no new lease for it

@@ -22,6 +22,9 @@ type Uplink interface {
 	Send(msg []byte) error
 	Queue(msg []byte) error
 	Break()
+	// Knows reports whether the queen reads messages of type typ (its
+	// protocol revision, wsapi.Knows).
+	Knows(typ string) bool
 }
 
 // LeaseClient is the entry node's side of leasing: it asks the queen over the
@@ -44,7 +47,27 @@ type LeaseClient struct {
 	stranded string
 	// released: the leases released on the current session (Release).
 	released recentSet
+
+	// Spare leases (spares.go): the pools by what they are for, the
+	// asks in flight, the spare leases requests run on, where each
+	// conversation's last turn went, and the sweep that gives back what
+	// was not used.
+	spareMax int
+	spareTTL time.Duration // spareTTL, shorter under tests
+	gen      uint64        // sessions so far: a spare lease is used again only on its own
+	pools    map[spareClass]*sparePool
+	asks     map[string]spareClass
+	claimed  map[string]*claim
+	convs    map[string]string
+	convRing []string
+	convNext int
+	sweep    *time.Timer
+	sweeping bool
+	stats    spareStats
 }
+
+// recentConvs is how many conversations a node remembers the worker of.
+const recentConvs = 4096
 
 // ErrTypeQueenUnreachable is the error type of the 503 a request gets when
 // its entry node cannot reach the queen while the cluster says it is alive.
@@ -68,9 +91,15 @@ type leaseAnswer struct {
 // (which keeps request ids unique across restarts of the same node).
 func NewLeaseClient(name string, start time.Time) *LeaseClient {
 	return &LeaseClient{
-		prefix:  name + "." + strconv.FormatInt(start.UnixNano(), 36) + ".",
-		grace:   2 * time.Second,
-		pending: make(map[string]*pendingLease),
+		prefix:   name + "." + strconv.FormatInt(start.UnixNano(), 36) + ".",
+		grace:    2 * time.Second,
+		pending:  make(map[string]*pendingLease),
+		spareTTL: spareTTL,
+		pools:    make(map[spareClass]*sparePool),
+		asks:     make(map[string]spareClass),
+		claimed:  make(map[string]*claim),
+		convs:    make(map[string]string),
+		convRing: make([]string, recentConvs),
 	}
 }
 
@@ -79,6 +108,7 @@ func (lc *LeaseClient) Attach(u Uplink) {
 	lc.mu.Lock()
 	lc.up = u
 	lc.released = recentSet{} // a new session hears every release
+	lc.dropSparesLocked()
 	now := time.Now()
 	ps := make([]*pendingLease, 0, len(lc.pending))
 	for _, p := range lc.pending {
@@ -146,6 +176,7 @@ func (lc *LeaseClient) Detach(u Uplink) {
 	lc.mu.Lock()
 	if lc.up == u {
 		lc.up = nil
+		lc.dropSparesLocked()
 	}
 	lc.mu.Unlock()
 }
@@ -222,6 +253,9 @@ type Ask struct {
 
 // Ask asks for a lease as a says and waits for the answer, as AcquireOn.
 func (lc *LeaseClient) Ask(ctx context.Context, a Ask) (*wsapi.LeaseGrant, *wsapi.LeaseError, error) {
+	if g := lc.takeSpare(&a); g != nil { // spares.go
+		return g, nil, nil
+	}
 	id := lc.prefix + strconv.FormatUint(lc.seq.Add(1), 36)
 	now := time.Now()
 	if a.Arrived.IsZero() {
@@ -263,8 +297,9 @@ func (lc *LeaseClient) Ask(ctx context.Context, a Ask) (*wsapi.LeaseGrant, *wsap
 	t := time.NewTimer(wait + lc.grace)
 	defer t.Stop()
 	select {
-	case a := <-p.ch:
-		return a.grant, a.err, nil
+	case ans := <-p.ch:
+		lc.noteGrant(a.Conversation, ans.grant)
+		return ans.grant, ans.err, nil
 	case <-ctx.Done():
 		lc.abandon(p)
 		return nil, nil, ctx.Err()
@@ -349,6 +384,10 @@ func (lc *LeaseClient) Close() {
 	lc.mu.Lock()
 	defer lc.mu.Unlock()
 	lc.closed = true
+	if lc.sweep != nil {
+		lc.sweep.Stop()
+	}
+	lc.dropSparesLocked()
 	for _, p := range lc.pending {
 		p.ch <- leaseAnswer{err: errShuttingDown}
 	}
@@ -370,7 +409,14 @@ func (lc *LeaseClient) Release(leaseID string) {
 			return
 		}
 	}
+	msg, spare := lc.endSpareLocked(leaseID, time.Now()) // spares.go
+	if !spare {
+		msg = &wsapi.LeaseRelease{Type: wsapi.TypeLeaseRelease, LeaseID: leaseID}
+	}
 	lc.mu.Unlock()
+	if msg == nil {
+		return
+	}
 	if u == nil {
 		return
 	}
@@ -380,10 +426,7 @@ func (lc *LeaseClient) Release(leaseID string) {
 	// time to every request, twice through two nodes. Queued in order, it
 	// still reaches the queen before a lease request the client's next
 	// request makes.
-	b, err := wsapi.Encode(&wsapi.LeaseRelease{Type: wsapi.TypeLeaseRelease, LeaseID: leaseID})
-	if err == nil && u.Queue(b) != nil {
-		u.Break()
-	}
+	queue(u, msg)
 }
 
 // recentReleases is how many released lease ids a node remembers: the

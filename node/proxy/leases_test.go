@@ -38,6 +38,8 @@ func (u *fakeUplink) Send(b []byte) error {
 
 func (u *fakeUplink) Queue(b []byte) error { return u.Send(b) }
 
+func (u *fakeUplink) Knows(string) bool { return true }
+
 func (u *fakeUplink) Break() {
 	u.mu.Lock()
 	u.broken = true

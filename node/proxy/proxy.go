@@ -85,6 +85,9 @@ type Config struct {
 	AccessLog *slog.Logger
 	// Tracer makes the data plane's spans (trace.go); nil: tracing off.
 	Tracer trace.TracerProvider
+	// Spares is how many spare leases (spares.go) this entry node may
+	// hold for one model; 0 turns them off.
+	Spares int
 }
 
 // Proxy serves the OpenAI API as an entry node and proxies leased requests to
@@ -145,16 +148,25 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.Tracer != nil {
 		tracer = cfg.Tracer.Tracer(tracerName)
 	}
+	lc := NewLeaseClient(cfg.Name, cfg.Start)
+	lc.SetSpares(cfg.Spares)
+	if cfg.Metrics != nil {
+		for _, c := range lc.spareCollectors() {
+			if err := cfg.Metrics.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
 	return &Proxy{
 		obs:    om,
 		tracer: tracer,
 		cfg:    cfg,
 		log:    cfg.Logger,
-		leases: NewLeaseClient(cfg.Name, cfg.Start),
+		leases: lc,
 		table:  newLeaseTable(),
 		// No client timeout: a generation may stream for minutes; the
 		// client's own disconnect cancels it.
-		client:    &http.Client{Transport: newTransport(cfg.TLS)},
+		client:    &http.Client{Transport: newSyncTransport(cfg.TLS, newTransport(cfg.TLS))},
 		metrics:   m,
 		usage:     um,
 		bodies:    newBudget(cfg.BodyMemory),

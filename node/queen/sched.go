@@ -60,9 +60,11 @@ func (q *Queen) schedTick(now time.Time) {
 		q.rate = float64(g-q.rateGranted) / d.Seconds()
 		q.rateAt, q.rateGranted = now, g
 	}
+	revokes := q.sched.Revokes()
 	q.schedMu.Unlock()
 	q.deliver(grants, fails, "", now)
 	q.sendAll(msgs, "")
+	q.revoke(revokes, "")
 }
 
 // handle hands a message from peer (a node's session) to the scheduler. A
@@ -83,7 +85,7 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 		q.migrated(peer, m)
 		return
 	}
-	var grants []scheduler.Grant
+	var grants, spares []scheduler.Grant
 	var fails []scheduler.Failure
 	queued := false // a request waits: it may be the first for a cold model
 	q.schedMu.Lock()
@@ -132,8 +134,12 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 		s.Cancel(m.RequestID)
 		q.spans.withdrawn(m.RequestID, "the entry node withdrew it (its client went away, or the wait ran out there)")
 	case *wsapi.LeaseRelease:
-		grants = s.Release(m.LeaseID, now)
+		grants = s.ReleaseSpare(m.LeaseID, scheduler.SpareUse{Unused: m.Unused, Ran: time.Duration(m.RanUS) * time.Microsecond,
+			Conversation: m.Conversation}, now)
+	case *wsapi.LeaseSpareRequest:
+		spares = s.Spare(scheduler.Request{ID: m.RequestID, Entry: peer, Model: m.Model, Key: m.Key, Weight: m.Weight}, m.Count, now)
 	}
+	revokes := s.Revokes()
 	var msgs []outMsg
 	if _, report := msg.(*wsapi.HiveTelemetry); report || queued {
 		// A report may free VRAM or end a load; a request may be the
@@ -142,8 +148,57 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 		msgs = q.placeLocked(now)
 	}
 	q.schedMu.Unlock()
+	if m, ok := msg.(*wsapi.LeaseSpareRequest); ok {
+		q.deliverSpares(peer, m.RequestID, spares, now)
+	}
 	q.deliver(grants, fails, peer, now)
 	q.sendAll(msgs, peer)
+	q.revoke(revokes, peer)
+}
+
+// deliverSpares answers an entry node's ask for spare leases with those
+// granted, none when none were: it asks again later.
+func (q *Queen) deliverSpares(peer, askID string, spares []scheduler.Grant, now time.Time) {
+	out := &wsapi.LeaseSpares{Type: wsapi.TypeLeaseSpares, RequestID: askID}
+	term := q.cfg.Members.Term()
+	var orphans []string
+	for _, g := range spares {
+		addr := q.memberHTTP(g.Lease.Hive)
+		if addr == "" {
+			orphans = append(orphans, g.Lease.ID)
+			continue
+		}
+		out.Grants = append(out.Grants, wsapi.LeaseGrant{Type: wsapi.TypeLeaseGrant, RequestID: g.Request.ID, LeaseID: g.Lease.ID,
+			Hive: g.Lease.Hive, HiveAddr: addr, Worker: g.Lease.Worker, Model: g.Lease.Model, Term: term, Spare: true})
+	}
+	var grants []scheduler.Grant
+	if !q.sendTo(peer, out, true) {
+		for _, g := range out.Grants {
+			orphans = append(orphans, g.LeaseID)
+		}
+	}
+	if len(orphans) > 0 {
+		q.schedMu.Lock()
+		if q.sched != nil {
+			for _, id := range orphans {
+				grants = append(grants, q.sched.ReleaseSpare(id, scheduler.SpareUse{Unused: true}, now)...)
+			}
+		}
+		q.schedMu.Unlock()
+	}
+	q.deliver(grants, nil, "", now)
+}
+
+// revoke asks entry nodes to give back the spare leases they have not used:
+// a request of their model waits.
+func (q *Queen) revoke(revokes map[string][]string, from string) {
+	for entry, ids := range revokes {
+		for len(ids) > 0 {
+			n := min(len(ids), wsapi.MaxRevoke)
+			q.sendTo(entry, &wsapi.LeaseRevoke{Type: wsapi.TypeLeaseRevoke, LeaseIDs: ids[:n]}, entry == from)
+			ids = ids[n:]
+		}
+	}
 }
 
 // modelNames is, for each refused request, the name the cluster serves its
@@ -203,12 +258,18 @@ func (q *Queen) allHivesReportedLocked() bool {
 // entryGone withdraws the waiting requests of a node whose session ended: it
 // asks again on its next session.
 func (q *Queen) entryGone(peer string) {
+	now := time.Now()
+	var grants []scheduler.Grant
 	q.schedMu.Lock()
 	if q.sched != nil {
 		q.sched.CancelEntry(peer)
+		// Its spare leases went with its session; those it started a
+		// request on are the hive's to report.
+		grants = q.sched.DropSpares(peer, now)
 	}
 	q.schedMu.Unlock()
 	q.spans.entryGone(peer)
+	q.deliver(grants, nil, "", now)
 }
 
 // deliver sends grants and refusals to the entry nodes' sessions. A grant
@@ -307,7 +368,7 @@ func setStates(t *wsapi.HiveTelemetry, s *scheduler.Scheduler) {
 		w := &t.Workers[i]
 		var leases int
 		if s != nil {
-			leases, _ = s.WorkerLeases(t.HiveID, w.ID())
+			leases, _ = s.WorkerInUse(t.HiveID, w.ID())
 		} else {
 			leases = listed[w.ID()]
 		}

@@ -1,0 +1,186 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// countingServer is a test server that counts the connections it accepted.
+func countingServer(t *testing.T, tls bool, h http.HandlerFunc) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	if tls {
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
+	t.Cleanup(srv.Close)
+	return srv, &conns
+}
+
+func post(t *testing.T, c *http.Client, ctx context.Context, url, body string) (*http.Response, error) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader([]byte(body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Do(req)
+}
+
+func echo(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	fmt.Fprintf(w, "%s %s", r.Method, b)
+}
+
+func TestSyncTransport_KeepsConnectionsAlive(t *testing.T) {
+	for _, tls := range []bool{false, true} {
+		t.Run(fmt.Sprint("tls=", tls), func(t *testing.T) {
+			srv, conns := countingServer(t, tls, echo)
+			var cfg = srv.Client().Transport.(*http.Transport).TLSClientConfig
+			tr := newSyncTransport(cfg, http.DefaultTransport)
+			defer tr.CloseIdleConnections()
+			c := &http.Client{Transport: tr}
+			for i := range 5 {
+				resp, err := post(t, c, context.Background(), srv.URL+"/x", fmt.Sprint("hi", i))
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if string(b) != fmt.Sprint("POST hi", i) {
+					t.Fatalf("answer %q", b)
+				}
+			}
+			if n := conns.Load(); n != 1 {
+				t.Fatalf("%d connections for 5 requests in a row, want 1", n)
+			}
+		})
+	}
+}
+
+func TestSyncTransport_ServerClosedIdleConnection(t *testing.T) {
+	srv, conns := countingServer(t, false, echo)
+	tr := newSyncTransport(nil, http.DefaultTransport)
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	for i := range 3 {
+		resp, err := post(t, c, context.Background(), srv.URL, "again")
+		if err != nil {
+			t.Fatalf("request %d after the server closed the idle connection: %v", i, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "POST again" {
+			t.Fatalf("answer %q: the body was not sent again whole", b)
+		}
+		srv.CloseClientConnections()
+	}
+	if n := conns.Load(); n != 3 {
+		t.Fatalf("%d connections, want 3", n)
+	}
+}
+
+func TestSyncTransport_StreamsAndStopsWhenCancelled(t *testing.T) {
+	release := make(chan struct{})
+	srv, conns := countingServer(t, false, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range 3 {
+			fmt.Fprintf(w, "data: %d\n\n", i)
+			w.(http.Flusher).Flush()
+		}
+		if r.URL.Path == "/hang" {
+			select {
+			case <-release:
+			case <-r.Context().Done():
+			}
+		}
+	})
+	defer close(release)
+	tr := newSyncTransport(nil, http.DefaultTransport)
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	resp, err := post(t, c, context.Background(), srv.URL+"/done", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(b) != "data: 0\n\ndata: 1\n\ndata: 2\n\n" || resp.TransferEncoding == nil {
+		t.Fatalf("chunked stream read as %q (%v)", b, resp.TransferEncoding)
+	}
+	// A stream whose client goes away: the read in progress ends.
+	ctx, cancel := context.WithCancel(context.Background())
+	resp, err = post(t, c, ctx, srv.URL+"/hang", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	if n, err := io.ReadAtLeast(resp.Body, buf, len("data: 0\n\ndata: 1\n\ndata: 2\n\n")); err != nil {
+		t.Fatalf("read %q: %v", buf[:n], err)
+	}
+	time.AfterFunc(20*time.Millisecond, cancel)
+	_, err = resp.Body.Read(buf)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("read after cancel: %v, want context.Canceled", err)
+	}
+	resp.Body.Close()
+	// That connection is not used again; an early Close closes one too.
+	resp, err = post(t, c, context.Background(), srv.URL+"/done", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	resp, err = post(t, c, context.Background(), srv.URL+"/done", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if n := conns.Load(); n != 3 {
+		t.Fatalf("%d connections, want 3 (a new one after a cancel and after an early close)", n)
+	}
+}
+
+func TestSyncTransport_ConnectionCloseIsNotKept(t *testing.T) {
+	srv, conns := countingServer(t, false, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		io.WriteString(w, "bye")
+	})
+	tr := newSyncTransport(nil, http.DefaultTransport)
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	for range 2 {
+		resp, err := post(t, c, context.Background(), srv.URL, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "bye" {
+			t.Fatalf("answer %q", b)
+		}
+	}
+	if n := conns.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2", n)
+	}
+	// Nothing listening: the error says so, at once.
+	if _, err := post(t, c, context.Background(), "http://127.0.0.1:1/", ""); err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("error %v, want connection refused", err)
+	}
+}

@@ -1,0 +1,192 @@
+package scheduler
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Spare leases: an entry node holds a few leases granted ahead of its
+// clients' requests, and starts a request on one without asking the queen:
+// for a short request, the round trip to the queen is most of what routing
+// it costs. They are lent only while nothing of the model waits, never
+// from a worker's last free slot, and only for a model whose requests are
+// short (StandbyBelow); as soon as a request of the model has to wait,
+// those not yet used are taken back (Revokes), so they never hold a slot
+// from a waiting request for more than the revoke's round trip.
+
+// maxSparesPerAsk bounds one ask's grants (wsapi.MaxSpares).
+const maxSparesPerAsk = 64
+
+// Spare grants up to n spare leases for requests like r (its model and
+// tenant; r.ID names the ask): none when r may not use one (caps, a batch
+// class, a worker of its own, places to avoid, a conversation), when a
+// request of its model waits, or when its model's requests take long or
+// have not been timed yet.
+func (s *Scheduler) Spare(r Request, n int, now time.Time) []Grant {
+	n = min(n, maxSparesPerAsk)
+	if n <= 0 || r.MaxConcurrent > 0 || r.PerMinute > 0 || classOf(r.Class) != ClassInteractive || r.pin() != "" ||
+		len(r.Avoid) > 0 || len(r.Elsewhere) > 0 || r.Conversation != "" {
+		return nil
+	}
+	key := RequestKey(r.Model)
+	if svc := s.service[key]; svc <= 0 || svc >= s.cfg.StandbyBelow || s.waitsFor(key, now) {
+		return nil
+	}
+	var grants []Grant
+	for i := range n {
+		w := s.pick(key, r, now)
+		// The last free slot stays for a request from elsewhere,
+		// which would otherwise wait for a revoke.
+		if w == nil || w.leases+2 > w.Slots {
+			break
+		}
+		sr := r
+		sr.ID = r.ID + "." + strconv.Itoa(i)
+		g := s.grant(w, sr, now)
+		l := s.leases[g.Lease.ID]
+		l.Spare, l.spareKey = true, key
+		g.Lease.Spare = true
+		if s.spares == nil {
+			s.spares = make(map[string]*Lease)
+		}
+		s.spares[l.ID] = l
+		grants = append(grants, g)
+	}
+	return grants
+}
+
+// waitsFor reports whether a request of key waits: in its model's queue, or
+// for one of its workers alone.
+func (s *Scheduler) waitsFor(key string, now time.Time) bool {
+	if q := s.queues[key]; q != nil && q.head(now, s.cfg.AgingAfter) != nil {
+		return true
+	}
+	for _, w := range s.byKey[key] {
+		if s.pinned[w.id].head(now, s.cfg.AgingAfter) != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// revokeFor asks for the spare leases of key back: a request of the model
+// waits. Those in the entry nodes' pools come back at once, those in use
+// when their requests end.
+func (s *Scheduler) revokeFor(key string) {
+	for _, l := range s.spares {
+		if l.spareKey == key {
+			s.revoke(l)
+		}
+	}
+}
+
+func (s *Scheduler) revoke(l *Lease) {
+	if l.revoked || l.orphan {
+		return
+	}
+	l.revoked = true
+	if s.revokes == nil {
+		s.revokes = make(map[string][]string)
+	}
+	s.revokes[l.Entry] = append(s.revokes[l.Entry], l.ID)
+}
+
+// idleSpares counts w's spare leases that its hive's last report listed
+// no use of: idle in an entry node's pool, as far as the queen knows.
+func (s *Scheduler) idleSpares(w *worker) int {
+	n := 0
+	for _, l := range s.spares {
+		if !l.listed && l.Hive == w.Hive && l.Worker == w.Name {
+			n++
+		}
+	}
+	return n
+}
+
+// spareBase returns the spare lease a use id names (wsapi.SpareLeaseOf:
+// the lease id, a slash and a number), false for any other id.
+func spareBase(id string) (string, bool) {
+	i := strings.LastIndexByte(id, '/')
+	if i <= 0 || i == len(id)-1 {
+		return "", false
+	}
+	return id[:i], true
+}
+
+// Revokes returns, by entry node, the spare leases to take back since the
+// last call, and forgets them.
+func (s *Scheduler) Revokes() map[string][]string {
+	r := s.revokes
+	s.revokes = nil
+	for _, ids := range r {
+		slices.Sort(ids)
+	}
+	return r
+}
+
+// SpareUse is what an entry node says of a spare lease it releases.
+type SpareUse struct {
+	// Unused: it goes back without having served a request.
+	Unused bool
+	// Ran is how long its request ran; Conversation the conversation
+	// the request continued, "" none.
+	Ran          time.Duration
+	Conversation string
+}
+
+// ReleaseSpare is Release for a lease released with what its entry node
+// says of it: a spare lease's service time is its request's, not the time
+// it waited at the entry node, and its conversation's next turn goes back
+// to its worker. For any other lease it is Release.
+func (s *Scheduler) ReleaseSpare(leaseID string, u SpareUse, now time.Time) []Grant {
+	l := s.leases[leaseID]
+	if l == nil || !l.Spare {
+		return s.Release(leaseID, now)
+	}
+	s.dropLease(l)
+	w := s.byHive[l.Hive][l.Worker]
+	if w == nil {
+		return nil
+	}
+	if !u.Unused {
+		s.noteService(w, u.Ran)
+		s.slotFreed(w, now)
+		if u.Conversation != "" {
+			s.rememberConversation(u.Conversation, w.id)
+		}
+	}
+	return s.freed(w, now)
+}
+
+// DropSpares takes back the spare leases of entry: its session ended, and
+// the pool it held them in went with it. One its hive lists in use goes
+// when the hive no longer does.
+func (s *Scheduler) DropSpares(entry string, now time.Time) []Grant {
+	var grants []Grant
+	for _, l := range s.spares {
+		if l.Entry != entry {
+			continue
+		}
+		if l.listed {
+			l.orphan = true
+			continue
+		}
+		s.dropLease(l)
+		if w := s.byHive[l.Hive][l.Worker]; w != nil {
+			grants = append(grants, s.freed(w, now)...)
+		}
+	}
+	return grants
+}
+
+// freed takes one lease off w and grants the slot to what waits.
+func (s *Scheduler) freed(w *worker, now time.Time) []Grant {
+	if w.leases > 0 {
+		w.leases--
+		w.lastEnd = now
+		s.reindex(w)
+	}
+	return s.fill(w, now, nil, true)
+}

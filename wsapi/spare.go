@@ -1,0 +1,93 @@
+package wsapi
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Spare leases: an entry node asks the queen, ahead of its clients'
+// requests, for a few leases on free slots of a model's workers, and starts
+// a request on one of them without the round trip to the queen. The queen
+// grants them only while nothing waits for the model and a slot stays free
+// beside them, and takes back (lease_revoke) those not yet used as soon as a
+// request has to wait; a spare lease not used within a second goes back.
+const (
+	TypeLeaseSpareRequest = "lease_spare_request"
+	TypeLeaseSpares       = "lease_spares"
+	TypeLeaseRevoke       = "lease_revoke"
+)
+
+// MaxSpares bounds the spare leases of one ask, and so of one answer.
+const MaxSpares = 64
+
+// MaxRevoke bounds the lease ids of one lease_revoke.
+const MaxRevoke = 1024
+
+// LeaseSpareRequest asks for up to Count spare leases for requests of Model
+// by the tenant Key (omitted without one), whose Weight is that of the
+// requests that will use them. A request with caps, a priority below
+// interactive, a preferred worker or places to avoid never uses one.
+type LeaseSpareRequest struct {
+	Type      string  `json:"type"`
+	RequestID string  `json:"request_id"`
+	Model     string  `json:"model"`
+	Count     int     `json:"count"`
+	Key       string  `json:"key,omitempty"`
+	Weight    float64 `json:"weight,omitempty"`
+}
+
+// LeaseSpares answers a LeaseSpareRequest: the leases granted, none when
+// the model's requests wait or no worker has room beside them.
+type LeaseSpares struct {
+	Type      string       `json:"type"`
+	RequestID string       `json:"request_id"`
+	Grants    []LeaseGrant `json:"grants,omitempty"`
+}
+
+// LeaseRevoke takes back spare leases: the entry node releases those it has
+// not used yet (lease_release with unused) and ignores the others.
+type LeaseRevoke struct {
+	Type     string   `json:"type"`
+	LeaseIDs []string `json:"lease_ids"`
+}
+
+// Validate checks a spare lease request from a peer.
+func (m *LeaseSpareRequest) Validate() error {
+	if err := checkText("request_id", m.RequestID, maxFieldLen); err != nil || m.RequestID == "" {
+		return fmt.Errorf("%w: request_id must be 1-%d bytes of text", ErrInvalid, maxFieldLen)
+	}
+	if err := checkText("model", m.Model, maxModelLen); err != nil || m.Model == "" {
+		return fmt.Errorf("%w: model must be 1-%d bytes of text", ErrInvalid, maxModelLen)
+	}
+	if m.Count < 1 || m.Count > MaxSpares {
+		return fmt.Errorf("%w: count %d outside 1..%d", ErrInvalid, m.Count, MaxSpares)
+	}
+	if err := checkText("key", m.Key, maxFieldLen); err != nil {
+		return err
+	}
+	if m.Weight < 0 || m.Weight > 1000 || m.Weight != m.Weight {
+		return fmt.Errorf("%w: weight out of range", ErrInvalid)
+	}
+	return nil
+}
+
+// A spare lease serves one request after another at its entry node, each
+// under its own id: the lease's id, a slash, and a number (SpareUseID).
+// Hives serve and report each use under that id, and the queen counts it
+// against the lease; a hive never releases a use (its entry node returns
+// the lease to its pool, or releases the lease itself). Lease ids never
+// hold a slash otherwise: node names cannot.
+
+// SpareUseID is the id of use n of spare lease id.
+func SpareUseID(id string, n uint64) string { return id + "/" + strconv.FormatUint(n, 36) }
+
+// SpareLeaseOf returns the spare lease whose use id names, false when id
+// names no use of one.
+func SpareLeaseOf(id string) (string, bool) {
+	i := strings.LastIndexByte(id, '/')
+	if i <= 0 || i == len(id)-1 {
+		return "", false
+	}
+	return id[:i], true
+}
