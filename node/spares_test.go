@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http/httptest"
 	"sync"
@@ -112,4 +113,79 @@ func TestRoute_SpareLeases(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestRoute_SpareLeasesKeepConversationsOnTheirWorker: a conversation's
+// first turn starts on a spare lease through one entry node, which the
+// queen did not grant; its second turn, through another node, still goes
+// to the worker that served the first (prefix affinity).
+func TestRoute_SpareLeasesKeepConversationsOnTheirWorker(t *testing.T) {
+	ca, simsA := simWorkers(t, 1, 4)
+	cb, simsB := simWorkers(t, 1, 4)
+	_, b, entry := routeCluster(t, ca, cb)
+	sims := append(simsA, simsB...)
+	ctx := context.Background()
+	send := func(n *nodetest.Node, body string) int {
+		t.Helper()
+		before := make([]int64, len(sims))
+		for i, s := range sims {
+			before[i] = s.Stats().Served
+		}
+		r, err := post(ctx, n.HTTPAddr(), api.PathChat, body)
+		if err == nil && r.status != 200 {
+			err = fmt.Errorf("status %d: %s", r.status, r.body)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		served := -1
+		testutil.Eventually(t, 5*time.Second, "the turn counted", func() error {
+			for i, s := range sims {
+				if s.Stats().Served > before[i] {
+					served = i
+					return nil
+				}
+			}
+			return errors.New("no simulator counted it yet")
+		})
+		return served
+	}
+	used := func(n *nodetest.Node) float64 {
+		return metricValue(t, scrape(t, n), `rbee_lease_spares_total{outcome="used"}`)
+	}
+	for _, n := range []*nodetest.Node{entry, b} {
+		testutil.Eventually(t, 10*time.Second, "requests start on spare leases", func() error {
+			before := used(n)
+			for range 10 {
+				send(n, chat("m", false))
+			}
+			if u := used(n) - before; u < 9 {
+				return fmt.Errorf("%v of 10 requests started on a spare lease", u)
+			}
+			return nil
+		})
+	}
+	const convs = 20
+	same, onSpare := 0, 0
+	for i := range convs {
+		q := fmt.Sprintf("question %d", i)
+		turn1 := fmt.Sprintf(`{"model":"m","messages":[{"role":"user","content":%q}]}`, q)
+		turn2 := fmt.Sprintf(`{"model":"m","messages":[{"role":"user","content":%q},{"role":"assistant","content":"a"},{"role":"user","content":"and?"}]}`, q)
+		u := used(entry)
+		first := send(entry, turn1)
+		if used(entry) > u {
+			onSpare++
+		}
+		if send(b, turn2) == first {
+			same++
+		}
+	}
+	t.Logf("%d of %d first turns on a spare lease; %d of %d second turns, through another node, on the first turn's worker", onSpare, convs, same, convs)
+	if onSpare < convs-2 {
+		t.Fatalf("%d of %d first turns started on a spare lease: the test does not exercise them", onSpare, convs)
+	}
+	// Two workers: by chance, half would be.
+	if same < convs-2 {
+		t.Fatalf("%d of %d second turns reached the first turn's worker", same, convs)
+	}
 }

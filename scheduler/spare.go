@@ -36,10 +36,8 @@ func (s *Scheduler) Spare(r Request, n int, now time.Time) []Grant {
 	}
 	var grants []Grant
 	for i := range n {
-		w := s.pick(key, r, now)
-		// The last free slot stays for a request from elsewhere,
-		// which would otherwise wait for a revoke.
-		if w == nil || w.leases+2 > w.Slots {
+		w := s.pickSpare(key, r, now)
+		if w == nil {
 			break
 		}
 		sr := r
@@ -55,6 +53,20 @@ func (s *Scheduler) Spare(r Request, n int, now time.Time) []Grant {
 		grants = append(grants, g)
 	}
 	return grants
+}
+
+// pickSpare is the best worker of key that may take r with two slots free
+// or more: the last free slot stays for a request from elsewhere, which
+// would otherwise wait for a revoke. A scan: spare leases are asked for
+// when a pool runs dry, not per request.
+func (s *Scheduler) pickSpare(key string, r Request, now time.Time) *worker {
+	var best *worker
+	for _, w := range s.byKey[key] {
+		if w.Slots-w.leases >= 2 && s.eligible(w, r, key, now) && (best == nil || better(w, best)) {
+			best = w
+		}
+	}
+	return best
 }
 
 // waitsFor reports whether a request of key waits: in its model's queue, or
@@ -91,6 +103,15 @@ func (s *Scheduler) revoke(l *Lease) {
 		s.revokes = make(map[string][]string)
 	}
 	s.revokes[l.Entry] = append(s.revokes[l.Entry], l.ID)
+}
+
+// NoteConversation records that conv's last turn went to worker id
+// (hive/group/instance) on a spare lease, which the scheduler did not
+// grant: its next turn goes there. A worker it does not know is skipped.
+func (s *Scheduler) NoteConversation(conv, id string) {
+	if s.workers[id] != nil {
+		s.rememberConversation(conv, id)
+	}
 }
 
 // idleSpares counts w's spare leases that its hive's last report listed

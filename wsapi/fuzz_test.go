@@ -33,6 +33,7 @@ func FuzzDecode(f *testing.F) {
 		LeaseSpares{Type: TypeLeaseSpares, RequestID: "e.s1", Grants: []LeaseGrant{{Type: TypeLeaseGrant, RequestID: "e.s1.0", LeaseID: "q.7",
 			Hive: "h", HiveAddr: "127.0.0.1:7833", Worker: "llm/8080", Model: "m", Term: 2, Spare: true}}},
 		LeaseRevoke{Type: TypeLeaseRevoke, LeaseIDs: []string{"q.7", "q.8"}},
+		Conversations{Type: TypeConversations, Turns: []ConversationWhere{{Conversation: "c9f2", Hive: "h", Worker: "llm/8080"}}},
 		LeaseGrant{Type: TypeLeaseGrant, RequestID: "e.1", LeaseID: "q.1", Hive: "h", HiveAddr: "127.0.0.1:7833", Worker: "llm/8080", Model: "m"},
 		LeaseError{Type: TypeLeaseError, RequestID: "e.1", Status: 429, ErrorType: "rate_limit_exceeded", Message: "full", RetryAfterMS: 1000},
 		ModelStart{Type: TypeModelStart, StartID: "q.s1", Model: "qwen2.5-7b", GPUs: []int{1}, Evict: []string{"41234"}, VRAMMB: 9000, Term: 3},
@@ -90,6 +91,8 @@ func FuzzDecode(f *testing.F) {
 		case *LeaseRelease:
 			verr = m.Validate()
 		case *LeaseSpareRequest:
+			verr = m.Validate()
+		case *Conversations:
 			verr = m.Validate()
 		case *ModelStart:
 			verr = m.Validate()

@@ -321,6 +321,9 @@ func Decode(data []byte) (any, error) {
 	case TypeLeaseRevoke:
 		m := new(LeaseRevoke)
 		msg, got = m, &m.Type
+	case TypeConversations:
+		m := new(Conversations)
+		msg, got = m, &m.Type
 	case TypeModelStart:
 		m := new(ModelStart)
 		msg, got = m, &m.Type

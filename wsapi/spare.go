@@ -91,3 +91,42 @@ func SpareLeaseOf(id string) (string, bool) {
 	}
 	return id[:i], true
 }
+
+// TypeConversations: where conversations went on spare leases.
+const TypeConversations = "conversations"
+
+// MaxConversations bounds the entries of one Conversations message.
+const MaxConversations = 1024
+
+// Conversations tells the queen which worker served the last turn of each
+// conversation that ran on a spare lease: the queen did not grant those
+// turns, and a conversation's next turn, through whatever entry node, goes
+// back to the worker that holds its prompt (prefix affinity).
+type Conversations struct {
+	Type  string              `json:"type"`
+	Turns []ConversationWhere `json:"turns"`
+}
+
+// ConversationWhere is one conversation and the worker (group/instance on
+// Hive) its last turn went to.
+type ConversationWhere struct {
+	Conversation string `json:"conversation"`
+	Hive         string `json:"hive"`
+	Worker       string `json:"worker"`
+}
+
+// Validate checks a conversations message from a peer.
+func (m *Conversations) Validate() error {
+	if len(m.Turns) > MaxConversations {
+		return fmt.Errorf("%w: %d conversations, at most %d", ErrInvalid, len(m.Turns), MaxConversations)
+	}
+	for _, c := range m.Turns {
+		if err := checkText("conversation", c.Conversation, maxFieldLen); err != nil || c.Conversation == "" {
+			return fmt.Errorf("%w: conversation must be 1-%d bytes of text", ErrInvalid, maxFieldLen)
+		}
+		if err := ValidPlacement(c.Hive, c.Worker); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -33,6 +33,7 @@ type admission struct {
 	previousID string
 	on         Placement
 	conv       string // the conversation, for prefix affinity
+	firstTurn  bool   // and the request is its first turn
 }
 
 // admit decides whether and how the entry node may serve r: its body fits
@@ -86,7 +87,7 @@ func (p *Proxy) admit(w http.ResponseWriter, r *http.Request) (a admission, ok b
 	a.clientBody = body
 	a.body, a.stripUsage = askUsage(r.URL.Path, &head, body)
 	a.previousID, a.on = head.PreviousResponseID, p.previousWorker(head.PreviousResponseID)
-	a.conv = conversation(r, &head, a.tenant.Scope())
+	a.conv, a.firstTurn = conversationOf(r, &head, a.tenant.Scope())
 	return a, true
 }
 

@@ -31,36 +31,48 @@ const conversationBytes = 1024
 // hash also bounds the name, however long the header, to what a lease
 // request may carry.
 func conversation(r *http.Request, head *requestHead, tenant string) string {
-	kind, name := conversationName(r, head)
+	c, _ := conversationOf(r, head, tenant)
+	return c
+}
+
+// conversationOf is conversation, and whether the request is the
+// conversation's first turn: a chat's messages up to its first user
+// message and no further, or a prompt or input (whose next turn cannot be
+// told from a new request). A session id or user names a conversation that
+// may have had turns before.
+func conversationOf(r *http.Request, head *requestHead, tenant string) (string, bool) {
+	kind, name, first := conversationName(r, head)
 	if kind == "" {
-		return ""
+		return "", false
 	}
 	h := sha256.New()
 	h.Write([]byte(tenant))
 	h.Write([]byte{0}) // no tenant name holds a NUL: "ab"+"c" is not "a"+"bc"
 	h.Write(name)
-	return kind + ":" + hex.EncodeToString(h.Sum(nil)[:16])
+	return kind + ":" + hex.EncodeToString(h.Sum(nil)[:16]), first
 }
 
 // conversationName is what names a request's conversation, and its kind:
 // "s" (a session id), "u" (a user) or "h" (the conversation's start).
-func conversationName(r *http.Request, head *requestHead) (kind string, name []byte) {
+func conversationName(r *http.Request, head *requestHead) (kind string, name []byte, first bool) {
 	if s := r.Header.Get(HeaderSessionID); s != "" {
-		return "s", []byte(s)
+		return "s", []byte(s), false
 	}
 	if u, ok := head.User.(string); ok && u != "" {
-		return "u", []byte(u)
+		return "u", []byte(u), false
 	}
 	var start []byte
 	var msgs []jsontext.Value
 	if head.Messages.Kind() == '[' {
 		_ = jsonv2.Unmarshal(head.Messages, &msgs)
 	}
+	first = true
 	switch {
 	case len(msgs) > 0:
-		for _, m := range msgs {
+		for i, m := range msgs {
 			start = append(start, m...)
 			if len(start) >= conversationBytes || isUserMessage(m) {
+				first = i == len(msgs)-1
 				break
 			}
 		}
@@ -70,9 +82,9 @@ func conversationName(r *http.Request, head *requestHead) (kind string, name []b
 		start = head.Input
 	}
 	if len(start) == 0 {
-		return "", nil
+		return "", nil, false
 	}
-	return "h", start[:min(len(start), conversationBytes)]
+	return "h", start[:min(len(start), conversationBytes)], first
 }
 
 // isUserMessage reports whether a chat message's role is "user".

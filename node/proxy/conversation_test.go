@@ -24,6 +24,21 @@ func TestConversation(t *testing.T) {
 	if a, b := key("bob", turn1, ""), key("bob", turn2, ""); a == "" || a != b {
 		t.Fatalf("two turns of one chat: %q %q, want one key", a, b)
 	}
+	first := func(body, id string) bool {
+		r := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(body))
+		if id != "" {
+			r.Header.Set(HeaderSessionID, id)
+		}
+		h, err := readHead("application/json", []byte(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, f := conversationOf(r, &h, "bob")
+		return f
+	}
+	if !first(turn1, "") || first(turn2, "") || first(turn1, "s1") {
+		t.Fatalf("first turn: %v %v %v, want true for a chat's start, false for a later turn and for a session", first(turn1, ""), first(turn2, ""), first(turn1, "s1"))
+	}
 	if key("bob", turn1, "") == key("bob", other, "") {
 		t.Fatal("two chats share a key")
 	}

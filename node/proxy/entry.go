@@ -177,7 +177,7 @@ func (p *Proxy) askLease(w http.ResponseWriter, r *http.Request, a *admission, o
 	if ka != nil {
 		onWait = ka.start(waitStart)
 	}
-	ask := Ask{Model: a.model, On: on, Wait: p.cfg.QueueTimeout, OnWait: onWait, Tenant: a.tenant, Arrived: a.start, Conversation: a.conv, Avoid: rp.avoid, Elsewhere: rp.elsewhere, Trace: tp}
+	ask := Ask{Model: a.model, On: on, Wait: p.cfg.QueueTimeout, OnWait: onWait, Tenant: a.tenant, Arrived: a.start, Conversation: a.conv, FirstTurn: a.firstTurn, Avoid: rp.avoid, Elsewhere: rp.elsewhere, Trace: tp}
 	g, lerr, err := p.leases.Ask(r.Context(), ask)
 	if err == nil && lerr != nil && lerr.ErrorType == ErrTypeQueenUnreachable {
 		if ka != nil {

@@ -235,8 +235,11 @@ type Ask struct {
 	// client's request reached this node (zero: now).
 	Tenant  *tenants.Tenant
 	Arrived time.Time
-	// Conversation names the conversation, for prefix affinity.
+	// Conversation names the conversation, for prefix affinity;
+	// FirstTurn says the request is its first turn, which any worker
+	// may serve (spares.go).
 	Conversation string
+	FirstTurn    bool
 	// Patient waits for a session even while this node is stranded: no
 	// peer could take the request, so the queen may be gone for everyone
 	// and the next one is worth waiting for.

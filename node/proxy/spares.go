@@ -53,8 +53,8 @@ type spareClass struct {
 type sparePool struct {
 	grants []heldSpare // idle, oldest first
 	// held counts this session's leases of the pool, idle and in use;
-	// want is how many to ask for when it runs dry, one more each time
-	// a request finds it so, one fewer each time one goes back unused.
+	// want is how many to ask for when it runs dry, twice as many each
+	// time, one fewer each time one goes back unused.
 	held    int
 	want    int
 	asking  string // the ask in flight, "" none
@@ -137,25 +137,36 @@ func (lc *LeaseClient) takeSpare(a *Ask) *wsapi.LeaseGrant {
 	pool.used = now
 	var where string
 	if a.Conversation != "" {
-		where = lc.convs[a.Conversation]
+		// A later turn of a conversation this node has not served
+		// asks the queen, which knows where the earlier ones went.
+		if where = lc.convs[a.Conversation]; where == "" && !a.FirstTurn {
+			lc.mu.Unlock()
+			lc.stats.missed.Add(1)
+			return nil
+		}
 	}
 	var g *wsapi.LeaseGrant
-	for i, h := range pool.grants {
-		if now.Sub(h.at) >= lc.spareTTL {
-			continue // the sweep gives it back
+	var expired []string
+	kept := pool.grants[:0]
+	for _, h := range pool.grants {
+		switch {
+		case now.Sub(h.at) >= lc.spareTTL:
+			expired = append(expired, h.g.LeaseID) // as the sweep would
+			pool.want = max(pool.want-1, 1)
+			pool.held--
+		case g == nil && (where == "" || where == h.g.Hive+"/"+h.g.Worker):
+			g = h.g
+		default:
+			kept = append(kept, h)
 		}
-		if where != "" && where != h.g.Hive+"/"+h.g.Worker {
-			continue
-		}
-		g = h.g
-		pool.grants = slices.Delete(pool.grants, i, i+1)
-		break
 	}
+	clear(pool.grants[len(kept):])
+	pool.grants = kept
 	var ask *wsapi.LeaseSpareRequest
+	var notes *wsapi.Conversations
 	if g == nil && len(pool.grants) == 0 {
 		// Empty when asked: ask for more. (A lease in use comes back
 		// when its request ends: taking the last one asks for none.)
-		pool.want = min(pool.want+1, lc.spareMax)
 		ask = lc.askSparesLocked(cls, pool, now)
 	}
 	u := lc.up
@@ -168,14 +179,23 @@ func (lc *LeaseClient) takeSpare(a *Ask) *wsapi.LeaseGrant {
 		cp.RequestID = lc.prefix + strconv.FormatUint(seq, 36)
 		cp.LeaseID = wsapi.SpareUseID(g.LeaseID, seq)
 		lc.claimed[cp.LeaseID] = &claim{g: g, cls: cls, at: now, conv: a.Conversation, gen: lc.gen}
-		if a.Conversation != "" {
-			lc.noteConvLocked(a.Conversation, g)
+		if a.Conversation != "" && lc.noteConvLocked(a.Conversation, g) {
+			// The queen did not grant this turn: it learns where
+			// the conversation went, for its next turn through
+			// another node.
+			notes = &wsapi.Conversations{Type: wsapi.TypeConversations,
+				Turns: []wsapi.ConversationWhere{{Conversation: a.Conversation, Hive: g.Hive, Worker: g.Worker}}}
 		}
 		g = &cp
 	}
 	lc.mu.Unlock()
+	lc.stats.unused.Add(uint64(len(expired)))
+	lc.giveBack(u, expired)
 	if ask != nil {
 		queue(u, ask)
+	}
+	if notes != nil {
+		queue(u, notes)
 	}
 	if g != nil {
 		lc.stats.used.Add(1)
@@ -198,8 +218,15 @@ func (lc *LeaseClient) askSparesLocked(cls spareClass, pool *sparePool, now time
 		delete(lc.asks, pool.asking)
 		pool.asking = ""
 	}
-	n := min(pool.want, lc.spareMax-pool.held, wsapi.MaxSpares)
-	if n <= 0 || now.Before(pool.quiet) {
+	if now.Before(pool.quiet) {
+		return nil
+	}
+	// Twice as many as the last time it ran dry: a pool that keeps
+	// running dry under a burst holds what the burst needs within a few
+	// round trips, one that ran dry once holds one more.
+	pool.want = min(max(2*pool.want, 1), lc.spareMax)
+	n := min(pool.want-len(pool.grants), lc.spareMax-pool.held, wsapi.MaxSpares)
+	if n <= 0 {
 		return nil
 	}
 	id := lc.prefix + "s" + strconv.FormatUint(lc.seq.Add(1), 36)
@@ -224,16 +251,19 @@ func (lc *LeaseClient) dropIdlePoolsLocked(now time.Time) bool {
 }
 
 // noteConvLocked remembers where conv's last turn went, so that its next
-// turn takes a spare lease only there.
-func (lc *LeaseClient) noteConvLocked(conv string, g *wsapi.LeaseGrant) {
-	if _, ok := lc.convs[conv]; !ok {
+// turn takes a spare lease only there, and reports whether that is news.
+func (lc *LeaseClient) noteConvLocked(conv string, g *wsapi.LeaseGrant) bool {
+	where := g.Hive + "/" + g.Worker
+	old, ok := lc.convs[conv]
+	if !ok {
 		if old := lc.convRing[lc.convNext]; old != "" {
 			delete(lc.convs, old)
 		}
 		lc.convRing[lc.convNext] = conv
 		lc.convNext = (lc.convNext + 1) % len(lc.convRing)
 	}
-	lc.convs[conv] = g.Hive + "/" + g.Worker
+	lc.convs[conv] = where
+	return old != where
 }
 
 // noteGrant learns from a grant the queen made for a request where its

@@ -152,7 +152,12 @@ func TestSpares_AConversationStaysOnItsWorker(t *testing.T) {
 	if g := lc.takeSpare(&Ask{Model: "m", Conversation: "c-old"}); g != nil {
 		t.Fatalf("a turn of a conversation on g/2 took %+v", g)
 	}
-	g := lc.takeSpare(&Ask{Model: "m", Conversation: "c-new"})
+	// A later turn of a conversation this node never served asks the
+	// queen, which knows where the earlier turns went.
+	if g := lc.takeSpare(&Ask{Model: "m", Conversation: "c-elsewhere"}); g != nil {
+		t.Fatalf("a later turn of a conversation new to this node took %+v", g)
+	}
+	g := lc.takeSpare(&Ask{Model: "m", Conversation: "c-new", FirstTurn: true})
 	if g == nil || g.Worker != "g/1" {
 		t.Fatalf("a new conversation got %+v, want the lease on g/1", g)
 	}
@@ -261,4 +266,24 @@ func TestSpares_ANewSessionDropsThePool(t *testing.T) {
 		}
 	}
 	t.Fatalf("the old session's lease was not released: %v", second.messages())
+}
+
+func TestSpares_TheQueenLearnsWhereConversationsWent(t *testing.T) {
+	lc, u := spareClient(t, "s1")
+	lc.spareTTL = 20 * time.Millisecond
+	g := lc.takeSpare(&Ask{Model: "m", Conversation: "c1", FirstTurn: true})
+	if g == nil {
+		t.Fatal("no spare lease")
+	}
+	lc.Release(g.LeaseID)
+	testutil.Eventually(t, 5*time.Second, "the queen told where c1 went", func() error {
+		for _, m := range sent[*wsapi.Conversations](u) {
+			for _, c := range m.Turns {
+				if c.Conversation == "c1" && c.Hive == "h" && c.Worker == "g/1" {
+					return nil
+				}
+			}
+		}
+		return errors.New("not yet")
+	})
 }

@@ -136,6 +136,10 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 	case *wsapi.LeaseRelease:
 		grants = s.ReleaseSpare(m.LeaseID, scheduler.SpareUse{Unused: m.Unused, Ran: time.Duration(m.RanUS) * time.Microsecond,
 			Conversation: m.Conversation}, now)
+	case *wsapi.Conversations:
+		for _, c := range m.Turns {
+			s.NoteConversation(c.Conversation, c.Hive+"/"+c.Worker)
+		}
 	case *wsapi.LeaseSpareRequest:
 		spares = s.Spare(scheduler.Request{ID: m.RequestID, Entry: peer, Model: m.Model, Key: m.Key, Weight: m.Weight}, m.Count, now)
 	}
