@@ -103,6 +103,11 @@ func (mc *migCluster) startSim(t testing.TB, name string) (*proc, string) {
 			if p.Exited() {
 				return errExited
 			}
+			// Its own word that it listens: another process that took
+			// the port first (a parallel test's) answers /health too.
+			if !strings.Contains(p.log(), "simulated worker listening") {
+				return errors.New("not listening yet")
+			}
 			resp, err := http.Get(addr + "/health")
 			if err != nil {
 				return err
