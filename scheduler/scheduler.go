@@ -165,5 +165,6 @@ func New(cfg Config) *Scheduler {
 // queen waits a telemetry round before it answers "unknown model".
 func (s *Scheduler) SetWarm(warm bool) { s.warm = warm }
 
-// Granted counts the leases granted so far.
+// Granted counts the leases granted so far, and the requests entry nodes
+// said they started on spare leases (NoteUses), which are not among them.
 func (s *Scheduler) Granted() uint64 { return s.granted }

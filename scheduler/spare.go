@@ -114,6 +114,14 @@ func (s *Scheduler) NoteConversation(conv, id string) {
 	}
 }
 
+// NoteUses counts n requests that entry nodes started on spare leases in
+// Granted: the scheduler granted none of them, and they are requests.
+func (s *Scheduler) NoteUses(n int64) {
+	if n > 0 {
+		s.granted += uint64(n)
+	}
+}
+
 // idleSpares counts w's spare leases that its hive's last report listed
 // no use of: idle in an entry node's pool, as far as the queen knows.
 func (s *Scheduler) idleSpares(w *worker) int {

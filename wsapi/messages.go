@@ -324,6 +324,9 @@ func Decode(data []byte) (any, error) {
 	case TypeConversations:
 		m := new(Conversations)
 		msg, got = m, &m.Type
+	case TypeLeaseUses:
+		m := new(LeaseUses)
+		msg, got = m, &m.Type
 	case TypeModelStart:
 		m := new(ModelStart)
 		msg, got = m, &m.Type

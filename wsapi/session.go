@@ -476,6 +476,8 @@ func (s *Session) Serve(ctx context.Context, handle func(msg any, raw []byte) er
 			err = m.Validate()
 		case *Conversations:
 			err = m.Validate()
+		case *LeaseUses:
+			err = m.Validate()
 		case *UsageReport: // usage accounting (usage.go)
 			err = m.Validate()
 		case *Migration: // migrated streams (migration.go)

@@ -130,3 +130,22 @@ func (m *Conversations) Validate() error {
 	}
 	return nil
 }
+
+// TypeLeaseUses: how many requests ran on spare leases.
+const TypeLeaseUses = "lease_uses"
+
+// LeaseUses tells the queen how many requests an entry node started on
+// spare leases since its last LeaseUses: the queen granted none of them,
+// and counts them in the cluster's requests per second.
+type LeaseUses struct {
+	Type string `json:"type"`
+	Uses int64  `json:"uses"`
+}
+
+// Validate checks a lease_uses message from a peer.
+func (m *LeaseUses) Validate() error {
+	if m.Uses < 0 || m.Uses > 1<<40 {
+		return fmt.Errorf("%w: uses %d out of range", ErrInvalid, m.Uses)
+	}
+	return nil
+}

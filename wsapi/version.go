@@ -26,9 +26,9 @@ package wsapi
 //	   model_start
 //	1: usage_report; unknown message types and fields are ignored
 //	2: migration
-//	3: lease_spare_request, lease_spares, lease_revoke, conversations
-//	   (spare.go); the uses of a spare lease ("<lease>/<n>") in
-//	   hive_telemetry
+//	3: lease_spare_request, lease_spares, lease_revoke, conversations,
+//	   lease_uses (spare.go); the uses of a spare lease ("<lease>/<n>")
+//	   in hive_telemetry
 const Revision = 3
 
 // introduced maps each message type added after revision 0 to the revision
@@ -41,6 +41,7 @@ var introduced = map[string]int{
 	TypeLeaseSpares:       3,
 	TypeLeaseRevoke:       3,
 	TypeConversations:     3,
+	TypeLeaseUses:         3,
 }
 
 // Knows reports whether a peer at revision rev reads messages of type typ.

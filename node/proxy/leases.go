@@ -63,6 +63,7 @@ type LeaseClient struct {
 	convNext int
 	sweep    *time.Timer
 	sweeping bool
+	usesTold uint64 // stats.used when the queen was last told (spares.go)
 	stats    spareStats
 }
 

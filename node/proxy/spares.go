@@ -399,9 +399,16 @@ func (lc *LeaseClient) sweepSpares() {
 		lc.armSweepLocked()
 	}
 	u := lc.up
+	uses := lc.stats.used.Load()
+	told := uses - lc.usesTold
+	lc.usesTold = uses
 	lc.mu.Unlock()
 	lc.stats.unused.Add(uint64(len(back)))
 	lc.giveBack(u, back)
+	if told > 0 && u != nil {
+		// The queen counts them in the cluster's requests per second.
+		queue(u, &wsapi.LeaseUses{Type: wsapi.TypeLeaseUses, Uses: int64(told)})
+	}
 }
 
 // dropSparesLocked forgets every pool's leases and asks: the session they

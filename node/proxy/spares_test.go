@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -285,5 +286,27 @@ func TestSpares_TheQueenLearnsWhereConversationsWent(t *testing.T) {
 			}
 		}
 		return errors.New("not yet")
+	})
+}
+
+func TestSpares_TheQueenCountsRequestsOnThem(t *testing.T) {
+	lc, u := spareClient(t, "s1")
+	lc.spareTTL = 40 * time.Millisecond
+	for range 3 {
+		g := lc.takeSpare(&Ask{Model: "m"})
+		if g == nil {
+			t.Fatal("no spare lease")
+		}
+		lc.Release(g.LeaseID)
+	}
+	testutil.Eventually(t, 5*time.Second, "the queen told of 3 uses", func() error {
+		var n int64
+		for _, m := range sent[*wsapi.LeaseUses](u) {
+			n += m.Uses
+		}
+		if n != 3 {
+			return fmt.Errorf("told of %d", n)
+		}
+		return nil
 	})
 }

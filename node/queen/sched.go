@@ -136,6 +136,8 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 	case *wsapi.LeaseRelease:
 		grants = s.ReleaseSpare(m.LeaseID, scheduler.SpareUse{Unused: m.Unused, Ran: time.Duration(m.RanUS) * time.Microsecond,
 			Conversation: m.Conversation}, now)
+	case *wsapi.LeaseUses:
+		s.NoteUses(m.Uses)
 	case *wsapi.Conversations:
 		for _, c := range m.Turns {
 			s.NoteConversation(c.Conversation, c.Hive+"/"+c.Worker)
