@@ -145,6 +145,12 @@ func (lc *LeaseClient) takeSpare(a *Ask) *wsapi.LeaseGrant {
 			return nil
 		}
 	}
+	if len(lc.claimed) >= maxClaimed {
+		// Requests whose ends were never released: a leak's bound.
+		lc.mu.Unlock()
+		lc.stats.missed.Add(1)
+		return nil
+	}
 	var g *wsapi.LeaseGrant
 	var expired []string
 	kept := pool.grants[:0]
@@ -171,9 +177,6 @@ func (lc *LeaseClient) takeSpare(a *Ask) *wsapi.LeaseGrant {
 	}
 	u := lc.up
 	if g != nil {
-		if len(lc.claimed) >= maxClaimed {
-			clear(lc.claimed) // a leak's bound: those leases are released, not reused
-		}
 		seq := lc.seq.Add(1)
 		cp := *g
 		cp.RequestID = lc.prefix + strconv.FormatUint(seq, 36)

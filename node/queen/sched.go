@@ -264,17 +264,26 @@ func (q *Queen) allHivesReportedLocked() bool {
 // entryGone withdraws the waiting requests of a node whose session ended: it
 // asks again on its next session.
 func (q *Queen) entryGone(peer string) {
+	q.schedMu.Lock()
+	if q.sched != nil {
+		q.sched.CancelEntry(peer)
+	}
+	q.schedMu.Unlock()
+	q.spans.entryGone(peer)
+	q.dropSpares(peer)
+}
+
+// dropSpares takes back the spare leases of a node whose session ended, or
+// was replaced by a newer one: the node dropped its pools with it. Those it
+// started a request on go when their hives no longer list them.
+func (q *Queen) dropSpares(peer string) {
 	now := time.Now()
 	var grants []scheduler.Grant
 	q.schedMu.Lock()
 	if q.sched != nil {
-		q.sched.CancelEntry(peer)
-		// Its spare leases went with its session; those it started a
-		// request on are the hive's to report.
 		grants = q.sched.DropSpares(peer, now)
 	}
 	q.schedMu.Unlock()
-	q.spans.entryGone(peer)
 	q.deliver(grants, nil, "", now)
 }
 

@@ -151,6 +151,12 @@ func (q *Queen) HandleSession(w http.ResponseWriter, r *http.Request) {
 		_ = s.Close(wsapi.CloseReplaced, replaced)
 		return
 	}
+	if had {
+		// The node dropped the spare leases of the session this one
+		// replaces; the old session's end will not say so (it is no
+		// longer the node's current one).
+		q.dropSpares(s.Peer)
+	}
 	wctx, stopWriter := context.WithCancel(r.Context())
 	writerDone := make(chan struct{})
 	go func() {
