@@ -217,7 +217,6 @@ func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan s
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 4)
-	go func() { errc <- n.dispatch(sctx, s, q.Name, log) }()
 	go func() { errc <- s.Keepalive(sctx) }()
 	go func() { errc <- watchAnswers(sctx, s, leases) }()
 	// Lease requests and releases go out batched (see wsapi.Outbox);
@@ -234,6 +233,10 @@ func (n *Node) uplinkOnce(ctx context.Context, q gossip.Member, changed <-chan s
 		<-errc
 	}()
 	leases.Attach(up)
+	// Only now what the queen sends is read: an answer to this node
+	// that it no longer waits for (spare leases an earlier session
+	// asked for, say) is given back on this session, not dropped.
+	go func() { errc <- n.dispatch(sctx, s, q.Name, log) }()
 
 	broke, err := n.report(ctx, sctx, s, changed, errc)
 	switch {

@@ -29,7 +29,8 @@ type Lease struct {
 	// Spare: granted ahead of any request (spare.go), for requests of
 	// spareKey; revoked once the entry node was asked to give it back;
 	// listed while its hive's last report listed a use of it; orphan
-	// once its entry node's session ended while it was in use.
+	// once its entry node's session ended (it goes with the next report
+	// of its hive that lists no use of it).
 	Spare    bool
 	spareKey string
 	revoked  bool

@@ -43,6 +43,7 @@ func (s *Scheduler) Spare(r Request, n int, now time.Time) []Grant {
 		sr := r
 		sr.ID = r.ID + "." + strconv.Itoa(i)
 		g := s.grant(w, sr, now)
+		s.granted-- // a request is counted when it runs (NoteUses)
 		l := s.leases[g.Lease.ID]
 		l.Spare, l.spareKey = true, key
 		g.Lease.Spare = true
@@ -122,6 +123,23 @@ func (s *Scheduler) NoteUses(n int64) {
 	}
 }
 
+// NoteRan takes the time per request of model's requests that ran on spare
+// leases (ended of them, ran in all) into the model's service time: they
+// are most of its requests when spare leases serve it, and a model whose
+// requests grew long must stop getting spare leases.
+func (s *Scheduler) NoteRan(model string, ended int64, ran time.Duration) {
+	if ended <= 0 || ran <= 0 {
+		return
+	}
+	key := RequestKey(model)
+	d := ran / time.Duration(ended)
+	if old := s.service[key]; old > 0 {
+		s.service[key] = time.Duration(float64(old)*(1-serviceWeight) + float64(d)*serviceWeight)
+	} else {
+		s.service[key] = d
+	}
+}
+
 // idleSpares counts w's spare leases that its hive's last report listed
 // no use of: idle in an entry node's pool, as far as the queen knows.
 func (s *Scheduler) idleSpares(w *worker) int {
@@ -190,24 +208,16 @@ func (s *Scheduler) ReleaseSpare(leaseID string, u SpareUse, now time.Time) []Gr
 }
 
 // DropSpares takes back the spare leases of entry: its session ended, and
-// the pool it held them in went with it. One its hive lists in use goes
-// when the hive no longer does.
+// the pool it held them in went with it. Each goes with the first report of
+// its hive that lists no use of it: one may be in use that the last report
+// did not show yet, and its slot is not free until the hive says so.
 func (s *Scheduler) DropSpares(entry string, now time.Time) []Grant {
-	var grants []Grant
 	for _, l := range s.spares {
-		if l.Entry != entry {
-			continue
-		}
-		if l.listed {
+		if l.Entry == entry {
 			l.orphan = true
-			continue
-		}
-		s.dropLease(l)
-		if w := s.byHive[l.Hive][l.Worker]; w != nil {
-			grants = append(grants, s.freed(w, now)...)
 		}
 	}
-	return grants
+	return nil
 }
 
 // freed takes one lease off w and grants the slot to what waits.

@@ -128,6 +128,19 @@ func TestSpare_Revoke(t *testing.T) {
 	if s.convs["c1"] != "h/g/1" {
 		t.Fatalf("conversation c1 remembered on %q, want h/g/1", s.convs["c1"])
 	}
+	// Requests that ran on spare leases keep the model's time current:
+	// grown long, the model gets no more spare leases.
+	before := s.Granted()
+	s.NoteUses(1000)
+	for range 100 {
+		s.NoteRan("m", 10, 30*time.Second)
+	}
+	if s.Granted() != before+1000 {
+		t.Fatalf("granted %d, want %d: uses count as requests", s.Granted(), before+1000)
+	}
+	if svc := s.service[RequestKey("m")]; svc < s.cfg.StandbyBelow {
+		t.Fatalf("service time %v after uses of 3 s, want past %v (no more spare leases)", svc, s.cfg.StandbyBelow)
+	}
 }
 
 // TestSpare_Uses: a hive reports each use of a spare lease under its own id
@@ -169,12 +182,14 @@ func TestSpare_Uses(t *testing.T) {
 	if leases() != 2 {
 		t.Fatalf("%d leases after a minute, want 2: spare leases are not reclaimed as unstarted", leases())
 	}
-	// The entry node's session ends while b is in use: a goes now, b
-	// when the hive no longer lists it.
+	// The entry node's session ends while b is in use: each goes with
+	// the first report that lists no use of it (a use may have started
+	// since the last report), a with the next, b when the hive no longer
+	// lists it.
 	report(at.Add(61*time.Second), b.ID+"/4")
 	s.DropSpares("e2", at.Add(61*time.Second))
-	if leases() != 1 {
-		t.Fatalf("%d leases after the entry node left, want 1 (b, in use)", leases())
+	if leases() != 2 {
+		t.Fatalf("%d leases right after the entry node left, want 2 until its hive reports", leases())
 	}
 	report(at.Add(62*time.Second), b.ID+"/4")
 	if leases() != 1 {
@@ -184,6 +199,21 @@ func TestSpare_Uses(t *testing.T) {
 	if leases() != 0 {
 		t.Fatalf("%d leases once the hive no longer lists b, want 0", leases())
 	}
+	// An orphan in use stays while its hive lists it, however long its
+	// request runs, and goes when the hive falls silent.
+	c := s.Spare(spareAsk("ask2"), 1, at.Add(63*time.Second))[0].Lease
+	report(at.Add(63*time.Second), c.ID+"/9")
+	s.DropSpares("e2", at.Add(63*time.Second))
+	report(at.Add(66*time.Second), c.ID+"/9")
+	s.Tick(at.Add(67 * time.Second))
+	if leases() != 1 {
+		t.Fatalf("%d leases while the hive lists c in use, want 1", leases())
+	}
+	s.Tick(at.Add(70 * time.Second))
+	if leases() != 0 {
+		t.Fatalf("%d leases once c's hive fell silent, want 0", leases())
+	}
+	report(at.Add(70 * time.Second))
 	// A use of a lease this queen never granted (another queen's) is
 	// adopted as one request served.
 	report(at.Add(64*time.Second), "old.1/7")

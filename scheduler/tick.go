@@ -63,7 +63,7 @@ func (s *Scheduler) Tick(now time.Time) ([]Grant, []Failure) {
 		// A spare lease is its entry node's to release, or goes with
 		// its session (DropSpares): one unused for longer than this is
 		// what the entry node holds in its pool.
-		if (!l.Confirmed && !l.Spare && now.Sub(l.Granted) > s.cfg.LeaseStartTimeout) || (l.orphan && !l.listed) {
+		if (!l.Confirmed && !l.Spare && now.Sub(l.Granted) > s.cfg.LeaseStartTimeout) || (l.orphan && now.Sub(s.hiveAt[l.Hive]) > s.cfg.StaleAfter) {
 			s.dropLease(l)
 			if w := s.byHive[l.Hive][l.Worker]; w != nil {
 				w.leases = max(w.leases-1, 0)

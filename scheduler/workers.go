@@ -193,6 +193,8 @@ func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease
 				// Its requests would fail there, or be refused:
 				// they ask the queen instead.
 				s.revoke(l)
+			case w == nil:
+				s.revoke(l) // its worker is gone from the report
 			}
 		}
 		if w == nil || (l.Confirmed && !listed[id]) || (l.orphan && !l.listed) {

@@ -34,7 +34,7 @@ func FuzzDecode(f *testing.F) {
 			Hive: "h", HiveAddr: "127.0.0.1:7833", Worker: "llm/8080", Model: "m", Term: 2, Spare: true}}},
 		LeaseRevoke{Type: TypeLeaseRevoke, LeaseIDs: []string{"q.7", "q.8"}},
 		Conversations{Type: TypeConversations, Turns: []ConversationWhere{{Conversation: "c9f2", Hive: "h", Worker: "llm/8080"}}},
-		LeaseUses{Type: TypeLeaseUses, Uses: 4211},
+		LeaseUses{Type: TypeLeaseUses, Uses: 4211, Models: []ModelUses{{Model: "m", Ended: 4200, RanUS: 3_150_000}}},
 		LeaseGrant{Type: TypeLeaseGrant, RequestID: "e.1", LeaseID: "q.1", Hive: "h", HiveAddr: "127.0.0.1:7833", Worker: "llm/8080", Model: "m"},
 		LeaseError{Type: TypeLeaseError, RequestID: "e.1", Status: 429, ErrorType: "rate_limit_exceeded", Message: "full", RetryAfterMS: 1000},
 		ModelStart{Type: TypeModelStart, StartID: "q.s1", Model: "qwen2.5-7b", GPUs: []int{1}, Evict: []string{"41234"}, VRAMMB: 9000, Term: 3},

@@ -136,16 +136,37 @@ const TypeLeaseUses = "lease_uses"
 
 // LeaseUses tells the queen how many requests an entry node started on
 // spare leases since its last LeaseUses: the queen granted none of them,
-// and counts them in the cluster's requests per second.
+// and counts them in the cluster's requests per second. Models says, per
+// model (as clients name it), how many ended and how long they ran in all,
+// which keeps the queen's time per request current.
 type LeaseUses struct {
-	Type string `json:"type"`
-	Uses int64  `json:"uses"`
+	Type   string      `json:"type"`
+	Uses   int64       `json:"uses"`
+	Models []ModelUses `json:"models,omitempty"`
+}
+
+// ModelUses is what ran of one model on spare leases.
+type ModelUses struct {
+	Model string `json:"model"`
+	Ended int64  `json:"ended"`
+	RanUS int64  `json:"ran_us"`
 }
 
 // Validate checks a lease_uses message from a peer.
 func (m *LeaseUses) Validate() error {
 	if m.Uses < 0 || m.Uses > 1<<40 {
 		return fmt.Errorf("%w: uses %d out of range", ErrInvalid, m.Uses)
+	}
+	if len(m.Models) > MaxConversations {
+		return fmt.Errorf("%w: %d models, at most %d", ErrInvalid, len(m.Models), MaxConversations)
+	}
+	for _, u := range m.Models {
+		if err := checkText("model", u.Model, maxModelLen); err != nil || u.Model == "" {
+			return fmt.Errorf("%w: model must be 1-%d bytes of text", ErrInvalid, maxModelLen)
+		}
+		if u.Ended < 0 || u.Ended > 1<<40 || u.RanUS < 0 {
+			return fmt.Errorf("%w: ended or ran_us out of range", ErrInvalid)
+		}
 	}
 	return nil
 }

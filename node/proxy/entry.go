@@ -324,9 +324,13 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 	}
 	unserved := resp.Header.Get(hdrUnserved) != ""
 	if unserved {
+		p.leases.Spoil(g.LeaseID) // spares.go
 		p.leases.Release(g.LeaseID)
 	}
 	o := p.copyResponse(w, r, resp, g.Model, start, rp)
+	if o != outcomeDone {
+		p.leases.Spoil(g.LeaseID)
+	}
 	if !unserved {
 		// The hive releases the lease too, but after the client may
 		// already have its answer and sent the next request: released

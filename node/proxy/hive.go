@@ -85,7 +85,7 @@ func (p *Proxy) staleGrant(term uint64) bool {
 // client's entry node too, nil when another entry node sent the request.
 // A standby lease (granted ahead of a free slot) waits up to standbyGrace
 // for one, behind the leases already waiting.
-func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, body io.Reader, lease wsapi.LeaseInfo, g hiveGrant, start time.Time, rp *reply) outcome {
+func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, body io.Reader, lease wsapi.LeaseInfo, g hiveGrant, start time.Time, rp *reply) (o outcome) {
 	group, instance, _ := strings.Cut(lease.Worker, "/")
 	ep := ""
 	if p.cfg.Workers != nil {
@@ -115,6 +115,11 @@ func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, 
 	}
 	defer func() {
 		p.table.end(lease.LeaseID)
+		if o != outcomeDone {
+			// A spare lease whose request the worker did not
+			// serve is not used again (spares.go).
+			p.leases.Spoil(lease.LeaseID)
+		}
 		p.leases.Release(lease.LeaseID)
 	}()
 	req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, ep+path, body)

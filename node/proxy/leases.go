@@ -64,7 +64,9 @@ type LeaseClient struct {
 	sweep    *time.Timer
 	sweeping bool
 	usesTold uint64 // stats.used when the queen was last told (spares.go)
-	stats    spareStats
+	// early: revoked spare leases not yet come (OnRevoke), and when.
+	early map[string]time.Time
+	stats spareStats
 }
 
 // recentConvs is how many conversations a node remembers the worker of.
@@ -99,6 +101,7 @@ func NewLeaseClient(name string, start time.Time) *LeaseClient {
 		pools:    make(map[spareClass]*sparePool),
 		asks:     make(map[string]spareClass),
 		claimed:  make(map[string]*claim),
+		early:    make(map[string]time.Time),
 		convs:    make(map[string]string),
 		convRing: make([]string, recentConvs),
 	}

@@ -187,7 +187,12 @@ func (p *Proxy) ReportLeases(workers []wsapi.ProcessStats, now time.Time) []wsap
 }
 
 // Close drops idle connections to hives and workers.
-func (p *Proxy) Close() { p.client.CloseIdleConnections() }
+func (p *Proxy) Close() {
+	if c, ok := p.client.Transport.(interface{ Close() }); ok {
+		c.Close()
+	}
+	p.client.CloseIdleConnections()
+}
 
 // newTransport returns a transport for proxying: no proxy from the
 // environment (HTTP_PROXY must not see cluster traffic), no transparent gzip

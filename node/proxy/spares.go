@@ -55,8 +55,12 @@ type sparePool struct {
 	// held counts this session's leases of the pool, idle and in use;
 	// want is how many to ask for when it runs dry, twice as many each
 	// time, one fewer each time one goes back unused.
-	held    int
-	want    int
+	held int
+	want int
+	// ended and ran: the uses that ended since the queen was last told,
+	// and how long they ran in all.
+	ended   int64
+	ran     time.Duration
 	asking  string // the ask in flight, "" none
 	askedAt time.Time
 	quiet   time.Time // no ask before then
@@ -240,12 +244,12 @@ func (lc *LeaseClient) askSparesLocked(cls spareClass, pool *sparePool, now time
 		Key: cls.key, Weight: cls.weight}
 }
 
-// dropIdlePoolsLocked drops the pools unused for spareIdle that hold
-// nothing, and reports whether it dropped any.
+// dropIdlePoolsLocked drops the pools unused for spareIdle that hold no
+// lease, idle or in use, and reports whether it dropped any.
 func (lc *LeaseClient) dropIdlePoolsLocked(now time.Time) bool {
 	dropped := false
 	for cls, p := range lc.pools {
-		if len(p.grants) == 0 && p.asking == "" && now.Sub(p.used) > spareIdle {
+		if p.held == 0 && p.asking == "" && now.Sub(p.used) > spareIdle {
 			delete(lc.pools, cls)
 			dropped = true
 		}
@@ -297,9 +301,15 @@ func (lc *LeaseClient) OnSpares(m *wsapi.LeaseSpares) {
 		}
 	} else {
 		pool.asking = ""
-		pool.held += len(m.Grants)
 		for i := range m.Grants {
 			g := m.Grants[i]
+			if _, revoked := lc.early[g.LeaseID]; revoked {
+				delete(lc.early, g.LeaseID)
+				back = append(back, g.LeaseID)
+				pool.quiet = now.Add(spareQuiet)
+				continue
+			}
+			pool.held++
 			pool.grants = append(pool.grants, heldSpare{g: &g, at: now})
 		}
 		if len(m.Grants) == 0 {
@@ -324,6 +334,7 @@ func (lc *LeaseClient) OnRevoke(m *wsapi.LeaseRevoke) {
 	for _, c := range lc.claimed {
 		if ids[c.g.LeaseID] {
 			c.spoiled = true
+			delete(ids, c.g.LeaseID)
 		}
 	}
 	var back []string
@@ -331,6 +342,7 @@ func (lc *LeaseClient) OnRevoke(m *wsapi.LeaseRevoke) {
 		kept := pool.grants[:0]
 		for _, h := range pool.grants {
 			if ids[h.g.LeaseID] {
+				delete(ids, h.g.LeaseID)
 				back = append(back, h.g.LeaseID)
 				pool.quiet = now.Add(spareQuiet)
 				pool.held--
@@ -341,11 +353,27 @@ func (lc *LeaseClient) OnRevoke(m *wsapi.LeaseRevoke) {
 		clear(pool.grants[len(kept):])
 		pool.grants = kept
 	}
+	// What it revokes that this node does not hold yet: the queen sent
+	// the revoke while the answer that grants them was on its way,
+	// which it may overtake. It is kept for when that answer comes.
+	for id := range ids {
+		if len(lc.early) >= maxEarlyRevokes {
+			break
+		}
+		lc.early[id] = now
+	}
 	u := lc.up
 	lc.mu.Unlock()
 	lc.stats.revoked.Add(uint64(len(back)))
 	lc.giveBack(u, back)
 }
+
+// maxEarlyRevokes bounds the revoked leases remembered before they come;
+// earlyRevokeFor is how long one is.
+const (
+	maxEarlyRevokes = 4096
+	earlyRevokeFor  = 10 * time.Second
+)
 
 // giveBack releases spare leases unused.
 func (lc *LeaseClient) giveBack(u Uplink, ids []string) {
@@ -398,19 +426,32 @@ func (lc *LeaseClient) sweepSpares() {
 		}
 		busy = busy || len(pool.grants) > 0 || pool.asking != ""
 	}
+	for id, at := range lc.early {
+		if now.Sub(at) > earlyRevokeFor {
+			delete(lc.early, id)
+		}
+	}
+	busy = busy || len(lc.early) > 0
 	if busy {
 		lc.armSweepLocked()
 	}
 	u := lc.up
 	uses := lc.stats.used.Load()
-	told := uses - lc.usesTold
+	m := &wsapi.LeaseUses{Type: wsapi.TypeLeaseUses, Uses: int64(uses - lc.usesTold)}
 	lc.usesTold = uses
+	for cls, pool := range lc.pools {
+		if pool.ended > 0 && len(m.Models) < wsapi.MaxConversations {
+			m.Models = append(m.Models, wsapi.ModelUses{Model: cls.model, Ended: pool.ended, RanUS: pool.ran.Microseconds()})
+		}
+		pool.ended, pool.ran = 0, 0
+	}
 	lc.mu.Unlock()
 	lc.stats.unused.Add(uint64(len(back)))
 	lc.giveBack(u, back)
-	if told > 0 && u != nil {
-		// The queen counts them in the cluster's requests per second.
-		queue(u, &wsapi.LeaseUses{Type: wsapi.TypeLeaseUses, Uses: int64(told)})
+	if (m.Uses > 0 || len(m.Models) > 0) && u != nil {
+		// The queen counts them in the cluster's requests per second,
+		// and in the model's time per request.
+		queue(u, m)
 	}
 }
 
@@ -444,6 +485,10 @@ func (lc *LeaseClient) endSpareLocked(id string, now time.Time) (msg *wsapi.Leas
 	pool := lc.pools[c.cls]
 	if c.gen != lc.gen {
 		pool = nil // a lease of an earlier session: not this pool's
+	}
+	if pool != nil {
+		pool.ended++
+		pool.ran += now.Sub(c.at)
 	}
 	if pool != nil && !c.spoiled && !lc.closed {
 		// Back to the pool, however many are idle: one unused for

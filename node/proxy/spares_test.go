@@ -300,13 +300,42 @@ func TestSpares_TheQueenCountsRequestsOnThem(t *testing.T) {
 		lc.Release(g.LeaseID)
 	}
 	testutil.Eventually(t, 5*time.Second, "the queen told of 3 uses", func() error {
-		var n int64
+		var n, ended int64
 		for _, m := range sent[*wsapi.LeaseUses](u) {
 			n += m.Uses
+			for _, mu := range m.Models {
+				if mu.Model != "m" || mu.RanUS <= 0 {
+					return fmt.Errorf("model figures %+v", mu)
+				}
+				ended += mu.Ended
+			}
 		}
-		if n != 3 {
-			return fmt.Errorf("told of %d", n)
+		if n != 3 || ended != 3 {
+			return fmt.Errorf("told of %d uses, %d ended", n, ended)
 		}
 		return nil
 	})
+}
+
+// TestSpares_ARevokeThatOvertakesItsLeases: the queen sends a revoke while
+// the answer that grants those leases is still on its way; they go back the
+// moment they come.
+func TestSpares_ARevokeThatOvertakesItsLeases(t *testing.T) {
+	lc, u := spareClient(t)
+	lc.mu.Lock()
+	pool := lc.pools[spareClass{model: "m"}]
+	pool.quiet = time.Time{}
+	ask := lc.askSparesLocked(spareClass{model: "m"}, pool, time.Now())
+	lc.mu.Unlock()
+	lc.OnRevoke(&wsapi.LeaseRevoke{Type: wsapi.TypeLeaseRevoke, LeaseIDs: []string{"s1"}})
+	lc.OnSpares(&wsapi.LeaseSpares{Type: wsapi.TypeLeaseSpares, RequestID: ask.RequestID,
+		Grants: []wsapi.LeaseGrant{spareGrant(ask, "s1", "g/1"), spareGrant(ask, "s2", "g/1")}})
+	rel := sent[*wsapi.LeaseRelease](u)
+	if len(rel) != 1 || rel[0].LeaseID != "s1" || !rel[0].Unused {
+		t.Fatalf("releases %+v, want s1 given back unused", rel)
+	}
+	g := lc.takeSpare(&Ask{Model: "m"})
+	if b, _ := wsapi.SpareLeaseOf(g.LeaseID); b != "s2" {
+		t.Fatalf("took %+v, want s2 (s1 was revoked)", g)
+	}
 }

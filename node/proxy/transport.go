@@ -74,14 +74,17 @@ func (t *syncTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			return nil, err
 		}
-		resp, err := t.exchange(ctx, pc, req)
+		resp, written, err := t.exchange(ctx, pc, req)
 		if err == nil {
 			return resp, nil
 		}
-		// A kept-alive connection the server had closed fails before
-		// any answer: the request goes again on a new one, as
-		// net/http does, when its body can be sent again.
-		if reused && attempt == 0 && ctx.Err() == nil && stale(err) && (req.Body == nil || req.GetBody != nil) {
+		// A kept-alive connection the server had closed (conn checks
+		// for that, but the close may cross the request) fails the
+		// write: the request goes again on a new one, as net/http
+		// does, when its body can be sent again. Once it was written
+		// whole it is never sent twice: the server may have acted on
+		// it.
+		if reused && !written && attempt == 0 && ctx.Err() == nil && stale(err) && (req.Body == nil || req.GetBody != nil) {
 			if req.GetBody != nil {
 				body, gerr := req.GetBody()
 				if gerr != nil {
@@ -109,25 +112,38 @@ func stale(err error) bool {
 }
 
 // exchange writes req on pc and reads the response's head; its body reads
-// from pc until it ends, and pc goes back to the idle list then.
-func (t *syncTransport) exchange(ctx context.Context, pc *syncConn, req *http.Request) (*http.Response, error) {
+// from pc until it ends, and pc goes back to the idle list then. written
+// reports whether the request went out whole.
+func (t *syncTransport) exchange(ctx context.Context, pc *syncConn, req *http.Request) (*http.Response, bool, error) {
 	// A cancelled request unblocks the read or write it waits in.
 	stop := context.AfterFunc(ctx, func() { pc.c.SetDeadline(time.Unix(1, 0)) })
-	fail := func(err error) (*http.Response, error) {
+	fail := func(err error, written bool) (*http.Response, bool, error) {
 		stop()
 		pc.c.Close()
-		return nil, err
+		return nil, written, err
 	}
-	if err := req.Write(pc.bw); err != nil {
-		return fail(err)
+	werr := req.Write(pc.bw)
+	if werr == nil {
+		werr = pc.bw.Flush()
 	}
-	if err := pc.bw.Flush(); err != nil {
-		return fail(err)
+	if werr != nil {
+		// A server may answer before it reads the body, and close
+		// the connection on a body too large to skip (a refusal, a
+		// fenced lease): that answer, already sent, is what counts.
+		if ctx.Err() == nil {
+			pc.c.SetReadDeadline(time.Now().Add(earlyAnswerWait))
+			if resp, err := http.ReadResponse(pc.br, req); err == nil {
+				pc.c.SetReadDeadline(time.Time{})
+				resp.Body = &syncBody{rc: resp.Body, pc: pc, t: t, stop: stop, ctx: ctx, keep: false}
+				return resp, false, nil
+			}
+		}
+		return fail(werr, false)
 	}
 	for {
 		resp, err := http.ReadResponse(pc.br, req)
 		if err != nil {
-			return fail(err)
+			return fail(err, true)
 		}
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 			continue // an interim answer: the real one follows
@@ -137,8 +153,39 @@ func (t *syncTransport) exchange(ctx context.Context, pc *syncConn, req *http.Re
 		if resp.Body == http.NoBody || resp.ContentLength == 0 {
 			b.finish(true)
 		}
-		return resp, nil
+		return resp, true, nil
 	}
+}
+
+// earlyAnswerWait bounds the wait for an answer the server sent before a
+// write of the request failed.
+const earlyAnswerWait = 200 * time.Millisecond
+
+// closedByPeer reports whether an idle connection's other end has closed
+// it (or sent what nobody asked for): a peek at the socket, which does not
+// block. A connection it cannot look into counts as open.
+func closedByPeer(c net.Conn) bool {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	closed := false
+	var buf [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		// No error: 0 bytes (the peer closed it) or 1 (bytes nobody
+		// asked for); EAGAIN: open and quiet.
+		_, _, err := syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		closed = err == nil
+		return true
+	})
+	return err != nil || closed
 }
 
 // conn returns an idle connection to key, or a new one.
@@ -153,7 +200,9 @@ func (t *syncTransport) conn(ctx context.Context, key string, req *http.Request)
 		pc := l[len(l)-1]
 		l[len(l)-1] = nil
 		t.idle[key] = l[:len(l)-1]
-		if now.Sub(pc.idleAt) > syncIdleTimeout {
+		if now.Sub(pc.idleAt) > syncIdleTimeout || closedByPeer(pc.c) {
+			// Expired, or closed by the server while idle (an
+			// engine's keep-alive timeout: uvicorn's is 5 s).
 			pc.c.Close()
 			continue
 		}
@@ -203,6 +252,15 @@ func (t *syncTransport) put(pc *syncConn) {
 	}
 	t.idle[pc.key] = append(t.idle[pc.key], pc)
 	t.mu.Unlock()
+}
+
+// Close closes the idle connections and every one whose exchange ends
+// from now on.
+func (t *syncTransport) Close() {
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
+	t.CloseIdleConnections()
 }
 
 // CloseIdleConnections closes the connections kept idle.

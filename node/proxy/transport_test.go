@@ -184,3 +184,60 @@ func TestSyncTransport_ConnectionCloseIsNotKept(t *testing.T) {
 		t.Fatalf("error %v, want connection refused", err)
 	}
 }
+
+// TestSyncTransport_EarlyAnswerToALargeBody: a server that answers before it
+// reads a body too large to skip (the hive's refusals do) and closes the
+// connection: the answer is what the caller gets, as with net/http, not a
+// failed write.
+func TestSyncTransport_EarlyAnswerToALargeBody(t *testing.T) {
+	srv, _ := countingServer(t, false, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/warm" {
+			io.Copy(io.Discard, r.Body)
+			return
+		}
+		w.Header().Set("X-Rbee-Retry", "1")
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})
+	tr := newSyncTransport(nil, http.DefaultTransport)
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	for _, path := range []string{"/warm", "/refuse"} {
+		resp, err := post(t, c, context.Background(), srv.URL+path, strings.Repeat("x", 32<<20))
+		if err != nil {
+			t.Fatalf("%s: %v, want the server's answer", path, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if path == "/refuse" && (resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Rbee-Retry") != "1") {
+			t.Fatalf("answer %d %v, want the 503 with its header", resp.StatusCode, resp.Header)
+		}
+	}
+}
+
+// TestSyncTransport_NeverSendsAPostTwice: a server that reads a request
+// whole and drops the connection without an answer may have acted on it: the
+// error goes to the caller, and the request is not sent again.
+func TestSyncTransport_NeverSendsAPostTwice(t *testing.T) {
+	var hits atomic.Int32
+	srv, _ := countingServer(t, false, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if r.URL.Path != "/warm" && hits.Add(1) == 1 {
+			panic(http.ErrAbortHandler) // the connection closes, no answer
+		}
+	})
+	tr := newSyncTransport(nil, http.DefaultTransport)
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr}
+	resp, err := post(t, c, context.Background(), srv.URL+"/warm", "{}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if _, err := post(t, c, context.Background(), srv.URL+"/gen", `{"prompt":"x"}`); err == nil {
+		t.Fatal("no error for a request the server dropped")
+	}
+	if n := hits.Load(); n != 1 {
+		t.Fatalf("the server got the request %d times, want 1", n)
+	}
+}

@@ -138,6 +138,9 @@ func (q *Queen) handle(peer string, msg any, now time.Time) {
 			Conversation: m.Conversation}, now)
 	case *wsapi.LeaseUses:
 		s.NoteUses(m.Uses)
+		for _, u := range m.Models {
+			s.NoteRan(u.Model, u.Ended, time.Duration(u.RanUS)*time.Microsecond)
+		}
 	case *wsapi.Conversations:
 		for _, c := range m.Turns {
 			s.NoteConversation(c.Conversation, c.Hive+"/"+c.Worker)
