@@ -11,6 +11,7 @@ import (
 
 	"github.com/rbee/rbee/internal/sim"
 	"github.com/rbee/rbee/internal/testutil"
+	"github.com/rbee/rbee/node"
 	"github.com/rbee/rbee/node/api"
 	"github.com/rbee/rbee/node/nodetest"
 	"github.com/rbee/rbee/wsapi"
@@ -188,4 +189,87 @@ func TestRoute_SpareLeasesKeepConversationsOnTheirWorker(t *testing.T) {
 	if same < convs-2 {
 		t.Fatalf("%d of %d second turns reached the first turn's worker", same, convs)
 	}
+}
+
+// TestQueen_AReplacedSessionGivesBackItsSpareLeases: a node whose session
+// to the queen is replaced by a newer one (it reconnected before the queen
+// saw the old one fail) dropped the spare leases of the old one; the queen
+// takes them back with the hive's next report, instead of counting them on
+// the worker for as long as the new session lasts.
+func TestQueen_AReplacedSessionGivesBackItsSpareLeases(t *testing.T) {
+	key := mustKey(t)
+	cw, _ := simWorkers(t, 1, 4)
+	a := nodetest.Start(t, "a", nodetest.WithKey(key), nodetest.WithCollector(cw))
+	testutil.Eventually(t, 10*time.Second, "a is queen with 4 slots", func() error {
+		n := 0
+		for _, q := range mustQueues(a) {
+			n += q.Slots
+		}
+		if n != 4 {
+			return fmt.Errorf("%d slots", n)
+		}
+		return nil
+	})
+	url := "ws://" + a.HTTPAddr() + wsapi.SessionPath
+	opts := &wsapi.SessionOptions{Key: key, Name: "x", Version: node.Version}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	dial := func() *wsapi.Session {
+		s, err := wsapi.DialHive(ctx, url, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.CloseNow() })
+		return s
+	}
+	// answer reads until the answer to id, skipping what else comes.
+	answer := func(s *wsapi.Session, id string) any {
+		t.Helper()
+		for {
+			msg, err := s.Read(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch m := msg.(type) {
+			case *wsapi.LeaseGrant:
+				if m.RequestID == id {
+					return m
+				}
+			case *wsapi.LeaseSpares:
+				if m.RequestID == id {
+					return m
+				}
+			}
+		}
+	}
+	spares := func(s *wsapi.Session, id string, n int) int {
+		t.Helper()
+		if err := s.Write(ctx, &wsapi.LeaseSpareRequest{Type: wsapi.TypeLeaseSpareRequest, RequestID: id, Model: "m", Count: n}); err != nil {
+			t.Fatal(err)
+		}
+		return len(answer(s, id).(*wsapi.LeaseSpares).Grants)
+	}
+	old := dial()
+	// One request timed, so that the model gets spare leases.
+	if err := old.Write(ctx, &wsapi.LeaseRequest{Type: wsapi.TypeLeaseRequest, RequestID: "x.1", Model: "m", WaitMS: 5000}); err != nil {
+		t.Fatal(err)
+	}
+	g := answer(old, "x.1").(*wsapi.LeaseGrant)
+	if err := old.Write(ctx, &wsapi.LeaseRelease{Type: wsapi.TypeLeaseRelease, LeaseID: g.LeaseID}); err != nil {
+		t.Fatal(err)
+	}
+	// 4 slots, the last never lent: 3 spare leases at most.
+	if n := spares(old, "x.s1", 3); n != 3 {
+		t.Fatalf("%d spare leases, want 3", n)
+	}
+	if n := spares(old, "x.s2", 3); n != 0 {
+		t.Fatalf("%d more spare leases with 3 lent, want 0", n)
+	}
+	fresh := dial()
+	testutil.Eventually(t, 10*time.Second, "the old session's spare leases taken back", func() error {
+		if n := spares(fresh, fmt.Sprint("x.s", time.Now().UnixNano()), 3); n != 3 {
+			return fmt.Errorf("%d spare leases on the new session", n)
+		}
+		return nil
+	})
 }
