@@ -350,11 +350,7 @@ func TestRoute_PreviousResponseStaysOnItsWorker(t *testing.T) {
 	first, maker := made(false)
 	cols[maker].clear()
 	testutil.Eventually(t, 10*time.Second, "worker gone", func() error {
-		n := 0
-		for _, q := range mustQueues(a) {
-			n += q.Slots
-		}
-		if n != 1 {
+		if n, _ := queueTotals(a); n != 1 {
 			return fmt.Errorf("%d slots", n)
 		}
 		return nil

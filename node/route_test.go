@@ -164,10 +164,7 @@ func routeCluster(t testing.TB, ca, cb hive.Collector, opts ...nodetest.Option) 
 		if _, err := agreedQueen(a, b, c); err != nil {
 			return err
 		}
-		n := 0
-		for _, q := range mustQueues(a) {
-			n += q.Slots
-		}
+		n, _ := queueTotals(a)
 		if n == 0 || len(a.Registry().Hives(time.Now())) < 2 {
 			return fmt.Errorf("queen knows %d slots", n)
 		}
@@ -178,6 +175,14 @@ func routeCluster(t testing.TB, ca, cb hive.Collector, opts ...nodetest.Option) 
 
 func mustQueues(n *nodetest.Node) []wsapi.QueueStats {
 	return node.QueenQueues(n.Node)
+}
+
+// queueTotals sums the queen's slots and leases over its models.
+func queueTotals(n *nodetest.Node) (slots, leases int) {
+	for _, q := range mustQueues(n) {
+		slots, leases = slots+q.Slots, leases+q.Leases
+	}
+	return slots, leases
 }
 
 type apiResult struct {

@@ -105,11 +105,7 @@ func TestRoute_SpareLeases(t *testing.T) {
 	// Once the load is gone, the spare leases held go back within a
 	// second or so, and the queen counts no lease.
 	testutil.Eventually(t, 10*time.Second, "every lease back", func() error {
-		n := 0
-		for _, q := range mustQueues(a) {
-			n += q.Leases
-		}
-		if n != 0 {
+		if _, n := queueTotals(a); n != 0 {
 			return fmt.Errorf("%d leases held", n)
 		}
 		return nil
@@ -201,11 +197,7 @@ func TestQueen_AReplacedSessionGivesBackItsSpareLeases(t *testing.T) {
 	cw, _ := simWorkers(t, 1, 4)
 	a := nodetest.Start(t, "a", nodetest.WithKey(key), nodetest.WithCollector(cw))
 	testutil.Eventually(t, 10*time.Second, "a is queen with 4 slots", func() error {
-		n := 0
-		for _, q := range mustQueues(a) {
-			n += q.Slots
-		}
-		if n != 4 {
+		if n, _ := queueTotals(a); n != 4 {
 			return fmt.Errorf("%d slots", n)
 		}
 		return nil

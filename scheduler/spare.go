@@ -131,21 +131,18 @@ func (s *Scheduler) NoteRan(model string, ended int64, ran time.Duration) {
 	if ended <= 0 || ran <= 0 {
 		return
 	}
-	key := RequestKey(model)
-	d := ran / time.Duration(ended)
-	if old := s.service[key]; old > 0 {
-		s.service[key] = time.Duration(float64(old)*(1-serviceWeight) + float64(d)*serviceWeight)
-	} else {
-		s.service[key] = d
-	}
+	s.noteServiceKey(RequestKey(model), ran/time.Duration(ended))
 }
 
 // idleSpares counts w's spare leases that its hive's last report listed
 // no use of: idle in an entry node's pool, as far as the queen knows.
 func (s *Scheduler) idleSpares(w *worker) int {
+	if len(s.spares) == 0 {
+		return 0 // every report asks, for every worker
+	}
 	n := 0
-	for _, l := range s.spares {
-		if !l.listed && l.Hive == w.Hive && l.Worker == w.Name {
+	for _, l := range s.hiveLs[w.Hive] {
+		if l.Spare && !l.listed && l.Worker == w.Name {
 			n++
 		}
 	}
@@ -211,13 +208,12 @@ func (s *Scheduler) ReleaseSpare(leaseID string, u SpareUse, now time.Time) []Gr
 // the pool it held them in went with it. Each goes with the first report of
 // its hive that lists no use of it: one may be in use that the last report
 // did not show yet, and its slot is not free until the hive says so.
-func (s *Scheduler) DropSpares(entry string, now time.Time) []Grant {
+func (s *Scheduler) DropSpares(entry string) {
 	for _, l := range s.spares {
 		if l.Entry == entry {
 			l.orphan = true
 		}
 	}
-	return nil
 }
 
 // freed takes one lease off w and grants the slot to what waits.

@@ -187,7 +187,7 @@ func TestSpare_Uses(t *testing.T) {
 	// since the last report), a with the next, b when the hive no longer
 	// lists it.
 	report(at.Add(61*time.Second), b.ID+"/4")
-	s.DropSpares("e2", at.Add(61*time.Second))
+	s.DropSpares("e2")
 	if leases() != 2 {
 		t.Fatalf("%d leases right after the entry node left, want 2 until its hive reports", leases())
 	}
@@ -203,7 +203,7 @@ func TestSpare_Uses(t *testing.T) {
 	// request runs, and goes when the hive falls silent.
 	c := s.Spare(spareAsk("ask2"), 1, at.Add(63*time.Second))[0].Lease
 	report(at.Add(63*time.Second), c.ID+"/9")
-	s.DropSpares("e2", at.Add(63*time.Second))
+	s.DropSpares("e2")
 	report(at.Add(66*time.Second), c.ID+"/9")
 	s.Tick(at.Add(67 * time.Second))
 	if leases() != 1 {

@@ -122,11 +122,16 @@ func (s *Scheduler) noteService(w *worker, d time.Duration) {
 		s.service = make(map[string]time.Duration)
 	}
 	for _, k := range w.keys {
-		if old := s.service[k]; old > 0 {
-			s.service[k] = time.Duration(float64(old)*(1-serviceWeight) + float64(d)*serviceWeight)
-		} else {
-			s.service[k] = d
-		}
+		s.noteServiceKey(k, d)
+	}
+}
+
+// noteServiceKey moves key's service time toward d.
+func (s *Scheduler) noteServiceKey(key string, d time.Duration) {
+	if old := s.service[key]; old > 0 {
+		s.service[key] = time.Duration(float64(old)*(1-serviceWeight) + float64(d)*serviceWeight)
+	} else {
+		s.service[key] = d
 	}
 }
 

@@ -45,8 +45,9 @@ type LeaseSpares struct {
 	Grants    []LeaseGrant `json:"grants,omitempty"`
 }
 
-// LeaseRevoke takes back spare leases: the entry node releases those it has
-// not used yet (lease_release with unused) and ignores the others.
+// LeaseRevoke takes back spare leases: the entry node releases those idle
+// in its pools at once (lease_release with unused), and those in use when
+// their requests end, instead of putting them back.
 type LeaseRevoke struct {
 	Type     string   `json:"type"`
 	LeaseIDs []string `json:"lease_ids"`

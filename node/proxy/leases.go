@@ -58,9 +58,7 @@ type LeaseClient struct {
 	pools    map[spareClass]*sparePool
 	asks     map[string]spareClass
 	claimed  map[string]*claim
-	convs    map[string]string
-	convRing []string
-	convNext int
+	convs    recentMap[string]
 	sweep    *time.Timer
 	sweeping bool
 	usesTold uint64 // stats.used when the queen was last told (spares.go)
@@ -102,8 +100,6 @@ func NewLeaseClient(name string, start time.Time) *LeaseClient {
 		asks:     make(map[string]spareClass),
 		claimed:  make(map[string]*claim),
 		early:    make(map[string]time.Time),
-		convs:    make(map[string]string),
-		convRing: make([]string, recentConvs),
 	}
 }
 
@@ -442,28 +438,45 @@ func (lc *LeaseClient) Release(leaseID string) {
 const recentReleases = 4096
 
 // recentSet remembers the last recentReleases ids added.
-type recentSet struct {
-	ids  map[string]struct{}
-	ring []string
-	next int
-}
+type recentSet struct{ m recentMap[struct{}] }
 
 // seen reports whether id was added lately, and adds it.
 func (r *recentSet) seen(id string) bool {
-	if _, ok := r.ids[id]; ok {
+	if _, ok := r.m.get(id); ok {
 		return true
 	}
-	if r.ids == nil {
-		r.ids = make(map[string]struct{}, recentReleases)
-		r.ring = make([]string, recentReleases)
-	}
-	if old := r.ring[r.next]; old != "" {
-		delete(r.ids, old)
-	}
-	r.ring[r.next] = id
-	r.next = (r.next + 1) % len(r.ring)
-	r.ids[id] = struct{}{}
+	r.m.put(id, struct{}{}, recentReleases)
 	return false
+}
+
+// recentMap is a map that keeps the last keys added, forgetting the oldest
+// beyond a bound; its zero value is empty.
+type recentMap[V any] struct {
+	m    map[string]V
+	ring []string // keys, oldest at next once full
+	next int
+}
+
+func (r *recentMap[V]) get(k string) (V, bool) {
+	v, ok := r.m[k]
+	return v, ok
+}
+
+// put sets k to v; a key new to the map makes it forget the oldest once it
+// holds bound keys.
+func (r *recentMap[V]) put(k string, v V, bound int) {
+	if r.m == nil {
+		r.m = make(map[string]V, bound)
+		r.ring = make([]string, bound)
+	}
+	if _, ok := r.m[k]; !ok {
+		if old := r.ring[r.next]; old != "" {
+			delete(r.m, old)
+		}
+		r.ring[r.next] = k
+		r.next = (r.next + 1) % len(r.ring)
+	}
+	r.m[k] = v
 }
 
 // Attached reports whether the node has a session to the queen now.

@@ -143,7 +143,7 @@ func (lc *LeaseClient) takeSpare(a *Ask) *wsapi.LeaseGrant {
 	if a.Conversation != "" {
 		// A later turn of a conversation this node has not served
 		// asks the queen, which knows where the earlier ones went.
-		if where = lc.convs[a.Conversation]; where == "" && !a.FirstTurn {
+		if where, _ = lc.convs.get(a.Conversation); where == "" && !a.FirstTurn {
 			lc.mu.Unlock()
 			lc.stats.missed.Add(1)
 			return nil
@@ -261,15 +261,8 @@ func (lc *LeaseClient) dropIdlePoolsLocked(now time.Time) bool {
 // turn takes a spare lease only there, and reports whether that is news.
 func (lc *LeaseClient) noteConvLocked(conv string, g *wsapi.LeaseGrant) bool {
 	where := g.Hive + "/" + g.Worker
-	old, ok := lc.convs[conv]
-	if !ok {
-		if old := lc.convRing[lc.convNext]; old != "" {
-			delete(lc.convs, old)
-		}
-		lc.convRing[lc.convNext] = conv
-		lc.convNext = (lc.convNext + 1) % len(lc.convRing)
-	}
-	lc.convs[conv] = where
+	old, _ := lc.convs.get(conv)
+	lc.convs.put(conv, where, recentConvs)
 	return old != where
 }
 
@@ -486,13 +479,12 @@ func (lc *LeaseClient) endSpareLocked(id string, now time.Time) (msg *wsapi.Leas
 	if c.gen != lc.gen {
 		pool = nil // a lease of an earlier session: not this pool's
 	}
-	if pool != nil {
-		pool.ended++
-		pool.ran += now.Sub(c.at)
-	}
 	if pool != nil && !c.spoiled && !lc.closed {
 		// Back to the pool, however many are idle: one unused for
-		// spareTTL goes back to the queen then.
+		// spareTTL goes back to the queen then. How long the request
+		// ran goes with lease_uses; a release below carries it.
+		pool.ended++
+		pool.ran += now.Sub(c.at)
 		pool.grants = append(pool.grants, heldSpare{g: c.g, at: now})
 		lc.armSweepLocked()
 		return nil, true

@@ -280,14 +280,11 @@ func (q *Queen) entryGone(peer string) {
 // was replaced by a newer one: the node dropped its pools with it. Those it
 // started a request on go when their hives no longer list them.
 func (q *Queen) dropSpares(peer string) {
-	now := time.Now()
-	var grants []scheduler.Grant
 	q.schedMu.Lock()
 	if q.sched != nil {
-		grants = q.sched.DropSpares(peer, now)
+		q.sched.DropSpares(peer)
 	}
 	q.schedMu.Unlock()
-	q.deliver(grants, nil, "", now)
 }
 
 // deliver sends grants and refusals to the entry nodes' sessions. A grant
