@@ -54,7 +54,10 @@ type LeaseClient struct {
 	// was not used.
 	spareMax int
 	spareTTL time.Duration // spareTTL, shorter under tests
-	gen      uint64        // sessions so far: a spare lease is used again only on its own
+	// fence is the lowest queen term whose leases hives still take
+	// (Members.FenceTerm); nil: any.
+	fence    func() uint64
+	gen      uint64 // sessions so far: a spare lease is used again only on its own
 	pools    map[spareClass]*sparePool
 	asks     map[string]spareClass
 	claimed  map[string]*claim

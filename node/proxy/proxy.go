@@ -150,6 +150,9 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	lc := NewLeaseClient(cfg.Name, cfg.Start)
 	lc.SetSpares(cfg.Spares)
+	if cfg.Members != nil {
+		lc.fence = cfg.Members.FenceTerm
+	}
 	if cfg.Metrics != nil {
 		for _, c := range lc.spareCollectors() {
 			if err := cfg.Metrics.Register(c); err != nil {

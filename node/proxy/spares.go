@@ -124,6 +124,10 @@ func (lc *LeaseClient) takeSpare(a *Ask) *wsapi.LeaseGrant {
 	}
 	cls := classFor(a)
 	now := time.Now()
+	var fence uint64
+	if lc.fence != nil { // outside mu: it takes the gossip's lock
+		fence = lc.fence()
+	}
 	lc.mu.Lock()
 	if lc.spareMax == 0 || lc.closed || lc.up == nil || !lc.up.Knows(wsapi.TypeLeaseSpareRequest) {
 		lc.mu.Unlock()
@@ -157,9 +161,17 @@ func (lc *LeaseClient) takeSpare(a *Ask) *wsapi.LeaseGrant {
 	}
 	var g *wsapi.LeaseGrant
 	var expired []string
+	stale := 0
 	kept := pool.grants[:0]
 	for _, h := range pool.grants {
 		switch {
+		case h.g.Term < fence:
+			// Lent by a queen that has been replaced, whose session
+			// has not ended here yet: every hive refuses it, this
+			// one without the request leaving the node, so that a
+			// retry would take the next such lease, and the next.
+			stale++
+			pool.held--
 		case now.Sub(h.at) >= lc.spareTTL:
 			expired = append(expired, h.g.LeaseID) // as the sweep would
 			pool.want = max(pool.want-1, 1)
@@ -197,6 +209,7 @@ func (lc *LeaseClient) takeSpare(a *Ask) *wsapi.LeaseGrant {
 	}
 	lc.mu.Unlock()
 	lc.stats.unused.Add(uint64(len(expired)))
+	lc.stats.revoked.Add(uint64(stale))
 	lc.giveBack(u, expired)
 	if ask != nil {
 		queue(u, ask)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -337,5 +338,30 @@ func TestSpares_ARevokeThatOvertakesItsLeases(t *testing.T) {
 	g := lc.takeSpare(&Ask{Model: "m"})
 	if b, _ := wsapi.SpareLeaseOf(g.LeaseID); b != "s2" {
 		t.Fatalf("took %+v, want s2 (s1 was revoked)", g)
+	}
+}
+
+// TestSpares_ALeaseOfAReplacedQueenIsNotUsed: once gossip has elected
+// another queen (the fence term rose), the spare leases of the last one
+// are left, though its session has not ended here yet: every hive would
+// refuse them, and this node's own hive does so without the request
+// leaving the node, so that each retry took the next one. Three such
+// refusals in a row failed a request of TestFault_QueenCutOffUnderLoad.
+func TestSpares_ALeaseOfAReplacedQueenIsNotUsed(t *testing.T) {
+	lc, _ := spareClient(t, "s1", "s2")
+	var fence atomic.Uint64
+	fence.Store(3) // the term the leases were lent under
+	lc.fence = fence.Load
+	if g := lc.takeSpare(&Ask{Model: "m"}); g == nil {
+		t.Fatal("no spare lease under the term it was lent in")
+	} else {
+		lc.Release(g.LeaseID)
+	}
+	fence.Store(4)
+	if g := lc.takeSpare(&Ask{Model: "m"}); g != nil {
+		t.Fatalf("took %+v, lent by a replaced queen", g)
+	}
+	if n := lc.stats.revoked.Load(); n != 2 {
+		t.Fatalf("%d spare leases counted revoked, want 2", n)
 	}
 }
