@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +33,7 @@ type routeStats struct {
 	failed   int
 	p50, p99 time.Duration
 	rps      float64
+	firstErr error // of the failed requests, the first
 }
 
 // shortCompletion is the request measured first: a one-token, non-streaming
@@ -56,13 +58,16 @@ func measure(tb testing.TB, addr string, conc int, d time.Duration, body string)
 		if err != nil {
 			return 0, err
 		}
+		if resp.StatusCode != 200 {
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+			resp.Body.Close()
+			return 0, fmt.Errorf("status %d: %.200s", resp.StatusCode, b)
+		}
 		_, err = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		if err == nil && resp.StatusCode != 200 {
-			err = fmt.Errorf("status %d", resp.StatusCode)
-		}
 		return time.Since(start), err
 	}
+	var firstErr error
 	run := func(d time.Duration) ([]time.Duration, int, time.Duration) {
 		var mu sync.Mutex
 		var lat []time.Duration
@@ -74,10 +79,12 @@ func measure(tb testing.TB, addr string, conc int, d time.Duration, body string)
 			wg.Go(func() {
 				var mine []time.Duration
 				bad := 0
+				var bad1 error
 				for time.Now().Before(deadline) {
 					l, err := one()
 					if err != nil {
 						bad++
+						bad1 = cmp.Or(bad1, err)
 						continue
 					}
 					mine = append(mine, l)
@@ -85,6 +92,7 @@ func measure(tb testing.TB, addr string, conc int, d time.Duration, body string)
 				mu.Lock()
 				lat = append(lat, mine...)
 				failed += bad
+				firstErr = cmp.Or(firstErr, bad1)
 				mu.Unlock()
 			})
 		}
@@ -92,12 +100,13 @@ func measure(tb testing.TB, addr string, conc int, d time.Duration, body string)
 		return lat, failed, time.Since(start)
 	}
 	run(d / 4) // warm up connections, caches and the scheduler
+	firstErr = nil
 	lat, failed, took := run(d)
 	if len(lat) == 0 {
 		tb.Fatalf("%s: no request succeeded (%d failed)", addr, failed)
 	}
 	slices.Sort(lat)
-	return routeStats{n: len(lat), failed: failed, p50: lat[len(lat)/2], p99: lat[len(lat)*99/100], rps: float64(len(lat)) / took.Seconds()}
+	return routeStats{n: len(lat), failed: failed, p50: lat[len(lat)/2], p99: lat[len(lat)*99/100], rps: float64(len(lat)) / took.Seconds(), firstErr: firstErr}
 }
 
 // startSimulator runs `rbee worker simulate` on a free port.
@@ -168,6 +177,34 @@ http {
 	return addr
 }
 
+// buildBenchProxy builds internal/benchproxy (the Go baseline) into dir and
+// returns its path, "" when it cannot be built (then its rows are left out).
+func buildBenchProxy(tb testing.TB, dir string) string {
+	bin := filepath.Join(dir, "benchproxy")
+	build := exec.Command("go", "build", "-o", bin, "../../internal/benchproxy")
+	if out, err := build.CombinedOutput(); err != nil {
+		tb.Logf("build the Go baseline proxy: %v\n%s", err, out)
+		return ""
+	}
+	return bin
+}
+
+// startBenchProxy runs the Go baseline proxy in front of upstream and
+// returns its address; with "-tls" among args it answers over TLS, and its
+// health is then checked through the proxy in front of it.
+func startBenchProxy(tb testing.TB, dir, bin, name, upstream string, args ...string) string {
+	ports, err := freePorts(1)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
+	startProcess(tb, dir, name, bin, append([]string{"-listen", addr, "-upstream", upstream}, args...)...)
+	if !slices.Contains(args, "-tls") {
+		waitHTTP(tb, "http://"+addr+"/health")
+	}
+	return addr
+}
+
 // startProcess runs a helper process for the length of the test or
 // benchmark, its output in <dir>/<name>.log.
 func startProcess(tb testing.TB, dir, name, bin string, args ...string) {
@@ -226,6 +263,15 @@ func BenchmarkRouting(b *testing.B) {
 			targets = append(targets, routeTarget{"nginx", ng})
 		} else {
 			b.Log("nginx not installed (apt-get install nginx-light): its column is left out")
+		}
+		// The Go baseline: the standard library's reverse proxy, one
+		// in front of the worker, and two in a row with the cluster's
+		// TLS between them, as rbee's two hops.
+		if gp := buildBenchProxy(b, dir); gp != "" {
+			one := startBenchProxy(b, dir, gp, "goproxy1", "http://"+sim)
+			hiveSide := startBenchProxy(b, dir, gp, "goproxy2h", "http://"+sim, "-key", c.keyFile, "-tls")
+			two := startBenchProxy(b, dir, gp, "goproxy2e", "https://"+hiveSide, "-key", c.keyFile)
+			targets = append(targets, routeTarget{"Go proxy, 1 hop", one}, routeTarget{"Go proxy, 2 hops", two})
 		}
 		targets = append(targets, routeTarget{"rbee, 1 hop", h.httpAddr}, routeTarget{"rbee, 2 hops", e.httpAddr})
 
@@ -289,7 +335,7 @@ func BenchmarkRouting(b *testing.B) {
 				(r.c1.p50 - direct.p50).Round(time.Microsecond), (r.c1.p99 - direct.p99).Round(time.Microsecond),
 				r.c64.p50.Round(time.Microsecond), r.c64.p99.Round(time.Microsecond), r.c64.rps, vs)
 			if r.c1.failed+r.c64.failed > 0 {
-				fmt.Fprintf(&out, "  %s: %d requests failed\n", r.t.name, r.c1.failed+r.c64.failed)
+				fmt.Fprintf(&out, "  %s: %d requests failed, the first: %v\n", r.t.name, r.c1.failed+r.c64.failed, cmp.Or(r.c1.firstErr, r.c64.firstErr))
 			}
 			key := strings.NewReplacer(" ", "_", ",", "").Replace(r.t.name)
 			b.ReportMetric(float64(r.c1.p50.Microseconds()), key+"_c1_p50_us")
@@ -302,7 +348,7 @@ func BenchmarkRouting(b *testing.B) {
 			fmt.Fprintf(&out, "%-18s %10v %10v %10v %12.0f %11.0f%%\n", r.t.name, r.s1.p50.Round(time.Microsecond),
 				(r.s1.p50 - sdirect.s1.p50).Round(time.Microsecond), r.s64.p50.Round(time.Microsecond), r.s64.rps, 100*r.s64.rps/sdirect.s64.rps)
 			if r.s1.failed+r.s64.failed > 0 {
-				fmt.Fprintf(&out, "  %s: %d streams failed\n", r.t.name, r.s1.failed+r.s64.failed)
+				fmt.Fprintf(&out, "  %s: %d streams failed, the first: %v\n", r.t.name, r.s1.failed+r.s64.failed, cmp.Or(r.s1.firstErr, r.s64.firstErr))
 			}
 			key := strings.NewReplacer(" ", "_", ",", "").Replace(r.t.name)
 			b.ReportMetric(float64(r.s1.p50.Microseconds()), key+"_stream200_c1_p50_us")

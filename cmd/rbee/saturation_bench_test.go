@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rbee/rbee/internal/testutil"
+	"github.com/rbee/rbee/node"
 )
 
 // Saturation benchmark parameters: two hives with one simulated worker of
@@ -92,7 +93,7 @@ func BenchmarkSaturation(b *testing.B) {
 			fmt.Fprintf(&out, "%-36s %10.0f %9.0f%% %10s %10v %10v\n", name, st.rps, 100*st.rps/ideal, vs,
 				st.p50.Round(time.Microsecond), st.p99.Round(time.Microsecond))
 			if st.failed > 0 {
-				fmt.Fprintf(&out, "  %s: %d requests failed\n", name, st.failed)
+				fmt.Fprintf(&out, "  %s: %d requests failed, the first: %v\n", name, st.failed, st.firstErr)
 			}
 			key := strings.NewReplacer(" ", "_", "(", "", ")", "").Replace(name)
 			b.ReportMetric(st.rps, key+"_rps")
@@ -104,7 +105,7 @@ func BenchmarkSaturation(b *testing.B) {
 		}
 		// The same cluster without granting ahead (the build before it)
 		// and with it, one after the other on the same workers.
-		for _, ahead := range []int{0, 1} {
+		for _, ahead := range satAheads(b) {
 			c := newCluster(b)
 			q := c.start(nodeSpec{name: "q", extra: []string{"--roles", "queen", "--queen-priority", "1", "--grant-ahead", strconv.Itoa(ahead)}})[0]
 			rest := c.start(
@@ -124,6 +125,24 @@ func BenchmarkSaturation(b *testing.B) {
 		}
 		fmt.Print(out.String())
 	}
+}
+
+// satAheads are the --grant-ahead values measured: 0 and the default, or
+// RBEE_BENCH_AHEAD's comma-separated list.
+func satAheads(tb testing.TB) []int {
+	v := os.Getenv("RBEE_BENCH_AHEAD")
+	if v == "" {
+		return []int{0, node.DefaultGrantAhead}
+	}
+	var out []int
+	for f := range strings.SplitSeq(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 0 {
+			tb.Fatalf("RBEE_BENCH_AHEAD=%q: want numbers of 0 or more, comma-separated", v)
+		}
+		out = append(out, n)
+	}
+	return out
 }
 
 // startSatSimulator runs a simulated worker whose every one-token request
