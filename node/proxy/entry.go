@@ -298,7 +298,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 	}
 	hs := p.startHopSpan(r, req, g) // trace.go
 	defer endSpan(hs)
-	resp, err := p.client.Do(req)
+	resp, err := p.hops.RoundTrip(req)
 	if err != nil {
 		if r.Context().Err() != nil {
 			// The hive may never have got the request: release the

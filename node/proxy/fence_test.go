@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -274,5 +275,33 @@ func TestHiveProxy_RefusesAStandbyWhoseQueenWasReplacedWhileItWaited(t *testing.
 	defer mu.Unlock()
 	if strings.Join(served, ",") != "first,next" {
 		t.Fatalf("the worker served %v, want first and next only", served)
+	}
+}
+
+// A worker's redirect goes back as it is: a hop that followed it would send
+// the request, body and all, wherever the worker pointed.
+func TestHiveProxy_PassesAWorkersRedirectOn(t *testing.T) {
+	var followed atomic.Int32
+	worker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/elsewhere" {
+			followed.Add(1)
+			fmt.Fprint(w, `{"followed":true}`)
+			return
+		}
+		http.Redirect(w, r, "/elsewhere", http.StatusTemporaryRedirect)
+	}))
+	defer worker.Close()
+	p := testProxy(t, "h", &fakeMembers{max: 1}, oneWorker{worker.URL})
+	p.ReportLeases([]wsapi.ProcessStats{{Group: "g", Instance: "1", Slots: 1}}, time.Now())
+	req := httptest.NewRequest(http.MethodPost, api.PathHiveProxy+api.PathChat, strings.NewReader(`{"model":"m"}`))
+	req.Header.Set(hdrLease, "l")
+	req.Header.Set(hdrWorker, "g/1")
+	req.Header.Set(hdrModel, "m")
+	req.Header.Set(hdrEntry, "e")
+	req.Header.Set(hdrTerm, "1")
+	rec := httptest.NewRecorder()
+	p.HandleHiveProxy(rec, req)
+	if rec.Code != http.StatusTemporaryRedirect || followed.Load() != 0 {
+		t.Fatalf("status %d (%s), redirect followed %d times; want the 307 passed on, not followed", rec.Code, rec.Body, followed.Load())
 	}
 }

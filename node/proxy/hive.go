@@ -129,7 +129,7 @@ func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, 
 	copyRequestHeaders(req.Header, r.Header)
 	ws := p.startWorkerSpan(r, req, lease) // trace.go
 	defer endSpan(ws)
-	resp, err := p.client.Do(req)
+	resp, err := p.hops.RoundTrip(req)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return outcomeDone

@@ -39,7 +39,7 @@ func (p *Proxy) relayToPeer(w http.ResponseWriter, r *http.Request, a *admission
 		relayHeaders(req.Header, r.Header)
 		p.injectTrace(r.Context(), req.Header) // trace.go
 		req.Header.Set(hdrRelayedBy, p.cfg.Name)
-		resp, err := p.client.Do(req)
+		resp, err := p.hops.RoundTrip(req)
 		if err != nil {
 			if r.Context().Err() != nil {
 				p.metrics.requests.WithLabelValues(keyLabel(r), p.labels.of(a.model), "499").Inc()
