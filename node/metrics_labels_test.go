@@ -149,3 +149,40 @@ func lineCount(s string) int { return strings.Count(s, "\n") }
 // sends of each kind (-label-requests=10000 measures what /metrics would
 // keep of ten thousand).
 var labelRequests = flag.Int("label-requests", 300, "spellings of each kind TestMetrics_ModelLabelsStayBounded sends")
+
+// TestMetrics_AClientThatLeavesBeforeItsAnswerIs499: a request is at a
+// worker of its entry node's own hive when its client leaves, before the
+// worker answers: it is counted 499, as when the hive is another node. It
+// was counted nowhere (TestMetrics_ModelLabelsStayBounded missed its 499
+// when the waiting request got the freed slot just before its client's
+// leaving was noticed).
+func TestMetrics_AClientThatLeavesBeforeItsAnswerIs499(t *testing.T) {
+	const served = "m1"
+	w1 := newFakeWorker(t, "w1")
+	w1.setHold(true)
+	a := nodetest.Start(t, "a", nodetest.WithCollector(workersOf(served, 1, w1)))
+	testutil.Eventually(t, 10*time.Second, "worker known", func() error {
+		if qs := mustQueues(a); len(qs) != 1 || qs[0].Slots != 1 {
+			return fmt.Errorf("queues %+v", qs)
+		}
+		return nil
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = sendAs(ctx, a.HTTPAddr(), api.PathChat, "", chat(served, false))
+	}()
+	w1.waitInFlight(t, 1)
+	cancel()
+	<-done
+	testutil.Eventually(t, 10*time.Second, "the 499 counted", func() error {
+		m := scrape(t, a)
+		for _, l := range strings.Split(m, "\n") {
+			if strings.HasPrefix(l, "rbee_requests_total{") && strings.Contains(l, `code="499"`) && strings.Contains(l, `model="`+served+`"`) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no 499 of %s in\n%s", served, grepLines(m, "rbee_requests_total"))
+	})
+}

@@ -135,7 +135,13 @@ func (p *Proxy) tryWorkers(w http.ResponseWriter, r *http.Request, a *admission,
 		}
 		p.leases.Release(g.LeaseID) // a second release is ignored
 		if r.Context().Err() != nil {
-			return // the client went away: no new lease for it
+			// The client went away: no new lease for it. Counted
+			// here when nothing was answered, whichever hop
+			// noticed: on this node's own hive too.
+			if !rp.started {
+				p.metrics.requests.WithLabelValues(keyLabel(r), g.Model, "499").Inc()
+			}
+			return
 		}
 		if len(rp.avoid) < wsapi.MaxAvoid && away.Hive != "" {
 			rp.avoid = append(rp.avoid, away)
@@ -304,7 +310,6 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, body []byte, g *
 			// The hive may never have got the request: release the
 			// lease here too (a second release is ignored).
 			p.leases.Release(g.LeaseID)
-			p.metrics.requests.WithLabelValues(keyLabel(r), g.Model, "499").Inc()
 			return outcomeDone, wsapi.Placement{}
 		}
 		p.log.Warn("hive unreachable", "hive", g.Hive, "addr", g.HiveAddr, "err", err)
