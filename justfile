@@ -19,8 +19,9 @@ lint:
 # failover times, false deaths, partition heals (root), queen ingest CPU
 # (and the floor the transport alone sets under it), saturation with and
 # without granting ahead,
-# routing latency and throughput beside direct and nginx (apt-get install
-# nginx-light), failover under load, cold starts and failing engines, Ollama
+# routing latency and throughput beside direct, nginx (apt-get install
+# nginx-light) and the Go standard library's proxy (RBEE_BENCH_ROUNDS=3 for
+# medians of three rounds), failover under load, cold starts and failing engines, Ollama
 # cold starts beside the same by hand (../shared/engines),
 # fairness (fair vs FIFO), prefix affinity (vs least-loaded), the pause of a
 # migrated stream (SIGKILL, and a cut link as root). Then the
