@@ -29,6 +29,9 @@ func FuzzChunkScanner(f *testing.F) {
 		`{"choices":[{"delta":{"content":"\ud83d\ude00"}}]}`,
 		`{"choices":[{"delta":{"content":"\ud800"}}]}`,
 		"{\"choices\":[{\"delta\":{\"content\":\"\xff\"}}]}",
+		`{"choices":[{"delta":{"content":"héllo wörld 😀 \n"}}]}`,
+		"{\"choices\":[{\"delta\":{\"content\":\"ok \xc3\x28 then\"}}]}",
+		"{\"choices\":[{\"delta\":{\"content\":\"a\x1fb\"}}]}",
 		`{"choices":[{"delta":{"content":"a"}}]} x`,
 		`[]`,
 	} {
@@ -105,4 +108,32 @@ func BenchmarkChunkScanner(b *testing.B) {
 			}
 		}
 	})
+}
+
+// The scanner itself (no fallback) takes text that is not ASCII, and leaves
+// a string with bytes that are not UTF-8, or a control character, to the
+// reference decoder.
+func TestChunkScanner_TextBeyondASCII(t *testing.T) {
+	for _, tc := range []struct {
+		content string
+		ok      bool
+	}{
+		{"héllo wörld 😀", true},
+		{"plain", true},
+		{"ok \xc3\x28 then", false},
+		{"\xff", false},
+		{"a\x1fb", false},
+	} {
+		data := []byte(`{"choices":[{"index":0,"delta":{"content":"` + tc.content + `"}}]}`)
+		var s chunkScanner
+		var c wireChunk
+		s.b, s.i = data, 0
+		err := s.chunk(&c)
+		if tc.ok && (err != nil || len(c.Choices) != 1 || c.Choices[0].Delta.Content != tc.content) {
+			t.Errorf("%q: %v %+v, want its text", tc.content, err, c.Choices)
+		}
+		if !tc.ok && err != errChunkSlow {
+			t.Errorf("%q: %v, want it left to the reference", tc.content, err)
+		}
+	}
 }
