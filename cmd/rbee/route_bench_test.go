@@ -348,17 +348,34 @@ func BenchmarkRouting(b *testing.B) {
 		med := func(v []float64) float64 {
 			v = slices.Clone(v)
 			slices.Sort(v)
+			if n := len(v); n%2 == 0 {
+				return (v[n/2-1] + v[n/2]) / 2
+			}
 			return v[len(v)/2]
 		}
 		us := func(v []float64) string { return time.Duration(med(v)).Round(time.Microsecond).String() }
-		share := func(v []float64) string {
-			if nginx < 0 {
-				return "-"
-			}
+		pct := func(v []float64) string {
 			if len(v) == 1 {
 				return fmt.Sprintf("%.0f%%", 100*v[0])
 			}
 			return fmt.Sprintf("%.0f%% (%.0f-%.0f)", 100*med(v), 100*slices.Min(v), 100*slices.Max(v))
+		}
+		// vsNginx is the share of nginx's figure f, "-" without nginx.
+		vsNginx := func(ti int, f func(r row) float64) string {
+			if nginx < 0 {
+				return "-"
+			}
+			return pct(over(ti, func(rd []row, r row) float64 { return f(r) / f(rd[nginx]) }))
+		}
+		// failures sums the failed requests of target ti's two
+		// measurements that f picks, and returns the first error.
+		failures := func(ti int, f func(r row) (routeStats, routeStats)) (n int, first error) {
+			for _, rd := range runs {
+				x, y := f(rd[ti])
+				n += x.failed + y.failed
+				first = cmp.Or(first, x.firstErr, y.firstErr)
+			}
+			return n, first
 		}
 		var out strings.Builder
 		fmt.Fprintf(&out, "\nrouting a 1-token chat completion (%v per measurement, after a warm-up; all processes on this machine", dur)
@@ -374,19 +391,10 @@ func BenchmarkRouting(b *testing.B) {
 			c64p50 := over(ti, func(_ []row, r row) float64 { return float64(r.c64.p50) })
 			c64p99 := over(ti, func(_ []row, r row) float64 { return float64(r.c64.p99) })
 			rps := over(ti, func(_ []row, r row) float64 { return r.c64.rps })
-			vs := "-"
-			if nginx >= 0 {
-				vs = share(over(ti, func(rd []row, r row) float64 { return r.c64.rps / rd[nginx].c64.rps }))
-			}
+			vs := vsNginx(ti, func(r row) float64 { return r.c64.rps })
 			fmt.Fprintf(&out, "%-18s %10s %10s %10s %10s %10s %10s %12.0f %18s\n", t.name,
 				us(c1p50), us(c1p99), us(plus50), us(plus99), us(c64p50), us(c64p99), med(rps), vs)
-			failed := 0
-			var first error
-			for _, rd := range runs {
-				failed += rd[ti].c1.failed + rd[ti].c64.failed
-				first = cmp.Or(first, rd[ti].c1.firstErr, rd[ti].c64.firstErr)
-			}
-			if failed > 0 {
+			if failed, first := failures(ti, func(r row) (routeStats, routeStats) { return r.c1, r.c64 }); failed > 0 {
 				fmt.Fprintf(&out, "  %s: %d requests failed, the first: %v\n", t.name, failed, first)
 			}
 			key := strings.NewReplacer(" ", "_", ",", "").Replace(t.name)
@@ -400,23 +408,10 @@ func BenchmarkRouting(b *testing.B) {
 			plus50 := over(ti, func(rd []row, r row) float64 { return float64(r.s1.p50 - rd[0].s1.p50) })
 			s64p50 := over(ti, func(_ []row, r row) float64 { return float64(r.s64.p50) })
 			rps := over(ti, func(_ []row, r row) float64 { return r.s64.rps })
-			vsDirect := over(ti, func(rd []row, r row) float64 { return r.s64.rps / rd[0].s64.rps })
-			vd := fmt.Sprintf("%.0f%%", 100*med(vsDirect))
-			if rounds > 1 {
-				vd = fmt.Sprintf("%.0f%% (%.0f-%.0f)", 100*med(vsDirect), 100*slices.Min(vsDirect), 100*slices.Max(vsDirect))
-			}
-			vs := "-"
-			if nginx >= 0 {
-				vs = share(over(ti, func(rd []row, r row) float64 { return r.s64.rps / rd[nginx].s64.rps }))
-			}
+			vd := pct(over(ti, func(rd []row, r row) float64 { return r.s64.rps / rd[0].s64.rps }))
+			vs := vsNginx(ti, func(r row) float64 { return r.s64.rps })
 			fmt.Fprintf(&out, "%-18s %10s %10s %10s %14.0f %18s %18s\n", t.name, us(s1p50), us(plus50), us(s64p50), med(rps), vd, vs)
-			failed := 0
-			var first error
-			for _, rd := range runs {
-				failed += rd[ti].s1.failed + rd[ti].s64.failed
-				first = cmp.Or(first, rd[ti].s1.firstErr, rd[ti].s64.firstErr)
-			}
-			if failed > 0 {
+			if failed, first := failures(ti, func(r row) (routeStats, routeStats) { return r.s1, r.s64 }); failed > 0 {
 				fmt.Fprintf(&out, "  %s: %d streams failed, the first: %v\n", t.name, failed, first)
 			}
 			key := strings.NewReplacer(" ", "_", ",", "").Replace(t.name)
