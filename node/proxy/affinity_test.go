@@ -133,3 +133,23 @@ func TestInferencePath(t *testing.T) {
 		}
 	}
 }
+
+func TestMultipartBoundary(t *testing.T) {
+	for _, tc := range []struct {
+		ct, want string
+		ok       bool
+	}{
+		{"multipart/form-data; boundary=XyZ", "XyZ", true},
+		{" \tMultipart/Form-Data; boundary=\"a b\"", "a b", true},
+		{"multipart/form-data", "", false},
+		{"multipart/mixed; boundary=XyZ", "", false},
+		{"application/json", "", false},
+		{"multipart/", "", false},
+		{"multi", "", false},
+		{"", "", false},
+	} {
+		if got, ok := multipartBoundary(tc.ct); got != tc.want || ok != tc.ok {
+			t.Errorf("%q: %q %v, want %q %v", tc.ct, got, ok, tc.want, tc.ok)
+		}
+	}
+}
