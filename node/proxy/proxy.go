@@ -101,7 +101,7 @@ type Proxy struct {
 	// through an http.Client: a proxy passes a redirect on rather than
 	// following it (a worker's 302 would have the hive fetch wherever it
 	// points), and the client's per-request header copy for redirects
-	// cost ~4% of an entry node's CPU on one-token requests.
+	// cost ~2% of an entry node's CPU on one-token requests.
 	hops    *syncTransport
 	metrics *metrics
 	labels  modelLabels   // the served names metrics label requests by
