@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -10,7 +11,8 @@ func TestConversation(t *testing.T) {
 	turn1 := `{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"}]}`
 	turn2 := `{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"hi"},{"role":"assistant","content":"hello"},{"role":"user","content":"more"}]}`
 	other := `{"model":"m","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"bye"}]}`
-	key := func(tenant, body, id string) string {
+	// of is a chat request with body and session id (none when "").
+	of := func(body, id string) (*http.Request, *requestHead) {
 		r := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(body))
 		if id != "" {
 			r.Header.Set(HeaderSessionID, id)
@@ -19,21 +21,18 @@ func TestConversation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return conversation(r, &h, tenant)
+		return r, &h
+	}
+	key := func(tenant, body, id string) string {
+		r, h := of(body, id)
+		return conversation(r, h, tenant)
 	}
 	if a, b := key("bob", turn1, ""), key("bob", turn2, ""); a == "" || a != b {
 		t.Fatalf("two turns of one chat: %q %q, want one key", a, b)
 	}
 	first := func(body, id string) bool {
-		r := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(body))
-		if id != "" {
-			r.Header.Set(HeaderSessionID, id)
-		}
-		h, err := readHead("application/json", []byte(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, f := conversationOf(r, &h, "bob")
+		r, h := of(body, id)
+		_, f := conversationOf(r, h, "bob")
 		return f
 	}
 	if !first(turn1, "") || first(turn2, "") || first(turn1, "s1") {
