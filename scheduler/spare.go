@@ -185,23 +185,19 @@ type SpareUse struct {
 // it waited at the entry node, and its conversation's next turn goes back
 // to its worker. For any other lease it is Release.
 func (s *Scheduler) ReleaseSpare(leaseID string, u SpareUse, now time.Time) []Grant {
-	l := s.leases[leaseID]
-	if l == nil || !l.Spare {
-		return s.Release(leaseID, now)
-	}
-	s.dropLease(l)
-	w := s.byHive[l.Hive][l.Worker]
-	if w == nil {
-		return nil
-	}
-	if !u.Unused {
-		s.noteService(w, u.Ran)
-		s.slotFreed(w, now)
-		if u.Conversation != "" {
-			s.rememberConversation(u.Conversation, w.id)
+	// Only a lease whose request just ran tells a service time and frees
+	// a running slot; one that comes back from its pool (its uses went
+	// with lease_uses) was idle.
+	if l := s.leases[leaseID]; l != nil && l.Spare && !u.Unused && u.Ran > 0 {
+		if w := s.byHive[l.Hive][l.Worker]; w != nil {
+			s.noteService(w, u.Ran)
+			s.slotFreed(w, now)
+			if u.Conversation != "" {
+				s.rememberConversation(u.Conversation, w.id)
+			}
 		}
 	}
-	return s.freed(w, now)
+	return s.Release(leaseID, now) // which notes no run for a spare lease
 }
 
 // DropSpares takes back the spare leases of entry: its session ended, and
@@ -216,12 +212,3 @@ func (s *Scheduler) DropSpares(entry string) {
 	}
 }
 
-// freed takes one lease off w and grants the slot to what waits.
-func (s *Scheduler) freed(w *worker, now time.Time) []Grant {
-	if w.leases > 0 {
-		w.leases--
-		w.lastEnd = now
-		s.reindex(w)
-	}
-	return s.fill(w, now, nil, true)
-}

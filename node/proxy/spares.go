@@ -538,11 +538,8 @@ func (lc *LeaseClient) Spoil(id string) {
 	}
 	u := lc.up
 	lc.mu.Unlock()
-	for _, id := range back {
-		if u != nil {
-			queue(u, &wsapi.LeaseRelease{Type: wsapi.TypeLeaseRelease, LeaseID: id})
-		}
-	}
+	// Its uses, and their run times, went with lease_uses.
+	lc.giveBack(u, back)
 }
 
 // queue queues msg on u, for a message nobody waits on; a queen that lets
