@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -32,6 +33,7 @@ type syncTransport struct {
 	mu     sync.Mutex
 	idle   map[string][]*syncConn // by scheme://host, the newest last
 	closed bool
+	pruned time.Time // when put last closed the expired idle connections
 }
 
 const (
@@ -149,10 +151,10 @@ func (t *syncTransport) exchange(ctx context.Context, pc *syncConn, req *http.Re
 			continue // an interim answer: the real one follows
 		}
 		b := &syncBody{rc: resp.Body, pc: pc, t: t, stop: stop, ctx: ctx, keep: !resp.Close && !req.Close}
-		resp.Body = b
 		if resp.Body == http.NoBody || resp.ContentLength == 0 {
 			b.finish(true)
 		}
+		resp.Body = b
 		return resp, true, nil
 	}
 }
@@ -191,25 +193,28 @@ func closedByPeer(c net.Conn) bool {
 // conn returns an idle connection to key, or a new one.
 func (t *syncTransport) conn(ctx context.Context, key string, req *http.Request) (*syncConn, bool, error) {
 	now := time.Now()
-	t.mu.Lock()
 	for {
+		t.mu.Lock()
 		l := t.idle[key]
 		if len(l) == 0 {
+			t.mu.Unlock()
 			break
 		}
 		pc := l[len(l)-1]
 		l[len(l)-1] = nil
-		t.idle[key] = l[:len(l)-1]
+		if t.idle[key] = l[:len(l)-1]; len(l) == 1 {
+			delete(t.idle, key)
+		}
+		t.mu.Unlock()
+		// The check is a syscall: outside the lock every hop takes.
 		if now.Sub(pc.idleAt) > syncIdleTimeout || closedByPeer(pc.c) {
 			// Expired, or closed by the server while idle (an
 			// engine's keep-alive timeout: uvicorn's is 5 s).
 			pc.c.Close()
 			continue
 		}
-		t.mu.Unlock()
 		return pc, true, nil
 	}
-	t.mu.Unlock()
 	addr := req.URL.Host
 	if req.URL.Port() == "" {
 		port := "80"
@@ -251,7 +256,29 @@ func (t *syncTransport) put(pc *syncConn) {
 		return
 	}
 	t.idle[pc.key] = append(t.idle[pc.key], pc)
+	var expired []*syncConn
+	if pc.idleAt.Sub(t.pruned) > syncIdleTimeout {
+		// Now and then, the connections idle too long: those behind
+		// the newest of a busy host, and all of a host not asked
+		// again (a worker gone, a hive that left).
+		t.pruned = pc.idleAt
+		for key, l := range t.idle {
+			n := 0
+			for n < len(l) && pc.idleAt.Sub(l[n].idleAt) > syncIdleTimeout {
+				n++ // oldest first
+			}
+			expired = append(expired, l[:n]...)
+			if n == len(l) {
+				delete(t.idle, key)
+			} else if n > 0 {
+				t.idle[key] = slices.Delete(l, 0, n)
+			}
+		}
+	}
 	t.mu.Unlock()
+	for _, c := range expired {
+		c.c.Close()
+	}
 }
 
 // Close closes the idle connections and every one whose exchange ends

@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/rbee/rbee/internal/testutil"
 )
 
 // countingServer is a test server that counts the connections it accepted.
@@ -240,4 +242,53 @@ func TestSyncTransport_NeverSendsAPostTwice(t *testing.T) {
 	if n := hits.Load(); n != 1 {
 		t.Fatalf("the server got the request %d times, want 1", n)
 	}
+}
+
+// Idle connections to a host that is not asked again (a worker gone, a hive
+// that left) are closed once they have been idle past the timeout, by the
+// next connection put back to any host; none stayed open for good.
+func TestSyncTransport_ClosesConnectionsIdleTooLong(t *testing.T) {
+	var closed atomic.Int64
+	gone := httptest.NewUnstartedServer(http.HandlerFunc(echo))
+	gone.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateClosed {
+			closed.Add(1)
+		}
+	}
+	gone.Start()
+	t.Cleanup(gone.Close)
+	other, _ := countingServer(t, false, echo)
+	tr := newSyncTransport(nil, http.DefaultTransport)
+	defer tr.Close()
+	c := &http.Client{Transport: tr}
+	get := func(url string) {
+		t.Helper()
+		resp, err := post(t, c, context.Background(), url, "hi")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	get(gone.URL)
+	// As if it and the last pruning were long ago.
+	tr.mu.Lock()
+	for _, pc := range tr.idle["http://"+gone.Listener.Addr().String()] {
+		pc.idleAt = pc.idleAt.Add(-2 * syncIdleTimeout)
+	}
+	tr.pruned = tr.pruned.Add(-2 * syncIdleTimeout)
+	tr.mu.Unlock()
+	get(other.URL)
+	tr.mu.Lock()
+	_, kept := tr.idle["http://"+gone.Listener.Addr().String()]
+	tr.mu.Unlock()
+	if kept {
+		t.Fatal("the idle list of a host not asked again is still there")
+	}
+	testutil.Eventually(t, 5*time.Second, "the server sees its idle connection closed", func() error {
+		if closed.Load() == 0 {
+			return errors.New("still open")
+		}
+		return nil
+	})
 }
