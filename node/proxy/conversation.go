@@ -18,7 +18,7 @@ const HeaderSessionID = "X-Session-Id"
 // little enough to hash in microseconds.
 const conversationBytes = 1024
 
-// conversation names the conversation a request continues, for prefix
+// conversationOf names the conversation a request continues, for prefix
 // affinity, within the tenant (tenants.Tenant.Scope): the
 // X-Session-Id header, else the OpenAI "user" field, else the conversation's
 // start (its messages up to the first user message, or the first bytes of a
@@ -30,16 +30,11 @@ const conversationBytes = 1024
 // the worker that holds his prompt nor time that worker's cache for it. The
 // hash also bounds the name, however long the header, to what a lease
 // request may carry.
-func conversation(r *http.Request, head *requestHead, tenant string) string {
-	c, _ := conversationOf(r, head, tenant)
-	return c
-}
-
-// conversationOf is conversation, and whether the request is the
-// conversation's first turn: a chat's messages up to its first user
-// message and no further, or a prompt or input (whose next turn cannot be
-// told from a new request). A session id or user names a conversation that
-// may have had turns before.
+//
+// It also says whether the request is the conversation's first turn: a
+// chat's messages up to its first user message and no further, or a prompt
+// or input (whose next turn cannot be told from a new request). A session
+// id or user names a conversation that may have had turns before.
 func conversationOf(r *http.Request, head *requestHead, tenant string) (string, bool) {
 	kind, name, first := conversationName(r, head)
 	if kind == "" {

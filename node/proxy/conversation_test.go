@@ -25,7 +25,8 @@ func TestConversation(t *testing.T) {
 	}
 	key := func(tenant, body, id string) string {
 		r, h := of(body, id)
-		return conversation(r, h, tenant)
+		c, _ := conversationOf(r, h, tenant)
+		return c
 	}
 	if a, b := key("bob", turn1, ""), key("bob", turn2, ""); a == "" || a != b {
 		t.Fatalf("two turns of one chat: %q %q, want one key", a, b)
