@@ -211,4 +211,3 @@ func (s *Scheduler) DropSpares(entry string) {
 		}
 	}
 }
-
