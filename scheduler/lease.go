@@ -265,6 +265,7 @@ func (s *Scheduler) dropLease(l *Lease) {
 	}
 	delete(s.leases, l.ID)
 	delete(s.spares, l.ID)
+	s.unrevocable(l)
 	if s.byReq[l.RequestID] == l.ID {
 		delete(s.byReq, l.RequestID)
 	}

@@ -39,10 +39,13 @@ type Scheduler struct {
 	// order they came in, to forget the oldest.
 	convs     map[string]string
 	convOrder []string
-	// spares: the spare leases out (spare.go); revokes: those to take
-	// back, by entry node.
-	spares  map[string]*Lease
-	revokes map[string][]string
+	// spares: the spare leases out (spare.go); revocable: those of each
+	// model key not yet asked back (revoked or orphaned), so that a
+	// request that waits finds its model's without a scan of every
+	// spare lease; revokes: those to take back, by entry node.
+	spares    map[string]*Lease
+	revocable map[string]map[string]*Lease
+	revokes   map[string][]string
 	// scanOnly makes pick scan every worker, as before the index: the
 	// benchmark's baseline.
 	scanOnly bool

@@ -264,6 +264,20 @@ func TestNeverOversubscribed(t *testing.T) {
 				t.Fatalf("worker %s: %d leases (counted %d), %d slots, %d standby", x.id, count[x.id], x.leases, x.Slots, s.cfg.Standby)
 			}
 		}
+		// The spare leases a waiting request revokes are exactly
+		// those not asked back yet, under their model.
+		for key, m := range s.revocable {
+			for id, l := range m {
+				if s.spares[id] != l || l.spareKey != key || l.revoked || l.orphan {
+					t.Fatalf("spare lease %s listed revocable under %q: spare %v, key %q, revoked %v, orphan %v", id, key, s.spares[id] == l, l.spareKey, l.revoked, l.orphan)
+				}
+			}
+		}
+		for id, l := range s.spares {
+			if !l.revoked && !l.orphan && s.revocable[l.spareKey][id] != l {
+				t.Fatalf("spare lease %s of %q not listed revocable", id, l.spareKey)
+			}
+		}
 		for _, g := range grants {
 			if g.Lease.Spare {
 				// Lent only while nothing of the model waits,
@@ -299,7 +313,11 @@ func TestNeverOversubscribed(t *testing.T) {
 		switch rnd(6) {
 		case 4:
 			// An entry node asks for spare leases (spare.go);
-			// the hive serves their uses like any lease.
+			// the hive serves their uses like any lease. Now and
+			// then its session ends first, orphaning its pool.
+			if rnd(8) == 0 {
+				s.DropSpares("e2")
+			}
 			grants = s.Spare(Request{ID: fmt.Sprint("s", i), Entry: "e2", Model: []string{"m", "n"}[rnd(2)]}, 1+rnd(3), now)
 		case 0, 1:
 			r := req(fmt.Sprint("r", i), []string{"m", "n"}[rnd(2)])

@@ -3,7 +3,6 @@ package scheduler
 import (
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -51,6 +50,15 @@ func (s *Scheduler) Spare(r Request, n int, now time.Time) []Grant {
 			s.spares = make(map[string]*Lease)
 		}
 		s.spares[l.ID] = l
+		if s.revocable == nil {
+			s.revocable = make(map[string]map[string]*Lease)
+		}
+		m := s.revocable[key]
+		if m == nil {
+			m = make(map[string]*Lease)
+			s.revocable[key] = m
+		}
+		m[l.ID] = l
 		grants = append(grants, g)
 	}
 	return grants
@@ -88,10 +96,8 @@ func (s *Scheduler) waitsFor(key string, now time.Time) bool {
 // waits. Those in the entry nodes' pools come back at once, those in use
 // when their requests end.
 func (s *Scheduler) revokeFor(key string) {
-	for _, l := range s.spares {
-		if l.spareKey == key {
-			s.revoke(l)
-		}
+	for _, l := range s.revocable[key] {
+		s.revoke(l)
 	}
 }
 
@@ -100,10 +106,22 @@ func (s *Scheduler) revoke(l *Lease) {
 		return
 	}
 	l.revoked = true
+	s.unrevocable(l)
 	if s.revokes == nil {
 		s.revokes = make(map[string][]string)
 	}
 	s.revokes[l.Entry] = append(s.revokes[l.Entry], l.ID)
+}
+
+// unrevocable takes l out of its model's revocable spare leases: it was
+// asked back, its entry node's session ended, or it ended.
+func (s *Scheduler) unrevocable(l *Lease) {
+	if m := s.revocable[l.spareKey]; m != nil {
+		delete(m, l.ID)
+		if len(m) == 0 {
+			delete(s.revocable, l.spareKey)
+		}
+	}
 }
 
 // NoteConversation records that conv's last turn went to worker id
@@ -147,16 +165,6 @@ func (s *Scheduler) idleSpares(w *worker) int {
 		}
 	}
 	return n
-}
-
-// spareBase returns the spare lease a use id names (wsapi.SpareLeaseOf:
-// the lease id, a slash and a number), false for any other id.
-func spareBase(id string) (string, bool) {
-	i := strings.LastIndexByte(id, '/')
-	if i <= 0 || i == len(id)-1 {
-		return "", false
-	}
-	return id[:i], true
 }
 
 // Revokes returns, by entry node, the spare leases to take back since the
@@ -208,6 +216,7 @@ func (s *Scheduler) DropSpares(entry string) {
 	for _, l := range s.spares {
 		if l.Entry == entry {
 			l.orphan = true
+			s.unrevocable(l)
 		}
 	}
 }

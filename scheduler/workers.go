@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/rbee/rbee/internal/spareid"
 )
 
 // Worker is one worker as the hive's telemetry describes it.
@@ -147,7 +149,7 @@ func (s *Scheduler) UpdateHive(hive string, workers []Worker, leases []HiveLease
 
 	listed := make(map[string]bool, len(leases))
 	for _, hl := range leases {
-		if base, ok := spareBase(hl.ID); ok {
+		if base, ok := spareid.Lease(hl.ID); ok {
 			if l := s.leases[base]; l != nil && l.Spare {
 				// A use of a spare lease (spare.go): the lease
 				// holds the slot, and goes when its entry node

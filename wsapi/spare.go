@@ -2,8 +2,8 @@ package wsapi
 
 import (
 	"fmt"
-	"strconv"
-	"strings"
+
+	"github.com/rbee/rbee/internal/spareid"
 )
 
 // Spare leases: an entry node asks the queen, ahead of its clients'
@@ -81,17 +81,11 @@ func (m *LeaseSpareRequest) Validate() error {
 // hold a slash otherwise: node names cannot.
 
 // SpareUseID is the id of use n of spare lease id.
-func SpareUseID(id string, n uint64) string { return id + "/" + strconv.FormatUint(n, 36) }
+func SpareUseID(id string, n uint64) string { return spareid.Use(id, n) }
 
 // SpareLeaseOf returns the spare lease whose use id names, false when id
 // names no use of one.
-func SpareLeaseOf(id string) (string, bool) {
-	i := strings.LastIndexByte(id, '/')
-	if i <= 0 || i == len(id)-1 {
-		return "", false
-	}
-	return id[:i], true
-}
+func SpareLeaseOf(id string) (string, bool) { return spareid.Lease(id) }
 
 // TypeConversations: where conversations went on spare leases.
 const TypeConversations = "conversations"
