@@ -177,8 +177,7 @@ func (q *Queen) deliverSpares(peer, askID string, spares []scheduler.Grant, now 
 			orphans = append(orphans, g.Lease.ID)
 			continue
 		}
-		out.Grants = append(out.Grants, wsapi.LeaseGrant{Type: wsapi.TypeLeaseGrant, RequestID: g.Request.ID, LeaseID: g.Lease.ID,
-			Hive: g.Lease.Hive, HiveAddr: addr, Worker: g.Lease.Worker, Model: g.Lease.Model, Term: term, Spare: true})
+		out.Grants = append(out.Grants, leaseGrant(g, addr, term))
 	}
 	var grants []scheduler.Grant
 	if !q.sendTo(peer, out, true) {
@@ -196,6 +195,14 @@ func (q *Queen) deliverSpares(peer, askID string, spares []scheduler.Grant, now 
 		q.schedMu.Unlock()
 	}
 	q.deliver(grants, nil, "", now)
+}
+
+// leaseGrant is g's message to its entry node, for a hive at addr, under
+// the queen's term.
+func leaseGrant(g scheduler.Grant, addr string, term uint64) wsapi.LeaseGrant {
+	return wsapi.LeaseGrant{Type: wsapi.TypeLeaseGrant, RequestID: g.Request.ID, LeaseID: g.Lease.ID,
+		Hive: g.Lease.Hive, HiveAddr: addr, Worker: g.Lease.Worker, Model: g.Lease.Model, Term: term,
+		Standby: g.Lease.Standby, Spare: g.Lease.Spare}
 }
 
 // revoke asks entry nodes to give back the spare leases they have not used:
@@ -306,10 +313,9 @@ func (q *Queen) deliver(grants []scheduler.Grant, fails []scheduler.Failure, fro
 				orphans = append(orphans, g)
 				continue
 			}
-			msg := &wsapi.LeaseGrant{Type: wsapi.TypeLeaseGrant, RequestID: g.Request.ID, LeaseID: g.Lease.ID,
-				Hive: g.Lease.Hive, HiveAddr: addr, Worker: g.Lease.Worker, Model: g.Lease.Model, Term: term, Standby: g.Lease.Standby}
+			msg := leaseGrant(g, addr, term)
 			q.spans.granted(g, now) // trace.go
-			if !q.sendTo(g.Request.Entry, msg, g.Request.Entry == from) {
+			if !q.sendTo(g.Request.Entry, &msg, g.Request.Entry == from) {
 				undeliverable = append(undeliverable, g.Lease.ID)
 			}
 		}
