@@ -1,10 +1,16 @@
 package proxy
 
 import (
+	"bytes"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 func TestConversation(t *testing.T) {
@@ -84,4 +90,167 @@ func TestConversation(t *testing.T) {
 	if key("bob", turn1, long) == key("bob", turn1, long+"y") {
 		t.Error("two session ids alike in their first 300 bytes share a conversation")
 	}
+}
+
+// conversationNameBefore is conversationName as it was before chatStart
+// (the messages unmarshaled whole, a decoder for each one's role): a
+// conversation must keep its name across versions, or a rolling upgrade
+// moves chats off the workers that hold their prompts.
+func conversationNameBefore(head *requestHead) (name []byte, first bool) {
+	var start []byte
+	var msgs []jsontext.Value
+	if head.Messages.Kind() == '[' {
+		_ = jsonv2.Unmarshal(head.Messages, &msgs)
+	}
+	isUser := func(m jsontext.Value) bool {
+		dec := jsontext.NewDecoder(bytes.NewReader(m))
+		if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '{' {
+			return false
+		}
+		for dec.PeekKind() != '}' {
+			k, err := dec.ReadToken()
+			if err != nil {
+				return false
+			}
+			if k.String() == "role" {
+				v, err := dec.ReadToken()
+				return err == nil && v.String() == "user"
+			}
+			if err := dec.SkipValue(); err != nil {
+				return false
+			}
+		}
+		return false
+	}
+	first = true
+	switch {
+	case len(msgs) > 0:
+		for i, m := range msgs {
+			start = append(start, m...)
+			if len(start) >= conversationBytes || isUser(m) {
+				first = i == len(msgs)-1
+				break
+			}
+		}
+	case len(head.Prompt) > 0:
+		start = head.Prompt
+	case len(head.Input) > 0:
+		start = head.Input
+	}
+	if len(start) == 0 {
+		return nil, false
+	}
+	return start[:min(len(start), conversationBytes)], first
+}
+
+// Random chats, prompts and odd shapes name the same conversation, and the
+// same first turn, as before chatStart.
+func TestConversation_NamesAsBefore(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	roles := []string{`"system"`, `"user"`, `"assistant"`, `"tool"`, `"us\u0065r"`, `"User"`, `7`, `null`, `{"x":"user"}`}
+	message := func() string {
+		var fields []string
+		if rng.IntN(8) > 0 {
+			fields = append(fields, `"role": `+roles[rng.IntN(len(roles))])
+		}
+		if rng.IntN(4) > 0 {
+			fields = append(fields, `"content":`+strconv.Quote(strings.Repeat("word ", rng.IntN(120))))
+		}
+		if rng.IntN(3) == 0 {
+			fields = append(fields, `"name":"n","extra":[1,{"role":"user"}]`)
+		}
+		rng.Shuffle(len(fields), func(i, j int) { fields[i], fields[j] = fields[j], fields[i] })
+		switch rng.IntN(12) {
+		case 0:
+			return `"just a string"`
+		case 1:
+			return `[{"role":"user"}]`
+		}
+		return "{ " + strings.Join(fields, " ,\n ") + " }"
+	}
+	bodies := []string{
+		`{"model":"m","messages":[]}`,
+		`{"model":"m","messages":[],"prompt":"p"}`,
+		`{"model":"m","messages":{"role":"user"},"input":"in"}`,
+		`{"model":"m","messages":null,"prompt":["a","b"]}`,
+		`{"model":"m","prompt":""}`,
+	}
+	for range 2000 {
+		msgs := make([]string, rng.IntN(12))
+		for i := range msgs {
+			msgs[i] = message()
+		}
+		body := `{"model":"m", "messages": [ ` + strings.Join(msgs, " , ") + ` ]`
+		if rng.IntN(4) == 0 {
+			body += `, "prompt": "also"`
+		}
+		bodies = append(bodies, body+"}")
+	}
+	r := httptest.NewRequest("POST", "/v1/chat/completions", nil)
+	for _, body := range bodies {
+		head, err := readHead("application/json", []byte(body))
+		if err != nil {
+			t.Fatalf("%v\n%s", err, body)
+		}
+		wantName, wantFirst := conversationNameBefore(&head)
+		kind, name, first := conversationName(r, &head)
+		if (kind == "") != (wantName == nil) || !bytes.Equal(name, wantName) || first != wantFirst {
+			t.Fatalf("body %s\nnamed %q %q first %v, want %q first %v", body, kind, name, first, wantName, wantFirst)
+		}
+	}
+}
+
+// BenchmarkConversationName names a 6-message chat's conversation (a system
+// prompt, then turns; the name is its start up to the first user message)
+// now and as before chatStart.
+func BenchmarkConversationName(b *testing.B) {
+	msgs := []string{`{"role":"system","content":` + strconv.Quote(strings.Repeat("Be brief. ", 40)) + `}`}
+	for i := range 5 {
+		role := []string{"user", "assistant"}[i%2]
+		msgs = append(msgs, `{"role":"`+role+`","content":`+strconv.Quote(strings.Repeat("more words ", 30))+`}`)
+	}
+	body := `{"model":"m","messages":[` + strings.Join(msgs, ",") + `]}`
+	head, err := readHead("application/json", []byte(body))
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := httptest.NewRequest("POST", "/v1/chat/completions", nil)
+	b.Run("now", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			conversationName(r, &head)
+		}
+	})
+	b.Run("before", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			conversationNameBefore(&head)
+		}
+	})
+}
+
+// FuzzConversationName: whatever a client sends, its conversation's name
+// is what it was before chatStart, and naming it never panics.
+func FuzzConversationName(f *testing.F) {
+	for _, s := range []string{
+		`{"model":"m","messages":[{"role":"system","content":"x"},{"role":"user","content":"hi"}]}`,
+		`{"model":"m","messages":[{"content":"x","role":"us\u0065r"},{"role":"assistant"}]}`,
+		`{"model":"m","messages":[[],"s",7,{"role":{"a":1}},{"role":"user"}]}`,
+		`{"model":"m","messages":[],"prompt":"p"}`,
+		`{"model":"m","messages":{},"input":[1,2]}`,
+	} {
+		f.Add(s)
+	}
+	r := httptest.NewRequest("POST", "/v1/chat/completions", nil)
+	f.Fuzz(func(t *testing.T, body string) {
+		head, err := readHead("application/json", []byte(body))
+		if err != nil {
+			return
+		}
+		wantName, wantFirst := conversationNameBefore(&head)
+		kind, name, first := conversationName(r, &head)
+		if (kind == "") != (wantName == nil) || !bytes.Equal(name, wantName) || first != wantFirst {
+			t.Fatalf("named %q %q first %v, want %q first %v", kind, name, first, wantName, wantFirst)
+		}
+	})
 }
