@@ -24,6 +24,10 @@ import (
 type routeTarget struct {
 	name string
 	addr string
+	// pids are the processes that carry the path (with their children:
+	// nginx's workers), whose CPU each request costs; none for the
+	// worker itself.
+	pids []int
 }
 
 // routeStats is one measurement: latencies of every request, and requests
@@ -34,6 +38,9 @@ type routeStats struct {
 	p50, p99 time.Duration
 	rps      float64
 	firstErr error // of the failed requests, the first
+	// cpuPerReq is the CPU time the path's processes spent per request
+	// in the measured run; 0 when it has none.
+	cpuPerReq time.Duration
 }
 
 // shortCompletion is the request measured first: a one-token, non-streaming
@@ -48,6 +55,15 @@ const longStream = `{"model":"m","messages":[{"role":"user","content":"hi"}],"ma
 // measure sends requests to addr from `conc` goroutines, each with its own
 // keep-alive connection, for d (after a warm-up), and returns the figures.
 func measure(tb testing.TB, addr string, conc int, d time.Duration, body string) routeStats {
+	return measureCPU(tb, addr, nil, conc, d, body)
+}
+
+// measureCPU is measure that also takes the CPU time of pids (and of their
+// children) over the measured run, per request. On a machine the load
+// generator, the worker and the proxy share, the requests per second a
+// proxy reaches are what the others leave it; its CPU time per request is
+// its own cost.
+func measureCPU(tb testing.TB, addr string, pids []int, conc int, d time.Duration, body string) routeStats {
 	tr := &http.Transport{MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc, DisableCompression: true}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
@@ -101,12 +117,65 @@ func measure(tb testing.TB, addr string, conc int, d time.Duration, body string)
 	}
 	run(d / 4) // warm up connections, caches and the scheduler
 	firstErr = nil
+	cpu0 := treeCPUTicks(tb, pids)
 	lat, failed, took := run(d)
+	cpu := treeCPUTicks(tb, pids) - cpu0
 	if len(lat) == 0 {
 		tb.Fatalf("%s: no request succeeded (%d failed)", addr, failed)
 	}
 	slices.Sort(lat)
-	return routeStats{n: len(lat), failed: failed, p50: lat[len(lat)/2], p99: lat[len(lat)*99/100], rps: float64(len(lat)) / took.Seconds(), firstErr: firstErr}
+	st := routeStats{n: len(lat), failed: failed, p50: lat[len(lat)/2], p99: lat[len(lat)*99/100], rps: float64(len(lat)) / took.Seconds(), firstErr: firstErr}
+	if len(pids) > 0 {
+		st.cpuPerReq = time.Duration(float64(cpu) / clockTicks() * float64(time.Second) / float64(len(lat)+failed))
+	}
+	return st
+}
+
+// treeCPUTicks is the CPU time of pids and of their children, in clock
+// ticks (/proc/<pid>/stat).
+func treeCPUTicks(tb testing.TB, pids []int) int64 {
+	if len(pids) == 0 {
+		return 0
+	}
+	all := slices.Clone(pids)
+	if ents, err := os.ReadDir("/proc"); err == nil {
+		for _, e := range ents {
+			child, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			if pp, err := procParent(child); err == nil && slices.Contains(pids, pp) {
+				all = append(all, child)
+			}
+		}
+	}
+	var sum int64
+	for _, pid := range all {
+		t, err := procCPUTicks(pid)
+		if err != nil {
+			if slices.Contains(pids, pid) {
+				tb.Fatalf("CPU time of pid %d: %v", pid, err)
+			}
+			continue // a child that just ended
+		}
+		sum += t
+	}
+	return sum
+}
+
+// procParent is pid's parent, from /proc/<pid>/stat.
+func procParent(pid int) (int, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	f := strings.Fields(s[i+1:])
+	if i < 0 || len(f) < 2 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, s)
+	}
+	return strconv.Atoi(f[1]) // field 4, ppid
 }
 
 // startSimulator runs `rbee worker simulate` on a free port.
@@ -126,7 +195,7 @@ func startSimulator(tb testing.TB, dir string, slots int) string {
 // upstreams, configured as one would for an LLM server: keep-alive to the
 // upstream and no response buffering (so streams pass through). It returns
 // "" when nginx is not installed.
-func startNginx(tb testing.TB, dir string, upstreams ...string) string {
+func startNginx(tb testing.TB, dir string, upstreams ...string) (addr string, pid int) {
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
 		for _, p := range []string{"/usr/sbin/nginx", "/sbin/nginx"} {
@@ -136,13 +205,13 @@ func startNginx(tb testing.TB, dir string, upstreams ...string) string {
 		}
 	}
 	if bin == "" {
-		return ""
+		return "", 0
 	}
 	ports, err := freePorts(1)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
+	addr = "127.0.0.1:" + strconv.Itoa(ports[0])
 	// Several upstreams are taken in turn (nginx's round robin).
 	var servers strings.Builder
 	for _, u := range upstreams {
@@ -172,9 +241,9 @@ http {
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		tb.Fatal(err)
 	}
-	startProcess(tb, dir, "nginx", bin, "-c", path, "-p", dir, "-g", "daemon off;")
+	pid = startProcess(tb, dir, "nginx", bin, "-c", path, "-p", dir, "-g", "daemon off;")
 	waitHTTP(tb, "http://"+addr+"/health")
-	return addr
+	return addr, pid
 }
 
 // buildBenchProxy builds internal/benchproxy (the Go baseline) into dir and
@@ -192,29 +261,31 @@ func buildBenchProxy(tb testing.TB, dir string) string {
 // startBenchProxy runs the Go baseline proxy in front of upstream and
 // returns its address; with "-tls" among args it answers over TLS, and its
 // health is then checked through the proxy in front of it.
-func startBenchProxy(tb testing.TB, dir, bin, name, upstream string, args ...string) string {
+func startBenchProxy(tb testing.TB, dir, bin, name, upstream string, args ...string) (addr string, pid int) {
 	ports, err := freePorts(1)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
-	startProcess(tb, dir, name, bin, append([]string{"-listen", addr, "-upstream", upstream}, args...)...)
+	addr = "127.0.0.1:" + strconv.Itoa(ports[0])
+	pid = startProcess(tb, dir, name, bin, append([]string{"-listen", addr, "-upstream", upstream}, args...)...)
 	if !slices.Contains(args, "-tls") {
 		waitHTTP(tb, "http://"+addr+"/health")
 	}
-	return addr
+	return addr, pid
 }
 
 // startProcess runs a helper process for the length of the test or
 // benchmark, its output in <dir>/<name>.log.
-func startProcess(tb testing.TB, dir, name, bin string, args ...string) {
+func startProcess(tb testing.TB, dir, name, bin string, args ...string) (pid int) {
 	// SIGTERM first (the Group's default): nginx's workers outlive a
 	// SIGKILLed master.
 	g := launcher.New(launcher.Options{LogDir: dir})
 	tb.Cleanup(g.Stop)
-	if _, err := g.Start(name, exec.Command(bin, args...)); err != nil {
+	p, err := g.Start(name, exec.Command(bin, args...))
+	if err != nil {
 		tb.Fatal(err)
 	}
+	return p.Pid()
 }
 
 func waitHTTP(tb testing.TB, url string) {
@@ -258,9 +329,9 @@ func BenchmarkRouting(b *testing.B) {
 		for _, p := range []*proc{h, e} {
 			testutil.Eventually(b, 20*time.Second, "model m served via "+p.name, modelServed(c, p))
 		}
-		targets := []routeTarget{{"direct to worker", sim}}
-		if ng := startNginx(b, dir, sim); ng != "" {
-			targets = append(targets, routeTarget{"nginx", ng})
+		targets := []routeTarget{{"direct to worker", sim, nil}}
+		if ng, pid := startNginx(b, dir, sim); ng != "" {
+			targets = append(targets, routeTarget{"nginx", ng, []int{pid}})
 		} else {
 			b.Log("nginx not installed (apt-get install nginx-light): its column is left out")
 		}
@@ -268,12 +339,15 @@ func BenchmarkRouting(b *testing.B) {
 		// in front of the worker, and two in a row with the cluster's
 		// TLS between them, as rbee's two hops.
 		if gp := buildBenchProxy(b, dir); gp != "" {
-			one := startBenchProxy(b, dir, gp, "goproxy1", "http://"+sim)
-			hiveSide := startBenchProxy(b, dir, gp, "goproxy2h", "http://"+sim, "-key", c.keyFile, "-tls")
-			two := startBenchProxy(b, dir, gp, "goproxy2e", "https://"+hiveSide, "-key", c.keyFile)
-			targets = append(targets, routeTarget{"Go proxy, 1 hop", one}, routeTarget{"Go proxy, 2 hops", two})
+			one, p1 := startBenchProxy(b, dir, gp, "goproxy1", "http://"+sim)
+			hiveSide, p2h := startBenchProxy(b, dir, gp, "goproxy2h", "http://"+sim, "-key", c.keyFile, "-tls")
+			two, p2e := startBenchProxy(b, dir, gp, "goproxy2e", "https://"+hiveSide, "-key", c.keyFile)
+			targets = append(targets, routeTarget{"Go proxy, 1 hop", one, []int{p1}}, routeTarget{"Go proxy, 2 hops", two, []int{p2e, p2h}})
 		}
-		targets = append(targets, routeTarget{"rbee, 1 hop", h.httpAddr}, routeTarget{"rbee, 2 hops", e.httpAddr})
+		// The queen counts too: without spare leases every request is
+		// a lease round trip through it.
+		targets = append(targets, routeTarget{"rbee, 1 hop", h.httpAddr, []int{h.Pid(), q.Pid()}},
+			routeTarget{"rbee, 2 hops", e.httpAddr, []int{e.Pid(), h.Pid(), q.Pid()}})
 
 		dur := 3 * time.Second
 		if s := os.Getenv("RBEE_BENCH_SECONDS"); s != "" {
@@ -321,15 +395,15 @@ func BenchmarkRouting(b *testing.B) {
 			for _, t := range targets {
 				r := row{t: t, c1: measure(b, t.addr, 1, dur, shortCompletion)}
 				if i == 0 {
-					r.c64 = profiled(t, "short", func() routeStats { return measure(b, t.addr, 64, dur, shortCompletion) })
+					r.c64 = profiled(t, "short", func() routeStats { return measureCPU(b, t.addr, t.pids, 64, dur, shortCompletion) })
 				} else {
-					r.c64 = measure(b, t.addr, 64, dur, shortCompletion)
+					r.c64 = measureCPU(b, t.addr, t.pids, 64, dur, shortCompletion)
 				}
 				r.s1 = measure(b, t.addr, 1, dur, longStream)
 				if i == 0 {
-					r.s64 = profiled(t, "stream", func() routeStats { return measure(b, t.addr, 64, dur, longStream) })
+					r.s64 = profiled(t, "stream", func() routeStats { return measureCPU(b, t.addr, t.pids, 64, dur, longStream) })
 				} else {
-					r.s64 = measure(b, t.addr, 64, dur, longStream)
+					r.s64 = measureCPU(b, t.addr, t.pids, 64, dur, longStream)
 				}
 				runs[i] = append(runs[i], r)
 			}
@@ -377,12 +451,21 @@ func BenchmarkRouting(b *testing.B) {
 			}
 			return n, first
 		}
+		// cpuPer is a CPU time per request, "-" for a path with no
+		// process of its own.
+		cpuPer := func(t routeTarget, v []float64) string {
+			if len(t.pids) == 0 {
+				return "-"
+			}
+			return us(v)
+		}
 		var out strings.Builder
 		fmt.Fprintf(&out, "\nrouting a 1-token chat completion (%v per measurement, after a warm-up; all processes on this machine", dur)
 		if rounds > 1 {
 			fmt.Fprintf(&out, "; medians of %d rounds, shares with the rounds' range", rounds)
 		}
-		fmt.Fprintf(&out, ")\n%-18s %10s %10s %10s %10s %10s %10s %12s %18s\n", "path", "c1 p50", "c1 p99", "c1 +p50", "c1 +p99", "c64 p50", "c64 p99", "c64 req/s", "vs nginx")
+		fmt.Fprintf(&out, "; CPU/req: the CPU time of the path's processes per request at c=64")
+		fmt.Fprintf(&out, ")\n%-18s %10s %10s %10s %10s %10s %10s %12s %18s %10s\n", "path", "c1 p50", "c1 p99", "c1 +p50", "c1 +p99", "c64 p50", "c64 p99", "c64 req/s", "vs nginx", "CPU/req")
 		for ti, t := range targets {
 			c1p50 := over(ti, func(_ []row, r row) float64 { return float64(r.c1.p50) })
 			c1p99 := over(ti, func(_ []row, r row) float64 { return float64(r.c1.p99) })
@@ -392,17 +475,21 @@ func BenchmarkRouting(b *testing.B) {
 			c64p99 := over(ti, func(_ []row, r row) float64 { return float64(r.c64.p99) })
 			rps := over(ti, func(_ []row, r row) float64 { return r.c64.rps })
 			vs := vsNginx(ti, func(r row) float64 { return r.c64.rps })
-			fmt.Fprintf(&out, "%-18s %10s %10s %10s %10s %10s %10s %12.0f %18s\n", t.name,
-				us(c1p50), us(c1p99), us(plus50), us(plus99), us(c64p50), us(c64p99), med(rps), vs)
+			cpu := over(ti, func(_ []row, r row) float64 { return float64(r.c64.cpuPerReq) })
+			fmt.Fprintf(&out, "%-18s %10s %10s %10s %10s %10s %10s %12.0f %18s %10s\n", t.name,
+				us(c1p50), us(c1p99), us(plus50), us(plus99), us(c64p50), us(c64p99), med(rps), vs, cpuPer(t, cpu))
 			if failed, first := failures(ti, func(r row) (routeStats, routeStats) { return r.c1, r.c64 }); failed > 0 {
 				fmt.Fprintf(&out, "  %s: %d requests failed, the first: %v\n", t.name, failed, first)
 			}
 			key := strings.NewReplacer(" ", "_", ",", "").Replace(t.name)
 			b.ReportMetric(med(c1p50)/1e3, key+"_c1_p50_us")
 			b.ReportMetric(med(rps), key+"_c64_rps")
+			if len(t.pids) > 0 {
+				b.ReportMetric(med(cpu)/1e3, key+"_c64_cpu_us_per_req")
+			}
 		}
 		fmt.Fprintf(&out, "\nstreaming a 200-token answer (server-sent events, generated as fast as the simulator can)\n")
-		fmt.Fprintf(&out, "%-18s %10s %10s %10s %14s %18s %18s\n", "path", "c1 p50", "c1 +p50", "c64 p50", "c64 streams/s", "vs direct", "vs nginx")
+		fmt.Fprintf(&out, "%-18s %10s %10s %10s %14s %18s %18s %10s\n", "path", "c1 p50", "c1 +p50", "c64 p50", "c64 streams/s", "vs direct", "vs nginx", "CPU/str")
 		for ti, t := range targets {
 			s1p50 := over(ti, func(_ []row, r row) float64 { return float64(r.s1.p50) })
 			plus50 := over(ti, func(rd []row, r row) float64 { return float64(r.s1.p50 - rd[0].s1.p50) })
@@ -410,7 +497,8 @@ func BenchmarkRouting(b *testing.B) {
 			rps := over(ti, func(_ []row, r row) float64 { return r.s64.rps })
 			vd := pct(over(ti, func(rd []row, r row) float64 { return r.s64.rps / rd[0].s64.rps }))
 			vs := vsNginx(ti, func(r row) float64 { return r.s64.rps })
-			fmt.Fprintf(&out, "%-18s %10s %10s %10s %14.0f %18s %18s\n", t.name, us(s1p50), us(plus50), us(s64p50), med(rps), vd, vs)
+			cpu := over(ti, func(_ []row, r row) float64 { return float64(r.s64.cpuPerReq) })
+			fmt.Fprintf(&out, "%-18s %10s %10s %10s %14.0f %18s %18s %10s\n", t.name, us(s1p50), us(plus50), us(s64p50), med(rps), vd, vs, cpuPer(t, cpu))
 			if failed, first := failures(ti, func(r row) (routeStats, routeStats) { return r.s1, r.s64 }); failed > 0 {
 				fmt.Fprintf(&out, "  %s: %d streams failed, the first: %v\n", t.name, failed, first)
 			}

@@ -98,7 +98,7 @@ func BenchmarkSaturation(b *testing.B) {
 			key := strings.NewReplacer(" ", "_", "(", "", ")", "").Replace(name)
 			b.ReportMetric(st.rps, key+"_rps")
 		}
-		if ng := startNginx(b, dir, sims...); ng != "" {
+		if ng, _ := startNginx(b, dir, sims...); ng != "" {
 			row("nginx", ng)
 		} else {
 			b.Log("nginx not installed (apt-get install nginx-light): its column is left out")
