@@ -85,6 +85,11 @@ type connEntry struct {
 	elem   *list.Element
 	in     *list.List   // which eviction list elem is in, nil when none
 	conn   *trackedConn // what to close when evicted (nil in tests of the table)
+	// authed is auth, and shortIdle "idle without a key", both set under
+	// the table's lock and read without it: net/http sets a read
+	// deadline several times per request, and every request on a
+	// connection marks it authenticated again.
+	authed, shortIdle atomic.Bool
 }
 
 // list is the eviction list e belongs in: nil while it carries a request
@@ -163,12 +168,15 @@ func (t *connTable) remove(e *connEntry) bool {
 
 func (t *connTable) setPhase(e *connEntry, p connPhase) {
 	e.phase = p
+	e.shortIdle.Store(p == phaseIdle && !e.auth)
 	t.relist(e)
 }
 
 func (t *connTable) authenticate(e *connEntry) {
 	if !e.auth {
 		e.auth = true
+		e.authed.Store(true)
+		e.shortIdle.Store(false)
 		t.relist(e)
 	}
 }
@@ -323,10 +331,7 @@ func (c *trackedConn) Close() error {
 // SetReadDeadline shortens the server's keep-alive idle timeout for a
 // connection without a key: net/http reports it idle, then sets this.
 func (c *trackedConn) SetReadDeadline(t time.Time) error {
-	c.l.mu.Lock()
-	short := c.e.phase == phaseIdle && !c.e.auth
-	c.l.mu.Unlock()
-	if short {
+	if c.e.shortIdle.Load() {
 		if limit := time.Now().Add(c.l.unauthIdle); t.IsZero() || t.After(limit) {
 			t = limit
 		}
@@ -336,6 +341,9 @@ func (c *trackedConn) SetReadDeadline(t time.Time) error {
 
 // authenticate marks the connection as having shown a key.
 func (c *trackedConn) authenticate() {
+	if c.e.authed.Load() {
+		return
+	}
 	c.l.mu.Lock()
 	c.l.table.authenticate(c.e)
 	c.l.mu.Unlock()
