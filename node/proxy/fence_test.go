@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -303,5 +305,73 @@ func TestHiveProxy_PassesAWorkersRedirectOn(t *testing.T) {
 	p.HandleHiveProxy(rec, req)
 	if rec.Code != http.StatusTemporaryRedirect || followed.Load() != 0 {
 		t.Fatalf("status %d (%s), redirect followed %d times; want the 307 passed on, not followed", rec.Code, rec.Body, followed.Load())
+	}
+}
+
+// slotWatcher is a client's ResponseWriter that notes, at each write,
+// whether the hive still holds lease "l"'s slot.
+type slotWatcher struct {
+	*httptest.ResponseRecorder
+	p       *Proxy
+	held    []bool
+	wrote   chan struct{} // closed at the first write
+	written bool
+}
+
+func (w *slotWatcher) Write(b []byte) (int, error) {
+	w.held = append(w.held, w.p.table.holds("l"))
+	if !w.written {
+		w.written = true
+		close(w.wrote)
+	}
+	return w.ResponseRecorder.Write(b)
+}
+
+// A worker's slot is free once it has sent its whole answer, before the
+// answer reaches the client (a request waiting for the slot starts then),
+// and not before: a stream holds it until its last event.
+func TestHiveProxy_FreesTheSlotWhenTheWorkerHasAnswered(t *testing.T) {
+	var wrote chan struct{} // the client's first write, per case
+	worker := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if b, _ := io.ReadAll(r.Body); !strings.Contains(string(b), `"stream":true`) {
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprint(w, `{"choices":[{"message":{"content":"hi"}}]}`)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i, e := range []string{`{"n":1}`, `{"n":2}`, "[DONE]"} {
+			fmt.Fprintf(w, "data: %s\n\n", e)
+			w.(http.Flusher).Flush()
+			if i == 0 {
+				<-wrote // the stream goes on once its start reached the client
+			}
+		}
+	}))
+	defer worker.Close()
+	for _, tc := range []struct {
+		body string
+		want []bool // held at each write to the client
+	}{
+		{`{"model":"m"}`, []bool{false}},
+		{`{"model":"m","stream":true}`, []bool{true}},
+	} {
+		p := testProxy(t, "h", &fakeMembers{max: 1}, oneWorker{worker.URL})
+		p.ReportLeases([]wsapi.ProcessStats{{Group: "g", Instance: "1", Slots: 1}}, time.Now())
+		req := httptest.NewRequest(http.MethodPost, api.PathHiveProxy+api.PathChat, strings.NewReader(tc.body))
+		req.Header.Set(hdrLease, "l")
+		req.Header.Set(hdrWorker, "g/1")
+		req.Header.Set(hdrModel, "m")
+		req.Header.Set(hdrEntry, "e")
+		req.Header.Set(hdrTerm, "1")
+		wrote = make(chan struct{})
+		w := &slotWatcher{ResponseRecorder: httptest.NewRecorder(), p: p, wrote: wrote}
+		p.HandleHiveProxy(w, req)
+		if w.Code != http.StatusOK || p.table.holds("l") {
+			t.Fatalf("%q: status %d (%s), slot held after the answer: %v", tc.body, w.Code, w.Body, p.table.holds("l"))
+		}
+		// The stream's last event may come with the end of its body.
+		if got := w.held; len(got) < len(tc.want) || !slices.Equal(got[:len(tc.want)], tc.want) || (!strings.Contains(tc.body, "stream") && len(got) != 1) {
+			t.Errorf("%q: slot held at the client's writes %v, want %v first; body %q", tc.body, got, tc.want, w.Body)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -113,8 +114,23 @@ func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, 
 	if !ok {
 		return outcomeRetry
 	}
+	// The slot is free once the worker has sent its whole answer, not
+	// once the answer has reached the client: a request waiting for it
+	// (granted ahead) goes to the worker from the end of this body, and
+	// runs at once (Gosched), before this goroutine writes the answer out
+	// and unwinds. BenchmarkSaturation measures the hand-off.
+	slotFreed := false
+	freeSlot := func() {
+		if slotFreed {
+			return
+		}
+		slotFreed = true
+		if p.table.end(lease.LeaseID) {
+			runtime.Gosched()
+		}
+	}
 	defer func() {
-		p.table.end(lease.LeaseID)
+		freeSlot()
 		if o != outcomeDone {
 			// A spare lease whose request the worker did not
 			// serve is not used again (spares.go).
@@ -140,7 +156,25 @@ func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, 
 	}
 	defer resp.Body.Close()
 	watchFirstToken(resp, ws, time.Now())
+	resp.Body = &endOfBody{ReadCloser: resp.Body, at: freeSlot}
 	return p.copyResponse(w, r, resp, lease.Model, start, rp)
+}
+
+// endOfBody calls at once when its body ends whole (io.EOF; a body cut
+// short ends with another error).
+type endOfBody struct {
+	io.ReadCloser
+	at func()
+}
+
+func (b *endOfBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF && b.at != nil {
+		at := b.at
+		b.at = nil
+		at()
+	}
+	return n, err
 }
 
 // leaseTable is the hive's list of requests it is serving: listed in its
@@ -303,36 +337,38 @@ func (a *leaseTable) runLocked(l wsapi.LeaseInfo) {
 	a.notify(l.Worker)
 }
 
-func (a *leaseTable) end(id string) {
+// end frees id's slot; handed reports whether a waiting request took it.
+func (a *leaseTable) end(id string) (handed bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.endLocked(id)
+	handed = a.endLocked(id)
 	a.notify("")
+	return handed
 }
 
 // endLocked frees id's slot, handing it to the oldest request waiting for
 // its worker.
-func (a *leaseTable) endLocked(id string) {
+func (a *leaseTable) endLocked(id string) (handed bool) {
 	l, ok := a.leases[id]
 	if !ok {
-		return
+		return false
 	}
 	delete(a.leases, id)
 	if a.busy[l.Worker]--; a.busy[l.Worker] <= 0 {
 		delete(a.busy, l.Worker)
 	}
 	a.lastEnd[l.Worker] = time.Now()
-	a.handOffLocked(l.Worker)
+	return a.handOffLocked(l.Worker)
 }
 
 // handOffLocked gives worker's free slots to its oldest waiters. The lease
 // is recorded here, not by the waiter once it wakes, so that busy never
 // shows a slot free that is already promised.
-func (a *leaseTable) handOffLocked(worker string) {
+func (a *leaseTable) handOffLocked(worker string) (handed bool) {
 	for !a.draining[worker] && a.busy[worker] < a.slots[worker] {
 		q := a.waiting[worker]
 		if len(q) == 0 {
-			return
+			return handed
 		}
 		w := q[0]
 		q[0] = nil
@@ -344,7 +380,9 @@ func (a *leaseTable) handOffLocked(worker string) {
 		w.lease.Since = time.Now().UTC()
 		a.runLocked(w.lease)
 		close(w.done)
+		handed = true
 	}
+	return handed
 }
 
 func (a *leaseTable) setQueueLocked(worker string, q []*slotWaiter) {
