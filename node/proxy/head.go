@@ -33,8 +33,6 @@ type requestHead struct {
 	Input    jsontext.Value `json:"input"`
 }
 
-func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
-
 // maxFormModel bounds the model field read from a form: longer than any
 // valid model name, so that ValidModel says what is wrong.
 const maxFormModel = 1024
