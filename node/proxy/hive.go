@@ -118,7 +118,8 @@ func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, 
 	// once the answer has reached the client: a request waiting for it
 	// (granted ahead) goes to the worker from the end of this body, and
 	// runs at once (Gosched), before this goroutine writes the answer out
-	// and unwinds. BenchmarkSaturation measures the hand-off.
+	// and unwinds: about 100 us less of the worker idle per hand-off on
+	// this project's 2-core VM (README, "Throughput at saturation").
 	slotFreed := false
 	freeSlot := func() {
 		if slotFreed {
