@@ -80,15 +80,15 @@ type connEntry struct {
 	addr   string // remote IP
 	exempt bool   // loopback: this machine's users and reverse proxies share no address quota
 	phase  connPhase
-	auth   bool // a request on it showed a valid key or cluster certificate
 	gone   bool // removed from the table (closed or evicted)
 	elem   *list.Element
 	in     *list.List   // which eviction list elem is in, nil when none
 	conn   *trackedConn // what to close when evicted (nil in tests of the table)
-	// authed is auth, and shortIdle "idle without a key", both set under
-	// the table's lock and read without it: net/http sets a read
-	// deadline several times per request, and every request on a
-	// connection marks it authenticated again.
+	// authed: a request on it showed a valid key or cluster certificate.
+	// shortIdle: idle without one. Both change under the table's lock and
+	// are read without it: net/http sets a read deadline several times
+	// per request, and every request on a connection marks it
+	// authenticated again.
 	authed, shortIdle atomic.Bool
 }
 
@@ -98,7 +98,7 @@ func (e *connEntry) list(t *connTable) *list.List {
 	switch {
 	case e.gone || e.phase == phaseActive || e.phase == phaseHijacked:
 		return nil
-	case !e.auth:
+	case !e.authed.Load():
 		return t.unauth
 	case e.phase == phaseIdle:
 		return t.authIdle
@@ -168,13 +168,12 @@ func (t *connTable) remove(e *connEntry) bool {
 
 func (t *connTable) setPhase(e *connEntry, p connPhase) {
 	e.phase = p
-	e.shortIdle.Store(p == phaseIdle && !e.auth)
+	e.shortIdle.Store(p == phaseIdle && !e.authed.Load())
 	t.relist(e)
 }
 
 func (t *connTable) authenticate(e *connEntry) {
-	if !e.auth {
-		e.auth = true
+	if !e.authed.Load() {
 		e.authed.Store(true)
 		e.shortIdle.Store(false)
 		t.relist(e)

@@ -403,18 +403,10 @@ func hivesOnline(c *cluster, p *proc) (int, error) {
 // procCPUTicks returns utime+stime of pid in clock ticks, from
 // /proc/<pid>/stat.
 func procCPUTicks(pid int) (int64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	f, err := procStat(pid)
 	if err != nil {
 		return 0, err
 	}
-	// The command name (field 2) is in parentheses and may hold spaces;
-	// the fields after the last ')' start at field 3 (state).
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no ')'", pid)
-	}
-	f := strings.Fields(s[i+1:])
 	if len(f) < 13 {
 		return 0, fmt.Errorf("/proc/%d/stat: %d fields after the name", pid, len(f))
 	}
@@ -424,6 +416,21 @@ func procCPUTicks(pid int) (int64, error) {
 		return 0, fmt.Errorf("/proc/%d/stat: utime %q stime %q", pid, f[11], f[12])
 	}
 	return utime + stime, nil
+}
+
+// procStat returns the fields of /proc/<pid>/stat from field 3 (state)
+// on: the command name (field 2) is in parentheses and may hold spaces.
+func procStat(pid int) ([]string, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil, err
+	}
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return nil, fmt.Errorf("/proc/%d/stat: no ')'", pid)
+	}
+	return strings.Fields(s[i+1:]), nil
 }
 
 // clockTicks is the kernel's USER_HZ (100 on Linux), from getconf when it is

@@ -165,15 +165,12 @@ func treeCPUTicks(tb testing.TB, pids []int) int64 {
 
 // procParent is pid's parent, from /proc/<pid>/stat.
 func procParent(pid int) (int, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	f, err := procStat(pid)
 	if err != nil {
 		return 0, err
 	}
-	s := string(data)
-	i := strings.LastIndexByte(s, ')')
-	f := strings.Fields(s[i+1:])
-	if i < 0 || len(f) < 2 {
-		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, s)
+	if len(f) < 2 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields after the name", pid, len(f))
 	}
 	return strconv.Atoi(f[1]) // field 4, ppid
 }

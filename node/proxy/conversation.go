@@ -58,7 +58,6 @@ func conversationName(r *http.Request, head *requestHead) (kind string, name []b
 		return "u", []byte(u), false
 	}
 	var start []byte
-	first = true
 	if head.Messages.Kind() == '[' {
 		start, first = chatStart(head.Messages)
 	}
@@ -137,8 +136,13 @@ func (cr *chatReader) put() {
 // of any length.
 func (cr *chatReader) isUser(m jsontext.Value) bool {
 	cr.msgBuf = *bytes.NewBuffer(m)
-	dec := cr.msg
-	dec.Reset(&cr.msgBuf)
+	cr.msg.Reset(&cr.msgBuf)
+	return readsUserRole(cr.msg)
+}
+
+// readsUserRole reports whether the message dec reads, from its start, is
+// an object whose "role" is "user".
+func readsUserRole(dec *jsontext.Decoder) bool {
 	if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '{' {
 		return false
 	}

@@ -93,35 +93,17 @@ func TestConversation(t *testing.T) {
 }
 
 // conversationNameBefore is conversationName as it was before chatStart
-// (the messages unmarshaled whole, a decoder for each one's role): a
-// conversation must keep its name across versions, or a rolling upgrade
-// moves chats off the workers that hold their prompts.
+// (the messages unmarshaled whole, a new decoder for each one's role, read
+// as chatStart reads it): a conversation must keep its name across
+// versions, or a rolling upgrade moves chats off the workers that hold
+// their prompts.
 func conversationNameBefore(head *requestHead) (name []byte, first bool) {
 	var start []byte
 	var msgs []jsontext.Value
 	if head.Messages.Kind() == '[' {
 		_ = jsonv2.Unmarshal(head.Messages, &msgs)
 	}
-	isUser := func(m jsontext.Value) bool {
-		dec := jsontext.NewDecoder(bytes.NewReader(m))
-		if tok, err := dec.ReadToken(); err != nil || tok.Kind() != '{' {
-			return false
-		}
-		for dec.PeekKind() != '}' {
-			k, err := dec.ReadToken()
-			if err != nil {
-				return false
-			}
-			if k.String() == "role" {
-				v, err := dec.ReadToken()
-				return err == nil && v.String() == "user"
-			}
-			if err := dec.SkipValue(); err != nil {
-				return false
-			}
-		}
-		return false
-	}
+	isUser := func(m jsontext.Value) bool { return readsUserRole(jsontext.NewDecoder(bytes.NewReader(m))) }
 	first = true
 	switch {
 	case len(msgs) > 0:

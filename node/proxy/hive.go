@@ -161,8 +161,8 @@ func (p *Proxy) serveLease(w http.ResponseWriter, r *http.Request, path string, 
 	return p.copyResponse(w, r, resp, lease.Model, start, rp)
 }
 
-// endOfBody calls at once when its body ends whole (io.EOF; a body cut
-// short ends with another error).
+// endOfBody calls at when its body ends whole (io.EOF; a body cut short
+// ends with another error), each time a read says so: at is idempotent.
 type endOfBody struct {
 	io.ReadCloser
 	at func()
@@ -170,10 +170,8 @@ type endOfBody struct {
 
 func (b *endOfBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF && b.at != nil {
-		at := b.at
-		b.at = nil
-		at()
+	if err == io.EOF {
+		b.at()
 	}
 	return n, err
 }
