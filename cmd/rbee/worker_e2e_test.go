@@ -107,7 +107,13 @@ func TestE2E_WorkerRunInCgroupIsFoundByTheHive(t *testing.T) {
 	n := c.start(nodeSpec{name: "h0", extra: []string{"--cgroup-root", root}})[0]
 	group, instance := "e2e"+strconv.Itoa(os.Getpid()), "8080"
 	t.Cleanup(func() { _ = os.Remove(filepath.Join(root, "rbee.slice", group)) })
-	startWorkerRun(t, c, n, "--cgroup-root", root, "--group", group, "--instance", instance, "--model", "cg-model")
+	wr := startWorkerRun(t, c, n, "--cgroup-root", root, "--group", group, "--instance", instance, "--model", "cg-model")
+	// Cleanups run last first: this one ends the worker before its group
+	// is removed. `rbee worker run` removes its own leaf when its worker
+	// exits; killed with the cluster instead, it left the leaf, and so the
+	// group, behind, and every hive on the machine listed them each second
+	// from then on.
+	t.Cleanup(func() { wr.signal(t, syscall.SIGTERM, 10*time.Second) })
 
 	w := waitWorker(t, c, n, group, instance, true)
 	procs, err := os.ReadFile(filepath.Join(root, "rbee.slice", group, instance, "cgroup.procs"))
