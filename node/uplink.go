@@ -330,7 +330,11 @@ func (n *Node) dispatch(ctx context.Context, s *wsapi.Session, queen string, log
 // the queen changes or ctx ends (nil). sctx is the session's own context,
 // which writes use.
 func (n *Node) report(ctx, sctx context.Context, s *wsapi.Session, changed <-chan struct{}, errc chan error) (broke bool, err error) {
-	tick := time.NewTicker(s.Interval)
+	// Periodic reports go out in phase with every other hive's
+	// (wsapi.NextReport): the queen reads a burst for less than it pays
+	// for the same reports one at a time.
+	next := func() time.Duration { return time.Until(wsapi.NextReport(time.Now(), s.Interval, n.cfg.Name)) }
+	tick := time.NewTimer(next())
 	defer tick.Stop()
 	var usageAt time.Time // zero: the first report sends every bucket
 	var reportNow <-chan struct{}
@@ -371,6 +375,7 @@ func (n *Node) report(ctx, sctx context.Context, s *wsapi.Session, changed <-cha
 				return true, err
 			case <-n.migrations.ready:
 			case <-tick.C:
+				tick.Reset(next())
 				fresh, waiting = true, false
 			case <-reportNow:
 				// A worker got ready (or stopped, or failed): the

@@ -157,23 +157,27 @@ const (
 
 // BenchmarkIngest measures the queen's CPU with S simulated hives reporting 8
 // workers every second and 10 feed readers: queen_cores is CPU seconds per
-// wall second of the queen process over a 10 s window.
+// wall second of the queen process over a 10 s window. phase=inphase is how
+// rbee hives report (wsapi.NextReport), phase=spread how they did before,
+// each on a ticker of its own, evenly over the second.
 func BenchmarkIngest(b *testing.B) {
 	raiseFDLimit(b, 4096)
 	for _, s := range []int{100, 1000} {
 		// feed=event readers take one event a message, the seed's
 		// shape; feed=batch readers ask for arrays (FeedBatchParam).
 		for _, feed := range []string{"event", "batch"} {
-			b.Run(fmt.Sprintf("sessions=%d/feed=%s", s, feed), func(b *testing.B) {
-				for b.Loop() {
-					benchIngest(b, s, feed == "batch")
-				}
-			})
+			for _, phase := range []string{phaseInPhase, phaseSpread} {
+				b.Run(fmt.Sprintf("sessions=%d/feed=%s/phase=%s", s, feed, phase), func(b *testing.B) {
+					for b.Loop() {
+						benchIngest(b, s, feed == "batch", phase)
+					}
+				})
+			}
 		}
 	}
 }
 
-func benchIngest(b *testing.B, sessions int, batch bool) {
+func benchIngest(b *testing.B, sessions int, batch bool, phase string) {
 	c := newCluster(b)
 	defer c.close()
 	queen := c.start(nodeSpec{name: "queen", extra: profileFlags()})[0]
@@ -217,10 +221,6 @@ func benchIngest(b *testing.B, sessions int, batch bool) {
 
 	var writeErrs, sessionsEnded atomic.Int64
 	for i, s := range ss {
-		hive := simName(i)
-		// Spread the reports over the second, as hives that started at
-		// different times would.
-		offset := time.Duration(i) * time.Second / time.Duration(sessions)
 		wg.Go(func() {
 			// Reading answers the queen's pings and sees its close.
 			for {
@@ -232,7 +232,7 @@ func benchIngest(b *testing.B, sessions int, batch bool) {
 				}
 			}
 		})
-		wg.Go(func() { reportEverySecond(ctx, hive, offset, s.WriteRaw, &writeErrs) })
+		wg.Go(func() { reportEverySecond(ctx, phase, i, sessions, s.WriteRaw, &writeErrs) })
 	}
 
 	// Feed readers, remote-style with the bearer token.
@@ -307,7 +307,7 @@ func benchIngest(b *testing.B, sessions int, batch bool) {
 	}
 	msgs0 := feedMsgs.Load()
 	t0 := time.Now()
-	stopProfile := c.profile(queen, fmt.Sprintf("ingest-%d-batch=%v", sessions, batch), ingestWindow)
+	stopProfile := c.profile(queen, fmt.Sprintf("ingest-%d-batch=%v-%s", sessions, batch, phase), ingestWindow)
 	<-time.After(ingestWindow)
 	stopProfile()
 	cpu1, err := procCPUTicks(pid)
@@ -339,16 +339,33 @@ func benchIngest(b *testing.B, sessions int, batch bool) {
 	cores := float64(cpu1-cpu0) / ticks / wall.Seconds()
 	b.ReportMetric(cores, "queen_cores")
 	b.ReportMetric(perReader, "feed_events/s/reader")
-	b.Logf("%d sessions, %d feed readers (batch %v): queen used %.3f cores over %s; each reader got %.0f events/s",
-		sessions, ingestSubscribers, batch, cores, wall.Round(time.Millisecond), perReader)
+	b.Logf("%d sessions (%s), %d feed readers (batch %v): queen used %.3f cores over %s; each reader got %.0f events/s",
+		sessions, phase, ingestSubscribers, batch, cores, wall.Round(time.Millisecond), perReader)
 }
 
-// reportEverySecond writes hive's telemetry with write every second, the
-// first at offset, until ctx ends or a write fails (counted in errs unless
-// ctx ended). Each report is stamped anew, as a hive's agent does: no two
-// reports of a real hive are the same bytes.
-func reportEverySecond(ctx context.Context, hive string, offset time.Duration, write func(context.Context, []byte) error, errs *atomic.Int64) {
-	t := time.NewTimer(offset)
+// Report phases of the simulated hives.
+const (
+	// phaseInPhase: as rbee hives report, at wsapi.NextReport.
+	phaseInPhase = "inphase"
+	// phaseSpread: evenly over the second, each hive on its own ticker,
+	// as rbee hives reported before they kept in phase (and as hives
+	// whose clocks disagree, or that post heartbeats, still do).
+	phaseSpread = "spread"
+)
+
+// reportEverySecond writes the telemetry of hive i of n with write every
+// second, in phase (see the phase constants), until ctx ends or a write
+// fails (counted in errs unless ctx ended). Each report is stamped anew, as
+// a hive's agent does: no two reports of a real hive are the same bytes.
+func reportEverySecond(ctx context.Context, phase string, i, n int, write func(context.Context, []byte) error, errs *atomic.Int64) {
+	hive := simName(i)
+	next := func(now time.Time) time.Duration { return time.Until(wsapi.NextReport(now, time.Second, hive)) }
+	first := next(time.Now())
+	if phase == phaseSpread {
+		first = time.Duration(i) * time.Second / time.Duration(n)
+		next = func(time.Time) time.Duration { return time.Second }
+	}
+	t := time.NewTimer(first)
 	defer t.Stop()
 	for {
 		select {
@@ -366,7 +383,7 @@ func reportEverySecond(ctx context.Context, hive string, offset time.Duration, w
 			}
 			return
 		}
-		t.Reset(time.Second)
+		t.Reset(next(time.Now()))
 	}
 }
 

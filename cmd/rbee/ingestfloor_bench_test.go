@@ -33,29 +33,37 @@ func BenchmarkIngestFloor(b *testing.B) {
 	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/ingestfloor").CombinedOutput(); err != nil {
 		b.Fatalf("build ingestfloor: %v\n%s", err, out)
 	}
-	for b.Loop() {
-		cmd := exec.Command(bin)
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			b.Fatal(err)
-		}
-		addr, err := bufio.NewReader(stdout).ReadString('\n')
-		if err != nil {
-			b.Fatal(err)
-		}
-		addr = strings.TrimSpace(addr)
-		cores := floorCores(b, cmd.Process.Pid, addr, sessions)
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		b.ReportMetric(cores, "floor_cores")
-		b.Logf("%d sessions, %d feed readers (batch): the transport alone used %.3f cores", sessions, ingestSubscribers, cores)
+	for _, phase := range []string{phaseInPhase, phaseSpread} {
+		b.Run("phase="+phase, func(b *testing.B) {
+			for b.Loop() {
+				ingestFloor(b, bin, sessions, phase)
+			}
+		})
 	}
 }
 
-func floorCores(b *testing.B, pid int, addr string, sessions int) float64 {
+func ingestFloor(b *testing.B, bin string, sessions int, phase string) {
+	cmd := exec.Command(bin)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	addr, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr = strings.TrimSpace(addr)
+	cores := floorCores(b, cmd.Process.Pid, addr, sessions, phase)
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	b.ReportMetric(cores, "floor_cores")
+	b.Logf("%d sessions (%s), %d feed readers (batch): the transport alone used %.3f cores", sessions, phase, ingestSubscribers, cores)
+}
+
+func floorCores(b *testing.B, pid int, addr string, sessions int, phase string) float64 {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer func() {
@@ -82,10 +90,8 @@ func floorCores(b *testing.B, pid int, addr string, sessions int) float64 {
 	}()
 	var writeErrs atomic.Int64
 	for i, c := range conns {
-		hive := simName(i)
-		offset := time.Duration(i) * time.Second / time.Duration(sessions)
 		write := func(ctx context.Context, msg []byte) error { return c.Write(ctx, websocket.MessageText, msg) }
-		wg.Go(func() { reportEverySecond(ctx, hive, offset, write, &writeErrs) })
+		wg.Go(func() { reportEverySecond(ctx, phase, i, sessions, write, &writeErrs) })
 	}
 	var got atomic.Int64
 	for range ingestSubscribers {
