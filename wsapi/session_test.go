@@ -1,6 +1,7 @@
 package wsapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -65,7 +66,7 @@ func startQueen(t *testing.T, opts SessionOptions) *testQueen {
 		q.sessions <- s
 		err = s.Serve(ctx, func(msg any, raw []byte) error {
 			if tel, ok := msg.(*HiveTelemetry); ok {
-				q.handled <- handled{s.Peer, tel, raw}
+				q.handled <- handled{s.Peer, tel, bytes.Clone(raw)}
 			}
 			return nil
 		})

@@ -225,8 +225,7 @@ func (q *Queen) publish(ev any) {
 		return
 	}
 	if t, ok := ev.(*wsapi.HiveTelemetry); ok {
-		// A thousand a second in a large cluster: without reflection.
-		q.cfg.Feed.Publish(t.AppendJSON(make([]byte, 0, 2048)))
+		q.publishTelemetry(t, 0)
 		return
 	}
 	b, err := wsapi.Encode(ev)
@@ -235,6 +234,15 @@ func (q *Queen) publish(ev any) {
 		return
 	}
 	q.cfg.Feed.Publish(b)
+}
+
+// publishTelemetry publishes t, which arrived as size bytes (0: unknown).
+// A thousand a second in a large cluster: encoded without reflection, into
+// a buffer that holds it at once. The queen adds each worker's state to
+// what the hive sent, so a buffer of the report's size grew, and the
+// allocation it started with was garbage, for nearly every report.
+func (q *Queen) publishTelemetry(t *wsapi.HiveTelemetry, size int) {
+	q.cfg.Feed.Publish(t.AppendJSON(make([]byte, 0, max(2048, size+size/2+256))))
 }
 
 // memberHTTP is the API address of the member named name, "" if unknown.

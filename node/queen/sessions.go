@@ -192,7 +192,9 @@ func (q *Queen) HandleSession(w http.ResponseWriter, r *http.Request) {
 			// handle set each worker's state: the report is
 			// re-encoded for the feed with them.
 			q.registry.Update(t, now)
-			q.publish(t)
+			if q.cfg.Feed.Active() {
+				q.publishTelemetry(t, len(raw))
+			}
 		}
 		return nil
 	})
