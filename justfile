@@ -32,6 +32,17 @@ bench:
     go test -run '^$' -bench . -benchtime 1x -timeout 30m ./cmd/rbee/ ./ui/
     go test -run '^$' -bench . -timeout 10m ./scheduler/ ./wsapi/ ./node/...
 
+# Issue 24's data-plane table in one run: routing (three rounds, beside
+# nginx and Go's own proxy), saturation (beside nginx, granting ahead and
+# not), queen ingest at 1,000 hives and the floor the transport alone sets,
+# the dashboard at 1,000 hives. RBEE_BENCH_PROFILE=DIR keeps CPU profiles of
+# the nodes; RBEE_TEST_BIN=FILE runs another build of rbee, and
+# RBEE_BENCH_STATIC=DIR another build's dashboard beside this one.
+bench-dataplane:
+    RBEE_BENCH_ROUNDS=3 go test -run '^$' -bench 'Routing$' -benchtime 1x -timeout 30m ./cmd/rbee/
+    go test -run '^$' -bench 'Saturation|Ingest$/sessions=1000|IngestFloor' -benchtime 1x -timeout 30m ./cmd/rbee/
+    RBEE_BENCH_HIVES=1000 go test -run '^$' -bench Dashboard -benchtime 1x ./ui/
+
 # The fault tests: real nodes in network namespaces, links cut, queens frozen,
 # the wire captured (root; apt-get install iproute2 tcpdump).
 faults:
