@@ -6,8 +6,8 @@ import (
 )
 
 // ReportWindow is the share of the telemetry interval over which hives
-// spread their reports: all of them land in the first fiftieth of each
-// period (20 ms of a second), each hive at its own offset in it.
+// spread their reports: all of them land in the first tenth of each period
+// (100 ms of a second), each hive at its own offset in it.
 //
 // Why in phase: the queen's cost per report is mostly waking up for it. A
 // report that arrives alone finds the queen idle, and costs an epoll wait,
@@ -17,14 +17,16 @@ import (
 // second (each reporting on its own ticker, started whenever its session
 // did), every report woke the queen on its own: the WebSocket transport
 // alone, with no decoding, took 0.07-0.09 cores on the 2-core development
-// VM; in phase, 0.04-0.05 (BenchmarkIngestFloor, both in one run).
+// VM; in phase, 0.04 (BenchmarkIngestFloor, both in one run).
 //
-// The offset within the window spreads the burst so that the queen's
-// socket buffers and run queue see fifty reports a millisecond rather than
-// a thousand at once. Hives whose clocks disagree by more than the window
-// simply report out of phase, as every hive did before; nothing depends on
-// the phase for correctness.
-const ReportWindow = 50
+// The offset within the window spreads the burst, so that the queen's
+// socket buffers, run queue and feed readers' queues see ten reports a
+// millisecond rather than a thousand at once. In one run each, a window of
+// 20 ms saved no more, and one of 250 ms saved the queen about half as
+// much. Hives whose clocks disagree by more than the window simply report
+// out of phase, as every hive did before; nothing depends on the phase for
+// correctness.
+const ReportWindow = 10
 
 // NextReport is when a hive named hive, reporting every interval, sends its
 // next periodic report after now: at its offset within the window that

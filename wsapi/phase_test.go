@@ -61,7 +61,7 @@ func TestNextReport_HivesSpreadOverTheWindow(t *testing.T) {
 		t.Fatalf("1000 hives fell in %d distinct milliseconds, want all %d of the window: %v", len(buckets), time.Second/ReportWindow/time.Millisecond, buckets)
 	}
 	for ms, n := range buckets {
-		if n > 100 {
+		if n > 40 {
 			t.Errorf("%d of 1000 hives report in millisecond %v of the window", n, ms)
 		}
 	}
