@@ -71,11 +71,11 @@ func TestCluster_HivesReportInPhase(t *testing.T) {
 			t.Errorf("%s: %d reports in %v, want about 15", name, all[name], 15*period)
 			continue
 		}
-		// Most, not all: a report the race detector or the CI machine
-		// held back past the half period is no sign of a hive out of
-		// phase.
-		if inPhase[name]*10 < all[name]*8 {
-			t.Errorf("%s: %d of %d reports within %v of the period's start, want at least 80%%", name, inPhase[name], all[name], late)
+		// Most, not all: a report the race detector or a busy CI
+		// machine held back past the half period is no sign of a hive
+		// out of phase, whose reports all keep one offset, in or out.
+		if inPhase[name]*10 < all[name]*6 {
+			t.Errorf("%s: %d of %d reports within %v of the period's start, want at least 60%%", name, inPhase[name], all[name], late)
 		}
 	}
 }
