@@ -221,11 +221,11 @@ func (q *Queen) Close() {
 }
 
 func (q *Queen) publish(ev any) {
-	if !q.cfg.Feed.Active() {
-		return
-	}
 	if t, ok := ev.(*wsapi.HiveTelemetry); ok {
 		q.publishTelemetry(t, 0)
+		return
+	}
+	if !q.cfg.Feed.Active() {
 		return
 	}
 	b, err := wsapi.Encode(ev)
@@ -242,6 +242,9 @@ func (q *Queen) publish(ev any) {
 // what the hive sent, so a buffer of the report's size grew, and the
 // allocation it started with was garbage, for nearly every report.
 func (q *Queen) publishTelemetry(t *wsapi.HiveTelemetry, size int) {
+	if !q.cfg.Feed.Active() {
+		return
+	}
 	q.cfg.Feed.Publish(t.AppendJSON(make([]byte, 0, max(2048, size+size/2+256))))
 }
 

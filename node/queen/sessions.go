@@ -192,9 +192,7 @@ func (q *Queen) HandleSession(w http.ResponseWriter, r *http.Request) {
 			// handle set each worker's state: the report is
 			// re-encoded for the feed with them.
 			q.registry.Update(t, now)
-			if q.cfg.Feed.Active() {
-				q.publishTelemetry(t, len(raw))
-			}
+			q.publishTelemetry(t, len(raw))
 		}
 		return nil
 	})
