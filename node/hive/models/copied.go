@@ -140,7 +140,9 @@ func (m *Manager) copyIn(it *item, ms *wsapi.ModelStart, queen string, start tim
 	m.notify()
 	defer func() {
 		m.mu.Lock()
-		delete(m.workers, w.instance)
+		if m.workers[w.instance] == w {
+			delete(m.workers, w.instance)
+		}
 		m.mu.Unlock()
 		close(w.exited)
 	}()
@@ -167,7 +169,7 @@ func (m *Manager) copyIn(it *item, ms *wsapi.ModelStart, queen string, start tim
 		if m.ctx.Err() != nil {
 			return false
 		}
-		m.fail(it, start, "failed", "copy from "+strings.Join(from, ", ")+": "+err.Error())
+		m.fail(it, w, start, "failed", "copy from "+strings.Join(from, ", ")+": "+err.Error())
 		return false
 	}
 	// The files are here: the item is what a --models-dir entry is.
@@ -177,7 +179,7 @@ func (m *Manager) copyIn(it *item, ms *wsapi.ModelStart, queen string, start tim
 	unavailable := it.unavailable
 	m.mu.Unlock()
 	if unavailable != "" {
-		m.fail(it, start, "failed", unavailable)
+		m.fail(it, w, start, "failed", unavailable)
 		return false
 	}
 	m.log.Info("model copied", "model", it.Name, "path", path, "bytes", fresh.bytes, "took", time.Since(start).Round(time.Millisecond))

@@ -86,7 +86,7 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 	}
 	port, err := m.freePort()
 	if err != nil {
-		m.fail(it, start, "failed", fmt.Sprintf("no free port: %v", err))
+		m.fail(it, nil, start, "failed", fmt.Sprintf("no free port: %v", err))
 		return
 	}
 	w := &worker{instance: strconv.Itoa(port), it: it, state: wsapi.ManagedLoading, since: start, gpus: ms.GPUs,
@@ -94,7 +94,7 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 	defer close(w.exited)
 	argv, err := m.argv(it, w)
 	if err != nil {
-		m.fail(it, start, "failed", err.Error())
+		m.fail(it, w, start, "failed", err.Error())
 		return
 	}
 	out := &tail{}
@@ -118,7 +118,7 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 	if it.Engine == EngineOllama {
 		store, err := m.ollama.path(m.cfg.OllamaModels)
 		if err != nil {
-			m.fail(it, start, "failed", err.Error())
+			m.fail(it, w, start, "failed", err.Error())
 			return
 		}
 		env = append(env, ollamaEnv(it, w.instance, store, m.cfg.LoadTimeout)...)
@@ -136,7 +136,7 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 		proc, err := launch.Start(launch.StartConfig{CgroupRoot: m.cfg.CgroupRoot, Group: wsapi.ManagedGroup, Instance: w.instance,
 			Argv: argv, Env: env, Output: sink, RecordDir: m.cfg.RunDir, Logger: m.log})
 		if err != nil {
-			m.fail(it, start, "failed", err.Error())
+			m.fail(it, w, start, "failed", err.Error())
 			return
 		}
 		m.mu.Lock()
@@ -168,7 +168,7 @@ func (m *Manager) run(it *item, ms *wsapi.ModelStart, queen string, vram uint64,
 			m.log.Info("worker stopped", "model", it.Name, "instance", w.instance, "why", stopWhy)
 			return
 		case !again:
-			m.fail(it, start, "exited", why)
+			m.fail(it, w, start, "exited", why)
 			return
 		}
 		m.loads.WithLabelValues(it.Name, "crashed").Inc()
@@ -239,7 +239,7 @@ func (m *Manager) supervise(it *item, w *worker, proc *launch.Process, out *tail
 			m.log.Info("worker stopped while loading", "model", it.Name, "instance", w.instance, "why", why)
 			return 0, ""
 		}
-		m.fail(it, start, result, why)
+		m.fail(it, w, start, result, why)
 		return 0, ""
 	}
 	m.loads.WithLabelValues(it.Name, "ready").Inc()
@@ -289,10 +289,15 @@ func (m *Manager) supervise(it *item, w *worker, proc *launch.Process, out *tail
 }
 
 // fail records a start that did not get (or stay) ready: the queen backs off
-// from this model on this hive by the failures in a row.
-func (m *Manager) fail(it *item, start time.Time, result, why string) {
+// from this model on this hive by the failures in a row. w (nil before it
+// exists) leaves the list in the same step, so that no report shows the
+// failure beside the worker that failed still loading.
+func (m *Manager) fail(it *item, w *worker, start time.Time, result, why string) {
 	m.loads.WithLabelValues(it.Name, result).Inc()
 	m.mu.Lock()
+	if w != nil && m.workers[w.instance] == w {
+		delete(m.workers, w.instance)
+	}
 	it.failures++
 	it.failedAt = time.Now()
 	it.failReason = clean(why, 900)
