@@ -87,6 +87,9 @@ type Queen struct {
 	// not safe for concurrent use; nil while this node is not queen.
 	schedMu sync.Mutex
 	sched   *scheduler.Scheduler
+	// started is closed once sched is set, and made anew when it is
+	// dropped: a session waits on it (awaitScheduling). Made on first use.
+	started chan struct{}
 	// waitReportAt: when lease_wait reports last went out.
 	waitReportAt time.Time
 	// warm: the scheduler knows every live hive's workers. Until then an
@@ -108,6 +111,7 @@ type Queen struct {
 
 	closeOnce sync.Once
 	closed    atomic.Bool
+	done      chan struct{} // closed with closed
 }
 
 // New returns the control plane of node cfg.Name.
@@ -127,6 +131,7 @@ func New(cfg Config) (*Queen, error) {
 		log:      cfg.Logger,
 		registry: NewRegistry(cfg.HiveTTL, cfg.ForgetAfter),
 		spans:    newLeaseSpans(cfg.Tracer),
+		done:     make(chan struct{}),
 	}
 	q.sessions = newSessions(q.log)
 	q.out = q.sessions
@@ -209,6 +214,7 @@ func (q *Queen) event(now time.Time) wsapi.QueenEvent {
 func (q *Queen) CloseSessions() {
 	q.closeOnce.Do(func() {
 		q.closed.Store(true)
+		close(q.done)
 		q.sessions.closeAll(websocket.StatusGoingAway, "queen shutting down")
 	})
 }

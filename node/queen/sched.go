@@ -1,6 +1,7 @@
 package queen
 
 import (
+	"context"
 	"strconv"
 	"time"
 
@@ -24,6 +25,9 @@ func (q *Queen) startScheduling(now time.Time) {
 		LeasePrefix:  q.cfg.Name + "." + strconv.FormatInt(now.UnixNano(), 36) + ".",
 	})
 	q.schedMu.Lock()
+	if q.sched == nil {
+		close(q.startedLocked())
+	}
 	q.sched = s
 	// A queen that was queen before lists only what it heard this time:
 	// the nodes reported the migrations in between to another.
@@ -35,9 +39,59 @@ func (q *Queen) startScheduling(now time.Time) {
 
 func (q *Queen) stopScheduling() {
 	q.schedMu.Lock()
-	q.sched = nil
+	if q.sched != nil {
+		q.sched, q.started = nil, nil
+	}
 	q.schedMu.Unlock()
 	q.spans.entryGone("")
+}
+
+// startedLocked is the channel closed when scheduling starts (schedMu held).
+func (q *Queen) startedLocked() chan struct{} {
+	if q.started == nil {
+		q.started = make(chan struct{})
+	}
+	return q.started
+}
+
+// schedStartWait bounds how long a session waits for the scheduler of a
+// node the election has just named queen; Run starts it within
+// microseconds of the election, so running out means Run is not following
+// the election at all.
+const schedStartWait = 5 * time.Second
+
+// awaitScheduling waits until this node schedules, and reports whether it
+// does. The election names the node queen a moment before Run starts its
+// scheduler, and a session served in between lost what its node sent
+// first: lease requests without a scheduler are dropped, and a node asks
+// again only on a new session (seen: seven requests waited 30 s for a
+// queen that was there). False when the node is no longer queen, the
+// queen closes, ctx ends or schedStartWait passes.
+func (q *Queen) awaitScheduling(ctx context.Context) bool {
+	bound := time.NewTimer(schedStartWait)
+	defer bound.Stop()
+	for {
+		m, ok, changed := q.cfg.Members.WatchQueen()
+		if !ok || m.Name != q.cfg.Name || q.closed.Load() {
+			return false
+		}
+		q.schedMu.Lock()
+		running, started := q.sched != nil, q.startedLocked()
+		q.schedMu.Unlock()
+		if running {
+			return true
+		}
+		select {
+		case <-started:
+		case <-changed:
+		case <-ctx.Done():
+			return false
+		case <-q.done:
+			return false
+		case <-bound.C:
+			return false
+		}
+	}
 }
 
 // schedTick runs the scheduler's clock and delivers what it decided.

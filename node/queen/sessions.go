@@ -179,8 +179,9 @@ func (q *Queen) HandleSession(w http.ResponseWriter, r *http.Request) {
 		q.sessions.closeLater(old.s, wsapi.CloseReplaced, replaced)
 	}
 	// The election may have moved between the check above and the
-	// registration; Run only closes registered sessions.
-	if !q.IsQueen() {
+	// registration (Run only closes registered sessions), and Run may not
+	// have started scheduling yet: nothing is read before it has.
+	if !q.awaitScheduling(r.Context()) {
 		_ = s.Close(wsapi.CloseNotQueen, "no longer queen")
 		return
 	}
