@@ -598,7 +598,9 @@ func TestE2E_BodyBounds(t *testing.T) {
 	c := newCluster(t)
 	sim := slowWorker(t, 3*time.Second)
 	p := c.start(nodeSpec{name: "n0", extra: []string{"--worker", sim.URL + ",model=m,slots=1",
-		"--body-memory", "64", "--body-timeout", "2s"}})[0]
+		// 6 s, not less: the eight bodies come from this (race-built)
+		// process, which under load took over 2 s to send them.
+		"--body-memory", "64", "--body-timeout", "6s"}})[0]
 	testutil.Every(50*time.Millisecond).Eventually(t, 20*time.Second, "m served", modelServed(c, p))
 
 	big := bytes.Repeat([]byte(" "), 30<<20)
