@@ -151,7 +151,9 @@ func TestMigration_StructuredOutputAndToolCalls(t *testing.T) {
 	if !killed {
 		t.Fatalf("the call's stream ended after %d pieces, before the kill: %v", pieces, broke)
 	}
-	if broke == io.EOF || strings.Contains(rest.String(), "[DONE]") || strings.Contains(rest.String(), `"finish_reason"`) {
+	// A piece already on its way when the kill landed may still come,
+	// with "finish_reason":null like every piece; an end would name one.
+	if broke == io.EOF || strings.Contains(rest.String(), "[DONE]") || strings.Contains(rest.String(), `"finish_reason":"`) {
 		t.Fatalf("a call whose worker died ended as if whole (%v):\n%s", broke, rest.String())
 	}
 	t.Logf("the call's stream broke for the client after %d pieces (%v), as it should", pieces, broke)
