@@ -96,14 +96,40 @@ type upgradeNode struct {
 // answers /healthz.
 func (c *cluster) startAs(n *upgradeNode, bin string) {
 	c.tb.Helper()
+	if err := c.tryStartAs(n, bin); err != nil {
+		c.tb.Fatalf("%v\nlog:\n%s", err, tail(n.log(), 16<<10))
+	}
+}
+
+// tryStartAs is startAs, returning what went wrong.
+func (c *cluster) tryStartAs(n *upgradeNode, bin string) error {
 	p := &proc{name: n.name, gossipAddr: n.gossipAddr, httpAddr: n.httpAddr}
-	if err := c.launch(p, exec.Command(bin, n.args...)); err != nil {
-		c.tb.Fatal(err)
-	}
-	if err := c.waitHealthy(p, 15*time.Second); err != nil {
-		c.tb.Fatalf("%v\nlog:\n%s", err, tail(p.log(), 16<<10))
-	}
 	n.proc = p
+	if err := c.launch(p, exec.Command(bin, n.args...)); err != nil {
+		return err
+	}
+	return c.waitHealthy(p, 15*time.Second)
+}
+
+// upgradeArgs is the command line of upgrade node n (q0 and q1 may be queen,
+// q0 first; the others are hives that join q0), serving worker.
+func upgradeArgs(c *cluster, n *upgradeNode, worker string, started map[string]*upgradeNode) []string {
+	roles, prio := "queen,hive", "0"
+	switch n.name {
+	case "q0":
+		prio = "2"
+	case "q1":
+		prio = "1"
+	default:
+		roles = "hive"
+	}
+	args := []string{"node", "run", "--name", n.name, "--gossip-addr", n.gossipAddr, "--http-addr", n.httpAddr,
+		"--cluster-key-file", c.keyFile, "--log-level", c.logLvl, "--data-dir", filepath.Join(c.dir, n.name+"-data"),
+		"--roles", roles, "--queen-priority", prio, "--worker", worker + ",model=m,slots=4,instance=" + n.name}
+	if n.name != "q0" {
+		args = append(args, "--join", started["q0"].gossipAddr)
+	}
+	return args
 }
 
 // upgradeLoad is steady client traffic spread over the entry nodes in
@@ -239,31 +265,28 @@ func TestE2E_RollingUpgrade(t *testing.T) {
 			c := newCluster(t)
 			nodes := map[string]*upgradeNode{}
 			for _, name := range names {
-				ports, err := freePorts(2)
-				if err != nil {
-					t.Fatal(err)
-				}
 				w := slowWorker(t, 20*time.Millisecond)
-				n := &upgradeNode{proc: &proc{name: name,
-					gossipAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
-					httpAddr:   net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))}}
-				roles, prio := "queen,hive", "0"
-				switch name {
-				case "q0":
-					prio = "2"
-				case "q1":
-					prio = "1"
-				default:
-					roles = "hive"
-				}
-				n.args = []string{"node", "run", "--name", name, "--gossip-addr", n.gossipAddr, "--http-addr", n.httpAddr,
-					"--cluster-key-file", c.keyFile, "--log-level", c.logLvl, "--data-dir", filepath.Join(c.dir, name+"-data"),
-					"--roles", roles, "--queen-priority", prio, "--worker", w.URL + ",model=m,slots=4,instance=" + name}
-				if name != "q0" {
-					n.args = append(n.args, "--join", nodes["q0"].gossipAddr)
+				n := &upgradeNode{}
+				for attempt := 1; ; attempt++ {
+					ports, err := freePorts(2)
+					if err != nil {
+						t.Fatal(err)
+					}
+					n.proc = &proc{name: name,
+						gossipAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])),
+						httpAddr:   net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[1]))}
+					n.args = upgradeArgs(c, n, w.URL, nodes)
+					err = c.tryStartAs(n, oldBin)
+					if err == nil {
+						break
+					}
+					// Lost a port to another process between picking
+					// and binding (as startOne).
+					if attempt == maxStartAttempts || !n.Exited() || !strings.Contains(n.log(), "address already in use") {
+						t.Fatalf("%v\nlog:\n%s", err, tail(n.log(), 16<<10))
+					}
 				}
 				nodes[name] = n
-				c.startAs(n, oldBin)
 			}
 			procs := func() []*proc {
 				var ps []*proc
