@@ -1,12 +1,13 @@
 package main
 
 import (
+	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -29,6 +30,10 @@ func foreignOllama(t *testing.T, names ...string) string {
 	return base
 }
 
+// ollamaListening finds the address in `ollama serve`'s
+// msg="Listening on 127.0.0.1:39631 (version 0.17.4)".
+var ollamaListening = regexp.MustCompile(`Listening on (127\.0\.0\.1:[0-9]+) `)
+
 // readmeTemplate is ../shared/engines/README.md's chat template for tiny.
 const readmeTemplate = "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}\n{{ end }}<|assistant|>"
 
@@ -37,14 +42,12 @@ const readmeTemplate = "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}\n{{ 
 func foreignOllamaWith(t *testing.T, template string, names ...string) (string, int) {
 	t.Helper()
 	bin, tiny := engines.Find(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := l.Addr().String()
-	l.Close()
 	store := t.TempDir()
-	env := append(os.Environ(), "OLLAMA_HOST="+host, "OLLAMA_MODELS="+store, "OLLAMA_NUM_PARALLEL=2",
+	// Port 0: Ollama binds a free port itself and logs it. A port picked
+	// here and handed over could be taken in between: in CI, by another
+	// test's Ollama, which this test then used without knowing, until it
+	// stopped and a simulator took the port.
+	env := append(os.Environ(), "OLLAMA_HOST=127.0.0.1:0", "OLLAMA_MODELS="+store, "OLLAMA_NUM_PARALLEL=2",
 		"OLLAMA_CONTEXT_LENGTH=512", "OLLAMA_KEEP_ALIVE=-1", "OLLAMA_MAX_LOADED_MODELS=2", "OLLAMA_NOPRUNE=1")
 	logf, err := os.Create(filepath.Join(t.TempDir(), "ollama.log"))
 	if err != nil {
@@ -62,9 +65,20 @@ func foreignOllamaWith(t *testing.T, template string, names ...string) (string, 
 		logf.Close()
 		if t.Failed() {
 			b, _ := os.ReadFile(logf.Name())
-			t.Logf("ollama serve's log:\n%s", tail(string(b), 40))
+			t.Logf("ollama serve's log:\n%s", tail(string(b), 8<<10))
 		}
 	})
+	var host string
+	testutil.Every(20*time.Millisecond).Eventually(t, 30*time.Second, "ollama serve listens", func() error {
+		b, _ := os.ReadFile(logf.Name())
+		m := ollamaListening.FindSubmatch(b)
+		if m == nil {
+			return errors.New("no \"Listening on\" in its log yet")
+		}
+		host = string(m[1])
+		return nil
+	})
+	env = append(env, "OLLAMA_HOST="+host) // the later one counts, for the CLI below
 	base := "http://" + host
 	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second}
 	testutil.Every(20*time.Millisecond).Eventually(t, 30*time.Second, "ollama serve answers", func() error {
