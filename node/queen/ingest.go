@@ -38,7 +38,7 @@ const heartbeatOnly = "reported by POST /v1/hive-heartbeat only: rbee routes no 
 // A heartbeat naming a live rbee node, or a node with a session here, is
 // refused with ErrHiveIsNode: that node's session is what reports for it.
 func (q *Queen) Ingest(t *wsapi.HiveTelemetry, now time.Time) error {
-	if !q.IsQueen() || q.closed.Load() {
+	if !q.IsQueen() || q.closed() {
 		return ErrNotQueen
 	}
 	if err := wsapi.ValidName(t.HiveID); err != nil {

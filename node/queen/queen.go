@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -88,7 +87,7 @@ type Queen struct {
 	schedMu sync.Mutex
 	sched   *scheduler.Scheduler
 	// started is closed once sched is set, and made anew when it is
-	// dropped: a session waits on it (awaitScheduling). Made on first use.
+	// dropped: a session waits on it (awaitScheduling).
 	started chan struct{}
 	// waitReportAt: when lease_wait reports last went out.
 	waitReportAt time.Time
@@ -110,8 +109,7 @@ type Queen struct {
 	spans *leaseSpans
 
 	closeOnce sync.Once
-	closed    atomic.Bool
-	done      chan struct{} // closed with closed
+	done      chan struct{} // closed by CloseSessions
 }
 
 // New returns the control plane of node cfg.Name.
@@ -131,6 +129,7 @@ func New(cfg Config) (*Queen, error) {
 		log:      cfg.Logger,
 		registry: NewRegistry(cfg.HiveTTL, cfg.ForgetAfter),
 		spans:    newLeaseSpans(cfg.Tracer),
+		started:  make(chan struct{}),
 		done:     make(chan struct{}),
 	}
 	q.sessions = newSessions(q.log)
@@ -213,10 +212,19 @@ func (q *Queen) event(now time.Time) wsapi.QueenEvent {
 // going away, and refuses new ones. It does not wait for the nodes' answers.
 func (q *Queen) CloseSessions() {
 	q.closeOnce.Do(func() {
-		q.closed.Store(true)
 		close(q.done)
 		q.sessions.closeAll(websocket.StatusGoingAway, "queen shutting down")
 	})
+}
+
+// closed reports whether CloseSessions was called.
+func (q *Queen) closed() bool {
+	select {
+	case <-q.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // Close is CloseSessions, then waits for the goroutines that close them.

@@ -26,7 +26,7 @@ func (q *Queen) startScheduling(now time.Time) {
 	})
 	q.schedMu.Lock()
 	if q.sched == nil {
-		close(q.startedLocked())
+		close(q.started)
 	}
 	q.sched = s
 	// A queen that was queen before lists only what it heard this time:
@@ -40,18 +40,10 @@ func (q *Queen) startScheduling(now time.Time) {
 func (q *Queen) stopScheduling() {
 	q.schedMu.Lock()
 	if q.sched != nil {
-		q.sched, q.started = nil, nil
+		q.sched, q.started = nil, make(chan struct{})
 	}
 	q.schedMu.Unlock()
 	q.spans.entryGone("")
-}
-
-// startedLocked is the channel closed when scheduling starts (schedMu held).
-func (q *Queen) startedLocked() chan struct{} {
-	if q.started == nil {
-		q.started = make(chan struct{})
-	}
-	return q.started
 }
 
 // schedStartWait bounds how long a session waits for the scheduler of a
@@ -72,11 +64,11 @@ func (q *Queen) awaitScheduling(ctx context.Context) bool {
 	defer bound.Stop()
 	for {
 		m, ok, changed := q.cfg.Members.WatchQueen()
-		if !ok || m.Name != q.cfg.Name || q.closed.Load() {
+		if !ok || m.Name != q.cfg.Name || q.closed() {
 			return false
 		}
 		q.schedMu.Lock()
-		running, started := q.sched != nil, q.startedLocked()
+		running, started := q.sched != nil, q.started
 		q.schedMu.Unlock()
 		if running {
 			return true

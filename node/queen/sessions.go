@@ -129,7 +129,7 @@ func (t *sessions) send(peer string, msg []byte, inline bool) bool {
 // HandleSession is the queen's end of a node's session: it authenticates the
 // node, takes its telemetry and lease messages, and writes the answers.
 func (q *Queen) HandleSession(w http.ResponseWriter, r *http.Request) {
-	if !q.IsQueen() || q.closed.Load() {
+	if !q.IsQueen() || q.closed() {
 		m, _, _ := q.cfg.Members.WatchQueen()
 		wsapi.WriteNotQueen(w, m.Name, m.HTTPAddr)
 		return
