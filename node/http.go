@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -326,7 +327,16 @@ func (n *Node) handleLeave(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	n.log.Info("leave requested", "remote", r.RemoteAddr, "drain", drain)
-	proxy.WriteJSON(w, api.LeaveResult{Leaving: true, Node: n.cfg.Name})
+	// The answer goes onto the wire whole before the leave starts: with no
+	// drain, shutdown closes every connection at once, this one included,
+	// and a response still buffered in the server reached the caller as EOF.
+	body, _ := json.MarshalIndent(api.LeaveResult{Leaving: true, Node: n.cfg.Name}, "", "  ")
+	body = append(body, '\n')
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.Header().Set("Connection", "close")
+	_, _ = w.Write(body)
+	_ = http.NewResponseController(w).Flush()
 	n.requestLeave(drain)
 }
 

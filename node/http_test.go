@@ -113,7 +113,14 @@ func TestHTTP_LeaveStopsNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The whole answer must arrive although the node closes every
+	// connection as it leaves.
+	var res api.LeaveResult
+	err = json.NewDecoder(resp.Body).Decode(&res)
 	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || !res.Leaving || res.Node != "a" {
+		t.Fatalf("leave answered %d %+v (read: %v), want 200 leaving a", resp.StatusCode, res, err)
+	}
 	exited, err := n.Exited(10 * time.Second)
 	if !exited {
 		t.Fatal("node still running 10 s after leave")
