@@ -60,6 +60,12 @@ func Run(ctx context.Context, cfg Config) error {
 	// unsupervised and unregistered.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 
+	// Signals are ours to forward from before the worker starts: one that
+	// came between its start and Notify would take the default action and
+	// end us instead (the worker then learns of it only through Pdeathsig).
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, forwarded...)
+	defer signal.Stop(sigs)
 	inCgroup := false
 	if cgErr == nil {
 		inCgroup, err = startInCgroup(cmd, dir)
@@ -75,9 +81,6 @@ func Run(ctx context.Context, cfg Config) error {
 	if dir != "" {
 		defer removeCgroup(dir, log)
 	}
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, forwarded...)
-	defer signal.Stop(sigs)
 	if cfg.Started != nil {
 		cfg.Started(cmd.Process.Pid, inCgroup)
 	}

@@ -62,8 +62,9 @@ func TestRun_ForwardsSignals(t *testing.T) {
 		_, err := os.Stat(ready)
 		return err
 	})
-	// Run installs its handler before calling Started, so the signal is
-	// ours to forward, not the test binary's death.
+	// Run installs its handler before starting the worker, so once the
+	// worker is ready the signal is ours to forward, not the test binary's
+	// death.
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
